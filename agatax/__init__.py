@@ -1,0 +1,23 @@
+"""agatax: automatic coronary artery calcium scoring on non-contrast cardiac CT, in JAX.
+
+The public API is re-exported here by name; implementation modules are free to change.
+Data flows one way: files -> Volume -> (preprocess -> ensemble -> postprocess) -> mask -> scores -> report.
+"""
+
+__version__ = "0.1.0"
+
+# --- errors and the exam container ---
+from agatax.errors import AgataxError, CheckpointError, InputError, ReadError
+from agatax.volume import Volume
+
+# --- scoring core (agatax.scoring) ---
+
+# --- reading and writing exams (agatax.io) ---
+
+# --- network, pre-processing, ensemble, pipeline ---
+
+# --- synthetic data and ground truth ---
+
+# --- training and default weights ---
+
+# --- datasets, evaluation and reports ---
