@@ -21,3 +21,4 @@ from agatax.volume import Volume
 # --- training and default weights ---
 
 # --- datasets, evaluation and reports ---
+from agatax.datasets import CocaDataset, CocaExam, parse_calcium_xml
