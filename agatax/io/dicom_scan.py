@@ -1,0 +1,326 @@
+"""Header-only pass over DICOM files: one record per image slice (or frame), a reason for every file skipped.
+
+Each file is opened once with ``stop_before_pixels``; the position of its pixel data in the file is noted
+so that the pixel pass can read the raw bytes directly, without parsing the header again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
+
+from agatax.errors import ReadError
+
+__all__ = ["SliceRecord", "scan_files", "list_files"]
+
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+ENHANCED_CT = ("1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2")
+SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
+MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+@dataclasses.dataclass
+class SliceRecord:
+    """One 2D image (a single-frame file, or one frame of a multi-frame file) as seen from its header.
+
+    ``position`` is ImagePositionPatient (mm, LPS); ``orientation`` the six direction cosines (row then
+    column direction); ``pixel_spacing`` (dy, dx) in mm; ``pixel_offset`` the byte offset of the pixel
+    data value in the file (None when it must be decoded through pydicom: compressed, deflated, missing).
+    """
+
+    path: str
+    frame: int
+    n_frames: int
+    series_uid: str
+    series_number: str
+    description: str
+    modality: str
+    image_type: tuple[str, ...]
+    instance: int | None
+    position: np.ndarray
+    orientation: np.ndarray
+    rows: int
+    cols: int
+    pixel_spacing: tuple[float, float]
+    thickness: float | None
+    slope: float
+    intercept: float
+    has_rescale: bool
+    padding: tuple[float, float] | None
+    bits_allocated: int
+    bits_stored: int
+    signed: bool
+    samples: int
+    transfer_syntax: UID
+    pixel_offset: int | None
+    pixel_length: int | None
+    phase: float | None
+    header: Any = dataclasses.field(repr=False)
+
+    @property
+    def frame_bytes(self) -> int:
+        """Uncompressed bytes of one frame: rows * cols * samples * bits / 8."""
+        return self.rows * self.cols * self.samples * self.bits_allocated // 8
+
+    @property
+    def name(self) -> str:
+        """The file name, with the frame number for multi-frame files."""
+        return self.path if self.n_frames == 1 else f"{self.path} (frame {self.frame + 1})"
+
+
+def list_files(path: str | os.PathLike) -> list[str]:
+    """Every regular file under ``path`` (recursively, sorted), or ``[path]`` for a file."""
+    root = Path(path)
+    if root.is_file():
+        return [str(root)]
+    if not root.exists():
+        raise ReadError(f"no such file or folder: {root}", code="NOT_FOUND", paths=[str(root)])
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        found.extend(os.path.join(folder, name) for name in sorted(files) if not name.startswith("."))
+    return found
+
+
+def scan_files(paths: list[str]) -> tuple[list[SliceRecord], list[tuple[str, str]]]:
+    """Header pass: image slice records and (path, reason) for every file that is not an image slice."""
+    records: list[SliceRecord] = []
+    skipped: list[tuple[str, str]] = []
+    for path in paths:
+        found = _scan_one(path)
+        if isinstance(found, str):
+            skipped.append((path, found))
+        else:
+            records.extend(found)
+    return records, skipped
+
+
+def _scan_one(path: str) -> list[SliceRecord] | str:
+    try:
+        with open(path, "rb") as fp:
+            preamble = fp.read(132)
+            if len(preamble) < 132 or preamble[128:132] != b"DICM":
+                return "not a DICOM file (no DICM marker)"
+            fp.seek(0)
+            size = os.fstat(fp.fileno()).st_size
+            try:
+                ds = pydicom.dcmread(fp, stop_before_pixels=True)
+            except (EOFError, struct.error) as err:
+                raise ReadError(
+                    f"DICOM file {path} ends inside its header ({size} bytes): {err}",
+                    code="TRUNCATED_FILE",
+                    hint="the file was cut short (copy or transfer interrupted); export it again or remove it",
+                    paths=[path],
+                ) from err
+            except InvalidDicomError as err:
+                return f"not a readable DICOM file ({err})"
+            except Exception as err:  # pydicom raises many types on corrupt headers
+                raise ReadError(
+                    f"DICOM file {path} has a corrupt header: {type(err).__name__}: {err}",
+                    code="CORRUPT_FILE",
+                    hint="export the file again or remove it from the folder",
+                    paths=[path],
+                ) from err
+            offset = fp.tell()
+            head = fp.read(12)
+    except OSError as err:
+        raise ReadError(f"cannot open {path}: {err}", code="UNREADABLE", paths=[path]) from err
+
+    sop_class = str(ds.get("SOPClassUID", "") or ds.file_meta.get("MediaStorageSOPClassUID", ""))
+    if sop_class == MEDIA_DIRECTORY or os.path.basename(path).upper() == "DICOMDIR":
+        return "DICOMDIR (media directory index, not an image)"
+    modality = str(ds.get("Modality", "") or "")
+    if "Rows" not in ds or "Columns" not in ds:
+        kind = UID(sop_class).name if sop_class else "unknown SOP class"
+        return f"not an image ({kind}, modality {modality or '?'})"
+    if sop_class.startswith(SECONDARY_CAPTURE_PREFIX):
+        return "secondary capture (e.g. a dose screen or screenshot), not a reconstructed slice"
+    image_type = tuple(str(v).upper() for v in (ds.get("ImageType") or ()))
+    if "LOCALIZER" in image_type:
+        return f"scout (ImageType {'/'.join(image_type)})"
+
+    ts = _transfer_syntax(ds)
+    pixel_offset, pixel_length = _pixel_location(head, offset, ts)
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if sop_class in ENHANCED_CT or "PerFrameFunctionalGroupsSequence" in ds:
+        return _enhanced_records(path, ds, ts, pixel_offset, pixel_length, n_frames, image_type)
+    if n_frames > 1:
+        return f"multi-frame image without per-frame geometry ({UID(sop_class).name}); not supported"
+    if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
+        return "no ImagePositionPatient / ImageOrientationPatient (not a slice with known geometry)"
+    common = _common(ds, path, ts, pixel_offset, pixel_length, image_type)
+    return [
+        SliceRecord(
+            frame=0,
+            n_frames=1,
+            instance=_int_or_none(ds.get("InstanceNumber")),
+            position=np.asarray([float(v) for v in ds.ImagePositionPatient], dtype=np.float64),
+            orientation=np.asarray([float(v) for v in ds.ImageOrientationPatient], dtype=np.float64),
+            pixel_spacing=_pixel_spacing(ds),
+            thickness=_float_or_none(ds.get("SliceThickness")),
+            slope=float(ds.get("RescaleSlope", 1.0) or 1.0),
+            intercept=float(ds.get("RescaleIntercept", 0.0) or 0.0),
+            has_rescale="RescaleIntercept" in ds,
+            phase=_phase(ds),
+            **common,
+        )
+    ]
+
+
+def _common(ds, path, ts, pixel_offset, pixel_length, image_type) -> dict[str, Any]:
+    padding = None
+    if "PixelPaddingValue" in ds:
+        value = float(ds.PixelPaddingValue)
+        limit = float(ds.get("PixelPaddingRangeLimit", value))
+        padding = (min(value, limit), max(value, limit))
+    bits_allocated = int(ds.get("BitsAllocated", 16))
+    return dict(
+        path=path,
+        series_uid=str(ds.get("SeriesInstanceUID", "") or ""),
+        series_number=str(ds.get("SeriesNumber", "") or ""),
+        description=str(ds.get("SeriesDescription", "") or ""),
+        modality=str(ds.get("Modality", "") or ""),
+        image_type=image_type,
+        rows=int(ds.Rows),
+        cols=int(ds.Columns),
+        padding=padding,
+        bits_allocated=bits_allocated,
+        bits_stored=int(ds.get("BitsStored", bits_allocated) or bits_allocated),
+        signed=int(ds.get("PixelRepresentation", 0) or 0) == 1,
+        samples=int(ds.get("SamplesPerPixel", 1) or 1),
+        transfer_syntax=ts,
+        pixel_offset=pixel_offset,
+        pixel_length=pixel_length,
+        header=ds,
+    )
+
+
+def _enhanced_records(path, ds, ts, pixel_offset, pixel_length, n_frames, image_type):
+    """Frames of an enhanced (multi-frame) CT file, geometry from the functional groups."""
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    shared = shared[0] if shared else None
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    if len(per_frame) != n_frames:
+        raise ReadError(
+            f"enhanced multi-frame file {path} has {n_frames} frames but {len(per_frame)} per-frame "
+            "functional groups",
+            code="ENHANCED_MULTIFRAME",
+            hint="the file is inconsistent; export the series as single-frame CT images instead",
+            paths=[path],
+        )
+    common = _common(ds, path, ts, pixel_offset, pixel_length, image_type)
+    records = []
+    for index, group in enumerate(per_frame):
+
+        def find(sequence: str, keyword: str, default=None):
+            for source in (group, shared):
+                if source is not None and sequence in source and len(source[sequence].value):
+                    item = source[sequence][0]
+                    if keyword in item:
+                        return item[keyword].value
+            return default
+
+        position = find("PlanePositionSequence", "ImagePositionPatient")
+        orientation = find("PlaneOrientationSequence", "ImageOrientationPatient")
+        spacing = find("PixelMeasuresSequence", "PixelSpacing")
+        if position is None or orientation is None or spacing is None:
+            raise ReadError(
+                f"enhanced multi-frame file {path}: frame {index + 1} lacks plane position, orientation "
+                "or pixel spacing in its functional groups",
+                code="ENHANCED_MULTIFRAME",
+                hint="export the series as single-frame CT images instead",
+                paths=[path],
+            )
+        slope = find("PixelValueTransformationSequence", "RescaleSlope", None)
+        intercept = find("PixelValueTransformationSequence", "RescaleIntercept", None)
+        trigger = find("CardiacSynchronizationSequence", "NominalCardiacTriggerDelayTime", None)
+        temporal = find("FrameContentSequence", "TemporalPositionIndex", None)
+        records.append(
+            SliceRecord(
+                frame=index,
+                n_frames=n_frames,
+                instance=None,
+                position=np.asarray([float(v) for v in position], dtype=np.float64),
+                orientation=np.asarray([float(v) for v in orientation], dtype=np.float64),
+                pixel_spacing=(float(spacing[0]), float(spacing[1])),
+                thickness=_float_or_none(find("PixelMeasuresSequence", "SliceThickness")),
+                slope=float(slope) if slope is not None else 1.0,
+                intercept=float(intercept) if intercept is not None else 0.0,
+                has_rescale=intercept is not None,
+                phase=_float_or_none(trigger if trigger is not None else temporal),
+                **common,
+            )
+        )
+    return records
+
+
+def _transfer_syntax(ds) -> UID:
+    meta = getattr(ds, "file_meta", None)
+    ts = meta.get("TransferSyntaxUID") if meta is not None else None
+    return UID(str(ts)) if ts else UID("1.2.840.10008.1.2")
+
+
+def _pixel_location(head: bytes, offset: int, ts: UID) -> tuple[int | None, int | None]:
+    """(byte offset of the pixel data value, its declared length) for native pixel data, else (None, None).
+
+    ``head`` holds the bytes where pydicom stopped (the Pixel Data element header, if there is one).
+    """
+    if ts.is_deflated or not ts.is_transfer_syntax or len(head) < 8:
+        return None, None
+    tag = b"\xe0\x7f\x10\x00" if ts.is_little_endian else b"\x7f\xe0\x00\x10"
+    if head[:4] != tag:
+        return None, None
+    order = "<" if ts.is_little_endian else ">"
+    if ts.is_implicit_VR:
+        length = struct.unpack(order + "I", head[4:8])[0]
+        start = offset + 8
+    else:
+        if len(head) < 12 or head[4:6] not in (b"OW", b"OB", b"UN"):
+            return None, None
+        length = struct.unpack(order + "I", head[8:12])[0]
+        start = offset + 12
+    if length == _UNDEFINED_LENGTH:  # encapsulated (compressed) frames: decode through pydicom
+        return None, None
+    return start, length
+
+
+def _pixel_spacing(ds) -> tuple[float, float]:
+    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
+    if not spacing or len(spacing) < 2:
+        return (0.0, 0.0)
+    return (float(spacing[0]), float(spacing[1]))
+
+
+def _phase(ds) -> float | None:
+    for keyword in ("TriggerTime", "NominalCardiacTriggerDelayTime", "TemporalPositionIndex"):
+        value = _float_or_none(ds.get(keyword))
+        if value is not None:
+            return value
+    return None
+
+
+def _float_or_none(value) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _int_or_none(value) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,238 @@
+"""NIfTI exams and masks: read into (z, y, x) with an LPS affine, write arrays aligned with a Volume.
+
+NIfTI stores data as (i, j, k) with an affine to RAS mm; agatax arrays are (z, y, x) = (k, j, i) with an
+affine to LPS mm. Reading transposes (and flips k when needed so that z runs along the slice normal,
+x direction cross y direction); writing does the exact inverse, so a round trip keeps HU, spacing and
+orientation.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from agatax.errors import InputError, ReadError
+from agatax.volume import Volume
+
+__all__ = ["read_nifti", "write_nifti", "read_mask", "is_nifti"]
+
+_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+_IJK_TO_ZYX = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=np.float64)
+ALIGN_TOLERANCE = 0.05  # grids agree when every corner voxel centre is within this fraction of a voxel
+
+
+def is_nifti(path: str | os.PathLike) -> bool:
+    """True for ``.nii`` and ``.nii.gz`` file names."""
+    name = str(path).lower()
+    return name.endswith(".nii") or name.endswith(".nii.gz")
+
+
+def _load(path: str | os.PathLike, *, allow_qform_mismatch: bool):
+    """(data (i, j, k) proxy image, affine RAS, warnings) with the sform/qform check."""
+    if not Path(path).is_file():
+        raise ReadError(f"no such NIfTI file: {path}", code="NOT_FOUND", paths=[str(path)])
+    try:
+        img = nib.load(str(path))
+    except Exception as err:
+        raise ReadError(f"cannot read NIfTI file {path}: {err}", code="CORRUPT_FILE", paths=[str(path)]) from err
+    header = img.header
+    warnings = []
+    sform, scode = header.get_sform(coded=True)
+    qform, qcode = header.get_qform(coded=True)
+    shape = img.shape[:3]
+    if scode > 0 and qcode > 0:
+        distance = _corner_distance(sform, qform, shape)
+        voxel = float(min(header.get_zooms()[:3]))
+        if distance > ALIGN_TOLERANCE * voxel:
+            text = (
+                f"{path}: qform (code {int(qcode)}) and sform (code {int(scode)}) disagree by up to "
+                f"{distance:.3f} mm at the grid corners (voxel {voxel:g} mm)"
+            )
+            if not allow_qform_mismatch:
+                raise ReadError(
+                    text,
+                    code="QFORM_SFORM_MISMATCH",
+                    hint="fix the header, or pass allow_qform_mismatch=True to use the sform (as nibabel does)",
+                    paths=[str(path)],
+                )
+            warnings.append(text + "; the sform was used")
+    elif scode == 0 and qcode == 0:
+        warnings.append(f"{path}: neither sform nor qform is set; orientation unknown, voxel sizes only")
+    return img, np.asarray(img.affine, dtype=np.float64), warnings
+
+
+def _corner_distance(a: np.ndarray, b: np.ndarray, shape) -> float:
+    corners = np.array(np.meshgrid(*[[0, max(n - 1, 0)] for n in shape], indexing="ij")).reshape(3, -1)
+    corners = np.vstack([corners, np.ones(corners.shape[1])])
+    return float(np.max(np.linalg.norm((a @ corners)[:3] - (b @ corners)[:3], axis=0)))
+
+
+def _to_zyx(data: np.ndarray, affine_ras: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(i, j, k) data + RAS affine -> (z, y, x) data + LPS affine, z along x-direction cross y-direction."""
+    data = np.asarray(data)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise ReadError(f"expected a 3D image (i, j, k); got shape {data.shape}", code="NOT_3D")
+    zyx = data.transpose(2, 1, 0)
+    affine = _RAS_TO_LPS @ affine_ras @ _IJK_TO_ZYX
+    normal = np.cross(affine[:3, 2], affine[:3, 1])
+    if float(affine[:3, 0] @ normal) < 0:
+        zyx = zyx[::-1]
+        affine = affine.copy()
+        affine[:3, 3] += affine[:3, 0] * (zyx.shape[0] - 1)
+        affine[:3, 0] *= -1
+    return zyx, affine
+
+
+def read_nifti(path: str | os.PathLike, *, allow_qform_mismatch: bool = False) -> Volume:
+    """Read a NIfTI CT volume: scaling (scl_slope, scl_inter) applied, float32 (z, y, x) HU.
+
+    The affine is nibabel's choice (sform when its code > 0, else qform), converted to LPS; spacing is
+    (dz, dy, dx) = column norms of that affine (mm).
+    """
+    img, affine_ras, warnings = _load(path, allow_qform_mismatch=allow_qform_mismatch)
+    data = img.get_fdata(dtype=np.float32)
+    hu, affine = _to_zyx(data, affine_ras)
+    spacing = tuple(float(np.linalg.norm(affine[:3, i])) for i in range(3))
+    hu = np.ascontiguousarray(hu, dtype=np.float32)
+    if not np.all(np.isfinite(hu)):
+        bad = int(hu.size - np.count_nonzero(np.isfinite(hu)))
+        raise ReadError(f"{path} holds {bad} NaN or infinite voxels", code="NON_FINITE", paths=[str(path)],
+                        hint="replace them (e.g. with -1000 HU for air) before scoring")
+    header = img.header
+    description = header["descrip"].item()
+    description = description.decode("latin-1", "replace") if isinstance(description, bytes) else str(description)
+    return Volume(
+        hu=hu,
+        spacing=spacing,
+        slice_thickness=None,
+        affine=affine,
+        metadata={"series_description": description.strip("\x00 "), "skipped": [], "format": "nifti"},
+        warnings=tuple(warnings),
+        source=str(path),
+    )
+
+
+def write_nifti(path: str | os.PathLike, array, like: Volume | None = None) -> str:
+    """Write a (z, y, x) array on ``like``'s grid as NIfTI (``.nii`` or ``.nii.gz``); returns the path.
+
+    ``array`` may be a Volume (its HU are written on its own grid). Booleans are stored as uint8, other
+    integers keep their type, floats as float32. sform and qform are both set (code 1, scanner) unless
+    the grid is sheared (gantry tilt), where only the sform can hold it.
+    """
+    if isinstance(array, Volume):
+        like = like or array
+        array = array.hu
+    if like is None:
+        raise InputError("write_nifti needs like=<Volume> to know the grid", code="MISSING_GRID")
+    data = np.asarray(array)
+    if data.shape != like.shape:
+        raise InputError(
+            f"array shape {data.shape} does not match the volume's (z, y, x) shape {like.shape}",
+            code="SHAPE_MISMATCH",
+        )
+    if data.dtype == bool:
+        data = data.astype(np.uint8)
+    elif np.issubdtype(data.dtype, np.floating):
+        data = data.astype(np.float32)
+    elif data.dtype == np.int64 or data.dtype == np.uint64:
+        data = data.astype(np.int32)
+    affine_ras = _RAS_TO_LPS @ np.asarray(like.affine, dtype=np.float64) @ _IJK_TO_ZYX
+    img = nib.Nifti1Image(np.ascontiguousarray(data.transpose(2, 1, 0)), affine=None)
+    img.set_sform(affine_ras, code=1)
+    columns = affine_ras[:3, :3] / np.linalg.norm(affine_ras[:3, :3], axis=0)
+    if np.allclose(columns.T @ columns, np.eye(3), atol=1e-6):
+        img.set_qform(affine_ras, code=1)
+    else:
+        img.set_qform(None, code=0)
+    img.header.set_xyzt_units("mm")
+    path = Path(path)
+    if not is_nifti(path):
+        raise InputError(f"NIfTI file names end in .nii or .nii.gz; got {path.name}", code="BAD_PATH")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(img, str(path))
+    return str(path)
+
+
+def read_mask(path: str | os.PathLike, like: Volume, *, allow_qform_mismatch: bool = False) -> np.ndarray:
+    """Read a mask aligned with ``like``: integer array (z, y, x) of ``like.shape``.
+
+    NIfTI masks are compared with ``like`` through their affine; a mask on the same voxel grid stored
+    with axes permuted or flipped is brought to ``like``'s order. ``.npy`` files must already be
+    (z, y, x) of ``like.shape``. Values stay as stored (0 = background; artery labels 1..4 kept).
+
+    Raises:
+        ReadError MASK_MISMATCH when shape or grid differ, BAD_MASK for non-integer values.
+    """
+    path = Path(path)
+    if str(path).lower().endswith(".npy"):
+        if not path.is_file():
+            raise ReadError(f"no such mask file: {path}", code="NOT_FOUND", paths=[str(path)])
+        data = np.load(path, allow_pickle=False)
+        if data.shape != like.shape:
+            raise ReadError(
+                f"mask {path} has shape {data.shape}; the volume is (z, y, x) {like.shape}",
+                code="MASK_MISMATCH",
+                hint="a .npy mask must be (z, y, x) on the volume's grid; use NIfTI to carry a different layout",
+                paths=[str(path)],
+            )
+    elif is_nifti(path):
+        img, affine_ras, _ = _load(path, allow_qform_mismatch=allow_qform_mismatch)
+        data, affine = _to_zyx(np.asanyarray(img.dataobj), affine_ras)
+        data = _onto_grid(data, affine, like, path)
+    else:
+        raise ReadError(f"mask {path}: expected a .nii, .nii.gz or .npy file", code="BAD_MASK", paths=[str(path)])
+    return _as_labels(data, path)
+
+
+def _onto_grid(data: np.ndarray, affine: np.ndarray, like: Volume, path) -> np.ndarray:
+    """Permute/flip ``data`` onto ``like``'s grid when both grids are the same voxels, else MASK_MISMATCH."""
+    index_map = np.linalg.solve(like.affine, affine)  # mask index -> like index
+    rotation = index_map[:3, :3]
+    target = np.argmax(np.abs(rotation), axis=0)  # like axis of each mask axis
+    if sorted(target) == [0, 1, 2]:
+        signs = np.sign(rotation[target, [0, 1, 2]])
+        moved = data
+        for axis in range(3):
+            if signs[axis] < 0:
+                moved = np.flip(moved, axis)
+        order = np.argsort(target)  # like axis b comes from mask axis order[b]
+        moved = moved.transpose(order)
+        if moved.shape == like.shape:
+            flipped = np.eye(4)
+            for axis in range(3):
+                if signs[axis] < 0:
+                    flipped[axis, axis] = -1
+                    flipped[axis, 3] = data.shape[axis] - 1
+            permute = np.eye(4)[:, list(order) + [3]]
+            moved_affine = affine @ flipped @ permute
+            voxel = min(like.spacing)
+            if _corner_distance(moved_affine, like.affine, like.shape) <= ALIGN_TOLERANCE * voxel:
+                return np.ascontiguousarray(moved)
+    origin_gap = float(np.linalg.norm(affine[:3, 3] - like.affine[:3, 3]))
+    spacing = tuple(round(float(np.linalg.norm(affine[:3, i])), 4) for i in range(3))
+    raise ReadError(
+        f"mask {path} ((z, y, x) {data.shape}, spacing {spacing} mm) is not on the volume's grid "
+        f"({like.shape}, spacing {tuple(round(s, 4) for s in like.spacing)} mm); origins {origin_gap:.2f} mm apart",
+        code="MASK_MISMATCH",
+        hint="write masks with agatax.write_nifti(path, mask, like=volume), or resample the mask onto the exam",
+        paths=[str(path)],
+    )
+
+
+def _as_labels(data: np.ndarray, path) -> np.ndarray:
+    data = np.asarray(data)
+    if data.dtype == bool:
+        return data.astype(np.uint8)
+    if np.issubdtype(data.dtype, np.floating):
+        if not np.all(np.isfinite(data)) or np.any(data != np.round(data)):
+            raise ReadError(f"mask {path} holds non-integer values", code="BAD_MASK",
+                            hint="masks hold 0 for background and integer labels", paths=[str(path)])
+    if data.size and (data.min() < 0):
+        raise ReadError(f"mask {path} holds negative values (min {data.min()})", code="BAD_MASK", paths=[str(path)])
+    top = data.max() if data.size else 0
+    return np.ascontiguousarray(data.astype(np.uint8 if top < 256 else np.int32))
