@@ -11,6 +11,19 @@ from agatax.errors import AgataxError, CheckpointError, InputError, ReadError
 from agatax.volume import Volume
 
 # --- scoring core (agatax.scoring) ---
+from agatax.scoring import (
+    Lesion,
+    Scores,
+    agatston_score,
+    compute_scores,
+    density_weight,
+    label_slices,
+    label_volume,
+    mass_score,
+    risk_category,
+    scores_jax,
+    volume_score,
+)
 
 # --- reading and writing exams (agatax.io) ---
 
