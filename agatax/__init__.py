@@ -26,6 +26,7 @@ from agatax.scoring import (
 )
 
 # --- reading and writing exams (agatax.io) ---
+from agatax.io import read_mask, read_volume, write_dicom_series, write_nifti
 
 # --- network, pre-processing, ensemble, pipeline ---
 

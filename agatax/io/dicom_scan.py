@@ -136,6 +136,13 @@ def _scan_one(path: str) -> list[SliceRecord] | str:
         raise ReadError(f"cannot open {path}: {err}", code="UNREADABLE", paths=[path]) from err
 
     sop_class = str(ds.get("SOPClassUID", "") or ds.file_meta.get("MediaStorageSOPClassUID", ""))
+    if not head and (sop_class == CT_IMAGE or sop_class in ENHANCED_CT or "Rows" in ds):
+        raise ReadError(
+            f"DICOM image file {path} ends after {size} bytes, before its pixel data",
+            code="TRUNCATED_FILE",
+            hint="the file was cut short (copy or transfer interrupted); export it again or remove it",
+            paths=[path],
+        )
     if sop_class == MEDIA_DIRECTORY or os.path.basename(path).upper() == "DICOMDIR":
         return "DICOMDIR (media directory index, not an image)"
     modality = str(ds.get("Modality", "") or "")

@@ -12,7 +12,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMEN
 from agatax.errors import InputError
 from agatax.volume import Volume
 
-__all__ = ["write_dicom_series"]
+__all__ = ["write_dicom_series", "axial_affine"]
 
 
 def write_dicom_series(
@@ -48,6 +48,14 @@ def write_dicom_series(
     affine = np.asarray(volume.affine, dtype=np.float64)
     dy, dx = float(np.linalg.norm(affine[:3, 1])), float(np.linalg.norm(affine[:3, 2]))
     row_dir, col_dir = affine[:3, 2] / dx, affine[:3, 1] / dy
+    if float(affine[:3, 0] @ np.cross(row_dir, col_dir)) <= 0:
+        raise InputError(
+            "the volume's z axis does not run along the DICOM slice normal (x direction cross y direction), "
+            f"so readers would sort its slices in reverse; affine z column {affine[:3, 0].round(4).tolist()}",
+            code="LEFT_HANDED_GRID",
+            hint="give the Volume a right-handed affine, e.g. agatax.io.axial_affine(spacing, origin) for "
+            "axial slices (z to head, y to back, x to the patient's left)",
+        )
     study_uid = study_uid or str(volume.metadata.get("study_uid") or "") or generate_uid()
     series_uid = series_uid or generate_uid()
     frame_uid = generate_uid()
@@ -76,6 +84,17 @@ def write_dicom_series(
         ds.save_as(path, enforce_file_format=True)
         paths.append(str(path))
     return paths
+
+
+def axial_affine(spacing, origin=(0.0, 0.0, 0.0)) -> np.ndarray:
+    """Affine (4, 4) of a standard axial grid: index (z, y, x) -> LPS mm with z toward the head (S),
+    y toward the back (P), x toward the patient's left (L); ``spacing`` (dz, dy, dx) mm, ``origin`` the
+    LPS position of voxel (0, 0, 0)."""
+    dz, dy, dx = (float(v) for v in spacing)
+    affine = np.eye(4)
+    affine[:3, 0], affine[:3, 1], affine[:3, 2] = (0.0, 0.0, dz), (0.0, dy, 0.0), (dx, 0.0, 0.0)
+    affine[:3, 3] = origin
+    return affine
 
 
 def _ds(value: float) -> str:
