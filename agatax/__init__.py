@@ -36,3 +36,5 @@ from agatax.io import read_mask, read_volume, write_dicom_series, write_nifti
 
 # --- datasets, evaluation and reports ---
 from agatax.datasets import CocaDataset, CocaExam, parse_calcium_xml
+from agatax.evaluate import Evaluation, evaluate_masks, evaluate_scores, read_score_table
+from agatax.report import exam_summary_row, write_report, write_summary_csv

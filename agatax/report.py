@@ -1,0 +1,566 @@
+"""Per-exam reports (JSON, lesion CSV, NIfTI mask, PNG) and the batch summary CSV.
+
+    paths = agatax.write_report("out/", volume, scores, mask, votes=votes, members=5)
+    rows = [agatax.report.exam_summary_row("exam1", scores, volume=volume, paths=paths),
+            agatax.report.exam_summary_row("exam2", error=err)]
+    agatax.write_summary_csv("out/summary.csv", rows)
+
+matplotlib is only needed for the pictures (``pip install "agatax[report]"``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from agatax.errors import AgataxError, InputError
+from agatax.volume import Volume
+
+__all__ = [
+    "SUMMARY_COLUMNS",
+    "WEIGHT_COLOURS",
+    "exam_summary_row",
+    "lesion_regions",
+    "render_png",
+    "report_dict",
+    "write_report",
+    "write_summary_csv",
+]
+
+#: Outline colour per density weight 1..4.
+WEIGHT_COLOURS = {1: "#ffe14d", 2: "#ff9a1f", 3: "#ff3030", 4: "#e040fb"}
+_WEIGHT_RANGES = {1: "130-199 HU", 2: "200-299 HU", 3: "300-399 HU", 4: ">= 400 HU"}
+#: Cardiac calcium window (level, width) in HU: -300..500 HU, calcium near white, soft tissue grey.
+CALCIUM_WINDOW = (100.0, 800.0)
+
+SUMMARY_COLUMNS = (
+    "exam_id",
+    "status",
+    "agatston",
+    "category",
+    "volume_mm3",
+    "mass_mg",
+    "lesions",
+    "agatston_LM",
+    "agatston_LAD",
+    "agatston_LCX",
+    "agatston_RCA",
+    "shape",
+    "spacing_z_mm",
+    "spacing_y_mm",
+    "spacing_x_mm",
+    "slice_thickness_mm",
+    "series_uid",
+    "source",
+    "warnings",
+    "error_code",
+    "error_message",
+    "seconds",
+    "report",
+)
+
+
+def require_matplotlib():
+    """Import matplotlib's object API (no pyplot, no global state) or say how to install it."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as err:
+        raise AgataxError(
+            f"pictures need matplotlib, which cannot be imported ({err})",
+            code="MISSING_DEPENDENCY",
+            hint='pip install "agatax[report]"',
+        ) from None
+    return Figure
+
+
+def _safe_name(text: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("._")
+    return name or "exam"
+
+
+def default_exam_id(volume: Volume) -> str:
+    """A file-name-safe id from the volume's source path (file stem or folder name), else its series UID."""
+    if volume.source:
+        name = Path(str(volume.source).rstrip("/\\")).name
+        for suffix in (".nii.gz", ".nii", ".dcm", ".DCM"):
+            if name.endswith(suffix):
+                name = name[: -len(suffix)]
+        if name:
+            return _safe_name(name)
+    uid = volume.metadata.get("series_uid")
+    return _safe_name(uid) if uid else "exam"
+
+
+def _check_mask(mask: Any, volume: Volume, what: str = "mask") -> np.ndarray:
+    arr = np.asarray(mask)
+    if arr.shape != volume.shape:
+        raise InputError(
+            f"{what} shape {arr.shape} differs from the volume's (z, y, x) shape {volume.shape}",
+            code="SHAPE_MISMATCH",
+        )
+    return arr
+
+
+def lesion_regions(
+    hu: np.ndarray,
+    mask: np.ndarray,
+    lesions: Sequence[Any],
+    *,
+    threshold_hu: float = 130.0,
+    connectivity: int = 8,
+) -> list[np.ndarray | None]:
+    """Find the pixels of each scored lesion (for drawing and vote fractions).
+
+    Components of ``mask != 0 & hu >= threshold_hu`` on each lesion's slice (and, for artery-labelled
+    masks, of each label separately) are matched to the lesion by pixel count, then by nearest centroid.
+
+    Args:
+        hu: float (z, y, x) HU.  mask: (z, y, x) bool or artery labels.
+        lesions: ``Scores.lesions`` (needs ``slice``, ``pixels``, ``centroid_zyx``).
+
+    Returns:
+        per lesion a bool (y, x) array of its pixels on ``lesion.slice``, or None when no component matches.
+    """
+    structure = ndimage.generate_binary_structure(2, 2 if connectivity == 8 else 1)
+    cache: dict[int, list[tuple[np.ndarray, np.ndarray, int]]] = {}
+
+    def components(k: int):
+        if k not in cache:
+            calcium = (mask[k] != 0) & (hu[k] >= threshold_hu)
+            found = []
+            layers = [calcium] + [calcium & (mask[k] == v) for v in np.unique(mask[k][calcium]) if v != 0]
+            if len(layers) == 2:  # one label: the per-label layer repeats the union
+                layers = layers[:1]
+            for layer in layers:
+                labels, n = ndimage.label(layer, structure=structure)
+                for j in range(1, n + 1):
+                    region = labels == j
+                    found.append((region, np.argwhere(region).mean(axis=0), int(region.sum())))
+            cache[k] = found
+        return cache[k]
+
+    out: list[np.ndarray | None] = []
+    for lesion in lesions:
+        k = int(lesion.slice)
+        candidates = components(k) if 0 <= k < mask.shape[0] else []
+        if not candidates:
+            out.append(None)
+            continue
+        centre = np.asarray(lesion.centroid_zyx, dtype=np.float64)[1:]
+        best = min(
+            candidates,
+            key=lambda c: (c[2] != int(lesion.pixels), float(np.sum((c[1] - centre) ** 2))),
+        )
+        out.append(best[0])
+    return out
+
+
+def _vote_fractions(votes, members, regions, lesions, volume) -> list[float | None]:
+    votes = _check_mask(votes, volume, "votes")
+    if members is None or int(members) < 1:
+        raise InputError(
+            f"votes given without a positive member count (members={members!r})",
+            code="BAD_ARGUMENT",
+            hint="pass members=<number of networks in the ensemble>",
+        )
+    members = int(members)
+    if votes.size and (votes.min() < 0 or votes.max() > members):
+        raise InputError(
+            f"votes must lie in 0..{members}; found {votes.min()}..{votes.max()}",
+            code="BAD_ARGUMENT",
+        )
+    fractions = []
+    for lesion, region in zip(lesions, regions):
+        if region is None:
+            fractions.append(None)
+        else:
+            fractions.append(round(float(votes[int(lesion.slice)][region].mean()) / members, 4))
+    return fractions
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return [_json_safe(v) for v in value.tolist()]
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def report_dict(
+    volume: Volume,
+    scores: Any,
+    *,
+    exam_id: str | None = None,
+    vote_fractions: Sequence[float | None] | None = None,
+    members: int | None = None,
+) -> dict[str, Any]:
+    """The JSON score dict of one exam.
+
+    Keys: ``exam_id``, ``agatston``, ``category``, ``volume_mm3``, ``mass_mg``, ``lesions`` (each with
+    ``vote_fraction`` when given), ``per_artery``, ``spacing_mm`` [dz, dy, dx], ``slice_thickness_mm``,
+    ``shape`` [z, y, x], ``warnings`` (reading notes plus an overlapping-slices note), ``series_uid``,
+    ``source``, and ``members`` when votes were given.
+    """
+    base = scores.to_dict()
+    lesions = [dict(lesion) for lesion in base.get("lesions", [])]
+    if vote_fractions is not None:
+        for lesion, fraction in zip(lesions, vote_fractions):
+            lesion["vote_fraction"] = fraction
+    warnings = list(volume.warnings)
+    if volume.overlapping:
+        note = (
+            f"overlapping slices: increment {volume.spacing[0]:g} mm < thickness {volume.slice_thickness:g} mm; "
+            "scored with the increment"
+        )
+        if not any("overlap" in w.lower() for w in warnings):
+            warnings.append(note)
+    out: dict[str, Any] = {"exam_id": exam_id or default_exam_id(volume)}
+    out.update(
+        {
+            "agatston": base.get("agatston"),
+            "category": base.get("category"),
+            "volume_mm3": base.get("volume_mm3"),
+            "mass_mg": base.get("mass_mg"),
+            "lesions": lesions,
+            "per_artery": base.get("per_artery", {}),
+        }
+    )
+    for key, value in base.items():  # anything else the scorer reports
+        out.setdefault(key, value)
+    out.update(
+        {
+            "spacing_mm": list(volume.spacing),
+            "slice_thickness_mm": volume.slice_thickness,
+            "shape": list(volume.shape),
+            "warnings": warnings,
+            "series_uid": volume.metadata.get("series_uid"),
+            "source": volume.source,
+        }
+    )
+    if vote_fractions is not None:
+        out["members"] = members
+    return _json_safe(out)
+
+
+def _lesion_rows(exam_id: str, lesions: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[dict]]:
+    columns: list[str] = ["exam_id", "lesion"]
+    rows = []
+    for number, lesion in enumerate(lesions, start=1):
+        row: dict[str, Any] = {"exam_id": exam_id, "lesion": number}
+        for key, value in lesion.items():
+            if isinstance(value, (list, tuple)) and key.endswith("_zyx") and len(value) == 3:
+                stem = key[: -len("_zyx")]
+                row.update({f"{stem}_z": value[0], f"{stem}_y": value[1], f"{stem}_x": value[2]})
+            else:
+                row[key] = value
+        for key in row:
+            if key not in columns:
+                columns.append(key)
+        rows.append(row)
+    return columns, rows
+
+
+def _write_csv(path: Path, columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
+    os.replace(tmp, path)
+
+
+def write_report(
+    directory: str | os.PathLike,
+    volume: Volume,
+    scores: Any,
+    mask: Any,
+    *,
+    votes: Any = None,
+    members: int | None = None,
+    exam_id: str | None = None,
+    png: bool = True,
+    max_slices: int = 6,
+    window: tuple[float, float] = CALCIUM_WINDOW,
+    threshold_hu: float = 130.0,
+    connectivity: int = 8,
+) -> dict[str, Path]:
+    """Write one exam's report files into ``directory`` (created if needed).
+
+    Args:
+        volume: the exam (HU (z, y, x)).
+        scores: ``agatax.compute_scores(...)`` result for ``mask`` on this volume.
+        mask: (z, y, x) bool or artery labels, the scored calcium.
+        votes: optional int (z, y, x) count of ensemble members voting calcium per voxel.
+        members: number of ensemble members (required with ``votes``).
+        exam_id: file stem; default from the volume's source (see ``default_exam_id``).
+        png: also draw ``<id>.png`` (needs matplotlib).
+        max_slices: most slices drawn (those with the most Agatston, shown in z order).
+        window: (level, width) HU display window.
+        threshold_hu, connectivity: as used for ``scores`` (to find each lesion's pixels).
+
+    Returns:
+        {"json": <id>.json, "csv": <id>_lesions.csv, "mask": <id>_mask.nii.gz, "png": <id>.png}
+        (``png`` only when drawn). The JSON holds ``report_dict``; the mask is uint8, aligned with the
+        input via ``agatax.write_nifti(..., like=volume)``. ``vote_fraction`` per lesion is the mean of
+        votes / members over the lesion's pixels.
+    """
+    mask = _check_mask(mask, volume)
+    exam_id = _safe_name(exam_id) if exam_id else default_exam_id(volume)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    lesions = tuple(scores.lesions)
+    regions = lesion_regions(volume.hu, mask, lesions, threshold_hu=threshold_hu, connectivity=connectivity)
+    fractions = None if votes is None else _vote_fractions(votes, members, regions, lesions, volume)
+    summary = report_dict(volume, scores, exam_id=exam_id, vote_fractions=fractions, members=members)
+
+    paths: dict[str, Path] = {}
+    if png:  # fail on a missing matplotlib before writing anything
+        require_matplotlib()
+    from agatax.io import write_nifti
+
+    paths["mask"] = directory / f"{exam_id}_mask.nii.gz"
+    write_nifti(paths["mask"], mask.astype(np.uint8), like=volume)
+    columns, rows = _lesion_rows(exam_id, summary["lesions"])
+    paths["csv"] = directory / f"{exam_id}_lesions.csv"
+    _write_csv(paths["csv"], columns, rows)
+    if png:
+        paths["png"] = directory / f"{exam_id}.png"
+        render_png(
+            paths["png"], volume, lesions, regions, summary, max_slices=max_slices, window=window
+        )
+    paths["json"] = directory / f"{exam_id}.json"  # last: its presence marks a complete report
+    tmp = paths["json"].with_name(paths["json"].name + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    os.replace(tmp, paths["json"])
+    return paths
+
+
+def _outline_segments(region: np.ndarray) -> np.ndarray:
+    """Pixel-edge outline of a bool (y, x) region: (n, 2, 2) segments of (x, y) points."""
+    padded = np.pad(region, 1)
+    segs = []
+    rows, cols = np.nonzero(padded[1:, 1:-1] != padded[:-1, 1:-1])  # edge above row r (r = 0..ny)
+    for r, c in zip(rows, cols):
+        segs.append([(c - 0.5, r - 0.5), (c + 0.5, r - 0.5)])
+    rows, cols = np.nonzero(padded[1:-1, 1:] != padded[1:-1, :-1])  # edge left of column c
+    for r, c in zip(rows, cols):
+        segs.append([(c - 0.5, r - 0.5), (c - 0.5, r + 0.5)])
+    return np.asarray(segs, dtype=np.float64).reshape(-1, 2, 2)
+
+
+def _slice_z_mm(volume: Volume, k: int) -> float:
+    return float((volume.affine @ np.array([k, 0.0, 0.0, 1.0]))[2])
+
+
+def render_png(
+    path: str | os.PathLike,
+    volume: Volume,
+    lesions: Sequence[Any],
+    regions: Sequence[np.ndarray | None],
+    summary: Mapping[str, Any],
+    *,
+    max_slices: int = 6,
+    window: tuple[float, float] = CALCIUM_WINDOW,
+    margin_mm: float = 45.0,
+) -> Path:
+    """Draw the calcium slices: CT in a calcium window, each lesion outlined in its density-weight colour
+    and labelled with its Agatston contribution; title with exam id, total Agatston and category.
+
+    Slices are chosen by Agatston on the slice (most first, at most ``max_slices``) and shown in z order,
+    cropped to the calcium plus ``margin_mm``. An exam without calcium shows its middle slice.
+    """
+    Figure = require_matplotlib()
+    from matplotlib import patheffects
+    from matplotlib.collections import LineCollection
+    from matplotlib.patches import Patch
+
+    per_slice: dict[int, float] = {}
+    for lesion in lesions:
+        per_slice[int(lesion.slice)] = per_slice.get(int(lesion.slice), 0.0) + float(lesion.agatston)
+    chosen = sorted(per_slice, key=lambda k: (-per_slice[k], k))[: max(int(max_slices), 1)]
+    chosen = sorted(chosen) or [volume.shape[0] // 2]
+
+    ny, nx = volume.shape[1:]
+    dz, dy, dx = volume.spacing
+    r0, r1, c0, c1 = 0, ny, 0, nx
+    drawn = [reg for les, reg in zip(lesions, regions) if reg is not None and int(les.slice) in chosen]
+    if drawn:
+        pix = np.argwhere(np.logical_or.reduce(drawn))
+        mr, mc = int(round(margin_mm / dy)), int(round(margin_mm / dx))
+        r0, c0 = max(pix[:, 0].min() - mr, 0), max(pix[:, 1].min() - mc, 0)
+        r1, c1 = min(pix[:, 0].max() + mr + 1, ny), min(pix[:, 1].max() + mc + 1, nx)
+
+    n = len(chosen)
+    ncols = min(n, 3)
+    nrows = math.ceil(n / ncols)
+    panel = 3.6
+    aspect = ((r1 - r0) * dy) / max((c1 - c0) * dx, 1e-9)
+    fig = Figure(figsize=(panel * ncols, panel * aspect * nrows + 1.3), dpi=110, facecolor="black")
+    fig.subplots_adjust(left=0.02, right=0.98, top=1 - 0.9 / fig.get_figheight(), bottom=0.6 / fig.get_figheight(),
+                        wspace=0.04, hspace=0.18)
+    level, width = window
+    stroke = [patheffects.withStroke(linewidth=2.2, foreground="black")]
+    for i, k in enumerate(chosen):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        ax.imshow(
+            volume.hu[k, r0:r1, c0:c1],
+            cmap="gray",
+            vmin=level - width / 2,
+            vmax=level + width / 2,
+            interpolation="nearest",
+            extent=(c0 - 0.5, c1 - 0.5, r1 - 0.5, r0 - 0.5),
+            aspect=dy / dx,
+        )
+        ax.set_xlim(c0 - 0.5, c1 - 0.5)
+        ax.set_ylim(r1 - 0.5, r0 - 0.5)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.apply_aspect()
+        box = ax.get_position()
+        # data units per screen pixel, to size label boxes (8 pt bold: ~6.5 px per character, 12 px high)
+        per_px_x = (c1 - c0) / max(box.width * fig.get_figwidth() * fig.dpi, 1.0)
+        per_px_y = (r1 - r0) / max(box.height * fig.get_figheight() * fig.dpi, 1.0)
+        placed: list[tuple[float, float, float, float]] = []
+        hidden = 0
+        on_slice = [(les, reg) for les, reg in zip(lesions, regions) if reg is not None and int(les.slice) == k]
+        for lesion, region in sorted(on_slice, key=lambda lr: -float(lr[0].agatston)):
+            colour = WEIGHT_COLOURS.get(int(lesion.weight), "#00e5ff")
+            ax.add_collection(LineCollection(_outline_segments(region), colors=colour, linewidths=1.4))
+            rows, cols = np.nonzero(region)
+            text = f"{float(lesion.agatston):.1f}"
+            w, h = (6.5 * len(text) + 4) * per_px_x, 14 * per_px_y
+            gap_x, gap_y = 3 * per_px_x, 3 * per_px_y
+            top, bottom = rows.min() - 0.5, rows.max() + 0.5
+            left, right = cols.min() - 0.5, cols.max() + 0.5
+            mid = (top + bottom) / 2
+            candidates = [  # (x0, y0) top-left corners in data coordinates (y down)
+                (right + gap_x, top - h), (right + gap_x, mid - h / 2), (right + gap_x, bottom),
+                (left - gap_x - w, top - h), (left - gap_x - w, mid - h / 2), (left - gap_x - w, bottom),
+                ((left + right - w) / 2, top - gap_y - h), ((left + right - w) / 2, bottom + gap_y),
+            ]
+            spot = None
+            for x0, y0 in candidates:
+                inside = x0 >= c0 - 0.5 and x0 + w <= c1 - 0.5 and y0 >= r0 - 0.5 and y0 + h <= r1 - 0.5
+                clear = all(x0 + w <= a or b <= x0 or y0 + h <= c or d <= y0 for a, c, b, d in placed)
+                if inside and clear:
+                    spot = (x0, y0)
+                    break
+            if spot is None:
+                hidden += 1
+                continue
+            placed.append((spot[0], spot[1], spot[0] + w, spot[1] + h))
+            ax.text(spot[0] + 2 * per_px_x, spot[1] + h / 2, text, color=colour, fontsize=8, fontweight="bold",
+                    ha="left", va="center", path_effects=stroke, clip_on=True)
+        label = f"slice {k}, z = {_slice_z_mm(volume, k):.1f} mm"
+        if k in per_slice:
+            label += f", Agatston {per_slice[k]:.1f}"
+        if hidden:
+            label += f"\n({hidden} crowded lesion{'s' if hidden > 1 else ''} not labelled)"
+        ax.set_title(label, color="white", fontsize=9)
+    total = summary.get("agatston")
+    title = f"{summary.get('exam_id', '')}   Agatston {float(total or 0):.1f}   category {summary.get('category')}"
+    extra = [f"{len(lesions)} lesions"]
+    if summary.get("volume_mm3") is not None:
+        extra.append(f"volume {float(summary['volume_mm3']):.1f} mm\u00b3")
+    if summary.get("mass_mg") is not None:
+        extra.append(f"mass {float(summary['mass_mg']):.1f} mg")
+    if not lesions:
+        extra = ["no calcium found"]
+    fig.suptitle(title + "\n" + ", ".join(extra), color="white", fontsize=11)
+    handles = [Patch(facecolor="none", edgecolor=c, linewidth=2, label=f"weight {w}: {_WEIGHT_RANGES[w]}")
+               for w, c in WEIGHT_COLOURS.items()]
+    legend = fig.legend(
+        handles=handles, loc="lower center", ncol=4, fontsize=8, frameon=False, labelcolor="white",
+        title="outline colour = density weight; number = lesion Agatston", title_fontsize=8,
+    )
+    legend.get_title().set_color("white")
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, facecolor=fig.get_facecolor())
+    os.replace(tmp, path)
+    return path
+
+
+def exam_summary_row(
+    exam_id: str,
+    scores: Any = None,
+    *,
+    volume: Volume | None = None,
+    error: BaseException | None = None,
+    seconds: float | None = None,
+    paths: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One row of the batch summary (columns ``SUMMARY_COLUMNS``).
+
+    Give ``scores`` (and ``volume``) for a scored exam, or ``error`` for a failed one: ``status`` is
+    "ok" or "failed"; a failure keeps its code (``AgataxError.code``, else the exception type name) and
+    its message.
+    """
+    row: dict[str, Any] = {"exam_id": exam_id, "status": "failed" if error is not None else "ok"}
+    if scores is not None:
+        row.update(
+            agatston=float(scores.agatston),
+            category=scores.category,
+            volume_mm3=float(scores.volume_mm3),
+            mass_mg=None if scores.mass_mg is None else float(scores.mass_mg),
+            lesions=len(scores.lesions),
+        )
+        for artery, values in (scores.per_artery or {}).items():
+            row[f"agatston_{artery}"] = float(values["agatston"])
+    if volume is not None:
+        row.update(
+            shape="x".join(str(s) for s in volume.shape),
+            spacing_z_mm=volume.spacing[0],
+            spacing_y_mm=volume.spacing[1],
+            spacing_x_mm=volume.spacing[2],
+            slice_thickness_mm=volume.slice_thickness,
+            series_uid=volume.metadata.get("series_uid"),
+            source=volume.source,
+            warnings="; ".join(volume.warnings),
+        )
+    if error is not None:
+        if isinstance(error, AgataxError):
+            row.update(error_code=error.code, error_message=error.message + (f" -> {error.hint}" if error.hint else ""))
+        else:
+            row.update(error_code=type(error).__name__, error_message=str(error))
+    if seconds is not None:
+        row["seconds"] = round(float(seconds), 3)
+    if paths and paths.get("json") is not None:
+        row["report"] = str(paths["json"])
+    return row
+
+
+def write_summary_csv(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> Path:
+    """Write the batch summary: ``SUMMARY_COLUMNS`` first, then any other keys in order of appearance.
+
+    Written to a temporary file and renamed, so a reader never sees half a table.
+    """
+    rows = list(rows)
+    columns = list(SUMMARY_COLUMNS)
+    for row in rows:
+        for key in row:
+            if key not in columns:
+                columns.append(key)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_csv(path, columns, rows)
+    return path

@@ -1,0 +1,130 @@
+"""Score agreement: hand-computed accuracy, C-index, kappa, Bland-Altman, confusion; reference tables."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from agatax import InputError, ReadError
+from agatax.evaluate import Evaluation, evaluate_scores, read_score_table
+
+# Six exams in both tables, one in each table only.
+#   exam  ref  cat   pred  cat   pred - ref
+#   e1      0   A       0   A        0
+#   e2      5   B      12   C        7
+#   e3     50   C      40   C      -10
+#   e4    200   D     150   D      -50
+#   e5    500   E     450   E      -50
+#   e6     30   C      45   C       15
+REF = {"e1": 0, "e2": 5, "e3": 50, "e4": 200, "e5": 500, "e6": 30, "only_ref": 7}
+PRED = {"e1": 0, "e2": 12, "e3": 40, "e4": 150, "e5": 450, "e6": 45, "only_pred": 10}
+
+# Accuracy: 5 of 6 categories agree.
+ACCURACY = 5 / 6
+# C-index: reference values all differ -> 15 pairs; sorted by reference the predictions read
+# 0, 12, 45 (e6), 40 (e3), 150, 450: only the pair (e6, e3) is discordant -> 14 / 15.
+C_INDEX = 14 / 15
+# Linear kappa, categories 0..4, disagreement weight |i - j| / 4.
+#   observed: one pair (B, C) at 1/4 over 6 exams -> 1/24 = 6/144.
+#   marginals ref [1, 1, 2, 1, 1] / 6, pred [1, 0, 3, 1, 1] / 6;
+#   sum_ij r_i q_j |i - j| = 13 + 9 + 2 * 5 + 7 + 11 = 50 -> expected 50 / (36 * 4) = 50/144.
+#   kappa = 1 - 6/50 = 0.88.
+KAPPA = 0.88
+# Bland-Altman: differences 0, 7, -10, -50, -50, 15; sum -88 -> mean -88/6;
+#   sum of squares 5374; SS about the mean 5374 - 88^2/6 = 12250/3; variance (n - 1 = 5) 2450/3.
+MEAN_DIFF = -88 / 6
+SD_DIFF = math.sqrt(2450 / 3)
+CONFUSION = np.zeros((5, 5), int)
+CONFUSION[0, 0] = 1  # A -> A
+CONFUSION[1, 2] = 1  # B (reference) -> C (predicted)
+CONFUSION[2, 2] = 2
+CONFUSION[3, 3] = 1
+CONFUSION[4, 4] = 1
+
+
+def _check(ev: Evaluation):
+    assert ev.n == 6 and ev.ids == ("e1", "e2", "e3", "e4", "e5", "e6")
+    assert ev.accuracy == pytest.approx(ACCURACY)
+    assert ev.c_index == pytest.approx(C_INDEX)
+    assert ev.kappa == pytest.approx(KAPPA)
+    assert ev.mean_difference == pytest.approx(MEAN_DIFF)
+    assert ev.sd_difference == pytest.approx(SD_DIFF)
+    assert ev.loa_lower == pytest.approx(MEAN_DIFF - 1.96 * SD_DIFF)
+    assert ev.loa_upper == pytest.approx(MEAN_DIFF + 1.96 * SD_DIFF)
+    np.testing.assert_array_equal(ev.confusion, CONFUSION)
+    assert ev.only_in_predicted == ("only_pred",) and ev.only_in_reference == ("only_ref",)
+
+
+def test_hand_computed_agreement_from_mappings():
+    _check(evaluate_scores(PRED, REF))
+
+
+def test_same_figures_from_csv_files_with_other_column_names(tmp_path):
+    pred = tmp_path / "pred.csv"
+    pred.write_text("exam_id,agatston,category\n" + "".join(f"{k},{v},x\n" for k, v in PRED.items()))
+    ref = tmp_path / "ref.csv"  # Excel style: BOM, semicolons, capitalised names
+    ref.write_text("\ufeffID;Score\n" + "".join(f"{k};{v}\n" for k, v in REF.items()), encoding="utf-8")
+    assert read_score_table(ref) == {k: float(v) for k, v in REF.items()}
+    _check(evaluate_scores(pred, ref))
+
+
+def test_missing_columns_names_found_and_needed(tmp_path):
+    path = tmp_path / "ref.csv"
+    path.write_text("patient,calcium\np1,3\n")
+    with pytest.raises(ReadError) as info:
+        read_score_table(path)
+    err = info.value
+    assert err.code == "MISSING_COLUMNS"
+    for name in ("patient", "calcium", "exam_id", "id", "agatston", "score"):
+        assert name in err.message
+
+
+def test_bad_values_duplicates_and_missing_file(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("id,score\na,1\nb,\n")
+    with pytest.raises(ReadError) as info:
+        read_score_table(path)
+    assert info.value.code == "BAD_VALUE" and "line 3" in info.value.message
+    path.write_text("id,score\na,1\na,2\n")
+    with pytest.raises(ReadError, match="twice"):
+        read_score_table(path)
+    path.write_text("id,score\na,-4\n")
+    with pytest.raises(ReadError, match="BAD_VALUE"):
+        read_score_table(path)
+    with pytest.raises(ReadError) as info:
+        read_score_table(tmp_path / "absent.csv")
+    assert info.value.code == "FILE_NOT_FOUND"
+
+
+def test_failed_rows_of_a_summary_are_left_out(tmp_path):
+    path = tmp_path / "summary.csv"
+    path.write_text("exam_id,status,agatston,error_code\na,ok,12.5,\nb,failed,,MISSING_SLICES\nc,ok,0,\n")
+    assert read_score_table(path) == {"a": 12.5, "c": 0.0}
+
+
+def test_no_common_exams_is_an_error():
+    with pytest.raises(InputError) as info:
+        evaluate_scores({"a": 1.0}, {"b": 1.0})
+    assert info.value.code == "NO_COMMON_EXAMS"
+
+
+def test_text_dict_and_plots(tmp_path):
+    ev = evaluate_scores(PRED, REF)
+    text = ev.format_text()
+    assert "0.833" in text and "0.933" in text and "0.880" in text
+    assert f"{MEAN_DIFF:.2f}" in text and "only_pred" in text
+    assert "  B        0     0     1     0     0" in text  # the confusion row of reference B
+    data = json.loads(json.dumps(ev.to_dict()))
+    assert data["n"] == 6 and data["confusion_matrix"]["counts"] == CONFUSION.tolist()
+    assert data["bland_altman"]["mean_difference"] == pytest.approx(MEAN_DIFF)
+    for plot in (ev.plot_confusion, ev.plot_bland_altman):
+        out = plot(tmp_path / f"{plot.__name__}.png")
+        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_single_exam_has_no_sd_and_stays_json_safe():
+    ev = evaluate_scores({"a": 3.0}, {"a": 1.0})
+    assert ev.mean_difference == 2.0 and math.isnan(ev.sd_difference)
+    assert json.loads(json.dumps(ev.to_dict()))["bland_altman"]["sd_difference"] is None
+    assert "n/a" in ev.format_text()
