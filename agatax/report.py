@@ -414,9 +414,11 @@ def render_png(
     nrows = math.ceil(n / ncols)
     panel = 3.6
     aspect = ((r1 - r0) * dy) / max((c1 - c0) * dx, 1e-9)
-    fig = Figure(figsize=(panel * ncols, panel * aspect * nrows + 1.3), dpi=110, facecolor="black")
-    fig.subplots_adjust(left=0.02, right=0.98, top=1 - 0.9 / fig.get_figheight(), bottom=0.6 / fig.get_figheight(),
-                        wspace=0.04, hspace=0.18)
+    legend_cols = 4 if ncols >= 2 else 2
+    bottom_in = 0.2 if not lesions else (0.6 if legend_cols == 4 else 0.85)
+    fig = Figure(figsize=(panel * ncols, panel * aspect * nrows + 0.9 + bottom_in), dpi=110, facecolor="black")
+    fig.subplots_adjust(left=0.02, right=0.98, top=1 - 0.9 / fig.get_figheight(),
+                        bottom=bottom_in / fig.get_figheight(), wspace=0.04, hspace=0.18)
     level, width = window
     stroke = [patheffects.withStroke(linewidth=2.2, foreground="black")]
     for i, k in enumerate(chosen):
@@ -486,13 +488,14 @@ def render_png(
     if not lesions:
         extra = ["no calcium found"]
     fig.suptitle(title + "\n" + ", ".join(extra), color="white", fontsize=11)
-    handles = [Patch(facecolor="none", edgecolor=c, linewidth=2, label=f"weight {w}: {_WEIGHT_RANGES[w]}")
-               for w, c in WEIGHT_COLOURS.items()]
-    legend = fig.legend(
-        handles=handles, loc="lower center", ncol=4, fontsize=8, frameon=False, labelcolor="white",
-        title="outline colour = density weight; number = lesion Agatston", title_fontsize=8,
-    )
-    legend.get_title().set_color("white")
+    if lesions:
+        handles = [Patch(facecolor="none", edgecolor=c, linewidth=2, label=f"weight {w}: {_WEIGHT_RANGES[w]}")
+                   for w, c in WEIGHT_COLOURS.items()]
+        legend = fig.legend(
+            handles=handles, loc="lower center", ncol=legend_cols, fontsize=8, frameon=False, labelcolor="white",
+            title="outline colour = density weight; number = lesion Agatston", title_fontsize=8,
+        )
+        legend.get_title().set_color("white")
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp.png")
     fig.savefig(tmp, facecolor=fig.get_facecolor())

@@ -343,3 +343,12 @@ def test_dicom_release_end_to_end(tmp_path):
     np.testing.assert_allclose(exam.volume.hu, _hu())
     np.testing.assert_array_equal(exam.mask, _expected_mask())
     assert [r.slice for r in exam.rois] == [2, 0]
+
+
+def test_outline_pixels_disagreeing_with_patient_mm_are_flagged(tmp_path, volume):
+    roi = _roi("Right Coronary Artery", RCA_OUTLINE, 0)
+    roi["Point_px"] = [f"({x + 4}, {y + 3})" for x, y in RCA_OUTLINE]  # 5 pixels away from Point_mm
+    path = tmp_path / "x.xml"
+    path.write_bytes(_plist([{"ImageIndex": 0, "ROIs": [roi]}]))
+    _, _, warnings = coca_mask(volume, parse_calcium_xml(path))
+    assert len(warnings) == 1 and "5.0 pixels" in warnings[0]

@@ -346,6 +346,8 @@ def coca_mask(
     Returns:
         (mask uint8 (z, y, x) with artery labels, the ROIs with ``slice`` set, warnings). Where outlines
         of two arteries claim the same pixel, the first ROI in file order keeps it (and a warning says so).
+        A warning also flags outlines whose ``Point_px`` and ``Point_mm`` (through the affine) disagree by
+        more than 1.5 pixels (median per ROI): the annotation may belong to another series.
 
     Raises:
         ReadError: ROI_SLICE_NOT_FOUND (naming the exam and the ROI's z), ROI_NO_POSITION.
@@ -354,6 +356,8 @@ def coca_mask(
     mask = np.zeros((nz, ny, nx), dtype=np.uint8)
     placed = []
     conflicts = 0
+    inverse = np.linalg.inv(volume.affine)
+    worst_offset = 0.0
     for roi in rois:
         k = _match_slice(volume, roi, exam_id=exam_id, tolerance=z_tolerance)
         region = polygon_pixels(roi.points_px, (ny, nx)) & (volume.hu[k] >= threshold_hu)
@@ -361,10 +365,20 @@ def coca_mask(
         conflicts += int(np.count_nonzero(region & (current != 0) & (current != roi.label)))
         current[region & (current == 0)] = roi.label
         placed.append(dataclasses.replace(roi, slice=k))
-    warnings = ()
+        if roi.points_mm is not None and len(roi.points_mm) == len(roi.points_px):
+            homogeneous = np.hstack([roi.points_mm, np.ones((len(roi.points_mm), 1))])
+            index = homogeneous @ inverse.T
+            offset = np.hypot(index[:, 2] - roi.points_px[:, 0], index[:, 1] - roi.points_px[:, 1])
+            worst_offset = max(worst_offset, float(np.median(offset)))
+    warnings = []
     if conflicts:
-        warnings = (f"{conflicts} calcium pixels lie in outlines of two arteries; the first outline keeps them",)
-    return mask, tuple(placed), warnings
+        warnings.append(f"{conflicts} calcium pixels lie in outlines of two arteries; the first outline keeps them")
+    if worst_offset > 1.5:
+        warnings.append(
+            f"outline pixel coordinates (Point_px) and patient coordinates (Point_mm) disagree by up to "
+            f"{worst_offset:.1f} pixels (median per ROI): check that the XML belongs to this series"
+        )
+    return mask, tuple(placed), tuple(warnings)
 
 
 def _natural_key(name: str):
