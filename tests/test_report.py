@@ -157,3 +157,14 @@ def test_summary_csv_keeps_failures_and_reads_back_as_scores(tmp_path):
     assert "allow_gaps=True" in table[1]["error_message"]
     assert table[2]["error_code"] == "RuntimeError" and table[2]["agatston"] == ""
     assert read_score_table(path) == {"exam_17": pytest.approx(14.4)}
+
+
+def test_a_folder_of_reports_reads_as_a_score_table(tmp_path):
+    volume, mask = _exam()
+    scores = compute_scores(volume.hu, mask, volume.spacing)
+    write_report(tmp_path, volume, scores, mask, exam_id="a", png=False)
+    only_l2 = mask.copy()
+    only_l2[L1] = 0
+    write_report(tmp_path, volume, compute_scores(volume.hu, only_l2, volume.spacing), only_l2, exam_id="b", png=False)
+    (tmp_path / "notes.json").write_text('{"unrelated": 1}')
+    assert read_score_table(tmp_path) == {"a": pytest.approx(14.4), "b": pytest.approx(10.8)}
