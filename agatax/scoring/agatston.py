@@ -269,7 +269,9 @@ def _lesion_table(hu, mask, spacing, *, min_pixels, min_area_mm2, connectivity, 
     values = hu.reshape(-1)[flat].astype(np.float64)
     pixels = np.bincount(lab, minlength=n + 1)[1:]
     hu_sum = np.bincount(lab, weights=values, minlength=n + 1)[1:]
-    peak = np.asarray(ndimage.maximum(values, lab, np.arange(1, n + 1)), dtype=np.float64).reshape(-1)
+    peak = np.zeros(0, np.float64)
+    if n:
+        peak = np.asarray(ndimage.maximum(values, lab, np.arange(1, n + 1)), dtype=np.float64).reshape(-1)
     _, ny, nx = labels.shape
     z, rest = np.divmod(flat, ny * nx)
     y, x = np.divmod(rest, nx)
