@@ -15,14 +15,19 @@ from agatax.scoring import (
     Lesion,
     Scores,
     agatston_score,
+    c_index,
+    category_accuracy,
     compute_scores,
+    confusion_matrix,
     density_weight,
     label_slices,
     label_volume,
+    lesion_detection,
     mass_score,
     risk_category,
     scores_jax,
     volume_score,
+    weighted_kappa,
 )
 
 # --- reading and writing exams (agatax.io) ---

@@ -12,3 +12,4 @@ from agatax.scoring.agatston import (
     volume_score,
 )
 from agatax.scoring.components import label_slices, label_volume
+from agatax.scoring.metrics import c_index, category_accuracy, confusion_matrix, lesion_detection, weighted_kappa
