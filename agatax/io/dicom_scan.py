@@ -77,6 +77,66 @@ class SliceRecord:
         return self.path if self.n_frames == 1 else f"{self.path} (frame {self.frame + 1})"
 
 
+class _Header:
+    """Fast reads of top-level header values: parses the raw bytes pydicom left unconverted.
+
+    pydicom converts values lazily through a general machinery; for the ~25 values read per file this
+    dominates a header pass, so plain strings, numbers and unsigned shorts are decoded here directly.
+    """
+
+    def __init__(self, ds, little_endian: bool) -> None:
+        self.ds = ds
+        self.order = "<" if little_endian else ">"
+
+    def _raw(self, tag: int):
+        elem = self.ds.get_item(tag)
+        return None if elem is None else elem.value
+
+    def has(self, tag: int) -> bool:
+        return self.ds.get_item(tag) is not None
+
+    def text(self, tag: int) -> str:
+        value = self._raw(tag)
+        if value is None:
+            return ""
+        if isinstance(value, bytes):
+            try:
+                return value.decode("utf-8").strip(" \x00")
+            except UnicodeDecodeError:
+                return value.decode("latin-1").strip(" \x00")
+        if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+            return "\\".join(str(v) for v in value)
+        return str(value).strip()
+
+    def numbers(self, tag: int) -> list[float] | None:
+        """A DS / IS value (possibly multi-valued) as floats; None when absent, empty or malformed."""
+        value = self._raw(tag)
+        if value is None:
+            return None
+        try:
+            if isinstance(value, bytes):
+                text = value.decode("ascii").strip(" \x00")
+                return [float(v) for v in text.split("\\")] if text else None
+            if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+                return [float(v) for v in value]
+            return [float(value)] if value != "" else None
+        except (ValueError, UnicodeDecodeError):
+            return None
+
+    def number(self, tag: int) -> float | None:
+        values = self.numbers(tag)
+        return values[0] if values else None
+
+    def ushort(self, tag: int, default: int) -> int:
+        """A US value (binary); ``default`` when absent."""
+        value = self._raw(tag)
+        if value is None or value == b"":
+            return default
+        if isinstance(value, bytes):
+            return int(struct.unpack(self.order + "H", value[:2])[0])
+        return int(value)
+
+
 def list_files(path: str | os.PathLike) -> list[str]:
     """Every regular file under ``path`` (recursively, sorted), or ``[path]`` for a file."""
     root = Path(path)
@@ -135,8 +195,11 @@ def _scan_one(path: str) -> list[SliceRecord] | str:
     except OSError as err:
         raise ReadError(f"cannot open {path}: {err}", code="UNREADABLE", paths=[path]) from err
 
-    sop_class = str(ds.get("SOPClassUID", "") or ds.file_meta.get("MediaStorageSOPClassUID", ""))
-    if not head and (sop_class == CT_IMAGE or sop_class in ENHANCED_CT or "Rows" in ds):
+    ts = _transfer_syntax(ds)
+    h = _Header(ds, ts.is_little_endian)
+    sop_class = h.text(0x00080016) or str(ds.file_meta.get("MediaStorageSOPClassUID", ""))
+    is_image = h.has(0x00280010) and h.has(0x00280011)  # Rows, Columns
+    if not head and (sop_class == CT_IMAGE or sop_class in ENHANCED_CT or is_image):
         raise ReadError(
             f"DICOM image file {path} ends after {size} bytes, before its pixel data",
             code="TRUNCATED_FILE",
@@ -145,65 +208,69 @@ def _scan_one(path: str) -> list[SliceRecord] | str:
         )
     if sop_class == MEDIA_DIRECTORY or os.path.basename(path).upper() == "DICOMDIR":
         return "DICOMDIR (media directory index, not an image)"
-    modality = str(ds.get("Modality", "") or "")
-    if "Rows" not in ds or "Columns" not in ds:
+    if not is_image:
         kind = UID(sop_class).name if sop_class else "unknown SOP class"
-        return f"not an image ({kind}, modality {modality or '?'})"
+        return f"not an image ({kind}, modality {h.text(0x00080060) or '?'})"
     if sop_class.startswith(SECONDARY_CAPTURE_PREFIX):
         return "secondary capture (e.g. a dose screen or screenshot), not a reconstructed slice"
-    image_type = tuple(str(v).upper() for v in (ds.get("ImageType") or ()))
+    image_type = tuple(v.strip().upper() for v in h.text(0x00080008).split("\\") if v.strip())
     if "LOCALIZER" in image_type:
         return f"scout (ImageType {'/'.join(image_type)})"
-
-    ts = _transfer_syntax(ds)
     pixel_offset, pixel_length = _pixel_location(head, offset, ts)
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if sop_class in ENHANCED_CT or "PerFrameFunctionalGroupsSequence" in ds:
+    n_frames = int(h.number(0x00280008) or 1)  # NumberOfFrames
+    if sop_class in ENHANCED_CT or h.has(0x52009230):  # PerFrameFunctionalGroupsSequence
         return _enhanced_records(path, ds, ts, pixel_offset, pixel_length, n_frames, image_type)
     if n_frames > 1:
         return f"multi-frame image without per-frame geometry ({UID(sop_class).name}); not supported"
-    if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
-        return "no ImagePositionPatient / ImageOrientationPatient (not a slice with known geometry)"
-    common = _common(ds, path, ts, pixel_offset, pixel_length, image_type)
+    position, orientation = h.numbers(0x00200032), h.numbers(0x00200037)
+    if not position or not orientation or len(position) != 3 or len(orientation) != 6:
+        return "no valid ImagePositionPatient / ImageOrientationPatient (not a slice with known geometry)"
+    common = _common(ds, h, path, ts, pixel_offset, pixel_length, image_type)
+    instance = h.number(0x00200013)
+    slope, intercept = h.number(0x00281053), h.number(0x00281052)
+    phase = h.number(0x00181060)  # TriggerTime
+    if phase is None:
+        phase = _float_or_none(ds.get(0x00189153).value) if h.has(0x00189153) else h.number(0x00200100)
+    spacing = h.numbers(0x00280030) or h.numbers(0x00181164)  # PixelSpacing, ImagerPixelSpacing
     return [
         SliceRecord(
             frame=0,
             n_frames=1,
-            instance=_int_or_none(ds.get("InstanceNumber")),
-            position=np.asarray([float(v) for v in ds.ImagePositionPatient], dtype=np.float64),
-            orientation=np.asarray([float(v) for v in ds.ImageOrientationPatient], dtype=np.float64),
-            pixel_spacing=_pixel_spacing(ds),
-            thickness=_float_or_none(ds.get("SliceThickness")),
-            slope=float(ds.get("RescaleSlope", 1.0) or 1.0),
-            intercept=float(ds.get("RescaleIntercept", 0.0) or 0.0),
-            has_rescale="RescaleIntercept" in ds,
-            phase=_phase(ds),
+            instance=None if instance is None else int(instance),
+            position=np.asarray(position, dtype=np.float64),
+            orientation=np.asarray(orientation, dtype=np.float64),
+            pixel_spacing=(spacing[0], spacing[1]) if spacing and len(spacing) >= 2 else (0.0, 0.0),
+            thickness=h.number(0x00180050),
+            slope=slope if slope else 1.0,
+            intercept=intercept if intercept is not None else 0.0,
+            has_rescale=intercept is not None,
+            phase=phase,
             **common,
         )
     ]
 
 
-def _common(ds, path, ts, pixel_offset, pixel_length, image_type) -> dict[str, Any]:
+def _common(ds, h: "_Header", path, ts, pixel_offset, pixel_length, image_type) -> dict[str, Any]:
     padding = None
-    if "PixelPaddingValue" in ds:
+    if h.has(0x00280120):  # PixelPaddingValue: US or SS, let pydicom decide
         value = float(ds.PixelPaddingValue)
         limit = float(ds.get("PixelPaddingRangeLimit", value))
         padding = (min(value, limit), max(value, limit))
-    bits_allocated = int(ds.get("BitsAllocated", 16))
+    bits_allocated = h.ushort(0x00280100, 16)
     return dict(
         path=path,
-        series_uid=str(ds.get("SeriesInstanceUID", "") or ""),
-        series_number=str(ds.get("SeriesNumber", "") or ""),
-        description=str(ds.get("SeriesDescription", "") or ""),
-        modality=str(ds.get("Modality", "") or ""),
+        series_uid=h.text(0x0020000E),
+        series_number=h.text(0x00200011),
+        description=h.text(0x0008103E),
+        modality=h.text(0x00080060),
         image_type=image_type,
-        rows=int(ds.Rows),
-        cols=int(ds.Columns),
+        rows=h.ushort(0x00280010, 0),
+        cols=h.ushort(0x00280011, 0),
         padding=padding,
         bits_allocated=bits_allocated,
-        bits_stored=int(ds.get("BitsStored", bits_allocated) or bits_allocated),
-        signed=int(ds.get("PixelRepresentation", 0) or 0) == 1,
-        samples=int(ds.get("SamplesPerPixel", 1) or 1),
+        bits_stored=h.ushort(0x00280101, bits_allocated),
+        signed=h.ushort(0x00280103, 0) == 1,
+        samples=h.ushort(0x00280002, 1),
         transfer_syntax=ts,
         pixel_offset=pixel_offset,
         pixel_length=pixel_length,
@@ -224,7 +291,7 @@ def _enhanced_records(path, ds, ts, pixel_offset, pixel_length, n_frames, image_
             hint="the file is inconsistent; export the series as single-frame CT images instead",
             paths=[path],
         )
-    common = _common(ds, path, ts, pixel_offset, pixel_length, image_type)
+    common = _common(ds, _Header(ds, ts.is_little_endian), path, ts, pixel_offset, pixel_length, image_type)
     records = []
     for index, group in enumerate(per_frame):
 
@@ -300,34 +367,10 @@ def _pixel_location(head: bytes, offset: int, ts: UID) -> tuple[int | None, int 
     return start, length
 
 
-def _pixel_spacing(ds) -> tuple[float, float]:
-    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
-    if not spacing or len(spacing) < 2:
-        return (0.0, 0.0)
-    return (float(spacing[0]), float(spacing[1]))
-
-
-def _phase(ds) -> float | None:
-    for keyword in ("TriggerTime", "NominalCardiacTriggerDelayTime", "TemporalPositionIndex"):
-        value = _float_or_none(ds.get(keyword))
-        if value is not None:
-            return value
-    return None
-
-
 def _float_or_none(value) -> float | None:
     if value is None or value == "":
         return None
     try:
         return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _int_or_none(value) -> int | None:
-    if value is None or value == "":
-        return None
-    try:
-        return int(value)
     except (TypeError, ValueError):
         return None
