@@ -1,0 +1,730 @@
+"""Training the calcification U-Net: optax Adam on the Dice loss, best epoch chosen on a validation set.
+
+Data live on the network's coarse grid. An exam becomes a training pair once (``exam_pair``):
+
+* input  = ``preprocess(hu, spacing)`` (isotropic ~3 mm, high-HU enhancement, clipped and scaled to [0, 1]);
+* target = the true calcification mask taken to the same grid: a coarse voxel is positive when it holds any
+  positive fine voxel.
+
+Training samples random patches (half of them centred near calcium by default), applies intensity and noise
+augmentation (never a flip: left and right anatomy differ), and minimises ``optax.losses.dice_loss`` on the
+sigmoid probabilities with Adam. Every ``eval_every`` steps (an "epoch") the pooled coarse-grid Dice on the
+validation exams is measured and the best variables are kept. Checkpoints are written atomically (temporary
+file + ``os.replace``) and a run resumes from the last one exactly: the data stream is keyed by
+``fold_in(key, step)`` and the optimiser state is saved, so a resumed run equals an uninterrupted one.
+
+    data = prepare_pairs(exams)                      # list of SyntheticExam or (Volume, mask)
+    variables = train_member(data, val, TrainConfig(steps=500), UNetConfig.tiny(), seed=0)
+    ensemble = train_ensemble(data, val, TrainConfig(), UNetConfig(), members=5)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import serialization
+from flax import struct
+from flax.training import train_state
+
+from agatax.errors import CheckpointError, InputError
+
+__all__ = [
+    "TrainConfig",
+    "TrainingSet",
+    "TrainState",
+    "exam_pair",
+    "prepare_pairs",
+    "train_member",
+    "train_ensemble",
+    "evaluate_dice",
+    "predict_coarse",
+]
+
+_CHECKPOINT_FORMAT = "agatax-train-checkpoint"
+_CHECKPOINT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How one network is trained.
+
+    Attributes:
+        learning_rate: Adam step size.
+        steps: optimisation steps in all (an "epoch" is ``eval_every`` steps).
+        batch_size: patches per step.
+        patch_zyx: patch size (z, y, x) in coarse voxels; each a multiple of 2**(levels-1).
+        positive_fraction: share of patches centred (with jitter) on a calcified voxel.
+        gain_std: SD of the multiplicative intensity gain (1 + N(0, gain_std)) per patch.
+        shift_std: SD of the additive intensity shift per patch, in [0, 1] image units (1 = 1100 HU).
+        noise_std: SD of the Gaussian noise added per voxel, in image units.
+        dice_smooth: smoothing term of the Dice loss.
+        dice_pooled: True: one Dice over the whole batch (stable when patches hold no calcium);
+            False: the mean of per-patch Dice losses.
+        bce_weight: weight of an added binary cross-entropy term (0 = Dice only, as the paper).
+        eval_every: validation every this many steps (and at the last step); best epoch kept.
+        checkpoint_every: checkpoint every this many steps (0: at each validation).
+        log_every: progress line every this many steps (0: none).
+        threshold: probability at or above which a voxel counts as calcium in validation.
+        seed: default seed (``train_member``'s ``seed`` argument overrides it).
+    """
+
+    learning_rate: float = 1e-3
+    steps: int = 2000
+    batch_size: int = 4
+    patch_zyx: tuple[int, int, int] = (32, 48, 48)
+    positive_fraction: float = 0.6
+    gain_std: float = 0.05
+    shift_std: float = 0.02
+    noise_std: float = 0.015
+    dice_smooth: float = 1.0
+    dice_pooled: bool = True
+    bce_weight: float = 0.0
+    eval_every: int = 100
+    checkpoint_every: int = 0
+    log_every: int = 25
+    threshold: float = 0.5
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1:
+            raise InputError(
+                f"steps, batch_size and eval_every must be >= 1, got {self.steps}, {self.batch_size}, "
+                f"{self.eval_every}",
+                code="BAD_TRAIN_CONFIG",
+            )
+        if len(self.patch_zyx) != 3 or min(self.patch_zyx) < 1:
+            raise InputError(
+                f"patch_zyx must be three positive sizes (z, y, x), got {self.patch_zyx}",
+                code="BAD_TRAIN_CONFIG",
+            )
+        if not 0.0 <= self.positive_fraction <= 1.0:
+            raise InputError(
+                f"positive_fraction must lie in [0, 1], got {self.positive_fraction}",
+                code="BAD_TRAIN_CONFIG",
+            )
+        object.__setattr__(self, "patch_zyx", tuple(int(p) for p in self.patch_zyx))
+
+    def fingerprint_dict(self) -> dict:
+        """Fields that must match for a checkpoint to resume (``steps`` and logging may change)."""
+        d = dataclasses.asdict(self)
+        for k in ("steps", "log_every", "checkpoint_every"):
+            d.pop(k)
+        d["patch_zyx"] = list(d["patch_zyx"])
+        return d
+
+
+# --------------------------------------------------------------------------------------------------------
+# data: exams -> coarse (image, target) pairs
+
+
+@dataclass
+class TrainingSet:
+    """Training or validation pairs on the network's coarse grid.
+
+    Attributes:
+        images: list of float arrays (z, y, x) in [0, 1] (pre-processed HU).
+        targets: list of bool arrays, same shapes: coarse calcification masks.
+        names: one label per pair (e.g. "J1-0007").
+        extra: free per-pair metadata (e.g. true Agatston, category).
+    """
+
+    images: list
+    targets: list
+    names: list = field(default_factory=list)
+    extra: list = field(default_factory=list)
+
+    def __post_init__(self):
+        if len(self.images) != len(self.targets):
+            raise InputError(
+                f"{len(self.images)} images but {len(self.targets)} targets",
+                code="SHAPE_MISMATCH",
+            )
+        for i, (a, b) in enumerate(zip(self.images, self.targets)):
+            if np.shape(a) != np.shape(b) or np.ndim(a) != 3:
+                raise InputError(
+                    f"pair {i}: image {np.shape(a)} and target {np.shape(b)} must be equal (z, y, x) shapes",
+                    code="SHAPE_MISMATCH",
+                )
+        if not self.names:
+            self.names = [str(i) for i in range(len(self.images))]
+        if not self.extra:
+            self.extra = [{} for _ in self.images]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __add__(self, other: "TrainingSet") -> "TrainingSet":
+        return TrainingSet(
+            self.images + other.images, self.targets + other.targets,
+            self.names + other.names, self.extra + other.extra,
+        )
+
+    def subset(self, indices: Iterable[int]) -> "TrainingSet":
+        idx = list(indices)
+        return TrainingSet(
+            [self.images[i] for i in idx], [self.targets[i] for i in idx],
+            [self.names[i] for i in idx], [self.extra[i] for i in idx],
+        )
+
+    def save(self, path) -> None:
+        """Write an .npz cache (images as float16, targets as uint8), atomically."""
+        arrays = {}
+        for i, (a, b) in enumerate(zip(self.images, self.targets)):
+            arrays[f"image_{i}"] = np.asarray(a, np.float16)
+            arrays[f"target_{i}"] = np.asarray(b, np.uint8)
+        arrays["meta"] = np.frombuffer(
+            json.dumps({"names": self.names, "extra": self.extra}).encode(), np.uint8
+        )
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    @classmethod
+    def load(cls, path) -> "TrainingSet":
+        try:
+            with np.load(path) as z:
+                meta = json.loads(bytes(z["meta"]).decode())
+                n = len(meta["names"])
+                images = [z[f"image_{i}"].astype(np.float32) for i in range(n)]
+                targets = [z[f"target_{i}"].astype(bool) for i in range(n)]
+        except (OSError, KeyError, ValueError) as err:
+            raise CheckpointError(
+                f"cannot read training cache {path}: {err}", code="BAD_CACHE",
+                hint="delete the file to regenerate it", paths=[path],
+            ) from err
+        return cls(images, targets, meta["names"], meta["extra"])
+
+
+def coarse_target(mask, spacing, image_shape, *, target_mm=None) -> np.ndarray:
+    """Fine mask (z, y, x) -> bool (image_shape) on the coarse grid of ``preprocess``.
+
+    A coarse voxel is positive when any positive fine voxel falls into it. The mask is carried through
+    ``preprocess`` itself as a two-valued HU image (calcium 1000 HU, elsewhere -1000 HU), so it lands on
+    exactly the grid, cropping and padding of the input; a coarse voxel is then positive when it reached
+    the top of the window, which only a fine voxel of the mask can bring (by the high-HU enhancement).
+    """
+    from agatax.preprocess import preprocess
+
+    fake = np.where(np.asarray(mask) > 0, np.float32(1000.0), np.float32(-1000.0))
+    coarse = _preprocess_image(preprocess, fake, spacing, target_mm)
+    if coarse.shape != tuple(image_shape):
+        raise InputError(
+            f"coarse target {coarse.shape} does not match the image {tuple(image_shape)}",
+            code="SHAPE_MISMATCH",
+        )
+    return coarse >= 0.999
+
+
+def _preprocess_image(preprocess, hu, spacing, target_mm):
+    kwargs = {} if target_mm is None else {"target_mm": target_mm}
+    out = preprocess(jnp.asarray(hu, jnp.float32), jnp.asarray(spacing, jnp.float32), **kwargs)
+    image = out[0] if isinstance(out, tuple) else getattr(out, "image", out)
+    image = np.asarray(image, np.float32)
+    while image.ndim > 3:  # (1, z, y, x, 1) layouts
+        image = image[0] if image.shape[0] == 1 else image[..., 0]
+    return image
+
+
+def exam_pair(volume, mask, *, target_mm=None) -> tuple[np.ndarray, np.ndarray]:
+    """One exam -> (image float32 (z, y, x) in [0, 1], target bool (z, y, x)) on the coarse grid.
+
+    Args:
+        volume: a ``Volume`` (HU (z, y, x), spacing (dz, dy, dx) mm).
+        mask: true calcification mask (z, y, x), nonzero = calcium (artery labels accepted).
+        target_mm: coarse voxel size in mm (default: ``preprocess``'s).
+    """
+    from agatax.preprocess import preprocess
+
+    hu = np.asarray(volume.hu, np.float32)
+    mask = np.asarray(mask)
+    if mask.shape != hu.shape:
+        raise InputError(
+            f"mask {mask.shape} and volume {hu.shape} must have the same (z, y, x) shape",
+            code="SHAPE_MISMATCH",
+        )
+    image = _preprocess_image(preprocess, hu, volume.spacing, target_mm)
+    target = coarse_target(mask, volume.spacing, image.shape, target_mm=target_mm)
+    return image, target
+
+
+def prepare_pairs(exams, *, target_mm=None, cache=None, names=None, log=None) -> TrainingSet:
+    """Exams -> TrainingSet, optionally cached in an .npz file (generation and pre-processing paid once).
+
+    Args:
+        exams: iterable of ``SyntheticExam`` (``.volume``, ``.mask``) or ``(volume, mask)`` pairs; may be
+            a zero-argument callable returning that iterable, so that nothing is generated on a cache hit.
+        target_mm: coarse voxel size (mm) for ``preprocess``.
+        cache: path of an .npz cache; read when present, written otherwise.
+        names: optional labels, one per exam.
+        log: optional print-like callable for progress.
+    """
+    if cache is not None and Path(cache).exists():
+        return TrainingSet.load(cache)
+    if callable(exams):
+        exams = exams()
+    images, targets, extra = [], [], []
+    t0 = time.perf_counter()
+    for i, exam in enumerate(exams):
+        if isinstance(exam, tuple):
+            volume, mask = exam
+            info = {}
+        else:
+            volume, mask = exam.volume, exam.mask
+            info = {"agatston": float(getattr(exam, "agatston", float("nan"))),
+                    "category": str(getattr(exam, "category", ""))}
+        image, target = exam_pair(volume, mask, target_mm=target_mm)
+        images.append(image)
+        targets.append(target)
+        extra.append(info)
+        if log is not None and (i + 1) % 25 == 0:
+            log(f"prepared {i + 1} exams ({time.perf_counter() - t0:.1f} s)")
+    data = TrainingSet(images, targets, list(names) if names is not None else [], extra)
+    if cache is not None:
+        data.save(cache)
+    return data
+
+
+# --------------------------------------------------------------------------------------------------------
+# packing for the device and patch sampling (jitted)
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-int(n) // m) * m
+
+
+def _pack(data: TrainingSet, min_shape: Sequence[int], multiple: int = 1) -> dict:
+    """Stack pairs into zero-padded device arrays (N, Z, Y, X) plus real shapes and positive voxels."""
+    if len(data) == 0:
+        raise InputError("the training set is empty", code="EMPTY_DATASET",
+                         hint="pass at least one exam")
+    shape = [max(max(np.shape(a)[d] for a in data.images), int(min_shape[d])) for d in range(3)]
+    shape = [_round_up(s, multiple) for s in shape]
+    n = len(data)
+    images = np.zeros((n, *shape), np.float16)
+    targets = np.zeros((n, *shape), np.uint8)
+    shapes = np.zeros((n, 3), np.int32)
+    positives = []
+    for i, (a, b) in enumerate(zip(data.images, data.targets)):
+        z, y, x = np.shape(a)
+        images[i, :z, :y, :x] = a
+        targets[i, :z, :y, :x] = b
+        shapes[i] = (z, y, x)
+        p = np.argwhere(np.asarray(b))
+        if len(p):
+            positives.append(np.concatenate([np.full((len(p), 1), i), p], axis=1))
+    has_pos = bool(positives)
+    pos = np.concatenate(positives).astype(np.int32) if has_pos else np.zeros((1, 4), np.int32)
+    return {
+        "images": jnp.asarray(images),
+        "targets": jnp.asarray(targets),
+        "shapes": jnp.asarray(shapes),
+        "positives": jnp.asarray(pos),
+        "has_positive": jnp.asarray(has_pos),
+    }
+
+
+def _sample_batch(data: dict, key, *, patch, batch: int, positive_fraction: float):
+    """Random patches (batch, pz, py, px) of images (float32) and targets (float32)."""
+    k_exam, k_start, k_pos, k_jit, k_use = jax.random.split(key, 5)
+    n = data["images"].shape[0]
+    patch_arr = jnp.asarray(patch, jnp.int32)[None, :]  # (1, 3)
+    exam = jax.random.randint(k_exam, (batch,), 0, n)
+    hi = jnp.maximum(data["shapes"][exam] - patch_arr, 0)  # (B, 3)
+    start_u = jnp.floor(jax.random.uniform(k_start, (batch, 3)) * (hi + 1).astype(jnp.float32))
+    start_u = jnp.minimum(start_u.astype(jnp.int32), hi)
+    pick = data["positives"][jax.random.randint(k_pos, (batch,), 0, data["positives"].shape[0])]
+    quarter = jnp.maximum(patch_arr // 4, 1)
+    jitter = jnp.floor(
+        (jax.random.uniform(k_jit, (batch, 3)) * 2.0 - 1.0) * quarter.astype(jnp.float32)
+    ).astype(jnp.int32)
+    hi_p = jnp.maximum(data["shapes"][pick[:, 0]] - patch_arr, 0)
+    start_p = jnp.clip(pick[:, 1:] - patch_arr // 2 + jitter, 0, hi_p)
+    use_pos = jax.random.bernoulli(k_use, positive_fraction, (batch,)) & data["has_positive"]
+    exam = jnp.where(use_pos, pick[:, 0], exam)
+    start = jnp.where(use_pos[:, None], start_p, start_u)
+
+    def crop(arr, e, s):
+        return jax.lax.dynamic_slice(arr, (e, s[0], s[1], s[2]), (1, *patch))[0]
+
+    x = jax.vmap(crop, in_axes=(None, 0, 0))(data["images"], exam, start).astype(jnp.float32)
+    y = jax.vmap(crop, in_axes=(None, 0, 0))(data["targets"], exam, start).astype(jnp.float32)
+    return x, y
+
+
+def _augment(x, key, *, gain_std: float, shift_std: float, noise_std: float):
+    """Intensity gain/shift per patch and Gaussian noise per voxel, clipped to [0, 1]. x: (B, z, y, x)."""
+    k_gain, k_shift, k_noise = jax.random.split(key, 3)
+    b = x.shape[0]
+    gain = 1.0 + gain_std * jax.random.normal(k_gain, (b, 1, 1, 1))
+    shift = shift_std * jax.random.normal(k_shift, (b, 1, 1, 1))
+    noise = noise_std * jax.random.normal(k_noise, x.shape)
+    return jnp.clip(x * gain + shift + noise, 0.0, 1.0)
+
+
+# --------------------------------------------------------------------------------------------------------
+# state, loss, steps
+
+
+class TrainState(train_state.TrainState):
+    """flax TrainState with BatchNorm statistics and the data-stream key (uint32 (2,))."""
+
+    batch_stats: Any = None
+    key: jax.Array = None
+
+
+def segmentation_loss(logits, targets, *, smooth=1.0, pooled=True, bce_weight=0.0):
+    """Dice loss (``optax.losses.dice_loss`` on sigmoid probabilities) plus optional BCE.
+
+    Args:
+        logits: (batch, z, y, x, 1) network output.
+        targets: (batch, z, y, x, 1) in {0, 1}.
+        pooled: one Dice over the whole batch, else the mean of per-patch Dice losses.
+    Returns:
+        scalar loss.
+    """
+    axis = tuple(range(logits.ndim - 1)) if pooled else None
+    loss = jnp.mean(optax.losses.dice_loss(logits, targets, smooth=smooth, axis=axis))
+    if bce_weight:
+        loss = loss + bce_weight * jnp.mean(optax.sigmoid_binary_cross_entropy(logits, targets))
+    return loss
+
+
+@functools.lru_cache(maxsize=16)
+def _make_train_step(config: TrainConfig):
+    """Jitted step for ``config`` (cached: every member and every resume reuses one compilation).
+
+    Call it with ``_step_key(config)`` so that fields the step does not read do not split the cache.
+    """
+    sample = partial(_sample_batch, patch=config.patch_zyx, batch=config.batch_size,
+                     positive_fraction=config.positive_fraction)
+    augment = partial(_augment, gain_std=config.gain_std, shift_std=config.shift_std,
+                      noise_std=config.noise_std)
+
+    @jax.jit
+    def step(state: TrainState, data: dict):
+        key = jax.random.fold_in(state.key, state.step)
+        k_sample, k_aug = jax.random.split(key)
+        x, y = sample(data, k_sample)
+        x = augment(x, k_aug)[..., None]
+        y = y[..., None]
+
+        def loss_fn(params):
+            logits, updates = state.apply_fn(
+                {"params": params, "batch_stats": state.batch_stats}, x, train=True,
+                mutable=["batch_stats"],
+            )
+            loss = segmentation_loss(logits.astype(jnp.float32), y, smooth=config.dice_smooth,
+                                     pooled=config.dice_pooled, bce_weight=config.bce_weight)
+            return loss, updates
+
+        (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        state = state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"])
+        return state, loss
+
+    return step
+
+
+def _step_key(config: TrainConfig) -> TrainConfig:
+    return dataclasses.replace(config, steps=1, eval_every=1, checkpoint_every=0, log_every=0,
+                               threshold=0.5, seed=0)
+
+
+@functools.lru_cache(maxsize=16)
+def _make_predict(model):
+    """Jitted sigmoid(model.apply(variables, x, train=False)) (cached per model)."""
+    @jax.jit
+    def predict(variables, x):
+        return jax.nn.sigmoid(model.apply(variables, x, train=False).astype(jnp.float32))
+
+    return predict
+
+
+def predict_coarse(variables, model_config, image) -> np.ndarray:
+    """Probability map (z, y, x) of one network on one coarse image (z, y, x) in [0, 1] (host arrays)."""
+    m = 2 ** (model_config.levels - 1)
+    image = np.asarray(image, np.float32)
+    shape = [_round_up(s, m) for s in image.shape]
+    padded = np.zeros(shape, np.float32)
+    padded[tuple(slice(0, s) for s in image.shape)] = image
+    prob = _make_predict(_model(model_config))(variables, jnp.asarray(padded)[None, ..., None])
+    return np.asarray(prob)[0, : image.shape[0], : image.shape[1], : image.shape[2], 0]
+
+
+def evaluate_dice(predict, variables, packed: dict, threshold: float = 0.5) -> float:
+    """Pooled Dice 2|P.T| / (|P| + |T|) over all validation exams on the coarse grid (1.0 if both empty)."""
+    inter = pred = true = 0.0
+    images, targets = packed["images"], packed["targets"]
+    for i in range(images.shape[0]):
+        prob = predict(variables, images[i][None, ..., None].astype(jnp.float32))[0, ..., 0]
+        p = prob >= threshold
+        t = targets[i] > 0
+        inter += float(jnp.sum(p & t))
+        pred += float(jnp.sum(p))
+        true += float(jnp.sum(t))
+    return 1.0 if pred + true == 0 else 2.0 * inter / (pred + true)
+
+
+# --------------------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def _atomic_write(path: Path, payload: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _data_fingerprint(packed: dict) -> str:
+    h = hashlib.sha1()
+    for k in ("images", "targets", "shapes"):
+        a = np.asarray(packed[k])
+        h.update(str(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _fingerprint(config, model_config, seed, train_fp, val_fp) -> str:
+    doc = {
+        "train": config.fingerprint_dict(),
+        "model": repr(model_config),
+        "seed": int(seed),
+        "train_data": train_fp,
+        "val_data": val_fp,
+    }
+    return hashlib.sha1(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def _save_checkpoint(path: Path, state, best, history, fingerprint) -> None:
+    doc = {
+        "format": _CHECKPOINT_FORMAT,
+        "version": _CHECKPOINT_VERSION,
+        "fingerprint": fingerprint,
+        "state": serialization.to_state_dict(jax.device_get(state)),
+        "best_variables": jax.device_get(best["variables"]),
+        "best_dice": float(best["dice"]),
+        "best_step": int(best["step"]),
+        "history": json.dumps(history),
+    }
+    _atomic_write(path, serialization.msgpack_serialize(doc))
+
+
+def _load_checkpoint(path: Path, template_state, fingerprint):
+    try:
+        doc = serialization.msgpack_restore(path.read_bytes())
+    except Exception as err:  # msgpack raises several unrelated types on corrupt input
+        raise CheckpointError(
+            f"training checkpoint {path} is unreadable ({type(err).__name__}: {err})",
+            code="CORRUPT_CHECKPOINT", hint="delete it to restart training from scratch", paths=[path],
+        ) from err
+    if not isinstance(doc, dict) or doc.get("format") != _CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not an agatax training checkpoint", code="CORRUPT_CHECKPOINT",
+                              hint="delete it or choose another checkpoint_dir", paths=[path])
+    if doc.get("version") != _CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint version {doc.get('version')}, expected {_CHECKPOINT_VERSION}",
+            code="CHECKPOINT_VERSION", hint="delete it to restart training", paths=[path])
+    if doc.get("fingerprint") != fingerprint:
+        raise CheckpointError(
+            f"{path} was written for another configuration, seed or data set",
+            code="CHECKPOINT_MISMATCH",
+            hint="use a fresh checkpoint_dir, or the same TrainConfig/UNetConfig/seed/data as before",
+            paths=[path])
+    state = serialization.from_state_dict(template_state, doc["state"])
+    state = jax.tree.map(jnp.asarray, state)
+    best_template = {"params": template_state.params, "batch_stats": template_state.batch_stats}
+    best_vars = serialization.from_state_dict(best_template, doc["best_variables"])
+    best = {"variables": best_vars, "dice": float(doc["best_dice"]), "step": int(doc["best_step"])}
+    return state, best, json.loads(doc["history"])
+
+
+# --------------------------------------------------------------------------------------------------------
+# public entry points
+
+
+@functools.lru_cache(maxsize=16)
+def _model(model_config):
+    """One UNet instance per config, so jitted functions see the same static ``apply_fn``."""
+    from agatax.model import UNet
+
+    return UNet(model_config)
+
+
+@functools.lru_cache(maxsize=16)
+def _optimizer(learning_rate: float):
+    """One Adam per step size, so jitted functions see the same static ``tx``."""
+    return optax.adam(learning_rate)
+
+
+def init_state(model_config, config: TrainConfig, seed: int) -> TrainState:
+    """Fresh TrainState: UNet variables from ``seed``, Adam, and the data-stream key."""
+    model = _model(model_config)
+    init_key, data_key = jax.random.split(jax.random.PRNGKey(seed))
+    x = jnp.zeros((1, *config.patch_zyx, 1), jnp.float32)
+    variables = model.init(init_key, x, train=False)
+    return TrainState.create(
+        apply_fn=model.apply,
+        params=variables["params"],
+        batch_stats=variables.get("batch_stats", {}),
+        tx=_optimizer(float(config.learning_rate)),
+        key=data_key,
+    )
+
+
+def train_member(
+    train_data: TrainingSet,
+    val_data: TrainingSet | None,
+    config: TrainConfig,
+    model_config,
+    seed: int | None = None,
+    checkpoint_dir=None,
+    *,
+    log: Callable[[str], None] | None = print,
+    history: list | None = None,
+) -> dict:
+    """Train one U-Net; return the variables {"params", "batch_stats"} of the best validation epoch.
+
+    Args:
+        train_data: coarse training pairs (``prepare_pairs``).
+        val_data: coarse validation pairs; None keeps the last step's variables.
+        config: TrainConfig (steps, batch, patch, augmentation, validation interval).
+        model_config: UNetConfig of the network.
+        seed: initialisation and data-stream seed (default ``config.seed``).
+        checkpoint_dir: folder for ``last.ckpt``; when it holds a checkpoint of the same configuration,
+            seed and data, training resumes from it exactly (a mismatched one raises CheckpointError).
+        log: print-like callable for progress lines (None: silent).
+        history: optional list that receives one dict per validation {"step", "loss", "val_dice",
+            "seconds_per_step"}.
+    Returns:
+        variables dict (host numpy leaves) of the best validation epoch.
+    """
+    seed = config.seed if seed is None else int(seed)
+    levels = int(model_config.levels)
+    multiple = 2 ** (levels - 1)
+    for p in config.patch_zyx:
+        if p % multiple:
+            raise InputError(
+                f"patch_zyx {config.patch_zyx} must be multiples of {multiple} for a {levels}-level U-Net",
+                code="BAD_TRAIN_CONFIG", hint=f"round the patch size to a multiple of {multiple}")
+    packed = _pack(train_data, config.patch_zyx)
+    val_packed = _pack(val_data, (1, 1, 1), multiple) if val_data is not None and len(val_data) else None
+    fp = _fingerprint(config, model_config, seed, _data_fingerprint(packed),
+                      _data_fingerprint(val_packed) if val_packed is not None else None)
+
+    state = init_state(model_config, config, seed)
+    best = {"variables": {"params": state.params, "batch_stats": state.batch_stats},
+            "dice": -1.0, "step": 0}
+    records: list = []
+    ckpt = Path(checkpoint_dir) / "last.ckpt" if checkpoint_dir is not None else None
+    if ckpt is not None and ckpt.exists():
+        state, best, records = _load_checkpoint(ckpt, state, fp)
+        if log:
+            log(f"resumed from {ckpt} at step {int(state.step)} (best val Dice {best['dice']:.4f})")
+
+    step_fn = _make_train_step(_step_key(config))
+    predict = _make_predict(_model(model_config))
+    ckpt_every = config.checkpoint_every or config.eval_every
+    start = int(state.step)
+    t_last, s_last = time.perf_counter(), start
+    loss_sum, loss_n = 0.0, 0
+    for step in range(start + 1, config.steps + 1):
+        state, loss = step_fn(state, packed)
+        last = step == config.steps
+        want_log = bool(config.log_every) and step % config.log_every == 0
+        want_eval = step % config.eval_every == 0 or last
+        if want_log or want_eval:
+            loss_v = float(loss)
+            loss_sum, loss_n = loss_sum + loss_v, loss_n + 1
+            now = time.perf_counter()
+            per_step = (now - t_last) / max(step - s_last, 1)
+            t_last, s_last = now, step
+        if want_eval:
+            variables = {"params": state.params, "batch_stats": state.batch_stats}
+            dice = evaluate_dice(predict, variables, val_packed, config.threshold) if val_packed else -loss_v
+            if val_packed is None or dice > best["dice"]:
+                best = {"variables": jax.device_get(variables), "dice": dice, "step": step}
+            rec = {"step": step, "loss": loss_v, "val_dice": dice if val_packed else None,
+                   "seconds_per_step": per_step}
+            records.append(rec)
+            if log:
+                vd = f"val Dice {dice:.4f} (best {best['dice']:.4f} @ {best['step']})" if val_packed else ""
+                log(f"step {step}/{config.steps} loss {loss_v:.4f} {vd} {per_step * 1e3:.0f} ms/step")
+            t_last = time.perf_counter()
+        elif want_log and log:
+            log(f"step {step}/{config.steps} loss {loss_v:.4f} {per_step * 1e3:.0f} ms/step")
+        if ckpt is not None and (step % ckpt_every == 0 or last):
+            _save_checkpoint(ckpt, state, best, records, fp)
+    if history is not None:
+        history.extend(records)
+    return jax.device_get(best["variables"])
+
+
+def train_ensemble(
+    train_data: TrainingSet,
+    val_data: TrainingSet | None,
+    config: TrainConfig,
+    model_config,
+    members: int = 5,
+    seeds: Sequence[int] | None = None,
+    checkpoint_dir=None,
+    *,
+    log: Callable[[str], None] | None = print,
+    histories: list | None = None,
+):
+    """Train ``members`` networks on the same data with different seeds and stack them into an Ensemble.
+
+    Args:
+        seeds: one seed per member (default ``config.seed + k``).
+        checkpoint_dir: parent folder; member k checkpoints under ``member{k}/``.
+        histories: optional list receiving one history list per member.
+    Returns:
+        ``agatax.ensemble.Ensemble`` (members stacked on the leading axis).
+    """
+    from agatax.ensemble import stack_members
+
+    seeds = list(seeds) if seeds is not None else [config.seed + k for k in range(members)]
+    if len(seeds) != members:
+        raise InputError(f"{members} members need {members} seeds, got {len(seeds)}",
+                         code="BAD_TRAIN_CONFIG")
+    variables = []
+    for k, s in enumerate(seeds):
+        if log:
+            log(f"member {k + 1}/{members} (seed {s})")
+        hist: list = []
+        sub = Path(checkpoint_dir) / f"member{k}" if checkpoint_dir is not None else None
+        variables.append(train_member(train_data, val_data, config, model_config, seed=s,
+                                      checkpoint_dir=sub, log=log, history=hist))
+        if histories is not None:
+            histories.append(hist)
+    return stack_members(variables, model_config)

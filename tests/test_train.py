@@ -1,0 +1,153 @@
+"""Training: Dice loss, patch sampling, loss falls, exact resume, checkpoint errors, coarse targets."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from agatax.errors import CheckpointError
+from agatax.model import UNet, UNetConfig
+from agatax.train import (
+    TrainConfig,
+    TrainingSet,
+    _pack,
+    _sample_batch,
+    evaluate_dice,
+    _make_predict,
+    init_state,
+    segmentation_loss,
+    train_ensemble,
+    train_member,
+)
+
+TINY = UNetConfig.tiny()
+CFG = TrainConfig(
+    learning_rate=2e-2, steps=6, batch_size=2, patch_zyx=(8, 16, 16), eval_every=3, log_every=0, seed=3,
+)
+
+
+def _toy_set(n: int, seed: int, shape=(10, 18, 20)) -> TrainingSet:
+    """Dim noisy background with a few bright 2x2x2 blobs; the target is exactly the blobs."""
+    rng = np.random.default_rng(seed)
+    images, targets = [], []
+    for _ in range(n):
+        img = 0.25 + 0.03 * rng.standard_normal(shape)
+        tgt = np.zeros(shape, bool)
+        for _ in range(3):
+            z, y, x = (rng.integers(0, s - 2) for s in shape)
+            tgt[z:z + 2, y:y + 2, x:x + 2] = True
+        img[tgt] = 0.9
+        images.append(np.clip(img, 0, 1).astype(np.float32))
+        targets.append(tgt)
+    return TrainingSet(images, targets)
+
+
+def test_dice_loss_matches_hand_formula():
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((2, 4, 4, 4, 1))
+    target = (rng.random((2, 4, 4, 4, 1)) > 0.7).astype(np.float64)
+    p = 1.0 / (1.0 + np.exp(-logits))
+    smooth = 1.0
+    pooled = 1.0 - (np.sum(p * target) + smooth) / (0.5 * p.sum() + 0.5 * target.sum() + smooth)
+    per = [1.0 - (np.sum(p[i] * target[i]) + smooth) / (0.5 * p[i].sum() + 0.5 * target[i].sum() + smooth)
+           for i in range(2)]
+    got_pooled = segmentation_loss(jnp.asarray(logits, jnp.float32), jnp.asarray(target, jnp.float32))
+    got_per = segmentation_loss(jnp.asarray(logits, jnp.float32), jnp.asarray(target, jnp.float32), pooled=False)
+    np.testing.assert_allclose(float(got_pooled), pooled, rtol=1e-5)
+    np.testing.assert_allclose(float(got_per), np.mean(per), rtol=1e-5)
+
+
+def test_patches_are_crops_and_positive_patches_hold_calcium():
+    data = _toy_set(3, 1)
+    packed = _pack(data, (8, 16, 16))
+    # replace the images by voxel ids so that a patch tells where it was cut from
+    n, Z, Y, X = packed["images"].shape
+    ids = np.arange(n * Z * Y * X, dtype=np.float32).reshape(n, Z, Y, X)
+    packed = dict(packed, images=jnp.asarray(ids))
+    x, y = _sample_batch(packed, jax.random.PRNGKey(0), patch=(8, 16, 16), batch=6, positive_fraction=1.0)
+    x, y = np.asarray(x), np.asarray(y)
+    targets = np.asarray(packed["targets"])
+    for b in range(6):
+        e, z0, y0, x0 = np.unravel_index(int(x[b, 0, 0, 0]), (n, Z, Y, X))
+        np.testing.assert_array_equal(x[b], ids[e, z0:z0 + 8, y0:y0 + 16, x0:x0 + 16])
+        np.testing.assert_array_equal(y[b], targets[e, z0:z0 + 8, y0:y0 + 16, x0:x0 + 16])
+        assert y[b].sum() > 0  # centred (with jitter) on a calcified voxel
+
+
+def test_pooled_validation_dice_matches_numpy():
+    data = _toy_set(2, 2)
+    packed = _pack(data, (1, 1, 1), 2)
+    state = init_state(TINY, CFG, seed=0)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    predict = _make_predict(UNet(TINY))
+    got = evaluate_dice(predict, variables, packed, threshold=0.5)
+    inter = total = 0
+    apply = jax.jit(UNet(TINY).apply)
+    for img, tgt in zip(data.images, data.targets):
+        x = jnp.asarray(img.astype(np.float16).astype(np.float32))[None, ..., None]  # stored as float16
+        prob = jax.nn.sigmoid(apply(variables, x))[0, ..., 0]
+        p = np.asarray(prob) >= 0.5
+        inter += np.sum(p & tgt)
+        total += p.sum() + tgt.sum()
+    assert got == pytest.approx(2 * inter / total if total else 1.0, abs=1e-6)
+
+
+@jax.jit
+def _eval_loss(variables, x, y):
+    return segmentation_loss(UNet(TINY).apply(variables, x, train=False), y)
+
+
+def _loss_on(variables, data):
+    x = jnp.asarray(np.stack(data.images))[..., None]
+    y = jnp.asarray(np.stack(data.targets), jnp.float32)[..., None]
+    return float(_eval_loss(variables, x, y))
+
+
+def test_tiny_training_reduces_the_loss():
+    train = _toy_set(4, 5)
+    state = init_state(TINY, CFG, seed=0)
+    before = _loss_on({"params": state.params, "batch_stats": state.batch_stats}, train)
+    cfg = TrainConfig(**{**CFG.__dict__, "steps": 40, "eval_every": 40})
+    variables = train_member(train, None, cfg, TINY, seed=0, log=None)
+    after = _loss_on(variables, train)
+    assert after < 0.6 * before, (before, after)
+
+
+def test_resume_continues_exactly(tmp_path):
+    train, val = _toy_set(3, 7), _toy_set(2, 8)
+    whole_hist: list = []
+    whole = train_member(train, val, CFG, TINY, seed=1, log=None, history=whole_hist)
+    half = TrainConfig(**{**CFG.__dict__, "steps": 3})
+    train_member(train, val, half, TINY, seed=1, checkpoint_dir=tmp_path, log=None)
+    resumed_hist: list = []
+    resumed = train_member(train, val, CFG, TINY, seed=1, checkpoint_dir=tmp_path, log=None,
+                           history=resumed_hist)
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(resumed)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert [r["loss"] for r in resumed_hist] == [r["loss"] for r in whole_hist]
+    assert [r["step"] for r in resumed_hist] == [3, 6]
+    assert not list(tmp_path.glob("*.tmp"))  # atomic writes leave no temporary file behind
+
+
+def test_bad_checkpoints_raise_checkpoint_errors(tmp_path):
+    train = _toy_set(2, 9)
+    cfg = TrainConfig(**{**CFG.__dict__, "steps": 1, "eval_every": 1})
+    train_member(train, None, cfg, TINY, seed=0, checkpoint_dir=tmp_path, log=None)
+    with pytest.raises(CheckpointError) as err:  # another seed must not resume this run
+        train_member(train, None, cfg, TINY, seed=1, checkpoint_dir=tmp_path, log=None)
+    assert err.value.code == "CHECKPOINT_MISMATCH"
+    (tmp_path / "last.ckpt").write_bytes(b"\x93not a checkpoint")
+    with pytest.raises(CheckpointError) as err:
+        train_member(train, None, cfg, TINY, seed=0, checkpoint_dir=tmp_path, log=None)
+    assert err.value.code == "CORRUPT_CHECKPOINT"
+
+
+def test_train_ensemble_stacks_members_with_different_seeds():
+    train = _toy_set(2, 11)
+    cfg = TrainConfig(**{**CFG.__dict__, "steps": 2, "eval_every": 2})
+    ens = train_ensemble(train, None, cfg, TINY, members=2, seeds=[0, 1], log=None)
+    leaves = jax.tree.leaves(ens.variables["params"])
+    assert all(leaf.shape[0] == 2 for leaf in leaves)
+    assert any(not np.array_equal(np.asarray(leaf[0]), np.asarray(leaf[1])) for leaf in leaves)
