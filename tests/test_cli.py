@@ -97,3 +97,11 @@ def test_python_dash_m_bad_path_exits_nonzero_without_traceback(tmp_path):
                           capture_output=True, text=True, cwd=root, timeout=120)
     assert proc.returncode == 2
     assert "error [NOT_FOUND]" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_score_a_nifti_exam(exam, tmp_path, capsys):
+    volume = read_volume(exam / "dicom")
+    write_nifti(tmp_path / "ct.nii.gz", volume)
+    assert main(["score", str(tmp_path / "ct.nii.gz"), "--mask", str(exam / "mask.nii.gz"), "--json", "-"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["agatston"] == pytest.approx(EXPECTED_AGATSTON, rel=1e-6)

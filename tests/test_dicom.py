@@ -316,3 +316,25 @@ def test_real_phantom_series(phantom_dir):
     spine = hu[10:35, 380:420, 235:270]
     assert float(np.median(spine)) > 250
     assert float(np.percentile(hu[:, 230:280, 230:280], 90)) < 130  # the middle holds no bone
+
+
+def test_unused_high_bits_are_ignored(tmp_path):
+    """BitsStored 12 of 16: bits above 12 (overlays, junk) are cleared; signed values are sign-extended."""
+    rng = np.random.default_rng(20)
+    values = rng.integers(0, 4096, (3, 6, 7))
+    junk = rng.integers(0, 2, values.shape) << 13
+    paths = factory.write_series(tmp_path / "u", np.zeros(values.shape), intercepts=[-1024.0] * 3)
+    for k, path in enumerate(paths):
+        ds = pydicom.dcmread(path)
+        ds.PixelRepresentation, ds.BitsStored, ds.HighBit = 0, 12, 11
+        ds.PixelData = (values[k] | junk[k]).astype("<u2").tobytes()
+        ds.save_as(path)
+    np.testing.assert_array_equal(read_volume(tmp_path / "u").hu, (values - 1024.0).astype(np.float32))
+    signed = rng.integers(-2000, 2048, (3, 6, 7))  # below -2000 HU counts as padding
+    paths = factory.write_series(tmp_path / "s", np.zeros(signed.shape), intercepts=[0.0] * 3)
+    for k, path in enumerate(paths):
+        ds = pydicom.dcmread(path)
+        ds.BitsStored, ds.HighBit = 12, 11
+        ds.PixelData = ((signed[k] & 0x0FFF) | 0x6000).astype("<u2").tobytes()  # 12-bit two's complement + junk
+        ds.save_as(path)
+    np.testing.assert_array_equal(read_volume(tmp_path / "s").hu, signed.astype(np.float32))
