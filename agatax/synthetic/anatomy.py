@@ -1,0 +1,623 @@
+"""Synthetic non-contrast chest anatomy for cardiac CT: scanner grid, tissues and their HU.
+
+Patient frame (mm): X toward the patient's left, Y toward the back, Z toward the head (DICOM LPS), origin at
+the middle of the thorax in-plane and at the centre of the ventricles along Z. Array axes are (z, y, x) with
+x = columns (patient left), y = rows (posterior), z increasing toward the head.
+
+Speed: z-invariant structures (body wall, lungs, spine, sternum, descending aorta) are drawn once as a 2D
+template and broadcast along z; structures that change along z (heart, great vessels, liver dome, ribs,
+discs, vessels) are painted only inside their bounding boxes. Edges are soft (a linear ramp about one
+PSF wide), which stands in for the scanner's blur of tissue boundaries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+__all__ = ["TISSUES", "TISSUE_HU", "ScannerParams", "Grid", "Heart", "sample_scanner", "make_grid", "build_anatomy"]
+
+# Tissue classes (codes of the optional tissue map) and nominal non-contrast HU at 120 kV.
+TISSUES = {
+    "air": 0, "fat": 1, "muscle": 2, "lung": 3, "cortical_bone": 4, "trabecular_bone": 5, "myocardium": 6,
+    "blood": 7, "pericardium": 8, "epicardial_fat": 9, "liver": 10, "csf": 11, "disc": 12, "cartilage": 13,
+    "airway": 14, "lung_vessel": 15, "coronary": 16, "spleen": 17,
+}
+TISSUE_HU = {
+    "air": -1000.0, "fat": -100.0, "muscle": 50.0, "lung": -860.0, "cortical_bone": 1000.0,
+    "trabecular_bone": 260.0, "myocardium": 45.0, "blood": 40.0, "pericardium": 30.0,
+    "epicardial_fat": -95.0, "liver": 58.0, "csf": 10.0, "disc": 85.0, "cartilage": 110.0,
+    "airway": -990.0, "lung_vessel": 40.0, "coronary": 40.0, "spleen": 48.0,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ScannerParams:
+    """Acquisition and reconstruction settings of one synthetic exam.
+
+    matrix: in-plane pixels (square); fov_mm: reconstruction field of view (pixel = fov / matrix);
+    slice_increment_mm, slice_thickness_mm: distance between slice centres and nominal thickness;
+    n_slices; noise_sigma_hu: image noise standard deviation; sharpness in [0, 1] (1 = sharp kernel),
+    giving psf_sigma_mm (in-plane Gaussian PSF); hu_offset: calibration offset added to every voxel;
+    fov_center_mm: (X, Y) of the FOV centre in the patient frame.
+    """
+
+    matrix: int
+    fov_mm: float
+    slice_increment_mm: float
+    slice_thickness_mm: float
+    n_slices: int
+    noise_sigma_hu: float
+    sharpness: float
+    hu_offset: float
+    fov_center_mm: tuple[float, float]
+    kvp: float = 120.0
+
+    @property
+    def pixel_mm(self) -> float:
+        return self.fov_mm / self.matrix
+
+    @property
+    def psf_sigma_mm(self) -> float:
+        """In-plane PSF sigma: 0.30 mm (sharp) to 0.60 mm (smooth)."""
+        return 0.30 + 0.30 * (1.0 - self.sharpness)
+
+    @property
+    def z_psf_sigma_mm(self) -> float:
+        return 0.35
+
+
+def sample_scanner(rng: np.random.Generator, **given) -> ScannerParams:
+    """Draw scanner settings (paper-like: 512 x 512 of 0.3-0.5 mm, 40-70 slices of 2.5 or 3 mm); ``given``
+    values (same names as ScannerParams) are kept as they are."""
+    matrix = int(given.pop("matrix", 512))
+    fov = float(given.pop("fov_mm", rng.uniform(170.0, 240.0)))
+    inc = float(given.pop("slice_increment_mm", rng.choice([2.5, 3.0])))
+    thick = float(given.pop("slice_thickness_mm", inc))
+    if "n_slices" in given:
+        n = int(given.pop("n_slices"))
+    else:  # cover ~125-165 mm: carina to below the apex
+        n = int(rng.integers(math.ceil(125.0 / inc), math.floor(165.0 / inc) + 1))
+    noise = float(given.pop("noise_sigma_hu", rng.uniform(10.0, 40.0)))
+    sharp = float(given.pop("sharpness", rng.uniform(0.0, 1.0)))
+    offset = float(given.pop("hu_offset", rng.uniform(-6.0, 6.0)))
+    center = tuple(float(c) for c in given.pop("fov_center_mm", (rng.uniform(5.0, 25.0), rng.uniform(-15.0, 5.0))))
+    kvp = float(given.pop("kvp", 120.0))
+    if given:
+        raise TypeError(f"unknown scanner parameter(s): {sorted(given)}")
+    return ScannerParams(matrix, fov, inc, thick, n, noise, sharp, offset, center, kvp)  # type: ignore[arg-type]
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """Voxel centres in the patient frame: z_mm (nz,), y_mm (ny,), x_mm (nx,); spacing (dz, dy, dx) mm."""
+
+    z_mm: np.ndarray
+    y_mm: np.ndarray
+    x_mm: np.ndarray
+    spacing: tuple[float, float, float]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.z_mm.size, self.y_mm.size, self.x_mm.size)
+
+    @property
+    def affine(self) -> np.ndarray:
+        """(z, y, x, 1) indices -> LPS mm (the patient frame)."""
+        a = np.eye(4)
+        a[2, 0], a[1, 1], a[0, 2] = self.spacing
+        a[:3, 3] = (self.x_mm[0], self.y_mm[0], self.z_mm[0])
+        return a
+
+    def to_index(self, zyx_mm: np.ndarray) -> np.ndarray:
+        """(..., 3) patient mm (Z, Y, X) -> (..., 3) fractional voxel indices (z, y, x)."""
+        p = np.asarray(zyx_mm, dtype=np.float64)
+        origin = np.array([self.z_mm[0], self.y_mm[0], self.x_mm[0]])
+        return (p - origin) / np.asarray(self.spacing)
+
+    def to_mm(self, zyx_index: np.ndarray) -> np.ndarray:
+        p = np.asarray(zyx_index, dtype=np.float64)
+        origin = np.array([self.z_mm[0], self.y_mm[0], self.x_mm[0]])
+        return p * np.asarray(self.spacing) + origin
+
+    def box(self, lo_mm, hi_mm) -> tuple[slice, slice, slice] | None:
+        """Index box covering [lo_mm, hi_mm] (Z, Y, X), clipped to the grid; None when outside."""
+        lo = np.floor(self.to_index(lo_mm)).astype(int)
+        hi = np.ceil(self.to_index(hi_mm)).astype(int) + 1
+        lo = np.maximum(lo, 0)
+        hi = np.minimum(hi, self.shape)
+        if np.any(hi <= lo):
+            return None
+        return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))  # type: ignore[return-value]
+
+
+def make_grid(scanner: ScannerParams, z_start_mm: float) -> Grid:
+    n, px = scanner.matrix, scanner.pixel_mm
+    cx, cy = scanner.fov_center_mm
+    offs = (np.arange(n) - (n - 1) / 2.0) * px
+    z = z_start_mm + np.arange(scanner.n_slices) * scanner.slice_increment_mm
+    return Grid(z.astype(np.float64), (cy + offs), (cx + offs), (scanner.slice_increment_mm, px, px))
+
+
+# ------------------------------------------------------------------------------------------ heart frame
+@dataclasses.dataclass(frozen=True)
+class Heart:
+    """Ventricles as a tilted ellipsoid: centre (Z, Y, X) mm, semi-axes (along u, v, w) mm and unit axes u
+    (base -> apex), v (anterior), w (toward the patient's left); plus the landmarks the vessels need."""
+
+    center: np.ndarray
+    semi: np.ndarray
+    u: np.ndarray
+    v: np.ndarray
+    w: np.ndarray
+    fat_mm: float
+    aortic_root: np.ndarray
+    root_radius: float
+    ascending_top: np.ndarray
+    aorta_radius: float
+    mitral_center: np.ndarray
+    z_bottom: float
+    z_top: float
+
+    def surface(self, t: np.ndarray, phi: np.ndarray, offset_mm: float = 0.0) -> np.ndarray:
+        """Points (N, 3) (Z, Y, X) on the ventricular surface at long-axis position t in [-1, 1] (base to
+        apex) and angle phi (rad; 0 anterior, +pi/2 patient left), pushed ``offset_mm`` outward."""
+        t, phi = np.broadcast_arrays(np.atleast_1d(np.asarray(t, np.float64)), np.atleast_1d(np.asarray(phi, np.float64)))
+        s = np.sqrt(np.clip(1.0 - t**2, 0.0, 1.0))
+        a, b, c = self.semi
+        local = np.stack([a * t, b * s * np.cos(phi), c * s * np.sin(phi)], axis=-1)
+        # outward normal of the ellipsoid in local coordinates
+        nrm = local / np.array([a, b, c]) ** 2
+        nrm /= np.linalg.norm(nrm, axis=-1, keepdims=True) + 1e-12
+        local = local + offset_mm * nrm
+        axes = np.stack([self.u, self.v, self.w])  # rows: u, v, w in (Z, Y, X)
+        return self.center + local @ axes
+
+
+def _unit(v) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float64)
+    return v / np.linalg.norm(v)
+
+
+def sample_heart(rng: np.random.Generator, body_b_inner: float, scale: float = 1.0) -> Heart:
+    """Heart size, position and orientation for one patient (Z, Y, X mm)."""
+    s = scale * rng.uniform(0.9, 1.08)
+    semi = np.array([52.0, 40.0, 44.0]) * s
+    # base -> apex: inferior, anterior, to the left
+    u = _unit(np.array([-0.68, -0.45, 0.55]) + rng.normal(0.0, 0.06, 3))
+    anterior = np.array([0.0, -1.0, 0.0])
+    v = _unit(anterior - (anterior @ u) * u)
+    w = np.cross(u, v)
+    if w[2] < 0:
+        w = -w
+    fat = float(rng.uniform(3.0, 9.0))
+    axes = np.stack([u, v, w])
+    half = np.sqrt(((semi[:, None] * axes) ** 2).sum(axis=0))  # half extents along Z, Y, X
+    # anterior surface ~10-16 mm behind the inner chest wall
+    cy = -body_b_inner + rng.uniform(10.0, 16.0) + half[1] + fat
+    cx = rng.uniform(22.0, 34.0)
+    center = np.array([0.0, cy, cx])
+    base = center - 0.78 * semi[0] * u
+    root_r = float(rng.uniform(12.0, 15.0)) * s
+    aortic_root = base + np.array([8.0, 4.0, -16.0]) * s
+    aorta_r = float(rng.uniform(14.0, 17.5))
+    ascending_top = aortic_root + np.array([90.0, -6.0, -12.0])
+    mitral = base + np.array([-2.0, 10.0, 10.0]) * s
+    z_bottom = float(center[0] - half[0] - fat)
+    z_top = float(aortic_root[0] + root_r)
+    return Heart(center, semi, u, v, w, fat, aortic_root, root_r, ascending_top, aorta_r, mitral, z_bottom, z_top)
+
+
+# ---------------------------------------------------------------------------------------- painting
+def _ramp(r: np.ndarray, edge: float, e: float) -> np.ndarray:
+    """Coverage alpha in [0, 1]: 1 well inside (r < edge - e), 0 outside (r > edge + e), linear between."""
+    a = (edge + e - r) * (0.5 / e)
+    np.clip(a, 0.0, 1.0, out=a)
+    return a
+
+
+def _blend(img: np.ndarray, alpha: np.ndarray, value: float, tissue: np.ndarray | None = None, code: int = 0,
+           where: np.ndarray | None = None) -> None:
+    """img += alpha * (value - img) in place (optionally only where ``where``); tissue code where alpha > 1/2."""
+    if where is not None:
+        alpha = alpha * where
+    img += alpha * (np.float32(value) - img)
+    if tissue is not None:
+        tissue[alpha > 0.5] = code
+
+
+class _Canvas:
+    """The HU volume under construction plus (optionally) the tissue map, with per-exam tissue HU."""
+
+    def __init__(self, grid: Grid, hu_of: dict[str, float], edge_mm: float, keep_tissue: bool):
+        self.grid = grid
+        self.hu_of = hu_of
+        self.edge_mm = edge_mm
+        self.keep = keep_tissue
+
+    def value(self, name: str) -> float:
+        return self.hu_of[name]
+
+
+def _tissue_hu(rng: np.random.Generator) -> dict[str, float]:
+    """Per-patient tissue HU around the nominal values (hematocrit, fat content, bone density)."""
+    jitter = {"fat": 8.0, "muscle": 5.0, "lung": 25.0, "cortical_bone": 150.0, "trabecular_bone": 60.0,
+              "myocardium": 4.0, "blood": 5.0, "epicardial_fat": 8.0, "liver": 6.0, "disc": 8.0,
+              "cartilage": 15.0, "spleen": 4.0}
+    out = dict(TISSUE_HU)
+    for k, s in jitter.items():
+        out[k] = float(TISSUE_HU[k] + rng.uniform(-s, s))
+    out["lung_vessel"] = out["blood"]
+    out["coronary"] = out["blood"]
+    return out
+
+
+def _ellipse_r(X, Y, cx, cy, a, b, angle=0.0):
+    """Normalised elliptic radius (1 on the outline) of points X, Y (broadcastable arrays, mm)."""
+    dx, dy = X - cx, Y - cy
+    if angle:
+        c, s = math.cos(angle), math.sin(angle)
+        dx, dy = c * dx + s * dy, -s * dx + c * dy
+    return np.sqrt((dx / a) ** 2 + (dy / b) ** 2, dtype=np.float32)
+
+
+def _template(grid: Grid, rng: np.random.Generator, hu: dict[str, float], body: dict, e_mm: float,
+              keep: bool):
+    """2D (ny, nx) HU image and tissue map of the z-invariant anatomy, plus named pixel sets."""
+    X = grid.x_mm[None, :].astype(np.float32)
+    Y = grid.y_mm[:, None].astype(np.float32)
+    ny, nx = grid.shape[1:]
+    img = np.full((ny, nx), hu["air"], np.float32)
+    tis = np.zeros((ny, nx), np.uint8) if keep else None
+    T = TISSUES
+    a0, b0 = body["a"], body["b"]
+    sub, wall = body["subcut"], body["wall"]
+
+    def paint(r, value, code, edge=1.0, scale=None, where=None):
+        e = e_mm / (scale if scale else 1.0)
+        _blend(img, _ramp(r, edge, e), hu[value] if isinstance(value, str) else value, tis, code, where)
+
+    # skin + subcutaneous fat + chest wall muscle + thoracic cavity (lung)
+    paint(_ellipse_r(X, Y, 0, 0, a0, b0), "muscle", T["muscle"], scale=b0)
+    paint(_ellipse_r(X, Y, 0, 0, a0 - 1.5, b0 - 1.5), "fat", T["fat"], scale=b0)
+    ai, bi = a0 - sub - wall, b0 - sub * 0.8 - wall
+    paint(_ellipse_r(X, Y, 0, 0, a0 - sub, b0 - sub * 0.8), "muscle", T["muscle"], scale=b0)
+    # breast / pectoral fat planes: a fat lens inside the anterior wall
+    paint(_ellipse_r(X, Y, 0, -b0 + sub * 0.8 + wall * 0.55, a0 * 0.55, wall * 0.18), "fat", T["fat"], scale=wall)
+    r_thorax = _ellipse_r(X, Y, 0, 0, ai, bi)
+    paint(r_thorax, "lung", T["lung"], scale=bi)
+    # posterior: spine block and paraspinal muscles bulge into the thorax
+    y_vb = bi - 42.0  # vertebral body centre
+    paint(_ellipse_r(X, Y, 0, bi - 8.0, 48.0, 26.0), "muscle", T["muscle"], scale=26.0)
+    # mediastinum: fat band between the lungs (heart is painted over it later)
+    paint(_ellipse_r(X, Y, 6.0, -bi * 0.25, 38.0, bi * 0.8), "fat", T["fat"], scale=38.0, where=(r_thorax < 1.0))
+    paint(_ellipse_r(X, Y, 6.0, y_vb - 10.0, 36.0, 36.0), "fat", T["fat"], scale=36.0)
+    # vertebral body: cortical shell + trabecular core; canal; posterior arch; spinous process
+    vb_a, vb_b = rng.uniform(19.0, 23.0), rng.uniform(15.0, 18.0)
+    r_vb = _ellipse_r(X, Y, 0, y_vb, vb_a, vb_b)
+    paint(r_vb, "cortical_bone", T["cortical_bone"], scale=vb_b)
+    paint(r_vb, "trabecular_bone", T["trabecular_bone"], edge=1.0 - 1.6 / vb_b, scale=vb_b)
+    y_canal = y_vb + vb_b + 9.0
+    r_arch = _ellipse_r(X, Y, 0, y_canal + 1.0, 17.0, 15.0)
+    paint(r_arch, "cortical_bone", T["cortical_bone"], scale=15.0)
+    paint(r_arch, "trabecular_bone", T["trabecular_bone"], edge=0.8, scale=15.0)
+    paint(_ellipse_r(X, Y, 0, y_canal, 8.5, 7.5), "csf", T["csf"], scale=7.5)
+    r_sp = _ellipse_r(X, Y, 0, y_canal + 24.0, 4.0, 12.0)
+    paint(r_sp, "cortical_bone", T["cortical_bone"], scale=4.0)
+    paint(r_sp, "trabecular_bone", T["trabecular_bone"], edge=0.55, scale=4.0)
+    # descending aorta (left-anterior of the spine) with a thin fat rim, esophagus
+    da_r = rng.uniform(10.5, 13.5)
+    da = (rng.uniform(20.0, 28.0), y_vb - vb_b - da_r + 4.0)
+    paint(_ellipse_r(X, Y, da[0], da[1], da_r + 3.0, da_r + 3.0), "fat", T["fat"], scale=da_r)
+    paint(_ellipse_r(X, Y, da[0], da[1], da_r, da_r), "blood", T["blood"], scale=da_r)
+    eso = (rng.uniform(0.0, 8.0), y_vb - vb_b - 9.0)
+    paint(_ellipse_r(X, Y, eso[0], eso[1], 9.0, 7.0), "muscle", T["muscle"], scale=7.0)
+    if rng.random() < 0.5:
+        paint(_ellipse_r(X, Y, eso[0], eso[1], 2.5, 1.5), "airway", T["airway"], scale=1.5)
+    # sternum (body): anterior midline, inside the chest wall
+    y_st = -bi - 4.0
+    r_st = _ellipse_r(X, Y, rng.uniform(-3.0, 3.0), y_st, rng.uniform(13.0, 17.0), 6.5)
+    paint(r_st, "cortical_bone", T["cortical_bone"], scale=6.5)
+    paint(r_st, "trabecular_bone", T["trabecular_bone"], edge=1.0 - 1.5 / 6.5, scale=6.5)
+    sets = {
+        "vertebral_body": r_vb < 1.02,
+        "sternum": r_st < 1.05,
+        "thorax_r": r_thorax,
+        "descending_aorta": np.array([0.0, da[1], da[0]]),
+        "descending_aorta_r": da_r,
+        "y_vb": y_vb,
+        "inner": (ai, bi),
+    }
+    return img, tis, sets
+
+
+def _ellipsoid_f(grid: Grid, box, center, semi, axes) -> np.ndarray:
+    """Squared normalised radius (z, y, x) of an ellipsoid (semi-axes along rows of ``axes``) inside box."""
+    z = (grid.z_mm[box[0]] - center[0]).astype(np.float32)[:, None, None]
+    y = (grid.y_mm[box[1]] - center[1]).astype(np.float32)[None, :, None]
+    x = (grid.x_mm[box[2]] - center[2]).astype(np.float32)[None, None, :]
+    M = (axes.T / np.asarray(semi) ** 2) @ axes  # quadratic form in (Z, Y, X)
+    M = M.astype(np.float32)
+    zz = M[0, 0] * z * z + 2 * M[0, 1] * z * y + M[1, 1] * y * y  # (nz, ny, 1)
+    zx = 2 * M[0, 2] * z * x  # (nz, 1, nx)
+    yx = M[2, 2] * x * x + 2 * M[1, 2] * y * x  # (1, ny, nx)
+    f = zz + zx
+    f += yx
+    return f
+
+
+def _ellipsoid_box(grid: Grid, center, semi, axes, pad: float):
+    half = np.sqrt(((np.asarray(semi)[:, None] * axes) ** 2).sum(axis=0)) + pad
+    return grid.box(center - half, center + half)
+
+
+def _paint_heart(vol, tis, grid: Grid, heart: Heart, hu: dict, e_mm: float) -> None:
+    """Pericardial sac with epicardial fat, pericardium, ventricles (myocardium + blood), atria."""
+    T = TISSUES
+    axes_v = np.stack([heart.u, heart.v, heart.w])
+    eye = np.eye(3)
+    base = heart.center - 0.78 * heart.semi[0] * heart.u
+    s = heart.semi[0] / 52.0
+    la_c = base + np.array([14.0, 22.0, 4.0]) * s
+    la_semi = np.array([22.0, 20.0, 30.0]) * s
+    ra_c = base + np.array([2.0, 4.0, -34.0]) * s
+    ra_semi = np.array([30.0, 24.0, 22.0]) * s
+    R = float(np.mean(heart.semi))
+    pad = heart.fat_mm + 3.0
+    box = _ellipsoid_box(grid, heart.center, heart.semi + pad, axes_v, 0.0)
+    for c, sm in ((la_c, la_semi), (ra_c, ra_semi)):
+        b2 = _ellipsoid_box(grid, c, sm + pad, eye, 0.0)
+        if b2 is not None:
+            box = b2 if box is None else tuple(slice(min(p.start, q.start), max(p.stop, q.stop)) for p, q in zip(box, b2))
+    if box is None:
+        return
+    f = _ellipsoid_f(grid, box, heart.center, heart.semi, axes_v)
+    for c, sm in ((la_c, la_semi), (ra_c, ra_semi)):
+        np.minimum(f, _ellipsoid_f(grid, box, c, sm, eye), out=f)
+    r = np.sqrt(f)
+    sub = vol[box]
+    tsub = tis[box] if tis is not None else None
+    e = e_mm / R
+    r_sac = 1.0 + heart.fat_mm / R
+    _blend(sub, _ramp(r, r_sac + 1.2 / R, e), hu["pericardium"], tsub, T["pericardium"])
+    _blend(sub, _ramp(r, r_sac, e), hu["epicardial_fat"], tsub, T["epicardial_fat"])
+    _blend(sub, _ramp(r, 1.0, e), hu["myocardium"], tsub, T["myocardium"])
+    if tsub is not None:  # chambers: blood and myocardium differ by a few HU only without contrast
+        tsub[r < 0.72] = T["blood"]
+
+
+def _paint_tube(vol, tis, grid: Grid, points: np.ndarray, radius: np.ndarray, value: float, code: int,
+                e_mm: float, only: tuple[int, ...] | None = None, only_hu_below: float | None = None) -> None:
+    """Soft tube through ``points`` (N, 3) mm with per-point radius (N,) mm, painted by stencils.
+
+    Voxels get alpha = ramp(distance to the nearest sample, radius); samples should be <= ~0.5 mm apart.
+    ``only_hu_below`` restricts painting to voxels whose current HU is below that value (e.g. lungs).
+    """
+    if len(points) == 0:
+        return
+    sp = np.asarray(grid.spacing)
+    idx = grid.to_index(points)
+    rmax_groups = np.ceil(radius[:, None] / sp[None, :] + e_mm / sp[None, :]).astype(int)
+    key = rmax_groups[:, 0] * 10000 + rmax_groups[:, 1] * 100 + rmax_groups[:, 2]
+    nz, ny, nx = grid.shape
+    best = {}
+    for k in np.unique(key):
+        sel = key == k
+        rz, ry, rx = rmax_groups[sel][0]
+        oz, oy, ox = np.meshgrid(np.arange(-rz, rz + 1), np.arange(-ry, ry + 1), np.arange(-rx, rx + 1), indexing="ij")
+        off = np.stack([oz.ravel(), oy.ravel(), ox.ravel()], axis=1)
+        c = np.rint(idx[sel]).astype(int)
+        vox = c[:, None, :] + off[None, :, :]  # (n, m, 3)
+        d = (vox - idx[sel][:, None, :]) * sp
+        dist = np.sqrt((d**2).sum(-1))
+        alpha = np.clip((radius[sel][:, None] + e_mm - dist) * (0.5 / e_mm), 0.0, 1.0)
+        ok = (alpha > 0) & np.all((vox >= 0) & (vox < np.array([nz, ny, nx])), axis=-1)
+        flat = np.ravel_multi_index(tuple(vox[ok].T), (nz, ny, nx))
+        best_k = (flat, alpha[ok])
+        best[k] = best_k
+    flat = np.concatenate([b[0] for b in best.values()])
+    alpha = np.concatenate([b[1] for b in best.values()])
+    order = np.argsort(alpha, kind="stable")
+    flat, alpha = flat[order], alpha[order]
+    uniq, last = np.unique(flat[::-1], return_index=True)  # largest alpha per voxel
+    alpha = alpha[::-1][last].astype(np.float32)
+    cur = vol.ravel()[uniq]
+    keep = np.ones(uniq.size, bool)
+    if only is not None and tis is not None:
+        keep &= np.isin(tis.ravel()[uniq], only)
+    if only_hu_below is not None:
+        keep &= cur < only_hu_below
+    uniq, alpha, cur = uniq[keep], alpha[keep], cur[keep]
+    vol.ravel()[uniq] = cur + alpha * (np.float32(value) - cur)
+    if tis is not None:
+        tis.ravel()[uniq[alpha > 0.5]] = code
+
+
+def _polyline(nodes: np.ndarray, step: float = 0.5) -> np.ndarray:
+    """Resample a polyline (K, 3) at ~``step`` mm (smooth enough for small K with Catmull-Rom-free linear)."""
+    seg = np.linalg.norm(np.diff(nodes, axis=0), axis=1)
+    s = np.concatenate([[0.0], np.cumsum(seg)])
+    t = np.arange(0.0, s[-1] + 1e-9, step)
+    return np.stack([np.interp(t, s, nodes[:, i]) for i in range(3)], axis=1)
+
+
+def _paint_vertical_vessel(vol, tis, grid, start, top, radius, value, code, e_mm, wall_fat=0.0, fat=-100.0):
+    """A tube from ``start`` to ``top`` (mm) painted slice by slice as a soft disc (tube ~ along Z)."""
+    z0, z1 = sorted((start[0], top[0]))
+    ks = np.nonzero((grid.z_mm >= z0) & (grid.z_mm <= z1))[0]
+    if ks.size == 0:
+        return
+    for k in ks:
+        t = (grid.z_mm[k] - start[0]) / (top[0] - start[0])
+        c = start + t * (top - start)
+        rr = radius + wall_fat
+        bx = grid.box(np.array([grid.z_mm[k], c[1] - rr - 3, c[2] - rr - 3]), np.array([grid.z_mm[k], c[1] + rr + 3, c[2] + rr + 3]))
+        if bx is None:
+            continue
+        bx = (slice(k, k + 1), bx[1], bx[2])
+        Y = grid.y_mm[bx[1]][:, None].astype(np.float32)
+        X = grid.x_mm[bx[2]][None, :].astype(np.float32)
+        r = np.sqrt((X - c[2]) ** 2 + (Y - c[1]) ** 2)[None]
+        sub = vol[bx]
+        tsub = tis[bx] if tis is not None else None
+        if wall_fat:
+            _blend(sub, _ramp(r, radius + wall_fat, e_mm), fat, tsub, TISSUES["fat"])
+        _blend(sub, _ramp(r, radius, e_mm), value, tsub, code)
+
+
+def build_anatomy(grid: Grid, heart: Heart, rng: np.random.Generator, body: dict, psf_sigma_mm: float,
+                  keep_tissue: bool = False):
+    """Paint the noise-free anatomy.
+
+    Returns (hu float32 (z, y, x) HU, tissue uint8 (z, y, x) or None, bone bool (z, y, x), landmarks dict).
+    """
+    hu_of = _tissue_hu(rng)
+    T = TISSUES
+    e_mm = max(1.2 * psf_sigma_mm, 0.5 * grid.spacing[1])
+    img, tis2, sets = _template(grid, rng, hu_of, body, e_mm, keep_tissue)
+    nz = grid.shape[0]
+    vol = np.empty(grid.shape, np.float32)
+    vol[...] = img[None]
+    tis = None
+    if keep_tissue:
+        tis = np.empty(grid.shape, np.uint8)
+        tis[...] = tis2[None]
+    ai, bi = sets["inner"]
+    Y2 = grid.y_mm[:, None].astype(np.float32)
+    X2 = grid.x_mm[None, :].astype(np.float32)
+
+    # intervertebral discs every ~26 mm; the sternum ends (xiphoid) low in the volume
+    vb = sets["vertebral_body"]
+    period, phase = rng.uniform(24.0, 28.0), rng.uniform(0.0, 28.0)
+    x_end = heart.z_bottom + rng.uniform(10.0, 30.0)
+    st = sets["sternum"]
+    for k in range(nz):
+        z = grid.z_mm[k]
+        q = (z - phase) / period
+        if abs(q - round(q)) * period < 3.0:
+            vol[k][vb] = hu_of["disc"]
+            if tis is not None:
+                tis[k][vb] = T["disc"]
+        if z < x_end:
+            vol[k][st] = hu_of["muscle"]
+            if tis is not None:
+                tis[k][st] = T["muscle"]
+
+    # liver dome (right) and spleen / stomach (left) under the diaphragm, replacing lung and fat
+    liver_c = np.array([heart.z_bottom - rng.uniform(45.0, 65.0), 10.0, -35.0])
+    liver_semi = np.array([75.0, bi * 0.95, ai * 0.95])
+    bx = _ellipsoid_box(grid, liver_c, liver_semi, np.eye(3), 2.0)
+    inside = sets["thorax_r"] < 1.0
+    if bx is not None:
+        f = np.sqrt(_ellipsoid_f(grid, bx, liver_c, liver_semi, np.eye(3)))
+        _blend(vol[bx], _ramp(f, 1.0, e_mm / 70.0), hu_of["liver"], tis[bx] if tis is not None else None,
+               T["liver"], where=inside[bx[1], bx[2]][None])
+    sp_c = np.array([heart.z_bottom - rng.uniform(55.0, 80.0), 20.0, 70.0])
+    sp_semi = np.array([60.0, bi * 0.8, 60.0])
+    bx = _ellipsoid_box(grid, sp_c, sp_semi, np.eye(3), 2.0)
+    if bx is not None:
+        f = np.sqrt(_ellipsoid_f(grid, bx, sp_c, sp_semi, np.eye(3)))
+        _blend(vol[bx], _ramp(f, 1.0, e_mm / 60.0), hu_of["spleen"], tis[bx] if tis is not None else None,
+               T["spleen"], where=inside[bx[1], bx[2]][None])
+
+    # ribs: oblique bands in the chest wall, falling ~80 mm from back to front; cartilage in front
+    _paint_ribs(vol, tis, grid, rng, hu_of, ai, bi, sets["vertebral_body"])
+
+    # great vessels above the heart: ascending aorta, pulmonary trunk, SVC (fat-sheathed)
+    _paint_vertical_vessel(vol, tis, grid, heart.aortic_root, heart.ascending_top, heart.aorta_radius,
+                           hu_of["blood"], T["blood"], e_mm, wall_fat=3.0, fat=hu_of["fat"])
+    s = heart.semi[0] / 52.0
+    base = heart.center - 0.78 * heart.semi[0] * heart.u
+    pa0 = base + np.array([10.0, -22.0, 14.0]) * s
+    pa1 = pa0 + np.array([45.0, 25.0, 12.0])
+    _paint_vertical_vessel(vol, tis, grid, pa0, pa1, 13.0 * s, hu_of["blood"], T["blood"], e_mm, wall_fat=2.5,
+                           fat=hu_of["fat"])
+    svc0 = heart.aortic_root + np.array([10.0, 8.0, -28.0])
+    _paint_vertical_vessel(vol, tis, grid, svc0, svc0 + np.array([90.0, 4.0, -4.0]), 9.0, hu_of["blood"],
+                           T["blood"], e_mm, wall_fat=2.0, fat=hu_of["fat"])
+
+    _paint_heart(vol, tis, grid, heart, hu_of, e_mm)
+    # aortic root sits in the heart base
+    _paint_vertical_vessel(vol, tis, grid, heart.aortic_root - np.array([heart.root_radius, 0, 0]),
+                           heart.aortic_root, heart.root_radius, hu_of["blood"], T["blood"], e_mm)
+
+    # pulmonary vessels: short random tubes in the lungs, thicker toward the hila
+    _paint_lung_vessels(vol, tis, grid, rng, hu_of, sets, heart, e_mm)
+
+    bone = None
+    landmarks = {
+        "descending_aorta": sets["descending_aorta"],
+        "descending_aorta_r": sets["descending_aorta_r"],
+        "vertebral_body": sets["vertebral_body"],
+        "hu_of": hu_of,
+        "inner": (ai, bi),
+        "pa0": pa0,
+    }
+    return vol, tis, bone, landmarks
+
+
+def _paint_ribs(vol, tis, grid, rng, hu_of, ai, bi, vb_mask) -> None:
+    T = TISSUES
+    X = grid.x_mm[None, :]
+    Y = grid.y_mm[:, None]
+    rn = np.sqrt((X / ai) ** 2 + (Y / bi) ** 2)
+    rad_mm = (rn - 1.0) * (0.5 * (ai + bi))  # ~ mm outside the pleura
+    rib_c, rib_t = 6.0, 5.5  # centre depth and half thickness (mm)
+    ring = (rad_mm > rib_c - rib_t - 1) & (rad_mm < rib_c + rib_t + 1)
+    theta = np.arctan2(Y, X)  # +pi/2 = posterior
+    ring &= np.abs(theta - math.pi / 2) > 0.28  # none across the spine
+    ring &= np.abs(theta + math.pi / 2) > 0.22  # sternum
+    iy, ix = np.nonzero(ring)
+    if iy.size == 0:
+        return
+    th = theta[iy, ix]
+    dr = (rad_mm[iy, ix] - rib_c) / rib_t
+    g = (1.0 - np.sin(th)) / 2.0  # 0 posterior, 1 anterior
+    drop = rng.uniform(70.0, 95.0)
+    period = rng.uniform(24.0, 30.0)
+    phase = rng.uniform(0.0, period)
+    half_h = 5.5
+    cart = np.abs(th + math.pi / 2) < rng.uniform(0.55, 0.75)
+    for k in range(grid.shape[0]):
+        q = (grid.z_mm[k] + drop * g - phase) / period
+        dz = (q - np.round(q)) * period / half_h
+        rr = np.sqrt(dz**2 + dr**2)
+        inb = rr < 1.05
+        if not inb.any():
+            continue
+        yy, xx, r_in, c_in = iy[inb], ix[inb], rr[inb], cart[inb]
+        a = np.clip((1.0 - r_in) * 4.0 + 0.5, 0.0, 1.0)  # soft outline
+        shell = r_in > 0.7
+        val = np.where(c_in, hu_of["cartilage"], np.where(shell, hu_of["cortical_bone"], hu_of["trabecular_bone"]))
+        cur = vol[k, yy, xx]
+        vol[k, yy, xx] = cur + a * (val - cur)
+        if tis is not None:
+            code = np.where(c_in, T["cartilage"], np.where(shell, T["cortical_bone"], T["trabecular_bone"]))
+            sel = a > 0.5
+            tis[k, yy[sel], xx[sel]] = code[sel]
+
+
+def _paint_lung_vessels(vol, tis, grid, rng, hu_of, sets, heart, e_mm) -> None:
+    ai, bi = sets["inner"]
+    n = 70
+    pts, rads = [], []
+    z0, z1 = grid.z_mm[0], grid.z_mm[-1]
+    for side in (-1.0, 1.0):
+        hilum = np.array([heart.aortic_root[0] - 10.0, 10.0, side * 45.0 + 10.0])
+        for _ in range(n // 2):
+            # from near the hilum outward, random direction in the lung
+            d = _unit(np.array([rng.uniform(-0.6, 0.6), rng.uniform(-0.8, 0.8), side * rng.uniform(0.4, 1.0)]))
+            start = hilum + rng.uniform(10.0, 60.0) * d + np.array([rng.uniform(-40, 40), 0, 0])
+            length = rng.uniform(15.0, 45.0)
+            r0 = rng.uniform(0.7, 2.6)
+            nodes = np.stack([start, start + length * _unit(d + rng.normal(0, 0.2, 3))])
+            p = _polyline(nodes, 0.6)
+            if p[:, 0].max() < z0 or p[:, 0].min() > z1:
+                continue
+            pts.append(p)
+            rads.append(np.linspace(r0, max(0.5, r0 * 0.5), len(p)))
+    if pts:
+        _paint_tube(vol, tis, grid, np.concatenate(pts), np.concatenate(rads), hu_of["lung_vessel"],
+                    TISSUES["lung_vessel"], e_mm, only_hu_below=-500.0)

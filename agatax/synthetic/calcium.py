@@ -1,0 +1,234 @@
+"""Calcium: coronary artery centre lines, calcified plaques and look-alike distractors, rendered through the
+scanner's point spread function.
+
+A calcification is a chain of Gaussian "atoms" (centre in mm, object sigma in mm, density in HU). Rendering
+is analytic: in-plane the object Gaussian is convolved with the Gaussian PSF, along z it is averaged over
+the slice thickness (slice sensitivity profile = rectangle convolved with a small Gaussian). This gives
+partial-volume effects for free and costs only the voxels of each atom's bounding box.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+from scipy.special import ndtr
+
+from agatax.synthetic.anatomy import Grid, Heart, _polyline, _unit
+
+__all__ = ["ARTERY_CODES", "Vessel", "coronary_tree", "Atoms", "render_atoms", "atoms_box"]
+
+ARTERY_CODES = {"LM": 1, "LAD": 2, "LCX": 3, "RCA": 4}
+
+
+@dataclasses.dataclass(frozen=True)
+class Vessel:
+    """A coronary artery: centre line (N, 3) (Z, Y, X) mm sampled every ~0.5 mm, lumen radius (N,) mm."""
+
+    name: str
+    points: np.ndarray
+    radius: np.ndarray
+
+    @property
+    def length_mm(self) -> float:
+        return float(np.linalg.norm(np.diff(self.points, axis=0), axis=1).sum())
+
+    def tangent(self, i: int) -> np.ndarray:
+        a, b = max(i - 2, 0), min(i + 2, len(self.points) - 1)
+        return _unit(self.points[b] - self.points[a])
+
+
+def coronary_tree(heart: Heart, rng: np.random.Generator) -> dict[str, Vessel]:
+    """LM, LAD, LCX and RCA running in the epicardial fat ~2.5 mm outside the ventricular surface.
+
+    LM: left aortic sinus -> bifurcation; LAD: anterior interventricular groove to the apex; LCX: left
+    atrioventricular groove toward the back; RCA: right sinus -> right atrioventricular groove -> back.
+    """
+    off = min(2.5, 0.5 * heart.fat_mm + 1.2)
+    t_av = rng.uniform(-0.72, -0.62)
+    phi_lad = rng.uniform(0.15, 0.45)
+    junction = heart.surface(t_av, phi_lad + 0.25, off)[0]
+    # left ostium on the aortic root wall, facing the junction
+    root = heart.aortic_root
+    to_j = junction - root
+    to_j[0] = 0.0
+    ostium_l = root + heart.root_radius * _unit(to_j) + np.array([2.0, 0.0, 0.0])
+    lm_nodes = np.stack([ostium_l, 0.5 * (ostium_l + junction) + np.array([1.5, -2.0, 0.0]), junction])
+    lm = _polyline(lm_nodes, 0.5)
+
+    t = np.linspace(t_av, rng.uniform(0.85, 0.97), 60)
+    lad_phi = phi_lad + 0.25 * np.exp(-((t - t_av) * 6.0) ** 2)
+    lad = np.concatenate([junction[None], heart.surface(t, lad_phi, off)])
+    phi = np.linspace(phi_lad + 0.35, rng.uniform(2.6, 3.3), 60)
+    lcx = np.concatenate([junction[None], heart.surface(np.full_like(phi, t_av), phi, off)])
+    phi = np.linspace(-0.55, -rng.uniform(2.7, 3.3), 70)
+    rca_ring = heart.surface(np.full_like(phi, t_av + 0.03), phi, off)
+    to_r = rca_ring[0] - root
+    to_r[0] = 0.0
+    ostium_r = root + heart.root_radius * _unit(to_r) + np.array([-1.0, 0.0, 0.0])
+    rca = np.concatenate([ostium_r[None], 0.5 * (ostium_r + rca_ring[0])[None] + np.array([[0.0, -2.0, -1.0]]), rca_ring])
+    vessels = {}
+    for name, nodes, r0, r1 in (("LM", lm, 2.1, 2.0), ("LAD", lad, 1.8, 0.8), ("LCX", lcx, 1.7, 0.9),
+                                ("RCA", rca, 1.9, 1.0)):
+        pts = _polyline(nodes, 0.5)
+        s = rng.uniform(0.9, 1.1)
+        vessels[name] = Vessel(name, pts, np.linspace(r0 * s, r1 * s, len(pts)))
+    return vessels
+
+
+@dataclasses.dataclass(frozen=True)
+class Atoms:
+    """Gaussian calcium atoms: centres (N, 3) (Z, Y, X) mm, object sigma (N,) mm, density (N,) HU."""
+
+    centers: np.ndarray
+    sigma: np.ndarray
+    density: np.ndarray
+
+    def scaled(self, factor: float) -> "Atoms":
+        return Atoms(self.centers, self.sigma, self.density * factor)
+
+    def __len__(self) -> int:
+        return len(self.sigma)
+
+
+def atoms_box(grid: Grid, atoms: Atoms, thickness_mm: float, psf_mm: float, reach: float = 3.5):
+    """Index box (z, y, x slices) that holds every atom's rendered signal above ~exp(-reach^2/2)."""
+    sxy = np.sqrt(atoms.sigma**2 + psf_mm**2) * reach
+    sz = np.sqrt(atoms.sigma**2 + 0.35**2) * reach + 0.5 * thickness_mm
+    lo = atoms.centers - np.stack([sz, sxy, sxy], 1)
+    hi = atoms.centers + np.stack([sz, sxy, sxy], 1)
+    return grid.box(lo.min(0), hi.max(0))
+
+
+def render_atoms(grid: Grid, atoms: Atoms, box, thickness_mm: float, psf_mm: float, z_psf_mm: float = 0.35) -> np.ndarray:
+    """HU added by the atoms inside ``box`` (float32 (bz, by, bx)), PSF and slice profile included.
+
+    In-plane: object Gaussian (sigma s) * PSF (sigma p) = Gaussian of sigma sqrt(s^2 + p^2), peak scaled by
+    s^2 / (s^2 + p^2). Along z: the slice average over thickness T of a Gaussian of sigma
+    sqrt(s^2 + z_psf^2) with peak s / sqrt(s^2 + z_psf^2), i.e. s sqrt(2 pi) / T * [Phi(b) - Phi(a)].
+    """
+    s = atoms.sigma[:, None]
+    sxy = np.sqrt(s**2 + psf_mm**2)
+    sz = np.sqrt(s**2 + z_psf_mm**2)
+    z = grid.z_mm[box[0]][None, :]
+    y = grid.y_mm[box[1]][None, :]
+    x = grid.x_mm[box[2]][None, :]
+    c = atoms.centers
+    half = 0.5 * thickness_mm
+    gz = (s * math.sqrt(2 * math.pi) / thickness_mm) * (ndtr((z - c[:, :1] + half) / sz) - ndtr((z - c[:, :1] - half) / sz))
+    gy = np.exp(-0.5 * ((y - c[:, 1:2]) / sxy) ** 2) * (s / sxy) ** 2 * atoms.density[:, None]
+    gx = np.exp(-0.5 * ((x - c[:, 2:3]) / sxy) ** 2)
+    gzy = (gz[:, :, None] * gy[:, None, :]).astype(np.float32)
+    out = np.tensordot(gzy, gx.astype(np.float32), axes=([0], [0]))
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def plaque_atoms(vessel: Vessel, s_mm: float, length_mm: float, thickness_mm: float, angle: float,
+                 eccentric: float = 0.6) -> Atoms:
+    """Atoms of one plaque centred at arclength ``s_mm`` along ``vessel``, ``length_mm`` long (0 = a spot),
+    object sigma ~``thickness_mm`` / 2 tapering at both ends, sitting on the wall at ``angle`` (rad)."""
+    pts = vessel.points
+    n = len(pts)
+    i0 = int(np.clip(round(s_mm / 0.5), 0, n - 1))
+    sig0 = max(0.5 * thickness_mm, 0.15)
+    half = 0.5 * length_mm
+    step = max(0.5, 0.8 * sig0)
+    offs = np.arange(-half, half + 1e-9, step) if half > 0 else np.zeros(1)
+    idx = np.clip(np.rint(i0 + offs / 0.5).astype(int), 0, n - 1)
+    a, b = np.clip(idx - 2, 0, n - 1), np.clip(idx + 2, 0, n - 1)
+    tng = pts[b] - pts[a]
+    tng /= np.linalg.norm(tng, axis=1, keepdims=True) + 1e-12
+    ref = np.where(np.abs(tng[:, :1]) < 0.9, np.array([[1.0, 0.0, 0.0]]), np.array([[0.0, 1.0, 0.0]]))
+    e1 = np.cross(tng, ref)
+    e1 /= np.linalg.norm(e1, axis=1, keepdims=True) + 1e-12
+    e2 = np.cross(tng, e1)
+    d = math.cos(angle) * e1 + math.sin(angle) * e2
+    taper = np.sqrt(np.clip(1.0 - (offs / (half + step)) ** 2, 0.0, 1.0)) if half > 0 else np.ones(1)
+    centers = pts[idx] + eccentric * vessel.radius[idx][:, None] * d
+    sig = sig0 * (0.55 + 0.45 * taper)
+    return Atoms(centers, sig, np.ones_like(sig))
+
+
+def blob_atoms(center: np.ndarray, sigma: float, direction: np.ndarray | None = None, length: float = 0.0) -> Atoms:
+    """A spot (length 0) or a short bar of atoms along ``direction``."""
+    if length <= 0 or direction is None:
+        return Atoms(np.asarray(center, float)[None], np.array([sigma]), np.ones(1))
+    offs = np.arange(-0.5 * length, 0.5 * length + 1e-9, max(0.5, 0.8 * sigma))
+    c = np.asarray(center, float)[None] + offs[:, None] * _unit(direction)[None]
+    return Atoms(c, np.full(len(offs), sigma), np.ones(len(offs)))
+
+
+def concat(atoms: list[Atoms]) -> Atoms:
+    if not atoms:
+        return Atoms(np.zeros((0, 3)), np.zeros(0), np.zeros(0))
+    return Atoms(np.concatenate([a.centers for a in atoms]), np.concatenate([a.sigma for a in atoms]),
+                 np.concatenate([a.density for a in atoms]))
+
+
+def distractor_atoms(heart: Heart, landmarks: dict, grid: Grid, rng: np.random.Generator, burden: float) -> list[dict]:
+    """Calcium that is NOT coronary: aortic wall (descending and ascending), aortic valve, mitral annulus,
+    costal cartilage, a calcified lymph node. ``burden`` in [0, 1] scales how much. Each item:
+    {"kind", "atoms", "peak_hu"} (peak_hu = wanted noise-free peak)."""
+    out = []
+    z_lo, z_hi = grid.z_mm[0], grid.z_mm[-1]
+    # descending aorta wall: plaques along z
+    da, da_r = landmarks["descending_aorta"], landmarks["descending_aorta_r"]
+    n = rng.poisson(1.0 + 6.0 * burden) if rng.random() < 0.35 + 0.6 * burden else 0
+    for _ in range(n):
+        ang = rng.uniform(0, 2 * math.pi)
+        z = rng.uniform(z_lo, z_hi)
+        c = np.array([z, da[1] + da_r * math.sin(ang), da[2] + da_r * math.cos(ang)])
+        tang = np.array([0.0, math.cos(ang), -math.sin(ang)])
+        d = _unit(np.array([rng.uniform(0.3, 1.0), 0, 0]) + rng.uniform(0, 1) * tang)
+        out.append({"kind": "aortic_wall", "atoms": blob_atoms(c, rng.uniform(0.4, 1.0), d, rng.uniform(0, 10)),
+                    "peak_hu": float(rng.uniform(250, 1100))})
+    # ascending aorta wall
+    n = rng.poisson(3.0 * burden) if rng.random() < 0.2 + 0.5 * burden else 0
+    for _ in range(n):
+        t = rng.uniform(0.15, 1.0)
+        ax = heart.aortic_root + t * (heart.ascending_top - heart.aortic_root)
+        ang = rng.uniform(0, 2 * math.pi)
+        c = ax + heart.aorta_radius * np.array([0.0, math.sin(ang), math.cos(ang)])
+        if not (z_lo <= c[0] <= z_hi):
+            continue
+        out.append({"kind": "aortic_wall", "atoms": blob_atoms(c, rng.uniform(0.4, 0.9), np.array([1.0, 0, 0]), rng.uniform(0, 6)),
+                    "peak_hu": float(rng.uniform(200, 900))})
+    # aortic valve: cusp calcification in the annulus plane (the paper's main failure mode)
+    if rng.random() < 0.1 + 0.55 * burden:
+        base_z = heart.aortic_root[0] - heart.root_radius + 3.0
+        rot = rng.uniform(0, 2 * math.pi)
+        for k in range(3):
+            if rng.random() < 0.35 + 0.5 * burden:
+                ang = rot + k * 2 * math.pi / 3
+                r = rng.uniform(4.0, 0.7 * heart.root_radius)
+                c = np.array([base_z + rng.uniform(-2, 3), heart.aortic_root[1] + r * math.sin(ang),
+                              heart.aortic_root[2] + r * math.cos(ang)])
+                d = np.array([0.0, math.cos(ang), -math.sin(ang)])
+                out.append({"kind": "aortic_valve", "atoms": blob_atoms(c, rng.uniform(0.6, 1.5), d, rng.uniform(0, 8)),
+                            "peak_hu": float(rng.uniform(300, 1300))})
+    # mitral annulus: a C-shaped arc of the posterior annulus, close to the LCX
+    if rng.random() < 0.05 + 0.4 * burden:
+        ring_r = rng.uniform(13.0, 17.0)
+        e1 = heart.v
+        e2 = heart.w
+        a0 = rng.uniform(math.pi * 0.6, math.pi * 1.1)
+        arc = np.linspace(a0, a0 + rng.uniform(0.6, 2.2), 12)
+        c = heart.mitral_center[None] + ring_r * (np.cos(arc)[:, None] * e1[None] + np.sin(arc)[:, None] * e2[None])
+        sig = rng.uniform(0.7, 1.4)
+        out.append({"kind": "mitral_annulus", "atoms": Atoms(c, np.full(len(c), sig), np.ones(len(c))),
+                    "peak_hu": float(rng.uniform(300, 1200))})
+    # costal cartilage calcification (anterior chest wall)
+    ai, bi = landmarks["inner"]
+    for _ in range(rng.poisson(1.5 * burden)):
+        side = rng.choice([-1.0, 1.0])
+        ang = -math.pi / 2 + side * rng.uniform(0.3, 0.6)
+        c = np.array([rng.uniform(z_lo, z_hi), (bi + 6.0) * math.sin(ang), (ai + 6.0) * math.cos(ang)])
+        out.append({"kind": "costal_cartilage", "atoms": blob_atoms(c, rng.uniform(0.6, 1.4)),
+                    "peak_hu": float(rng.uniform(200, 600))})
+    # calcified mediastinal / hilar lymph node
+    if rng.random() < 0.12:
+        c = heart.aortic_root + np.array([rng.uniform(5, 25), rng.uniform(15, 30), rng.uniform(-5, 25)])
+        out.append({"kind": "lymph_node", "atoms": blob_atoms(c, rng.uniform(1.2, 2.5)),
+                    "peak_hu": float(rng.uniform(300, 900))})
+    return out

@@ -1,0 +1,553 @@
+"""One synthetic non-contrast cardiac CT exam with known coronary calcium: ``generate_exam``."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from agatax.errors import AgataxError, InputError
+from agatax.synthetic.anatomy import (
+    TISSUES, Grid, ScannerParams, _paint_tube, build_anatomy, make_grid, sample_heart, sample_scanner,
+)
+from agatax.synthetic.calcium import (
+    ARTERY_CODES, Atoms, Vessel, atoms_box, coronary_tree, distractor_atoms, plaque_atoms, render_atoms,
+)
+from agatax.volume import Volume
+
+__all__ = ["SyntheticExam", "generate_exam", "CATEGORIES", "CATEGORY_TARGETS", "DISTRACTOR_CODES",
+           "REAL_WORLD_MIX", "category_of"]
+
+CATEGORIES = ("A", "B", "C", "D", "E")
+# Agatston ranges the planner aims at inside each category (A = 0, B (0, 10], C (10, 100], D (100, 400], E > 400).
+CATEGORY_TARGETS = {"A": (0.0, 0.0), "B": (1.0, 9.0), "C": (14.0, 90.0), "D": (115.0, 380.0), "E": (430.0, 2500.0)}
+REAL_WORLD_MIX = {"A": 0.45, "B": 0.15, "C": 0.18, "D": 0.12, "E": 0.10}
+DISTRACTOR_CODES = {"bone": 1, "aortic_wall": 2, "aortic_valve": 3, "mitral_annulus": 4, "costal_cartilage": 5,
+                    "lymph_node": 6}
+ARTERY_NAMES = {v: k for k, v in ARTERY_CODES.items()}
+FOOTPRINT_HU = 20.0  # a calcification's neighbourhood: where it adds at least this many HU
+_ARTERY_P = {"LAD": 0.42, "RCA": 0.26, "LCX": 0.20, "LM": 0.12}
+_SCANNER_KEYS = ("matrix", "fov_mm", "slice_increment_mm", "slice_thickness_mm", "n_slices", "noise_sigma_hu",
+                 "sharpness", "hu_offset", "fov_center_mm", "kvp")
+
+
+def category_of(score: float) -> str:
+    """Risk category of an Agatston score (A 0, B (0, 10], C (10, 100], D (100, 400], E > 400)."""
+    from agatax.scoring import risk_category
+
+    return risk_category(score)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SyntheticExam:
+    """A synthetic exam and its truth.
+
+    Attributes:
+        volume: the CT (Volume: hu float32 (z, y, x) integer-valued HU, spacing (dz, dy, dx) mm, LPS affine).
+        mask: uint8 (z, y, x) true coronary calcium, 1 LM, 2 LAD, 3 LCX, 4 RCA, 0 elsewhere.
+        lesions: one dict per planted calcification: ``center_zyx`` (voxel indices of its brightest voxel,
+            the annotation point), ``points_zyx`` (one point per 3D component), ``artery``, ``peak_hu``
+            (max HU inside its mask), ``density_hu`` (planned noise-free peak), ``length_mm``,
+            ``thickness_mm``, ``voxels``, ``agatston`` (its own score measured alone).
+        agatston: true Agatston score (agatax.compute_scores on ``volume.hu`` and ``mask``).
+        category: risk category "A".."E" of ``agatston``.
+        target_category: the category the planner aimed at.
+        distractors: non-coronary calcium (dicts: ``kind``, ``center_zyx``, ``peak_hu``).
+        distractor_mask: uint8 (z, y, x), DISTRACTOR_CODES (1 bone, 2 aortic wall, 3 aortic valve, 4 mitral
+            annulus, 5 costal cartilage, 6 lymph node); never touches ``mask``.
+        scores: the full agatax Scores of the true mask.
+        tissue: uint8 (z, y, x) tissue classes (anatomy.TISSUES) when asked for (keep_tissue=True), else None.
+        seed: the seed; params: every parameter used (scanner, patient).
+    """
+
+    volume: Volume
+    mask: np.ndarray
+    lesions: list[dict]
+    agatston: float
+    category: str
+    target_category: str
+    distractors: list[dict]
+    distractor_mask: np.ndarray
+    scores: Any
+    tissue: np.ndarray | None
+    seed: int
+    params: dict
+
+    @property
+    def points(self) -> list[tuple[int, int, int]]:
+        """Every annotation point (z, y, x) of every lesion."""
+        return [tuple(p) for les in self.lesions for p in les["points_zyx"]]
+
+    @property
+    def n_lesions(self) -> int:
+        return len(self.lesions)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _correlated_noise(shape, sigma: float, rng: np.random.Generator, passes: int) -> np.ndarray:
+    """Zero-mean float32 noise of standard deviation ``sigma`` HU, correlated in-plane by ``passes``
+    binomial [1, 2, 1] / 4 smoothings per axis (CT noise has a grain of ~1-2 pixels)."""
+    n = int(np.prod(shape))
+    raw = np.frombuffer(rng.bytes(2 * n), np.uint8)
+    a = raw[:n].astype(np.float32).reshape(shape)
+    a -= raw[n:].reshape(shape)  # triangular on -255..255, variance 2 * (256^2 - 1) / 12
+    for _ in range(passes):
+        for axis in (1, 2):
+            lo = [slice(None)] * 3
+            hi = [slice(None)] * 3
+            lo[axis], hi[axis] = slice(None, -1), slice(1, None)
+            s = a[tuple(lo)] + a[tuple(hi)]
+            mid = [slice(None)] * 3
+            mid[axis] = slice(1, -1)
+            lo[axis], hi[axis] = slice(None, -1), slice(1, None)
+            np.add(s[tuple(lo)], s[tuple(hi)], out=a[tuple(mid)])
+            edge = [slice(None)] * 3
+            for e in (0, -1):
+                edge[axis] = e
+                a[tuple(edge)] *= 4.0
+    k = np.array([1.0])
+    for _ in range(passes):
+        k = np.convolve(k, [0.25, 0.5, 0.25])
+    gain = math.sqrt(2.0 * (256.0**2 - 1.0) / 12.0) * float((k**2).sum()) * 16.0 ** passes
+    a *= np.float32(sigma / gain)
+    return a
+
+
+def _far_apart(a: Atoms, b: Atoms, grid: Grid, thickness: float, psf: float) -> bool:
+    """True when the footprints of atom sets a and b cannot touch (with two voxels to spare)."""
+    if len(a) == 0 or len(b) == 0:
+        return True
+    d = a.centers[:, None, :] - b.centers[None, :, :]
+    rxy = 3.2 * (np.sqrt(a.sigma**2 + psf**2)[:, None] + np.sqrt(b.sigma**2 + psf**2)[None, :]) + 2.5 * grid.spacing[1]
+    rz = 3.2 * (np.sqrt(a.sigma**2 + 0.12)[:, None] + np.sqrt(b.sigma**2 + 0.12)[None, :]) + thickness + grid.spacing[0]
+    close = (np.hypot(d[..., 1], d[..., 2]) < rxy) & (np.abs(d[..., 0]) < rz)
+    return not bool(close.any())
+
+
+def _lesion_mask(hu_crop: np.ndarray, signal: np.ndarray):
+    """The annotator's mask of one calcification inside its crop: voxels >= 130 HU inside its footprint
+    (signal >= FOOTPRINT_HU) that are 3D-connected (26) to its core (signal >= half its maximum)."""
+    cand = (hu_crop >= 130.0) & (signal >= FOOTPRINT_HU)
+    if not cand.any():
+        return None
+    lab, n = ndimage.label(cand, structure=np.ones((3, 3, 3), bool))
+    core = signal >= 0.5 * float(signal.max())
+    keep = np.unique(lab[core & cand])
+    keep = keep[keep > 0]
+    if keep.size == 0:
+        return None
+    return np.isin(lab, keep), lab, keep
+
+
+@dataclasses.dataclass
+class _Plan:
+    artery: str
+    s_mm: float
+    size: float  # size knob: thickness and length grow with it
+    angle: float
+    density: float  # wanted noise-free peak HU
+    speck: bool = False
+    atoms: Atoms | None = None
+    box: tuple | None = None
+    signal: np.ndarray | None = None
+
+    def geometry(self) -> tuple[float, float]:
+        """(thickness_mm, length_mm) of the size knob."""
+        thick = min(0.3 + 0.55 * self.size, 2.6)
+        length = max(0.0, 5.0 * (self.size - 2.0))
+        return thick, min(length, 40.0)
+
+
+def _plan_atoms(p: _Plan, vessels: dict[str, Vessel]) -> Atoms:
+    thick, length = p.geometry()
+    v = vessels[p.artery]
+    length = min(length, max(0.0, v.length_mm - 4.0))
+    s = float(np.clip(p.s_mm, 0.5 * length + 1.0, max(v.length_mm - 0.5 * length - 1.0, 0.5 * length + 1.0)))
+    return plaque_atoms(v, s, length, thick, p.angle)
+
+
+def _render_plan(p: _Plan, vessels: dict[str, Vessel], grid: Grid, sc: ScannerParams, base: np.ndarray) -> None:
+    atoms = _plan_atoms(p, vessels)
+    box = atoms_box(grid, atoms, sc.slice_thickness_mm, sc.psf_sigma_mm)
+    if box is None:
+        p.atoms, p.box, p.signal = atoms, None, None
+        return
+    unit = render_atoms(grid, atoms, box, sc.slice_thickness_mm, sc.psf_sigma_mm)
+    peak_idx = np.unravel_index(int(np.argmax(unit)), unit.shape)
+    bg = float(np.clip(base[box][peak_idx], -120.0, 60.0))
+    amp = max(p.density - bg, 60.0) / max(float(unit.max()), 1e-6)
+    p.atoms, p.box, p.signal = atoms.scaled(amp), box, unit * np.float32(amp)
+
+
+def _score_crop(hu_crop, m, spacing) -> float:
+    from agatax.scoring import agatston_score
+
+    return agatston_score(hu_crop, m, spacing)
+
+
+# ------------------------------------------------------------------------------------------ generate
+def generate_exam(
+    seed: int,
+    *,
+    target_category: str | None = None,
+    target_agatston: tuple[float, float] | None = None,
+    category_mix: dict[str, float] | None = None,
+    n_lesions: int | None = None,
+    calcium_burden: float | None = None,
+    keep_tissue: bool = False,
+    **scanner: Any,
+) -> SyntheticExam:
+    """Generate one synthetic non-contrast, ECG-gated cardiac CT with known coronary calcium.
+
+    Args:
+        seed: non-negative int; the same seed and arguments give the same exam, bit for bit.
+        target_category: "A".."E": the exam's true Agatston category (met exactly). Default: drawn from
+            ``category_mix`` (default REAL_WORLD_MIX), unless ``target_agatston`` is given.
+        target_agatston: (low, high) Agatston range; the score is aimed inside it (category exact).
+        n_lesions: number of sized coronary plaques (default: drawn per category).
+        calcium_burden: 0..1, how much non-coronary calcium (aorta, valves); default follows the category.
+        keep_tissue: also return the tissue class map (uint8 (z, y, x)).
+        **scanner: any ScannerParams field: ``matrix`` (512; e.g. 128 for fast tests), ``fov_mm``
+            (170-240), ``slice_increment_mm`` (2.5 or 3), ``slice_thickness_mm``, ``n_slices`` (~125-165 mm
+            of coverage), ``noise_sigma_hu`` (10-40), ``sharpness`` (0-1), ``hu_offset`` (-6..6 HU),
+            ``fov_center_mm``, ``kvp``.
+
+    Returns:
+        SyntheticExam (volume in HU on a (n_slices, matrix, matrix) grid, artery-labelled true mask, lesion
+        list, true Agatston score and category, distractors).
+
+    Raises:
+        InputError: bad seed / category / range / parameter; AgataxError(code="TARGET_UNREACHABLE") when the
+        grid is too coarse for the wanted category (e.g. a 3-pixel lesion already scores above 10).
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError(f"seed must be a non-negative int; got {seed!r}", code="BAD_SEED")
+    unknown = set(scanner) - set(_SCANNER_KEYS)
+    if unknown:
+        raise InputError(f"unknown generate_exam parameter(s): {sorted(unknown)}", code="BAD_PARAMETER",
+                         hint=f"scanner parameters are {', '.join(_SCANNER_KEYS)}")
+    _check_scanner(scanner)
+    if target_category is not None and target_category not in CATEGORIES:
+        raise InputError(f"target_category must be one of A-E; got {target_category!r}", code="BAD_CATEGORY")
+    if target_agatston is not None:
+        lo, hi = (float(v) for v in target_agatston)
+        if not (0.0 <= lo <= hi) or not math.isfinite(hi):
+            raise InputError(f"target_agatston must be (low, high) with 0 <= low <= high; got {target_agatston}",
+                             code="BAD_TARGET")
+    if calcium_burden is not None and not (0.0 <= calcium_burden <= 1.0):
+        raise InputError(f"calcium_burden must be in [0, 1]; got {calcium_burden}", code="BAD_PARAMETER")
+    last_err = None
+    for attempt in range(6):
+        try:
+            return _generate(int(seed), attempt, target_category, target_agatston, category_mix, n_lesions,
+                             calcium_burden, keep_tissue, dict(scanner))
+        except _Retry as err:
+            last_err = err
+    raise AgataxError(
+        f"could not reach the wanted calcium score for seed {seed} ({last_err})",
+        code="TARGET_UNREACHABLE",
+        hint="use a finer grid (matrix 512, smaller fov_mm, 2.5 mm slices) or another target category",
+    )
+
+
+class _Retry(Exception):
+    pass
+
+
+def _check_scanner(sc: dict) -> None:
+    checks = {
+        "matrix": lambda v: int(v) == v and 32 <= v <= 2048,
+        "fov_mm": lambda v: 60.0 <= v <= 500.0,
+        "slice_increment_mm": lambda v: 0.3 <= v <= 10.0,
+        "slice_thickness_mm": lambda v: 0.3 <= v <= 10.0,
+        "n_slices": lambda v: int(v) == v and 4 <= v <= 400,
+        "noise_sigma_hu": lambda v: 0.0 <= v <= 200.0,
+        "sharpness": lambda v: 0.0 <= v <= 1.0,
+        "hu_offset": lambda v: -50.0 <= v <= 50.0,
+        "kvp": lambda v: 70.0 <= v <= 150.0,
+    }
+    for k, ok in checks.items():
+        if k in sc and not ok(sc[k]):
+            raise InputError(f"{k}={sc[k]!r} is out of range", code="BAD_PARAMETER")
+
+
+def _pick_category(rng, target_category, target_agatston, mix) -> tuple[str, float, float]:
+    from agatax.scoring import risk_category
+
+    if target_agatston is not None:
+        lo, hi = (float(v) for v in target_agatston)
+        cat = risk_category(hi) if target_category is None else target_category
+        if risk_category(lo) != cat and lo > 0:
+            # keep the planned range inside one category
+            lo = {"A": 0.0, "B": 1e-3, "C": 10.01, "D": 100.01, "E": 400.01}[cat]
+        return cat, max(lo, 0.0), hi
+    if target_category is None:
+        mix = mix or REAL_WORLD_MIX
+        cats = [c for c in CATEGORIES if mix.get(c, 0) > 0]
+        p = np.array([mix[c] for c in cats], float)
+        target_category = cats[int(rng.choice(len(cats), p=p / p.sum()))]
+    lo, hi = CATEGORY_TARGETS[target_category]
+    return target_category, lo, hi
+
+
+def _generate(seed, attempt, target_category, target_agatston, category_mix, n_lesions, burden, keep_tissue, given):
+    from agatax.scoring import compute_scores, risk_category
+
+    ss = np.random.SeedSequence([seed, attempt])
+    r_scan, r_pat, r_anat, r_noise, r_les, r_dis = (np.random.default_rng(s) for s in ss.spawn(6))
+    sc = sample_scanner(r_scan, **given)
+    cat, lo, hi = _pick_category(r_les, target_category, target_agatston, category_mix)
+    target = 0.0 if hi <= 0 else float(math.exp(r_les.uniform(math.log(max(lo, 0.5)), math.log(hi))))
+    if burden is None:
+        burden = float(np.clip({"A": 0.12, "B": 0.3, "C": 0.45, "D": 0.6, "E": 0.8}[cat] + r_dis.normal(0, 0.15), 0, 1))
+
+    # patient: body and heart, coverage from below the apex to above the coronary ostia
+    body = {"a": r_pat.uniform(150.0, 185.0), "b": r_pat.uniform(100.0, 125.0), "subcut": r_pat.uniform(6.0, 28.0),
+            "wall": r_pat.uniform(10.0, 16.0)}
+    b_inner = body["b"] - body["subcut"] * 0.8 - body["wall"]
+    heart_seed = int(r_pat.integers(2**31))
+    heart = sample_heart(np.random.default_rng(heart_seed), b_inner)
+    coverage = sc.n_slices * sc.slice_increment_mm
+    needed = heart.z_top + 18.0 - (heart.z_bottom - 6.0)
+    if coverage < needed:
+        heart = sample_heart(np.random.default_rng(heart_seed), b_inner, scale=max(0.7, coverage / needed))
+        needed = heart.z_top + 18.0 - (heart.z_bottom - 6.0)
+    z_start = heart.z_bottom - 6.0 - max(coverage - needed, 0.0) * r_pat.uniform(0.15, 0.45)
+    grid = make_grid(sc, z_start)
+    psf = sc.psf_sigma_mm
+
+    vol, tissue, _, landmarks = build_anatomy(grid, heart, r_anat, body, psf, keep_tissue)
+    vessels = coronary_tree(heart, r_anat)
+    e_mm = max(1.2 * psf, 0.5 * grid.spacing[1])
+    pts = np.concatenate([v.points for v in vessels.values()])
+    rad = np.concatenate([v.radius for v in vessels.values()])
+    _paint_tube(vol, tissue, grid, pts, rad, landmarks["hu_of"]["coronary"], TISSUES["coronary"], e_mm,
+                only_hu_below=-20.0)
+    bone = vol >= 130.0  # noise-free anatomy above 130 HU: bone only
+
+    passes = 2 if (sc.pixel_mm < 0.45 and sc.sharpness < 0.5) else 1
+    if sc.noise_sigma_hu > 0:
+        vol += _correlated_noise(grid.shape, sc.noise_sigma_hu, r_noise, passes)
+    if sc.hu_offset:
+        vol += np.float32(sc.hu_offset)
+
+    # ---- coronary plaques: positions first (distractors keep clear of them)
+    plans = _plan_lesions(cat, target, n_lesions, vessels, grid, sc, r_les, vol)
+    distractor_mask = np.zeros(grid.shape, np.uint8)
+    distractor_mask[bone] = DISTRACTOR_CODES["bone"]
+    distractors = []
+    for item in distractor_atoms(heart, landmarks, grid, r_dis, burden):
+        atoms = item["atoms"]
+        if any(not _far_apart(atoms, p.atoms, grid, sc.slice_thickness_mm, psf) for p in plans):
+            continue
+        box = atoms_box(grid, atoms, sc.slice_thickness_mm, psf)
+        if box is None:
+            continue
+        unit = render_atoms(grid, atoms, box, sc.slice_thickness_mm, psf)
+        amp = (item["peak_hu"] - 40.0) / max(float(unit.max()), 1e-6)
+        sig = unit * np.float32(amp)
+        vol[box] += sig
+        dm = distractor_mask[box]
+        dm[(sig >= FOOTPRINT_HU) & (dm == 0)] = DISTRACTOR_CODES[item["kind"]]
+        c = grid.to_index(atoms.centers.mean(0))
+        distractors.append({"kind": item["kind"], "center_zyx": tuple(float(v) for v in c),
+                            "peak_hu": float(item["peak_hu"]), "atoms": len(atoms)})
+    np.clip(vol, -1024.0, 3071.0, out=vol)
+
+    # ---- size the plaques so that the exam lands in its category (exact)
+    base = vol  # noisy anatomy + distractors, not yet rounded
+    hu = np.rint(base)
+    mask = np.zeros(grid.shape, np.uint8)
+    lesions: list[dict] = []
+    boxes: list = []
+    total = 0.0
+    for it in range(12):
+        lesions, boxes = _compose(plans, vessels, grid, sc, base, hu, mask, boxes)
+        crop = _union_box(boxes)
+        total = compute_scores(hu[crop], mask[crop], grid.spacing).agatston if crop is not None else 0.0
+        if risk_category(total) == cat and (target_agatston is None or lo <= total <= hi or it >= 8):
+            scores = compute_scores(hu, mask, grid.spacing)
+            break
+        _adjust(plans, total, target, cat, it, r_les)
+        if not plans:
+            raise _Retry("no plaque left")
+    else:
+        raise _Retry(f"category {cat} not reached (score {total:.1f})")
+    if not _clear_of(mask, distractor_mask, lesions):
+        raise _Retry("a distractor touches a plaque")
+
+    volume = Volume(hu, grid.spacing, slice_thickness=sc.slice_thickness_mm, affine=grid.affine,
+                    metadata={"patient_id": f"SYN{seed:06d}", "series_description": "synthetic calcium score",
+                              "kvp": sc.kvp, "manufacturer": "agatax synthetic", "kernel": f"sharpness {sc.sharpness:.2f}"},
+                    source=f"agatax.synthetic seed {seed}")
+    params = {"scanner": dataclasses.asdict(sc), "psf_sigma_mm": psf, "body": body, "calcium_burden": burden,
+              "target_agatston": target, "attempt": attempt, "heart_center_mm": heart.center.tolist()}
+    return SyntheticExam(volume, mask, lesions, float(scores.agatston), scores.category, cat, distractors,
+                         distractor_mask, scores, tissue, int(seed), params)
+
+
+def _union_box(boxes):
+    boxes = [b for b in boxes if b is not None]
+    if not boxes:
+        return None
+    return tuple(slice(min(b[i].start for b in boxes), max(b[i].stop for b in boxes)) for i in range(3))
+
+
+def _plan_lesions(cat, target, n_lesions, vessels, grid, sc, rng, base) -> list[_Plan]:
+    if cat == "A":
+        return []
+    if n_lesions is None:
+        lo_n, hi_n = {"B": (1, 2), "C": (1, 4), "D": (2, 7), "E": (3, 12)}[cat]
+        n_lesions = int(rng.integers(lo_n, hi_n + 1))
+    n_specks = int(rng.integers(0, 3)) if rng.random() < 0.4 else 0
+    shares = rng.dirichlet(np.full(n_lesions, 1.2)) * target
+    names = list(_ARTERY_P)
+    probs = np.array([_ARTERY_P[k] for k in names])
+    plans: list[_Plan] = []
+    for i in range(n_lesions + n_specks):
+        speck = i >= n_lesions
+        for _try in range(30):
+            art = names[int(rng.choice(len(names), p=probs))]
+            v = vessels[art]
+            s = v.length_mm * (rng.uniform(0.1, 0.9) if art == "LM" else rng.beta(1.4, 2.4))
+            wbin = rng.choice(4, p=[0.22, 0.22, 0.2, 0.36])
+            dens = float(rng.uniform(*[(150, 199), (205, 295), (305, 395), (420, 1300)][wbin]))
+            if speck:
+                size = float(rng.uniform(0.2, 0.8))
+            else:
+                w = wbin + 1
+                vol_mm3 = 3.0 * shares[i] / w
+                size = float(np.clip(0.9 * vol_mm3 ** (1 / 3), 0.4, 6.0)) if vol_mm3 < 60 else 2.0 + vol_mm3 / 60.0
+            p = _Plan(art, s, size, float(rng.uniform(0, 2 * math.pi)), dens, speck)
+            _render_plan(p, vessels, grid, sc, base)
+            if p.box is None:
+                continue
+            grown = _plan_atoms(_Plan(art, s, p.size * 1.8 + 1.0, p.angle, p.density), vessels)  # room to grow
+            if all(_far_apart(grown, q.atoms, grid, sc.slice_thickness_mm, sc.psf_sigma_mm) for q in plans):
+                break
+        else:
+            continue
+        if not speck:
+            _fit_size(p, shares[i], vessels, grid, sc, base)
+        plans.append(p)
+    if not any(not p.speck for p in plans):
+        raise _Retry("no room for a plaque")
+    return plans
+
+
+def _measure(p: _Plan, grid, sc, base) -> float:
+    hu_crop = np.rint(base[p.box] + p.signal)
+    got = _lesion_mask(hu_crop, p.signal)
+    if got is None:
+        return 0.0
+    return _score_crop(hu_crop, got[0], grid.spacing)
+
+
+def _fit_size(p: _Plan, want: float, vessels, grid, sc, base) -> None:
+    """A few secant-like steps on the size knob so that the plaque alone scores about ``want``."""
+    for _ in range(4):
+        got = _measure(p, grid, sc, base)
+        if got <= 0:
+            p.size *= 1.5
+            p.density = min(p.density * 1.1, 1400.0)
+        else:
+            ratio = want / got
+            if 0.7 < ratio < 1.4:
+                return
+            p.size *= float(np.clip(ratio ** (0.45 if p.size < 2 else 0.8), 0.4, 2.5))
+        p.size = float(np.clip(p.size, 0.2, 10.0))
+        _render_plan(p, vessels, grid, sc, base)
+
+
+def _adjust(plans: list[_Plan], total: float, target: float, cat: str, it: int, rng) -> None:
+    for p in plans:
+        p.signal = None  # re-render
+    big = [p for p in plans if not p.speck]
+    if total <= 0:
+        for p in big:
+            p.size *= 1.4
+            p.density = min(p.density * 1.15, 1400.0)
+        return
+    ratio = target / total
+    if it >= 5 and ratio < 1 and len(big) > 1:  # too much calcium: drop the largest plaque
+        big.sort(key=lambda p: p.size)
+        plans.remove(big[-1])
+        return
+    if it >= 7 and ratio < 1:  # still too much: drop specks, lower density
+        for p in [q for q in plans if q.speck]:
+            plans.remove(p)
+        for p in big:
+            p.density = max(150.0, p.density * 0.8)
+    for p in big:
+        p.size = float(np.clip(p.size * ratio ** 0.5, 0.15, 12.0))
+
+
+def _compose(plans, vessels, grid, sc, base, hu, mask, prev_boxes):
+    """Render every plaque into ``hu`` (the previous round's boxes restored from ``base`` first) and
+    build the artery-labelled mask."""
+    for b in prev_boxes:
+        hu[b] = np.rint(base[b])
+        mask[b] = 0
+    for p in plans:
+        if p.signal is None:
+            _render_plan(p, vessels, grid, sc, base)
+    for p in plans:
+        if p.box is not None:
+            hu[p.box] = np.rint(base[p.box] + _sum_signal(plans, p.box))
+    lesions = []
+    spacing = grid.spacing
+    for p in plans:
+        if p.box is None:
+            continue
+        hu_crop = hu[p.box]
+        got = _lesion_mask(hu_crop, p.signal)
+        if got is None:
+            continue
+        m, lab, keep = got
+        sub = mask[p.box]
+        own = m & (sub == 0)
+        sub[own] = ARTERY_CODES[p.artery]
+        lo = np.array([s.start for s in p.box])
+        pts = []
+        for k in keep:
+            comp = lab == k
+            vals = np.where(comp, hu_crop, -np.inf)
+            pts.append(tuple(int(i) for i in (np.unravel_index(int(np.argmax(vals)), vals.shape) + lo)))
+        vals = np.where(m, hu_crop, -np.inf)
+        centre = tuple(int(i) for i in (np.unravel_index(int(np.argmax(vals)), vals.shape) + lo))
+        thick, length = p.geometry()
+        lesions.append({
+            "center_zyx": centre, "points_zyx": pts, "artery": p.artery,
+            "peak_hu": float(hu_crop[m].max()), "density_hu": float(p.density), "length_mm": float(length),
+            "thickness_mm": float(thick), "voxels": int(m.sum()), "speck": bool(p.speck),
+            "agatston": float(_score_crop(hu_crop, m, spacing)),
+            "center_mm": tuple(float(v) for v in grid.to_mm(np.array(centre))),
+        })
+    return lesions, [p.box for p in plans if p.box is not None]
+
+
+def _sum_signal(plans, box):
+    """Sum of every plaque's signal over ``box`` (plaques are apart, but boxes may overlap)."""
+    out = np.zeros(tuple(s.stop - s.start for s in box), np.float32)
+    for q in plans:
+        if q.box is None:
+            continue
+        lo = [max(a.start, b.start) for a, b in zip(box, q.box)]
+        hi = [min(a.stop, b.stop) for a, b in zip(box, q.box)]
+        if any(h <= l for l, h in zip(lo, hi)):
+            continue
+        out[tuple(slice(l - a.start, h - a.start) for l, h, a in zip(lo, hi, box))] += \
+            q.signal[tuple(slice(l - b.start, h - b.start) for l, h, b in zip(lo, hi, q.box))]
+    return out
+
+
+def _clear_of(mask: np.ndarray, distractor_mask: np.ndarray, lesions) -> bool:
+    if not mask.any():
+        return True
+    zz, yy, xx = np.nonzero(mask)
+    crop = tuple(slice(max(int(a.min()) - 1, 0), int(a.max()) + 2) for a in (zz, yy, xx))
+    grown = ndimage.binary_dilation(mask[crop] > 0, structure=np.ones((3, 3, 3), bool))
+    return not bool((grown & (distractor_mask[crop] > 0)).any())
