@@ -146,6 +146,8 @@ def test_both_backends_on_adversarial_shapes(name):
         reference, _ = scipy_labels(mask, connectivity, slices=False)
         np.testing.assert_array_equal(np.asarray(label_volume(jnp.asarray(mask), connectivity=connectivity)), reference)
         np.testing.assert_array_equal(label_volume(mask, connectivity=connectivity), reference)
+        np.testing.assert_array_equal(label_host(mask, connectivity, slices=False, method="runs")[0], reference)
+        np.testing.assert_array_equal(label_host(mask, connectivity, slices=False, method="scipy")[0], reference)
 
 
 def test_jit_and_eager_agree():
@@ -170,13 +172,14 @@ def test_jax_accepts_integer_masks_nonzero_is_foreground():
 @settings(max_examples=40)
 @given(mask=masks(max_shape=(9, 14, 14)), workers=st.integers(1, 4))
 def test_host_matches_scipy_exactly(slices, conns, mask, workers):
-    # workers > 1 forces the threaded slab path with its stitching, even on small volumes
+    # both host methods; workers > 1 forces the threaded slab path with its stitching, even when small
     for connectivity in conns:
         reference, n = scipy_labels(mask, connectivity, slices=slices)
-        labels, count = label_host(mask, connectivity, slices=slices, workers=workers)
-        assert labels.dtype == np.int32 and count == n
-        assert_same_partition(labels, reference)
-        np.testing.assert_array_equal(labels, reference)
+        for method in ("runs", "scipy", "auto"):
+            labels, count = label_host(mask, connectivity, slices=slices, workers=workers, method=method)
+            assert labels.dtype == np.int32 and count == n
+            assert_same_partition(labels, reference)
+            np.testing.assert_array_equal(labels, reference)
 
 
 def test_host_public_functions_and_padding_crop():

@@ -3,8 +3,10 @@
 Two backends give the same labels, voxel for voxel, as ``scipy.ndimage.label`` (same partition and the
 same numbering: components are numbered 1..n in raster order of their first voxel):
 
-- ``"host"``: NumPy in, NumPy out. scipy's labeller run on the foreground's bounding box, split into
-  z-slabs labelled in parallel threads (scipy releases the GIL) and stitched back together.
+- ``"host"``: NumPy in, NumPy out, on the foreground's bounding box. Sparse masks (calcium) are labelled
+  by runs of foreground along x (linking overlapping runs of neighbouring rows, grouping them with
+  scipy.sparse.csgraph), with work that grows with the number of runs; dense ones with scipy's labeller
+  on z-slabs in parallel threads (scipy releases the GIL), stitched back together.
 - ``"jax"``: jittable, static shapes. Every foreground voxel starts with its own flat index as label;
   each step takes the minimum over the neighbourhood, hooks the current root of every voxel to that
   minimum (scatter-min) and jumps pointers twice (``label = label[label]``), inside ``lax.while_loop``
@@ -123,17 +125,21 @@ def label_volume(mask, *, connectivity: int = 26, backend: str = "auto"):
 
 
 # -------------------------------------------------------------------------------------- host backend
-def label_host(mask, connectivity: int, *, slices: bool, workers: int | None = None) -> tuple[np.ndarray, int]:
+def label_host(
+    mask, connectivity: int, *, slices: bool, workers: int | None = None, method: str = "auto"
+) -> tuple[np.ndarray, int]:
     """Host labelling: (labels int32 (z, y, x), number of components). Identical to scipy's output.
 
-    ``workers`` threads label z-slabs in parallel (default: CPU count, for volumes of at least
-    ``_PARALLEL_MIN_VOXELS`` voxels after cropping to the foreground's bounding box).
+    The foreground's bounding box is labelled (cropping keeps raster order, hence scipy's numbering).
+    ``method``: "runs" labels runs of foreground along x (work grows with the number of runs, not of
+    voxels: the fast path for sparse calcium masks); "scipy" calls ``scipy.ndimage.label`` on z-slabs
+    in ``workers`` threads (default: CPU count for volumes of at least ``_PARALLEL_MIN_VOXELS`` voxels);
+    "auto" takes runs when there are at most one per ``_RUNS_PER_VOXEL_LIMIT`` voxels, scipy otherwise.
     """
     mask = np.asarray(mask)
     _check_rank(mask.shape)
     fg = mask if mask.dtype == bool else mask != 0
     out = np.zeros(fg.shape, dtype=np.int32)
-    # Cropping to the bounding box keeps raster order, hence scipy's numbering.
     zs = np.flatnonzero(fg.any(axis=(1, 2)))
     if zs.size == 0:
         return out, 0
@@ -141,13 +147,93 @@ def label_host(mask, connectivity: int, *, slices: bool, workers: int | None = N
     xs = np.flatnonzero(fg[zs[0] : zs[-1] + 1, ys[0] : ys[-1] + 1].any(axis=(0, 1)))
     box = (slice(zs[0], zs[-1] + 1), slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1))
     sub_fg, sub_out = fg[box], out[box]
+    if method not in ("auto", "runs", "scipy"):
+        raise InputError(f"method={method!r} is not known", code="BAD_METHOD", hint="use 'auto', 'runs' or 'scipy'")
+    if method != "scipy":
+        runs = _runs(sub_fg)
+        if method == "runs" or runs[0].size * _RUNS_PER_VOXEL_LIMIT <= sub_fg.size:
+            n = _label_runs(sub_fg.shape, runs, connectivity, slices=slices, out=sub_out)
+            return out, n
+    return out, _label_scipy(sub_fg, sub_out, connectivity, slices=slices, workers=workers)
+
+
+# "auto" labels runs when there is at most one run per this many voxels (measured crossover: ~1 per 200).
+_RUNS_PER_VOXEL_LIMIT = 400
+
+
+def _runs(fg: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Runs of foreground along x: (starts, ends) as flat indices into the rows padded by one voxel at
+    each end (row width x + 2), in raster order; ends are one past the last voxel; and the padded width."""
+    z, y, x = fg.shape
+    width = x + 2
+    padded = np.zeros((z, y, width), np.int8)
+    padded[:, :, 1:-1] = fg
+    edges = np.flatnonzero(np.diff(padded.reshape(-1)))  # alternately a run's start - 1 and end - 1
+    return edges[0::2] + 1, edges[1::2] + 1, width
+
+
+def _row_links(connectivity: int, slices: bool) -> list[tuple[int, int, int]]:
+    """(dz, dy, reach) of the earlier rows a run touches: rows (z - dz, y - dy); reach 1 = x-diagonals."""
+    if slices:
+        return [(0, 1, 1 if connectivity == 8 else 0)]
+    if connectivity == 6:
+        return [(0, 1, 0), (1, 0, 0)]
+    if connectivity == 18:
+        return [(0, 1, 1), (1, 0, 1), (1, 1, 0), (1, -1, 0)]
+    return [(0, 1, 1), (1, 0, 1), (1, 1, 1), (1, -1, 1)]
+
+
+def _label_runs(shape, runs, connectivity: int, *, slices: bool, out: np.ndarray) -> int:
+    """Label runs: link overlapping runs of neighbouring rows, group them, number groups by first run."""
+    starts, ends, width = runs
+    n_runs = starts.size
+    nz, ny, nx = shape
+    row = starts // width
+    begin, stop = starts - row * width, ends - row * width  # x + 1 of the run's first voxel; one past the last
+    src, dst = [], []
+    for dz, dy, reach in _row_links(connectivity, slices):
+        ry, rz = row % ny - dy, row // ny - dz
+        other = (rz * ny + ry) * width
+        lo = np.searchsorted(ends, other + begin - reach, "right")  # first run there ending after our start
+        hi = np.searchsorted(starts, other + stop + reach, "left")  # runs there starting before our end
+        count = np.where((ry >= 0) & (ry < ny) & (rz >= 0), np.maximum(hi - lo, 0), 0)
+        total = int(count.sum())
+        if total:
+            first = np.cumsum(count) - count
+            src.append(np.repeat(np.arange(n_runs), count))
+            dst.append(np.repeat(lo - first, count) + np.arange(total))
+    if src:
+        a, b = np.concatenate(src), np.concatenate(dst)
+        graph = coo_matrix((np.ones(a.size, np.int8), (a, b)), shape=(n_runs, n_runs))
+        n, group = connected_components(graph, directed=False)
+        first_run = np.full(n, n_runs, dtype=np.int64)
+        np.minimum.at(first_run, group, np.arange(n_runs))
+        rank = np.empty(n, dtype=np.int32)
+        rank[np.argsort(first_run)] = np.arange(1, n + 1, dtype=np.int32)
+        run_label = rank[group]
+    else:
+        n, run_label = n_runs, np.arange(1, n_runs + 1, dtype=np.int32)
+    if n_runs:
+        lengths = stop - begin
+        first_voxel = row * nx + begin - 1  # flat index in the unpadded volume
+        cum = np.cumsum(lengths)
+        voxels = np.arange(cum[-1]) + np.repeat(first_voxel - (cum - lengths), lengths)
+        values = np.repeat(run_label, lengths)
+        if out.flags.c_contiguous:
+            out.reshape(-1)[voxels] = values
+        else:
+            z, rest = np.divmod(voxels, ny * nx)
+            out[z, rest // nx, rest % nx] = values
+    return int(n)
+
+
+def _label_scipy(sub_fg, sub_out, connectivity: int, *, slices: bool, workers: int | None) -> int:
     structure = _structure(connectivity, slices=slices)
     if workers is None:
         workers = (os.cpu_count() or 1) if sub_fg.size >= _PARALLEL_MIN_VOXELS else 1
     workers = max(1, min(int(workers), sub_fg.shape[0]))
     if workers == 1:
-        n = ndimage.label(sub_fg, structure, output=sub_out)
-        return out, int(n)
+        return int(ndimage.label(sub_fg, structure, output=sub_out))
     bounds = np.linspace(0, sub_fg.shape[0], workers + 1).round().astype(int)
     slabs = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
     with ThreadPoolExecutor(workers) as pool:
@@ -155,11 +241,10 @@ def label_host(mask, connectivity: int, *, slices: bool, workers: int | None = N
         offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int32)
         if slices:  # no z-links: shifting each slab's labels by the counts before it is scipy's numbering
             list(pool.map(lambda so: _add_where_nonzero(sub_out[so[0]], so[1]), zip(slabs[1:], offsets[1:])))
-            return out, int(sum(counts))
+            return int(sum(counts))
         lut, n = _stitch_slabs(sub_out, slabs, counts, offsets, structure)
-        if lut is not None:
-            list(pool.map(lambda so: _apply_lut(sub_out[so[0]], lut, so[1]), zip(slabs, offsets)))
-    return out, n
+        list(pool.map(lambda so: _apply_lut(sub_out[so[0]], lut, so[1]), zip(slabs, offsets)))
+    return n
 
 
 def _add_where_nonzero(block: np.ndarray, offset: int) -> None:
@@ -178,7 +263,7 @@ def _stitch_slabs(sub_out, slabs, counts, offsets, structure):
 
     Returns (lut, n): lut maps global provisional labels (slab label + slab offset) to final labels
     1..n in scipy's order (a merged component keeps the smallest provisional label, which belongs to
-    its first voxel in raster order); lut is None when no slab is touched (labels need only offsets).
+    its first voxel in raster order).
     """
     total = int(sum(counts))
     links_a, links_b = [], []
