@@ -1,0 +1,183 @@
+"""Ensemble: stacking, vmapped members equal single members, both strategies agree, majority vote,
+checkpoint round trips and every checkpoint error."""
+
+import json
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from agatax import CheckpointError, InputError
+from agatax.ensemble import (
+    Ensemble,
+    ensemble_logits,
+    ensemble_votes,
+    init_ensemble,
+    load_ensemble,
+    majority_vote,
+    member,
+    save_ensemble,
+    stack_members,
+)
+from agatax.model import UNet, UNetConfig, count_params
+
+TINY = UNetConfig.tiny()
+
+
+def numpy_variables(config: UNetConfig, seed: int, scale: float = 0.5):
+    """One member's variables drawn with NumPy (fast: no PRNG kernels to compile)."""
+    m = config.multiple
+    shapes = jax.eval_shape(lambda: UNet(config).init(jax.random.key(0), jnp.zeros((1, m, m, m, 1))))
+    rng = np.random.default_rng(seed)
+
+    def draw(path, s):
+        name = jax.tree_util.keystr(path)
+        if "var" in name:
+            return jnp.asarray(rng.uniform(0.5, 1.5, s.shape).astype(np.float32))
+        return jnp.asarray((scale * rng.standard_normal(s.shape)).astype(np.float32))
+
+    return jax.tree_util.tree_map_with_path(draw, dict(shapes))
+
+
+@pytest.fixture(scope="module")
+def tiny_members():
+    return [numpy_variables(TINY, seed) for seed in range(5)]
+
+
+@pytest.fixture(scope="module")
+def tiny_ensemble(tiny_members):
+    return stack_members(tiny_members, TINY)
+
+
+@pytest.fixture(scope="module")
+def x():
+    return jnp.asarray(np.random.default_rng(3).uniform(size=(1, 4, 8, 8, 1)).astype(np.float32))
+
+
+def test_init_ensemble_shapes_and_distinct_members():
+    ens = init_ensemble(jax.random.key(0), TINY, members=3)
+    assert ens.members == 3 and ens.config == TINY
+    single = jax.eval_shape(lambda: UNet(TINY).init(jax.random.key(0), jnp.zeros((1, 2, 2, 2, 1))))
+    assert count_params(ens.variables["params"]) == 3 * count_params(single["params"])
+    k = ens.variables["params"]["down0"]["Conv3_0"]["kernel"]
+    assert k.shape == (3, 3, 3, 3, 1, 4)
+    assert not np.allclose(k[0], k[1])
+    again = init_ensemble(jax.random.key(0), TINY, members=3)
+    np.testing.assert_array_equal(k, again.variables["params"]["down0"]["Conv3_0"]["kernel"])
+
+
+def test_ensemble_is_a_pytree_with_static_config(tiny_ensemble):
+    leaves, treedef = jax.tree.flatten(tiny_ensemble)
+    rebuilt = jax.tree.unflatten(treedef, leaves)
+    assert isinstance(rebuilt, Ensemble) and rebuilt.config == TINY
+    assert all(leaf.shape[0] == 5 for leaf in leaves)
+
+
+def test_vmapped_member_equals_member_alone(tiny_ensemble, tiny_members, x):
+    logits = jax.jit(ensemble_logits, static_argnames="strategy")(tiny_ensemble, x, strategy="vmap")
+    assert logits.shape == (5, 1, 4, 8, 8, 1)
+    apply = jax.jit(UNet(TINY).apply)
+    for k in (0, 3):
+        alone = apply(tiny_members[k], x)
+        scale = float(jnp.abs(alone).max())
+        np.testing.assert_allclose(logits[k], alone, rtol=1e-5, atol=1e-5 * scale)
+        for a, b in zip(jax.tree.leaves(member(tiny_ensemble, k)), jax.tree.leaves(tiny_members[k])):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_strategies_agree_and_vote_is_majority(tiny_ensemble, x):
+    run = jax.jit(ensemble_votes, static_argnames="strategy")
+    mask_v, votes_v = run(tiny_ensemble, x, strategy="vmap")
+    mask_s, votes_s = run(tiny_ensemble, x, strategy="sequential")
+    np.testing.assert_array_equal(mask_v, mask_s)
+    np.testing.assert_array_equal(votes_v, votes_s)
+    assert votes_v.dtype == jnp.int32 and mask_v.dtype == jnp.bool_
+    # oracle: count positive logits member by member, on the host
+    logits = np.asarray(ensemble_logits(tiny_ensemble, x, strategy="sequential"))
+    votes = (logits[..., 0] > 0).sum(axis=0)
+    np.testing.assert_array_equal(votes_s, votes)
+    np.testing.assert_array_equal(mask_s, votes >= 3)
+    assert 0 < int(mask_s.sum()) < mask_s.size  # the test is not vacuous
+
+
+def test_majority_vote_rule():
+    votes = jnp.arange(6, dtype=jnp.int32)
+    np.testing.assert_array_equal(majority_vote(votes, 5), [False, False, False, True, True, True])
+    np.testing.assert_array_equal(majority_vote(jnp.arange(5, dtype=jnp.int32), 4), [False, False, False, True, True])
+
+
+def test_bad_strategy_and_bad_members(tiny_ensemble, tiny_members, x):
+    with pytest.raises(InputError) as info:
+        ensemble_votes(tiny_ensemble, x, strategy="parallel")
+    assert info.value.code == "BAD_STRATEGY"
+    with pytest.raises(InputError):
+        init_ensemble(jax.random.key(0), TINY, members=0)
+    with pytest.raises(InputError) as info:
+        stack_members(tiny_members, UNetConfig(levels=2, base_filters=8))
+    assert info.value.code == "CONFIG_MISMATCH"
+
+
+def test_checkpoint_round_trip_float32_exact(tiny_ensemble, tmp_path):
+    path = save_ensemble(tmp_path / "ens.msgpack", tiny_ensemble)
+    loaded = load_ensemble(path)
+    assert loaded.config == TINY and loaded.members == 5
+    for a, b in zip(jax.tree.leaves(loaded.variables), jax.tree.leaves(tiny_ensemble.variables)):
+        assert a.dtype == jnp.float32
+        np.testing.assert_array_equal(a, b)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("dtype,eps", [("float16", 2.0**-11), ("bfloat16", 2.0**-8)])
+def test_checkpoint_half_precision(tiny_ensemble, tmp_path, dtype, eps):
+    full = save_ensemble(tmp_path / "full.msgpack", tiny_ensemble)
+    half = save_ensemble(tmp_path / "half.msgpack", tiny_ensemble, dtype=dtype)
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    loaded = load_ensemble(half)
+    for a, b in zip(jax.tree.leaves(loaded.variables), jax.tree.leaves(tiny_ensemble.variables)):
+        assert a.dtype == jnp.float32
+        b = np.asarray(b)
+        # round to nearest: relative error at most half a unit in the last place
+        assert np.all(np.abs(np.asarray(a) - b) <= eps * np.abs(b) + 1e-7)
+
+
+def _rewrite(path, mutate):
+    state = flax.serialization.msgpack_restore(path.read_bytes())
+    mutate(state)
+    path.write_bytes(flax.serialization.msgpack_serialize(state))
+
+
+def test_checkpoint_errors(tiny_ensemble, tmp_path):
+    with pytest.raises(CheckpointError) as info:
+        load_ensemble(tmp_path / "missing.msgpack")
+    assert info.value.code == "NOT_FOUND"
+
+    path = save_ensemble(tmp_path / "ens.msgpack", tiny_ensemble)
+    truncated = tmp_path / "truncated.msgpack"
+    truncated.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CheckpointError) as info:
+        load_ensemble(truncated)
+    assert info.value.code == "CORRUPT_CHECKPOINT"
+    (tmp_path / "text.msgpack").write_text(json.dumps({"not": "a checkpoint"}))
+    with pytest.raises(CheckpointError) as info:
+        load_ensemble(tmp_path / "text.msgpack")
+    assert info.value.code == "CORRUPT_CHECKPOINT"
+
+    old = tmp_path / "old.msgpack"
+    old.write_bytes(path.read_bytes())
+    _rewrite(old, lambda s: s["header"].update(version=99))
+    with pytest.raises(CheckpointError) as info:
+        load_ensemble(old)
+    assert info.value.code == "VERSION_MISMATCH" and "99" in str(info.value)
+
+    with pytest.raises(CheckpointError) as info:
+        load_ensemble(path, config=UNetConfig())
+    assert info.value.code == "CONFIG_MISMATCH"
+
+    lying = tmp_path / "lying.msgpack"
+    lying.write_bytes(path.read_bytes())
+    _rewrite(lying, lambda s: s["header"]["config"].update(base_filters=8))
+    with pytest.raises(CheckpointError) as info:
+        load_ensemble(lying)
+    assert info.value.code == "CONFIG_MISMATCH"
