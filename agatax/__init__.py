@@ -34,6 +34,8 @@ from agatax.scoring import (
 from agatax.io import read_mask, read_volume, write_dicom_series, write_nifti
 
 # --- network, pre-processing, ensemble, pipeline ---
+from agatax.model import UNet, UNetConfig
+from agatax.ensemble import Ensemble, init_ensemble, load_ensemble, save_ensemble, stack_members
 
 # --- synthetic data and ground truth ---
 
