@@ -34,8 +34,8 @@ def write_dicom_series(
     Returns:
         The written paths, in z order (``CT00001.dcm``, ... numbered from ``instance_start``).
     """
-    hu = np.rint(np.asarray(volume.hu, dtype=np.float64))
-    low, high = float(hu.min()), float(hu.max())
+    hu = volume.hu  # float32: integers are exact far beyond the int16 range
+    low, high = float(np.rint(hu.min())), float(np.rint(hu.max()))
     if high - low > 65535:
         raise InputError(
             f"HU range {low:g}..{high:g} spans more than 65535 values and does not fit int16 with slope 1",
@@ -43,7 +43,6 @@ def write_dicom_series(
             hint="clip the volume to a physical HU range (e.g. -1024..3071) before writing",
         )
     intercept = 0.0 if (low >= -32768 and high <= 32767) else low + 32768
-    stored = (hu - intercept).astype(np.int16)
 
     affine = np.asarray(volume.affine, dtype=np.float64)
     dy, dx = float(np.linalg.norm(affine[:3, 1])), float(np.linalg.norm(affine[:3, 2]))
@@ -66,8 +65,9 @@ def write_dicom_series(
     paths = []
     for k in range(volume.shape[0]):
         number = instance_start + k
+        stored = (np.rint(hu[k]).astype(np.int32) - int(intercept)).astype(np.int16)
         ds = _slice_dataset(
-            stored[k],
+            stored,
             position=affine[:3, :] @ np.array([k, 0.0, 0.0, 1.0]),
             orientation=np.concatenate([row_dir, col_dir]),
             pixel_spacing=(dy, dx),
