@@ -135,7 +135,7 @@ class Evaluation:
         ids: exam ids compared (sorted).
         predicted, reference: float64 (n,) Agatston scores in ``ids`` order.
         accuracy: share of exams whose risk category (A..E) matches.
-        c_index: concordance of predicted with reference scores.
+        c_index: Harrell's concordance of predicted with reference risk categories (``agatax.c_index``).
         kappa: linearly weighted Cohen's kappa on the categories.
         mean_difference, sd_difference: mean and sample SD (n - 1) of predicted - reference, Agatston.
         loa_lower, loa_upper: Bland-Altman limits of agreement, mean -/+ 1.96 SD.
@@ -250,18 +250,24 @@ class Evaluation:
         mean = (self.predicted + self.reference) / 2
         diff = self.predicted - self.reference
         ax.scatter(mean, diff, s=14, color="#1f5fa8", alpha=0.8)
+        ax.set_xscale("symlog", linthresh=10)
+        right = max(float(mean.max()) * 2.0, 20.0)
+        ax.set_xlim(0, right)
+        spread = [v for v in (self.loa_lower, self.loa_upper, *diff) if math.isfinite(v)]
+        pad = 0.12 * max(max(spread) - min(spread), 1.0)
+        ax.set_ylim(min(spread) - pad, max(spread) + pad)
         for y, style, label in (
             (self.mean_difference, "-", f"mean {self.mean_difference:.1f}"),
             (self.loa_upper, "--", f"+1.96 SD {self.loa_upper:.1f}"),
             (self.loa_lower, "--", f"-1.96 SD {self.loa_lower:.1f}"),
         ):
             if math.isfinite(y):
-                ax.axhline(y, color="#c0392b", linestyle=style, linewidth=1, label=label)
-        ax.set_xscale("symlog", linthresh=10)
-        ax.set_xlabel("mean of predicted and reference Agatston")
+                ax.axhline(y, color="#c0392b", linestyle=style, linewidth=1)
+                ax.annotate(label, (1.0, y), xycoords=("axes fraction", "data"), xytext=(-4, 3),
+                            textcoords="offset points", ha="right", va="bottom", fontsize=8, color="#c0392b")
+        ax.set_xlabel("mean of predicted and reference Agatston (log scale above 10)")
         ax.set_ylabel("predicted - reference Agatston")
         ax.set_title(f"Bland-Altman, n = {self.n}", fontsize=10)
-        ax.legend(fontsize=8, loc="best")
         fig.tight_layout()
         path = Path(path)
         fig.savefig(path)
@@ -321,7 +327,7 @@ def evaluate_scores(
         predicted=p,
         reference=r,
         accuracy=float(category_accuracy(pc, rc)),
-        c_index=float(c_index(p, r)),
+        c_index=float(c_index(pc, rc)),
         kappa=float(weighted_kappa(pc, rc, weights="linear")),
         mean_difference=mean,
         sd_difference=sd,
@@ -347,10 +353,10 @@ def evaluate_masks(pairs: Iterable[tuple], *, threshold_hu: float = 130.0) -> di
         threshold_hu: calcium threshold passed to ``agatax.lesion_detection``.
 
     Returns:
-        {"exams", and every count returned by ``lesion_detection`` (keys starting tp / fp / fn) summed,
-        with ``sensitivity``, ``ppv``, ``f1`` recomputed from the pooled counts for each count family
-        (e.g. "tp", "fp", "fn" -> "sensitivity", "ppv", "f1"; "tp_volume_mm3"... -> "sensitivity_volume_mm3"
-        ...)}. A rate with a zero denominator is NaN.
+        {"exams", the counts of ``lesion_detection`` summed ("tp", "fp", "fn" lesions and "tp_volume_mm3",
+        "fp_volume_mm3", "fn_volume_mm3"), and the rates recomputed from the pooled counts: "sensitivity",
+        "ppv", "f1" and "sensitivity_volume", "ppv_volume", "f1_volume"}. A rate with a zero denominator
+        is NaN.
     """
     from agatax.scoring import lesion_detection
 
@@ -378,7 +384,8 @@ def evaluate_masks(pairs: Iterable[tuple], *, threshold_hu: float = 130.0) -> di
     for key in [k for k in totals if k.split("_")[0] == "tp"]:
         suffix = key[2:]
         tp, fp, fn = totals[key], totals.get("fp" + suffix, 0.0), totals.get("fn" + suffix, 0.0)
-        out["sensitivity" + suffix] = _rate(tp, tp + fn)
-        out["ppv" + suffix] = _rate(tp, tp + fp)
-        out["f1" + suffix] = _rate(2 * tp, 2 * tp + fp + fn)
+        rate_suffix = suffix.removesuffix("_mm3")  # "tp_volume_mm3" -> "sensitivity_volume", as the core names it
+        out["sensitivity" + rate_suffix] = _rate(tp, tp + fn)
+        out["ppv" + rate_suffix] = _rate(tp, tp + fp)
+        out["f1" + rate_suffix] = _rate(2 * tp, 2 * tp + fp + fn)
     return out

@@ -22,9 +22,11 @@ PRED = {"e1": 0, "e2": 12, "e3": 40, "e4": 150, "e5": 450, "e6": 45, "only_pred"
 
 # Accuracy: 5 of 6 categories agree.
 ACCURACY = 5 / 6
-# C-index: reference values all differ -> 15 pairs; sorted by reference the predictions read
-# 0, 12, 45 (e6), 40 (e3), 150, 450: only the pair (e6, e3) is discordant -> 14 / 15.
-C_INDEX = 14 / 15
+# C-index (Harrell, on categories): 15 pairs less (e3, e6) with equal reference C -> 14 comparable.
+#   (ref, pred): e1 (A, A), e2 (B, C), e3 (C, C), e6 (C, C), e4 (D, D), e5 (E, E).
+#   e2 against e3 and e6: predictions tied (C, C) -> 2 ties; the other 12 pairs are concordant.
+#   C = (12 + 2 / 2) / 14 = 13/14.
+C_INDEX = 13 / 14
 # Linear kappa, categories 0..4, disagreement weight |i - j| / 4.
 #   observed: one pair (B, C) at 1/4 over 6 exams -> 1/24 = 6/144.
 #   marginals ref [1, 1, 2, 1, 1] / 6, pred [1, 0, 3, 1, 1] / 6;
@@ -112,7 +114,7 @@ def test_no_common_exams_is_an_error():
 def test_text_dict_and_plots(tmp_path):
     ev = evaluate_scores(PRED, REF)
     text = ev.format_text()
-    assert "0.833" in text and "0.933" in text and "0.880" in text
+    assert "0.833" in text and "0.929" in text and "0.880" in text
     assert f"{MEAN_DIFF:.2f}" in text and "only_pred" in text
     assert "  B        0     0     1     0     0" in text  # the confusion row of reference B
     data = json.loads(json.dumps(ev.to_dict()))
@@ -128,3 +130,36 @@ def test_single_exam_has_no_sd_and_stays_json_safe():
     assert ev.mean_difference == 2.0 and math.isnan(ev.sd_difference)
     assert json.loads(json.dumps(ev.to_dict()))["bland_altman"]["sd_difference"] is None
     assert "n/a" in ev.format_text()
+
+
+def test_lesion_metrics_are_pooled_over_exams():
+    from agatax import Volume
+    from agatax.evaluate import evaluate_masks
+
+    # Exam 1 (voxels 2 mm^3): reference R1 (4 voxels) found by P1, R2 (2 voxels) missed, P2 (3 voxels) false.
+    hu1 = np.full((3, 10, 10), 300.0, np.float32)
+    ref1, pred1 = np.zeros(hu1.shape, np.uint8), np.zeros(hu1.shape, np.uint8)
+    ref1[0, 1:3, 1:3] = 1  # R1
+    ref1[2, 8, 1:3] = 2  # R2
+    pred1[0, 2, 2:4] = 1  # P1, touches R1 at (0, 2, 2)
+    pred1[2, 5:8, 7] = 1  # P2
+    # Exam 2 (voxels 1 mm^3): reference R3 (5 voxels) found by P3.
+    hu2 = np.full((2, 6, 6), 300.0, np.float32)
+    ref2, pred2 = np.zeros(hu2.shape, bool), np.zeros(hu2.shape, bool)
+    ref2[1, 1, 0:5] = True
+    pred2[1, 1, 4] = True
+    pooled = evaluate_masks([(pred1, ref1, Volume(hu1, (2.0, 1.0, 1.0))), (pred2, ref2, hu2, (1.0, 1.0, 1.0))])
+    # Counts: tp 1 + 1, fp 1, fn 1 -> sensitivity = ppv = f1 = 2/3 (a mean of per-exam rates would give 0.75).
+    assert (pooled["exams"], pooled["tp"], pooled["fp"], pooled["fn"]) == (2, 2, 1, 1)
+    assert pooled["sensitivity"] == pytest.approx(2 / 3) and pooled["ppv"] == pytest.approx(2 / 3)
+    assert pooled["f1"] == pytest.approx(2 / 3)
+    # Volumes: tp 4*2 + 5 = 13, fn 2*2 = 4, fp 3*2 = 6 mm^3.
+    assert pooled["tp_volume_mm3"] == pytest.approx(13) and pooled["fn_volume_mm3"] == pytest.approx(4)
+    assert pooled["fp_volume_mm3"] == pytest.approx(6)
+    assert pooled["sensitivity_volume"] == pytest.approx(13 / 17)
+    assert pooled["ppv_volume"] == pytest.approx(13 / 19)
+    assert pooled["f1_volume"] == pytest.approx(26 / 36)
+    ev = evaluate_scores(PRED, REF, lesions=pooled)
+    assert "f1_volume" in ev.format_text() and ev.to_dict()["lesions"]["tp"] == 2
+    with pytest.raises(InputError):
+        evaluate_masks([(pred1, ref1)])
