@@ -23,7 +23,8 @@ class Volume:
             dy the row spacing, dx the column spacing.
         slice_thickness: nominal reconstructed slice thickness in mm, or None when unknown.
         affine: float64 (4, 4) mapping homogeneous array indices (z, y, x, 1) to patient coordinates
-            in mm, DICOM LPS convention.
+            in mm, DICOM LPS convention. Default: a standard axial grid at the origin (z index towards the
+            head, y towards the back, x towards the patient's left).
         metadata: identifiers and acquisition facts (keys such as ``patient_id``, ``study_uid``,
             ``series_uid``, ``series_description``, ``kvp``, ``manufacturer``, ``kernel``).
         warnings: human-readable notes gathered while reading (e.g. overlapping reconstruction).
@@ -67,7 +68,9 @@ class Volume:
             )
         affine = self.affine
         if affine is None:
-            affine = np.diag([spacing[0], spacing[1], spacing[2], 1.0])
+            # Standard axial grid: z index -> S (LPS z), y index -> P (LPS y), x index -> L (LPS x).
+            affine = np.zeros((4, 4))
+            affine[2, 0], affine[1, 1], affine[0, 2], affine[3, 3] = spacing[0], spacing[1], spacing[2], 1.0
         affine = np.asarray(affine, dtype=np.float64)
         if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
             raise InputError(f"affine must be a finite 4 x 4 array; got shape {affine.shape}", code="BAD_AFFINE")

@@ -295,7 +295,10 @@ def test_write_dicom_series_chooses_an_intercept_for_wide_ranges(tmp_path):
 
 def test_write_dicom_series_refuses_a_left_handed_grid(tmp_path):
     with pytest.raises(InputError) as info:
-        write_dicom_series(tmp_path, Volume(hu=np.zeros((2, 3, 3), np.float32), spacing=(1.0, 1.0, 1.0)))
+        # z index along the patient's x axis, x index along its z axis: slices cannot follow row x column.
+        left_handed = np.diag([1.0, 1.0, 1.0, 1.0])
+        write_dicom_series(tmp_path, Volume(hu=np.zeros((2, 3, 3), np.float32), spacing=(1.0, 1.0, 1.0),
+                                            affine=left_handed))
     assert info.value.code == "LEFT_HANDED_GRID" and "axial_affine" in info.value.hint
 
 
@@ -354,3 +357,13 @@ def test_real_phantom_matches_an_independent_pydicom_stack(phantom_dir):
     z = [float(ds.ImagePositionPatient[2]) for ds in datasets]
     np.testing.assert_allclose(volume.affine[:3, 3], [float(v) for v in datasets[0].ImagePositionPatient])
     assert volume.spacing[0] == pytest.approx(float(np.median(np.diff(z))))
+
+
+def test_default_volume_grid_round_trips_through_dicom(tmp_path):
+    hu = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4) * 10.0
+    volume = Volume(hu=hu, spacing=(2.5, 0.5, 0.4))
+    write_dicom_series(tmp_path, volume)
+    back = read_volume(tmp_path)
+    np.testing.assert_array_equal(back.hu, hu)
+    np.testing.assert_allclose(back.spacing, (2.5, 0.5, 0.4), rtol=1e-6)
+    np.testing.assert_allclose(back.affine, volume.affine, atol=1e-5)
