@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from agatax.errors import AgataxError, InputError
+from agatax.errors import AgataxError, InputError, ReadError
 from agatax.volume import Volume
 
 __all__ = [
@@ -32,6 +32,8 @@ __all__ = [
     "lesion_regions",
     "render_png",
     "report_dict",
+    "report_paths",
+    "summary_row_from_report",
     "write_report",
     "write_summary_csv",
 ]
@@ -217,7 +219,7 @@ def report_dict(
     Keys: ``exam_id``, ``agatston``, ``category``, ``volume_mm3``, ``mass_mg``, ``lesions`` (each with
     ``vote_fraction`` when given), ``per_artery``, ``spacing_mm`` [dz, dy, dx], ``slice_thickness_mm``,
     ``shape`` [z, y, x], ``warnings`` (reading notes plus an overlapping-slices note), ``series_uid``,
-    ``source``, and ``members`` when votes were given.
+    ``series_description``, ``source``, and ``members`` when votes were given.
     """
     base = scores.to_dict()
     lesions = [dict(lesion) for lesion in base.get("lesions", [])]
@@ -252,6 +254,7 @@ def report_dict(
             "shape": list(volume.shape),
             "warnings": warnings,
             "series_uid": volume.metadata.get("series_uid"),
+            "series_description": volume.metadata.get("series_description"),
             "source": volume.source,
         }
     )
@@ -286,6 +289,23 @@ def _write_csv(path: Path, columns: Sequence[str], rows: Iterable[Mapping[str, A
         for row in rows:
             writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
     os.replace(tmp, path)
+
+
+def report_paths(directory: str | os.PathLike, exam_id: str, *, png: bool = True) -> dict[str, Path]:
+    """The files ``write_report`` writes for ``exam_id`` in ``directory``.
+
+    The JSON is written last, so ``report_paths(d, i)["json"].exists()`` means the report is complete
+    (a batch can skip such exams on a re-run).
+    """
+    directory, stem = Path(directory), _safe_name(exam_id)
+    paths = {
+        "json": directory / f"{stem}.json",
+        "csv": directory / f"{stem}_lesions.csv",
+        "mask": directory / f"{stem}_mask.nii.gz",
+    }
+    if png:
+        paths["png"] = directory / f"{stem}.png"
+    return paths
 
 
 def write_report(
@@ -332,22 +352,19 @@ def write_report(
     fractions = None if votes is None else _vote_fractions(votes, members, regions, lesions, volume)
     summary = report_dict(volume, scores, exam_id=exam_id, vote_fractions=fractions, members=members)
 
-    paths: dict[str, Path] = {}
+    paths = report_paths(directory, exam_id, png=png)
     if png:  # fail on a missing matplotlib before writing anything
         require_matplotlib()
     from agatax.io import write_nifti
 
-    paths["mask"] = directory / f"{exam_id}_mask.nii.gz"
     write_nifti(paths["mask"], mask.astype(np.uint8), like=volume)
     columns, rows = _lesion_rows(exam_id, summary["lesions"])
-    paths["csv"] = directory / f"{exam_id}_lesions.csv"
     _write_csv(paths["csv"], columns, rows)
     if png:
-        paths["png"] = directory / f"{exam_id}.png"
         render_png(
             paths["png"], volume, lesions, regions, summary, max_slices=max_slices, window=window
         )
-    paths["json"] = directory / f"{exam_id}.json"  # last: its presence marks a complete report
+    # the JSON last: its presence marks a complete report
     tmp = paths["json"].with_name(paths["json"].name + ".tmp")
     tmp.write_text(json.dumps(summary, indent=2) + "\n")
     os.replace(tmp, paths["json"])
@@ -549,6 +566,43 @@ def exam_summary_row(
         row["seconds"] = round(float(seconds), 3)
     if paths and paths.get("json") is not None:
         row["report"] = str(paths["json"])
+    return row
+
+
+def summary_row_from_report(path: str | os.PathLike) -> dict[str, Any]:
+    """A summary row rebuilt from a report JSON written earlier (for exams a re-run skips).
+
+    Raises:
+        ReadError: BAD_REPORT when the file is not a report JSON.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+        row: dict[str, Any] = {
+            "exam_id": data["exam_id"],
+            "status": "ok",
+            "agatston": data["agatston"],
+            "category": data["category"],
+            "volume_mm3": data.get("volume_mm3"),
+            "mass_mg": data.get("mass_mg"),
+            "lesions": len(data.get("lesions", [])),
+        }
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ReadError(f"{path} is not a readable report JSON ({err})", code="BAD_REPORT", paths=[path]) from None
+    for artery, values in (data.get("per_artery") or {}).items():
+        row[f"agatston_{artery}"] = values.get("agatston")
+    spacing = data.get("spacing_mm") or [None, None, None]
+    row.update(
+        shape="x".join(str(s) for s in data.get("shape") or []) or None,
+        spacing_z_mm=spacing[0],
+        spacing_y_mm=spacing[1],
+        spacing_x_mm=spacing[2],
+        slice_thickness_mm=data.get("slice_thickness_mm"),
+        series_uid=data.get("series_uid"),
+        source=data.get("source"),
+        warnings="; ".join(data.get("warnings") or []),
+        report=str(path),
+    )
     return row
 
 

@@ -10,7 +10,15 @@ import pytest
 import agatax
 from agatax import AgataxError, InputError, ReadError, Volume
 from agatax.evaluate import read_score_table
-from agatax.report import exam_summary_row, lesion_regions, require_matplotlib, write_report, write_summary_csv
+from agatax.report import (
+    exam_summary_row,
+    lesion_regions,
+    report_paths,
+    require_matplotlib,
+    summary_row_from_report,
+    write_report,
+    write_summary_csv,
+)
 from agatax.scoring import compute_scores
 
 SPACING = (3.0, 0.5, 0.6)  # dz, dy, dx mm
@@ -168,3 +176,20 @@ def test_a_folder_of_reports_reads_as_a_score_table(tmp_path):
     write_report(tmp_path, volume, compute_scores(volume.hu, only_l2, volume.spacing), only_l2, exam_id="b", png=False)
     (tmp_path / "notes.json").write_text('{"unrelated": 1}')
     assert read_score_table(tmp_path) == {"a": pytest.approx(14.4), "b": pytest.approx(10.8)}
+
+
+def test_summary_row_rebuilt_from_a_written_report(tmp_path):
+    volume, mask = _exam()
+    scores = compute_scores(volume.hu, mask, volume.spacing)
+    assert not report_paths(tmp_path, "exam_17")["json"].exists()
+    paths = write_report(tmp_path, volume, scores, mask, png=False)
+    assert paths == report_paths(tmp_path, "exam_17", png=False) and paths["json"].exists()
+    fresh = exam_summary_row("exam_17", scores, volume=volume, paths=paths)
+    rebuilt = summary_row_from_report(paths["json"])
+    assert set(rebuilt) == set(fresh)
+    for key, value in fresh.items():
+        assert rebuilt[key] == (pytest.approx(value) if isinstance(value, float) else value), key
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(ReadError) as info:
+        summary_row_from_report(tmp_path / "broken.json")
+    assert info.value.code == "BAD_REPORT"
