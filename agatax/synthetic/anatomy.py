@@ -106,7 +106,8 @@ class Grid:
     @property
     def affine(self) -> np.ndarray:
         """(z, y, x, 1) indices -> LPS mm (the patient frame)."""
-        a = np.eye(4)
+        a = np.zeros((4, 4))
+        a[3, 3] = 1.0
         a[2, 0], a[1, 1], a[0, 2] = self.spacing
         a[:3, 3] = (self.x_mm[0], self.y_mm[0], self.z_mm[0])
         return a
@@ -599,10 +600,70 @@ def _paint_ribs(vol, tis, grid, rng, hu_of, ai, bi, vb_mask) -> None:
             tis[k, yy[sel], xx[sel]] = code[sel]
 
 
+def _paint_capsules(vol, tis, grid: Grid, p0: np.ndarray, p1: np.ndarray, radius: np.ndarray, value: float,
+                    code: int, e_mm: float, only_hu_below: float | None = None) -> None:
+    """Tubes made of straight segments p0[i] -> p1[i] ((M, 3) Z, Y, X mm) of radius (M,) mm.
+
+    In each slice a segment shows as the 2D capsule swept by its part inside the slab (slice thickness +
+    radius): thick slices smear oblique vessels, as a real slice profile does. Soft edges (ramp e_mm).
+    ``only_hu_below``: paint only voxels whose current HU is below this (e.g. lung or fat).
+    """
+    dz, dy, dx = grid.spacing
+    half = 0.5 * dz
+    z0 = grid.z_mm[0]
+    for a, b, r in zip(p0, p1, radius):
+        lo_z, hi_z = min(a[0], b[0]) - r - half, max(a[0], b[0]) + r + half
+        k0 = max(int(math.ceil((lo_z - z0) / dz)), 0)
+        k1 = min(int(math.floor((hi_z - z0) / dz)), grid.shape[0] - 1)
+        d = b - a
+        for k in range(k0, k1 + 1):
+            zc = grid.z_mm[k]
+            if abs(d[0]) > 1e-6:
+                t0 = np.clip(((zc - half - r) - a[0]) / d[0], 0.0, 1.0)
+                t1 = np.clip(((zc + half + r) - a[0]) / d[0], 0.0, 1.0)
+                t0, t1 = min(t0, t1), max(t0, t1)
+            else:
+                t0, t1 = 0.0, 1.0
+            A, B = a + t0 * d, a + t1 * d
+            gap = max(abs(zc - A[0]) - half, abs(zc - B[0]) - half, 0.0) if abs(d[0]) <= 1e-6 else 0.0
+            rr = math.sqrt(max(r * r - gap * gap, 0.0))
+            if rr <= 0:
+                continue
+            ext = rr + e_mm
+            box = grid.box(np.array([zc, min(A[1], B[1]) - ext, min(A[2], B[2]) - ext]),
+                           np.array([zc, max(A[1], B[1]) + ext, max(A[2], B[2]) + ext]))
+            if box is None:
+                continue
+            Y = (grid.y_mm[box[1]][:, None] - A[1]).astype(np.float32)
+            X = (grid.x_mm[box[2]][None, :] - A[2]).astype(np.float32)
+            ey, ex = B[1] - A[1], B[2] - A[2]
+            L2 = ey * ey + ex * ex
+            if L2 > 1e-9:
+                t = np.clip((Y * ey + X * ex) / L2, 0.0, 1.0)
+                dist = np.sqrt((Y - t * ey) ** 2 + (X - t * ex) ** 2)
+            else:
+                dist = np.sqrt(Y * Y + X * X)
+            alpha = _ramp(dist.astype(np.float32), rr, e_mm)
+            sub = vol[k, box[1], box[2]]
+            if only_hu_below is not None:
+                alpha *= sub < only_hu_below
+            sub += alpha * (np.float32(value) - sub)
+            if tis is not None:
+                tis[k, box[1], box[2]][alpha > 0.5] = code
+
+
+def polyline_segments(points: np.ndarray, radius: np.ndarray, step_mm: float = 3.0):
+    """Split a finely sampled centre line (N, 3) into ~``step_mm`` segments: (p0, p1, radius)."""
+    n = len(points)
+    stride = max(int(round(step_mm / 0.5)), 1)
+    idx = np.unique(np.concatenate([np.arange(0, n, stride), [n - 1]]))
+    return points[idx[:-1]], points[idx[1:]], 0.5 * (radius[idx[:-1]] + radius[idx[1:]])
+
+
 def _paint_lung_vessels(vol, tis, grid, rng, hu_of, sets, heart, e_mm) -> None:
     ai, bi = sets["inner"]
     n = 70
-    pts, rads = [], []
+    p0s, p1s, rads = [], [], []
     z0, z1 = grid.z_mm[0], grid.z_mm[-1]
     for side in (-1.0, 1.0):
         hilum = np.array([heart.aortic_root[0] - 10.0, 10.0, side * 45.0 + 10.0])
@@ -612,12 +673,13 @@ def _paint_lung_vessels(vol, tis, grid, rng, hu_of, sets, heart, e_mm) -> None:
             start = hilum + rng.uniform(10.0, 60.0) * d + np.array([rng.uniform(-40, 40), 0, 0])
             length = rng.uniform(15.0, 45.0)
             r0 = rng.uniform(0.7, 2.6)
-            nodes = np.stack([start, start + length * _unit(d + rng.normal(0, 0.2, 3))])
-            p = _polyline(nodes, 0.6)
-            if p[:, 0].max() < z0 or p[:, 0].min() > z1:
+            mid = start + 0.5 * length * _unit(d + rng.normal(0, 0.15, 3))
+            end = mid + 0.5 * length * _unit(d + rng.normal(0, 0.25, 3))
+            if max(start[0], end[0]) < z0 or min(start[0], end[0]) > z1:
                 continue
-            pts.append(p)
-            rads.append(np.linspace(r0, max(0.5, r0 * 0.5), len(p)))
-    if pts:
-        _paint_tube(vol, tis, grid, np.concatenate(pts), np.concatenate(rads), hu_of["lung_vessel"],
-                    TISSUES["lung_vessel"], e_mm, only_hu_below=-500.0)
+            p0s += [start, mid]
+            p1s += [mid, end]
+            rads += [r0, max(0.5, 0.7 * r0)]
+    if p0s:
+        _paint_capsules(vol, tis, grid, np.array(p0s), np.array(p1s), np.array(rads), hu_of["lung_vessel"],
+                        TISSUES["lung_vessel"], e_mm, only_hu_below=-500.0)

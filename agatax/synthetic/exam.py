@@ -11,7 +11,7 @@ from scipy import ndimage
 
 from agatax.errors import AgataxError, InputError
 from agatax.synthetic.anatomy import (
-    TISSUES, Grid, ScannerParams, _paint_tube, build_anatomy, make_grid, sample_heart, sample_scanner,
+    TISSUES, Grid, ScannerParams, _paint_capsules, build_anatomy, polyline_segments, make_grid, sample_heart, sample_scanner,
 )
 from agatax.synthetic.calcium import (
     ARTERY_CODES, Atoms, Vessel, atoms_box, coronary_tree, distractor_atoms, plaque_atoms, render_atoms,
@@ -322,10 +322,10 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
     vol, tissue, _, landmarks = build_anatomy(grid, heart, r_anat, body, psf, keep_tissue)
     vessels = coronary_tree(heart, r_anat)
     e_mm = max(1.2 * psf, 0.5 * grid.spacing[1])
-    pts = np.concatenate([v.points for v in vessels.values()])
-    rad = np.concatenate([v.radius for v in vessels.values()])
-    _paint_tube(vol, tissue, grid, pts, rad, landmarks["hu_of"]["coronary"], TISSUES["coronary"], e_mm,
-                only_hu_below=-20.0)
+    segs = [polyline_segments(v.points, v.radius, 2.0) for v in vessels.values()]
+    _paint_capsules(vol, tissue, grid, np.concatenate([g[0] for g in segs]), np.concatenate([g[1] for g in segs]),
+                    np.concatenate([g[2] for g in segs]), landmarks["hu_of"]["coronary"], TISSUES["coronary"], e_mm,
+                    only_hu_below=-20.0)
     bone = vol >= 130.0  # noise-free anatomy above 130 HU: bone only
 
     passes = 2 if (sc.pixel_mm < 0.45 and sc.sharpness < 0.5) else 1
@@ -364,15 +364,21 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
     lesions: list[dict] = []
     boxes: list = []
     total = 0.0
-    for it in range(12):
+    cat_lo, cat_hi = {"A": (0.0, 0.0), "B": (0.0, 10.0), "C": (10.0, 100.0), "D": (100.0, 400.0),
+                      "E": (400.0, math.inf)}[cat]
+    want_lo, want_hi = (max(lo, cat_lo), min(hi, cat_hi)) if target_agatston is not None else (cat_lo, cat_hi)
+    control = _SizeControl(plans)
+    for it in range(24):
         lesions, boxes = _compose(plans, vessels, grid, sc, base, hu, mask, boxes)
         crop = _union_box(boxes)
         total = compute_scores(hu[crop], mask[crop], grid.spacing).agatston if crop is not None else 0.0
-        if risk_category(total) == cat and (target_agatston is None or lo <= total <= hi or it >= 8):
+        in_cat = risk_category(total) == cat
+        if in_cat and (want_lo <= total <= want_hi or it >= 16):
             scores = compute_scores(hu, mask, grid.spacing)
             break
-        _adjust(plans, total, target, cat, it, r_les)
-        if not plans:
+        too_low = total <= want_lo if cat != "A" else False
+        control.step(too_low, it)
+        if not plans and cat != "A":
             raise _Retry("no plaque left")
     else:
         raise _Retry(f"category {cat} not reached (score {total:.1f})")
@@ -462,27 +468,53 @@ def _fit_size(p: _Plan, want: float, vessels, grid, sc, base) -> None:
         _render_plan(p, vessels, grid, sc, base)
 
 
-def _adjust(plans: list[_Plan], total: float, target: float, cat: str, it: int, rng) -> None:
-    for p in plans:
-        p.signal = None  # re-render
-    big = [p for p in plans if not p.speck]
-    if total <= 0:
-        for p in big:
-            p.size *= 1.4
-            p.density = min(p.density * 1.15, 1400.0)
-        return
-    ratio = target / total
-    if it >= 5 and ratio < 1 and len(big) > 1:  # too much calcium: drop the largest plaque
-        big.sort(key=lambda p: p.size)
-        plans.remove(big[-1])
-        return
-    if it >= 7 and ratio < 1:  # still too much: drop specks, lower density
-        for p in [q for q in plans if q.speck]:
-            plans.remove(p)
-        for p in big:
-            p.density = max(150.0, p.density * 0.8)
-    for p in big:
-        p.size = float(np.clip(p.size * ratio ** 0.5, 0.15, 12.0))
+class _SizeControl:
+    """Bisection on one size factor shared by all plaques (score grows with it); when the bracket
+    collapses on a jump (a plaque crossing a density weight or the 3-pixel rule), specks go and the
+    density moves, and the search restarts."""
+
+    def __init__(self, plans: list[_Plan]):
+        self.plans = plans
+        self.base = [p.size for p in plans]
+        self.f, self.lo, self.hi = 1.0, None, None
+
+    def step(self, too_low: bool, it: int) -> None:
+        if too_low:
+            self.lo = self.f
+        else:
+            self.hi = self.f
+        if self.lo is not None and self.hi is not None:
+            if self.hi / self.lo < 1.04:
+                self._jump(too_low)
+            else:
+                self.f = math.sqrt(self.lo * self.hi)
+        else:
+            self.f = self.f * 2.0 if too_low else self.f / 2.0
+            if self.f < 0.02 or self.f > 50:
+                self._jump(too_low)
+        for p, b in zip(self.plans, self.base):
+            p.size = b if p.speck else float(np.clip(b * self.f, 0.05, 12.0))
+            p.signal = None
+
+    def _jump(self, too_low: bool) -> None:
+        if too_low:
+            for p in self.plans:
+                p.density = min(p.density * 1.25, 1400.0)
+        else:
+            specks = [p for p in self.plans if p.speck]
+            if specks:
+                for p in specks:
+                    i = self.plans.index(p)
+                    self.plans.pop(i)
+                    self.base.pop(i)
+            elif len(self.plans) > 1:
+                i = int(np.argmax(self.base))
+                self.plans.pop(i)
+                self.base.pop(i)
+            else:
+                for p in self.plans:
+                    p.density = max(p.density * 0.8, 150.0)
+        self.lo = self.hi = None
 
 
 def _compose(plans, vessels, grid, sc, base, hu, mask, prev_boxes):

@@ -1,0 +1,235 @@
+"""Synthetic exams: determinism, truth against independent recomputation, distractors, cohorts, files."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+import agatax
+from agatax import InputError
+from agatax.synthetic import (
+    CATEGORIES, DISTRACTOR_CODES, PRESETS, TISSUES, cohort_preset, generate_exam, make_cohort,
+    plan_categories, preset_exam, render_montage, write_cohort,
+)
+
+SMALL = {"matrix": 160, "fov_mm": 180.0, "n_slices": 44, "slice_increment_mm": 3.0}
+_cache = {}
+
+
+def small_exam(seed, cat, **kw):
+    key = (seed, cat, tuple(sorted(kw.items())))
+    if key not in _cache:
+        _cache[key] = generate_exam(seed, target_category=cat, **{**SMALL, **kw})
+    return _cache[key]
+
+
+def agatston_oracle(hu, mask, spacing):
+    """Independent Agatston: per slice, 8-connected components of (mask & HU >= 130) of >= 3 pixels,
+    area * weight(peak) * dz / 3."""
+    dz, dy, dx = spacing
+    total = 0.0
+    for k in range(hu.shape[0]):
+        cand = (mask[k] > 0) & (hu[k] >= 130)
+        lab, n = ndimage.label(cand, structure=np.ones((3, 3)))
+        for i in range(1, n + 1):
+            comp = lab == i
+            if comp.sum() < 3:
+                continue
+            peak = hu[k][comp].max()
+            w = 1 if peak < 200 else 2 if peak < 300 else 3 if peak < 400 else 4
+            total += comp.sum() * dy * dx * w * dz / 3.0
+    return total
+
+
+def test_same_seed_same_exam_and_different_seed_differs():
+    a = small_exam(11, "C")
+    b = generate_exam(11, target_category="C", **SMALL)
+    np.testing.assert_array_equal(a.volume.hu, b.volume.hu)
+    np.testing.assert_array_equal(a.mask, b.mask)
+    assert a.lesions == b.lesions and a.agatston == b.agatston
+    c = generate_exam(12, target_category="C", **SMALL)
+    assert not np.array_equal(a.volume.hu, c.volume.hu)
+
+
+@pytest.mark.parametrize("cat", CATEGORIES)
+def test_true_score_matches_scoring_core_and_oracle(cat):
+    ex = small_exam(3, cat)
+    assert ex.category == cat == ex.target_category
+    hu, sp = ex.volume.hu, ex.volume.spacing
+    core = agatax.compute_scores(hu, ex.mask, sp)
+    assert ex.agatston == pytest.approx(core.agatston, rel=1e-9, abs=1e-9)
+    assert ex.agatston == pytest.approx(agatston_oracle(hu, ex.mask, sp), rel=1e-9, abs=1e-9)
+    assert agatax.risk_category(agatston_oracle(hu, ex.mask, sp)) == cat
+    if cat == "A":
+        assert not ex.mask.any() and ex.lesions == []
+    else:
+        assert len(ex.lesions) >= 1
+
+
+@pytest.mark.parametrize("cat", ["B", "D", "E"])
+def test_lesion_points_inside_mask_and_mask_is_annotator_mask(cat):
+    ex = small_exam(3, cat)
+    hu, mask = ex.volume.hu, ex.mask
+    codes = {"LM": 1, "LAD": 2, "LCX": 3, "RCA": 4}
+    for les in ex.lesions:
+        assert mask[les["center_zyx"]] == codes[les["artery"]]
+        assert hu[les["center_zyx"]] >= 130 and les["peak_hu"] >= 130
+        for p in les["points_zyx"]:
+            assert mask[p] == codes[les["artery"]]
+    assert np.all(hu[mask > 0] >= 130)
+    # every 3D component of the mask holds an annotation point
+    lab, n = ndimage.label(mask > 0, structure=np.ones((3, 3, 3)))
+    hit = {lab[p] for p in ex.points}
+    assert hit == set(range(1, n + 1))
+
+
+def test_mask_from_points_recovers_true_mask_on_clean_data():
+    for seed, cat in ((5, "D"), (6, "E")):
+        ex = small_exam(seed, cat, noise_sigma_hu=0.0)
+        pts = ex.points
+        arts = [les["artery"] for les in ex.lesions for _ in les["points_zyx"]]
+        gt = agatax.mask_from_points(ex.volume, pts, arteries=arts, reference_category=cat)
+        assert gt.missed_points == []
+        np.testing.assert_array_equal(gt.mask, ex.mask)
+        assert gt.category_matches is True
+
+
+@pytest.mark.parametrize("seed", [1, 2, 4])
+def test_distractors_never_touch_true_mask_and_bright_voxels_are_mostly_not_coronary(seed):
+    ex = small_exam(seed, "E", noise_sigma_hu=35.0)
+    grown = ndimage.binary_dilation(ex.mask > 0, structure=np.ones((3, 3, 3)))
+    assert not (grown & (ex.distractor_mask > 0)).any()
+    assert (ex.distractor_mask == DISTRACTOR_CODES["bone"]).any()
+    bright = ex.volume.hu >= 130
+    assert (bright & (ex.mask == 0)).sum() > 5 * (bright & (ex.mask > 0)).sum()
+
+
+def test_high_burden_places_valve_aortic_or_annulus_calcium():
+    kinds = set()
+    for seed in range(4):
+        ex = generate_exam(20 + seed, target_category="C", calcium_burden=1.0, **SMALL)
+        kinds |= {d["kind"] for d in ex.distractors}
+        for d in ex.distractors:
+            code = DISTRACTOR_CODES[d["kind"]]
+            assert (ex.distractor_mask == code).any() or d["kind"] == "costal_cartilage"
+    assert {"aortic_wall", "aortic_valve"} <= kinds
+
+
+def test_tissue_hu_and_noise_level():
+    ex = small_exam(7, "A", noise_sigma_hu=25.0, keep_tissue=True, hu_offset=0.0)
+    hu, tis = ex.volume.hu, ex.tissue
+    inner = ndimage.binary_erosion(tis == TISSUES["liver"], iterations=3) if (tis == TISSUES["liver"]).sum() > 5000 \
+        else ndimage.binary_erosion(tis == TISSUES["blood"], iterations=3)
+    vals = hu[inner]
+    assert vals.size > 1000
+    assert 20.0 < vals.std() < 30.0  # requested 25 HU (integer rounding adds ~0.3)
+    lung = hu[ndimage.binary_erosion(tis == TISSUES["lung"], iterations=2)]
+    assert -950 < np.median(lung) < -750
+    fat = hu[ndimage.binary_erosion(tis == TISSUES["fat"], iterations=2)]
+    assert -130 < np.median(fat) < -70
+    bone = hu[tis == TISSUES["cortical_bone"]]
+    assert np.median(bone) > 500
+
+
+def test_scanner_parameters_and_grid():
+    ex = small_exam(3, "B")
+    assert ex.volume.shape == (44, 160, 160)
+    assert ex.volume.spacing == pytest.approx((3.0, 180 / 160, 180 / 160))
+    a = ex.volume.affine
+    np.testing.assert_allclose(a[:3, :3] @ [1, 0, 0], [0, 0, 3.0])  # z index -> +S
+    np.testing.assert_allclose(a[:3, :3] @ [0, 0, 1], [180 / 160, 0, 0])  # x index -> +L
+    assert np.array_equal(ex.volume.hu, np.rint(ex.volume.hu))
+    default = generate_exam(0, target_category="A", matrix=64, n_slices=40)
+    dz, dy, _ = default.volume.spacing
+    assert dz in (2.5, 3.0) and 170 / 64 <= dy <= 240 / 64
+
+
+def test_bad_arguments():
+    with pytest.raises(InputError):
+        generate_exam(-1)
+    with pytest.raises(InputError):
+        generate_exam(0, target_category="F")
+    with pytest.raises(InputError):
+        generate_exam(0, matrxi=128)
+    with pytest.raises(InputError):
+        generate_exam(0, noise_sigma_hu=-3)
+    with pytest.raises(InputError):
+        plan_categories(10, 0, {"Z": 1.0})
+    with pytest.raises(InputError):
+        cohort_preset("J9")
+
+
+def test_unreachable_category_is_reported():
+    with pytest.raises(agatax.AgataxError) as err:
+        generate_exam(0, target_category="B", matrix=48, fov_mm=240.0, n_slices=30)
+    assert err.value.code == "TARGET_UNREACHABLE"
+
+
+def test_presets_category_mix():
+    for name, spec in PRESETS.items():
+        c = cohort_preset(name, seed=0)
+        assert len(c) == spec["n"] == len(c.categories)
+    j3 = cohort_preset("J3", seed=0)
+    for cat in CATEGORIES:
+        frac = j3.categories.count(cat) / len(j3)
+        assert 0.15 <= frac <= 0.25
+    ad = cohort_preset("AD", seed=0)
+    fr = [ad.categories.count(c) / len(ad) for c in CATEGORIES]
+    assert 0.40 <= fr[0] <= 0.50 and fr[1] > fr[4] and fr[2] > fr[4]
+    assert len(set(j3.seeds)) == len(j3)
+    assert plan_categories(98, 0, {c: 0.2 for c in CATEGORIES}, salt="J3") == j3.categories
+
+
+def test_preset_exam_equals_cohort_member_and_hits_its_category():
+    params = dict(SMALL)
+    c = cohort_preset("J3", seed=1, **params)
+    for i in (0, 1):
+        alone = preset_exam("J3", i, seed=1, **params)
+        member = c[i]
+        np.testing.assert_array_equal(alone.volume.hu, member.volume.hu)
+        assert alone.category == member.category == c.categories[i]
+
+
+def test_make_cohort_lazy_and_mix():
+    co = make_cohort(10, 4, {"A": 0.5, "E": 0.5}, **SMALL)
+    assert sorted(co.categories) == ["A"] * 5 + ["E"] * 5
+    ex = co[-1]
+    assert ex.category == co.categories[-1]
+    assert len(make_cohort(0, 1)) == 0
+
+
+def test_dicom_round_trip(tmp_path):
+    ex = small_exam(3, "D")
+    agatax.write_dicom_series(tmp_path / "s", ex.volume)
+    back = agatax.read_volume(tmp_path / "s")
+    assert back.shape == ex.volume.shape
+    np.testing.assert_allclose(back.hu, ex.volume.hu, atol=0.5)
+    np.testing.assert_allclose(back.spacing, ex.volume.spacing, rtol=1e-5)
+    np.testing.assert_allclose(back.affine, ex.volume.affine, atol=1e-3)
+    assert agatax.compute_scores(back.hu, ex.mask, back.spacing).agatston == pytest.approx(ex.agatston)
+
+
+def test_write_cohort_nifti_manifest_and_points(tmp_path):
+    exams = [small_exam(3, "B"), small_exam(3, "A")]
+    manifest = write_cohort(tmp_path, exams, format="nifti")
+    rows = list(csv.DictReader(open(manifest)))
+    assert [r["category"] for r in rows] == ["B", "A"]
+    assert float(rows[0]["agatston"]) == pytest.approx(exams[0].agatston, abs=1e-3)
+    assert int(rows[0]["n_lesions"]) == len(exams[0].lesions)
+    vol = agatax.read_volume(tmp_path / rows[0]["path"])
+    np.testing.assert_allclose(vol.hu, exams[0].volume.hu, atol=0.5)
+    mask = agatax.read_mask(tmp_path / rows[0]["mask_path"], like=vol)
+    np.testing.assert_array_equal(mask, exams[0].mask)
+    pts = json.load(open(tmp_path / "lesions.json"))
+    assert [tuple(p["center_zyx"]) for p in pts[rows[0]["exam_id"]]] == [l["center_zyx"] for l in exams[0].lesions]
+    with pytest.raises(InputError):
+        write_cohort(tmp_path, exams, format="png")
+
+
+def test_render_montage_png(tmp_path):
+    ex = small_exam(3, "D")
+    data = render_montage(ex, path=tmp_path / "m.png", max_slices=4)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "m.png").read_bytes() == data
