@@ -38,6 +38,8 @@ from agatax.model import UNet, UNetConfig
 from agatax.ensemble import Ensemble, init_ensemble, load_ensemble, save_ensemble, stack_members
 
 # --- synthetic data and ground truth ---
+from agatax.groundtruth import GroundTruth, mask_from_points
+from agatax.synthetic import SyntheticExam, generate_exam, make_cohort, cohort_preset, preset_exam, render_montage
 
 # --- training and default weights ---
 
