@@ -1,0 +1,202 @@
+"""Jittable pre-processing: HU volume -> isotropic network input in [0, 1], and coarse masks back.
+
+Grids share their first corner: fine voxel i along an axis of spacing d covers [i d, (i+1) d) mm, coarse
+voxel o of the isotropic grid (spacing t) covers [o t, (o+1) t). Each coarse voxel takes
+
+- the MAX of the fine voxels whose centres fall in it and whose HU exceed ``threshold_hu`` (130 HU), where
+  any do: small dense calcifications survive the down-sampling (the paper's enhancement);
+- otherwise the overlap-weighted MEAN of the fine voxels it covers (a box filter, no aliasing);
+- air (-1000 HU) beyond the scanned field, which also pads the grid to the network's multiple.
+
+Then HU are clipped to ``window`` ([-300, 800]) and scaled linearly to [0, 1].
+
+Output shapes are static: :func:`grid_shape` computes them on the host from the spacing; the spacing
+and target itself then enter the kernels as traced values, so exams of equal shape share one compilation.
+:func:`restore_grid` maps a coarse array back: each fine voxel takes the coarse voxel containing its centre.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from agatax.errors import InputError
+
+__all__ = ["preprocess", "grid_shape", "restore_grid", "resample_hu", "WINDOW_HU", "AIR_HU"]
+
+WINDOW_HU = (-300.0, 800.0)
+AIR_HU = -1000.0
+
+
+def _host_spacing(spacing, what: str = "spacing") -> tuple[float, float, float]:
+    try:
+        values = np.asarray(spacing, dtype=np.float64).reshape(-1)
+    except (TypeError, jax.errors.ConcretizationTypeError) as err:
+        raise InputError(
+            f"{what} must be concrete here to size the output grid; got a traced value",
+            code="TRACED_SPACING",
+            hint="pass out_shape=grid_shape(hu.shape, spacing) computed outside jit",
+        ) from err
+    if values.shape != (3,) or not np.all(np.isfinite(values) & (values > 0)):
+        raise InputError(f"{what} must be three positive mm values (dz, dy, dx); got {spacing}", code="BAD_SPACING")
+    return tuple(float(v) for v in values)  # type: ignore[return-value]
+
+
+def grid_shape(
+    shape: Sequence[int], spacing, *, target_mm: float | None = None, multiple: int = 8
+) -> tuple[int, int, int]:
+    """Static (z, y, x) size of the isotropic grid (host side).
+
+    Each axis gets ceil(extent / target_mm) voxels (extent = size x spacing, mm), rounded up to a multiple
+    of ``multiple`` (the network's 2**(levels-1)). ``target_mm`` defaults to the slice increment dz.
+    E.g. (56, 512, 512) at (3, 0.4, 0.4) mm -> (56, 72, 72).
+    """
+    if len(shape) != 3:
+        raise InputError(f"volume must have rank 3 (z, y, x); got shape {tuple(shape)}", code="BAD_RANK")
+    dz, dy, dx = _host_spacing(spacing)
+    t = dz if target_mm is None else float(target_mm)
+    if not (math.isfinite(t) and t > 0):
+        raise InputError(f"target_mm must be a positive number of mm; got {target_mm}", code="BAD_SPACING")
+    out = []
+    for n, d in zip(shape, (dz, dy, dx)):
+        cells = max(1, math.ceil(n * d / t - 1e-6))
+        out.append(-(-cells // multiple) * multiple)
+    return tuple(out)  # type: ignore[return-value]
+
+
+def _axis_weights(n_in: int, d_in: jax.Array, n_out: int, t: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Overlap (mm) of coarse cells with fine voxels, (n_out, n_in), and each fine voxel's cell index (n_in,)."""
+    i = jnp.arange(n_in, dtype=jnp.float32)
+    o = jnp.arange(n_out, dtype=jnp.float32)
+    lo = jnp.maximum(o[:, None] * t, i[None, :] * d_in)
+    hi = jnp.minimum((o[:, None] + 1) * t, (i[None, :] + 1) * d_in)
+    overlap = jnp.maximum(hi - lo, 0.0)
+    cell = jnp.clip(jnp.floor((i + 0.5) * d_in / t).astype(jnp.int32), 0, n_out - 1)
+    return overlap, cell
+
+
+def _segment_max(values: jax.Array, ids: jax.Array, num: int, axis: int) -> jax.Array:
+    moved = jnp.moveaxis(values, axis, 0)
+    out = jax.ops.segment_max(moved, ids, num_segments=num, indices_are_sorted=True)
+    return jnp.moveaxis(out, 0, axis)
+
+
+@partial(jax.jit, static_argnames="out_shape")
+def resample_hu(
+    hu: jax.Array,
+    spacing: jax.Array,
+    target_mm: jax.Array,
+    out_shape: tuple[int, int, int],
+    *,
+    threshold_hu: float | jax.Array = 130.0,
+) -> jax.Array:
+    """HU (z, y, x) at ``spacing`` (dz, dy, dx) mm -> HU ``out_shape`` on the isotropic ``target_mm`` grid.
+
+    Max of the fine voxels above ``threshold_hu`` per coarse voxel where any, else the overlap-weighted
+    mean, air (-1000 HU) outside the field. Jittable; spacing, target and threshold may be traced.
+    """
+    hu = jnp.asarray(hu, jnp.float32)
+    spacing = jnp.asarray(spacing, jnp.float32)
+    t = jnp.asarray(target_mm, jnp.float32)
+    weights, cells = [], []
+    for axis in range(3):
+        w, c = _axis_weights(hu.shape[axis], spacing[axis], out_shape[axis], t)
+        weights.append(w)
+        cells.append(c)
+    wz, wy, wx = weights
+    # overlap-weighted mean, axis by axis (x first: it shrinks the most)
+    total = jnp.einsum("zyx,ox->zyo", hu, wx)
+    total = jnp.einsum("zyo,py->zpo", total, wy)
+    total = jnp.einsum("zpo,qz->qpo", total, wz)
+    cover = (
+        wz.sum(1)[:, None, None] * wy.sum(1)[None, :, None] * wx.sum(1)[None, None, :]
+    )  # mm^3 of the scanned field inside each coarse voxel
+    mean = jnp.where(cover > 0, total / jnp.where(cover > 0, cover, 1.0), AIR_HU)
+    # enhancement: max over the voxels above the threshold whose centres fall in the coarse voxel
+    bright = jnp.where(hu > threshold_hu, hu, -jnp.inf)
+    peak = _segment_max(bright, cells[2], out_shape[2], 2)
+    peak = _segment_max(peak, cells[1], out_shape[1], 1)
+    peak = _segment_max(peak, cells[0], out_shape[0], 0)
+    return jnp.where(peak > threshold_hu, peak, mean)
+
+
+def preprocess(
+    hu,
+    spacing,
+    *,
+    target_mm=None,
+    out_shape: tuple[int, int, int] | None = None,
+    multiple: int = 8,
+    threshold_hu=130.0,
+    window: tuple[float, float] = WINDOW_HU,
+) -> jax.Array:
+    """Network input from an HU volume: isotropic resampling with enhancement, clip, scale to [0, 1], pad.
+
+    Args:
+        hu: (z, y, x) HU.
+        spacing: (dz, dy, dx) mm (may be traced when ``out_shape`` is given).
+        target_mm: isotropic grid spacing, mm; default the slice increment dz (may be traced).
+        out_shape: static output (z, y, x); default ``grid_shape(hu.shape, spacing, target_mm=...,
+            multiple=multiple)`` (needs a concrete spacing).
+        multiple: network size multiple, 2**(levels-1) (8 for the paper's network).
+        threshold_hu: enhancement threshold, HU (may be traced).
+        window: HU clipped to [low, high] then mapped linearly to [0, 1].
+
+    Returns:
+        float32 ``out_shape`` in [0, 1] (add batch and channel axes for the network).
+    """
+    hu = jnp.asarray(hu)
+    if hu.ndim != 3:
+        raise InputError(f"volume must have rank 3 (z, y, x); got shape {hu.shape}", code="BAD_RANK")
+    if out_shape is None:
+        out_shape = grid_shape(hu.shape, spacing, target_mm=target_mm, multiple=multiple)
+    out_shape = tuple(int(s) for s in out_shape)
+    if len(out_shape) != 3 or any(s % multiple or s <= 0 for s in out_shape):
+        raise InputError(
+            f"out_shape must be three positive multiples of {multiple}; got {out_shape}", code="BAD_SHAPE"
+        )
+    lo, hi = float(window[0]), float(window[1])
+    if not hi > lo:
+        raise InputError(f"window must be (low, high) HU with high > low; got {window}", code="BAD_WINDOW")
+    spacing = jnp.asarray(spacing, jnp.float32).reshape(3)
+    target = spacing[0] if target_mm is None else jnp.asarray(target_mm, jnp.float32)
+    return _preprocess_kernel(hu, spacing, target, threshold_hu, out_shape=out_shape, window=(lo, hi))
+
+
+@partial(jax.jit, static_argnames=("out_shape", "window"))
+def _preprocess_kernel(hu, spacing, target, threshold_hu, *, out_shape, window):
+    lo, hi = window
+    coarse = resample_hu(hu, spacing, target, out_shape, threshold_hu=threshold_hu)
+    return (jnp.clip(coarse, lo, hi) - lo) / (hi - lo)
+
+
+def restore_grid(coarse: jax.Array, shape: Sequence[int], spacing, *, target_mm=None) -> jax.Array:
+    """Coarse (Z, Y, X) array (mask, votes, probabilities) -> the original (z, y, x) grid ``shape``.
+
+    Each fine voxel takes the coarse voxel containing its centre (nearest; the inverse of the grid used by
+    :func:`preprocess`, padding dropped). Jittable; ``spacing`` (dz, dy, dx) mm and ``target_mm`` may be traced.
+    """
+    coarse = jnp.asarray(coarse)
+    if coarse.ndim != 3 or len(shape) != 3:
+        raise InputError(
+            f"restore_grid needs a rank-3 coarse array and a 3-axis shape; got {coarse.shape} and {tuple(shape)}",
+            code="BAD_RANK",
+        )
+    spacing = jnp.asarray(spacing, jnp.float32).reshape(3)
+    t = spacing[0] if target_mm is None else jnp.asarray(target_mm, jnp.float32)
+    return _restore_kernel(coarse, spacing, t, shape=tuple(int(n) for n in shape))
+
+
+@partial(jax.jit, static_argnames="shape")
+def _restore_kernel(coarse, spacing, t, *, shape):
+    out = coarse
+    for axis in range(3):
+        i = jnp.arange(int(shape[axis]), dtype=jnp.float32)
+        cell = jnp.clip(jnp.floor((i + 0.5) * spacing[axis] / t).astype(jnp.int32), 0, coarse.shape[axis] - 1)
+        out = jnp.take(out, cell, axis=axis)
+    return out

@@ -1,0 +1,132 @@
+"""Pre-processing: resampling against NumPy oracles, the high-HU enhancement keeps a tiny calcification,
+windowing, padding, traced spacing, and the inverse mapping."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from agatax import InputError
+from agatax.preprocess import grid_shape, preprocess, resample_hu, restore_grid
+
+
+def test_grid_shape_realistic_exam():
+    assert grid_shape((56, 512, 512), (3.0, 0.4, 0.4)) == (56, 72, 72)  # 204.8 mm / 3 -> 69 -> 72
+    assert grid_shape((40, 512, 512), (2.5, 0.5, 0.5), multiple=16) == (48, 112, 112)
+    assert grid_shape((10, 20, 20), (3.0, 0.5, 0.5), target_mm=2.5, multiple=2) == (12, 4, 4)
+
+
+def test_block_mean_when_factors_are_integers():
+    # 0.5 mm -> 2 mm in y and x (factor 4), z unchanged: plain block means (no voxel above 130 HU)
+    rng = np.random.default_rng(0)
+    hu = rng.uniform(-200, 120, size=(4, 16, 8)).astype(np.float32)
+    out = np.asarray(resample_hu(hu, (2.0, 0.5, 0.5), 2.0, (4, 4, 2)))
+    expected = hu.astype(np.float64).reshape(4, 4, 4, 2, 4).mean(axis=(2, 4))
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-3)
+
+
+def _oracle(hu, spacing, t, out_shape, threshold=130.0):
+    """Voxel-by-voxel float64 reference of the documented rule."""
+    hu = hu.astype(np.float64)
+    n = hu.shape
+    out = np.empty(out_shape)
+    cell = [np.minimum(np.floor((np.arange(n[a]) + 0.5) * spacing[a] / t).astype(int), out_shape[a] - 1) for a in range(3)]
+    for q in np.ndindex(*out_shape):
+        ws = []
+        for a in range(3):
+            i = np.arange(n[a])
+            ws.append(np.clip(np.minimum((q[a] + 1) * t, (i + 1) * spacing[a]) - np.maximum(q[a] * t, i * spacing[a]), 0, None))
+        w = ws[0][:, None, None] * ws[1][None, :, None] * ws[2][None, None, :]
+        inside = (cell[0][:, None, None] == q[0]) & (cell[1][None, :, None] == q[1]) & (cell[2][None, None, :] == q[2])
+        bright = hu[inside & (hu > threshold)]
+        if bright.size:
+            out[q] = bright.max()
+        elif w.sum() > 0:
+            out[q] = (w * hu).sum() / w.sum()
+        else:
+            out[q] = -1000.0
+    return out
+
+
+@pytest.mark.parametrize(
+    "shape,spacing,t,out_shape",
+    [((5, 9, 7), (3.0, 0.7, 0.9), 3.0, (6, 4, 4)), ((6, 5, 5), (2.0, 1.1, 0.6), 2.5, (6, 4, 2))],
+)
+def test_resampling_matches_oracle(shape, spacing, t, out_shape):
+    rng = np.random.default_rng(1)
+    hu = rng.uniform(-400, 300, size=shape).astype(np.float32)  # some voxels above 130 HU
+    got = np.asarray(jax.jit(resample_hu, static_argnums=3)(hu, jnp.asarray(spacing), t, out_shape))
+    np.testing.assert_allclose(got, _oracle(hu, spacing, t, out_shape), rtol=1e-4, atol=1e-2)
+
+
+def test_three_pixel_calcification_survives_downsampling():
+    hu = np.full((8, 64, 64), 40.0, np.float32)  # soft tissue
+    hu[4, 30, 30:33] = 400.0  # 3 pixels of 0.4 mm: 3 of the 56.25 pixels of one 3 mm coarse voxel
+    spacing = (3.0, 0.4, 0.4)
+    shape = grid_shape(hu.shape, spacing)
+    x = np.asarray(preprocess(hu, spacing))
+    assert x.shape == shape == (8, 16, 16)
+    peak = np.unravel_index(np.argmax(x), x.shape)
+    assert peak == (4, 30 * 0.4 // 3, 30 * 0.4 // 3)
+    assert x[peak] == pytest.approx((400 + 300) / 1100, abs=1e-6)  # the full 400 HU is kept
+    # a plain mean would have drowned it below the calcium threshold: 40 + 3 * 360 / 56.25 = 59.2 HU
+    mean_only = np.asarray(resample_hu(hu, spacing, 3.0, shape, threshold_hu=1e6))
+    assert mean_only.max() == pytest.approx(40 + 3 * 360 / 56.25, abs=1e-3)
+    back = np.asarray(restore_grid(x > 0.6, hu.shape, spacing))
+    assert back[4, 30, 30:33].all()
+
+
+def test_window_scaling_and_air_padding():
+    hu = np.full((2, 6, 6), 1000.0, np.float32)
+    hu[:, :, :3] = -1000.0
+    x = np.asarray(preprocess(hu, (2.0, 2.0, 2.0), multiple=4))
+    assert x.shape == (4, 8, 8)
+    assert x.min() >= 0.0 and x.max() <= 1.0
+    np.testing.assert_array_equal(x[:2, :6, :3], 0.0)
+    np.testing.assert_array_equal(x[:2, :6, 3:6], 1.0)
+    np.testing.assert_array_equal(x[2:], 0.0)  # padding is air
+    np.testing.assert_array_equal(x[:, 6:], 0.0)
+
+
+def test_traced_spacing_one_compilation():
+    hu = np.random.default_rng(2).uniform(-100, 500, size=(4, 20, 20)).astype(np.float32)
+    traces = []
+
+    @jax.jit
+    def run(hu, spacing):
+        traces.append(1)
+        return preprocess(hu, spacing, out_shape=(4, 8, 8), multiple=4)
+
+    a = run(hu, jnp.asarray([3.0, 1.0, 1.0]))
+    b = run(hu, jnp.asarray([3.0, 1.1, 1.1]))
+    assert len(traces) == 1
+    assert not np.allclose(a, b)
+    np.testing.assert_allclose(a, preprocess(hu, (3.0, 1.0, 1.0), out_shape=(4, 8, 8), multiple=4), atol=1e-6)
+
+
+def test_restore_grid_maps_back_to_the_right_place():
+    coarse = np.zeros((4, 8, 8), np.int32)
+    coarse[2, 5, 3] = 7
+    fine = np.asarray(restore_grid(coarse, (8, 40, 40), (1.5, 0.6, 0.6), target_mm=3.0))
+    assert fine.shape == (8, 40, 40)
+    z, y, x = np.nonzero(fine)
+    # coarse voxel (2, 5, 3) covers z in [6, 9) mm, y in [15, 18) mm, x in [9, 12) mm: fine centres inside
+    np.testing.assert_array_equal(np.unique(z), [4, 5])
+    np.testing.assert_array_equal(np.unique(y), np.arange(25, 30))
+    np.testing.assert_array_equal(np.unique(x), np.arange(15, 20))
+    assert fine.sum() == 7 * 2 * 5 * 5
+
+
+def test_bad_inputs():
+    with pytest.raises(InputError) as info:
+        preprocess(np.zeros((4, 4)), (1.0, 1.0, 1.0))
+    assert info.value.code == "BAD_RANK"
+    with pytest.raises(InputError) as info:
+        grid_shape((4, 4, 4), (1.0, -1.0, 1.0))
+    assert info.value.code == "BAD_SPACING"
+    with pytest.raises(InputError) as info:
+        jax.jit(lambda h, s: preprocess(h, s))(jnp.zeros((4, 4, 4)), jnp.ones(3))
+    assert info.value.code == "TRACED_SPACING"
+    with pytest.raises(InputError) as info:
+        preprocess(np.zeros((4, 4, 4)), (1.0, 1.0, 1.0), out_shape=(4, 4, 6))
+    assert info.value.code == "BAD_SHAPE"
