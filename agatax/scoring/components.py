@@ -6,7 +6,7 @@ same numbering: components are numbered 1..n in raster order of their first voxe
 - ``"host"``: NumPy in, NumPy out, on the foreground's bounding box. Sparse masks (calcium) are labelled
   by runs of foreground along x (linking overlapping runs of neighbouring rows, grouping them with
   scipy.sparse.csgraph), with work that grows with the number of runs; dense ones with scipy's labeller
-  on z-slabs in parallel threads (scipy releases the GIL), stitched back together.
+  (optionally on z-slabs in parallel threads, stitched back together: scipy releases the GIL).
 - ``"jax"``: jittable, static shapes. Every foreground voxel starts with its own flat index as label;
   each step takes the minimum over the neighbourhood, hooks the current root of every voxel to that
   minimum (scatter-min) and jumps pointers twice (``label = label[label]``), inside ``lax.while_loop``
@@ -17,7 +17,6 @@ same numbering: components are numbered 1..n in raster order of their first voxe
 
 from __future__ import annotations
 
-import os
 from functools import partial
 from concurrent.futures import ThreadPoolExecutor
 
@@ -37,8 +36,6 @@ SLICE_CONNECTIVITIES = (4, 8)
 VOLUME_CONNECTIVITIES = (6, 18, 26)
 BACKENDS = ("auto", "host", "jax")
 
-# Below this many voxels (after cropping) the host path labels in one call: threads cost more than they save.
-_PARALLEL_MIN_VOXELS = 1 << 20
 
 
 # --------------------------------------------------------------------------------------------- checks
@@ -133,8 +130,8 @@ def label_host(
     The foreground's bounding box is labelled (cropping keeps raster order, hence scipy's numbering).
     ``method``: "runs" labels runs of foreground along x (work grows with the number of runs, not of
     voxels: the fast path for sparse calcium masks); "scipy" calls ``scipy.ndimage.label`` on z-slabs
-    in ``workers`` threads (default: CPU count for volumes of at least ``_PARALLEL_MIN_VOXELS`` voxels);
-    "auto" takes runs when there are at most one per ``_RUNS_PER_VOXEL_LIMIT`` voxels, scipy otherwise.
+    in ``workers`` threads (default 1: threads pay off only on an otherwise idle machine); "auto" takes
+    runs when there is at most one per ``_RUNS_PER_VOXEL_LIMIT`` voxels, scipy otherwise.
     """
     mask = np.asarray(mask)
     _check_rank(mask.shape)
@@ -149,7 +146,8 @@ def label_host(
     sub_fg, sub_out = fg[box], out[box]
     if method not in ("auto", "runs", "scipy"):
         raise InputError(f"method={method!r} is not known", code="BAD_METHOD", hint="use 'auto', 'runs' or 'scipy'")
-    if method != "scipy":
+    # runs <= foreground voxels: count runs only where the foreground is sparse enough to pay off
+    if method == "runs" or (method == "auto" and np.count_nonzero(sub_fg) * _DENSE_FRACTION_INV <= sub_fg.size):
         runs = _runs(sub_fg)
         if method == "runs" or runs[0].size * _RUNS_PER_VOXEL_LIMIT <= sub_fg.size:
             n = _label_runs(sub_fg.shape, runs, connectivity, slices=slices, out=sub_out)
@@ -157,8 +155,10 @@ def label_host(
     return out, _label_scipy(sub_fg, sub_out, connectivity, slices=slices, workers=workers)
 
 
-# "auto" labels runs when there is at most one run per this many voxels (measured crossover: ~1 per 200).
+# "auto" labels runs when there is at most one run per this many voxels (measured crossover: ~1 per 200),
+# and does not look for runs when more than one voxel in this many is foreground.
 _RUNS_PER_VOXEL_LIMIT = 400
+_DENSE_FRACTION_INV = 25
 
 
 def _runs(fg: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
@@ -229,9 +229,7 @@ def _label_runs(shape, runs, connectivity: int, *, slices: bool, out: np.ndarray
 
 def _label_scipy(sub_fg, sub_out, connectivity: int, *, slices: bool, workers: int | None) -> int:
     structure = _structure(connectivity, slices=slices)
-    if workers is None:
-        workers = (os.cpu_count() or 1) if sub_fg.size >= _PARALLEL_MIN_VOXELS else 1
-    workers = max(1, min(int(workers), sub_fg.shape[0]))
+    workers = 1 if workers is None else max(1, min(int(workers), sub_fg.shape[0]))
     if workers == 1:
         return int(ndimage.label(sub_fg, structure, output=sub_out))
     bounds = np.linspace(0, sub_fg.shape[0], workers + 1).round().astype(int)
