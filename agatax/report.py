@@ -119,7 +119,7 @@ def lesion_regions(
     *,
     threshold_hu: float = 130.0,
     connectivity: int = 8,
-) -> list[np.ndarray | None]:
+) -> list[tuple[np.ndarray, np.ndarray] | None]:
     """Find the pixels of each scored lesion (for drawing and vote fractions).
 
     Components of ``mask != 0 & hu >= threshold_hu`` on each lesion's slice (and, for artery-labelled
@@ -130,27 +130,30 @@ def lesion_regions(
         lesions: ``Scores.lesions`` (needs ``slice``, ``pixels``, ``centroid_zyx``).
 
     Returns:
-        per lesion a bool (y, x) array of its pixels on ``lesion.slice``, or None when no component matches.
+        per lesion its pixels on ``lesion.slice`` as (rows, cols) int arrays, or None when no component
+        matches.
     """
     structure = ndimage.generate_binary_structure(2, 2 if connectivity == 8 else 1)
-    cache: dict[int, list[tuple[np.ndarray, np.ndarray, int]]] = {}
+    cache: dict[int, list[tuple[tuple[np.ndarray, np.ndarray], np.ndarray, int]]] = {}
 
     def components(k: int):
         if k not in cache:
             calcium = (mask[k] != 0) & (hu[k] >= threshold_hu)
+            values = [v for v in np.unique(mask[k][calcium]) if v != 0]
+            layers = [calcium] + ([calcium & (mask[k] == v) for v in values] if len(values) > 1 else [])
             found = []
-            layers = [calcium] + [calcium & (mask[k] == v) for v in np.unique(mask[k][calcium]) if v != 0]
-            if len(layers) == 2:  # one label: the per-label layer repeats the union
-                layers = layers[:1]
             for layer in layers:
-                labels, n = ndimage.label(layer, structure=structure)
-                for j in range(1, n + 1):
-                    region = labels == j
-                    found.append((region, np.argwhere(region).mean(axis=0), int(region.sum())))
+                labels, _ = ndimage.label(layer, structure=structure)
+                for j, box in enumerate(ndimage.find_objects(labels), start=1):
+                    if box is None:
+                        continue
+                    rows, cols = np.nonzero(labels[box] == j)
+                    rows, cols = rows + box[0].start, cols + box[1].start
+                    found.append(((rows, cols), np.array([rows.mean(), cols.mean()]), len(rows)))
             cache[k] = found
         return cache[k]
 
-    out: list[np.ndarray | None] = []
+    out: list[tuple[np.ndarray, np.ndarray] | None] = []
     for lesion in lesions:
         k = int(lesion.slice)
         candidates = components(k) if 0 <= k < mask.shape[0] else []
@@ -371,15 +374,18 @@ def write_report(
     return paths
 
 
-def _outline_segments(region: np.ndarray) -> np.ndarray:
-    """Pixel-edge outline of a bool (y, x) region: (n, 2, 2) segments of (x, y) points."""
-    padded = np.pad(region, 1)
+def _outline_segments(region: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Pixel-edge outline of a region given as (rows, cols): (n, 2, 2) segments of (x, y) points."""
+    rows, cols = region
+    r0, c0 = int(rows.min()), int(cols.min())
+    local = np.zeros((int(rows.max()) - r0 + 3, int(cols.max()) - c0 + 3), dtype=bool)  # 1-pixel border
+    local[rows - r0 + 1, cols - c0 + 1] = True
     segs = []
-    rows, cols = np.nonzero(padded[1:, 1:-1] != padded[:-1, 1:-1])  # edge above row r (r = 0..ny)
-    for r, c in zip(rows, cols):
+    er, ec = np.nonzero(local[1:, 1:-1] != local[:-1, 1:-1])  # edge above local row er (image row r0 + er)
+    for r, c in zip(er + r0, ec + c0):
         segs.append([(c - 0.5, r - 0.5), (c + 0.5, r - 0.5)])
-    rows, cols = np.nonzero(padded[1:-1, 1:] != padded[1:-1, :-1])  # edge left of column c
-    for r, c in zip(rows, cols):
+    er, ec = np.nonzero(local[1:-1, 1:] != local[1:-1, :-1])  # edge left of local column ec
+    for r, c in zip(er + r0, ec + c0):
         segs.append([(c - 0.5, r - 0.5), (c - 0.5, r + 0.5)])
     return np.asarray(segs, dtype=np.float64).reshape(-1, 2, 2)
 
@@ -392,7 +398,7 @@ def render_png(
     path: str | os.PathLike,
     volume: Volume,
     lesions: Sequence[Any],
-    regions: Sequence[np.ndarray | None],
+    regions: Sequence[tuple[np.ndarray, np.ndarray] | None],
     summary: Mapping[str, Any],
     *,
     max_slices: int = 6,
@@ -421,10 +427,11 @@ def render_png(
     r0, r1, c0, c1 = 0, ny, 0, nx
     drawn = [reg for les, reg in zip(lesions, regions) if reg is not None and int(les.slice) in chosen]
     if drawn:
-        pix = np.argwhere(np.logical_or.reduce(drawn))
+        all_rows = np.concatenate([reg[0] for reg in drawn])
+        all_cols = np.concatenate([reg[1] for reg in drawn])
         mr, mc = int(round(margin_mm / dy)), int(round(margin_mm / dx))
-        r0, c0 = max(pix[:, 0].min() - mr, 0), max(pix[:, 1].min() - mc, 0)
-        r1, c1 = min(pix[:, 0].max() + mr + 1, ny), min(pix[:, 1].max() + mc + 1, nx)
+        r0, c0 = max(int(all_rows.min()) - mr, 0), max(int(all_cols.min()) - mc, 0)
+        r1, c1 = min(int(all_rows.max()) + mr + 1, ny), min(int(all_cols.max()) + mc + 1, nx)
 
     n = len(chosen)
     ncols = min(n, 3)
@@ -464,7 +471,7 @@ def render_png(
         for lesion, region in sorted(on_slice, key=lambda lr: -float(lr[0].agatston)):
             colour = WEIGHT_COLOURS.get(int(lesion.weight), "#00e5ff")
             ax.add_collection(LineCollection(_outline_segments(region), colors=colour, linewidths=1.4))
-            rows, cols = np.nonzero(region)
+            rows, cols = region
             text = f"{float(lesion.agatston):.1f}"
             w, h = (6.5 * len(text) + 4) * per_px_x, 14 * per_px_y
             gap_x, gap_y = 3 * per_px_x, 3 * per_px_y
@@ -502,6 +509,8 @@ def render_png(
         extra.append(f"volume {float(summary['volume_mm3']):.1f} mm\u00b3")
     if summary.get("mass_mg") is not None:
         extra.append(f"mass {float(summary['mass_mg']):.1f} mg")
+    if len(per_slice) > len(chosen):
+        extra.append(f"showing the {len(chosen)} of {len(per_slice)} calcium slices with most Agatston")
     if not lesions:
         extra = ["no calcium found"]
     fig.suptitle(title + "\n" + ", ".join(extra), color="white", fontsize=11)

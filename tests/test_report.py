@@ -66,7 +66,10 @@ def test_lesion_regions_are_the_hand_placed_blocks():
     for z, rows, cols in (L1, L2):
         expected = np.zeros(mask.shape[1:], bool)
         expected[rows, cols] = True
-        np.testing.assert_array_equal(by_slice[z], expected)
+        got = np.zeros(mask.shape[1:], bool)
+        got[by_slice[z]] = True
+        assert len(by_slice[z][0]) == expected.sum()
+        np.testing.assert_array_equal(got, expected)
 
 
 def test_write_report_files_and_contents(tmp_path):
@@ -193,3 +196,17 @@ def test_summary_row_rebuilt_from_a_written_report(tmp_path):
     with pytest.raises(ReadError) as info:
         summary_row_from_report(tmp_path / "broken.json")
     assert info.value.code == "BAD_REPORT"
+
+
+def test_outline_follows_pixel_edges():
+    from agatax.report import _outline_segments
+
+    # An L of three pixels: (0, 0), (1, 0), (1, 1) as (row, col); its boundary has 8 unit edges.
+    segs = _outline_segments((np.array([0, 1, 1]), np.array([0, 0, 1])))
+    edges = {tuple(sorted(map(tuple, seg.tolist()))) for seg in segs}
+    expected = {  # (x, y) end points on pixel corners at half-integers
+        ((-0.5, -0.5), (0.5, -0.5)), ((-0.5, -0.5), (-0.5, 0.5)), ((0.5, -0.5), (0.5, 0.5)),
+        ((0.5, 0.5), (1.5, 0.5)), ((1.5, 0.5), (1.5, 1.5)), ((0.5, 1.5), (1.5, 1.5)),
+        ((-0.5, 1.5), (0.5, 1.5)), ((-0.5, 0.5), (-0.5, 1.5)),
+    }
+    assert len(segs) == 8 and edges == expected
