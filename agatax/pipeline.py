@@ -1,0 +1,182 @@
+"""From an HU volume to the calcium mask, the vote map and the scores.
+
+The array path runs as ONE jitted function on the device: pre-process -> five networks -> vote -> back to
+the original grid -> HU threshold -> (Agatston score and volume in JAX). Compiled functions are cached per
+(volume shape, grid, config, strategy); spacing and thresholds are traced, so exams of one shape share a
+compilation. :func:`run_pipeline` then adds the exact host lesion table (``agatax.compute_scores``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from agatax.ensemble import Ensemble, ensemble_votes, majority_vote, resolve_strategy
+from agatax.errors import InputError
+from agatax.preprocess import _preprocess_kernel, _restore_kernel, grid_shape
+from agatax.volume import Volume
+
+__all__ = ["segment", "segment_and_score", "run_pipeline", "PipelineResult"]
+
+
+def _arrays(volume, spacing) -> tuple[Any, tuple[float, float, float]]:
+    """(hu, spacing) from a Volume, a (hu, spacing) pair, or hu plus spacing=."""
+    if isinstance(volume, Volume):
+        if spacing is not None:
+            raise InputError("spacing= is taken from the Volume; do not pass it too", code="BAD_ARGUMENT")
+        return volume.hu, volume.spacing
+    if spacing is None and isinstance(volume, tuple) and len(volume) == 2:
+        volume, spacing = volume
+    if spacing is None:
+        raise InputError(
+            "an HU array needs its spacing", code="BAD_ARGUMENT", hint="pass a Volume, (hu, spacing) or spacing=(dz, dy, dx)"
+        )
+    hu = volume if isinstance(volume, jax.Array) else np.asarray(volume, dtype=np.float32)
+    if hu.ndim != 3:
+        raise InputError(f"volume must have rank 3 (z, y, x); got shape {hu.shape}", code="BAD_RANK")
+    if isinstance(hu, np.ndarray) and not np.all(np.isfinite(hu)):
+        raise InputError("volume holds NaN or infinite HU values", code="NON_FINITE", hint="replace them (e.g. with -1000 HU)")
+    spacing = tuple(float(s) for s in np.asarray(spacing, dtype=np.float64).reshape(-1))
+    if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
+        raise InputError(f"spacing must be three positive mm values (dz, dy, dx); got {spacing}", code="BAD_SPACING")
+    return hu, spacing
+
+
+@partial(jax.jit, static_argnames=("grid", "strategy", "score", "min_area_mm2", "connectivity"))
+def _pipeline_kernel(ensemble, hu, spacing, target, threshold_hu, min_pixels, *, grid, strategy, score, min_area_mm2, connectivity):
+    hu = hu.astype(jnp.float32)
+    x = _preprocess_kernel(hu, spacing, target, threshold_hu, out_shape=grid, window=(-300.0, 800.0))
+    _, votes = ensemble_votes(ensemble, x[None, ..., None], strategy=strategy)
+    votes = _restore_kernel(votes[0], spacing, target, shape=hu.shape)
+    votes = jnp.where(hu >= threshold_hu, votes, 0)
+    mask = majority_vote(votes, ensemble.members)
+    out = {"mask": mask, "votes": votes}
+    if score:
+        from agatax.scoring import scores_jax
+
+        out["scores"] = scores_jax(
+            hu, mask, spacing, min_pixels=min_pixels, min_area_mm2=min_area_mm2, connectivity=connectivity,
+            threshold_hu=threshold_hu,
+        )
+    return out
+
+
+def _run(ensemble, volume, spacing, *, strategy, target_mm, threshold_hu, score, min_pixels=3, min_area_mm2=None, connectivity=8):
+    if not isinstance(ensemble, Ensemble):
+        raise InputError(f"expected an agatax Ensemble; got {type(ensemble).__name__}", code="BAD_ARGUMENT")
+    hu, spacing = _arrays(volume, spacing)
+    grid = grid_shape(hu.shape, spacing, target_mm=target_mm, multiple=ensemble.config.multiple)
+    target = spacing[0] if target_mm is None else float(target_mm)
+    return _pipeline_kernel(
+        ensemble,
+        jnp.asarray(hu),
+        jnp.asarray(spacing, jnp.float32),
+        jnp.float32(target),
+        jnp.float32(threshold_hu),
+        jnp.int32(min_pixels),
+        grid=grid,
+        strategy=resolve_strategy(strategy),
+        score=score,
+        min_area_mm2=None if min_area_mm2 is None else float(min_area_mm2),
+        connectivity=int(connectivity),
+    ), hu, spacing
+
+
+def segment(
+    ensemble: Ensemble, volume, spacing=None, *, strategy: str = "auto", target_mm=None, threshold_hu: float = 130.0
+) -> tuple[jax.Array, jax.Array]:
+    """Calcium mask and vote counts on the original grid.
+
+    Args:
+        ensemble: the voting networks.
+        volume: a Volume, a (hu, spacing) pair, or an HU array (z, y, x) with ``spacing=(dz, dy, dx)`` mm.
+        strategy: "auto", "vmap" or "sequential" (see agatax.ensemble).
+        target_mm: isotropic network grid, mm (default the slice increment).
+        threshold_hu: calcium threshold (HU); also the pre-processing enhancement threshold.
+
+    Returns:
+        mask bool (z, y, x): majority of members AND HU >= threshold_hu;
+        votes int32 (z, y, x): members voting for calcium (0 where HU < threshold_hu).
+    """
+    out, _, _ = _run(ensemble, volume, spacing, strategy=strategy, target_mm=target_mm, threshold_hu=threshold_hu, score=False)
+    return out["mask"], out["votes"]
+
+
+def segment_and_score(
+    ensemble: Ensemble,
+    volume,
+    spacing=None,
+    *,
+    strategy: str = "auto",
+    target_mm=None,
+    threshold_hu: float = 130.0,
+    min_pixels: int = 3,
+    min_area_mm2: float | None = None,
+    connectivity: int = 8,
+) -> dict[str, jax.Array]:
+    """The whole array path in one jit: {"mask", "votes", "scores": {"agatston", "volume_mm3", "lesions"}}.
+
+    Scores use ``agatax.scoring.scores_jax`` (float32, on the device). Arguments as :func:`segment`, plus
+    the scoring conventions.
+    """
+    out, _, _ = _run(
+        ensemble, volume, spacing, strategy=strategy, target_mm=target_mm, threshold_hu=threshold_hu, score=True,
+        min_pixels=min_pixels, min_area_mm2=min_area_mm2, connectivity=connectivity,
+    )
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineResult:
+    """What the pipeline found in one exam.
+
+    Attributes:
+        mask: bool (z, y, x) calcium voxels (majority vote, HU >= threshold).
+        votes: int32 (z, y, x) members voting for calcium (0 where HU < threshold).
+        scores: agatax Scores (host, float64, with the lesion table).
+        spacing: (dz, dy, dx) mm used.
+    """
+
+    mask: np.ndarray
+    votes: np.ndarray
+    scores: Any
+    spacing: tuple[float, float, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe summary (scores and the vote histogram of calcium voxels)."""
+        counts = np.bincount(self.votes[self.votes > 0].ravel(), minlength=1)
+        return {"scores": self.scores.to_dict(), "spacing": list(self.spacing), "vote_histogram": counts.tolist()}
+
+
+def run_pipeline(
+    ensemble: Ensemble,
+    volume,
+    spacing=None,
+    *,
+    strategy: str = "auto",
+    target_mm=None,
+    calibration: float | None = None,
+    min_pixels: int = 3,
+    min_area_mm2: float | None = None,
+    connectivity: int = 8,
+    threshold_hu: float = 130.0,
+) -> PipelineResult:
+    """Segment an exam and score it on the host with the exact lesion table (``agatax.compute_scores``).
+
+    Arguments as :func:`segment`, plus the scoring conventions of ``agatax.compute_scores``
+    (``calibration`` in mg / (HU mm^3) for the mass score).
+    """
+    out, hu, spacing = _run(ensemble, volume, spacing, strategy=strategy, target_mm=target_mm, threshold_hu=threshold_hu, score=False)
+    from agatax.scoring import compute_scores
+
+    mask, votes = np.asarray(out["mask"]), np.asarray(out["votes"])
+    scores = compute_scores(
+        np.asarray(hu), mask, spacing, calibration=calibration, min_pixels=min_pixels, min_area_mm2=min_area_mm2,
+        connectivity=connectivity, threshold_hu=threshold_hu,
+    )
+    return PipelineResult(mask=mask, votes=votes, scores=scores, spacing=spacing)
