@@ -36,6 +36,8 @@ from agatax.io import read_mask, read_volume, write_dicom_series, write_nifti
 # --- network, pre-processing, ensemble, pipeline ---
 from agatax.model import UNet, UNetConfig
 from agatax.ensemble import Ensemble, init_ensemble, load_ensemble, save_ensemble, stack_members
+from agatax.preprocess import grid_shape, preprocess, restore_grid
+from agatax.pipeline import PipelineResult, run_pipeline, segment, segment_and_score
 
 # --- synthetic data and ground truth ---
 from agatax.groundtruth import GroundTruth, mask_from_points
