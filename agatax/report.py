@@ -26,8 +26,10 @@ from agatax.errors import AgataxError, InputError, ReadError
 from agatax.volume import Volume
 
 __all__ = [
+    "CALCIUM_WINDOW",
     "SUMMARY_COLUMNS",
     "WEIGHT_COLOURS",
+    "default_exam_id",
     "exam_summary_row",
     "lesion_regions",
     "render_png",
