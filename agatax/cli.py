@@ -1,100 +1,269 @@
 """The ``agatax`` command.
 
-    agatax score EXAM --mask MASK [--series UID] [--json OUT|-] [--min-area-mm2 X] [--calibration C]
+    agatax score PATH... [--report DIR] [--json OUT|-] [--weights FILE] [--mask MASK] [--device cpu|gpu|auto]
+    agatax evaluate PRED REF [--plot DIR] [--json OUT|-] [--lesions]
+    agatax example DIR [--seed N] [--matrix 512] [--count 1]
 
-Errors print one line, ``error [CODE]: message``, on stderr and exit with status 2 (``--debug`` shows the
-traceback instead). Subcommands are argparse subparsers; each one registers itself through a function
-``add_<name>_command(subparsers)`` listed in ``COMMANDS`` and sets ``run`` to a function(args) -> int.
+Exit status: 0 success; 2 refused input or options (one line ``error [CODE]: message (hint: ...)`` on
+stderr; ``--debug`` shows the traceback instead); 3 a batch finished but some of its exams failed (each
+has a summary row with its code); 1 an unexpected failure; 130 interrupted. Subcommands are argparse
+subparsers; each one registers itself through a function ``add_<name>_command(subparsers)`` listed in
+``COMMANDS`` and sets ``run`` to a function(args) -> int.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import csv
+import dataclasses
 import json
+import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from agatax.errors import AgataxError, InputError
+from agatax.errors import AgataxError, CheckpointError, InputError, ReadError
 
-__all__ = ["main", "score_exam", "build_parser", "COMMANDS"]
+__all__ = ["main", "score_exam", "build_parser", "format_report", "select_device", "ExamScorer", "COMMANDS"]
 
-EXIT_ERROR = 2
+EXIT_OK = 0
 EXIT_UNEXPECTED = 1
+EXIT_ERROR = 2
+EXIT_SOME_FAILED = 3
 
 _RELAXATIONS = ("allow_gaps", "allow_uneven", "allow_tilt", "allow_not_ct", "allow_qform_mismatch")
+#: Tube voltage the Agatston thresholds were defined at (kVp).
+REFERENCE_KVP = 120.0
+
+
+# --------------------------------------------------------------------------------------------- device
+
+
+def select_device(name: str = "auto"):
+    """The JAX device to score on: "cpu", "gpu" or "auto" (None: JAX's default device).
+
+    "cpu" before JAX has started its backends also restricts JAX to the CPU (no GPU memory taken).
+
+    Raises:
+        InputError NO_GPU when "gpu" is asked for and JAX sees none; BAD_ARGUMENT for other names.
+    """
+    import jax
+
+    if name == "auto":
+        return None
+    if name == "cpu":
+        try:
+            from jax._src import xla_bridge
+
+            if not xla_bridge.backends_are_initialized():
+                jax.config.update("jax_platforms", "cpu")
+        except Exception:  # private API moved: the device choice below still holds
+            pass
+        return jax.devices("cpu")[0]
+    if name == "gpu":
+        try:
+            return jax.devices("gpu")[0]
+        except RuntimeError:
+            present = sorted({d.platform for d in jax.devices()})
+            raise InputError(
+                f"--device gpu: JAX sees no GPU (platforms present: {', '.join(present)})",
+                code="NO_GPU",
+                hint='install the CUDA build of JAX (pip install "agatax[cuda]") or use --device cpu',
+            ) from None
+    raise InputError(f"--device must be cpu, gpu or auto; got {name!r}", code="BAD_ARGUMENT")
+
+
+def load_weights(path: str | os.PathLike | None):
+    """The ensemble to segment with: the file at ``path``, or the shipped default when None.
+
+    Raises:
+        CheckpointError (NOT_FOUND, CORRUPT_CHECKPOINT, VERSION_MISMATCH, MISSING_WEIGHTS, ...).
+    """
+    if path is None:
+        from agatax.defaults import load_default_ensemble
+
+        return load_default_ensemble()
+    from agatax.ensemble import load_ensemble
+
+    try:
+        return load_ensemble(path)
+    except AgataxError:
+        raise
+    except Exception as err:  # anything else means the file is not a usable ensemble
+        raise CheckpointError(
+            f"cannot load ensemble weights from {path} ({type(err).__name__}: {err})",
+            code="CORRUPT_CHECKPOINT",
+            hint="pass a file written by agatax.save_ensemble",
+            paths=[str(path)],
+        ) from None
+
+
+# --------------------------------------------------------------------------------------------- one exam
+
+
+@dataclasses.dataclass
+class ScoredExam:
+    """One exam after segmentation and scoring (host arrays).
+
+    volume: the exam; scores: ``agatax.Scores``; mask: (z, y, x) bool or artery labels; votes: int32
+    (z, y, x) members voting calcium, or None for a given mask; members: ensemble size or None.
+    """
+
+    volume: Any
+    scores: Any
+    mask: np.ndarray
+    votes: np.ndarray | None = None
+    members: int | None = None
+
+
+def _exam_warnings(volume, series: str | None) -> list[str]:
+    """Notes the command line adds to the reader's: unusual tube voltage, the series chosen."""
+    meta = volume.metadata or {}
+    notes = []
+    kvp = meta.get("kvp")
+    if kvp is not None and abs(float(kvp) - REFERENCE_KVP) > 0.5:
+        notes.append(
+            f"unusual tube voltage {float(kvp):g} kVp: the 130 HU threshold and density weights assume "
+            f"{REFERENCE_KVP:g} kVp"
+        )
+    others = {str(reason).split("(", 1)[-1].split(")")[0]
+              for _, reason in meta.get("skipped", ()) if str(reason).startswith("another series")}
+    if others or series is not None:
+        description = meta.get("series_description") or "no description"
+        text = f"series chosen: {meta.get('series_uid') or '?'} ({description}, {volume.shape[0]} slices)"
+        text += f" by --series {series}" if series is not None else ""
+        if others:
+            text += f"; {len(others)} other series in the folder not scored"
+        notes.append(text)
+    return notes
+
+
+def _vote_fractions(scored: ScoredExam) -> list[float | None]:
+    """Per lesion: mean over its pixels of votes / members (the share of networks that agreed)."""
+    from agatax.report import lesion_regions
+
+    lesions = tuple(scored.scores.lesions)
+    regions = lesion_regions(scored.volume.hu, scored.mask, lesions)
+    out: list[float | None] = []
+    for lesion, region in zip(lesions, regions):
+        if region is None:
+            out.append(None)
+        else:
+            out.append(round(float(np.mean(scored.votes[int(lesion.slice)][region])) / scored.members, 4))
+    return out
+
+
+class ExamScorer:
+    """Reads, segments and scores exams with one set of options (the ``score`` command's engine).
+
+    Args:
+        mask: a calcium mask file for the exam (then no network runs), or None.
+        ensemble: the ``Ensemble`` to segment with when no mask is given.
+        series: which DICOM series (UID, prefix, number or description).
+        calibration: mg / (HU mm^3) for the mass score.
+        min_pixels, min_area_mm2: smallest lesion kept.
+        relaxations: ``read_volume`` relaxations (allow_gaps, ...).
+    """
+
+    def __init__(self, *, mask=None, ensemble=None, series=None, calibration=None, min_pixels=3,
+                 min_area_mm2=None, **relaxations: bool) -> None:
+        if mask is None and ensemble is None:
+            raise InputError("ExamScorer needs a mask or an ensemble", code="BAD_ARGUMENT")
+        self.mask, self.ensemble, self.series = mask, ensemble, series
+        self.conventions = {"calibration": calibration, "min_pixels": min_pixels, "min_area_mm2": min_area_mm2}
+        self.relaxations = {k: bool(v) for k, v in relaxations.items() if v}
+
+    def read(self, path):
+        """Read the exam at ``path`` into a Volume, with the command line's warnings added."""
+        from agatax.io import read_volume
+
+        volume = read_volume(path, series=self.series, **self.relaxations)
+        notes = _exam_warnings(volume, self.series)
+        return volume.replace(warnings=tuple(volume.warnings) + tuple(notes)) if notes else volume
+
+    def score(self, volume) -> ScoredExam:
+        """Segment (ensemble) or take the given mask, then score: the device part of an exam."""
+        if self.mask is not None:
+            from agatax.io import read_mask
+            from agatax.scoring import compute_scores
+
+            labels = read_mask(self.mask, like=volume)
+            return ScoredExam(volume, compute_scores(volume.hu, labels, volume.spacing, **self.conventions), labels)
+        from agatax.pipeline import run_pipeline
+
+        result = run_pipeline(self.ensemble, volume, **self.conventions)
+        return ScoredExam(volume, result.scores, np.asarray(result.mask), np.asarray(result.votes),
+                          self.ensemble.members)
+
+    def _extras(self) -> dict[str, Any]:
+        return {"mask": None if self.mask is None else str(self.mask)}
+
+    def result(self, scored: ScoredExam, exam_id: str | None = None) -> dict[str, Any]:
+        """The JSON dict of a scored exam (the ``--json`` contract; ``vote_fraction`` per lesion with an
+        ensemble)."""
+        from agatax.report import report_dict
+
+        fractions = None if scored.votes is None else _vote_fractions(scored)
+        out = report_dict(scored.volume, scored.scores, exam_id=exam_id, vote_fractions=fractions,
+                          members=scored.members)
+        out.update(self._extras())
+        return out
+
+    def write(self, directory, scored: ScoredExam, exam_id: str, *, png: bool = True) -> tuple[dict, dict]:
+        """Write the exam's report files; returns (the JSON dict as written, the paths)."""
+        from agatax.report import write_report
+
+        paths = write_report(directory, scored.volume, scored.scores, scored.mask, votes=scored.votes,
+                             members=scored.members, exam_id=exam_id, png=png)
+        result = json.loads(Path(paths["json"]).read_text())
+        extras = self._extras()
+        if any(result.get(k) != v for k, v in extras.items()):
+            result.update(extras)
+            Path(paths["json"]).write_text(json.dumps(result, indent=2) + "\n")
+        return result, paths
 
 
 def score_exam(
     path: str | Path,
-    mask: str | Path | None,
+    mask: str | Path | None = None,
     *,
+    weights: str | Path | None = None,
+    ensemble: Any = None,
     series: str | None = None,
     calibration: float | None = None,
     min_pixels: int = 3,
     min_area_mm2: float | None = None,
     **relaxations: bool,
 ) -> dict[str, Any]:
-    """Read one exam and its calcium mask, score it, and return a JSON-safe dict.
+    """Read one exam, find its calcium and score it; return the JSON-safe dict ``agatax score --json`` prints.
 
-    Keys: agatston, category, volume_mm3 (mm^3), mass_mg (mg or None), lesions (list of dicts), per_artery,
+    The calcium is ``mask`` (a NIfTI on the exam's grid or a .npy (z, y, x)) when given, else the
+    segmentation of ``ensemble`` (default: the file ``weights``, else the shipped default ensemble).
+
+    Keys: exam_id, agatston, category, volume_mm3 (mm^3), mass_mg (mg or None), lesions (list of dicts;
+    with an ensemble each has ``vote_fraction``, the share of networks that agreed), per_artery,
     spacing_mm (dz, dy, dx), slice_thickness_mm, shape (z, y, x), warnings, series_uid,
-    series_description, source, mask.
+    series_description, source, mask, and ``members`` with an ensemble.
     ``relaxations``: allow_gaps, allow_uneven, allow_tilt, allow_not_ct, allow_qform_mismatch (see
     ``agatax.read_volume``).
     """
-    from agatax.io import read_mask, read_volume
-    from agatax.scoring import compute_scores
-
-    if mask is None:
-        raise InputError(
-            "no calcium mask given",
-            code="MASK_REQUIRED",
-            hint="pass --mask MASK (a NIfTI file, or a .npy array (z, y, x) on the exam's grid)",
-        )
-    volume = read_volume(path, series=series, **relaxations)
-    labels = read_mask(mask, like=volume)
-    scores = compute_scores(
-        volume.hu, labels, volume.spacing, calibration=calibration, min_pixels=min_pixels, min_area_mm2=min_area_mm2
-    )
-    result = scores.to_dict()
-    return _json_safe(
-        {
-            "agatston": result["agatston"],
-            "category": result["category"],
-            "volume_mm3": result["volume_mm3"],
-            "mass_mg": result["mass_mg"],
-            "lesions": result["lesions"],
-            "per_artery": result["per_artery"],
-            "spacing_mm": list(volume.spacing),
-            "slice_thickness_mm": volume.slice_thickness,
-            "shape": list(volume.shape),
-            "warnings": list(volume.warnings),
-            "series_uid": volume.metadata.get("series_uid"),
-            "series_description": volume.metadata.get("series_description"),
-            "source": volume.source,
-            "mask": str(mask),
-        }
-    )
+    if mask is None and ensemble is None:
+        ensemble = load_weights(weights)
+    scorer = ExamScorer(mask=mask, ensemble=ensemble, series=series, calibration=calibration,
+                        min_pixels=min_pixels, min_area_mm2=min_area_mm2, **relaxations)
+    return scorer.result(scorer.score(scorer.read(path)))
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value
+# --------------------------------------------------------------------------------------------- text
 
 
 def format_report(result: dict[str, Any]) -> str:
-    """Plain-text report of ``score_exam``'s result: totals, then the lesion table."""
+    """Plain-text report of one exam's result dict: totals, the lesion table, per-artery totals, warnings."""
     dz, dy, dx = result["spacing_mm"]
     thickness = result["slice_thickness_mm"]
     lines = [
@@ -102,21 +271,32 @@ def format_report(result: dict[str, Any]) -> str:
         f"series:    {result['series_uid'] or '-'}  {result['series_description'] or ''}".rstrip(),
         f"grid:      {' x '.join(str(n) for n in result['shape'])} voxels, spacing {dz:.3f} x {dy:.3f} x {dx:.3f} mm"
         + (f", slice thickness {thickness:g} mm" if thickness else ""),
+    ]
+    if result.get("members"):
+        lines.append(f"calcium:   majority vote of {result['members']} networks")
+    elif result.get("mask"):
+        lines.append(f"calcium:   mask {result['mask']}")
+    lines += [
         f"Agatston:  {result['agatston']:.1f}   (category {result['category']})",
         f"volume:    {result['volume_mm3']:.1f} mm^3",
     ]
-    if result["mass_mg"] is not None:
+    if result.get("mass_mg") is not None:
         lines.append(f"mass:      {result['mass_mg']:.2f} mg")
     lesions = result["lesions"]
+    votes = any("vote_fraction" in lesion for lesion in lesions)
     lines.append(f"lesions:   {len(lesions)}")
     if lesions:
-        lines.append("  slice  artery  pixels  area_mm2  peak_hu  weight  agatston  volume_mm3")
+        lines.append("  slice  artery  pixels  area_mm2  peak_hu  weight  agatston  volume_mm3" + ("  votes" if votes else ""))
         for lesion in lesions:
-            lines.append(
+            line = (
                 f"  {lesion['slice']:5d}  {lesion['artery'] or '-':>6}  {lesion['pixels']:6d}  {lesion['area_mm2']:8.2f}"
                 f"  {lesion['peak_hu']:7.0f}  {lesion['weight']:6d}  {lesion['agatston']:8.2f}  {lesion['volume_mm3']:10.2f}"
             )
-    for artery, totals in result["per_artery"].items():
+            if votes:
+                fraction = lesion.get("vote_fraction")
+                line += "      -" if fraction is None else f"  {fraction:5.2f}"
+            lines.append(line)
+    for artery, totals in (result.get("per_artery") or {}).items():
         lines.append(
             f"  {artery:>4}: Agatston {totals['agatston']:.1f}, volume {totals['volume_mm3']:.1f} mm^3, "
             f"{totals['lesions']} lesions"
@@ -126,18 +306,70 @@ def format_report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _one_line(outcome) -> str:
+    """One line per exam of a batch."""
+    exam_id = outcome.task.exam_id
+    if outcome.status == "failed":
+        err = outcome.error
+        code = err.code if isinstance(err, AgataxError) else type(err).__name__
+        text = err.message if isinstance(err, AgataxError) else str(err)
+        return f"{exam_id}  FAILED [{code}] {' '.join(text.split())}"
+    r = outcome.result
+    line = (f"{exam_id}  Agatston {r['agatston']:.1f}  category {r['category']}  volume {r['volume_mm3']:.1f} mm^3"
+            f"  {len(r['lesions'])} lesions")
+    if r.get("mass_mg") is not None:
+        line += f"  mass {r['mass_mg']:.2f} mg"
+    if outcome.status == "skipped":
+        line += "  (kept from an earlier run)"
+    return line + "".join(f"\n    warning: {w}" for w in r.get("warnings", []))
+
+
+def _error_entry(outcome) -> dict[str, Any]:
+    err = outcome.error
+    return {
+        "exam_id": outcome.task.exam_id,
+        "status": "failed",
+        "source": str(outcome.task.path),
+        "error_code": err.code if isinstance(err, AgataxError) else type(err).__name__,
+        "error_message": err.message if isinstance(err, AgataxError) else str(err),
+        "error_hint": err.hint if isinstance(err, AgataxError) else None,
+    }
+
+
+# --------------------------------------------------------------------------------------------- score
+
+
 def add_score_command(subparsers) -> None:
-    """``agatax score``: score one exam with a given calcium mask."""
+    """``agatax score``: score exams with the default ensemble, your own weights, or a given mask."""
     p = subparsers.add_parser(
         "score",
-        help="score one exam (DICOM folder/file or NIfTI) with a calcium mask",
-        description="Read a CT exam and a calcium mask on its grid; print Agatston, category, volume and lesions.",
+        help="score exams (DICOM folders/files, NIfTI, folders of exams, @list.txt)",
+        description=(
+            "Read CT exams, find the coronary calcium (majority vote of the ensemble's networks, or --mask) "
+            "and print Agatston score, category, volume, lesions and warnings. Each PATH is an exam (DICOM "
+            "file or folder, NIfTI file), a folder holding one subfolder (or NIfTI file) per exam, or "
+            "@LIST, a text file naming one path per line. Exit status: 0 all scored, 2 refused input, "
+            "3 a batch in which some exams failed (see the summary CSV)."
+        ),
     )
     _add_debug(p)
-    p.add_argument("path", help="DICOM file, DICOM folder (searched recursively) or .nii/.nii.gz file")
-    p.add_argument("--mask", help="calcium mask: NIfTI on the exam's grid, or .npy (z, y, x); labels 1..4 = arteries")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="exam, folder of exams, or @list.txt")
+    p.add_argument("--mask", help="score this calcium mask instead of running the networks (one exam only): "
+                   "NIfTI on the exam's grid, or .npy (z, y, x); labels 1..4 = LM, LAD, LCX, RCA")
+    p.add_argument("--weights", metavar="FILE", help="ensemble file (agatax.save_ensemble) instead of the shipped default")
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto", help="where the networks run (default auto)")
     p.add_argument("--series", help="which DICOM series: SeriesInstanceUID, unique prefix, number or description")
-    p.add_argument("--json", metavar="OUT", help="write the result as one JSON object to OUT ('-' = stdout only)")
+    p.add_argument("--report", metavar="DIR", help="write per exam <id>.json, <id>_lesions.csv, <id>_mask.nii.gz, "
+                   "<id>.png, and DIR/summary.csv")
+    p.add_argument("--no-png", action="store_true", help="with --report: skip the pictures (no matplotlib needed)")
+    p.add_argument("--summary", metavar="CSV", help="summary CSV path (default DIR/summary.csv with --report)")
+    p.add_argument("--json", metavar="OUT", help="write results as JSON to OUT ('-' = stdout): one object for one "
+                   "exam, a list of objects for a batch")
+    p.add_argument("--json-lines", action="store_true", help="with --json: one object per line, written as each "
+                   "exam finishes")
+    p.add_argument("--jobs", type=int, default=1, metavar="N", help="exams read ahead while one is scored (default 1, 0 = none)")
+    p.add_argument("--overwrite", action="store_true", help="with --report: score again exams whose results exist")
+    p.add_argument("--quiet", action="store_true", help="no progress line on stderr")
     p.add_argument("--min-area-mm2", type=float, default=None, help="smallest lesion area in mm^2 (e.g. 1.0)")
     p.add_argument("--min-pixels", type=int, default=3, help="smallest lesion in pixels (default 3)")
     p.add_argument("--calibration", type=float, default=None, help="mass calibration, mg / (HU * mm^3)")
@@ -146,33 +378,351 @@ def add_score_command(subparsers) -> None:
     p.set_defaults(run=run_score)
 
 
+class _JsonSink:
+    """Collects results for ``--json``: a list written at the end, or JSON lines written as they come."""
+
+    def __init__(self, target: str | None, *, lines: bool, batch: bool) -> None:
+        self.target, self.lines, self.batch = target, lines, batch
+        self.items: list[dict[str, Any]] = []
+        self.handle = None
+        if target and lines:
+            self.handle = sys.stdout if target == "-" else _open_for_writing(target)
+
+    def add(self, item: dict[str, Any]) -> None:
+        if self.handle is not None:
+            self.handle.write(json.dumps(item, allow_nan=False) + "\n")
+            self.handle.flush()
+        else:
+            self.items.append(item)
+
+    def close(self) -> None:
+        if self.handle is not None:
+            if self.handle is not sys.stdout:
+                self.handle.close()
+            return
+        if not self.target or not self.items and not self.batch:
+            return
+        value: Any = self.items if self.batch else self.items[0]
+        text = json.dumps(value, indent=2, allow_nan=False) + "\n"
+        if self.target == "-":
+            sys.stdout.write(text)
+        else:
+            path = Path(self.target)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(text)
+            os.replace(tmp, path)
+
+
+def _open_for_writing(target: str):
+    path = Path(target)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return open(path, "w")
+    except OSError as err:
+        raise ReadError(f"cannot write {path}: {err}", code="WRITE_ERROR", paths=[path]) from None
+
+
+def _check_score_args(args: argparse.Namespace) -> None:
+    if args.jobs < 0:
+        raise InputError(f"--jobs must be 0 or more; got {args.jobs}", code="BAD_ARGUMENT")
+    if args.mask and args.weights:
+        raise InputError("--mask and --weights exclude each other: a given mask needs no networks",
+                         code="BAD_ARGUMENT")
+    if args.json_lines and not args.json:
+        raise InputError("--json-lines needs --json OUT|-", code="BAD_ARGUMENT")
+    if args.report and Path(args.report).exists() and not Path(args.report).is_dir():
+        raise ReadError(f"--report {args.report} exists and is not a folder", code="NOT_A_FOLDER",
+                        hint="give a folder path (created if needed)", paths=[args.report])
+
+
 def run_score(args: argparse.Namespace) -> int:
-    result = score_exam(
-        args.path,
-        args.mask,
-        series=args.series,
-        calibration=args.calibration,
-        min_pixels=args.min_pixels,
-        min_area_mm2=args.min_area_mm2,
-        **{name: getattr(args, name) for name in _RELAXATIONS},
+    from agatax import batch as batching
+    from agatax.report import report_paths, summary_row_from_report
+
+    _check_score_args(args)
+    tasks, is_batch = batching.discover_exams(args.paths)
+    if args.mask and len(tasks) != 1:
+        raise InputError(f"--mask scores one exam; {len(tasks)} exams were given", code="MASK_WITH_BATCH",
+                         hint="score the exams one by one with their masks, or drop --mask to run the networks")
+    device = select_device(args.device)
+    report_dir = Path(args.report) if args.report else None
+    summary_path = Path(args.summary) if args.summary else (report_dir / "summary.csv" if report_dir else None)
+    png = not args.no_png
+    if report_dir is not None and png:
+        from agatax.report import require_matplotlib
+
+        require_matplotlib()  # refuse before any exam is scored
+    previous = batching.read_summary_rows(summary_path) if summary_path is not None else {}
+    json_to_stdout = args.json == "-"
+    sink = _JsonSink(args.json, lines=args.json_lines, batch=is_batch)
+    text_lock = threading.Lock()
+
+    with (contextlib.nullcontext() if device is None else _default_device(device)):
+        ensemble = None if args.mask else load_weights(args.weights)
+        scorer = ExamScorer(mask=args.mask, ensemble=ensemble, series=args.series, calibration=args.calibration,
+                            min_pixels=args.min_pixels, min_area_mm2=args.min_area_mm2,
+                            **{name: getattr(args, name) for name in _RELAXATIONS})
+
+        def existing(task):
+            if report_dir is None or args.overwrite:
+                return None
+            path = report_paths(report_dir, task.exam_id, png=png)["json"]
+            if not path.is_file():
+                return None
+            try:
+                result = json.loads(path.read_text())
+                row = previous.get(task.exam_id)
+                if not row or row.get("status") != "ok":
+                    row = summary_row_from_report(path)
+            except (OSError, ValueError, AgataxError):
+                return None  # unreadable: score it again
+            return result, row
+
+        def finish(task, scored: ScoredExam, seconds: float):
+            from agatax.report import exam_summary_row
+
+            if report_dir is not None:
+                result, paths = scorer.write(report_dir, scored, task.exam_id, png=png)
+            else:
+                result, paths = scorer.result(scored, task.exam_id), None
+            row = exam_summary_row(task.exam_id, scored.scores, volume=scored.volume, seconds=seconds, paths=paths)
+            return result, row
+
+        def on_outcome(outcome) -> None:
+            if outcome.status == "failed":
+                item = _error_entry(outcome)
+            else:
+                item = dict(outcome.result)
+                if is_batch:
+                    item["status"] = outcome.status
+            if is_batch or outcome.status != "failed":
+                sink.add(item)
+            if json_to_stdout or (not is_batch and outcome.status == "failed"):
+                return
+            with text_lock:
+                if len(tasks) == 1 and outcome.status != "failed":
+                    text = format_report(outcome.result)
+                    if outcome.status == "skipped":
+                        text += "\nnote:      results kept from an earlier run (--overwrite to score again)"
+                    if report_dir is not None:
+                        text += f"\nreport:    {report_paths(report_dir, outcome.task.exam_id, png=png)[('png' if png else 'json')]}"
+                else:
+                    text = _one_line(outcome)
+                sys.stdout.write(text + "\n")
+                sys.stdout.flush()
+
+        progress = batching.Progress(len(tasks), enabled=is_batch and len(tasks) > 1 and not args.quiet)
+        try:
+            outcome = batching.run_batch(
+                tasks,
+                read=lambda task: scorer.read(task.path),
+                score=lambda task, volume: scorer.score(volume),
+                finish=finish,
+                existing=existing,
+                summary_path=summary_path,
+                jobs=args.jobs,
+                progress=progress,
+                on_outcome=on_outcome,
+            )
+        finally:
+            sink.close()
+
+    if not is_batch:
+        single = outcome.outcomes[0]
+        if single.status == "failed":
+            raise single.error
+        return EXIT_OK
+    parts = [f"{outcome.ok} scored"] + [f"{n} {what}" for n, what in ((outcome.skipped, "kept from an earlier run"),
+                                                                       (outcome.failed, "failed")) if n]
+    where = f"; summary: {summary_path}" if summary_path is not None else ""
+    print(f"agatax: {len(tasks)} exams: {', '.join(parts)}{where}", file=sys.stderr)
+    return EXIT_SOME_FAILED if outcome.failed else EXIT_OK
+
+
+@contextlib.contextmanager
+def _default_device(device):
+    import jax
+
+    with jax.default_device(device):
+        yield
+
+
+# --------------------------------------------------------------------------------------------- evaluate
+
+
+def add_evaluate_command(subparsers) -> None:
+    """``agatax evaluate``: agreement of predicted with reference scores."""
+    p = subparsers.add_parser(
+        "evaluate",
+        help="compare predicted scores with a reference (accuracy, C-index, kappa, Bland-Altman, confusion)",
+        description=(
+            "PRED: a CSV with exam_id and agatston columns (e.g. a summary.csv), or a --report folder "
+            "(its summary.csv, else its per-exam JSON files). REF: a reference CSV with exam_id and agatston "
+            "(e.g. a synthetic cohort's manifest.csv). Exams present in one table only are listed, not compared."
+        ),
     )
-    _emit(result, args.json, format_report)
-    return 0
+    _add_debug(p)
+    p.add_argument("pred", metavar="PRED", help="predicted scores: CSV or report folder")
+    p.add_argument("ref", metavar="REF", help="reference scores: CSV (exam_id, agatston) or report folder")
+    p.add_argument("--plot", metavar="DIR", help="write confusion.png and bland_altman.png into DIR")
+    p.add_argument("--json", metavar="OUT", help="write the figures as JSON to OUT ('-' = stdout only)")
+    p.add_argument("--lesions", action="store_true",
+                   help="also lesion detection (sensitivity, PPV, F1): needs PRED to be a report folder with "
+                   "<id>_mask.nii.gz and REF to have path and mask_path columns (a cohort manifest)")
+    p.set_defaults(run=run_evaluate)
 
 
-def _emit(result: dict[str, Any], json_target: str | None, formatter: Callable[[dict], str]) -> None:
-    """Print the text report, or the JSON object to stdout (``-``), or both (JSON to a file)."""
-    text = json.dumps(result, indent=2, allow_nan=False)
-    if json_target == "-":
-        sys.stdout.write(text + "\n")
-        return
-    if json_target:
-        Path(json_target).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_target).write_text(text + "\n")
-    sys.stdout.write(formatter(result) + "\n")
+def _pred_table(path: Path) -> Path:
+    """A report folder's summary.csv when it has one, else the path itself."""
+    if path.is_dir() and (path / "summary.csv").is_file():
+        return path / "summary.csv"
+    return path
 
 
-COMMANDS: list[Callable[[Any], None]] = [add_score_command]
+def _manifest_rows(path: Path, needed: Sequence[str]) -> dict[str, dict[str, str]]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as err:
+        raise ReadError(f"cannot read {path}: {err}", code="FILE_NOT_FOUND", paths=[path]) from None
+    reader = csv.DictReader(text.splitlines())
+    found = [c.strip() for c in reader.fieldnames or []]
+    missing = [c for c in needed if c not in found]
+    if missing:
+        raise ReadError(f"{path}: columns found {found}; missing {missing}", code="MISSING_COLUMNS",
+                        hint="--lesions needs a manifest with exam_id, path and mask_path", paths=[path])
+    return {row["exam_id"].strip(): row for row in reader if (row.get("exam_id") or "").strip()}
+
+
+def _lesion_pairs(pred_dir: Path, ref: Path, ids: Sequence[str]):
+    from agatax.io import read_mask, read_volume
+    from agatax.report import report_paths
+
+    if not pred_dir.is_dir():
+        raise InputError(f"--lesions needs PRED to be a report folder; {pred_dir} is not a folder",
+                         code="BAD_ARGUMENT", hint="pass the --report folder of agatax score")
+    rows = _manifest_rows(ref, ("exam_id", "path", "mask_path"))
+    for exam_id in ids:
+        row = rows[exam_id]
+        volume = read_volume(ref.parent / row["path"])
+        pred = read_mask(report_paths(pred_dir, exam_id)["mask"], like=volume)
+        truth = read_mask(ref.parent / row["mask_path"], like=volume)
+        yield pred, truth, volume
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from agatax.evaluate import evaluate_masks, evaluate_scores
+
+    pred = Path(args.pred)
+    ref = Path(args.ref)
+    for what, path in (("PRED", pred), ("REF", ref)):
+        if not path.exists():
+            raise ReadError(f"{what} not found: {path}", code="NOT_FOUND", paths=[path])
+    evaluation = evaluate_scores(_pred_table(pred), _pred_table(ref))
+    if args.lesions:
+        lesions = evaluate_masks(_lesion_pairs(pred, ref, evaluation.ids))
+        evaluation = dataclasses.replace(evaluation, lesions=lesions)
+    written = []
+    if args.plot:
+        folder = Path(args.plot)
+        folder.mkdir(parents=True, exist_ok=True)
+        written = [evaluation.plot_confusion(folder / "confusion.png"),
+                   evaluation.plot_bland_altman(folder / "bland_altman.png")]
+    if args.json:
+        text = json.dumps(evaluation.to_dict(), indent=2, allow_nan=False) + "\n"
+        if args.json == "-":
+            sys.stdout.write(text)
+            return EXIT_OK
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text)
+    sys.stdout.write(evaluation.format_text() + "\n")
+    for path in written:
+        sys.stdout.write(f"plot:      {path}\n")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------- example
+
+
+def add_example_command(subparsers) -> None:
+    """``agatax example``: write synthetic exams as DICOM to try the other commands on."""
+    p = subparsers.add_parser(
+        "example",
+        help="write a synthetic cardiac CT exam (DICOM series) with its true calcium",
+        description=(
+            "Write DIR/example_<seed>/ (a DICOM CT series), DIR/example_<seed>_mask.nii.gz (true calcium, "
+            "labels 1..4 = LM, LAD, LCX, RCA), DIR/truth.json and DIR/manifest.csv (exam_id, path, mask_path, "
+            "seed, agatston, category), then print the command to score them."
+        ),
+    )
+    _add_debug(p)
+    p.add_argument("directory", metavar="DIR", help="output folder (created if needed)")
+    p.add_argument("--seed", type=int, default=0, help="first exam's seed (default 0)")
+    p.add_argument("--matrix", type=int, default=512, help="pixels per row and column (default 512)")
+    p.add_argument("--count", type=int, default=1, help="number of exams, seeds seed..seed+count-1 (default 1)")
+    p.set_defaults(run=run_example)
+
+
+def write_example(directory: str | os.PathLike, *, seed: int = 0, matrix: int = 512, count: int = 1) -> list[dict[str, Any]]:
+    """Write ``count`` synthetic exams (``agatax.synthetic.generate_exam``) as DICOM series with their truth.
+
+    Returns the manifest rows (exam_id, path, mask_path, seed, agatston, category, n_lesions).
+    """
+    from agatax.io import write_dicom_series, write_nifti
+    from agatax.synthetic import generate_exam
+
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise InputError(f"--count must be 1 or more; got {count!r}", code="BAD_ARGUMENT")
+    out = Path(directory)
+    if out.exists() and not out.is_dir():
+        raise ReadError(f"{out} exists and is not a folder", code="NOT_A_FOLDER", paths=[out])
+    rows, truth = [], {}
+    for s in range(seed, seed + count):
+        exam = generate_exam(s, matrix=matrix)
+        exam_id = f"example_{s}"
+        out.mkdir(parents=True, exist_ok=True)
+        series_dir = out / exam_id
+        if series_dir.is_dir():  # a previous example: replace its slices, not mix with them
+            for old in series_dir.glob("*.dcm"):
+                old.unlink()
+        write_dicom_series(series_dir, exam.volume, patient_id=exam_id, series_description="agatax synthetic example")
+        write_nifti(out / f"{exam_id}_mask.nii.gz", exam.mask, like=exam.volume)
+        rows.append({"exam_id": exam_id, "path": exam_id, "mask_path": f"{exam_id}_mask.nii.gz", "seed": s,
+                     "agatston": f"{exam.agatston:.4f}", "category": exam.category, "n_lesions": len(exam.lesions)})
+        truth[exam_id] = {
+            "seed": s,
+            "agatston": round(float(exam.agatston), 4),
+            "category": exam.category,
+            "volume_mm3": round(float(exam.scores.volume_mm3), 4),
+            "shape": list(exam.volume.shape),
+            "spacing_mm": list(exam.volume.spacing),
+            "lesions": [{"artery": les.get("artery"), "center_zyx": [int(v) for v in les["center_zyx"]],
+                         "peak_hu": float(les["peak_hu"])} for les in exam.lesions],
+        }
+    with open(out / "manifest.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "truth.json").write_text(json.dumps(truth, indent=2) + "\n")
+    return rows
+
+
+def run_example(args: argparse.Namespace) -> int:
+    rows = write_example(args.directory, seed=args.seed, matrix=args.matrix, count=args.count)
+    out = Path(args.directory)
+    report = out.resolve().parent / "agatax-report"
+    for row in rows:
+        print(f"wrote {out / row['path']}  (true Agatston {float(row['agatston']):.1f}, category {row['category']}, "
+              f"{row['n_lesions']} lesions)")
+    print(f"truth:     {out / 'manifest.csv'}, {out / 'truth.json'}, <exam>_mask.nii.gz")
+    print(f"next:      agatax score {out} --report {report}")
+    print(f"then:      agatax evaluate {report} {out / 'manifest.csv'}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------- main
+
+
+COMMANDS: list[Callable[[Any], None]] = [add_score_command, add_evaluate_command, add_example_command]
 
 
 def _add_debug(parser: argparse.ArgumentParser) -> None:
@@ -183,7 +733,11 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``agatax`` argument parser with every subcommand in ``COMMANDS``."""
     from agatax import __version__
 
-    parser = argparse.ArgumentParser(prog="agatax", description="Coronary artery calcium scoring on cardiac CT.")
+    parser = argparse.ArgumentParser(
+        prog="agatax",
+        description="Coronary artery calcium scoring on cardiac CT.",
+        epilog="exit status: 0 ok, 2 refused input, 3 a batch with failed exams, 1 unexpected failure",
+    )
     parser.add_argument("--version", action="version", version=f"agatax {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -194,7 +748,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 ok, 2 refused input, 1 unexpected failure)."""
+    """Run the command line; returns the exit status (0 ok, 2 refused input, 3 some exams of a batch
+    failed, 1 unexpected failure, 130 interrupted)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = bool(getattr(args, "debug", False))
