@@ -193,7 +193,7 @@ def sample_heart(rng: np.random.Generator, body_b_inner: float, scale: float = 1
     w = np.cross(u, v)
     if w[2] < 0:
         w = -w
-    fat = float(rng.uniform(3.0, 9.0))
+    fat = float(rng.uniform(2.0, 6.5))
     axes = np.stack([u, v, w])
     half = np.sqrt(((semi[:, None] * axes) ** 2).sum(axis=0))  # half extents along Z, Y, X
     # anterior surface ~10-16 mm behind the inner chest wall

@@ -45,7 +45,7 @@ def coronary_tree(heart: Heart, rng: np.random.Generator) -> dict[str, Vessel]:
     LM: left aortic sinus -> bifurcation; LAD: anterior interventricular groove to the apex; LCX: left
     atrioventricular groove toward the back; RCA: right sinus -> right atrioventricular groove -> back.
     """
-    off = min(2.5, 0.5 * heart.fat_mm + 1.2)
+    off = 2.0
     t_av = rng.uniform(-0.72, -0.62)
     phi_lad = rng.uniform(0.15, 0.45)
     junction = heart.surface(t_av, phi_lad + 0.25, off)[0]
@@ -124,6 +124,12 @@ def render_atoms(grid: Grid, atoms: Atoms, box, thickness_mm: float, psf_mm: flo
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
+def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cross product of (N, 3) arrays (np.cross has a large per-call cost)."""
+    return np.stack([a[:, 1] * b[:, 2] - a[:, 2] * b[:, 1], a[:, 2] * b[:, 0] - a[:, 0] * b[:, 2],
+                     a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]], axis=1)
+
+
 def plaque_atoms(vessel: Vessel, s_mm: float, length_mm: float, thickness_mm: float, angle: float,
                  eccentric: float = 0.6) -> Atoms:
     """Atoms of one plaque centred at arclength ``s_mm`` along ``vessel``, ``length_mm`` long (0 = a spot),
@@ -140,9 +146,9 @@ def plaque_atoms(vessel: Vessel, s_mm: float, length_mm: float, thickness_mm: fl
     tng = pts[b] - pts[a]
     tng /= np.linalg.norm(tng, axis=1, keepdims=True) + 1e-12
     ref = np.where(np.abs(tng[:, :1]) < 0.9, np.array([[1.0, 0.0, 0.0]]), np.array([[0.0, 1.0, 0.0]]))
-    e1 = np.cross(tng, ref)
+    e1 = _cross(tng, ref)
     e1 /= np.linalg.norm(e1, axis=1, keepdims=True) + 1e-12
-    e2 = np.cross(tng, e1)
+    e2 = _cross(tng, e1)
     d = math.cos(angle) * e1 + math.sin(angle) * e2
     taper = np.sqrt(np.clip(1.0 - (offs / (half + step)) ** 2, 0.0, 1.0)) if half > 0 else np.ones(1)
     centers = pts[idx] + eccentric * vessel.radius[idx][:, None] * d

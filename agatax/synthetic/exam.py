@@ -323,6 +323,10 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
     vessels = coronary_tree(heart, r_anat)
     e_mm = max(1.2 * psf, 0.5 * grid.spacing[1])
     segs = [polyline_segments(v.points, v.radius, 2.0) for v in vessels.values()]
+    p0, p1 = np.concatenate([g[0] for g in segs]), np.concatenate([g[1] for g in segs])
+    # the arteries run in fat-filled grooves (atrioventricular, interventricular): a fat sheath first
+    _paint_capsules(vol, tissue, grid, p0, p1, np.concatenate([g[2] for g in segs]) + 1.8,
+                    landmarks["hu_of"]["epicardial_fat"], TISSUES["epicardial_fat"], e_mm, only_hu_below=100.0)
     _paint_capsules(vol, tissue, grid, np.concatenate([g[0] for g in segs]), np.concatenate([g[1] for g in segs]),
                     np.concatenate([g[2] for g in segs]), landmarks["hu_of"]["coronary"], TISSUES["coronary"], e_mm,
                     only_hu_below=-20.0)
@@ -366,17 +370,21 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
     total = 0.0
     cat_lo, cat_hi = {"A": (0.0, 0.0), "B": (0.0, 10.0), "C": (10.0, 100.0), "D": (100.0, 400.0),
                       "E": (400.0, math.inf)}[cat]
-    want_lo, want_hi = (max(lo, cat_lo), min(hi, cat_hi)) if target_agatston is not None else (cat_lo, cat_hi)
+    if target_agatston is not None:
+        want_lo, want_hi = max(lo, cat_lo), min(hi, cat_hi)
+    else:  # aim near the drawn target so that scores spread over the category
+        want_lo, want_hi = max(cat_lo, target / 1.6), min(cat_hi, target * 1.6)
     control = _SizeControl(plans)
     for it in range(24):
         lesions, boxes = _compose(plans, vessels, grid, sc, base, hu, mask, boxes)
         crop = _union_box(boxes)
         total = compute_scores(hu[crop], mask[crop], grid.spacing).agatston if crop is not None else 0.0
         in_cat = risk_category(total) == cat
-        if in_cat and (want_lo <= total <= want_hi or it >= 16):
+        if in_cat and (want_lo <= total <= want_hi or it >= 10):
+            lesions, boxes = _compose(plans, vessels, grid, sc, base, hu, mask, boxes, describe=True)
             scores = compute_scores(hu, mask, grid.spacing)
             break
-        too_low = total <= want_lo if cat != "A" else False
+        too_low = (total < want_lo or (total <= cat_lo and cat != "A")) if cat != "A" else False
         control.step(too_low, it)
         if not plans and cat != "A":
             raise _Retry("no plaque left")
@@ -517,7 +525,7 @@ class _SizeControl:
         self.lo = self.hi = None
 
 
-def _compose(plans, vessels, grid, sc, base, hu, mask, prev_boxes):
+def _compose(plans, vessels, grid, sc, base, hu, mask, prev_boxes, describe=False):
     """Render every plaque into ``hu`` (the previous round's boxes restored from ``base`` first) and
     build the artery-labelled mask."""
     for b in prev_boxes:
@@ -542,6 +550,8 @@ def _compose(plans, vessels, grid, sc, base, hu, mask, prev_boxes):
         sub = mask[p.box]
         own = m & (sub == 0)
         sub[own] = ARTERY_CODES[p.artery]
+        if not describe:
+            continue
         lo = np.array([s.start for s in p.box])
         pts = []
         for k in keep:
