@@ -229,19 +229,6 @@ def _blend(img: np.ndarray, alpha: np.ndarray, value: float, tissue: np.ndarray 
         tissue[alpha > 0.5] = code
 
 
-class _Canvas:
-    """The HU volume under construction plus (optionally) the tissue map, with per-exam tissue HU."""
-
-    def __init__(self, grid: Grid, hu_of: dict[str, float], edge_mm: float, keep_tissue: bool):
-        self.grid = grid
-        self.hu_of = hu_of
-        self.edge_mm = edge_mm
-        self.keep = keep_tissue
-
-    def value(self, name: str) -> float:
-        return self.hu_of[name]
-
-
 def _tissue_hu(rng: np.random.Generator) -> dict[str, float]:
     """Per-patient tissue HU around the nominal values (hematocrit, fat content, bone density)."""
     jitter = {"fat": 8.0, "muscle": 5.0, "lung": 25.0, "cortical_bone": 150.0, "trabecular_bone": 60.0,
@@ -387,53 +374,6 @@ def _paint_heart(vol, tis, grid: Grid, heart: Heart, hu: dict, e_mm: float) -> N
     _blend(sub, _ramp(r, 1.0, e), hu["myocardium"], tsub, T["myocardium"])
     if tsub is not None:  # chambers: blood and myocardium differ by a few HU only without contrast
         tsub[r < 0.72] = T["blood"]
-
-
-def _paint_tube(vol, tis, grid: Grid, points: np.ndarray, radius: np.ndarray, value: float, code: int,
-                e_mm: float, only: tuple[int, ...] | None = None, only_hu_below: float | None = None) -> None:
-    """Soft tube through ``points`` (N, 3) mm with per-point radius (N,) mm, painted by stencils.
-
-    Voxels get alpha = ramp(distance to the nearest sample, radius); samples should be <= ~0.5 mm apart.
-    ``only_hu_below`` restricts painting to voxels whose current HU is below that value (e.g. lungs).
-    """
-    if len(points) == 0:
-        return
-    sp = np.asarray(grid.spacing)
-    idx = grid.to_index(points)
-    rmax_groups = np.ceil(radius[:, None] / sp[None, :] + e_mm / sp[None, :]).astype(int)
-    key = rmax_groups[:, 0] * 10000 + rmax_groups[:, 1] * 100 + rmax_groups[:, 2]
-    nz, ny, nx = grid.shape
-    best = {}
-    for k in np.unique(key):
-        sel = key == k
-        rz, ry, rx = rmax_groups[sel][0]
-        oz, oy, ox = np.meshgrid(np.arange(-rz, rz + 1), np.arange(-ry, ry + 1), np.arange(-rx, rx + 1), indexing="ij")
-        off = np.stack([oz.ravel(), oy.ravel(), ox.ravel()], axis=1)
-        c = np.rint(idx[sel]).astype(int)
-        vox = c[:, None, :] + off[None, :, :]  # (n, m, 3)
-        d = (vox - idx[sel][:, None, :]) * sp
-        dist = np.sqrt((d**2).sum(-1))
-        alpha = np.clip((radius[sel][:, None] + e_mm - dist) * (0.5 / e_mm), 0.0, 1.0)
-        ok = (alpha > 0) & np.all((vox >= 0) & (vox < np.array([nz, ny, nx])), axis=-1)
-        flat = np.ravel_multi_index(tuple(vox[ok].T), (nz, ny, nx))
-        best_k = (flat, alpha[ok])
-        best[k] = best_k
-    flat = np.concatenate([b[0] for b in best.values()])
-    alpha = np.concatenate([b[1] for b in best.values()])
-    order = np.argsort(alpha, kind="stable")
-    flat, alpha = flat[order], alpha[order]
-    uniq, last = np.unique(flat[::-1], return_index=True)  # largest alpha per voxel
-    alpha = alpha[::-1][last].astype(np.float32)
-    cur = vol.ravel()[uniq]
-    keep = np.ones(uniq.size, bool)
-    if only is not None and tis is not None:
-        keep &= np.isin(tis.ravel()[uniq], only)
-    if only_hu_below is not None:
-        keep &= cur < only_hu_below
-    uniq, alpha, cur = uniq[keep], alpha[keep], cur[keep]
-    vol.ravel()[uniq] = cur + alpha * (np.float32(value) - cur)
-    if tis is not None:
-        tis.ravel()[uniq[alpha > 0.5]] = code
 
 
 def _polyline(nodes: np.ndarray, step: float = 0.5) -> np.ndarray:
