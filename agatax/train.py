@@ -219,43 +219,29 @@ class TrainingSet:
         return cls(images, targets, meta["names"], meta["extra"])
 
 
-def coarse_target(mask, spacing, image_shape, *, target_mm=None) -> np.ndarray:
-    """Fine mask (z, y, x) -> bool (image_shape) on the coarse grid of ``preprocess``.
+def coarse_target(mask, spacing, *, target_mm=None, multiple: int = 8) -> np.ndarray:
+    """Fine mask (z, y, x) -> bool on the coarse grid of ``preprocess`` (same shape as its output).
 
-    A coarse voxel is positive when any positive fine voxel falls into it. The mask is carried through
-    ``preprocess`` itself as a two-valued HU image (calcium 1000 HU, elsewhere -1000 HU), so it lands on
-    exactly the grid, cropping and padding of the input; a coarse voxel is then positive when it reached
-    the top of the window, which only a fine voxel of the mask can bring (by the high-HU enhancement).
+    A coarse voxel is positive when a positive fine voxel's centre falls into it (the cell that
+    ``restore_grid`` maps that fine voxel back to). The mask goes through ``preprocess`` itself as a
+    two-valued HU image (calcium 1000 HU, elsewhere -1000 HU): the high-HU enhancement gives every cell
+    holding a calcium voxel the top of the window (1.0) and every other cell a lower overlap mean.
     """
     from agatax.preprocess import preprocess
 
     fake = np.where(np.asarray(mask) > 0, np.float32(1000.0), np.float32(-1000.0))
-    coarse = _preprocess_image(preprocess, fake, spacing, target_mm)
-    if coarse.shape != tuple(image_shape):
-        raise InputError(
-            f"coarse target {coarse.shape} does not match the image {tuple(image_shape)}",
-            code="SHAPE_MISMATCH",
-        )
-    return coarse >= 0.999
+    coarse = preprocess(fake, spacing, target_mm=target_mm, multiple=multiple)
+    return np.asarray(coarse) >= 0.9995
 
 
-def _preprocess_image(preprocess, hu, spacing, target_mm):
-    kwargs = {} if target_mm is None else {"target_mm": target_mm}
-    out = preprocess(jnp.asarray(hu, jnp.float32), jnp.asarray(spacing, jnp.float32), **kwargs)
-    image = out[0] if isinstance(out, tuple) else getattr(out, "image", out)
-    image = np.asarray(image, np.float32)
-    while image.ndim > 3:  # (1, z, y, x, 1) layouts
-        image = image[0] if image.shape[0] == 1 else image[..., 0]
-    return image
-
-
-def exam_pair(volume, mask, *, target_mm=None) -> tuple[np.ndarray, np.ndarray]:
-    """One exam -> (image float32 (z, y, x) in [0, 1], target bool (z, y, x)) on the coarse grid.
+def exam_pair(volume, mask, *, target_mm=None, multiple: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """One exam -> (image float32 (Z, Y, X) in [0, 1], target bool (Z, Y, X)) on the coarse grid.
 
     Args:
         volume: a ``Volume`` (HU (z, y, x), spacing (dz, dy, dx) mm).
         mask: true calcification mask (z, y, x), nonzero = calcium (artery labels accepted).
-        target_mm: coarse voxel size in mm (default: ``preprocess``'s).
+        target_mm: coarse voxel size in mm (default: ``preprocess``'s, the slice increment).
+        multiple: pad each axis to this multiple (as ``preprocess``; 8 for the paper's network).
     """
     from agatax.preprocess import preprocess
 
@@ -266,18 +252,19 @@ def exam_pair(volume, mask, *, target_mm=None) -> tuple[np.ndarray, np.ndarray]:
             f"mask {mask.shape} and volume {hu.shape} must have the same (z, y, x) shape",
             code="SHAPE_MISMATCH",
         )
-    image = _preprocess_image(preprocess, hu, volume.spacing, target_mm)
-    target = coarse_target(mask, volume.spacing, image.shape, target_mm=target_mm)
+    image = np.asarray(preprocess(hu, volume.spacing, target_mm=target_mm, multiple=multiple), np.float32)
+    target = coarse_target(mask, volume.spacing, target_mm=target_mm, multiple=multiple)
     return image, target
 
 
-def prepare_pairs(exams, *, target_mm=None, cache=None, names=None, log=None) -> TrainingSet:
+def prepare_pairs(exams, *, target_mm=None, multiple: int = 8, cache=None, names=None, log=None) -> TrainingSet:
     """Exams -> TrainingSet, optionally cached in an .npz file (generation and pre-processing paid once).
 
     Args:
         exams: iterable of ``SyntheticExam`` (``.volume``, ``.mask``) or ``(volume, mask)`` pairs; may be
             a zero-argument callable returning that iterable, so that nothing is generated on a cache hit.
         target_mm: coarse voxel size (mm) for ``preprocess``.
+        multiple: pad each axis to this multiple (as ``preprocess``).
         cache: path of an .npz cache; read when present, written otherwise.
         names: optional labels, one per exam.
         log: optional print-like callable for progress.
@@ -296,7 +283,7 @@ def prepare_pairs(exams, *, target_mm=None, cache=None, names=None, log=None) ->
             volume, mask = exam.volume, exam.mask
             info = {"agatston": float(getattr(exam, "agatston", float("nan"))),
                     "category": str(getattr(exam, "category", ""))}
-        image, target = exam_pair(volume, mask, target_mm=target_mm)
+        image, target = exam_pair(volume, mask, target_mm=target_mm, multiple=multiple)
         images.append(image)
         targets.append(target)
         extra.append(info)
@@ -592,7 +579,7 @@ def init_state(model_config, config: TrainConfig, seed: int) -> TrainState:
     model = _model(model_config)
     init_key, data_key = jax.random.split(jax.random.PRNGKey(seed))
     x = jnp.zeros((1, *config.patch_zyx, 1), jnp.float32)
-    variables = model.init(init_key, x, train=False)
+    variables = jax.jit(partial(model.init, train=False))(init_key, x)
     return TrainState.create(
         apply_fn=model.apply,
         params=variables["params"],

@@ -1,0 +1,322 @@
+"""Reproduce Table 1 of Gogin et al. 2021 on the synthetic cohorts.
+
+Training sets J1, J1+J2 and J1+J2+AD (a validation share held out of each), five networks each, tested
+on J3: the single networks' C-index and category accuracy (mean +/- SD), the ensemble's, the confusion
+matrix of the final ensemble (PNG, Figure 4's form) and orCaScore-style lesion sensitivity, PPV and F1.
+
+The paper's configuration (cohorts at full size, the paper's U-Net, long training) is the default and
+runs unchanged on a GPU:
+
+    python experiments/table1.py
+
+Flags scale it down for a CPU:
+
+    python experiments/table1.py --scale 0.25 --model small --steps 300 --sets J1,J1+J2,J1+J2+AD
+
+Work files (pair caches, checkpoints, ensembles, results.json) go to --workdir; a rerun resumes from
+them. Figures are printed as a Markdown table and written to <workdir>/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import jax  # noqa: E402
+
+from agatax.ensemble import load_ensemble, save_ensemble  # noqa: E402
+from agatax.model import UNetConfig  # noqa: E402
+from agatax.train import TrainConfig, TrainingSet, prepare_pairs, train_ensemble  # noqa: E402
+
+PRESET_SIZES = {"J1": 100, "J2": 322, "AD": 361, "J3": 98}
+# The paper's final ensemble (trained on J1+J2+AD, tested on J3, 98 real exams); the per-set rows of its
+# Table 1 are not reproduced here.
+PAPER = {"J1+J2+AD": {"ens_c": 0.951, "ens_acc": 0.857}}
+MODELS = {
+    "tiny": dict(levels=2, base_filters=4),
+    "small": dict(levels=3, base_filters=8),
+    "paper": dict(levels=4, base_filters=16),
+}
+CATS = "ABCDE"
+
+
+def _cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def device_description() -> str:
+    dev = jax.devices()[0]
+    if dev.platform == "cpu":
+        import os
+
+        return f"CPU, {os.cpu_count()} cores, {_cpu_name()}"
+    return f"{dev.platform.upper()}: {dev.device_kind}"
+
+
+def cohort_size(name: str, scale: float) -> int:
+    return max(4, int(round(PRESET_SIZES[name] * scale)))
+
+
+def generate(name: str, n: int, seed: int, gen_kwargs: dict):
+    from agatax.synthetic import preset_exam
+
+    for i in range(n):
+        yield preset_exam(name, i, seed, **gen_kwargs)
+
+
+def cohort_pairs(name: str, n: int, seed: int, gen_kwargs: dict, workdir: Path, log) -> TrainingSet:
+    tag = "-".join(f"{k}{v}" for k, v in sorted(gen_kwargs.items()))
+    cache = workdir / f"pairs_{name}_n{n}_s{seed}{('_' + tag) if tag else ''}.npz"
+    t0 = time.perf_counter()
+    data = prepare_pairs(lambda: generate(name, n, seed, gen_kwargs), cache=cache,
+                         names=[f"{name}-{i:04d}" for i in range(n)], log=log)
+    log(f"{name}: {len(data)} pairs ready ({time.perf_counter() - t0:.1f} s, cache {cache.name})")
+    return data
+
+
+def split_validation(data: TrainingSet, n_val: int, seed: int) -> tuple[TrainingSet, TrainingSet]:
+    """Hold out ``n_val`` exams (a fixed random choice) as the validation set."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(data))
+    val = sorted(order[:n_val].tolist())
+    train = sorted(order[n_val:].tolist())
+    return data.subset(train), data.subset(val)
+
+
+def _segment_all(ensemble, volume, multiple):
+    """Per-member masks and the majority-vote mask on the exam's grid, from one pass of every member.
+
+    The method of agatax.pipeline: preprocess -> member logits -> vote -> restore_grid -> HU >= 130.
+    Returns (member masks bool (members, z, y, x), ensemble mask bool (z, y, x)).
+    """
+    import jax.numpy as jnp
+
+    from agatax.preprocess import preprocess, restore_grid
+
+    x = preprocess(volume.hu, volume.spacing, multiple=multiple)[None, ..., None]
+    logits = np.asarray(_logits_fn(ensemble)(ensemble, x))[:, 0, ..., 0]  # (members, Z, Y, X)
+    votes = (logits > 0).sum(0)
+    coarse = np.concatenate([logits > 0, (2 * votes > ensemble.members)[None]], 0)
+    bright = np.asarray(volume.hu) >= 130.0
+    fine = np.stack([np.asarray(restore_grid(jnp.asarray(c), volume.shape, volume.spacing)) & bright
+                     for c in coarse])
+    return fine[:-1], fine[-1]
+
+
+_LOGITS = {}
+
+
+def _logits_fn(ensemble):
+    from agatax.ensemble import ensemble_logits
+
+    key = ensemble.config
+    if key not in _LOGITS:
+        _LOGITS[key] = jax.jit(lambda e, x: ensemble_logits(e, x))
+    return _LOGITS[key]
+
+
+def evaluate(ensemble, exams) -> dict:
+    """Score every test exam with each member alone and with the majority vote of all members."""
+    from agatax.scoring import c_index, category_accuracy, compute_scores, confusion_matrix, lesion_detection
+
+    multiple = max(ensemble.config.multiple, 8)
+    ref_score, ref_cat = [], []
+    ens_score, ens_cat = [], []
+    single_score = [[] for _ in range(ensemble.members)]
+    single_cat = [[] for _ in range(ensemble.members)]
+    det = {"tp": 0, "fp": 0, "fn": 0}
+    t_exam = []
+    for exam in exams:
+        vol = exam.volume
+        ref_score.append(float(exam.agatston))
+        ref_cat.append(exam.category)
+        t0 = time.perf_counter()
+        singles, mask = _segment_all(ensemble, vol, multiple)
+        res = compute_scores(vol.hu, mask, vol.spacing)
+        t_exam.append(time.perf_counter() - t0)
+        ens_score.append(res.agatston)
+        ens_cat.append(res.category)
+        d = lesion_detection(mask, exam.mask > 0, vol.hu, vol.spacing)
+        for k in det:
+            det[k] += int(d[k])
+        for k in range(ensemble.members):
+            r = compute_scores(vol.hu, singles[k], vol.spacing)
+            single_score[k].append(r.agatston)
+            single_cat[k].append(r.category)
+    sens = det["tp"] / max(det["tp"] + det["fn"], 1)
+    ppv = det["tp"] / max(det["tp"] + det["fp"], 1)
+    f1 = 2 * sens * ppv / (sens + ppv) if sens + ppv else 0.0
+    s_c = [float(c_index(c, ref_cat)) for c in single_cat]
+    s_a = [float(category_accuracy(c, ref_cat)) for c in single_cat]
+    return {
+        "n_test": len(ref_score),
+        "single_c_index": s_c,
+        "single_accuracy": s_a,
+        "single_c_mean": float(np.mean(s_c)), "single_c_sd": float(np.std(s_c, ddof=1)) if len(s_c) > 1 else 0.0,
+        "single_acc_mean": float(np.mean(s_a)), "single_acc_sd": float(np.std(s_a, ddof=1)) if len(s_a) > 1 else 0.0,
+        "ensemble_c_index": float(c_index(ens_cat, ref_cat)),
+        "ensemble_accuracy": float(category_accuracy(ens_cat, ref_cat)),
+        "confusion": np.asarray(confusion_matrix(ens_cat, ref_cat)).tolist(),
+        "lesions": {**det, "sensitivity": sens, "ppv": ppv, "f1": f1},
+        "seconds_per_exam_incl_scoring": float(np.median(t_exam)),
+        "reference_scores": ref_score,
+        "ensemble_scores": ens_score,
+    }
+
+
+def plot_confusion(conf, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    conf = np.asarray(conf)
+    fig, ax = plt.subplots(figsize=(4.6, 4.2), dpi=120)
+    ax.imshow(conf, cmap="Blues")
+    for i in range(5):
+        for j in range(5):
+            ax.text(j, i, str(conf[i, j]), ha="center", va="center",
+                    color="white" if conf[i, j] > conf.max() / 2 else "black")
+    ax.set_xticks(range(5), list(CATS))
+    ax.set_yticks(range(5), list(CATS))
+    ax.set_xlabel("predicted category")
+    ax.set_ylabel("reference category")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sets", default="J1,J1+J2,J1+J2+AD", help="training sets, comma separated")
+    ap.add_argument("--scale", type=float, default=1.0, help="cohort size factor (1 = the paper's sizes)")
+    ap.add_argument("--test-scale", type=float, default=None, help="J3 size factor (default: --scale)")
+    ap.add_argument("--model", choices=sorted(MODELS), default="paper")
+    ap.add_argument("--steps", type=int, default=6000)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--patch", default="32,64,64", help="patch z,y,x in coarse voxels")
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--eval-every", type=int, default=200)
+    ap.add_argument("--bce", type=float, default=0.0, help="weight of an added BCE term (0: Dice only)")
+    ap.add_argument("--members", type=int, default=5)
+    ap.add_argument("--val", type=int, default=20, help="validation exams held out (paper: 20)")
+    ap.add_argument("--matrix", type=int, default=None, help="synthetic in-plane matrix (default: generator's)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workdir", default=str(ROOT / "experiments" / "_table1_work"))
+    ap.add_argument("--out", default=str(ROOT / "experiments"), help="where the confusion PNGs go")
+    ap.add_argument("--save-default", default=None, help="also save the last ensemble here (float16)")
+    args = ap.parse_args(argv)
+
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    logfile = open(workdir / "log.txt", "a")
+
+    def log(msg: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+        print(line, flush=True)
+        logfile.write(line + "\n")
+        logfile.flush()
+
+    gen_kwargs = {} if args.matrix is None else {"matrix": args.matrix}
+    model_config = UNetConfig(**MODELS[args.model])
+    patch = tuple(int(p) for p in args.patch.split(","))
+    config = TrainConfig(learning_rate=args.lr, steps=args.steps, batch_size=args.batch, patch_zyx=patch,
+                         eval_every=args.eval_every, log_every=max(args.eval_every // 4, 1), seed=args.seed,
+                         bce_weight=args.bce)
+    log(f"device: {device_description()}; model {args.model} {model_config}; {config}")
+    log("command: python experiments/table1.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+
+    sets = [s.strip() for s in args.sets.split(",") if s.strip()]
+    needed = sorted({p for s in sets for p in s.split("+")}, key=list(PRESET_SIZES).index)
+    pairs = {}
+    for name in needed:
+        pairs[name] = cohort_pairs(name, cohort_size(name, args.scale), args.seed, gen_kwargs, workdir, log)
+
+    test_scale = args.scale if args.test_scale is None else args.test_scale
+    n_test = cohort_size("J3", test_scale)
+    t0 = time.perf_counter()
+    test_exams = list(generate("J3", n_test, args.seed, gen_kwargs))
+    log(f"J3: {n_test} test exams generated ({time.perf_counter() - t0:.1f} s)")
+
+    results = {"device": device_description(), "command": " ".join(sys.argv), "model": args.model,
+               "model_config": model_config.to_dict(), "train_config": config.fingerprint_dict() | {"steps": config.steps},
+               "sets": {}}
+    res_path = workdir / "results.json"
+    if res_path.exists():
+        results["sets"] = json.loads(res_path.read_text()).get("sets", {})
+    ensemble = None
+    for s in sets:
+        data = pairs[s.split("+")[0]]
+        for name in s.split("+")[1:]:
+            data = data + pairs[name]
+        n_val = min(args.val, max(2, len(data) // 5))
+        train, val = split_validation(data, n_val, args.seed)
+        ens_path = workdir / f"ensemble_{s.replace('+', '_')}.msgpack"
+        t0 = time.perf_counter()
+        if ens_path.exists():
+            ensemble = load_ensemble(ens_path)
+            train_s = results["sets"].get(s, {}).get("train_seconds")
+            log(f"{s}: loaded {ens_path.name}")
+        else:
+            histories: list = []
+            log(f"{s}: training {args.members} networks on {len(train)} exams, validating on {len(val)}")
+            ensemble = train_ensemble(train, val, config, model_config, members=args.members,
+                                      seeds=[args.seed * 100 + k for k in range(args.members)],
+                                      checkpoint_dir=workdir / f"ckpt_{s.replace('+', '_')}", log=log,
+                                      histories=histories)
+            train_s = time.perf_counter() - t0
+            save_ensemble(ens_path, ensemble)
+            results["sets"].setdefault(s, {})["best_val_dice"] = [
+                max((r["val_dice"] for r in h if r["val_dice"] is not None), default=None) for h in histories]
+        t0 = time.perf_counter()
+        ev = evaluate(ensemble, test_exams)
+        log(f"{s}: evaluated on {ev['n_test']} J3 exams ({time.perf_counter() - t0:.1f} s)")
+        entry = results["sets"].setdefault(s, {})
+        entry.update(ev, train_seconds=train_s, n_train=len(train), n_val=len(val))
+        plot_confusion(ev["confusion"], Path(args.out) / f"confusion_{s.replace('+', '_')}.png",
+                       f"ensemble trained on {s} (synthetic), test J3 n={ev['n_test']}\n"
+                       f"accuracy {ev['ensemble_accuracy']:.3f}, C-index {ev['ensemble_c_index']:.3f}")
+        res_path.write_text(json.dumps(results, indent=1))
+        log(f"{s}: single C {ev['single_c_mean']:.3f} +/- {ev['single_c_sd']:.3f}, "
+            f"acc {ev['single_acc_mean']:.3f} +/- {ev['single_acc_sd']:.3f}; ensemble C "
+            f"{ev['ensemble_c_index']:.3f}, acc {ev['ensemble_accuracy']:.3f}; lesions F1 {ev['lesions']['f1']:.3f}")
+
+    print()
+    print("| training set | n train/val | single C-index | single accuracy | ensemble C-index | ensemble accuracy "
+          "| lesion sens / PPV / F1 | train time | paper ensemble C / acc |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for s in sets:
+        e = results["sets"][s]
+        p = PAPER.get(s, {})
+        les = e["lesions"]
+        tt = f"{e['train_seconds'] / 60:.1f} min" if e.get("train_seconds") else "-"
+        print(f"| {s} | {e['n_train']}/{e['n_val']} | {e['single_c_mean']:.3f} +/- {e['single_c_sd']:.3f} | "
+              f"{e['single_acc_mean']:.3f} +/- {e['single_acc_sd']:.3f} | {e['ensemble_c_index']:.3f} | "
+              f"{e['ensemble_accuracy']:.3f} | {les['sensitivity']:.3f} / {les['ppv']:.3f} / {les['f1']:.3f} | "
+              f"{tt} | {p.get('ens_c', '-')} / {p.get('ens_acc', '-')} |")
+    if args.save_default and ensemble is not None:
+        save_ensemble(args.save_default, ensemble, dtype="float16")
+        log(f"saved {args.save_default}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
