@@ -45,7 +45,8 @@ REFERENCE_KVP = 120.0
 
 
 def select_device(name: str = "auto"):
-    """The JAX device to score on: "cpu", "gpu" or "auto" (None: JAX's default device).
+    """The JAX device to score on: "cpu", "gpu" or "auto" (None: JAX's default device, also returned
+    when that is the device asked for).
 
     "cpu" before JAX has started its backends also restricts JAX to the CPU (no GPU memory taken).
 
@@ -64,7 +65,7 @@ def select_device(name: str = "auto"):
                 jax.config.update("jax_platforms", "cpu")
         except Exception:  # private API moved: the device choice below still holds
             pass
-        return jax.devices("cpu")[0]
+        return None if jax.default_backend() == "cpu" else jax.devices("cpu")[0]
     if name == "gpu":
         try:
             return jax.devices("gpu")[0]

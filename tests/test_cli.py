@@ -1,5 +1,6 @@
-"""The command line: scoring a generated series with a planted mask, JSON output, one-line errors."""
+"""The command line: scoring with a planted mask or an ensemble, batches, reports, evaluate, example, errors."""
 
+import csv
 import json
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 import dicom_factory as factory
-from agatax import read_volume, write_nifti
+from agatax import compute_scores, read_mask, read_volume, write_dicom_series, write_nifti
 from agatax.cli import main, score_exam
 
 DZ, DY, DX = 2.5, 0.5, 0.5
@@ -91,12 +92,12 @@ def test_debug_shows_the_exception(tmp_path):
         main(["--debug", "score", str(tmp_path / "absent"), "--mask", "m.npy"])
 
 
-def test_python_dash_m_bad_path_exits_nonzero_without_traceback(tmp_path):
+def test_python_dash_m_help_lists_the_commands():
     root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, "-m", "agatax", "score", str(tmp_path / "nothing"), "--mask", "m.npy"],
-                          capture_output=True, text=True, cwd=root, timeout=120)
-    assert proc.returncode == 2
-    assert "error [NOT_FOUND]" in proc.stderr and "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "agatax", "--help"], capture_output=True, text=True, cwd=root,
+                          timeout=120)
+    assert proc.returncode == 0
+    assert all(name in proc.stdout for name in ("score", "evaluate", "example"))
 
 
 def test_score_a_nifti_exam(exam, tmp_path, capsys):
@@ -105,3 +106,197 @@ def test_score_a_nifti_exam(exam, tmp_path, capsys):
     assert main(["score", str(tmp_path / "ct.nii.gz"), "--mask", str(exam / "mask.nii.gz"), "--json", "-"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["agatston"] == pytest.approx(EXPECTED_AGATSTON, rel=1e-6)
+
+
+# ------------------------------------------------------------------------ the ensemble, batches, reports
+
+CONTRACT = {"agatston", "category", "volume_mm3", "lesions", "spacing_mm", "slice_thickness_mm", "warnings"}
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    """Two synthetic exams (24 x 96 x 96, one compilation) as DICOM folders, and a tiny 3-network ensemble."""
+    import jax
+
+    from agatax import UNetConfig, init_ensemble, save_ensemble
+    from agatax.synthetic import generate_exam
+
+    root = tmp_path_factory.mktemp("cohort")
+    for seed in (0, 1):
+        exam = generate_exam(seed, matrix=96, n_slices=24, slice_increment_mm=3.0, slice_thickness_mm=3.0,
+                             fov_mm=200.0)
+        write_dicom_series(root / "exams" / f"case{seed}", exam.volume, patient_id=f"case{seed}")
+    save_ensemble(root / "tiny.msgpack", init_ensemble(jax.random.key(0), UNetConfig.tiny(), members=3))
+    return root
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return {row["exam_id"]: row for row in csv.DictReader(f)}
+
+
+def test_batch_with_a_bad_exam_keeps_the_good_results_and_exits_3(cohort, tmp_path, capsys):
+    listing = tmp_path / "exams.txt"
+    listing.write_text(f"{cohort / 'exams' / 'case0'}\n{tmp_path / 'no_such_exam'}\n")
+    report, out = tmp_path / "report", tmp_path / "all.json"
+    args = ["score", "@" + str(listing), "--weights", str(cohort / "tiny.msgpack"), "--report", str(report),
+            "--json", str(out), "--no-png"]
+    assert main(args) == 3
+    captured = capsys.readouterr()
+    assert "case0  Agatston " in captured.out and "no_such_exam  FAILED [NOT_FOUND]" in captured.out
+    assert "agatax: 2 exams: 1 scored, 1 failed; summary: " in captured.err
+    rows = _rows(report / "summary.csv")
+    assert rows["no_such_exam"]["status"] == "failed" and rows["no_such_exam"]["error_code"] == "NOT_FOUND"
+    assert rows["case0"]["status"] == "ok"
+    results = json.loads(out.read_text())
+    assert [r["exam_id"] for r in results] == ["case0", "no_such_exam"]
+    good, bad = results
+    assert bad["status"] == "failed" and bad["error_code"] == "NOT_FOUND"
+    assert good["status"] == "ok" and CONTRACT <= set(good) and good["members"] == 3
+    # the mask written to the report lines up with the input: scoring it again gives the reported score
+    volume = read_volume(cohort / "exams" / "case0")
+    again = compute_scores(volume.hu, read_mask(report / "case0_mask.nii.gz", like=volume), volume.spacing)
+    assert good["agatston"] == pytest.approx(again.agatston) and len(good["lesions"]) == len(again.lesions) > 0
+    assert float(rows["case0"]["agatston"]) == pytest.approx(again.agatston)
+    # every lesion pixel holds a majority (at least 2 of 3 networks): the fraction lies in [2/3, 1]
+    fractions = [lesion["vote_fraction"] for lesion in good["lesions"]]
+    assert all(2 / 3 - 1e-6 <= f <= 1.0 for f in fractions)
+
+    # a re-run keeps the written results (marked here by an edited score) and retries the failure
+    saved = json.loads((report / "case0.json").read_text())
+    saved["agatston"] = 12345.0
+    (report / "case0.json").write_text(json.dumps(saved))
+    assert main(args) == 3
+    assert "(kept from an earlier run)" in capsys.readouterr().out
+    kept = json.loads(out.read_text())[0]
+    assert kept["status"] == "skipped" and kept["agatston"] == 12345.0
+    assert _rows(report / "summary.csv")["no_such_exam"]["error_code"] == "NOT_FOUND"
+    # --overwrite scores it again
+    assert main(args + ["--overwrite", "--jobs", "0"]) == 3
+    capsys.readouterr()
+    redone = json.loads(out.read_text())[0]
+    assert redone["status"] == "ok" and redone["agatston"] == pytest.approx(again.agatston)
+
+
+def test_folder_of_exams_json_lines_to_stdout(cohort, capsys):
+    args = ["score", str(cohort / "exams"), "--weights", str(cohort / "tiny.msgpack"), "--json", "-",
+            "--json-lines", "--jobs", "2"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert len(lines) == 2
+    results = [json.loads(line) for line in lines]
+    assert [r["exam_id"] for r in results] == ["case0", "case1"]
+    assert all(CONTRACT <= set(r) and r["status"] == "ok" for r in results)
+    assert "agatax: 2/2 exams" in captured.err
+
+
+def test_single_exam_with_the_ensemble_json_contract(cohort, capsys):
+    assert main(["score", str(cohort / "exams" / "case1"), "--weights", str(cohort / "tiny.msgpack"),
+                 "--json", "-", "--device", "cpu"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert isinstance(result, dict) and CONTRACT <= set(result)
+    assert result["spacing_mm"] == pytest.approx(list(read_volume(cohort / "exams" / "case1").spacing))
+    assert result["lesions"] and all("vote_fraction" in lesion for lesion in result["lesions"])
+    assert result["category"] in "ABCDE"
+
+
+def test_report_png_is_drawn(cohort, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    assert main(["score", str(cohort / "exams" / "case0"), "--weights", str(cohort / "tiny.msgpack"),
+                 "--report", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "Agatston:" in out and f"report:    {tmp_path / 'case0.png'}" in out
+    assert (tmp_path / "case0.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert set(_rows(tmp_path / "summary.csv")) == {"case0"}
+
+
+def _one_error_line(capsys, code):
+    err = capsys.readouterr().err
+    assert err.startswith(f"error [{code}]: "), err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_unreadable_or_missing_weights_are_one_line(cohort, tmp_path, capsys):
+    junk = tmp_path / "junk.msgpack"
+    junk.write_bytes(b"not an ensemble at all")
+    assert main(["score", str(cohort / "exams" / "case0"), "--weights", str(junk)]) == 2
+    _one_error_line(capsys, "CORRUPT_CHECKPOINT")
+    assert main(["score", str(cohort / "exams"), "--weights", str(tmp_path / "absent.msgpack")]) == 2
+    _one_error_line(capsys, "NOT_FOUND")
+
+
+def test_refused_options_are_one_line(cohort, exam, tmp_path, capsys):
+    import jax
+
+    assert main(["score", str(cohort / "exams"), "--mask", str(exam / "mask.npy")]) == 2
+    _one_error_line(capsys, "MASK_WITH_BATCH")
+    assert main(["score", "@" + str(tmp_path / "missing.txt")]) == 2
+    _one_error_line(capsys, "NOT_FOUND")
+    (tmp_path / "empty").mkdir()
+    assert main(["score", str(tmp_path / "empty")]) == 2
+    _one_error_line(capsys, "NO_EXAMS")
+    if not any(d.platform == "gpu" for d in jax.devices()):
+        assert main(["score", str(cohort / "exams"), "--device", "gpu", "--weights", str(cohort / "tiny.msgpack")]) == 2
+        _one_error_line(capsys, "NO_GPU")
+
+
+# ------------------------------------------------------------------------------------------- evaluate
+
+
+def test_evaluate_hand_made_tables(tmp_path, capsys):
+    # predicted categories B, C, E, A against reference B, D, E, A: 3 of 4 agree
+    (tmp_path / "pred.csv").write_text("exam_id,agatston\na,10\nb,50\nc,500\nd,0\nx,7\n")
+    (tmp_path / "ref.csv").write_text("exam_id;path;agatston;category\na;a;5;B\nb;b;150;D\nc;c;450;E\nd;d;0;A\ne;e;3;B\n")
+    assert main(["evaluate", str(tmp_path / "pred.csv"), str(tmp_path / "ref.csv"), "--json", "-"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["n"] == 4 and figures["category_accuracy"] == pytest.approx(0.75)
+    differences = np.array([10 - 5, 50 - 150, 500 - 450, 0 - 0], float)
+    assert figures["bland_altman"]["mean_difference"] == pytest.approx(differences.mean())
+    assert figures["bland_altman"]["loa_upper"] == pytest.approx(differences.mean() + 1.96 * differences.std(ddof=1))
+    assert figures["c_index"] == pytest.approx(1.0)  # the categories rank the exams in the same order
+    counts = np.zeros((5, 5), int)
+    for ref, pred in (("B", "B"), ("D", "C"), ("E", "E"), ("A", "A")):
+        counts["ABCDE".index(ref), "ABCDE".index(pred)] += 1
+    assert figures["confusion_matrix"]["counts"] == counts.tolist()
+    assert figures["only_in_predicted"] == ["x"] and figures["only_in_reference"] == ["e"]
+
+    assert main(["evaluate", str(tmp_path / "pred.csv"), str(tmp_path / "ref.csv"), "--plot", str(tmp_path / "plots")]) == 0
+    out = capsys.readouterr().out
+    assert "category accuracy          0.750" in out
+    for name in ("confusion.png", "bland_altman.png"):
+        assert (tmp_path / "plots" / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluate_refusals_are_one_line(tmp_path, capsys):
+    (tmp_path / "pred.csv").write_text("exam_id,agatston\na,1\n")
+    (tmp_path / "ref.csv").write_text("case,calcium\na,1\n")
+    assert main(["evaluate", str(tmp_path / "pred.csv"), str(tmp_path / "ref.csv")]) == 2
+    _one_error_line(capsys, "MISSING_COLUMNS")
+    assert main(["evaluate", str(tmp_path / "pred.csv"), str(tmp_path / "nothing.csv")]) == 2
+    _one_error_line(capsys, "NOT_FOUND")
+
+
+# ------------------------------------------------------------------------------------------- example
+
+
+def test_example_writes_a_readable_series_with_its_truth(tmp_path, capsys):
+    out = tmp_path / "example"
+    assert main(["example", str(out), "--seed", "3", "--matrix", "128"]) == 0
+    printed = capsys.readouterr().out
+    assert f"next:      agatax score {out} --report " in printed
+    truth = json.loads((out / "truth.json").read_text())["example_3"]
+    volume = read_volume(out / "example_3")
+    assert list(volume.shape) == truth["shape"] and volume.spacing == pytest.approx(truth["spacing_mm"])
+    assert volume.metadata["kvp"] == 120.0 and volume.warnings == ()
+    # the written series and mask score to the true Agatston score
+    scores = compute_scores(volume.hu, read_mask(out / "example_3_mask.nii.gz", like=volume), volume.spacing)
+    assert scores.agatston == pytest.approx(truth["agatston"], abs=1e-3) and truth["agatston"] > 0
+    manifest = _rows(out / "manifest.csv")["example_3"]
+    assert float(manifest["agatston"]) == pytest.approx(truth["agatston"], abs=1e-3)
+    assert manifest["category"] == truth["category"]
+    # the folder scores as a batch of its one exam (the truth mask beside it is not taken for an exam)
+    from agatax.batch import discover_exams
+
+    tasks, _ = discover_exams([out])
+    assert [t.exam_id for t in tasks] == ["example_3"]
