@@ -316,8 +316,9 @@ def _one_line(outcome) -> str:
         text = err.message if isinstance(err, AgataxError) else str(err)
         return f"{exam_id}  FAILED [{code}] {' '.join(text.split())}"
     r = outcome.result
+    n = len(r["lesions"])
     line = (f"{exam_id}  Agatston {r['agatston']:.1f}  category {r['category']}  volume {r['volume_mm3']:.1f} mm^3"
-            f"  {len(r['lesions'])} lesions")
+            f"  {n} lesion{'' if n == 1 else 's'}")
     if r.get("mass_mg") is not None:
         line += f"  mass {r['mass_mg']:.2f} mg"
     if outcome.status == "skipped":
@@ -452,7 +453,11 @@ def run_score(args: argparse.Namespace) -> int:
     if report_dir is not None and png:
         from agatax.report import require_matplotlib
 
-        require_matplotlib()  # refuse before any exam is scored
+        try:
+            require_matplotlib()  # refuse before any exam is scored
+        except AgataxError as err:
+            raise AgataxError(err.message, code=err.code,
+                              hint=f"{err.hint}, or pass --no-png to write the reports without pictures") from None
     previous = batching.read_summary_rows(summary_path) if summary_path is not None else {}
     json_to_stdout = args.json == "-"
     sink = _JsonSink(args.json, lines=args.json_lines, batch=is_batch)
@@ -660,11 +665,17 @@ def add_example_command(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="first exam's seed (default 0)")
     p.add_argument("--matrix", type=int, default=512, help="pixels per row and column (default 512)")
     p.add_argument("--count", type=int, default=1, help="number of exams, seeds seed..seed+count-1 (default 1)")
+    p.add_argument("--category", choices=tuple("ABCDE") + ("any",), default="D",
+                   help="true risk category of the exams (default D: several lesions; 'any': drawn per exam)")
     p.set_defaults(run=run_example)
 
 
-def write_example(directory: str | os.PathLike, *, seed: int = 0, matrix: int = 512, count: int = 1) -> list[dict[str, Any]]:
+def write_example(
+    directory: str | os.PathLike, *, seed: int = 0, matrix: int = 512, count: int = 1, category: str | None = "D"
+) -> list[dict[str, Any]]:
     """Write ``count`` synthetic exams (``agatax.synthetic.generate_exam``) as DICOM series with their truth.
+
+    ``category``: the exams' true risk category "A".."E", or None to draw it per exam.
 
     Returns the manifest rows (exam_id, path, mask_path, seed, agatston, category, n_lesions).
     """
@@ -678,7 +689,7 @@ def write_example(directory: str | os.PathLike, *, seed: int = 0, matrix: int = 
         raise ReadError(f"{out} exists and is not a folder", code="NOT_A_FOLDER", paths=[out])
     rows, truth = [], {}
     for s in range(seed, seed + count):
-        exam = generate_exam(s, matrix=matrix)
+        exam = generate_exam(s, matrix=matrix, target_category=category)
         exam_id = f"example_{s}"
         out.mkdir(parents=True, exist_ok=True)
         series_dir = out / exam_id
@@ -708,12 +719,13 @@ def write_example(directory: str | os.PathLike, *, seed: int = 0, matrix: int = 
 
 
 def run_example(args: argparse.Namespace) -> int:
-    rows = write_example(args.directory, seed=args.seed, matrix=args.matrix, count=args.count)
+    category = None if args.category == "any" else args.category
+    rows = write_example(args.directory, seed=args.seed, matrix=args.matrix, count=args.count, category=category)
     out = Path(args.directory)
     report = out.resolve().parent / "agatax-report"
     for row in rows:
         print(f"wrote {out / row['path']}  (true Agatston {float(row['agatston']):.1f}, category {row['category']}, "
-              f"{row['n_lesions']} lesions)")
+              f"{row['n_lesions']} lesion{'' if row['n_lesions'] == 1 else 's'})")
     print(f"truth:     {out / 'manifest.csv'}, {out / 'truth.json'}, <exam>_mask.nii.gz")
     print(f"next:      agatax score {out} --report {report}")
     print(f"then:      agatax evaluate {report} {out / 'manifest.csv'}")
