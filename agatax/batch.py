@@ -327,6 +327,14 @@ class Progress:
             text += f"  [{last}]"
         return text
 
+    def begin(self) -> None:
+        """On a terminal, show ``0/N exams`` at once (the first exam may take a while to compile)."""
+        if self.enabled and self._tty:
+            text = f"0/{self.total} exams, starting"
+            self.stream.write("\r" + text)
+            self.stream.flush()
+            self._width = len(text)
+
     def update(self, outcome: ExamOutcome) -> None:
         """Count one finished exam and show the new state."""
         self.done += 1
@@ -467,6 +475,8 @@ def run_batch(
         writer_queue.put(item)
 
     plan = [(task, existing(task) if existing is not None else None) for task in tasks]
+    if progress is not None:
+        progress.begin()
     to_read = [task for task, kept in plan if kept is None]
     thread = threading.Thread(target=writer, name="agatax-writer", daemon=True)
     thread.start()

@@ -218,3 +218,16 @@ def test_progress_lines_when_not_a_terminal():
     assert lines[0].startswith("agatax: 1/3 exams (1 skipped)") and "[e0: skipped]" in lines[0]
     assert lines[1].startswith("agatax: 2/3 exams (1 skipped), ") and "exams/min, about " in lines[1]
     assert lines[2].startswith("agatax: 3/3 exams (1 skipped), ") and " in all  [e2: ok]" in lines[2]
+
+
+def test_progress_on_a_terminal_redraws_one_line():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Terminal()
+    run_batch(_tasks(2), read=lambda t: 1, score=lambda t, v: v, finish=_finish, progress=Progress(2, stream=stream))
+    text = stream.getvalue()
+    assert text.startswith("\r0/2 exams, starting") and text.count("\r") == 3 and text.endswith("\n")
+    assert text.rstrip().endswith("[e1: ok]")  # shorter redraws are padded with spaces over the old text
+    assert "\r1/2 exams" in text and "\r2/2 exams" in text
