@@ -122,10 +122,14 @@ def cohort(tmp_path_factory):
     from agatax.synthetic import generate_exam
 
     root = tmp_path_factory.mktemp("cohort")
+    truth = []
     for seed in (0, 1):
         exam = generate_exam(seed, matrix=96, n_slices=24, slice_increment_mm=3.0, slice_thickness_mm=3.0,
                              fov_mm=200.0)
         write_dicom_series(root / "exams" / f"case{seed}", exam.volume, patient_id=f"case{seed}")
+        write_nifti(root / "exams" / f"case{seed}_mask.nii.gz", exam.mask, like=exam.volume)
+        truth.append(f"case{seed},case{seed},case{seed}_mask.nii.gz,{exam.agatston:.4f},{exam.category}\n")
+    (root / "exams" / "manifest.csv").write_text("exam_id,path,mask_path,agatston,category\n" + "".join(truth))
     save_ensemble(root / "tiny.msgpack", init_ensemble(jax.random.key(0), UNetConfig.tiny(), members=3))
     return root
 
@@ -266,6 +270,23 @@ def test_evaluate_hand_made_tables(tmp_path, capsys):
     assert "category accuracy          0.750" in out
     for name in ("confusion.png", "bland_altman.png"):
         assert (tmp_path / "plots" / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluate_a_report_folder_against_a_manifest_with_lesions(cohort, tmp_path, capsys):
+    report = tmp_path / "report"
+    assert main(["score", str(cohort / "exams"), "--weights", str(cohort / "tiny.msgpack"), "--report", str(report),
+                 "--no-png", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(report), str(cohort / "exams" / "manifest.csv"), "--lesions", "--json", "-"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    predicted, reference = _rows(report / "summary.csv"), _rows(cohort / "exams" / "manifest.csv")
+    agree = [predicted[i]["category"] == reference[i]["category"] for i in ("case0", "case1")]
+    assert figures["n"] == 2 and figures["category_accuracy"] == pytest.approx(sum(agree) / 2)
+    assert figures["lesions"]["exams"] == 2 and {"sensitivity", "ppv", "f1"} <= set(figures["lesions"])
+    # a table without the mask columns cannot give lesion figures
+    (tmp_path / "ref.csv").write_text("exam_id,agatston\ncase0,1\n")
+    assert main(["evaluate", str(report), str(tmp_path / "ref.csv"), "--lesions"]) == 2
+    _one_error_line(capsys, "MISSING_COLUMNS")
 
 
 def test_evaluate_refusals_are_one_line(tmp_path, capsys):
