@@ -221,11 +221,14 @@ class ExamScorer:
 
         paths = write_report(directory, scored.volume, scored.scores, scored.mask, votes=scored.votes,
                              members=scored.members, exam_id=exam_id, png=png)
-        result = json.loads(Path(paths["json"]).read_text())
+        path = Path(paths["json"])
+        result = json.loads(path.read_text())
         extras = self._extras()
-        if any(result.get(k) != v for k, v in extras.items()):
+        if any(k not in result or result[k] != v for k, v in extras.items()):
             result.update(extras)
-            Path(paths["json"]).write_text(json.dumps(result, indent=2) + "\n")
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps(result, indent=2) + "\n")
+            os.replace(tmp, path)
         return result, paths
 
 
@@ -541,7 +544,7 @@ def run_score(args: argparse.Namespace) -> int:
     parts = [f"{outcome.ok} scored"] + [f"{n} {what}" for n, what in ((outcome.skipped, "kept from an earlier run"),
                                                                        (outcome.failed, "failed")) if n]
     where = f"; summary: {summary_path}" if summary_path is not None else ""
-    print(f"agatax: {len(tasks)} exams: {', '.join(parts)}{where}", file=sys.stderr)
+    print(f"agatax: {len(tasks)} exam{'' if len(tasks) == 1 else 's'}: {', '.join(parts)}{where}", file=sys.stderr)
     return EXIT_SOME_FAILED if outcome.failed else EXIT_OK
 
 
