@@ -321,3 +321,18 @@ def test_example_writes_a_readable_series_with_its_truth(tmp_path, capsys):
 
     tasks, _ = discover_exams([out])
     assert [t.exam_id for t in tasks] == ["example_3"]
+
+
+def _default_weights_present() -> bool:
+    from agatax.defaults import default_weights_path
+
+    return default_weights_path().is_file()
+
+
+@pytest.mark.skipif(not _default_weights_present(), reason="the shipped default ensemble is not in this checkout")
+def test_score_with_the_shipped_default_ensemble(cohort, capsys):
+    assert main(["score", str(cohort / "exams" / "case0"), "--json", "-"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert CONTRACT <= set(result) and result["members"] == 5
+    fractions = [lesion["vote_fraction"] for lesion in result["lesions"]]
+    assert all(3 / 5 - 1e-6 <= f <= 1.0 for f in fractions)  # majority of five on every lesion pixel
