@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from agatax.errors import CheckpointError, InputError
-from agatax.model import UNet, UNetConfig
+from agatax.model import UNet, UNetConfig, fold_batchnorm, infer
 
 __all__ = [
     "Ensemble",
@@ -126,13 +126,19 @@ def resolve_strategy(strategy: str) -> str:
     return strategy
 
 
-def ensemble_logits(ensemble: Ensemble, x: jax.Array, *, strategy: str = "auto") -> jax.Array:
+def ensemble_logits(ensemble: Ensemble, x: jax.Array, *, strategy: str = "auto", fused: bool = True) -> jax.Array:
     """Every member's logits. x (batch, z, y, x, 1) in [0, 1] -> float32 (members, batch, z, y, x, 1).
 
-    Jittable (``strategy`` static); eval mode (running BatchNorm statistics).
+    Jittable (``strategy``, ``fused`` static); eval mode (running BatchNorm statistics). ``fused`` runs
+    :func:`agatax.model.infer` (BatchNorm folded into the convolutions, once per member per call, before
+    the network); False runs the Flax module as trained (same logits up to float32 rounding).
     """
     strategy = resolve_strategy(strategy)
-    apply = partial(ensemble.model.apply, train=False)
+    config = ensemble.config
+    if fused:
+        apply = lambda v, x: infer(fold_batchnorm(v, config), x, config)
+    else:
+        apply = partial(ensemble.model.apply, train=False)
     if strategy == "vmap":
         return jax.vmap(apply, in_axes=(0, None))(ensemble.variables, x)
     return jax.lax.map(lambda v: apply(v, x), ensemble.variables)
@@ -143,12 +149,14 @@ def majority_vote(votes: jax.Array, members: int) -> jax.Array:
     return votes * 2 > members
 
 
-def ensemble_votes(ensemble: Ensemble, x: jax.Array, *, strategy: str = "auto") -> tuple[jax.Array, jax.Array]:
+def ensemble_votes(
+    ensemble: Ensemble, x: jax.Array, *, strategy: str = "auto", fused: bool = True
+) -> tuple[jax.Array, jax.Array]:
     """Majority-vote mask and vote counts. x (batch, z, y, x, 1) -> (bool, int32), each (batch, z, y, x).
 
-    A member votes for a voxel when its logit is > 0 (probability > 0.5).
+    A member votes for a voxel when its logit is > 0 (probability > 0.5). ``fused``: see ensemble_logits.
     """
-    logits = ensemble_logits(ensemble, x, strategy=strategy)
+    logits = ensemble_logits(ensemble, x, strategy=strategy, fused=fused)
     votes = jnp.sum(logits[..., 0] > 0, axis=0, dtype=jnp.int32)
     return majority_vote(votes, ensemble.members), votes
 

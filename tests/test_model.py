@@ -1,6 +1,8 @@
 """The U-Net: shapes, the paper's parameter count (by hand), input checks, and the fast convolutions
 checked against XLA's native 3D (transposed) convolution."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -71,7 +73,8 @@ def _normal(rng, shape):
 
 def _variables(config, seed=0):
     """Variables drawn with NumPy (no PRNG kernels to compile); BatchNorm variances positive."""
-    shapes = jax.eval_shape(lambda: UNet(config).init(jax.random.key(0), jnp.zeros((1, 2, 2, 2, 1))))
+    m = config.multiple
+    shapes = jax.eval_shape(lambda: UNet(config).init(jax.random.key(0), jnp.zeros((1, m, m, m, 1))))
     rng = np.random.default_rng(seed)
 
     def draw(path, s):
@@ -153,3 +156,33 @@ def test_bfloat16_compute_close_to_float32():
     assert out.dtype == jnp.float32
     ref = jax.jit(f32.apply)(variables, x)
     assert float(jnp.abs(out - ref).max()) < 0.05 * float(jnp.abs(ref).max()) + 0.05
+
+
+def test_out_tap_and_split_convolutions_equal_xla_conv():
+    from agatax.model import _conv3_out_taps, _conv3_sum_fast
+
+    rng = np.random.default_rng(11)
+    x, w = _small_ints(rng, (2, 4, 6, 8, 16)), _small_ints(rng, (3, 3, 3, 16, 5))
+    ref = conv3x3x3(x, w, impl="xla")
+    np.testing.assert_array_equal(np.asarray(jax.jit(_conv3_out_taps)(x, w)), ref)
+    # concatenation-free form: conv(concat([a, b])) == conv(a, w[:, :, :, :6]) + conv(b, w[:, :, :, 6:])
+    a, b = x[..., :6], x[..., 6:]
+    np.testing.assert_array_equal(np.asarray(jax.jit(_conv3_sum_fast)((a, b), (w[..., :6, :], w[..., 6:, :]))), ref)
+
+
+@pytest.mark.parametrize("config", [UNetConfig.tiny(), UNetConfig(levels=3, base_filters=16)], ids=["tiny", "small"])
+def test_fused_inference_equals_module(config):
+    """BatchNorm folded into the kernels, fused ELU, concatenation-free decoder: the same logits as the
+    unfused Flax module with XLA's reference convolutions, within float32 rounding."""
+    from agatax.model import fold_batchnorm, infer
+
+    x = jnp.asarray(np.random.default_rng(4).uniform(size=(1, 4, 8, 8, 1)).astype(np.float32))
+    variables = _variables(config, seed=3)
+    ref = np.asarray(jax.jit(UNet(dataclasses.replace(config, conv_impl="xla")).apply)(variables, x))
+    scale = max(1.0, float(np.abs(ref).max()))
+    forms = [("fold", True)] + ([("fold", False), ("xla", False)] if config.levels == 2 else [])
+    for impl, split in forms:
+        fused = jax.jit(lambda v, x: infer(fold_batchnorm(v, config), x, config, conv_impl=impl, split_concat=split))
+        out = np.asarray(fused(variables, x))
+        assert out.shape == ref.shape and out.dtype == np.float32
+        assert np.abs(out - ref).max() < 1e-4 * scale, (impl, split, np.abs(out - ref).max(), scale)

@@ -67,13 +67,24 @@ def test_inputs_forms_and_strategies_agree(ensemble, hu):
 
 def test_run_pipeline_scores_agree_with_device_scores(ensemble, hu):
     result = run_pipeline(ensemble, Volume(hu, SPACING))
-    device = segment_and_score(ensemble, Volume(hu, SPACING))
+    device = segment_and_score(ensemble, Volume(hu, SPACING), score_on="device")
     np.testing.assert_array_equal(result.mask, device["mask"])
+    assert result.scores.agatston > 0  # not vacuous
     assert result.scores.agatston == pytest.approx(float(device["scores"]["agatston"]), rel=1e-4, abs=1e-3)
     assert result.scores.volume_mm3 == pytest.approx(float(device["scores"]["volume_mm3"]), rel=1e-4)
     # independent volume check: retained voxels x voxel volume is at most the mask's volume
     assert result.scores.volume_mm3 <= result.mask.sum() * np.prod(SPACING) + 1e-6
     assert result.to_dict()["spacing"] == list(SPACING)
+    # host scoring (the CPU default): same mask, votes and scores as the on-device path
+    host = segment_and_score(ensemble, Volume(hu, SPACING), score_on="host")
+    np.testing.assert_array_equal(host["mask"], device["mask"])
+    np.testing.assert_array_equal(host["votes"], device["votes"])
+    for key in ("agatston", "volume_mm3", "lesions"):
+        assert float(host["scores"][key]) == pytest.approx(float(device["scores"][key]), rel=1e-4, abs=1e-3)
+    assert float(host["scores"]["lesions"]) == len(result.scores.lesions)
+    with pytest.raises(InputError) as info:
+        segment_and_score(ensemble, Volume(hu, SPACING), score_on="gpu")
+    assert info.value.code == "BAD_ARGUMENT"
 
 
 def test_segment_errors(ensemble, hu):
