@@ -65,6 +65,7 @@ class TrainConfig:
 
     Attributes:
         learning_rate: Adam step size.
+        clip_norm: gradients clipped to this global norm before Adam (0: no clipping).
         steps: optimisation steps in all (an "epoch" is ``eval_every`` steps).
         batch_size: patches per step.
         patch_zyx: patch size (z, y, x) in coarse voxels; each a multiple of 2**(levels-1).
@@ -84,6 +85,7 @@ class TrainConfig:
     """
 
     learning_rate: float = 1e-3
+    clip_norm: float = 1.0
     steps: int = 2000
     batch_size: int = 4
     patch_zyx: tuple[int, int, int] = (32, 48, 48)
@@ -569,9 +571,10 @@ def _model(model_config):
 
 
 @functools.lru_cache(maxsize=16)
-def _optimizer(learning_rate: float):
-    """One Adam per step size, so jitted functions see the same static ``tx``."""
-    return optax.adam(learning_rate)
+def _optimizer(learning_rate: float, clip_norm: float):
+    """One optimiser per setting, so jitted functions see the same static ``tx``: Adam, after clipping."""
+    adam = optax.adam(learning_rate)
+    return optax.chain(optax.clip_by_global_norm(clip_norm), adam) if clip_norm else adam
 
 
 def init_state(model_config, config: TrainConfig, seed: int) -> TrainState:
@@ -584,7 +587,7 @@ def init_state(model_config, config: TrainConfig, seed: int) -> TrainState:
         apply_fn=model.apply,
         params=variables["params"],
         batch_stats=variables.get("batch_stats", {}),
-        tx=_optimizer(float(config.learning_rate)),
+        tx=_optimizer(float(config.learning_rate), float(config.clip_norm)),
         key=data_key,
     )
 

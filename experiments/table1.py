@@ -136,7 +136,7 @@ def evaluate(ensemble, exams) -> dict:
     """Score every test exam with each member alone and with the majority vote of all members."""
     from agatax.scoring import c_index, category_accuracy, compute_scores, confusion_matrix, lesion_detection
 
-    multiple = max(ensemble.config.multiple, 8)
+    multiple = ensemble.config.multiple  # as agatax.pipeline pads
     ref_score, ref_cat = [], []
     ens_score, ens_cat = [], []
     single_score = [[] for _ in range(ensemble.members)]
@@ -214,8 +214,10 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--patch", default="32,64,64", help="patch z,y,x in coarse voxels")
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--clip", type=float, default=1.0, help="gradient global-norm clip (0: none)")
     ap.add_argument("--eval-every", type=int, default=200)
     ap.add_argument("--bce", type=float, default=0.0, help="weight of an added BCE term (0: Dice only)")
+    ap.add_argument("--positive", type=float, default=0.6, help="share of patches centred on calcium")
     ap.add_argument("--members", type=int, default=5)
     ap.add_argument("--val", type=int, default=20, help="validation exams held out (paper: 20)")
     ap.add_argument("--matrix", type=int, default=None, help="synthetic in-plane matrix (default: generator's)")
@@ -240,7 +242,8 @@ def main(argv=None) -> int:
     patch = tuple(int(p) for p in args.patch.split(","))
     config = TrainConfig(learning_rate=args.lr, steps=args.steps, batch_size=args.batch, patch_zyx=patch,
                          eval_every=args.eval_every, log_every=max(args.eval_every // 4, 1), seed=args.seed,
-                         bce_weight=args.bce)
+                         bce_weight=args.bce, clip_norm=args.clip,
+                         positive_fraction=args.positive)
     log(f"device: {device_description()}; model {args.model} {model_config}; {config}")
     log("command: python experiments/table1.py " + " ".join(argv if argv is not None else sys.argv[1:]))
 

@@ -1,0 +1,74 @@
+"""The shipped default ensemble: it loads, finds planted calcium, leaves bone alone; clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+import agatax
+from agatax.defaults import default_weights_path, load_default_ensemble, score_exam
+from agatax.errors import CheckpointError, InputError
+
+
+@pytest.fixture(scope="module")
+def exam():
+    from agatax.synthetic import generate_exam
+
+    return generate_exam(11, target_category="E", matrix=256)
+
+
+@pytest.fixture(scope="module")
+def result(exam):
+    return score_exam(exam.volume)
+
+
+def test_default_weights_ship_small_and_load():
+    path = default_weights_path()
+    assert path.is_file()
+    assert path.stat().st_size <= 16 * 2**20
+    ens = load_default_ensemble()
+    assert ens.members == 5
+    assert agatax.load_default_ensemble is load_default_ensemble
+
+
+def test_default_ensemble_finds_a_large_calcification(exam, result):
+    true = exam.mask > 0
+    labels, n = ndimage.label(true, structure=np.ones((3, 3, 3)))
+    assert n > 0
+    sizes = ndimage.sum(true, labels, index=np.arange(1, n + 1))
+    largest = labels == (1 + int(np.argmax(sizes)))
+    found = np.sum(result.mask & largest) / np.sum(largest)
+    assert found >= 0.5, f"found {found:.2f} of the largest planted calcification ({int(largest.sum())} voxels)"
+    # the exam is category E by construction: the score must be in the upper categories too
+    assert result.scores.category in ("D", "E"), (result.scores.agatston, exam.agatston)
+
+
+def test_default_ensemble_leaves_bone_alone(exam, result):
+    bone = (exam.distractor_mask == 1) & (exam.volume.hu >= 130)
+    assert bone.sum() > 1000  # the exam does hold plenty of bright bone
+    assert np.sum(result.mask & bone) <= 0.001 * bone.sum()
+    # everything the ensemble calls calcium is >= 130 HU
+    assert np.all(exam.volume.hu[result.mask] >= 130)
+
+
+def test_score_exam_reads_a_path(tmp_path, exam, result):
+    path = tmp_path / "exam.nii.gz"
+    agatax.write_nifti(path, exam.volume.hu, like=exam.volume)
+    from_file = score_exam(path)
+    assert from_file.scores.agatston == pytest.approx(result.scores.agatston, rel=1e-6)
+
+
+def test_missing_or_corrupt_weights_raise_checkpoint_errors(tmp_path):
+    with pytest.raises(CheckpointError) as err:
+        load_default_ensemble(tmp_path / "absent.msgpack")
+    assert err.value.code == "MISSING_WEIGHTS"
+    bad = tmp_path / "bad.msgpack"
+    bad.write_bytes(default_weights_path().read_bytes()[:1000])  # truncated copy
+    with pytest.raises(CheckpointError):
+        load_default_ensemble(bad)
+
+
+def test_score_exam_refuses_other_inputs():
+    with pytest.raises(InputError):
+        score_exam(np.zeros((8, 8, 8)))
