@@ -3,11 +3,14 @@
 Exam: 56 x 512 x 512 voxels at 3 x 0.4 x 0.4 mm -> 56 x 72 x 72 network grid. Stages (each jitted on its
 own, compile time reported apart, median of --repeats): pre-processing, five-model inference (each
 strategy / convolution form), post-processing (back to the original grid, HU >= 130, vote), scoring
-(scores_jax on the device; compute_scores on the host), and the whole single-jit pipeline.
+(scores_jax on the device; compute_scores on the host), and the whole pipeline (scores on the host / in
+the one jit). Inference variants (fused = BatchNorm folded, concatenation-free decoder; unfused = the Flax
+module), the matmul probe and the PyTorch peer are timed round-robin in one process, so that load from
+other jobs on a shared machine hits all alike; ratios are taken run by run.
 Rates: network GFLOP (counted layer by layer) per second, against this machine's float32 matmul rate
 (a 4096^2 jnp.dot). The PyTorch peer: the same network in torch, eager, five members in sequence.
 
-    python benchmarks/bench_inference.py [--repeats 3] [--no-torch]
+    python benchmarks/bench_inference.py [--repeats 5] [--no-torch] [--impls fold,xla] [--strategies sequential,vmap]
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import numpy as np
 
 import agatax
 from agatax.ensemble import ensemble_votes
-from agatax.model import UNetConfig
+from agatax.model import UNetConfig, fold_batchnorm, infer
 from agatax.pipeline import segment_and_score
 from agatax.preprocess import _preprocess_kernel, _restore_kernel, grid_shape
 
@@ -85,8 +88,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--members", type=int, default=5)
     parser.add_argument("--no-torch", action="store_true")
-    parser.add_argument("--impls", default="fold,xla")
-    parser.add_argument("--strategies", default="sequential,vmap")
+    parser.add_argument("--impls", default="fold")
+    parser.add_argument("--strategies", default="sequential")
     args = parser.parse_args()
     r = args.repeats
     backend = jax.default_backend()
@@ -119,26 +122,84 @@ def main():
     print(f"preprocess: {t * 1e3:.1f} ms (compile+first {c:.2f} s)")
     x = pre(hu)[None, ..., None]
 
-    results = {}
+    # the PyTorch peer, built first so that its runs interleave with ours
+    run_torch = None
+    if not args.no_torch:
+        import torch
+
+        from torch_unet import from_flax
+
+        torch.set_num_threads(len(__import__("os").sched_getaffinity(0)))
+        nets = [from_flax(jax.tree.map(lambda v: np.asarray(v[k]), ens.variables)) for k in range(args.members)]
+        xt = torch.from_numpy(np.asarray(x)).permute(0, 4, 1, 2, 3).contiguous()
+        with torch.inference_mode():
+            out0 = nets[0](xt)[0, 0].numpy()
+        member0 = jax.tree.map(lambda v: v[0], ens.variables)
+        ref0 = np.asarray(jax.jit(lambda v, x: ens.model.apply(v, x))(member0, x))[0, ..., 0]
+        fused0 = np.asarray(jax.jit(lambda v, x: infer(fold_batchnorm(v, base), x, base))(member0, x))[0, ..., 0]
+        print(f"member 0, max |logit diff| (logit scale {np.abs(ref0).max():.1f}): torch vs agatax module "
+              f"{np.abs(out0 - ref0).max():.2e}; agatax fused vs module {np.abs(fused0 - ref0).max():.2e}")
+
+        def run_torch():
+            with torch.inference_mode():
+                votes = torch.zeros(xt.shape[2:], dtype=torch.int32)
+                for net in nets:
+                    votes += (net(xt)[0, 0] > 0).int()
+                return votes
+
+        run_torch()
+
+    # every variant compiled first, then all timed round-robin with the matmul probe and the peer:
+    # on a shared machine, load then hits every variant alike
+    variants = {}
     for impl in args.impls.split(","):
         e = ens.replace(config=UNetConfig(conv_impl=impl))
         for strategy in args.strategies.split(","):
             if strategy == "vmap" and impl == "xla" and backend == "cpu":
                 continue  # grouped 3D convolutions: minutes on CPU
-            f = jax.jit(lambda e, x, s=strategy: ensemble_votes(e, x, strategy=s))
-            c = first_call(lambda: f(e, x))
-            t = median_time(lambda: f(e, x), r)
-            results[(impl, strategy)] = f(e, x)[1]
-            print(f"inference {impl}/{strategy}: {t:.3f} s for {args.members} members "
-                  f"({args.members * gflop / t:.1f} GFLOP/s = {100 * args.members * gflop / t / matmul:.0f} % of matmul; "
-                  f"compile+first {c:.1f} s)", flush=True)
-    votes_list = list(results.values())
-    first = np.asarray(votes_list[0]) * 2 > args.members
-    differ = [int((first != (np.asarray(v) * 2 > args.members)).sum()) for v in votes_list[1:]]
-    print(f"mask voxels differing from {list(results)[0]} (logits within float rounding of 0): "
-          f"{dict(zip(list(results)[1:], differ))} of {first.size}")
+            for fused in (True, False):
+                f = jax.jit(lambda e, x, s=strategy, fu=fused: ensemble_votes(e, x, strategy=s, fused=fu))
+                name = f"{impl}/{strategy}/{'fused' if fused else 'unfused'}"
+                c = first_call(lambda: f(e, x))
+                print(f"compile+first {name}: {c:.1f} s", flush=True)
+                variants[name] = lambda f=f, e=e: f(e, x)
+    results = {name: np.asarray(fn()[1]) for name, fn in variants.items()}
+    times = {name: [] for name in ["matmul", *variants, "torch"]}
 
-    coarse_votes = votes_list[0][0]
+    def timed(name, fn):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        times[name].append(time.perf_counter() - t0)
+
+    for rep in range(r):
+        timed("matmul", lambda: dot(a, a))
+        for name, fn in variants.items():
+            if not ("/vmap/" in name and backend == "cpu" and rep):  # ~30 s a run on CPU: once is enough
+                timed(name, fn)
+        if run_torch is not None:
+            timed("torch", run_torch)
+    rate = 2 * 4096**3 / float(np.median(times["matmul"])) / 1e9
+    fmt = lambda ts: ", ".join(f"{t:.2f}" for t in ts)
+    print(f"matmul rate during these runs: {rate:.1f} GFLOP/s (per run " + ", ".join(f"{2 * 4096**3 / t / 1e9:.0f}" for t in times["matmul"]) + ")")
+    for name in variants:
+        t = float(np.median(times[name]))
+        print(f"inference {name}: {t:.3f} s for {args.members} members ({args.members * gflop / t:.1f} GFLOP/s = "
+              f"{100 * args.members * gflop / t / rate:.0f} % of the matmul rate; runs {fmt(times[name])} s)", flush=True)
+    if times["torch"]:
+        t = float(np.median(times["torch"]))
+        print(f"PyTorch {torch.__version__} eager, {args.members} members in sequence: {t:.3f} s "
+              f"({args.members * gflop / t:.1f} GFLOP/s; runs {fmt(times['torch'])} s)")
+        for name in variants:
+            if len(times[name]) == len(times["torch"]):
+                ratios = [ours / peer for ours, peer in zip(times[name], times["torch"])]
+                print(f"  {name} / PyTorch: median {np.median(ratios):.2f} (per run {fmt(ratios)}); "
+                      f"ratio of medians {np.median(times[name]) / t:.2f}")
+    first_name = next(iter(results))
+    first = results[first_name] * 2 > args.members
+    differ = {name: int((first != (v * 2 > args.members)).sum()) for name, v in results.items() if name != first_name}
+    print(f"mask voxels differing from {first_name} (logits within float rounding of 0): {differ} of {first.size}")
+
+    coarse_votes = jnp.asarray(results[first_name][0])
     post = jax.jit(lambda v, h: (lambda votes: (votes * 2 > args.members, votes))(
         jnp.where(h >= thr, _restore_kernel(v, spacing, target, shape=SHAPE), 0)))
     c = first_call(lambda: post(coarse_votes, hu))
@@ -156,38 +217,11 @@ def main():
     t = median_time(lambda: agatax.compute_scores(hu_np, mask_np, SPACING), r)
     print(f"scoring (compute_scores, host, lesion table): {t * 1e3:.1f} ms")
 
-    c = first_call(lambda: segment_and_score(ens, hu, spacing=SPACING))
-    t = median_time(lambda: segment_and_score(ens, hu, spacing=SPACING), r)
-    print(f"whole pipeline, one jit (auto strategy): {t:.3f} s per exam (compile+first {c:.1f} s)")
-
-    if not args.no_torch:
-        import torch
-
-        from torch_unet import from_flax
-
-        torch.set_num_threads(len(__import__("os").sched_getaffinity(0)))
-        nets = [from_flax(jax.tree.map(lambda v: np.asarray(v[k]), ens.variables)) for k in range(args.members)]
-        xt = torch.from_numpy(np.asarray(x)).permute(0, 4, 1, 2, 3).contiguous()
-        with torch.inference_mode():
-            out0 = nets[0](xt)[0, 0].numpy()
-            ref0 = np.asarray(jax.jit(lambda v, x: ens.model.apply(v, x))(jax.tree.map(lambda v: v[0], ens.variables), x))[0, ..., 0]
-            print(f"torch vs agatax member 0: max |logit diff| {np.abs(out0 - ref0).max():.2e} (logit scale {np.abs(ref0).max():.2e})")
-
-            def run_torch():
-                votes = torch.zeros(xt.shape[2:], dtype=torch.int32)
-                for net in nets:
-                    votes += (net(xt)[0, 0] > 0).int()
-                return votes
-
-            run_torch()
-            times = []
-            for _ in range(r):
-                t0 = time.perf_counter()
-                run_torch()
-                times.append(time.perf_counter() - t0)
-            t = float(np.median(times))
-        print(f"PyTorch {torch.__version__} eager, {args.members} members in sequence: {t:.3f} s "
-              f"({args.members * gflop / t:.1f} GFLOP/s)")
+    for where in ("host", "device"):
+        run = lambda: segment_and_score(ens, hu, spacing=SPACING, score_on=where)
+        c = first_call(run)
+        t = median_time(run, r)
+        print(f"whole pipeline (auto strategy), scores on the {where}: {t:.3f} s per exam (compile+first {c:.1f} s)")
 
 
 if __name__ == "__main__":
