@@ -86,7 +86,7 @@ def main() -> None:
     t0 = time.perf_counter()
     for i, volume in enumerate(volumes):
         result = run_pipeline(ensemble, volume)
-        write_report(tmp / "direct", volume, result.scores, result.mask, votes=result.votes, members=5,
+        write_report(tmp / "direct", volume, result.scores, result.mask, votes=result.votes, members=ensemble.members,
                      exam_id=f"exam{i}", png=not args.no_png)
     del result
     direct_total = time.perf_counter() - t0
