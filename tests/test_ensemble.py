@@ -100,6 +100,11 @@ def test_strategies_agree_and_vote_is_majority(tiny_ensemble, x):
     np.testing.assert_array_equal(votes_s, votes)
     np.testing.assert_array_equal(mask_s, votes >= 3)
     assert 0 < int(mask_s.sum()) < mask_s.size  # the test is not vacuous
+    # the unfused Flax module (BatchNorm as trained) votes the same: fused logits agree to float32 rounding
+    unfused = np.asarray(jax.jit(ensemble_logits, static_argnames=("strategy", "fused"))(tiny_ensemble, x, fused=False))
+    scale = float(np.abs(unfused).max())
+    np.testing.assert_allclose(logits, unfused, rtol=1e-5, atol=1e-5 * scale)
+    np.testing.assert_array_equal(votes_s, (unfused[..., 0] > 0).sum(axis=0))
 
 
 def test_majority_vote_rule():
