@@ -571,6 +571,15 @@ def _model(model_config):
 
 
 @functools.lru_cache(maxsize=16)
+def _init_fn(model_config):
+    """Jitted ``key -> variables`` (the smallest valid input: parameters do not depend on its size)."""
+    model = _model(model_config)
+    m = 2 ** (model_config.levels - 1)
+    x = jnp.zeros((1, m, m, m, 1), jnp.float32)
+    return jax.jit(lambda key: model.init(key, x, train=False))
+
+
+@functools.lru_cache(maxsize=16)
 def _optimizer(learning_rate: float, clip_norm: float):
     """One optimiser per setting, so jitted functions see the same static ``tx``: Adam, after clipping."""
     adam = optax.adam(learning_rate)
@@ -581,8 +590,7 @@ def init_state(model_config, config: TrainConfig, seed: int) -> TrainState:
     """Fresh TrainState: UNet variables from ``seed``, Adam, and the data-stream key."""
     model = _model(model_config)
     init_key, data_key = jax.random.split(jax.random.PRNGKey(seed))
-    x = jnp.zeros((1, *config.patch_zyx, 1), jnp.float32)
-    variables = jax.jit(partial(model.init, train=False))(init_key, x)
+    variables = _init_fn(model_config)(init_key)
     return TrainState.create(
         apply_fn=model.apply,
         params=variables["params"],

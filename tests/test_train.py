@@ -44,6 +44,10 @@ def _toy_set(n: int, seed: int, shape=(10, 18, 20)) -> TrainingSet:
     return TrainingSet(images, targets)
 
 
+# every training run below uses these same pairs, so the jitted step compiles once for the whole file
+TRAIN = _toy_set(3, 7)
+
+
 def test_dice_loss_matches_hand_formula():
     rng = np.random.default_rng(0)
     logits = rng.standard_normal((2, 4, 4, 4, 1))
@@ -105,7 +109,7 @@ def _loss_on(variables, data):
 
 
 def test_tiny_training_reduces_the_loss():
-    train = _toy_set(4, 5)
+    train = TRAIN
     state = init_state(TINY, CFG, seed=0)
     before = _loss_on({"params": state.params, "batch_stats": state.batch_stats}, train)
     cfg = TrainConfig(**{**CFG.__dict__, "steps": 40, "eval_every": 40})
@@ -115,7 +119,7 @@ def test_tiny_training_reduces_the_loss():
 
 
 def test_resume_continues_exactly(tmp_path):
-    train, val = _toy_set(3, 7), _toy_set(2, 8)
+    train, val = TRAIN, _toy_set(2, 8)
     whole_hist: list = []
     whole = train_member(train, val, CFG, TINY, seed=1, log=None, history=whole_hist)
     half = TrainConfig(**{**CFG.__dict__, "steps": 3})
@@ -131,7 +135,7 @@ def test_resume_continues_exactly(tmp_path):
 
 
 def test_bad_checkpoints_raise_checkpoint_errors(tmp_path):
-    train = _toy_set(2, 9)
+    train = TRAIN
     cfg = TrainConfig(**{**CFG.__dict__, "steps": 1, "eval_every": 1})
     train_member(train, None, cfg, TINY, seed=0, checkpoint_dir=tmp_path, log=None)
     with pytest.raises(CheckpointError) as err:  # another seed must not resume this run
@@ -144,7 +148,7 @@ def test_bad_checkpoints_raise_checkpoint_errors(tmp_path):
 
 
 def test_train_ensemble_stacks_members_with_different_seeds():
-    train = _toy_set(2, 11)
+    train = TRAIN
     cfg = TrainConfig(**{**CFG.__dict__, "steps": 2, "eval_every": 2})
     ens = train_ensemble(train, None, cfg, TINY, members=2, seeds=[0, 1], log=None)
     leaves = jax.tree.leaves(ens.variables["params"])
