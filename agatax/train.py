@@ -38,7 +38,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import serialization
-from flax import struct
 from flax.training import train_state
 
 from agatax.errors import CheckpointError, InputError
