@@ -13,7 +13,6 @@ arrays of shape (members, ...). Two ways to run the members inside one jit:
 from __future__ import annotations
 
 import os
-import tempfile
 from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from agatax._atomic import atomic_write_bytes
 from agatax.errors import CheckpointError, InputError
 from agatax.model import UNet, UNetConfig, fold_batchnorm, infer
 
@@ -215,18 +215,7 @@ def save_ensemble(path: str | os.PathLike, ensemble: Ensemble, *, dtype: str = "
         "dtype": dtype,
     }
     payload = flax.serialization.msgpack_serialize({"header": header, "variables": variables})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(path, payload)
     return path
 
 

@@ -24,8 +24,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +38,7 @@ import optax
 from flax import serialization
 from flax.training import train_state
 
+from agatax._atomic import atomic_open, atomic_write_bytes
 from agatax.errors import CheckpointError, InputError
 
 __all__ = [
@@ -192,17 +191,8 @@ class TrainingSet:
             json.dumps({"names": self.names, "extra": self.extra}).encode(), np.uint8
         )
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_open(path) as f:
+            np.savez(f, **arrays)
 
     @classmethod
     def load(cls, path) -> "TrainingSet":
@@ -480,18 +470,6 @@ def evaluate_dice(predict, variables, packed: dict, threshold: float = 0.5) -> f
 # checkpoints
 
 
-def _atomic_write(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _data_fingerprint(packed: dict) -> str:
@@ -525,7 +503,7 @@ def _save_checkpoint(path: Path, state, best, history, fingerprint) -> None:
         "best_step": int(best["step"]),
         "history": json.dumps(history),
     }
-    _atomic_write(path, serialization.msgpack_serialize(doc))
+    atomic_write_bytes(path, serialization.msgpack_serialize(doc))
 
 
 def _load_checkpoint(path: Path, template_state, fingerprint):
