@@ -134,14 +134,15 @@ def _logits_fn(ensemble):
 
 def evaluate(ensemble, exams) -> dict:
     """Score every test exam with each member alone and with the majority vote of all members."""
-    from agatax.scoring import c_index, category_accuracy, compute_scores, confusion_matrix, lesion_detection
+    from agatax.evaluate import evaluate_masks
+    from agatax.scoring import c_index, category_accuracy, compute_scores, confusion_matrix
 
     multiple = ensemble.config.multiple  # as agatax.pipeline pads
     ref_score, ref_cat = [], []
     ens_score, ens_cat = [], []
     single_score = [[] for _ in range(ensemble.members)]
     single_cat = [[] for _ in range(ensemble.members)]
-    det = {"tp": 0, "fp": 0, "fn": 0}
+    detection_pairs = []  # (predicted mask, true mask, volume) for pooled lesion detection
     t_exam = []
     for exam in exams:
         vol = exam.volume
@@ -153,16 +154,12 @@ def evaluate(ensemble, exams) -> dict:
         t_exam.append(time.perf_counter() - t0)
         ens_score.append(res.agatston)
         ens_cat.append(res.category)
-        d = lesion_detection(mask, exam.mask > 0, vol.hu, vol.spacing)
-        for k in det:
-            det[k] += int(d[k])
+        detection_pairs.append((mask, exam.mask > 0, vol))
         for k in range(ensemble.members):
             r = compute_scores(vol.hu, singles[k], vol.spacing)
             single_score[k].append(r.agatston)
             single_cat[k].append(r.category)
-    sens = det["tp"] / max(det["tp"] + det["fn"], 1)
-    ppv = det["tp"] / max(det["tp"] + det["fp"], 1)
-    f1 = 2 * sens * ppv / (sens + ppv) if sens + ppv else 0.0
+    lesions = evaluate_masks(detection_pairs)
     s_c = [float(c_index(c, ref_cat)) for c in single_cat]
     s_a = [float(category_accuracy(c, ref_cat)) for c in single_cat]
     return {
@@ -174,7 +171,7 @@ def evaluate(ensemble, exams) -> dict:
         "ensemble_c_index": float(c_index(ens_cat, ref_cat)),
         "ensemble_accuracy": float(category_accuracy(ens_cat, ref_cat)),
         "confusion": np.asarray(confusion_matrix(ens_cat, ref_cat)).tolist(),
-        "lesions": {**det, "sensitivity": sens, "ppv": ppv, "f1": f1},
+        "lesions": lesions,
         "seconds_per_exam_incl_scoring": float(np.median(t_exam)),
         "reference_scores": ref_score,
         "ensemble_scores": ens_score,
