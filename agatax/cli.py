@@ -592,7 +592,7 @@ def _manifest_rows(path: Path, needed: Sequence[str]) -> dict[str, dict[str, str
     try:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as err:
-        raise ReadError(f"cannot read {path}: {err}", code="FILE_NOT_FOUND", paths=[path]) from None
+        raise ReadError(f"cannot read {path}: {err}", code="NOT_FOUND", paths=[path]) from None
     reader = csv.DictReader(text.splitlines())
     found = [c.strip() for c in reader.fieldnames or []]
     missing = [c for c in needed if c not in found]

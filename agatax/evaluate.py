@@ -86,7 +86,7 @@ def read_score_table(path: str | os.PathLike) -> dict[str, float]:
     present) is not "ok" are failed exams and are left out. A batch summary CSV qualifies.
 
     Raises:
-        ReadError: FILE_NOT_FOUND, MISSING_COLUMNS (naming the columns found and needed), BAD_VALUE
+        ReadError: NOT_FOUND, MISSING_COLUMNS (naming the columns found and needed), BAD_VALUE
             (a score that is empty, negative or not a number, with its row), DUPLICATE_ID, EMPTY_TABLE.
     """
     path = Path(path)
@@ -95,7 +95,7 @@ def read_score_table(path: str | os.PathLike) -> dict[str, float]:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
-        raise ReadError(f"score table not found: {path}", code="FILE_NOT_FOUND", paths=[path]) from None
+        raise ReadError(f"score table not found: {path}", code="NOT_FOUND", paths=[path]) from None
     except (OSError, UnicodeDecodeError) as err:
         raise ReadError(f"cannot read score table {path}: {err}", code="READ_ERROR", paths=[path]) from None
     reader = csv.DictReader(io.StringIO(text), dialect=_sniff_dialect(text))

@@ -96,7 +96,7 @@ def test_bad_values_duplicates_and_missing_file(tmp_path):
         read_score_table(path)
     with pytest.raises(ReadError) as info:
         read_score_table(tmp_path / "absent.csv")
-    assert info.value.code == "FILE_NOT_FOUND"
+    assert info.value.code == "NOT_FOUND"
 
 
 def test_failed_rows_of_a_summary_are_left_out(tmp_path):

@@ -197,7 +197,7 @@ def parse_calcium_xml(path: str | Path, *, artery_map: Mapping[str, str] | None 
         with open(path, "rb") as f:
             data = plistlib.load(f)
     except FileNotFoundError:
-        raise ReadError(f"annotation file not found: {path}", code="FILE_NOT_FOUND", paths=[path]) from None
+        raise ReadError(f"annotation file not found: {path}", code="NOT_FOUND", paths=[path]) from None
     except Exception as err:  # plistlib raises several types on malformed input
         raise ReadError(
             f"{path} is not a readable property list ({type(err).__name__}: {err})",
