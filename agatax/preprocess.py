@@ -3,8 +3,8 @@
 Grids share their first corner: fine voxel i along an axis of spacing d covers [i d, (i+1) d) mm, coarse
 voxel o of the isotropic grid (spacing t) covers [o t, (o+1) t). Each coarse voxel takes
 
-- the MAX of the fine voxels whose centres fall in it and whose HU exceed ``threshold_hu`` (130 HU), where
-  any do: small dense calcifications survive the down-sampling (the paper's enhancement);
+- the MAX of the fine voxels whose centres fall in it and whose HU reach ``threshold_hu`` (>= 130 HU, the
+  scoring threshold), where any do: small dense calcifications survive the down-sampling (the paper's enhancement);
 - otherwise the overlap-weighted MEAN of the fine voxels it covers (a box filter, no aliasing);
 - air (-1000 HU) beyond the scanned field, which also pads the grid to the network's multiple.
 
@@ -97,7 +97,7 @@ def resample_hu(
 ) -> jax.Array:
     """HU (z, y, x) at ``spacing`` (dz, dy, dx) mm -> HU ``out_shape`` on the isotropic ``target_mm`` grid.
 
-    Max of the fine voxels above ``threshold_hu`` per coarse voxel where any, else the overlap-weighted
+    Max of the fine voxels at or above ``threshold_hu`` per coarse voxel where any, else the overlap-weighted
     mean, air (-1000 HU) outside the field. Jittable; spacing, target and threshold may be traced.
     """
     hu = jnp.asarray(hu, jnp.float32)
@@ -117,12 +117,12 @@ def resample_hu(
         wz.sum(1)[:, None, None] * wy.sum(1)[None, :, None] * wx.sum(1)[None, None, :]
     )  # mm^3 of the scanned field inside each coarse voxel
     mean = jnp.where(cover > 0, total / jnp.where(cover > 0, cover, 1.0), AIR_HU)
-    # enhancement: max over the voxels above the threshold whose centres fall in the coarse voxel
-    bright = jnp.where(hu > threshold_hu, hu, -jnp.inf)
+    # enhancement: max over the voxels at or above the threshold whose centres fall in the coarse voxel
+    bright = jnp.where(hu >= threshold_hu, hu, -jnp.inf)
     peak = _segment_max(bright, cells[2], out_shape[2], 2)
     peak = _segment_max(peak, cells[1], out_shape[1], 1)
     peak = _segment_max(peak, cells[0], out_shape[0], 0)
-    return jnp.where(peak > threshold_hu, peak, mean)
+    return jnp.where(peak >= threshold_hu, peak, mean)
 
 
 def preprocess(

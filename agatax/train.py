@@ -6,8 +6,9 @@ Data live on the network's coarse grid. An exam becomes a training pair once (``
 * target = the true calcification mask taken to the same grid: a coarse voxel is positive when it holds any
   positive fine voxel.
 
-Training samples random patches (half of them centred near calcium by default), applies intensity and noise
-augmentation (never a flip: left and right anatomy differ), and minimises ``optax.losses.dice_loss`` on the
+Training samples patches centred near calcium, near hard negatives (look-alike structures such as the
+aortic valve, mitral annulus and calcified aortic wall, when the data name them) or anywhere, applies
+intensity and noise augmentation (never a flip: left and right anatomy differ), and minimises ``optax.losses.dice_loss`` on the
 sigmoid probabilities with Adam. Every ``eval_every`` steps (an "epoch") the pooled coarse-grid Dice on the
 validation exams is measured and the best variables are kept. Checkpoints are written atomically (temporary
 file + ``os.replace``) and a run resumes from the last one exactly: the data stream is keyed by
@@ -68,6 +69,13 @@ class TrainConfig:
         batch_size: patches per step.
         patch_zyx: patch size (z, y, x) in coarse voxels; each a multiple of 2**(levels-1).
         positive_fraction: share of patches centred (with jitter) on a calcified voxel.
+        hard_negative_fraction: share of patches centred (with jitter) on a hard-negative voxel (look-alike
+            non-coronary calcium, ``TrainingSet.negatives``); the rest are placed uniformly at random.
+            Patch kinds are assigned by stratified sampling, so a batch of B patches holds
+            floor or ceil of B * fraction of each kind: with ``batch_size=2``,
+            ``positive_fraction=0.5`` and ``hard_negative_fraction=0.5`` every batch pairs one calcium
+            patch with one hard-negative patch, and the pooled Dice loss is never computed on a batch
+            without calcium (which pushes every output to zero).
         gain_std: SD of the multiplicative intensity gain (1 + N(0, gain_std)) per patch.
         shift_std: SD of the additive intensity shift per patch, in [0, 1] image units (1 = 1100 HU).
         noise_std: SD of the Gaussian noise added per voxel, in image units.
@@ -88,6 +96,7 @@ class TrainConfig:
     batch_size: int = 4
     patch_zyx: tuple[int, int, int] = (32, 48, 48)
     positive_fraction: float = 0.6
+    hard_negative_fraction: float = 0.0
     gain_std: float = 0.05
     shift_std: float = 0.02
     noise_std: float = 0.015
@@ -112,9 +121,11 @@ class TrainConfig:
                 f"patch_zyx must be three positive sizes (z, y, x), got {self.patch_zyx}",
                 code="BAD_TRAIN_CONFIG",
             )
-        if not 0.0 <= self.positive_fraction <= 1.0:
+        fractions = (self.positive_fraction, self.hard_negative_fraction)
+        if min(fractions) < 0.0 or sum(fractions) > 1.0 + 1e-9:
             raise InputError(
-                f"positive_fraction must lie in [0, 1], got {self.positive_fraction}",
+                f"positive_fraction ({self.positive_fraction}) and hard_negative_fraction "
+                f"({self.hard_negative_fraction}) must be >= 0 with a sum of at most 1",
                 code="BAD_TRAIN_CONFIG",
             )
         object.__setattr__(self, "patch_zyx", tuple(int(p) for p in self.patch_zyx))
@@ -141,12 +152,15 @@ class TrainingSet:
         targets: list of bool arrays, same shapes: coarse calcification masks.
         names: one label per pair (e.g. "J1-0007").
         extra: free per-pair metadata (e.g. true Agatston, category).
+        negatives: optional list of bool arrays, same shapes: coarse hard negatives, voxels of bright
+            structures that are not coronary calcium (valves, annulus, aortic wall); empty when unknown.
     """
 
     images: list
     targets: list
     names: list = field(default_factory=list)
     extra: list = field(default_factory=list)
+    negatives: list = field(default_factory=list)
 
     def __post_init__(self):
         if len(self.images) != len(self.targets):
@@ -164,14 +178,28 @@ class TrainingSet:
             self.names = [str(i) for i in range(len(self.images))]
         if not self.extra:
             self.extra = [{} for _ in self.images]
+        if self.negatives:
+            if len(self.negatives) != len(self.images):
+                raise InputError(f"{len(self.images)} images but {len(self.negatives)} negative masks",
+                                 code="SHAPE_MISMATCH")
+            for i, (a, n) in enumerate(zip(self.images, self.negatives)):
+                if np.shape(a) != np.shape(n):
+                    raise InputError(f"pair {i}: image {np.shape(a)} and negatives {np.shape(n)} differ",
+                                     code="SHAPE_MISMATCH")
+
+    def _negatives_or_empty(self) -> list:
+        return self.negatives or [np.zeros(np.shape(a), bool) for a in self.images]
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __add__(self, other: "TrainingSet") -> "TrainingSet":
+        negatives = []
+        if self.negatives or other.negatives:
+            negatives = self._negatives_or_empty() + other._negatives_or_empty()
         return TrainingSet(
             self.images + other.images, self.targets + other.targets,
-            self.names + other.names, self.extra + other.extra,
+            self.names + other.names, self.extra + other.extra, negatives,
         )
 
     def subset(self, indices: Iterable[int]) -> "TrainingSet":
@@ -179,6 +207,7 @@ class TrainingSet:
         return TrainingSet(
             [self.images[i] for i in idx], [self.targets[i] for i in idx],
             [self.names[i] for i in idx], [self.extra[i] for i in idx],
+            [self.negatives[i] for i in idx] if self.negatives else [],
         )
 
     def save(self, path) -> None:
@@ -187,6 +216,8 @@ class TrainingSet:
         for i, (a, b) in enumerate(zip(self.images, self.targets)):
             arrays[f"image_{i}"] = np.asarray(a, np.float16)
             arrays[f"target_{i}"] = np.asarray(b, np.uint8)
+        for i, n in enumerate(self.negatives):
+            arrays[f"negative_{i}"] = np.asarray(n, np.uint8)
         arrays["meta"] = np.frombuffer(
             json.dumps({"names": self.names, "extra": self.extra}).encode(), np.uint8
         )
@@ -202,12 +233,13 @@ class TrainingSet:
                 n = len(meta["names"])
                 images = [z[f"image_{i}"].astype(np.float32) for i in range(n)]
                 targets = [z[f"target_{i}"].astype(bool) for i in range(n)]
+                negatives = [z[f"negative_{i}"].astype(bool) for i in range(n)] if "negative_0" in z else []
         except (OSError, KeyError, ValueError) as err:
             raise CheckpointError(
                 f"cannot read training cache {path}: {err}", code="BAD_CACHE",
                 hint="delete the file to regenerate it", paths=[path],
             ) from err
-        return cls(images, targets, meta["names"], meta["extra"])
+        return cls(images, targets, meta["names"], meta["extra"], negatives)
 
 
 def coarse_target(mask, spacing, *, target_mm=None, multiple: int = 8) -> np.ndarray:
@@ -248,12 +280,19 @@ def exam_pair(volume, mask, *, target_mm=None, multiple: int = 8) -> tuple[np.nd
     return image, target
 
 
+# distractor codes of agatax.synthetic used as hard negatives: everything but plain bone (aortic wall and
+# valve, mitral annulus, costal cartilage, lymph nodes: bright, near the heart, not coronary calcium)
+HARD_NEGATIVE_MIN_CODE = 2
+
+
 def prepare_pairs(exams, *, target_mm=None, multiple: int = 8, cache=None, names=None, log=None) -> TrainingSet:
     """Exams -> TrainingSet, optionally cached in an .npz file (generation and pre-processing paid once).
 
     Args:
-        exams: iterable of ``SyntheticExam`` (``.volume``, ``.mask``) or ``(volume, mask)`` pairs; may be
-            a zero-argument callable returning that iterable, so that nothing is generated on a cache hit.
+        exams: iterable of ``SyntheticExam`` (``.volume``, ``.mask``; its ``.distractor_mask`` codes >= 2
+            become the hard negatives), ``(volume, mask)`` pairs or ``(volume, mask, negatives)`` triples
+            (fine bool mask of look-alike structures); may be a zero-argument callable returning that
+            iterable, so that nothing is generated on a cache hit.
         target_mm: coarse voxel size (mm) for ``preprocess``.
         multiple: pad each axis to this multiple (as ``preprocess``).
         cache: path of an .npz cache; read when present, written otherwise.
@@ -264,23 +303,31 @@ def prepare_pairs(exams, *, target_mm=None, multiple: int = 8, cache=None, names
         return TrainingSet.load(cache)
     if callable(exams):
         exams = exams()
-    images, targets, extra = [], [], []
+    images, targets, extra, negatives = [], [], [], []
     t0 = time.perf_counter()
     for i, exam in enumerate(exams):
         if isinstance(exam, tuple):
-            volume, mask = exam
+            volume, mask, fine_neg = exam if len(exam) == 3 else (*exam, None)
             info = {}
         else:
             volume, mask = exam.volume, exam.mask
+            dm = getattr(exam, "distractor_mask", None)
+            fine_neg = None if dm is None else np.asarray(dm) >= HARD_NEGATIVE_MIN_CODE
             info = {"agatston": float(getattr(exam, "agatston", float("nan"))),
                     "category": str(getattr(exam, "category", ""))}
         image, target = exam_pair(volume, mask, target_mm=target_mm, multiple=multiple)
         images.append(image)
         targets.append(target)
         extra.append(info)
+        negatives.append(None if fine_neg is None else
+                         coarse_target(fine_neg, volume.spacing, target_mm=target_mm, multiple=multiple) & ~target)
         if log is not None and (i + 1) % 25 == 0:
             log(f"prepared {i + 1} exams ({time.perf_counter() - t0:.1f} s)")
-    data = TrainingSet(images, targets, list(names) if names is not None else [], extra)
+    if any(n is not None for n in negatives):
+        negatives = [np.zeros(a.shape, bool) if n is None else n for a, n in zip(images, negatives)]
+    else:
+        negatives = []
+    data = TrainingSet(images, targets, list(names) if names is not None else [], extra, negatives)
     if cache is not None:
         data.save(cache)
     return data
@@ -305,45 +352,64 @@ def _pack(data: TrainingSet, min_shape: Sequence[int], multiple: int = 1) -> dic
     images = np.zeros((n, *shape), np.float16)
     targets = np.zeros((n, *shape), np.uint8)
     shapes = np.zeros((n, 3), np.int32)
-    positives = []
-    for i, (a, b) in enumerate(zip(data.images, data.targets)):
+    positives, hard = [], []
+    for i, (a, b, neg) in enumerate(zip(data.images, data.targets, data._negatives_or_empty())):
         z, y, x = np.shape(a)
         images[i, :z, :y, :x] = a
         targets[i, :z, :y, :x] = b
         shapes[i] = (z, y, x)
-        p = np.argwhere(np.asarray(b))
-        if len(p):
-            positives.append(np.concatenate([np.full((len(p), 1), i), p], axis=1))
-    has_pos = bool(positives)
-    pos = np.concatenate(positives).astype(np.int32) if has_pos else np.zeros((1, 4), np.int32)
+        for mask, out in ((b, positives), (neg, hard)):
+            p = np.argwhere(np.asarray(mask))
+            if len(p):
+                out.append(np.concatenate([np.full((len(p), 1), i), p], axis=1))
+
+    def coords(parts):
+        return np.concatenate(parts).astype(np.int32) if parts else np.zeros((1, 4), np.int32)
+
     return {
         "images": jnp.asarray(images),
         "targets": jnp.asarray(targets),
         "shapes": jnp.asarray(shapes),
-        "positives": jnp.asarray(pos),
-        "has_positive": jnp.asarray(has_pos),
+        "positives": jnp.asarray(coords(positives)),
+        "has_positive": jnp.asarray(bool(positives)),
+        "negatives": jnp.asarray(coords(hard)),
+        "has_negative": jnp.asarray(bool(hard)),
     }
 
 
-def _sample_batch(data: dict, key, *, patch, batch: int, positive_fraction: float):
-    """Random patches (batch, pz, py, px) of images (float32) and targets (float32)."""
-    k_exam, k_start, k_pos, k_jit, k_use = jax.random.split(key, 5)
+def _sample_batch(data: dict, key, *, patch, batch: int, positive_fraction: float,
+                  hard_negative_fraction: float = 0.0):
+    """Random patches (batch, pz, py, px) of images (float32) and targets (float32).
+
+    Patch b is centred (with jitter of up to a quarter patch) on a calcified voxel when
+    u_b < positive_fraction, on a hard-negative voxel when u_b < positive_fraction + hard_negative_fraction,
+    and placed uniformly otherwise, with stratified u_b = (b + U) / batch, U ~ uniform(0, 1). A kind the
+    data lack falls back to a uniform patch.
+    """
+    k_exam, k_start, k_pos, k_jit, k_use, k_neg = jax.random.split(key, 6)
     n = data["images"].shape[0]
     patch_arr = jnp.asarray(patch, jnp.int32)[None, :]  # (1, 3)
     exam = jax.random.randint(k_exam, (batch,), 0, n)
     hi = jnp.maximum(data["shapes"][exam] - patch_arr, 0)  # (B, 3)
     start_u = jnp.floor(jax.random.uniform(k_start, (batch, 3)) * (hi + 1).astype(jnp.float32))
     start_u = jnp.minimum(start_u.astype(jnp.int32), hi)
-    pick = data["positives"][jax.random.randint(k_pos, (batch,), 0, data["positives"].shape[0])]
     quarter = jnp.maximum(patch_arr // 4, 1)
     jitter = jnp.floor(
         (jax.random.uniform(k_jit, (batch, 3)) * 2.0 - 1.0) * quarter.astype(jnp.float32)
     ).astype(jnp.int32)
-    hi_p = jnp.maximum(data["shapes"][pick[:, 0]] - patch_arr, 0)
-    start_p = jnp.clip(pick[:, 1:] - patch_arr // 2 + jitter, 0, hi_p)
-    use_pos = jax.random.bernoulli(k_use, positive_fraction, (batch,)) & data["has_positive"]
-    exam = jnp.where(use_pos, pick[:, 0], exam)
-    start = jnp.where(use_pos[:, None], start_p, start_u)
+
+    def centred(coords, k):
+        pick = coords[jax.random.randint(k, (batch,), 0, coords.shape[0])]
+        hi_p = jnp.maximum(data["shapes"][pick[:, 0]] - patch_arr, 0)
+        return pick[:, 0], jnp.clip(pick[:, 1:] - patch_arr // 2 + jitter, 0, hi_p)
+
+    exam_p, start_p = centred(data["positives"], k_pos)
+    exam_n, start_n = centred(data["negatives"], k_neg)
+    u = (jnp.arange(batch) + jax.random.uniform(k_use)) / batch
+    use_pos = (u < positive_fraction) & data["has_positive"]
+    use_neg = (u >= positive_fraction) & (u < positive_fraction + hard_negative_fraction) & data["has_negative"]
+    exam = jnp.where(use_pos, exam_p, jnp.where(use_neg, exam_n, exam))
+    start = jnp.where(use_pos[:, None], start_p, jnp.where(use_neg[:, None], start_n, start_u))
 
     def crop(arr, e, s):
         return jax.lax.dynamic_slice(arr, (e, s[0], s[1], s[2]), (1, *patch))[0]
@@ -398,7 +464,8 @@ def _make_train_step(config: TrainConfig):
     Call it with ``_step_key(config)`` so that fields the step does not read do not split the cache.
     """
     sample = partial(_sample_batch, patch=config.patch_zyx, batch=config.batch_size,
-                     positive_fraction=config.positive_fraction)
+                     positive_fraction=config.positive_fraction,
+                     hard_negative_fraction=config.hard_negative_fraction)
     augment = partial(_augment, gain_std=config.gain_std, shift_std=config.shift_std,
                       noise_std=config.noise_std)
 
@@ -474,7 +541,7 @@ def evaluate_dice(predict, variables, packed: dict, threshold: float = 0.5) -> f
 
 def _data_fingerprint(packed: dict) -> str:
     h = hashlib.sha1()
-    for k in ("images", "targets", "shapes"):
+    for k in ("images", "targets", "shapes", "negatives"):
         a = np.asarray(packed[k])
         h.update(str(a.shape).encode())
         h.update(a.tobytes())

@@ -83,7 +83,8 @@ def generate(name: str, n: int, seed: int, gen_kwargs: dict):
 
 def cohort_pairs(name: str, n: int, seed: int, gen_kwargs: dict, workdir: Path, log) -> TrainingSet:
     tag = "-".join(f"{k}{v}" for k, v in sorted(gen_kwargs.items()))
-    cache = workdir / f"pairs_{name}_n{n}_s{seed}{('_' + tag) if tag else ''}.npz"
+    # "hn": the cache holds hard negatives (older caches without them are not reused)
+    cache = workdir / f"pairs_{name}_n{n}_s{seed}{('_' + tag) if tag else ''}_hn.npz"
     t0 = time.perf_counter()
     data = prepare_pairs(lambda: generate(name, n, seed, gen_kwargs), cache=cache,
                          names=[f"{name}-{i:04d}" for i in range(n)], log=log)
@@ -214,7 +215,12 @@ def main(argv=None) -> int:
     ap.add_argument("--clip", type=float, default=1.0, help="gradient global-norm clip (0: none)")
     ap.add_argument("--eval-every", type=int, default=200)
     ap.add_argument("--bce", type=float, default=0.0, help="weight of an added BCE term (0: Dice only)")
-    ap.add_argument("--positive", type=float, default=0.6, help="share of patches centred on calcium")
+    ap.add_argument("--positive", type=float, default=0.5, help="share of patches centred on calcium")
+    ap.add_argument("--hard", type=float, default=0.5,
+                    help="share of patches centred on look-alike non-coronary calcium (valves, annulus, aortic "
+                         "wall); with --batch 2 and --positive 0.5 each batch pairs one of each")
+    ap.add_argument("--pooled-dice", action="store_true",
+                    help="one Dice over the whole batch instead of the mean of per-patch Dice losses")
     ap.add_argument("--members", type=int, default=5)
     ap.add_argument("--val", type=int, default=20, help="validation exams held out (paper: 20)")
     ap.add_argument("--matrix", type=int, default=None, help="synthetic in-plane matrix (default: generator's)")
@@ -240,7 +246,8 @@ def main(argv=None) -> int:
     config = TrainConfig(learning_rate=args.lr, steps=args.steps, batch_size=args.batch, patch_zyx=patch,
                          eval_every=args.eval_every, log_every=max(args.eval_every // 4, 1), seed=args.seed,
                          bce_weight=args.bce, clip_norm=args.clip,
-                         positive_fraction=args.positive)
+                         positive_fraction=args.positive, hard_negative_fraction=args.hard,
+                         dice_pooled=args.pooled_dice)
     log(f"device: {device_description()}; model {args.model} {model_config}; {config}")
     log("command: python experiments/table1.py " + " ".join(argv if argv is not None else sys.argv[1:]))
 

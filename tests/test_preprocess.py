@@ -38,7 +38,7 @@ def _oracle(hu, spacing, t, out_shape, threshold=130.0):
             ws.append(np.clip(np.minimum((q[a] + 1) * t, (i + 1) * spacing[a]) - np.maximum(q[a] * t, i * spacing[a]), 0, None))
         w = ws[0][:, None, None] * ws[1][None, :, None] * ws[2][None, None, :]
         inside = (cell[0][:, None, None] == q[0]) & (cell[1][None, :, None] == q[1]) & (cell[2][None, None, :] == q[2])
-        bright = hu[inside & (hu > threshold)]
+        bright = hu[inside & (hu >= threshold)]
         if bright.size:
             out[q] = bright.max()
         elif w.sum() > 0:
@@ -57,6 +57,15 @@ def test_resampling_matches_oracle(shape, spacing, t, out_shape):
     hu = rng.uniform(-400, 300, size=shape).astype(np.float32)  # some voxels above 130 HU
     got = np.asarray(jax.jit(resample_hu, static_argnums=3)(hu, jnp.asarray(spacing), t, out_shape))
     np.testing.assert_allclose(got, _oracle(hu, spacing, t, out_shape), rtol=1e-4, atol=1e-2)
+
+
+def test_voxels_at_exactly_130_hu_are_enhanced_as_scoring_counts_them():
+    hu = np.full((4, 8, 8), 0.0, np.float32)
+    hu[1, 2, 2] = 130.0  # counts as calcium in scoring (>= 130 HU), so the enhancement keeps it
+    hu[2, 5, 5] = 129.5  # below the threshold: averaged away
+    got = np.asarray(resample_hu(hu, jnp.asarray((1.0, 1.0, 1.0)), 2.0, (2, 4, 4)))
+    assert got[0, 1, 1] == 130.0
+    assert got[1, 2, 2] == pytest.approx(129.5 / 8)
 
 
 def test_three_pixel_calcification_survives_downsampling():

@@ -7,12 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from agatax.errors import CheckpointError
+from agatax.errors import CheckpointError, InputError
 from agatax.model import UNet, UNetConfig
 from agatax.train import (
     TrainConfig,
     TrainingSet,
     _pack,
+    prepare_pairs,
     _sample_batch,
     evaluate_dice,
     _make_predict,
@@ -154,3 +155,95 @@ def test_train_ensemble_stacks_members_with_different_seeds():
     leaves = jax.tree.leaves(ens.variables["params"])
     assert all(leaf.shape[0] == 2 for leaf in leaves)
     assert any(not np.array_equal(np.asarray(leaf[0]), np.asarray(leaf[1])) for leaf in leaves)
+
+
+
+def _with_negatives(data: TrainingSet, seed: int) -> TrainingSet:
+    """The toy set plus hard negatives: bright 2x2x2 blobs that are not in the target."""
+    rng = np.random.default_rng(seed)
+    images, negatives = [], []
+    for img, tgt in zip(data.images, data.targets):
+        img, neg = img.copy(), np.zeros(tgt.shape, bool)
+        z, y, x = (rng.integers(0, s - 2) for s in tgt.shape)
+        neg[z:z + 2, y:y + 2, x:x + 2] = True
+        neg &= ~tgt
+        img[neg] = 0.8
+        images.append(img)
+        negatives.append(neg)
+    return TrainingSet(images, data.targets, negatives=negatives)
+
+
+def test_stratified_batches_pair_a_calcium_patch_with_a_hard_negative_patch():
+    data = _with_negatives(_toy_set(3, 4, shape=(12, 40, 40)), 5)
+    packed = _pack(data, (4, 8, 8))
+    n, Z, Y, X = packed["images"].shape
+    ids = np.arange(n * Z * Y * X, dtype=np.float32).reshape(n, Z, Y, X)
+    packed = dict(packed, images=jnp.asarray(ids))
+    negatives = np.zeros((n, Z, Y, X), bool)
+    for i, neg in enumerate(data.negatives):
+        negatives[i, :neg.shape[0], :neg.shape[1], :neg.shape[2]] = neg
+    for k in range(8):
+        x, y = _sample_batch(packed, jax.random.PRNGKey(k), patch=(4, 8, 8), batch=2, positive_fraction=0.5,
+                             hard_negative_fraction=0.5)
+        x, y = np.asarray(x), np.asarray(y)
+        assert y[0].sum() > 0  # slot 0 is centred (with jitter) on calcium
+        e, z0, y0, x0 = np.unravel_index(int(x[1, 0, 0, 0]), (n, Z, Y, X))
+        assert negatives[e, z0:z0 + 4, y0:y0 + 8, x0:x0 + 8].any()  # slot 1 on a hard negative
+
+
+def test_hard_negative_patches_fall_back_to_uniform_without_negatives():
+    packed = _pack(_toy_set(2, 6), (8, 16, 16))
+    assert not bool(packed["has_negative"])
+    x, y = _sample_batch(packed, jax.random.PRNGKey(0), patch=(8, 16, 16), batch=3, positive_fraction=0.0,
+                         hard_negative_fraction=1.0)
+    assert x.shape == y.shape == (3, 8, 16, 16)
+
+
+def test_fractions_are_checked():
+    with pytest.raises(InputError) as err:
+        TrainConfig(positive_fraction=0.7, hard_negative_fraction=0.5)
+    assert err.value.code == "BAD_TRAIN_CONFIG"
+
+
+def test_training_set_keeps_negatives_through_cache_add_and_subset(tmp_path):
+    a = _with_negatives(_toy_set(2, 1), 2)
+    b = _toy_set(1, 3)  # no negatives: joins as empty masks
+    both = a + b
+    assert len(both.negatives) == 3 and not both.negatives[2].any()
+    both.save(tmp_path / "pairs.npz")
+    back = TrainingSet.load(tmp_path / "pairs.npz")
+    for got, want in zip(back.negatives, both.negatives):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(back.subset([1]).negatives[0], a.negatives[1])
+    assert TrainingSet.load(_save(b, tmp_path / "plain.npz")).negatives == []
+
+
+def _save(data, path):
+    data.save(path)
+    return path
+
+
+def test_prepare_pairs_takes_negatives_to_the_coarse_grid():
+    from agatax.volume import Volume
+
+    rng = np.random.default_rng(0)
+    hu = rng.normal(0, 20, (8, 32, 32)).astype(np.float32)
+    mask = np.zeros(hu.shape, bool)
+    mask[3, 10, 10:12] = True
+    hu[mask] = 500
+    neg = np.zeros(hu.shape, bool)
+    neg[5, 20, 21] = neg[6, 4, 30] = True
+    neg[3, 11, 10] = True  # shares a coarse cell with the calcium: not a negative there
+    hu[neg] = 300
+    spacing = (3.0, 1.5, 1.5)  # coarse 3 mm: cell (z, y // 2, x // 2)
+    data = prepare_pairs([(Volume(hu, spacing), mask, neg)])
+    want_t = np.zeros(data.targets[0].shape, bool)
+    want_n = np.zeros_like(want_t)
+    for z, y, x in np.argwhere(mask):
+        want_t[z, y // 2, x // 2] = True
+    for z, y, x in np.argwhere(neg):
+        want_n[z, y // 2, x // 2] = True
+    want_n &= ~want_t
+    np.testing.assert_array_equal(data.targets[0], want_t)
+    np.testing.assert_array_equal(data.negatives[0], want_n)
+    assert want_n.sum() == 2
