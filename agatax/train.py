@@ -63,7 +63,9 @@ class TrainConfig:
     """How one network is trained.
 
     Attributes:
-        learning_rate: Adam step size.
+        learning_rate: Adam step size (the peak of the schedule).
+        lr_schedule: "constant", or "cosine": cosine decay from ``learning_rate`` to 5 % of it over
+            ``steps`` (the total then belongs to the run: a checkpoint resumes only with the same ``steps``).
         clip_norm: gradients clipped to this global norm before Adam (0: no clipping).
         steps: optimisation steps in all (an "epoch" is ``eval_every`` steps).
         batch_size: patches per step.
@@ -91,6 +93,7 @@ class TrainConfig:
     """
 
     learning_rate: float = 1e-3
+    lr_schedule: str = "constant"
     clip_norm: float = 1.0
     steps: int = 2000
     batch_size: int = 4
@@ -128,12 +131,15 @@ class TrainConfig:
                 f"({self.hard_negative_fraction}) must be >= 0 with a sum of at most 1",
                 code="BAD_TRAIN_CONFIG",
             )
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise InputError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}",
+                             code="BAD_TRAIN_CONFIG")
         object.__setattr__(self, "patch_zyx", tuple(int(p) for p in self.patch_zyx))
 
     def fingerprint_dict(self) -> dict:
         """Fields that must match for a checkpoint to resume (``steps`` and logging may change)."""
         d = dataclasses.asdict(self)
-        for k in ("steps", "log_every", "checkpoint_every"):
+        for k in ("log_every", "checkpoint_every") + (("steps",) if self.lr_schedule == "constant" else ()):
             d.pop(k)
         d["patch_zyx"] = list(d["patch_zyx"])
         return d
@@ -624,8 +630,10 @@ def _init_fn(model_config):
 
 
 @functools.lru_cache(maxsize=16)
-def _optimizer(learning_rate: float, clip_norm: float):
+def _optimizer(learning_rate: float, clip_norm: float, schedule: str = "constant", steps: int = 1):
     """One optimiser per setting, so jitted functions see the same static ``tx``: Adam, after clipping."""
+    if schedule == "cosine":
+        learning_rate = optax.cosine_decay_schedule(learning_rate, decay_steps=steps, alpha=0.05)
     adam = optax.adam(learning_rate)
     return optax.chain(optax.clip_by_global_norm(clip_norm), adam) if clip_norm else adam
 
@@ -639,7 +647,8 @@ def init_state(model_config, config: TrainConfig, seed: int) -> TrainState:
         apply_fn=model.apply,
         params=variables["params"],
         batch_stats=variables.get("batch_stats", {}),
-        tx=_optimizer(float(config.learning_rate), float(config.clip_norm)),
+        tx=_optimizer(float(config.learning_rate), float(config.clip_norm), config.lr_schedule,
+                      int(config.steps)),
         key=data_key,
     )
 

@@ -212,6 +212,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--patch", default="32,64,64", help="patch z,y,x in coarse voxels")
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--schedule", choices=["constant", "cosine"], default="constant",
+                    help="learning-rate schedule (cosine: decays to 5 %% of --lr over --steps)")
     ap.add_argument("--clip", type=float, default=1.0, help="gradient global-norm clip (0: none)")
     ap.add_argument("--eval-every", type=int, default=200)
     ap.add_argument("--bce", type=float, default=0.0, help="weight of an added BCE term (0: Dice only)")
@@ -243,7 +245,7 @@ def main(argv=None) -> int:
     gen_kwargs = {} if args.matrix is None else {"matrix": args.matrix}
     model_config = UNetConfig(**MODELS[args.model])
     patch = tuple(int(p) for p in args.patch.split(","))
-    config = TrainConfig(learning_rate=args.lr, steps=args.steps, batch_size=args.batch, patch_zyx=patch,
+    config = TrainConfig(learning_rate=args.lr, lr_schedule=args.schedule, steps=args.steps, batch_size=args.batch, patch_zyx=patch,
                          eval_every=args.eval_every, log_every=max(args.eval_every // 4, 1), seed=args.seed,
                          bce_weight=args.bce, clip_norm=args.clip,
                          positive_fraction=args.positive, hard_negative_fraction=args.hard,

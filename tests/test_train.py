@@ -247,3 +247,25 @@ def test_prepare_pairs_takes_negatives_to_the_coarse_grid():
     np.testing.assert_array_equal(data.targets[0], want_t)
     np.testing.assert_array_equal(data.negatives[0], want_n)
     assert want_n.sum() == 2
+
+
+def test_cosine_schedule_decays_and_ties_checkpoints_to_the_step_count(tmp_path):
+    from agatax.train import _optimizer
+
+    tx = _optimizer(1.0, 0.0, "cosine", 10)
+    params = {"w": jnp.zeros(())}
+    state = tx.init(params)
+    steps = []
+    for _ in range(10):  # Adam's first update has size ~lr: read the schedule through it
+        upd, state = tx.update({"w": jnp.ones(())}, state, params)
+        steps.append(-float(upd["w"]))
+    assert steps[0] == pytest.approx(1.0, rel=1e-3)
+    assert steps[-1] == pytest.approx(0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * 9 / 10)), rel=1e-3)
+    cfg = TrainConfig(**{**CFG.__dict__, "steps": 2, "eval_every": 2, "lr_schedule": "cosine"})
+    train_member(TRAIN, None, cfg, TINY, seed=0, checkpoint_dir=tmp_path, log=None)
+    with pytest.raises(CheckpointError) as err:  # another total changes the schedule: no silent resume
+        train_member(TRAIN, None, TrainConfig(**{**cfg.__dict__, "steps": 4}), TINY, seed=0,
+                     checkpoint_dir=tmp_path, log=None)
+    assert err.value.code == "CHECKPOINT_MISMATCH"
+    with pytest.raises(InputError):
+        TrainConfig(lr_schedule="linear")
