@@ -44,7 +44,7 @@ from agatax.groundtruth import GroundTruth, mask_from_points
 from agatax.synthetic import SyntheticExam, generate_exam, make_cohort, cohort_preset, preset_exam, render_montage
 
 # --- training and default weights ---
-from agatax.train import TrainConfig, train_ensemble, train_member
+from agatax.train import TrainConfig, TrainingSet, prepare_pairs, train_ensemble, train_member
 from agatax.defaults import load_default_ensemble, score_exam
 
 # --- datasets, evaluation and reports ---

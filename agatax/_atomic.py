@@ -12,10 +12,22 @@ from typing import BinaryIO
 __all__ = ["atomic_open", "atomic_write_bytes"]
 
 
+def _read_umask() -> int:
+    """The process umask (read once at import: setting it to read it is not thread-safe)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """Open a temporary file beside ``path`` for binary writing; on success it is flushed to disk and
-    renamed over ``path``; on any error it is removed and ``path`` is left untouched."""
+    renamed over ``path``; on any error it is removed and ``path`` is left untouched. The new file gets
+    the permissions an ordinary ``open`` would give it (0o666 less the umask), not the private 0o600 of
+    a temporary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -23,6 +35,7 @@ def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
         with os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()
+            os.fchmod(handle.fileno(), 0o666 & ~_UMASK)
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:

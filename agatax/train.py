@@ -141,6 +141,8 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         for k in ("log_every", "checkpoint_every") + (("steps",) if self.lr_schedule == "constant" else ()):
             d.pop(k)
+        if self.lr_schedule == "constant":  # as checkpoints written before schedules existed
+            d.pop("lr_schedule")
         d["patch_zyx"] = list(d["patch_zyx"])
         return d
 

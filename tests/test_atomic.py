@@ -22,3 +22,13 @@ def test_failure_midway_keeps_the_old_file(tmp_path):
             raise RuntimeError("killed")
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.bin"]
+
+
+def test_new_files_get_ordinary_permissions(tmp_path):
+    import os
+
+    plain = tmp_path / "plain.bin"
+    plain.write_bytes(b"x")  # what open() gives under this process's umask
+    target = tmp_path / "atomic.bin"
+    atomic_write_bytes(target, b"x")
+    assert os.stat(target).st_mode & 0o777 == os.stat(plain).st_mode & 0o777
