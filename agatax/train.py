@@ -74,16 +74,16 @@ class TrainConfig:
         hard_negative_fraction: share of patches centred (with jitter) on a hard-negative voxel (look-alike
             non-coronary calcium, ``TrainingSet.negatives``); the rest are placed uniformly at random.
             Patch kinds are assigned by stratified sampling, so a batch of B patches holds
-            floor or ceil of B * fraction of each kind: with ``batch_size=2``,
-            ``positive_fraction=0.5`` and ``hard_negative_fraction=0.5`` every batch pairs one calcium
-            patch with one hard-negative patch, and the pooled Dice loss is never computed on a batch
-            without calcium (which pushes every output to zero).
+            floor or ceil of B * fraction of each kind: with the defaults every batch holds as many
+            calcium patches as hard-negative ones, so no step sees only calcium-free patches (under a
+            Dice loss that pushes every output to zero). Without negatives in the data those patches
+            are placed at random.
         gain_std: SD of the multiplicative intensity gain (1 + N(0, gain_std)) per patch.
         shift_std: SD of the additive intensity shift per patch, in [0, 1] image units (1 = 1100 HU).
         noise_std: SD of the Gaussian noise added per voxel, in image units.
         dice_smooth: smoothing term of the Dice loss.
-        dice_pooled: True: one Dice over the whole batch (stable when patches hold no calcium);
-            False: the mean of per-patch Dice losses.
+        dice_pooled: False: the mean of per-patch Dice losses (a hard-negative patch's false positives
+            get the full push of a calcium-free Dice loss); True: one Dice over the whole batch.
         bce_weight: weight of an added binary cross-entropy term (0 = Dice only, as the paper).
         eval_every: validation every this many steps (and at the last step); best epoch kept.
         checkpoint_every: checkpoint every this many steps (0: at each validation).
@@ -98,13 +98,13 @@ class TrainConfig:
     steps: int = 2000
     batch_size: int = 4
     patch_zyx: tuple[int, int, int] = (32, 48, 48)
-    positive_fraction: float = 0.6
-    hard_negative_fraction: float = 0.0
+    positive_fraction: float = 0.5
+    hard_negative_fraction: float = 0.5
     gain_std: float = 0.05
     shift_std: float = 0.02
     noise_std: float = 0.015
     dice_smooth: float = 1.0
-    dice_pooled: bool = True
+    dice_pooled: bool = False
     bce_weight: float = 0.0
     eval_every: int = 100
     checkpoint_every: int = 0

@@ -9,9 +9,13 @@ runs unchanged on a GPU:
 
     python experiments/table1.py
 
-Flags scale it down for a CPU:
+Flags scale it down for a CPU (the run of experiments/RESULTS.md, 40 minutes per training set on 2 cores):
 
-    python experiments/table1.py --scale 0.25 --model small --steps 300 --sets J1,J1+J2,J1+J2+AD
+    python experiments/table1.py --scale 0.25 --test-scale 1.0 --model small --steps 1400 --eval-every 80 \
+        --lr 2e-3 --batch 2 --patch 32,48,48 --val 8 --matrix 256 --sets J1+J2+AD
+
+Every batch pairs patches centred on calcium with patches centred on look-alike calcium (hard negatives:
+--positive, --hard), with a Dice loss per patch.
 
 Work files (pair caches, checkpoints, ensembles, results.json) go to --workdir; a rerun resumes from
 them. Figures are printed as a Markdown table and written to <workdir>/results.json.
