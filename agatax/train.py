@@ -288,17 +288,12 @@ def exam_pair(volume, mask, *, target_mm=None, multiple: int = 8) -> tuple[np.nd
     return image, target
 
 
-# distractor codes of agatax.synthetic used as hard negatives: everything but plain bone (aortic wall and
-# valve, mitral annulus, costal cartilage, lymph nodes: bright, near the heart, not coronary calcium)
-HARD_NEGATIVE_MIN_CODE = 2
-
-
 def prepare_pairs(exams, *, target_mm=None, multiple: int = 8, cache=None, names=None, log=None) -> TrainingSet:
     """Exams -> TrainingSet, optionally cached in an .npz file (generation and pre-processing paid once).
 
     Args:
-        exams: iterable of ``SyntheticExam`` (``.volume``, ``.mask``; its ``.distractor_mask`` codes >= 2
-            become the hard negatives), ``(volume, mask)`` pairs or ``(volume, mask, negatives)`` triples
+        exams: iterable of ``SyntheticExam`` (``.volume``, ``.mask``; its ``.look_alike_mask`` becomes the
+            hard negatives), ``(volume, mask)`` pairs or ``(volume, mask, negatives)`` triples
             (fine bool mask of look-alike structures); may be a zero-argument callable returning that
             iterable, so that nothing is generated on a cache hit.
         target_mm: coarse voxel size (mm) for ``preprocess``.
@@ -319,8 +314,7 @@ def prepare_pairs(exams, *, target_mm=None, multiple: int = 8, cache=None, names
             info = {}
         else:
             volume, mask = exam.volume, exam.mask
-            dm = getattr(exam, "distractor_mask", None)
-            fine_neg = None if dm is None else np.asarray(dm) >= HARD_NEGATIVE_MIN_CODE
+            fine_neg = getattr(exam, "look_alike_mask", None)
             info = {"agatston": float(getattr(exam, "agatston", float("nan"))),
                     "category": str(getattr(exam, "category", ""))}
         image, target = exam_pair(volume, mask, target_mm=target_mm, multiple=multiple)

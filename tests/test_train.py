@@ -269,3 +269,20 @@ def test_cosine_schedule_decays_and_ties_checkpoints_to_the_step_count(tmp_path)
     assert err.value.code == "CHECKPOINT_MISMATCH"
     with pytest.raises(InputError):
         TrainConfig(lr_schedule="linear")
+
+
+def test_synthetic_exams_bring_their_look_alike_calcium_as_negatives():
+    from agatax.preprocess import restore_grid
+    from agatax.synthetic import generate_exam
+
+    exam = generate_exam(5, target_category="C", matrix=96, fov_mm=180.0)
+    look_alike = exam.look_alike_mask
+    assert look_alike.any() and not (look_alike & (exam.mask > 0)).any()
+    assert not (look_alike & (exam.distractor_mask == 1)).any()  # plain bone is not a hard negative
+    data = prepare_pairs([exam])
+    neg = data.negatives[0]
+    assert neg.any() and not (neg & data.targets[0]).any()
+    # every look-alike voxel maps back into a negative cell unless that cell also holds calcium
+    back_neg = np.asarray(restore_grid(jnp.asarray(neg), exam.volume.shape, exam.volume.spacing))
+    back_tgt = np.asarray(restore_grid(jnp.asarray(data.targets[0]), exam.volume.shape, exam.volume.spacing))
+    assert (back_neg | back_tgt)[look_alike].all()

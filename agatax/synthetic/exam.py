@@ -85,6 +85,12 @@ class SyntheticExam:
     def n_lesions(self) -> int:
         return len(self.lesions)
 
+    @property
+    def look_alike_mask(self) -> np.ndarray:
+        """bool (z, y, x): non-coronary calcium other than plain bone (aortic wall and valve, mitral annulus,
+        costal cartilage, lymph nodes): the hard negatives of training (``agatax.prepare_pairs``)."""
+        return self.distractor_mask > DISTRACTOR_CODES["bone"]
+
 
 # ------------------------------------------------------------------------------------------ helpers
 def _correlated_noise(shape, sigma: float, rng: np.random.Generator, passes: int) -> np.ndarray:
