@@ -8,13 +8,14 @@ Data live on the network's coarse grid. An exam becomes a training pair once (``
 
 Training samples patches centred near calcium, near hard negatives (look-alike structures such as the
 aortic valve, mitral annulus and calcified aortic wall, when the data name them) or anywhere, applies
-intensity and noise augmentation (never a flip: left and right anatomy differ), and minimises ``optax.losses.dice_loss`` on the
-sigmoid probabilities with Adam. Every ``eval_every`` steps (an "epoch") the pooled coarse-grid Dice on the
-validation exams is measured and the best variables are kept. Checkpoints are written atomically (temporary
-file + ``os.replace``) and a run resumes from the last one exactly: the data stream is keyed by
-``fold_in(key, step)`` and the optimiser state is saved, so a resumed run equals an uninterrupted one.
+intensity and noise augmentation (never a flip: left and right anatomy differ), and minimises
+``optax.losses.dice_loss`` on the sigmoid probabilities with Adam. Every ``eval_every`` steps (an
+"epoch") the pooled coarse-grid Dice on the validation exams is measured and the best variables are kept.
+Checkpoints are written atomically (temporary file + ``os.replace``) and a run resumes from the last one
+exactly: the data stream is keyed by ``fold_in(key, step)`` and the optimiser state is saved, so a resumed
+run equals an uninterrupted one.
 
-    data = prepare_pairs(exams)                      # list of SyntheticExam or (Volume, mask)
+    data = prepare_pairs(exams)          # SyntheticExam, (Volume, mask) or (Volume, mask, look-alikes)
     variables = train_member(data, val, TrainConfig(steps=500), UNetConfig.tiny(), seed=0)
     ensemble = train_ensemble(data, val, TrainConfig(), UNetConfig(), members=5)
 """

@@ -249,7 +249,8 @@ def main(argv=None) -> int:
     gen_kwargs = {} if args.matrix is None else {"matrix": args.matrix}
     model_config = UNetConfig(**MODELS[args.model])
     patch = tuple(int(p) for p in args.patch.split(","))
-    config = TrainConfig(learning_rate=args.lr, lr_schedule=args.schedule, steps=args.steps, batch_size=args.batch, patch_zyx=patch,
+    config = TrainConfig(learning_rate=args.lr, lr_schedule=args.schedule, steps=args.steps,
+                         batch_size=args.batch, patch_zyx=patch,
                          eval_every=args.eval_every, log_every=max(args.eval_every // 4, 1), seed=args.seed,
                          bce_weight=args.bce, clip_norm=args.clip,
                          positive_fraction=args.positive, hard_negative_fraction=args.hard,
