@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["atomic_open", "atomic_write_bytes"]
+__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text"]
 
 
 def _read_umask() -> int:
@@ -47,3 +47,8 @@ def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
     """Write ``payload`` to ``path`` atomically (see ``atomic_open``)."""
     with atomic_open(path) as handle:
         handle.write(payload)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically (see ``atomic_open``)."""
+    atomic_write_bytes(path, text.encode("utf-8"))

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from agatax._atomic import atomic_write_text
 from agatax.errors import AgataxError, CheckpointError, InputError, ReadError
 
 __all__ = ["main", "score_exam", "build_parser", "format_report", "select_device", "ExamScorer", "COMMANDS"]
@@ -226,9 +227,7 @@ class ExamScorer:
         extras = self._extras()
         if any(k not in result or result[k] != v for k, v in extras.items()):
             result.update(extras)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps(result, indent=2) + "\n")
-            os.replace(tmp, path)
+            atomic_write_text(path, json.dumps(result, indent=2) + "\n")
         return result, paths
 
 
@@ -412,10 +411,7 @@ class _JsonSink:
         if self.target == "-":
             sys.stdout.write(text)
         else:
-            path = Path(self.target)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(text)
-            os.replace(tmp, path)
+            atomic_write_text(self.target, text)
 
 
 def _open_for_writing(target: str):

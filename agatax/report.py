@@ -11,6 +11,7 @@ matplotlib is only needed for the pictures (``pip install "agatax[report]"``).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from agatax._atomic import atomic_open, atomic_write_text
 from agatax.errors import AgataxError, InputError, ReadError
 from agatax.volume import Volume
 
@@ -287,13 +289,12 @@ def _lesion_rows(exam_id: str, lesions: Sequence[Mapping[str, Any]]) -> tuple[li
 
 
 def _write_csv(path: Path, columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(columns), extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
+    atomic_write_text(path, text.getvalue())
 
 
 def report_paths(directory: str | os.PathLike, exam_id: str, *, png: bool = True) -> dict[str, Path]:
@@ -370,9 +371,7 @@ def write_report(
             paths["png"], volume, lesions, regions, summary, max_slices=max_slices, window=window
         )
     # the JSON last: its presence marks a complete report
-    tmp = paths["json"].with_name(paths["json"].name + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, paths["json"])
+    atomic_write_text(paths["json"], json.dumps(summary, indent=2) + "\n")
     return paths
 
 
@@ -525,9 +524,8 @@ def render_png(
         )
         legend.get_title().set_color("white")
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, facecolor=fig.get_facecolor())
-    os.replace(tmp, path)
+    with atomic_open(path) as handle:
+        fig.savefig(handle, format="png", facecolor=fig.get_facecolor())
     return path
 
 
