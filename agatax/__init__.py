@@ -1,7 +1,7 @@
 """agatax: automatic coronary artery calcium scoring on non-contrast cardiac CT, in JAX.
 
 The public API is re-exported here by name; implementation modules are free to change.
-Data flows one way: files -> Volume -> (preprocess -> ensemble -> postprocess) -> mask -> scores -> report.
+Data flows one way: files -> Volume -> chest localisation -> (preprocess -> ensemble -> postprocess) -> mask -> scores -> report.
 """
 
 __version__ = "0.1.0"
@@ -37,6 +37,7 @@ from agatax.io import read_mask, read_volume, write_dicom_series, write_nifti
 from agatax.model import UNet, UNetConfig
 from agatax.ensemble import Ensemble, init_ensemble, load_ensemble, save_ensemble, stack_members
 from agatax.preprocess import grid_shape, preprocess, restore_grid
+from agatax.localise import ChestRegion, localise_chest
 from agatax.pipeline import PipelineResult, run_pipeline, segment, segment_and_score
 
 # --- synthetic data and ground truth ---

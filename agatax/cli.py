@@ -169,14 +169,15 @@ class ExamScorer:
         series: which DICOM series (UID, prefix, number or description).
         calibration: mg / (HU mm^3) for the mass score.
         min_pixels, min_area_mm2: smallest lesion kept.
+        localise: discard calcium outside the chest region between the lungs (``agatax.localise_chest``).
         relaxations: ``read_volume`` relaxations (allow_gaps, ...).
     """
 
     def __init__(self, *, mask=None, ensemble=None, series=None, calibration=None, min_pixels=3,
-                 min_area_mm2=None, **relaxations: bool) -> None:
+                 min_area_mm2=None, localise=True, **relaxations: bool) -> None:
         if mask is None and ensemble is None:
             raise InputError("ExamScorer needs a mask or an ensemble", code="BAD_ARGUMENT")
-        self.mask, self.ensemble, self.series = mask, ensemble, series
+        self.mask, self.ensemble, self.series, self.localise = mask, ensemble, series, bool(localise)
         self.conventions = {"calibration": calibration, "min_pixels": min_pixels, "min_area_mm2": min_area_mm2}
         self.relaxations = {k: bool(v) for k, v in relaxations.items() if v}
 
@@ -198,7 +199,9 @@ class ExamScorer:
             return ScoredExam(volume, compute_scores(volume.hu, labels, volume.spacing, **self.conventions), labels)
         from agatax.pipeline import run_pipeline
 
-        result = run_pipeline(self.ensemble, volume, **self.conventions)
+        result = run_pipeline(self.ensemble, volume, localise=self.localise, **self.conventions)
+        if result.chest is not None and not result.chest.found:
+            volume = volume.replace(warnings=tuple(volume.warnings) + (f"chest localisation: {result.chest.note}",))
         return ScoredExam(volume, result.scores, np.asarray(result.mask), np.asarray(result.votes),
                           self.ensemble.members)
 
@@ -377,6 +380,8 @@ def add_score_command(subparsers) -> None:
     p.add_argument("--min-area-mm2", type=float, default=None, help="smallest lesion area in mm^2 (e.g. 1.0)")
     p.add_argument("--min-pixels", type=int, default=3, help="smallest lesion in pixels (default 3)")
     p.add_argument("--calibration", type=float, default=None, help="mass calibration, mg / (HU * mm^3)")
+    p.add_argument("--no-localise", action="store_true", help="keep calcium the networks find outside the chest "
+                   "region between the lungs (by default it is discarded: bone, arms, the image border)")
     for name in _RELAXATIONS:
         p.add_argument("--" + name.replace("_", "-"), action="store_true", help=f"read_volume({name}=True)")
     p.set_defaults(run=run_score)
@@ -466,6 +471,7 @@ def run_score(args: argparse.Namespace) -> int:
         ensemble = None if args.mask else load_weights(args.weights)
         scorer = ExamScorer(mask=args.mask, ensemble=ensemble, series=args.series, calibration=args.calibration,
                             min_pixels=args.min_pixels, min_area_mm2=args.min_area_mm2,
+                            localise=not args.no_localise,
                             **{name: getattr(args, name) for name in _RELAXATIONS})
 
         def existing(task):

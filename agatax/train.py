@@ -82,6 +82,12 @@ class TrainConfig:
         gain_std: SD of the multiplicative intensity gain (1 + N(0, gain_std)) per patch.
         shift_std: SD of the additive intensity shift per patch, in [0, 1] image units (1 = 1100 HU).
         noise_std: SD of the Gaussian noise added per voxel, in image units.
+        kernel_std: SD of the reconstruction-kernel change per patch: x + s * (x - blur(x)), s ~ N(0, kernel_std)
+            clipped to [-0.8, 1.0] (negative: smoother kernel, positive: sharper), blur a [1, 2, 1] / 4
+            in-plane filter.
+        border_cut: probability that a patch is cut by a field-of-view edge: beyond a random in-plane line
+            the image becomes padding (0) and the target 0, as where a reconstruction ends (bone cut
+            at the image border, outside the reconstruction circle).
         dice_smooth: smoothing term of the Dice loss.
         dice_pooled: False: the mean of per-patch Dice losses (a hard-negative patch's false positives
             get the full push of a calcium-free Dice loss); True: one Dice over the whole batch.
@@ -104,6 +110,8 @@ class TrainConfig:
     gain_std: float = 0.05
     shift_std: float = 0.02
     noise_std: float = 0.015
+    kernel_std: float = 0.0
+    border_cut: float = 0.0
     dice_smooth: float = 1.0
     dice_pooled: bool = False
     bce_weight: float = 0.0
@@ -144,6 +152,9 @@ class TrainConfig:
             d.pop(k)
         if self.lr_schedule == "constant":  # as checkpoints written before schedules existed
             d.pop("lr_schedule")
+        for k in ("kernel_std", "border_cut"):  # likewise before these augmentations existed
+            if not d[k]:
+                d.pop(k)
         d["patch_zyx"] = list(d["patch_zyx"])
         return d
 
@@ -422,14 +433,49 @@ def _sample_batch(data: dict, key, *, patch, batch: int, positive_fraction: floa
     return x, y
 
 
-def _augment(x, key, *, gain_std: float, shift_std: float, noise_std: float):
-    """Intensity gain/shift per patch and Gaussian noise per voxel, clipped to [0, 1]. x: (B, z, y, x)."""
-    k_gain, k_shift, k_noise = jax.random.split(key, 3)
+def _blur_inplane(x):
+    """[1, 2, 1] / 4 filter along y and x (edges replicated). x: (B, z, y, x)."""
+    for axis in (2, 3):
+        pad = [(0, 0)] * 4
+        pad[axis] = (1, 1)
+        p = jnp.pad(x, pad, mode="edge")
+        n = x.shape[axis]
+        x = 0.25 * jax.lax.slice_in_dim(p, 0, n, axis=axis) + 0.5 * jax.lax.slice_in_dim(p, 1, n + 1, axis=axis) \
+            + 0.25 * jax.lax.slice_in_dim(p, 2, n + 2, axis=axis)
+    return x
+
+
+def _border_cut(x, y, key, probability: float):
+    """Cut each patch, with ``probability``, by a random in-plane line: beyond it image and target are 0.
+    x, y: (B, z, y, x). The cut removes up to 45 % of the patch."""
+    k_use, k_angle, k_depth = jax.random.split(key, 3)
+    b, _, ny, nx = x.shape
+    angle = jax.random.uniform(k_angle, (b, 1, 1, 1), minval=0.0, maxval=2 * jnp.pi)
+    depth = jax.random.uniform(k_depth, (b, 1, 1, 1), minval=0.05, maxval=0.5)
+    yy = (jnp.arange(ny, dtype=jnp.float32) / (ny - 1) - 0.5)[None, None, :, None]
+    xx = (jnp.arange(nx, dtype=jnp.float32) / (nx - 1) - 0.5)[None, None, None, :]
+    beyond = jnp.cos(angle) * yy + jnp.sin(angle) * xx > depth
+    cut = (jax.random.uniform(k_use, (b, 1, 1, 1)) < probability) & beyond
+    return jnp.where(cut, 0.0, x), jnp.where(cut, 0.0, y)
+
+
+def _augment(x, y, key, *, gain_std: float, shift_std: float, noise_std: float, kernel_std: float = 0.0,
+             border_cut: float = 0.0):
+    """Domain randomisation of a batch of patches x, y: (B, z, y, x): reconstruction kernel (blur or
+    sharpen), intensity gain/shift, Gaussian noise, clipped to [0, 1]; then field-of-view cuts (image and
+    target). Returns (x, y)."""
+    k_gain, k_shift, k_noise, k_kernel, k_cut = jax.random.split(key, 5)
     b = x.shape[0]
+    if kernel_std:
+        s = jnp.clip(kernel_std * jax.random.normal(k_kernel, (b, 1, 1, 1)), -0.8, 1.0)
+        x = x + s * (x - _blur_inplane(x))
     gain = 1.0 + gain_std * jax.random.normal(k_gain, (b, 1, 1, 1))
     shift = shift_std * jax.random.normal(k_shift, (b, 1, 1, 1))
     noise = noise_std * jax.random.normal(k_noise, x.shape)
-    return jnp.clip(x * gain + shift + noise, 0.0, 1.0)
+    x = jnp.clip(x * gain + shift + noise, 0.0, 1.0)
+    if border_cut:
+        x, y = _border_cut(x, y, k_cut, border_cut)
+    return x, y
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -470,15 +516,15 @@ def _make_train_step(config: TrainConfig):
                      positive_fraction=config.positive_fraction,
                      hard_negative_fraction=config.hard_negative_fraction)
     augment = partial(_augment, gain_std=config.gain_std, shift_std=config.shift_std,
-                      noise_std=config.noise_std)
+                      noise_std=config.noise_std, kernel_std=config.kernel_std, border_cut=config.border_cut)
 
     @jax.jit
     def step(state: TrainState, data: dict):
         key = jax.random.fold_in(state.key, state.step)
         k_sample, k_aug = jax.random.split(key)
         x, y = sample(data, k_sample)
-        x = augment(x, k_aug)[..., None]
-        y = y[..., None]
+        x, y = augment(x, y, k_aug)
+        x, y = x[..., None], y[..., None]
 
         def loss_fn(params):
             logits, updates = state.apply_fn(

@@ -108,18 +108,24 @@ def split_validation(data: TrainingSet, n_val: int, seed: int) -> tuple[Training
 def _segment_all(ensemble, volume, multiple):
     """Per-member masks and the majority-vote mask on the exam's grid, from one pass of every member.
 
-    The method of agatax.pipeline: preprocess -> member logits -> vote -> restore_grid -> HU >= 130.
+    The method of agatax.pipeline: preprocess -> member logits -> vote -> restore_grid -> HU >= 130 inside
+    the chest region (agatax.localise_chest).
     Returns (member masks bool (members, z, y, x), ensemble mask bool (z, y, x)).
     """
     import jax.numpy as jnp
 
     from agatax.preprocess import preprocess, restore_grid
 
+    from agatax.localise import localise_chest
+
     x = preprocess(volume.hu, volume.spacing, multiple=multiple)[None, ..., None]
     logits = np.asarray(_logits_fn(ensemble)(ensemble, x))[:, 0, ..., 0]  # (members, Z, Y, X)
     votes = (logits > 0).sum(0)
     coarse = np.concatenate([logits > 0, (2 * votes > ensemble.members)[None]], 0)
     bright = np.asarray(volume.hu) >= 130.0
+    chest = localise_chest(volume.hu, volume.spacing)  # as agatax.run_pipeline (localise=True)
+    if chest.found:
+        bright &= chest.region
     fine = np.stack([np.asarray(restore_grid(jnp.asarray(c), volume.shape, volume.spacing)) & bright
                      for c in coarse])
     return fine[:-1], fine[-1]
@@ -227,6 +233,8 @@ def main(argv=None) -> int:
                          "wall); with --batch 2 and --positive 0.5 each batch pairs one of each")
     ap.add_argument("--pooled-dice", action="store_true",
                     help="one Dice over the whole batch instead of the mean of per-patch Dice losses")
+    ap.add_argument("--kernel", type=float, default=0.0, help="SD of the kernel blur/sharpen augmentation")
+    ap.add_argument("--border-cut", type=float, default=0.0, help="share of patches cut by a field-of-view edge")
     ap.add_argument("--members", type=int, default=5)
     ap.add_argument("--val", type=int, default=20, help="validation exams held out (paper: 20)")
     ap.add_argument("--matrix", type=int, default=None, help="synthetic in-plane matrix (default: generator's)")
@@ -254,7 +262,7 @@ def main(argv=None) -> int:
                          eval_every=args.eval_every, log_every=max(args.eval_every // 4, 1), seed=args.seed,
                          bce_weight=args.bce, clip_norm=args.clip,
                          positive_fraction=args.positive, hard_negative_fraction=args.hard,
-                         dice_pooled=args.pooled_dice)
+                         dice_pooled=args.pooled_dice, kernel_std=args.kernel, border_cut=args.border_cut)
     log(f"device: {device_description()}; model {args.model} {model_config}; {config}")
     log("command: python experiments/table1.py " + " ".join(argv if argv is not None else sys.argv[1:]))
 

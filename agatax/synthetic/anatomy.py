@@ -17,7 +17,8 @@ import math
 
 import numpy as np
 
-__all__ = ["TISSUES", "TISSUE_HU", "ScannerParams", "Grid", "Heart", "sample_scanner", "make_grid", "build_anatomy"]
+__all__ = ["TISSUES", "TISSUE_HU", "ScannerParams", "Grid", "Heart", "sample_scanner", "make_grid", "build_anatomy",
+           "PROTOCOLS"]
 
 # Tissue classes (codes of the optional tissue map) and nominal non-contrast HU at 120 kV.
 TISSUES = {
@@ -41,7 +42,10 @@ class ScannerParams:
     slice_increment_mm, slice_thickness_mm: distance between slice centres and nominal thickness;
     n_slices; noise_sigma_hu: image noise standard deviation; sharpness in [0, 1] (1 = sharp kernel),
     giving psf_sigma_mm (in-plane Gaussian PSF); hu_offset: calibration offset added to every voxel;
-    fov_center_mm: (X, Y) of the FOV centre in the patient frame.
+    fov_center_mm: (X, Y) of the FOV centre in the patient frame; protocol: "cardiac" (gated, 160-260 mm
+    field centred on the heart: body cut at the border) or "chest" (non-gated, 320-420 mm field with the
+    whole rib cage, scapulae and often the arms); padding_hu: value outside the reconstruction circle
+    (-1024, -2048, -3024 as scanners write it) or None for an image filled to its corners.
     """
 
     matrix: int
@@ -54,6 +58,8 @@ class ScannerParams:
     hu_offset: float
     fov_center_mm: tuple[float, float]
     kvp: float = 120.0
+    protocol: str = "cardiac"
+    padding_hu: float | None = None
 
     @property
     def pixel_mm(self) -> float:
@@ -69,12 +75,25 @@ class ScannerParams:
         return 0.35
 
 
+PROTOCOLS = ("cardiac", "chest")
+CHEST_SHARE = 0.2  # share of chest-protocol exams when the protocol is drawn
+PADDING_VALUES = (-1024.0, -2048.0, -3024.0)
+
+
 def sample_scanner(rng: np.random.Generator, **given) -> ScannerParams:
-    """Draw scanner settings (paper-like: 512 x 512 of 0.3-0.5 mm, 40-70 slices of 2.5 or 3 mm); ``given``
-    values (same names as ScannerParams) are kept as they are."""
+    """Draw scanner settings; ``given`` values (same names as ScannerParams) are kept as they are.
+
+    cardiac (80 %): 512 x 512 over 170-240 mm centred near the heart, slices of 2.5 or 3 mm; chest (20 %):
+    320-420 mm centred on the body, slices of 3 or 5 mm. Both cover ~125-165 mm along z (the heart and
+    above); 60 % of exams have padding outside the reconstruction circle.
+    """
+    protocol = str(given.pop("protocol", "chest" if rng.random() < CHEST_SHARE else "cardiac"))
+    if protocol not in PROTOCOLS:
+        raise TypeError(f"protocol must be one of {PROTOCOLS}; got {protocol!r}")
+    chest = protocol == "chest"
     matrix = int(given.pop("matrix", 512))
-    fov = float(given.pop("fov_mm", rng.uniform(170.0, 240.0)))
-    inc = float(given.pop("slice_increment_mm", rng.choice([2.5, 3.0])))
+    fov = float(given.pop("fov_mm", rng.uniform(320.0, 420.0) if chest else rng.uniform(170.0, 240.0)))
+    inc = float(given.pop("slice_increment_mm", rng.choice([3.0, 5.0] if chest else [2.5, 3.0])))
     thick = float(given.pop("slice_thickness_mm", inc))
     if "n_slices" in given:
         n = int(given.pop("n_slices"))
@@ -83,11 +102,19 @@ def sample_scanner(rng: np.random.Generator, **given) -> ScannerParams:
     noise = float(given.pop("noise_sigma_hu", rng.uniform(10.0, 40.0)))
     sharp = float(given.pop("sharpness", rng.uniform(0.0, 1.0)))
     offset = float(given.pop("hu_offset", rng.uniform(-6.0, 6.0)))
-    center = tuple(float(c) for c in given.pop("fov_center_mm", (rng.uniform(5.0, 25.0), rng.uniform(-15.0, 5.0))))
+    if chest:
+        c_default = (rng.uniform(-10.0, 10.0), rng.uniform(-10.0, 10.0))
+    else:
+        c_default = (rng.uniform(5.0, 25.0), rng.uniform(-15.0, 5.0))
+    center = tuple(float(c) for c in given.pop("fov_center_mm", c_default))
     kvp = float(given.pop("kvp", 120.0))
+    pad_draw = PADDING_VALUES[int(rng.integers(len(PADDING_VALUES)))] if rng.random() < 0.6 else None
+    padding = given.pop("padding_hu", pad_draw)
+    padding = None if padding is None else float(padding)
     if given:
         raise TypeError(f"unknown scanner parameter(s): {sorted(given)}")
-    return ScannerParams(matrix, fov, inc, thick, n, noise, sharp, offset, center, kvp)  # type: ignore[arg-type]
+    return ScannerParams(matrix, fov, inc, thick, n, noise, sharp, offset, center, kvp, protocol,  # type: ignore[arg-type]
+                         padding)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,11 +220,17 @@ def sample_heart(rng: np.random.Generator, body_b_inner: float, scale: float = 1
     w = np.cross(u, v)
     if w[2] < 0:
         w = -w
-    fat = float(rng.uniform(2.0, 6.5))
+    fat = float(rng.uniform(0.8, 9.0))  # epicardial fat over the free walls: lean to obese
     axes = np.stack([u, v, w])
     half = np.sqrt(((semi[:, None] * axes) ** 2).sum(axis=0))  # half extents along Z, Y, X
-    # anterior surface ~10-16 mm behind the inner chest wall
-    cy = -body_b_inner + rng.uniform(10.0, 16.0) + half[1] + fat
+    # anterior surface ~10-16 mm behind the inner chest wall; the posterior heart keeps >= 20 mm from the
+    # vertebral body (whose front lies ~60 mm in front of the inner posterior wall): shrink it if needed
+    gap = rng.uniform(10.0, 16.0)
+    room = (body_b_inner - 80.0) - (-body_b_inner + gap + fat)
+    if 2.0 * half[1] > room:
+        k = max(0.78, room / (2.0 * half[1]))
+        semi, half = semi * k, half * k
+    cy = -body_b_inner + gap + half[1] + fat
     cx = rng.uniform(22.0, 34.0)
     center = np.array([0.0, cy, cx])
     base = center - 0.78 * semi[0] * u
@@ -309,6 +342,27 @@ def _template(grid: Grid, rng: np.random.Generator, hu: dict[str, float], body: 
     r_st = _ellipse_r(X, Y, rng.uniform(-3.0, 3.0), y_st, rng.uniform(13.0, 17.0), 6.5)
     paint(r_st, "cortical_bone", T["cortical_bone"], scale=6.5)
     paint(r_st, "trabecular_bone", T["trabecular_bone"], edge=1.0 - 1.5 / 6.5, scale=6.5)
+    # scapulae: thin bone plates in the posterolateral chest wall, outside the ribs (not in every field)
+    if body.get("scapulae", True):
+        rn = np.sqrt((X / ai) ** 2 + (Y / bi) ** 2)
+        rad_mm = (rn - 1.0) * (0.5 * (ai + bi))
+        theta = np.arctan2(Y, X)  # +pi/2 posterior
+        depth = min(14.5, 0.8 * sub + wall - 3.0)
+        half_t = body.get("scapula_half_mm", 2.0)
+        lateral = np.abs(np.abs(theta) - math.pi / 2)
+        span = (lateral > 0.45) & (lateral < 1.05) & (Y > 0)
+        alpha = np.clip((half_t + e_mm - np.abs(rad_mm - depth)) / (2 * e_mm), 0.0, 1.0) * span
+        _blend(img, alpha.astype(np.float32), hu["cortical_bone"], tis, T["cortical_bone"])
+    # arms beside the chest (chest protocol, arms down): skin and fat, muscle, humerus with fatty marrow
+    for side in ((-1.0, 1.0) if body.get("arms") else ()):
+        ra, rb = body["arm_r"]
+        cx, cy = side * (a0 + body["arm_gap"] + ra), body["arm_y"]
+        paint(_ellipse_r(X, Y, cx, cy, ra, rb), "fat", T["fat"], scale=rb)
+        paint(_ellipse_r(X, Y, cx, cy, ra - body["arm_fat"], rb - body["arm_fat"]), "muscle", T["muscle"], scale=rb)
+        hx, hy = cx - side * 0.25 * ra, cy + 0.1 * rb
+        r_h = _ellipse_r(X, Y, hx, hy, 12.0, 11.0)
+        paint(r_h, "cortical_bone", T["cortical_bone"], scale=11.0)
+        paint(r_h, hu["fat"] + 60.0, T["trabecular_bone"], edge=1.0 - 3.0 / 11.0, scale=11.0)
     sets = {
         "vertebral_body": r_vb < 1.02,
         "sternum": r_st < 1.05,

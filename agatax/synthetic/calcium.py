@@ -172,9 +172,57 @@ def concat(atoms: list[Atoms]) -> Atoms:
                  np.concatenate([a.density for a in atoms]))
 
 
-def distractor_atoms(heart: Heart, landmarks: dict, grid: Grid, rng: np.random.Generator, burden: float) -> list[dict]:
+def _metal_atoms(heart: Heart, landmarks: dict, vessels: dict | None, rng: np.random.Generator) -> list[dict]:
+    """Metal seen on calcium-scoring CT (2000-3071 HU): sternal wires, surgical clips, a pacemaker lead,
+    a coronary stent. Items carry ``what`` and, for stents placed on the (already deformed) vessels,
+    ``deformed=True``."""
+    out = []
+    ai, bi = landmarks["inner"]
+    what = str(rng.choice(["sternal_wire", "clip", "lead", "stent"]))
+    if what == "sternal_wire":  # loops around the sternum, one every ~25 mm
+        z0 = heart.aortic_root[0] + rng.uniform(-40.0, 10.0)
+        for k in range(int(rng.integers(2, 6))):
+            ang = np.linspace(0, 2 * math.pi, 24, endpoint=False)
+            c = np.stack([np.full(24, z0 - 25.0 * k), -bi - 4.0 + 8.5 * np.sin(ang), 17.0 * np.cos(ang)], 1)
+            out.append({"kind": "metal", "what": what, "atoms": Atoms(c, np.full(24, 0.4), np.ones(24)),
+                        "peak_hu": float(rng.uniform(2200, 3071))})
+    elif what == "clip":  # short dense bars on the heart surface (bypass grafts)
+        for _ in range(int(rng.integers(2, 7))):
+            c = heart.surface(rng.uniform(-0.7, 0.5), rng.uniform(-0.5, 1.8), heart.fat_mm + 3.0)[0]
+            out.append({"kind": "metal", "what": what,
+                        "atoms": blob_atoms(c, 0.4, rng.normal(size=3), rng.uniform(3.0, 6.0)),
+                        "peak_hu": float(rng.uniform(2200, 3071))})
+    elif what == "lead":  # SVC -> right atrium -> right ventricular apex
+        svc = heart.aortic_root + np.array([60.0, 8.0, -28.0])
+        ra = heart.aortic_root + np.array([-10.0, 10.0, -35.0])
+        apex = heart.center + 0.8 * heart.semi[0] * heart.u
+        pts = _polyline(np.stack([svc, heart.aortic_root + np.array([10.0, 8.0, -30.0]), ra, apex]), 0.8)
+        out.append({"kind": "metal", "what": what, "atoms": Atoms(pts, np.full(len(pts), 0.6), np.ones(len(pts))),
+                    "peak_hu": float(rng.uniform(1800, 3071))})
+    elif vessels:  # a stent: a mesh tube on the vessel wall, 10-25 mm long
+        v = vessels[str(rng.choice(["LAD", "RCA", "LCX"]))]
+        n = len(v.points)
+        i0 = int(rng.integers(int(0.1 * n), max(int(0.5 * n), int(0.1 * n) + 1)))
+        seg = v.points[i0: i0 + int(rng.uniform(20, 50))]
+        cs = []
+        for i, c in enumerate(seg[::2]):
+            t = v.tangent(min(i0 + 2 * i, n - 1))
+            e1 = _unit(np.cross(t, [1.0, 0.0, 0.0]) if abs(t[0]) < 0.9 else np.cross(t, [0.0, 1.0, 0.0]))
+            e2 = np.cross(t, e1)
+            for a in np.linspace(0, 2 * math.pi, 8, endpoint=False) + 0.4 * i:
+                cs.append(c + v.radius[min(i0 + 2 * i, n - 1)] * (math.cos(a) * e1 + math.sin(a) * e2))
+        if cs:
+            cs = np.array(cs)
+            out.append({"kind": "metal", "what": what, "atoms": Atoms(cs, np.full(len(cs), 0.3), np.ones(len(cs))),
+                        "peak_hu": float(rng.uniform(1500, 2600)), "deformed": True})
+    return out
+
+
+def distractor_atoms(heart: Heart, landmarks: dict, grid: Grid, rng: np.random.Generator, burden: float,
+                     vessels: dict | None = None) -> list[dict]:
     """Calcium that is NOT coronary: aortic wall (descending and ascending), aortic valve, mitral annulus,
-    costal cartilage, a calcified lymph node. ``burden`` in [0, 1] scales how much. Each item:
+    costal cartilage, a calcified lymph node, pericardial calcification; and metal (sternal wires, clips, a
+    pacemaker lead, a stent on ``vessels``). ``burden`` in [0, 1] scales how much calcium. Each item:
     {"kind", "atoms", "peak_hu"} (peak_hu = wanted noise-free peak)."""
     out = []
     z_lo, z_hi = grid.z_mm[0], grid.z_mm[-1]
@@ -237,4 +285,15 @@ def distractor_atoms(heart: Heart, landmarks: dict, grid: Grid, rng: np.random.G
         c = heart.aortic_root + np.array([rng.uniform(5, 25), rng.uniform(15, 30), rng.uniform(-5, 25)])
         out.append({"kind": "lymph_node", "atoms": blob_atoms(c, rng.uniform(1.2, 2.5)),
                     "peak_hu": float(rng.uniform(300, 900))})
+    # pericardial calcification: a patchy plate in the pericardium over the ventricles
+    if rng.random() < 0.03 + 0.1 * burden:
+        t = rng.uniform(-0.4, 0.6) + np.linspace(0.0, rng.uniform(0.1, 0.4), 8)
+        phi = rng.uniform(-1.0, 2.5) + np.linspace(0.0, rng.uniform(0.2, 0.8), 8)
+        c = heart.surface(np.repeat(t, 8), np.tile(phi, 8), heart.fat_mm + 1.2)
+        keep = rng.random(len(c)) < 0.6
+        if keep.any():
+            out.append({"kind": "pericardium", "atoms": Atoms(c[keep], np.full(int(keep.sum()), 0.7), np.ones(int(keep.sum()))),
+                        "peak_hu": float(rng.uniform(200, 900))})
+    if rng.random() < 0.12:
+        out += _metal_atoms(heart, landmarks, vessels, rng)
     return out

@@ -26,12 +26,12 @@ CATEGORIES = ("A", "B", "C", "D", "E")
 CATEGORY_TARGETS = {"A": (0.0, 0.0), "B": (1.0, 9.0), "C": (14.0, 90.0), "D": (115.0, 380.0), "E": (430.0, 2500.0)}
 REAL_WORLD_MIX = {"A": 0.45, "B": 0.15, "C": 0.18, "D": 0.12, "E": 0.10}
 DISTRACTOR_CODES = {"bone": 1, "aortic_wall": 2, "aortic_valve": 3, "mitral_annulus": 4, "costal_cartilage": 5,
-                    "lymph_node": 6}
+                    "lymph_node": 6, "pericardium": 7, "metal": 8}
 ARTERY_NAMES = {v: k for k, v in ARTERY_CODES.items()}
 FOOTPRINT_HU = 20.0  # a calcification's neighbourhood: where it adds at least this many HU
 _ARTERY_P = {"LAD": 0.42, "RCA": 0.26, "LCX": 0.20, "LM": 0.12}
 _SCANNER_KEYS = ("matrix", "fov_mm", "slice_increment_mm", "slice_thickness_mm", "n_slices", "noise_sigma_hu",
-                 "sharpness", "hu_offset", "fov_center_mm", "kvp")
+                 "sharpness", "hu_offset", "fov_center_mm", "kvp", "protocol", "padding_hu")
 
 
 def category_of(score: float) -> str:
@@ -122,6 +122,69 @@ def _correlated_noise(shape, sigma: float, rng: np.random.Generator, passes: int
     return a
 
 
+class _Warp:
+    """A smooth random deformation of the whole anatomy: a sum of 4 plane waves per axis (wavelengths
+    70-200 mm, amplitude ``amp_mm`` in all), so no two patients share organ shapes.
+
+    ``image(vol)`` resamples a (z, y, x) volume (the anatomy moves by -d); ``points(q)`` moves (N, 3)
+    patient points (Z, Y, X mm) the same way, so that vessels and calcium stay where the image puts them.
+    """
+
+    def __init__(self, rng: np.random.Generator, amp_mm: float):
+        self.waves = []
+        for _axis in range(3):
+            for _ in range(4):
+                k = rng.normal(size=3)
+                k *= 2 * math.pi / (np.linalg.norm(k) * rng.uniform(70.0, 200.0))
+                self.waves.append((_axis, k, rng.uniform(0, 2 * math.pi), amp_mm * rng.uniform(0.2, 0.5)))
+
+    def displacement(self, z, y, x) -> list[np.ndarray]:
+        """d (Z, Y, X) in mm at broadcastable coordinates z, y, x (mm)."""
+        d = [np.zeros(np.broadcast_shapes(np.shape(z), np.shape(y), np.shape(x)), np.float32) for _ in range(3)]
+        for axis, k, phase, a in self.waves:
+            d[axis] += np.float32(a) * np.sin(np.float32(k[0]) * z + np.float32(k[1]) * y + np.float32(k[2]) * x
+                                              + np.float32(phase)).astype(np.float32)
+        return d
+
+    def image(self, vol: np.ndarray, grid: Grid, order: int) -> np.ndarray:
+        z = grid.z_mm.astype(np.float32)[:, None, None]
+        y = grid.y_mm.astype(np.float32)[None, :, None]
+        x = grid.x_mm.astype(np.float32)[None, None, :]
+        d = self.displacement(z, y, x)
+        coords = [np.arange(n, dtype=np.float32).reshape([-1 if i == a else 1 for i in range(3)]) + d[a] / np.float32(sp)
+                  for a, (n, sp) in enumerate(zip(grid.shape, grid.spacing))]
+        coords = [np.broadcast_to(c, grid.shape) for c in coords]
+        return ndimage.map_coordinates(vol, coords, order=order, mode="nearest", prefilter=False).astype(vol.dtype)
+
+    def points(self, q: np.ndarray) -> np.ndarray:
+        """Where the image shows patient point q (N, 3): p with p + d(p) = q (fixed point, 3 steps)."""
+        q = np.asarray(q, np.float64)
+        p = q.copy()
+        for _ in range(3):
+            d = self.displacement(p[..., 0], p[..., 1], p[..., 2])
+            p = q - np.stack(d, -1).astype(np.float64)
+        return p
+
+
+def _add_streaks(vol: np.ndarray, grid: Grid, atoms: Atoms, rng: np.random.Generator) -> None:
+    """Streak artefact of a metal object: in each slice it crosses, 3-6 lines through its centre, bright
+    and dark in turn (40-150 HU, ~1 mm wide, fading with distance), added to ``vol`` in place."""
+    c = atoms.centers.mean(0)
+    z_lo, z_hi = atoms.centers[:, 0].min() - 1.5, atoms.centers[:, 0].max() + 1.5
+    ks = np.nonzero((grid.z_mm >= z_lo - 0.5 * grid.spacing[0]) & (grid.z_mm <= z_hi + 0.5 * grid.spacing[0]))[0]
+    if ks.size == 0:
+        return
+    Y = (grid.y_mm[:, None] - c[1]).astype(np.float32)
+    X = (grid.x_mm[None, :] - c[2]).astype(np.float32)
+    r = np.sqrt(X * X + Y * Y)
+    pattern = np.zeros(Y.shape[:1] + X.shape[1:], np.float32)
+    for i, ang in enumerate(rng.uniform(0, math.pi, int(rng.integers(3, 7)))):
+        perp = np.abs(X * math.cos(ang) - Y * math.sin(ang))
+        amp = rng.uniform(40.0, 150.0) * (1 if i % 2 == 0 else -1)
+        pattern += np.float32(amp) * np.exp(-0.5 * (perp / 0.8) ** 2) / (1.0 + r / 30.0)
+    vol[ks] += pattern[None]
+
+
 def _far_apart(a: Atoms, b: Atoms, grid: Grid, thickness: float, psf: float) -> bool:
     """True when the footprints of atom sets a and b cannot touch (with two voxels to spare)."""
     if len(a) == 0 or len(b) == 0:
@@ -156,6 +219,7 @@ class _Plan:
     angle: float
     density: float  # wanted noise-free peak HU
     speck: bool = False
+    motion_mm: float = 0.0  # cardiac motion smear (RCA): the plaque drawn twice, this far apart in-plane
     atoms: Atoms | None = None
     box: tuple | None = None
     signal: np.ndarray | None = None
@@ -172,7 +236,12 @@ def _plan_atoms(p: _Plan, vessels: dict[str, Vessel]) -> Atoms:
     v = vessels[p.artery]
     length = min(length, max(0.0, v.length_mm - 4.0))
     s = float(np.clip(p.s_mm, 0.5 * length + 1.0, max(v.length_mm - 0.5 * length - 1.0, 0.5 * length + 1.0)))
-    return plaque_atoms(v, s, length, thick, p.angle)
+    atoms = plaque_atoms(v, s, length, thick, p.angle)
+    if p.motion_mm > 0:
+        d = 0.5 * p.motion_mm * np.array([0.0, math.cos(3 * p.angle), math.sin(3 * p.angle)])
+        atoms = Atoms(np.concatenate([atoms.centers - d, atoms.centers + d]), np.tile(atoms.sigma, 2),
+                      np.tile(0.5 * atoms.density, 2))
+    return atoms
 
 
 def _render_plan(p: _Plan, vessels: dict[str, Vessel], grid: Grid, sc: ScannerParams, base: np.ndarray) -> None:
@@ -219,7 +288,9 @@ def generate_exam(
         **scanner: any ScannerParams field: ``matrix`` (512; e.g. 128 for fast tests), ``fov_mm``
             (170-240), ``slice_increment_mm`` (2.5 or 3), ``slice_thickness_mm``, ``n_slices`` (~125-165 mm
             of coverage), ``noise_sigma_hu`` (10-40), ``sharpness`` (0-1), ``hu_offset`` (-6..6 HU),
-            ``fov_center_mm``, ``kvp``.
+            ``fov_center_mm``, ``kvp``, ``protocol`` ("cardiac" or "chest"; drawn: 20 % chest, with a
+            320-420 mm field, the whole rib cage, scapulae and often the arms), ``padding_hu`` (value
+            outside the reconstruction circle, or None; drawn: 60 % padded).
 
     Returns:
         SyntheticExam (volume in HU on a (n_slices, matrix, matrix) grid, artery-labelled true mask, lesion
@@ -274,6 +345,8 @@ def _check_scanner(sc: dict) -> None:
         "sharpness": lambda v: 0.0 <= v <= 1.0,
         "hu_offset": lambda v: -50.0 <= v <= 50.0,
         "kvp": lambda v: 70.0 <= v <= 150.0,
+        "protocol": lambda v: v in ("cardiac", "chest"),
+        "padding_hu": lambda v: v is None or -4000.0 <= v <= -1000.0,
     }
     for k, ok in checks.items():
         if k in sc and not ok(sc[k]):
@@ -303,7 +376,7 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
     from agatax.scoring import compute_scores, risk_category
 
     ss = np.random.SeedSequence([seed, attempt])
-    r_scan, r_pat, r_anat, r_noise, r_les, r_dis = (np.random.default_rng(s) for s in ss.spawn(6))
+    r_scan, r_pat, r_anat, r_noise, r_les, r_dis, r_warp = (np.random.default_rng(s) for s in ss.spawn(7))
     sc = sample_scanner(r_scan, **given)
     cat, lo, hi = _pick_category(r_les, target_category, target_agatston, category_mix)
     target = 0.0 if hi <= 0 else float(math.exp(r_les.uniform(math.log(max(lo, 0.5)), math.log(hi))))
@@ -322,6 +395,14 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
         heart = sample_heart(np.random.default_rng(heart_seed), b_inner, scale=max(0.7, coverage / needed))
         needed = heart.z_top + 18.0 - (heart.z_bottom - 6.0)
     z_start = heart.z_bottom - 6.0 - max(coverage - needed, 0.0) * r_pat.uniform(0.15, 0.45)
+    # arms in the field (chest protocol, patient unable to raise them), scapula thickness, groove fat
+    body["arms"] = bool(sc.protocol == "chest" and r_pat.random() < 0.5)
+    body["arm_r"] = (float(r_pat.uniform(38.0, 52.0)), float(r_pat.uniform(42.0, 58.0)))
+    body["arm_gap"] = float(r_pat.uniform(4.0, 30.0))
+    body["arm_y"] = float(r_pat.uniform(-20.0, 30.0))
+    body["arm_fat"] = float(r_pat.uniform(4.0, 18.0))
+    body["scapula_half_mm"] = float(r_pat.uniform(1.5, 3.5))
+    groove_fat = float(r_pat.uniform(1.5, 6.0))  # extra fat around the arteries: the grooves, lean to obese
     grid = make_grid(sc, z_start)
     psf = sc.psf_sigma_mm
 
@@ -330,12 +411,21 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
     e_mm = max(1.2 * psf, 0.5 * grid.spacing[1])
     segs = [polyline_segments(v.points, v.radius, 2.0) for v in vessels.values()]
     p0, p1 = np.concatenate([g[0] for g in segs]), np.concatenate([g[1] for g in segs])
-    # the arteries run in fat-filled grooves (atrioventricular, interventricular): a fat sheath first
-    _paint_capsules(vol, tissue, grid, p0, p1, np.concatenate([g[2] for g in segs]) + 1.8,
+    # the arteries run in fat-filled grooves (atrioventricular, interventricular): a fat sheath first, whose
+    # thickness varies along the vessel (smoothly) and between patients
+    along = np.concatenate([np.linspace(0.0, 1.0, len(g[0])) for g in segs])
+    wobble = 1.0 + 0.35 * np.sin(2 * math.pi * (along * r_anat.uniform(0.7, 1.6) + r_anat.uniform(0.0, 1.0)))
+    _paint_capsules(vol, tissue, grid, p0, p1, np.concatenate([g[2] for g in segs]) + groove_fat * wobble * (1.25 - 0.5 * along),
                     landmarks["hu_of"]["epicardial_fat"], TISSUES["epicardial_fat"], e_mm, only_hu_below=100.0)
     _paint_capsules(vol, tissue, grid, np.concatenate([g[0] for g in segs]), np.concatenate([g[1] for g in segs]),
                     np.concatenate([g[2] for g in segs]), landmarks["hu_of"]["coronary"], TISSUES["coronary"], e_mm,
                     only_hu_below=-20.0)
+    # every organ deformed smoothly (patient-to-patient shapes); vessels follow, so calcium stays on them
+    warp = _Warp(r_warp, float(r_warp.uniform(2.0, 7.0)))
+    vol = warp.image(vol, grid, order=1)
+    if tissue is not None:
+        tissue = warp.image(tissue, grid, order=0)
+    vessels = {k: dataclasses.replace(v, points=warp.points(v.points)) for k, v in vessels.items()}
     bone = vol >= 130.0  # noise-free anatomy above 130 HU: bone only
 
     passes = 2 if (sc.pixel_mm < 0.45 and sc.sharpness < 0.5) else 1
@@ -349,8 +439,11 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
     distractor_mask = np.zeros(grid.shape, np.uint8)
     distractor_mask[bone] = DISTRACTOR_CODES["bone"]
     distractors = []
-    for item in distractor_atoms(heart, landmarks, grid, r_dis, burden):
+    streaks = []
+    for item in distractor_atoms(heart, landmarks, grid, r_dis, burden, vessels):
         atoms = item["atoms"]
+        if not item.get("deformed"):
+            atoms = dataclasses.replace(atoms, centers=warp.points(atoms.centers))
         if any(not _far_apart(atoms, p.atoms, grid, sc.slice_thickness_mm, psf) for p in plans):
             continue
         box = atoms_box(grid, atoms, sc.slice_thickness_mm, psf)
@@ -364,8 +457,21 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
         dm[(sig >= FOOTPRINT_HU) & (dm == 0)] = DISTRACTOR_CODES[item["kind"]]
         c = grid.to_index(atoms.centers.mean(0))
         distractors.append({"kind": item["kind"], "center_zyx": tuple(float(v) for v in c),
-                            "peak_hu": float(item["peak_hu"]), "atoms": len(atoms)})
+                            "peak_hu": float(item["peak_hu"]), "atoms": len(atoms)}
+                           | ({"what": item["what"]} if "what" in item else {}))
+        if item["kind"] == "metal":
+            streaks.append(atoms)
+    for atoms in streaks:  # metal streaks: alternating bright and dark lines through the object
+        _add_streaks(vol, grid, atoms, r_dis)
     np.clip(vol, -1024.0, 3071.0, out=vol)
+    outside = None
+    if sc.padding_hu is not None:  # padding outside the reconstruction circle, as scanners write it
+        rr = (grid.y_mm[:, None] - sc.fov_center_mm[1]) ** 2 + (grid.x_mm[None, :] - sc.fov_center_mm[0]) ** 2
+        outside = rr > (0.5 * sc.fov_mm) ** 2
+        vol[:, outside] = np.float32(sc.padding_hu)
+        distractor_mask[:, outside] = 0
+        if tissue is not None:
+            tissue[:, outside] = TISSUES["air"]
 
     # ---- size the plaques so that the exam lands in its category (exact)
     base = vol  # noisy anatomy + distractors, not yet rounded
@@ -398,6 +504,8 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
         raise _Retry(f"category {cat} not reached (score {total:.1f})")
     if not _clear_of(mask, distractor_mask, lesions):
         raise _Retry("a distractor touches a plaque")
+    if outside is not None and mask[:, outside].any():
+        raise _Retry("a plaque lies outside the reconstruction circle")
 
     volume = Volume(hu, grid.spacing, slice_thickness=sc.slice_thickness_mm, affine=grid.affine,
                     metadata={"patient_id": f"SYN{seed:06d}", "series_description": "synthetic calcium score",
@@ -441,11 +549,12 @@ def _plan_lesions(cat, target, n_lesions, vessels, grid, sc, rng, base) -> list[
                 w = wbin + 1
                 vol_mm3 = 3.0 * shares[i] / w
                 size = float(np.clip(0.9 * vol_mm3 ** (1 / 3), 0.4, 6.0)) if vol_mm3 < 60 else 2.0 + vol_mm3 / 60.0
-            p = _Plan(art, s, size, float(rng.uniform(0, 2 * math.pi)), dens, speck)
+            motion = float(rng.uniform(0.0, 2.5)) if art == "RCA" else 0.0
+            p = _Plan(art, s, size, float(rng.uniform(0, 2 * math.pi)), dens, speck, motion)
             _render_plan(p, vessels, grid, sc, base)
             if p.box is None:
                 continue
-            grown = _plan_atoms(_Plan(art, s, p.size * 1.8 + 1.0, p.angle, p.density), vessels)  # room to grow
+            grown = _plan_atoms(_Plan(art, s, p.size * 1.8 + 1.0, p.angle, p.density, False, motion), vessels)  # room to grow
             if all(_far_apart(grown, q.atoms, grid, sc.slice_thickness_mm, sc.psf_sigma_mm) for q in plans):
                 break
         else:
