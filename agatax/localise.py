@@ -4,19 +4,21 @@ A deterministic, data-free step (NumPy and SciPy on the host, ~0.1-0.5 s per exa
 networks. On a coarse grid of about 4 mm:
 
 1. HU below -1000 (padding outside the reconstruction circle: -1024, -2048, -3024) is read as air.
-2. Lungs: voxels whose local mean is aerated but denser than air (-960 < HU < -400), opened in-plane so
-   that thin air shells (the skin's partial volume, gaps between arm and chest) go, in 3D components of at
-   least 20 cm^3. This holds where the lungs reach the image border (cardiac fields of view), with arms in
-   the field (chest CT) and with emphysema (bullae below -960 HU are left out; the rest of the lung
-   remains). Air outside the body and in the airways is at -1000 HU and is never taken for lung.
+2. Lungs: voxels whose local mean is aerated (< -400 HU), less the air outside the body (3D components
+   below -960 HU that reach the in-plane border: lung parenchyma, at -950 to -700 HU, is never that),
+   opened in-plane so that thin shells (the skin's partial volume, gaps between arm and chest) go, in 3D
+   components of at least 20 cm^3. This holds where the lungs reach the image border (cardiac fields of
+   view), with arms in the field (chest CT) and with emphysema (bullae below -960 HU inside the body count
+   as lung).
 3. The mediastinum: the 3D convex hull of the lungs, less its outer 10 mm (where the ribs lie along the
    lung surface), minus the lungs (less an 8 mm band along their border), plus a margin of 8 mm.
-4. The skeleton inside it is cut out: dense tissue (local mean >= 180 HU, holes filled slice by slice)
-   within one voxel of a thick core (what survives a 1-voxel in-plane erosion, in 3D components of at
-   least 4 cm^3: spine, sternum, rib heads), with a 1-voxel rim of its partial volume. Coronary plaques
-   are too thin to leave such a core, so a plaque that lies against bone is not cut with it.
+4. The skeleton inside it is cut out: the face-connected components of dense tissue (local mean >= 150
+   HU, holes filled slice by slice) that hold a thick core (what survives a 1-voxel in-plane erosion, in
+   3D components of at least 2 cm^3: spine, sternum, rib heads, a phantom's spine insert and rods), with
+   a 1-voxel rim of their partial volume. Coronary plaques are too thin to leave such a core, and the
+   coronaries run >= 1 cm from bone.
 
-Where no lungs are found (a phantom, a volume cut below the lungs, a tiny volume) the result has
+Where no lungs are found (a water phantom, a volume cut below the lungs, a tiny volume) the result has
 ``found=False`` and a note; the pipeline then discards nothing.
 """
 
@@ -33,8 +35,8 @@ _COARSE_MM = 4.0
 _LUNG_HU = (-960.0, -400.0)
 _MIN_LUNG_CM3 = 20.0
 _MIN_LUNGS_CM3 = 150.0
-_BONE_HU = 180.0
-_MIN_BONE_CM3 = 4.0
+_BONE_HU = 150.0
+_MIN_BONE_CM3 = 2.0
 _MARGIN_MM = 8.0
 _HULL_INSET_MM = 10.0
 
@@ -116,7 +118,13 @@ def localise_chest(hu, spacing) -> ChestRegion:
         return ChestRegion(False, None, None, 0.0, f"volume {hu.shape} too small to localise the chest")
     m = _block_mean(hu, f)
 
-    aerated = (m > _LUNG_HU[0]) & (m < _LUNG_HU[1])
+    # air outside the body: 3D components at air density that reach the in-plane border (padding too);
+    # air at that density inside the body (bullae of emphysema, airways) counts as lung
+    air = m <= _LUNG_HU[0]
+    lab, _ = ndimage.label(air, structure=np.ones((3, 3, 3), bool))
+    edge = np.unique(np.concatenate([lab[:, 0].ravel(), lab[:, -1].ravel(), lab[:, :, 0].ravel(), lab[:, :, -1].ravel()]))
+    exterior = np.isin(lab, edge[edge > 0])
+    aerated = (m < _LUNG_HU[1]) & ~exterior
     plane = np.zeros((1, 3, 3), bool)
     plane[0] = ndimage.generate_binary_structure(2, 1)
     opened = ndimage.binary_opening(aerated, structure=plane, iterations=2)
@@ -140,8 +148,9 @@ def localise_chest(hu, spacing) -> ChestRegion:
     # bone is thick: seeds survive an in-plane erosion (plaques, 1-2 coarse voxels thick, do not), and the
     # bone is the dense tissue within one voxel of a large seed (a plaque touching the spine stays out)
     seeds = _components(ndimage.binary_erosion(dense, structure=plane), _MIN_BONE_CM3 / voxel_cm3)
+    lab, _ = ndimage.label(dense)  # face-connected: a plaque merges with bone only where they touch
+    bone = np.isin(lab, np.unique(lab[seeds]))
     cube = np.ones((3, 3, 3), bool)
-    bone = ndimage.binary_dilation(seeds, structure=cube) & dense
     bone |= ndimage.binary_dilation(bone, structure=cube) & ~dense  # its partial-volume rim
     region_c = medi & ~bone
     if not region_c.any():

@@ -233,3 +233,66 @@ def test_render_montage_png(tmp_path):
     data = render_montage(ex, path=tmp_path / "m.png", max_slices=4)
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "m.png").read_bytes() == data
+
+
+def test_padding_outside_the_reconstruction_circle():
+    ex = small_exam(3, "D", padding_hu=-2048.0)
+    hu, sc = ex.volume.hu, ex.params["scanner"]
+    a = ex.volume.affine
+    y = a[1, 1] * np.arange(hu.shape[1]) + a[1, 3] - sc["fov_center_mm"][1]
+    x = a[0, 2] * np.arange(hu.shape[2]) + a[0, 3] - sc["fov_center_mm"][0]
+    r = np.hypot(y[:, None], x[None, :])
+    outside = r > 0.5 * sc["fov_mm"] + 1e-6
+    assert outside.sum() > 0.15 * outside.size  # the corners: 1 - pi / 4 of the square
+    assert np.all(hu[:, outside] == -2048.0)
+    assert np.all(hu[:, r < 0.5 * sc["fov_mm"] - 1.0] > -1100.0)
+    assert not (ex.mask[:, outside] > 0).any() and not (ex.distractor_mask[:, outside] > 0).any()
+    unpadded = small_exam(3, "D", padding_hu=None)
+    assert unpadded.volume.hu.min() >= -1024.0
+
+
+def test_chest_protocol_shows_the_whole_chest():
+    ex = generate_exam(4, target_category="C", protocol="chest", matrix=128, n_slices=30)
+    sc = ex.params["scanner"]
+    assert sc["protocol"] == "chest" and 320.0 <= sc["fov_mm"] <= 420.0 and sc["slice_increment_mm"] in (3.0, 5.0)
+    hu = ex.volume.hu
+    # front and back of the chest lie inside the field (the first and last rows are air, with noise, or padding), and so
+    # do its sides where the body is narrower than the field and the arms are raised
+    assert np.all(np.concatenate([hu[:, 0, :], hu[:, -1, :]], axis=1) < -700.0)
+    body = ex.params["body"]
+    if not body["arms"] and 2 * body["a"] < sc["fov_mm"] - 20.0:
+        assert np.all(np.concatenate([hu[:, :, 0], hu[:, :, -1]], axis=1) < -700.0)
+    assert ex.category == "C"
+    with pytest.raises(InputError):
+        generate_exam(0, protocol="abdomen")
+
+
+def test_deformed_anatomy_keeps_calcium_on_the_arteries():
+    """The whole anatomy is deformed; vessels and plaques follow it: every lesion lies on a coronary artery
+    (within 2.5 mm of the generator's coronary or groove-fat tissue), and two seeds give differently
+    shaped bodies."""
+    ex = small_exam(11, "D", keep_tissue=True)
+    near = ndimage.binary_dilation(np.isin(ex.tissue, [TISSUES["coronary"], TISSUES["epicardial_fat"]]),
+                                   iterations=2)
+    for lesion in ex.lesions:
+        assert near[lesion["center_zyx"]], lesion
+    outline = [generate_exam(s, target_category="A", matrix=96, n_slices=20, fov_mm=420.0, protocol="chest",
+                             padding_hu=None).volume.hu[10] > -500 for s in (1, 2)]
+    assert (outline[0] != outline[1]).mean() > 0.02
+
+
+def test_metal_is_dense_marked_and_apart_from_coronary_calcium():
+    found = []
+    for seed in range(60):
+        ex = generate_exam(seed, target_category="C", matrix=128, n_slices=40, noise_sigma_hu=15.0)
+        metal = [d for d in ex.distractors if d["kind"] == "metal"]
+        if metal:
+            found += [d["what"] for d in metal]
+            m = ex.distractor_mask == DISTRACTOR_CODES["metal"]
+            assert m.any() and ex.volume.hu[m].max() >= 1500.0
+            assert ex.look_alike_mask[m].all()  # a hard negative of training
+            grown = ndimage.binary_dilation(m, iterations=1)
+            assert not (grown & (ex.mask > 0)).any()
+        if len(set(found)) >= 2:
+            break
+    assert len(set(found)) >= 2, found

@@ -223,13 +223,21 @@ def sample_heart(rng: np.random.Generator, body_b_inner: float, scale: float = 1
     fat = float(rng.uniform(0.8, 9.0))  # epicardial fat over the free walls: lean to obese
     axes = np.stack([u, v, w])
     half = np.sqrt(((semi[:, None] * axes) ** 2).sum(axis=0))  # half extents along Z, Y, X
-    # anterior surface ~10-16 mm behind the inner chest wall; the posterior heart keeps >= 20 mm from the
-    # vertebral body (whose front lies ~60 mm in front of the inner posterior wall): shrink it if needed
+    # anterior surface ~10-16 mm behind the inner chest wall; the posterior heart (the left atrium and the
+    # atrioventricular groove behind the ventricles) keeps >= 20 mm from the vertebral body, whose front
+    # lies ~60 mm in front of the inner posterior wall: shrink the heart (to 65 % at most) if needed
     gap = rng.uniform(10.0, 16.0)
-    room = (body_b_inner - 80.0) - (-body_b_inner + gap + fat)
-    if 2.0 * half[1] > room:
-        k = max(0.78, room / (2.0 * half[1]))
-        semi, half = semi * k, half * k
+
+    def posterior(k):  # Y of the heart's back (ventricles or left atrium, as _paint_heart draws them)
+        cy_k = -body_b_inner + gap + k * half[1] + fat
+        la_back = -0.78 * k * semi[0] * u[1] + (22.0 + 20.0) * k * semi[0] / 52.0
+        return cy_k + max(k * half[1], la_back) + fat
+
+    k = 1.0
+    while k > 0.65 and posterior(k) > body_b_inner - 80.0:
+        k -= 0.02
+    semi, half = semi * k, half * k
+    s = s * k
     cy = -body_b_inner + gap + half[1] + fat
     cx = rng.uniform(22.0, 34.0)
     center = np.array([0.0, cy, cx])

@@ -1,0 +1,198 @@
+"""Chest localisation: every true coronary calcification kept, bone left out, on cardiac and chest fields
+of view, mirrored and rotated bodies, emphysema and effusion; no region (and nothing discarded) without
+lungs; in the pipeline, an ensemble that calls everything calcium keeps nothing on bone."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from agatax import Volume, localise_chest, run_pipeline
+from agatax.ensemble import stack_members
+from agatax.model import UNet, UNetConfig
+from agatax.synthetic import DISTRACTOR_CODES, TISSUES, generate_exam
+
+MID = {"matrix": 192, "n_slices": 48, "slice_increment_mm": 3.0}
+_cache = {}
+
+
+def exam(seed, cat="E", **kw):
+    key = (seed, cat, tuple(sorted(kw.items())))
+    if key not in _cache:
+        _cache[key] = generate_exam(seed, target_category=cat, **{**MID, **kw})
+    return _cache[key]
+
+
+def bone_voxels(ex):
+    """Oracle of bone: the generator's own map of noise-free anatomy >= 130 HU, at >= 130 HU in the image."""
+    return (ex.distractor_mask == DISTRACTOR_CODES["bone"]) & (ex.volume.hu >= 130)
+
+
+def check_region(ex, region):
+    calcium = ex.mask > 0
+    bone = bone_voxels(ex)
+    assert calcium.any() and bone.sum() > 1000
+    assert (calcium & region).sum() == calcium.sum()  # 100 % of the true coronary calcium
+    assert (bone & region).sum() <= 0.05 * bone.sum()  # >= 95 % of the bone left out
+
+
+@pytest.mark.parametrize("seed,kw", [
+    (1, {"protocol": "cardiac", "padding_hu": -2048.0}),  # 170-240 mm: bone cut at the border, padding
+    (2, {"protocol": "cardiac", "padding_hu": None, "fov_mm": 165.0}),
+    (3, {"protocol": "chest"}),  # 320-420 mm: whole rib cage, scapulae
+    (4, {"protocol": "chest", "slice_increment_mm": 5.0, "n_slices": 30}),
+])
+def test_region_keeps_all_coronary_calcium_and_leaves_out_bone(seed, kw):
+    ex = exam(seed, **kw)
+    r = localise_chest(ex.volume.hu, ex.volume.spacing)
+    assert r.found, r.note
+    check_region(ex, r.region)
+    # the box holds the region, and the region is a fraction of the volume
+    boxed = np.zeros_like(r.region)
+    boxed[r.box] = True
+    assert not (r.region & ~boxed).any()
+    assert r.region.mean() < 0.6
+
+
+def test_arms_in_the_field_are_left_out():
+    for seed in range(40):  # the first chest exam whose patient has the arms down
+        ex = generate_exam(seed, target_category="D", protocol="chest", matrix=160, n_slices=40, keep_tissue=True)
+        if ex.params["body"]["arms"]:
+            break
+    else:
+        pytest.fail("no chest exam with arms in 40 seeds")
+    r = localise_chest(ex.volume.hu, ex.volume.spacing)
+    check_region(ex, r.region)
+    body_half_width = ex.params["body"]["a"]
+    x_mm = ex.volume.affine[0, 2] * np.arange(ex.volume.shape[2]) + ex.volume.affine[0, 3]
+    beside = np.abs(x_mm) > body_half_width + 2.0  # columns beside the chest: the arms
+    assert (ex.tissue[:, :, beside] == TISSUES["cortical_bone"]).any()  # the humeri are in the image
+    assert not r.region[:, :, beside].any()
+
+
+@pytest.mark.parametrize("flip", [(2,), (1, 2)], ids=["mirrored", "rotated-180"])
+def test_mirrored_or_rotated_body_gives_the_same_region(flip):
+    ex = exam(1, protocol="cardiac", padding_hu=-2048.0)
+    hu = np.flip(ex.volume.hu, flip)
+    r = localise_chest(hu, ex.volume.spacing)
+    ref = localise_chest(ex.volume.hu, ex.volume.spacing)
+    calcium = np.flip(ex.mask > 0, flip)
+    bone = np.flip(bone_voxels(ex), flip)
+    assert (calcium & r.region).sum() == calcium.sum()
+    assert (bone & r.region).sum() <= 0.05 * bone.sum()
+    # the rule is symmetric up to the coarse grid's block boundaries: nearly the same region
+    agree = (np.flip(r.region, flip) == ref.region).mean()
+    assert agree > 0.97
+
+
+def test_emphysema_and_pleural_effusion():
+    ex = exam(5, protocol="cardiac", padding_hu=None, keep_tissue=True)
+    hu = ex.volume.hu.copy()
+    lung = ex.tissue == TISSUES["lung"]
+    rng = np.random.default_rng(0)
+    # emphysema: a third of the lung voxels at -990..-960 HU (bullae), in blocks
+    blocks = rng.random((hu.shape[0], hu.shape[1] // 16 + 1, hu.shape[2] // 16 + 1)) < 0.35
+    bullae = np.repeat(np.repeat(blocks, 16, 1), 16, 2)[:, : hu.shape[1], : hu.shape[2]] & lung
+    hu[bullae] = rng.uniform(-990, -960, int(bullae.sum()))
+    # effusion: water in the posterior (dependent) lung of the right side (patient right = low x)
+    y_mm = ex.volume.affine[1, 1] * np.arange(hu.shape[1]) + ex.volume.affine[1, 3]
+    x_mm = ex.volume.affine[0, 2] * np.arange(hu.shape[2]) + ex.volume.affine[0, 3]
+    effusion = lung & (y_mm[None, :, None] > 40.0) & (x_mm[None, None, :] < 0.0)
+    hu[effusion] = 10.0
+    r = localise_chest(hu, ex.volume.spacing)
+    assert r.found, r.note
+    calcium = ex.mask > 0
+    assert (calcium & r.region).sum() == calcium.sum()
+
+
+def _cylinder_phantom():
+    """A water cylinder with a bone rod and a small dense insert, in air: no lungs anywhere."""
+    z, y, x = np.mgrid[0:20, 0:96, 0:96]
+    r = np.hypot(y - 48, x - 48)
+    hu = np.where(r < 40, 20.0, -1000.0).astype(np.float32)
+    hu[np.hypot(y - 70, x - 48) < 6] = 700.0
+    hu[8:11, 30:33, 40:43] = 450.0
+    return hu
+
+
+def test_no_lungs_no_region_and_nothing_discarded():
+    hu = _cylinder_phantom()
+    r = localise_chest(hu, (3.0, 1.0, 1.0))
+    assert not r.found and r.region is None and r.box is None
+    assert "no lungs" in r.note
+    assert r.to_dict()["found"] is False
+
+
+def test_tiny_volume_is_not_localised():
+    r = localise_chest(np.zeros((2, 2, 2), np.float32), (3.0, 0.5, 0.5))
+    assert not r.found and "too small" in r.note
+
+
+# ------------------------------------------------------------------------------------------ pipeline
+def _all_calcium_ensemble():
+    """Tiny networks whose output bias is +50: every voxel gets a calcium vote."""
+    cfg = UNetConfig.tiny()
+    shapes = jax.eval_shape(lambda: UNet(cfg).init(jax.random.key(0), jnp.zeros((1, 2, 2, 2, 1))))
+
+    def value(path, s):
+        key = jax.tree_util.keystr(path)
+        if "['head']['bias']" in key:
+            return jnp.full(s.shape, 50.0, jnp.float32)
+        if "var" in key:
+            return jnp.ones(s.shape, jnp.float32)
+        return jnp.zeros(s.shape, jnp.float32)
+
+    members = [jax.tree_util.tree_map_with_path(value, dict(shapes)) for _ in range(3)]
+    return stack_members(members, cfg)
+
+
+def test_pipeline_keeps_no_calcium_on_bone_at_the_border_or_in_a_chest_field():
+    ens = _all_calcium_ensemble()
+    for ex in (exam(1, protocol="cardiac", padding_hu=-2048.0), exam(3, protocol="chest")):
+        bone = bone_voxels(ex)
+        everything = run_pipeline(ens, ex.volume, localise=False)
+        assert (everything.mask & bone).sum() == bone.sum()  # without localisation: all bone scored
+        assert everything.chest is None
+        res = run_pipeline(ens, ex.volume)
+        assert res.chest.found
+        assert not (res.mask & ~res.chest.region).any()
+        assert (res.mask & bone).sum() <= 0.05 * bone.sum()
+        calcium = ex.mask > 0
+        assert (res.mask & calcium).sum() == calcium.sum()
+        assert res.to_dict()["chest"]["found"] is True
+
+
+def test_pipeline_without_lungs_discards_nothing():
+    ens = _all_calcium_ensemble()
+    vol = Volume(_cylinder_phantom(), (3.0, 1.0, 1.0))
+    with_loc = run_pipeline(ens, vol)
+    without = run_pipeline(ens, vol, localise=False)
+    assert not with_loc.chest.found
+    np.testing.assert_array_equal(with_loc.mask, without.mask)
+    assert with_loc.mask.sum() == (vol.hu >= 130).sum()
+
+
+def test_real_phantom_spine_insert_and_rod_are_left_out(phantom_dir):
+    """The QRM phantom's lung-equivalent foam (~-790 HU) is taken for lungs; its spine insert and the
+    calibration rod (located by hand on this series: rows 320-470 x columns 200-310, and slices 29-38 x
+    rows 190-245 x columns 225-290, >= 200 HU) are cut out as bone, the calcium inserts stay inside."""
+    from agatax import read_volume
+
+    vol = read_volume(phantom_dir / "dicom")
+    hu = vol.hu
+    r = localise_chest(hu, vol.spacing)
+    assert r.found, r.note
+    spine = np.zeros(hu.shape, bool)
+    spine[:, 320:470, 200:310] = True
+    spine &= hu >= 200
+    rod = np.zeros(hu.shape, bool)
+    rod[29:39, 190:245, 225:290] = True
+    rod &= hu >= 200
+    assert spine.sum() > 5000 and rod.sum() > 3000
+    assert (r.region & spine).sum() <= 0.01 * spine.sum()
+    assert not (r.region & rod).any()
+    for rows, cols in (((214, 229), (172, 190)), ((144, 158), (284, 299)), ((275, 290), (293, 305))):
+        insert = np.zeros(hu.shape, bool)
+        insert[20:25, slice(*rows), slice(*cols)] = True
+        insert &= hu >= 130
+        assert insert.any() and (r.region & insert).sum() == insert.sum()
