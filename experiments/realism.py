@@ -1,9 +1,12 @@
-"""Realism check of agatax.synthetic: HU of each tissue class beside published non-contrast values, and where
-the voxels >= 130 HU come from (coronary calcium vs bone, aorta, valves, noise).
+"""Realism check of agatax.synthetic: HU of each tissue class beside published non-contrast values, where
+the voxels >= 130 HU come from (coronary calcium vs bone, aorta, valves, metal, noise), and the synthetic
+exams side by side with the real phantom series as the network sees them (3 mm grid) with their noise
+texture.
 
-    python3 experiments/realism.py [--exams 10] [--out experiments]
+    python3 experiments/realism.py [--exams 10] [--out experiments] [--phantom ../shared/data/qrm-phantom-canon/dicom]
 
-Writes realism_table.md (pasted into REALISM.md), realism_histograms.png and example_montage.png.
+Writes realism_table.md and realism_texture.md (pasted into REALISM.md), realism_histograms.png,
+example_montage.png and network_view.png.
 """
 
 from __future__ import annotations
@@ -23,12 +26,79 @@ PUBLISHED = {
 }
 
 
+PHANTOM = Path(__file__).resolve().parents[2] / "shared" / "data" / "qrm-phantom-canon" / "dicom"
+
+
+def noise_texture(patch: np.ndarray, pixel_mm: float) -> tuple[float, list[float]]:
+    """Noise SD (HU) and its in-plane autocorrelation at 0.5, 1, 1.5, 2 and 3 mm of a uniform patch (y, x),
+    after removing the slow trend (15-pixel box mean)."""
+    from scipy import ndimage
+
+    p = patch.astype(np.float64)
+    p = (p - ndimage.uniform_filter(p, 15))[8:-8, 8:-8]
+    acf = []
+    for mm in (0.5, 1.0, 1.5, 2.0, 3.0):
+        lag = max(1, int(round(mm / pixel_mm)))
+        acf.append(float((p[:, lag:] * p[:, :-lag]).mean() / p.var()))
+    return float(p.std()), acf
+
+
+def compare_with_phantom(phantom_dir: Path, out: Path) -> None:
+    """network_view.png (HU and network input, phantom and synthetic) and realism_texture.md."""
+    from scipy import ndimage
+
+    from agatax import preprocess, read_volume
+
+    vol = read_volume(phantom_dir)
+    rows = ["| series | noise SD (HU) | autocorrelation at 0.5 / 1 / 1.5 / 2 / 3 mm |", "|---|---|---|"]
+    for z in (8, 10, 12):  # slices of the phantom's uniform 'heart' cylinder without inserts
+        sd, acf = noise_texture(vol.hu[z, 190:290, 200:310], vol.spacing[1])
+        rows.append(f"| real phantom, slice {z} (Canon FC12, 0.49 mm) | {sd:.1f} | {' / '.join(f'{a:.2f}' for a in acf)} |")
+    shown = [("real phantom (Canon, 3 mm)", vol, 23)]
+    for seed, kw in ((1003, {"protocol": "cardiac", "padding_hu": -2048.0}), (1004, {"protocol": "cardiac"}),
+                     (1005, {"protocol": "chest"})):
+        ex = generate_exam(seed, target_category="D", keep_tissue=True, **kw)
+        k = int(np.argmax((ex.mask > 0).sum((1, 2))))
+        shown.append((f"synthetic {ex.params['scanner']['protocol']}, seed {seed}", ex.volume, k))
+        # the largest square inside the heart (blood and myocardium: one uniform tissue without contrast)
+        edt = ndimage.distance_transform_edt(np.isin(ex.tissue[k], [TISSUES["blood"], TISSUES["myocardium"]]))
+        cy, cx = np.unravel_index(int(np.argmax(edt)), edt.shape)
+        n = int(min(edt.max() / 1.45, 20.0 / ex.volume.spacing[1]))
+        if n >= 16:
+            sd, acf = noise_texture(ex.volume.hu[k, cy - n:cy + n, cx - n:cx + n], ex.volume.spacing[1])
+            sc = ex.params["scanner"]
+            rows.append(f"| synthetic seed {seed} (noise {sc['noise_sigma_hu']:.0f} HU, sharpness {sc['sharpness']:.2f}, "
+                        f"{ex.volume.spacing[1]:.2f} mm) | {sd:.1f} | {' / '.join(f'{a:.2f}' for a in acf)} |")
+    (out / "realism_texture.md").write_text("\n".join(rows) + "\n")
+    print("\n".join(rows))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(shown), figsize=(4.2 * len(shown), 8.6))
+    for j, (title, v, k) in enumerate(shown):
+        axes[0, j].imshow(v.hu[k], cmap="gray", vmin=-300, vmax=800)
+        axes[0, j].set_title(f"{title}\nslice {k}, HU -300..800", fontsize=9)
+        x = np.asarray(preprocess(v.hu, v.spacing))
+        kz = min(int(round((k + 0.5) * v.spacing[0] / v.spacing[0] - 0.5)), x.shape[0] - 1)
+        axes[1, j].imshow(x[kz], cmap="gray", vmin=0, vmax=1)
+        axes[1, j].set_title(f"network input ({v.spacing[0]:g} mm grid, [0, 1])", fontsize=9)
+    for a in axes.ravel():
+        a.axis("off")
+    fig.tight_layout()
+    fig.savefig(out / "network_view.png", dpi=70)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--exams", type=int, default=10)
     ap.add_argument("--out", default=str(Path(__file__).parent))
+    ap.add_argument("--phantom", default=str(PHANTOM), help="real CT series to compare with (skipped if absent)")
     args = ap.parse_args()
     out = Path(args.out)
+    if Path(args.phantom).is_dir():
+        compare_with_phantom(Path(args.phantom), out)
     stats = {k: [] for k in PUBLISHED}
     hist = {k: np.zeros(300, np.int64) for k in PUBLISHED}
     edges = np.linspace(-1100, 1900, 301)

@@ -123,8 +123,8 @@ def _segment_all(ensemble, volume, multiple):
     votes = (logits > 0).sum(0)
     coarse = np.concatenate([logits > 0, (2 * votes > ensemble.members)[None]], 0)
     bright = np.asarray(volume.hu) >= 130.0
-    chest = localise_chest(volume.hu, volume.spacing)  # as agatax.run_pipeline (localise=True)
-    if chest.found:
+    chest = localise_chest(volume.hu, volume.spacing) if LOCALISE else None  # as agatax.run_pipeline
+    if chest is not None and chest.found:
         bright &= chest.region
     fine = np.stack([np.asarray(restore_grid(jnp.asarray(c), volume.shape, volume.spacing)) & bright
                      for c in coarse])
@@ -132,6 +132,7 @@ def _segment_all(ensemble, volume, multiple):
 
 
 _LOGITS = {}
+LOCALISE = True  # discard calcium outside the chest region, as agatax.run_pipeline does by default
 
 
 def _logits_fn(ensemble):

@@ -64,6 +64,8 @@ def main(argv=None) -> int:
     ap.add_argument("--matrix", type=int, default=None, help="synthetic in-plane matrix")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-j3", action="store_true", help="test on the unseen cohort only")
+    ap.add_argument("--both-localise", action="store_true",
+                    help="also evaluate without the chest localisation (localise=False)")
     ap.add_argument("--workdir", default=str(ROOT / "experiments" / "_table1_work"))
     args = ap.parse_args(argv)
     n = table1.cohort_size("J3", args.scale)
@@ -79,13 +81,16 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|")
     for w in args.weights:
         ens = load_ensemble(w)
-        for name, exams in cohorts.items():
-            ev = table1.evaluate(ens, exams)
-            results[f"{w}::{name}"] = ev
-            les = ev["lesions"]
-            print(f"| {w} | {name} | {ev['ensemble_c_index']:.3f} | {ev['ensemble_accuracy']:.3f} | "
-                  f"{les['sensitivity']:.3f} / {les['ppv']:.3f} / {les['f1']:.3f} | {ev['single_c_mean']:.3f} |",
-                  flush=True)
+        for localise in ((True, False) if args.both_localise else (True,)):
+            table1.LOCALISE = localise
+            for name, exams in cohorts.items():
+                ev = table1.evaluate(ens, exams)
+                tag = name if localise else f"{name}, no localisation"
+                results[f"{w}::{tag}"] = ev
+                les = ev["lesions"]
+                print(f"| {w} | {tag} | {ev['ensemble_c_index']:.3f} | {ev['ensemble_accuracy']:.3f} | "
+                      f"{les['sensitivity']:.3f} / {les['ppv']:.3f} / {les['f1']:.3f} | {ev['single_c_mean']:.3f} |",
+                      flush=True)
     out = Path(args.workdir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "unseen_results.json").write_text(json.dumps(results, indent=1))

@@ -143,8 +143,9 @@ def test_batch_with_a_bad_exam_keeps_the_good_results_and_exits_3(cohort, tmp_pa
     listing = tmp_path / "exams.txt"
     listing.write_text(f"{cohort / 'exams' / 'case0'}\n{tmp_path / 'no_such_exam'}\n")
     report, out = tmp_path / "report", tmp_path / "all.json"
+    # --no-localise: the untrained networks' calcium lies on bone, which the chest region would discard
     args = ["score", "@" + str(listing), "--weights", str(cohort / "tiny.msgpack"), "--report", str(report),
-            "--json", str(out), "--no-png"]
+            "--json", str(out), "--no-png", "--no-localise"]
     assert main(args) == 3
     captured = capsys.readouterr()
     assert "case0  Agatston " in captured.out and "no_such_exam  FAILED [NOT_FOUND]" in captured.out
@@ -336,3 +337,22 @@ def test_score_with_the_shipped_default_ensemble(cohort, capsys):
     assert CONTRACT <= set(result) and result["members"] == 5
     fractions = [lesion["vote_fraction"] for lesion in result["lesions"]]
     assert all(3 / 5 - 1e-6 <= f <= 1.0 for f in fractions)  # majority of five on every lesion pixel
+
+
+def test_localisation_discards_calcium_outside_the_chest_region_unless_turned_off(cohort, tmp_path):
+    from agatax import localise_chest
+
+    exam = cohort / "exams" / "case0"
+    outs = {}
+    for flag in ([], ["--no-localise"]):
+        out = tmp_path / f"r{len(flag)}.json"
+        assert main(["score", str(exam), "--weights", str(cohort / "tiny.msgpack"), "--json", str(out)] + flag) == 0
+        outs[bool(flag)] = json.loads(out.read_text())
+    volume = read_volume(exam)
+    region = localise_chest(volume.hu, volume.spacing).region
+    assert region is not None
+    inside = [region[tuple(int(round(c)) for c in lesion["centroid_zyx"])] for lesion in outs[True]["lesions"]]
+    assert not all(inside)  # the untrained networks call calcium outside the chest region...
+    for lesion in outs[False]["lesions"]:  # ...which the default run discards
+        assert region[tuple(int(round(c)) for c in lesion["centroid_zyx"])]
+    assert outs[False]["agatston"] < outs[True]["agatston"]
