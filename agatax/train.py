@@ -86,8 +86,8 @@ class TrainConfig:
             clipped to [-0.8, 1.0] (negative: smoother kernel, positive: sharper), blur a [1, 2, 1] / 4
             in-plane filter.
         border_cut: probability that a patch is cut by a field-of-view edge: beyond a random in-plane line
-            the image becomes padding (0) and the target 0, as where a reconstruction ends (bone cut
-            at the image border, outside the reconstruction circle).
+            25-50 % of the patch from its centre the image becomes padding (0) and the target 0, as where
+            a reconstruction ends (bone cut at the image border, outside the reconstruction circle).
         dice_smooth: smoothing term of the Dice loss.
         dice_pooled: False: the mean of per-patch Dice losses (a hard-negative patch's false positives
             get the full push of a calcium-free Dice loss); True: one Dice over the whole batch.
@@ -446,12 +446,13 @@ def _blur_inplane(x):
 
 
 def _border_cut(x, y, key, probability: float):
-    """Cut each patch, with ``probability``, by a random in-plane line: beyond it image and target are 0.
-    x, y: (B, z, y, x). The cut removes up to 45 % of the patch."""
+    """Cut each patch, with ``probability``, by a random in-plane line 25-50 % of the patch from its centre
+    (the centre, where calcium patches hold their calcium, is kept): beyond it image and target are 0.
+    x, y: (B, z, y, x)."""
     k_use, k_angle, k_depth = jax.random.split(key, 3)
     b, _, ny, nx = x.shape
     angle = jax.random.uniform(k_angle, (b, 1, 1, 1), minval=0.0, maxval=2 * jnp.pi)
-    depth = jax.random.uniform(k_depth, (b, 1, 1, 1), minval=0.05, maxval=0.5)
+    depth = jax.random.uniform(k_depth, (b, 1, 1, 1), minval=0.25, maxval=0.5)
     yy = (jnp.arange(ny, dtype=jnp.float32) / (ny - 1) - 0.5)[None, None, :, None]
     xx = (jnp.arange(nx, dtype=jnp.float32) / (nx - 1) - 0.5)[None, None, None, :]
     beyond = jnp.cos(angle) * yy + jnp.sin(angle) * xx > depth
@@ -784,6 +785,9 @@ def train_member(
     return jax.device_get(best["variables"])
 
 
+COLLAPSE_SEED_STEP = 7919
+
+
 def train_ensemble(
     train_data: TrainingSet,
     val_data: TrainingSet | None,
@@ -795,13 +799,17 @@ def train_ensemble(
     *,
     log: Callable[[str], None] | None = print,
     histories: list | None = None,
+    collapse_retries: int = 2,
 ):
     """Train ``members`` networks on the same data with different seeds and stack them into an Ensemble.
 
     Args:
         seeds: one seed per member (default ``config.seed + k``).
-        checkpoint_dir: parent folder; member k checkpoints under ``member{k}/``.
-        histories: optional list receiving one history list per member.
+        checkpoint_dir: parent folder; member k checkpoints under ``member{k}/`` (a retry under
+            ``member{k}_retry{n}/``).
+        histories: optional list receiving one history list per member (the kept run's).
+        collapse_retries: a member whose validation Dice is 0 at every check (it learned to call nothing
+            calcium) is trained again from seed + 7919 * n, up to this many times; the last run is kept.
     Returns:
         ``agatax.ensemble.Ensemble`` (members stacked on the leading axis).
     """
@@ -813,12 +821,22 @@ def train_ensemble(
                          code="BAD_TRAIN_CONFIG")
     variables = []
     for k, s in enumerate(seeds):
-        if log:
-            log(f"member {k + 1}/{members} (seed {s})")
-        hist: list = []
-        sub = Path(checkpoint_dir) / f"member{k}" if checkpoint_dir is not None else None
-        variables.append(train_member(train_data, val_data, config, model_config, seed=s,
-                                      checkpoint_dir=sub, log=log, history=hist))
+        for attempt in range(1 + collapse_retries):
+            seed = s + COLLAPSE_SEED_STEP * attempt
+            if log:
+                log(f"member {k + 1}/{members} (seed {seed})")
+            hist: list = []
+            sub = None
+            if checkpoint_dir is not None:
+                sub = Path(checkpoint_dir) / (f"member{k}" + (f"_retry{attempt}" if attempt else ""))
+            member = train_member(train_data, val_data, config, model_config, seed=seed, checkpoint_dir=sub,
+                                  log=log, history=hist)
+            dice = [r["val_dice"] for r in hist if r.get("val_dice") is not None]
+            if not dice or max(dice) > 0.0 or attempt == collapse_retries:
+                break
+            if log:  # a network that never found any calcium in validation has collapsed to "no calcium"
+                log(f"member {k + 1}/{members}: validation Dice 0 at every check (collapsed); trained again")
+        variables.append(member)
         if histories is not None:
             histories.append(hist)
     return stack_members(variables, model_config)

@@ -286,3 +286,65 @@ def test_synthetic_exams_bring_their_look_alike_calcium_as_negatives():
     back_neg = np.asarray(restore_grid(jnp.asarray(neg), exam.volume.shape, exam.volume.spacing))
     back_tgt = np.asarray(restore_grid(jnp.asarray(data.targets[0]), exam.volume.shape, exam.volume.spacing))
     assert (back_neg | back_tgt)[look_alike].all()
+
+
+def test_a_collapsed_member_is_trained_again_with_another_seed(monkeypatch):
+    """A member whose validation Dice is 0 at every check is trained again (seed + 7919); the retry's
+    variables and history are kept; a member that found calcium is not retried."""
+    import agatax.train as train_mod
+
+    calls = []
+    real = train_mod.train_member
+
+    def fake(train, val, config, model_config, *, seed, checkpoint_dir=None, log=None, history=None):
+        calls.append(seed)
+        dice = 0.0 if seed == 1 else 0.4
+        history.extend([{"step": 3, "loss": 1.0, "val_dice": dice}, {"step": 6, "loss": 1.0, "val_dice": dice}])
+        cfg = TrainConfig(**{**config.__dict__, "steps": 1, "eval_every": 1})
+        return real(train, None, cfg, model_config, seed=seed, log=None)
+
+    monkeypatch.setattr(train_mod, "train_member", fake)
+    hists: list = []
+    logged: list = []
+    ens = train_ensemble(TRAIN, TRAIN, CFG, TINY, members=2, seeds=[0, 1], log=logged.append, histories=hists)
+    assert calls == [0, 1, 1 + train_mod.COLLAPSE_SEED_STEP]
+    assert [max(r["val_dice"] for r in h) for h in hists] == [0.4, 0.4]
+    assert any("collapsed" in line for line in logged)
+    assert jax.tree.leaves(ens.variables["params"])[0].shape[0] == 2
+    # never more than collapse_retries extra runs: the last one is kept even if it collapsed too
+    calls.clear()
+    monkeypatch.setattr(train_mod, "COLLAPSE_SEED_STEP", 0)  # every retry collapses again
+    train_ensemble(TRAIN, TRAIN, CFG, TINY, members=1, seeds=[1], log=None, collapse_retries=2)
+    assert calls == [1, 1, 1]
+
+
+def test_kernel_augmentation_filter_matches_scipy():
+    from scipy import ndimage
+
+    from agatax.train import _blur_inplane
+
+    x = np.random.default_rng(0).random((2, 3, 9, 11)).astype(np.float32)
+    want = ndimage.correlate1d(ndimage.correlate1d(x, [0.25, 0.5, 0.25], axis=2, mode="nearest"),
+                               [0.25, 0.5, 0.25], axis=3, mode="nearest")
+    np.testing.assert_allclose(np.asarray(_blur_inplane(jnp.asarray(x))), want, rtol=1e-6, atol=1e-6)
+
+
+def test_border_cut_zeroes_image_and_target_beyond_one_line_and_keeps_the_centre():
+    from agatax.train import _border_cut
+
+    x = jnp.full((64, 4, 16, 16), 0.7)
+    y = jnp.ones((64, 4, 16, 16))
+    none_x, none_y = _border_cut(x, y, jax.random.key(0), 0.0)
+    assert np.array_equal(np.asarray(none_x), np.asarray(x)) and np.array_equal(np.asarray(none_y), np.asarray(y))
+    cx, cy = (np.asarray(a) for a in _border_cut(x, y, jax.random.key(1), 1.0))
+    cut = cx == 0
+    assert np.array_equal(cut, cy == 0)  # image and target cut together
+    assert np.all(cut == cut[:, :1])  # the same line on every slice
+    frac = cut[:, 0].mean(axis=(1, 2))
+    assert frac.min() > 0.0 and frac.max() <= 0.3  # every patch cut, never past 25 % from the centre
+    assert not cut[:, :, 6:10, 6:10].any()  # the centre is kept
+    # the cut part is a half-plane: convex in every row and column
+    for p in cut[:, 0]:
+        for line in list(p) + list(p.T):
+            idx = np.nonzero(line)[0]
+            assert idx.size == 0 or idx.size == idx[-1] - idx[0] + 1
