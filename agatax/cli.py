@@ -113,7 +113,8 @@ class ScoredExam:
     """One exam after segmentation and scoring (host arrays).
 
     volume: the exam; scores: ``agatax.Scores``; mask: (z, y, x) bool or artery labels; votes: int32
-    (z, y, x) members voting calcium, or None for a given mask; members: ensemble size or None.
+    (z, y, x) members voting calcium, or None for a given mask; members: ensemble size or None; chest:
+    the ``ChestRegion`` the networks' calcium was restricted to, or None.
     """
 
     volume: Any
@@ -121,6 +122,7 @@ class ScoredExam:
     mask: np.ndarray
     votes: np.ndarray | None = None
     members: int | None = None
+    chest: Any = None
 
 
 def _exam_warnings(volume, series: str | None) -> list[str]:
@@ -203,7 +205,7 @@ class ExamScorer:
         if result.chest is not None and not result.chest.found:
             volume = volume.replace(warnings=tuple(volume.warnings) + (f"chest localisation: {result.chest.note}",))
         return ScoredExam(volume, result.scores, np.asarray(result.mask), np.asarray(result.votes),
-                          self.ensemble.members)
+                          self.ensemble.members, result.chest)
 
     def _extras(self) -> dict[str, Any]:
         return {"mask": None if self.mask is None else str(self.mask)}
@@ -217,6 +219,8 @@ class ExamScorer:
         out = report_dict(scored.volume, scored.scores, exam_id=exam_id, vote_fractions=fractions,
                           members=scored.members)
         out.update(self._extras())
+        if scored.chest is not None:
+            out["chest_region"] = scored.chest.to_dict()
         return out
 
     def write(self, directory, scored: ScoredExam, exam_id: str, *, png: bool = True) -> tuple[dict, dict]:
@@ -228,6 +232,8 @@ class ExamScorer:
         path = Path(paths["json"])
         result = json.loads(path.read_text())
         extras = self._extras()
+        if scored.chest is not None:
+            extras["chest_region"] = scored.chest.to_dict()
         if any(k not in result or result[k] != v for k, v in extras.items()):
             result.update(extras)
             atomic_write_text(path, json.dumps(result, indent=2) + "\n")
@@ -280,6 +286,8 @@ def format_report(result: dict[str, Any]) -> str:
     ]
     if result.get("members"):
         lines.append(f"calcium:   majority vote of {result['members']} networks")
+    if result.get("chest_region"):
+        lines.append(f"chest:     {result['chest_region']['note']}")
     elif result.get("mask"):
         lines.append(f"calcium:   mask {result['mask']}")
     lines += [

@@ -356,3 +356,5 @@ def test_localisation_discards_calcium_outside_the_chest_region_unless_turned_of
     for lesion in outs[False]["lesions"]:  # ...which the default run discards
         assert region[tuple(int(round(c)) for c in lesion["centroid_zyx"])]
     assert outs[False]["agatston"] < outs[True]["agatston"]
+    assert outs[False]["chest_region"]["found"] is True and "lungs" in outs[False]["chest_region"]["note"]
+    assert "chest_region" not in outs[True]
