@@ -25,7 +25,7 @@ import numpy as np
 
 from agatax.ensemble import Ensemble, ensemble_votes, majority_vote, resolve_strategy
 from agatax.errors import InputError
-from agatax.preprocess import _preprocess_kernel, _restore_kernel, grid_shape
+from agatax.preprocess import _preprocess_kernel, _restore_kernel, grid_shape, network_grid_mm
 from agatax.volume import Volume
 
 __all__ = ["segment", "segment_and_score", "run_pipeline", "resolve_score_on", "PipelineResult", "SCORE_ON"]
@@ -90,7 +90,7 @@ def _run(ensemble, volume, spacing, *, strategy, target_mm, threshold_hu, score,
 
         chest = localise_chest(np.asarray(hu), spacing)
     grid = grid_shape(hu.shape, spacing, target_mm=target_mm, multiple=ensemble.config.multiple)
-    target = spacing[0] if target_mm is None else float(target_mm)
+    target = network_grid_mm(spacing[0]) if target_mm is None else float(target_mm)
     return _pipeline_kernel(
         ensemble,
         jnp.asarray(hu),
@@ -117,7 +117,7 @@ def segment(
         ensemble: the voting networks.
         volume: a Volume, a (hu, spacing) pair, or an HU array (z, y, x) with ``spacing=(dz, dy, dx)`` mm.
         strategy: "auto", "vmap" or "sequential" (see agatax.ensemble).
-        target_mm: isotropic network grid, mm (default the slice increment).
+        target_mm: isotropic network grid, mm (default the slice increment; 3 mm for slices under 2 mm).
         threshold_hu: calcium threshold (HU); also the pre-processing enhancement threshold.
         localise: discard calcium outside the chest region that ``agatax.localise_chest`` finds between the
             lungs (bone, arms, the image border); where it finds no lungs nothing is discarded.

@@ -27,7 +27,7 @@ import numpy as np
 
 from agatax.errors import InputError
 
-__all__ = ["preprocess", "grid_shape", "restore_grid", "resample_hu", "WINDOW_HU", "AIR_HU"]
+__all__ = ["preprocess", "grid_shape", "restore_grid", "resample_hu", "network_grid_mm", "WINDOW_HU", "AIR_HU"]
 
 WINDOW_HU = (-300.0, 800.0)
 AIR_HU = -1000.0
@@ -47,19 +47,34 @@ def _host_spacing(spacing, what: str = "spacing") -> tuple[float, float, float]:
     return tuple(float(v) for v in values)  # type: ignore[return-value]
 
 
+THIN_SLICE_MM = 2.0
+THIN_GRID_MM = 3.0
+
+
+def network_grid_mm(dz):
+    """Default isotropic grid spacing (mm) for a slice increment ``dz`` (mm; a float or a traced scalar):
+    ``dz`` itself (the paper: 2.5 or 3 mm, and 5 mm chest CT), but 3 mm for thin reconstructions
+    (``dz`` < 2 mm), so that a 0.625 mm series meets the networks at the grid they were trained on
+    instead of a grid 5x finer (and ~100x larger)."""
+    if isinstance(dz, (int, float)):
+        return THIN_GRID_MM if dz < THIN_SLICE_MM else float(dz)
+    return jnp.where(dz < THIN_SLICE_MM, jnp.float32(THIN_GRID_MM), dz)
+
+
 def grid_shape(
     shape: Sequence[int], spacing, *, target_mm: float | None = None, multiple: int = 8
 ) -> tuple[int, int, int]:
     """Static (z, y, x) size of the isotropic grid (host side).
 
     Each axis gets ceil(extent / target_mm) voxels (extent = size x spacing, mm), rounded up to a multiple
-    of ``multiple`` (the network's 2**(levels-1)). ``target_mm`` defaults to the slice increment dz.
-    E.g. (56, 512, 512) at (3, 0.4, 0.4) mm -> (56, 72, 72).
+    of ``multiple`` (the network's 2**(levels-1)). ``target_mm`` defaults to :func:`network_grid_mm` of
+    the slice increment dz. E.g. (56, 512, 512) at (3, 0.4, 0.4) mm -> (56, 72, 72); (240, 512, 512) at
+    (0.625, 0.4, 0.4) mm -> (56, 72, 72) on a 3 mm grid.
     """
     if len(shape) != 3:
         raise InputError(f"volume must have rank 3 (z, y, x); got shape {tuple(shape)}", code="BAD_RANK")
     dz, dy, dx = _host_spacing(spacing)
-    t = dz if target_mm is None else float(target_mm)
+    t = network_grid_mm(dz) if target_mm is None else float(target_mm)
     if not (math.isfinite(t) and t > 0):
         raise InputError(f"target_mm must be a positive number of mm; got {target_mm}", code="BAD_SPACING")
     out = []
@@ -140,7 +155,8 @@ def preprocess(
     Args:
         hu: (z, y, x) HU.
         spacing: (dz, dy, dx) mm (may be traced when ``out_shape`` is given).
-        target_mm: isotropic grid spacing, mm; default the slice increment dz (may be traced).
+        target_mm: isotropic grid spacing, mm; default ``network_grid_mm(dz)``: the slice increment, 3 mm
+            for thin slices (may be traced).
         out_shape: static output (z, y, x); default ``grid_shape(hu.shape, spacing, target_mm=...,
             multiple=multiple)`` (needs a concrete spacing).
         multiple: network size multiple, 2**(levels-1) (8 for the paper's network).
@@ -164,7 +180,7 @@ def preprocess(
     if not hi > lo:
         raise InputError(f"window must be (low, high) HU with high > low; got {window}", code="BAD_WINDOW")
     spacing = jnp.asarray(spacing, jnp.float32).reshape(3)
-    target = spacing[0] if target_mm is None else jnp.asarray(target_mm, jnp.float32)
+    target = network_grid_mm(spacing[0]) if target_mm is None else jnp.asarray(target_mm, jnp.float32)
     return _preprocess_kernel(hu, spacing, target, threshold_hu, out_shape=out_shape, window=(lo, hi))
 
 
@@ -188,7 +204,7 @@ def restore_grid(coarse: jax.Array, shape: Sequence[int], spacing, *, target_mm=
             code="BAD_RANK",
         )
     spacing = jnp.asarray(spacing, jnp.float32).reshape(3)
-    t = spacing[0] if target_mm is None else jnp.asarray(target_mm, jnp.float32)
+    t = network_grid_mm(spacing[0]) if target_mm is None else jnp.asarray(target_mm, jnp.float32)
     return _restore_kernel(coarse, spacing, t, shape=tuple(int(n) for n in shape))
 
 

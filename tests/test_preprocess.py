@@ -139,3 +139,20 @@ def test_bad_inputs():
     with pytest.raises(InputError) as info:
         preprocess(np.zeros((4, 4, 4)), (1.0, 1.0, 1.0), out_shape=(4, 4, 6))
     assert info.value.code == "BAD_SHAPE"
+
+
+def test_thin_slices_meet_the_networks_on_a_3_mm_grid():
+    """0.625 mm slices: the default grid is 3 mm (hand count: 240 x 0.625 = 150 mm -> 50 cells -> 56 as a
+    multiple of 8; 128 x 0.8 = 102.4 mm -> 35 cells -> 40), and the default path equals target_mm=3."""
+    from agatax.preprocess import network_grid_mm
+
+    assert grid_shape((240, 128, 128), (0.625, 0.8, 0.8)) == (56, 40, 40)
+    assert grid_shape((56, 128, 128), (2.5, 0.8, 0.8)) == (56, 48, 48)  # 2.5 mm slices keep their grid
+    assert network_grid_mm(1.25) == 3.0 and network_grid_mm(2.0) == 2.0 and network_grid_mm(5.0) == 5.0
+    rng = np.random.default_rng(3)
+    hu = rng.uniform(-200, 300, (40, 24, 24)).astype(np.float32)
+    spacing = (0.625, 0.8, 0.8)
+    np.testing.assert_array_equal(np.asarray(preprocess(hu, spacing)), np.asarray(preprocess(hu, spacing, target_mm=3.0)))
+    coarse = jnp.arange(np.prod(grid_shape(hu.shape, spacing))).reshape(grid_shape(hu.shape, spacing))
+    np.testing.assert_array_equal(np.asarray(restore_grid(coarse, hu.shape, spacing)),
+                                  np.asarray(restore_grid(coarse, hu.shape, spacing, target_mm=3.0)))
