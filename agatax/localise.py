@@ -19,7 +19,9 @@ networks. On a coarse grid of about 4 mm:
    coronaries run >= 1 cm from bone.
 
 Where no lungs are found (a water phantom, a volume cut below the lungs, a tiny volume) the result has
-``found=False`` and a note; the pipeline then discards nothing.
+``found=False`` and a note; the pipeline then discards nothing. The mediastinum's density also tells a
+contrast-enhanced scan (``contrast_enhanced``: its 70th percentile above 130 HU; 50-90 HU without
+contrast), which the pipeline refuses.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import dataclasses
 import numpy as np
 from scipy import ndimage, spatial
 
-__all__ = ["ChestRegion", "localise_chest"]
+__all__ = ["ChestRegion", "localise_chest", "ENHANCED_HU70"]
 
 _COARSE_MM = 4.0
 _LUNG_HU = (-960.0, -400.0)
@@ -39,6 +41,7 @@ _BONE_HU = 150.0
 _MIN_BONE_CM3 = 2.0
 _MARGIN_MM = 8.0
 _HULL_INSET_MM = 10.0
+ENHANCED_HU70 = 130.0
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -51,6 +54,8 @@ class ChestRegion:
         box: (slice, slice, slice) bounding box of ``region`` on the exam's grid, or None.
         lung_cm3: volume of the lungs found (cm^3).
         note: one line on what was found (for reports and logs).
+        mediastinum_hu70: 70th percentile of the mediastinum's local mean HU between -50 and 700 (fat
+            left out): 50-90 HU without contrast, far higher when the blood is enhanced; NaN if not found.
     """
 
     found: bool
@@ -58,11 +63,20 @@ class ChestRegion:
     box: tuple[slice, slice, slice] | None
     lung_cm3: float
     note: str
+    mediastinum_hu70: float = float("nan")
+
+    @property
+    def contrast_enhanced(self) -> bool:
+        """True when the mediastinum looks contrast-enhanced (``mediastinum_hu70`` > 130 HU): calcium
+        scoring needs a non-contrast scan, and enhanced blood would pass for calcium (or for bone)."""
+        return bool(self.found and self.mediastinum_hu70 > ENHANCED_HU70)
 
     def to_dict(self) -> dict:
         """JSON-safe summary (no arrays)."""
         box = None if self.box is None else [[s.start, s.stop] for s in self.box]
-        return {"found": self.found, "box_zyx": box, "lung_cm3": round(self.lung_cm3, 1), "note": self.note}
+        hu70 = None if not np.isfinite(self.mediastinum_hu70) else round(self.mediastinum_hu70, 1)
+        return {"found": self.found, "box_zyx": box, "lung_cm3": round(self.lung_cm3, 1), "note": self.note,
+                "mediastinum_hu70": hu70}
 
 
 def _factors(spacing) -> tuple[int, int, int]:
@@ -153,6 +167,8 @@ def localise_chest(hu, spacing) -> ChestRegion:
     cube = np.ones((3, 3, 3), bool)
     bone |= ndimage.binary_dilation(bone, structure=cube) & ~dense  # its partial-volume rim
     region_c = medi & ~bone
+    soft = m[medi & (m > -50.0) & (m < 700.0)]
+    hu70 = float(np.percentile(soft, 70)) if soft.size else float("nan")
     if not region_c.any():
         return ChestRegion(False, None, None, lung_cm3, "lungs found but no mediastinum between them: calcium not restricted")
 
@@ -164,4 +180,4 @@ def localise_chest(hu, spacing) -> ChestRegion:
     box = tuple(slice(int(i[0]), int(i[-1]) + 1) for i in nz)
     frac = float(region.mean())
     return ChestRegion(True, region, box, lung_cm3,
-                       f"lungs {lung_cm3:.0f} cm^3; calcium searched in {100 * frac:.0f} % of the volume")
+                       f"lungs {lung_cm3:.0f} cm^3; calcium searched in {100 * frac:.0f} % of the volume", hu70)

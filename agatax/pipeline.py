@@ -89,6 +89,13 @@ def _run(ensemble, volume, spacing, *, strategy, target_mm, threshold_hu, score,
         from agatax.localise import localise_chest
 
         chest = localise_chest(np.asarray(hu), spacing)
+        if chest.contrast_enhanced:
+            raise InputError(
+                f"the exam looks contrast-enhanced (mediastinum at {chest.mediastinum_hu70:.0f} HU, 70th percentile; "
+                "non-contrast scans: 50-90 HU): calcium scoring needs a non-contrast scan, and enhanced blood would "
+                "be scored as calcium", code="CONTRAST_ENHANCED",
+                hint="score the non-contrast calcium-scoring series of the study; if this one is non-contrast, "
+                "localise=False (--no-localise) skips the check")
     grid = grid_shape(hu.shape, spacing, target_mm=target_mm, multiple=ensemble.config.multiple)
     target = network_grid_mm(spacing[0]) if target_mm is None else float(target_mm)
     return _pipeline_kernel(

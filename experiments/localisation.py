@@ -5,7 +5,8 @@ of bone (and of look-alike calcium) left out, region size and time.
 
 Exams: seeds 1000.., categories A-E in turn, scanner settings and protocol (80 % cardiac, 20 % chest)
 drawn by the generator. Bone: the generator's noise-free anatomy >= 130 HU, counted where the image is
->= 130 HU. Prints a Markdown summary (pasted into RESULTS.md).
+>= 130 HU. Mediastinum HU70: the contrast check's statistic (refused above 130 HU). Prints a Markdown
+summary (pasted into RESULTS.md).
 """
 
 from __future__ import annotations
@@ -37,18 +38,19 @@ def main() -> None:
         rows.append({"protocol": ex.params["scanner"]["protocol"], "found": r.found, "cac": int(cac.sum()),
                      "cac_in": int((cac & region).sum()), "bone": int(bone.sum()), "bone_in": int((bone & region).sum()),
                      "alike": int(alike.sum()), "alike_in": int((alike & region).sum()), "frac": float(region.mean()),
-                     "s": dt})
+                     "s": dt, "hu70": r.mediastinum_hu70})
     found = [r for r in rows if r["found"]]
     pooled = lambda k: sum(r[k] for r in rows)  # noqa: E731
     print(f"| exams | lungs found | coronary calcium kept | exams losing any | bone left out (pooled, worst exam) "
-          f"| look-alike left out | region, share of volume (median) | time (median) |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"| look-alike left out | region, share of volume (median) | time (median) | mediastinum HU70 (max) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     worst = min(1 - r["bone_in"] / max(r["bone"], 1) for r in rows)
     print(f"| {len(rows)} ({sum(r['protocol'] == 'chest' for r in rows)} chest) | {len(found)} | "
           f"{pooled('cac_in')} / {pooled('cac')} voxels | {sum(r['cac_in'] < r['cac'] for r in rows)} | "
           f"{100 * (1 - pooled('bone_in') / pooled('bone')):.2f} %, {100 * worst:.1f} % | "
           f"{100 * (1 - pooled('alike_in') / max(pooled('alike'), 1)):.0f} % | "
-          f"{100 * np.median([r['frac'] for r in rows]):.0f} % | {np.median([r['s'] for r in rows]):.2f} s |")
+          f"{100 * np.median([r['frac'] for r in rows]):.0f} % | {np.median([r['s'] for r in rows]):.2f} s | "
+          f"{max(r['hu70'] for r in rows):.0f} HU |")
 
 
 if __name__ == "__main__":

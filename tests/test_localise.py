@@ -196,3 +196,24 @@ def test_real_phantom_spine_insert_and_rod_are_left_out(phantom_dir):
         insert[20:25, slice(*rows), slice(*cols)] = True
         insert &= hu >= 130
         assert insert.any() and (r.region & insert).sum() == insert.sum()
+
+
+def test_contrast_enhanced_exam_is_refused():
+    """Blood at +250 HU and myocardium at +80 HU (a contrast scan): the mediastinum's 70th percentile rises
+    far above a non-contrast exam's, and the pipeline refuses with CONTRAST_ENHANCED instead of scoring
+    (before, enhanced blood would have been taken for calcium, or for bone)."""
+    from agatax import InputError
+
+    ex = exam(5, protocol="cardiac", padding_hu=None, keep_tissue=True)
+    plain = localise_chest(ex.volume.hu, ex.volume.spacing)
+    assert 30.0 < plain.mediastinum_hu70 < 100.0 and not plain.contrast_enhanced
+    hu = ex.volume.hu.copy()
+    hu[ex.tissue == TISSUES["blood"]] += 250.0
+    hu[ex.tissue == TISSUES["myocardium"]] += 80.0
+    enhanced = localise_chest(hu, ex.volume.spacing)
+    assert enhanced.contrast_enhanced and enhanced.mediastinum_hu70 > 130.0
+    with pytest.raises(InputError) as err:
+        run_pipeline(_all_calcium_ensemble(), Volume(hu, ex.volume.spacing))
+    assert err.value.code == "CONTRAST_ENHANCED"
+    res = run_pipeline(_all_calcium_ensemble(), Volume(hu, ex.volume.spacing), localise=False)
+    assert res.chest is None
