@@ -72,3 +72,33 @@ def test_missing_or_corrupt_weights_raise_checkpoint_errors(tmp_path):
 def test_score_exam_refuses_other_inputs():
     with pytest.raises(InputError):
         score_exam(np.zeros((8, 8, 8)))
+
+
+@pytest.mark.parametrize("kw,flip", [
+    ({"protocol": "chest"}, None),  # non-gated chest field of view: whole rib cage, scapulae
+    ({"protocol": "cardiac", "padding_hu": -2048.0}, None),  # bone cut at the border, padding
+    ({"protocol": "cardiac", "padding_hu": -2048.0}, (2,)),  # the same body mirrored left-right
+    ({"protocol": "cardiac", "padding_hu": None}, (1, 2)),  # rotated by 180 degrees
+])
+def test_calcium_free_exams_keep_bone_and_the_border_clear(kw, flip):
+    from agatax.synthetic import generate_exam
+
+    ex = generate_exam(21, target_category="A", matrix=256, **kw)
+    hu = ex.volume.hu if flip is None else np.ascontiguousarray(np.flip(ex.volume.hu, flip))
+    bone = (ex.distractor_mask == 1) & (ex.volume.hu >= 130)
+    if flip is not None:
+        bone = np.flip(bone, flip)
+    res = score_exam(agatax.Volume(hu, ex.volume.spacing))
+    assert not (res.mask & bone).any()
+    assert res.chest.found and not (res.mask & ~res.chest.region).any()  # nothing outside the heart region
+    if flip is None:  # mirrored hearts are outside training (no flips): canonical orientation is their fix
+        assert res.scores.agatston < 10.0, res.scores.agatston  # category A or B
+
+
+def test_real_phantom_spine_insert_and_rod_are_never_scored(phantom_dir):
+    """The QRM phantom end to end with the default ensemble: nothing on its spine insert or calibration rod
+    (located by hand: rows 320-470 x columns 200-310; slices 29-38 x rows 190-245 x columns 225-290)."""
+    volume = agatax.read_volume(phantom_dir / "dicom")
+    res = score_exam(volume)
+    assert not res.mask[:, 320:470, 200:310].any()
+    assert not res.mask[29:39, 190:245, 225:290].any()
