@@ -136,7 +136,8 @@ def localise_chest(hu, spacing) -> ChestRegion:
     # air at that density inside the body (bullae of emphysema, airways) counts as lung
     air = m <= _LUNG_HU[0]
     lab, _ = ndimage.label(air, structure=np.ones((3, 3, 3), bool))
-    edge = np.unique(np.concatenate([lab[:, 0].ravel(), lab[:, -1].ravel(), lab[:, :, 0].ravel(), lab[:, :, -1].ravel()]))
+    edge = np.unique(np.concatenate([lab[:, 0].ravel(), lab[:, -1].ravel(), lab[:, :, 0].ravel(),
+                                     lab[:, :, -1].ravel()]))
     exterior = np.isin(lab, edge[edge > 0])
     aerated = (m < _LUNG_HU[1]) & ~exterior
     plane = np.zeros((1, 3, 3), bool)
@@ -159,8 +160,8 @@ def localise_chest(hu, spacing) -> ChestRegion:
 
     dense = m >= _BONE_HU
     dense = np.stack([ndimage.binary_fill_holes(s) for s in dense])
-    # bone is thick: seeds survive an in-plane erosion (plaques, 1-2 coarse voxels thick, do not), and the
-    # bone is the dense tissue within one voxel of a large seed (a plaque touching the spine stays out)
+    # bone is thick: seeds survive an in-plane erosion (plaques, 1-2 coarse voxels thick, do not); the bone
+    # is every face-connected dense component that holds a large seed
     seeds = _components(ndimage.binary_erosion(dense, structure=plane), _MIN_BONE_CM3 / voxel_cm3)
     lab, _ = ndimage.label(dense)  # face-connected: a plaque merges with bone only where they touch
     bone = np.isin(lab, np.unique(lab[seeds]))
@@ -170,7 +171,8 @@ def localise_chest(hu, spacing) -> ChestRegion:
     soft = m[medi & (m > -50.0) & (m < 700.0)]
     hu70 = float(np.percentile(soft, 70)) if soft.size else float("nan")
     if not region_c.any():
-        return ChestRegion(False, None, None, lung_cm3, "lungs found but no mediastinum between them: calcium not restricted")
+        return ChestRegion(False, None, None, lung_cm3,
+                           "lungs found but no mediastinum between them: calcium not restricted")
 
     region = region_c
     for axis, k in enumerate(f):
