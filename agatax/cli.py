@@ -207,8 +207,12 @@ class ExamScorer:
         return ScoredExam(volume, result.scores, np.asarray(result.mask), np.asarray(result.votes),
                           self.ensemble.members, result.chest)
 
-    def _extras(self) -> dict[str, Any]:
-        return {"mask": None if self.mask is None else str(self.mask)}
+    def _extras(self, scored: ScoredExam) -> dict[str, Any]:
+        """Keys the JSON carries beyond the report: the given mask, and the chest region used."""
+        extras: dict[str, Any] = {"mask": None if self.mask is None else str(self.mask)}
+        if scored.chest is not None:
+            extras["chest_region"] = scored.chest.to_dict()
+        return extras
 
     def result(self, scored: ScoredExam, exam_id: str | None = None) -> dict[str, Any]:
         """The JSON dict of a scored exam (the ``--json`` contract; ``vote_fraction`` per lesion with an
@@ -218,9 +222,7 @@ class ExamScorer:
         fractions = None if scored.votes is None else _vote_fractions(scored)
         out = report_dict(scored.volume, scored.scores, exam_id=exam_id, vote_fractions=fractions,
                           members=scored.members)
-        out.update(self._extras())
-        if scored.chest is not None:
-            out["chest_region"] = scored.chest.to_dict()
+        out.update(self._extras(scored))
         return out
 
     def write(self, directory, scored: ScoredExam, exam_id: str, *, png: bool = True) -> tuple[dict, dict]:
@@ -231,9 +233,7 @@ class ExamScorer:
                              members=scored.members, exam_id=exam_id, png=png)
         path = Path(paths["json"])
         result = json.loads(path.read_text())
-        extras = self._extras()
-        if scored.chest is not None:
-            extras["chest_region"] = scored.chest.to_dict()
+        extras = self._extras(scored)
         if any(k not in result or result[k] != v for k, v in extras.items()):
             result.update(extras)
             atomic_write_text(path, json.dumps(result, indent=2) + "\n")
