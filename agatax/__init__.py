@@ -38,6 +38,7 @@ from agatax.model import UNet, UNetConfig
 from agatax.ensemble import Ensemble, init_ensemble, load_ensemble, save_ensemble, stack_members
 from agatax.preprocess import grid_shape, preprocess, restore_grid
 from agatax.localise import ChestRegion, localise_chest
+from agatax.orientation import Reorientation, canonical_orientation, to_canonical
 from agatax.pipeline import PipelineResult, run_pipeline, segment, segment_and_score
 
 # --- synthetic data and ground truth ---

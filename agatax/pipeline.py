@@ -25,6 +25,7 @@ import numpy as np
 
 from agatax.ensemble import Ensemble, ensemble_votes, majority_vote, resolve_strategy
 from agatax.errors import InputError
+from agatax.orientation import Reorientation, canonical_orientation, restore_chest
 from agatax.preprocess import _preprocess_kernel, _restore_kernel, grid_shape, network_grid_mm
 from agatax.volume import Volume
 
@@ -56,13 +57,21 @@ def _arrays(volume, spacing) -> tuple[Any, tuple[float, float, float]]:
     return hu, spacing
 
 
-@partial(jax.jit, static_argnames=("grid", "strategy", "score", "min_area_mm2", "connectivity"))
+@partial(jax.jit, static_argnames=("grid", "strategy", "score", "min_area_mm2", "connectivity", "orient"))
 def _pipeline_kernel(ensemble, hu, spacing, target, threshold_hu, min_pixels, region, *, grid, strategy, score,
-                     min_area_mm2, connectivity):
+                     min_area_mm2, connectivity, orient):
+    """``hu`` and ``region`` in the stored layout, ``spacing`` canonical; ``orient``: (order, flip) of a
+    Reorientation, applied before the networks and undone after them, so that outputs are on the stored grid."""
+    order, flip = orient
     hu = hu.astype(jnp.float32)
-    x = _preprocess_kernel(hu, spacing, target, threshold_hu, out_shape=grid, window=(-300.0, 800.0))
+    flipped = tuple(a for a in range(3) if flip[a])
+    back = tuple(int(i) for i in np.argsort(order))
+    hu_c = jnp.transpose(hu, order)
+    hu_c = jnp.flip(hu_c, flipped) if flipped else hu_c
+    x = _preprocess_kernel(hu_c, spacing, target, threshold_hu, out_shape=grid, window=(-300.0, 800.0))
     _, votes = ensemble_votes(ensemble, x[None, ..., None], strategy=strategy)
-    votes = _restore_kernel(votes[0], spacing, target, shape=hu.shape)
+    votes = _restore_kernel(votes[0], spacing, target, shape=hu_c.shape)
+    votes = jnp.transpose(jnp.flip(votes, flipped) if flipped else votes, back)
     keep = hu >= threshold_hu
     if region is not None:  # chest localisation: no coronary calcium outside the mediastinum
         keep = keep & region
@@ -73,7 +82,7 @@ def _pipeline_kernel(ensemble, hu, spacing, target, threshold_hu, min_pixels, re
         from agatax.scoring import scores_jax
 
         out["scores"] = scores_jax(
-            hu, mask, spacing, min_pixels=min_pixels, min_area_mm2=min_area_mm2, connectivity=connectivity,
+            hu, mask, jnp.stack([spacing[i] for i in back]), min_pixels=min_pixels, min_area_mm2=min_area_mm2, connectivity=connectivity,
             threshold_hu=threshold_hu,
         )
     return out
@@ -83,12 +92,17 @@ def _run(ensemble, volume, spacing, *, strategy, target_mm, threshold_hu, score,
          min_area_mm2=None, connectivity=8):
     if not isinstance(ensemble, Ensemble):
         raise InputError(f"expected an agatax Ensemble; got {type(ensemble).__name__}", code="BAD_ARGUMENT")
+    how = None
+    if isinstance(volume, Volume):  # arrays given without a Volume are taken as canonical
+        how = canonical_orientation(volume.affine, source=volume.source)
     hu, spacing = _arrays(volume, spacing)
+    how = how or Reorientation((0, 1, 2), (False, False, False))
+    spacing_c = tuple(spacing[o] for o in how.order)
     chest = None
     if localise:
         from agatax.localise import localise_chest
 
-        chest = localise_chest(np.asarray(hu), spacing)
+        chest = restore_chest(localise_chest(how.apply(np.asarray(hu)), spacing_c), how, hu.shape)
         if chest.contrast_enhanced:
             raise InputError(
                 f"the exam looks contrast-enhanced (mediastinum at {chest.mediastinum_hu70:.0f} HU, 70th percentile; "
@@ -96,12 +110,13 @@ def _run(ensemble, volume, spacing, *, strategy, target_mm, threshold_hu, score,
                 "be scored as calcium", code="CONTRAST_ENHANCED",
                 hint="score the non-contrast calcium-scoring series of the study; if this one is non-contrast, "
                 "localise=False (--no-localise) skips the check")
-    grid = grid_shape(hu.shape, spacing, target_mm=target_mm, multiple=ensemble.config.multiple)
-    target = network_grid_mm(spacing[0]) if target_mm is None else float(target_mm)
+    shape_c = tuple(hu.shape[o] for o in how.order)
+    grid = grid_shape(shape_c, spacing_c, target_mm=target_mm, multiple=ensemble.config.multiple)
+    target = network_grid_mm(spacing_c[0]) if target_mm is None else float(target_mm)
     return _pipeline_kernel(
         ensemble,
         jnp.asarray(hu),
-        jnp.asarray(spacing, jnp.float32),
+        jnp.asarray(spacing_c, jnp.float32),
         jnp.float32(target),
         jnp.float32(threshold_hu),
         jnp.int32(min_pixels),
@@ -111,6 +126,7 @@ def _run(ensemble, volume, spacing, *, strategy, target_mm, threshold_hu, score,
         score=score,
         min_area_mm2=None if min_area_mm2 is None else float(min_area_mm2),
         connectivity=int(connectivity),
+        orient=(how.order, how.flip),
     ), hu, spacing, chest
 
 

@@ -42,6 +42,8 @@ from flax.training import train_state
 
 from agatax._atomic import atomic_open, atomic_write_bytes
 from agatax.errors import CheckpointError, InputError
+from agatax.orientation import to_canonical
+from agatax.volume import Volume
 
 __all__ = [
     "TrainConfig",
@@ -329,6 +331,10 @@ def prepare_pairs(exams, *, target_mm=None, multiple: int = 8, cache=None, names
             fine_neg = getattr(exam, "look_alike_mask", None)
             info = {"agatston": float(getattr(exam, "agatston", float("nan"))),
                     "category": str(getattr(exam, "category", ""))}
+        if isinstance(volume, Volume):  # the networks learn the canonical layout they are later given
+            volume, how = to_canonical(volume)
+            mask = how.apply(np.asarray(mask))
+            fine_neg = None if fine_neg is None else how.apply(np.asarray(fine_neg))
         image, target = exam_pair(volume, mask, target_mm=target_mm, multiple=multiple)
         images.append(image)
         targets.append(target)

@@ -84,15 +84,17 @@ def test_calcium_free_exams_keep_bone_and_the_border_clear(kw, flip):
     from agatax.synthetic import generate_exam
 
     ex = generate_exam(21, target_category="A", matrix=256, **kw)
-    hu = ex.volume.hu if flip is None else np.ascontiguousarray(np.flip(ex.volume.hu, flip))
+    hu, affine = ex.volume.hu, ex.volume.affine.copy()
     bone = (ex.distractor_mask == 1) & (ex.volume.hu >= 130)
-    if flip is not None:
-        bone = np.flip(bone, flip)
-    res = score_exam(agatax.Volume(hu, ex.volume.spacing))
+    if flip is not None:  # the same exam stored mirrored (a valid DICOM orientation): its affine says so
+        hu, bone = np.ascontiguousarray(np.flip(hu, flip)), np.flip(bone, flip)
+        for axis in flip:
+            affine[:3, 3] += affine[:3, axis] * (hu.shape[axis] - 1)
+            affine[:3, axis] *= -1
+    res = score_exam(agatax.Volume(hu, ex.volume.spacing, affine=affine))
     assert not (res.mask & bone).any()
     assert res.chest.found and not (res.mask & ~res.chest.region).any()  # nothing outside the heart region
-    if flip is None:  # mirrored hearts are outside training (no flips): canonical orientation is their fix
-        assert res.scores.agatston < 10.0, res.scores.agatston  # category A or B
+    assert res.scores.agatston < 10.0, res.scores.agatston  # category A or B
 
 
 def test_real_phantom_spine_insert_and_rod_are_never_scored(phantom_dir):
@@ -102,3 +104,23 @@ def test_real_phantom_spine_insert_and_rod_are_never_scored(phantom_dir):
     res = score_exam(volume)
     assert not res.mask[:, 320:470, 200:310].any()
     assert not res.mask[29:39, 190:245, 225:290].any()
+
+
+def test_exam_stored_with_reversed_rows_scores_as_stored_normally(tmp_path):
+    """The same exam as DICOM with ImageOrientationPatient -1,0,0,0,1,0 (pixels mirrored to match, slices
+    then run head to feet): the networks must see the same heart, so the scores and the mask agree."""
+    from agatax.io import write_dicom_series
+    from agatax.synthetic import generate_exam
+
+    v = generate_exam(5, target_category="D", matrix=256).volume
+    affine = v.affine.copy()
+    for axis in (0, 2):
+        affine[:3, 3] += affine[:3, axis] * (v.shape[axis] - 1)
+        affine[:3, axis] *= -1
+    write_dicom_series(tmp_path / "normal", v)
+    write_dicom_series(tmp_path / "reversed", agatax.Volume(v.hu[::-1, :, ::-1], v.spacing, affine=affine))
+    normal = score_exam(agatax.read_volume(tmp_path / "normal"))
+    reversed_ = score_exam(agatax.read_volume(tmp_path / "reversed"))
+    assert normal.scores.agatston > 100  # not vacuous
+    np.testing.assert_array_equal(reversed_.mask, normal.mask[::-1, :, ::-1])
+    assert reversed_.scores.agatston == pytest.approx(normal.scores.agatston, abs=1e-9)
