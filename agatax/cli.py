@@ -112,7 +112,7 @@ def load_weights(path: str | os.PathLike | None):
 class ScoredExam:
     """One exam after segmentation and scoring (host arrays).
 
-    volume: the exam; scores: ``agatax.Scores``; mask: (z, y, x) bool or artery labels; votes: int32
+    volume: the exam; scores: ``agatax.Scores``; mask: (z, y, x) bool or artery labels; votes: uint8
     (z, y, x) members voting calcium, or None for a given mask; members: ensemble size or None; chest:
     the ``ChestRegion`` the networks' calcium was restricted to, or None.
     """

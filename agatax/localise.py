@@ -83,14 +83,23 @@ def _factors(spacing) -> tuple[int, int, int]:
     return tuple(max(1, int(round(_COARSE_MM / float(s)))) for s in spacing)  # type: ignore[return-value]
 
 
-def _block_mean(hu: np.ndarray, f: tuple[int, int, int]) -> np.ndarray:
-    """Mean over f-blocks (edge-padded to a multiple of f), float32; HU below -1000 counted as -1000."""
-    pads = [(0, (-n) % k) for n, k in zip(hu.shape, f)]
-    a = np.maximum(hu.astype(np.float32, copy=False), np.float32(-1000.0))
-    if any(p[1] for p in pads):
-        a = np.pad(a, pads, mode="edge")
-    z, y, x = (n // k for n, k in zip(a.shape, f))
-    return a.reshape(z, f[0], y, f[1], x, f[2]).mean(axis=(1, 3, 5), dtype=np.float32)
+def _block_mean(hu: np.ndarray, f: tuple[int, int, int], *, chunk_voxels: int = 1 << 24) -> np.ndarray:
+    """Mean over f-blocks (edge-padded to a multiple of f), float32; HU below -1000 counted as -1000.
+
+    Computed a few block rows at a time, so the extra memory stays ~``chunk_voxels`` x 4 bytes whatever the
+    exam's size."""
+    shape = [-(-n // k) for n, k in zip(hu.shape, f)]
+    out = np.empty(shape, np.float32)
+    rows = max(1, chunk_voxels // max(1, f[0] * hu.shape[1] * hu.shape[2]))
+    for b0 in range(0, shape[0], rows):
+        b1 = min(shape[0], b0 + rows)
+        part = np.maximum(hu[b0 * f[0]: b1 * f[0]].astype(np.float32, copy=False), np.float32(-1000.0))
+        pads = [((b1 - b0) * f[0] - part.shape[0])] + [(-n) % k for n, k in zip(hu.shape[1:], f[1:])]
+        if any(pads):
+            part = np.pad(part, [(0, q) for q in pads], mode="edge")
+        out[b0:b1] = part.reshape(b1 - b0, f[0], shape[1], f[1], shape[2], f[2]).mean(axis=(1, 3, 5),
+                                                                                      dtype=np.float32)
+    return out
 
 
 def _components(mask: np.ndarray, min_voxels: float) -> np.ndarray:
@@ -174,10 +183,8 @@ def localise_chest(hu, spacing) -> ChestRegion:
         return ChestRegion(False, None, None, lung_cm3,
                            "lungs found but no mediastinum between them: calcium not restricted")
 
-    region = region_c
-    for axis, k in enumerate(f):
-        region = np.repeat(region, k, axis=axis)
-    region = np.ascontiguousarray(region[: hu.shape[0], : hu.shape[1], : hu.shape[2]])
+    cells = [np.arange(n) // k for n, k in zip(hu.shape, f)]  # coarse cell of each fine index
+    region = region_c[np.ix_(*cells)]  # one bool allocation on the exam's grid
     nz = [np.nonzero(region.any(axis=tuple(a for a in range(3) if a != ax)))[0] for ax in range(3)]
     box = tuple(slice(int(i[0]), int(i[-1]) + 1) for i in nz)
     frac = float(region.mean())

@@ -57,6 +57,14 @@ def _arrays(volume, spacing) -> tuple[Any, tuple[float, float, float]]:
     return hu, spacing
 
 
+def _on_device(hu) -> jax.Array:
+    """The HU array on the default device; on CPU a C-contiguous, 64-byte aligned float32 NumPy array is
+    shared, not copied (``agatax.io`` allocates exams that way), which matters for 1024 x 1024 x 700 exams."""
+    if isinstance(hu, jax.Array):
+        return hu
+    return jax.device_put(np.ascontiguousarray(hu, dtype=np.float32))
+
+
 @partial(jax.jit, static_argnames=("grid", "strategy", "score", "min_area_mm2", "connectivity", "orient"))
 def _pipeline_kernel(ensemble, hu, spacing, target, threshold_hu, min_pixels, region, *, grid, strategy, score,
                      min_area_mm2, connectivity, orient):
@@ -70,13 +78,13 @@ def _pipeline_kernel(ensemble, hu, spacing, target, threshold_hu, min_pixels, re
     hu_c = jnp.flip(hu_c, flipped) if flipped else hu_c
     x = _preprocess_kernel(hu_c, spacing, target, threshold_hu, out_shape=grid, window=(-300.0, 800.0))
     _, votes = ensemble_votes(ensemble, x[None, ..., None], strategy=strategy)
-    votes = _restore_kernel(votes[0], spacing, target, shape=hu_c.shape)
+    votes = _restore_kernel(votes[0].astype(jnp.uint8), spacing, target, shape=hu_c.shape)  # 1 byte a voxel
     votes = jnp.transpose(jnp.flip(votes, flipped) if flipped else votes, back)
     keep = hu >= threshold_hu
     if region is not None:  # chest localisation: no coronary calcium outside the mediastinum
         keep = keep & region
     votes = jnp.where(keep, votes, 0)
-    mask = majority_vote(votes, ensemble.members)
+    mask = majority_vote(votes.astype(jnp.int32), ensemble.members)
     out = {"mask": mask, "votes": votes}
     if score:
         from agatax.scoring import scores_jax
@@ -113,9 +121,12 @@ def _run(ensemble, volume, spacing, *, strategy, target_mm, threshold_hu, score,
     shape_c = tuple(hu.shape[o] for o in how.order)
     grid = grid_shape(shape_c, spacing_c, target_mm=target_mm, multiple=ensemble.config.multiple)
     target = network_grid_mm(spacing_c[0]) if target_mm is None else float(target_mm)
+    if ensemble.members > 255:
+        raise InputError(f"{ensemble.members} members: votes are counted in one byte (at most 255)",
+                         code="BAD_ARGUMENT")
     return _pipeline_kernel(
         ensemble,
-        jnp.asarray(hu),
+        _on_device(hu),
         jnp.asarray(spacing_c, jnp.float32),
         jnp.float32(target),
         jnp.float32(threshold_hu),
@@ -134,7 +145,7 @@ def segment(
     ensemble: Ensemble, volume, spacing=None, *, strategy: str = "auto", target_mm=None, threshold_hu: float = 130.0,
     localise: bool = True,
 ) -> tuple[jax.Array, jax.Array]:
-    """Calcium mask and vote counts on the original grid.
+    """Calcium mask and vote counts on the original grid (the exam's stored layout).
 
     Args:
         ensemble: the voting networks.
@@ -147,7 +158,7 @@ def segment(
 
     Returns:
         mask bool (z, y, x): majority of members AND HU >= threshold_hu (AND inside the chest region);
-        votes int32 (z, y, x): members voting for calcium (0 where HU < threshold_hu or outside the region).
+        votes uint8 (z, y, x): members voting for calcium (0 where HU < threshold_hu or outside the region).
     """
     out, _, _, _ = _run(ensemble, volume, spacing, strategy=strategy, target_mm=target_mm, threshold_hu=threshold_hu,
                         score=False, localise=localise)
@@ -211,7 +222,7 @@ class PipelineResult:
 
     Attributes:
         mask: bool (z, y, x) calcium voxels (majority vote, HU >= threshold).
-        votes: int32 (z, y, x) members voting for calcium (0 where HU < threshold).
+        votes: uint8 (z, y, x) members voting for calcium (0 where HU < threshold).
         scores: agatax Scores (host, float64, with the lesion table).
         spacing: (dz, dy, dx) mm used.
         chest: the ``ChestRegion`` used to discard calcium outside the chest (None with ``localise=False``).

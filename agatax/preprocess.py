@@ -101,6 +101,21 @@ def _segment_max(values: jax.Array, ids: jax.Array, num: int, axis: int) -> jax.
     return jnp.moveaxis(out, 0, axis)
 
 
+def _bright_max_z(hu: jax.Array, cells: jax.Array, num: int, threshold_hu) -> jax.Array:
+    """Max over the slices of each coarse z cell of the HU at or above the threshold (-inf where none):
+    (z, y, x) -> (num, y, x), one slice at a time, so no full-size temporary is ever made (a 1024 x 1024 x
+    700 exam would need 3 GB more)."""
+
+    def step(k, out):
+        plane = jax.lax.dynamic_index_in_dim(hu, k, axis=0, keepdims=False)
+        plane = jnp.where(plane >= threshold_hu, plane, -jnp.inf)
+        row = jax.lax.dynamic_index_in_dim(out, cells[k], axis=0, keepdims=False)
+        return jax.lax.dynamic_update_index_in_dim(out, jnp.maximum(row, plane), cells[k], axis=0)
+
+    init = jnp.full((num, *hu.shape[1:]), -jnp.inf, jnp.float32)
+    return jax.lax.fori_loop(0, hu.shape[0], step, init)
+
+
 @partial(jax.jit, static_argnames="out_shape")
 def resample_hu(
     hu: jax.Array,
@@ -133,10 +148,9 @@ def resample_hu(
     )  # mm^3 of the scanned field inside each coarse voxel
     mean = jnp.where(cover > 0, total / jnp.where(cover > 0, cover, 1.0), AIR_HU)
     # enhancement: max over the voxels at or above the threshold whose centres fall in the coarse voxel
-    bright = jnp.where(hu >= threshold_hu, hu, -jnp.inf)
-    peak = _segment_max(bright, cells[2], out_shape[2], 2)
+    peak = _bright_max_z(hu, cells[0], out_shape[0], threshold_hu)
     peak = _segment_max(peak, cells[1], out_shape[1], 1)
-    peak = _segment_max(peak, cells[0], out_shape[0], 0)
+    peak = _segment_max(peak, cells[2], out_shape[2], 2)
     return jnp.where(peak >= threshold_hu, peak, mean)
 
 

@@ -217,3 +217,16 @@ def test_contrast_enhanced_exam_is_refused():
     assert err.value.code == "CONTRAST_ENHANCED"
     res = run_pipeline(_all_calcium_ensemble(), Volume(hu, ex.volume.spacing), localise=False)
     assert res.chest is None
+
+
+def test_block_mean_in_chunks_equals_the_whole_volume_mean():
+    from agatax.localise import _block_mean
+
+    rng = np.random.default_rng(0)
+    hu = rng.uniform(-3000, 2000, size=(23, 17, 19)).astype(np.float32)
+    f = (3, 4, 5)
+    # oracle: edge-pad the clipped volume to whole blocks, mean per block in float64
+    a = np.pad(np.maximum(hu, -1000.0).astype(np.float64), [(0, (-n) % k) for n, k in zip(hu.shape, f)], mode="edge")
+    expected = a.reshape(8, 3, 5, 4, 4, 5).mean(axis=(1, 3, 5))
+    for chunk in (1, 500, 1 << 24):
+        np.testing.assert_allclose(_block_mean(hu, f, chunk_voxels=chunk), expected, rtol=1e-5, atol=1e-3)

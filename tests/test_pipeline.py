@@ -44,7 +44,7 @@ def hu():
 
 def test_segment_matches_step_by_step_oracle(ensemble, hu):
     mask, votes = segment(ensemble, Volume(hu, SPACING))
-    assert mask.shape == votes.shape == hu.shape and mask.dtype == jnp.bool_ and votes.dtype == jnp.int32
+    assert mask.shape == votes.shape == hu.shape and mask.dtype == jnp.bool_ and votes.dtype == jnp.uint8
     mask, votes = np.asarray(mask), np.asarray(votes)
     # oracle: network votes on the coarse grid, nearest cell by centre on the host, threshold, majority
     x = preprocess(hu, SPACING, multiple=TINY.multiple)
@@ -102,3 +102,16 @@ def test_segment_errors(ensemble, hu):
     with pytest.raises(InputError) as info:
         segment(ensemble, hu, spacing=SPACING, strategy="gpu")
     assert info.value.code == "BAD_STRATEGY"
+
+
+def test_aligned_exam_is_shared_with_the_cpu_device_not_copied():
+    from agatax._memory import aligned_empty
+    from agatax.pipeline import _on_device
+
+    hu = aligned_empty((3, 5, 7))
+    hu[:] = np.arange(hu.size, dtype=np.float32).reshape(hu.shape)
+    assert hu.ctypes.data % 64 == 0 and hu.flags.c_contiguous
+    on = _on_device(hu)
+    np.testing.assert_array_equal(np.asarray(on), hu)
+    if jax.default_backend() == "cpu":
+        assert on.unsafe_buffer_pointer() == hu.ctypes.data
