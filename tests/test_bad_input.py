@@ -19,6 +19,7 @@ import dicom_factory as factory
 from agatax import CheckpointError, InputError, ReadError, Volume, compute_scores, read_mask, read_volume
 from agatax.ensemble import load_ensemble, save_ensemble, stack_members
 from agatax.model import UNet, UNetConfig
+from agatax.volume import check_exam
 
 SHAPE = (8, 64, 64)  # the smallest exam check_exam accepts
 
@@ -52,6 +53,48 @@ def edit(path, **tags):
         else:
             setattr(ds, name, value)
     ds.save_as(path)
+
+
+# --- 5. too small ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(1, 64, 64), (7, 64, 64), (8, 63, 64), (8, 64, 48)])
+def test_too_small_dicom_refused_with_what_an_exam_is(tmp_path, shape):
+    factory.write_series(tmp_path, chest(7, shape))
+    err = error(read_volume, tmp_path)
+    assert err.code == "TOO_SMALL" and f"{shape[0]} x {shape[1]} x {shape[2]}" in err.message
+    assert "40-80 slices of 512 x 512" in err.message and "allow_small=True" in err.hint
+    assert read_volume(tmp_path, allow_small=True).shape == shape
+
+
+def test_too_small_nifti_and_check_exam(tmp_path):
+    nib.save(nib.Nifti1Image(np.full((2, 2, 2), -1000, np.int16), np.eye(4)), tmp_path / "t.nii")
+    assert error(read_volume, tmp_path / "t.nii").code == "TOO_SMALL"
+    assert error(check_exam, Volume(chest(8, (7, 64, 64)), (3.0, 0.5, 0.5)), kind=InputError).code == "TOO_SMALL"
+    assert check_exam(Volume(chest(8), (3.0, 0.5, 0.5))) is None
+    assert check_exam(Volume(np.zeros((2, 2, 2)), (1.0, 1.0, 1.0)), allow_small=True, allow_not_hu=True) is None
+
+
+# --- 6. not HU ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["normalised", "mask", "no_air"])
+def test_values_that_are_not_hu_refused(tmp_path, kind):
+    hu = chest(9)
+    data = {"normalised": (hu + 1000) / 1300, "mask": (hu > 200) * 3.0, "no_air": np.maximum(hu, -100.0)}[kind]
+    nib.save(nib.Nifti1Image(data.transpose(2, 1, 0).astype(np.float32), np.diag([-0.5, -0.5, 3.0, 1.0])),
+             tmp_path / "x.nii.gz")
+    err = error(read_volume, tmp_path / "x.nii.gz")
+    low, high = data.min(), data.max()
+    assert err.code == "NOT_HU" and f"from {low:g} to {high:g}" in err.message and "allow_not_hu=True" in err.hint
+    assert error(check_exam, Volume(data, (3.0, 0.5, 0.5)), kind=InputError).code == "NOT_HU"
+
+
+def test_synthetic_exams_pass_the_exam_check():
+    from agatax.synthetic import generate_exam
+
+    for seed, protocol in ((0, "cardiac"), (1, "chest")):
+        check_exam(generate_exam(seed, matrix=96, n_slices=24, protocol=protocol).volume)
 
 
 # --- 15. ensemble weights -------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import pydicom
 from agatax.errors import ReadError
 from agatax.io.dicom_scan import SliceRecord, list_files, scan_files
 from agatax.io.dicom_series import choose_series, drop_scouts, group_series, order_slices
-from agatax.volume import Volume
+from agatax.volume import Volume, _check_exam
 
 __all__ = ["read_dicom", "AIR_HU", "PADDING_BELOW_HU"]
 
@@ -32,6 +32,8 @@ def read_dicom(
     allow_uneven: bool = False,
     allow_tilt: bool = False,
     allow_not_ct: bool = False,
+    allow_small: bool = False,
+    allow_not_hu: bool = False,
 ) -> Volume:
     """Read one CT series from a DICOM file or folder into a Volume.
 
@@ -43,6 +45,7 @@ def read_dicom(
         allow_gaps, allow_uneven, allow_tilt: read series with missing slices, uneven increments or a
             gantry tilt instead of refusing them.
         allow_not_ct: read a modality other than CT.
+        allow_small, allow_not_hu: skip the exam checks of ``agatax.volume.check_exam`` (size, HU values).
 
     Returns:
         Volume with ``hu`` float32 (z, y, x) in HU, z increasing along the slice normal (row x column
@@ -51,7 +54,7 @@ def read_dicom(
     Raises:
         ReadError with code NOT_FOUND, NO_IMAGES, MULTIPLE_SERIES, SERIES_NOT_FOUND, NOT_CT,
         DUPLICATE_POSITION, GANTRY_TILT, MISSING_SLICES, UNEVEN_SPACING, TRUNCATED_FILE, CORRUPT_FILE,
-        DECODER_MISSING, ENHANCED_MULTIFRAME, UNSUPPORTED_PIXELS.
+        DECODER_MISSING, ENHANCED_MULTIFRAME, UNSUPPORTED_PIXELS, TOO_SMALL, NOT_HU.
     """
     source = str(path)
     files = list_files(path)
@@ -132,7 +135,7 @@ def read_dicom(
         "format": "dicom",
     }
     dy, dx = first.pixel_spacing
-    return Volume(
+    volume = Volume(
         hu=hu,
         spacing=(geometry.increment, dy, dx),
         slice_thickness=thickness,
@@ -141,6 +144,8 @@ def read_dicom(
         warnings=tuple(warnings),
         source=source,
     )
+    _check_exam(volume, allow_small=allow_small, allow_not_hu=allow_not_hu, error=ReadError)
+    return volume
 
 
 def _read_pixels(records: list[SliceRecord]) -> tuple[np.ndarray, int]:

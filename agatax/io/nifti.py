@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 
 from agatax.errors import InputError, ReadError
-from agatax.volume import Volume
+from agatax.volume import Volume, _check_exam
 
 __all__ = ["read_nifti", "write_nifti", "read_mask", "is_nifti"]
 
@@ -88,11 +88,18 @@ def _to_zyx(data: np.ndarray, affine_ras: np.ndarray) -> tuple[np.ndarray, np.nd
     return zyx, affine
 
 
-def read_nifti(path: str | os.PathLike, *, allow_qform_mismatch: bool = False) -> Volume:
+def read_nifti(
+    path: str | os.PathLike,
+    *,
+    allow_qform_mismatch: bool = False,
+    allow_small: bool = False,
+    allow_not_hu: bool = False,
+) -> Volume:
     """Read a NIfTI CT volume: scaling (scl_slope, scl_inter) applied, float32 (z, y, x) HU.
 
     The affine is nibabel's choice (sform when its code > 0, else qform), converted to LPS; spacing is
-    (dz, dy, dx) = column norms of that affine (mm).
+    (dz, dy, dx) = column norms of that affine (mm). The exam is checked by ``agatax.volume.check_exam``
+    (``allow_small`` / ``allow_not_hu`` skip it).
     """
     img, affine_ras, warnings = _load(path, allow_qform_mismatch=allow_qform_mismatch)
     data = img.get_fdata(dtype=np.float32)
@@ -106,7 +113,7 @@ def read_nifti(path: str | os.PathLike, *, allow_qform_mismatch: bool = False) -
     header = img.header
     description = header["descrip"].item()
     description = description.decode("latin-1", "replace") if isinstance(description, bytes) else str(description)
-    return Volume(
+    volume = Volume(
         hu=hu,
         spacing=spacing,
         slice_thickness=None,
@@ -115,6 +122,8 @@ def read_nifti(path: str | os.PathLike, *, allow_qform_mismatch: bool = False) -
         warnings=tuple(warnings),
         source=str(path),
     )
+    _check_exam(volume, allow_small=allow_small, allow_not_hu=allow_not_hu, error=ReadError)
+    return volume
 
 
 def write_nifti(path: str | os.PathLike, array, like: Volume | None = None) -> str:
