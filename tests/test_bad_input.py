@@ -97,6 +97,97 @@ def test_synthetic_exams_pass_the_exam_check():
         check_exam(generate_exam(seed, matrix=96, n_slices=24, protocol=protocol).volume)
 
 
+# --- 11-12. NIfTI: cut, too large ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["ct.nii.gz", "ct.nii"])
+def test_truncated_nifti(tmp_path, name):
+    path = tmp_path / name
+    nib.save(nib.Nifti1Image(chest(14).transpose(2, 1, 0).astype(np.int16), np.eye(4)), path)
+    factory.truncate(path, len(path.read_bytes()) // 3)
+    err = error(read_volume, path)
+    assert err.code in ("TRUNCATED_FILE", "CORRUPT_FILE") and str(path) in err.message
+    if name == "ct.nii":
+        assert err.code == "TRUNCATED_FILE"
+
+
+def test_corrupt_gzip_nifti(tmp_path):
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(chest(15).transpose(2, 1, 0).astype(np.int16), np.eye(4)), path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 64] = bytes(64)  # damage the deflate stream, keep the length
+    path.write_bytes(bytes(data))
+    assert error(read_volume, path).code in ("CORRUPT_FILE", "TRUNCATED_FILE")
+
+
+def _header_only(path, shape, dtype=np.int16):
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(dtype)
+    header["vox_offset"] = 352
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "wb") as f:
+        f.write(header.binaryblock + bytes(4) + bytes(1000))
+
+
+@pytest.mark.parametrize("name", ["big.nii", "big.nii.gz"])
+def test_huge_header_refused_before_reading(tmp_path, name):
+    _header_only(tmp_path / name, (4000, 4000, 4000))
+    err = error(read_volume, tmp_path / name)
+    assert err.code == "TOO_LARGE" and "4000 x 4000 x 4000" in err.message
+
+
+def test_header_longer_than_the_file(tmp_path):
+    _header_only(tmp_path / "short.nii", (512, 512, 100))
+    err = error(read_volume, tmp_path / "short.nii")
+    assert err.code == "TRUNCATED_FILE" and f"needs {352 + 512 * 512 * 100 * 2}" in err.message
+
+
+# --- 13-14. masks ---------------------------------------------------------------------------------------
+
+
+def test_npy_mask_object_array_and_truncated(tmp_path):
+    like = Volume(chest(16), (3.0, 0.5, 0.5))
+    objects = np.empty(SHAPE, dtype=object)
+    objects[...] = 0
+    np.save(tmp_path / "o.npy", objects, allow_pickle=True)
+    assert error(read_mask, tmp_path / "o.npy", like=like).code == "BAD_MASK"
+    np.save(tmp_path / "t.npy", np.zeros(SHAPE, np.uint8))
+    factory.truncate(tmp_path / "t.npy", 1000)
+    err = error(read_mask, tmp_path / "t.npy", like=like)
+    assert err.code == "TRUNCATED_FILE" and "t.npy" in err.message
+
+
+@pytest.mark.parametrize("value, dtype", [(255, np.uint8), (300, np.int32), (1, np.uint8)])
+def test_binary_mask_is_calcium_of_unknown_artery(tmp_path, value, dtype):
+    hu = chest(17)
+    like = Volume(hu, (3.0, 0.5, 0.5))
+    calcium = hu >= 130
+    np.save(tmp_path / "m.npy", (calcium * value).astype(dtype))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mask = read_mask(tmp_path / "m.npy", like=like)
+    assert mask.dtype == np.uint8 and set(np.unique(mask).tolist()) == {0, 1}
+    np.testing.assert_array_equal(mask, calcium)
+    assert any(str(value) in str(w.message) for w in caught) == (value != 1)
+    expected = compute_scores(hu, calcium, like.spacing).agatston  # a boolean mask: no artery labels
+    assert expected > 0 and compute_scores(hu, mask, like.spacing).agatston == pytest.approx(expected)
+
+
+def test_mask_labels_outside_the_contract_refused(tmp_path):
+    like = Volume(chest(18), (3.0, 0.5, 0.5))
+    mask = np.zeros(SHAPE, np.int32)
+    mask[1, 10:12, 10:12], mask[2, 20:22, 20:22], mask[3, 30:32, 30:32] = 2, 7, 4
+    np.save(tmp_path / "m.npy", mask)
+    err = error(read_mask, tmp_path / "m.npy", like=like)
+    assert err.code == "BAD_MASK" and "0, 2, 4, 7" in err.message
+    mask[2, 20:22, 20:22] = 3
+    np.save(tmp_path / "ok.npy", mask)
+    got = read_mask(tmp_path / "ok.npy", like=like)
+    assert got.dtype == np.uint8
+    np.testing.assert_array_equal(got, mask)
+
+
 # --- 15. ensemble weights -------------------------------------------------------------------------------
 
 

@@ -37,7 +37,7 @@ def read_volume(
 
     Raises:
         agatax.ReadError with a stable ``code`` (see ``agatax.io.dicom.read_dicom``, QFORM_SFORM_MISMATCH,
-        NOT_FOUND, NON_FINITE, TOO_SMALL, NOT_HU).
+        NOT_FOUND, BAD_PATH, NON_FINITE, TOO_LARGE, TOO_SMALL, NOT_HU).
     """
     if is_nifti(path):
         return read_nifti(path, allow_qform_mismatch=allow_qform_mismatch, allow_small=allow_small,
