@@ -159,6 +159,7 @@ def read_nifti(
     hu, affine = _to_zyx(data, affine_ras)
     spacing = tuple(float(np.linalg.norm(affine[:3, i])) for i in range(3))
     hu = np.ascontiguousarray(hu, dtype=np.float32)
+    del data  # a flipped or transposed read was copied: keep one float32 copy only
     if not np.all(np.isfinite(hu)):
         bad = int(hu.size - np.count_nonzero(np.isfinite(hu)))
         raise ReadError(f"{path} holds {bad} NaN or infinite voxels", code="NON_FINITE", paths=[str(path)],
@@ -240,15 +241,15 @@ def read_mask(path: str | os.PathLike, like: Volume, *, allow_qform_mismatch: bo
     if str(path).lower().endswith(".npy"):
         if not path.is_file():
             raise ReadError(f"no such mask file: {path}", code="NOT_FOUND", paths=[str(path)])
-        _check_npy(path, like)
-        data = _read_data(path, lambda: np.load(path, allow_pickle=False))
-        if data.shape != like.shape:
+        shape = _check_npy(path)
+        if shape != like.shape:
             raise ReadError(
-                f"mask {path} has shape {data.shape}; the volume is (z, y, x) {like.shape}",
+                f"mask {path} has shape {shape}; the volume is (z, y, x) {like.shape}",
                 code="MASK_MISMATCH",
                 hint="a .npy mask must be (z, y, x) on the volume's grid; use NIfTI to carry a different layout",
                 paths=[str(path)],
             )
+        data = _read_data(path, lambda: np.load(path, allow_pickle=False))
     elif is_nifti(path):
         img, affine_ras, _ = _load(path, allow_qform_mismatch=allow_qform_mismatch)
         data, affine = _to_zyx(_read_data(path, lambda: np.asanyarray(img.dataobj)), affine_ras)
@@ -293,9 +294,9 @@ def _onto_grid(data: np.ndarray, affine: np.ndarray, like: Volume, path) -> np.n
     )
 
 
-def _check_npy(path: Path, like: Volume) -> None:
-    """Header of a .npy mask before loading it: BAD_MASK for object arrays or non-.npy bytes,
-    MASK_MISMATCH for another shape, TRUNCATED_FILE when the file is shorter than its header says."""
+def _check_npy(path: Path) -> tuple[int, ...]:
+    """The shape in a .npy mask's header, read before loading it: BAD_MASK for object arrays or non-.npy
+    bytes, TRUNCATED_FILE when the file is shorter than its header says."""
     try:
         with open(path, "rb") as fp:
             version = np.lib.format.read_magic(fp)
@@ -315,9 +316,10 @@ def _check_npy(path: Path, like: Volume) -> None:
         )
     want = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     have = os.path.getsize(path)
-    if tuple(shape) == like.shape and have < want:
+    if have < want:
         raise ReadError(f"mask {path} holds {have} bytes; its header ({shape} {dtype}) needs {want}",
                         code="TRUNCATED_FILE", hint=_TRUNCATED_HINT, paths=[str(path)])
+    return tuple(shape)
 
 
 def _as_labels(data: np.ndarray, path) -> np.ndarray:
