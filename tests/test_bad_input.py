@@ -55,6 +55,109 @@ def edit(path, **tags):
     ds.save_as(path)
 
 
+# --- 1. rescale ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("slope, intercept, shown", [(100.0, -1024.0, "100"), (1.0, 5000.0, "5000"),
+                                                     (0.05, -1024.0, "0.05")])
+def test_absurd_rescale_refused(tmp_path, slope, intercept, shown):
+    paths = factory.write_series(tmp_path, chest(), slopes=[slope] * 8, intercepts=[intercept] * 8)
+    err = error(read_volume, tmp_path)
+    assert err.code == "BAD_RESCALE" and shown in err.message and Path(paths[0]).name in err.message
+
+
+def test_zero_slope_is_not_taken_as_one(tmp_path):
+    paths = factory.write_series(tmp_path, chest())
+    edit(paths[4], RescaleSlope="0")
+    err = error(read_volume, tmp_path)
+    assert err.code == "BAD_RESCALE" and Path(paths[4]).name in err.message
+
+
+def test_rescale_missing_on_some_slices_refused(tmp_path):
+    paths = factory.write_series(tmp_path, chest())
+    for k in (2, 5):
+        edit(paths[k], RescaleSlope=None, RescaleIntercept=None)
+    err = error(read_volume, tmp_path)
+    assert err.code == "BAD_RESCALE" and "missing on 2" in err.message
+    assert Path(paths[2]).name in err.message and Path(paths[5]).name in err.message
+
+
+def test_rescale_missing_everywhere_read_only_when_values_are_hu(tmp_path):
+    hu = chest(1)
+    paths = factory.write_series(tmp_path / "hu", hu, intercepts=[0.0] * 8)  # stored values are HU
+    for path in paths:
+        edit(path, RescaleSlope=None, RescaleIntercept=None)
+    volume = read_volume(tmp_path / "hu")
+    np.testing.assert_array_equal(volume.hu, hu.astype(np.float32))
+    assert any("missing on every slice" in w for w in volume.warnings)
+    paths = factory.write_series(tmp_path / "raw", hu)  # stored = HU + 1024: air at 24, no negative value
+    for path in paths:
+        edit(path, RescaleSlope=None, RescaleIntercept=None)
+    err = error(read_volume, tmp_path / "raw")
+    assert err.code == "BAD_RESCALE" and "from 24 to 1324" in err.message
+
+
+# --- 2. image size against pixel data -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("columns", [65, 63])
+def test_pixel_data_longer_or_shorter_than_rows_x_columns(tmp_path, columns):
+    paths = factory.write_series(tmp_path, chest(2))
+    edit(paths[3], PixelData=np.zeros((64, columns), "<i2").tobytes())
+    err = error(read_volume, tmp_path)
+    assert err.code == "PIXEL_SIZE_MISMATCH" and Path(paths[3]).name in err.message
+    assert f"holds {64 * columns * 2} bytes" in err.message and "make 8192 bytes" in err.message
+
+
+# --- 3. slice order and positions ------------------------------------------------------------------------
+
+
+def test_instance_numbers_scrambled_against_positions_are_noted(tmp_path):
+    hu = chest(3)
+    factory.write_series(tmp_path / "down", hu, instance_numbers=range(8, 0, -1))  # a vendor's order: fine
+    volume = read_volume(tmp_path / "down")
+    np.testing.assert_array_equal(volume.hu, hu.astype(np.float32))
+    assert not any("SLICE_ORDER" in w for w in volume.warnings)
+    factory.write_series(tmp_path / "mixed", hu, instance_numbers=[1, 2, 3, 5, 4, 6, 7, 8])
+    volume = read_volume(tmp_path / "mixed")
+    np.testing.assert_array_equal(volume.hu, hu.astype(np.float32))  # placed by position
+    note = [w for w in volume.warnings if w.startswith("SLICE_ORDER")]
+    assert len(note) == 1 and "IM0003 #5 then" in note[0] and "IM0004 #4" in note[0]
+
+
+@pytest.mark.parametrize("position", [None, "a\\b\\c", "1\\2"])
+def test_missing_or_garbage_position_named(tmp_path, position):
+    paths = factory.write_series(tmp_path, chest(4))
+    edit(paths[3], ImagePositionPatient=position)
+    err = error(read_volume, tmp_path)
+    assert err.code == "BAD_POSITION" and paths[3] in err.message and err.paths == (paths[3],)
+
+
+# --- 4. truncated files, files without preamble ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("keep", [132, 140, 200])
+def test_last_slice_cut_inside_its_header_fails_the_read(tmp_path, keep):
+    paths = factory.write_series(tmp_path, chest(5))
+    Path(paths[-1]).write_bytes(Path(paths[-1]).read_bytes()[:keep])
+    err = error(read_volume, tmp_path)
+    assert err.code == "TRUNCATED_FILE" and Path(paths[-1]).name in err.message
+
+
+def test_files_without_preamble_are_read_with_a_note(tmp_path):
+    hu = chest(6)
+    paths = factory.write_series(tmp_path, hu)
+    for path in paths[:3]:
+        ds = pydicom.dcmread(path)
+        del ds.file_meta
+        ds.preamble = None
+        pydicom.dcmwrite(path, ds, implicit_vr=True, little_endian=True)
+        assert Path(path).read_bytes()[128:132] != b"DICM"
+    volume = read_volume(tmp_path)
+    np.testing.assert_array_equal(volume.hu, hu.astype(np.float32))
+    assert any("3 files" in w and "no DICOM preamble" in w for w in volume.warnings)
+
+
 # --- 5. too small ---------------------------------------------------------------------------------------
 
 
@@ -95,6 +198,57 @@ def test_synthetic_exams_pass_the_exam_check():
 
     for seed, protocol in ((0, "cardiac"), (1, "chest")):
         check_exam(generate_exam(seed, matrix=96, n_slices=24, protocol=protocol).volume)
+
+
+# --- 7. mixed geometry ----------------------------------------------------------------------------------
+
+
+def test_one_series_uid_with_two_pixel_spacings(tmp_path):
+    uid = "1.2.3.9"
+    factory.write_series(tmp_path / "a", chest(10), spacing=(3.0, 0.5, 0.5), series_uid=uid)
+    factory.write_series(tmp_path / "b", chest(11, (3, 64, 64)), spacing=(3.0, 0.7, 0.7), series_uid=uid,
+                         origin=(-10.0, -20.0, 200.0), names=["X0", "X1", "X2"])
+    for choice in (None, uid):
+        err = error(read_volume, tmp_path, series=choice)
+        assert err.code == "MIXED_GEOMETRY" and uid in err.message
+        assert "8 slices of 64x64 at 0.5 x 0.5 mm" in err.message and "3 slices of 64x64 at 0.7 x 0.7 mm" in err.message
+        assert "one group" in err.hint
+
+
+# --- 8. transfer syntax, 9. empty path --------------------------------------------------------------------
+
+
+def test_unknown_transfer_syntax_named(tmp_path):
+    paths = factory.write_series(tmp_path, chest(12))
+    ds = pydicom.dcmread(paths[2])
+    ds.file_meta.TransferSyntaxUID = "1.2.3.4"
+    ds.save_as(paths[2])
+    err = error(read_volume, tmp_path)
+    assert err.code == "UNSUPPORTED_TRANSFER_SYNTAX" and "1.2.3.4" in err.message and paths[2] in err.message
+
+
+@pytest.mark.parametrize("path", ["", "   "])
+def test_empty_path_refused(path):
+    assert error(read_volume, path).code == "BAD_PATH"
+
+
+# --- 10. padding ----------------------------------------------------------------------------------------
+
+
+def test_padding_outside_the_circle_is_counted_not_warned(tmp_path):
+    hu = chest(13)
+    y, x = np.ogrid[:64, :64]
+    corners = (y - 31.5) ** 2 + (x - 31.5) ** 2 > 32**2
+    hu[:, corners] = -3024.0
+    factory.write_series(tmp_path / "corners", hu, intercepts=[-4096.0] * 8)
+    volume = read_volume(tmp_path / "corners")
+    assert volume.metadata["padding_voxels"] == 8 * int(corners.sum())
+    assert not any("padding" in w for w in volume.warnings)
+    hu[:, 16:48, 16:48] = -3024.0  # padding across the body
+    factory.write_series(tmp_path / "body", hu, intercepts=[-4096.0] * 8)
+    volume = read_volume(tmp_path / "body")
+    assert volume.metadata["padding_voxels"] == 8 * (int(corners.sum()) + 32 * 32)
+    assert any("padding" in w and "central disc" in w for w in volume.warnings)
 
 
 # --- 11-12. NIfTI: cut, too large ------------------------------------------------------------------------

@@ -112,7 +112,7 @@ def test_padding_value_and_out_of_field_values_become_air(tmp_path):
     expected[:, 0, :] = -1024.0
     expected[:, -1, :3] = -1024.0
     np.testing.assert_array_equal(volume.hu, expected.astype(np.float32))
-    assert any("padding" in w for w in volume.warnings)
+    assert volume.metadata["padding_voxels"] == SHAPE[0] * (SHAPE[2] + 3)
 
 
 def test_overlapping_reconstruction_loads_and_says_so(tmp_path):
