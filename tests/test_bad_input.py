@@ -136,12 +136,21 @@ def test_missing_or_garbage_position_named(tmp_path, position):
 # --- 4. truncated files, files without preamble ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("keep", [132, 140, 200])
+@pytest.mark.parametrize("keep", [100, 132, 140, 200])
 def test_last_slice_cut_inside_its_header_fails_the_read(tmp_path, keep):
     paths = factory.write_series(tmp_path, chest(5))
     Path(paths[-1]).write_bytes(Path(paths[-1]).read_bytes()[:keep])
     err = error(read_volume, tmp_path)
     assert err.code == "TRUNCATED_FILE" and Path(paths[-1]).name in err.message
+
+
+def test_every_cut_of_the_last_slice_fails_the_read(tmp_path):
+    paths = factory.write_series(tmp_path, chest(5, (3, 4, 4)))
+    whole = Path(paths[-1]).read_bytes()
+    for keep in list(range(0, len(whole), 11)) + [129, 131, len(whole) - 1]:
+        Path(paths[-1]).write_bytes(whole[:keep])
+        err = error(read_volume, tmp_path, allow_small=True)
+        assert err.code == "TRUNCATED_FILE" and err.paths == (paths[-1],), keep
 
 
 def test_files_without_preamble_are_read_with_a_note(tmp_path):

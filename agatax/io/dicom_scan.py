@@ -189,7 +189,7 @@ _TRUNCATED_HINT = "the file was cut short (copy or transfer interrupted); export
 _RAW_STARTS = (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08")
 
 
-def _read_raw(fp, path: str):
+def _read_raw(fp):
     """A dataset without the 128-byte preamble (pydicom ``force=True``), or None when it is not one."""
     fp.seek(0)
     if fp.read(2) not in _RAW_STARTS:
@@ -204,45 +204,63 @@ def _read_raw(fp, path: str):
     return ds
 
 
-def _scan_one(path: str) -> list[SliceRecord] | str:
+def _scan_one(path: str) -> list[SliceRecord] | str | Unplaced:
     try:
         with open(path, "rb") as fp:
-            preamble = fp.read(132)
             size = os.fstat(fp.fileno()).st_size
+            preamble = fp.read(132)
             raw = len(preamble) < 132 or preamble[128:132] != b"DICM"
-            if raw:
-                ds = _read_raw(fp, path)
-                if ds is None:
-                    return "not a DICOM file (no DICM marker)"
-                offset = fp.tell()
-                head = fp.read(12)
-            fp.seek(0)
-            try:
-                if not raw:
-                    ds = pydicom.dcmread(fp, stop_before_pixels=True)
-            except (EOFError, struct.error) as err:
+            if raw and not preamble[:128].strip(b"\x00") and b"DICM".startswith(preamble[128:]):
                 raise ReadError(
-                    f"DICOM file {path} ends inside its header ({size} bytes): {err}",
+                    f"DICOM file {path} holds only {len(preamble)} bytes, a DICOM preamble cut short",
                     code="TRUNCATED_FILE",
                     hint=_TRUNCATED_HINT,
                     paths=[path],
-                ) from err
-            except InvalidDicomError as err:
-                return f"not a readable DICOM file ({err})"
-            except Exception as err:  # pydicom raises many types on corrupt headers
-                raise ReadError(
-                    f"DICOM file {path} has a corrupt header: {type(err).__name__}: {err}",
-                    code="CORRUPT_FILE",
-                    hint="export the file again or remove it from the folder",
-                    paths=[path],
-                ) from err
-            if not raw:
-                offset = fp.tell()
-                head = fp.read(12)
-    except OSError as err:
+                )
+            fp.seek(0)
+            if raw:
+                ds = _read_raw(fp)
+                if ds is None:
+                    return "not a DICOM file (no DICM marker)"
+            else:
+                try:
+                    ds = pydicom.dcmread(fp, stop_before_pixels=True)
+                except Exception as err:  # pydicom raises many types on cut or corrupt headers
+                    if isinstance(err, (EOFError, struct.error)) or fp.tell() >= size:
+                        raise ReadError(
+                            f"DICOM file {path} ends inside its header ({size} bytes): {type(err).__name__}: {err}",
+                            code="TRUNCATED_FILE",
+                            hint=_TRUNCATED_HINT,
+                            paths=[path],
+                        ) from err
+                    if isinstance(err, InvalidDicomError):
+                        return f"not a readable DICOM file ({err})"
+                    raise ReadError(
+                        f"DICOM file {path} has a corrupt header: {type(err).__name__}: {err}",
+                        code="CORRUPT_FILE",
+                        hint="export the file again or remove it from the folder",
+                        paths=[path],
+                    ) from err
+            offset = fp.tell()
+            head = fp.read(12)
+    except ReadError:
+        raise
+    except OSError as err:  # ReadError is an OSError too: passed on above
         raise ReadError(f"cannot open {path}: {err}", code="UNREADABLE", paths=[path]) from err
 
     is_image = ds.get_item(0x00280010) is not None and ds.get_item(0x00280011) is not None  # Rows, Columns
+    meta = getattr(ds, "file_meta", None) or {}
+    declared = {str(ds.get("SOPClassUID", "") or ""), str(meta.get("MediaStorageSOPClassUID", "") or "")}
+    sop_class = str(ds.get("SOPClassUID", "") or meta.get("MediaStorageSOPClassUID", "") or "")
+    ct = bool(declared & {CT_IMAGE, *ENHANCED_CT})
+    if not head and (ct or is_image or not sop_class or not len(ds)):  # the file ends where the header stopped
+        where = "before its pixel data" if sop_class and len(ds) else "inside its header (no dataset read)"
+        raise ReadError(
+            f"DICOM file {path} ends after {size} bytes, {where}",
+            code="TRUNCATED_FILE",
+            hint=_TRUNCATED_HINT,
+            paths=[path],
+        )
     ts = _transfer_syntax(ds)
     if not ts.is_transfer_syntax:
         if not is_image:
@@ -255,16 +273,6 @@ def _scan_one(path: str) -> list[SliceRecord] | str:
             paths=[path],
         )
     h = _Header(ds, ts.is_little_endian)
-    meta = getattr(ds, "file_meta", None) or {}
-    sop_class = h.text(0x00080016) or str(meta.get("MediaStorageSOPClassUID", ""))
-    if not head and (sop_class == CT_IMAGE or sop_class in ENHANCED_CT or is_image or not sop_class):
-        where = "before its pixel data" if sop_class else "inside its header (no SOP class read)"
-        raise ReadError(
-            f"DICOM file {path} ends after {size} bytes, {where}",
-            code="TRUNCATED_FILE",
-            hint=_TRUNCATED_HINT,
-            paths=[path],
-        )
     if sop_class == MEDIA_DIRECTORY or os.path.basename(path).upper() == "DICOMDIR":
         return "DICOMDIR (media directory index, not an image)"
     if not is_image:
