@@ -264,14 +264,13 @@ def test_padding_outside_the_circle_is_counted_not_warned(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["ct.nii.gz", "ct.nii"])
-def test_truncated_nifti(tmp_path, name):
+@pytest.mark.parametrize("keep", [0.05, 0.5, 0.99])
+def test_truncated_nifti(tmp_path, name, keep):
     path = tmp_path / name
     nib.save(nib.Nifti1Image(chest(14).transpose(2, 1, 0).astype(np.int16), np.eye(4)), path)
-    factory.truncate(path, len(path.read_bytes()) // 3)
+    path.write_bytes(path.read_bytes()[: int(keep * path.stat().st_size)])
     err = error(read_volume, path)
-    assert err.code in ("TRUNCATED_FILE", "CORRUPT_FILE") and str(path) in err.message
-    if name == "ct.nii":
-        assert err.code == "TRUNCATED_FILE"
+    assert err.code == "TRUNCATED_FILE" and str(path) in err.message
 
 
 def test_corrupt_gzip_nifti(tmp_path):
@@ -280,7 +279,7 @@ def test_corrupt_gzip_nifti(tmp_path):
     data = bytearray(path.read_bytes())
     data[len(data) // 2 : len(data) // 2 + 64] = bytes(64)  # damage the deflate stream, keep the length
     path.write_bytes(bytes(data))
-    assert error(read_volume, path).code in ("CORRUPT_FILE", "TRUNCATED_FILE")
+    assert error(read_volume, path).code == "CORRUPT_FILE"
 
 
 def _header_only(path, shape, dtype=np.int16):

@@ -104,7 +104,7 @@ def _read_data(path, read):
     try:
         return read()
     except (EOFError, zlib.error, gzip.BadGzipFile, OSError, ValueError) as err:
-        cut = isinstance(err, EOFError) or "end-of-stream" in str(err) or "size" in str(err)
+        cut = isinstance(err, EOFError) or "end-of-stream" in str(err)
         raise ReadError(
             f"cannot read the voxels of {path}: {type(err).__name__}: {err}",
             code="TRUNCATED_FILE" if cut else "CORRUPT_FILE",
