@@ -62,7 +62,8 @@ def read_dicom(
 
     Returns:
         Volume with ``hu`` float32 (z, y, x) in HU, z increasing along the slice normal (row x column
-        direction), spacing (dz = median increment, dy, dx) in mm and the LPS affine.
+        direction), spacing (dz = median increment, dy, dx) in mm and the LPS affine; ``metadata["padding_voxels"]``
+        counts the padding voxels set to air (a warning only when they cover over 10 % of the central disc).
 
     Raises:
         ReadError with code NOT_FOUND, NO_IMAGES, MULTIPLE_SERIES, SERIES_NOT_FOUND, NOT_CT,
@@ -203,14 +204,14 @@ def _check_rescale(records: list[SliceRecord]) -> bool:
     """Refuse rescale tags present on only some slices or out of range (BAD_RESCALE); False when absent on all."""
     present = [r for r in records if r.has_rescale]
     if present and len(present) < len(records):
-        missing = [r.name for r in records if not r.has_rescale]
+        missing = [r for r in records if not r.has_rescale]
         raise ReadError(
             f"RescaleSlope / RescaleIntercept present on {len(present)} slices but missing on {len(missing)} "
-            f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): the missing slices' values are "
+            f"({', '.join(r.name for r in missing[:3])}{', ...' if len(missing) > 3 else ''}): their values are "
             "not known in HU",
             code="BAD_RESCALE",
             hint=RESCALE_HINT,
-            paths=missing[:10],
+            paths=[r.path for r in missing[:10]],
         )
     for r in present:
         slope, intercept = r.slope, r.intercept

@@ -290,10 +290,10 @@ def _scan_one(path: str) -> list[SliceRecord] | str | Unplaced:
     if n_frames > 1:
         return f"multi-frame image without per-frame geometry ({UID(sop_class).name}); not supported"
     position, orientation = h.numbers(0x00200032), h.numbers(0x00200037)
-    if not _valid(position, 3) or not _valid(orientation, 6) or not np.linalg.norm(np.cross(
-            orientation[:3], orientation[3:])) > 0.5:
-        found = f"ImagePositionPatient {h.text(0x00200032) or '(missing)'!r}, ImageOrientationPatient " \
-                f"{h.text(0x00200037) or '(missing)'!r}"
+    if not (_valid(position, 3) and _valid(orientation, 6)
+            and np.linalg.norm(np.cross(orientation[:3], orientation[3:])) > 0.5):
+        found = (f"ImagePositionPatient {h.text(0x00200032) or '(missing)'!r}, "
+                 f"ImageOrientationPatient {h.text(0x00200037) or '(missing)'!r}")
         return Unplaced(path, h.text(0x0020000E), f"no valid ImagePositionPatient / ImageOrientationPatient ({found})")
     common = _common(ds, h, path, ts, pixel_offset, pixel_length, image_type)
     common["raw"] = raw
