@@ -300,8 +300,8 @@ def _check_npy(path: Path) -> tuple[int, ...]:
     try:
         with open(path, "rb") as fp:
             version = np.lib.format.read_magic(fp)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, _, dtype = read_header(fp)
+            fmt = np.lib.format
+            shape, _, dtype = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(fp)
             offset = fp.tell()
     except Exception as err:
         raise ReadError(f"mask {path} is not a readable .npy file ({err})", code="BAD_MASK",
