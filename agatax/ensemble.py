@@ -224,7 +224,8 @@ def load_ensemble(path: str | os.PathLike, *, config: UNetConfig | None = None) 
 
     ``config``: if given, the file's architecture must match it (CONFIG_MISMATCH otherwise); the file's
     ``conv_impl``/``dtype`` numerics choices are replaced by those of ``config``.
-    Raises CheckpointError with code NOT_FOUND, CORRUPT_CHECKPOINT, VERSION_MISMATCH or CONFIG_MISMATCH.
+    Raises CheckpointError with code NOT_FOUND, CORRUPT_CHECKPOINT, VERSION_MISMATCH, CONFIG_MISMATCH or
+    NON_FINITE_WEIGHTS.
     """
     path = Path(path)
     if not path.is_file():
@@ -287,4 +288,20 @@ def load_ensemble(path: str | os.PathLike, *, config: UNetConfig | None = None) 
     except Exception as err:
         raise CheckpointError(f"{path}: variables unreadable ({err})", code="CORRUPT_CHECKPOINT", paths=(str(path),)) from err
     _check_variables(variables, file_config, members, path=str(path))
+    _check_finite(variables, path)
     return Ensemble(variables=dict(variables), config=file_config)
+
+
+def _check_finite(variables: Any, path: Path) -> None:
+    """NON_FINITE_WEIGHTS naming the first member and parameter holding NaN or infinity."""
+    for key, leaf in jax.tree_util.tree_leaves_with_path(variables):
+        finite = np.isfinite(np.asarray(leaf)).reshape(leaf.shape[0], -1).all(axis=1)
+        if not finite.all():
+            bad = np.flatnonzero(~finite)
+            raise CheckpointError(
+                f"{path}: member {int(bad[0])} (of members {bad.tolist()}) holds NaN or infinite values in "
+                f"{jax.tree_util.keystr(key)}",
+                code="NON_FINITE_WEIGHTS",
+                hint="the training diverged or the file was damaged; save the ensemble again from a good checkpoint",
+                paths=(str(path),),
+            )

@@ -10,7 +10,7 @@ import numpy as np
 
 from agatax.errors import InputError
 
-__all__ = ["Volume"]
+__all__ = ["Volume", "check_exam"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -95,3 +95,79 @@ class Volume:
     def replace(self, **changes: Any) -> "Volume":
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
+
+
+# ----------------------------------------------------------------------------------- exam plausibility
+MIN_SLICES = 8  # fewer slices cannot cover the heart (~120 mm) at any usual increment
+MIN_MATRIX = 64  # in-plane pixels: below this a voxel is several mm wide, calcium is invisible
+AIR_BELOW_HU = -500.0  # air and lung
+TISSUE_HU = (-200.0, 300.0)  # fat, water, soft tissue, blood
+MIN_AIR_FRACTION = 0.001  # of the sampled voxels
+MIN_TISSUE_FRACTION = 0.01
+_SAMPLE_SHAPE = (64, 128, 128)  # the HU check looks at about this many voxels (a strided view)
+EXAM_TEXT = (
+    "a calcium scoring exam is a stack of axial CT slices covering the heart, typically 40-80 slices of "
+    "512 x 512 pixels, in Hounsfield units"
+)
+
+
+def hu_sample(hu: np.ndarray) -> np.ndarray:
+    """A strided subsample of ``hu`` (z, y, x) of at most about 64 x 128 x 128 voxels, float32 (a small copy)."""
+    steps = tuple(max(1, n // m) for n, m in zip(hu.shape, _SAMPLE_SHAPE))
+    return np.asarray(hu[:: steps[0], :: steps[1], :: steps[2]], dtype=np.float32)
+
+
+def hu_problem(hu: np.ndarray) -> str | None:
+    """Why ``hu`` (z, y, x) does not look like a chest CT in HU, or None when it does.
+
+    A chest CT always holds air or lung (< -500 HU) and soft tissue (-200..300 HU); a [0, 1]-normalised image,
+    a label mask (0..4), stored values without their rescale (air at 0) or an image without any air fail.
+    Looks at a strided subsample only (no full-size temporaries).
+    """
+    sample = hu_sample(hu)
+    if sample.size == 0:
+        return "the image holds no voxels"
+    air = float(np.count_nonzero(sample < AIR_BELOW_HU)) / sample.size
+    tissue = float(np.count_nonzero((sample >= TISSUE_HU[0]) & (sample <= TISSUE_HU[1]))) / sample.size
+    if air >= MIN_AIR_FRACTION and tissue >= MIN_TISSUE_FRACTION:
+        return None
+    low, p1, p99, high = np.percentile(sample, [0, 1, 99, 100])
+    return (
+        f"values range from {low:g} to {high:g} (1st-99th percentile {p1:g} to {p99:g}); {100 * air:.2f} % "
+        f"below {AIR_BELOW_HU:g} HU (air, lung) and {100 * tissue:.2f} % between {TISSUE_HU[0]:g} and "
+        f"{TISSUE_HU[1]:g} HU (soft tissue), where a chest CT in HU holds both"
+    )
+
+
+def check_exam(volume: Volume, *, allow_small: bool = False, allow_not_hu: bool = False) -> None:
+    """Refuse a Volume that cannot be a calcium scoring exam; returns None when it can.
+
+    Raises InputError with code TOO_SMALL (fewer than 8 slices, or under 64 x 64 pixels in plane) or NOT_HU
+    (no air below -500 HU or no soft tissue in -200..300 HU, e.g. a normalised image or a mask; checked on
+    a strided subsample). ``allow_small`` / ``allow_not_hu`` skip the checks. Readers call it on every exam;
+    Volumes built directly are not checked unless this is called.
+    """
+    _check_exam(volume, allow_small=allow_small, allow_not_hu=allow_not_hu, error=InputError)
+
+
+def _check_exam(volume: Volume, *, allow_small: bool, allow_not_hu: bool, error: type) -> None:
+    name = volume.source or "the exam"
+    nz, ny, nx = volume.shape
+    if not allow_small and (nz < MIN_SLICES or ny < MIN_MATRIX or nx < MIN_MATRIX):
+        raise error(
+            f"{name} is (z, y, x) {nz} x {ny} x {nx} voxels: {EXAM_TEXT} (at least {MIN_SLICES} slices of "
+            f"{MIN_MATRIX} x {MIN_MATRIX})",
+            code="TOO_SMALL",
+            hint="point at the whole axial series of the exam; pass allow_small=True to read it anyway",
+            paths=[volume.source] if volume.source else (),
+        )
+    problem = None if allow_not_hu else hu_problem(volume.hu)
+    if problem:
+        raise error(
+            f"{name} does not hold CT values in HU: {problem}; it looks like a normalised image, a mask or "
+            "values without their rescale",
+            code="NOT_HU",
+            hint="give the CT exam itself in HU (stored value x slope + intercept); pass allow_not_hu=True to "
+            "read it anyway",
+            paths=[volume.source] if volume.source else (),
+        )

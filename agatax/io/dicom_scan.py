@@ -19,7 +19,7 @@ from pydicom.uid import UID
 
 from agatax.errors import ReadError
 
-__all__ = ["SliceRecord", "scan_files", "list_files"]
+__all__ = ["SliceRecord", "Unplaced", "scan_files", "list_files"]
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT = ("1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2")
@@ -65,6 +65,7 @@ class SliceRecord:
     pixel_length: int | None
     phase: float | None
     header: Any = dataclasses.field(repr=False)
+    raw: bool = False  # read without the 128-byte preamble and DICM marker (pydicom force=True)
 
     @property
     def frame_bytes(self) -> int:
@@ -75,6 +76,15 @@ class SliceRecord:
     def name(self) -> str:
         """The file name, with the frame number for multi-frame files."""
         return self.path if self.n_frames == 1 else f"{self.path} (frame {self.frame + 1})"
+
+
+@dataclasses.dataclass(frozen=True)
+class Unplaced:
+    """An image file whose ImagePositionPatient / ImageOrientationPatient is missing or unreadable."""
+
+    path: str
+    series_uid: str
+    detail: str
 
 
 class _Header:
@@ -139,6 +149,10 @@ class _Header:
 
 def list_files(path: str | os.PathLike) -> list[str]:
     """Every regular file under ``path`` (recursively, sorted), or ``[path]`` for a file."""
+    if not str(path).strip():
+        raise ReadError(
+            f"empty path {str(path)!r}", code="BAD_PATH", hint="give the exam's DICOM folder or file, or a NIfTI file"
+        )
     root = Path(path)
     if root.is_file():
         return [str(root)]
@@ -151,61 +165,114 @@ def list_files(path: str | os.PathLike) -> list[str]:
     return found
 
 
-def scan_files(paths: list[str]) -> tuple[list[SliceRecord], list[tuple[str, str]]]:
-    """Header pass: image slice records and (path, reason) for every file that is not an image slice."""
+def scan_files(paths: list[str]) -> tuple[list[SliceRecord], list[tuple[str, str]], list[Unplaced]]:
+    """Header pass: image slice records, (path, reason) for every file that is not an image slice, and the
+    image files without a usable position (also among the skipped: the reader refuses them when they
+    belong to the series it reads)."""
     records: list[SliceRecord] = []
     skipped: list[tuple[str, str]] = []
+    unplaced: list[Unplaced] = []
     for path in paths:
         found = _scan_one(path)
-        if isinstance(found, str):
+        if isinstance(found, Unplaced):
+            unplaced.append(found)
+            skipped.append((path, found.detail))
+        elif isinstance(found, str):
             skipped.append((path, found))
         else:
             records.extend(found)
-    return records, skipped
+    return records, skipped, unplaced
 
 
-def _scan_one(path: str) -> list[SliceRecord] | str:
+_TRUNCATED_HINT = "the file was cut short (copy or transfer interrupted); export it again or remove it"
+# first bytes of a dataset without preamble: group 0002 or 0008, little or big endian
+_RAW_STARTS = (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08")
+
+
+def _read_raw(fp):
+    """A dataset without the 128-byte preamble (pydicom ``force=True``), or None when it is not one."""
+    fp.seek(0)
+    if fp.read(2) not in _RAW_STARTS:
+        return None
+    fp.seek(0)
+    try:
+        ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True, defer_size="4 KB")
+    except Exception:
+        return None
+    if ds.get_item(0x00280010) is None or ds.get_item(0x00280011) is None or ds.get_item(0x7FE00010) is not None:
+        return None
+    return ds
+
+
+def _scan_one(path: str) -> list[SliceRecord] | str | Unplaced:
     try:
         with open(path, "rb") as fp:
-            preamble = fp.read(132)
-            if len(preamble) < 132 or preamble[128:132] != b"DICM":
-                return "not a DICOM file (no DICM marker)"
-            fp.seek(0)
             size = os.fstat(fp.fileno()).st_size
-            try:
-                ds = pydicom.dcmread(fp, stop_before_pixels=True)
-            except (EOFError, struct.error) as err:
+            preamble = fp.read(132)
+            raw = len(preamble) < 132 or preamble[128:132] != b"DICM"
+            if raw and not preamble[:128].strip(b"\x00") and b"DICM".startswith(preamble[128:]):
                 raise ReadError(
-                    f"DICOM file {path} ends inside its header ({size} bytes): {err}",
+                    f"DICOM file {path} holds only {len(preamble)} bytes, a DICOM preamble cut short",
                     code="TRUNCATED_FILE",
-                    hint="the file was cut short (copy or transfer interrupted); export it again or remove it",
+                    hint=_TRUNCATED_HINT,
                     paths=[path],
-                ) from err
-            except InvalidDicomError as err:
-                return f"not a readable DICOM file ({err})"
-            except Exception as err:  # pydicom raises many types on corrupt headers
-                raise ReadError(
-                    f"DICOM file {path} has a corrupt header: {type(err).__name__}: {err}",
-                    code="CORRUPT_FILE",
-                    hint="export the file again or remove it from the folder",
-                    paths=[path],
-                ) from err
+                )
+            fp.seek(0)
+            if raw:
+                ds = _read_raw(fp)
+                if ds is None:
+                    return "not a DICOM file (no DICM marker)"
+            else:
+                try:
+                    ds = pydicom.dcmread(fp, stop_before_pixels=True)
+                except Exception as err:  # pydicom raises many types on cut or corrupt headers
+                    if isinstance(err, (EOFError, struct.error)) or fp.tell() >= size:
+                        raise ReadError(
+                            f"DICOM file {path} ends inside its header ({size} bytes): {type(err).__name__}: {err}",
+                            code="TRUNCATED_FILE",
+                            hint=_TRUNCATED_HINT,
+                            paths=[path],
+                        ) from err
+                    if isinstance(err, InvalidDicomError):
+                        return f"not a readable DICOM file ({err})"
+                    raise ReadError(
+                        f"DICOM file {path} has a corrupt header: {type(err).__name__}: {err}",
+                        code="CORRUPT_FILE",
+                        hint="export the file again or remove it from the folder",
+                        paths=[path],
+                    ) from err
             offset = fp.tell()
             head = fp.read(12)
-    except OSError as err:
+    except ReadError:
+        raise
+    except OSError as err:  # ReadError is an OSError too: passed on above
         raise ReadError(f"cannot open {path}: {err}", code="UNREADABLE", paths=[path]) from err
 
-    ts = _transfer_syntax(ds)
-    h = _Header(ds, ts.is_little_endian)
-    sop_class = h.text(0x00080016) or str(ds.file_meta.get("MediaStorageSOPClassUID", ""))
-    is_image = h.has(0x00280010) and h.has(0x00280011)  # Rows, Columns
-    if not head and (sop_class == CT_IMAGE or sop_class in ENHANCED_CT or is_image):
+    is_image = ds.get_item(0x00280010) is not None and ds.get_item(0x00280011) is not None  # Rows, Columns
+    meta = getattr(ds, "file_meta", None) or {}
+    declared = {str(ds.get("SOPClassUID", "") or ""), str(meta.get("MediaStorageSOPClassUID", "") or "")}
+    sop_class = str(ds.get("SOPClassUID", "") or meta.get("MediaStorageSOPClassUID", "") or "")
+    ct = bool(declared & {CT_IMAGE, *ENHANCED_CT})
+    if not head and (ct or is_image or not sop_class or not len(ds)):  # the file ends where the header stopped
+        where = "before its pixel data" if sop_class and len(ds) else "inside its header (no dataset read)"
         raise ReadError(
-            f"DICOM image file {path} ends after {size} bytes, before its pixel data",
+            f"DICOM file {path} ends after {size} bytes, {where}",
             code="TRUNCATED_FILE",
-            hint="the file was cut short (copy or transfer interrupted); export it again or remove it",
+            hint=_TRUNCATED_HINT,
             paths=[path],
         )
+    ts = _transfer_syntax(ds)
+    if not ts.is_transfer_syntax:
+        if not is_image:
+            return f"unknown transfer syntax {ts} (not an image)"
+        raise ReadError(
+            f"DICOM image file {path} declares TransferSyntaxUID {ts}, which is not a DICOM transfer syntax; "
+            "its pixel data cannot be decoded",
+            code="UNSUPPORTED_TRANSFER_SYNTAX",
+            hint="export the series again (uncompressed, or JPEG / JPEG 2000 / RLE), or remove the file",
+            paths=[path],
+        )
+    h = _Header(ds, ts.is_little_endian)
     if sop_class == MEDIA_DIRECTORY or os.path.basename(path).upper() == "DICOMDIR":
         return "DICOMDIR (media directory index, not an image)"
     if not is_image:
@@ -223,9 +290,13 @@ def _scan_one(path: str) -> list[SliceRecord] | str:
     if n_frames > 1:
         return f"multi-frame image without per-frame geometry ({UID(sop_class).name}); not supported"
     position, orientation = h.numbers(0x00200032), h.numbers(0x00200037)
-    if not position or not orientation or len(position) != 3 or len(orientation) != 6:
-        return "no valid ImagePositionPatient / ImageOrientationPatient (not a slice with known geometry)"
+    if not (_valid(position, 3) and _valid(orientation, 6)
+            and np.linalg.norm(np.cross(orientation[:3], orientation[3:])) > 0.5):
+        found = (f"ImagePositionPatient {h.text(0x00200032) or '(missing)'!r}, "
+                 f"ImageOrientationPatient {h.text(0x00200037) or '(missing)'!r}")
+        return Unplaced(path, h.text(0x0020000E), f"no valid ImagePositionPatient / ImageOrientationPatient ({found})")
     common = _common(ds, h, path, ts, pixel_offset, pixel_length, image_type)
+    common["raw"] = raw
     instance = h.number(0x00200013)
     slope, intercept = h.number(0x00281053), h.number(0x00281052)
     phase = h.number(0x00181060)  # TriggerTime
@@ -241,9 +312,9 @@ def _scan_one(path: str) -> list[SliceRecord] | str:
             orientation=np.asarray(orientation, dtype=np.float64),
             pixel_spacing=(spacing[0], spacing[1]) if spacing and len(spacing) >= 2 else (0.0, 0.0),
             thickness=h.number(0x00180050),
-            slope=slope if slope else 1.0,
+            slope=slope if slope is not None else 1.0,
             intercept=intercept if intercept is not None else 0.0,
-            has_rescale=intercept is not None,
+            has_rescale=slope is not None and intercept is not None,
             phase=phase,
             **common,
         )
@@ -327,9 +398,9 @@ def _enhanced_records(path, ds, ts, pixel_offset, pixel_length, n_frames, image_
                 orientation=np.asarray([float(v) for v in orientation], dtype=np.float64),
                 pixel_spacing=(float(spacing[0]), float(spacing[1])),
                 thickness=_float_or_none(find("PixelMeasuresSequence", "SliceThickness")),
-                slope=float(slope) if slope is not None else 1.0,
-                intercept=float(intercept) if intercept is not None else 0.0,
-                has_rescale=intercept is not None,
+                slope=_float_or_none(slope) if slope is not None else 1.0,
+                intercept=_float_or_none(intercept) if intercept is not None else 0.0,
+                has_rescale=slope is not None and intercept is not None,
                 phase=_float_or_none(trigger if trigger is not None else temporal),
                 **common,
             )
@@ -337,10 +408,20 @@ def _enhanced_records(path, ds, ts, pixel_offset, pixel_length, n_frames, image_
     return records
 
 
+def _valid(values, n: int) -> bool:
+    return values is not None and len(values) == n and bool(np.all(np.isfinite(values)))
+
+
 def _transfer_syntax(ds) -> UID:
+    """The file meta's TransferSyntaxUID; for a dataset without one, the encoding pydicom found."""
     meta = getattr(ds, "file_meta", None)
     ts = meta.get("TransferSyntaxUID") if meta is not None else None
-    return UID(str(ts)) if ts else UID("1.2.840.10008.1.2")
+    if ts:
+        return UID(str(ts))
+    implicit, little = getattr(ds, "original_encoding", (True, True))
+    if implicit is False:
+        return UID("1.2.840.10008.1.2.1" if little is not False else "1.2.840.10008.1.2.2")
+    return UID("1.2.840.10008.1.2")
 
 
 def _pixel_location(head: bytes, offset: int, ts: UID) -> tuple[int | None, int | None]:

@@ -106,6 +106,7 @@ def choose_series(series: list[Series], choice: str | int | None, source: str) -
     if choice is None:
         if len(series) == 1:
             return series[0], []
+        _check_mixed(series, source)
         raise ReadError(
             f"{source} holds {len(series)} image series: {listing}",
             code="MULTIPLE_SERIES",
@@ -130,6 +131,7 @@ def choose_series(series: list[Series], choice: str | int | None, source: str) -
             hint="pass a UID, a unique UID prefix, a series number or a description from the list",
         )
     if len(chosen) > 1:
+        _check_mixed(chosen, source)
         raise ReadError(
             f"{text!r} matches {len(chosen)} image series in {source}: "
             + "; ".join(s.label() for s in chosen),
@@ -138,6 +140,25 @@ def choose_series(series: list[Series], choice: str | int | None, source: str) -
             paths=[s.first.path for s in chosen],
         )
     return chosen[0], [s for s in series if s is not chosen[0]]
+
+
+def _check_mixed(series: list[Series], source: str) -> None:
+    """MIXED_GEOMETRY when all of ``series`` are one SeriesInstanceUID split by image size, spacing or
+    thickness: no choice of series can separate them."""
+    if len({s.uid for s in series}) != 1:
+        return
+    groups = []
+    for s in series:
+        r = s.first
+        thickness = f", {r.thickness:g} mm thick" if r.thickness else ""
+        groups.append(f"{len(s.records)} slices of {r.rows}x{r.cols} at {r.pixel_spacing[0]:g} x "
+                      f"{r.pixel_spacing[1]:g} mm{thickness} (e.g. {r.path})")
+    raise ReadError(
+        f"series {series[0].uid} in {source} mixes {len(series)} image geometries: " + "; ".join(groups),
+        code="MIXED_GEOMETRY",
+        hint="export the series again, or point at the files of one group only (copy them to their own folder)",
+        paths=[s.first.path for s in series],
+    )
 
 
 def order_slices(
@@ -171,6 +192,7 @@ def order_slices(
         return Geometry(records, affine, dz, warnings)
 
     _check_duplicates(records, along)
+    warnings += _instance_order(records)
     steps = np.diff(along)
     increment = float(np.median(steps))
 
@@ -268,6 +290,27 @@ def _check_duplicates(records: list[SliceRecord], along: np.ndarray) -> None:
         hint="export one cardiac phase (one slice per position) per series, or move the extra files out",
         paths=[records[example].path, records[example + 1].path],
     )
+
+
+def _instance_order(records: list[SliceRecord]) -> list[str]:
+    """A warning (code SLICE_ORDER) when InstanceNumber, read in position order, neither only rises nor only falls.
+
+    Slices are placed by ImagePositionPatient; either vendor order is fine. A scrambled numbering means the
+    positions or the numbers were rewritten, so the note names the first slice out of order.
+    """
+    numbers = np.asarray([r.instance if r.instance is not None else -1 for r in records])
+    if len(records) < 3 or np.any(numbers < 0) or len(set(numbers.tolist())) != len(numbers):
+        return []
+    steps = np.diff(numbers)
+    if np.all(steps > 0) or np.all(steps < 0):
+        return []
+    rising = np.count_nonzero(steps > 0) >= np.count_nonzero(steps < 0)
+    k = int(np.flatnonzero(steps < 0 if rising else steps > 0)[0])
+    return [
+        f"SLICE_ORDER: InstanceNumber neither rises nor falls steadily with ImagePositionPatient (e.g. "
+        f"{records[k].name} #{numbers[k]} then {records[k + 1].name} #{numbers[k + 1]}); slices are placed by "
+        "position, check the files were not relabelled"
+    ]
 
 
 def _instance_gaps(records: list[SliceRecord]) -> list[int]:

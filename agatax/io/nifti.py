@@ -8,20 +8,26 @@ orientation.
 
 from __future__ import annotations
 
+import gzip
 import os
+import warnings
+import zlib
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
 from agatax.errors import InputError, ReadError
-from agatax.volume import Volume
+from agatax.volume import Volume, _check_exam
 
-__all__ = ["read_nifti", "write_nifti", "read_mask", "is_nifti"]
+__all__ = ["read_nifti", "write_nifti", "read_mask", "is_nifti", "MAX_VOXELS", "ARTERY_LABELS"]
 
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _IJK_TO_ZYX = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=np.float64)
 ALIGN_TOLERANCE = 0.05  # grids agree when every corner voxel centre is within this fraction of a voxel
+MAX_VOXELS = 1024 * 1024 * 2000  # larger images are refused before reading (8 GB as float32)
+ARTERY_LABELS = 4  # mask contract: 0 background, 1 LM, 2 LAD, 3 LCX, 4 RCA
+_TRUNCATED_HINT = "the file was cut short (copy or transfer interrupted); write or copy it again"
 
 
 def is_nifti(path: str | os.PathLike) -> bool:
@@ -37,8 +43,11 @@ def _load(path: str | os.PathLike, *, allow_qform_mismatch: bool):
     try:
         img = nib.load(str(path))
     except Exception as err:
-        raise ReadError(f"cannot read NIfTI file {path}: {err}", code="CORRUPT_FILE", paths=[str(path)]) from err
+        code = "TRUNCATED_FILE" if isinstance(err, EOFError) else "CORRUPT_FILE"
+        raise ReadError(f"cannot read NIfTI file {path}: {type(err).__name__}: {err}", code=code,
+                        paths=[str(path)]) from err
     header = img.header
+    _check_size(img, path)
     warnings = []
     sform, scode = header.get_sform(coded=True)
     qform, qcode = header.get_qform(coded=True)
@@ -62,6 +71,46 @@ def _load(path: str | os.PathLike, *, allow_qform_mismatch: bool):
     elif scode == 0 and qcode == 0:
         warnings.append(f"{path}: neither sform nor qform is set; orientation unknown, voxel sizes only")
     return img, np.asarray(img.affine, dtype=np.float64), warnings
+
+
+def _check_size(img, path) -> None:
+    """TOO_LARGE beyond MAX_VOXELS; TRUNCATED_FILE when an uncompressed file is shorter than its header says."""
+    shape = tuple(int(n) for n in img.shape)
+    voxels = int(np.prod(shape, dtype=np.float64)) if shape else 0
+    itemsize = img.header.get_data_dtype().itemsize
+    if voxels > MAX_VOXELS:
+        raise ReadError(
+            f"NIfTI file {path} declares {' x '.join(map(str, shape))} voxels ({voxels * itemsize / 1e9:.1f} GB "
+            f"stored, {voxels * 4 / 1e9:.1f} GB as float32); at most {MAX_VOXELS} voxels (1024 x 1024 x 2000) are read",
+            code="TOO_LARGE",
+            hint="check the header's dimensions; a calcium scoring exam is about 512 x 512 x 40-80 voxels",
+            paths=[str(path)],
+        )
+    if not str(path).lower().endswith(".gz"):
+        want = int(getattr(img.dataobj, "offset", img.header["vox_offset"])) + voxels * itemsize
+        have = os.path.getsize(path)
+        if have < want:
+            raise ReadError(
+                f"NIfTI file {path} holds {have} bytes; its header ({' x '.join(map(str, shape))} voxels of "
+                f"{img.header.get_data_dtype()}) needs {want}",
+                code="TRUNCATED_FILE",
+                hint=_TRUNCATED_HINT,
+                paths=[str(path)],
+            )
+
+
+def _read_data(path, read):
+    """``read()`` the voxels, turning the errors of a cut or damaged file into ReadError."""
+    try:
+        return read()
+    except (EOFError, zlib.error, gzip.BadGzipFile, OSError, ValueError) as err:
+        cut = isinstance(err, EOFError) or "end-of-stream" in str(err)
+        raise ReadError(
+            f"cannot read the voxels of {path}: {type(err).__name__}: {err}",
+            code="TRUNCATED_FILE" if cut else "CORRUPT_FILE",
+            hint=_TRUNCATED_HINT if cut else "the file is damaged; write or copy it again",
+            paths=[str(path)],
+        ) from err
 
 
 def _corner_distance(a: np.ndarray, b: np.ndarray, shape) -> float:
@@ -88,17 +137,29 @@ def _to_zyx(data: np.ndarray, affine_ras: np.ndarray) -> tuple[np.ndarray, np.nd
     return zyx, affine
 
 
-def read_nifti(path: str | os.PathLike, *, allow_qform_mismatch: bool = False) -> Volume:
+def read_nifti(
+    path: str | os.PathLike,
+    *,
+    allow_qform_mismatch: bool = False,
+    allow_small: bool = False,
+    allow_not_hu: bool = False,
+) -> Volume:
     """Read a NIfTI CT volume: scaling (scl_slope, scl_inter) applied, float32 (z, y, x) HU.
 
     The affine is nibabel's choice (sform when its code > 0, else qform), converted to LPS; spacing is
-    (dz, dy, dx) = column norms of that affine (mm).
+    (dz, dy, dx) = column norms of that affine (mm). The exam is checked by ``agatax.volume.check_exam``
+    (``allow_small`` / ``allow_not_hu`` skip it).
+
+    Raises:
+        ReadError NOT_FOUND, CORRUPT_FILE, TRUNCATED_FILE, TOO_LARGE, QFORM_SFORM_MISMATCH, NOT_3D, NON_FINITE,
+        TOO_SMALL, NOT_HU.
     """
     img, affine_ras, warnings = _load(path, allow_qform_mismatch=allow_qform_mismatch)
-    data = img.get_fdata(dtype=np.float32)
+    data = _read_data(path, lambda: img.get_fdata(dtype=np.float32))
     hu, affine = _to_zyx(data, affine_ras)
     spacing = tuple(float(np.linalg.norm(affine[:3, i])) for i in range(3))
     hu = np.ascontiguousarray(hu, dtype=np.float32)
+    del data  # a flipped or transposed read was copied: keep one float32 copy only
     if not np.all(np.isfinite(hu)):
         bad = int(hu.size - np.count_nonzero(np.isfinite(hu)))
         raise ReadError(f"{path} holds {bad} NaN or infinite voxels", code="NON_FINITE", paths=[str(path)],
@@ -106,7 +167,7 @@ def read_nifti(path: str | os.PathLike, *, allow_qform_mismatch: bool = False) -
     header = img.header
     description = header["descrip"].item()
     description = description.decode("latin-1", "replace") if isinstance(description, bytes) else str(description)
-    return Volume(
+    volume = Volume(
         hu=hu,
         spacing=spacing,
         slice_thickness=None,
@@ -115,6 +176,8 @@ def read_nifti(path: str | os.PathLike, *, allow_qform_mismatch: bool = False) -
         warnings=tuple(warnings),
         source=str(path),
     )
+    _check_exam(volume, allow_small=allow_small, allow_not_hu=allow_not_hu, error=ReadError)
+    return volume
 
 
 def write_nifti(path: str | os.PathLike, array, like: Volume | None = None) -> str:
@@ -163,26 +226,33 @@ def read_mask(path: str | os.PathLike, like: Volume, *, allow_qform_mismatch: bo
 
     NIfTI masks are compared with ``like`` through their affine; a mask on the same voxel grid stored
     with axes permuted or flipped is brought to ``like``'s order. ``.npy`` files must already be
-    (z, y, x) of ``like.shape``. Values stay as stored (0 = background; artery labels 1..4 kept).
+    (z, y, x) of ``like.shape``.
+
+    Label contract: 0 background, 1 LM, 2 LAD, 3 LCX, 4 RCA (values 0..4 are returned as stored, uint8; a
+    mask of 0 and 1 only is calcium without arteries). A mask whose only non-zero value lies outside 1..4
+    (a binary 0/255 mask) is read as calcium with unknown artery: returned as 0/1, with a warning
+    (UserWarning). Other values outside 0..4 are refused.
 
     Raises:
-        ReadError MASK_MISMATCH when shape or grid differ, BAD_MASK for non-integer values.
+        ReadError MASK_MISMATCH when shape or grid differ; BAD_MASK for non-integer, negative or mixed
+        out-of-contract values, object arrays and non-mask files; TRUNCATED_FILE, CORRUPT_FILE, TOO_LARGE.
     """
     path = Path(path)
     if str(path).lower().endswith(".npy"):
         if not path.is_file():
             raise ReadError(f"no such mask file: {path}", code="NOT_FOUND", paths=[str(path)])
-        data = np.load(path, allow_pickle=False)
-        if data.shape != like.shape:
+        shape = _check_npy(path)
+        if shape != like.shape:
             raise ReadError(
-                f"mask {path} has shape {data.shape}; the volume is (z, y, x) {like.shape}",
+                f"mask {path} has shape {shape}; the volume is (z, y, x) {like.shape}",
                 code="MASK_MISMATCH",
                 hint="a .npy mask must be (z, y, x) on the volume's grid; use NIfTI to carry a different layout",
                 paths=[str(path)],
             )
+        data = _read_data(path, lambda: np.load(path, allow_pickle=False))
     elif is_nifti(path):
         img, affine_ras, _ = _load(path, allow_qform_mismatch=allow_qform_mismatch)
-        data, affine = _to_zyx(np.asanyarray(img.dataobj), affine_ras)
+        data, affine = _to_zyx(_read_data(path, lambda: np.asanyarray(img.dataobj)), affine_ras)
         data = _onto_grid(data, affine, like, path)
     else:
         raise ReadError(f"mask {path}: expected a .nii, .nii.gz or .npy file", code="BAD_MASK", paths=[str(path)])
@@ -224,15 +294,69 @@ def _onto_grid(data: np.ndarray, affine: np.ndarray, like: Volume, path) -> np.n
     )
 
 
+def _check_npy(path: Path) -> tuple[int, ...]:
+    """The shape in a .npy mask's header, read before loading it: BAD_MASK for object arrays or non-.npy
+    bytes, TRUNCATED_FILE when the file is shorter than its header says."""
+    try:
+        with open(path, "rb") as fp:
+            version = np.lib.format.read_magic(fp)
+            fmt = np.lib.format
+            shape, _, dtype = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(fp)
+            offset = fp.tell()
+    except Exception as err:
+        raise ReadError(f"mask {path} is not a readable .npy file ({err})", code="BAD_MASK",
+                        hint="save masks with numpy.save(path, mask) (an integer or boolean array)",
+                        paths=[str(path)]) from err
+    if dtype.hasobject or not (dtype == bool or np.issubdtype(dtype, np.number)):
+        raise ReadError(
+            f"mask {path} holds a {dtype} array (Python objects, not voxels)",
+            code="BAD_MASK",
+            hint="save the mask as an integer or boolean (z, y, x) array: numpy.save(path, np.asarray(mask, np.uint8))",
+            paths=[str(path)],
+        )
+    want = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    have = os.path.getsize(path)
+    if have < want:
+        raise ReadError(f"mask {path} holds {have} bytes; its header ({shape} {dtype}) needs {want}",
+                        code="TRUNCATED_FILE", hint=_TRUNCATED_HINT, paths=[str(path)])
+    return tuple(shape)
+
+
 def _as_labels(data: np.ndarray, path) -> np.ndarray:
+    """The label contract on ``data`` (z, y, x), checked slab by slab (no full-size temporaries)."""
     data = np.asarray(data)
     if data.dtype == bool:
         return data.astype(np.uint8)
-    if np.issubdtype(data.dtype, np.floating):
-        if not np.all(np.isfinite(data)) or np.any(data != np.round(data)):
+    if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
+        raise ReadError(f"mask {path} holds {data.dtype} values", code="BAD_MASK", paths=[str(path)])
+    values: set = set()
+    step = max(1, (1 << 24) // max(1, data[:1].size))
+    for start in range(0, data.shape[0], step):
+        slab = data[start : start + step]
+        if np.issubdtype(slab.dtype, np.floating) and (
+            not np.all(np.isfinite(slab)) or np.any(slab != np.round(slab))
+        ):
             raise ReadError(f"mask {path} holds non-integer values", code="BAD_MASK",
                             hint="masks hold 0 for background and integer labels", paths=[str(path)])
-    if data.size and (data.min() < 0):
-        raise ReadError(f"mask {path} holds negative values (min {data.min()})", code="BAD_MASK", paths=[str(path)])
-    top = data.max() if data.size else 0
-    return np.ascontiguousarray(data.astype(np.uint8 if top < 256 else np.int32))
+        values.update(np.unique(slab).tolist())
+        if len(values) > 64:
+            break
+    shown = ", ".join(f"{v:g}" for v in sorted(values)[:12]) + (", ..." if len(values) > 12 else "")
+    if min(values, default=0) < 0:
+        raise ReadError(f"mask {path} holds negative values ({shown})", code="BAD_MASK",
+                        hint="0 = background, 1..4 = LM, LAD, LCX, RCA", paths=[str(path)])
+    extra = values - set(range(ARTERY_LABELS + 1))
+    if not extra:
+        return np.ascontiguousarray(data.astype(np.uint8))
+    nonzero = values - {0}
+    if len(nonzero) == 1:
+        (value,) = nonzero
+        warnings.warn(f"mask {path}: its only non-zero value {value:g} is no artery label (1..4); read as "
+                      "calcium of unknown artery (1)", stacklevel=3)
+        return np.ascontiguousarray(data != 0, dtype=np.uint8)
+    raise ReadError(
+        f"mask {path} holds values {shown}: labels are 0 background, 1 LM, 2 LAD, 3 LCX, 4 RCA",
+        code="BAD_MASK",
+        hint="relabel the arteries 1..4, or give a binary mask (0 and one other value) for calcium without arteries",
+        paths=[str(path)],
+    )

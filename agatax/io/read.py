@@ -20,6 +20,8 @@ def read_volume(
     allow_tilt: bool = False,
     allow_not_ct: bool = False,
     allow_qform_mismatch: bool = False,
+    allow_small: bool = False,
+    allow_not_hu: bool = False,
 ) -> Volume:
     """Read a CT exam into a Volume (hu float32 (z, y, x) in HU, spacing (dz, dy, dx) mm, LPS affine).
 
@@ -30,13 +32,16 @@ def read_volume(
         allow_gaps, allow_uneven, allow_tilt, allow_not_ct: DICOM only: read series with missing slices,
             uneven increments, a gantry tilt or another modality instead of refusing them.
         allow_qform_mismatch: NIfTI only: use the sform when qform and sform disagree.
+        allow_small, allow_not_hu: read exams that ``agatax.volume.check_exam`` refuses: fewer than 8 slices or
+            under 64 x 64 pixels (TOO_SMALL), values without air and soft tissue (NOT_HU).
 
     Raises:
         agatax.ReadError with a stable ``code`` (see ``agatax.io.dicom.read_dicom``, QFORM_SFORM_MISMATCH,
-        NOT_FOUND, NON_FINITE).
+        NOT_FOUND, BAD_PATH, NON_FINITE, TOO_LARGE, TOO_SMALL, NOT_HU).
     """
     if is_nifti(path):
-        return read_nifti(path, allow_qform_mismatch=allow_qform_mismatch)
+        return read_nifti(path, allow_qform_mismatch=allow_qform_mismatch, allow_small=allow_small,
+                          allow_not_hu=allow_not_hu)
     return read_dicom(
         path,
         series=series,
@@ -44,4 +49,6 @@ def read_volume(
         allow_uneven=allow_uneven,
         allow_tilt=allow_tilt,
         allow_not_ct=allow_not_ct,
+        allow_small=allow_small,
+        allow_not_hu=allow_not_hu,
     )
