@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 
 # --- errors and the exam container ---
 from agatax.errors import AgataxError, CheckpointError, InputError, ReadError
-from agatax.volume import Volume
+from agatax.volume import Volume, check_exam
 
 # --- scoring core (agatax.scoring) ---
 from agatax.scoring import (

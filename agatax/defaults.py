@@ -77,10 +77,14 @@ def score_exam(path_or_volume, ensemble=None, *, series=None, **conventions):
             ``threshold_hu``, ``calibration``, ...).
     Returns:
         the pipeline's result: ``.scores`` (``Scores``: Agatston, volume, mass, category, lesion table),
-        ``.mask`` bool (z, y, x) on the exam's grid, ``.votes`` int32 (z, y, x) members voting calcium.
+        ``.mask`` bool (z, y, x) on the exam's grid, ``.votes`` uint8 (z, y, x) members voting calcium.
+
+    Raises:
+        InputError TOO_SMALL / NOT_HU for a Volume that cannot be an exam (see ``agatax.check_exam``), and
+        what the readers and the pipeline raise (NOT_AXIAL, CONTRAST_ENHANCED, ...).
     """
     from agatax.pipeline import run_pipeline
-    from agatax.volume import Volume
+    from agatax.volume import Volume, check_exam
 
     if isinstance(path_or_volume, (str, os.PathLike)):
         from agatax.io import read_volume
@@ -88,6 +92,7 @@ def score_exam(path_or_volume, ensemble=None, *, series=None, **conventions):
         volume = read_volume(path_or_volume, series=series)
     elif isinstance(path_or_volume, Volume):
         volume = path_or_volume
+        check_exam(volume)  # the readers check what they read; a Volume built by hand gets the same checks
     else:
         raise InputError(
             f"score_exam takes a path or a Volume, got {type(path_or_volume).__name__}",

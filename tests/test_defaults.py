@@ -124,3 +124,17 @@ def test_exam_stored_with_reversed_rows_scores_as_stored_normally(tmp_path):
     assert normal.scores.agatston > 100  # not vacuous
     np.testing.assert_array_equal(reversed_.mask, normal.mask[::-1, :, ::-1])
     assert reversed_.scores.agatston == pytest.approx(normal.scores.agatston, abs=1e-9)
+
+
+@pytest.mark.parametrize("make,code", [
+    (lambda v: agatax.Volume(v.hu[:, :32, :32], v.spacing), "TOO_SMALL"),  # a corner, not an exam
+    (lambda v: agatax.Volume((v.hu - v.hu.min()) / np.ptp(v.hu), v.spacing), "NOT_HU"),  # normalised to [0, 1]
+    (lambda v: agatax.Volume((v.hu > 130).astype(np.float32), v.spacing), "NOT_HU"),  # its own mask
+])
+def test_score_exam_refuses_volumes_that_are_not_exams(make, code):
+    from agatax.synthetic import generate_exam
+
+    v = generate_exam(2, target_category="C", matrix=128).volume
+    with pytest.raises(InputError) as err:
+        score_exam(make(v))
+    assert err.value.code == code

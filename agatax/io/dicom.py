@@ -12,6 +12,7 @@ from collections import Counter
 import numpy as np
 import pydicom
 
+from agatax._memory import aligned_empty
 from agatax.errors import ReadError
 from agatax.io.dicom_scan import SliceRecord, list_files, scan_files
 from agatax.io.dicom_series import choose_series, drop_scouts, group_series, order_slices
@@ -240,7 +241,7 @@ def _read_pixels(records: list[SliceRecord]) -> tuple[np.ndarray, int, int, int]
             paths=[first.path],
         )
     _check_decoders(records)
-    out = np.empty((len(records), first.rows, first.cols), dtype=np.float32)
+    out = aligned_empty((len(records), first.rows, first.cols), np.float32)  # shared with the CPU device
     decoded: dict[str, np.ndarray] = {}  # multi-frame files needing pydicom, decoded once
     padded = inside = 0
     y, x = np.ogrid[: first.rows, : first.cols]
