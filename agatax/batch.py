@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import math
 import os
 import queue
@@ -21,6 +22,7 @@ import re
 import sys
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -36,6 +38,8 @@ __all__ = [
     "discover_exams",
     "is_dicom_file",
     "run_batch",
+    "safe_name",
+    "source_hash",
     "read_summary_rows",
 ]
 
@@ -97,10 +101,16 @@ class BatchResult:
 # --------------------------------------------------------------------------------------------- discovery
 
 
-def _safe_name(text: str) -> str:
-    """A file-name-safe id: runs of characters other than letters, digits, ``._-`` become ``_``."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("._")
-    return name or "exam"
+def safe_name(text: str) -> str:
+    """A file-name-safe id that keeps letters of any script (NFC): runs of characters other than letters,
+    digits, ``._-`` become ``_``; at most 80 characters; "" when nothing is left."""
+    name = re.sub(r"[^\w.-]+", "_", unicodedata.normalize("NFC", str(text))).strip("._")
+    return name[:80].rstrip("._")
+
+
+def source_hash(path: str | os.PathLike) -> str:
+    """8 hex digits naming an exam's resolved source path (stable across runs)."""
+    return hashlib.sha256(os.fsencode(Path(path).expanduser().resolve())).hexdigest()[:8]
 
 
 def _stem(path: Path) -> str:
@@ -200,23 +210,25 @@ def _read_list(list_path: Path) -> list[Path]:
 
 
 def _unique_ids(found: list[tuple[str, Path]]) -> list[ExamTask]:
-    """Make ids file-name safe and unique (a clash takes the parent folder's name, then a number)."""
-    ids = [_safe_name(name) for name, _ in found]
-    counts: dict[str, int] = {}
-    for exam_id in ids:
-        counts[exam_id] = counts.get(exam_id, 0) + 1
-    taken: set[str] = set()
-    tasks = []
-    for exam_id, (_, path) in zip(ids, found):
-        if counts[exam_id] > 1:
-            parent = _safe_name(path.resolve().parent.name)
-            exam_id = f"{parent}_{exam_id}"
-        base, k = exam_id, 2
-        while exam_id in taken:
-            exam_id, k = f"{base}_{k}", k + 1
-        taken.add(exam_id)
-        tasks.append(ExamTask(exam_id, path))
-    return tasks
+    """File-name-safe ids, one per source (a source listed twice is scored once), unique and stable:
+    a clash takes the parent folder's name, and where that is not enough (or the name has no letters or
+    digits) a hash of the resolved source path."""
+    sources: dict[Path, tuple[str, Path]] = {}
+    for name, path in found:
+        sources.setdefault(path.expanduser().resolve(), (name, path))
+    names = {key: safe_name(name) for key, (name, _) in sources.items()}
+
+    def clashing(ids: dict[Path, str]) -> set[Path]:
+        count: dict[str, int] = {}
+        for exam_id in ids.values():
+            count[exam_id.casefold()] = count.get(exam_id.casefold(), 0) + 1
+        return {key for key, exam_id in ids.items() if count[exam_id.casefold()] > 1 or not exam_id}
+
+    for key in clashing(names):
+        names[key] = "_".join(filter(None, (safe_name(key.parent.name), names[key])))
+    for key in clashing(names):
+        names[key] = "_".join(filter(None, (names[key][:71], source_hash(key))))
+    return [ExamTask(names[key], path) for key, (_, path) in sources.items()]
 
 
 def discover_exams(paths: Sequence[str | os.PathLike]) -> tuple[list[ExamTask], bool]:
@@ -265,7 +277,7 @@ def _expand(path: Path) -> list[tuple[str, Path]]:
     if path.is_dir():
         exams = _folder_exams(path)
         if exams is None:
-            return [(path.resolve().name or "exam", path)]
+            return [(path.resolve().name, path)]
         if not exams:
             raise InputError(
                 f"{path} holds no DICOM files, no exam subfolders and no NIfTI files",

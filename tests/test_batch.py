@@ -231,3 +231,18 @@ def test_progress_on_a_terminal_redraws_one_line():
     assert text.startswith("\r0/2 exams, starting") and text.count("\r") == 3 and text.endswith("\n")
     assert text.rstrip().endswith("[e1: ok]")  # shorter redraws are padded with spaces over the old text
     assert "\r1/2 exams" in text and "\r2/2 exams" in text
+
+
+def test_ids_of_different_sources_never_collide_and_keep_unicode_letters(tmp_path):
+    for folder in ("a/x/exam1", "b/x/exam1", "c/exam1", "Müller", "张伟", "李娜", "★"):
+        _series(tmp_path / folder)
+    listing = tmp_path / "list.txt"
+    listing.write_text("a/x/exam1\nb/x/exam1\nc/exam1\nMüller\n张伟\n李娜\n★\nc/exam1\n")
+    tasks, _ = discover_exams(["@" + str(listing)])
+    ids = [t.exam_id for t in tasks]
+    assert len(ids) == 7 and len({i.casefold() for i in ids}) == 7  # c/exam1 twice is one exam
+    assert ids[2] == "c_exam1" and ids[3:6] == ["Müller", "张伟", "李娜"]
+    assert ids[0].startswith("x_exam1_") and ids[1].startswith("x_exam1_")  # parents clash too: a hash
+    assert ids[6] != "exam" and ids[6]
+    again, _ = discover_exams(["@" + str(listing)])
+    assert [t.exam_id for t in again] == ids  # stable across runs
