@@ -23,8 +23,7 @@ import sys
 import threading
 import time
 import unicodedata
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -80,10 +79,11 @@ class ExamOutcome:
 
 @dataclasses.dataclass
 class BatchResult:
-    """All outcomes in input order, with counts."""
+    """All outcomes in input order, with counts; ``interrupted`` when Ctrl-C ended the batch early."""
 
     outcomes: list[ExamOutcome]
     seconds: float
+    interrupted: bool = False
 
     @property
     def failed(self) -> int:
@@ -306,8 +306,8 @@ def _duration(seconds: float) -> str:
 class Progress:
     """Progress of a batch on a text stream (stderr): exams done/total, failures, rate, time left.
 
-    On a terminal one line is redrawn in place; otherwise (a log file, a pipe) a plain line is written
-    per finished exam.
+    On a terminal a tqdm bar, with result lines printed above it through ``write``; otherwise (a log file,
+    a pipe) a plain line per finished exam.
     """
 
     def __init__(self, total: int, *, stream: TextIO | None = None, enabled: bool = True) -> None:
@@ -317,7 +317,7 @@ class Progress:
         self.done = self.failed = self.skipped = 0
         self.started = time.perf_counter()
         self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self._width = 0
+        self._bar = None
 
     def line(self, last: str = "") -> str:
         """The progress text, e.g. ``3/10 exams (1 failed), 4.2 exams/min, about 1m40s left``."""
@@ -340,12 +340,11 @@ class Progress:
         return text
 
     def begin(self) -> None:
-        """On a terminal, show ``0/N exams`` at once (the first exam may take a while to compile)."""
-        if self.enabled and self._tty:
-            text = f"0/{self.total} exams, starting"
-            self.stream.write("\r" + text)
-            self.stream.flush()
-            self._width = len(text)
+        """On a terminal, show the bar at once (the first exam may take a while to compile)."""
+        if self.enabled and self._tty and self._bar is None:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=self.total, file=self.stream, unit="exam", desc="agatax", dynamic_ncols=True)
 
     def update(self, outcome: ExamOutcome) -> None:
         """Count one finished exam and show the new state."""
@@ -354,14 +353,30 @@ class Progress:
         self.skipped += outcome.status == "skipped"
         if not self.enabled:
             return
-        text = self.line(f"{outcome.task.exam_id}: {outcome.status}")
-        if self._tty:
-            pad = max(self._width - len(text), 0)
-            self.stream.write("\r" + text + " " * pad + ("\n" if self.done >= self.total else ""))
-            self._width = len(text)
+        if self._bar is not None:
+            notes = [f"{n} {what}" for n, what in ((self.failed, "failed"), (self.skipped, "skipped")) if n]
+            self._bar.set_postfix_str(", ".join(notes + [f"{outcome.task.exam_id}: {outcome.status}"]), refresh=False)
+            self._bar.update(1)
         else:
-            self.stream.write("agatax: " + text + "\n")
-        self.stream.flush()
+            self.stream.write("agatax: " + self.line(f"{outcome.task.exam_id}: {outcome.status}") + "\n")
+            self.stream.flush()
+
+    def write(self, text: str, file: TextIO | None = None) -> None:
+        """Print ``text`` (a result line) to ``file`` (stdout) without garbling the bar."""
+        file = file if file is not None else sys.stdout
+        if self._bar is not None:
+            from tqdm import tqdm
+
+            tqdm.write(text, file=file)
+        else:
+            file.write(text + "\n")
+        file.flush()
+
+    def close(self) -> None:
+        """End the bar (a terminal line of its own)."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 # --------------------------------------------------------------------------------------------- summary
@@ -377,18 +392,22 @@ def read_summary_rows(path: str | os.PathLike) -> dict[str, dict[str, str]]:
 
 
 class _Summary:
-    """The summary CSV, rewritten atomically after every exam: earlier rows of other exams first, then
-    this batch's rows in input order."""
+    """The summary CSV, rewritten atomically after every exam: rows of exams of earlier batches first,
+    then this batch's rows in input order (``initial`` ones until the exam finishes)."""
 
-    def __init__(self, path: Path | None, tasks: Sequence[ExamTask]) -> None:
+    def __init__(self, path: Path | None, tasks: Sequence[ExamTask], initial: Mapping[str, dict] | None) -> None:
         self.path = path
         self.order = {t.exam_id: i for i, t in enumerate(tasks)}
-        self.previous = read_summary_rows(path) if path is not None else {}
-        self.kept = [row for exam_id, row in self.previous.items() if exam_id not in self.order]
-        self.rows: dict[str, dict[str, Any]] = {}
+        previous = read_summary_rows(path) if path is not None else {}
+        self.kept = [row for exam_id, row in previous.items() if exam_id not in self.order]
+        start = previous if initial is None else initial
+        self.rows: dict[str, dict[str, Any]] = {i: dict(r) for i, r in start.items() if i in self.order and r}
 
     def add(self, exam_id: str, row: dict[str, Any]) -> None:
         self.rows[exam_id] = row
+        self.write()
+
+    def write(self) -> None:
         if self.path is not None:
             from agatax.report import write_summary_csv
 
@@ -407,6 +426,57 @@ def _failure_row(task: ExamTask, error: BaseException, seconds: float) -> dict[s
     return row
 
 
+class _ReadAhead:
+    """Reads tasks in order on ``jobs`` daemon threads, at most ``jobs`` exams ahead of the consumer;
+    ``close`` stops them and waits a bounded time for a read in progress."""
+
+    def __init__(self, tasks: Sequence[ExamTask], read: Callable[[ExamTask], Any], jobs: int) -> None:
+        self.tasks, self.read, self.jobs = tasks, read, jobs
+        self.cond = threading.Condition()
+        self.results: dict[int, tuple[Any, BaseException | None, float]] = {}
+        self.next = self.taken = 0
+        self.stopped = False
+        self.threads = [threading.Thread(target=self._work, name=f"agatax-reader-{i}", daemon=True)
+                        for i in range(jobs)]
+        for thread in self.threads:
+            thread.start()
+
+    def _work(self) -> None:
+        while True:
+            with self.cond:
+                while not self.stopped and not (self.next < len(self.tasks) and self.next < self.taken + self.jobs):
+                    self.cond.wait()
+                if self.stopped:
+                    return
+                i, self.next = self.next, self.next + 1
+            t0 = time.perf_counter()
+            try:
+                item = (self.read(self.tasks[i]), None, t0)
+            except Exception as err:
+                item = (None, err, t0)
+            with self.cond:
+                self.results[i] = item
+                self.cond.notify_all()
+
+    def get(self, i: int) -> tuple[Any, BaseException | None, float]:
+        """The read of task ``i`` (waits for it; wakes up regularly so that Ctrl-C is seen)."""
+        with self.cond:
+            self.taken = i + 1
+            self.cond.notify_all()
+            while i not in self.results:
+                self.cond.wait(0.25)
+            return self.results.pop(i)
+
+    def close(self, timeout: float = 30.0) -> None:
+        with self.cond:
+            self.stopped = True
+            self.results.clear()
+            self.cond.notify_all()
+        deadline = time.monotonic() + timeout
+        for thread in self.threads:
+            thread.join(max(deadline - time.monotonic(), 0.0))
+
+
 _STOP = object()
 
 
@@ -418,9 +488,11 @@ def run_batch(
     finish: Callable[[ExamTask, Any, float], tuple[dict[str, Any], dict[str, Any]]],
     existing: Callable[[ExamTask], tuple[dict[str, Any], dict[str, Any]] | None] | None = None,
     summary_path: str | os.PathLike | None = None,
+    summary_rows: Mapping[str, dict[str, Any]] | None = None,
     jobs: int = 1,
     progress: Progress | None = None,
     on_outcome: Callable[[ExamOutcome], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> BatchResult:
     """Score ``tasks`` one after another on the calling thread, reading ahead and writing behind.
 
@@ -433,22 +505,28 @@ def run_batch(
         existing: task -> (result dict, summary row) of results kept from an earlier run, or None to
             score the exam (checked before any reading; such exams are "skipped").
         summary_path: CSV rewritten after every exam (rows of exams not in ``tasks`` are kept).
+        summary_rows: rows shown for this batch's exams until they finish (default: their rows in the
+            existing summary), so that an interrupted re-run keeps every exam's valid results.
         jobs: exams read ahead of the one being scored (0: read on the calling thread, no prefetch).
         progress: shown after each exam.
         on_outcome: called with each outcome in input order, on the writer thread (printing, JSON lines).
+        stop: when set (e.g. by a signal handler), no further exam is started.
 
     Returns:
         BatchResult (outcomes in input order). A failure of one exam (any ``Exception`` while reading,
         scoring or writing it) becomes a "failed" outcome whose summary row carries the error code; the
-        batch goes on. KeyboardInterrupt stops the batch; the summary then holds every finished exam.
+        batch goes on. KeyboardInterrupt (or ``stop``) ends the batch cleanly: the exam being scored is
+        abandoned, those already scored are written, the readers are stopped, the summary is written,
+        and the result has ``interrupted`` set.
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 0:
         raise InputError(f"jobs must be an int >= 0; got {jobs!r}", code="BAD_ARGUMENT")
     started = time.perf_counter()
-    summary = _Summary(Path(summary_path) if summary_path is not None else None, tasks)
+    summary = _Summary(Path(summary_path) if summary_path is not None else None, tasks, summary_rows)
     outcomes: list[ExamOutcome] = []
     writer_queue: queue.Queue = queue.Queue(maxsize=2)
     writer_error: list[BaseException] = []
+    stop = stop if stop is not None else threading.Event()
 
     def record(outcome: ExamOutcome) -> None:
         outcomes.append(outcome)
@@ -486,39 +564,33 @@ def run_batch(
             raise writer_error[0]
         writer_queue.put(item)
 
-    plan = [(task, existing(task) if existing is not None else None) for task in tasks]
-    if progress is not None:
-        progress.begin()
-    to_read = [task for task, kept in plan if kept is None]
     thread = threading.Thread(target=writer, name="agatax-writer", daemon=True)
-    thread.start()
-    pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="agatax-reader") if jobs > 0 else None
-    pending: dict[int, Future] = {}
-    next_read = 0
-
-    def timed_read(task: ExamTask) -> tuple[Any, float]:
-        t0 = time.perf_counter()
-        return read(task), t0
-
+    prefetch: _ReadAhead | None = None
+    interrupted = False
     try:
+        plan = [(task, existing(task) if existing is not None else None) for task in tasks]
+        if progress is not None:
+            progress.begin()
+        to_read = [task for task, kept in plan if kept is None]
+        thread.start()
+        prefetch = _ReadAhead(to_read, read, jobs) if jobs > 0 and to_read else None
+        position = 0
         for task, kept in plan:
+            if stop.is_set():
+                raise KeyboardInterrupt
             if kept is not None:
                 result, row = kept
                 put(ExamOutcome(task, "skipped", result=result, row=row))
                 continue
             t0 = time.perf_counter()
             try:
-                if pool is None:
+                if prefetch is None:
                     loaded = read(task)
                 else:
-                    while next_read < len(to_read) and len(pending) <= jobs:  # this one + `jobs` ahead
-                        pending[next_read] = pool.submit(timed_read, to_read[next_read])
-                        next_read += 1
-                    position = min(pending)  # reads are consumed in input order
-                    loaded, t0 = pending.pop(position).result()
-                    while next_read < len(to_read) and len(pending) < jobs:  # keep the queue full
-                        pending[next_read] = pool.submit(timed_read, to_read[next_read])
-                        next_read += 1
+                    loaded, error, t0 = prefetch.get(position)
+                    position += 1
+                    if error is not None:
+                        raise error
                 scored = score(task, loaded)
                 del loaded
             except Exception as err:
@@ -526,13 +598,19 @@ def run_batch(
                 continue
             put((task, scored, None, t0))
             del scored
+    except KeyboardInterrupt:
+        interrupted = True
+        stop.set()
     finally:
-        if pool is not None:
-            for future in pending.values():
-                future.cancel()
-            pool.shutdown(wait=True, cancel_futures=True)
-        writer_queue.put(_STOP)
-        thread.join()
+        if prefetch is not None:
+            prefetch.close()
+        if thread.is_alive():
+            writer_queue.put(_STOP)
+            thread.join()
+        if not writer_error:
+            summary.write()
+        if progress is not None:
+            progress.close()
     if writer_error:
         raise writer_error[0]
-    return BatchResult(outcomes, time.perf_counter() - started)
+    return BatchResult(outcomes, time.perf_counter() - started, interrupted)
