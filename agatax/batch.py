@@ -506,7 +506,8 @@ def run_batch(
             score the exam (checked before any reading; such exams are "skipped").
         summary_path: CSV rewritten after every exam (rows of exams not in ``tasks`` are kept).
         summary_rows: rows shown for this batch's exams until they finish (default: their rows in the
-            existing summary), so that an interrupted re-run keeps every exam's valid results.
+            existing summary), so that an interrupted re-run keeps every exam's valid results; read
+            after ``existing`` has been called for every task.
         jobs: exams read ahead of the one being scored (0: read on the calling thread, no prefetch).
         progress: shown after each exam.
         on_outcome: called with each outcome in input order, on the writer thread (printing, JSON lines).
@@ -522,7 +523,7 @@ def run_batch(
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 0:
         raise InputError(f"jobs must be an int >= 0; got {jobs!r}", code="BAD_ARGUMENT")
     started = time.perf_counter()
-    summary = _Summary(Path(summary_path) if summary_path is not None else None, tasks, summary_rows)
+    summary: _Summary | None = None
     outcomes: list[ExamOutcome] = []
     writer_queue: queue.Queue = queue.Queue(maxsize=2)
     writer_error: list[BaseException] = []
@@ -569,6 +570,7 @@ def run_batch(
     interrupted = False
     try:
         plan = [(task, existing(task) if existing is not None else None) for task in tasks]
+        summary = _Summary(Path(summary_path) if summary_path is not None else None, tasks, summary_rows)
         if progress is not None:
             progress.begin()
         to_read = [task for task, kept in plan if kept is None]
@@ -607,7 +609,7 @@ def run_batch(
         if thread.is_alive():
             writer_queue.put(_STOP)
             thread.join()
-        if not writer_error:
+        if summary is not None and not writer_error:
             summary.write()
         if progress is not None:
             progress.close()

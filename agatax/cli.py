@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import csv
 import dataclasses
+import hashlib
 import json
 import os
 import sys
@@ -105,6 +106,45 @@ def load_weights(path: str | os.PathLike | None):
         ) from None
 
 
+def files_fingerprint(path: str | os.PathLike) -> str:
+    """A cheap fingerprint of the files of an exam (a file or a folder searched recursively, hidden
+    entries left out, as the reader does): sorted relative names, sizes and modification times."""
+    root = Path(path)
+    entries = []
+    if root.is_file():
+        st = root.stat()
+        entries.append((root.name, st.st_size, st.st_mtime_ns))
+    else:
+        for folder, dirs, files in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(f for f in files if not f.startswith(".")):
+                full = Path(folder) / name
+                with contextlib.suppress(OSError):
+                    st = full.stat()
+                    entries.append((str(full.relative_to(root)), st.st_size, st.st_mtime_ns))
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
+
+
+def weights_identity(path: str | os.PathLike | None) -> str:
+    """``<file name> sha256:<12 hex>`` of an ensemble file (None: the shipped default, named "default")."""
+    from agatax.defaults import default_weights_path
+
+    file = Path(path) if path is not None else default_weights_path()
+    digest = hashlib.sha256()
+    with open(file, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return f"{'default' if path is None else file.name} sha256:{digest.hexdigest()[:12]}"
+
+
+def device_name(device=None) -> str:
+    """The JAX device results are computed on, e.g. ``cpu (cpu)`` or ``gpu (NVIDIA H100)``."""
+    import jax
+
+    device = device if device is not None else jax.devices()[0]
+    return f"{device.platform} ({device.device_kind})"
+
+
 # --------------------------------------------------------------------------------------------- one exam
 
 
@@ -176,12 +216,21 @@ class ExamScorer:
     """
 
     def __init__(self, *, mask=None, ensemble=None, series=None, calibration=None, min_pixels=3,
-                 min_area_mm2=None, localise=True, **relaxations: bool) -> None:
+                 min_area_mm2=None, localise=True, about: dict[str, Any] | None = None,
+                 **relaxations: bool) -> None:
         if mask is None and ensemble is None:
             raise InputError("ExamScorer needs a mask or an ensemble", code="BAD_ARGUMENT")
         self.mask, self.ensemble, self.series, self.localise = mask, ensemble, series, bool(localise)
         self.conventions = {"calibration": calibration, "min_pixels": min_pixels, "min_area_mm2": min_area_mm2}
         self.relaxations = {k: bool(v) for k, v in relaxations.items() if v}
+        self.about = dict(about or {})  # device, weights: what made the results
+
+    def options(self) -> dict[str, Any]:
+        """The options that change an exam's numbers (part of its provenance)."""
+        mask = None if self.mask is None else {"path": str(Path(self.mask).resolve()),
+                                                "files": files_fingerprint(self.mask)}
+        return {**self.conventions, "series": self.series, "localise": self.localise and mask is None,
+                "mask": mask, "relaxations": sorted(self.relaxations)}
 
     def read(self, path):
         """Read the exam at ``path`` into a Volume, with the command line's warnings added."""
@@ -209,7 +258,7 @@ class ExamScorer:
 
     def _extras(self, scored: ScoredExam) -> dict[str, Any]:
         """Keys the JSON carries beyond the report: the given mask, and the chest region used."""
-        extras: dict[str, Any] = {"mask": None if self.mask is None else str(self.mask)}
+        extras: dict[str, Any] = {"mask": None if self.mask is None else str(self.mask), **self.about}
         if scored.chest is not None:
             extras["chest_region"] = scored.chest.to_dict()
         return extras
@@ -225,19 +274,16 @@ class ExamScorer:
         out.update(self._extras(scored))
         return out
 
-    def write(self, directory, scored: ScoredExam, exam_id: str, *, png: bool = True) -> tuple[dict, dict]:
-        """Write the exam's report files; returns (the JSON dict as written, the paths)."""
+    def write(self, directory, scored: ScoredExam, exam_id: str, *, png: bool = True, png_slices: int | None = 6,
+              extra: dict[str, Any] | None = None) -> tuple[dict, dict]:
+        """Write the exam's report files (``extra``: more JSON keys, e.g. the provenance); returns (the
+        JSON dict as written, the paths)."""
         from agatax.report import write_report
 
         paths = write_report(directory, scored.volume, scored.scores, scored.mask, votes=scored.votes,
-                             members=scored.members, exam_id=exam_id, png=png)
-        path = Path(paths["json"])
-        result = json.loads(path.read_text())
-        extras = self._extras(scored)
-        if any(k not in result or result[k] != v for k, v in extras.items()):
-            result.update(extras)
-            atomic_write_text(path, json.dumps(result, indent=2) + "\n")
-        return result, paths
+                             members=scored.members, exam_id=exam_id, png=png, max_slices=png_slices,
+                             extra={**self._extras(scored), **(extra or {})})
+        return json.loads(Path(paths["json"]).read_text()), paths
 
 
 def score_exam(
@@ -260,14 +306,18 @@ def score_exam(
     Keys: exam_id, agatston, category, volume_mm3 (mm^3), mass_mg (mg or None), lesions (list of dicts;
     with an ensemble each has ``vote_fraction``, the share of networks that agreed), per_artery,
     spacing_mm (dz, dy, dx), slice_thickness_mm, shape (z, y, x), warnings, series_uid,
-    series_description, source, mask, and ``members`` with an ensemble.
+    series_description, source, mask, agatax_version, device, weights (file name and sha256 prefix; None
+    for a given ``ensemble`` or mask), and ``members`` with an ensemble.
     ``relaxations``: allow_gaps, allow_uneven, allow_tilt, allow_not_ct, allow_qform_mismatch (see
     ``agatax.read_volume``).
     """
+    identity = None
     if mask is None and ensemble is None:
         ensemble = load_weights(weights)
+        identity = weights_identity(weights)
     scorer = ExamScorer(mask=mask, ensemble=ensemble, series=series, calibration=calibration,
-                        min_pixels=min_pixels, min_area_mm2=min_area_mm2, **relaxations)
+                        min_pixels=min_pixels, min_area_mm2=min_area_mm2,
+                        about={"device": device_name(), "weights": identity}, **relaxations)
     return scorer.result(scorer.score(scorer.read(path)))
 
 
@@ -284,6 +334,9 @@ def format_report(result: dict[str, Any]) -> str:
         f"grid:      {' x '.join(str(n) for n in result['shape'])} voxels, spacing {dz:.3f} x {dy:.3f} x {dx:.3f} mm"
         + (f", slice thickness {thickness:g} mm" if thickness else ""),
     ]
+    made = [f"{k} {result[k]}" for k in ("weights", "device") if result.get(k)]
+    if result.get("agatax_version"):
+        lines.append(f"made by:   agatax {result['agatax_version']}" + "".join(f", {m}" for m in made))
     if result.get("members"):
         lines.append(f"calcium:   majority vote of {result['members']} networks")
     if result.get("chest_region"):
@@ -298,12 +351,16 @@ def format_report(result: dict[str, Any]) -> str:
         lines.append(f"mass:      {result['mass_mg']:.2f} mg")
     lesions = result["lesions"]
     votes = any("vote_fraction" in lesion for lesion in lesions)
-    lines.append(f"lesions:   {len(lesions)}")
+    lines.append(f"slice lesions: {len(lesions)}  (2D calcium components per axial slice, as Agatston defines them)")
     if lesions:
-        lines.append("  slice  artery  pixels  area_mm2  peak_hu  weight  agatston  volume_mm3" + ("  votes" if votes else ""))
+        lines.append("  slice  instance   z_mm  artery  pixels  area_mm2  peak_hu  weight  agatston  volume_mm3"
+                     + ("  votes" if votes else ""))
         for lesion in lesions:
+            number = lesion.get("instance_number")
+            z_mm = lesion.get("z_mm")
             line = (
-                f"  {lesion['slice']:5d}  {lesion['artery'] or '-':>6}  {lesion['pixels']:6d}  {lesion['area_mm2']:8.2f}"
+                f"  {lesion['slice']:5d}  {'-' if number is None else number:>8}  {'-' if z_mm is None else f'{z_mm:.1f}':>6}"
+                f"  {lesion['artery'] or '-':>6}  {lesion['pixels']:6d}  {lesion['area_mm2']:8.2f}"
                 f"  {lesion['peak_hu']:7.0f}  {lesion['weight']:6d}  {lesion['agatston']:8.2f}  {lesion['volume_mm3']:10.2f}"
             )
             if votes:
@@ -313,14 +370,14 @@ def format_report(result: dict[str, Any]) -> str:
     for artery, totals in (result.get("per_artery") or {}).items():
         lines.append(
             f"  {artery:>4}: Agatston {totals['agatston']:.1f}, volume {totals['volume_mm3']:.1f} mm^3, "
-            f"{totals['lesions']} lesions"
+            f"{totals['lesions']} slice lesions"
         )
     for warning in result["warnings"]:
         lines.append(f"warning:   {warning}")
     return "\n".join(lines)
 
 
-def _one_line(outcome) -> str:
+def _one_line(outcome, note: str | None = None) -> str:
     """One line per exam of a batch."""
     exam_id = outcome.task.exam_id
     if outcome.status == "failed":
@@ -331,11 +388,13 @@ def _one_line(outcome) -> str:
     r = outcome.result
     n = len(r["lesions"])
     line = (f"{exam_id}  Agatston {r['agatston']:.1f}  category {r['category']}  volume {r['volume_mm3']:.1f} mm^3"
-            f"  {n} lesion{'' if n == 1 else 's'}")
+            f"  {n} slice lesion{'' if n == 1 else 's'}")
     if r.get("mass_mg") is not None:
         line += f"  mass {r['mass_mg']:.2f} mg"
     if outcome.status == "skipped":
         line += "  (kept from an earlier run)"
+    elif note:
+        line += f"  ({note})"
     return line + "".join(f"\n    warning: {w}" for w in r.get("warnings", []))
 
 
@@ -383,6 +442,8 @@ def add_score_command(subparsers) -> None:
     p.add_argument("--json-lines", action="store_true", help="with --json: one object per line, written as each "
                    "exam finishes")
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="exams read ahead while one is scored (default 1, 0 = none)")
+    p.add_argument("--png-slices", default="6", metavar="all|N", help="slices drawn in the report picture: the N "
+                   "with most Agatston (default 6), or all")
     p.add_argument("--overwrite", action="store_true", help="with --report: score again exams whose results exist")
     p.add_argument("--quiet", action="store_true", help="no progress line on stderr")
     p.add_argument("--min-area-mm2", type=float, default=None, help="smallest lesion area in mm^2 (e.g. 1.0)")
@@ -436,9 +497,24 @@ def _open_for_writing(target: str):
         raise ReadError(f"cannot write {path}: {err}", code="WRITE_ERROR", paths=[path]) from None
 
 
+def _png_slices(text: str) -> int | None:
+    if text == "all":
+        return None
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise InputError(f"--png-slices takes 'all' or a number of slices >= 1; got {text!r}", code="BAD_ARGUMENT")
+
+
 def _check_score_args(args: argparse.Namespace) -> None:
-    if args.jobs < 0:
-        raise InputError(f"--jobs must be 0 or more; got {args.jobs}", code="BAD_ARGUMENT")
+    """Refuse bad option values and combinations before any work."""
+    bounds = [("--jobs", args.jobs, args.jobs >= 0, "0 or more"),
+              ("--min-pixels", args.min_pixels, args.min_pixels >= 1, "1 or more"),
+              ("--min-area-mm2", args.min_area_mm2, args.min_area_mm2 is None or args.min_area_mm2 > 0, "above 0"),
+              ("--calibration", args.calibration, args.calibration is None or args.calibration > 0, "above 0")]
+    for name, value, ok, wanted in bounds:
+        if not ok or (isinstance(value, float) and not np.isfinite(value)):
+            raise InputError(f"{name} must be {wanted}; got {value}", code="BAD_ARGUMENT")
+    _png_slices(args.png_slices)
     if args.mask and args.weights:
         raise InputError("--mask and --weights exclude each other: a given mask needs no networks",
                          code="BAD_ARGUMENT")
@@ -449,19 +525,101 @@ def _check_score_args(args: argparse.Namespace) -> None:
                         hint="give a folder path (created if needed)", paths=[args.report])
 
 
+def _writable_folder(folder: Path, what: str) -> None:
+    """Create ``folder`` if needed and make sure a file can be created in it (OUTPUT_NOT_WRITABLE)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".agatax-probe.{os.getpid()}.0.tmp"
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(probe)
+    except OSError as err:
+        raise ReadError(f"{what}: cannot write into {folder} ({err.strerror or err})", code="OUTPUT_NOT_WRITABLE",
+                        hint="choose a folder you can write to", paths=[folder]) from None
+
+
+def _check_outputs(report_dir: Path | None, summary_path: Path | None, json_target: str | None) -> None:
+    """Every output can be written: checked before any exam is read or any weights loaded."""
+    if report_dir is not None:
+        _writable_folder(report_dir, f"--report {report_dir}")
+    for what, target in (("--summary", summary_path), ("--json", json_target)):
+        if target is None or target == "-":
+            continue
+        target = Path(target)
+        if target.is_dir():
+            raise ReadError(f"{what} {target} is a folder; a file path is needed", code="OUTPUT_NOT_WRITABLE",
+                            hint="give a file name", paths=[target])
+        _writable_folder(target.parent, f"{what} {target}")
+
+
+@contextlib.contextmanager
+def _sigint_stops(stop: threading.Event):
+    """While the block runs, the first Ctrl-C sets ``stop`` and raises KeyboardInterrupt; later ones are
+    ignored so that the cleanup (the writes in progress, the summary) finishes."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if not stop.is_set():
+            stop.set()
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def run_score(args: argparse.Namespace) -> int:
+    stop = threading.Event()
+    counts = {"scored": 0, "total": None}
+    try:
+        with _sigint_stops(stop):
+            code = _run_score(args, stop, counts)
+    except KeyboardInterrupt:
+        code = 130
+    if code == 130:
+        total = "?" if counts["total"] is None else counts["total"]
+        print(f"interrupted: {counts['scored']} of {total} exams scored; re-run the same command to continue",
+              file=sys.stderr)
+    return code
+
+
+def _provenance(task, scorer: ExamScorer, weights: str | None) -> dict[str, Any]:
+    """What an exam's results were made from: re-runs keep a report only when all of it matches."""
+    from agatax import __version__
+
+    return {"source": str(Path(task.path).expanduser().resolve()), "files": files_fingerprint(task.path),
+            "options": scorer.options(), "weights": weights, "agatax_version": __version__}
+
+
+_PROVENANCE_NAMES = {"source": "source path", "files": "input files", "weights": "weights",
+                     "agatax_version": "agatax version"}
+
+
+def _changed(old: Any, new: dict[str, Any]) -> str | None:
+    """Why a report with provenance ``old`` is not the result of ``new`` (None: it is)."""
+    if not isinstance(old, dict):
+        return "re-scored: earlier report has no provenance"
+    changed = [_PROVENANCE_NAMES[k] for k in _PROVENANCE_NAMES if old.get(k) != new[k]]
+    options = old.get("options") if isinstance(old.get("options"), dict) else {}
+    changed += [f"--{k.replace('_', '-')}" for k in new["options"] if options.get(k) != new["options"][k]]
+    return f"re-scored: {', '.join(changed)} changed" if changed else None
+
+
+def _run_score(args: argparse.Namespace, stop: threading.Event, counts: dict[str, Any]) -> int:
     from agatax import batch as batching
-    from agatax.report import report_paths, summary_row_from_report
+    from agatax._atomic import folder_lock, remove_stale_temps
 
     _check_score_args(args)
-    tasks, is_batch = batching.discover_exams(args.paths)
-    if args.mask and len(tasks) != 1:
-        raise InputError(f"--mask scores one exam; {len(tasks)} exams were given", code="MASK_WITH_BATCH",
-                         hint="score the exams one by one with their masks, or drop --mask to run the networks")
-    device = select_device(args.device)
     report_dir = Path(args.report) if args.report else None
     summary_path = Path(args.summary) if args.summary else (report_dir / "summary.csv" if report_dir else None)
+    _check_outputs(report_dir, summary_path, args.json)
     png = not args.no_png
+    png_slices = _png_slices(args.png_slices)
     if report_dir is not None and png:
         from agatax.report import require_matplotlib
 
@@ -470,82 +628,124 @@ def run_score(args: argparse.Namespace) -> int:
         except AgataxError as err:
             raise AgataxError(err.message, code=err.code,
                               hint=f"{err.hint}, or pass --no-png to write the reports without pictures") from None
+    locked = report_dir if report_dir is not None else (summary_path.parent if summary_path is not None else None)
+    with (folder_lock(locked) if locked is not None else contextlib.nullcontext()):
+        for folder in {p for p in (report_dir, summary_path and summary_path.parent) if p is not None}:
+            remove_stale_temps(folder)
+        tasks, is_batch = batching.discover_exams(args.paths)
+        counts["total"] = len(tasks)
+        if args.mask and len(tasks) != 1:
+            raise InputError(f"--mask scores one exam; {len(tasks)} exams were given", code="MASK_WITH_BATCH",
+                             hint="score the exams one by one with their masks, or drop --mask to run the networks")
+        device = select_device(args.device)
+        with (contextlib.nullcontext() if device is None else _default_device(device)):
+            ensemble = None if args.mask else load_weights(args.weights)
+            weights = None if args.mask else weights_identity(args.weights)
+            scorer = ExamScorer(mask=args.mask, ensemble=ensemble, series=args.series, calibration=args.calibration,
+                                min_pixels=args.min_pixels, min_area_mm2=args.min_area_mm2,
+                                localise=not args.no_localise, about={"device": device_name(device), "weights": weights},
+                                **{name: getattr(args, name) for name in _RELAXATIONS})
+            return _score_tasks(args, stop, counts, tasks, is_batch, scorer, weights, report_dir, summary_path,
+                                png, png_slices)
+
+
+def _score_tasks(args, stop, counts, tasks, is_batch, scorer, weights, report_dir, summary_path, png, png_slices):
+    from agatax import batch as batching
+    from agatax.report import report_paths, summary_row_from_report, summary_row_from_result
+
+    provenance = {task: _provenance(task, scorer, weights) for task in tasks}
+    if report_dir is not None:  # an id whose report holds another exam's results gets a hash of its source
+        renamed = {}
+        for task, made in provenance.items():
+            old = _read_json(report_paths(report_dir, task.exam_id)["json"])
+            source = (old or {}).get("provenance")
+            source = source.get("source") if isinstance(source, dict) else None
+            if isinstance(source, str) and source != made["source"]:
+                task = batching.ExamTask(f"{task.exam_id}_{batching.source_hash(task.path)}", task.path)
+            renamed[task] = made
+        provenance = renamed
+        tasks = list(provenance)
+    notes: dict[str, str] = {}
     previous = batching.read_summary_rows(summary_path) if summary_path is not None else {}
+    carried: dict[str, dict[str, Any]] = {}
+
+    def existing(task):
+        if report_dir is None:
+            return None
+        paths = report_paths(report_dir, task.exam_id, png=png)
+        old = _read_json(paths["json"])
+        if old is None:
+            if paths["json"].exists():
+                notes[task.exam_id] = "re-scored: earlier report unreadable"
+            elif previous.get(task.exam_id, {}).get("status") == "failed":
+                carried[task.exam_id] = previous[task.exam_id]  # kept until it is retried
+            return None
+        carried[task.exam_id] = summary_row_from_report(paths["json"])
+        if args.overwrite:
+            return None
+        note = _changed(old.get("provenance"), provenance[task])
+        if note is None and not all(p.is_file() for p in paths.values()):
+            note = "re-scored: report files missing"
+        if note is not None:
+            notes[task.exam_id] = note
+            return None
+        return old, carried[task.exam_id]
+
+    def finish(task, scored: ScoredExam, seconds: float):
+        extra = {"provenance": provenance[task]}
+        if report_dir is not None:
+            result, paths = scorer.write(report_dir, scored, task.exam_id, png=png, png_slices=png_slices, extra=extra)
+        else:
+            result, paths = {**scorer.result(scored, task.exam_id), **extra}, None
+        return result, summary_row_from_result(result, report=paths and paths["json"], seconds=seconds)
+
     json_to_stdout = args.json == "-"
     sink = _JsonSink(args.json, lines=args.json_lines, batch=is_batch)
-    text_lock = threading.Lock()
+    progress = batching.Progress(len(tasks), enabled=is_batch and len(tasks) > 1 and not args.quiet)
 
-    with (contextlib.nullcontext() if device is None else _default_device(device)):
-        ensemble = None if args.mask else load_weights(args.weights)
-        scorer = ExamScorer(mask=args.mask, ensemble=ensemble, series=args.series, calibration=args.calibration,
-                            min_pixels=args.min_pixels, min_area_mm2=args.min_area_mm2,
-                            localise=not args.no_localise,
-                            **{name: getattr(args, name) for name in _RELAXATIONS})
-
-        def existing(task):
-            if report_dir is None or args.overwrite:
-                return None
-            path = report_paths(report_dir, task.exam_id, png=png)["json"]
-            if not path.is_file():
-                return None
-            try:
-                result = json.loads(path.read_text())
-                row = previous.get(task.exam_id)
-                if not row or row.get("status") != "ok":
-                    row = summary_row_from_report(path)
-            except (OSError, ValueError, AgataxError):
-                return None  # unreadable: score it again
-            return result, row
-
-        def finish(task, scored: ScoredExam, seconds: float):
-            from agatax.report import exam_summary_row
-
+    def on_outcome(outcome) -> None:
+        if outcome.status == "failed":
+            item = _error_entry(outcome)
+        else:
+            item = dict(outcome.result)
+            if is_batch:
+                item["status"] = outcome.status
+        if is_batch or outcome.status != "failed":
+            sink.add(item)
+        counts["scored"] += outcome.status != "failed"
+        if json_to_stdout or (not is_batch and outcome.status == "failed"):
+            return
+        note = notes.get(outcome.task.exam_id)
+        if len(tasks) == 1 and outcome.status != "failed":
+            text = format_report(outcome.result)
+            if outcome.status == "skipped":
+                text += "\nnote:      results kept from an earlier run (--overwrite to score again)"
+            elif note:
+                text += f"\nnote:      {note}"
             if report_dir is not None:
-                result, paths = scorer.write(report_dir, scored, task.exam_id, png=png)
-            else:
-                result, paths = scorer.result(scored, task.exam_id), None
-            row = exam_summary_row(task.exam_id, scored.scores, volume=scored.volume, seconds=seconds, paths=paths)
-            return result, row
+                text += f"\nreport:    {report_paths(report_dir, outcome.task.exam_id, png=png)[('png' if png else 'json')]}"
+        else:
+            text = _one_line(outcome, note)
+        progress.write(text)
 
-        def on_outcome(outcome) -> None:
-            if outcome.status == "failed":
-                item = _error_entry(outcome)
-            else:
-                item = dict(outcome.result)
-                if is_batch:
-                    item["status"] = outcome.status
-            if is_batch or outcome.status != "failed":
-                sink.add(item)
-            if json_to_stdout or (not is_batch and outcome.status == "failed"):
-                return
-            with text_lock:
-                if len(tasks) == 1 and outcome.status != "failed":
-                    text = format_report(outcome.result)
-                    if outcome.status == "skipped":
-                        text += "\nnote:      results kept from an earlier run (--overwrite to score again)"
-                    if report_dir is not None:
-                        text += f"\nreport:    {report_paths(report_dir, outcome.task.exam_id, png=png)[('png' if png else 'json')]}"
-                else:
-                    text = _one_line(outcome)
-                sys.stdout.write(text + "\n")
-                sys.stdout.flush()
-
-        progress = batching.Progress(len(tasks), enabled=is_batch and len(tasks) > 1 and not args.quiet)
-        try:
-            outcome = batching.run_batch(
-                tasks,
-                read=lambda task: scorer.read(task.path),
-                score=lambda task, volume: scorer.score(volume),
-                finish=finish,
-                existing=existing,
-                summary_path=summary_path,
-                jobs=args.jobs,
-                progress=progress,
-                on_outcome=on_outcome,
-            )
-        finally:
-            sink.close()
-
+    try:
+        outcome = batching.run_batch(
+            tasks,
+            read=lambda task: scorer.read(task.path),
+            score=lambda task, volume: scorer.score(volume),
+            finish=finish,
+            existing=existing,
+            summary_path=summary_path,
+            summary_rows=carried,
+            jobs=args.jobs,
+            progress=progress,
+            on_outcome=on_outcome,
+            stop=stop,
+        )
+    finally:
+        sink.close()
+    if outcome.interrupted:
+        return 130
     if not is_batch:
         single = outcome.outcomes[0]
         if single.status == "failed":
@@ -556,6 +756,15 @@ def run_score(args: argparse.Namespace) -> int:
     where = f"; summary: {summary_path}" if summary_path is not None else ""
     print(f"agatax: {len(tasks)} exam{'' if len(tasks) == 1 else 's'}: {', '.join(parts)}{where}", file=sys.stderr)
     return EXIT_SOME_FAILED if outcome.failed else EXIT_OK
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A report JSON's content, None when absent or unreadable."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 @contextlib.contextmanager

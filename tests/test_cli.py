@@ -46,7 +46,7 @@ def test_score_prints_totals_and_lesion_table(exam, capsys):
     out = capsys.readouterr().out
     assert f"Agatston:  {EXPECTED_AGATSTON:.1f}" in out and "(category C)" in out
     assert f"volume:    {EXPECTED_VOLUME:.1f} mm^3" in out
-    assert "lesions:   2" in out and "1.2.3.4.5" in out
+    assert "slice lesions: 2 " in out and "1.2.3.4.5" in out
 
 
 def test_score_json_to_stdout_parses(exam, capsys):
@@ -73,6 +73,7 @@ def test_json_file_and_score_exam_agree(exam, tmp_path, capsys):
     assert "Agatston" in capsys.readouterr().out
     saved = json.loads(out.read_text())
     assert saved["agatston"] == pytest.approx(16 * 0.25 * 2 * DZ / 3)  # the 2.25 mm^2 lesion is dropped
+    assert saved.pop("provenance")["options"]["min_area_mm2"] == 3.0
     assert saved == score_exam(exam / "dicom", exam / "mask.npy", min_area_mm2=3.0)
 
 
