@@ -359,3 +359,116 @@ def test_localisation_discards_calcium_outside_the_chest_region_unless_turned_of
     assert outs[False]["agatston"] < outs[True]["agatston"]
     assert outs[False]["chest_region"]["found"] is True and "lungs" in outs[False]["chest_region"]["note"]
     assert "chest_region" not in outs[True]
+
+
+# ------------------------------------------------------------------------ provenance, safety, interrupts
+
+
+def _mask_exam(root, name, *, value=250.0, uid=None):
+    """A 3-slice DICOM exam with one 4 x 4 lesion of ``value`` HU on slice 1, and its mask as .npy."""
+    hu = np.full((3, 12, 12), -50.0)
+    hu[1, 4:8, 4:8] = value
+    factory.write_series(root / name, hu, spacing=(DZ, DY, DX), thickness=DZ, series_uid=uid)
+    mask = np.zeros(hu.shape, np.uint8)
+    mask[1, 4:8, 4:8] = 1
+    np.save(root / f"{name}.npy", mask)
+    return root / name, root / f"{name}.npy"
+
+
+def _agatston(value):  # 16 pixels of 0.25 mm^2, density weight of ``value``, increment 2.5 mm
+    return 16 * 0.25 * (1 if value < 200 else 2 if value < 300 else 3 if value < 400 else 4) * DZ / 3
+
+
+def test_rerun_with_other_options_or_another_exam_is_scored_again(tmp_path, capsys):
+    exam, mask = _mask_exam(tmp_path, "exam1")
+    report = tmp_path / "report"
+    base = ["score", str(exam), "--mask", str(mask), "--report", str(report), "--no-png"]
+    assert main(base) == 0
+    assert main(base) == 0
+    assert "results kept from an earlier run" in capsys.readouterr().out
+    assert main(base + ["--calibration", "0.001"]) == 0
+    out = capsys.readouterr().out
+    assert "re-scored: --calibration changed" in out
+    saved = json.loads((report / "exam1.json").read_text())
+    assert saved["mass_mg"] == pytest.approx(0.001 * 16 * 250.0 * DZ * DY * DX)
+    assert saved["agatax_version"] and saved["device"] and saved["weights"] is None
+    # another exam with the same folder name, in another place: never the first one's result
+    other, other_mask = _mask_exam(tmp_path / "elsewhere", "exam1", value=450.0)
+    assert main(["score", str(other), "--mask", str(other_mask), "--report", str(report), "--no-png",
+                 "--json", "-"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["agatston"] == pytest.approx(_agatston(450.0)) and result["exam_id"].startswith("exam1_")
+    assert json.loads((report / "exam1.json").read_text())["agatston"] == pytest.approx(_agatston(250.0))
+    # the exam's files changed: scored again
+    hu = np.full((3, 12, 12), -50.0)
+    hu[1, 4:8, 4:8] = 350.0
+    for path in sorted(exam.iterdir()):
+        path.unlink()
+    factory.write_series(exam, hu, spacing=(DZ, DY, DX), thickness=DZ)
+    assert main(base + ["--calibration", "0.001"]) == 0
+    assert "re-scored: input files changed" in capsys.readouterr().out
+    assert json.loads((report / "exam1.json").read_text())["agatston"] == pytest.approx(_agatston(350.0))
+
+
+def test_same_folder_names_and_non_ascii_names_in_one_batch(cohort, tmp_path, capsys):
+    import shutil
+
+    for folder in ("a/case", "b/case", "张伟", "李娜"):
+        shutil.copytree(cohort / "exams" / "case0", tmp_path / folder)
+    listing = tmp_path / "list.txt"
+    listing.write_text("a/case\nb/case\n张伟\n李娜\n")
+    report = tmp_path / "report"
+    assert main(["score", "@" + str(listing), "--weights", str(cohort / "tiny.msgpack"), "--report", str(report),
+                 "--no-png", "--no-localise", "--quiet"]) == 0
+    capsys.readouterr()
+    rows = _rows(report / "summary.csv")
+    assert set(rows) == {"a_case", "b_case", "张伟", "李娜"}
+    assert {Path(r["source"]).name for r in rows.values()} == {"case", "张伟", "李娜"}
+    weights = json.loads((report / "张伟.json").read_text())["weights"]
+    assert weights.startswith("tiny.msgpack sha256:") and rows["李娜"]["weights"] == weights
+
+
+def test_outputs_and_options_are_refused_before_any_work(exam, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    (tmp_path / "folder").mkdir()
+    absent_weights = ["--weights", str(tmp_path / "absent.msgpack")]  # loading it would fail NOT_FOUND
+    for extra in (["--report", str(blocker / "sub")], ["--summary", str(tmp_path / "folder")],
+                  ["--json", str(tmp_path / "folder")], ["--json", str(blocker / "r.json")]):
+        assert main(["score", str(exam / "dicom")] + absent_weights + extra) == 2
+        _one_error_line(capsys, "OUTPUT_NOT_WRITABLE")
+    for option in (["--min-pixels", "0"], ["--min-pixels", "-2"], ["--min-area-mm2", "-1"], ["--calibration", "0"],
+                   ["--calibration", "-0.1"], ["--jobs", "-1"], ["--png-slices", "0"], ["--png-slices", "some"]):
+        assert main(["score", str(exam / "dicom")] + absent_weights + option) == 2
+        _one_error_line(capsys, "BAD_ARGUMENT")
+
+
+def test_a_second_batch_into_a_busy_report_folder_is_refused(exam, tmp_path, capsys):
+    report = tmp_path / "report"
+    report.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; from agatax._atomic import folder_lock\n"
+         f"with folder_lock({str(report)!r}):\n    print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["score", str(exam / "dicom"), "--mask", str(exam / "mask.npy"), "--report", str(report)]) == 2
+        _one_error_line(capsys, "REPORT_BUSY")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(["score", str(exam / "dicom"), "--mask", str(exam / "mask.npy"), "--report", str(report),
+                 "--no-png"]) == 0
+
+
+def test_png_slices_all(exam, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    assert main(["score", str(exam / "dicom"), "--mask", str(exam / "mask.npy"), "--report", str(tmp_path),
+                 "--png-slices", "1"]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "dicom.png").is_file()
+    assert "slice lesions: 2 " in out and "made by:   agatax " in out
+    lines = [line.split() for line in out.splitlines() if line.strip().startswith(("1 ", "3 "))]
+    # slice, instance number (the factory numbers slices 1.. up the z axis), z of the slice centre
+    assert [(int(l[0]), int(l[1]), float(l[2])) for l in lines] == [(1, 2, pytest.approx(100.0 + DZ)),
+                                                                   (3, 4, pytest.approx(100.0 + 3 * DZ))]
