@@ -472,3 +472,94 @@ def test_png_slices_all(exam, tmp_path, capsys):
     # slice, instance number (the factory numbers slices 1.. up the z axis), z of the slice centre
     assert [(int(l[0]), int(l[1]), float(l[2])) for l in lines] == [(1, 2, pytest.approx(100.0 + DZ)),
                                                                    (3, 4, pytest.approx(100.0 + 3 * DZ))]
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _agatax(args, **kw):
+    import os
+
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.Popen([sys.executable, "-m", "agatax"] + args, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _wait_for(condition, proc, timeout=120.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def four_exams(cohort, tmp_path):
+    import shutil
+
+    for k in range(6):
+        shutil.copytree(cohort / "exams" / f"case{k % 2}", tmp_path / "exams" / f"e{k}")
+    return tmp_path / "exams"
+
+
+def _interrupt(args, when):
+    import signal
+
+    proc = _agatax(args)
+    _wait_for(lambda: when(), proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    return proc.returncode, out, err
+
+
+def test_ctrl_c_early_or_mid_batch_stops_cleanly_and_a_rerun_finishes(cohort, four_exams, tmp_path):
+    report = tmp_path / "report"
+    args = ["score", str(four_exams), "--weights", str(cohort / "tiny.msgpack"), "--report", str(report),
+            "--no-png", "--no-localise"]
+    lock = report / ".agatax.lock"
+    code, out, err = _interrupt(args, lambda: lock.is_file() and lock.read_text().strip())  # before any exam
+    assert code == 130 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]  # the exams may not all be found yet: "0 of ?"
+    assert last in [f"interrupted: 0 of {n} exams scored; re-run the same command to continue" for n in "6?"]
+    rows = lambda: _rows(report / "summary.csv") if (report / "summary.csv").is_file() else {}
+    code, out, err = _interrupt(args, lambda: len(rows()) >= 1)  # mid-batch
+    assert code == 130 and "Traceback" not in err, err
+    done = int(err.strip().splitlines()[-1].split()[1])
+    assert 1 <= done < 6 and len(rows()) == done
+    proc = _agatax(args)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    ids = [f"e{k}" for k in range(6)]
+    assert f"{done} kept from an earlier run" in err and set(rows()) == set(ids)
+    assert all(r["status"] == "ok" for r in rows().values())
+    # an interrupted --overwrite re-run keeps every exam's row in the summary, and leaves no temporary file
+    before = (report / "e0.json").stat().st_mtime_ns
+    code, out, err = _interrupt(args + ["--overwrite"], lambda: (report / "e0.json").is_file()
+                                and (report / "e0.json").stat().st_mtime_ns != before)
+    assert code == 130 and "Traceback" not in err, err
+    assert set(rows()) == set(ids) and all(r["status"] == "ok" for r in rows().values())
+    assert not [p for p in report.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_kill_mid_write_leaves_no_stale_marker_and_the_next_run_cleans_up(exam, tmp_path, capsys):
+    report = tmp_path / "report"
+    args = ["score", str(exam / "dicom"), "--mask", str(exam / "mask.npy"), "--report", str(report), "--no-png"]
+    assert main(args) == 0
+    capsys.readouterr()
+    old_mask = (report / "dicom_mask.nii.gz").read_bytes()
+    # an --overwrite re-run killed (SIGKILL) while the first report file is being written to disk
+    script = ("import os, signal\nos.fsync = lambda fd: os.kill(os.getpid(), signal.SIGKILL)\n"
+              f"from agatax.cli import main\nmain({args + ['--overwrite', '--calibration', '0.002']!r})\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env=dict(__import__("os").environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == -9
+    assert not (report / "dicom.json").exists()  # no complete-marker beside files of another run
+    assert (report / "dicom_mask.nii.gz").read_bytes() == old_mask  # never a partial mask
+    stale = [p.name for p in report.iterdir() if p.name.endswith(".tmp")]
+    assert len(stale) == 1 and stale[0].startswith(".dicom_mask.nii.gz.")
+    assert main(args) == 0  # not kept: the report was incomplete
+    assert "results kept from an earlier run" not in capsys.readouterr().out
+    assert not [p for p in report.iterdir() if p.name.endswith(".tmp")]
+    assert (report / "dicom.json").is_file()
