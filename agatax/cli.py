@@ -18,6 +18,7 @@ import contextlib
 import csv
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import sys
@@ -28,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from agatax._atomic import atomic_write_text
+from agatax._atomic import atomic_write_bytes, atomic_write_text
+from agatax._atomic import remove_file as atomic_remove
 from agatax.errors import AgataxError, CheckpointError, InputError, ReadError
 
 __all__ = ["main", "score_exam", "build_parser", "format_report", "select_device", "ExamScorer", "COMMANDS"]
@@ -889,19 +891,42 @@ def add_example_command(subparsers) -> None:
     p.add_argument("--count", type=int, default=1, help="number of exams, seeds seed..seed+count-1 (default 1)")
     p.add_argument("--category", choices=tuple("ABCDE") + ("any",), default="D",
                    help="true risk category of the exams (default D: several lesions; 'any': drawn per exam)")
+    p.add_argument("--overwrite", action="store_true", help="write over files in DIR that another command (or "
+                   "agatax example with other arguments) wrote")
     p.set_defaults(run=run_example)
 
 
+_EXAMPLE_RECORD = ".agatax-example.json"
+
+
+def _example_conflicts(out: Path, arguments: dict[str, Any], ids: Sequence[str]) -> list[Path]:
+    """Files in ``out`` that writing the example would replace and that an earlier ``agatax example`` with
+    the same arguments did not write."""
+    record = _read_json(out / _EXAMPLE_RECORD) or {}
+    ours = set(record.get("files", [])) if record.get("arguments") == arguments else set()
+    targets = [out / "manifest.csv", out / "truth.json"] + [out / f"{i}_mask.nii.gz" for i in ids]
+    for exam_id in ids:
+        if (out / exam_id).is_dir():
+            targets += [p for p in (out / exam_id).rglob("*") if not p.is_dir()]
+        elif (out / exam_id).exists() or (out / exam_id).is_symlink():
+            targets.append(out / exam_id)
+    return [p for p in targets if (p.exists() or p.is_symlink()) and str(p.relative_to(out)) not in ours]
+
+
 def write_example(
-    directory: str | os.PathLike, *, seed: int = 0, matrix: int = 512, count: int = 1, category: str | None = "D"
+    directory: str | os.PathLike, *, seed: int = 0, matrix: int = 512, count: int = 1, category: str | None = "D",
+    overwrite: bool = False,
 ) -> list[dict[str, Any]]:
     """Write ``count`` synthetic exams (``agatax.synthetic.generate_exam``) as DICOM series with their truth.
 
-    ``category``: the exams' true risk category "A".."E", or None to draw it per exam.
+    ``category``: the exams' true risk category "A".."E", or None to draw it per exam. The files written
+    are recorded in ``DIR/.agatax-example.json``; files that another command wrote are never deleted, and
+    replaced only with ``overwrite`` (else InputError OUTPUT_EXISTS).
 
-    Returns the manifest rows (exam_id, path, mask_path, seed, agatston, category, n_lesions).
+    Returns the manifest rows (exam_id, path, mask_path, seed, agatston, category, calcifications_3d).
     """
-    from agatax.io import write_dicom_series, write_nifti
+    from agatax.io import write_dicom_series
+    from agatax.report import _nifti_bytes
     from agatax.synthetic import generate_exam
 
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
@@ -909,19 +934,30 @@ def write_example(
     out = Path(directory)
     if out.exists() and not out.is_dir():
         raise ReadError(f"{out} exists and is not a folder", code="NOT_A_FOLDER", paths=[out])
-    rows, truth = [], {}
-    for s in range(seed, seed + count):
+    arguments = {"seed": seed, "matrix": matrix, "count": count, "category": category}
+    ids = [f"example_{s}" for s in range(seed, seed + count)]
+    conflicts = [] if overwrite else _example_conflicts(out, arguments, ids)
+    if conflicts:
+        listed = ", ".join(str(p) for p in conflicts[:3]) + (f" and {len(conflicts) - 3} more" if len(conflicts) > 3 else "")
+        raise InputError(f"{out} holds files agatax example did not write with these arguments: {listed}",
+                         code="OUTPUT_EXISTS", hint="choose another DIR, or pass --overwrite to replace them",
+                         paths=[str(p) for p in conflicts])
+    previous = _read_json(out / _EXAMPLE_RECORD) or {}
+    out.mkdir(parents=True, exist_ok=True)
+    rows, truth, written = [], {}, ["manifest.csv", "truth.json"]
+    for s, exam_id in zip(range(seed, seed + count), ids):
         exam = generate_exam(s, matrix=matrix, target_category=category)
-        exam_id = f"example_{s}"
-        out.mkdir(parents=True, exist_ok=True)
         series_dir = out / exam_id
-        if series_dir.is_dir():  # a previous example: replace its slices, not mix with them
-            for old in series_dir.glob("*.dcm"):
-                old.unlink()
-        write_dicom_series(series_dir, exam.volume, patient_id=exam_id, series_description="agatax synthetic example")
-        write_nifti(out / f"{exam_id}_mask.nii.gz", exam.mask, like=exam.volume)
+        for name in previous.get("files", []):  # slices of an earlier example: replaced, not mixed with
+            if Path(name).parts[0] == exam_id:
+                atomic_remove(out / name)
+        slices = write_dicom_series(series_dir, exam.volume, patient_id=exam_id,
+                                    series_description="agatax synthetic example")
+        atomic_write_bytes(out / f"{exam_id}_mask.nii.gz", _nifti_bytes(exam.mask, exam.volume, "mask.nii.gz"))
+        written += [str(Path(p).relative_to(out)) for p in slices] + [f"{exam_id}_mask.nii.gz"]
         rows.append({"exam_id": exam_id, "path": exam_id, "mask_path": f"{exam_id}_mask.nii.gz", "seed": s,
-                     "agatston": f"{exam.agatston:.4f}", "category": exam.category, "n_lesions": len(exam.lesions)})
+                     "agatston": f"{exam.agatston:.4f}", "category": exam.category,
+                     "calcifications_3d": len(exam.lesions)})
         truth[exam_id] = {
             "seed": s,
             "agatston": round(float(exam.agatston), 4),
@@ -929,28 +965,32 @@ def write_example(
             "volume_mm3": round(float(exam.scores.volume_mm3), 4),
             "shape": list(exam.volume.shape),
             "spacing_mm": list(exam.volume.spacing),
-            "lesions": [{"artery": les.get("artery"), "center_zyx": [int(v) for v in les["center_zyx"]],
-                         "peak_hu": float(les["peak_hu"])} for les in exam.lesions],
+            "calcifications_3d": [{"artery": les.get("artery"), "center_zyx": [int(v) for v in les["center_zyx"]],
+                                   "peak_hu": float(les["peak_hu"])} for les in exam.lesions],
         }
-    with open(out / "manifest.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / "truth.json").write_text(json.dumps(truth, indent=2) + "\n")
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / "manifest.csv", text.getvalue())
+    atomic_write_text(out / "truth.json", json.dumps(truth, indent=2) + "\n")
+    atomic_write_text(out / _EXAMPLE_RECORD, json.dumps({"arguments": arguments, "files": written}, indent=1) + "\n")
     return rows
 
 
 def run_example(args: argparse.Namespace) -> int:
     category = None if args.category == "any" else args.category
-    rows = write_example(args.directory, seed=args.seed, matrix=args.matrix, count=args.count, category=category)
+    rows = write_example(args.directory, seed=args.seed, matrix=args.matrix, count=args.count, category=category,
+                         overwrite=args.overwrite)
     out = Path(args.directory)
-    report = out.resolve().parent / "agatax-report"
+    report = out.parent / f"{out.name}-report"
     for row in rows:
+        n = row["calcifications_3d"]
         print(f"wrote {out / row['path']}  (true Agatston {float(row['agatston']):.1f}, category {row['category']}, "
-              f"{row['n_lesions']} lesion{'' if row['n_lesions'] == 1 else 's'})")
+              f"{n} calcification{'' if n == 1 else 's'} (3D))")
     print(f"truth:     {out / 'manifest.csv'}, {out / 'truth.json'}, <exam>_mask.nii.gz")
     print(f"next:      agatax score {out} --report {report}")
-    print(f"then:      agatax evaluate {report} {out / 'manifest.csv'}")
+    print(f"then:      agatax evaluate {report} {out / 'manifest.csv'} --lesions")
     return EXIT_OK
 
 

@@ -307,7 +307,7 @@ def test_example_writes_a_readable_series_with_its_truth(tmp_path, capsys):
     out = tmp_path / "example"
     assert main(["example", str(out), "--seed", "3", "--matrix", "128"]) == 0
     printed = capsys.readouterr().out
-    assert f"next:      agatax score {out} --report " in printed
+    assert f"next:      agatax score {out} --report {tmp_path / 'example-report'}\n" in printed
     truth = json.loads((out / "truth.json").read_text())["example_3"]
     volume = read_volume(out / "example_3")
     assert list(volume.shape) == truth["shape"] and volume.spacing == pytest.approx(truth["spacing_mm"])
@@ -563,3 +563,27 @@ def test_a_kill_mid_write_leaves_no_stale_marker_and_the_next_run_cleans_up(exam
     assert "results kept from an earlier run" not in capsys.readouterr().out
     assert not [p for p in report.iterdir() if p.name.endswith(".tmp")]
     assert (report / "dicom.json").is_file()
+
+
+def test_example_commands_point_at_its_own_folders_and_foreign_files_are_refused(tmp_path, capsys):
+    cohort_dir = tmp_path / "cohort"
+    assert main(["example", str(cohort_dir), "--count", "2", "--matrix", "64", "--category", "any"]) == 0
+    printed = capsys.readouterr().out
+    assert f"agatax score {cohort_dir} --report {tmp_path / 'cohort-report'}\n" in printed
+    assert f"agatax evaluate {tmp_path / 'cohort-report'} {cohort_dir / 'manifest.csv'} --lesions" in printed
+    assert main(["example", str(cohort_dir), "--count", "2", "--matrix", "64", "--category", "any"]) == 0  # same
+    capsys.readouterr()
+    # a user's own files: refused, never deleted
+    mine = tmp_path / "mine"
+    (mine / "example_0").mkdir(parents=True)
+    (mine / "example_0" / "scan.dcm").write_bytes(b"my slice")
+    (mine / "manifest.csv").write_text("my,table\n")
+    assert main(["example", str(mine), "--matrix", "64"]) == 2
+    _one_error_line(capsys, "OUTPUT_EXISTS")
+    assert (mine / "example_0" / "scan.dcm").read_bytes() == b"my slice"
+    assert (mine / "manifest.csv").read_text() == "my,table\n"
+    # other arguments over an earlier example: refused too, allowed with --overwrite
+    assert main(["example", str(cohort_dir), "--seed", "1", "--matrix", "64"]) == 2
+    _one_error_line(capsys, "OUTPUT_EXISTS")
+    assert main(["example", str(mine), "--matrix", "64", "--overwrite"]) == 0
+    assert (mine / "example_0" / "scan.dcm").read_bytes() == b"my slice"  # replaced files only, none deleted
