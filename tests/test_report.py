@@ -277,3 +277,22 @@ def test_png_shows_all_slices_on_request_and_says_how_many(tmp_path, monkeypatch
     panels.clear()
     write_report(tmp_path, volume, scores, mask, max_slices=None)
     assert len(panels) == 2 and "showing all 2 calcium slices" in titles[-1]
+
+
+def test_readme_python_api_example_runs_verbatim(tmp_path, capsys):
+    """The README's "Python API" block, with only its two folder names replaced."""
+    import re
+    from pathlib import Path
+
+    from agatax.cli import main
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("### Python API"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert main(["example", str(tmp_path / "example"), "--matrix", "128"]) == 0
+    code = code.replace("/tmp/agatax-example", str(tmp_path / "example")).replace("/tmp/agatax-out", str(tmp_path / "out"))
+    exec(compile(code, "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "exams compared" in out or "category accuracy" in out
+    rows = list(csv.DictReader(open(tmp_path / "out" / "summary.csv")))
+    assert [r["exam_id"] for r in rows] == ["example_0"]
