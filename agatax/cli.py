@@ -555,8 +555,9 @@ def _check_outputs(report_dir: Path | None, summary_path: Path | None, json_targ
 
 @contextlib.contextmanager
 def _sigint_stops(stop: threading.Event):
-    """While the block runs, the first Ctrl-C sets ``stop`` and raises KeyboardInterrupt; later ones are
-    ignored so that the cleanup (the writes in progress, the summary) finishes."""
+    """While the block runs, the first Ctrl-C (SIGINT, even where the parent shell ignored it) sets ``stop``
+    and raises KeyboardInterrupt; later ones are ignored so that the cleanup (the writes in progress, the
+    summary) finishes."""
     import signal
 
     if threading.current_thread() is not threading.main_thread():
@@ -576,11 +577,10 @@ def _sigint_stops(stop: threading.Event):
 
 
 def run_score(args: argparse.Namespace) -> int:
-    stop = threading.Event()
+    stop = getattr(args, "stop_event", None) or threading.Event()  # set by main's Ctrl-C handler
     counts = {"scored": 0, "total": None}
     try:
-        with _sigint_stops(stop):
-            code = _run_score(args, stop, counts)
+        code = _run_score(args, stop, counts)
     except KeyboardInterrupt:
         code = 130
     if code == 130:
@@ -1025,8 +1025,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 refused input, 3 some exams of a batch
     failed, 1 unexpected failure, 130 interrupted)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    stop = threading.Event()
+    with _sigint_stops(stop):  # at once: a Ctrl-C from here on stops the command cleanly
+        args = build_parser().parse_args(argv)
+        args.stop_event = stop
+        code = _run(args)
+    if code == 130 and argv is None:  # the program itself: skip the interpreter's teardown, which can crash
+        sys.stdout.flush()            # while native threads (JAX's) still run
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
     debug = bool(getattr(args, "debug", False))
     try:
         return int(args.run(args) or 0)
