@@ -493,8 +493,8 @@ class _JsonSink:
 def _open_for_writing(target: str):
     path = Path(target)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return open(path, "w")
+        path.parent.mkdir(parents=True, exist_ok=True)  # JSON lines stream into the file: never through a symlink
+        return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666), "w")
     except OSError as err:
         raise ReadError(f"cannot write {path}: {err}", code="WRITE_ERROR", paths=[path]) from None
 
