@@ -1,15 +1,31 @@
-"""Atomic file writes: a reader sees the old file or the whole new one, never a half-written file."""
+"""Atomic file writes (a reader sees the old file or the whole new one) and the report folder's lock.
+
+Temporary files are named ``.<name>.<pid>.<n>.tmp`` beside their target, so that those left by a killed
+process can be recognised and removed (``remove_stale_temps``). The final path is never opened for
+writing: ``os.replace`` swaps the finished temporary file in, replacing a symlink there, not its target.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
+import itertools
 import os
-import tempfile
+import re
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text"]
+from agatax.errors import InputError
+
+__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "folder_lock", "remove_stale_temps",
+           "remove_file"]
+
+_TEMP = re.compile(r"^\..+\.(\d+)\.\d+\.tmp$")
+_COUNTER = itertools.count()
+LOCK_NAME = ".agatax.lock"
 
 
 def _read_umask() -> int:
@@ -22,24 +38,33 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
+def _mode_for(path: Path) -> int:
+    """The mode of the regular file at ``path`` (kept on replace), else what ``open`` would give."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return 0o666 & ~_UMASK
+    return stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else 0o666 & ~_UMASK
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """Open a temporary file beside ``path`` for binary writing; on success it is flushed to disk and
-    renamed over ``path``; on any error it is removed and ``path`` is left untouched. The new file gets
-    the permissions an ordinary ``open`` would give it (0o666 less the umask), not the private 0o600 of
-    a temporary file."""
+    renamed over ``path`` (keeping an existing file's permissions); on any error, KeyboardInterrupt
+    included, it is removed and ``path`` is left untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{next(_COUNTER)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
     try:
         with os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()
-            os.fchmod(handle.fileno(), 0o666 & ~_UMASK)
+            os.fchmod(handle.fileno(), _mode_for(path))
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
 
 
@@ -52,3 +77,57 @@ def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically (see ``atomic_open``)."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def remove_file(path: str | os.PathLike) -> None:
+    """Remove ``path`` (a file or a symlink, never what it points to) if it exists."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files of dead processes (``.<name>.<pid>.<n>.tmp``) in ``folder``."""
+    removed = []
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        for entry in os.scandir(folder):
+            found = _TEMP.match(entry.name)
+            if found and not entry.is_dir(follow_symlinks=False) and not _alive(int(found.group(1))):
+                remove_file(entry.path)
+                removed.append(Path(entry.path))
+    return removed
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike) -> Iterator[None]:
+    """Hold ``folder/.agatax.lock`` (an flock, released by the system when the process dies) for the block.
+
+    Raises:
+        InputError REPORT_BUSY when another process holds it.
+    """
+    path = Path(folder) / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666 & ~_UMASK)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            raise InputError(f"{folder} is in use by another agatax batch (pid {holder})", code="REPORT_BUSY",
+                             hint="wait for it to finish, or write to another --report folder",
+                             paths=[str(folder)]) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import math
 import os
 import queue
@@ -21,8 +22,8 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+import unicodedata
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -36,6 +37,8 @@ __all__ = [
     "discover_exams",
     "is_dicom_file",
     "run_batch",
+    "safe_name",
+    "source_hash",
     "read_summary_rows",
 ]
 
@@ -76,10 +79,11 @@ class ExamOutcome:
 
 @dataclasses.dataclass
 class BatchResult:
-    """All outcomes in input order, with counts."""
+    """All outcomes in input order, with counts; ``interrupted`` when Ctrl-C ended the batch early."""
 
     outcomes: list[ExamOutcome]
     seconds: float
+    interrupted: bool = False
 
     @property
     def failed(self) -> int:
@@ -97,10 +101,16 @@ class BatchResult:
 # --------------------------------------------------------------------------------------------- discovery
 
 
-def _safe_name(text: str) -> str:
-    """A file-name-safe id: runs of characters other than letters, digits, ``._-`` become ``_``."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("._")
-    return name or "exam"
+def safe_name(text: str) -> str:
+    """A file-name-safe id that keeps letters of any script (NFC): runs of characters other than letters,
+    digits, ``._-`` become ``_``; at most 80 characters; "" when nothing is left."""
+    name = re.sub(r"[^\w.-]+", "_", unicodedata.normalize("NFC", str(text))).strip("._")
+    return name[:80].rstrip("._")
+
+
+def source_hash(path: str | os.PathLike) -> str:
+    """8 hex digits naming an exam's resolved source path (stable across runs)."""
+    return hashlib.sha256(os.fsencode(Path(path).expanduser().resolve())).hexdigest()[:8]
 
 
 def _stem(path: Path) -> str:
@@ -200,23 +210,25 @@ def _read_list(list_path: Path) -> list[Path]:
 
 
 def _unique_ids(found: list[tuple[str, Path]]) -> list[ExamTask]:
-    """Make ids file-name safe and unique (a clash takes the parent folder's name, then a number)."""
-    ids = [_safe_name(name) for name, _ in found]
-    counts: dict[str, int] = {}
-    for exam_id in ids:
-        counts[exam_id] = counts.get(exam_id, 0) + 1
-    taken: set[str] = set()
-    tasks = []
-    for exam_id, (_, path) in zip(ids, found):
-        if counts[exam_id] > 1:
-            parent = _safe_name(path.resolve().parent.name)
-            exam_id = f"{parent}_{exam_id}"
-        base, k = exam_id, 2
-        while exam_id in taken:
-            exam_id, k = f"{base}_{k}", k + 1
-        taken.add(exam_id)
-        tasks.append(ExamTask(exam_id, path))
-    return tasks
+    """File-name-safe ids, one per source (a source listed twice is scored once), unique and stable:
+    a clash takes the parent folder's name, and where that is not enough (or the name has no letters or
+    digits) a hash of the resolved source path."""
+    sources: dict[Path, tuple[str, Path]] = {}
+    for name, path in found:
+        sources.setdefault(path.expanduser().resolve(), (name, path))
+    names = {key: safe_name(name) for key, (name, _) in sources.items()}
+
+    def clashing(ids: dict[Path, str]) -> set[Path]:
+        count: dict[str, int] = {}
+        for exam_id in ids.values():
+            count[exam_id.casefold()] = count.get(exam_id.casefold(), 0) + 1
+        return {key for key, exam_id in ids.items() if count[exam_id.casefold()] > 1 or not exam_id}
+
+    for key in clashing(names):
+        names[key] = "_".join(filter(None, (safe_name(key.parent.name), names[key])))
+    for key in clashing(names):
+        names[key] = "_".join(filter(None, (names[key][:71], source_hash(key))))
+    return [ExamTask(names[key], path) for key, (_, path) in sources.items()]
 
 
 def discover_exams(paths: Sequence[str | os.PathLike]) -> tuple[list[ExamTask], bool]:
@@ -265,7 +277,7 @@ def _expand(path: Path) -> list[tuple[str, Path]]:
     if path.is_dir():
         exams = _folder_exams(path)
         if exams is None:
-            return [(path.resolve().name or "exam", path)]
+            return [(path.resolve().name, path)]
         if not exams:
             raise InputError(
                 f"{path} holds no DICOM files, no exam subfolders and no NIfTI files",
@@ -294,8 +306,8 @@ def _duration(seconds: float) -> str:
 class Progress:
     """Progress of a batch on a text stream (stderr): exams done/total, failures, rate, time left.
 
-    On a terminal one line is redrawn in place; otherwise (a log file, a pipe) a plain line is written
-    per finished exam.
+    On a terminal a tqdm bar, with result lines printed above it through ``write``; otherwise (a log file,
+    a pipe) a plain line per finished exam.
     """
 
     def __init__(self, total: int, *, stream: TextIO | None = None, enabled: bool = True) -> None:
@@ -305,7 +317,7 @@ class Progress:
         self.done = self.failed = self.skipped = 0
         self.started = time.perf_counter()
         self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self._width = 0
+        self._bar = None
 
     def line(self, last: str = "") -> str:
         """The progress text, e.g. ``3/10 exams (1 failed), 4.2 exams/min, about 1m40s left``."""
@@ -328,12 +340,11 @@ class Progress:
         return text
 
     def begin(self) -> None:
-        """On a terminal, show ``0/N exams`` at once (the first exam may take a while to compile)."""
-        if self.enabled and self._tty:
-            text = f"0/{self.total} exams, starting"
-            self.stream.write("\r" + text)
-            self.stream.flush()
-            self._width = len(text)
+        """On a terminal, show the bar at once (the first exam may take a while to compile)."""
+        if self.enabled and self._tty and self._bar is None:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=self.total, file=self.stream, unit="exam", desc="agatax", dynamic_ncols=True)
 
     def update(self, outcome: ExamOutcome) -> None:
         """Count one finished exam and show the new state."""
@@ -342,14 +353,30 @@ class Progress:
         self.skipped += outcome.status == "skipped"
         if not self.enabled:
             return
-        text = self.line(f"{outcome.task.exam_id}: {outcome.status}")
-        if self._tty:
-            pad = max(self._width - len(text), 0)
-            self.stream.write("\r" + text + " " * pad + ("\n" if self.done >= self.total else ""))
-            self._width = len(text)
+        if self._bar is not None:
+            notes = [f"{n} {what}" for n, what in ((self.failed, "failed"), (self.skipped, "skipped")) if n]
+            self._bar.set_postfix_str(", ".join(notes + [f"{outcome.task.exam_id}: {outcome.status}"]), refresh=False)
+            self._bar.update(1)
         else:
-            self.stream.write("agatax: " + text + "\n")
-        self.stream.flush()
+            self.stream.write("agatax: " + self.line(f"{outcome.task.exam_id}: {outcome.status}") + "\n")
+            self.stream.flush()
+
+    def write(self, text: str, file: TextIO | None = None) -> None:
+        """Print ``text`` (a result line) to ``file`` (stdout) without garbling the bar."""
+        file = file if file is not None else sys.stdout
+        if self._bar is not None:
+            from tqdm import tqdm
+
+            tqdm.write(text, file=file)
+        else:
+            file.write(text + "\n")
+        file.flush()
+
+    def close(self) -> None:
+        """End the bar (a terminal line of its own)."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 # --------------------------------------------------------------------------------------------- summary
@@ -365,18 +392,22 @@ def read_summary_rows(path: str | os.PathLike) -> dict[str, dict[str, str]]:
 
 
 class _Summary:
-    """The summary CSV, rewritten atomically after every exam: earlier rows of other exams first, then
-    this batch's rows in input order."""
+    """The summary CSV, rewritten atomically after every exam: rows of exams of earlier batches first,
+    then this batch's rows in input order (``initial`` ones until the exam finishes)."""
 
-    def __init__(self, path: Path | None, tasks: Sequence[ExamTask]) -> None:
+    def __init__(self, path: Path | None, tasks: Sequence[ExamTask], initial: Mapping[str, dict] | None) -> None:
         self.path = path
         self.order = {t.exam_id: i for i, t in enumerate(tasks)}
-        self.previous = read_summary_rows(path) if path is not None else {}
-        self.kept = [row for exam_id, row in self.previous.items() if exam_id not in self.order]
-        self.rows: dict[str, dict[str, Any]] = {}
+        previous = read_summary_rows(path) if path is not None else {}
+        self.kept = [row for exam_id, row in previous.items() if exam_id not in self.order]
+        start = previous if initial is None else initial
+        self.rows: dict[str, dict[str, Any]] = {i: dict(r) for i, r in start.items() if i in self.order and r}
 
     def add(self, exam_id: str, row: dict[str, Any]) -> None:
         self.rows[exam_id] = row
+        self.write()
+
+    def write(self) -> None:
         if self.path is not None:
             from agatax.report import write_summary_csv
 
@@ -395,6 +426,57 @@ def _failure_row(task: ExamTask, error: BaseException, seconds: float) -> dict[s
     return row
 
 
+class _ReadAhead:
+    """Reads tasks in order on ``jobs`` daemon threads, at most ``jobs`` exams ahead of the consumer;
+    ``close`` stops them and waits a bounded time for a read in progress."""
+
+    def __init__(self, tasks: Sequence[ExamTask], read: Callable[[ExamTask], Any], jobs: int) -> None:
+        self.tasks, self.read, self.jobs = tasks, read, jobs
+        self.cond = threading.Condition()
+        self.results: dict[int, tuple[Any, BaseException | None, float]] = {}
+        self.next = self.taken = 0
+        self.stopped = False
+        self.threads = [threading.Thread(target=self._work, name=f"agatax-reader-{i}", daemon=True)
+                        for i in range(jobs)]
+        for thread in self.threads:
+            thread.start()
+
+    def _work(self) -> None:
+        while True:
+            with self.cond:
+                while not self.stopped and not (self.next < len(self.tasks) and self.next < self.taken + self.jobs):
+                    self.cond.wait()
+                if self.stopped:
+                    return
+                i, self.next = self.next, self.next + 1
+            t0 = time.perf_counter()
+            try:
+                item = (self.read(self.tasks[i]), None, t0)
+            except Exception as err:
+                item = (None, err, t0)
+            with self.cond:
+                self.results[i] = item
+                self.cond.notify_all()
+
+    def get(self, i: int) -> tuple[Any, BaseException | None, float]:
+        """The read of task ``i`` (waits for it; wakes up regularly so that Ctrl-C is seen)."""
+        with self.cond:
+            self.taken = i + 1
+            self.cond.notify_all()
+            while i not in self.results:
+                self.cond.wait(0.25)
+            return self.results.pop(i)
+
+    def close(self, timeout: float = 30.0) -> None:
+        with self.cond:
+            self.stopped = True
+            self.results.clear()
+            self.cond.notify_all()
+        deadline = time.monotonic() + timeout
+        for thread in self.threads:
+            thread.join(max(deadline - time.monotonic(), 0.0))
+
+
 _STOP = object()
 
 
@@ -406,9 +488,11 @@ def run_batch(
     finish: Callable[[ExamTask, Any, float], tuple[dict[str, Any], dict[str, Any]]],
     existing: Callable[[ExamTask], tuple[dict[str, Any], dict[str, Any]] | None] | None = None,
     summary_path: str | os.PathLike | None = None,
+    summary_rows: Mapping[str, dict[str, Any]] | None = None,
     jobs: int = 1,
     progress: Progress | None = None,
     on_outcome: Callable[[ExamOutcome], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> BatchResult:
     """Score ``tasks`` one after another on the calling thread, reading ahead and writing behind.
 
@@ -421,22 +505,29 @@ def run_batch(
         existing: task -> (result dict, summary row) of results kept from an earlier run, or None to
             score the exam (checked before any reading; such exams are "skipped").
         summary_path: CSV rewritten after every exam (rows of exams not in ``tasks`` are kept).
+        summary_rows: rows shown for this batch's exams until they finish (default: their rows in the
+            existing summary), so that an interrupted re-run keeps every exam's valid results; read
+            after ``existing`` has been called for every task.
         jobs: exams read ahead of the one being scored (0: read on the calling thread, no prefetch).
         progress: shown after each exam.
         on_outcome: called with each outcome in input order, on the writer thread (printing, JSON lines).
+        stop: when set (e.g. by a signal handler), no further exam is started.
 
     Returns:
         BatchResult (outcomes in input order). A failure of one exam (any ``Exception`` while reading,
         scoring or writing it) becomes a "failed" outcome whose summary row carries the error code; the
-        batch goes on. KeyboardInterrupt stops the batch; the summary then holds every finished exam.
+        batch goes on. KeyboardInterrupt (or ``stop``) ends the batch cleanly: the exam being scored is
+        abandoned, those already scored are written, the readers are stopped, the summary is written,
+        and the result has ``interrupted`` set.
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 0:
         raise InputError(f"jobs must be an int >= 0; got {jobs!r}", code="BAD_ARGUMENT")
     started = time.perf_counter()
-    summary = _Summary(Path(summary_path) if summary_path is not None else None, tasks)
+    summary: _Summary | None = None
     outcomes: list[ExamOutcome] = []
     writer_queue: queue.Queue = queue.Queue(maxsize=2)
     writer_error: list[BaseException] = []
+    stop = stop if stop is not None else threading.Event()
 
     def record(outcome: ExamOutcome) -> None:
         outcomes.append(outcome)
@@ -474,39 +565,34 @@ def run_batch(
             raise writer_error[0]
         writer_queue.put(item)
 
-    plan = [(task, existing(task) if existing is not None else None) for task in tasks]
-    if progress is not None:
-        progress.begin()
-    to_read = [task for task, kept in plan if kept is None]
     thread = threading.Thread(target=writer, name="agatax-writer", daemon=True)
-    thread.start()
-    pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="agatax-reader") if jobs > 0 else None
-    pending: dict[int, Future] = {}
-    next_read = 0
-
-    def timed_read(task: ExamTask) -> tuple[Any, float]:
-        t0 = time.perf_counter()
-        return read(task), t0
-
+    prefetch: _ReadAhead | None = None
+    interrupted = False
     try:
+        plan = [(task, existing(task) if existing is not None else None) for task in tasks]
+        summary = _Summary(Path(summary_path) if summary_path is not None else None, tasks, summary_rows)
+        if progress is not None:
+            progress.begin()
+        to_read = [task for task, kept in plan if kept is None]
+        thread.start()
+        prefetch = _ReadAhead(to_read, read, jobs) if jobs > 0 and to_read else None
+        position = 0
         for task, kept in plan:
+            if stop.is_set():
+                raise KeyboardInterrupt
             if kept is not None:
                 result, row = kept
                 put(ExamOutcome(task, "skipped", result=result, row=row))
                 continue
             t0 = time.perf_counter()
             try:
-                if pool is None:
+                if prefetch is None:
                     loaded = read(task)
                 else:
-                    while next_read < len(to_read) and len(pending) <= jobs:  # this one + `jobs` ahead
-                        pending[next_read] = pool.submit(timed_read, to_read[next_read])
-                        next_read += 1
-                    position = min(pending)  # reads are consumed in input order
-                    loaded, t0 = pending.pop(position).result()
-                    while next_read < len(to_read) and len(pending) < jobs:  # keep the queue full
-                        pending[next_read] = pool.submit(timed_read, to_read[next_read])
-                        next_read += 1
+                    loaded, error, t0 = prefetch.get(position)
+                    position += 1
+                    if error is not None:
+                        raise error
                 scored = score(task, loaded)
                 del loaded
             except Exception as err:
@@ -514,13 +600,19 @@ def run_batch(
                 continue
             put((task, scored, None, t0))
             del scored
+    except KeyboardInterrupt:
+        interrupted = True
+        stop.set()
     finally:
-        if pool is not None:
-            for future in pending.values():
-                future.cancel()
-            pool.shutdown(wait=True, cancel_futures=True)
-        writer_queue.put(_STOP)
-        thread.join()
+        if prefetch is not None:
+            prefetch.close()
+        if thread.is_alive():
+            writer_queue.put(_STOP)
+            thread.join()
+        if summary is not None and not writer_error:
+            summary.write()
+        if progress is not None:
+            progress.close()
     if writer_error:
         raise writer_error[0]
-    return BatchResult(outcomes, time.perf_counter() - started)
+    return BatchResult(outcomes, time.perf_counter() - started, interrupted)

@@ -17,6 +17,8 @@ import argparse
 import contextlib
 import csv
 import dataclasses
+import hashlib
+import io
 import json
 import os
 import sys
@@ -27,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from agatax._atomic import atomic_write_text
+from agatax._atomic import atomic_write_bytes, atomic_write_text
+from agatax._atomic import remove_file as atomic_remove
 from agatax.errors import AgataxError, CheckpointError, InputError, ReadError
 
 __all__ = ["main", "score_exam", "build_parser", "format_report", "select_device", "ExamScorer", "COMMANDS"]
@@ -105,6 +108,45 @@ def load_weights(path: str | os.PathLike | None):
         ) from None
 
 
+def files_fingerprint(path: str | os.PathLike) -> str:
+    """A cheap fingerprint of the files of an exam (a file or a folder searched recursively, hidden
+    entries left out, as the reader does): sorted relative names, sizes and modification times."""
+    root = Path(path)
+    entries = []
+    if root.is_file():
+        st = root.stat()
+        entries.append((root.name, st.st_size, st.st_mtime_ns))
+    else:
+        for folder, dirs, files in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(f for f in files if not f.startswith(".")):
+                full = Path(folder) / name
+                with contextlib.suppress(OSError):
+                    st = full.stat()
+                    entries.append((str(full.relative_to(root)), st.st_size, st.st_mtime_ns))
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
+
+
+def weights_identity(path: str | os.PathLike | None) -> str:
+    """``<file name> sha256:<12 hex>`` of an ensemble file (None: the shipped default, named "default")."""
+    from agatax.defaults import default_weights_path
+
+    file = Path(path) if path is not None else default_weights_path()
+    digest = hashlib.sha256()
+    with open(file, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return f"{'default' if path is None else file.name} sha256:{digest.hexdigest()[:12]}"
+
+
+def device_name(device=None) -> str:
+    """The JAX device results are computed on, e.g. ``cpu (cpu)`` or ``gpu (NVIDIA H100)``."""
+    import jax
+
+    device = device if device is not None else jax.devices()[0]
+    return f"{device.platform} ({device.device_kind})"
+
+
 # --------------------------------------------------------------------------------------------- one exam
 
 
@@ -176,12 +218,21 @@ class ExamScorer:
     """
 
     def __init__(self, *, mask=None, ensemble=None, series=None, calibration=None, min_pixels=3,
-                 min_area_mm2=None, localise=True, **relaxations: bool) -> None:
+                 min_area_mm2=None, localise=True, about: dict[str, Any] | None = None,
+                 **relaxations: bool) -> None:
         if mask is None and ensemble is None:
             raise InputError("ExamScorer needs a mask or an ensemble", code="BAD_ARGUMENT")
         self.mask, self.ensemble, self.series, self.localise = mask, ensemble, series, bool(localise)
         self.conventions = {"calibration": calibration, "min_pixels": min_pixels, "min_area_mm2": min_area_mm2}
         self.relaxations = {k: bool(v) for k, v in relaxations.items() if v}
+        self.about = dict(about or {})  # device, weights: what made the results
+
+    def options(self) -> dict[str, Any]:
+        """The options that change an exam's numbers (part of its provenance)."""
+        mask = None if self.mask is None else {"path": str(Path(self.mask).resolve()),
+                                                "files": files_fingerprint(self.mask)}
+        return {**self.conventions, "series": self.series, "localise": self.localise and mask is None,
+                "mask": mask, "relaxations": sorted(self.relaxations)}
 
     def read(self, path):
         """Read the exam at ``path`` into a Volume, with the command line's warnings added."""
@@ -209,7 +260,7 @@ class ExamScorer:
 
     def _extras(self, scored: ScoredExam) -> dict[str, Any]:
         """Keys the JSON carries beyond the report: the given mask, and the chest region used."""
-        extras: dict[str, Any] = {"mask": None if self.mask is None else str(self.mask)}
+        extras: dict[str, Any] = {"mask": None if self.mask is None else str(self.mask), **self.about}
         if scored.chest is not None:
             extras["chest_region"] = scored.chest.to_dict()
         return extras
@@ -225,19 +276,16 @@ class ExamScorer:
         out.update(self._extras(scored))
         return out
 
-    def write(self, directory, scored: ScoredExam, exam_id: str, *, png: bool = True) -> tuple[dict, dict]:
-        """Write the exam's report files; returns (the JSON dict as written, the paths)."""
+    def write(self, directory, scored: ScoredExam, exam_id: str, *, png: bool = True, png_slices: int | None = 6,
+              extra: dict[str, Any] | None = None) -> tuple[dict, dict]:
+        """Write the exam's report files (``extra``: more JSON keys, e.g. the provenance); returns (the
+        JSON dict as written, the paths)."""
         from agatax.report import write_report
 
         paths = write_report(directory, scored.volume, scored.scores, scored.mask, votes=scored.votes,
-                             members=scored.members, exam_id=exam_id, png=png)
-        path = Path(paths["json"])
-        result = json.loads(path.read_text())
-        extras = self._extras(scored)
-        if any(k not in result or result[k] != v for k, v in extras.items()):
-            result.update(extras)
-            atomic_write_text(path, json.dumps(result, indent=2) + "\n")
-        return result, paths
+                             members=scored.members, exam_id=exam_id, png=png, max_slices=png_slices,
+                             extra={**self._extras(scored), **(extra or {})})
+        return json.loads(Path(paths["json"]).read_text()), paths
 
 
 def score_exam(
@@ -260,14 +308,18 @@ def score_exam(
     Keys: exam_id, agatston, category, volume_mm3 (mm^3), mass_mg (mg or None), lesions (list of dicts;
     with an ensemble each has ``vote_fraction``, the share of networks that agreed), per_artery,
     spacing_mm (dz, dy, dx), slice_thickness_mm, shape (z, y, x), warnings, series_uid,
-    series_description, source, mask, and ``members`` with an ensemble.
+    series_description, source, mask, agatax_version, device, weights (file name and sha256 prefix; None
+    for a given ``ensemble`` or mask), and ``members`` with an ensemble.
     ``relaxations``: allow_gaps, allow_uneven, allow_tilt, allow_not_ct, allow_qform_mismatch (see
     ``agatax.read_volume``).
     """
+    identity = None
     if mask is None and ensemble is None:
         ensemble = load_weights(weights)
+        identity = weights_identity(weights)
     scorer = ExamScorer(mask=mask, ensemble=ensemble, series=series, calibration=calibration,
-                        min_pixels=min_pixels, min_area_mm2=min_area_mm2, **relaxations)
+                        min_pixels=min_pixels, min_area_mm2=min_area_mm2,
+                        about={"device": device_name(), "weights": identity}, **relaxations)
     return scorer.result(scorer.score(scorer.read(path)))
 
 
@@ -284,6 +336,9 @@ def format_report(result: dict[str, Any]) -> str:
         f"grid:      {' x '.join(str(n) for n in result['shape'])} voxels, spacing {dz:.3f} x {dy:.3f} x {dx:.3f} mm"
         + (f", slice thickness {thickness:g} mm" if thickness else ""),
     ]
+    made = [f"{k} {result[k]}" for k in ("weights", "device") if result.get(k)]
+    if result.get("agatax_version"):
+        lines.append(f"made by:   agatax {result['agatax_version']}" + "".join(f", {m}" for m in made))
     if result.get("members"):
         lines.append(f"calcium:   majority vote of {result['members']} networks")
     if result.get("chest_region"):
@@ -298,12 +353,16 @@ def format_report(result: dict[str, Any]) -> str:
         lines.append(f"mass:      {result['mass_mg']:.2f} mg")
     lesions = result["lesions"]
     votes = any("vote_fraction" in lesion for lesion in lesions)
-    lines.append(f"lesions:   {len(lesions)}")
+    lines.append(f"slice lesions: {len(lesions)}  (2D calcium components per axial slice, as Agatston defines them)")
     if lesions:
-        lines.append("  slice  artery  pixels  area_mm2  peak_hu  weight  agatston  volume_mm3" + ("  votes" if votes else ""))
+        lines.append("  slice  instance   z_mm  artery  pixels  area_mm2  peak_hu  weight  agatston  volume_mm3"
+                     + ("  votes" if votes else ""))
         for lesion in lesions:
+            number = lesion.get("instance_number")
+            z_mm = lesion.get("z_mm")
             line = (
-                f"  {lesion['slice']:5d}  {lesion['artery'] or '-':>6}  {lesion['pixels']:6d}  {lesion['area_mm2']:8.2f}"
+                f"  {lesion['slice']:5d}  {'-' if number is None else number:>8}  {'-' if z_mm is None else f'{z_mm:.1f}':>6}"
+                f"  {lesion['artery'] or '-':>6}  {lesion['pixels']:6d}  {lesion['area_mm2']:8.2f}"
                 f"  {lesion['peak_hu']:7.0f}  {lesion['weight']:6d}  {lesion['agatston']:8.2f}  {lesion['volume_mm3']:10.2f}"
             )
             if votes:
@@ -313,14 +372,14 @@ def format_report(result: dict[str, Any]) -> str:
     for artery, totals in (result.get("per_artery") or {}).items():
         lines.append(
             f"  {artery:>4}: Agatston {totals['agatston']:.1f}, volume {totals['volume_mm3']:.1f} mm^3, "
-            f"{totals['lesions']} lesions"
+            f"{totals['lesions']} slice lesions"
         )
     for warning in result["warnings"]:
         lines.append(f"warning:   {warning}")
     return "\n".join(lines)
 
 
-def _one_line(outcome) -> str:
+def _one_line(outcome, note: str | None = None) -> str:
     """One line per exam of a batch."""
     exam_id = outcome.task.exam_id
     if outcome.status == "failed":
@@ -331,11 +390,13 @@ def _one_line(outcome) -> str:
     r = outcome.result
     n = len(r["lesions"])
     line = (f"{exam_id}  Agatston {r['agatston']:.1f}  category {r['category']}  volume {r['volume_mm3']:.1f} mm^3"
-            f"  {n} lesion{'' if n == 1 else 's'}")
+            f"  {n} slice lesion{'' if n == 1 else 's'}")
     if r.get("mass_mg") is not None:
         line += f"  mass {r['mass_mg']:.2f} mg"
     if outcome.status == "skipped":
         line += "  (kept from an earlier run)"
+    elif note:
+        line += f"  ({note})"
     return line + "".join(f"\n    warning: {w}" for w in r.get("warnings", []))
 
 
@@ -383,6 +444,8 @@ def add_score_command(subparsers) -> None:
     p.add_argument("--json-lines", action="store_true", help="with --json: one object per line, written as each "
                    "exam finishes")
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="exams read ahead while one is scored (default 1, 0 = none)")
+    p.add_argument("--png-slices", default="6", metavar="all|N", help="slices drawn in the report picture: the N "
+                   "with most Agatston (default 6), or all")
     p.add_argument("--overwrite", action="store_true", help="with --report: score again exams whose results exist")
     p.add_argument("--quiet", action="store_true", help="no progress line on stderr")
     p.add_argument("--min-area-mm2", type=float, default=None, help="smallest lesion area in mm^2 (e.g. 1.0)")
@@ -430,15 +493,30 @@ class _JsonSink:
 def _open_for_writing(target: str):
     path = Path(target)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return open(path, "w")
+        path.parent.mkdir(parents=True, exist_ok=True)  # JSON lines stream into the file: never through a symlink
+        return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666), "w")
     except OSError as err:
         raise ReadError(f"cannot write {path}: {err}", code="WRITE_ERROR", paths=[path]) from None
 
 
+def _png_slices(text: str) -> int | None:
+    if text == "all":
+        return None
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise InputError(f"--png-slices takes 'all' or a number of slices >= 1; got {text!r}", code="BAD_ARGUMENT")
+
+
 def _check_score_args(args: argparse.Namespace) -> None:
-    if args.jobs < 0:
-        raise InputError(f"--jobs must be 0 or more; got {args.jobs}", code="BAD_ARGUMENT")
+    """Refuse bad option values and combinations before any work."""
+    bounds = [("--jobs", args.jobs, args.jobs >= 0, "0 or more"),
+              ("--min-pixels", args.min_pixels, args.min_pixels >= 1, "1 or more"),
+              ("--min-area-mm2", args.min_area_mm2, args.min_area_mm2 is None or args.min_area_mm2 > 0, "above 0"),
+              ("--calibration", args.calibration, args.calibration is None or args.calibration > 0, "above 0")]
+    for name, value, ok, wanted in bounds:
+        if not ok or (isinstance(value, float) and not np.isfinite(value)):
+            raise InputError(f"{name} must be {wanted}; got {value}", code="BAD_ARGUMENT")
+    _png_slices(args.png_slices)
     if args.mask and args.weights:
         raise InputError("--mask and --weights exclude each other: a given mask needs no networks",
                          code="BAD_ARGUMENT")
@@ -449,19 +527,101 @@ def _check_score_args(args: argparse.Namespace) -> None:
                         hint="give a folder path (created if needed)", paths=[args.report])
 
 
+def _writable_folder(folder: Path, what: str) -> None:
+    """Create ``folder`` if needed and make sure a file can be created in it (OUTPUT_NOT_WRITABLE)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".agatax-probe.{os.getpid()}.0.tmp"
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(probe)
+    except OSError as err:
+        raise ReadError(f"{what}: cannot write into {folder} ({err.strerror or err})", code="OUTPUT_NOT_WRITABLE",
+                        hint="choose a folder you can write to", paths=[folder]) from None
+
+
+def _check_outputs(report_dir: Path | None, summary_path: Path | None, json_target: str | None) -> None:
+    """Every output can be written: checked before any exam is read or any weights loaded."""
+    if report_dir is not None:
+        _writable_folder(report_dir, f"--report {report_dir}")
+    for what, target in (("--summary", summary_path), ("--json", json_target)):
+        if target is None or target == "-":
+            continue
+        target = Path(target)
+        if target.is_dir():
+            raise ReadError(f"{what} {target} is a folder; a file path is needed", code="OUTPUT_NOT_WRITABLE",
+                            hint="give a file name", paths=[target])
+        _writable_folder(target.parent, f"{what} {target}")
+
+
+@contextlib.contextmanager
+def _sigint_stops(stop: threading.Event):
+    """While the block runs, the first Ctrl-C (SIGINT, even where the parent shell ignored it) sets ``stop``
+    and raises KeyboardInterrupt; later ones are ignored so that the cleanup (the writes in progress, the
+    summary) finishes."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if not stop.is_set():
+            stop.set()
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def run_score(args: argparse.Namespace) -> int:
+    stop = getattr(args, "stop_event", None) or threading.Event()  # set by main's Ctrl-C handler
+    counts = {"scored": 0, "total": None}
+    try:
+        code = _run_score(args, stop, counts)
+    except KeyboardInterrupt:
+        code = 130
+    if code == 130:
+        total = "?" if counts["total"] is None else counts["total"]
+        print(f"interrupted: {counts['scored']} of {total} exams scored; re-run the same command to continue",
+              file=sys.stderr)
+    return code
+
+
+def _provenance(task, scorer: ExamScorer, weights: str | None) -> dict[str, Any]:
+    """What an exam's results were made from: re-runs keep a report only when all of it matches."""
+    from agatax import __version__
+
+    return {"source": str(Path(task.path).expanduser().resolve()), "files": files_fingerprint(task.path),
+            "options": scorer.options(), "weights": weights, "agatax_version": __version__}
+
+
+_PROVENANCE_NAMES = {"source": "source path", "files": "input files", "weights": "weights",
+                     "agatax_version": "agatax version"}
+
+
+def _changed(old: Any, new: dict[str, Any]) -> str | None:
+    """Why a report with provenance ``old`` is not the result of ``new`` (None: it is)."""
+    if not isinstance(old, dict):
+        return "re-scored: earlier report has no provenance"
+    changed = [_PROVENANCE_NAMES[k] for k in _PROVENANCE_NAMES if old.get(k) != new[k]]
+    options = old.get("options") if isinstance(old.get("options"), dict) else {}
+    changed += [f"--{k.replace('_', '-')}" for k in new["options"] if options.get(k) != new["options"][k]]
+    return f"re-scored: {', '.join(changed)} changed" if changed else None
+
+
+def _run_score(args: argparse.Namespace, stop: threading.Event, counts: dict[str, Any]) -> int:
     from agatax import batch as batching
-    from agatax.report import report_paths, summary_row_from_report
+    from agatax._atomic import folder_lock, remove_stale_temps
 
     _check_score_args(args)
-    tasks, is_batch = batching.discover_exams(args.paths)
-    if args.mask and len(tasks) != 1:
-        raise InputError(f"--mask scores one exam; {len(tasks)} exams were given", code="MASK_WITH_BATCH",
-                         hint="score the exams one by one with their masks, or drop --mask to run the networks")
-    device = select_device(args.device)
     report_dir = Path(args.report) if args.report else None
     summary_path = Path(args.summary) if args.summary else (report_dir / "summary.csv" if report_dir else None)
+    _check_outputs(report_dir, summary_path, args.json)
     png = not args.no_png
+    png_slices = _png_slices(args.png_slices)
     if report_dir is not None and png:
         from agatax.report import require_matplotlib
 
@@ -470,82 +630,124 @@ def run_score(args: argparse.Namespace) -> int:
         except AgataxError as err:
             raise AgataxError(err.message, code=err.code,
                               hint=f"{err.hint}, or pass --no-png to write the reports without pictures") from None
+    locked = report_dir if report_dir is not None else (summary_path.parent if summary_path is not None else None)
+    with (folder_lock(locked) if locked is not None else contextlib.nullcontext()):
+        for folder in {p for p in (report_dir, summary_path and summary_path.parent) if p is not None}:
+            remove_stale_temps(folder)
+        tasks, is_batch = batching.discover_exams(args.paths)
+        counts["total"] = len(tasks)
+        if args.mask and len(tasks) != 1:
+            raise InputError(f"--mask scores one exam; {len(tasks)} exams were given", code="MASK_WITH_BATCH",
+                             hint="score the exams one by one with their masks, or drop --mask to run the networks")
+        device = select_device(args.device)
+        with (contextlib.nullcontext() if device is None else _default_device(device)):
+            ensemble = None if args.mask else load_weights(args.weights)
+            weights = None if args.mask else weights_identity(args.weights)
+            scorer = ExamScorer(mask=args.mask, ensemble=ensemble, series=args.series, calibration=args.calibration,
+                                min_pixels=args.min_pixels, min_area_mm2=args.min_area_mm2,
+                                localise=not args.no_localise, about={"device": device_name(device), "weights": weights},
+                                **{name: getattr(args, name) for name in _RELAXATIONS})
+            return _score_tasks(args, stop, counts, tasks, is_batch, scorer, weights, report_dir, summary_path,
+                                png, png_slices)
+
+
+def _score_tasks(args, stop, counts, tasks, is_batch, scorer, weights, report_dir, summary_path, png, png_slices):
+    from agatax import batch as batching
+    from agatax.report import report_paths, summary_row_from_report, summary_row_from_result
+
+    provenance = {task: _provenance(task, scorer, weights) for task in tasks}
+    if report_dir is not None:  # an id whose report holds another exam's results gets a hash of its source
+        renamed = {}
+        for task, made in provenance.items():
+            old = _read_json(report_paths(report_dir, task.exam_id)["json"])
+            source = (old or {}).get("provenance")
+            source = source.get("source") if isinstance(source, dict) else None
+            if isinstance(source, str) and source != made["source"]:
+                task = batching.ExamTask(f"{task.exam_id}_{batching.source_hash(task.path)}", task.path)
+            renamed[task] = made
+        provenance = renamed
+        tasks = list(provenance)
+    notes: dict[str, str] = {}
     previous = batching.read_summary_rows(summary_path) if summary_path is not None else {}
+    carried: dict[str, dict[str, Any]] = {}
+
+    def existing(task):
+        if report_dir is None:
+            return None
+        paths = report_paths(report_dir, task.exam_id, png=png)
+        old = _read_json(paths["json"])
+        if old is None:
+            if paths["json"].exists():
+                notes[task.exam_id] = "re-scored: earlier report unreadable"
+            elif previous.get(task.exam_id, {}).get("status") == "failed":
+                carried[task.exam_id] = previous[task.exam_id]  # kept until it is retried
+            return None
+        carried[task.exam_id] = summary_row_from_report(paths["json"])
+        if args.overwrite:
+            return None
+        note = _changed(old.get("provenance"), provenance[task])
+        if note is None and not all(p.is_file() for p in paths.values()):
+            note = "re-scored: report files missing"
+        if note is not None:
+            notes[task.exam_id] = note
+            return None
+        return old, carried[task.exam_id]
+
+    def finish(task, scored: ScoredExam, seconds: float):
+        extra = {"provenance": provenance[task]}
+        if report_dir is not None:
+            result, paths = scorer.write(report_dir, scored, task.exam_id, png=png, png_slices=png_slices, extra=extra)
+        else:
+            result, paths = {**scorer.result(scored, task.exam_id), **extra}, None
+        return result, summary_row_from_result(result, report=paths and paths["json"], seconds=seconds)
+
     json_to_stdout = args.json == "-"
     sink = _JsonSink(args.json, lines=args.json_lines, batch=is_batch)
-    text_lock = threading.Lock()
+    progress = batching.Progress(len(tasks), enabled=is_batch and len(tasks) > 1 and not args.quiet)
 
-    with (contextlib.nullcontext() if device is None else _default_device(device)):
-        ensemble = None if args.mask else load_weights(args.weights)
-        scorer = ExamScorer(mask=args.mask, ensemble=ensemble, series=args.series, calibration=args.calibration,
-                            min_pixels=args.min_pixels, min_area_mm2=args.min_area_mm2,
-                            localise=not args.no_localise,
-                            **{name: getattr(args, name) for name in _RELAXATIONS})
-
-        def existing(task):
-            if report_dir is None or args.overwrite:
-                return None
-            path = report_paths(report_dir, task.exam_id, png=png)["json"]
-            if not path.is_file():
-                return None
-            try:
-                result = json.loads(path.read_text())
-                row = previous.get(task.exam_id)
-                if not row or row.get("status") != "ok":
-                    row = summary_row_from_report(path)
-            except (OSError, ValueError, AgataxError):
-                return None  # unreadable: score it again
-            return result, row
-
-        def finish(task, scored: ScoredExam, seconds: float):
-            from agatax.report import exam_summary_row
-
+    def on_outcome(outcome) -> None:
+        if outcome.status == "failed":
+            item = _error_entry(outcome)
+        else:
+            item = dict(outcome.result)
+            if is_batch:
+                item["status"] = outcome.status
+        if is_batch or outcome.status != "failed":
+            sink.add(item)
+        counts["scored"] += outcome.status != "failed"
+        if json_to_stdout or (not is_batch and outcome.status == "failed"):
+            return
+        note = notes.get(outcome.task.exam_id)
+        if len(tasks) == 1 and outcome.status != "failed":
+            text = format_report(outcome.result)
+            if outcome.status == "skipped":
+                text += "\nnote:      results kept from an earlier run (--overwrite to score again)"
+            elif note:
+                text += f"\nnote:      {note}"
             if report_dir is not None:
-                result, paths = scorer.write(report_dir, scored, task.exam_id, png=png)
-            else:
-                result, paths = scorer.result(scored, task.exam_id), None
-            row = exam_summary_row(task.exam_id, scored.scores, volume=scored.volume, seconds=seconds, paths=paths)
-            return result, row
+                text += f"\nreport:    {report_paths(report_dir, outcome.task.exam_id, png=png)[('png' if png else 'json')]}"
+        else:
+            text = _one_line(outcome, note)
+        progress.write(text)
 
-        def on_outcome(outcome) -> None:
-            if outcome.status == "failed":
-                item = _error_entry(outcome)
-            else:
-                item = dict(outcome.result)
-                if is_batch:
-                    item["status"] = outcome.status
-            if is_batch or outcome.status != "failed":
-                sink.add(item)
-            if json_to_stdout or (not is_batch and outcome.status == "failed"):
-                return
-            with text_lock:
-                if len(tasks) == 1 and outcome.status != "failed":
-                    text = format_report(outcome.result)
-                    if outcome.status == "skipped":
-                        text += "\nnote:      results kept from an earlier run (--overwrite to score again)"
-                    if report_dir is not None:
-                        text += f"\nreport:    {report_paths(report_dir, outcome.task.exam_id, png=png)[('png' if png else 'json')]}"
-                else:
-                    text = _one_line(outcome)
-                sys.stdout.write(text + "\n")
-                sys.stdout.flush()
-
-        progress = batching.Progress(len(tasks), enabled=is_batch and len(tasks) > 1 and not args.quiet)
-        try:
-            outcome = batching.run_batch(
-                tasks,
-                read=lambda task: scorer.read(task.path),
-                score=lambda task, volume: scorer.score(volume),
-                finish=finish,
-                existing=existing,
-                summary_path=summary_path,
-                jobs=args.jobs,
-                progress=progress,
-                on_outcome=on_outcome,
-            )
-        finally:
-            sink.close()
-
+    try:
+        outcome = batching.run_batch(
+            tasks,
+            read=lambda task: scorer.read(task.path),
+            score=lambda task, volume: scorer.score(volume),
+            finish=finish,
+            existing=existing,
+            summary_path=summary_path,
+            summary_rows=carried,
+            jobs=args.jobs,
+            progress=progress,
+            on_outcome=on_outcome,
+            stop=stop,
+        )
+    finally:
+        sink.close()
+    if outcome.interrupted:
+        return 130
     if not is_batch:
         single = outcome.outcomes[0]
         if single.status == "failed":
@@ -556,6 +758,15 @@ def run_score(args: argparse.Namespace) -> int:
     where = f"; summary: {summary_path}" if summary_path is not None else ""
     print(f"agatax: {len(tasks)} exam{'' if len(tasks) == 1 else 's'}: {', '.join(parts)}{where}", file=sys.stderr)
     return EXIT_SOME_FAILED if outcome.failed else EXIT_OK
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A report JSON's content, None when absent or unreadable."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 @contextlib.contextmanager
@@ -680,19 +891,42 @@ def add_example_command(subparsers) -> None:
     p.add_argument("--count", type=int, default=1, help="number of exams, seeds seed..seed+count-1 (default 1)")
     p.add_argument("--category", choices=tuple("ABCDE") + ("any",), default="D",
                    help="true risk category of the exams (default D: several lesions; 'any': drawn per exam)")
+    p.add_argument("--overwrite", action="store_true", help="write over files in DIR that another command (or "
+                   "agatax example with other arguments) wrote")
     p.set_defaults(run=run_example)
 
 
+_EXAMPLE_RECORD = ".agatax-example.json"
+
+
+def _example_conflicts(out: Path, arguments: dict[str, Any], ids: Sequence[str]) -> list[Path]:
+    """Files in ``out`` that writing the example would replace and that an earlier ``agatax example`` with
+    the same arguments did not write."""
+    record = _read_json(out / _EXAMPLE_RECORD) or {}
+    ours = set(record.get("files", [])) if record.get("arguments") == arguments else set()
+    targets = [out / "manifest.csv", out / "truth.json"] + [out / f"{i}_mask.nii.gz" for i in ids]
+    for exam_id in ids:
+        if (out / exam_id).is_dir():
+            targets += [p for p in (out / exam_id).rglob("*") if not p.is_dir()]
+        elif (out / exam_id).exists() or (out / exam_id).is_symlink():
+            targets.append(out / exam_id)
+    return [p for p in targets if (p.exists() or p.is_symlink()) and str(p.relative_to(out)) not in ours]
+
+
 def write_example(
-    directory: str | os.PathLike, *, seed: int = 0, matrix: int = 512, count: int = 1, category: str | None = "D"
+    directory: str | os.PathLike, *, seed: int = 0, matrix: int = 512, count: int = 1, category: str | None = "D",
+    overwrite: bool = False,
 ) -> list[dict[str, Any]]:
     """Write ``count`` synthetic exams (``agatax.synthetic.generate_exam``) as DICOM series with their truth.
 
-    ``category``: the exams' true risk category "A".."E", or None to draw it per exam.
+    ``category``: the exams' true risk category "A".."E", or None to draw it per exam. The files written
+    are recorded in ``DIR/.agatax-example.json``; files that another command wrote are never deleted, and
+    replaced only with ``overwrite`` (else InputError OUTPUT_EXISTS).
 
-    Returns the manifest rows (exam_id, path, mask_path, seed, agatston, category, n_lesions).
+    Returns the manifest rows (exam_id, path, mask_path, seed, agatston, category, calcifications_3d).
     """
-    from agatax.io import write_dicom_series, write_nifti
+    from agatax.io import write_dicom_series
+    from agatax.report import _nifti_bytes
     from agatax.synthetic import generate_exam
 
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
@@ -700,19 +934,30 @@ def write_example(
     out = Path(directory)
     if out.exists() and not out.is_dir():
         raise ReadError(f"{out} exists and is not a folder", code="NOT_A_FOLDER", paths=[out])
-    rows, truth = [], {}
-    for s in range(seed, seed + count):
+    arguments = {"seed": seed, "matrix": matrix, "count": count, "category": category}
+    ids = [f"example_{s}" for s in range(seed, seed + count)]
+    conflicts = [] if overwrite else _example_conflicts(out, arguments, ids)
+    if conflicts:
+        listed = ", ".join(str(p) for p in conflicts[:3]) + (f" and {len(conflicts) - 3} more" if len(conflicts) > 3 else "")
+        raise InputError(f"{out} holds files agatax example did not write with these arguments: {listed}",
+                         code="OUTPUT_EXISTS", hint="choose another DIR, or pass --overwrite to replace them",
+                         paths=[str(p) for p in conflicts])
+    previous = _read_json(out / _EXAMPLE_RECORD) or {}
+    out.mkdir(parents=True, exist_ok=True)
+    rows, truth, written = [], {}, ["manifest.csv", "truth.json"]
+    for s, exam_id in zip(range(seed, seed + count), ids):
         exam = generate_exam(s, matrix=matrix, target_category=category)
-        exam_id = f"example_{s}"
-        out.mkdir(parents=True, exist_ok=True)
         series_dir = out / exam_id
-        if series_dir.is_dir():  # a previous example: replace its slices, not mix with them
-            for old in series_dir.glob("*.dcm"):
-                old.unlink()
-        write_dicom_series(series_dir, exam.volume, patient_id=exam_id, series_description="agatax synthetic example")
-        write_nifti(out / f"{exam_id}_mask.nii.gz", exam.mask, like=exam.volume)
+        for name in previous.get("files", []):  # slices of an earlier example: replaced, not mixed with
+            if Path(name).parts[0] == exam_id:
+                atomic_remove(out / name)
+        slices = write_dicom_series(series_dir, exam.volume, patient_id=exam_id,
+                                    series_description="agatax synthetic example")
+        atomic_write_bytes(out / f"{exam_id}_mask.nii.gz", _nifti_bytes(exam.mask, exam.volume, "mask.nii.gz"))
+        written += [str(Path(p).relative_to(out)) for p in slices] + [f"{exam_id}_mask.nii.gz"]
         rows.append({"exam_id": exam_id, "path": exam_id, "mask_path": f"{exam_id}_mask.nii.gz", "seed": s,
-                     "agatston": f"{exam.agatston:.4f}", "category": exam.category, "n_lesions": len(exam.lesions)})
+                     "agatston": f"{exam.agatston:.4f}", "category": exam.category,
+                     "calcifications_3d": len(exam.lesions)})
         truth[exam_id] = {
             "seed": s,
             "agatston": round(float(exam.agatston), 4),
@@ -720,28 +965,32 @@ def write_example(
             "volume_mm3": round(float(exam.scores.volume_mm3), 4),
             "shape": list(exam.volume.shape),
             "spacing_mm": list(exam.volume.spacing),
-            "lesions": [{"artery": les.get("artery"), "center_zyx": [int(v) for v in les["center_zyx"]],
-                         "peak_hu": float(les["peak_hu"])} for les in exam.lesions],
+            "calcifications_3d": [{"artery": les.get("artery"), "center_zyx": [int(v) for v in les["center_zyx"]],
+                                   "peak_hu": float(les["peak_hu"])} for les in exam.lesions],
         }
-    with open(out / "manifest.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / "truth.json").write_text(json.dumps(truth, indent=2) + "\n")
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / "manifest.csv", text.getvalue())
+    atomic_write_text(out / "truth.json", json.dumps(truth, indent=2) + "\n")
+    atomic_write_text(out / _EXAMPLE_RECORD, json.dumps({"arguments": arguments, "files": written}, indent=1) + "\n")
     return rows
 
 
 def run_example(args: argparse.Namespace) -> int:
     category = None if args.category == "any" else args.category
-    rows = write_example(args.directory, seed=args.seed, matrix=args.matrix, count=args.count, category=category)
+    rows = write_example(args.directory, seed=args.seed, matrix=args.matrix, count=args.count, category=category,
+                         overwrite=args.overwrite)
     out = Path(args.directory)
-    report = out.resolve().parent / "agatax-report"
+    report = out.parent / f"{out.name}-report"
     for row in rows:
+        n = row["calcifications_3d"]
         print(f"wrote {out / row['path']}  (true Agatston {float(row['agatston']):.1f}, category {row['category']}, "
-              f"{row['n_lesions']} lesion{'' if row['n_lesions'] == 1 else 's'})")
+              f"{n} calcification{'' if n == 1 else 's'} (3D))")
     print(f"truth:     {out / 'manifest.csv'}, {out / 'truth.json'}, <exam>_mask.nii.gz")
     print(f"next:      agatax score {out} --report {report}")
-    print(f"then:      agatax evaluate {report} {out / 'manifest.csv'}")
+    print(f"then:      agatax evaluate {report} {out / 'manifest.csv'} --lesions")
     return EXIT_OK
 
 
@@ -776,8 +1025,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 refused input, 3 some exams of a batch
     failed, 1 unexpected failure, 130 interrupted)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    stop = threading.Event()
+    with _sigint_stops(stop):  # at once: a Ctrl-C from here on stops the command cleanly
+        args = build_parser().parse_args(argv)
+        args.stop_event = stop
+        code = _run(args)
+    if code == 130 and argv is None:  # the program itself: skip the interpreter's teardown, which can crash
+        sys.stdout.flush()            # while native threads (JAX's) still run
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
     debug = bool(getattr(args, "debug", False))
     try:
         return int(args.run(args) or 0)

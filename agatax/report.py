@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from agatax._atomic import atomic_open, atomic_write_text
+from agatax._atomic import atomic_open, atomic_write_bytes, atomic_write_text, remove_file
+from agatax.batch import safe_name
 from agatax.errors import AgataxError, InputError, ReadError
 from agatax.volume import Volume
 
@@ -38,6 +39,7 @@ __all__ = [
     "report_dict",
     "report_paths",
     "summary_row_from_report",
+    "summary_row_from_result",
     "write_report",
     "write_summary_csv",
 ]
@@ -71,6 +73,9 @@ SUMMARY_COLUMNS = (
     "error_code",
     "error_message",
     "seconds",
+    "agatax_version",
+    "device",
+    "weights",
     "report",
 )
 
@@ -89,8 +94,7 @@ def require_matplotlib():
 
 
 def _safe_name(text: str) -> str:
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("._")
-    return name or "exam"
+    return safe_name(text) or "exam"
 
 
 def default_exam_id(volume: Volume) -> str:
@@ -213,6 +217,23 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def _instance_numbers(volume: Volume, slices: Iterable[int]) -> dict[int, int | None]:
+    """InstanceNumber of the DICOM file of each slice index (None for NIfTI, multi-frame or unreadable)."""
+    files = volume.metadata.get("files") or []
+    if volume.metadata.get("format") != "dicom" or len(files) != volume.shape[0]:
+        return {}
+    import pydicom
+
+    out: dict[int, int | None] = {}
+    for k in slices:
+        try:
+            header = pydicom.dcmread(files[k], stop_before_pixels=True, specific_tags=["InstanceNumber"])
+            out[k] = int(header.InstanceNumber)
+        except Exception:  # a frame of a multi-frame file, a missing tag, a file gone since
+            out[k] = None
+    return out
+
+
 def report_dict(
     volume: Volume,
     scores: Any,
@@ -223,13 +244,20 @@ def report_dict(
 ) -> dict[str, Any]:
     """The JSON score dict of one exam.
 
-    Keys: ``exam_id``, ``agatston``, ``category``, ``volume_mm3``, ``mass_mg``, ``lesions`` (each with
-    ``vote_fraction`` when given), ``per_artery``, ``spacing_mm`` [dz, dy, dx], ``slice_thickness_mm``,
+    Keys: ``exam_id``, ``agatax_version``, ``agatston``, ``category``, ``volume_mm3``, ``mass_mg``,
+    ``lesions`` (slice lesions: per-slice 2D components, each with ``slice`` (0-based index from the most
+    inferior slice), ``instance_number`` (of that slice's DICOM file, else None), ``z_mm`` (patient z of
+    the slice centre) and ``vote_fraction`` when given), ``per_artery``, ``spacing_mm`` [dz, dy, dx], ``slice_thickness_mm``,
     ``shape`` [z, y, x], ``warnings`` (reading notes plus an overlapping-slices note), ``series_uid``,
     ``series_description``, ``source``, and ``members`` when votes were given.
     """
     base = scores.to_dict()
-    lesions = [dict(lesion) for lesion in base.get("lesions", [])]
+    numbers = _instance_numbers(volume, {int(lesion["slice"]) for lesion in base.get("lesions", [])})
+    lesions = []
+    for lesion in base.get("lesions", []):
+        k = int(lesion["slice"])
+        placed = {"slice": k, "instance_number": numbers.get(k), "z_mm": round(_slice_z_mm(volume, k), 3)}
+        lesions.append({**placed, **{key: v for key, v in lesion.items() if key not in placed}})
     if vote_fractions is not None:
         for lesion, fraction in zip(lesions, vote_fractions):
             lesion["vote_fraction"] = fraction
@@ -241,7 +269,9 @@ def report_dict(
         )
         if not any("overlap" in w.lower() for w in warnings):
             warnings.append(note)
-    out: dict[str, Any] = {"exam_id": exam_id or default_exam_id(volume)}
+    from agatax import __version__
+
+    out: dict[str, Any] = {"exam_id": exam_id or default_exam_id(volume), "agatax_version": __version__}
     out.update(
         {
             "agatston": base.get("agatston"),
@@ -324,7 +354,8 @@ def write_report(
     members: int | None = None,
     exam_id: str | None = None,
     png: bool = True,
-    max_slices: int = 6,
+    max_slices: int | None = 6,
+    extra: Mapping[str, Any] | None = None,
     window: tuple[float, float] = CALCIUM_WINDOW,
     threshold_hu: float = 130.0,
     connectivity: int = 8,
@@ -339,15 +370,18 @@ def write_report(
         members: number of ensemble members (required with ``votes``).
         exam_id: file stem; default from the volume's source (see ``default_exam_id``).
         png: also draw ``<id>.png`` (needs matplotlib).
-        max_slices: most slices drawn (those with the most Agatston, shown in z order).
+        max_slices: most slices drawn (those with the most Agatston, shown in z order); None: all.
+        extra: keys added to the JSON (provenance, ...).
         window: (level, width) HU display window.
         threshold_hu, connectivity: as used for ``scores`` (to find each lesion's pixels).
 
     Returns:
         {"json": <id>.json, "csv": <id>_lesions.csv, "mask": <id>_mask.nii.gz, "png": <id>.png}
-        (``png`` only when drawn). The JSON holds ``report_dict``; the mask is uint8, aligned with the
-        input via ``agatax.write_nifti(..., like=volume)``. ``vote_fraction`` per lesion is the mean of
-        votes / members over the lesion's pixels.
+        (``png`` only when drawn). The JSON holds ``report_dict`` plus ``extra``; the mask is uint8,
+        aligned with the input via ``agatax.write_nifti(..., like=volume)``. ``vote_fraction`` per lesion
+        is the mean of votes / members over the lesion's pixels. Every file is written atomically; an
+        earlier ``<id>.json`` is removed first and the new one written last, so its presence means the
+        files beside it are complete and belong to it.
     """
     mask = _check_mask(mask, volume)
     exam_id = _safe_name(exam_id) if exam_id else default_exam_id(volume)
@@ -357,22 +391,35 @@ def write_report(
     regions = lesion_regions(volume.hu, mask, lesions, threshold_hu=threshold_hu, connectivity=connectivity)
     fractions = None if votes is None else _vote_fractions(votes, members, regions, lesions, volume)
     summary = report_dict(volume, scores, exam_id=exam_id, vote_fractions=fractions, members=members)
+    summary.update(_json_safe(dict(extra or {})))
 
     paths = report_paths(directory, exam_id, png=png)
     if png:  # fail on a missing matplotlib before writing anything
         require_matplotlib()
-    from agatax.io import write_nifti
-
-    write_nifti(paths["mask"], mask.astype(np.uint8), like=volume)
+    remove_file(paths["json"])  # the old complete-marker goes first: never beside new, partial files
+    atomic_write_bytes(paths["mask"], _nifti_bytes(mask.astype(np.uint8), volume, paths["mask"].name))
     columns, rows = _lesion_rows(exam_id, summary["lesions"])
     _write_csv(paths["csv"], columns, rows)
     if png:
         render_png(
             paths["png"], volume, lesions, regions, summary, max_slices=max_slices, window=window
         )
-    # the JSON last: its presence marks a complete report
+    else:
+        remove_file(report_paths(directory, exam_id)["png"])  # a picture of earlier results
     atomic_write_text(paths["json"], json.dumps(summary, indent=2) + "\n")
     return paths
+
+
+def _nifti_bytes(array: np.ndarray, volume: Volume, name: str) -> bytes:
+    """The NIfTI file ``agatax.write_nifti`` makes, as bytes (written in a private temporary folder)."""
+    import tempfile
+
+    from agatax.io import write_nifti
+
+    with tempfile.TemporaryDirectory(prefix="agatax-") as tmp:
+        path = Path(tmp) / name
+        write_nifti(path, array, like=volume)
+        return path.read_bytes()
 
 
 def _outline_segments(region: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
@@ -402,15 +449,15 @@ def render_png(
     regions: Sequence[tuple[np.ndarray, np.ndarray] | None],
     summary: Mapping[str, Any],
     *,
-    max_slices: int = 6,
+    max_slices: int | None = 6,
     window: tuple[float, float] = CALCIUM_WINDOW,
     margin_mm: float = 45.0,
 ) -> Path:
     """Draw the calcium slices: CT in a calcium window, each lesion outlined in its density-weight colour
     and labelled with its Agatston contribution; title with exam id, total Agatston and category.
 
-    Slices are chosen by Agatston on the slice (most first, at most ``max_slices``) and shown in z order,
-    cropped to the calcium plus ``margin_mm``. An exam without calcium shows its middle slice.
+    Slices are chosen by Agatston on the slice (most first, at most ``max_slices``; None: all) and shown
+    in z order, the notes saying how many of the calcium slices are shown, cropped to the calcium plus ``margin_mm``. An exam without calcium shows its middle slice.
     """
     Figure = require_matplotlib()
     from matplotlib import patheffects
@@ -420,7 +467,8 @@ def render_png(
     per_slice: dict[int, float] = {}
     for lesion in lesions:
         per_slice[int(lesion.slice)] = per_slice.get(int(lesion.slice), 0.0) + float(lesion.agatston)
-    chosen = sorted(per_slice, key=lambda k: (-per_slice[k], k))[: max(int(max_slices), 1)]
+    limit = len(per_slice) if max_slices is None else max(int(max_slices), 1)
+    chosen = sorted(per_slice, key=lambda k: (-per_slice[k], k))[:limit]
     chosen = sorted(chosen) or [volume.shape[0] // 2]
 
     ny, nx = volume.shape[1:]
@@ -505,13 +553,15 @@ def render_png(
         ax.set_title(label, color="white", fontsize=9)
     total = summary.get("agatston")
     title = f"{summary.get('exam_id', '')}   Agatston {float(total or 0):.1f}   category {summary.get('category')}"
-    extra = [f"{len(lesions)} lesions"]
+    extra = [f"{len(lesions)} slice lesion{'' if len(lesions) == 1 else 's'}"]
     if summary.get("volume_mm3") is not None:
         extra.append(f"volume {float(summary['volume_mm3']):.1f} mm\u00b3")
     if summary.get("mass_mg") is not None:
         extra.append(f"mass {float(summary['mass_mg']):.1f} mg")
     if len(per_slice) > len(chosen):
-        extra.append(f"showing the {len(chosen)} of {len(per_slice)} calcium slices with most Agatston")
+        extra.append(f"showing {len(chosen)} of {len(per_slice)} calcium slices (most Agatston)")
+    else:
+        extra.append(f"showing all {len(per_slice)} calcium slice{'' if len(per_slice) == 1 else 's'}")
     if not lesions:
         extra = ["no calcium found"]
     fig.suptitle(title + "\n" + ", ".join(extra), color="white", fontsize=11)
@@ -552,6 +602,7 @@ def exam_summary_row(
             volume_mm3=float(scores.volume_mm3),
             mass_mg=None if scores.mass_mg is None else float(scores.mass_mg),
             lesions=len(scores.lesions),
+            agatax_version=__import__("agatax").__version__,
         )
         for artery, values in (scores.per_artery or {}).items():
             row[f"agatston_{artery}"] = float(values["agatston"])
@@ -578,26 +629,18 @@ def exam_summary_row(
     return row
 
 
-def summary_row_from_report(path: str | os.PathLike) -> dict[str, Any]:
-    """A summary row rebuilt from a report JSON written earlier (for exams a re-run skips).
-
-    Raises:
-        ReadError: BAD_REPORT when the file is not a report JSON.
-    """
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-        row: dict[str, Any] = {
-            "exam_id": data["exam_id"],
-            "status": "ok",
-            "agatston": data["agatston"],
-            "category": data["category"],
-            "volume_mm3": data.get("volume_mm3"),
-            "mass_mg": data.get("mass_mg"),
-            "lesions": len(data.get("lesions", [])),
-        }
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ReadError(f"{path} is not a readable report JSON ({err})", code="BAD_REPORT", paths=[path]) from None
+def summary_row_from_result(data: Mapping[str, Any], *, report: str | os.PathLike | None = None,
+                            seconds: float | None = None) -> dict[str, Any]:
+    """The summary row of a scored exam's result dict (``report_dict`` with the command line's keys)."""
+    row: dict[str, Any] = {
+        "exam_id": data["exam_id"],
+        "status": "ok",
+        "agatston": data["agatston"],
+        "category": data["category"],
+        "volume_mm3": data.get("volume_mm3"),
+        "mass_mg": data.get("mass_mg"),
+        "lesions": len(data.get("lesions", [])),
+    }
     for artery, values in (data.get("per_artery") or {}).items():
         row[f"agatston_{artery}"] = values.get("agatston")
     spacing = data.get("spacing_mm") or [None, None, None]
@@ -610,9 +653,27 @@ def summary_row_from_report(path: str | os.PathLike) -> dict[str, Any]:
         series_uid=data.get("series_uid"),
         source=data.get("source"),
         warnings="; ".join(data.get("warnings") or []),
-        report=str(path),
+        seconds=None if seconds is None else round(float(seconds), 3),
+        agatax_version=data.get("agatax_version"),
+        device=data.get("device"),
+        weights=data.get("weights"),
+        report=None if report is None else str(report),
     )
-    return row
+    optional = ("seconds", "agatax_version", "device", "weights", "report")
+    return {key: value for key, value in row.items() if value is not None or key not in optional}
+
+
+def summary_row_from_report(path: str | os.PathLike) -> dict[str, Any]:
+    """A summary row rebuilt from a report JSON written earlier (for exams a re-run skips).
+
+    Raises:
+        ReadError: BAD_REPORT when the file is not a report JSON.
+    """
+    path = Path(path)
+    try:
+        return summary_row_from_result(json.loads(path.read_text()), report=path)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ReadError(f"{path} is not a readable report JSON ({err})", code="BAD_REPORT", paths=[path]) from None
 
 
 def write_summary_csv(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> Path:

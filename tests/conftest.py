@@ -22,7 +22,8 @@ settings.register_profile(
 settings.register_profile("thorough", parent=settings.get_profile("ci"), max_examples=500)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+# the shared data folder: $AGATAX_SHARED, else ../shared beside the checkout
+SHARED = Path(os.environ.get("AGATAX_SHARED") or Path(__file__).resolve().parents[1].parent / "shared")
 PHANTOM_DIR = SHARED / "data" / "qrm-phantom-canon"
 
 

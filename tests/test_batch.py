@@ -220,14 +220,60 @@ def test_progress_lines_when_not_a_terminal():
     assert lines[2].startswith("agatax: 3/3 exams (1 skipped), ") and " in all  [e2: ok]" in lines[2]
 
 
-def test_progress_on_a_terminal_redraws_one_line():
+def test_progress_on_a_terminal_is_a_bar_that_result_lines_never_garble():
     class Terminal(io.StringIO):
         def isatty(self):
             return True
 
     stream = Terminal()
-    run_batch(_tasks(2), read=lambda t: 1, score=lambda t, v: v, finish=_finish, progress=Progress(2, stream=stream))
+    progress = Progress(2, stream=stream)
+    run_batch(_tasks(2), read=lambda t: 1, score=lambda t, v: v, finish=_finish, progress=progress,
+              on_outcome=lambda o: progress.write(f"RESULT {o.task.exam_id}", file=stream))
     text = stream.getvalue()
-    assert text.startswith("\r0/2 exams, starting") and text.count("\r") == 3 and text.endswith("\n")
-    assert text.rstrip().endswith("[e1: ok]")  # shorter redraws are padded with spaces over the old text
-    assert "\r1/2 exams" in text and "\r2/2 exams" in text
+    pieces = [p.strip() for p in text.replace("\r", "\n").split("\n")]
+    assert "RESULT e0" in pieces and "RESULT e1" in pieces  # each result line stands alone
+    assert any(p.startswith("agatax: 100%") and "2/2" in p for p in pieces) and text.endswith("\n")
+
+
+def test_interrupt_stops_cleanly_writes_what_is_done_and_keeps_earlier_rows(tmp_path):
+    summary = tmp_path / "summary.csv"
+    summary.write_text("exam_id,status,agatston\nolder,ok,7.5\ne3,ok,3.0\ne4,ok,4.0\n")
+
+    def score(task, loaded):
+        if task.exam_id == "e2":
+            raise KeyboardInterrupt
+        return 1.0
+
+    kept = {"e3": {"exam_id": "e3", "status": "ok", "agatston": 3.0}}  # e4's report is gone: its row too
+    result = run_batch(_tasks(5), read=lambda t: time.sleep(0.05), score=score, finish=_finish, jobs=2,
+                       summary_path=summary, summary_rows=kept)
+    assert result.interrupted and [o.task.exam_id for o in result.outcomes] == ["e0", "e1"]
+    assert [(r["exam_id"], r["agatston"]) for r in _rows(summary)] == [
+        ("older", "7.5"), ("e0", "1.0"), ("e1", "1.0"), ("e3", "3.0")]
+    assert not [t for t in threading.enumerate() if t.name.startswith("agatax-")]
+
+
+def test_a_set_stop_event_starts_no_further_exam():
+    stop = threading.Event()
+
+    def score(task, loaded):
+        stop.set()
+        return 1.0
+
+    result = run_batch(_tasks(4), read=lambda t: 1, score=score, finish=_finish, stop=stop)
+    assert result.interrupted and [o.task.exam_id for o in result.outcomes] == ["e0"]
+
+
+def test_ids_of_different_sources_never_collide_and_keep_unicode_letters(tmp_path):
+    for folder in ("a/x/exam1", "b/x/exam1", "c/exam1", "Müller", "张伟", "李娜", "★"):
+        _series(tmp_path / folder)
+    listing = tmp_path / "list.txt"
+    listing.write_text("a/x/exam1\nb/x/exam1\nc/exam1\nMüller\n张伟\n李娜\n★\nc/exam1\n")
+    tasks, _ = discover_exams(["@" + str(listing)])
+    ids = [t.exam_id for t in tasks]
+    assert len(ids) == 7 and len({i.casefold() for i in ids}) == 7  # c/exam1 twice is one exam
+    assert ids[2] == "c_exam1" and ids[3:6] == ["Müller", "张伟", "李娜"]
+    assert ids[0].startswith("x_exam1_") and ids[1].startswith("x_exam1_")  # parents clash too: a hash
+    assert ids[6] != "exam" and ids[6]
+    again, _ = discover_exams(["@" + str(listing)])
+    assert [t.exam_id for t in again] == ids  # stable across runs

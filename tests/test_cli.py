@@ -46,7 +46,7 @@ def test_score_prints_totals_and_lesion_table(exam, capsys):
     out = capsys.readouterr().out
     assert f"Agatston:  {EXPECTED_AGATSTON:.1f}" in out and "(category C)" in out
     assert f"volume:    {EXPECTED_VOLUME:.1f} mm^3" in out
-    assert "lesions:   2" in out and "1.2.3.4.5" in out
+    assert "slice lesions: 2 " in out and "1.2.3.4.5" in out
 
 
 def test_score_json_to_stdout_parses(exam, capsys):
@@ -73,6 +73,7 @@ def test_json_file_and_score_exam_agree(exam, tmp_path, capsys):
     assert "Agatston" in capsys.readouterr().out
     saved = json.loads(out.read_text())
     assert saved["agatston"] == pytest.approx(16 * 0.25 * 2 * DZ / 3)  # the 2.25 mm^2 lesion is dropped
+    assert saved.pop("provenance")["options"]["min_area_mm2"] == 3.0
     assert saved == score_exam(exam / "dicom", exam / "mask.npy", min_area_mm2=3.0)
 
 
@@ -306,7 +307,7 @@ def test_example_writes_a_readable_series_with_its_truth(tmp_path, capsys):
     out = tmp_path / "example"
     assert main(["example", str(out), "--seed", "3", "--matrix", "128"]) == 0
     printed = capsys.readouterr().out
-    assert f"next:      agatax score {out} --report " in printed
+    assert f"next:      agatax score {out} --report {tmp_path / 'example-report'}\n" in printed
     truth = json.loads((out / "truth.json").read_text())["example_3"]
     volume = read_volume(out / "example_3")
     assert list(volume.shape) == truth["shape"] and volume.spacing == pytest.approx(truth["spacing_mm"])
@@ -358,3 +359,231 @@ def test_localisation_discards_calcium_outside_the_chest_region_unless_turned_of
     assert outs[False]["agatston"] < outs[True]["agatston"]
     assert outs[False]["chest_region"]["found"] is True and "lungs" in outs[False]["chest_region"]["note"]
     assert "chest_region" not in outs[True]
+
+
+# ------------------------------------------------------------------------ provenance, safety, interrupts
+
+
+def _mask_exam(root, name, *, value=250.0, uid=None):
+    """A 3-slice DICOM exam with one 4 x 4 lesion of ``value`` HU on slice 1, and its mask as .npy."""
+    hu = np.full((3, 12, 12), -50.0)
+    hu[1, 4:8, 4:8] = value
+    factory.write_series(root / name, hu, spacing=(DZ, DY, DX), thickness=DZ, series_uid=uid)
+    mask = np.zeros(hu.shape, np.uint8)
+    mask[1, 4:8, 4:8] = 1
+    np.save(root / f"{name}.npy", mask)
+    return root / name, root / f"{name}.npy"
+
+
+def _agatston(value):  # 16 pixels of 0.25 mm^2, density weight of ``value``, increment 2.5 mm
+    return 16 * 0.25 * (1 if value < 200 else 2 if value < 300 else 3 if value < 400 else 4) * DZ / 3
+
+
+def test_rerun_with_other_options_or_another_exam_is_scored_again(tmp_path, capsys):
+    exam, mask = _mask_exam(tmp_path, "exam1")
+    report = tmp_path / "report"
+    base = ["score", str(exam), "--mask", str(mask), "--report", str(report), "--no-png"]
+    assert main(base) == 0
+    assert main(base) == 0
+    assert "results kept from an earlier run" in capsys.readouterr().out
+    assert main(base + ["--calibration", "0.001"]) == 0
+    out = capsys.readouterr().out
+    assert "re-scored: --calibration changed" in out
+    saved = json.loads((report / "exam1.json").read_text())
+    assert saved["mass_mg"] == pytest.approx(0.001 * 16 * 250.0 * DZ * DY * DX)
+    assert saved["agatax_version"] and saved["device"] and saved["weights"] is None
+    # another exam with the same folder name, in another place: never the first one's result
+    other, other_mask = _mask_exam(tmp_path / "elsewhere", "exam1", value=450.0)
+    assert main(["score", str(other), "--mask", str(other_mask), "--report", str(report), "--no-png",
+                 "--json", "-"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["agatston"] == pytest.approx(_agatston(450.0)) and result["exam_id"].startswith("exam1_")
+    assert json.loads((report / "exam1.json").read_text())["agatston"] == pytest.approx(_agatston(250.0))
+    # the exam's files changed: scored again
+    hu = np.full((3, 12, 12), -50.0)
+    hu[1, 4:8, 4:8] = 350.0
+    for path in sorted(exam.iterdir()):
+        path.unlink()
+    factory.write_series(exam, hu, spacing=(DZ, DY, DX), thickness=DZ)
+    assert main(base + ["--calibration", "0.001"]) == 0
+    assert "re-scored: input files changed" in capsys.readouterr().out
+    assert json.loads((report / "exam1.json").read_text())["agatston"] == pytest.approx(_agatston(350.0))
+
+
+def test_same_folder_names_and_non_ascii_names_in_one_batch(cohort, tmp_path, capsys):
+    import shutil
+
+    for folder in ("a/case", "b/case", "张伟", "李娜"):
+        shutil.copytree(cohort / "exams" / "case0", tmp_path / folder)
+    listing = tmp_path / "list.txt"
+    listing.write_text("a/case\nb/case\n张伟\n李娜\n")
+    report = tmp_path / "report"
+    assert main(["score", "@" + str(listing), "--weights", str(cohort / "tiny.msgpack"), "--report", str(report),
+                 "--no-png", "--no-localise", "--quiet"]) == 0
+    capsys.readouterr()
+    rows = _rows(report / "summary.csv")
+    assert set(rows) == {"a_case", "b_case", "张伟", "李娜"}
+    assert {Path(r["source"]).name for r in rows.values()} == {"case", "张伟", "李娜"}
+    weights = json.loads((report / "张伟.json").read_text())["weights"]
+    assert weights.startswith("tiny.msgpack sha256:") and rows["李娜"]["weights"] == weights
+
+
+def test_outputs_and_options_are_refused_before_any_work(exam, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    (tmp_path / "folder").mkdir()
+    absent_weights = ["--weights", str(tmp_path / "absent.msgpack")]  # loading it would fail NOT_FOUND
+    for extra in (["--report", str(blocker / "sub")], ["--summary", str(tmp_path / "folder")],
+                  ["--json", str(tmp_path / "folder")], ["--json", str(blocker / "r.json")]):
+        assert main(["score", str(exam / "dicom")] + absent_weights + extra) == 2
+        _one_error_line(capsys, "OUTPUT_NOT_WRITABLE")
+    for option in (["--min-pixels", "0"], ["--min-pixels", "-2"], ["--min-area-mm2", "-1"], ["--calibration", "0"],
+                   ["--calibration", "-0.1"], ["--jobs", "-1"], ["--png-slices", "0"], ["--png-slices", "some"]):
+        assert main(["score", str(exam / "dicom")] + absent_weights + option) == 2
+        _one_error_line(capsys, "BAD_ARGUMENT")
+
+
+def test_a_second_batch_into_a_busy_report_folder_is_refused(exam, tmp_path, capsys):
+    report = tmp_path / "report"
+    report.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; from agatax._atomic import folder_lock\n"
+         f"with folder_lock({str(report)!r}):\n    print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["score", str(exam / "dicom"), "--mask", str(exam / "mask.npy"), "--report", str(report)]) == 2
+        _one_error_line(capsys, "REPORT_BUSY")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(["score", str(exam / "dicom"), "--mask", str(exam / "mask.npy"), "--report", str(report),
+                 "--no-png"]) == 0
+
+
+def test_png_slices_all(exam, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    assert main(["score", str(exam / "dicom"), "--mask", str(exam / "mask.npy"), "--report", str(tmp_path),
+                 "--png-slices", "1"]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "dicom.png").is_file()
+    assert "slice lesions: 2 " in out and "made by:   agatax " in out
+    lines = [line.split() for line in out.splitlines() if line.strip().startswith(("1 ", "3 "))]
+    # slice, instance number (the factory numbers slices 1.. up the z axis), z of the slice centre
+    assert [(int(l[0]), int(l[1]), float(l[2])) for l in lines] == [(1, 2, pytest.approx(100.0 + DZ)),
+                                                                   (3, 4, pytest.approx(100.0 + 3 * DZ))]
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _agatax(args, **kw):
+    import os
+
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.Popen([sys.executable, "-m", "agatax"] + args, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _wait_for(condition, proc, timeout=120.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def four_exams(cohort, tmp_path):
+    import shutil
+
+    for k in range(6):
+        shutil.copytree(cohort / "exams" / f"case{k % 2}", tmp_path / "exams" / f"e{k}")
+    return tmp_path / "exams"
+
+
+def _interrupt(args, when):
+    import signal
+
+    proc = _agatax(args)
+    _wait_for(lambda: when(), proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    return proc.returncode, out, err
+
+
+def test_ctrl_c_early_or_mid_batch_stops_cleanly_and_a_rerun_finishes(cohort, four_exams, tmp_path):
+    report = tmp_path / "report"
+    args = ["score", str(four_exams), "--weights", str(cohort / "tiny.msgpack"), "--report", str(report),
+            "--no-png", "--no-localise"]
+    lock = report / ".agatax.lock"
+    code, out, err = _interrupt(args, lambda: lock.is_file() and lock.read_text().strip())  # before any exam
+    assert code == 130 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]  # the exams may not all be found yet: "0 of ?"
+    assert last in [f"interrupted: 0 of {n} exams scored; re-run the same command to continue" for n in "6?"]
+    rows = lambda: _rows(report / "summary.csv") if (report / "summary.csv").is_file() else {}
+    code, out, err = _interrupt(args, lambda: len(rows()) >= 1)  # mid-batch
+    assert code == 130 and "Traceback" not in err, err
+    done = int(err.strip().splitlines()[-1].split()[1])
+    assert 1 <= done < 6 and len(rows()) == done
+    proc = _agatax(args)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    ids = [f"e{k}" for k in range(6)]
+    assert f"{done} kept from an earlier run" in err and set(rows()) == set(ids)
+    assert all(r["status"] == "ok" for r in rows().values())
+    # an interrupted --overwrite re-run keeps every exam's row in the summary, and leaves no temporary file
+    before = (report / "e0.json").stat().st_mtime_ns
+    code, out, err = _interrupt(args + ["--overwrite"], lambda: (report / "e0.json").is_file()
+                                and (report / "e0.json").stat().st_mtime_ns != before)
+    assert code == 130 and "Traceback" not in err, err
+    assert set(rows()) == set(ids) and all(r["status"] == "ok" for r in rows().values())
+    assert not [p for p in report.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_kill_mid_write_leaves_no_stale_marker_and_the_next_run_cleans_up(exam, tmp_path, capsys):
+    report = tmp_path / "report"
+    args = ["score", str(exam / "dicom"), "--mask", str(exam / "mask.npy"), "--report", str(report), "--no-png"]
+    assert main(args) == 0
+    capsys.readouterr()
+    old_mask = (report / "dicom_mask.nii.gz").read_bytes()
+    # an --overwrite re-run killed (SIGKILL) while the first report file is being written to disk
+    script = ("import os, signal\nos.fsync = lambda fd: os.kill(os.getpid(), signal.SIGKILL)\n"
+              f"from agatax.cli import main\nmain({args + ['--overwrite', '--calibration', '0.002']!r})\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env=dict(__import__("os").environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == -9
+    assert not (report / "dicom.json").exists()  # no complete-marker beside files of another run
+    assert (report / "dicom_mask.nii.gz").read_bytes() == old_mask  # never a partial mask
+    stale = [p.name for p in report.iterdir() if p.name.endswith(".tmp")]
+    assert len(stale) == 1 and stale[0].startswith(".dicom_mask.nii.gz.")
+    assert main(args) == 0  # not kept: the report was incomplete
+    assert "results kept from an earlier run" not in capsys.readouterr().out
+    assert not [p for p in report.iterdir() if p.name.endswith(".tmp")]
+    assert (report / "dicom.json").is_file()
+
+
+def test_example_commands_point_at_its_own_folders_and_foreign_files_are_refused(tmp_path, capsys):
+    cohort_dir = tmp_path / "cohort"
+    assert main(["example", str(cohort_dir), "--count", "2", "--matrix", "64", "--category", "any"]) == 0
+    printed = capsys.readouterr().out
+    assert f"agatax score {cohort_dir} --report {tmp_path / 'cohort-report'}\n" in printed
+    assert f"agatax evaluate {tmp_path / 'cohort-report'} {cohort_dir / 'manifest.csv'} --lesions" in printed
+    assert main(["example", str(cohort_dir), "--count", "2", "--matrix", "64", "--category", "any"]) == 0  # same
+    capsys.readouterr()
+    # a user's own files: refused, never deleted
+    mine = tmp_path / "mine"
+    (mine / "example_0").mkdir(parents=True)
+    (mine / "example_0" / "scan.dcm").write_bytes(b"my slice")
+    (mine / "manifest.csv").write_text("my,table\n")
+    assert main(["example", str(mine), "--matrix", "64"]) == 2
+    _one_error_line(capsys, "OUTPUT_EXISTS")
+    assert (mine / "example_0" / "scan.dcm").read_bytes() == b"my slice"
+    assert (mine / "manifest.csv").read_text() == "my,table\n"
+    # other arguments over an earlier example: refused too, allowed with --overwrite
+    assert main(["example", str(cohort_dir), "--seed", "1", "--matrix", "64"]) == 2
+    _one_error_line(capsys, "OUTPUT_EXISTS")
+    assert main(["example", str(mine), "--matrix", "64", "--overwrite"]) == 0
+    assert (mine / "example_0" / "scan.dcm").read_bytes() == b"my slice"  # replaced files only, none deleted

@@ -210,3 +210,89 @@ def test_outline_follows_pixel_edges():
         ((-0.5, 1.5), (0.5, 1.5)), ((-0.5, 0.5), (-0.5, 1.5)),
     }
     assert len(segs) == 8 and edges == expected
+
+
+def test_lesions_carry_instance_number_and_patient_z(tmp_path):
+    import dicom_factory as factory
+
+    volume, mask = _exam()
+    # instance numbers count down the z axis (as many scanners do) and file names are unrelated to z
+    factory.write_series(tmp_path / "dicom", volume.hu, spacing=(3.0, 0.5, 0.6), origin=(-10.0, -20.0, 100.0),
+                         instance_numbers=[5, 4, 3, 2, 1], names=["e", "b", "d", "a", "c"])
+    dicom = agatax.read_volume(tmp_path / "dicom")
+    data = agatax.report.report_dict(dicom, compute_scores(dicom.hu, mask, dicom.spacing))
+    got = sorted((d["slice"], d["instance_number"], d["z_mm"]) for d in data["lesions"])
+    assert got == [(1, 4, pytest.approx(103.0)), (3, 2, pytest.approx(109.0))]
+    nifti = agatax.report.report_dict(volume, compute_scores(volume.hu, mask, volume.spacing))
+    assert [d["instance_number"] for d in nifti["lesions"]] == [None, None]
+
+
+def test_report_files_never_write_through_symlinks(tmp_path):
+    volume, mask = _exam()
+    scores = compute_scores(volume.hu, mask, volume.spacing)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("exam_17_mask.nii.gz", "exam_17_lesions.csv", "exam_17.json", "exam_17.png"):
+        (outside / name).write_bytes(b"precious")
+        (out / name).symlink_to(outside / name)
+    write_report(out, volume, scores, mask)
+    assert all(p.read_bytes() == b"precious" for p in outside.iterdir())
+    assert not any(p.is_symlink() for p in out.iterdir())
+    np.testing.assert_array_equal(agatax.read_mask(out / "exam_17_mask.nii.gz", like=volume), mask)
+
+
+def test_a_failure_between_files_leaves_no_old_json_beside_new_files(tmp_path, monkeypatch):
+    volume, mask = _exam()
+    scores = compute_scores(volume.hu, mask, volume.spacing)
+    paths = write_report(tmp_path, volume, scores, mask, png=False)
+    old_mask = paths["mask"].read_bytes()
+    empty = np.zeros_like(mask)
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(agatax.report, "_write_csv", broken)
+    with pytest.raises(OSError):
+        write_report(tmp_path, volume, compute_scores(volume.hu, empty, volume.spacing), empty, png=False)
+    assert not paths["json"].exists()  # the old complete-marker went first
+    assert paths["mask"].read_bytes() != old_mask  # the new mask, whole
+    np.testing.assert_array_equal(agatax.read_mask(paths["mask"], like=volume), empty)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exam_17_lesions.csv", "exam_17_mask.nii.gz"]
+
+
+def test_png_shows_all_slices_on_request_and_says_how_many(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    titles, panels = [], []
+    real_suptitle, real_add = Figure.suptitle, Figure.add_subplot
+    monkeypatch.setattr(Figure, "suptitle", lambda self, text, **kw: titles.append(text) or real_suptitle(self, text, **kw))
+    monkeypatch.setattr(Figure, "add_subplot", lambda self, *a, **kw: panels.append(a) or real_add(self, *a, **kw))
+    volume, mask = _exam()
+    scores = compute_scores(volume.hu, mask, volume.spacing)  # calcium on slices 1 and 3
+    write_report(tmp_path, volume, scores, mask, max_slices=1)
+    assert len(panels) == 1 and "showing 1 of 2 calcium slices" in titles[-1] and "2 slice lesions" in titles[-1]
+    panels.clear()
+    write_report(tmp_path, volume, scores, mask, max_slices=None)
+    assert len(panels) == 2 and "showing all 2 calcium slices" in titles[-1]
+
+
+def test_readme_python_api_example_runs_verbatim(tmp_path, capsys):
+    """The README's "Python API" block, with only its two folder names replaced."""
+    import re
+    from pathlib import Path
+
+    from agatax.cli import main
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("### Python API"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert main(["example", str(tmp_path / "example"), "--matrix", "128"]) == 0
+    code = code.replace("/tmp/agatax-example", str(tmp_path / "example")).replace("/tmp/agatax-out", str(tmp_path / "out"))
+    exec(compile(code, "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "exams compared" in out or "category accuracy" in out
+    rows = list(csv.DictReader(open(tmp_path / "out" / "summary.csv")))
+    assert [r["exam_id"] for r in rows] == ["example_0"]
