@@ -254,6 +254,9 @@ def discover_exams(paths: Sequence[str | os.PathLike]) -> tuple[list[ExamTask], 
     batch = len(paths) > 1
     for entry in paths:
         text = os.fspath(entry)
+        if not text.strip() or text.strip() == "@":  # Path("") is the current folder: never scan it unasked
+            raise InputError(f"empty exam path {text!r}", code="BAD_PATH",
+                             hint="give an exam's DICOM folder or file, a NIfTI file, a folder of exams or @LIST")
         if text.startswith("@"):
             batch = True
             for path in _read_list(Path(text[1:]).expanduser()):

@@ -32,6 +32,7 @@ import numpy as np
 from agatax._atomic import atomic_write_bytes, atomic_write_text
 from agatax._atomic import remove_file as atomic_remove
 from agatax.errors import AgataxError, CheckpointError, InputError, ReadError
+from agatax.slabs import THIN_SLICES
 
 __all__ = ["main", "score_exam", "build_parser", "format_report", "select_device", "ExamScorer", "COMMANDS"]
 
@@ -40,7 +41,8 @@ EXIT_UNEXPECTED = 1
 EXIT_ERROR = 2
 EXIT_SOME_FAILED = 3
 
-_RELAXATIONS = ("allow_gaps", "allow_uneven", "allow_tilt", "allow_not_ct", "allow_qform_mismatch")
+_RELAXATIONS = ("allow_gaps", "allow_uneven", "allow_tilt", "allow_not_ct", "allow_qform_mismatch", "allow_small",
+                "allow_not_hu")
 #: Tube voltage the Agatston thresholds were defined at (kVp).
 REFERENCE_KVP = 120.0
 
@@ -214,11 +216,13 @@ class ExamScorer:
         calibration: mg / (HU mm^3) for the mass score.
         min_pixels, min_area_mm2: smallest lesion kept.
         localise: discard calcium outside the chest region between the lungs (``agatax.localise_chest``).
+        thin_slices: "slab" (default: thin-slice exams scored on 3 mm slabs, ``agatax.thick_slabs``) or
+            "native" (scored on the thin slices, increment / 3 mm factor).
         relaxations: ``read_volume`` relaxations (allow_gaps, ...).
     """
 
     def __init__(self, *, mask=None, ensemble=None, series=None, calibration=None, min_pixels=3,
-                 min_area_mm2=None, localise=True, about: dict[str, Any] | None = None,
+                 min_area_mm2=None, localise=True, about: dict[str, Any] | None = None, thin_slices: str = "slab",
                  **relaxations: bool) -> None:
         if mask is None and ensemble is None:
             raise InputError("ExamScorer needs a mask or an ensemble", code="BAD_ARGUMENT")
@@ -226,13 +230,16 @@ class ExamScorer:
         self.conventions = {"calibration": calibration, "min_pixels": min_pixels, "min_area_mm2": min_area_mm2}
         self.relaxations = {k: bool(v) for k, v in relaxations.items() if v}
         self.about = dict(about or {})  # device, weights: what made the results
+        if thin_slices not in THIN_SLICES:
+            raise InputError(f"thin_slices must be one of {THIN_SLICES}; got {thin_slices!r}", code="BAD_ARGUMENT")
+        self.thin_slices = thin_slices
 
     def options(self) -> dict[str, Any]:
         """The options that change an exam's numbers (part of its provenance)."""
         mask = None if self.mask is None else {"path": str(Path(self.mask).resolve()),
                                                 "files": files_fingerprint(self.mask)}
         return {**self.conventions, "series": self.series, "localise": self.localise and mask is None,
-                "mask": mask, "relaxations": sorted(self.relaxations)}
+                "mask": mask, "relaxations": sorted(self.relaxations), "thin_slices": self.thin_slices}
 
     def read(self, path):
         """Read the exam at ``path`` into a Volume, with the command line's warnings added."""
@@ -244,14 +251,23 @@ class ExamScorer:
 
     def score(self, volume) -> ScoredExam:
         """Segment (ensemble) or take the given mask, then score: the device part of an exam."""
+        from agatax.orientation import canonical_orientation
+        from agatax.slabs import thick_slabs
+
+        canonical_orientation(volume.affine, source=volume.source)  # NOT_AXIAL: never scored as if axial
+        slab = self.thin_slices == "slab"
         if self.mask is not None:
             from agatax.io import read_mask
             from agatax.scoring import compute_scores
 
             labels = read_mask(self.mask, like=volume)
+            if slab:
+                volume, labels = thick_slabs(volume, labels)
             return ScoredExam(volume, compute_scores(volume.hu, labels, volume.spacing, **self.conventions), labels)
         from agatax.pipeline import run_pipeline
 
+        if slab:
+            volume, _ = thick_slabs(volume)
         result = run_pipeline(self.ensemble, volume, localise=self.localise, **self.conventions)
         if result.chest is not None and not result.chest.found:
             volume = volume.replace(warnings=tuple(volume.warnings) + (f"chest localisation: {result.chest.note}",))
@@ -298,6 +314,7 @@ def score_exam(
     calibration: float | None = None,
     min_pixels: int = 3,
     min_area_mm2: float | None = None,
+    thin_slices: str = "slab",
     **relaxations: bool,
 ) -> dict[str, Any]:
     """Read one exam, find its calcium and score it; return the JSON-safe dict ``agatax score --json`` prints.
@@ -319,7 +336,7 @@ def score_exam(
         identity = weights_identity(weights)
     scorer = ExamScorer(mask=mask, ensemble=ensemble, series=series, calibration=calibration,
                         min_pixels=min_pixels, min_area_mm2=min_area_mm2,
-                        about={"device": device_name(), "weights": identity}, **relaxations)
+                        about={"device": device_name(), "weights": identity}, thin_slices=thin_slices, **relaxations)
     return scorer.result(scorer.score(scorer.read(path)))
 
 
@@ -453,6 +470,9 @@ def add_score_command(subparsers) -> None:
     p.add_argument("--calibration", type=float, default=None, help="mass calibration, mg / (HU * mm^3)")
     p.add_argument("--no-localise", action="store_true", help="keep calcium the networks find outside the chest "
                    "region between the lungs (by default it is discarded: bone, arms, the image border)")
+    p.add_argument("--thin-slices", choices=THIN_SLICES, default="slab",
+                   help="exams with slices under 2 mm: 'slab' (default) scores 3 mm slabs (the mean of 3 mm of slices), "
+                   "as a 3 mm reconstruction is scored clinically; 'native' scores the thin slices")
     for name in _RELAXATIONS:
         p.add_argument("--" + name.replace("_", "-"), action="store_true", help=f"read_volume({name}=True)")
     p.set_defaults(run=run_score)
@@ -569,11 +589,17 @@ def _sigint_stops(stop: threading.Event):
             stop.set()
             raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGINT, handler)
+    def unraisable(info):  # raised inside a finaliser or gc callback: stop is set, the batch stops anyway
+        if not isinstance(info.exc_value, KeyboardInterrupt):
+            previous_hook(info)
+
+    previous, previous_hook = signal.signal(signal.SIGINT, handler), sys.unraisablehook
+    sys.unraisablehook = unraisable
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+        sys.unraisablehook = previous_hook
 
 
 def run_score(args: argparse.Namespace) -> int:
@@ -583,6 +609,10 @@ def run_score(args: argparse.Namespace) -> int:
         code = _run_score(args, stop, counts)
     except KeyboardInterrupt:
         code = 130
+    except Exception:
+        if not stop.is_set():
+            raise
+        code = 130  # Ctrl-C inside an import or a native call surfaces as another exception
     if code == 130:
         total = "?" if counts["total"] is None else counts["total"]
         print(f"interrupted: {counts['scored']} of {total} exams scored; re-run the same command to continue",
@@ -646,6 +676,7 @@ def _run_score(args: argparse.Namespace, stop: threading.Event, counts: dict[str
             scorer = ExamScorer(mask=args.mask, ensemble=ensemble, series=args.series, calibration=args.calibration,
                                 min_pixels=args.min_pixels, min_area_mm2=args.min_area_mm2,
                                 localise=not args.no_localise, about={"device": device_name(device), "weights": weights},
+                                thin_slices=args.thin_slices,
                                 **{name: getattr(args, name) for name in _RELAXATIONS})
             return _score_tasks(args, stop, counts, tasks, is_batch, scorer, weights, report_dir, summary_path,
                                 png, png_slices)

@@ -66,13 +66,16 @@ def load_default_ensemble(path=None):
     return ensemble
 
 
-def score_exam(path_or_volume, ensemble=None, *, series=None, **conventions):
+def score_exam(path_or_volume, ensemble=None, *, series=None, thin_slices: str = "slab", **conventions):
     """Score one exam with the whole method: read -> pre-process -> ensemble -> post-process -> scores.
 
     Args:
         path_or_volume: a DICOM file or folder, a NIfTI file (str or os.PathLike), or a ``Volume``.
         ensemble: an ``Ensemble`` (default: ``load_default_ensemble()``).
         series: SeriesInstanceUID to pick when a folder holds several series.
+        thin_slices: "slab" (default): an exam with slices under 2 mm is scored on 3 mm slabs
+            (``agatax.thick_slabs``, the clinical convention); ``result.volume`` is then the slab exam, on
+            whose grid ``mask`` and ``votes`` lie. "native": scored on the thin slices.
         **conventions: scoring conventions passed on (``min_pixels``, ``min_area_mm2``, ``connectivity``,
             ``threshold_hu``, ``calibration``, ...).
     Returns:
@@ -99,6 +102,12 @@ def score_exam(path_or_volume, ensemble=None, *, series=None, **conventions):
             code="BAD_ARGUMENT",
             hint="wrap a bare HU array: agatax.Volume(hu, spacing=(dz, dy, dx))",
         )
+    if thin_slices not in ("slab", "native"):
+        raise InputError(f"thin_slices must be 'slab' or 'native'; got {thin_slices!r}", code="BAD_ARGUMENT")
+    if thin_slices == "slab":
+        from agatax.slabs import thick_slabs
+
+        volume, _ = thick_slabs(volume)
     if ensemble is None:
         ensemble = load_default_ensemble()
     return run_pipeline(ensemble, volume, **conventions)

@@ -226,6 +226,7 @@ class PipelineResult:
         scores: agatax Scores (host, float64, with the lesion table).
         spacing: (dz, dy, dx) mm used.
         chest: the ``ChestRegion`` used to discard calcium outside the chest (None with ``localise=False``).
+        volume: the Volume scored (None when arrays were given), on whose grid the mask lies.
     """
 
     mask: np.ndarray
@@ -233,6 +234,7 @@ class PipelineResult:
     scores: Any
     spacing: tuple[float, float, float]
     chest: Any = None
+    volume: Any = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe summary (scores, the vote histogram of calcium voxels, the chest region found)."""
@@ -269,4 +271,5 @@ def run_pipeline(
         np.asarray(hu), mask, spacing, calibration=calibration, min_pixels=min_pixels, min_area_mm2=min_area_mm2,
         connectivity=connectivity, threshold_hu=threshold_hu,
     )
-    return PipelineResult(mask=mask, votes=votes, scores=scores, spacing=spacing, chest=chest)
+    return PipelineResult(mask=mask, votes=votes, scores=scores, spacing=spacing, chest=chest,
+                          volume=volume if isinstance(volume, Volume) else None)

@@ -18,13 +18,15 @@ DZ, DY, DX = 2.5, 0.5, 0.5
 
 @pytest.fixture(scope="module")
 def exam(tmp_path_factory):
-    """A 5-slice series with two planted lesions, and their mask as .npy and NIfTI.
+    """An 8-slice series (soft tissue in air, the smallest exam the readers take) with two planted lesions,
+    and their mask as .npy and NIfTI.
 
     Slice 1: a 4 x 4 square at 250 HU (weight 2), slice 3: a 3 x 3 square peaking at 450 HU (weight 4).
     Agatston = (16 * 0.25 mm^2 * 2 + 9 * 0.25 mm^2 * 4) * 2.5 / 3 = 17 * 2.5 / 3.
     """
     root = tmp_path_factory.mktemp("exam")
-    hu = np.full((5, 16, 20), -50.0)
+    hu = np.full((8, 64, 64), -1000.0)
+    hu[:, 2:30, 2:40] = -50.0
     mask = np.zeros(hu.shape, np.uint8)
     hu[1, 4:8, 5:9] = 250.0
     mask[1, 4:8, 5:9] = 1
@@ -365,8 +367,10 @@ def test_localisation_discards_calcium_outside_the_chest_region_unless_turned_of
 
 
 def _mask_exam(root, name, *, value=250.0, uid=None):
-    """A 3-slice DICOM exam with one 4 x 4 lesion of ``value`` HU on slice 1, and its mask as .npy."""
-    hu = np.full((3, 12, 12), -50.0)
+    """An 8-slice DICOM exam (the smallest the readers take) with one 4 x 4 lesion of ``value`` HU on slice 1,
+    and its mask as .npy."""
+    hu = np.full((8, 64, 64), -1000.0)
+    hu[:, 2:30, 2:40] = -50.0
     hu[1, 4:8, 4:8] = value
     factory.write_series(root / name, hu, spacing=(DZ, DY, DX), thickness=DZ, series_uid=uid)
     mask = np.zeros(hu.shape, np.uint8)
@@ -400,7 +404,8 @@ def test_rerun_with_other_options_or_another_exam_is_scored_again(tmp_path, caps
     assert result["agatston"] == pytest.approx(_agatston(450.0)) and result["exam_id"].startswith("exam1_")
     assert json.loads((report / "exam1.json").read_text())["agatston"] == pytest.approx(_agatston(250.0))
     # the exam's files changed: scored again
-    hu = np.full((3, 12, 12), -50.0)
+    hu = np.full((8, 64, 64), -1000.0)
+    hu[:, 2:30, 2:40] = -50.0
     hu[1, 4:8, 4:8] = 350.0
     for path in sorted(exam.iterdir()):
         path.unlink()
@@ -477,12 +482,20 @@ def test_png_slices_all(exam, tmp_path, capsys):
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _agatax(args, **kw):
+def _agatax(args, *, seconds_per_exam=0.0, **kw):
+    """``agatax ARGS`` in a subprocess; ``seconds_per_exam`` slows each exam's scoring down, so that a test
+    can interrupt a batch in its middle however fast or loaded the machine is."""
     import os
 
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.Popen([sys.executable, "-m", "agatax"] + args, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kw)
+    command = [sys.executable, "-m", "agatax"] + args
+    if seconds_per_exam:
+        command = [sys.executable, "-c", (
+            "import sys, time\nfrom agatax import cli\nscore = cli.ExamScorer.score\n"
+            f"cli.ExamScorer.score = lambda self, v: (time.sleep({seconds_per_exam}), score(self, v))[1]\n"
+            f"sys.exit(cli.main({args!r}))\n")]
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            **kw)
 
 
 def _wait_for(condition, proc, timeout=120.0):
@@ -507,7 +520,7 @@ def four_exams(cohort, tmp_path):
 def _interrupt(args, when):
     import signal
 
-    proc = _agatax(args)
+    proc = _agatax(args, seconds_per_exam=1.0)
     _wait_for(lambda: when(), proc)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
@@ -587,3 +600,10 @@ def test_example_commands_point_at_its_own_folders_and_foreign_files_are_refused
     _one_error_line(capsys, "OUTPUT_EXISTS")
     assert main(["example", str(mine), "--matrix", "64", "--overwrite"]) == 0
     assert (mine / "example_0" / "scan.dcm").read_bytes() == b"my slice"  # replaced files only, none deleted
+
+
+@pytest.mark.parametrize("path", ["", "  ", "@"])
+def test_an_empty_exam_path_is_refused_not_the_current_folder_scanned(path, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # an empty path must not mean this folder
+    assert main(["score", path, "--no-png"]) == 2
+    assert "error [BAD_PATH]" in capsys.readouterr().err
