@@ -670,6 +670,10 @@ def _run_score(args: argparse.Namespace, stop: threading.Event, counts: dict[str
             raise InputError(f"--mask scores one exam; {len(tasks)} exams were given", code="MASK_WITH_BATCH",
                              hint="score the exams one by one with their masks, or drop --mask to run the networks")
         device = select_device(args.device)
+        if not args.mask:
+            from agatax import compile_cache
+
+            compile_cache.enable()  # a second run on an exam of this shape loads the compiled code
         with (contextlib.nullcontext() if device is None else _default_device(device)):
             ensemble = None if args.mask else load_weights(args.weights)
             weights = None if args.mask else weights_identity(args.weights)

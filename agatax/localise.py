@@ -183,8 +183,15 @@ def localise_chest(hu, spacing) -> ChestRegion:
         return ChestRegion(False, None, None, lung_cm3,
                            "lungs found but no mediastinum between them: calcium not restricted")
 
-    cells = [np.arange(n) // k for n, k in zip(hu.shape, f)]  # coarse cell of each fine index
-    region = region_c[np.ix_(*cells)]  # one bool allocation on the exam's grid
+    # back to the exam's grid: z and y by repetition (small arrays), x written block-wise into the one
+    # full-size array
+    nz, ny, nx = hu.shape
+    rows = np.repeat(np.repeat(region_c, f[0], axis=0)[:nz], f[1], axis=1)[:, :ny]
+    whole = nx // f[2]
+    region = np.empty((nz, ny, nx), bool)
+    region[:, :, : whole * f[2]].reshape(nz, ny, whole, f[2])[...] = rows[:, :, :whole, None]
+    if nx > whole * f[2]:
+        region[:, :, whole * f[2]:] = rows[:, :, whole: whole + 1]
     nz = [np.nonzero(region.any(axis=tuple(a for a in range(3) if a != ax)))[0] for ax in range(3)]
     box = tuple(slice(int(i[0]), int(i[-1]) + 1) for i in nz)
     frac = float(region.mean())

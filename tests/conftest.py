@@ -7,6 +7,9 @@ import jax
 import pytest
 from hypothesis import HealthCheck, settings
 
+# The command line's compilation cache goes to a scratch folder, not the user's ~/.cache.
+os.environ.setdefault("AGATAX_CACHE_DIR", os.path.join(__import__("tempfile").gettempdir(), "agatax-test-xla"))
+
 # Catch accidental broadcasting between arrays of different rank.
 jax.config.update("jax_numpy_rank_promotion", "raise")
 

@@ -1,0 +1,119 @@
+"""CPU speed under the protocol (benchmarks/protocol.py): agatax against the PyTorch peer, and the start.
+
+1. Inference: ``agatax.segment`` on a 56 x 512 x 512 exam at 3 x 0.4 x 0.4 mm (read nothing: the Volume is
+   in memory; pre-processing, five networks, post-processing, with and without the chest localisation)
+   against the paper's network in PyTorch eager, five members one after another, network only, on the
+   56 x 72 x 72 grid (benchmarks/torch_unet.py, weights of the shipped ensemble). Skipped without torch.
+2. Start: ``agatax score EXAM --json FILE`` as a new process (the compilation cache warm from an earlier
+   call) against the warm in-process ``agatax.score_exam`` of the same exam (the issue's target: at most 2x).
+
+    python benchmarks/bench_speed.py [--rounds 5] [--force] [--part inference|start|all]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from protocol import Session  # noqa: E402
+
+
+def exam(matrix=512):
+    import agatax
+    from agatax.synthetic import generate_exam
+
+    return generate_exam(0, target_category="C", matrix=matrix).volume
+
+
+def inference(args) -> None:
+    import jax
+
+    import agatax
+
+    volume = exam()
+    shipped = agatax.load_default_ensemble()
+    paper = agatax.init_ensemble(jax.random.key(0), agatax.UNetConfig(), members=5)  # 4 levels, 16 filters
+    try:
+        import torch
+
+        from torch_unet import from_flax
+    except ImportError:
+        torch = None
+        print("torch not installed: the PyTorch peer is skipped", file=sys.stderr)
+    variants, grid = {}, None
+    for label, ensemble in (("shipped 3 levels / 8 filters", shipped), ("paper 4 levels / 16 filters", paper)):
+        grid = agatax.grid_shape(volume.shape, volume.spacing, multiple=ensemble.config.multiple)
+        variants[f"agatax segment, {label}"] = (
+            lambda e=ensemble: jax.block_until_ready(agatax.segment(e, volume)))
+        variants[f"agatax segment no localise, {label}"] = (
+            lambda e=ensemble: jax.block_until_ready(agatax.segment(e, volume, localise=False)))
+        if torch is None:
+            continue
+        torch.set_num_threads(len(os.sched_getaffinity(0)))
+        nets = [from_flax(jax.tree.map(lambda v, k=k: np.asarray(v[k], np.float32), ensemble.variables),
+                          ensemble.config.levels, ensemble.config.base_filters) for k in range(ensemble.members)]
+        x = torch.from_numpy(np.asarray(agatax.preprocess(volume.hu, volume.spacing,
+                                                          multiple=ensemble.config.multiple)))[None, None]
+
+        def run_torch(nets=nets, x=x):
+            with torch.inference_mode():
+                votes = torch.zeros(x.shape[2:], dtype=torch.int32)
+                for net in nets:
+                    votes += (net(x)[0, 0] > 0).int()
+            return votes
+
+        variants[f"torch eager network only, {label}"] = run_torch
+    session = Session("inference, 56 x 512 x 512 exam, five members, CPU", force=args.force)
+    times = session.interleave(variants, rounds=args.rounds)
+    session.report(times, baseline="torch eager network only, paper 4 levels / 16 filters" if torch else None,
+                   shapes={"exam": volume.shape, "spacing_mm": volume.spacing, "network_grid": grid})
+
+
+def start(args) -> None:
+    import agatax
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "exam"
+        volume = exam()
+        agatax.write_dicom_series(folder, volume)
+        ensemble = agatax.load_default_ensemble()
+        read = agatax.read_volume(folder)
+        out = Path(tmp) / "out.json"
+        command = [sys.executable, "-m", "agatax", "score", str(folder), "--json", str(out), "--quiet"]
+        subprocess.run(command, check=True, capture_output=True)  # fills the compilation cache
+
+        def new_process():
+            subprocess.run(command, check=True, capture_output=True)
+
+        def warm_in_process():
+            agatax.score_exam(agatax.read_volume(folder), ensemble)
+
+        session = Session("start: a second agatax score against the warm in-process score_exam", force=args.force)
+        times = session.interleave({"agatax score (new process, cache warm)": new_process,
+                                    "score_exam in process (warm, read included)": warm_in_process},
+                                   rounds=args.rounds)
+        session.report(times, baseline="score_exam in process (warm, read included)",
+                       shapes={"exam": read.shape, "spacing_mm": read.spacing})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--force", action="store_true", help="measure on a busy machine (figures flagged BUSY)")
+    parser.add_argument("--part", choices=("inference", "start", "all"), default="all")
+    args = parser.parse_args()
+    if args.part in ("inference", "all"):
+        inference(args)
+    if args.part in ("start", "all"):
+        start(args)
+
+
+if __name__ == "__main__":
+    main()
