@@ -8,6 +8,8 @@ Data flows one way: files -> Volume -> chest localisation -> (preprocess -> ense
 __version__ = "0.1.0"
 
 import importlib
+import sys
+import types
 
 # module -> public names it provides (errors, the exam container, scoring core, I/O, networks and pipeline,
 # synthetic data, training and default weights, datasets, evaluation and reports)
@@ -33,6 +35,19 @@ _EXPORTS = {
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)
+
+
+class _Package(types.ModuleType):
+    """Names exported here that are also submodules (``preprocess``) stay the exported function when the
+    import system binds the loaded submodule onto the package."""
+
+    def __setattr__(self, name, value):
+        if name in _WHERE and isinstance(value, types.ModuleType) and _WHERE[name] == f"{__name__}.{name}":
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str):

@@ -47,33 +47,41 @@ def inference(args) -> None:
     except ImportError:
         torch = None
         print("torch not installed: the PyTorch peer is skipped", file=sys.stderr)
-    variants, grid = {}, None
     for label, ensemble in (("shipped 3 levels / 8 filters", shipped), ("paper 4 levels / 16 filters", paper)):
+        variants = {}
         grid = agatax.grid_shape(volume.shape, volume.spacing, multiple=ensemble.config.multiple)
         variants[f"agatax segment, {label}"] = (
             lambda e=ensemble: jax.block_until_ready(agatax.segment(e, volume)))
         variants[f"agatax segment no localise, {label}"] = (
             lambda e=ensemble: jax.block_until_ready(agatax.segment(e, volume, localise=False)))
-        if torch is None:
-            continue
-        torch.set_num_threads(len(os.sched_getaffinity(0)))
-        nets = [from_flax(jax.tree.map(lambda v, k=k: np.asarray(v[k], np.float32), ensemble.variables),
-                          ensemble.config.levels, ensemble.config.base_filters) for k in range(ensemble.members)]
-        x = torch.from_numpy(np.asarray(agatax.preprocess(volume.hu, volume.spacing,
-                                                          multiple=ensemble.config.multiple)))[None, None]
+        if torch is not None:
+            variants[f"torch eager network only, {label}"] = _torch_peer(torch, from_flax, ensemble, volume)
+        session = Session(f"inference, {label}, 56 x 512 x 512 exam, five members, CPU", force=args.force)
+        times = session.interleave(variants, rounds=args.rounds)
+        session.report(times, baseline=f"torch eager network only, {label}" if torch is not None else None,
+                       shapes={"exam": volume.shape, "spacing_mm": volume.spacing, "network_grid": grid})
 
-        def run_torch(nets=nets, x=x):
-            with torch.inference_mode():
-                votes = torch.zeros(x.shape[2:], dtype=torch.int32)
-                for net in nets:
-                    votes += (net(x)[0, 0] > 0).int()
-            return votes
 
-        variants[f"torch eager network only, {label}"] = run_torch
-    session = Session("inference, 56 x 512 x 512 exam, five members, CPU", force=args.force)
-    times = session.interleave(variants, rounds=args.rounds)
-    session.report(times, baseline="torch eager network only, paper 4 levels / 16 filters" if torch else None,
-                   shapes={"exam": volume.shape, "spacing_mm": volume.spacing, "network_grid": grid})
+def _torch_peer(torch, from_flax, ensemble, volume):
+    """The same five networks in PyTorch eager on the same network input: votes (z, y, x)."""
+    import jax
+
+    import agatax
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    nets = [from_flax(jax.tree.map(lambda v, k=k: np.asarray(v[k], np.float32), ensemble.variables),
+                      ensemble.config.levels, ensemble.config.base_filters) for k in range(ensemble.members)]
+    x = torch.from_numpy(np.asarray(agatax.preprocess(volume.hu, volume.spacing,
+                                                      multiple=ensemble.config.multiple)))[None, None]
+
+    def run_torch(nets=nets, x=x):
+        with torch.inference_mode():
+            votes = torch.zeros(x.shape[2:], dtype=torch.int32)
+            for net in nets:
+                votes += (net(x)[0, 0] > 0).int()
+        return votes
+
+    return run_torch
 
 
 def start(args) -> None:

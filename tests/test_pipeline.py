@@ -115,3 +115,19 @@ def test_aligned_exam_is_shared_with_the_cpu_device_not_copied():
     np.testing.assert_array_equal(np.asarray(on), hu)
     if jax.default_backend() == "cpu":
         assert on.unsafe_buffer_pointer() == hu.ctypes.data
+
+
+def test_exported_names_are_the_functions_even_where_a_submodule_shares_the_name():
+    import importlib
+    import subprocess
+    import sys
+
+    import agatax
+
+    importlib.import_module("agatax.pipeline")  # loads the submodule agatax.preprocess
+    assert callable(agatax.preprocess) and agatax.preprocess.__name__ == "preprocess"
+    for name in agatax.__all__:  # every public name resolves
+        assert getattr(agatax, name) is not None
+    out = subprocess.run([sys.executable, "-c", "import agatax.cli, sys; print('jax' in sys.modules)"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"  # the command line starts without JAX
