@@ -293,14 +293,14 @@ class ExamScorer:
         return out
 
     def write(self, directory, scored: ScoredExam, exam_id: str, *, png: bool = True, png_slices: int | None = 6,
-              extra: dict[str, Any] | None = None) -> tuple[dict, dict]:
-        """Write the exam's report files (``extra``: more JSON keys, e.g. the provenance); returns (the
-        JSON dict as written, the paths)."""
+              extra: dict[str, Any] | None = None, dicom: bool = False) -> tuple[dict, dict]:
+        """Write the exam's report files (``extra``: more JSON keys, e.g. the provenance; ``dicom``: the
+        DICOM Segmentation and SR too); returns (the JSON dict as written, the paths)."""
         from agatax.report import write_report
 
         paths = write_report(directory, scored.volume, scored.scores, scored.mask, votes=scored.votes,
                              members=scored.members, exam_id=exam_id, png=png, max_slices=png_slices,
-                             extra={**self._extras(scored), **(extra or {})})
+                             extra={**self._extras(scored), **(extra or {})}, dicom=dicom)
         return json.loads(Path(paths["json"]).read_text()), paths
 
 
@@ -455,6 +455,8 @@ def add_score_command(subparsers) -> None:
     p.add_argument("--report", metavar="DIR", help="write per exam <id>.json, <id>_lesions.csv, <id>_mask.nii.gz, "
                    "<id>.png, and DIR/summary.csv")
     p.add_argument("--no-png", action="store_true", help="with --report: skip the pictures (no matplotlib needed)")
+    p.add_argument("--dicom", action="store_true", help="with --report, DICOM exams only: also <id>_seg.dcm (DICOM "
+                   "Segmentation of the calcium) and <id>_sr.dcm (Comprehensive 3D SR of the scores), for PACS")
     p.add_argument("--summary", metavar="CSV", help="summary CSV path (default DIR/summary.csv with --report)")
     p.add_argument("--json", metavar="OUT", help="write results as JSON to OUT ('-' = stdout): one object for one "
                    "exam, a list of objects for a batch")
@@ -540,6 +542,8 @@ def _check_score_args(args: argparse.Namespace) -> None:
     if args.mask and args.weights:
         raise InputError("--mask and --weights exclude each other: a given mask needs no networks",
                          code="BAD_ARGUMENT")
+    if getattr(args, "dicom", False) and not args.report:
+        raise InputError("--dicom writes into the report folder: it needs --report DIR", code="BAD_ARGUMENT")
     if args.json_lines and not args.json:
         raise InputError("--json-lines needs --json OUT|-", code="BAD_ARGUMENT")
     if args.report and Path(args.report).exists() and not Path(args.report).is_dir():
@@ -660,12 +664,20 @@ def _run_score(args: argparse.Namespace, stop: threading.Event, counts: dict[str
         except AgataxError as err:
             raise AgataxError(err.message, code=err.code,
                               hint=f"{err.hint}, or pass --no-png to write the reports without pictures") from None
+    if getattr(args, "dicom", False):
+        from agatax.dicom_report import require_highdicom
+
+        require_highdicom()
     locked = report_dir if report_dir is not None else (summary_path.parent if summary_path is not None else None)
     with (folder_lock(locked) if locked is not None else contextlib.nullcontext()):
         for folder in {p for p in (report_dir, summary_path and summary_path.parent) if p is not None}:
             remove_stale_temps(folder)
         tasks, is_batch = batching.discover_exams(args.paths)
         counts["total"] = len(tasks)
+        if getattr(args, "dicom", False):
+            from agatax.dicom_report import check_dicom_input
+
+            check_dicom_input(task.path for task in tasks)  # NIfTI exams: refused before any work
         if args.mask and len(tasks) != 1:
             raise InputError(f"--mask scores one exam; {len(tasks)} exams were given", code="MASK_WITH_BATCH",
                              hint="score the exams one by one with their masks, or drop --mask to run the networks")
@@ -699,13 +711,14 @@ def _score_tasks(args, stop, counts, tasks, is_batch, scorer, weights, report_di
         provenance = renamed
         tasks = list(provenance)
     notes: dict[str, str] = {}
+    dicom = bool(getattr(args, "dicom", False))
     previous = batching.read_summary_rows(summary_path) if summary_path is not None else {}
     carried: dict[str, dict[str, Any]] = {}
 
     def existing(task):
         if report_dir is None:
             return None
-        paths = report_paths(report_dir, task.exam_id, png=png)
+        paths = report_paths(report_dir, task.exam_id, png=png, dicom=dicom)
         old = _read_json(paths["json"])
         if old is None:
             if paths["json"].exists():
@@ -727,7 +740,8 @@ def _score_tasks(args, stop, counts, tasks, is_batch, scorer, weights, report_di
     def finish(task, scored: ScoredExam, seconds: float):
         extra = {"provenance": provenance[task]}
         if report_dir is not None:
-            result, paths = scorer.write(report_dir, scored, task.exam_id, png=png, png_slices=png_slices, extra=extra)
+            result, paths = scorer.write(report_dir, scored, task.exam_id, png=png, png_slices=png_slices, extra=extra,
+                                         dicom=dicom)
         else:
             result, paths = {**scorer.result(scored, task.exam_id), **extra}, None
         return result, summary_row_from_result(result, report=paths and paths["json"], seconds=seconds)
