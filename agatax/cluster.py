@@ -11,8 +11,9 @@ Each worker process builds its scorer once (the ensemble loaded once) and compil
 run workers with one thread each (``dask worker ADDRESS --nthreads 1``), as JAX already uses the cores.
 A worker that dies mid-exam loses nothing: the scheduler runs its exam again on another worker (an exam
 whose workers die 3 times, Dask's ``distributed.scheduler.allowed-failures``, fails with WORKER_LOST), and
-finished exams are on disk already. Needs ``pip install "agatax[cluster]"`` (dask.distributed; add
-dask-jobqueue for SLURM, PBS or SGE).
+finished exams are on disk already. Ctrl-C stops the batch as locally and cancels the exams not started;
+an exam a worker is already scoring may still finish and write its report (a complete one: its JSON last).
+Needs ``pip install "agatax[cluster]"`` (dask.distributed; add dask-jobqueue for SLURM, PBS or SGE).
 """
 
 from __future__ import annotations

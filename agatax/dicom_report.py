@@ -10,7 +10,8 @@ Written with highdicom (``pip install "agatax[dicom]"``):
 - ``<id>_seg.dcm``: a DICOM Segmentation (binary) on the source slices, one segment per artery when the
   mask carries artery labels (1-4 = LM, LAD, LCX, RCA), else one "coronary calcium" segment; coded with
   SNOMED CT (category Morphologically abnormal structure, type Vascular calcification, anatomic region
-  the artery or Coronary artery). Slices without calcium are left out (highdicom's default).
+  the artery or Coronary artery). Slices without calcium are left out (highdicom's default), except in an
+  exam without any calcium, whose Segmentation keeps every (empty) frame.
 - ``<id>_sr.dcm``: a Comprehensive 3D SR holding a TID 1500 Measurement Report (procedure: Cardiac CT for
   calcium scoring): the exam's totals (Agatston score by the Agatston method, calcium volume, calcium mass
   when calibrated, risk category), one volumetric group per segment (per-artery totals) referencing its

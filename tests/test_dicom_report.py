@@ -224,3 +224,19 @@ def test_ensemble_calcium_is_one_automatic_segment_identifying_the_algorithm(tmp
     (whole,) = sr.content.get_volumetric_roi_measurement_groups()
     assert whole.referenced_segment.referenced_segment_numbers == [1]
     assert len(sr.content.get_planar_roi_measurement_groups()) == len(result["lesions"])
+
+
+def test_an_exam_without_calcium_gives_an_empty_segment_and_a_zero_score(exam, tmp_path, capsys):
+    np.save(tmp_path / "none.npy", np.zeros((8, 64, 64), np.uint8))
+    out = tmp_path / "report"
+    assert main(["score", str(exam / "dicom"), "--mask", str(tmp_path / "none.npy"), "--report", str(out), "--dicom",
+                 "--no-png", "--allow-small"]) == 0
+    capsys.readouterr()
+    volume, sources = _sources(exam / "dicom")
+    seg = hd.seg.segread(out / "dicom_seg.dcm")
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["coronary calcium"]
+    assert not _seg_labels(seg, sources, volume.shape).any() and int(seg.NumberOfFrames) == len(sources)
+    sr = hd.sr.srread(out / "dicom_sr.dcm")
+    (total,) = sr.content.get_image_measurement_groups()
+    assert _measure(total, "Calcium score") == 0.0 and sr.content.get_planar_roi_measurement_groups() == []
+    assert total.get_qualitative_evaluations()[0].value.meaning.startswith("Agatston category A ")
