@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence

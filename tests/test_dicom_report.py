@@ -1,7 +1,6 @@
 """DICOM outputs (--dicom): the Segmentation and the Comprehensive 3D SR read back with highdicom and pydicom."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pydicom
