@@ -496,6 +496,7 @@ def run_batch(
     progress: Progress | None = None,
     on_outcome: Callable[[ExamOutcome], None] | None = None,
     stop: threading.Event | None = None,
+    executor: Any = None,
 ) -> BatchResult:
     """Score ``tasks`` one after another on the calling thread, reading ahead and writing behind.
 
@@ -515,6 +516,12 @@ def run_batch(
         progress: shown after each exam.
         on_outcome: called with each outcome in input order, on the writer thread (printing, JSON lines).
         stop: when set (e.g. by a signal handler), no further exam is started.
+        executor: runs the exams elsewhere, e.g. on a Dask cluster (``agatax.cluster.DaskExecutor``):
+            ``executor.run(tasks, done, stop)`` reads, scores and finishes each task there (with the same
+            functions) and calls ``done(task, (result, row) or None, error or None, seconds)`` on this thread as
+            each finishes, in any order; ``read``, ``score`` and ``finish`` are then not called here. Everything
+            else (skipping, the summary, progress, ``on_outcome``, Ctrl-C) is as without it; outcomes are
+            recorded as they finish and returned in input order.
 
     Returns:
         BatchResult (outcomes in input order). A failure of one exam (any ``Exception`` while reading,
@@ -578,8 +585,24 @@ def run_batch(
             progress.begin()
         to_read = [task for task, kept in plan if kept is None]
         thread.start()
-        prefetch = _ReadAhead(to_read, read, jobs) if jobs > 0 and to_read else None
+        prefetch = _ReadAhead(to_read, read, jobs) if jobs > 0 and to_read and executor is None else None
         position = 0
+        if executor is not None:
+            for task, kept in plan:
+                if kept is not None:
+                    put(ExamOutcome(task, "skipped", result=kept[0], row=kept[1]))
+
+            def done(task: ExamTask, value: Any, error: BaseException | None, seconds: float) -> None:
+                if error is None:
+                    put(ExamOutcome(task, "ok", result=value[0], row=value[1], seconds=seconds))
+                else:
+                    put(ExamOutcome(task, "failed", error=error, row=_failure_row(task, error, seconds),
+                                    seconds=seconds))
+
+            executor.run(to_read, done, stop)
+            if stop.is_set():
+                raise KeyboardInterrupt
+            plan = []
         for task, kept in plan:
             if stop.is_set():
                 raise KeyboardInterrupt
@@ -618,4 +641,6 @@ def run_batch(
             progress.close()
     if writer_error:
         raise writer_error[0]
+    order = {task.exam_id: i for i, task in enumerate(tasks)}
+    outcomes.sort(key=lambda outcome: order.get(outcome.task.exam_id, len(order)))  # input order
     return BatchResult(outcomes, time.perf_counter() - started, interrupted)

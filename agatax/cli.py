@@ -227,6 +227,10 @@ class ExamScorer:
         if mask is None and ensemble is None:
             raise InputError("ExamScorer needs a mask or an ensemble", code="BAD_ARGUMENT")
         self.mask, self.ensemble, self.series, self.localise = mask, ensemble, series, bool(localise)
+        #: the keyword arguments (less ensemble and about) that rebuild this scorer elsewhere (a cluster's workers)
+        self.init_options = {"mask": mask, "series": series, "calibration": calibration, "min_pixels": min_pixels,
+                             "min_area_mm2": min_area_mm2, "localise": localise, "thin_slices": thin_slices,
+                             **relaxations}
         self.conventions = {"calibration": calibration, "min_pixels": min_pixels, "min_area_mm2": min_area_mm2}
         self.relaxations = {k: bool(v) for k, v in relaxations.items() if v}
         self.about = dict(about or {})  # device, weights: what made the results
@@ -293,14 +297,14 @@ class ExamScorer:
         return out
 
     def write(self, directory, scored: ScoredExam, exam_id: str, *, png: bool = True, png_slices: int | None = 6,
-              extra: dict[str, Any] | None = None) -> tuple[dict, dict]:
-        """Write the exam's report files (``extra``: more JSON keys, e.g. the provenance); returns (the
-        JSON dict as written, the paths)."""
+              extra: dict[str, Any] | None = None, dicom: bool = False) -> tuple[dict, dict]:
+        """Write the exam's report files (``extra``: more JSON keys, e.g. the provenance; ``dicom``: the
+        DICOM Segmentation and SR too); returns (the JSON dict as written, the paths)."""
         from agatax.report import write_report
 
         paths = write_report(directory, scored.volume, scored.scores, scored.mask, votes=scored.votes,
                              members=scored.members, exam_id=exam_id, png=png, max_slices=png_slices,
-                             extra={**self._extras(scored), **(extra or {})})
+                             extra={**self._extras(scored), **(extra or {})}, dicom=dicom)
         return json.loads(Path(paths["json"]).read_text()), paths
 
 
@@ -455,6 +459,8 @@ def add_score_command(subparsers) -> None:
     p.add_argument("--report", metavar="DIR", help="write per exam <id>.json, <id>_lesions.csv, <id>_mask.nii.gz, "
                    "<id>.png, and DIR/summary.csv")
     p.add_argument("--no-png", action="store_true", help="with --report: skip the pictures (no matplotlib needed)")
+    p.add_argument("--dicom", action="store_true", help="with --report, DICOM exams only: also <id>_seg.dcm (DICOM "
+                   "Segmentation of the calcium) and <id>_sr.dcm (Comprehensive 3D SR of the scores), for PACS")
     p.add_argument("--summary", metavar="CSV", help="summary CSV path (default DIR/summary.csv with --report)")
     p.add_argument("--json", metavar="OUT", help="write results as JSON to OUT ('-' = stdout): one object for one "
                    "exam, a list of objects for a batch")
@@ -464,6 +470,10 @@ def add_score_command(subparsers) -> None:
     p.add_argument("--png-slices", default="6", metavar="all|N", help="slices drawn in the report picture: the N "
                    "with most Agatston (default 6), or all")
     p.add_argument("--overwrite", action="store_true", help="with --report: score again exams whose results exist")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="score the exams on the Dask cluster at ADDRESS (e.g. "
+                   "tcp://node01:8786); its workers write the reports, so DIR and the exams must be on a shared disk")
+    p.add_argument("--workers", type=int, metavar="N", help="score the exams on a Dask cluster of N worker processes "
+                   "started on this machine")
     p.add_argument("--quiet", action="store_true", help="no progress line on stderr")
     p.add_argument("--min-area-mm2", type=float, default=None, help="smallest lesion area in mm^2 (e.g. 1.0)")
     p.add_argument("--min-pixels", type=int, default=3, help="smallest lesion in pixels (default 3)")
@@ -537,9 +547,15 @@ def _check_score_args(args: argparse.Namespace) -> None:
         if not ok or (isinstance(value, float) and not np.isfinite(value)):
             raise InputError(f"{name} must be {wanted}; got {value}", code="BAD_ARGUMENT")
     _png_slices(args.png_slices)
+    if getattr(args, "scheduler", None) is not None or getattr(args, "workers", None) is not None:
+        from agatax.cluster import check_cluster_args
+
+        check_cluster_args(args.scheduler, args.workers)
     if args.mask and args.weights:
         raise InputError("--mask and --weights exclude each other: a given mask needs no networks",
                          code="BAD_ARGUMENT")
+    if getattr(args, "dicom", False) and not args.report:
+        raise InputError("--dicom writes into the report folder: it needs --report DIR", code="BAD_ARGUMENT")
     if args.json_lines and not args.json:
         raise InputError("--json-lines needs --json OUT|-", code="BAD_ARGUMENT")
     if args.report and Path(args.report).exists() and not Path(args.report).is_dir():
@@ -660,12 +676,20 @@ def _run_score(args: argparse.Namespace, stop: threading.Event, counts: dict[str
         except AgataxError as err:
             raise AgataxError(err.message, code=err.code,
                               hint=f"{err.hint}, or pass --no-png to write the reports without pictures") from None
+    if getattr(args, "dicom", False):
+        from agatax.dicom_report import require_highdicom
+
+        require_highdicom()
     locked = report_dir if report_dir is not None else (summary_path.parent if summary_path is not None else None)
     with (folder_lock(locked) if locked is not None else contextlib.nullcontext()):
         for folder in {p for p in (report_dir, summary_path and summary_path.parent) if p is not None}:
             remove_stale_temps(folder)
         tasks, is_batch = batching.discover_exams(args.paths)
         counts["total"] = len(tasks)
+        if getattr(args, "dicom", False):
+            from agatax.dicom_report import check_dicom_input
+
+            check_dicom_input(task.path for task in tasks)  # NIfTI exams: refused before any work
         if args.mask and len(tasks) != 1:
             raise InputError(f"--mask scores one exam; {len(tasks)} exams were given", code="MASK_WITH_BATCH",
                              hint="score the exams one by one with their masks, or drop --mask to run the networks")
@@ -688,7 +712,7 @@ def _run_score(args: argparse.Namespace, stop: threading.Event, counts: dict[str
 
 def _score_tasks(args, stop, counts, tasks, is_batch, scorer, weights, report_dir, summary_path, png, png_slices):
     from agatax import batch as batching
-    from agatax.report import report_paths, summary_row_from_report, summary_row_from_result
+    from agatax.report import report_paths, summary_row_from_report
 
     provenance = {task: _provenance(task, scorer, weights) for task in tasks}
     if report_dir is not None:  # an id whose report holds another exam's results gets a hash of its source
@@ -703,13 +727,14 @@ def _score_tasks(args, stop, counts, tasks, is_batch, scorer, weights, report_di
         provenance = renamed
         tasks = list(provenance)
     notes: dict[str, str] = {}
+    dicom = bool(getattr(args, "dicom", False))
     previous = batching.read_summary_rows(summary_path) if summary_path is not None else {}
     carried: dict[str, dict[str, Any]] = {}
 
     def existing(task):
         if report_dir is None:
             return None
-        paths = report_paths(report_dir, task.exam_id, png=png)
+        paths = report_paths(report_dir, task.exam_id, png=png, dicom=dicom)
         old = _read_json(paths["json"])
         if old is None:
             if paths["json"].exists():
@@ -728,13 +753,15 @@ def _score_tasks(args, stop, counts, tasks, is_batch, scorer, weights, report_di
             return None
         return old, carried[task.exam_id]
 
+    from agatax.cluster import dask_executor
+    from agatax.exam_job import ExamJob
+
+    # the read / score / write functions of every batch: run here, or by a cluster's workers (only the executor differs)
+    job = ExamJob.from_scorer(scorer, weights_path=args.weights, weights=weights, device=args.device,
+                              report_dir=report_dir, png=png, png_slices=png_slices, dicom=dicom)
+
     def finish(task, scored: ScoredExam, seconds: float):
-        extra = {"provenance": provenance[task]}
-        if report_dir is not None:
-            result, paths = scorer.write(report_dir, scored, task.exam_id, png=png, png_slices=png_slices, extra=extra)
-        else:
-            result, paths = {**scorer.result(scored, task.exam_id), **extra}, None
-        return result, summary_row_from_result(result, report=paths and paths["json"], seconds=seconds)
+        return job.finish(task, scored, seconds, provenance[task])
 
     json_to_stdout = args.json == "-"
     sink = _JsonSink(args.json, lines=args.json_lines, batch=is_batch)
@@ -766,20 +793,25 @@ def _score_tasks(args, stop, counts, tasks, is_batch, scorer, weights, report_di
         progress.write(text)
 
     try:
-        outcome = batching.run_batch(
-            tasks,
-            read=lambda task: scorer.read(task.path),
-            score=lambda task, volume: scorer.score(volume),
-            finish=finish,
-            existing=existing,
-            summary_path=summary_path,
-            summary_rows=carried,
-            jobs=args.jobs,
-            progress=progress,
-            on_outcome=on_outcome,
-            stop=stop,
-        )
+        with dask_executor(job, provenance, scheduler=getattr(args, "scheduler", None),
+                           workers=getattr(args, "workers", None)) as executor:
+            outcome = batching.run_batch(
+                tasks,
+                read=job.read,
+                score=job.score,
+                finish=finish,
+                existing=existing,
+                summary_path=summary_path,
+                summary_rows=carried,
+                jobs=args.jobs,
+                progress=progress,
+                on_outcome=on_outcome,
+                stop=stop,
+                executor=executor,
+            )
     finally:
+        order = {task.exam_id: i for i, task in enumerate(tasks)}
+        sink.items.sort(key=lambda item: order.get(item.get("exam_id"), len(order)))  # input order, wherever scored
         sink.close()
     if outcome.interrupted:
         return 130

@@ -327,8 +327,10 @@ def _write_csv(path: Path, columns: Sequence[str], rows: Iterable[Mapping[str, A
     atomic_write_text(path, text.getvalue())
 
 
-def report_paths(directory: str | os.PathLike, exam_id: str, *, png: bool = True) -> dict[str, Path]:
-    """The files ``write_report`` writes for ``exam_id`` in ``directory``.
+def report_paths(directory: str | os.PathLike, exam_id: str, *, png: bool = True, dicom: bool = False
+                 ) -> dict[str, Path]:
+    """The files ``write_report`` writes for ``exam_id`` in ``directory`` (``dicom``: with the DICOM
+    Segmentation ``seg`` and structured report ``sr``, see ``agatax.dicom_report``).
 
     The JSON is written last, so ``report_paths(d, i)["json"].exists()`` means the report is complete
     (a batch can skip such exams on a re-run).
@@ -341,6 +343,10 @@ def report_paths(directory: str | os.PathLike, exam_id: str, *, png: bool = True
     }
     if png:
         paths["png"] = directory / f"{stem}.png"
+    if dicom:
+        from agatax.dicom_report import dicom_report_paths
+
+        paths.update(dicom_report_paths(directory, stem))
     return paths
 
 
@@ -359,6 +365,7 @@ def write_report(
     window: tuple[float, float] = CALCIUM_WINDOW,
     threshold_hu: float = 130.0,
     connectivity: int = 8,
+    dicom: bool = False,
 ) -> dict[str, Path]:
     """Write one exam's report files into ``directory`` (created if needed).
 
@@ -374,6 +381,8 @@ def write_report(
         extra: keys added to the JSON (provenance, ...).
         window: (level, width) HU display window.
         threshold_hu, connectivity: as used for ``scores`` (to find each lesion's pixels).
+        dicom: also the DICOM Segmentation and SR (``agatax.dicom_report``; a DICOM exam only), written
+            from the JSON's numbers before the JSON; without it those of an earlier run are removed.
 
     Returns:
         {"json": <id>.json, "csv": <id>_lesions.csv, "mask": <id>_mask.nii.gz, "png": <id>.png}
@@ -406,6 +415,14 @@ def write_report(
         )
     else:
         remove_file(report_paths(directory, exam_id)["png"])  # a picture of earlier results
+    if dicom:
+        from agatax.dicom_report import write_dicom_report
+
+        paths.update(write_dicom_report(directory, exam_id, volume, mask, summary))
+    else:
+        from agatax.dicom_report import remove_dicom_report
+
+        remove_dicom_report(directory, exam_id)  # DICOM objects of earlier results
     atomic_write_text(paths["json"], json.dumps(summary, indent=2) + "\n")
     return paths
 

@@ -33,7 +33,7 @@ def thick_slabs(volume: Volume, mask: np.ndarray | None = None, *, slab_mm: floa
             then applies as on any exam).
     Returns:
         (slab Volume: hu float32 (m, y, x) mean HU, spacing (n dz, dy, dx), thickness n dz, affine at the
-        slab centres, ``metadata["files"]`` the middle file of each slab, a warning saying what was done;
+        slab centres, ``metadata["files"]`` the middle file of each slab (``metadata["source_files"]`` all of them), a warning saying what was done;
         the slab mask or None).
     """
     dz = volume.spacing[0]
@@ -54,6 +54,7 @@ def thick_slabs(volume: Volume, mask: np.ndarray | None = None, *, slab_mm: floa
     files = metadata.get("files") or []
     if len(files) == nz:
         metadata["files"] = [files[start + k * n + n // 2] for k in range(m)]
+        metadata["source_files"] = list(files)  # the thin slices in z order (DICOM outputs reference them)
     metadata["thin_slices"] = {"increment_mm": dz, "slab_slices": n, "first_slice": start, "slabs": m}
     note = (f"thin slices ({dz:g} mm) scored on {m} slabs of {n} slices ({n * dz:g} mm, their mean), as a "
             f"3 mm reconstruction is scored clinically (--thin-slices native scores the thin slices)")
