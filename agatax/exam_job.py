@@ -84,6 +84,10 @@ class ExamJob:
                 from agatax.cli import ExamScorer, device_name, load_weights, select_device
 
                 device = select_device(self.device)
+                if not self.options.get("mask"):
+                    from agatax import compile_cache
+
+                    compile_cache.enable()  # workers load compiled code their predecessors made
                 with self._on(device):
                     ensemble = None if self.options.get("mask") else load_weights(self.weights_path)
                 scorer = ExamScorer(ensemble=ensemble, about={"device": device_name(device), "weights": self.weights},
