@@ -273,8 +273,11 @@ class ExamScorer:
         if slab:
             volume, _ = thick_slabs(volume)
         result = run_pipeline(self.ensemble, volume, localise=self.localise, **self.conventions)
+        notes = tuple(result.notes)
         if result.chest is not None and not result.chest.found:
-            volume = volume.replace(warnings=tuple(volume.warnings) + (f"chest localisation: {result.chest.note}",))
+            notes += (f"chest localisation: {result.chest.note}",)
+        if notes:
+            volume = volume.replace(warnings=tuple(volume.warnings) + notes)
         return ScoredExam(volume, result.scores, np.asarray(result.mask), np.asarray(result.votes),
                           self.ensemble.members, result.chest)
 

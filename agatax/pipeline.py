@@ -29,9 +29,11 @@ from agatax.orientation import Reorientation, canonical_orientation, restore_che
 from agatax.preprocess import _preprocess_kernel, _restore_kernel, grid_shape, network_grid_mm
 from agatax.volume import Volume
 
-__all__ = ["segment", "segment_and_score", "run_pipeline", "resolve_score_on", "PipelineResult", "SCORE_ON"]
+__all__ = ["segment", "segment_and_score", "run_pipeline", "resolve_score_on", "PipelineResult", "SCORE_ON",
+           "exclude_metal", "METAL_HU"]
 
 SCORE_ON = ("auto", "device", "host")
+METAL_HU = 2000.0  # HU at 120 kVp: above any coronary calcium, below saturated metal (3071)
 
 
 def _arrays(volume, spacing) -> tuple[Any, tuple[float, float, float]]:
@@ -227,6 +229,7 @@ class PipelineResult:
         spacing: (dz, dy, dx) mm used.
         chest: the ``ChestRegion`` used to discard calcium outside the chest (None with ``localise=False``).
         volume: the Volume scored (None when arrays were given), on whose grid the mask lies.
+        notes: what the pipeline left out and why (metal), for the report's warnings.
     """
 
     mask: np.ndarray
@@ -235,6 +238,7 @@ class PipelineResult:
     spacing: tuple[float, float, float]
     chest: Any = None
     volume: Any = None
+    notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe summary (scores, the vote histogram of calcium voxels, the chest region found)."""
@@ -256,20 +260,55 @@ def run_pipeline(
     connectivity: int = 8,
     threshold_hu: float = 130.0,
     localise: bool = True,
+    metal_hu: float | None = METAL_HU,
 ) -> PipelineResult:
     """Segment an exam and score it on the host with the exact lesion table (``agatax.compute_scores``).
 
     Arguments as :func:`segment`, plus the scoring conventions of ``agatax.compute_scores``
     (``calibration`` in mg / (HU mm^3) for the mass score). ``result.chest`` holds the chest region used.
+    ``metal_hu``: objects the networks mark that reach this HU are metal and left out (``exclude_metal``;
+    None keeps them); ``result.notes`` says what was left out.
     """
     out, hu, spacing, chest = _run(ensemble, volume, spacing, strategy=strategy, target_mm=target_mm,
                                    threshold_hu=threshold_hu, score=False, localise=localise)
     from agatax.scoring import compute_scores
 
     mask, votes = np.asarray(out["mask"]), np.asarray(out["votes"])
+    notes = ()
+    if metal_hu is not None:
+        mask, votes, notes = exclude_metal(np.asarray(hu), mask, votes, spacing, metal_hu=metal_hu)
     scores = compute_scores(
         np.asarray(hu), mask, spacing, calibration=calibration, min_pixels=min_pixels, min_area_mm2=min_area_mm2,
         connectivity=connectivity, threshold_hu=threshold_hu,
     )
     return PipelineResult(mask=mask, votes=votes, scores=scores, spacing=spacing, chest=chest,
-                          volume=volume if isinstance(volume, Volume) else None)
+                          volume=volume if isinstance(volume, Volume) else None, notes=notes)
+
+
+def exclude_metal(hu: np.ndarray, mask: np.ndarray, votes: np.ndarray, spacing, *, metal_hu: float = METAL_HU):
+    """Drop from the mask every 3D object (26-connected) that reaches ``metal_hu``: sternal wires, surgical
+    clips, pacemaker leads, stents. Coronary calcium stays far below it (peaks of 130-1500 HU at 120 kVp);
+    metal saturates near 3071 HU. Returns (mask, votes, notes): one note per exam naming what was left out.
+
+    Work is confined to the mask's bounding box, so it stays small on any exam size.
+    """
+    if not mask.any() or float(hu[mask].max()) < metal_hu:
+        return mask, votes, ()
+    from scipy import ndimage
+
+    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(mask))
+    lab, n = ndimage.label(mask[box], structure=np.ones((3, 3, 3), bool))
+    peaks = ndimage.maximum(hu[box], lab, index=np.arange(1, n + 1))
+    metal = np.flatnonzero(np.asarray(peaks) >= metal_hu) + 1
+    drop = np.isin(lab, metal)
+    mask, votes = mask.copy(), votes.copy()
+    mask[box][drop] = False
+    votes[box][drop] = 0
+    where = ndimage.center_of_mass(drop, lab, metal)
+    slices = sorted({int(round(c[0])) + box[0].start for c in where})
+    volume_mm3 = float(np.count_nonzero(drop)) * float(np.prod(spacing))
+    return mask, votes, (
+        f"metal: {len(metal)} object(s) reaching {metal_hu:g} HU or more (slices {', '.join(map(str, slices))}; "
+        f"{volume_mm3:.0f} mm^3; peak {float(np.max(peaks)):.0f} HU) left out of the score: wires, clips, leads "
+        "or stents, not calcium. If any is a coronary stent, the Agatston score of that exam is not "
+        "interpretable",)

@@ -133,6 +133,7 @@ def _segment_all(ensemble, volume, multiple):
 
 _LOGITS = {}
 LOCALISE = True  # discard calcium outside the chest region, as agatax.run_pipeline does by default
+METAL_HU = 2000.0  # agatax.pipeline.METAL_HU; None keeps metal (the evaluations before 2026-12-02)
 
 
 def _logits_fn(ensemble):
@@ -147,6 +148,7 @@ def _logits_fn(ensemble):
 def evaluate(ensemble, exams) -> dict:
     """Score every test exam with each member alone and with the majority vote of all members."""
     from agatax.evaluate import evaluate_masks
+    from agatax.pipeline import exclude_metal
     from agatax.scoring import c_index, category_accuracy, compute_scores, confusion_matrix
 
     multiple = ensemble.config.multiple  # as agatax.pipeline pads
@@ -162,6 +164,9 @@ def evaluate(ensemble, exams) -> dict:
         ref_cat.append(exam.category)
         t0 = time.perf_counter()
         singles, mask = _segment_all(ensemble, vol, multiple)
+        if METAL_HU is not None:  # as agatax.run_pipeline: objects reaching metal density are left out
+            mask = exclude_metal(vol.hu, mask, mask, vol.spacing, metal_hu=METAL_HU)[0]
+            singles = np.stack([exclude_metal(vol.hu, s, s, vol.spacing, metal_hu=METAL_HU)[0] for s in singles])
         res = compute_scores(vol.hu, mask, vol.spacing)
         t_exam.append(time.perf_counter() - t0)
         ens_score.append(res.agatston)

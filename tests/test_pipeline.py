@@ -131,3 +131,24 @@ def test_exported_names_are_the_functions_even_where_a_submodule_shares_the_name
     out = subprocess.run([sys.executable, "-c", "import agatax.cli, sys; print('jax' in sys.modules)"],
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"  # the command line starts without JAX
+
+
+def test_metal_objects_are_left_out_and_named():
+    from agatax.pipeline import exclude_metal
+
+    hu = np.full((6, 20, 20), 40.0, np.float32)
+    mask = np.zeros(hu.shape, bool)
+    hu[1:3, 2:5, 2:5], mask[1:3, 2:5, 2:5] = 450.0, True  # calcium
+    hu[3:5, 10:13, 10:13], mask[3:5, 10:13, 10:13] = 300.0, True  # a clip: its blooming ...
+    hu[4, 11, 11] = 3071.0  # ... around a saturated core
+    hu[2, 10, 10], mask[2, 10, 10] = 250.0, True  # touches the clip diagonally (26-connected): the same object
+    votes = mask.astype(np.uint8) * 4
+    out, out_votes, notes = exclude_metal(hu, mask, votes, (3.0, 0.5, 0.5), metal_hu=2000.0)
+    expected = np.zeros(hu.shape, bool)
+    expected[1:3, 2:5, 2:5] = True
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(out_votes, expected * 4)
+    assert mask.sum() == 18 + 18 + 1  # the input is not changed
+    assert len(notes) == 1 and "1 object" in notes[0] and "3071 HU" in notes[0]
+    same = exclude_metal(hu, expected, votes, (3.0, 0.5, 0.5), metal_hu=2000.0)
+    assert same[0] is expected and same[2] == ()
