@@ -447,8 +447,8 @@ def check_cohort(cohort: Cohort, *, slabs: bool = True, read_options: dict | Non
             loaded = load_exam(exam, slabs=slabs, read_options=read_options)
             pair = prepare_pairs([(loaded.volume, loaded.mask)])
         except AgataxError as err:
-            problem = CohortProblem(err.code, err.paths[0] if err.paths else str(exam.path),
-                                    f"exam {exam.exam_id}: {err.message}", exam.exam_id)
+            message = err.message if f"exam {exam.exam_id}" in err.message else f"exam {exam.exam_id}: {err.message}"
+            problem = CohortProblem(err.code, err.paths[0] if err.paths else str(exam.path), message, exam.exam_id)
             if exam.kind == "coca" and err.code in skip_codes:
                 left_out.append(problem)
             else:

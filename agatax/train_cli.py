@@ -327,7 +327,9 @@ def run_train(args: argparse.Namespace) -> int:
             scored = {"exams": 0}
             if result.val_exams:
                 scored = score_validation(result.ensemble, result.val_exams, slabs=slabs, read_options=read_options)
-                atomic_write_text(paths["validation"], json.dumps(scored, indent=1, allow_nan=True) + "\n")
+                from agatax.report import _json_safe
+
+                atomic_write_text(paths["validation"], json.dumps(_json_safe(scored), indent=1) + "\n")
     except KeyboardInterrupt:
         print(f"interrupted: checkpoints in {ckpt}; re-run the same command to continue", file=sys.stderr)
         return 130
