@@ -881,9 +881,13 @@ def train_ensemble(
                 from agatax.ensemble import member as ensemble_member
 
                 start = jax.device_get(ensemble_member(init, k % init.members))
-            step_cb = None if on_step is None else partial(on_step, k)
+            extra = {}  # only what is asked for, so that train_member's plain signature still serves
+            if start is not None:
+                extra["init_variables"] = start
+            if on_step is not None:
+                extra["on_step"] = partial(on_step, k)
             member = train_member(train_data, val_data, config, model_config, seed=seed, checkpoint_dir=sub,
-                                  log=log, history=hist, init_variables=start, on_step=step_cb)
+                                  log=log, history=hist, **extra)
             dice = [r["val_dice"] for r in hist if r.get("val_dice") is not None]
             if not dice or max(dice) > 0.0 or attempt == collapse_retries:
                 break
