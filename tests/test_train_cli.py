@@ -380,3 +380,19 @@ def test_python_call_lists_every_problem(manifest_cohort, tmp_path):
         train_cohort(m, init=None, log=None)
     assert info.value.code == "NOT_FOUND" and len(info.value.problems) == 2
     assert [p.exam_id for p in info.value.problems] == ["a", "no2"]
+
+
+def test_finetune_experiment_quick_mode_runs(tmp_path, capsys):
+    """experiments/finetune.py --quick: the fine-tuning experiment's plumbing (cohort on disk, agatax train
+    from a starting ensemble, both ensembles scored on the new domain's test exams)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "finetune.py"
+    spec = importlib.util.spec_from_file_location("finetune_experiment", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--quick", "--workdir", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["n_train"] == 3 and results["default"]["exams"] == results["fine-tuned"]["exams"] == 2
+    assert "| fine-tuned | 2 |" in capsys.readouterr().out
