@@ -396,3 +396,22 @@ def test_finetune_experiment_quick_mode_runs(tmp_path, capsys):
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["n_train"] == 3 and results["default"]["exams"] == results["fine-tuned"]["exams"] == 2
     assert "| fine-tuned | 2 |" in capsys.readouterr().out
+
+
+def test_thin_slice_exams_train_on_3_mm_slabs_volume_and_mask(exams, tmp_path):
+    from agatax.cohort import load_exam
+    from agatax.io import write_nifti
+    from agatax.volume import Volume
+
+    exam = exams[0]  # 16 slices of 3 mm made into 48 slices of 1 mm (each slice repeated)
+    hu = np.repeat(exam.volume.hu, 3, axis=0)
+    affine = exam.volume.affine.copy()
+    affine[:3, 0] /= 3.0
+    thin = Volume(hu, (1.0, *exam.volume.spacing[1:]), slice_thickness=1.0, affine=affine)
+    write_nifti(tmp_path / "t.nii.gz", thin)
+    write_nifti(tmp_path / "t_mask.nii.gz", np.repeat(exam.mask, 3, axis=0), like=thin)
+    loaded = load_exam(discover_cohort(tmp_path).exams[0])
+    assert loaded.volume.spacing[0] == pytest.approx(3.0) and loaded.volume.shape == exam.volume.shape
+    np.testing.assert_array_equal(loaded.mask, exam.mask)
+    native = load_exam(discover_cohort(tmp_path).exams[0], slabs=False)
+    assert native.volume.shape[0] == 48
