@@ -3,6 +3,7 @@
     agatax score PATH... [--report DIR] [--json OUT|-] [--weights FILE] [--mask MASK] [--device cpu|gpu|auto]
     agatax evaluate PRED REF [--plot DIR] [--json OUT|-] [--lesions]
     agatax example DIR [--seed N] [--matrix 512] [--count 1]
+    agatax train DATA... --out ENSEMBLE.msgpack [--members 5] [--steps N] [--init default|none|FILE] ...
 
 Exit status: 0 success; 2 refused input or options (one line ``error [CODE]: message (hint: ...)`` on
 stderr; ``--debug`` shows the traceback instead); 3 a batch finished but some of its exams failed (each
@@ -1067,7 +1068,10 @@ def run_example(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------- main
 
 
-COMMANDS: list[Callable[[Any], None]] = [add_score_command, add_evaluate_command, add_example_command]
+from agatax.train_cli import add_train_command  # noqa: E402  (agatax train: its own module)
+
+COMMANDS: list[Callable[[Any], None]] = [add_score_command, add_evaluate_command, add_example_command,
+                                         add_train_command]
 
 
 def _add_debug(parser: argparse.ArgumentParser) -> None:

@@ -604,7 +604,17 @@ def _data_fingerprint(packed: dict) -> str:
     return h.hexdigest()
 
 
-def _fingerprint(config, model_config, seed, train_fp, val_fp) -> str:
+def _variables_fingerprint(variables) -> str:
+    h = hashlib.sha1()
+    for path, leaf in jax.tree_util.tree_leaves_with_path(variables):
+        a = np.asarray(leaf, np.float32)
+        h.update(jax.tree_util.keystr(path).encode())
+        h.update(str(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _fingerprint(config, model_config, seed, train_fp, val_fp, init_fp=None) -> str:
     doc = {
         "train": config.fingerprint_dict(),
         "model": repr(model_config),
@@ -612,6 +622,8 @@ def _fingerprint(config, model_config, seed, train_fp, val_fp) -> str:
         "train_data": train_fp,
         "val_data": val_fp,
     }
+    if init_fp is not None:  # fine-tuning: the starting weights belong to the run
+        doc["init"] = init_fp
     return hashlib.sha1(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
@@ -713,6 +725,8 @@ def train_member(
     *,
     log: Callable[[str], None] | None = print,
     history: list | None = None,
+    init_variables: dict | None = None,
+    on_step: Callable[[int, dict], None] | None = None,
 ) -> dict:
     """Train one U-Net; return the variables {"params", "batch_stats"} of the best validation epoch.
 
@@ -727,6 +741,11 @@ def train_member(
         log: print-like callable for progress lines (None: silent).
         history: optional list that receives one dict per validation {"step", "loss", "val_dice",
             "seconds_per_step"}.
+        init_variables: {"params", "batch_stats"} to start from (fine-tuning) instead of a fresh
+            initialisation; the seed then keys the data stream only. Part of the checkpoint's identity.
+        on_step: called after every step (also those a resume skips, once, with the resumed step) as
+            on_step(step, info): info holds "loss" when it was read at this step (every ``log_every``
+            steps and at validations), and "val_dice" / "best_dice" at validations.
     Returns:
         variables dict (host numpy leaves) of the best validation epoch.
     """
@@ -741,9 +760,19 @@ def train_member(
     packed = _pack(train_data, config.patch_zyx)
     val_packed = _pack(val_data, (1, 1, 1), multiple) if val_data is not None and len(val_data) else None
     fp = _fingerprint(config, model_config, seed, _data_fingerprint(packed),
-                      _data_fingerprint(val_packed) if val_packed is not None else None)
+                      _data_fingerprint(val_packed) if val_packed is not None else None,
+                      None if init_variables is None else _variables_fingerprint(init_variables))
 
     state = init_state(model_config, config, seed)
+    if init_variables is not None:
+        template = {"params": state.params, "batch_stats": state.batch_stats}
+        if jax.tree.structure(template) != jax.tree.structure(dict(init_variables)) or any(
+                np.shape(a) != np.shape(b) for a, b in zip(jax.tree.leaves(template), jax.tree.leaves(dict(init_variables)))):
+            raise InputError("init_variables do not match the UNetConfig being trained", code="CONFIG_MISMATCH",
+                             hint="train with the configuration of the ensemble you start from")
+        start_vars = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), dict(init_variables))
+        state = state.replace(params=start_vars["params"], batch_stats=start_vars["batch_stats"],
+                              opt_state=state.tx.init(start_vars["params"]))
     best = {"variables": {"params": state.params, "batch_stats": state.batch_stats},
             "dice": -1.0, "step": 0}
     records: list = []
@@ -757,6 +786,8 @@ def train_member(
     predict = _make_predict(_model(model_config))
     ckpt_every = config.checkpoint_every or config.eval_every
     start = int(state.step)
+    if on_step is not None and start:
+        on_step(start, {"resumed": True, "best_dice": best["dice"]})
     t_last, s_last = time.perf_counter(), start
     loss_sum, loss_n = 0.0, 0
     for step in range(start + 1, config.steps + 1):
@@ -786,6 +817,11 @@ def train_member(
             log(f"step {step}/{config.steps} loss {loss_v:.4f} {per_step * 1e3:.0f} ms/step")
         if ckpt is not None and (step % ckpt_every == 0 or last):
             _save_checkpoint(ckpt, state, best, records, fp)
+        if on_step is not None:
+            info = {"loss": loss_v} if want_log or want_eval else {}
+            if want_eval:
+                info.update(val_dice=dice if val_packed else None, best_dice=best["dice"])
+            on_step(step, info)
     if history is not None:
         history.extend(records)
     return jax.device_get(best["variables"])
@@ -806,6 +842,8 @@ def train_ensemble(
     log: Callable[[str], None] | None = print,
     histories: list | None = None,
     collapse_retries: int = 2,
+    init=None,
+    on_step: Callable[[int, int, dict], None] | None = None,
 ):
     """Train ``members`` networks on the same data with different seeds and stack them into an Ensemble.
 
@@ -816,6 +854,9 @@ def train_ensemble(
         histories: optional list receiving one history list per member (the kept run's).
         collapse_retries: a member whose validation Dice is 0 at every check (it learned to call nothing
             calcium) is trained again from seed + 7919 * n, up to this many times; the last run is kept.
+        init: an ``Ensemble`` to fine-tune: member k starts from its member k modulo its size (its
+            UNetConfig must be ``model_config``'s); None: fresh networks.
+        on_step: on_step(member index, step, info) after every step (see ``train_member``).
     Returns:
         ``agatax.ensemble.Ensemble`` (members stacked on the leading axis).
     """
@@ -835,8 +876,18 @@ def train_ensemble(
             sub = None
             if checkpoint_dir is not None:
                 sub = Path(checkpoint_dir) / (f"member{k}" + (f"_retry{attempt}" if attempt else ""))
+            start = None
+            if init is not None:
+                from agatax.ensemble import member as ensemble_member
+
+                start = jax.device_get(ensemble_member(init, k % init.members))
+            extra = {}  # only what is asked for, so that train_member's plain signature still serves
+            if start is not None:
+                extra["init_variables"] = start
+            if on_step is not None:
+                extra["on_step"] = partial(on_step, k)
             member = train_member(train_data, val_data, config, model_config, seed=seed, checkpoint_dir=sub,
-                                  log=log, history=hist)
+                                  log=log, history=hist, **extra)
             dice = [r["val_dice"] for r in hist if r.get("val_dice") is not None]
             if not dice or max(dice) > 0.0 or attempt == collapse_retries:
                 break

@@ -40,7 +40,8 @@ import jax  # noqa: E402
 
 from agatax.ensemble import load_ensemble, save_ensemble  # noqa: E402
 from agatax.model import UNetConfig  # noqa: E402
-from agatax.train import TrainConfig, TrainingSet, prepare_pairs, train_ensemble  # noqa: E402
+from agatax.cohort import train_cohort  # noqa: E402
+from agatax.train import TrainConfig, TrainingSet, prepare_pairs  # noqa: E402
 
 PRESET_SIZES = {"J1": 100, "J2": 322, "AD": 361, "J3": 98}
 # The paper's final ensemble (trained on J1+J2+AD, tested on J3, 98 real exams); the per-set rows of its
@@ -97,11 +98,11 @@ def cohort_pairs(name: str, n: int, seed: int, gen_kwargs: dict, workdir: Path, 
 
 
 def split_validation(data: TrainingSet, n_val: int, seed: int) -> tuple[TrainingSet, TrainingSet]:
-    """Hold out ``n_val`` exams (a fixed random choice) as the validation set."""
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(data))
-    val = sorted(order[:n_val].tolist())
-    train = sorted(order[n_val:].tolist())
+    """Hold out ``n_val`` exams (a fixed random choice) as the validation set (the draw of
+    ``agatax.cohort.train_cohort``)."""
+    from agatax.cohort import split_validation as split
+
+    train, val = split(len(data), int(n_val), seed)
     return data.subset(train), data.subset(val)
 
 
@@ -296,7 +297,7 @@ def main(argv=None) -> int:
         for name in s.split("+")[1:]:
             data = data + pairs[name]
         n_val = min(args.val, max(2, len(data) // 5))
-        train, val = split_validation(data, n_val, args.seed)
+        train, val = split_validation(data, n_val, args.seed)  # the split train_cohort draws below
         ens_path = workdir / f"ensemble_{s.replace('+', '_')}.msgpack"
         t0 = time.perf_counter()
         if ens_path.exists():
@@ -306,10 +307,11 @@ def main(argv=None) -> int:
         else:
             histories: list = []
             log(f"{s}: training {args.members} networks on {len(train)} exams, validating on {len(val)}")
-            ensemble = train_ensemble(train, val, config, model_config, members=args.members,
-                                      seeds=[args.seed * 100 + k for k in range(args.members)],
-                                      checkpoint_dir=workdir / f"ckpt_{s.replace('+', '_')}", log=log,
-                                      histories=histories)
+            trained = train_cohort(data, members=args.members, config=config, model_config=model_config,
+                                   init=None, validation=n_val, seed=args.seed,
+                                   seeds=[args.seed * 100 + k for k in range(args.members)],
+                                   checkpoint_dir=workdir / f"ckpt_{s.replace('+', '_')}", log=log)
+            ensemble, histories = trained.ensemble, trained.histories
             train_s = time.perf_counter() - t0
             save_ensemble(ens_path, ensemble)
             results["sets"].setdefault(s, {})["best_val_dice"] = [

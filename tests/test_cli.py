@@ -100,7 +100,7 @@ def test_python_dash_m_help_lists_the_commands():
     proc = subprocess.run([sys.executable, "-m", "agatax", "--help"], capture_output=True, text=True, cwd=root,
                           timeout=120)
     assert proc.returncode == 0
-    assert all(name in proc.stdout for name in ("score", "evaluate", "example"))
+    assert all(name in proc.stdout for name in ("score", "evaluate", "example", "train"))
 
 
 def test_score_a_nifti_exam(exam, tmp_path, capsys):

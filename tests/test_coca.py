@@ -90,8 +90,9 @@ def _expected_mask():
     return mask
 
 
-def _write_series(folder, hu):
-    """CT Image Storage files, one per slice; file names and instance numbers run against position."""
+def _write_series(folder, hu, *, ascending=False, same_z=False):
+    """CT Image Storage files, one per slice; file names and instance numbers run against position
+    (``ascending``: with position); ``same_z``: every slice at one position (zero z-spacing)."""
     folder.mkdir(parents=True)
     study, series = generate_uid(), generate_uid()
     for k in range(hu.shape[0]):
@@ -108,8 +109,8 @@ def _write_series(folder, hu):
         ds.StudyInstanceUID = study
         ds.SeriesInstanceUID = series
         ds.SeriesNumber = 1
-        ds.InstanceNumber = hu.shape[0] - k
-        ds.ImagePositionPatient = [ORIGIN_X, ORIGIN_Y, Z0 + k * DZ]
+        ds.InstanceNumber = k + 1 if ascending else hu.shape[0] - k
+        ds.ImagePositionPatient = [ORIGIN_X, ORIGIN_Y, Z0 + (0 if same_z else k) * DZ]
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
         ds.PixelSpacing = [DXY, DXY]
         ds.SliceThickness = DZ
@@ -123,7 +124,7 @@ def _write_series(folder, hu):
         ds.RescaleSlope = 1
         ds.RescaleIntercept = -1024
         ds.PixelData = (hu[k] + 1024).astype("<i2").tobytes()
-        ds.save_as(folder / f"IM{hu.shape[0] - k:04d}.dcm", enforce_file_format=True)
+        ds.save_as(folder / f"IM{ds.InstanceNumber:04d}.dcm", enforce_file_format=True)
 
 
 @pytest.fixture
@@ -352,3 +353,101 @@ def test_outline_pixels_disagreeing_with_patient_mm_are_flagged(tmp_path, volume
     path.write_bytes(_plist([{"ImageIndex": 0, "ROIs": [roi]}]))
     _, _, warnings = coca_mask(volume, parse_calcium_xml(path))
     assert len(warnings) == 1 and "5.0 pixels" in warnings[0]
+
+
+# ----------------------------------------------------------------------- facts of the real release
+
+
+def _empty_roi(name="Right Coronary Artery"):
+    return {"Name": name, "NumberOfPoints": 0, "Point_px": [], "Point_mm": [], "Area": 0.0, "Mean": 0.0}
+
+
+def test_empty_placeholder_rois_are_skipped_and_counted(tmp_path, volume):
+    images = _xml_images()
+    images[0]["ROIs"].insert(0, _empty_roi())
+    images.append({"ImageIndex": 2, "NumberOfROIs": 2, "ROIs": [_empty_roi("Ramus Whatever"), _empty_roi("")]})
+    root = _release(tmp_path, volume_ids=("1",), xml_ids=())
+    (root / "calcium_xml" / "1.xml").write_bytes(_plist(images))
+    (root / "patient" / "1" / "series_a" / "x.dcm").write_bytes(b"placeholder")
+    rois = parse_calcium_xml(root / "calcium_xml" / "1.xml")  # no BAD_ANNOTATION, no UNKNOWN_ARTERY
+    assert [r.artery for r in rois] == ["LAD", "RCA"]
+    exam = CocaDataset(root, reader=lambda path, **o: volume).load("1")
+    np.testing.assert_array_equal(exam.mask, _expected_mask())
+    assert exam.empty_rois == 3 and "3 empty placeholder ROIs (no points) skipped" in exam.warnings[0]
+
+
+def test_an_roi_with_points_but_no_outline_is_still_refused(tmp_path):
+    images = _xml_images()
+    images[0]["ROIs"][0]["Point_px"] = []
+    images[0]["ROIs"][0]["NumberOfPoints"] = 4
+    path = tmp_path / "1.xml"
+    path.write_bytes(_plist(images))
+    with pytest.raises(ReadError) as info:
+        parse_calcium_xml(path)
+    assert info.value.code == "BAD_ANNOTATION"
+
+
+def test_reversed_image_index_of_the_release_is_placed_by_z(tmp_path):
+    """The release's ImageIndex i is slice N-1-i in ascending InstanceNumber order. With instance numbers
+    rising with z, that is z index N-1-i: the convention runs against the array, and matching by z (not by
+    ImageIndex) puts every ROI on its own slice."""
+    root = _release(tmp_path, volume_ids=(), xml_ids=())
+    _write_series(root / "patient" / "7" / "CT", _hu(), ascending=True)
+    images = [{"ImageIndex": NZ - 1 - 2, "ROIs": [_roi("Left Anterior Descending Artery", LAD_OUTLINE, 2)]},
+              {"ImageIndex": NZ - 1 - 0, "ROIs": [_roi("Right Coronary Artery", RCA_OUTLINE, 0)]}]
+    (root / "calcium_xml" / "7.xml").write_bytes(_plist(images))
+    exam = CocaDataset(root, allow_small=True, allow_not_hu=True).load("7")
+    files = exam.volume.metadata["files"]
+    instance = [int(pydicom.dcmread(f, stop_before_pixels=True).InstanceNumber) for f in files]
+    assert instance == [1, 2, 3, 4]  # ascending InstanceNumber is ascending z here
+    for roi in exam.rois:  # ImageIndex i <-> slice N-1-i in ascending InstanceNumber order
+        ascending = sorted(range(NZ), key=lambda k: instance[k])
+        assert roi.slice == ascending[NZ - 1 - roi.image_index]
+        assert roi.slice != roi.image_index  # trusting ImageIndex would put the LAD on slice 1
+    assert [r.slice for r in exam.rois] == [2, 0]
+    np.testing.assert_array_equal(exam.mask, _expected_mask())
+
+
+def test_left_coronary_artery_is_the_left_main(tmp_path, volume):
+    path = tmp_path / "x.xml"
+    path.write_bytes(_plist([{"ImageIndex": 0, "ROIs": [_roi("Left Coronary Artery", LAD_OUTLINE, 2)]}]))
+    (roi,) = parse_calcium_xml(path)
+    assert roi.artery == "LM" and roi.label == 1
+    mask, _, _ = coca_mask(volume, [roi])
+    assert set(np.unique(mask)) == {0, 1}
+
+
+def test_unnamed_outlines_are_calcium_without_artery(tmp_path, volume):
+    images = _xml_images()
+    unnamed = _roi("", [(8, 7), (10, 7), (10, 9), (8, 9)], 2)
+    del unnamed["Name"]
+    images[0]["ROIs"].append(unnamed)
+    path = tmp_path / "x.xml"
+    path.write_bytes(_plist(images))
+    rois = parse_calcium_xml(path)
+    assert [r.artery for r in rois] == ["LAD", "unknown", "RCA"] and rois[1].label == 0
+    mask, placed, warnings = coca_mask(volume, rois)
+    expected = (_expected_mask() > 0).astype(np.uint8)
+    expected[2, 7:10, 8:11] = 1
+    np.testing.assert_array_equal(mask, expected)
+    assert placed[1].slice == 2 and "1 outline carries no artery name" in warnings[0]
+    named = parse_calcium_xml(path, artery_map={"": "RCA"})
+    mask, _, warnings = coca_mask(volume, named)
+    assert mask[2, 8, 9] == 4 and mask[2, 4, 4] == 2 and warnings == ()
+
+
+def test_release_defects_are_per_exam_refusals_not_a_stopped_run(tmp_path):
+    root = _release(tmp_path, volume_ids=("empty",), xml_ids=())
+    _write_series(root / "patient" / "flat" / "CT", _hu(), same_z=True)  # zero z-spacing
+    _write_series(root / "patient" / "good" / "CT", _hu())
+    dataset = CocaDataset(root, allow_small=True, allow_not_hu=True)
+    for exam_id, code in (("empty", "NO_IMAGES"), ("flat", "ZERO_SPACING")):
+        with pytest.raises(ReadError) as info:
+            dataset.load(exam_id)
+        assert info.value.code == code and exam_id in str(info.value)
+    exams = list(dataset.exams())
+    assert [e.id for e in exams] == ["good"]
+    assert [(i, c) for i, c, _ in dataset.refused] == [("empty", "NO_IMAGES"), ("flat", "ZERO_SPACING")]
+    with pytest.raises(ReadError):  # other refusals still stop unless asked
+        list(CocaDataset(root).exams())  # the tiny grid: TOO_SMALL
+    assert len(list(CocaDataset(root).exams(skip=None))) == 0

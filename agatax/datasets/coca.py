@@ -10,9 +10,18 @@ Each XML is an Apple property list: a dict whose ``Images`` array holds dicts wi
 coordinates, x = column, y = row, pixel centres at integer coordinates), ``Point_mm`` and ``Center``
 (strings ``"(x, y, z)"``, patient LPS mm) and statistics (``Area``, ``Mean``, ``Max``).
 
-``ImageIndex`` is not trusted as a slice index: each ROI is placed on the slice whose position matches the
-ROI's patient-space position (through the volume's affine). The lesion mask is every pixel inside or on the
-outline with HU >= 130, labelled by artery: 1 LM, 2 LAD, 3 LCX, 4 RCA. An exam without an XML has no calcium.
+``ImageIndex`` is not trusted as a slice index: in the release it counts slices in reverse (index i is slice
+N-1-i in ascending InstanceNumber order), and InstanceNumber need not follow position; each ROI is placed
+on the slice whose position matches the ROI's patient-space position (through the volume's affine). The lesion mask is every pixel inside or on the
+outline with HU >= 130, labelled by artery: 1 LM, 2 LAD, 3 LCX, 4 RCA ("Left Coronary Artery" is the
+release's name for the left main). An exam without an XML has no calcium.
+
+Facts of the public release the reader copes with: many ROIs are empty placeholders (``NumberOfPoints`` 0,
+no ``Point_px`` / ``Point_mm``, ``Area`` 0): skipped and counted; some outlines carry no ``Name``: kept as
+calcium of unknown artery (the exam's mask is then 0/1 calcium without arteries, unless
+``artery_map={"": "LAD"}`` names them); some patients have all slices at one z position (zero z-spacing,
+ZERO_SPACING) or no DICOM files at all (NO_IMAGES): per-exam refusals (``CocaDataset.exams`` skips them
+and lists them in ``refused``).
 
     dataset = CocaDataset("/data/Gated_release_final")
     for exam in dataset:
@@ -24,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 import plistlib
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +44,8 @@ from agatax.volume import Volume
 
 __all__ = [
     "ARTERY_LABELS",
+    "CocaAnnotation",
+    "KNOWN_DEFECTS",
     "COCA_ARTERY_NAMES",
     "CocaDataset",
     "CocaExam",
@@ -42,6 +53,7 @@ __all__ = [
     "coca_mask",
     "parse_calcium_xml",
     "polygon_pixels",
+    "read_calcium_xml",
 ]
 
 #: Artery code -> mask label.
@@ -62,6 +74,12 @@ COCA_ARTERY_NAMES: dict[str, str] = {
     "right coronary artery": "RCA",
     "rca": "RCA",
 }
+
+#: Codes of per-exam defects known in the public release: ``CocaDataset.exams`` skips such exams.
+KNOWN_DEFECTS = ("ZERO_SPACING", "NO_IMAGES")
+
+#: Artery code of outlines without a name (calcium of unknown artery).
+UNNAMED = "unknown"
 
 LAYOUT = "Gated_release_final/patient/<id>/<series folder>/*.dcm and Gated_release_final/calcium_xml/<id>.xml"
 
@@ -133,6 +151,7 @@ class CocaExam:
         rois: the XML's ROIs with ``slice`` set to the matched z index.
         warnings: notes about the annotation (e.g. pixels claimed by two arteries).
         xml_path: the annotation file, or None when the exam has none.
+        empty_rois: empty placeholder ROIs of the XML (no points), skipped.
     """
 
     id: str
@@ -141,6 +160,15 @@ class CocaExam:
     rois: tuple[CocaROI, ...] = ()
     warnings: tuple[str, ...] = ()
     xml_path: str | None = None
+    empty_rois: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class CocaAnnotation:
+    """A parsed COCA XML: its ROIs with outlines, and the count of empty placeholder ROIs skipped."""
+
+    rois: tuple[CocaROI, ...]
+    empty_rois: int = 0
 
 
 def _points(value: Any, dims: int, *, what: str, path: Path) -> np.ndarray:
@@ -174,7 +202,18 @@ def _artery(name: str, artery_map: Mapping[str, str] | None) -> str | None:
     if artery_map:
         table.update({" ".join(k.lower().split()): v for k, v in artery_map.items()})
     code = table.get(key)
+    if code is None and not key:
+        return UNNAMED  # an outline without a name: calcium of unknown artery
     return code if code in ARTERY_LABELS else None
+
+
+def _is_empty_roi(roi: dict) -> bool:
+    """A placeholder ROI of the release: no outline points at all (NumberOfPoints 0 or absent)."""
+    try:
+        count = int(_number(roi.get("NumberOfPoints")) or 0)
+    except (TypeError, ValueError):
+        count = 0
+    return count == 0 and not roi.get("Point_px") and not roi.get("Point_mm")
 
 
 def parse_calcium_xml(path: str | Path, *, artery_map: Mapping[str, str] | None = None) -> list[CocaROI]:
@@ -183,15 +222,22 @@ def parse_calcium_xml(path: str | Path, *, artery_map: Mapping[str, str] | None 
     Args:
         path: the ``calcium_xml/<id>.xml`` file (XML or binary plist).
         artery_map: extra ROI names -> artery code ("LM", "LAD", "LCX", "RCA"), added to
-            ``COCA_ARTERY_NAMES`` (names compared case-insensitively).
+            ``COCA_ARTERY_NAMES`` (names compared case-insensitively; the key "" names unnamed outlines).
 
     Returns:
-        the ROIs in file order, ``slice`` unset (see ``coca_mask``).
+        the ROIs with outlines in file order, ``slice`` unset (see ``coca_mask``). Empty placeholder ROIs
+        (no points) are left out: ``read_calcium_xml`` also counts them. Outlines without a name have
+        artery "unknown" and label 0 (``coca_mask`` marks them as calcium of unknown artery).
 
     Raises:
-        ReadError: BAD_ANNOTATION (not a plist of the expected shape), UNKNOWN_ARTERY (ROI names outside
-            the mapping; they are all listed).
+        ReadError: BAD_ANNOTATION (not a plist of the expected shape, an ROI with points but no
+            ``Point_px``), UNKNOWN_ARTERY (ROI names outside the mapping; they are all listed).
     """
+    return list(read_calcium_xml(path, artery_map=artery_map).rois)
+
+
+def read_calcium_xml(path: str | Path, *, artery_map: Mapping[str, str] | None = None) -> CocaAnnotation:
+    """``parse_calcium_xml`` with the count of empty placeholder ROIs skipped (a ``CocaAnnotation``)."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
@@ -213,6 +259,7 @@ def parse_calcium_xml(path: str | Path, *, artery_map: Mapping[str, str] | None 
         )
     rois: list[CocaROI] = []
     unknown: set[str] = set()
+    empty = 0
     for image in data["Images"]:
         if not isinstance(image, dict):
             raise ReadError(f"{path}: an 'Images' entry is not a dict", code="BAD_ANNOTATION", paths=[path])
@@ -220,7 +267,10 @@ def parse_calcium_xml(path: str | Path, *, artery_map: Mapping[str, str] | None 
         for roi in image.get("ROIs", []) or []:
             if not isinstance(roi, dict):
                 raise ReadError(f"{path}: an 'ROIs' entry is not a dict", code="BAD_ANNOTATION", paths=[path])
-            name = str(roi.get("Name", ""))
+            if _is_empty_roi(roi):
+                empty += 1
+                continue
+            name = str(roi.get("Name", "") or "")
             artery = _artery(name, artery_map)
             if artery is None:
                 unknown.add(name)
@@ -237,7 +287,7 @@ def parse_calcium_xml(path: str | Path, *, artery_map: Mapping[str, str] | None 
                 CocaROI(
                     name=name,
                     artery=artery,
-                    label=ARTERY_LABELS[artery],
+                    label=ARTERY_LABELS.get(artery, 0),
                     image_index=None if index is None else int(index),
                     points_px=_points(roi["Point_px"], 2, what="Point_px", path=path),
                     points_mm=points_mm,
@@ -254,7 +304,7 @@ def parse_calcium_xml(path: str | Path, *, artery_map: Mapping[str, str] | None 
             hint="pass artery_map={'<name>': 'LM'|'LAD'|'LCX'|'RCA'} to map them",
             paths=[path],
         )
-    return rois
+    return CocaAnnotation(tuple(rois), empty)
 
 
 def polygon_pixels(points_xy: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -344,7 +394,8 @@ def coca_mask(
         exam_id: named in errors.
 
     Returns:
-        (mask uint8 (z, y, x) with artery labels, the ROIs with ``slice`` set, warnings). Where outlines
+        (mask uint8 (z, y, x) with artery labels (0/1 calcium without arteries when an outline has no
+        artery name), the ROIs with ``slice`` set, warnings). Where outlines
         of two arteries claim the same pixel, the first ROI in file order keeps it (and a warning says so).
         A warning also flags outlines whose ``Point_px`` and ``Point_mm`` (through the affine) disagree by
         more than 1.5 pixels (median per ROI): the annotation may belong to another series.
@@ -358,9 +409,16 @@ def coca_mask(
     conflicts = 0
     inverse = np.linalg.inv(volume.affine)
     worst_offset = 0.0
+    unnamed = np.zeros((nz, ny, nx), dtype=bool)
+    n_unnamed = 0
     for roi in rois:
         k = _match_slice(volume, roi, exam_id=exam_id, tolerance=z_tolerance)
         region = polygon_pixels(roi.points_px, (ny, nx)) & (volume.hu[k] >= threshold_hu)
+        if roi.label not in ARTERY_LABELS.values():  # an outline without an artery name
+            unnamed[k] |= region
+            n_unnamed += 1
+            placed.append(dataclasses.replace(roi, slice=k))
+            continue
         current = mask[k]
         conflicts += int(np.count_nonzero(region & (current != 0) & (current != roi.label)))
         current[region & (current == 0)] = roi.label
@@ -371,6 +429,12 @@ def coca_mask(
             offset = np.hypot(index[:, 2] - roi.points_px[:, 0], index[:, 1] - roi.points_px[:, 1])
             worst_offset = max(worst_offset, float(np.median(offset)))
     warnings = []
+    if n_unnamed:
+        mask = ((mask > 0) | unnamed).astype(np.uint8)
+        warnings.append(
+            f"{n_unnamed} outline{'s carry' if n_unnamed > 1 else ' carries'} no artery name: the mask marks "
+            "calcium without arteries (0/1); artery_map={'': 'LAD'} (or another artery) names them"
+        )
     if conflicts:
         warnings.append(f"{conflicts} calcium pixels lie in outlines of two arteries; the first outline keeps them")
     if worst_offset > 1.5:
@@ -379,6 +443,22 @@ def coca_mask(
             f"{worst_offset:.1f} pixels (median per ROI): check that the XML belongs to this series"
         )
     return mask, tuple(placed), tuple(warnings)
+
+
+def _one_position(path: Path) -> bool:
+    """Whether every DICOM slice under ``path`` sits at one ImagePositionPatient (headers only)."""
+    import pydicom
+
+    positions = set()
+    for file in sorted(p for p in Path(path).rglob("*") if p.is_file() and not p.name.startswith(".")):
+        try:
+            ds = pydicom.dcmread(file, stop_before_pixels=True, specific_tags=["ImagePositionPatient"])
+            positions.add(tuple(round(float(v), 3) for v in ds.ImagePositionPatient))
+        except Exception:  # not DICOM or no position: not this defect's evidence
+            continue
+        if len(positions) > 1:
+            return False
+    return len(positions) == 1
 
 
 def _natural_key(name: str):
@@ -399,7 +479,8 @@ class CocaDataset:
         **read_options: passed to the reader (e.g. relaxations of ``read_volume``).
 
     ``ids()`` lists the patient folders (natural order); ``load(id)`` reads one exam; iterating yields
-    every exam in that order.
+    every exam in that order; ``exams()`` does too, leaving out (and listing in ``refused``) the exams
+    with a known defect of the release.
     """
 
     def __init__(
@@ -440,6 +521,7 @@ class CocaDataset:
         self._reader = reader
         self._read_options = read_options
         self._ids = sorted((p.name for p in self.patient_dir.iterdir() if p.is_dir()), key=_natural_key)
+        self.refused: list[tuple[str, str, str]] = []
 
     def ids(self) -> list[str]:
         """Exam ids (patient folder names), natural order."""
@@ -482,19 +564,54 @@ class CocaDataset:
         """
         exam_id = str(exam_id)
         path = self.series_path(exam_id)
+        folder = self.patient_dir / exam_id
         reader = self._reader
         if reader is None:
+            if not any(p.is_file() and not p.name.startswith(".") for p in folder.rglob("*")):
+                raise ReadError(f"COCA exam {exam_id}: {folder} holds no files (no DICOM slices)",
+                                code="NO_IMAGES", hint="a known defect of the release: leave the exam out",
+                                paths=[folder])
             from agatax.io import read_volume as reader
-        volume = reader(path, **self._read_options)
+        try:
+            volume = reader(path, **self._read_options)
+        except ReadError as err:
+            if err.code == "DUPLICATE_POSITION" and _one_position(path):
+                raise ReadError(
+                    f"COCA exam {exam_id}: every slice in {path} has the same position (zero z-spacing)",
+                    code="ZERO_SPACING", hint="a known defect of the release: leave the exam out",
+                    paths=[path]) from None
+            raise
+        if not volume.spacing[0] > 0:
+            raise ReadError(f"COCA exam {exam_id}: slice increment {volume.spacing[0]:g} mm (zero z-spacing)",
+                            code="ZERO_SPACING", hint="a known defect of the release: leave the exam out",
+                            paths=[path])
         xml = self.xml_path(exam_id)
         if xml is None:
             mask = np.zeros(volume.shape, dtype=np.uint8)
             return CocaExam(exam_id, volume, mask)
-        rois = parse_calcium_xml(xml, artery_map=self.artery_map)
+        annotation = read_calcium_xml(xml, artery_map=self.artery_map)
         mask, placed, warnings = coca_mask(
-            volume, rois, threshold_hu=self.threshold_hu, z_tolerance=self.z_tolerance, exam_id=exam_id
+            volume, annotation.rois, threshold_hu=self.threshold_hu, z_tolerance=self.z_tolerance, exam_id=exam_id
         )
-        return CocaExam(exam_id, volume, mask, placed, warnings, str(xml))
+        if annotation.empty_rois:
+            warnings = (f"{annotation.empty_rois} empty placeholder ROI{'s' if annotation.empty_rois > 1 else ''} "
+                        "(no points) skipped",) + tuple(warnings)
+        return CocaExam(exam_id, volume, mask, placed, warnings, str(xml), annotation.empty_rois)
+
+    def exams(self, ids=None, *, skip: Sequence[str] | None = KNOWN_DEFECTS) -> Iterator[CocaExam]:
+        """Read exams (all, or ``ids``) one by one; an exam refused with a code in ``skip`` (default: the
+        release's known defects, ZERO_SPACING and NO_IMAGES; None: every ReadError) is left out and recorded
+        in ``self.refused`` as (exam id, code, message) instead of stopping the iteration."""
+        self.refused = []
+        for exam_id in (self._ids if ids is None else ids):
+            try:
+                exam = self.load(exam_id)
+            except ReadError as err:
+                if skip is not None and err.code not in skip:
+                    raise
+                self.refused.append((str(exam_id), err.code, err.message))
+                continue
+            yield exam
 
     def __repr__(self) -> str:
         return f"CocaDataset({str(self.root)!r}, {len(self)} exams)"
