@@ -31,23 +31,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-
-def _ensemble_file(path: str | None, folder: Path) -> tuple[Path, str]:
-    if path:
-        return Path(path), f"weights {path}"
-    from agatax.defaults import default_weights_path
-
-    default = default_weights_path()
-    if default.is_file():
-        return default, "shipped default ensemble"
-    import jax
-
-    from agatax import UNetConfig, init_ensemble, save_ensemble
-
-    out = folder / "init.msgpack"
-    save_ensemble(out, init_ensemble(jax.random.key(0), UNetConfig(), members=5))
-    return out, "freshly initialised 5 x UNetConfig() (default weights not present)"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_batch import _ensemble_file  # noqa: E402  (the same weights choice as the serial batch benchmark)
 
 
 def _timed(argv: list[str]) -> float:
