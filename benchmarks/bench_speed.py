@@ -32,7 +32,7 @@ def exam(matrix=512):
     return generate_exam(0, target_category="C", matrix=matrix).volume
 
 
-def inference(args) -> None:
+def inference(args, session) -> None:
     import jax
 
     import agatax
@@ -56,10 +56,10 @@ def inference(args) -> None:
             lambda e=ensemble: jax.block_until_ready(agatax.segment(e, volume, localise=False)))
         if torch is not None:
             variants[f"torch eager network only, {label}"] = _torch_peer(torch, from_flax, ensemble, volume)
-        session = Session(f"inference, {label}, 56 x 512 x 512 exam, five members, CPU", force=args.force)
         times = session.interleave(variants, rounds=args.rounds)
         session.report(times, baseline=f"torch eager network only, {label}" if torch is not None else None,
-                       shapes={"exam": volume.shape, "spacing_mm": volume.spacing, "network_grid": grid})
+                       shapes={"exam": volume.shape, "spacing_mm": volume.spacing, "network_grid": grid},
+                       title=f"inference, {label}, 56 x 512 x 512 exam, five members, CPU")
 
 
 def _torch_peer(torch, from_flax, ensemble, volume):
@@ -84,7 +84,7 @@ def _torch_peer(torch, from_flax, ensemble, volume):
     return run_torch
 
 
-def start(args) -> None:
+def start(args, session) -> None:
     import agatax
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -103,12 +103,12 @@ def start(args) -> None:
         def warm_in_process():
             agatax.score_exam(agatax.read_volume(folder), ensemble)
 
-        session = Session("start: a second agatax score against the warm in-process score_exam", force=args.force)
         times = session.interleave({"agatax score (new process, cache warm)": new_process,
                                     "score_exam in process (warm, read included)": warm_in_process},
                                    rounds=args.rounds)
         session.report(times, baseline="score_exam in process (warm, read included)",
-                       shapes={"exam": read.shape, "spacing_mm": read.spacing})
+                       shapes={"exam": read.shape, "spacing_mm": read.spacing},
+                       title="start: a second agatax score against the warm in-process score_exam")
 
 
 def main() -> None:
@@ -117,10 +117,11 @@ def main() -> None:
     parser.add_argument("--force", action="store_true", help="measure on a busy machine (figures flagged BUSY)")
     parser.add_argument("--part", choices=("inference", "start", "all"), default="all")
     args = parser.parse_args()
+    session = Session("bench_speed", force=args.force)  # before any set-up work of ours
     if args.part in ("inference", "all"):
-        inference(args)
+        inference(args, session)
     if args.part in ("start", "all"):
-        start(args)
+        start(args, session)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@
    NumPy (and PyTorch when used) versions, and the shapes.
 
     from protocol import Session
-    s = Session("my benchmark", force=args.force)          # refuses a busy machine
+    s = Session("my benchmark", force=args.force)          # first thing: refuses a busy machine
     times = s.interleave({"a": fa, "b": fb}, rounds=7)      # {"a": [s, ...], "b": [...]}
     s.report(times, baseline="b", shapes={"exam": (56, 512, 512)})
 """
@@ -95,13 +95,14 @@ class Session:
         return times
 
     def report(self, times: Mapping[str, list[float]], *, baseline: str | None = None,
-               shapes: Mapping[str, object] | None = None, notes: str = "") -> dict:
-        """Print the table and one JSON record (returned) with the machine and the figures."""
+               shapes: Mapping[str, object] | None = None, notes: str = "", title: str | None = None) -> dict:
+        """Print the table and one JSON record (returned) with the machine and the figures. The load
+        "before" is the one checked when the session started (before the benchmark's own set-up work)."""
         load_after = os.getloadavg()[0]
         rows = {}
         base = min(times[baseline]) if baseline else None
         flag = " BUSY" if self.busy else ""
-        print(f"## {self.name}{flag}: {self.started:%Y-%m-%d %H:%M} UTC, {device()}, {cpu_model()}, {cores()} cores, "
+        print(f"## {title or self.name}{flag}: {self.started:%Y-%m-%d %H:%M} UTC, {device()}, {cpu_model()}, {cores()} cores, "
               f"load {self.load_before:.2f} -> {load_after:.2f}", file=self.out)
         print("| variant | min (s) | median (s) | rounds | min / min of " + (baseline or "-") + " |", file=self.out)
         print("|---|---|---|---|---|", file=self.out)
@@ -111,7 +112,7 @@ class Session:
             rows[name] = {"min_s": lo, "median_s": med, "rounds": len(ts), "ratio_of_minima": ratio}
             print(f"| {name} | {lo:.4f} | {med:.4f} | {len(ts)} | {'-' if ratio is None else f'{ratio:.2f}'} |",
                   file=self.out)
-        record = {"benchmark": self.name, "date": self.started.isoformat(timespec="seconds"), "device": device(),
+        record = {"benchmark": title or self.name, "date": self.started.isoformat(timespec="seconds"), "device": device(),
                   "cpu": cpu_model(), "cores": cores(), "load_before": self.load_before, "load_after": load_after,
                   "busy": self.busy, "versions": versions(), "shapes": dict(shapes or {}), "baseline": baseline,
                   "figures": rows, "notes": notes}
