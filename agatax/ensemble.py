@@ -277,11 +277,11 @@ def load_ensemble(path: str | os.PathLike, *, config: UNetConfig | None = None) 
     if stored not in _STORE_DTYPES:
         raise CheckpointError(f"{path} stores unknown dtype {stored!r}", code="CORRUPT_CHECKPOINT", paths=(str(path),))
 
-    def to_f32(a: Any) -> jax.Array:
+    def to_f32(a: Any) -> np.ndarray:
         a = np.asarray(a)
         if stored == "bfloat16":
             a = a.view(jnp.bfloat16)
-        return jnp.asarray(a.astype(np.float32))
+        return a.astype(np.float32)
 
     try:
         variables = jax.tree.map(to_f32, variables)
@@ -289,7 +289,8 @@ def load_ensemble(path: str | os.PathLike, *, config: UNetConfig | None = None) 
         raise CheckpointError(f"{path}: variables unreadable ({err})", code="CORRUPT_CHECKPOINT", paths=(str(path),)) from err
     _check_variables(variables, file_config, members, path=str(path))
     _check_finite(variables, path)
-    return Ensemble(variables=dict(variables), config=file_config)
+    # checked on the host, then moved in one transfer (jnp.asarray per leaf dispatches a conversion each)
+    return Ensemble(variables=dict(jax.device_put(variables)), config=file_config)
 
 
 def _check_finite(variables: Any, path: Path) -> None:
