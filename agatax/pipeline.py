@@ -26,7 +26,7 @@ import numpy as np
 from agatax.ensemble import Ensemble, ensemble_votes, majority_vote, resolve_strategy
 from agatax.errors import InputError
 from agatax.orientation import Reorientation, canonical_orientation, restore_chest
-from agatax.preprocess import _preprocess_kernel, _restore_kernel, grid_shape, network_grid_mm
+from agatax.preprocess import AIR_HU, _preprocess_kernel, _restore_kernel, grid_shape, network_grid_mm
 from agatax.volume import Volume
 
 __all__ = ["segment", "segment_and_score", "run_pipeline", "resolve_score_on", "PipelineResult", "SCORE_ON",
@@ -99,7 +99,7 @@ def _pipeline_kernel(ensemble, hu, spacing, target, threshold_hu, min_pixels, re
 
 
 def _run(ensemble, volume, spacing, *, strategy, target_mm, threshold_hu, score, localise, min_pixels=3,
-         min_area_mm2=None, connectivity=8):
+         min_area_mm2=None, connectivity=8, bucket=True):
     if not isinstance(ensemble, Ensemble):
         raise InputError(f"expected an agatax Ensemble; got {type(ensemble).__name__}", code="BAD_ARGUMENT")
     how = None
@@ -126,21 +126,51 @@ def _run(ensemble, volume, spacing, *, strategy, target_mm, threshold_hu, score,
     if ensemble.members > 255:
         raise InputError(f"{ensemble.members} members: votes are counted in one byte (at most 255)",
                          code="BAD_ARGUMENT")
-    return _pipeline_kernel(
+    region = None if chest is None or not chest.found else chest.region
+    run_hu, crop = hu, None
+    if bucket and isinstance(hu, np.ndarray):
+        run_hu, region, crop = _bucketed(hu, region, how, grid[0], spacing_c[0], target)
+    out = _pipeline_kernel(
         ensemble,
-        _on_device(hu),
+        _on_device(run_hu),
         jnp.asarray(spacing_c, jnp.float32),
         jnp.float32(target),
         jnp.float32(threshold_hu),
         jnp.int32(min_pixels),
-        None if chest is None or not chest.found else jnp.asarray(chest.region),
+        None if region is None else jnp.asarray(region),
         grid=grid,
         strategy=resolve_strategy(strategy),
         score=score,
         min_area_mm2=None if min_area_mm2 is None else float(min_area_mm2),
         connectivity=int(connectivity),
         orient=(how.order, how.flip),
-    ), hu, spacing, chest
+    )
+    if crop is not None:
+        out = {**out, "mask": out["mask"][crop], "votes": out["votes"][crop]}
+    return out, hu, spacing, chest
+
+
+BUCKET_MAX_BYTES = 1 << 30  # larger exams are not padded (the pad is a copy of the exam)
+
+
+def _bucketed(hu: np.ndarray, region, how: Reorientation, grid_z: int, dz: float, target: float):
+    """Pad the exam with air slices to the network grid's slice count, so that exams whose slice counts
+    round up to the same grid share one compilation. Exact: with the network grid at the slice increment
+    (``target == dz``) every original slice keeps its own grid cell and the added cells hold air, which the
+    grid held there already (uncovered cells are air). Returns (padded hu, padded region, crop back to the
+    exam) or the inputs and None where it does not apply."""
+    axis = how.order[0]  # the stored axis that is canonical z
+    extra = grid_z - hu.shape[axis]
+    if extra <= 0 or abs(target - dz) > 1e-6 * dz or hu.nbytes > BUCKET_MAX_BYTES:
+        return hu, region, None
+    at_start = how.flip[0]  # canonical z grows towards the stored start: pad there
+    pads = [(0, 0)] * 3
+    pads[axis] = (extra, 0) if at_start else (0, extra)
+    crop = [slice(None)] * 3
+    crop[axis] = slice(extra, None) if at_start else slice(0, hu.shape[axis])
+    hu = np.pad(hu, pads, constant_values=AIR_HU)
+    region = None if region is None else np.pad(region, pads, constant_values=False)
+    return hu, region, tuple(crop)
 
 
 def segment(

@@ -152,3 +152,30 @@ def test_metal_objects_are_left_out_and_named():
     assert len(notes) == 1 and "1 object" in notes[0] and "3071 HU" in notes[0]
     same = exclude_metal(hu, expected, votes, (3.0, 0.5, 0.5), metal_hu=2000.0)
     assert same[0] is expected and same[2] == ()
+
+
+@pytest.mark.parametrize("flip_z", [False, True])
+def test_slice_counts_of_one_bucket_share_a_compilation_and_give_the_unpadded_result(ensemble, flip_z):
+    from agatax.pipeline import _pipeline_kernel, _run
+
+    rng = np.random.default_rng(11)
+    m = TINY.multiple
+    kw = dict(strategy="auto", target_mm=None, threshold_hu=130.0, score=False, localise=False)
+    volumes = []
+    for nz in range(3 * m + 1, 4 * m + 1):  # slice counts whose 3 mm grid is 4 m cells
+        hu = rng.uniform(-200, 100, size=(nz, 16, 14)).astype(np.float32)
+        hu[1:3, 3:9, 2:7] = rng.uniform(150, 700, size=(2, 6, 5))
+        hu[-1, 10:13, 9:12] = 500.0  # calcium on the last slice, next to the added air
+        affine = np.zeros((4, 4))
+        affine[2, 0], affine[1, 1], affine[0, 2], affine[3, 3] = (-3.0 if flip_z else 3.0), 1.5, 1.5, 1.0
+        volumes.append(Volume(hu, (3.0, 1.5, 1.5), affine=affine))
+    _run(ensemble, volumes[0], None, **kw)
+    before = _pipeline_kernel._cache_size()
+    padded = [_run(ensemble, v, None, **kw)[0] for v in volumes]
+    assert _pipeline_kernel._cache_size() == before  # every slice count of the bucket: the one compilation
+    for v, out in zip(volumes, padded):
+        plain = _run(ensemble, v, None, bucket=False, **kw)[0]
+        assert out["mask"].shape == v.shape
+        np.testing.assert_array_equal(np.asarray(out["votes"]), np.asarray(plain["votes"]))
+        np.testing.assert_array_equal(np.asarray(out["mask"]), np.asarray(plain["mask"]))
+    assert any(np.asarray(out["mask"]).any() for out in padded)
