@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--model", choices=sorted(MODELS), default="paper")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--patch", default="32,64,64")
+    parser.add_argument("--impls", default="auto", help="agatax convolution forms to time, e.g. fold,xla")
     args = parser.parse_args()
     session = Session(f"training step, {args.model} network", force=args.force)  # before any set-up work
     levels, filters = MODELS[args.model]
@@ -45,7 +46,8 @@ def main() -> None:
     x = rng.random((args.batch, *patch, 1), np.float32)
     y = (rng.random((args.batch, *patch, 1)) > 0.97).astype(np.float32)
     config = TrainConfig(batch_size=args.batch, patch_zyx=patch, learning_rate=1e-3, clip_norm=0.0)
-    state = init_state(agatax.UNetConfig(levels=levels, base_filters=filters), config, 0)
+    states = {impl: init_state(agatax.UNetConfig(levels=levels, base_filters=filters, conv_impl=impl), config, 0)
+              for impl in args.impls.split(",")}
 
     @jax.jit
     def step(state, x, y):
@@ -58,13 +60,15 @@ def main() -> None:
         return state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"]), loss
 
     xj, yj = jnp.asarray(x), jnp.asarray(y)
-    box = {"state": state}
+    variants = {}
+    for impl, state in states.items():
+        box = {"state": state}
 
-    def agatax_step():
-        box["state"], loss = step(box["state"], xj, yj)
-        jax.block_until_ready(loss)
+        def agatax_step(box=box):
+            box["state"], loss = step(box["state"], xj, yj)
+            jax.block_until_ready(loss)
 
-    variants = {f"agatax (jit) {args.model}": agatax_step}
+        variants[f"agatax (jit, conv {impl}) {args.model}"] = agatax_step
     try:
         import torch
 
