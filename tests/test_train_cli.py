@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import plistlib
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -221,6 +222,36 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(manifest_cohort, tmp_pa
     # other settings against these checkpoints: refused, with the way out
     assert _run(*argv[:-2], "--out", tmp_path / "cut.msgpack", "--seed", "5") == 2
     _refused(capsys, "CHECKPOINT_MISMATCH", "--restart")
+
+
+def test_resume_after_sigkill_of_the_process_equals_an_uninterrupted_run(manifest_cohort, tmp_path):
+    """A real kill: the training process SIGKILLs itself after member 2's step 3 (no handler, no cleanup)."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    argv = [str(manifest_cohort / "manifest.csv"), "--init", "none", "--model", "tiny", "--members", "2", "--steps",
+            "4", "--eval-every", "2", "--batch", "2", "--patch", "8,16,16", "--validation", "1",
+            "--collapse-retries", "0", "--quiet", "--no-png"]
+    assert _run(*argv, "--out", tmp_path / "whole.msgpack") == 0
+    cut = str(tmp_path / "cut.msgpack")
+    script = (
+        "import os, signal, sys\nfrom agatax import train_cli\nfrom agatax.cli import main\n"
+        "original = train_cli._Progress.__call__\n"
+        "def killed(self, member, step, info):\n"
+        "    original(self, member, step, info)\n"
+        "    if (member, step) == (1, 3):\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "train_cli._Progress.__call__ = killed\n"
+        f"sys.exit(main(['train', *{argv!r}, '--out', {cut!r}]))\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=repo, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, PYTHONPATH=str(repo)))
+    assert proc.returncode == -9, proc.stderr
+    assert not Path(cut).exists()
+    assert _run(*argv, "--out", cut) == 0  # a plain re-run resumes
+    for a, b in zip(_params(tmp_path / "whole.msgpack"), _params(cut)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # bit for bit
 
 
 def test_fine_tuning_starts_from_the_given_ensemble(manifest_cohort, tmp_path):
