@@ -55,7 +55,10 @@ class Volume:
                 code="NON_FINITE",
                 hint="replace them (e.g. with -1000 HU for air) before building a Volume",
             )
-        spacing = tuple(float(s) for s in np.asarray(self.spacing, dtype=np.float64).reshape(-1))
+        try:
+            spacing = tuple(float(s) for s in np.asarray(self.spacing, dtype=np.float64).reshape(-1))
+        except (TypeError, ValueError):
+            spacing = ()
         if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
             raise InputError(
                 f"Volume.spacing must be three positive mm values (dz, dy, dx); got {self.spacing}",

@@ -367,3 +367,15 @@ def test_ensemble_with_nan_weights_refused(tmp_path):
     err = error(load_ensemble, path, kind=CheckpointError)
     assert err.code == "NON_FINITE_WEIGHTS" and "member 2 " in err.message
     assert "['params']" + "".join(f"['{k}']" for k in keys) in err.message
+
+
+@pytest.mark.parametrize("call,code", [
+    (lambda: read_volume(123), "BAD_PATH"),
+    (lambda: read_volume(None), "BAD_PATH"),
+    (lambda: Volume(np.zeros((2, 2, 2)), "abc"), "BAD_SPACING"),
+    (lambda: Volume(np.zeros((2, 2, 2)), (1.0, None, 1.0)), "BAD_SPACING"),
+])
+def test_library_calls_with_wrong_types_raise_typed_errors(call, code):
+    with pytest.raises(InputError) as err:
+        call()
+    assert err.value.code == code

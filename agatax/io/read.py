@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from agatax.errors import InputError
 from agatax.io.dicom import read_dicom
 from agatax.io.nifti import is_nifti, read_nifti
 from agatax.volume import Volume
@@ -39,6 +40,9 @@ def read_volume(
         agatax.ReadError with a stable ``code`` (see ``agatax.io.dicom.read_dicom``, QFORM_SFORM_MISMATCH,
         NOT_FOUND, BAD_PATH, NON_FINITE, TOO_LARGE, TOO_SMALL, NOT_HU).
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputError(f"read_volume takes a path (str or os.PathLike); got {type(path).__name__}",
+                         code="BAD_PATH", hint="pass the exam's DICOM folder or file, or a NIfTI file, as a path")
     if is_nifti(path):
         return read_nifti(path, allow_qform_mismatch=allow_qform_mismatch, allow_small=allow_small,
                           allow_not_hu=allow_not_hu)
