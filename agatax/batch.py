@@ -295,7 +295,8 @@ def _expand(path: Path) -> list[tuple[str, Path]]:
 # --------------------------------------------------------------------------------------------- progress
 
 
-def _duration(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
+    """A duration for progress lines: 45s, 3m05s, 1h20m; ? when unknown."""
     if not math.isfinite(seconds):
         return "?"
     seconds = int(round(seconds))
@@ -335,9 +336,9 @@ class Progress:
         if math.isfinite(rate):
             text += f", {rate:.1f} exams/min"
         if self.done < self.total and math.isfinite(left):
-            text += f", about {_duration(left)} left"
+            text += f", about {duration_text(left)} left"
         elif self.done >= self.total:
-            text += f", {_duration(elapsed)} in all"
+            text += f", {duration_text(elapsed)} in all"
         if last:
             text += f"  [{last}]"
         return text

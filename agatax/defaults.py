@@ -102,11 +102,11 @@ def score_exam(path_or_volume, ensemble=None, *, series=None, thin_slices: str =
             code="BAD_ARGUMENT",
             hint="wrap a bare HU array: agatax.Volume(hu, spacing=(dz, dy, dx))",
         )
-    if thin_slices not in ("slab", "native"):
-        raise InputError(f"thin_slices must be 'slab' or 'native'; got {thin_slices!r}", code="BAD_ARGUMENT")
-    if thin_slices == "slab":
-        from agatax.slabs import thick_slabs
+    from agatax.slabs import THIN_SLICES, thick_slabs
 
+    if thin_slices not in THIN_SLICES:
+        raise InputError(f"thin_slices must be one of {THIN_SLICES}; got {thin_slices!r}", code="BAD_ARGUMENT")
+    if thin_slices == "slab":
         volume, _ = thick_slabs(volume)
     if ensemble is None:
         ensemble = load_default_ensemble()

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agatax.batch import duration_text
 from agatax.errors import CheckpointError, InputError, ReadError
 
 __all__ = ["add_train_command", "run_train", "parse_validation", "output_paths"]
@@ -133,13 +134,10 @@ def _check_arguments(args) -> dict[str, Any]:
         raise InputError(f"--out {out} is a folder; give a file name such as {out / 'ensemble.msgpack'}",
                          code="OUTPUT_NOT_WRITABLE")
     workdir = Path(args.workdir) if args.workdir else paths["workdir"]
-    for folder in (out.parent if str(out.parent) else Path("."), workdir):
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise InputError(f"cannot create {folder}: {err}", code="OUTPUT_NOT_WRITABLE", paths=[folder]) from None
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise InputError(f"{folder} is not writable", code="OUTPUT_NOT_WRITABLE", paths=[folder])
+    from agatax.cli import _writable_folder  # the score command's check: creates the folder, probes a write
+
+    _writable_folder(out.parent if str(out.parent) else Path("."), f"--out {out}")
+    _writable_folder(workdir, f"--workdir {workdir}")
     return {"validation": parse_validation(args.validation), "patch": patch, "workdir": workdir, "paths": paths}
 
 
@@ -196,20 +194,11 @@ class _Progress:
         elif "best_dice" in info and not self.quiet:
             dice = "" if info.get("val_dice") is None else f" val Dice {info['val_dice']:.3f} (best {info['best_dice']:.3f})"
             self.write(f"member {member + 1}/{self.members} step {step}/{self.steps} loss {info['loss']:.4f}{dice} "
-                       f"{per_step:.2f} s/step, {_duration(left)} left")
+                       f"{per_step:.2f} s/step, {duration_text(left)} left")
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 90:
-        return f"{seconds} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def _log_records(histories: list, seeds: list[int]) -> list[dict]:
@@ -335,7 +324,7 @@ def run_train(args: argparse.Namespace) -> int:
         return 130
     best = [max((r["val_dice"] for r in h if r.get("val_dice") is not None), default=None) for h in result.histories]
     print(f"trained {args.members} network{'s' if args.members > 1 else ''} ({'fine-tuned from ' + args.init if not fresh else 'fresh'}) "
-          f"on {len(result.train_ids)} exams in {_duration(train_seconds)}; validation exams: {len(result.val_ids)}")
+          f"on {len(result.train_ids)} exams in {duration_text(train_seconds)}; validation exams: {len(result.val_ids)}")
     if any(b is not None for b in best):
         print("best validation Dice per network: " + ", ".join("-" if b is None else f"{b:.3f}" for b in best))
     if scored.get("exams"):
