@@ -45,21 +45,27 @@ class Reorientation:
         """True when the stored array is already canonical (most DICOM axial series)."""
         return self.order == (0, 1, 2) and not any(self.flip)
 
-    def apply(self, array: np.ndarray) -> np.ndarray:
-        """Stored (z, y, x) -> canonical (a view where possible)."""
+    def apply(self, array, xp=np):
+        """Stored (z, y, x) -> canonical (a view where possible); ``xp`` np, or jax.numpy inside a jit."""
         if self.identity:
             return array
-        out = np.transpose(array, self.order)
+        out = xp.transpose(array, self.order)
         axes = tuple(a for a in range(3) if self.flip[a])
-        return np.flip(out, axes) if axes else out
+        return xp.flip(out, axes) if axes else out
 
-    def undo(self, array: np.ndarray) -> np.ndarray:
-        """Canonical (z, y, x) -> stored layout, exactly inverting :meth:`apply`."""
+    def undo(self, array, xp=np):
+        """Canonical (z, y, x) -> stored layout, exactly inverting :meth:`apply` (NumPy: a contiguous copy)."""
         if self.identity:
             return array
         axes = tuple(a for a in range(3) if self.flip[a])
-        out = np.flip(array, axes) if axes else array
-        return np.ascontiguousarray(np.transpose(out, np.argsort(self.order)))
+        out = xp.flip(array, axes) if axes else array
+        out = xp.transpose(out, self.stored_order)
+        return np.ascontiguousarray(out) if xp is np else out
+
+    @property
+    def stored_order(self) -> tuple[int, int, int]:
+        """Stored axis b is canonical axis ``stored_order[b]`` (the inverse permutation of ``order``)."""
+        return tuple(int(i) for i in np.argsort(self.order))  # type: ignore[return-value]
 
     def affine(self, affine: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
         """The canonical array's affine, given the stored (4, 4) affine and the stored shape."""

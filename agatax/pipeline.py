@@ -70,18 +70,14 @@ def _on_device(hu) -> jax.Array:
 @partial(jax.jit, static_argnames=("grid", "strategy", "score", "min_area_mm2", "connectivity", "orient"))
 def _pipeline_kernel(ensemble, hu, spacing, target, threshold_hu, min_pixels, region, *, grid, strategy, score,
                      min_area_mm2, connectivity, orient):
-    """``hu`` and ``region`` in the stored layout, ``spacing`` canonical; ``orient``: (order, flip) of a
-    Reorientation, applied before the networks and undone after them, so that outputs are on the stored grid."""
-    order, flip = orient
+    """``hu`` and ``region`` in the stored layout, ``spacing`` canonical; ``orient``: the Reorientation,
+    applied before the networks and undone after them, so that outputs are on the stored grid."""
     hu = hu.astype(jnp.float32)
-    flipped = tuple(a for a in range(3) if flip[a])
-    back = tuple(int(i) for i in np.argsort(order))
-    hu_c = jnp.transpose(hu, order)
-    hu_c = jnp.flip(hu_c, flipped) if flipped else hu_c
+    hu_c = orient.apply(hu, xp=jnp)
     x = _preprocess_kernel(hu_c, spacing, target, threshold_hu, out_shape=grid, window=(-300.0, 800.0))
     _, votes = ensemble_votes(ensemble, x[None, ..., None], strategy=strategy)
     votes = _restore_kernel(votes[0].astype(jnp.uint8), spacing, target, shape=hu_c.shape)  # 1 byte a voxel
-    votes = jnp.transpose(jnp.flip(votes, flipped) if flipped else votes, back)
+    votes = orient.undo(votes, xp=jnp)
     keep = hu >= threshold_hu
     if region is not None:  # chest localisation: no coronary calcium outside the mediastinum
         keep = keep & region
@@ -91,10 +87,9 @@ def _pipeline_kernel(ensemble, hu, spacing, target, threshold_hu, min_pixels, re
     if score:
         from agatax.scoring import scores_jax
 
-        out["scores"] = scores_jax(
-            hu, mask, jnp.stack([spacing[i] for i in back]), min_pixels=min_pixels, min_area_mm2=min_area_mm2, connectivity=connectivity,
-            threshold_hu=threshold_hu,
-        )
+        stored_spacing = jnp.stack([spacing[i] for i in orient.stored_order])
+        out["scores"] = scores_jax(hu, mask, stored_spacing, min_pixels=min_pixels, min_area_mm2=min_area_mm2,
+                                   connectivity=connectivity, threshold_hu=threshold_hu)
     return out
 
 
@@ -102,11 +97,10 @@ def _run(ensemble, volume, spacing, *, strategy, target_mm, threshold_hu, score,
          min_area_mm2=None, connectivity=8, bucket=True):
     if not isinstance(ensemble, Ensemble):
         raise InputError(f"expected an agatax Ensemble; got {type(ensemble).__name__}", code="BAD_ARGUMENT")
-    how = None
-    if isinstance(volume, Volume):  # arrays given without a Volume are taken as canonical
-        how = canonical_orientation(volume.affine, source=volume.source)
+    # arrays given without a Volume are taken as canonical
+    how = (canonical_orientation(volume.affine, source=volume.source) if isinstance(volume, Volume)
+           else Reorientation((0, 1, 2), (False, False, False)))
     hu, spacing = _arrays(volume, spacing)
-    how = how or Reorientation((0, 1, 2), (False, False, False))
     spacing_c = tuple(spacing[o] for o in how.order)
     chest = None
     if localise:
@@ -143,7 +137,7 @@ def _run(ensemble, volume, spacing, *, strategy, target_mm, threshold_hu, score,
         score=score,
         min_area_mm2=None if min_area_mm2 is None else float(min_area_mm2),
         connectivity=int(connectivity),
-        orient=(how.order, how.flip),
+        orient=how,
     )
     if crop is not None:
         out = {**out, "mask": out["mask"][crop], "votes": out["votes"][crop]}
