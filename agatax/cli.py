@@ -159,7 +159,8 @@ class ScoredExam:
 
     volume: the exam; scores: ``agatax.Scores``; mask: (z, y, x) bool or artery labels; votes: uint8
     (z, y, x) members voting calcium, or None for a given mask; members: ensemble size or None; chest:
-    the ``ChestRegion`` the networks' calcium was restricted to, or None.
+    the ``ChestRegion`` the networks' calcium was restricted to, or None; noise_hu: the exam's measured
+    noise SD (``agatax.quality.image_noise_hu``), or None.
     """
 
     volume: Any
@@ -168,6 +169,7 @@ class ScoredExam:
     votes: np.ndarray | None = None
     members: int | None = None
     chest: Any = None
+    noise_hu: float | None = None
 
 
 def _exam_warnings(volume, series: str | None) -> list[str]:
@@ -280,13 +282,15 @@ class ExamScorer:
         if notes:
             volume = volume.replace(warnings=tuple(volume.warnings) + notes)
         return ScoredExam(volume, result.scores, np.asarray(result.mask), np.asarray(result.votes),
-                          self.ensemble.members, result.chest)
+                          self.ensemble.members, result.chest, result.noise_hu)
 
     def _extras(self, scored: ScoredExam) -> dict[str, Any]:
         """Keys the JSON carries beyond the report: the given mask, and the chest region used."""
         extras: dict[str, Any] = {"mask": None if self.mask is None else str(self.mask), **self.about}
         if scored.chest is not None:
             extras["chest_region"] = scored.chest.to_dict()
+        if scored.noise_hu is not None:
+            extras["noise_hu"] = round(float(scored.noise_hu), 1)
         return extras
 
     def result(self, scored: ScoredExam, exam_id: str | None = None) -> dict[str, Any]:

@@ -253,7 +253,10 @@ class PipelineResult:
         spacing: (dz, dy, dx) mm used.
         chest: the ``ChestRegion`` used to discard calcium outside the chest (None with ``localise=False``).
         volume: the Volume scored (None when arrays were given), on whose grid the mask lies.
-        notes: what the pipeline left out and why (metal), for the report's warnings.
+        notes: what the pipeline left out and why (metal), and noise above the networks' training range,
+            for the report's warnings.
+        noise_hu: the exam's noise SD in soft tissue, HU (``agatax.quality.image_noise_hu``; None where
+            there is no flat soft tissue to measure it in).
     """
 
     mask: np.ndarray
@@ -263,12 +266,13 @@ class PipelineResult:
     chest: Any = None
     volume: Any = None
     notes: tuple[str, ...] = ()
+    noise_hu: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe summary (scores, the vote histogram of calcium voxels, the chest region found)."""
+        """JSON-safe summary (scores, the vote histogram of calcium voxels, the chest region found, noise)."""
         counts = np.bincount(self.votes[self.votes > 0].ravel(), minlength=1)
         return {"scores": self.scores.to_dict(), "spacing": list(self.spacing), "vote_histogram": counts.tolist(),
-                "chest": None if self.chest is None else self.chest.to_dict()}
+                "chest": None if self.chest is None else self.chest.to_dict(), "noise_hu": self.noise_hu}
 
 
 def run_pipeline(
@@ -291,7 +295,8 @@ def run_pipeline(
     Arguments as :func:`segment`, plus the scoring conventions of ``agatax.compute_scores``
     (``calibration`` in mg / (HU mm^3) for the mass score). ``result.chest`` holds the chest region used.
     ``metal_hu``: objects the networks mark that reach this HU are metal and left out (``exclude_metal``;
-    None keeps them); ``result.notes`` says what was left out.
+    None keeps them); ``result.notes`` says what was left out, and warns when the exam's noise
+    (``result.noise_hu``) is above the 10-40 HU the networks were trained on.
     """
     out, hu, spacing, chest = _run(ensemble, volume, spacing, strategy=strategy, target_mm=target_mm,
                                    threshold_hu=threshold_hu, score=False, localise=localise)
@@ -301,12 +306,16 @@ def run_pipeline(
     notes = ()
     if metal_hu is not None:
         mask, votes, notes = exclude_metal(np.asarray(hu), mask, votes, spacing, metal_hu=metal_hu)
+    from agatax.quality import image_noise_hu, noise_note
+
+    noise = image_noise_hu(hu, spacing)
+    notes = tuple(notes) + noise_note(noise)
     scores = compute_scores(
         np.asarray(hu), mask, spacing, calibration=calibration, min_pixels=min_pixels, min_area_mm2=min_area_mm2,
         connectivity=connectivity, threshold_hu=threshold_hu,
     )
     return PipelineResult(mask=mask, votes=votes, scores=scores, spacing=spacing, chest=chest,
-                          volume=volume if isinstance(volume, Volume) else None, notes=notes)
+                          volume=volume if isinstance(volume, Volume) else None, notes=notes, noise_hu=noise)
 
 
 def exclude_metal(hu: np.ndarray, mask: np.ndarray, votes: np.ndarray, spacing, *, metal_hu: float = METAL_HU):

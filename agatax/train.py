@@ -81,6 +81,10 @@ class TrainConfig:
             calcium patches as hard-negative ones, so no step sees only calcium-free patches (under a
             Dice loss that pushes every output to zero). Without negatives in the data those patches
             are placed at random.
+        per_object: 0: a centred patch is centred on a calcified (hard-negative) voxel drawn uniformly, so
+            the large objects (long plaques, the aortic wall) take most draws; K > 0: each object
+            (26-connected on the coarse grid) offers at most K voxels (spread along it), so small specks
+            and rare look-alikes (a calcified node, a pericardial plaque) are drawn about as often as large ones.
         gain_std: SD of the multiplicative intensity gain (1 + N(0, gain_std)) per patch.
         shift_std: SD of the additive intensity shift per patch, in [0, 1] image units (1 = 1100 HU).
         noise_std: SD of the Gaussian noise added per voxel, in image units.
@@ -109,6 +113,7 @@ class TrainConfig:
     patch_zyx: tuple[int, int, int] = (32, 48, 48)
     positive_fraction: float = 0.5
     hard_negative_fraction: float = 0.5
+    per_object: int = 0
     gain_std: float = 0.05
     shift_std: float = 0.02
     noise_std: float = 0.015
@@ -142,6 +147,8 @@ class TrainConfig:
                 f"({self.hard_negative_fraction}) must be >= 0 with a sum of at most 1",
                 code="BAD_TRAIN_CONFIG",
             )
+        if int(self.per_object) != self.per_object or self.per_object < 0:
+            raise InputError(f"per_object must be a whole number >= 0, got {self.per_object}", code="BAD_TRAIN_CONFIG")
         if self.lr_schedule not in ("constant", "cosine"):
             raise InputError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}",
                              code="BAD_TRAIN_CONFIG")
@@ -154,7 +161,7 @@ class TrainConfig:
             d.pop(k)
         if self.lr_schedule == "constant":  # as checkpoints written before schedules existed
             d.pop("lr_schedule")
-        for k in ("kernel_std", "border_cut"):  # likewise before these augmentations existed
+        for k in ("kernel_std", "border_cut", "per_object"):  # likewise before these options existed
             if not d[k]:
                 d.pop(k)
         d["patch_zyx"] = list(d["patch_zyx"])
@@ -361,8 +368,30 @@ def _round_up(n: int, m: int) -> int:
     return -(-int(n) // m) * m
 
 
-def _pack(data: TrainingSet, min_shape: Sequence[int], multiple: int = 1) -> dict:
-    """Stack pairs into zero-padded device arrays (N, Z, Y, X) plus real shapes and positive voxels."""
+def _object_voxels(mask: np.ndarray, per_object: int) -> np.ndarray:
+    """(n, 3) voxel indices of ``mask``: all of them (``per_object`` 0), else at most ``per_object`` of each
+    26-connected object, evenly spaced through its voxels in scan order."""
+    if not per_object:
+        return np.argwhere(mask)
+    from scipy import ndimage
+
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    if n == 0:
+        return np.zeros((0, 3), np.int64)
+    flat = np.flatnonzero(labels)
+    ids = labels.ravel()[flat]
+    order = np.argsort(ids, kind="stable")  # voxels grouped by object, scan order inside each
+    flat, ids = flat[order], ids[order]
+    starts = np.searchsorted(ids, np.arange(1, n + 1))
+    counts = np.diff(np.append(starts, len(ids)))
+    picks = [starts[k] + np.unique(np.linspace(0, counts[k] - 1, min(per_object, counts[k])).round().astype(np.int64))
+             for k in range(n)]
+    return np.stack(np.unravel_index(flat[np.concatenate(picks)], mask.shape), axis=1)
+
+
+def _pack(data: TrainingSet, min_shape: Sequence[int], multiple: int = 1, per_object: int = 0) -> dict:
+    """Stack pairs into zero-padded device arrays (N, Z, Y, X) plus real shapes and the voxels patches are
+    centred on (calcium, hard negatives; all, or ``per_object`` per object: ``TrainConfig.per_object``)."""
     if len(data) == 0:
         raise InputError("the training set is empty", code="EMPTY_DATASET",
                          hint="pass at least one exam")
@@ -379,7 +408,7 @@ def _pack(data: TrainingSet, min_shape: Sequence[int], multiple: int = 1) -> dic
         targets[i, :z, :y, :x] = b
         shapes[i] = (z, y, x)
         for mask, out in ((b, positives), (neg, hard)):
-            p = np.argwhere(np.asarray(mask))
+            p = _object_voxels(np.asarray(mask, bool), per_object)
             if len(p):
                 out.append(np.concatenate([np.full((len(p), 1), i), p], axis=1))
 
@@ -757,7 +786,7 @@ def train_member(
             raise InputError(
                 f"patch_zyx {config.patch_zyx} must be multiples of {multiple} for a {levels}-level U-Net",
                 code="BAD_TRAIN_CONFIG", hint=f"round the patch size to a multiple of {multiple}")
-    packed = _pack(train_data, config.patch_zyx)
+    packed = _pack(train_data, config.patch_zyx, per_object=config.per_object)
     val_packed = _pack(val_data, (1, 1, 1), multiple) if val_data is not None and len(val_data) else None
     fp = _fingerprint(config, model_config, seed, _data_fingerprint(packed),
                       _data_fingerprint(val_packed) if val_packed is not None else None,

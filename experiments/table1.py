@@ -240,6 +240,10 @@ def main(argv=None) -> int:
                          "wall); with --batch 2 and --positive 0.5 each batch pairs one of each")
     ap.add_argument("--pooled-dice", action="store_true",
                     help="one Dice over the whole batch instead of the mean of per-patch Dice losses")
+    ap.add_argument("--per-object", type=int, default=0,
+                    help="centre patches on at most this many voxels of each object (TrainConfig.per_object; 0: any voxel)")
+    ap.add_argument("--init", default=None,
+                    help="fine-tune from this ensemble file (or 'default': the shipped one) instead of fresh networks")
     ap.add_argument("--kernel", type=float, default=0.0, help="SD of the kernel blur/sharpen augmentation")
     ap.add_argument("--border-cut", type=float, default=0.0, help="share of patches cut by a field-of-view edge")
     ap.add_argument("--members", type=int, default=5)
@@ -269,7 +273,8 @@ def main(argv=None) -> int:
                          eval_every=args.eval_every, log_every=max(args.eval_every // 4, 1), seed=args.seed,
                          bce_weight=args.bce, clip_norm=args.clip,
                          positive_fraction=args.positive, hard_negative_fraction=args.hard,
-                         dice_pooled=args.pooled_dice, kernel_std=args.kernel, border_cut=args.border_cut)
+                         dice_pooled=args.pooled_dice, kernel_std=args.kernel, border_cut=args.border_cut,
+                         per_object=args.per_object)
     log(f"device: {device_description()}; model {args.model} {model_config}; {config}")
     log("command: python experiments/table1.py " + " ".join(argv if argv is not None else sys.argv[1:]))
 
@@ -308,7 +313,7 @@ def main(argv=None) -> int:
             histories: list = []
             log(f"{s}: training {args.members} networks on {len(train)} exams, validating on {len(val)}")
             trained = train_cohort(data, members=args.members, config=config, model_config=model_config,
-                                   init=None, validation=n_val, seed=args.seed,
+                                   init=args.init, validation=n_val, seed=args.seed,
                                    seeds=[args.seed * 100 + k for k in range(args.members)],
                                    checkpoint_dir=workdir / f"ckpt_{s.replace('+', '_')}", log=log)
             ensemble, histories = trained.ensemble, trained.histories

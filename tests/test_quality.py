@@ -1,0 +1,71 @@
+"""Noise measurement against known noise (white and correlated, with tissue edges), and the pipeline's
+warning when an exam is noisier than the networks' training range."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from agatax.quality import TRAINED_NOISE_HU, image_noise_hu, noise_note
+
+SPACING = (3.0, 0.5, 0.5)
+
+
+def _body(shape=(8, 128, 128)):
+    """Air around a soft-tissue body (40 HU) holding a fat band (-100 HU) and a bone disc (700 HU)."""
+    hu = np.full(shape, -1000.0)
+    yy, xx = np.mgrid[:shape[1], :shape[2]]
+    body = (yy - 64) ** 2 + (xx - 64) ** 2 < 58 ** 2
+    hu[:, body] = 40.0
+    hu[:, 30:40, 20:110] = -100.0
+    hu[:, (yy - 90) ** 2 + (xx - 64) ** 2 < 10 ** 2] = 700.0
+    return hu
+
+
+@pytest.mark.parametrize("sigma", [8.0, 25.0, 50.0])
+def test_white_noise_is_measured(sigma):
+    rng = np.random.default_rng(int(sigma))
+    hu = _body() + rng.normal(0, sigma, (8, 128, 128))
+    assert image_noise_hu(hu, SPACING) == pytest.approx(sigma, rel=0.06)
+
+
+@pytest.mark.parametrize("sigma", [15.0, 45.0])
+def test_correlated_noise_is_measured_as_its_pixel_sd(sigma):
+    # CT-like grain: white noise smoothed in-plane over ~2 pixels, rescaled so that its pixel SD is sigma
+    rng = np.random.default_rng(3)
+    noise = ndimage.gaussian_filter(rng.normal(0, 1, (8, 128, 128)), (0, 0.8, 0.8))
+    noise *= sigma / noise.std()
+    hu = _body() + noise
+    assert image_noise_hu(hu, SPACING) == pytest.approx(sigma, rel=0.12)
+
+
+def test_no_soft_tissue_means_no_measurement():
+    hu = np.full((8, 64, 64), -1000.0)
+    hu[:, 10:50, 10:50] = 250.0  # plastic without soft tissue
+    assert image_noise_hu(hu + np.random.default_rng(0).normal(0, 20, hu.shape), SPACING) is None
+
+
+def test_note_only_above_the_training_range():
+    assert noise_note(None) == () and noise_note(TRAINED_NOISE_HU[1]) == ()
+    (text,) = noise_note(52.4)
+    assert "52 HU" in text and "40 HU" in text
+
+
+def test_pipeline_reports_noise_and_warns_when_too_noisy():
+    import jax
+    import jax.numpy as jnp
+
+    from agatax import Volume
+    from agatax.ensemble import stack_members
+    from agatax.model import UNet, UNetConfig
+    from agatax.pipeline import run_pipeline
+
+    tiny = UNetConfig.tiny()
+    variables = [UNet(tiny).init(jax.random.key(s), jnp.zeros((1, 8, 8, 8, 1))) for s in range(3)]
+    ensemble = stack_members(variables, tiny)
+    rng = np.random.default_rng(1)
+    for sigma, warned in ((20.0, False), (60.0, True)):
+        hu = (_body((8, 96, 96)) + rng.normal(0, sigma, (8, 96, 96))).astype(np.float32)
+        res = run_pipeline(ensemble, Volume(hu, (3.0, 0.7, 0.7)), localise=False)
+        assert res.noise_hu == pytest.approx(sigma, rel=0.08)
+        assert any("image noise" in n for n in res.notes) == warned
+        assert res.to_dict()["noise_hu"] == res.noise_hu
