@@ -296,3 +296,18 @@ def test_metal_is_dense_marked_and_apart_from_coronary_calcium():
         if len(set(found)) >= 2:
             break
     assert len(set(found)) >= 2, found
+
+
+@pytest.mark.parametrize("seed,category", [(2, "D"), (1, "D"), (8, "E"), (21, "C")])
+def test_small_grids_give_an_exam_or_a_typed_refusal(seed, category):
+    """On a 64 x 64 x 8 grid some plans put a plaque off the grid or draw a heart whose aortic root is under
+    6 mm: an exam or TARGET_UNREACHABLE, never a TypeError / ValueError from inside the generator."""
+    from agatax.errors import AgataxError
+    from agatax.synthetic import generate_exam
+
+    try:
+        exam = generate_exam(seed, target_category=category, matrix=64, n_slices=8)
+    except AgataxError as err:
+        assert err.code == "TARGET_UNREACHABLE"
+    else:
+        assert exam.volume.shape == (8, 64, 64)

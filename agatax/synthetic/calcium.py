@@ -255,7 +255,8 @@ def distractor_atoms(heart: Heart, landmarks: dict, grid: Grid, rng: np.random.G
         for k in range(3):
             if rng.random() < 0.35 + 0.5 * burden:
                 ang = rot + k * 2 * math.pi / 3
-                r = rng.uniform(4.0, 0.7 * heart.root_radius)
+                r_max = 0.7 * heart.root_radius  # a small heart (a small body) has a root under 6 mm
+                r = rng.uniform(4.0 if r_max > 4.0 else 0.5 * r_max, r_max)
                 c = np.array([base_z + rng.uniform(-2, 3), heart.aortic_root[1] + r * math.sin(ang),
                               heart.aortic_root[2] + r * math.cos(ang)])
                 d = np.array([0.0, math.cos(ang), -math.sin(ang)])

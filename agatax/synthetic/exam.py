@@ -568,6 +568,8 @@ def _plan_lesions(cat, target, n_lesions, vessels, grid, sc, rng, base) -> list[
 
 
 def _measure(p: _Plan, grid, sc, base) -> float:
+    if p.box is None:  # the plaque lies off the grid (a coarse or small field of view): it scores nothing
+        return 0.0
     hu_crop = np.rint(base[p.box] + p.signal)
     got = _lesion_mask(hu_crop, p.signal)
     if got is None:
