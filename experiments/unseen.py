@@ -47,6 +47,23 @@ def unseen_settings(rng: np.random.Generator) -> dict:
     }
 
 
+def noise_split(exams, ev) -> dict:
+    """How many exams the pipeline's noise warning (agatax.quality) fires on, and the category accuracy on
+    the warned and the other exams."""
+    from agatax.quality import image_noise_hu, noise_note
+    from agatax.scoring import risk_category
+
+    warned = np.array([bool(noise_note(image_noise_hu(e.volume.hu, e.volume.spacing))) for e in exams])
+    right = np.array([risk_category(p) == risk_category(r)
+                      for p, r in zip(ev["ensemble_scores"], ev["reference_scores"])])
+
+    def acc(sel):
+        return round(float(right[sel].mean()), 3) if sel.any() else None
+
+    return {"exams": len(exams), "warned": int(warned.sum()), "accuracy_warned": acc(warned),
+            "accuracy_not_warned": acc(~warned)}
+
+
 def unseen_cohort(n: int, seed: int, matrix: int | None):
     cats = plan_categories(n, seed, {c: 0.2 for c in "ABCDE"}, salt="unseen")
     rng = np.random.default_rng([seed, 4242])
@@ -91,6 +108,11 @@ def main(argv=None) -> int:
                 print(f"| {w} | {tag} | {ev['ensemble_c_index']:.3f} | {ev['ensemble_accuracy']:.3f} | "
                       f"{les['sensitivity']:.3f} / {les['ppv']:.3f} / {les['f1']:.3f} | {ev['single_c_mean']:.3f} |",
                       flush=True)
+                ev["noise_warning"] = noise_split(exams, ev)
+    for key, ev in results.items():
+        ns = ev["noise_warning"]
+        print(f"{key}: the pipeline's noise warning fires on {ns['warned']} of {ns['exams']} exams; category "
+              f"accuracy {ns['accuracy_warned']} on those, {ns['accuracy_not_warned']} on the others")
     out = Path(args.workdir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "unseen_results.json").write_text(json.dumps(results, indent=1))
