@@ -374,6 +374,8 @@ def format_report(result: dict[str, Any]) -> str:
         lines.append(f"chest:     {result['chest_region']['note']}")
     elif result.get("mask"):
         lines.append(f"calcium:   mask {result['mask']}")
+    if result.get("noise_hu") is not None:
+        lines.append(f"noise:     {result['noise_hu']:.0f} HU (SD in soft tissue; the networks were trained on 10-40 HU)")
     lines += [
         f"Agatston:  {result['agatston']:.1f}   (category {result['category']})",
         f"volume:    {result['volume_mm3']:.1f} mm^3",

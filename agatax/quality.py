@@ -17,12 +17,13 @@ __all__ = ["image_noise_hu", "noise_note", "TRAINED_NOISE_HU"]
 #: Noise SD (HU) the shipped networks were trained on (agatax/weights/MODEL_CARD.md).
 TRAINED_NOISE_HU = (10.0, 40.0)
 _TISSUE_HU = (-20.0, 100.0)  # blood, myocardium, muscle, liver without contrast: locally flat areas
-_LAG_MM = 1.5  # pixel pairs this far apart: past the grain of CT noise (1-2 pixels), inside flat tissue
+_LAG_MM = 1.5  # pixel pairs this far apart (and >= 3 pixels): past the grain of CT noise, inside flat tissue
 _MIN_PAIRS = 2000
 
 
 def image_noise_hu(hu, spacing, region=None, *, slices: int = 8) -> float | None:
-    """Noise SD (HU) of an exam: the spread of differences between pixels ~1.5 mm apart in flat soft tissue.
+    """Noise SD (HU) of an exam: the spread of differences between pixels ~1.5 mm (at least 3 pixels) apart
+    in flat soft tissue.
 
     Pairs are taken along x on up to ``slices`` evenly spaced slices, where the 5 x 5 local mean at both
     pixels lies in soft tissue (-20..100 HU; chosen on the local mean, not the noisy values, so that the
@@ -41,7 +42,7 @@ def image_noise_hu(hu, spacing, region=None, *, slices: int = 8) -> float | None
 
     hu = np.asarray(hu)
     dx = float(spacing[2])
-    lag = max(1, int(math.ceil(_LAG_MM / dx - 1e-6)))
+    lag = max(3, int(math.ceil(_LAG_MM / dx - 1e-6)))  # at least 3 pixels: past the grain on coarse pixels too
     if hu.ndim != 3 or hu.shape[2] <= lag:
         return None
     picks = np.unique(np.linspace(0, hu.shape[0] - 1, min(slices, hu.shape[0])).round().astype(int))

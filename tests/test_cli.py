@@ -209,6 +209,19 @@ def test_single_exam_with_the_ensemble_json_contract(cohort, capsys):
     assert result["category"] in "ABCDE"
 
 
+def test_exam_noise_in_the_json_and_the_text(cohort, capsys):
+    from agatax.synthetic import generate_exam
+
+    set_noise = generate_exam(1, matrix=96, n_slices=24, slice_increment_mm=3.0, slice_thickness_mm=3.0,
+                              fov_mm=200.0).params["scanner"]["noise_sigma_hu"]  # case1's noise, as drawn
+    args = ["score", str(cohort / "exams" / "case1"), "--weights", str(cohort / "tiny.msgpack"), "--device", "cpu"]
+    assert main(args + ["--json", "-"]) == 0
+    noise = json.loads(capsys.readouterr().out)["noise_hu"]
+    assert noise == pytest.approx(set_noise, rel=0.15)
+    assert main(args) == 0
+    assert f"noise:     {noise:.0f} HU" in capsys.readouterr().out
+
+
 def test_report_png_is_drawn(cohort, tmp_path, capsys):
     pytest.importorskip("matplotlib")
     assert main(["score", str(cohort / "exams" / "case0"), "--weights", str(cohort / "tiny.msgpack"),
