@@ -375,7 +375,11 @@ def format_report(result: dict[str, Any]) -> str:
     elif result.get("mask"):
         lines.append(f"calcium:   mask {result['mask']}")
     if result.get("noise_hu") is not None:
-        lines.append(f"noise:     {result['noise_hu']:.0f} HU (SD in soft tissue; the networks were trained on 10-40 HU)")
+        from agatax.quality import TRAINED_NOISE_HU
+
+        low, high = TRAINED_NOISE_HU
+        lines.append(f"noise:     {result['noise_hu']:.0f} HU (SD in soft tissue; the networks were trained on "
+                     f"{low:g}-{high:g} HU)")
     lines += [
         f"Agatston:  {result['agatston']:.1f}   (category {result['category']})",
         f"volume:    {result['volume_mm3']:.1f} mm^3",

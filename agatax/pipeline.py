@@ -302,16 +302,17 @@ def run_pipeline(
                                    threshold_hu=threshold_hu, score=False, localise=localise)
     from agatax.scoring import compute_scores
 
+    hu = np.asarray(hu)  # the host copy the metal rule, the noise and the scores share
     mask, votes = np.asarray(out["mask"]), np.asarray(out["votes"])
     notes = ()
     if metal_hu is not None:
-        mask, votes, notes = exclude_metal(np.asarray(hu), mask, votes, spacing, metal_hu=metal_hu)
+        mask, votes, notes = exclude_metal(hu, mask, votes, spacing, metal_hu=metal_hu)
     from agatax.quality import image_noise_hu, noise_note
 
     noise = image_noise_hu(hu, spacing)
     notes = tuple(notes) + noise_note(noise)
     scores = compute_scores(
-        np.asarray(hu), mask, spacing, calibration=calibration, min_pixels=min_pixels, min_area_mm2=min_area_mm2,
+        hu, mask, spacing, calibration=calibration, min_pixels=min_pixels, min_area_mm2=min_area_mm2,
         connectivity=connectivity, threshold_hu=threshold_hu,
     )
     return PipelineResult(mask=mask, votes=votes, scores=scores, spacing=spacing, chest=chest,
