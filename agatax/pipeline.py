@@ -253,8 +253,8 @@ class PipelineResult:
         spacing: (dz, dy, dx) mm used.
         chest: the ``ChestRegion`` used to discard calcium outside the chest (None with ``localise=False``).
         volume: the Volume scored (None when arrays were given), on whose grid the mask lies.
-        notes: what the pipeline left out and why (metal), and noise above the networks' training range,
-            for the report's warnings.
+        notes: what the pipeline left out and why (metal), noise above the networks' training range and a
+            slice thickness outside the 2.5-3 mm of the Agatston score, for the report's warnings.
         noise_hu: the exam's noise SD in soft tissue, HU (``agatax.quality.image_noise_hu``; None where
             there is no flat soft tissue to measure it in).
     """
@@ -296,7 +296,8 @@ def run_pipeline(
     (``calibration`` in mg / (HU mm^3) for the mass score). ``result.chest`` holds the chest region used.
     ``metal_hu``: objects the networks mark that reach this HU are metal and left out (``exclude_metal``;
     None keeps them); ``result.notes`` says what was left out, and warns when the exam's noise
-    (``result.noise_hu``) is above the 10-40 HU the networks were trained on.
+    (``result.noise_hu``) is above the 10-40 HU the networks were trained on or its slice thickness (a
+    ``Volume``'s ``slice_thickness``) is outside the 2.5-3 mm the Agatston score is defined on.
     """
     out, hu, spacing, chest = _run(ensemble, volume, spacing, strategy=strategy, target_mm=target_mm,
                                    threshold_hu=threshold_hu, score=False, localise=localise)
@@ -307,10 +308,12 @@ def run_pipeline(
     notes = ()
     if metal_hu is not None:
         mask, votes, notes = exclude_metal(hu, mask, votes, spacing, metal_hu=metal_hu)
-    from agatax.quality import image_noise_hu, noise_note
+    from agatax.quality import image_noise_hu, noise_note, thickness_note
 
     noise = image_noise_hu(hu, spacing)
-    notes = tuple(notes) + noise_note(noise)
+    thickness = volume.slice_thickness if isinstance(volume, Volume) else None
+    thickness = spacing[0] if thickness is None else thickness  # unknown (NIfTI, arrays): the increment
+    notes = tuple(notes) + noise_note(noise) + thickness_note(thickness)
     scores = compute_scores(
         hu, mask, spacing, calibration=calibration, min_pixels=min_pixels, min_area_mm2=min_area_mm2,
         connectivity=connectivity, threshold_hu=threshold_hu,

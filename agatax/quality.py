@@ -1,4 +1,5 @@
-"""Image quality the networks depend on, measured from the HU alone: the noise level.
+"""Image quality the networks depend on, measured from the HU alone (the noise level), and the slice
+thickness the Agatston score assumes.
 
 The shipped networks were trained on exams with 10-40 HU of image noise (SD in soft tissue). Beyond that,
 noise crosses 130 HU in single pixels and small calcifications drown: on synthetic exams at 40-50 HU the
@@ -12,10 +13,13 @@ import math
 
 import numpy as np
 
-__all__ = ["image_noise_hu", "noise_note", "TRAINED_NOISE_HU"]
+__all__ = ["image_noise_hu", "noise_note", "thickness_note", "TRAINED_NOISE_HU", "AGATSTON_THICKNESS_MM"]
 
 #: Noise SD (HU) the shipped networks were trained on (agatax/weights/MODEL_CARD.md).
 TRAINED_NOISE_HU = (10.0, 40.0)
+#: Slice thicknesses (mm) taken as the Agatston reconstruction: 3 mm (2.5 mm on some scanners), and the
+#: 3 mm slabs agatax makes of thin slices (a whole number of slices: 2.5-3.5 mm).
+AGATSTON_THICKNESS_MM = (2.5, 3.5)
 _TISSUE_HU = (-20.0, 100.0)  # blood, myocardium, muscle, liver without contrast: locally flat areas
 _LAG_MM = 1.5  # pixel pairs this far apart (and >= 3 pixels): past the grain of CT noise, inside flat tissue
 _MIN_PAIRS = 2000
@@ -72,4 +76,23 @@ def noise_note(noise_hu: float | None, limit_hu: float = TRAINED_NOISE_HU[1]) ->
     return (f"image noise: about {noise_hu:.0f} HU (SD in soft tissue), above the {TRAINED_NOISE_HU[0]:g}-"
             f"{TRAINED_NOISE_HU[1]:g} HU the networks were trained on: small calcifications may be missed and "
             "noise above 130 HU may be scored. Check the mask, or score a smoother (thicker or iterative) "
+            "reconstruction of the same acquisition",)
+
+
+def thickness_note(thickness_mm: float | None) -> tuple[str, ...]:
+    """A warning when the reconstructed slice thickness (mm) is outside the 2.5-3.5 mm taken as the Agatston
+    reconstruction (``AGATSTON_THICKNESS_MM``), else nothing (also when the thickness is unknown)."""
+    if thickness_mm is None:
+        return ()
+    t = float(thickness_mm)
+    lo, hi = AGATSTON_THICKNESS_MM
+    if lo - 0.05 <= t <= hi + 0.05:
+        return ()
+    if t > hi:
+        effect = ("on thicker slices small calcifications are averaged below 130 HU and the score reads low "
+                  "(typical of non-gated chest CT)")
+    else:
+        effect = "on thinner slices more small calcifications reach 130 HU and the score reads high"
+    return (f"slices of {t:g} mm: the Agatston score and its categories are defined on 3 mm slices; "
+            f"{effect}. Compare it only with scores of the same reconstruction, or score a 3 mm "
             "reconstruction of the same acquisition",)

@@ -269,6 +269,11 @@ def report_dict(
         )
         if not any("overlap" in w.lower() for w in warnings):
             warnings.append(note)
+    from agatax.quality import thickness_note
+
+    for note in thickness_note(volume.slice_thickness or volume.spacing[0]):  # as agatax.run_pipeline says
+        if not any(w.startswith("slices of") for w in warnings):
+            warnings.append(note)
     from agatax import __version__
 
     out: dict[str, Any] = {"exam_id": exam_id or default_exam_id(volume), "agatax_version": __version__}

@@ -79,19 +79,29 @@ def cohort_size(name: str, scale: float) -> int:
     return max(4, int(round(PRESET_SIZES[name] * scale)))
 
 
-def generate(name: str, n: int, seed: int, gen_kwargs: dict):
+def generate(name: str, n: int, seed: int, gen_kwargs: dict, noise_range: tuple[float, float] | None = None):
+    """Exams 0..n-1 of preset ``name``; ``noise_range`` (low, high) HU: each exam's noise SD drawn uniformly
+    from it (seeded by cohort, seed and index) instead of the generator's 10-40 HU; nothing else changes (the
+    generator draws its own noise level either way, so the anatomy and calcium stay the same)."""
     from agatax.synthetic import preset_exam
 
     for i in range(n):
-        yield preset_exam(name, i, seed, **gen_kwargs)
+        kw = dict(gen_kwargs)
+        if noise_range is not None:
+            rng = np.random.default_rng([seed, i, PRESET_SIZES[name], 5150])
+            kw["noise_sigma_hu"] = float(rng.uniform(*noise_range))
+        yield preset_exam(name, i, seed, **kw)
 
 
-def cohort_pairs(name: str, n: int, seed: int, gen_kwargs: dict, workdir: Path, log) -> TrainingSet:
+def cohort_pairs(name: str, n: int, seed: int, gen_kwargs: dict, workdir: Path, log,
+                 noise_range: tuple[float, float] | None = None) -> TrainingSet:
     tag = "-".join(f"{k}{v}" for k, v in sorted(gen_kwargs.items()))
+    if noise_range is not None:
+        tag += ("-" if tag else "") + f"noise{noise_range[0]:g}to{noise_range[1]:g}"
     # "hn": the cache holds hard negatives (older caches without them are not reused)
     cache = workdir / f"pairs_{name}_n{n}_s{seed}{('_' + tag) if tag else ''}_hn.npz"
     t0 = time.perf_counter()
-    data = prepare_pairs(lambda: generate(name, n, seed, gen_kwargs), cache=cache,
+    data = prepare_pairs(lambda: generate(name, n, seed, gen_kwargs, noise_range), cache=cache,
                          names=[f"{name}-{i:04d}" for i in range(n)], log=log)
     log(f"{name}: {len(data)} pairs ready ({time.perf_counter() - t0:.1f} s, cache {cache.name})")
     return data
@@ -246,6 +256,9 @@ def main(argv=None) -> int:
                     help="fine-tune from this ensemble file (or 'default': the shipped one) instead of fresh networks")
     ap.add_argument("--kernel", type=float, default=0.0, help="SD of the kernel blur/sharpen augmentation")
     ap.add_argument("--border-cut", type=float, default=0.0, help="share of patches cut by a field-of-view edge")
+    ap.add_argument("--train-noise", default=None,
+                    help="LOW,HIGH: draw the training exams' noise SD (HU) from this range instead of the "
+                    "generator's 10-40 (J3 keeps the generator's)")
     ap.add_argument("--members", type=int, default=5)
     ap.add_argument("--val", type=int, default=20, help="validation exams held out (paper: 20)")
     ap.add_argument("--matrix", type=int, default=None, help="synthetic in-plane matrix (default: generator's)")
@@ -266,6 +279,7 @@ def main(argv=None) -> int:
         logfile.flush()
 
     gen_kwargs = {} if args.matrix is None else {"matrix": args.matrix}
+    noise_range = None if args.train_noise is None else tuple(float(v) for v in args.train_noise.split(","))
     model_config = UNetConfig(**MODELS[args.model])
     patch = tuple(int(p) for p in args.patch.split(","))
     config = TrainConfig(learning_rate=args.lr, lr_schedule=args.schedule, steps=args.steps,
@@ -282,7 +296,8 @@ def main(argv=None) -> int:
     needed = sorted({p for s in sets for p in s.split("+")}, key=list(PRESET_SIZES).index)
     pairs = {}
     for name in needed:
-        pairs[name] = cohort_pairs(name, cohort_size(name, args.scale), args.seed, gen_kwargs, workdir, log)
+        pairs[name] = cohort_pairs(name, cohort_size(name, args.scale), args.seed, gen_kwargs, workdir, log,
+                                   noise_range)
 
     test_scale = args.scale if args.test_scale is None else args.test_scale
     n_test = cohort_size("J3", test_scale)

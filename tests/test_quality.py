@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from agatax.quality import TRAINED_NOISE_HU, image_noise_hu, noise_note
+from agatax.quality import TRAINED_NOISE_HU, image_noise_hu, noise_note, thickness_note
 
 SPACING = (3.0, 0.5, 0.5)
 
@@ -69,3 +69,42 @@ def test_pipeline_reports_noise_and_warns_when_too_noisy():
         assert res.noise_hu == pytest.approx(sigma, rel=0.08)
         assert any("image noise" in n for n in res.notes) == warned
         assert res.to_dict()["noise_hu"] == res.noise_hu
+
+
+@pytest.mark.parametrize("thickness,expect", [
+    (None, None), (2.5, None), (3.0, None), (2.999, None),  # the Agatston reconstructions: nothing to say
+    (3.125, None), (3.5, None),  # 3 mm slabs of 0.625 and 1.75 mm slices (agatax.thick_slabs)
+    (5.0, "reads low"), (4.0, "reads low"), (1.0, "reads high"), (0.5, "reads high"), (2.0, "reads high"),
+])
+def test_thickness_note_outside_the_agatston_reconstruction(thickness, expect):
+    notes = thickness_note(thickness)
+    if expect is None:
+        assert notes == ()
+    else:
+        (text,) = notes
+        assert f"{thickness:g} mm" in text and expect in text and "3 mm" in text
+
+
+def test_pipeline_notes_thick_slices_from_the_volume_or_else_the_increment():
+    import jax
+    import jax.numpy as jnp
+
+    from agatax import Volume
+    from agatax.ensemble import stack_members
+    from agatax.model import UNet, UNetConfig
+    from agatax.pipeline import run_pipeline
+
+    tiny = UNetConfig.tiny()
+    variables = [UNet(tiny).init(jax.random.key(s), jnp.zeros((1, 8, 8, 8, 1))) for s in range(3)]
+    ensemble = stack_members(variables, tiny)
+    hu = (_body((8, 64, 64)) + np.random.default_rng(2).normal(0, 15, (8, 64, 64))).astype(np.float32)
+    cases = [  # (volume, thickness named in a note or None)
+        (Volume(hu, (3.0, 0.7, 0.7), slice_thickness=3.0), None),
+        (Volume(hu, (5.0, 0.7, 0.7), slice_thickness=5.0), 5.0),
+        (Volume(hu, (2.5, 0.7, 0.7), slice_thickness=3.0), None),  # overlapping 3 mm slices every 2.5 mm
+        (Volume(hu, (1.0, 0.7, 0.7)), 1.0),  # thickness unknown (NIfTI): the increment
+    ]
+    for volume, named in cases:
+        res = run_pipeline(ensemble, volume, localise=False)
+        found = [n for n in res.notes if n.startswith("slices of")]
+        assert (found == []) if named is None else (len(found) == 1 and f"{named:g} mm" in found[0])

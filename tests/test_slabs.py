@@ -58,6 +58,8 @@ def test_thin_slice_exam_is_scored_on_slabs_by_default_and_natively_on_request(t
     assert slab["agatston"] == pytest.approx(8.0)
     assert slab["spacing_mm"][0] == pytest.approx(3.0) and slab["shape"][0] == 4
     assert any("slabs" in w for w in slab["warnings"])
+    assert not any(w.startswith("slices of") for w in slab["warnings"])  # 3 mm slabs: the Agatston thickness
     assert main(base + ["--thin-slices", "native"]) == 0
     native = json.loads(capsys.readouterr().out)
     assert native["agatston"] == pytest.approx(6.4)
+    assert sum(w.startswith("slices of 0.6 mm") and "reads high" in w for w in native["warnings"]) == 1
