@@ -311,3 +311,25 @@ def test_small_grids_give_an_exam_or_a_typed_refusal(seed, category):
         assert err.code == "TARGET_UNREACHABLE"
     else:
         assert exam.volume.shape == (8, 64, 64)
+
+
+@pytest.mark.parametrize("seed,protocol", [(7005, "cardiac"), (7005, "chest")])
+def test_metal_reaches_its_planned_density_in_the_lung_too(seed, protocol):
+    """Surgical clips on the heart's surface often lie against the lung: each metal object must still reach
+    its planned peak (2200-3071 HU for clips), as metal does whatever lies beneath it. It used to be drawn
+    as if over soft tissue (40 HU), so a clip in the lung peaked near 1700 HU, below the metal rule."""
+    from agatax.synthetic import DISTRACTOR_CODES
+
+    ex = generate_exam(seed, target_category="A", protocol=protocol, matrix=160)
+    clips = [d for d in ex.distractors if d["kind"] == "metal"]
+    assert clips, "the seed no longer draws metal: pick another"
+    metal = ex.distractor_mask == DISTRACTOR_CODES["metal"]
+    lab, n = ndimage.label(metal, structure=np.ones((3, 3, 3), bool))
+    peaks = ndimage.maximum(ex.volume.hu, lab, index=np.arange(1, n + 1))
+    assert n >= len(clips) - 1  # one object per clip (two may touch)
+    for d in clips:  # every object at its planned peak, within the streaks of the metal drawn after it
+        z, y, x = (int(round(v)) for v in d["center_zyx"])
+        near = lab[max(z - 3, 0): z + 4, max(y - 8, 0): y + 9, max(x - 8, 0): x + 9]
+        ids = np.unique(near[near > 0])
+        assert ids.size, d
+        assert max(peaks[i - 1] for i in ids) >= d["peak_hu"] - 300.0, (d, [peaks[i - 1] for i in ids])

@@ -439,7 +439,6 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
     distractor_mask = np.zeros(grid.shape, np.uint8)
     distractor_mask[bone] = DISTRACTOR_CODES["bone"]
     distractors = []
-    streaks = []
     for item in distractor_atoms(heart, landmarks, grid, r_dis, burden, vessels):
         atoms = item["atoms"]
         if not item.get("deformed"):
@@ -450,7 +449,14 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
         if box is None:
             continue
         unit = render_atoms(grid, atoms, box, sc.slice_thickness_mm, psf)
-        amp = (item["peak_hu"] - 40.0) / max(float(unit.max()), 1e-6)
+        bg = 40.0
+        if item["kind"] == "metal":
+            # streaks (alternating bright and dark lines through the object) first, then the metal on top at
+            # its planned peak over whatever lies beneath (a clip in the lung is as dense as one in fat)
+            _add_streaks(vol, grid, atoms, r_dis)
+            peak_idx = np.unravel_index(int(np.argmax(unit)), unit.shape)
+            bg = float(np.clip(vol[box][peak_idx], -1000.0, 60.0))
+        amp = (item["peak_hu"] - bg) / max(float(unit.max()), 1e-6)
         sig = unit * np.float32(amp)
         vol[box] += sig
         dm = distractor_mask[box]
@@ -459,10 +465,6 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
         distractors.append({"kind": item["kind"], "center_zyx": tuple(float(v) for v in c),
                             "peak_hu": float(item["peak_hu"]), "atoms": len(atoms)}
                            | ({"what": item["what"]} if "what" in item else {}))
-        if item["kind"] == "metal":
-            streaks.append(atoms)
-    for atoms in streaks:  # metal streaks: alternating bright and dark lines through the object
-        _add_streaks(vol, grid, atoms, r_dis)
     np.clip(vol, -1024.0, 3071.0, out=vol)
     outside = None
     if sc.padding_hu is not None:  # padding outside the reconstruction circle, as scanners write it
