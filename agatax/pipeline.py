@@ -254,7 +254,7 @@ class PipelineResult:
         chest: the ``ChestRegion`` used to discard calcium outside the chest (None with ``localise=False``).
         volume: the Volume scored (None when arrays were given), on whose grid the mask lies.
         notes: what the pipeline left out and why (metal), noise above the networks' training range and a
-            slice thickness outside the 2.5-3 mm of the Agatston score, for the report's warnings.
+            slice thickness outside the 2.5-3.5 mm of the Agatston reconstruction, for the report's warnings.
         noise_hu: the exam's noise SD in soft tissue, HU (``agatax.quality.image_noise_hu``; None where
             there is no flat soft tissue to measure it in).
     """
@@ -297,7 +297,7 @@ def run_pipeline(
     ``metal_hu``: objects the networks mark that reach this HU are metal and left out (``exclude_metal``;
     None keeps them); ``result.notes`` says what was left out, and warns when the exam's noise
     (``result.noise_hu``) is above the 10-40 HU the networks were trained on or its slice thickness (a
-    ``Volume``'s ``slice_thickness``) is outside the 2.5-3 mm the Agatston score is defined on.
+    ``Volume``'s ``slice_thickness``, else the increment) is outside 2.5-3.5 mm (the Agatston score: 3 mm).
     """
     out, hu, spacing, chest = _run(ensemble, volume, spacing, strategy=strategy, target_mm=target_mm,
                                    threshold_hu=threshold_hu, score=False, localise=localise)
