@@ -10,7 +10,9 @@ host scoring):
     python experiments/unseen.py --weights agatax/weights/default_ensemble.msgpack --scale 1.0 --matrix 256
 
 Prints one Markdown row per ensemble for the J3 test set and for the unseen one, and writes
-<workdir>/unseen_results.json.
+<workdir>/unseen_results.json. ``--ablate`` then tells which never-used setting the errors come from: every
+unseen exam scored in the wrong category is drawn again with one setting at a time put back inside the
+training range.
 """
 
 from __future__ import annotations
@@ -64,6 +66,31 @@ def noise_split(exams, ev) -> dict:
             "accuracy_not_warned": acc(~warned)}
 
 
+#: For --ablate: each never-used setting put back inside the training range, one at a time.
+PUT_BACK = {"noise 25 HU": {"noise_sigma_hu": 25.0}, "field of view 210 mm": {"fov_mm": 210.0},
+            "slices every 3 mm": {"slice_increment_mm": 3.0}, "sharpness 0.5": {"sharpness": 0.5},
+            "offset 0 HU": {"hu_offset": 0.0}}
+
+
+def ablate(ensemble, n: int, seed: int, matrix: int | None, wrong: list[int]) -> dict:
+    """Exams ``wrong`` of the unseen cohort drawn again with one setting at a time put back inside the training
+    range (seed and category unchanged): how many each puts right. Changing the noise level or the offset
+    keeps the noise pattern; a new field of view or slice grid also redraws it."""
+    from agatax.scoring import risk_category
+
+    cats = plan_categories(n, seed, {c: 0.2 for c in "ABCDE"}, salt="unseen")
+    rng = np.random.default_rng([seed, 4242])
+    settings = [unseen_settings(rng) for _ in range(n)]
+    right = {name: 0 for name in PUT_BACK}
+    for i in wrong:
+        for name, fix in PUT_BACK.items():
+            kw = {**settings[i], **fix, **({"matrix": matrix} if matrix else {})}
+            exam = generate_exam(exam_seed(seed, i, "unseen"), target_category=cats[i], **kw)
+            score = table1.evaluate(ensemble, [exam])["ensemble_scores"][0]
+            right[name] += int(risk_category(score) == risk_category(exam.agatston))
+    return {"exams": len(wrong), "right_after_putting_back": right}
+
+
 def unseen_cohort(n: int, seed: int, matrix: int | None):
     cats = plan_categories(n, seed, {c: 0.2 for c in "ABCDE"}, salt="unseen")
     rng = np.random.default_rng([seed, 4242])
@@ -83,6 +110,9 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-j3", action="store_true", help="test on the unseen cohort only")
     ap.add_argument("--both-localise", action="store_true",
                     help="also evaluate without the chest localisation (localise=False)")
+    ap.add_argument("--ablate", action="store_true",
+                    help="then draw every unseen exam scored in the wrong category again with one setting at a "
+                    "time put back inside the training range, and count how many each puts right")
     ap.add_argument("--workdir", default=str(ROOT / "experiments" / "_table1_work"))
     args = ap.parse_args(argv)
     n = table1.cohort_size("J3", args.scale)
@@ -109,6 +139,15 @@ def main(argv=None) -> int:
                       f"{les['sensitivity']:.3f} / {les['ppv']:.3f} / {les['f1']:.3f} | {ev['single_c_mean']:.3f} |",
                       flush=True)
                 ev["noise_warning"] = noise_split(exams, ev)
+                if args.ablate and name == "unseen" and localise:
+                    from agatax.scoring import risk_category
+
+                    wrong = [i for i, (p, r) in enumerate(zip(ev["ensemble_scores"], ev["reference_scores"]))
+                             if risk_category(p) != risk_category(r)]
+                    ev["ablation"] = ablate(ens, n, args.seed, args.matrix, wrong)
+                    print(f"{w}: of {len(wrong)} unseen exams in the wrong category, right after putting back: "
+                          + ", ".join(f"{k} {v}" for k, v in ev["ablation"]["right_after_putting_back"].items()),
+                          flush=True)
     for key, ev in results.items():
         ns = ev["noise_warning"]
         print(f"{key}: the pipeline's noise warning fires on {ns['warned']} of {ns['exams']} exams; category "
