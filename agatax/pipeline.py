@@ -312,8 +312,7 @@ def run_pipeline(
 
     noise = image_noise_hu(hu, spacing)
     thickness = volume.slice_thickness if isinstance(volume, Volume) else None
-    thickness = spacing[0] if thickness is None else thickness  # unknown (NIfTI, arrays): the increment
-    notes = tuple(notes) + noise_note(noise) + thickness_note(thickness)
+    notes = tuple(notes) + noise_note(noise) + thickness_note(thickness, spacing[0])
     scores = compute_scores(
         hu, mask, spacing, calibration=calibration, min_pixels=min_pixels, min_area_mm2=min_area_mm2,
         connectivity=connectivity, threshold_hu=threshold_hu,

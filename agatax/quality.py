@@ -79,9 +79,12 @@ def noise_note(noise_hu: float | None, limit_hu: float = TRAINED_NOISE_HU[1]) ->
             "reconstruction of the same acquisition",)
 
 
-def thickness_note(thickness_mm: float | None) -> tuple[str, ...]:
+def thickness_note(thickness_mm: float | None, increment_mm: float | None = None) -> tuple[str, ...]:
     """A warning when the reconstructed slice thickness (mm) is outside the 2.5-3.5 mm taken as the Agatston
-    reconstruction (``AGATSTON_THICKNESS_MM``), else nothing (also when the thickness is unknown)."""
+    reconstruction (``AGATSTON_THICKNESS_MM``), else nothing. An unknown thickness (NIfTI, bare arrays) is
+    taken as the slice increment ``increment_mm``; nothing when both are unknown."""
+    if thickness_mm is None:
+        thickness_mm = increment_mm
     if thickness_mm is None:
         return ()
     t = float(thickness_mm)

@@ -271,7 +271,7 @@ def report_dict(
             warnings.append(note)
     from agatax.quality import thickness_note
 
-    for note in thickness_note(volume.slice_thickness or volume.spacing[0]):  # as agatax.run_pipeline says
+    for note in thickness_note(volume.slice_thickness, volume.spacing[0]):  # as agatax.run_pipeline says
         if not any(w.startswith("slices of") for w in warnings):
             warnings.append(note)
     from agatax import __version__

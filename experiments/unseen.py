@@ -49,15 +49,21 @@ def unseen_settings(rng: np.random.Generator) -> dict:
     }
 
 
+def category_right(ev) -> np.ndarray:
+    """bool per exam of an evaluation: the ensemble's category is the reference's."""
+    from agatax.scoring import risk_category
+
+    return np.array([risk_category(p) == risk_category(r)
+                     for p, r in zip(ev["ensemble_scores"], ev["reference_scores"])])
+
+
 def noise_split(exams, ev) -> dict:
     """How many exams the pipeline's noise warning (agatax.quality) fires on, and the category accuracy on
     the warned and the other exams."""
     from agatax.quality import image_noise_hu, noise_note
-    from agatax.scoring import risk_category
 
     warned = np.array([bool(noise_note(image_noise_hu(e.volume.hu, e.volume.spacing))) for e in exams])
-    right = np.array([risk_category(p) == risk_category(r)
-                      for p, r in zip(ev["ensemble_scores"], ev["reference_scores"])])
+    right = category_right(ev)
 
     def acc(sel):
         return round(float(right[sel].mean()), 3) if sel.any() else None
@@ -76,29 +82,31 @@ def ablate(ensemble, n: int, seed: int, matrix: int | None, wrong: list[int]) ->
     """Exams ``wrong`` of the unseen cohort drawn again with one setting at a time put back inside the training
     range (seed and category unchanged): how many each puts right. Changing the noise level or the offset
     keeps the noise pattern; a new field of view or slice grid also redraws it."""
-    from agatax.scoring import risk_category
-
-    cats = plan_categories(n, seed, {c: 0.2 for c in "ABCDE"}, salt="unseen")
-    rng = np.random.default_rng([seed, 4242])
-    settings = [unseen_settings(rng) for _ in range(n)]
+    plan = unseen_plan(n, seed)
     right = {name: 0 for name in PUT_BACK}
     for i in wrong:
         for name, fix in PUT_BACK.items():
-            kw = {**settings[i], **fix, **({"matrix": matrix} if matrix else {})}
-            exam = generate_exam(exam_seed(seed, i, "unseen"), target_category=cats[i], **kw)
-            score = table1.evaluate(ensemble, [exam])["ensemble_scores"][0]
-            right[name] += int(risk_category(score) == risk_category(exam.agatston))
+            exam = _draw(plan[i], matrix, fix)
+            right[name] += int(category_right(table1.evaluate(ensemble, [exam]))[0])
     return {"exams": len(wrong), "right_after_putting_back": right}
 
 
-def unseen_cohort(n: int, seed: int, matrix: int | None):
+def unseen_plan(n: int, seed: int) -> list[tuple[int, str, dict]]:
+    """(exam seed, category, generator settings) of each exam of the unseen cohort."""
     cats = plan_categories(n, seed, {c: 0.2 for c in "ABCDE"}, salt="unseen")
     rng = np.random.default_rng([seed, 4242])
-    for i, cat in enumerate(cats):
-        kw = unseen_settings(rng)
-        if matrix:
-            kw["matrix"] = matrix
-        yield generate_exam(exam_seed(seed, i, "unseen"), target_category=cat, **kw)
+    return [(exam_seed(seed, i, "unseen"), cat, unseen_settings(rng)) for i, cat in enumerate(cats)]
+
+
+def _draw(item: tuple[int, str, dict], matrix: int | None, fix: dict | None = None):
+    exam_seed_, cat, settings = item
+    kw = {**settings, **(fix or {}), **({"matrix": matrix} if matrix else {})}
+    return generate_exam(exam_seed_, target_category=cat, **kw)
+
+
+def unseen_cohort(n: int, seed: int, matrix: int | None):
+    for item in unseen_plan(n, seed):
+        yield _draw(item, matrix)
 
 
 def main(argv=None) -> int:
@@ -140,10 +148,7 @@ def main(argv=None) -> int:
                       flush=True)
                 ev["noise_warning"] = noise_split(exams, ev)
                 if args.ablate and name == "unseen" and localise:
-                    from agatax.scoring import risk_category
-
-                    wrong = [i for i, (p, r) in enumerate(zip(ev["ensemble_scores"], ev["reference_scores"]))
-                             if risk_category(p) != risk_category(r)]
+                    wrong = [int(i) for i in np.flatnonzero(~category_right(ev))]
                     ev["ablation"] = ablate(ens, n, args.seed, args.matrix, wrong)
                     print(f"{w}: of {len(wrong)} unseen exams in the wrong category, right after putting back: "
                           + ", ".join(f"{k} {v}" for k, v in ev["ablation"]["right_after_putting_back"].items()),
