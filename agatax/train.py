@@ -8,9 +8,9 @@ Data live on the network's coarse grid. An exam becomes a training pair once (``
 
 Training samples patches centred near calcium, near hard negatives (look-alike structures such as the
 aortic valve, mitral annulus and calcified aortic wall, when the data name them) or anywhere, applies
-intensity and noise augmentation (never a flip: left and right anatomy differ), and minimises
-``optax.losses.dice_loss`` on the sigmoid probabilities with Adam. Every ``eval_every`` steps (an
-"epoch") the pooled coarse-grid Dice on the validation exams is measured and the best variables are kept.
+intensity, noise and (optionally) geometric augmentation (never a flip: left and right anatomy
+differ), and minimises ``optax.losses.dice_loss`` on the sigmoid probabilities with Adam. Every
+``eval_every`` steps (an "epoch") the pooled coarse-grid Dice on the validation exams is measured and the best variables are kept.
 Checkpoints are written atomically (temporary file + ``os.replace``) and a run resumes from the last one
 exactly: the data stream is keyed by ``fold_in(key, step)`` and the optimiser state is saved, so a resumed
 run equals an uninterrupted one.
@@ -94,6 +94,13 @@ class TrainConfig:
         border_cut: probability that a patch is cut by a field-of-view edge: beyond a random in-plane line
             25-50 % of the patch from its centre the image becomes padding (0) and the target 0, as where
             a reconstruction ends (bone cut at the image border, outside the reconstruction circle).
+        rotate_deg: geometric augmentation: each patch is sampled from its exam through a rotation of up to
+            this many degrees about the z axis (uniform) and up to a third of it about y and x (the heart's
+            axis varies from patient to patient), with linear interpolation; 0 outside the exam.
+        scale_range: and an isotropic scale uniform in [1 - r, 1 + r] (smaller and larger anatomy).
+        elastic_voxels: and a smooth random displacement (a 4 x 4 x 4 grid of N(0, e) voxel offsets, per
+            axis, interpolated across the patch): organ shapes and vessel courses bent. The target is
+            sampled the same way and thresholded at 0.5. All three 0: plain crops, as before.
         dice_smooth: smoothing term of the Dice loss.
         dice_pooled: False: the mean of per-patch Dice losses (a hard-negative patch's false positives
             get the full push of a calcium-free Dice loss); True: one Dice over the whole batch.
@@ -119,6 +126,9 @@ class TrainConfig:
     noise_std: float = 0.015
     kernel_std: float = 0.0
     border_cut: float = 0.0
+    rotate_deg: float = 0.0
+    scale_range: float = 0.0
+    elastic_voxels: float = 0.0
     dice_smooth: float = 1.0
     dice_pooled: bool = False
     bce_weight: float = 0.0
@@ -152,7 +162,19 @@ class TrainConfig:
         if self.lr_schedule not in ("constant", "cosine"):
             raise InputError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}",
                              code="BAD_TRAIN_CONFIG")
+        if min(self.rotate_deg, self.scale_range, self.elastic_voxels) < 0 or self.scale_range >= 1:
+            raise InputError(
+                f"rotate_deg ({self.rotate_deg}), scale_range ({self.scale_range}) and elastic_voxels "
+                f"({self.elastic_voxels}) must be >= 0, scale_range under 1",
+                code="BAD_TRAIN_CONFIG",
+            )
         object.__setattr__(self, "patch_zyx", tuple(int(p) for p in self.patch_zyx))
+
+    @property
+    def geometric(self) -> tuple[float, float, float] | None:
+        """(rotate_deg, scale_range, elastic_voxels) when any geometric augmentation is on, else None."""
+        g = (float(self.rotate_deg), float(self.scale_range), float(self.elastic_voxels))
+        return g if any(g) else None
 
     def fingerprint_dict(self) -> dict:
         """Fields that must match for a checkpoint to resume (``steps`` and logging may change)."""
@@ -161,7 +183,8 @@ class TrainConfig:
             d.pop(k)
         if self.lr_schedule == "constant":  # as checkpoints written before schedules existed
             d.pop("lr_schedule")
-        for k in ("kernel_std", "border_cut", "per_object"):  # likewise before these options existed
+        for k in ("kernel_std", "border_cut", "per_object", "rotate_deg", "scale_range",
+                  "elastic_voxels"):  # likewise before these options existed
             if not d[k]:
                 d.pop(k)
         d["patch_zyx"] = list(d["patch_zyx"])
@@ -426,15 +449,63 @@ def _pack(data: TrainingSet, min_shape: Sequence[int], multiple: int = 1, per_ob
     }
 
 
+def _rotation(angles):
+    """3 x 3 rotation matrix (z, y, x axes) from angles (about z, about y, about x), radians."""
+    cz, sz = jnp.cos(angles[0]), jnp.sin(angles[0])
+    cy, sy = jnp.cos(angles[1]), jnp.sin(angles[1])
+    cx, sx = jnp.cos(angles[2]), jnp.sin(angles[2])
+    one, zero = jnp.ones(()), jnp.zeros(())
+    about_z = jnp.array([[one, zero, zero], [zero, cz, -sz], [zero, sz, cz]])  # turns the y-x plane
+    about_y = jnp.array([[cy, zero, -sy], [zero, one, zero], [sy, zero, cy]])  # turns the z-x plane
+    about_x = jnp.array([[cx, -sx, zero], [sx, cx, zero], [zero, zero, one]])  # turns the z-y plane
+    return about_z @ about_y @ about_x
+
+
+def _warp(image, start, angles, scale, displacement, *, patch, order: int = 1):
+    """``image`` (Z, Y, X) sampled on a ``patch`` grid centred where the plain crop at ``start`` (3,) is
+    centred (start + (patch - 1) / 2): the voxel at offset d from the centre reads the image at
+    centre + R(angles) d / scale + displacement (voxels). angles (3,): radians about z, y, x;
+    displacement: (3, *patch) voxels or None. Interpolation of ``order`` (0 or 1); 0 outside the image.
+    Returns ``patch`` float32."""
+    half = (jnp.asarray(patch, jnp.float32) - 1.0) / 2.0
+    grid = jnp.stack(jnp.meshgrid(*[jnp.arange(p, dtype=jnp.float32) for p in patch], indexing="ij"))
+    source = jnp.einsum("ij,j...->i...", _rotation(angles), grid - half[:, None, None, None]) / scale
+    if displacement is not None:
+        source = source + displacement
+    source = source + (jnp.asarray(start, jnp.float32) + half)[:, None, None, None]
+    return jax.scipy.ndimage.map_coordinates(jnp.asarray(image, jnp.float32), [source[i] for i in range(3)],
+                                             order=order, mode="constant", cval=0.0)
+
+
+def _warp_crop(image, target, start, key, *, patch, rotate_deg: float, scale_range: float,
+               elastic_voxels: float):
+    """A random warp (``TrainConfig``'s rotate_deg, scale_range, elastic_voxels) of one exam's patch at
+    ``start`` (``_warp``): image linearly interpolated, target too and thresholded at 0.5.
+    Returns (x, y), each ``patch`` float32."""
+    k_rot, k_scale, k_el = jax.random.split(key, 3)
+    limits = jnp.deg2rad(jnp.array([rotate_deg, rotate_deg / 3.0, rotate_deg / 3.0], jnp.float32))
+    angles = jax.random.uniform(k_rot, (3,), minval=-1.0, maxval=1.0) * limits
+    scale = 1.0 + jax.random.uniform(k_scale, (), minval=-1.0, maxval=1.0) * scale_range
+    displacement = None
+    if elastic_voxels:
+        coarse = elastic_voxels * jax.random.normal(k_el, (3, 4, 4, 4))
+        displacement = jax.image.resize(coarse, (3, *patch), method="linear")
+    warp = partial(_warp, start=start, angles=angles, scale=scale, displacement=displacement, patch=patch)
+    return warp(image), (warp(target) >= 0.5).astype(jnp.float32)
+
+
 def _sample_batch(data: dict, key, *, patch, batch: int, positive_fraction: float,
-                  hard_negative_fraction: float = 0.0):
+                  hard_negative_fraction: float = 0.0, geometric: tuple[float, float, float] | None = None):
     """Random patches (batch, pz, py, px) of images (float32) and targets (float32).
 
     Patch b is centred (with jitter of up to a quarter patch) on a calcified voxel when
     u_b < positive_fraction, on a hard-negative voxel when u_b < positive_fraction + hard_negative_fraction,
     and placed uniformly otherwise, with stratified u_b = (b + U) / batch, U ~ uniform(0, 1). A kind the
-    data lack falls back to a uniform patch.
+    data lack falls back to a uniform patch. ``geometric`` (rotate_deg, scale_range, elastic_voxels):
+    each patch is sampled about the same centre through a random warp (``_warp_crop``).
     """
+    if geometric is not None:
+        key, k_warp = jax.random.split(key)
     k_exam, k_start, k_pos, k_jit, k_use, k_neg = jax.random.split(key, 6)
     n = data["images"].shape[0]
     patch_arr = jnp.asarray(patch, jnp.int32)[None, :]  # (1, 3)
@@ -459,6 +530,13 @@ def _sample_batch(data: dict, key, *, patch, batch: int, positive_fraction: floa
     use_neg = (u >= positive_fraction) & (u < positive_fraction + hard_negative_fraction) & data["has_negative"]
     exam = jnp.where(use_pos, exam_p, jnp.where(use_neg, exam_n, exam))
     start = jnp.where(use_pos[:, None], start_p, jnp.where(use_neg[:, None], start_n, start_u))
+
+    if geometric is not None:
+        rotate_deg, scale_range, elastic_voxels = geometric
+        warp = partial(_warp_crop, patch=tuple(patch), rotate_deg=rotate_deg, scale_range=scale_range,
+                       elastic_voxels=elastic_voxels)
+        return jax.vmap(lambda e, s, k: warp(data["images"][e], data["targets"][e], s, k))(
+            exam, start, jax.random.split(k_warp, batch))
 
     def crop(arr, e, s):
         return jax.lax.dynamic_slice(arr, (e, s[0], s[1], s[2]), (1, *patch))[0]
@@ -550,7 +628,7 @@ def _make_train_step(config: TrainConfig):
     """
     sample = partial(_sample_batch, patch=config.patch_zyx, batch=config.batch_size,
                      positive_fraction=config.positive_fraction,
-                     hard_negative_fraction=config.hard_negative_fraction)
+                     hard_negative_fraction=config.hard_negative_fraction, geometric=config.geometric)
     augment = partial(_augment, gain_std=config.gain_std, shift_std=config.shift_std,
                       noise_std=config.noise_std, kernel_std=config.kernel_std, border_cut=config.border_cut)
 

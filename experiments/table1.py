@@ -256,6 +256,11 @@ def main(argv=None) -> int:
                     help="fine-tune from this ensemble file (or 'default': the shipped one) instead of fresh networks")
     ap.add_argument("--kernel", type=float, default=0.0, help="SD of the kernel blur/sharpen augmentation")
     ap.add_argument("--border-cut", type=float, default=0.0, help="share of patches cut by a field-of-view edge")
+    ap.add_argument("--rotate", type=float, default=0.0,
+                    help="geometric augmentation: rotation of each patch up to this many degrees about z "
+                         "(a third of it about y and x)")
+    ap.add_argument("--scale-aug", type=float, default=0.0, help="and an isotropic scale in [1 - r, 1 + r]")
+    ap.add_argument("--elastic", type=float, default=0.0, help="and a smooth displacement of SD this many voxels")
     ap.add_argument("--train-noise", default=None,
                     help="LOW,HIGH: draw the training exams' noise SD (HU) from this range instead of the "
                     "generator's 10-40 (J3 keeps the generator's)")
@@ -288,7 +293,8 @@ def main(argv=None) -> int:
                          bce_weight=args.bce, clip_norm=args.clip,
                          positive_fraction=args.positive, hard_negative_fraction=args.hard,
                          dice_pooled=args.pooled_dice, kernel_std=args.kernel, border_cut=args.border_cut,
-                         per_object=args.per_object)
+                         per_object=args.per_object, rotate_deg=args.rotate, scale_range=args.scale_aug,
+                         elastic_voxels=args.elastic)
     log(f"device: {device_description()}; model {args.model} {model_config}; {config}")
     log("command: python experiments/table1.py " + " ".join(argv if argv is not None else sys.argv[1:]))
 

@@ -380,3 +380,93 @@ def test_per_object_sampling_draws_small_objects_as_often_as_large_ones():
 def test_per_object_must_be_a_whole_number():
     with pytest.raises(InputError, match="per_object"):
         TrainConfig(per_object=-1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# geometric augmentation: rotation, scale and smooth displacement of the patches
+
+
+def test_warp_without_change_is_the_plain_crop_and_a_quarter_turn_is_rot90():
+    from agatax.train import _warp
+
+    img = np.random.default_rng(0).random((20, 30, 30)).astype(np.float32)
+    crop = img[2:10, 3:13, 4:14]
+    same = _warp(img, jnp.array([2, 3, 4]), jnp.zeros(3), 1.0, None, patch=(8, 10, 10))
+    np.testing.assert_allclose(np.asarray(same), crop, atol=1e-6)
+    # +90 degrees about z: the voxel at in-plane offset (dy, dx) reads the image at (-dx, dy) from the centre
+    turned = _warp(img, jnp.array([2, 3, 4]), jnp.array([np.pi / 2, 0.0, 0.0]), 1.0, None, patch=(8, 10, 10))
+    np.testing.assert_allclose(np.asarray(turned), np.rot90(crop, -1, axes=(1, 2)), atol=1e-5)
+    # +90 degrees about x turns the z-y plane (a cube, so the patch maps onto itself)
+    cube = img[2:10, 3:11, 4:12]
+    tilted = _warp(img, jnp.array([2, 3, 4]), jnp.array([0.0, 0.0, np.pi / 2]), 1.0, None, patch=(8, 8, 8))
+    np.testing.assert_allclose(np.asarray(tilted), np.rot90(cube, -1, axes=(0, 1)), atol=1e-5)
+
+
+def test_warp_scale_and_displacement_match_scipy_interpolation():
+    from scipy import ndimage
+
+    from agatax.train import _warp
+
+    img = np.random.default_rng(1).random((16, 24, 24))
+    patch, start, scale = (6, 8, 10), np.array([3, 5, 4]), 1.6
+    disp = np.random.default_rng(2).uniform(-1.5, 1.5, (3, *patch))
+    half = (np.array(patch) - 1) / 2
+    grid = np.stack(np.meshgrid(*[np.arange(p) for p in patch], indexing="ij")).astype(float)
+    coords = (grid - half[:, None, None, None]) / scale + disp + (start + half)[:, None, None, None]
+    want = ndimage.map_coordinates(img, coords, order=1, mode="constant", cval=0.0)
+    got = _warp(img.astype(np.float32), jnp.asarray(start), jnp.zeros(3), scale, jnp.asarray(disp, jnp.float32),
+                patch=patch)
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
+
+
+def test_warped_image_and_target_share_one_warp():
+    from agatax.train import _warp_crop
+
+    target = np.zeros((16, 32, 32), np.float32)
+    target[6:10, 10:20, 12:15] = 1.0
+    target[5:8, 20:23, 18:26] = 1.0
+    image = 0.9 * target  # linear interpolation: warp(image) = 0.9 warp(target)
+    for seed in range(6):
+        x, y = _warp_crop(image, target, jnp.array([2, 6, 6]), jax.random.key(seed), patch=(12, 20, 20),
+                          rotate_deg=30.0, scale_range=0.2, elastic_voxels=1.0)
+        x, y = np.asarray(x), np.asarray(y)
+        assert set(np.unique(y)) <= {0.0, 1.0}
+        assert np.array_equal(y == 1.0, x >= 0.45 - 1e-6)
+        assert y.sum() > 0
+
+
+def test_geometric_patches_keep_their_centre_and_stay_within_the_limits():
+    # a ramp along y: under rotation about z by a, scale s, the patch's centre row reads the ramp's centre and
+    # the ramp's slope along the patch's y axis is cos(a) / s
+    from agatax.train import _warp_crop
+
+    ramp = np.broadcast_to(np.arange(40, dtype=np.float32)[None, :, None], (12, 40, 40)) / 40.0
+    patch = (1, 11, 11)
+    for seed in range(20):
+        x, _ = _warp_crop(ramp, np.zeros_like(ramp), jnp.array([5, 14, 14]), jax.random.key(seed), patch=patch,
+                          rotate_deg=20.0, scale_range=0.1, elastic_voxels=0.0)
+        x = np.asarray(x)[0] * 40.0
+        assert abs(x[5, 5] - 19.0) < 1e-3  # the centre is the plain crop's
+        slope = (x[10, 5] - x[0, 5]) / 10.0
+        assert np.cos(np.deg2rad(20.0)) / 1.1 - 1e-3 <= slope <= 1.0 / 0.9 + 1e-3
+
+
+def test_training_with_geometric_augmentation_runs_and_resumes_exactly(tmp_path):
+    cfg = TrainConfig(**{**CFG.__dict__, "rotate_deg": 15.0, "scale_range": 0.1, "elastic_voxels": 1.0})
+    whole = train_member(TRAIN, None, cfg, TINY, seed=1, log=None)
+    train_member(TRAIN, None, TrainConfig(**{**cfg.__dict__, "steps": 3}), TINY, seed=1, checkpoint_dir=tmp_path,
+                 log=None)
+    resumed = train_member(TRAIN, None, cfg, TINY, seed=1, checkpoint_dir=tmp_path, log=None)
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(resumed)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    plain = train_member(TRAIN, None, CFG, TINY, seed=1, log=None)
+    assert any(not np.array_equal(np.asarray(a), np.asarray(b))
+               for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(plain)))
+
+
+def test_geometric_settings_are_checked_and_leave_old_fingerprints_alone():
+    for bad in ({"rotate_deg": -1.0}, {"scale_range": 1.0}, {"elastic_voxels": -0.5}):
+        with pytest.raises(InputError, match="rotate_deg"):
+            TrainConfig(**bad)
+    assert "rotate_deg" not in TrainConfig().fingerprint_dict()
+    assert TrainConfig(rotate_deg=10.0).fingerprint_dict()["rotate_deg"] == 10.0
