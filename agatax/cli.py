@@ -4,6 +4,7 @@
     agatax evaluate PRED REF [--plot DIR] [--json OUT|-] [--lesions]
     agatax example DIR [--seed N] [--matrix 512] [--count 1]
     agatax train DATA... --out ENSEMBLE.msgpack [--members 5] [--steps N] [--init default|none|FILE] ...
+    agatax serve [--idle-minutes 30] [--stop]   (keeps a warm scorer: later `agatax score` runs start at once)
 
 Exit status: 0 success; 2 refused input or options (one line ``error [CODE]: message (hint: ...)`` on
 stderr; ``--debug`` shows the traceback instead); 3 a batch finished but some of its exams failed (each
@@ -499,6 +500,7 @@ def add_score_command(subparsers) -> None:
                    "as a 3 mm reconstruction is scored clinically; 'native' scores the thin slices")
     for name in _RELAXATIONS:
         p.add_argument("--" + name.replace("_", "-"), action="store_true", help=f"read_volume({name}=True)")
+    p.add_argument("--no-server", action="store_true", help="run in this process even when `agatax serve` runs")
     p.set_defaults(run=run_score)
 
 
@@ -1078,10 +1080,11 @@ def run_example(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------- main
 
 
+from agatax.serve import add_serve_command  # noqa: E402  (agatax serve: its own module)
 from agatax.train_cli import add_train_command  # noqa: E402  (agatax train: its own module)
 
 COMMANDS: list[Callable[[Any], None]] = [add_score_command, add_evaluate_command, add_example_command,
-                                         add_train_command]
+                                         add_train_command, add_serve_command]
 
 
 def _add_debug(parser: argparse.ArgumentParser) -> None:
@@ -1109,6 +1112,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 refused input, 3 some exams of a batch
     failed, 1 unexpected failure, 130 interrupted)."""
+    if argv is None:  # the program itself: a running `agatax serve` takes the command if it can
+        from agatax.serve import try_remote
+
+        code = try_remote(sys.argv[1:])
+        if code is not None:
+            return code
     stop = threading.Event()
     with _sigint_stops(stop):  # at once: a Ctrl-C from here on stops the command cleanly
         args = build_parser().parse_args(argv)

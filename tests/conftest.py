@@ -9,6 +9,8 @@ from hypothesis import HealthCheck, settings
 
 # The command line's compilation cache goes to a scratch folder, not the user's ~/.cache.
 os.environ.setdefault("AGATAX_CACHE_DIR", os.path.join(__import__("tempfile").gettempdir(), "agatax-test-xla"))
+# `agatax score` in a subprocess runs in that process, never in a user's running `agatax serve`.
+os.environ["AGATAX_SERVER"] = os.path.join(__import__("tempfile").mkdtemp(prefix="agatax-test-"), "none.sock")
 
 # Catch accidental broadcasting between arrays of different rank.
 jax.config.update("jax_numpy_rank_promotion", "raise")
