@@ -100,7 +100,7 @@ class TrainConfig:
         scale_range: and an isotropic scale uniform in [1 - r, 1 + r] (smaller and larger anatomy).
         elastic_voxels: and a smooth random displacement (a 4 x 4 x 4 grid of N(0, e) voxel offsets, per
             axis, interpolated across the patch): organ shapes and vessel courses bent. The target is
-            sampled the same way and thresholded at 0.5. All three 0: plain crops, as before.
+            sampled at the same places by nearest neighbour. All three 0: plain crops, as before.
         dice_smooth: smoothing term of the Dice loss.
         dice_pooled: False: the mean of per-patch Dice losses (a hard-negative patch's false positives
             get the full push of a calcium-free Dice loss); True: one Dice over the whole batch.
@@ -480,7 +480,8 @@ def _warp(image, start, angles, scale, displacement, *, patch, order: int = 1):
 def _warp_crop(image, target, start, key, *, patch, rotate_deg: float, scale_range: float,
                elastic_voxels: float):
     """A random warp (``TrainConfig``'s rotate_deg, scale_range, elastic_voxels) of one exam's patch at
-    ``start`` (``_warp``): image linearly interpolated, target too and thresholded at 0.5.
+    ``start`` (``_warp``): image linearly interpolated, target by nearest neighbour (a linearly interpolated
+    target thresholded at 0.5 loses the one-voxel specks whose blurred image the patch still shows).
     Returns (x, y), each ``patch`` float32."""
     k_rot, k_scale, k_el = jax.random.split(key, 3)
     limits = jnp.deg2rad(jnp.array([rotate_deg, rotate_deg / 3.0, rotate_deg / 3.0], jnp.float32))
@@ -491,7 +492,7 @@ def _warp_crop(image, target, start, key, *, patch, rotate_deg: float, scale_ran
         coarse = elastic_voxels * jax.random.normal(k_el, (3, 4, 4, 4))
         displacement = jax.image.resize(coarse, (3, *patch), method="linear")
     warp = partial(_warp, start=start, angles=angles, scale=scale, displacement=displacement, patch=patch)
-    return warp(image), (warp(target) >= 0.5).astype(jnp.float32)
+    return warp(image), warp(target, order=0)
 
 
 def _sample_batch(data: dict, key, *, patch, batch: int, positive_fraction: float,

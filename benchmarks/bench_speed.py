@@ -5,7 +5,8 @@
    against the paper's network in PyTorch eager, five members one after another, network only, on the
    56 x 72 x 72 grid (benchmarks/torch_unet.py, weights of the shipped ensemble). Skipped without torch.
 2. Start: ``agatax score EXAM --json FILE`` as a new process (the compilation cache warm from an earlier
-   call) against the warm in-process ``agatax.score_exam`` of the same exam (the issue's target: at most 2x).
+   call; ``--no-server``), the same command handed over to a running ``agatax serve`` (warm from one earlier
+   call), against the warm in-process ``agatax.score_exam`` of the same exam (the issue's target: at most 2x).
 
     python benchmarks/bench_speed.py [--rounds 5] [--force] [--part inference|start|all]
 """
@@ -17,6 +18,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -95,17 +97,35 @@ def start(args, session) -> None:
         read = agatax.read_volume(folder)
         out = Path(tmp) / "out.json"
         command = [sys.executable, "-m", "agatax", "score", str(folder), "--json", str(out), "--quiet"]
-        subprocess.run(command, check=True, capture_output=True)  # fills the compilation cache
+        subprocess.run(command + ["--no-server"], check=True, capture_output=True)  # fills the compilation cache
+        sock = Path(tmp) / "serve" / "serve.sock"
+        sock.parent.mkdir(mode=0o700)
+        served_env = dict(os.environ, AGATAX_SERVER=str(sock))
+        server = subprocess.Popen([sys.executable, "-m", "agatax", "serve", "--idle-minutes", "30"],
+                                  env=served_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            while not sock.exists():
+                if server.poll() is not None:
+                    raise SystemExit("agatax serve did not start")
+                time.sleep(0.05)
+            subprocess.run(command, check=True, capture_output=True, env=served_env)  # the server's first call
 
-        def new_process():
-            subprocess.run(command, check=True, capture_output=True)
+            def new_process():
+                subprocess.run(command + ["--no-server"], check=True, capture_output=True)
 
-        def warm_in_process():
-            agatax.score_exam(agatax.read_volume(folder), ensemble)
+            def served():
+                subprocess.run(command, check=True, capture_output=True, env=served_env)
 
-        times = session.interleave({"agatax score (new process, cache warm)": new_process,
-                                    "score_exam in process (warm, read included)": warm_in_process},
-                                   rounds=args.rounds)
+            def warm_in_process():
+                agatax.score_exam(agatax.read_volume(folder), ensemble)
+
+            times = session.interleave({"agatax score (new process, cache warm)": new_process,
+                                        "agatax score (handed to a running agatax serve)": served,
+                                        "score_exam in process (warm, read included)": warm_in_process},
+                                       rounds=args.rounds)
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
         session.report(times, baseline="score_exam in process (warm, read included)",
                        shapes={"exam": read.shape, "spacing_mm": read.spacing},
                        title="start: a second agatax score against the warm in-process score_exam")

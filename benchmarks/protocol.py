@@ -47,7 +47,7 @@ def cpu_model() -> str:
 
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
-    for name in ("jax", "jaxlib", "numpy", "torch"):
+    for name in ("jax", "jaxlib", "ml_dtypes", "numpy", "torch"):
         module = sys.modules.get(name)
         if module is not None:
             out[name] = getattr(module, "__version__", "?")
