@@ -268,22 +268,18 @@ def try_remote(argv: Sequence[str]) -> int | None:
         while True:
             try:
                 message = lines.next()
+                if message is None:
+                    print("error [SERVER_LOST]: the agatax server stopped during the command (hint: run it "
+                          "again; it runs locally when no server answers)", file=sys.stderr)
+                    return 1
+                if "exit" in message:
+                    return int(message["exit"])
+                stream = sys.stdout if "out" in message else sys.stderr
+                stream.write(message.get("out", message.get("err", "")))
+                stream.flush()
             except KeyboardInterrupt:
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGINT)  # the command stops as a local one would, and says so
-                continue
-            if message is None:
-                print("error [SERVER_LOST]: the agatax server stopped during the command (hint: run it again; "
-                      "it runs locally when no server answers)", file=sys.stderr)
-                return 1
-            if "out" in message:
-                sys.stdout.write(message["out"])
-                sys.stdout.flush()
-            elif "err" in message:
-                sys.stderr.write(message["err"])
-                sys.stderr.flush()
-            elif "exit" in message:
-                return int(message["exit"])
 
 
 def stop_server(path: str | os.PathLike | None = None) -> bool:

@@ -138,3 +138,56 @@ def test_stop_ends_the_server_and_removes_its_socket(tmp_path):
     assert not sock.exists()
     again = _agatax(["serve", "--stop"], sock)
     assert again.returncode == 0 and "no server was running" in again.stderr
+
+
+def test_ctrl_c_in_the_client_stops_the_served_command_and_the_server_serves_on(exam, tmp_path):
+    import csv
+    import signal
+
+    import jax
+
+    from agatax import UNetConfig, init_ensemble, save_ensemble
+
+    save_ensemble(tmp_path / "tiny.msgpack", init_ensemble(jax.random.key(0), UNetConfig.tiny(), members=3))
+    exams = tmp_path / "exams"
+    hu = np.full((8, 64, 64), -1000.0)
+    hu[:, 2:30, 2:40] = -50.0
+    for k in range(6):
+        factory.write_series(exams / f"e{k}", hu, spacing=(2.5, 0.5, 0.5), thickness=2.5, series_uid=f"1.2.3.9.{k}")
+    folder = tmp_path / "sock"
+    folder.mkdir(mode=0o700)
+    sock = folder / "serve.sock"
+    slow = ("import time\nfrom agatax import cli, serve\nscore = cli.ExamScorer.score\n"
+            "cli.ExamScorer.score = lambda self, v: (time.sleep(1.0), score(self, v))[1]\n"
+            "raise SystemExit(serve.serve(idle_minutes=10))\n")
+    server = subprocess.Popen([sys.executable, "-c", slow], cwd=REPO, env=_env(sock), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not sock.exists():
+            assert server.poll() is None and time.monotonic() < deadline, server.communicate()
+            time.sleep(0.05)
+        report = tmp_path / "report"
+        args = ["score", str(exams), "--weights", str(tmp_path / "tiny.msgpack"), "--report", str(report),
+                "--no-png", "--no-localise"]
+        client = subprocess.Popen([sys.executable, "-m", "agatax"] + args, cwd=REPO, env=_env(sock),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        summary = report / "summary.csv"
+        deadline = time.monotonic() + 180
+        while not (summary.is_file() and len(list(csv.DictReader(summary.open()))) >= 1):
+            assert client.poll() is None and time.monotonic() < deadline, client.communicate()
+            time.sleep(0.02)
+        client.send_signal(signal.SIGINT)
+        out, err = client.communicate(timeout=120)
+        assert client.returncode == 130, err
+        assert "Traceback" not in err
+        done = int(err.strip().splitlines()[-1].split()[1])  # "interrupted: N of 6 exams scored; ..."
+        assert 1 <= done < 6, (err, summary.read_text())
+        # the server is still there; the same command finishes the batch
+        again = _agatax(args, sock)
+        assert again.returncode == 0, again.stderr
+        assert len(list(csv.DictReader(summary.open()))) == 6
+        assert server.poll() is None
+    finally:
+        server.terminate()
+        server.communicate(timeout=60)
