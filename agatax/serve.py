@@ -309,7 +309,8 @@ def add_serve_command(subparsers) -> None:
     )
     p.add_argument("--idle-minutes", type=float, default=30.0, help="stop after this long without a command")
     p.add_argument("--stop", action="store_true", help="stop the running server and exit")
-    p.add_argument("--socket", default=None, help=f"socket path (default ${ENV_SOCKET} or {socket_path()})")
+    p.add_argument("--socket", default=None, help=f"socket path (default ${ENV_SOCKET}, else {socket_path()}); "
+                   f"`agatax score` looks for the server at ${ENV_SOCKET} or that default")
     p.set_defaults(run=run_serve)
 
 
