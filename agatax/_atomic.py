@@ -51,8 +51,18 @@ def _mode_for(path: Path) -> int:
 def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """Open a temporary file beside ``path`` for binary writing; on success it is flushed to disk and
     renamed over ``path`` (keeping an existing file's permissions); on any error, KeyboardInterrupt
-    included, it is removed and ``path`` is left untouched."""
+    included, it is removed and ``path`` is left untouched. A ``path`` that is not a regular file (a pipe,
+    ``/dev/stdout``, a device, or a link to one) is written in place instead: replacing it would swap the
+    stream for a file."""
     path = Path(path)
+    try:
+        special = not stat.S_ISREG(os.stat(path).st_mode)  # following links: /dev/stdout, a FIFO, a device
+    except (FileNotFoundError, NotADirectoryError):
+        special = False
+    if special and not path.is_dir():  # cannot be replaced (nor should be): written in place
+        with open(path, "wb") as handle:
+            yield handle
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{os.getpid()}.{next(_COUNTER)}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)

@@ -14,9 +14,10 @@ client relays the output and exits with the command's status. A Ctrl-C in the cl
 as it would a local one. Where no server answers, or it runs another agatax version, or ``--no-server``
 is given, ``agatax score`` runs in its own process as always.
 
-Protocol (one JSON object per line): client -> ``{"version", "argv", "cwd", "env"}``; server ->
-``{"pid"}``, then ``{"out": text}`` / ``{"err": text}`` as the command writes, then ``{"exit": status}``;
-or ``{"refused": reason}`` right away (another version), after which the client runs the command itself.
+Protocol (one JSON object per line): server -> ``{"pid"}`` when it takes the connection (a client whose
+user gives up before that has sent nothing, so nothing runs); client -> ``{"version", "argv", "cwd", "env",
+"umask"}``; server -> ``{"out": text}`` / ``{"err": text}`` as the command writes, then ``{"exit": status}``;
+or ``{"refused": reason}`` (another version), after which the client runs the command itself.
 """
 
 from __future__ import annotations
@@ -106,11 +107,15 @@ def _read_line(conn: socket.socket, limit: int = 1 << 20) -> bytes:
 
 
 @contextlib.contextmanager
-def _job_context(cwd: str, env: dict, conn: socket.socket):
-    """The client's working folder, its AGATAX_* variables and its output streams, for one command."""
-    old_cwd, old_env = os.getcwd(), {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
+def _job_context(cwd: str, env: dict, umask: int, conn: socket.socket):
+    """The client's working folder, AGATAX_* variables, umask and output streams, for one command."""
+    from agatax import _atomic
+
+    old_env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
     old_out, old_err = sys.stdout, sys.stderr
+    old_umask = os.umask(umask & 0o777)
     try:
+        _atomic._UMASK = umask & 0o777  # files the command writes get the client's permissions
         os.chdir(cwd)
         for k in old_env:
             if k != ENV_SOCKET:
@@ -123,13 +128,21 @@ def _job_context(cwd: str, env: dict, conn: socket.socket):
         for k in [k for k in os.environ if k.startswith(ENV_PREFIX)]:
             del os.environ[k]
         os.environ.update(old_env)
-        os.chdir(old_cwd)
+        os.chdir("/")  # the server's own folder may be gone by the next command
+        os.umask(old_umask)
+        _atomic._UMASK = old_umask
 
 
 def _handle(conn: socket.socket) -> None:
     from agatax import cli
 
-    request = json.loads(_read_line(conn) or b"{}")
+    _send(conn, {"pid": os.getpid()})
+    line = _read_line(conn)
+    if not line:  # the client gave up before sending its command
+        return
+    request = json.loads(line)
+    if not isinstance(request, dict):
+        raise ValueError("the request is not a JSON object")
     if request.get("stop"):
         _send(conn, {"stopping": os.getpid()})
         raise SystemExit(0)
@@ -140,13 +153,19 @@ def _handle(conn: socket.socket) -> None:
     if not argv or argv[0] not in SERVED_COMMANDS:
         _send(conn, {"refused": f"the server runs only {', '.join(SERVED_COMMANDS)}"})
         return
-    _send(conn, {"pid": os.getpid()})
     start = time.perf_counter()
-    with _job_context(str(request["cwd"]), dict(request.get("env", {})), conn):
+    with _job_context(str(request["cwd"]), dict(request.get("env", {})), int(request.get("umask", 0o022)), conn):
         try:
             code = cli.main(argv)
         except SystemExit as exc:  # argparse's --help and usage errors
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+        except KeyboardInterrupt:
+            code = 130
+        except BaseException:  # --debug re-raises: the traceback goes to the client, as a local run prints it
+            import traceback
+
+            traceback.print_exc()
+            code = 1
     _send(conn, {"exit": int(code)})
     print(f"agatax serve: agatax {' '.join(argv)} -> exit {code} ({time.perf_counter() - start:.2f} s)",
           file=sys.stderr, flush=True)
@@ -157,9 +176,12 @@ def serve(path: str | os.PathLike | None = None, *, idle_minutes: float = 30.0, 
     time, until ``idle_minutes`` pass without one, a stop request, or SIGINT/SIGTERM. Returns 0.
 
     ``ready``: called with the socket path once clients may connect (tests, ``--background``)."""
-    path = Path(path) if path is not None else socket_path()
+    path = (Path(path) if path is not None else socket_path()).absolute()
     _private_folder(path.parent)
-    if path.exists():
+    if path.exists() or path.is_symlink():
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise InputError(f"{path} exists and is not a socket", code="SERVER_SOCKET_TAKEN",
+                             hint=f"move it away, or set {ENV_SOCKET} to another path")
         if _answers(path):
             raise InputError(f"a server already listens on {path}", code="SERVER_RUNNING",
                              hint="use it, or stop it with `agatax serve --stop`")
@@ -168,8 +190,15 @@ def serve(path: str | os.PathLike | None = None, *, idle_minutes: float = 30.0, 
     from agatax import cli
 
     cli.load_weights(None)
+    os.chdir("/")  # commands run in their client's folder; the server's own may go away
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    previous_term = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    terminated = []
+
+    def on_term(signum, frame):  # stop: the command running (if any) is interrupted, then the server ends
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    previous_term = signal.signal(signal.SIGTERM, on_term)
     try:
         listener.bind(str(path))
         os.chmod(path, 0o600)
@@ -192,9 +221,12 @@ def serve(path: str | os.PathLike | None = None, *, idle_minutes: float = 30.0, 
                 except SystemExit:
                     print("agatax serve: stop requested", file=sys.stderr, flush=True)
                     return 0
-                except (OSError, ValueError) as err:  # a client that went away or sent nonsense
+                except (OSError, ValueError, KeyError, TypeError) as err:  # a client gone, or nonsense
                     print(f"agatax serve: request dropped ({type(err).__name__}: {err})", file=sys.stderr,
                           flush=True)
+            if terminated:
+                print("agatax serve: stopped", file=sys.stderr, flush=True)
+                return 0
     except KeyboardInterrupt:
         print("agatax serve: stopped", file=sys.stderr, flush=True)
         return 0
@@ -216,6 +248,17 @@ def _connect(path: Path, timeout: float | None = 2.0) -> socket.socket | None:
         conn.close()
         return None
     return conn
+
+
+def _peer_uid(conn: socket.socket) -> int | None:
+    """The user id of the process at the other end of a Unix socket (None where the system does not say)."""
+    import struct
+
+    try:
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except (OSError, AttributeError):
+        return None
+    return struct.unpack("3i", creds)[1]
 
 
 def _answers(path: Path) -> bool:
@@ -243,28 +286,42 @@ class _Lines:
 def try_remote(argv: Sequence[str]) -> int | None:
     """Run ``agatax <argv>`` inside a running server; returns its exit status, or None when no server
     takes it (none listening, another version, a command it does not serve): then run it locally."""
-    if not argv or argv[0] not in SERVED_COMMANDS or "--no-server" in argv:
+    if not argv or argv[0] not in SERVED_COMMANDS or any(a.startswith("--no-s") for a in argv):
+        return None
+    if any(a.startswith(("/dev/", "/proc/")) for a in argv):  # this process's own streams: only it can open them
         return None
     path = socket_path()
     conn = _connect(path)
     if conn is None:
         return None
+    if _peer_uid(conn) not in (None, os.getuid()):
+        conn.close()
+        return None
     env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
+    umask = os.umask(0)
+    os.umask(umask)
     with conn:
+        lines = _Lines(conn)
         try:
-            conn.sendall((json.dumps({"version": _version(), "argv": list(argv), "cwd": os.getcwd(),
-                                      "env": env}) + "\n").encode())
+            conn.settimeout(5.0)
+            try:
+                first = lines.next()
+            except socket.timeout:
+                print("agatax: waiting for the agatax server (busy with another command; Ctrl-C gives up, "
+                      "--no-server runs here)", file=sys.stderr, flush=True)
+                conn.settimeout(None)
+                first = lines.next()
             conn.settimeout(None)
-            lines = _Lines(conn)
-            first = lines.next()
+            if first is None or "pid" not in first:
+                return None
+            pid = int(first["pid"])
+            conn.sendall((json.dumps({"version": _version(), "argv": list(argv), "cwd": os.getcwd(),
+                                      "env": env, "umask": umask}) + "\n").encode())
         except OSError:
             return None
-        except KeyboardInterrupt:  # before the server started the command: nothing ran
+        except KeyboardInterrupt:  # the command was not sent: nothing ran
             print("error [INTERRUPTED]: stopped by the user", file=sys.stderr)
             return 130
-        if first is None or "refused" in first or "pid" not in first:
-            return None
-        pid = int(first["pid"])
         while True:
             try:
                 message = lines.next()
@@ -272,6 +329,8 @@ def try_remote(argv: Sequence[str]) -> int | None:
                     print("error [SERVER_LOST]: the agatax server stopped during the command (hint: run it "
                           "again; it runs locally when no server answers)", file=sys.stderr)
                     return 1
+                if "refused" in message:
+                    return None
                 if "exit" in message:
                     return int(message["exit"])
                 stream = sys.stdout if "out" in message else sys.stderr
@@ -289,8 +348,11 @@ def stop_server(path: str | os.PathLike | None = None) -> bool:
     if conn is None:
         return False
     with conn:
+        conn.settimeout(None)  # a server busy with a command answers when it is done
+        lines = _Lines(conn)
+        lines.next()  # the greeting
         conn.sendall(b'{"stop": true}\n')
-        reply = _Lines(conn).next()
+        reply = lines.next()
     deadline = time.monotonic() + 10.0
     while path.exists() and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -104,3 +104,21 @@ def test_a_held_folder_lock_refuses_a_second_holder_and_dies_with_its_process(tm
         holder.wait()
     with folder_lock(tmp_path):  # the dead holder's lock is taken over
         pass
+
+
+def test_a_pipe_or_device_target_is_written_in_place_not_replaced(tmp_path):
+    import os
+    import stat
+    import threading
+
+    from agatax._atomic import atomic_write_text
+
+    fifo = tmp_path / "stream"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()), daemon=True)
+    reader.start()
+    atomic_write_text(fifo, "result\n")
+    reader.join(timeout=30)
+    assert got == ["result\n"]
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)  # still the pipe, not a file renamed over it

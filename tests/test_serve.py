@@ -92,8 +92,10 @@ def test_other_versions_and_commands_are_refused_and_run_locally(server, monkeyp
                     {"version": serve._version(), "argv": ["train", "x"], "cwd": "/", "env": {}}):
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         conn.connect(str(sock))
+        lines = serve._Lines(conn)
+        assert "pid" in lines.next()  # the greeting
         conn.sendall((json.dumps(request) + "\n").encode())
-        reply = serve._Lines(conn).next()
+        reply = lines.next()
         conn.close()
         assert "refused" in reply, reply
     monkeypatch.setenv("AGATAX_SERVER", str(sock))
@@ -191,3 +193,44 @@ def test_ctrl_c_in_the_client_stops_the_served_command_and_the_server_serves_on(
     finally:
         server.terminate()
         server.communicate(timeout=60)
+
+
+def test_debug_tracebacks_reach_the_client_and_the_server_serves_on(server, exam, tmp_path):
+    sock, proc = server
+    bad = tmp_path / "bad.msgpack"
+    bad.write_bytes(b"not an ensemble")
+    for args in (["score", str(exam / "missing"), "--mask", str(exam / "mask.npy"), "--debug"],
+                 ["score", str(exam / "dicom"), "--weights", str(bad), "--debug"]):
+        remote, local = _agatax(args, sock), _agatax(args + ["--no-server"], sock)
+        assert remote.returncode == local.returncode == 1, (remote.stderr, local.stderr)
+        assert "Traceback" in remote.stderr and remote.stderr.strip().splitlines()[-1] == \
+            local.stderr.strip().splitlines()[-1]
+    assert proc.poll() is None
+    ok = _agatax(["score", str(exam / "dicom"), "--mask", str(exam / "mask.npy")], sock)
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_files_written_for_the_client_get_the_client_umask(server, exam, tmp_path):
+    import stat
+
+    sock, _ = server
+    out = tmp_path / "private.json"
+    served = subprocess.run(["/bin/sh", "-c", f"umask 077 && exec {sys.executable} -m agatax score dicom "
+                             f"--mask mask.npy --json {out}"], cwd=exam, env=_env(sock), capture_output=True,
+                            text=True, timeout=300)
+    assert served.returncode == 0, served.stderr
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+
+
+def test_own_streams_and_a_taken_socket_path_are_not_served(tmp_path, monkeypatch):
+    from agatax.errors import InputError
+
+    folder = tmp_path / "private"
+    folder.mkdir(mode=0o700)
+    taken = folder / "s.sock"
+    taken.write_text("a user's file")
+    with pytest.raises(InputError) as err:
+        serve.serve(taken, idle_minutes=0.01)
+    assert err.value.code == "SERVER_SOCKET_TAKEN" and taken.read_text() == "a user's file"
+    monkeypatch.setenv("AGATAX_SERVER", str(taken))
+    assert serve.try_remote(["score", "x", "--json", "/dev/stdout"]) is None
