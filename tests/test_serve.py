@@ -26,6 +26,13 @@ def _agatax(args, sock, cwd=REPO, **kw):
                           text=True, timeout=300, **kw)
 
 
+def _wait_for_socket(sock, proc, timeout=180.0):
+    deadline = time.monotonic() + timeout
+    while not sock.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def exam(tmp_path_factory):
     """A small DICOM series with one planted lesion and its mask (no networks needed: --mask)."""
@@ -47,11 +54,7 @@ def server(tmp_path_factory):
     sock = folder / "serve.sock"
     proc = subprocess.Popen([sys.executable, "-m", "agatax", "serve", "--idle-minutes", "10"], cwd=REPO,
                             env=_env(sock), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 180
-    while not sock.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
+    _wait_for_socket(sock, proc)
     yield sock, proc
     if proc.poll() is None:
         proc.terminate()
@@ -130,10 +133,7 @@ def test_stop_ends_the_server_and_removes_its_socket(tmp_path):
     sock = folder / "serve.sock"
     proc = subprocess.Popen([sys.executable, "-m", "agatax", "serve"], cwd=REPO, env=_env(sock),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 180
-    while not sock.exists():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.05)
+    _wait_for_socket(sock, proc)
     stop = _agatax(["serve", "--stop"], sock)
     assert stop.returncode == 0 and "stopped" in stop.stderr
     assert proc.wait(timeout=60) == 0
@@ -165,10 +165,7 @@ def test_ctrl_c_in_the_client_stops_the_served_command_and_the_server_serves_on(
     server = subprocess.Popen([sys.executable, "-c", slow], cwd=REPO, env=_env(sock), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 180
-        while not sock.exists():
-            assert server.poll() is None and time.monotonic() < deadline, server.communicate()
-            time.sleep(0.05)
+        _wait_for_socket(sock, server)
         report = tmp_path / "report"
         args = ["score", str(exams), "--weights", str(tmp_path / "tiny.msgpack"), "--report", str(report),
                 "--no-png", "--no-localise"]
