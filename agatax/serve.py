@@ -11,8 +11,9 @@ socket; default ``$XDG_RUNTIME_DIR/agatax/serve.sock``, else ``~/.cache/agatax/s
 command at a time, in its main thread, exactly as ``agatax score`` would (the same parser, checks, files,
 output and exit status) in the client's working folder and with the client's ``AGATAX_*`` variables; the
 client relays the output and exits with the command's status. A Ctrl-C in the client interrupts the command
-as it would a local one. Where no server answers, or it runs another agatax version, or ``--no-server``
-is given, ``agatax score`` runs in its own process as always.
+as it would a local one. Where no server answers, or it runs another agatax version or other JAX device
+settings (``JAX_PLATFORMS``, ``CUDA_VISIBLE_DEVICES``, ``XLA_FLAGS``, ...), or ``--no-server`` is given,
+``agatax score`` runs in its own process as always.
 
 Protocol (one JSON object per line): server -> ``{"pid"}`` when it takes the connection (a client whose
 user gives up before that has sent nothing, so nothing runs); client -> ``{"version", "argv", "cwd", "env",
@@ -39,6 +40,9 @@ __all__ = ["socket_path", "serve", "try_remote", "stop_server"]
 
 ENV_SOCKET = "AGATAX_SERVER"
 ENV_PREFIX = "AGATAX_"
+#: Variables that choose JAX's devices and compiler: fixed when the server starts, so a client whose values
+#: differ runs its command itself.
+ENV_FIXED = ("JAX_PLATFORMS", "JAX_PLATFORM_NAME", "CUDA_VISIBLE_DEVICES", "XLA_FLAGS", "JAX_ENABLE_X64")
 SERVED_COMMANDS = ("score",)
 
 
@@ -148,6 +152,10 @@ def _handle(conn: socket.socket) -> None:
         raise SystemExit(0)
     if request.get("version") != _version():
         _send(conn, {"refused": f"the server runs agatax {_version()}, the client {request.get('version')}"})
+        return
+    fixed = {k: os.environ.get(k) for k in ENV_FIXED}
+    if request.get("fixed", fixed) != fixed:
+        _send(conn, {"refused": "the client's JAX settings (" + ", ".join(ENV_FIXED) + ") differ from the server's"})
         return
     argv = [str(a) for a in request.get("argv", [])]
     if not argv or argv[0] not in SERVED_COMMANDS:
@@ -316,7 +324,8 @@ def try_remote(argv: Sequence[str]) -> int | None:
                 return None
             pid = int(first["pid"])
             conn.sendall((json.dumps({"version": _version(), "argv": list(argv), "cwd": os.getcwd(),
-                                      "env": env, "umask": umask}) + "\n").encode())
+                                      "env": env, "umask": umask,
+                                      "fixed": {k: os.environ.get(k) for k in ENV_FIXED}}) + "\n").encode())
         except OSError:
             return None
         except KeyboardInterrupt:  # the command was not sent: nothing ran

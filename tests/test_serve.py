@@ -103,6 +103,9 @@ def test_other_versions_and_commands_are_refused_and_run_locally(server, monkeyp
         assert "refused" in reply, reply
     monkeypatch.setenv("AGATAX_SERVER", str(sock))
     assert serve.try_remote(["train", "x"]) is None  # never sent: only score is served
+    # other JAX device settings than the server's: refused, so the command runs in the client
+    monkeypatch.setenv("XLA_FLAGS", (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_use_thunk_runtime=true").strip())
+    assert serve.try_remote(["score", "x"]) is None
     assert serve.try_remote(["score", "x", "--no-server"]) is None
 
 
