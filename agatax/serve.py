@@ -82,8 +82,7 @@ class _Stream:
 
     def write(self, text: str) -> int:
         if text:
-            with contextlib.suppress(OSError):  # a client gone mid-command: the command still finishes
-                self.conn.sendall((json.dumps({self.kind: text}) + "\n").encode())
+            _send(self.conn, {self.kind: text})  # a client gone mid-command: the command still finishes
         return len(text)
 
     def flush(self) -> None:
@@ -98,16 +97,22 @@ def _send(conn: socket.socket, message: dict) -> None:
         conn.sendall((json.dumps(message) + "\n").encode())
 
 
-def _read_line(conn: socket.socket, limit: int = 1 << 20) -> bytes:
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = conn.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-        if len(data) > limit:
-            raise ValueError("request too long")
-    return data
+class _Lines:
+    """Reads one JSON object per line from a socket; ``next()`` gives None once the other end has closed."""
+
+    def __init__(self, conn: socket.socket, limit: int = 1 << 20):
+        self.conn, self.buffer, self.limit = conn, b"", limit
+
+    def next(self) -> dict | None:
+        while b"\n" not in self.buffer:
+            chunk = self.conn.recv(65536)
+            if not chunk:
+                return None
+            self.buffer += chunk
+            if len(self.buffer) > self.limit:
+                raise ValueError("message too long")
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return json.loads(line)
 
 
 @contextlib.contextmanager
@@ -141,10 +146,9 @@ def _handle(conn: socket.socket) -> None:
     from agatax import cli
 
     _send(conn, {"pid": os.getpid()})
-    line = _read_line(conn)
-    if not line:  # the client gave up before sending its command
+    request = _Lines(conn).next()
+    if request is None:  # the client gave up before sending its command
         return
-    request = json.loads(line)
     if not isinstance(request, dict):
         raise ValueError("the request is not a JSON object")
     if request.get("stop"):
@@ -275,20 +279,6 @@ def _answers(path: Path) -> bool:
         return False
     conn.close()
     return True
-
-
-class _Lines:
-    def __init__(self, conn: socket.socket):
-        self.conn, self.buffer = conn, b""
-
-    def next(self) -> dict | None:
-        while b"\n" not in self.buffer:
-            chunk = self.conn.recv(65536)
-            if not chunk:
-                return None
-            self.buffer += chunk
-        line, self.buffer = self.buffer.split(b"\n", 1)
-        return json.loads(line)
 
 
 def try_remote(argv: Sequence[str]) -> int | None:

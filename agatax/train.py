@@ -10,7 +10,8 @@ Training samples patches centred near calcium, near hard negatives (look-alike s
 aortic valve, mitral annulus and calcified aortic wall, when the data name them) or anywhere, applies
 intensity, noise and (optionally) geometric augmentation (never a flip: left and right anatomy
 differ), and minimises ``optax.losses.dice_loss`` on the sigmoid probabilities with Adam. Every
-``eval_every`` steps (an "epoch") the pooled coarse-grid Dice on the validation exams is measured and the best variables are kept.
+``eval_every`` steps (an "epoch") the pooled coarse-grid Dice on the validation exams is measured and the
+best variables are kept.
 Checkpoints are written atomically (temporary file + ``os.replace``) and a run resumes from the last one
 exactly: the data stream is keyed by ``fold_in(key, step)`` and the optimiser state is saved, so a resumed
 run equals an uninterrupted one.
