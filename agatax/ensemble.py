@@ -12,6 +12,7 @@ arrays of shape (members, ...). Two ways to run the members inside one jit:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from functools import lru_cache, partial
 from pathlib import Path
@@ -223,7 +224,8 @@ def load_ensemble(path: str | os.PathLike, *, config: UNetConfig | None = None) 
     """Read an ensemble written by :func:`save_ensemble`; weights come back as float32.
 
     ``config``: if given, the file's architecture must match it (CONFIG_MISMATCH otherwise); the file's
-    ``conv_impl``/``dtype`` numerics choices are replaced by those of ``config``.
+    ``conv_impl``/``dtype`` numerics choices are replaced by those of ``config`` (its ``input_box_mm`` is the
+    file's: the input the weights were trained on).
     Raises CheckpointError with code NOT_FOUND, CORRUPT_CHECKPOINT, VERSION_MISMATCH, CONFIG_MISMATCH or
     NON_FINITE_WEIGHTS.
     """
@@ -257,6 +259,7 @@ def load_ensemble(path: str | os.PathLike, *, config: UNetConfig | None = None) 
         )
     try:
         fields = dict(header["config"])
+        fields.setdefault("input_box_mm", 0.0)  # saved before the enhancement's box existed
         members = int(header["members"])
         stored = header["dtype"]
         file_config = UNetConfig(**fields)
@@ -273,7 +276,8 @@ def load_ensemble(path: str | os.PathLike, *, config: UNetConfig | None = None) 
                 hint="load without config= to use the file's own configuration",
                 paths=(str(path),),
             )
-        file_config = config
+        # the numerics are the caller's to choose; the input the weights were trained on is not
+        file_config = dataclasses.replace(config, input_box_mm=file_config.input_box_mm)
     if stored not in _STORE_DTYPES:
         raise CheckpointError(f"{path} stores unknown dtype {stored!r}", code="CORRUPT_CHECKPOINT", paths=(str(path),))
 

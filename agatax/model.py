@@ -35,6 +35,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from agatax.errors import InputError
+from agatax.preprocess import ENHANCE_BOX_MM
 
 __all__ = ["UNetConfig", "UNet", "count_params", "conv3x3x3", "upsample2x", "fold_batchnorm", "infer", "CONV_IMPLS"]
 
@@ -105,6 +106,9 @@ class UNetConfig:
             or one of :data:`agatax.convolution.CONV_IMPLS`. Does not change the parameters.
         bn_momentum: BatchNorm running-average momentum.
         bn_epsilon: BatchNorm epsilon.
+        input_box_mm: the input the weights were trained on: the pre-processing's in-plane box (mm) averaging
+            the HU that enter its enhancement (:func:`agatax.preprocess`, ``box_mm``); 0 for ensembles saved
+            before it existed (2026-12-02), which saw the fine voxels as they are.
     """
 
     levels: int = 4
@@ -114,8 +118,17 @@ class UNetConfig:
     conv_impl: str = "auto"
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
+    input_box_mm: float = ENHANCE_BOX_MM
 
     def __post_init__(self) -> None:
+        try:
+            box = float(self.input_box_mm)
+        except (TypeError, ValueError):
+            box = float("nan")
+        if not (math.isfinite(box) and box >= 0):
+            raise InputError(f"UNetConfig.input_box_mm must be a number of mm >= 0; got {self.input_box_mm!r}",
+                             code="BAD_CONFIG")
+        object.__setattr__(self, "input_box_mm", box)
         if not (isinstance(self.levels, int) and self.levels >= 1):
             raise InputError(f"UNetConfig.levels must be an int >= 1; got {self.levels!r}", code="BAD_CONFIG")
         if not (isinstance(self.base_filters, int) and self.base_filters >= 1):

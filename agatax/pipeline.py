@@ -74,7 +74,8 @@ def _pipeline_kernel(ensemble, hu, spacing, target, threshold_hu, min_pixels, re
     applied before the networks and undone after them, so that outputs are on the stored grid."""
     hu = hu.astype(jnp.float32)
     hu_c = orient.apply(hu, xp=jnp)
-    x = _preprocess_kernel(hu_c, spacing, target, threshold_hu, out_shape=grid, window=(-300.0, 800.0))
+    x = _preprocess_kernel(hu_c, spacing, target, threshold_hu, out_shape=grid, window=(-300.0, 800.0),
+                           box_mm=ensemble.config.input_box_mm)
     _, votes = ensemble_votes(ensemble, x[None, ..., None], strategy=strategy)
     votes = _restore_kernel(votes[0].astype(jnp.uint8), spacing, target, shape=hu_c.shape)  # 1 byte a voxel
     votes = orient.undo(votes, xp=jnp)

@@ -44,6 +44,7 @@ from flax.training import train_state
 from agatax._atomic import atomic_open, atomic_write_bytes
 from agatax.errors import CheckpointError, InputError
 from agatax.orientation import to_canonical
+from agatax.preprocess import ENHANCE_BOX_MM
 from agatax.volume import Volume
 
 __all__ = [
@@ -207,6 +208,8 @@ class TrainingSet:
         extra: free per-pair metadata (e.g. true Agatston, category).
         negatives: optional list of bool arrays, same shapes: coarse hard negatives, voxels of bright
             structures that are not coronary calcium (valves, annulus, aortic wall); empty when unknown.
+        box_mm: the pre-processing's enhancement box the images were made with (``preprocess(box_mm=)``);
+            None when unknown (pairs built by hand). Training checks it against ``UNetConfig.input_box_mm``.
     """
 
     images: list
@@ -214,6 +217,7 @@ class TrainingSet:
     names: list = field(default_factory=list)
     extra: list = field(default_factory=list)
     negatives: list = field(default_factory=list)
+    box_mm: float | None = None
 
     def __post_init__(self):
         if len(self.images) != len(self.targets):
@@ -250,9 +254,15 @@ class TrainingSet:
         negatives = []
         if self.negatives or other.negatives:
             negatives = self._negatives_or_empty() + other._negatives_or_empty()
+        if None not in (self.box_mm, other.box_mm) and self.box_mm != other.box_mm:
+            raise InputError(
+                f"cannot join training sets made with different pre-processing (enhancement box "
+                f"{self.box_mm} mm and {other.box_mm} mm)", code="INPUT_MISMATCH",
+                hint="prepare both with the same box_mm (the network's UNetConfig.input_box_mm)")
         return TrainingSet(
             self.images + other.images, self.targets + other.targets,
             self.names + other.names, self.extra + other.extra, negatives,
+            self.box_mm if self.box_mm is not None else other.box_mm,
         )
 
     def subset(self, indices: Iterable[int]) -> "TrainingSet":
@@ -260,7 +270,7 @@ class TrainingSet:
         return TrainingSet(
             [self.images[i] for i in idx], [self.targets[i] for i in idx],
             [self.names[i] for i in idx], [self.extra[i] for i in idx],
-            [self.negatives[i] for i in idx] if self.negatives else [],
+            [self.negatives[i] for i in idx] if self.negatives else [], self.box_mm,
         )
 
     def save(self, path) -> None:
@@ -272,7 +282,7 @@ class TrainingSet:
         for i, n in enumerate(self.negatives):
             arrays[f"negative_{i}"] = np.asarray(n, np.uint8)
         arrays["meta"] = np.frombuffer(
-            json.dumps({"names": self.names, "extra": self.extra}).encode(), np.uint8
+            json.dumps({"names": self.names, "extra": self.extra, "box_mm": self.box_mm}).encode(), np.uint8
         )
         path = Path(path)
         with atomic_open(path) as f:
@@ -292,7 +302,8 @@ class TrainingSet:
                 f"cannot read training cache {path}: {err}", code="BAD_CACHE",
                 hint="delete the file to regenerate it", paths=[path],
             ) from err
-        return cls(images, targets, meta["names"], meta["extra"], negatives)
+        # caches written before the enhancement's box existed hold images made without it
+        return cls(images, targets, meta["names"], meta["extra"], negatives, meta.get("box_mm", 0.0))
 
 
 def coarse_target(mask, spacing, *, target_mm=None, multiple: int = 8) -> np.ndarray:
@@ -306,11 +317,12 @@ def coarse_target(mask, spacing, *, target_mm=None, multiple: int = 8) -> np.nda
     from agatax.preprocess import preprocess
 
     fake = np.where(np.asarray(mask) > 0, np.float32(1000.0), np.float32(-1000.0))
-    coarse = preprocess(fake, spacing, target_mm=target_mm, multiple=multiple)
+    coarse = preprocess(fake, spacing, target_mm=target_mm, multiple=multiple, box_mm=0.0)
     return np.asarray(coarse) >= 0.9995
 
 
-def exam_pair(volume, mask, *, target_mm=None, multiple: int = 8) -> tuple[np.ndarray, np.ndarray]:
+def exam_pair(volume, mask, *, target_mm=None, multiple: int = 8,
+              box_mm: float = ENHANCE_BOX_MM) -> tuple[np.ndarray, np.ndarray]:
     """One exam -> (image float32 (Z, Y, X) in [0, 1], target bool (Z, Y, X)) on the coarse grid.
 
     Args:
@@ -318,6 +330,7 @@ def exam_pair(volume, mask, *, target_mm=None, multiple: int = 8) -> tuple[np.nd
         mask: true calcification mask (z, y, x), nonzero = calcium (artery labels accepted).
         target_mm: coarse voxel size in mm (default: ``preprocess``'s, the slice increment).
         multiple: pad each axis to this multiple (as ``preprocess``; 8 for the paper's network).
+        box_mm: the enhancement box of ``preprocess`` (the network's ``UNetConfig.input_box_mm``).
     """
     from agatax.preprocess import preprocess
 
@@ -328,12 +341,14 @@ def exam_pair(volume, mask, *, target_mm=None, multiple: int = 8) -> tuple[np.nd
             f"mask {mask.shape} and volume {hu.shape} must have the same (z, y, x) shape",
             code="SHAPE_MISMATCH",
         )
-    image = np.asarray(preprocess(hu, volume.spacing, target_mm=target_mm, multiple=multiple), np.float32)
+    image = np.asarray(preprocess(hu, volume.spacing, target_mm=target_mm, multiple=multiple, box_mm=box_mm),
+                       np.float32)
     target = coarse_target(mask, volume.spacing, target_mm=target_mm, multiple=multiple)
     return image, target
 
 
-def prepare_pairs(exams, *, target_mm=None, multiple: int = 8, cache=None, names=None, log=None) -> TrainingSet:
+def prepare_pairs(exams, *, target_mm=None, multiple: int = 8, cache=None, names=None, log=None,
+                  box_mm: float = ENHANCE_BOX_MM) -> TrainingSet:
     """Exams -> TrainingSet, optionally cached in an .npz file (generation and pre-processing paid once).
 
     Args:
@@ -343,12 +358,22 @@ def prepare_pairs(exams, *, target_mm=None, multiple: int = 8, cache=None, names
             iterable, so that nothing is generated on a cache hit.
         target_mm: coarse voxel size (mm) for ``preprocess``.
         multiple: pad each axis to this multiple (as ``preprocess``).
-        cache: path of an .npz cache; read when present, written otherwise.
+        cache: path of an .npz cache; read when present, written otherwise. A cache made with another
+            ``box_mm`` is refused (INPUT_MISMATCH), not overwritten.
         names: optional labels, one per exam.
         log: optional print-like callable for progress.
+        box_mm: the enhancement box of ``preprocess``: the ``UNetConfig.input_box_mm`` of the networks these
+            pairs will train.
     """
+    box_mm = float(box_mm)
     if cache is not None and Path(cache).exists():
-        return TrainingSet.load(cache)
+        data = TrainingSet.load(cache)
+        if data.box_mm != box_mm:
+            raise InputError(
+                f"training cache {cache} was prepared with an enhancement box of {data.box_mm} mm; "
+                f"{box_mm} mm was asked for", code="INPUT_MISMATCH", paths=[cache],
+                hint="give another cache path (or delete that file) to prepare the pairs again")
+        return data
     if callable(exams):
         exams = exams()
     images, targets, extra, negatives = [], [], [], []
@@ -366,7 +391,7 @@ def prepare_pairs(exams, *, target_mm=None, multiple: int = 8, cache=None, names
             volume, how = to_canonical(volume)
             mask = how.apply(np.asarray(mask))
             fine_neg = None if fine_neg is None else how.apply(np.asarray(fine_neg))
-        image, target = exam_pair(volume, mask, target_mm=target_mm, multiple=multiple)
+        image, target = exam_pair(volume, mask, target_mm=target_mm, multiple=multiple, box_mm=box_mm)
         images.append(image)
         targets.append(target)
         extra.append(info)
@@ -378,7 +403,7 @@ def prepare_pairs(exams, *, target_mm=None, multiple: int = 8, cache=None, names
         negatives = [np.zeros(a.shape, bool) if n is None else n for a, n in zip(images, negatives)]
     else:
         negatives = []
-    data = TrainingSet(images, targets, list(names) if names is not None else [], extra, negatives)
+    data = TrainingSet(images, targets, list(names) if names is not None else [], extra, negatives, box_mm)
     if cache is not None:
         data.save(cache)
     return data
@@ -861,6 +886,13 @@ def train_member(
     seed = config.seed if seed is None else int(seed)
     levels = int(model_config.levels)
     multiple = 2 ** (levels - 1)
+    box = float(getattr(model_config, "input_box_mm", 0.0))
+    for name, data in (("training", train_data), ("validation", val_data)):
+        if data is not None and data.box_mm is not None and data.box_mm != box:
+            raise InputError(
+                f"the {name} pairs were prepared with an enhancement box of {data.box_mm} mm but the network "
+                f"takes {box} mm (UNetConfig.input_box_mm)", code="INPUT_MISMATCH",
+                hint="prepare the pairs with prepare_pairs(..., box_mm=model_config.input_box_mm)")
     for p in config.patch_zyx:
         if p % multiple:
             raise InputError(

@@ -24,6 +24,7 @@ them. Figures are printed as a Markdown table and written to <workdir>/results.j
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import subprocess
@@ -40,6 +41,7 @@ import jax  # noqa: E402
 
 from agatax.ensemble import load_ensemble, save_ensemble  # noqa: E402
 from agatax.model import UNetConfig  # noqa: E402
+from agatax.preprocess import ENHANCE_BOX_MM  # noqa: E402
 from agatax.cohort import train_cohort  # noqa: E402
 from agatax.train import TrainConfig, TrainingSet, prepare_pairs  # noqa: E402
 
@@ -94,15 +96,17 @@ def generate(name: str, n: int, seed: int, gen_kwargs: dict, noise_range: tuple[
 
 
 def cohort_pairs(name: str, n: int, seed: int, gen_kwargs: dict, workdir: Path, log,
-                 noise_range: tuple[float, float] | None = None) -> TrainingSet:
+                 noise_range: tuple[float, float] | None = None, box_mm: float = 0.0) -> TrainingSet:
     tag = "-".join(f"{k}{v}" for k, v in sorted(gen_kwargs.items()))
     if noise_range is not None:
         tag += ("-" if tag else "") + f"noise{noise_range[0]:g}to{noise_range[1]:g}"
+    if box_mm:
+        tag += ("-" if tag else "") + f"box{box_mm:g}"
     # "hn": the cache holds hard negatives (older caches without them are not reused)
     cache = workdir / f"pairs_{name}_n{n}_s{seed}{('_' + tag) if tag else ''}_hn.npz"
     t0 = time.perf_counter()
     data = prepare_pairs(lambda: generate(name, n, seed, gen_kwargs, noise_range), cache=cache,
-                         names=[f"{name}-{i:04d}" for i in range(n)], log=log)
+                         names=[f"{name}-{i:04d}" for i in range(n)], log=log, box_mm=box_mm)
     log(f"{name}: {len(data)} pairs ready ({time.perf_counter() - t0:.1f} s, cache {cache.name})")
     return data
 
@@ -129,7 +133,7 @@ def _segment_all(ensemble, volume, multiple):
 
     from agatax.localise import localise_chest
 
-    x = preprocess(volume.hu, volume.spacing, multiple=multiple)[None, ..., None]
+    x = preprocess(volume.hu, volume.spacing, multiple=multiple, box_mm=ensemble.config.input_box_mm)[None, ..., None]
     logits = np.asarray(_logits_fn(ensemble)(ensemble, x))[:, 0, ..., 0]  # (members, Z, Y, X)
     votes = (logits > 0).sum(0)
     coarse = np.concatenate([logits > 0, (2 * votes > ensemble.members)[None]], 0)
@@ -264,6 +268,9 @@ def main(argv=None) -> int:
     ap.add_argument("--train-noise", default=None,
                     help="LOW,HIGH: draw the training exams' noise SD (HU) from this range instead of the "
                     "generator's 10-40 (J3 keeps the generator's)")
+    ap.add_argument("--box-mm", type=float, default=ENHANCE_BOX_MM,
+                    help="the pre-processing's enhancement box (mm) of fresh networks (UNetConfig.input_box_mm; "
+                    "0: the fine voxels as they are); a fine-tune keeps its starting networks' box")
     ap.add_argument("--members", type=int, default=5)
     ap.add_argument("--val", type=int, default=20, help="validation exams held out (paper: 20)")
     ap.add_argument("--matrix", type=int, default=None, help="synthetic in-plane matrix (default: generator's)")
@@ -285,7 +292,11 @@ def main(argv=None) -> int:
 
     gen_kwargs = {} if args.matrix is None else {"matrix": args.matrix}
     noise_range = None if args.train_noise is None else tuple(float(v) for v in args.train_noise.split(","))
-    model_config = UNetConfig(**MODELS[args.model])
+    model_config = UNetConfig(**MODELS[args.model], input_box_mm=args.box_mm)
+    if args.init is not None:  # a fine-tune trains on the input its starting networks know
+        from agatax.cohort import resolve_init
+
+        model_config = dataclasses.replace(model_config, input_box_mm=resolve_init(args.init).config.input_box_mm)
     patch = tuple(int(p) for p in args.patch.split(","))
     config = TrainConfig(learning_rate=args.lr, lr_schedule=args.schedule, steps=args.steps,
                          batch_size=args.batch, patch_zyx=patch,
@@ -303,7 +314,7 @@ def main(argv=None) -> int:
     pairs = {}
     for name in needed:
         pairs[name] = cohort_pairs(name, cohort_size(name, args.scale), args.seed, gen_kwargs, workdir, log,
-                                   noise_range)
+                                   noise_range, model_config.input_box_mm)
 
     test_scale = args.scale if args.test_scale is None else args.test_scale
     n_test = cohort_size("J3", test_scale)

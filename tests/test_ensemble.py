@@ -147,6 +147,24 @@ def test_checkpoint_half_precision(tiny_ensemble, tmp_path, dtype, eps):
         assert np.all(np.abs(np.asarray(a) - b) <= eps * np.abs(b) + 1e-7)
 
 
+def test_checkpoint_keeps_the_input_its_networks_were_trained_on(tiny_members, tmp_path):
+    import dataclasses
+
+    ens = stack_members(tiny_members, dataclasses.replace(TINY, input_box_mm=0.7))
+    path = save_ensemble(tmp_path / "ens.msgpack", ens)
+    assert load_ensemble(path).config.input_box_mm == 0.7
+    # numerics may be chosen at load time; the input the weights expect may not
+    assert load_ensemble(path, config=UNetConfig.tiny(conv_impl="xla")).config.input_box_mm == 0.7
+    # files saved before the field existed saw the fine voxels as they are: box 0
+    old = tmp_path / "old.msgpack"
+    old.write_bytes(path.read_bytes())
+    _rewrite(old, lambda s: s["header"]["config"].pop("input_box_mm"))
+    assert load_ensemble(old).config.input_box_mm == 0.0
+    with pytest.raises(InputError) as info:
+        UNetConfig.tiny(input_box_mm=-1.0)
+    assert info.value.code == "BAD_CONFIG"
+
+
 def _rewrite(path, mutate):
     state = flax.serialization.msgpack_restore(path.read_bytes())
     mutate(state)

@@ -58,6 +58,26 @@ def test_segment_matches_step_by_step_oracle(ensemble, hu):
     assert mask.any()  # not vacuous
 
 
+def test_pipeline_feeds_the_networks_the_input_their_config_names():
+    """UNetConfig.input_box_mm travels with the weights: segment pre-processes with that enhancement box."""
+    import dataclasses
+
+    rng = np.random.default_rng(6)
+    hu = np.full((4, 16, 15), 40.0, np.float32)
+    hu[rng.random(hu.shape) < 0.3] = 400.0  # single bright pixels: a box averages them under 130 HU
+    variables = [_variables(s) for s in range(5)]
+    votes = {}
+    for box in (0.0, 4.0):  # 4 mm on 1.5 mm pixels: a 2.7-pixel box
+        ens = stack_members(variables, dataclasses.replace(TINY, input_box_mm=box))
+        _, v = segment(ens, Volume(hu, SPACING))
+        x = preprocess(hu, SPACING, multiple=TINY.multiple, box_mm=box)
+        coarse_votes = (np.asarray(ensemble_logits(ens, x[None, ..., None]))[:, 0, ..., 0] > 0).sum(0)
+        cz, cy, cx = (np.floor((np.arange(n) + 0.5) * d / SPACING[0]).astype(int) for n, d in zip(hu.shape, SPACING))
+        np.testing.assert_array_equal(np.asarray(v), np.where(hu >= 130, coarse_votes[np.ix_(cz, cy, cx)], 0))
+        votes[box] = np.asarray(v)
+    assert not np.array_equal(votes[0.0], votes[4.0])  # the box reaches the networks
+
+
 def test_inputs_forms_and_strategies_agree(ensemble, hu):
     a = segment(ensemble, (hu, SPACING), strategy="sequential")
     b = segment(ensemble, jnp.asarray(hu), spacing=SPACING, strategy="vmap")

@@ -249,6 +249,38 @@ def test_prepare_pairs_takes_negatives_to_the_coarse_grid():
     assert want_n.sum() == 2
 
 
+def test_pairs_carry_their_enhancement_box_and_targets_ignore_it(tmp_path):
+    """The image goes through the network's box; the target marks every cell holding a calcium voxel,
+    box or not (a one-pixel speck averaged through a 1 mm box would fall under any image threshold)."""
+    from agatax.preprocess import preprocess
+    from agatax.volume import Volume
+
+    hu = np.full((6, 40, 40), 40.0, np.float32)
+    mask = np.zeros(hu.shape, bool)
+    mask[2, 20, 20] = True  # one 0.4 mm pixel
+    hu[mask] = 600.0
+    spacing = (3.0, 0.4, 0.4)
+    boxed = prepare_pairs([(Volume(hu, spacing), mask)], cache=tmp_path / "p.npz", box_mm=1.0)
+    assert boxed.box_mm == 1.0
+    np.testing.assert_allclose(boxed.images[0], np.asarray(preprocess(hu, spacing, box_mm=1.0)), atol=1e-6)
+    assert boxed.targets[0].sum() == 1 and boxed.targets[0][2, 2, 2]  # centre 20.5 x 0.4 mm: cell 2 of 3 mm
+    raw = prepare_pairs([(Volume(hu, spacing), mask)], box_mm=0.0)
+    np.testing.assert_array_equal(raw.targets[0], boxed.targets[0])
+    assert not np.allclose(raw.images[0], boxed.images[0])
+    # the cache remembers the box; asking for another is refused, not silently served or overwritten
+    assert TrainingSet.load(tmp_path / "p.npz").box_mm == 1.0
+    with pytest.raises(InputError) as err:
+        prepare_pairs([(Volume(hu, spacing), mask)], cache=tmp_path / "p.npz", box_mm=0.0)
+    assert err.value.code == "INPUT_MISMATCH"
+    # networks are trained only on the input they will be given
+    with pytest.raises(InputError) as err:
+        train_member(raw, None, CFG, TINY, seed=0, log=None)  # TINY takes the default 1 mm box
+    assert err.value.code == "INPUT_MISMATCH"
+    with pytest.raises(InputError) as err:
+        raw + boxed
+    assert err.value.code == "INPUT_MISMATCH"
+
+
 def test_cosine_schedule_decays_and_ties_checkpoints_to_the_step_count(tmp_path):
     from agatax.train import _optimizer
 
