@@ -116,6 +116,7 @@ def main(argv=None) -> int:
     ap.add_argument("--matrix", type=int, default=None, help="synthetic in-plane matrix")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-j3", action="store_true", help="test on the unseen cohort only")
+    ap.add_argument("--skip-unseen", action="store_true", help="test on J3 only (e.g. J3 drawn at --matrix 512)")
     ap.add_argument("--both-localise", action="store_true",
                     help="also evaluate without the chest localisation (localise=False)")
     ap.add_argument("--ablate", action="store_true",
@@ -126,7 +127,9 @@ def main(argv=None) -> int:
     n = table1.cohort_size("J3", args.scale)
     gen_kwargs = {} if args.matrix is None else {"matrix": args.matrix}
     t0 = time.perf_counter()
-    cohorts = {"unseen": list(unseen_cohort(n, args.seed, args.matrix))}
+    if args.skip_j3 and args.skip_unseen:
+        ap.error("--skip-j3 and --skip-unseen leave nothing to test")
+    cohorts = {} if args.skip_unseen else {"unseen": list(unseen_cohort(n, args.seed, args.matrix))}
     if not args.skip_j3:
         cohorts["J3"] = list(table1.generate("J3", n, args.seed, gen_kwargs))
     print(f"{n} exams per cohort generated ({time.perf_counter() - t0:.0f} s); device {table1.device_description()}",
