@@ -7,8 +7,9 @@
 2. Start: ``agatax score EXAM --json FILE`` as a new process (the compilation cache warm from an earlier
    call; ``--no-server``), the same command handed over to a running ``agatax serve`` (warm from one earlier
    call), against the warm in-process ``agatax.score_exam`` of the same exam (the issue's target: at most 2x).
+3. Box: ``agatax.segment`` with the shipped ensemble, its enhancement through the 1 mm box against none.
 
-    python benchmarks/bench_speed.py [--rounds 5] [--force] [--part inference|start|all]
+    python benchmarks/bench_speed.py [--rounds 5] [--force] [--part inference|start|box|all]
 """
 
 from __future__ import annotations
@@ -62,6 +63,25 @@ def inference(args, session) -> None:
         session.report(times, baseline=f"torch eager network only, {label}" if torch is not None else None,
                        shapes={"exam": volume.shape, "spacing_mm": volume.spacing, "network_grid": grid},
                        title=f"inference, {label}, 56 x 512 x 512 exam, five members, CPU")
+
+
+def box_cost(args, session) -> None:
+    """``agatax.segment`` with the shipped ensemble as it is (the enhancement through its 1 mm box) against
+    the same weights fed the fine voxels as they are (``input_box_mm=0``): what the box costs."""
+    import dataclasses
+
+    import jax
+
+    import agatax
+
+    volume = exam()
+    shipped = agatax.load_default_ensemble()
+    raw = shipped.replace(config=dataclasses.replace(shipped.config, input_box_mm=0.0))
+    variants = {f"agatax segment, box {e.config.input_box_mm:g} mm": (
+        lambda e=e: jax.block_until_ready(agatax.segment(e, volume))) for e in (raw, shipped)}
+    times = session.interleave(variants, rounds=args.rounds)
+    session.report(times, baseline="agatax segment, box 0 mm", shapes={"exam": volume.shape, "spacing_mm": volume.spacing},
+                   title="the enhancement's box, shipped ensemble, 56 x 512 x 512 exam, CPU")
 
 
 def _torch_peer(torch, from_flax, ensemble, volume):
@@ -135,13 +155,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--force", action="store_true", help="measure on a busy machine (figures flagged BUSY)")
-    parser.add_argument("--part", choices=("inference", "start", "all"), default="all")
+    parser.add_argument("--part", choices=("inference", "start", "box", "all"), default="all")
     args = parser.parse_args()
     session = Session("bench_speed", force=args.force)  # before any set-up work of ours
     if args.part in ("inference", "all"):
         inference(args, session)
     if args.part in ("start", "all"):
         start(args, session)
+    if args.part in ("box", "all"):
+        box_cost(args, session)
 
 
 if __name__ == "__main__":
