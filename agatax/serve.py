@@ -46,6 +46,11 @@ ENV_FIXED = ("JAX_PLATFORMS", "JAX_PLATFORM_NAME", "CUDA_VISIBLE_DEVICES", "XLA_
 SERVED_COMMANDS = ("score",)
 
 
+def _fixed_settings() -> dict:
+    """This process's values of the ENV_FIXED variables (None where unset)."""
+    return {k: os.environ.get(k) for k in ENV_FIXED}
+
+
 def socket_path() -> Path:
     """Where the server listens: ``$AGATAX_SERVER``, else ``$XDG_RUNTIME_DIR/agatax/serve.sock``, else
     ``~/.cache/agatax/serve.sock``."""
@@ -157,7 +162,7 @@ def _handle(conn: socket.socket) -> None:
     if request.get("version") != _version():
         _send(conn, {"refused": f"the server runs agatax {_version()}, the client {request.get('version')}"})
         return
-    fixed = {k: os.environ.get(k) for k in ENV_FIXED}
+    fixed = _fixed_settings()
     if request.get("fixed", fixed) != fixed:
         _send(conn, {"refused": "the client's JAX settings (" + ", ".join(ENV_FIXED) + ") differ from the server's"})
         return
@@ -315,7 +320,7 @@ def try_remote(argv: Sequence[str]) -> int | None:
             pid = int(first["pid"])
             conn.sendall((json.dumps({"version": _version(), "argv": list(argv), "cwd": os.getcwd(),
                                       "env": env, "umask": umask,
-                                      "fixed": {k: os.environ.get(k) for k in ENV_FIXED}}) + "\n").encode())
+                                      "fixed": _fixed_settings()}) + "\n").encode())
         except OSError:
             return None
         except KeyboardInterrupt:  # the command was not sent: nothing ran

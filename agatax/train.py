@@ -886,7 +886,7 @@ def train_member(
     seed = config.seed if seed is None else int(seed)
     levels = int(model_config.levels)
     multiple = 2 ** (levels - 1)
-    box = float(getattr(model_config, "input_box_mm", 0.0))
+    box = model_config.input_box_mm
     for name, data in (("training", train_data), ("validation", val_data)):
         if data is not None and data.box_mm is not None and data.box_mm != box:
             raise InputError(

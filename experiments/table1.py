@@ -96,7 +96,7 @@ def generate(name: str, n: int, seed: int, gen_kwargs: dict, noise_range: tuple[
 
 
 def cohort_pairs(name: str, n: int, seed: int, gen_kwargs: dict, workdir: Path, log,
-                 noise_range: tuple[float, float] | None = None, box_mm: float = 0.0) -> TrainingSet:
+                 noise_range: tuple[float, float] | None, box_mm: float) -> TrainingSet:
     tag = "-".join(f"{k}{v}" for k, v in sorted(gen_kwargs.items()))
     if noise_range is not None:
         tag += ("-" if tag else "") + f"noise{noise_range[0]:g}to{noise_range[1]:g}"
@@ -293,10 +293,11 @@ def main(argv=None) -> int:
     gen_kwargs = {} if args.matrix is None else {"matrix": args.matrix}
     noise_range = None if args.train_noise is None else tuple(float(v) for v in args.train_noise.split(","))
     model_config = UNetConfig(**MODELS[args.model], input_box_mm=args.box_mm)
-    if args.init is not None:  # a fine-tune trains on the input its starting networks know
-        from agatax.cohort import resolve_init
+    from agatax.cohort import resolve_init
 
-        model_config = dataclasses.replace(model_config, input_box_mm=resolve_init(args.init).config.input_box_mm)
+    start = resolve_init(args.init)  # loaded once, handed to train_cohort below
+    if start is not None:  # a fine-tune trains on the input its starting networks know
+        model_config = dataclasses.replace(model_config, input_box_mm=start.config.input_box_mm)
     patch = tuple(int(p) for p in args.patch.split(","))
     config = TrainConfig(learning_rate=args.lr, lr_schedule=args.schedule, steps=args.steps,
                          batch_size=args.batch, patch_zyx=patch,
@@ -345,7 +346,7 @@ def main(argv=None) -> int:
             histories: list = []
             log(f"{s}: training {args.members} networks on {len(train)} exams, validating on {len(val)}")
             trained = train_cohort(data, members=args.members, config=config, model_config=model_config,
-                                   init=args.init, validation=n_val, seed=args.seed,
+                                   init=start, validation=n_val, seed=args.seed,
                                    seeds=[args.seed * 100 + k for k in range(args.members)],
                                    checkpoint_dir=workdir / f"ckpt_{s.replace('+', '_')}", log=log)
             ensemble, histories = trained.ensemble, trained.histories
