@@ -27,6 +27,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -861,6 +862,7 @@ def train_member(
     history: list | None = None,
     init_variables: dict | None = None,
     on_step: Callable[[int, dict], None] | None = None,
+    give_up_at: int | None = None,
 ) -> dict:
     """Train one U-Net; return the variables {"params", "batch_stats"} of the best validation epoch.
 
@@ -880,6 +882,9 @@ def train_member(
         on_step: called after every step (also those a resume skips, once, with the resumed step) as
             on_step(step, info): info holds "loss" when it was read at this step (every ``log_every``
             steps and at validations), and "val_dice" / "best_dice" at validations.
+        give_up_at: stop at the first validation at or after this step when the validation Dice has been 0
+            at every check so far (the network has collapsed to "no calcium"; ``train_ensemble`` then trains
+            it again with another seed). None: always train all ``config.steps``.
     Returns:
         variables dict (host numpy leaves) of the best validation epoch.
     """
@@ -932,6 +937,10 @@ def train_member(
     t_last, s_last = time.perf_counter(), start
     loss_sum, loss_n = 0.0, 0
     for step in range(start + 1, config.steps + 1):
+        if give_up_at is not None and val_packed is not None and _collapsed(records, give_up_at):
+            if log:
+                log(f"validation Dice 0 at every check through step {records[-1]['step']}: collapsed, stopped")
+            break
         state, loss = step_fn(state, packed)
         last = step == config.steps
         want_log = bool(config.log_every) and step % config.log_every == 0
@@ -969,6 +978,13 @@ def train_member(
 
 
 COLLAPSE_SEED_STEP = 7919
+COLLAPSE_GIVE_UP = 0.25  # share of the steps after which a member still at validation Dice 0 is abandoned
+
+
+def _collapsed(records: list, give_up_at: int) -> bool:
+    """True when validation reached ``give_up_at`` and its Dice was 0 at every check."""
+    dice = [r["val_dice"] for r in records if r.get("val_dice") is not None]
+    return bool(dice) and records[-1]["step"] >= give_up_at and max(dice) <= 0.0
 
 
 def train_ensemble(
@@ -995,6 +1011,8 @@ def train_ensemble(
         histories: optional list receiving one history list per member (the kept run's).
         collapse_retries: a member whose validation Dice is 0 at every check (it learned to call nothing
             calcium) is trained again from seed + 7919 * n, up to this many times; the last run is kept.
+            Every run but the last is abandoned as soon as its Dice is still 0 at the first check after
+            ``COLLAPSE_GIVE_UP`` of the steps (healthy networks find calcium within a few checks).
         init: an ``Ensemble`` to fine-tune: member k starts from its member k modulo its size (its
             UNetConfig must be ``model_config``'s); None: fresh networks.
         on_step: on_step(member index, step, info) after every step (see ``train_member``).
@@ -1027,6 +1045,8 @@ def train_ensemble(
                 extra["init_variables"] = start
             if on_step is not None:
                 extra["on_step"] = partial(on_step, k)
+            if attempt < collapse_retries and val_data is not None:
+                extra["give_up_at"] = max(2 * config.eval_every, math.ceil(COLLAPSE_GIVE_UP * config.steps))
             member = train_member(train_data, val_data, config, model_config, seed=seed, checkpoint_dir=sub,
                                   log=log, history=hist, **extra)
             dice = [r["val_dice"] for r in hist if r.get("val_dice") is not None]

@@ -177,6 +177,8 @@ class _Progress:
                 self.bar.n = position
                 self.bar.refresh()
             return
+        if self.done_here and position <= self.offset + self.done_here:  # a collapsed member started again
+            self.offset, self.t0 = position - 1, time.perf_counter()
         self.done_here = position - self.offset
         self.last.update({k: v for k, v in info.items() if v is not None})
         per_step = (time.perf_counter() - self.t0) / max(self.done_here, 1)
@@ -277,7 +279,7 @@ def run_train(args: argparse.Namespace) -> int:
     progress = _Progress(args.members, args.steps, args.quiet)
 
     def note(text: str) -> None:
-        if text.startswith("member ") or text.startswith("step ") or text.startswith("resumed "):
+        if (text.startswith("member ") and "(seed " in text) or text.startswith("step ") or text.startswith("resumed "):
             return  # the progress bar says it
         progress.write(text)
 

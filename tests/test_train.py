@@ -325,11 +325,12 @@ def test_a_collapsed_member_is_trained_again_with_another_seed(monkeypatch):
     variables and history are kept; a member that found calcium is not retried."""
     import agatax.train as train_mod
 
-    calls = []
+    calls, gave_up = [], []
     real = train_mod.train_member
 
-    def fake(train, val, config, model_config, *, seed, checkpoint_dir=None, log=None, history=None):
+    def fake(train, val, config, model_config, *, seed, checkpoint_dir=None, log=None, history=None, **extra):
         calls.append(seed)
+        gave_up.append(extra.get("give_up_at"))
         dice = 0.0 if seed == 1 else 0.4
         history.extend([{"step": 3, "loss": 1.0, "val_dice": dice}, {"step": 6, "loss": 1.0, "val_dice": dice}])
         cfg = TrainConfig(**{**config.__dict__, "steps": 1, "eval_every": 1})
@@ -340,14 +341,42 @@ def test_a_collapsed_member_is_trained_again_with_another_seed(monkeypatch):
     logged: list = []
     ens = train_ensemble(TRAIN, TRAIN, CFG, TINY, members=2, seeds=[0, 1], log=logged.append, histories=hists)
     assert calls == [0, 1, 1 + train_mod.COLLAPSE_SEED_STEP]
+    # every run but the last allowed may be abandoned early: at a quarter of the steps, at least two checks
+    early = max(2 * CFG.eval_every, -(-CFG.steps // 4))
+    assert gave_up == [early, early, early]
     assert [max(r["val_dice"] for r in h) for h in hists] == [0.4, 0.4]
     assert any("collapsed" in line for line in logged)
     assert jax.tree.leaves(ens.variables["params"])[0].shape[0] == 2
     # never more than collapse_retries extra runs: the last one is kept even if it collapsed too
     calls.clear()
+    gave_up.clear()
     monkeypatch.setattr(train_mod, "COLLAPSE_SEED_STEP", 0)  # every retry collapses again
     train_ensemble(TRAIN, TRAIN, CFG, TINY, members=1, seeds=[1], log=None, collapse_retries=2)
     assert calls == [1, 1, 1]
+    assert gave_up == [early, early, None]  # the last run is trained to the end
+
+
+def test_a_member_still_at_dice_0_is_stopped_at_give_up_at_and_stays_stopped_on_resume(monkeypatch, tmp_path):
+    """give_up_at: training stops at the first check at or after that step when every validation Dice so far
+    is 0; one non-zero check keeps it going; a resumed collapsed run takes no further step."""
+    import agatax.train as train_mod
+
+    cfg = TrainConfig(**{**CFG.__dict__, "steps": 12, "eval_every": 2})
+    for scripted, want_steps in (([0.0] * 6, [2, 4, 6]), ([0.0, 0.2] + [0.0] * 4, [2, 4, 6, 8, 10, 12])):
+        dice = iter(scripted)
+        monkeypatch.setattr(train_mod, "evaluate_dice", lambda *a, **k: next(dice))
+        hist: list = []
+        logged: list = []
+        train_member(TRAIN, TRAIN, cfg, TINY, seed=0, log=logged.append, history=hist, give_up_at=5,
+                     checkpoint_dir=tmp_path / str(len(want_steps)))
+        assert [r["step"] for r in hist] == want_steps
+        assert any("collapsed, stopped" in line for line in logged) == (len(want_steps) == 3)
+    steps_taken = []
+    monkeypatch.setattr(train_mod, "evaluate_dice", lambda *a, **k: steps_taken.append(1) or 0.0)
+    hist = []
+    train_member(TRAIN, TRAIN, cfg, TINY, seed=0, log=None, history=hist, give_up_at=5,
+                 checkpoint_dir=tmp_path / "3")
+    assert steps_taken == [] and [r["step"] for r in hist] == [2, 4, 6]
 
 
 def test_kernel_augmentation_filter_matches_scipy():
