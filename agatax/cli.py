@@ -220,6 +220,7 @@ class ExamScorer:
         calibration: mg / (HU mm^3) for the mass score.
         min_pixels, min_area_mm2: smallest lesion kept.
         localise: discard calcium outside the chest region between the lungs (``agatax.localise_chest``).
+        allow_phantom: score an exam that looks like a phantom (else it is refused with PHANTOM).
         thin_slices: "slab" (default: thin-slice exams scored on 3 mm slabs, ``agatax.thick_slabs``) or
             "native" (scored on the thin slices, increment / 3 mm factor).
         relaxations: ``read_volume`` relaxations (allow_gaps, ...).
@@ -227,14 +228,15 @@ class ExamScorer:
 
     def __init__(self, *, mask=None, ensemble=None, series=None, calibration=None, min_pixels=3,
                  min_area_mm2=None, localise=True, about: dict[str, Any] | None = None, thin_slices: str = "slab",
-                 **relaxations: bool) -> None:
+                 allow_phantom: bool = False, **relaxations: bool) -> None:
         if mask is None and ensemble is None:
             raise InputError("ExamScorer needs a mask or an ensemble", code="BAD_ARGUMENT")
         self.mask, self.ensemble, self.series, self.localise = mask, ensemble, series, bool(localise)
         #: the keyword arguments (less ensemble and about) that rebuild this scorer elsewhere (a cluster's workers)
         self.init_options = {"mask": mask, "series": series, "calibration": calibration, "min_pixels": min_pixels,
                              "min_area_mm2": min_area_mm2, "localise": localise, "thin_slices": thin_slices,
-                             **relaxations}
+                             "allow_phantom": allow_phantom, **relaxations}
+        self.allow_phantom = bool(allow_phantom)
         self.conventions = {"calibration": calibration, "min_pixels": min_pixels, "min_area_mm2": min_area_mm2}
         self.relaxations = {k: bool(v) for k, v in relaxations.items() if v}
         self.about = dict(about or {})  # device, weights: what made the results
@@ -247,7 +249,8 @@ class ExamScorer:
         mask = None if self.mask is None else {"path": str(Path(self.mask).resolve()),
                                                 "files": files_fingerprint(self.mask)}
         return {**self.conventions, "series": self.series, "localise": self.localise and mask is None,
-                "mask": mask, "relaxations": sorted(self.relaxations), "thin_slices": self.thin_slices}
+                "mask": mask, "relaxations": sorted(self.relaxations), "thin_slices": self.thin_slices,
+                **({"allow_phantom": True} if self.allow_phantom and mask is None else {})}
 
     def read(self, path):
         """Read the exam at ``path`` into a Volume, with the command line's warnings added."""
@@ -276,7 +279,8 @@ class ExamScorer:
 
         if slab:
             volume, _ = thick_slabs(volume)
-        result = run_pipeline(self.ensemble, volume, localise=self.localise, **self.conventions)
+        result = run_pipeline(self.ensemble, volume, localise=self.localise, allow_phantom=self.allow_phantom,
+                              **self.conventions)
         notes = tuple(result.notes)
         if result.chest is not None and not result.chest.found:
             notes += (f"chest localisation: {result.chest.note}",)
@@ -328,6 +332,7 @@ def score_exam(
     min_pixels: int = 3,
     min_area_mm2: float | None = None,
     thin_slices: str = "slab",
+    allow_phantom: bool = False,
     **relaxations: bool,
 ) -> dict[str, Any]:
     """Read one exam, find its calcium and score it; return the JSON-safe dict ``agatax score --json`` prints.
@@ -341,7 +346,7 @@ def score_exam(
     series_description, source, mask, agatax_version, device, weights (file name and sha256 prefix; None
     for a given ``ensemble`` or mask), and ``members`` with an ensemble.
     ``relaxations``: allow_gaps, allow_uneven, allow_tilt, allow_not_ct, allow_qform_mismatch (see
-    ``agatax.read_volume``).
+    ``agatax.read_volume``). ``allow_phantom``: score an exam that looks like a phantom instead of refusing it.
     """
     identity = None
     if mask is None and ensemble is None:
@@ -349,7 +354,8 @@ def score_exam(
         identity = weights_identity(weights)
     scorer = ExamScorer(mask=mask, ensemble=ensemble, series=series, calibration=calibration,
                         min_pixels=min_pixels, min_area_mm2=min_area_mm2,
-                        about={"device": device_name(), "weights": identity}, thin_slices=thin_slices, **relaxations)
+                        about={"device": device_name(), "weights": identity}, thin_slices=thin_slices,
+                        allow_phantom=allow_phantom, **relaxations)
     return scorer.result(scorer.score(scorer.read(path)))
 
 
@@ -498,6 +504,8 @@ def add_score_command(subparsers) -> None:
     p.add_argument("--thin-slices", choices=THIN_SLICES, default="slab",
                    help="exams with slices under 2 mm: 'slab' (default) scores 3 mm slabs (the mean of 3 mm of slices), "
                    "as a 3 mm reconstruction is scored clinically; 'native' scores the thin slices")
+    p.add_argument("--allow-phantom", action="store_true", help="score an exam that looks like a phantom (its "
+                   "cross-section repeats along z) instead of refusing it; the networks miss most phantom inserts")
     for name in _RELAXATIONS:
         p.add_argument("--" + name.replace("_", "-"), action="store_true", help=f"read_volume({name}=True)")
     p.add_argument("--no-server", action="store_true", help="run in this process even when `agatax serve` runs")
@@ -720,7 +728,7 @@ def _run_score(args: argparse.Namespace, stop: threading.Event, counts: dict[str
             scorer = ExamScorer(mask=args.mask, ensemble=ensemble, series=args.series, calibration=args.calibration,
                                 min_pixels=args.min_pixels, min_area_mm2=args.min_area_mm2,
                                 localise=not args.no_localise, about={"device": device_name(device), "weights": weights},
-                                thin_slices=args.thin_slices,
+                                thin_slices=args.thin_slices, allow_phantom=args.allow_phantom,
                                 **{name: getattr(args, name) for name in _RELAXATIONS})
             return _score_tasks(args, stop, counts, tasks, is_batch, scorer, weights, report_dir, summary_path,
                                 png, png_slices)

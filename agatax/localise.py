@@ -19,7 +19,10 @@ networks. On a coarse grid of about 4 mm:
    coronaries run >= 1 cm from bone.
 
 Where no lungs are found (a water phantom, a volume cut below the lungs, a tiny volume) the result has
-``found=False`` and a note; the pipeline then discards nothing. The mediastinum's density also tells a
+``found=False`` and a note; the pipeline then discards nothing. A cross-section that repeats along z
+(``phantom_like``: under 4 % of the body changes over 30 mm, where synthetic patients of every protocol
+change by 12 % or more) marks a phantom, which the pipeline refuses unless asked (its inserts lie outside
+any heart's anatomy, where the networks do not look). The mediastinum's density also tells a
 contrast-enhanced scan (``contrast_enhanced``: its 70th percentile above 130 HU; 50-90 HU without
 contrast), which the pipeline refuses.
 """
@@ -31,7 +34,7 @@ import dataclasses
 import numpy as np
 from scipy import ndimage, spatial
 
-__all__ = ["ChestRegion", "localise_chest", "ENHANCED_HU70"]
+__all__ = ["ChestRegion", "localise_chest", "ENHANCED_HU70", "PHANTOM_Z_CHANGE"]
 
 _COARSE_MM = 4.0
 _LUNG_HU = (-960.0, -400.0)
@@ -42,6 +45,10 @@ _MIN_BONE_CM3 = 2.0
 _MARGIN_MM = 8.0
 _HULL_INSET_MM = 10.0
 ENHANCED_HU70 = 130.0
+PHANTOM_Z_CHANGE = 0.04  # below this ``z_change`` the exam's cross-section repeats along z: a phantom
+_Z_APART_MM = 30.0
+_Z_CHANGE_HU = 150.0
+_MIN_SECTION_CM2 = 25.0
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -56,6 +63,9 @@ class ChestRegion:
         note: one line on what was found (for reports and logs).
         mediastinum_hu70: 70th percentile of the mediastinum's local mean HU between -50 and 700 (fat
             left out): 50-90 HU without contrast, far higher when the blood is enhanced; NaN if not found.
+        z_change: the share of the body's cross-section that changes by more than 150 HU over 30 mm along
+            z (lower quartile over the pairs of slices; synthetic patients: 0.12 or more; the real QRM
+            phantom: 0.015); NaN where the exam is too short or holds no body to tell.
     """
 
     found: bool
@@ -64,6 +74,7 @@ class ChestRegion:
     lung_cm3: float
     note: str
     mediastinum_hu70: float = float("nan")
+    z_change: float = float("nan")
 
     @property
     def contrast_enhanced(self) -> bool:
@@ -71,12 +82,19 @@ class ChestRegion:
         scoring needs a non-contrast scan, and enhanced blood would pass for calcium (or for bone)."""
         return bool(self.found and self.mediastinum_hu70 > ENHANCED_HU70)
 
+    @property
+    def phantom_like(self) -> bool:
+        """True when the cross-section repeats along z (``z_change`` < ``PHANTOM_Z_CHANGE``): a phantom, not
+        a patient. The networks find coronary calcium by a heart's anatomy, which a phantom does not have."""
+        return bool(self.z_change < PHANTOM_Z_CHANGE)  # False for NaN
+
     def to_dict(self) -> dict:
         """JSON-safe summary (no arrays)."""
         box = None if self.box is None else [[s.start, s.stop] for s in self.box]
         hu70 = None if not np.isfinite(self.mediastinum_hu70) else round(self.mediastinum_hu70, 1)
+        z_change = None if not np.isfinite(self.z_change) else round(self.z_change, 3)
         return {"found": self.found, "box_zyx": box, "lung_cm3": round(self.lung_cm3, 1), "note": self.note,
-                "mediastinum_hu70": hu70}
+                "mediastinum_hu70": hu70, "z_change": z_change}
 
 
 def _factors(spacing) -> tuple[int, int, int]:
@@ -123,6 +141,27 @@ def _inside_hull(points_mm: np.ndarray, shape, step_mm) -> np.ndarray:
     return (tri.find_simplex(grid) >= 0).reshape(shape)
 
 
+def _z_change(m: np.ndarray, step) -> float:
+    """How much of the body changes along z: for every pair of coarse slices ``_Z_APART_MM`` apart that both
+    hold at least half the largest body section (and >= ``_MIN_SECTION_CM2``), the share of the body (local
+    mean > -500 HU in either) whose local mean changes by more than ``_Z_CHANGE_HU``; the lower quartile
+    of those shares. A patient's anatomy changes along z (100 synthetic exams of both protocols: 0.12 or
+    more); a phantom's cross-section repeats (the real QRM phantom: 0.015). NaN where no such pair exists
+    (short or empty volumes)."""
+    apart = int(np.ceil(_Z_APART_MM / step[0] - 1e-6))
+    body = m > -500.0
+    area = body.sum(axis=(1, 2)) * float(step[1] * step[2]) / 100.0  # cm^2 per coarse slice
+    if m.shape[0] <= apart or area.max() < _MIN_SECTION_CM2:
+        return float("nan")
+    full = area >= 0.5 * area.max()
+    shares = []
+    for k in np.nonzero(full[:-apart] & full[apart:])[0]:
+        either = body[k] | body[k + apart]
+        changed = either & (np.abs(m[k] - m[k + apart]) > _Z_CHANGE_HU)
+        shares.append(changed.sum() / either.sum())
+    return float(np.percentile(shares, 25)) if shares else float("nan")
+
+
 def localise_chest(hu, spacing) -> ChestRegion:
     """Find the lungs and the region between them where coronary calcium can be.
 
@@ -140,6 +179,7 @@ def localise_chest(hu, spacing) -> ChestRegion:
     if hu.ndim != 3 or any(n < 2 * k for n, k in zip(hu.shape, f)):
         return ChestRegion(False, None, None, 0.0, f"volume {hu.shape} too small to localise the chest")
     m = _block_mean(hu, f)
+    z_change = _z_change(m, step)
 
     # air outside the body: 3D components at air density that reach the in-plane border (padding too);
     # air at that density inside the body (bullae of emphysema, airways) counts as lung
@@ -156,7 +196,8 @@ def localise_chest(hu, spacing) -> ChestRegion:
     lung_cm3 = float(lungs.sum()) * voxel_cm3
     if lung_cm3 < _MIN_LUNGS_CM3:
         return ChestRegion(False, None, None, lung_cm3,
-                           f"no lungs found ({lung_cm3:.0f} cm^3 of lung-like tissue): calcium not restricted")
+                           f"no lungs found ({lung_cm3:.0f} cm^3 of lung-like tissue): calcium not restricted",
+                           z_change=z_change)
 
     pts = np.argwhere(lungs) * step
     hull = _inside_hull(pts, m.shape, step)
@@ -181,7 +222,7 @@ def localise_chest(hu, spacing) -> ChestRegion:
     hu70 = float(np.percentile(soft, 70)) if soft.size else float("nan")
     if not region_c.any():
         return ChestRegion(False, None, None, lung_cm3,
-                           "lungs found but no mediastinum between them: calcium not restricted")
+                           "lungs found but no mediastinum between them: calcium not restricted", hu70, z_change)
 
     # back to the exam's grid: z and y by repetition (small arrays), x written block-wise into the one
     # full-size array
@@ -196,4 +237,5 @@ def localise_chest(hu, spacing) -> ChestRegion:
     box = tuple(slice(int(i[0]), int(i[-1]) + 1) for i in nz)
     frac = float(region.mean())
     return ChestRegion(True, region, box, lung_cm3,
-                       f"lungs {lung_cm3:.0f} cm^3; calcium searched in {100 * frac:.0f} % of the volume", hu70)
+                       f"lungs {lung_cm3:.0f} cm^3; calcium searched in {100 * frac:.0f} % of the volume", hu70,
+                       z_change)

@@ -95,7 +95,7 @@ def _pipeline_kernel(ensemble, hu, spacing, target, threshold_hu, min_pixels, re
 
 
 def _run(ensemble, volume, spacing, *, strategy, target_mm, threshold_hu, score, localise, min_pixels=3,
-         min_area_mm2=None, connectivity=8, bucket=True):
+         min_area_mm2=None, connectivity=8, bucket=True, allow_phantom=False):
     if not isinstance(ensemble, Ensemble):
         raise InputError(f"expected an agatax Ensemble; got {type(ensemble).__name__}", code="BAD_ARGUMENT")
     # arrays given without a Volume are taken as canonical
@@ -108,6 +108,15 @@ def _run(ensemble, volume, spacing, *, strategy, target_mm, threshold_hu, score,
         from agatax.localise import localise_chest
 
         chest = restore_chest(localise_chest(how.apply(np.asarray(hu)), spacing_c), how, hu.shape)
+        if chest.phantom_like and not allow_phantom:
+            raise InputError(
+                f"the exam looks like a phantom, not a patient: its cross-section repeats along z "
+                f"({100 * chest.z_change:.1f} % of the body changes over 30 mm; synthetic patients: 12 % or more). "
+                "The networks find coronary calcium by a heart's anatomy and miss calcium inserts that lie outside "
+                "it (on the QRM thorax phantom they miss most of its nine), so no score is given",
+                code="PHANTOM",
+                hint="allow_phantom=True (--allow-phantom) runs the networks anyway, with a warning; a phantom's "
+                "inserts are scored exactly from a mask of them (--mask)")
         if chest.contrast_enhanced:
             raise InputError(
                 f"the exam looks contrast-enhanced (mediastinum at {chest.mediastinum_hu70:.0f} HU, 70th percentile; "
@@ -170,7 +179,7 @@ def _bucketed(hu: np.ndarray, region, how: Reorientation, grid_z: int, dz: float
 
 def segment(
     ensemble: Ensemble, volume, spacing=None, *, strategy: str = "auto", target_mm=None, threshold_hu: float = 130.0,
-    localise: bool = True,
+    localise: bool = True, allow_phantom: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
     """Calcium mask and vote counts on the original grid (the exam's stored layout).
 
@@ -181,14 +190,17 @@ def segment(
         target_mm: isotropic network grid, mm (default the slice increment; 3 mm for slices under 2 mm).
         threshold_hu: calcium threshold (HU); also the pre-processing enhancement threshold.
         localise: discard calcium outside the chest region that ``agatax.localise_chest`` finds between the
-            lungs (bone, arms, the image border); where it finds no lungs nothing is discarded.
+            lungs (bone, arms, the image border); where it finds no lungs nothing is discarded. It also
+            refuses contrast-enhanced exams (CONTRAST_ENHANCED) and phantoms (PHANTOM).
+        allow_phantom: segment an exam that looks like a phantom (``ChestRegion.phantom_like``) instead of
+            refusing it.
 
     Returns:
         mask bool (z, y, x): majority of members AND HU >= threshold_hu (AND inside the chest region);
         votes uint8 (z, y, x): members voting for calcium (0 where HU < threshold_hu or outside the region).
     """
     out, _, _, _ = _run(ensemble, volume, spacing, strategy=strategy, target_mm=target_mm, threshold_hu=threshold_hu,
-                        score=False, localise=localise)
+                        score=False, localise=localise, allow_phantom=allow_phantom)
     return out["mask"], out["votes"]
 
 
@@ -214,6 +226,7 @@ def segment_and_score(
     min_area_mm2: float | None = None,
     connectivity: int = 8,
     localise: bool = True,
+    allow_phantom: bool = False,
 ) -> dict[str, jax.Array]:
     """Mask, votes and scores: {"mask", "votes", "scores": {"agatston", "volume_mm3", "lesions"}}.
 
@@ -227,6 +240,7 @@ def segment_and_score(
     out, hu, spacing, _ = _run(
         ensemble, volume, spacing, strategy=strategy, target_mm=target_mm, threshold_hu=threshold_hu,
         score=where == "device", localise=localise, min_pixels=min_pixels, min_area_mm2=min_area_mm2, connectivity=connectivity,
+        allow_phantom=allow_phantom,
     )
     if where == "host":
         from agatax.scoring import compute_scores
@@ -290,18 +304,21 @@ def run_pipeline(
     threshold_hu: float = 130.0,
     localise: bool = True,
     metal_hu: float | None = METAL_HU,
+    allow_phantom: bool = False,
 ) -> PipelineResult:
     """Segment an exam and score it on the host with the exact lesion table (``agatax.compute_scores``).
 
     Arguments as :func:`segment`, plus the scoring conventions of ``agatax.compute_scores``
     (``calibration`` in mg / (HU mm^3) for the mass score). ``result.chest`` holds the chest region used.
+    ``allow_phantom``: score an exam that looks like a phantom (else PHANTOM is raised), with a note.
     ``metal_hu``: objects the networks mark that reach this HU are metal and left out (``exclude_metal``;
     None keeps them); ``result.notes`` says what was left out, and warns when the exam's noise
     (``result.noise_hu``) is above the 10-40 HU the networks were trained on or its slice thickness (a
     ``Volume``'s ``slice_thickness``, else the increment) is outside 2.5-3.5 mm (the Agatston score: 3 mm).
     """
     out, hu, spacing, chest = _run(ensemble, volume, spacing, strategy=strategy, target_mm=target_mm,
-                                   threshold_hu=threshold_hu, score=False, localise=localise)
+                                   threshold_hu=threshold_hu, score=False, localise=localise,
+                                   allow_phantom=allow_phantom)
     from agatax.scoring import compute_scores
 
     hu = np.asarray(hu)  # the host copy the metal rule, the noise and the scores share
@@ -314,6 +331,10 @@ def run_pipeline(
     noise = image_noise_hu(hu, spacing)
     thickness = volume.slice_thickness if isinstance(volume, Volume) else None
     notes = tuple(notes) + noise_note(noise) + thickness_note(thickness, spacing[0])
+    if chest is not None and chest.phantom_like:
+        notes += (f"phantom: the cross-section repeats along z ({100 * chest.z_change:.1f} % of the body changes "
+                  "over 30 mm): the networks look for calcium in a heart's anatomy and miss inserts outside it; "
+                  "this score may be far too low",)
     scores = compute_scores(
         hu, mask, spacing, calibration=calibration, min_pixels=min_pixels, min_area_mm2=min_area_mm2,
         connectivity=connectivity, threshold_hu=threshold_hu,

@@ -262,7 +262,7 @@ def section_pipeline(rec: Recorder, sizes: Sizes, rounds: int, ensemble, hu, spa
     variants, compile_s, outputs = {}, {}, {}
     for name, (ens, localise) in runs.items():
         call = (lambda e=ens, lo=localise: block(segment_and_score(e, hu_dev, spacing=spacing, score_on="device",
-                                                                   localise=lo)))
+                                                                   localise=lo, allow_phantom=True)))
         compile_s[name], out = first_call(call)
         outputs[name] = {"agatston": float(out["scores"]["agatston"]), "lesions": int(out["scores"]["lesions"]),
                          "mask_voxels": int(np.count_nonzero(np.asarray(out["mask"])))}

@@ -71,7 +71,7 @@ def one(size: str) -> dict:
     del hu
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     t0 = time.perf_counter()
-    result = agatax.score_exam(volume)
+    result = agatax.score_exam(volume, allow_phantom=True)  # the ellipse chest repeats along z: a phantom
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return {"size": size, "voxels": int(np.prod(shape)), "seconds_first_call": round(seconds, 2),

@@ -620,3 +620,21 @@ def test_an_empty_exam_path_is_refused_not_the_current_folder_scanned(path, tmp_
     monkeypatch.chdir(tmp_path)  # an empty path must not mean this folder
     assert main(["score", path, "--no-png"]) == 2
     assert "error [BAD_PATH]" in capsys.readouterr().err
+
+
+def test_a_phantom_is_refused_with_its_code_unless_allowed(tmp_path, capsys):
+    """A water cylinder with a dense insert (its section repeats along z): exit 2 and one PHANTOM line;
+    --allow-phantom scores it with the phantom warning; a mask of its insert is scored without networks."""
+    z, y, x = np.mgrid[0:20, 0:96, 0:96]
+    hu = np.where(np.hypot(y - 48, x - 48) < 40, 20.0, -1000.0)
+    hu[8:11, 30:33, 40:43] = 450.0
+    factory.write_series(tmp_path / "phantom", hu, spacing=(3.0, 1.0, 1.0), thickness=3.0, series_uid="1.2.3.9")
+    assert main(["score", str(tmp_path / "phantom"), "--no-server"]) == 2
+    _one_error_line(capsys, "PHANTOM")
+    assert main(["score", str(tmp_path / "phantom"), "--no-server", "--allow-phantom", "--json", "-"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert any(w.startswith("phantom:") for w in result["warnings"])
+    np.save(tmp_path / "insert.npy", (hu >= 130).astype(np.uint8))
+    assert main(["score", str(tmp_path / "phantom"), "--no-server", "--mask", str(tmp_path / "insert.npy"),
+                 "--json", "-"]) == 0
+    assert json.loads(capsys.readouterr().out)["agatston"] > 0

@@ -101,7 +101,11 @@ def test_real_phantom_spine_insert_and_rod_are_never_scored(phantom_dir):
     """The QRM phantom end to end with the default ensemble: nothing on its spine insert or calibration rod
     (located by hand: rows 320-470 x columns 200-310; slices 29-38 x rows 190-245 x columns 225-290)."""
     volume = agatax.read_volume(phantom_dir / "dicom")
-    res = score_exam(volume)
+    with pytest.raises(InputError) as err:  # a phantom is refused unless asked for
+        score_exam(volume)
+    assert err.value.code == "PHANTOM"
+    res = score_exam(volume, allow_phantom=True)
+    assert any(n.startswith("phantom:") for n in res.notes)
     assert not res.mask[:, 320:470, 200:310].any()
     assert not res.mask[29:39, 190:245, 225:290].any()
 

@@ -123,6 +123,61 @@ def test_no_lungs_no_region_and_nothing_discarded():
     assert r.to_dict()["found"] is False
 
 
+# ------------------------------------------------------------------------------------------ phantoms
+def _bars(bar_cols: int):
+    """16 slices of 4 mm (4 mm pixels: the localisation's own grid): a 30 x 30 body of 60 HU in air; slices
+    0-7 hold a 400 HU bar of 3 x ``bar_cols`` at rows 10-12, slices 8-15 the same bar at rows 25-27."""
+    hu = np.full((16, 40, 40), -1000.0, np.float32)
+    hu[:, 5:35, 5:35] = 60.0
+    hu[:8, 10:13, 10:10 + bar_cols] = 400.0
+    hu[8:, 25:28, 10:10 + bar_cols] = 400.0
+    return hu
+
+
+def test_z_change_is_the_share_of_the_body_that_changes_over_30_mm():
+    """Every pair of slices 32 mm apart (8 x 4 mm, the first step >= 30 mm) has one slice from each half: both
+    bars' blocks change by 340 HU, the rest of the 900-block body not at all: z_change = 2 * 3 * n / 900."""
+    for cols, phantom in ((10, False), (5, True)):
+        r = localise_chest(_bars(cols), (4.0, 4.0, 4.0))
+        assert r.z_change == pytest.approx(2 * 3 * cols / 900)
+        assert r.phantom_like is phantom
+        assert r.to_dict()["z_change"] == pytest.approx(round(2 * 3 * cols / 900, 3))
+
+
+def test_short_or_empty_volumes_are_never_phantom_like():
+    short = _bars(5)[:8]  # 32 mm: no two slices 30 mm apart inside it
+    air = np.full((16, 40, 40), -1000.0, np.float32)
+    for hu in (short, air):
+        r = localise_chest(hu, (4.0, 4.0, 4.0))
+        assert np.isnan(r.z_change) and not r.phantom_like and r.to_dict()["z_change"] is None
+
+
+@pytest.mark.parametrize("seed,kw", [
+    (1, {}), (2, {"fov_mm": 160.0}), (3, {"protocol": "chest"}), (4, {"target_category": "A"}),
+    (5, {"slice_increment_mm": 0.5, "slice_thickness_mm": 0.6, "n_slices": 160}),
+])
+def test_synthetic_patients_are_not_phantom_like_and_their_repeated_slice_is(seed, kw):
+    """A patient's anatomy changes along z; one of its slices repeated (fresh noise on each copy, as a
+    scanner gives) is a phantom's repeating section."""
+    ex = generate_exam(seed, matrix=128, **kw)
+    r = localise_chest(ex.volume.hu, ex.volume.spacing)
+    assert r.z_change >= 0.08 and not r.phantom_like, r.z_change
+    rng = np.random.default_rng(seed)
+    hu = ex.volume.hu
+    extruded = np.repeat(hu[hu.shape[0] // 2][None], hu.shape[0], axis=0)
+    extruded = extruded + rng.normal(0.0, 30.0, extruded.shape).astype(np.float32)
+    r = localise_chest(extruded, ex.volume.spacing)
+    assert r.z_change < 0.01 and r.phantom_like, r.z_change
+
+
+def test_real_phantom_is_phantom_like(phantom_dir):
+    from agatax import read_volume
+
+    vol = read_volume(phantom_dir / "dicom")
+    r = localise_chest(vol.hu, vol.spacing)
+    assert r.phantom_like and r.z_change < 0.02, r.z_change
+
+
 def test_tiny_volume_is_not_localised():
     r = localise_chest(np.zeros((2, 2, 2), np.float32), (3.0, 0.5, 0.5))
     assert not r.found and "too small" in r.note
@@ -165,11 +220,29 @@ def test_pipeline_keeps_no_calcium_on_bone_at_the_border_or_in_a_chest_field():
 def test_pipeline_without_lungs_discards_nothing():
     ens = _all_calcium_ensemble()
     vol = Volume(_cylinder_phantom(), (3.0, 1.0, 1.0))
-    with_loc = run_pipeline(ens, vol)
+    with_loc = run_pipeline(ens, vol, allow_phantom=True)
     without = run_pipeline(ens, vol, localise=False)
     assert not with_loc.chest.found
     np.testing.assert_array_equal(with_loc.mask, without.mask)
     assert with_loc.mask.sum() == (vol.hu >= 130).sum()
+
+
+def test_pipeline_refuses_a_phantom_unless_allowed():
+    """A water cylinder (its section repeats along z) is refused with PHANTOM by every entry point; allowed,
+    it is scored with a note that says why the score may be far too low."""
+    from agatax import segment
+    from agatax.errors import InputError
+
+    ens = _all_calcium_ensemble()
+    vol = Volume(_cylinder_phantom(), (3.0, 1.0, 1.0))
+    for call in (lambda **k: run_pipeline(ens, vol, **k), lambda **k: segment(ens, vol, **k)):
+        with pytest.raises(InputError) as err:
+            call()
+        assert err.value.code == "PHANTOM" and "--allow-phantom" in err.value.hint
+    res = run_pipeline(ens, vol, allow_phantom=True)
+    assert res.scores.agatston > 0 and any(n.startswith("phantom:") for n in res.notes)
+    patient = run_pipeline(ens, exam(1, protocol="cardiac").volume)
+    assert not any(n.startswith("phantom:") for n in patient.notes)
 
 
 def test_real_phantom_spine_insert_and_rod_are_left_out(phantom_dir):
