@@ -882,9 +882,9 @@ def train_member(
         on_step: called after every step (also those a resume skips, once, with the resumed step) as
             on_step(step, info): info holds "loss" when it was read at this step (every ``log_every``
             steps and at validations), and "val_dice" / "best_dice" at validations.
-        give_up_at: stop at the first validation at or after this step when the validation Dice has been 0
-            at every check so far (the network has collapsed to "no calcium"; ``train_ensemble`` then trains
-            it again with another seed). None: always train all ``config.steps``.
+        give_up_at: stop at the first validation at or after this step when the validation Dice has stayed
+            under ``COLLAPSE_DICE`` at every check so far (the network has collapsed to "no calcium";
+            ``train_ensemble`` then trains it again with another seed). None: always train all ``config.steps``.
     Returns:
         variables dict (host numpy leaves) of the best validation epoch.
     """
@@ -939,7 +939,8 @@ def train_member(
     for step in range(start + 1, config.steps + 1):
         if give_up_at is not None and val_packed is not None and _collapsed(records, give_up_at):
             if log:
-                log(f"validation Dice 0 at every check through step {records[-1]['step']}: collapsed, stopped")
+                log(f"validation Dice under {COLLAPSE_DICE:g} at every check through step {records[-1]['step']}: "
+                    "collapsed, stopped")
             break
         state, loss = step_fn(state, packed)
         last = step == config.steps
@@ -978,13 +979,21 @@ def train_member(
 
 
 COLLAPSE_SEED_STEP = 7919
-COLLAPSE_GIVE_UP = 0.25  # share of the steps after which a member still at validation Dice 0 is abandoned
+COLLAPSE_GIVE_UP = 0.25  # share of the steps after which a member that never found calcium is abandoned
+#: a member whose validation Dice never reached this has collapsed to "no calcium" (one collapsed run of the
+#: default's training scored 0.012 at its first check and 0 at the next eleven; healthy runs were above 0.5
+#: by their second check)
+COLLAPSE_DICE = 0.05
+
+
+def _never_found_calcium(records: list) -> bool:
+    dice = [r["val_dice"] for r in records if r.get("val_dice") is not None]
+    return bool(dice) and max(dice) < COLLAPSE_DICE
 
 
 def _collapsed(records: list, give_up_at: int) -> bool:
-    """True when validation reached ``give_up_at`` and its Dice was 0 at every check."""
-    dice = [r["val_dice"] for r in records if r.get("val_dice") is not None]
-    return bool(dice) and records[-1]["step"] >= give_up_at and max(dice) <= 0.0
+    """True when validation reached ``give_up_at`` and its Dice stayed under ``COLLAPSE_DICE`` throughout."""
+    return bool(records) and records[-1]["step"] >= give_up_at and _never_found_calcium(records)
 
 
 def train_ensemble(
@@ -1009,10 +1018,11 @@ def train_ensemble(
         checkpoint_dir: parent folder; member k checkpoints under ``member{k}/`` (a retry under
             ``member{k}_retry{n}/``).
         histories: optional list receiving one history list per member (the kept run's).
-        collapse_retries: a member whose validation Dice is 0 at every check (it learned to call nothing
-            calcium) is trained again from seed + 7919 * n, up to this many times; the last run is kept.
-            Every run but the last is abandoned as soon as its Dice is still 0 at the first check after
-            ``COLLAPSE_GIVE_UP`` of the steps (healthy networks find calcium within a few checks).
+        collapse_retries: a member whose validation Dice stays under ``COLLAPSE_DICE`` at every check (it
+            learned to call nothing calcium) is trained again from seed + 7919 * n, up to this many times; the
+            last run is kept. Every run but the last is abandoned as soon as its Dice is still under it at the
+            first check after ``COLLAPSE_GIVE_UP`` of the steps (healthy networks find calcium within a few
+            checks).
         init: an ``Ensemble`` to fine-tune: member k starts from its member k modulo its size (its
             UNetConfig must be ``model_config``'s); None: fresh networks.
         on_step: on_step(member index, step, info) after every step (see ``train_member``).
@@ -1049,11 +1059,11 @@ def train_ensemble(
                 extra["give_up_at"] = max(2 * config.eval_every, math.ceil(COLLAPSE_GIVE_UP * config.steps))
             member = train_member(train_data, val_data, config, model_config, seed=seed, checkpoint_dir=sub,
                                   log=log, history=hist, **extra)
-            dice = [r["val_dice"] for r in hist if r.get("val_dice") is not None]
-            if not dice or max(dice) > 0.0 or attempt == collapse_retries:
+            if not _never_found_calcium(hist) or attempt == collapse_retries:
                 break
             if log:  # a network that never found any calcium in validation has collapsed to "no calcium"
-                log(f"member {k + 1}/{members}: validation Dice 0 at every check (collapsed); trained again")
+                log(f"member {k + 1}/{members}: validation Dice under {COLLAPSE_DICE:g} at every check (collapsed); "
+                    "trained again")
         variables.append(member)
         if histories is not None:
             histories.append(hist)

@@ -331,7 +331,7 @@ def test_a_collapsed_member_is_trained_again_with_another_seed(monkeypatch):
     def fake(train, val, config, model_config, *, seed, checkpoint_dir=None, log=None, history=None, **extra):
         calls.append(seed)
         gave_up.append(extra.get("give_up_at"))
-        dice = 0.0 if seed == 1 else 0.4
+        dice = 0.03 if seed == 1 else 0.4  # under COLLAPSE_DICE: collapsed
         history.extend([{"step": 3, "loss": 1.0, "val_dice": dice}, {"step": 6, "loss": 1.0, "val_dice": dice}])
         cfg = TrainConfig(**{**config.__dict__, "steps": 1, "eval_every": 1})
         return real(train, None, cfg, model_config, seed=seed, log=None)
@@ -358,24 +358,27 @@ def test_a_collapsed_member_is_trained_again_with_another_seed(monkeypatch):
 
 def test_a_member_still_at_dice_0_is_stopped_at_give_up_at_and_stays_stopped_on_resume(monkeypatch, tmp_path):
     """give_up_at: training stops at the first check at or after that step when every validation Dice so far
-    is 0; one non-zero check keeps it going; a resumed collapsed run takes no further step."""
+    is under COLLAPSE_DICE (a stray 0.04 too); one check above keeps it going; a resumed collapsed run takes
+    no further step."""
     import agatax.train as train_mod
 
     cfg = TrainConfig(**{**CFG.__dict__, "steps": 12, "eval_every": 2})
-    for scripted, want_steps in (([0.0] * 6, [2, 4, 6]), ([0.0, 0.2] + [0.0] * 4, [2, 4, 6, 8, 10, 12])):
+    assert train_mod.COLLAPSE_DICE == 0.05
+    for scripted, want_steps in (([0.0] * 6, [2, 4, 6]), ([0.04, 0.0] + [0.0] * 4, [2, 4, 6]),
+                                 ([0.0, 0.2] + [0.0] * 4, [2, 4, 6, 8, 10, 12])):
         dice = iter(scripted)
         monkeypatch.setattr(train_mod, "evaluate_dice", lambda *a, **k: next(dice))
         hist: list = []
         logged: list = []
         train_member(TRAIN, TRAIN, cfg, TINY, seed=0, log=logged.append, history=hist, give_up_at=5,
-                     checkpoint_dir=tmp_path / str(len(want_steps)))
+                     checkpoint_dir=tmp_path / f"{scripted[0]}-{len(want_steps)}")
         assert [r["step"] for r in hist] == want_steps
         assert any("collapsed, stopped" in line for line in logged) == (len(want_steps) == 3)
     steps_taken = []
     monkeypatch.setattr(train_mod, "evaluate_dice", lambda *a, **k: steps_taken.append(1) or 0.0)
     hist = []
     train_member(TRAIN, TRAIN, cfg, TINY, seed=0, log=None, history=hist, give_up_at=5,
-                 checkpoint_dir=tmp_path / "3")
+                 checkpoint_dir=tmp_path / "0.0-3")
     assert steps_taken == [] and [r["step"] for r in hist] == [2, 4, 6]
 
 
