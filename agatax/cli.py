@@ -296,6 +296,8 @@ class ExamScorer:
             extras["chest_region"] = scored.chest.to_dict()
         if scored.noise_hu is not None:
             extras["noise_hu"] = round(float(scored.noise_hu), 1)
+            if self.ensemble is not None:
+                extras["trained_noise_hu"] = list(self.ensemble.config.trained_noise_hu)
         return extras
 
     def result(self, scored: ScoredExam, exam_id: str | None = None) -> dict[str, Any]:
@@ -384,7 +386,7 @@ def format_report(result: dict[str, Any]) -> str:
     if result.get("noise_hu") is not None:
         from agatax.quality import TRAINED_NOISE_HU
 
-        low, high = TRAINED_NOISE_HU
+        low, high = result.get("trained_noise_hu") or TRAINED_NOISE_HU
         lines.append(f"noise:     {result['noise_hu']:.0f} HU (SD in soft tissue; the networks were trained on "
                      f"{low:g}-{high:g} HU)")
     lines += [

@@ -224,8 +224,8 @@ def load_ensemble(path: str | os.PathLike, *, config: UNetConfig | None = None) 
     """Read an ensemble written by :func:`save_ensemble`; weights come back as float32.
 
     ``config``: if given, the file's architecture must match it (CONFIG_MISMATCH otherwise); the file's
-    ``conv_impl``/``dtype`` numerics choices are replaced by those of ``config`` (its ``input_box_mm`` is the
-    file's: the input the weights were trained on).
+    ``conv_impl``/``dtype`` numerics choices are replaced by those of ``config`` (its ``input_box_mm`` and
+    ``trained_noise_hu`` are the file's: what the weights were trained on).
     Raises CheckpointError with code NOT_FOUND, CORRUPT_CHECKPOINT, VERSION_MISMATCH, CONFIG_MISMATCH or
     NON_FINITE_WEIGHTS.
     """
@@ -277,7 +277,8 @@ def load_ensemble(path: str | os.PathLike, *, config: UNetConfig | None = None) 
                 paths=(str(path),),
             )
         # the numerics are the caller's to choose; the input the weights were trained on is not
-        file_config = dataclasses.replace(config, input_box_mm=file_config.input_box_mm)
+        file_config = dataclasses.replace(config, input_box_mm=file_config.input_box_mm,
+                                          trained_noise_hu=file_config.trained_noise_hu)
     if stored not in _STORE_DTYPES:
         raise CheckpointError(f"{path} stores unknown dtype {stored!r}", code="CORRUPT_CHECKPOINT", paths=(str(path),))
 

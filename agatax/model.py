@@ -109,6 +109,9 @@ class UNetConfig:
         input_box_mm: the input the weights were trained on: the pre-processing's in-plane box (mm) averaging
             the HU that enter its enhancement (:func:`agatax.preprocess`, ``box_mm``); 0 for ensembles saved
             before it existed (2026-12-02), which saw the fine voxels as they are.
+        trained_noise_hu: (low, high) image noise SD (HU) of the exams the weights were trained on; the
+            pipeline warns above ``high`` (``agatax.quality.noise_note``). Ensembles saved before it existed
+            were all trained on 10-40 HU.
     """
 
     levels: int = 4
@@ -119,8 +122,17 @@ class UNetConfig:
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
     input_box_mm: float = ENHANCE_BOX_MM
+    trained_noise_hu: tuple = (10.0, 40.0)
 
     def __post_init__(self) -> None:
+        try:
+            noise = tuple(float(v) for v in self.trained_noise_hu)
+        except (TypeError, ValueError):
+            noise = ()
+        if not (len(noise) == 2 and all(math.isfinite(v) for v in noise) and 0 <= noise[0] <= noise[1]):
+            raise InputError(f"UNetConfig.trained_noise_hu must be (low, high) HU with 0 <= low <= high; got "
+                             f"{self.trained_noise_hu!r}", code="BAD_CONFIG")
+        object.__setattr__(self, "trained_noise_hu", noise)
         try:
             box = float(self.input_box_mm)
         except (TypeError, ValueError):
@@ -163,6 +175,7 @@ class UNetConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe fields (dtypes by name)."""
         out = dataclasses.asdict(self)
+        out["trained_noise_hu"] = list(self.trained_noise_hu)
         out["dtype"] = jnp.dtype(self.dtype).name
         out["param_dtype"] = jnp.dtype(self.param_dtype).name
         return out

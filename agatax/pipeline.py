@@ -313,7 +313,8 @@ def run_pipeline(
     ``allow_phantom``: score an exam that looks like a phantom (else PHANTOM is raised), with a note.
     ``metal_hu``: objects the networks mark that reach this HU are metal and left out (``exclude_metal``;
     None keeps them); ``result.notes`` says what was left out, and warns when the exam's noise
-    (``result.noise_hu``) is above the 10-40 HU the networks were trained on or its slice thickness (a
+    (``result.noise_hu``) is above the noise the networks were trained on (``UNetConfig.trained_noise_hu``)
+    or its slice thickness (a
     ``Volume``'s ``slice_thickness``, else the increment) is outside 2.5-3.5 mm (the Agatston score: 3 mm).
     """
     out, hu, spacing, chest = _run(ensemble, volume, spacing, strategy=strategy, target_mm=target_mm,
@@ -330,7 +331,7 @@ def run_pipeline(
 
     noise = image_noise_hu(hu, spacing)
     thickness = volume.slice_thickness if isinstance(volume, Volume) else None
-    notes = tuple(notes) + noise_note(noise) + thickness_note(thickness, spacing[0])
+    notes = tuple(notes) + noise_note(noise, ensemble.config.trained_noise_hu) + thickness_note(thickness, spacing[0])
     if chest is not None and chest.phantom_like:
         notes += (f"phantom: the cross-section repeats along z ({100 * chest.z_change:.1f} % of the body changes "
                   "over 30 mm): the networks look for calcium in a heart's anatomy and miss inserts outside it; "

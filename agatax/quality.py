@@ -69,12 +69,14 @@ def image_noise_hu(hu, spacing, region=None, *, slices: int = 8) -> float | None
     return float(1.4826 * mad / math.sqrt(2.0))
 
 
-def noise_note(noise_hu: float | None, limit_hu: float = TRAINED_NOISE_HU[1]) -> tuple[str, ...]:
-    """A warning when the measured noise is above what the networks were trained on, else nothing."""
-    if noise_hu is None or noise_hu <= limit_hu:
+def noise_note(noise_hu: float | None, trained_hu: tuple[float, float] = TRAINED_NOISE_HU) -> tuple[str, ...]:
+    """A warning when the measured noise is above ``trained_hu`` (low, high), the noise SD the networks were
+    trained on (``UNetConfig.trained_noise_hu``), else nothing."""
+    low, high = trained_hu
+    if noise_hu is None or noise_hu <= high:
         return ()
-    return (f"image noise: about {noise_hu:.0f} HU (SD in soft tissue), above the {TRAINED_NOISE_HU[0]:g}-"
-            f"{TRAINED_NOISE_HU[1]:g} HU the networks were trained on: small calcifications may be missed and "
+    return (f"image noise: about {noise_hu:.0f} HU (SD in soft tissue), above the {low:g}-"
+            f"{high:g} HU the networks were trained on: small calcifications may be missed and "
             "noise above 130 HU may be scored. Check the mask, or score a smoother (thicker or iterative) "
             "reconstruction of the same acquisition",)
 

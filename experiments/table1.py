@@ -350,6 +350,10 @@ def main(argv=None) -> int:
                                    seeds=[args.seed * 100 + k for k in range(args.members)],
                                    checkpoint_dir=workdir / f"ckpt_{s.replace('+', '_')}", log=log)
             ensemble, histories = trained.ensemble, trained.histories
+            if noise_range is not None:  # the networks now know this noise too (a fine-tune: its start's as well)
+                known = ensemble.config.trained_noise_hu if start is not None else noise_range
+                ensemble = ensemble.replace(config=dataclasses.replace(
+                    ensemble.config, trained_noise_hu=(min(known[0], noise_range[0]), max(known[1], noise_range[1]))))
             train_s = time.perf_counter() - t0
             save_ensemble(ens_path, ensemble)
             results["sets"].setdefault(s, {})["best_val_dice"] = [

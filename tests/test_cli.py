@@ -638,3 +638,15 @@ def test_a_phantom_is_refused_with_its_code_unless_allowed(tmp_path, capsys):
     assert main(["score", str(tmp_path / "phantom"), "--no-server", "--mask", str(tmp_path / "insert.npy"),
                  "--json", "-"]) == 0
     assert json.loads(capsys.readouterr().out)["agatston"] > 0
+
+
+def test_report_names_the_noise_the_ensemble_was_trained_on(exam, capsys):
+    """The noise line of the text report names the scoring ensemble's training range (JSON
+    ``trained_noise_hu``), not a fixed one."""
+    from agatax.cli import format_report
+
+    assert main(["score", str(exam / "dicom"), "--mask", str(exam / "mask.npy"), "--json", "-"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    for trained, shown in (([10.0, 55.0], "10-55 HU"), (None, "10-40 HU")):
+        text = format_report({**result, "noise_hu": 30.0, "trained_noise_hu": trained})
+        assert f"trained on {shown}" in text

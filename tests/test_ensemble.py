@@ -165,6 +165,23 @@ def test_checkpoint_keeps_the_input_its_networks_were_trained_on(tiny_members, t
     assert info.value.code == "BAD_CONFIG"
 
 
+def test_checkpoint_keeps_the_noise_its_networks_were_trained_on(tiny_members, tmp_path):
+    import dataclasses
+
+    ens = stack_members(tiny_members, dataclasses.replace(TINY, trained_noise_hu=(10, 55)))
+    path = save_ensemble(tmp_path / "ens.msgpack", ens)
+    assert load_ensemble(path).config.trained_noise_hu == (10.0, 55.0)
+    assert load_ensemble(path, config=UNetConfig.tiny(conv_impl="xla")).config.trained_noise_hu == (10.0, 55.0)
+    old = tmp_path / "old.msgpack"  # saved before the field existed: every such ensemble saw 10-40 HU
+    old.write_bytes(path.read_bytes())
+    _rewrite(old, lambda s: s["header"]["config"].pop("trained_noise_hu"))
+    assert load_ensemble(old).config.trained_noise_hu == (10.0, 40.0)
+    for bad in ((40, 10), (-1, 5), (10,), "10-40", (10, float("nan"))):
+        with pytest.raises(InputError) as info:
+            UNetConfig.tiny(trained_noise_hu=bad)
+        assert info.value.code == "BAD_CONFIG"
+
+
 def _rewrite(path, mutate):
     state = flax.serialization.msgpack_restore(path.read_bytes())
     mutate(state)

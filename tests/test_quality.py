@@ -48,6 +48,9 @@ def test_note_only_above_the_training_range():
     assert noise_note(None) == () and noise_note(TRAINED_NOISE_HU[1]) == ()
     (text,) = noise_note(52.4)
     assert "52 HU" in text and "40 HU" in text
+    assert noise_note(52.4, (10.0, 55.0)) == ()  # networks trained on more noise: nothing to say
+    (text,) = noise_note(58.0, (10.0, 55.0))
+    assert "10-55 HU" in text
 
 
 def test_pipeline_reports_noise_and_warns_when_too_noisy():
@@ -63,12 +66,16 @@ def test_pipeline_reports_noise_and_warns_when_too_noisy():
     variables = [UNet(tiny).init(jax.random.key(s), jnp.zeros((1, 8, 8, 8, 1))) for s in range(3)]
     ensemble = stack_members(variables, tiny)
     rng = np.random.default_rng(1)
-    for sigma, warned in ((20.0, False), (60.0, True)):
+    noisier = ensemble.replace(config=UNetConfig.tiny(trained_noise_hu=(10.0, 55.0)))
+    for sigma, warned, warned_noisier in ((20.0, False, False), (48.0, True, False), (70.0, True, True)):
         hu = (_body((8, 96, 96)) + rng.normal(0, sigma, (8, 96, 96))).astype(np.float32)
         res = run_pipeline(ensemble, Volume(hu, (3.0, 0.7, 0.7)), localise=False)
         assert res.noise_hu == pytest.approx(sigma, rel=0.08)
         assert any("image noise" in n for n in res.notes) == warned
         assert res.to_dict()["noise_hu"] == res.noise_hu
+        # the warning follows what the ensemble's networks were trained on
+        res = run_pipeline(noisier, Volume(hu, (3.0, 0.7, 0.7)), localise=False)
+        assert any("image noise" in n and "10-55 HU" in n for n in res.notes) == warned_noisier
 
 
 @pytest.mark.parametrize("thickness,expect", [
