@@ -122,7 +122,8 @@ class UNetConfig:
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
     input_box_mm: float = ENHANCE_BOX_MM
-    trained_noise_hu: tuple = (10.0, 40.0)
+    # not in repr: a training run's checkpoint identity (agatax.train) does not depend on it
+    trained_noise_hu: tuple = dataclasses.field(default=(10.0, 40.0), repr=False)
 
     def __post_init__(self) -> None:
         try:

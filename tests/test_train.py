@@ -555,3 +555,16 @@ def test_geometric_settings_are_checked_and_leave_old_fingerprints_alone():
             TrainConfig(**bad)
     assert "rotate_deg" not in TrainConfig().fingerprint_dict()
     assert TrainConfig(rotate_deg=10.0).fingerprint_dict()["rotate_deg"] == 10.0
+
+
+def test_a_run_resumes_whatever_noise_range_its_networks_are_labelled_with(tmp_path):
+    """``UNetConfig.trained_noise_hu`` describes the data, not the training: a checkpoint written under one
+    label resumes under another (the checkpoint identity of runs started before the field existed holds)."""
+    import dataclasses
+
+    half = TrainConfig(**{**CFG.__dict__, "steps": 3})
+    train_member(TRAIN, None, half, TINY, seed=1, checkpoint_dir=tmp_path, log=None)
+    logged: list = []
+    train_member(TRAIN, None, CFG, dataclasses.replace(TINY, trained_noise_hu=(10.0, 55.0)), seed=1,
+                 checkpoint_dir=tmp_path, log=logged.append)
+    assert any(line.startswith("resumed from") and "step 3" in line for line in logged), logged
