@@ -272,6 +272,8 @@ def main(argv=None) -> int:
                     help="the pre-processing's enhancement box (mm) of fresh networks (UNetConfig.input_box_mm; "
                     "0: the fine voxels as they are); a fine-tune keeps its starting networks' box")
     ap.add_argument("--members", type=int, default=5)
+    ap.add_argument("--collapse-retries", type=int, default=2,
+                    help="train a collapsed network again up to N times with another seed (train_ensemble)")
     ap.add_argument("--val", type=int, default=20, help="validation exams held out (paper: 20)")
     ap.add_argument("--matrix", type=int, default=None, help="synthetic in-plane matrix (default: generator's)")
     ap.add_argument("--seed", type=int, default=0)
@@ -348,7 +350,8 @@ def main(argv=None) -> int:
             trained = train_cohort(data, members=args.members, config=config, model_config=model_config,
                                    init=start, validation=n_val, seed=args.seed,
                                    seeds=[args.seed * 100 + k for k in range(args.members)],
-                                   checkpoint_dir=workdir / f"ckpt_{s.replace('+', '_')}", log=log)
+                                   checkpoint_dir=workdir / f"ckpt_{s.replace('+', '_')}", log=log,
+                                   collapse_retries=args.collapse_retries)
             ensemble, histories = trained.ensemble, trained.histories
             if noise_range is not None:  # the networks now know this noise too (a fine-tune: its start's as well)
                 known = ensemble.config.trained_noise_hu if start is not None else noise_range
