@@ -883,7 +883,7 @@ def train_member(
             on_step(step, info): info holds "loss" when it was read at this step (every ``log_every``
             steps and at validations), and "val_dice" / "best_dice" at validations.
         give_up_at: stop at the first validation at or after this step when the validation Dice has stayed
-            under ``COLLAPSE_DICE`` at every check so far (the network has collapsed to "no calcium";
+            under ``COLLAPSE_DICE`` at every check so far, or at the last three (collapsed to "no calcium";
             ``train_ensemble`` then trains it again with another seed). None: always train all ``config.steps``.
     Returns:
         variables dict (host numpy leaves) of the best validation epoch.
@@ -939,8 +939,7 @@ def train_member(
     for step in range(start + 1, config.steps + 1):
         if give_up_at is not None and val_packed is not None and _collapsed(records, give_up_at):
             if log:
-                log(f"validation Dice under {COLLAPSE_DICE:g} at every check through step {records[-1]['step']}: "
-                    "collapsed, stopped")
+                log(f"validation Dice under {COLLAPSE_DICE:g} through step {records[-1]['step']}: collapsed, stopped")
             break
         state, loss = step_fn(state, packed)
         last = step == config.steps
@@ -980,19 +979,19 @@ def train_member(
 
 COLLAPSE_SEED_STEP = 7919
 COLLAPSE_GIVE_UP = 0.25  # share of the steps after which a member that never found calcium is abandoned
-#: a member whose validation Dice never reached this has collapsed to "no calcium" (one collapsed run of the
-#: default's training scored 0.012 at its first check and 0 at the next eleven; healthy runs were above 0.5
-#: by their second check)
+#: a member whose validation Dice never reached this, or fell under it at its last three checks, has
+#: collapsed to "no calcium" (collapsed runs seen: 0.012 at the first check and 0 at the next eleven; 0.26 at
+#: the first and 0 at the next sixteen; healthy runs were above 0.5 from their second check on)
 COLLAPSE_DICE = 0.05
 
 
 def _never_found_calcium(records: list) -> bool:
     dice = [r["val_dice"] for r in records if r.get("val_dice") is not None]
-    return bool(dice) and max(dice) < COLLAPSE_DICE
+    return bool(dice) and (max(dice) < COLLAPSE_DICE or (len(dice) >= 3 and max(dice[-3:]) < COLLAPSE_DICE))
 
 
 def _collapsed(records: list, give_up_at: int) -> bool:
-    """True when validation reached ``give_up_at`` and its Dice stayed under ``COLLAPSE_DICE`` throughout."""
+    """True when validation reached ``give_up_at`` and the run finds no calcium (``_never_found_calcium``)."""
     return bool(records) and records[-1]["step"] >= give_up_at and _never_found_calcium(records)
 
 
@@ -1018,8 +1017,8 @@ def train_ensemble(
         checkpoint_dir: parent folder; member k checkpoints under ``member{k}/`` (a retry under
             ``member{k}_retry{n}/``).
         histories: optional list receiving one history list per member (the kept run's).
-        collapse_retries: a member whose validation Dice stays under ``COLLAPSE_DICE`` at every check (it
-            learned to call nothing calcium) is trained again from seed + 7919 * n, up to this many times; the
+        collapse_retries: a member whose validation Dice stays under ``COLLAPSE_DICE`` at every check, or at
+            its last three (it learned to call nothing calcium), is trained again from seed + 7919 * n, up to this many times; the
             last run is kept. Every run but the last is abandoned as soon as its Dice is still under it at the
             first check after ``COLLAPSE_GIVE_UP`` of the steps (healthy networks find calcium within a few
             checks).
@@ -1062,8 +1061,7 @@ def train_ensemble(
             if not _never_found_calcium(hist) or attempt == collapse_retries:
                 break
             if log:  # a network that never found any calcium in validation has collapsed to "no calcium"
-                log(f"member {k + 1}/{members}: validation Dice under {COLLAPSE_DICE:g} at every check (collapsed); "
-                    "trained again")
+                log(f"member {k + 1}/{members}: validation Dice under {COLLAPSE_DICE:g} (collapsed); trained again")
         variables.append(member)
         if histories is not None:
             histories.append(hist)
