@@ -61,12 +61,12 @@ def category_right(ev) -> np.ndarray:
                      for p, r in zip(ev["ensemble_scores"], ev["reference_scores"])])
 
 
-def noise_split(exams, ev) -> dict:
-    """How many exams the pipeline's noise warning (agatax.quality) fires on, and the category accuracy on
-    the warned and the other exams."""
+def noise_split(exams, ev, trained_hu=(10.0, 40.0)) -> dict:
+    """How many exams the pipeline's noise warning (agatax.quality) fires on for an ensemble trained on
+    ``trained_hu`` (``UNetConfig.trained_noise_hu``), and the category accuracy on the warned and the others."""
     from agatax.quality import image_noise_hu, noise_note
 
-    warned = np.array([bool(noise_note(image_noise_hu(e.volume.hu, e.volume.spacing))) for e in exams])
+    warned = np.array([bool(noise_note(image_noise_hu(e.volume.hu, e.volume.spacing), trained_hu)) for e in exams])
     right = category_right(ev)
 
     def acc(sel):
@@ -164,7 +164,7 @@ def main(argv=None) -> int:
                 print(f"| {w} | {tag} | {ev['ensemble_c_index']:.3f} | {ev['ensemble_accuracy']:.3f} | "
                       f"{les['sensitivity']:.3f} / {les['ppv']:.3f} / {les['f1']:.3f} | {ev['single_c_mean']:.3f} |",
                       flush=True)
-                ev["noise_warning"] = noise_split(exams, ev)
+                ev["noise_warning"] = noise_split(exams, ev, ens.config.trained_noise_hu)
                 if args.ablate and name == "unseen" and localise:
                     wrong = [int(i) for i in np.flatnonzero(~category_right(ev))]
                     ev["ablation"] = ablate(ens, n, args.seed, args.matrix, wrong, noise_hu)
