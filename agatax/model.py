@@ -36,6 +36,7 @@ from jax import lax
 
 from agatax.errors import InputError
 from agatax.preprocess import ENHANCE_BOX_MM
+from agatax.quality import TRAINED_NOISE_HU
 
 __all__ = ["UNetConfig", "UNet", "count_params", "conv3x3x3", "upsample2x", "fold_batchnorm", "infer", "CONV_IMPLS"]
 
@@ -123,7 +124,7 @@ class UNetConfig:
     bn_epsilon: float = 1e-5
     input_box_mm: float = ENHANCE_BOX_MM
     # not in repr: a training run's checkpoint identity (agatax.train) does not depend on it
-    trained_noise_hu: tuple = dataclasses.field(default=(10.0, 40.0), repr=False)
+    trained_noise_hu: tuple = dataclasses.field(default=TRAINED_NOISE_HU, repr=False)
 
     def __post_init__(self) -> None:
         try:

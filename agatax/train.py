@@ -1018,10 +1018,10 @@ def train_ensemble(
             ``member{k}_retry{n}/``).
         histories: optional list receiving one history list per member (the kept run's).
         collapse_retries: a member whose validation Dice stays under ``COLLAPSE_DICE`` at every check, or at
-            its last three (it learned to call nothing calcium), is trained again from seed + 7919 * n, up to this many times; the
-            last run is kept. Every run but the last is abandoned as soon as its Dice is still under it at the
-            first check after ``COLLAPSE_GIVE_UP`` of the steps (healthy networks find calcium within a few
-            checks).
+            its last three (it learned to call nothing calcium), is trained again from seed + 7919 * n, up to
+            this many times; the last run is kept. Every run but the last is abandoned as soon as it is
+            collapsed at the first check after ``COLLAPSE_GIVE_UP`` of the steps (healthy networks find
+            calcium within a few checks).
         init: an ``Ensemble`` to fine-tune: member k starts from its member k modulo its size (its
             UNetConfig must be ``model_config``'s); None: fresh networks.
         on_step: on_step(member index, step, info) after every step (see ``train_member``).

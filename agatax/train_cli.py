@@ -74,8 +74,8 @@ def add_train_command(subparsers) -> None:
     p.add_argument("--lr", type=float, default=None, help="learning rate (default 3e-4 fine-tuning, 1e-3 fresh)")
     p.add_argument("--eval-every", type=int, default=None, help="validate every N steps (default steps / 20)")
     p.add_argument("--collapse-retries", type=int, default=2, help="retrain a network whose validation Dice "
-                   "stays under 0.05 (it calls nothing calcium) up to N times with another seed, abandoning it after a quarter "
-                   "of its steps (default 2)")
+                   "stays under 0.05 (it calls nothing calcium) up to N times with another seed, abandoning it "
+                   "after a quarter of its steps (default 2)")
     p.add_argument("--thin-slices", choices=("slab", "native"), default="slab",
                    help="train thin-slice exams on 3 mm slabs (default, as they are scored) or natively")
     p.add_argument("--no-png", action="store_true", help="no curves picture")

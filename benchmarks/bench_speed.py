@@ -80,7 +80,8 @@ def box_cost(args, session) -> None:
     variants = {f"agatax segment, box {e.config.input_box_mm:g} mm": (
         lambda e=e: jax.block_until_ready(agatax.segment(e, volume))) for e in (raw, shipped)}
     times = session.interleave(variants, rounds=args.rounds)
-    session.report(times, baseline="agatax segment, box 0 mm", shapes={"exam": volume.shape, "spacing_mm": volume.spacing},
+    session.report(times, baseline="agatax segment, box 0 mm",
+                   shapes={"exam": volume.shape, "spacing_mm": volume.spacing},
                    title="the enhancement's box, shipped ensemble, 56 x 512 x 512 exam, CPU")
 
 

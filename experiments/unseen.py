@@ -61,7 +61,7 @@ def category_right(ev) -> np.ndarray:
                      for p, r in zip(ev["ensemble_scores"], ev["reference_scores"])])
 
 
-def noise_split(exams, ev, trained_hu=(10.0, 40.0)) -> dict:
+def noise_split(exams, ev, trained_hu: tuple[float, float]) -> dict:
     """How many exams the pipeline's noise warning (agatax.quality) fires on for an ensemble trained on
     ``trained_hu`` (``UNetConfig.trained_noise_hu``), and the category accuracy on the warned and the others."""
     from agatax.quality import image_noise_hu, noise_note
