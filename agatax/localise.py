@@ -34,7 +34,7 @@ import dataclasses
 import numpy as np
 from scipy import ndimage, spatial
 
-__all__ = ["ChestRegion", "localise_chest", "ENHANCED_HU70", "PHANTOM_Z_CHANGE"]
+__all__ = ["ChestRegion", "localise_chest", "ENHANCED_HU70", "PHANTOM_Z_CHANGE", "CARINA_MARGIN_MM"]
 
 _COARSE_MM = 4.0
 _LUNG_HU = (-960.0, -400.0)
@@ -49,6 +49,10 @@ PHANTOM_Z_CHANGE = 0.04  # below this ``z_change`` the exam's cross-section repe
 _Z_APART_MM = 30.0
 _Z_CHANGE_HU = 150.0
 _MIN_SECTION_CM2 = 25.0
+CARINA_MARGIN_MM = 10.0  # the region ends this far beyond the carina, on the trachea's side
+_AIRWAY_MM = 2.0  # in-plane cell of the airway search
+_TRACHEA_CM2 = (0.9, 8.0)  # lumen cross-section below -700 HU: adult tracheae are 12-25 mm across
+_MIN_TRACHEA_MM = 40.0
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -66,6 +70,10 @@ class ChestRegion:
         z_change: the share of the body's cross-section that changes by more than 150 HU over 30 mm along
             z (lower quartile over the pairs of slices; synthetic patients: 0.12 or more; the real QRM
             phantom: 0.015); NaN where the exam is too short or holds no body to tell.
+        carina_slice: the slice (index along z, fractional) where the trachea divides, when a trachea was
+            traced over at least 40 mm; the region then stops ``CARINA_MARGIN_MM`` beyond it on the
+            trachea's side (coronary arteries lie 20 mm or more below the carina, and a calcium-scoring scan
+            starts there). NaN when no trachea was traced (nothing cut along z).
     """
 
     found: bool
@@ -75,6 +83,7 @@ class ChestRegion:
     note: str
     mediastinum_hu70: float = float("nan")
     z_change: float = float("nan")
+    carina_slice: float = float("nan")
 
     @property
     def contrast_enhanced(self) -> bool:
@@ -93,8 +102,9 @@ class ChestRegion:
         box = None if self.box is None else [[s.start, s.stop] for s in self.box]
         hu70 = None if not np.isfinite(self.mediastinum_hu70) else round(self.mediastinum_hu70, 1)
         z_change = None if not np.isfinite(self.z_change) else round(self.z_change, 3)
+        carina = None if not np.isfinite(self.carina_slice) else round(self.carina_slice, 1)
         return {"found": self.found, "box_zyx": box, "lung_cm3": round(self.lung_cm3, 1), "note": self.note,
-                "mediastinum_hu70": hu70, "z_change": z_change}
+                "mediastinum_hu70": hu70, "z_change": z_change, "carina_slice": carina}
 
 
 def _factors(spacing) -> tuple[int, int, int]:
@@ -160,6 +170,120 @@ def _z_change(m: np.ndarray, step) -> float:
         changed = either & (np.abs(m[k] - m[k + apart]) > _Z_CHANGE_HU)
         shares.append(changed.sum() / either.sum())
     return float(np.percentile(shares, 25)) if shares else float("nan")
+
+
+def _air_parts(a: np.ndarray, cell_cm2: float):
+    """2D components of air (< -700 HU) in one slice of cell means: (labels, [(index, area cm^2, (y, x)
+    centroid in cells, mean HU)])."""
+    lab, n = ndimage.label(a < -700.0)
+    if n == 0:
+        return lab, []
+    idx = np.arange(1, n + 1)
+    size = ndimage.sum_labels(np.ones_like(a), lab, idx)
+    mean = ndimage.mean(a, lab, idx)
+    cen = ndimage.center_of_mass(np.ones_like(a), lab, idx)
+    return lab, [(int(i), float(c) * cell_cm2, tuple(map(float, p)), float(m))
+                 for i, c, p, m in zip(idx, size, cen, mean)]
+
+
+def _find_carina(hu: np.ndarray, spacing, fz: int, spine_x: float | None) -> tuple[float, int]:
+    """The slice (fractional index on the exam's grid) where the trachea divides and the side of it the
+    trachea lies on (+1: higher indices), or (NaN, 0).
+
+    The trachea: a round air lumen (0.9-8 cm^2 below -700 HU, mean < -850 HU) in a wall of soft tissue (the 4 mm ring
+    around it mostly above -300 HU: not lung), within 25 mm of the spine's x, followed slice to slice
+    (centroids within 10 mm) over at least 40 mm. The carina is the end of that run beyond which, within
+    30 mm, two air lumens lie on either side of it (the main bronchi); where neither end or both ends show
+    that, no carina is given."""
+    f = (fz,) + tuple(max(1, int(round(_AIRWAY_MM / float(s)))) for s in spacing[1:])
+    step = np.array([s * k for s, k in zip(spacing, f)])
+    a = _block_mean(hu, f)
+    cell_cm2 = float(step[1] * step[2]) / 100.0
+    ring_it = max(1, int(round(4.0 / step[1])))
+    found = []  # per slice: trachea-like lumens (centroid y, x in mm)
+    parts = []
+    for k in range(a.shape[0]):
+        lab, comps = _air_parts(a[k], cell_cm2)
+        parts.append(comps)
+        here = []
+        for i, area, (cy, cx), mean in comps:
+            if not (_TRACHEA_CM2[0] <= area <= _TRACHEA_CM2[1] and mean < -850.0):
+                continue
+            if spine_x is not None and abs(cx * step[2] - spine_x) > 25.0:
+                continue
+            m = lab == i
+            ring = ndimage.binary_dilation(m, iterations=ring_it) & ~m
+            if not ring.any() or np.median(a[k][ring]) < -300.0:
+                continue
+            ys, xs = np.nonzero(m)
+            extent = (np.ptp(ys) + 1) * (np.ptp(xs) + 1)
+            if m.sum() < 0.45 * extent:  # not round: a bronchus seen along its length
+                continue
+            here.append((cy * step[1], cx * step[2]))
+        found.append(here)
+    def two_sides(k, ty, tx):
+        """Air lumens (0.2-8 cm^2, mean < -880 HU: not lung, not the air around the body) on both sides of
+        (ty, tx) within 50 mm in slice k: the main bronchi."""
+        near = [cx * step[2] for _, area, (cy, cx), mean in parts[k]
+                if 0.2 <= area <= _TRACHEA_CM2[1] and mean < -880.0
+                and np.hypot(cy * step[1] - ty, cx * step[2] - tx) <= 50.0]
+        return any(x < tx - 4.0 for x in near) and any(x > tx + 4.0 for x in near)
+
+    # the longest run of slices with a trachea-like lumen, centroids within 10 mm slice to slice; its ends
+    # are trimmed while they lie over 6 mm from the run's median centroid (the trachea's axis: it runs
+    # straight) or hold lumens on both sides of it: there the run has followed a main bronchus
+    best, run = [], []
+    for k in range(a.shape[0]):
+        if run and found[k]:
+            d = [np.hypot(y - run[-1][1][0], x - run[-1][1][1]) for y, x in found[k]]
+            run = run + [(k, found[k][int(np.argmin(d))])] if min(d) <= 10.0 else [(k, found[k][0])]
+        else:
+            run = [(k, found[k][0])] if found[k] else []
+        if len(run) > len(best):
+            best = run
+    if not best:
+        return float("nan"), 0
+    axis = tuple(np.median([c for _, c in best], axis=0))
+
+    def off_axis(item):  # a main bronchus leaves the trachea's straight axis, or the slice shows both
+        k, (y, x) = item
+        return np.hypot(y - axis[0], x - axis[1]) > 6.0 or two_sides(k, *axis)
+
+    while best and off_axis(best[0]):
+        best = best[1:]
+    while best and off_axis(best[-1]):
+        best = best[:-1]
+    if len(best) * step[0] < _MIN_TRACHEA_MM:
+        return float("nan"), 0
+    k0, k1 = best[0][0], best[-1][0]
+
+    def divides(k_end, direction):
+        """The main bronchi within 30 mm beyond ``k_end``."""
+        for j in range(1, int(30.0 / step[0]) + 1):
+            k = k_end + direction * j
+            if not 0 <= k < a.shape[0]:
+                return False
+            if two_sides(k, *axis):
+                return True
+        return False
+
+    low, high = divides(k0, -1), divides(k1, +1)
+    if low == high:
+        return float("nan"), 0
+    k = k0 if low else k1 + 1  # the boundary between the last trachea cell and the first divided one
+    return float(k * fz - 0.5), (1 if low else -1)
+
+
+def _spine_x(bone: np.ndarray, step) -> float | None:
+    """x (mm, on the coarse grid) of the vertebral column: the column of the coarse grid holding the most
+    bone in the posterior half of the bone's extent (the spine is the one bone that every slice holds in
+    the middle); None when there is no bone."""
+    if not bone.any():
+        return None
+    ys = np.nonzero(bone.any(axis=(0, 2)))[0]
+    back = bone[:, (ys[0] + ys[-1]) // 2:, :]
+    counts = ndimage.uniform_filter1d(back.sum(axis=(0, 1)).astype(np.float64), size=5)
+    return float(np.argmax(counts) * step[2])
 
 
 def localise_chest(hu, spacing) -> ChestRegion:
@@ -233,9 +357,27 @@ def localise_chest(hu, spacing) -> ChestRegion:
     region[:, :, : whole * f[2]].reshape(nz, ny, whole, f[2])[...] = rows[:, :, :whole, None]
     if nx > whole * f[2]:
         region[:, :, whole * f[2]:] = rows[:, :, whole: whole + 1]
+    carina, side = _find_carina(hu, spacing, f[0], _spine_x(bone, step))
+    carina_note = "no trachea traced over 40 mm: the region is not cut along z"
+    if np.isfinite(carina):
+        # above the carina (on the trachea's side, + the margin) lie the arch, the great vessels, the
+        # trachea and the lung apices, never a coronary artery
+        edge = carina + side * CARINA_MARGIN_MM / spacing[0]
+        cut = np.arange(region.shape[0]) > edge if side > 0 else np.arange(region.shape[0]) < edge
+        removed = int(region[cut].sum())
+        if removed < region.sum() - removed:
+            region[cut] = False
+            carina_note = (f"carina at slice {carina:.0f}: the region ends {CARINA_MARGIN_MM:.0f} mm "
+                           f"{'above' if side > 0 else 'below'} it (index order)")
+        else:
+            carina_note = f"a trachea-like tube divides at slice {carina:.0f}, but most of the region lies beyond it: not cut"
+            carina = float("nan")
+    if not region.any():
+        return ChestRegion(False, None, None, lung_cm3, "lungs found but no mediastinum between them: calcium not "
+                           "restricted", hu70, z_change)
     nz = [np.nonzero(region.any(axis=tuple(a for a in range(3) if a != ax)))[0] for ax in range(3)]
     box = tuple(slice(int(i[0]), int(i[-1]) + 1) for i in nz)
     frac = float(region.mean())
     return ChestRegion(True, region, box, lung_cm3,
-                       f"lungs {lung_cm3:.0f} cm^3; calcium searched in {100 * frac:.0f} % of the volume", hu70,
-                       z_change)
+                       f"lungs {lung_cm3:.0f} cm^3; calcium searched in {100 * frac:.0f} % of the volume; "
+                       f"{carina_note}", hu70, z_change, carina)

@@ -128,4 +128,7 @@ def restore_chest(chest, how: Reorientation, shape: tuple[int, int, int]):
     for a, s in enumerate(chest.box):
         n = shape[how.order[a]]
         box[how.order[a]] = slice(n - s.stop, n - s.start) if how.flip[a] else s
-    return dataclasses.replace(chest, region=region, box=tuple(box))
+    carina = chest.carina_slice  # an index along canonical z, which stays the stored slice axis (axial exams)
+    if how.flip[0] and np.isfinite(carina):
+        carina = shape[how.order[0]] - 1 - carina
+    return dataclasses.replace(chest, region=region, box=tuple(box), carina_slice=carina)

@@ -9,7 +9,10 @@ mitral annulus, costal cartilage, lymph node, pericardium, metal; bone).
 
     python experiments/false_calcium.py --weights agatax/weights/default_ensemble.msgpack --exams 16
 
-Prints one Markdown row per ensemble and protocol, and writes <workdir>/false_calcium.json.
+Chest CTs span the lungs from their apices (trachea, aortic arch and great vessels) to below the diaphragm;
+false calcium more than 20 mm above the generator's carina is counted apart ("above the carina").
+``--without-carina`` scores with the localisation's region not cut at the carina (the rule before the cut),
+for comparison. Prints one Markdown row per ensemble and protocol, and writes <workdir>/false_calcium.json.
 """
 
 from __future__ import annotations
@@ -42,6 +45,11 @@ def score(ensemble, exams) -> dict:
     for exam in exams:
         res = run_pipeline(ensemble, exam.volume)
         scores.append(float(res.scores.agatston))
+        z, y, x = exam.params["carina_mm"]
+        kc = float(np.linalg.solve(exam.volume.affine, np.array([x, y, z, 1.0]))[0])
+        above = np.arange(exam.volume.shape[0]) > kc + 20.0 / exam.volume.spacing[0]
+        if res.mask[above].any():
+            on["above the carina"] = on.get("above the carina", 0) + int(res.mask[above].sum())
         codes = exam.distractor_mask[res.mask]
         for code, count in zip(*np.unique(codes, return_counts=True)):
             name = KINDS.get(int(code), "elsewhere")
@@ -58,7 +66,13 @@ def main(argv=None) -> int:
     ap.add_argument("--matrix", type=int, default=512)
     ap.add_argument("--protocols", default="cardiac,chest")
     ap.add_argument("--workdir", default=str(ROOT / "experiments" / "_table1_work"))
+    ap.add_argument("--without-carina", action="store_true",
+                    help="do not cut the chest region at the carina (the earlier rule), for comparison")
     args = ap.parse_args(argv)
+    if args.without_carina:
+        import agatax.localise
+
+        agatax.localise._find_carina = lambda *a, **k: (float("nan"), 0)
     t0 = time.perf_counter()
     cohorts = {p: list(calcium_free_exams(args.exams, p, args.matrix)) for p in args.protocols.split(",")}
     print(f"{args.exams} calcium-free exams per protocol generated ({time.perf_counter() - t0:.0f} s)", flush=True)

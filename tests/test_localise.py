@@ -303,3 +303,104 @@ def test_block_mean_in_chunks_equals_the_whole_volume_mean():
     expected = a.reshape(8, 3, 5, 4, 4, 5).mean(axis=(1, 3, 5))
     for chunk in (1, 500, 1 << 24):
         np.testing.assert_allclose(_block_mean(hu, f, chunk_voxels=chunk), expected, rtol=1e-5, atol=1e-3)
+
+
+# ------------------------------------------------------------------------------------------ the carina
+def full_chest(seed=11):
+    """A chest CT from the lung apices to below the diaphragm (n_slices not given): trachea, carina, arch.
+    Seeds drawn until the arch carries calcified plaques above the carina."""
+    key = ("full", seed)
+    if key not in _cache:
+        for s in range(seed, seed + 40):
+            ex = generate_exam(s, target_category="D", protocol="chest", matrix=160, calcium_burden=1.0,
+                               keep_tissue=True)
+            if arch_plaques_above_carina(ex).any():
+                _cache[key] = ex
+                break
+        else:
+            pytest.fail("no chest exam with arch plaques above the carina in 40 seeds")
+    return _cache[key]
+
+
+def true_carina_slice(ex):
+    """Oracle: the generator's carina (patient mm, after its deformation) as a fractional slice index."""
+    z, y, x = ex.params["carina_mm"]
+    return float(np.linalg.solve(ex.volume.affine, np.array([x, y, z, 1.0]))[0])
+
+
+def arch_plaques_above_carina(ex):
+    """Voxels of aortic-wall calcification more than 20 mm above the generator's carina (the arch's)."""
+    k = np.arange(ex.volume.shape[0])[:, None, None]
+    above = k > true_carina_slice(ex) + 20.0 / ex.volume.spacing[0]
+    return (ex.distractor_mask == DISTRACTOR_CODES["aortic_wall"]) & above & (ex.volume.hu >= 130)
+
+
+def test_carina_is_found_and_the_region_ends_above_it():
+    """On a chest CT the trachea is traced to its division; the region keeps every coronary calcification and
+    ends CARINA_MARGIN_MM above the carina, so the arch's calcified plaques (and the great vessels, the
+    trachea, the lung apices) are left out."""
+    from agatax.localise import CARINA_MARGIN_MM
+
+    ex = full_chest()
+    r = localise_chest(ex.volume.hu, ex.volume.spacing)
+    assert r.found, r.note
+    dz = ex.volume.spacing[0]
+    truth = true_carina_slice(ex)
+    assert truth - 20.0 / dz <= r.carina_slice <= truth + 15.0 / dz, (r.carina_slice, truth)
+    assert "carina at slice" in r.note and r.to_dict()["carina_slice"] == round(r.carina_slice, 1)
+    k = np.arange(ex.volume.shape[0])
+    assert not r.region[k > r.carina_slice + CARINA_MARGIN_MM / dz].any()
+    assert r.region[k < r.carina_slice].any()
+    check_region(ex, r.region)
+    arch = arch_plaques_above_carina(ex)
+    assert arch.sum() > 0 and not (arch & r.region).any()
+    # the box (the networks' crop) ends there too
+    assert r.box[0].stop <= r.carina_slice + CARINA_MARGIN_MM / dz + 1
+
+
+def test_carina_of_a_head_first_stack_cuts_the_other_side():
+    """The rule reads the anatomy, not the slice order: the same exam stored feet-last (z reversed) gives
+    the mirrored carina index and the mirrored region."""
+    ex = full_chest()
+    ref = localise_chest(ex.volume.hu, ex.volume.spacing)
+    r = localise_chest(ex.volume.hu[::-1], ex.volume.spacing)
+    n = ex.volume.shape[0]
+    assert abs(r.carina_slice - (n - 1 - ref.carina_slice)) <= 1.0
+    assert (r.region[::-1] == ref.region).mean() > 0.97
+    assert not (r.region[::-1] & arch_plaques_above_carina(ex)).any()
+
+
+def test_an_airway_that_does_not_divide_cuts_nothing():
+    """With the main bronchi filled in (soft tissue below the carina), the tube's lower end shows no division:
+    no carina is given and the region is not cut along z."""
+    ex = full_chest()
+    hu = ex.volume.hu.copy()
+    k = np.arange(hu.shape[0])[:, None, None]
+    bronchi = (ex.tissue == TISSUES["airway"]) & (k < true_carina_slice(ex) + 3.0)
+    hu[bronchi] = 40.0
+    r = localise_chest(hu, ex.volume.spacing)
+    assert r.found and np.isnan(r.carina_slice) and r.to_dict()["carina_slice"] is None
+    assert "not cut along z" in r.note
+    assert r.region[k[:, 0, 0] > true_carina_slice(ex) + 40.0 / ex.volume.spacing[0]].any()
+
+
+def test_pipeline_scores_nothing_above_the_carina_of_a_feet_last_volume():
+    """run_pipeline on a Volume whose slices run head to feet (affine with a negative z step): the carina
+    comes back on the stored grid and an ensemble that calls everything calcium keeps nothing above it."""
+    from agatax.localise import CARINA_MARGIN_MM
+
+    ex = full_chest()
+    n = ex.volume.shape[0]
+    aff = np.array(ex.volume.affine, dtype=np.float64)
+    aff[:3, 3] += aff[:3, 0] * (n - 1)
+    aff[:3, 0] *= -1.0
+    vol = Volume(np.ascontiguousarray(ex.volume.hu[::-1]), ex.volume.spacing, affine=aff)
+    res = run_pipeline(_all_calcium_ensemble(), vol)
+    stored_truth = n - 1 - true_carina_slice(ex)
+    assert abs(res.chest.carina_slice - stored_truth) <= 20.0 / ex.volume.spacing[0]
+    k = np.arange(n)
+    assert res.mask.any()
+    assert not res.mask[k < res.chest.carina_slice - CARINA_MARGIN_MM / ex.volume.spacing[0]].any()
+    assert not (res.mask & arch_plaques_above_carina(ex)[::-1]).any()
+    calcium = (ex.mask > 0)[::-1]
+    assert (res.mask & calcium).sum() == calcium.sum()

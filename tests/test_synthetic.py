@@ -267,6 +267,31 @@ def test_chest_protocol_shows_the_whole_chest():
         generate_exam(0, protocol="abdomen")
 
 
+def test_chest_ct_covers_apices_to_diaphragm_with_trachea_carina_and_arch():
+    """Without n_slices a chest CT spans the lungs from near their apices to below the heart (real chest
+    CTs: 250-350 mm): the trachea's air runs from the top slice down to the carina and divides there
+    into two bronchi; the aortic arch (blood, 40 HU) lies above the heart at the carina's level; a cardiac
+    exam keeps the heart's coverage."""
+    ex = generate_exam(7, target_category="D", protocol="chest", matrix=128, keep_tissue=True)
+    cardiac = generate_exam(7, target_category="D", protocol="cardiac", matrix=128)
+    dz = ex.volume.spacing[0]
+    assert ex.volume.shape[0] * dz >= 190.0 and cardiac.volume.shape[0] * cardiac.volume.spacing[0] <= 170.0
+    z, y, x = ex.params["carina_mm"]
+    kc, yc, xc = np.linalg.solve(ex.volume.affine, np.array([x, y, z, 1.0]))[:3]
+    airway = ex.tissue == TISSUES["airway"]
+    top = int(ex.volume.shape[0] - 1)
+    assert kc + 40.0 / dz < top  # at least 40 mm of trachea above the carina
+    px = ex.volume.spacing[2]
+    for k in (top, int(kc + 25.0 / dz)):  # one lumen on the trachea's axis
+        lab, n = ndimage.label(airway[k][int(yc - 20 / px): int(yc + 20 / px), int(xc - 20 / px): int(xc + 20 / px)])
+        assert n == 1
+    below = airway[int(kc - 25.0 / dz)]
+    cols = np.nonzero(below.any(axis=0))[0]
+    assert cols.min() < xc - 10 / px and cols.max() > xc + 10 / px  # the bronchi, left and right of the axis
+    above = np.arange(ex.volume.shape[0]) > kc
+    assert (ex.tissue[above] == TISSUES["blood"]).sum() > 0  # the arch and the great vessels
+
+
 def test_deformed_anatomy_keeps_calcium_on_the_arteries():
     """The whole anatomy is deformed; vessels and plaques follow it: every lesion lies on a coronary artery
     (within 2.5 mm of the generator's coronary or groove-fat tissue), and two seeds give differently

@@ -379,6 +379,7 @@ def _template(grid: Grid, rng: np.random.Generator, hu: dict[str, float], body: 
         "descending_aorta_r": da_r,
         "y_vb": y_vb,
         "inner": (ai, bi),
+        "esophagus": eso,
     }
     return img, tis, sets
 
@@ -528,9 +529,15 @@ def build_anatomy(grid: Grid, heart: Heart, rng: np.random.Generator, body: dict
     # ribs: oblique bands in the chest wall, falling ~80 mm from back to front; cartilage in front
     _paint_ribs(vol, tis, grid, rng, hu_of, ai, bi, sets["vertebral_body"])
 
-    # great vessels above the heart: ascending aorta, pulmonary trunk, SVC (fat-sheathed)
-    _paint_vertical_vessel(vol, tis, grid, heart.aortic_root, heart.ascending_top, heart.aorta_radius,
+    # great vessels above the heart: ascending aorta (to the arch), pulmonary trunk, SVC (fat-sheathed)
+    upper = _upper_chest(heart, sets, body["upper"]) if body.get("upper") else None
+    if upper is not None:
+        _paint_upper_chest(vol, tis, grid, upper, sets, hu_of, e_mm)
+    top = heart.ascending_top if upper is None else upper["ascending_top"]
+    _paint_vertical_vessel(vol, tis, grid, heart.aortic_root, top, heart.aorta_radius,
                            hu_of["blood"], T["blood"], e_mm, wall_fat=3.0, fat=hu_of["fat"])
+    if upper is not None:
+        _paint_arch_and_airways(vol, tis, grid, upper, hu_of, e_mm)
     s = heart.semi[0] / 52.0
     base = heart.center - 0.78 * heart.semi[0] * heart.u
     pa0 = base + np.array([10.0, -22.0, 14.0]) * s
@@ -558,7 +565,99 @@ def build_anatomy(grid: Grid, heart: Heart, rng: np.random.Generator, body: dict
         "inner": (ai, bi),
         "pa0": pa0,
     }
+    if upper is not None:
+        landmarks.update({k: upper[k] for k in ("ascending_top", "carina", "arch", "arch_r")})
     return vol, tis, bone, landmarks
+
+
+# ------------------------------------------------------------------------- upper mediastinum and airways
+def _upper_chest(heart: Heart, sets: dict, up: dict) -> dict:
+    """Geometry (mm, (Z, Y, X)) of the upper mediastinum from the patient's draws ``up``: the trachea (just in
+    front of the oesophagus) down to the carina at ``up["carina_z"]``, the two main bronchi, the ascending
+    aorta's top (leaning forward enough to pass in front of the trachea), the arch over the left main
+    bronchus to the descending aorta, and the three great vessels rising from the arch."""
+    eso_x, eso_y = sets["esophagus"]
+    r_t = float(up["trachea_r"])
+    tx, ty = float(up["trachea_x"]), float(eso_y - 7.0 - 2.0 - r_t)
+    cz = float(up["carina_z"])
+    ar = heart.aorta_radius
+    da, da_r = sets["descending_aorta"], sets["descending_aorta_r"]
+    z0 = cz + float(up["arch_base"])  # where the arch leaves the ascending and joins the descending aorta
+    h = float(up["arch_height"])
+    root = heart.aortic_root
+    a = root + (z0 - root[0]) * np.array([1.0, -6.0 / 90.0, -12.0 / 90.0])
+    clear = ar + r_t + 5.0
+    if abs(a[2] - tx) < clear:  # in front of the trachea, not through it
+        a[1] = min(a[1], ty - math.sqrt(clear**2 - (a[2] - tx) ** 2))
+    d = np.array([z0, da[1], da[2]])
+    nodes = np.array([a, a + [8.0, 0, 0], [z0 + 0.8 * h, ty - clear, tx + 0.3 * clear],
+                      [z0 + h, ty + 0.2 * clear, tx + clear], d + [8.0, 0, 0], d])
+    arch = _smooth_path(nodes)
+    arch_r = np.linspace(ar, da_r, len(arch))
+    carina = np.array([cz, ty, tx])
+    # main bronchi: the right one short and steep, then the bronchus intermedius; the left one long and
+    # flatter, under the arch; a lobar branch each
+    rb = carina + np.array([-18.0, 5.0, -17.0]) * up["bronchus_scale"]
+    lb = carina + np.array([-22.0, 0.0, 36.0]) * up["bronchus_scale"]
+    bronchi = [(carina, rb, 0.68 * r_t), (rb, rb + [-28.0, 8.0, -10.0], 0.5 * r_t), (rb, rb + [6.0, 4.0, -22.0], 0.42 * r_t),
+               (carina, lb, 0.6 * r_t), (lb, lb + [-26.0, 10.0, 12.0], 0.45 * r_t), (lb, lb + [10.0, -2.0, 20.0], 0.42 * r_t)]
+    s = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(arch, axis=0), axis=1))])
+    branches = []
+    for frac, lean, r in ((0.3, -12.0, 6.5), (0.45, 0.0, 4.2), (0.6, 10.0, 5.0)):
+        p = arch[int(np.searchsorted(s, frac * s[-1]))]
+        branches.append((p, p + np.array([120.0, 0.0, lean]), r))
+    return {"ascending_top": a, "carina": carina, "trachea_r": r_t, "arch": arch, "arch_r": arch_r,
+            "bronchi": bronchi, "branches": branches, "apex_mm": float(up["apex_mm"]), "da_top": float(z0)}
+
+
+def _smooth_path(nodes: np.ndarray, step: float = 1.0) -> np.ndarray:
+    """A smooth curve (N, 3) through ``nodes`` (K, 3), cubic in chord length, sampled every ~``step`` mm."""
+    from scipy.interpolate import CubicSpline
+
+    s = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(nodes, axis=0), axis=1))])
+    t = np.linspace(0.0, s[-1], max(int(s[-1] / step), 2) + 1)
+    return CubicSpline(s, nodes, axis=0)(t)
+
+
+def _paint_upper_chest(vol, tis, grid, upper, sets, hu_of, e_mm) -> None:
+    """Before the vessels: the lungs narrow toward their apices above the carina (chest wall and shoulder
+    muscle take their place), and the descending aorta ends where the arch joins it."""
+    T = TISSUES
+    cz, span = upper["carina"][0], upper["apex_mm"]
+    r_thorax = sets["thorax_r"]
+    da, da_r = sets["descending_aorta"], sets["descending_aorta_r"]
+    Y = grid.y_mm[:, None].astype(np.float32)
+    X = grid.x_mm[None, :].astype(np.float32)
+    r_da = np.sqrt((X - da[2]) ** 2 + (Y - da[1]) ** 2)
+    for k in np.nonzero(grid.z_mm > upper["da_top"] + 4.0)[0]:
+        _blend(vol[k], _ramp(r_da, da_r + 0.5, e_mm), hu_of["fat"], None if tis is None else tis[k], T["fat"])
+    for k in np.nonzero(grid.z_mm > cz + 15.0)[0]:
+        q = min(max((grid.z_mm[k] - cz - 15.0) / span, 0.0), 1.0)
+        keep = 1.0 - 0.6 * q**1.2  # the lungs' outline shrinks to 40 % at the apex
+        alpha = np.clip((r_thorax - keep) * 40.0, 0.0, 1.0) * (r_thorax < 1.0) * (vol[k] < -500.0)
+        _blend(vol[k], alpha.astype(np.float32), hu_of["muscle"], None if tis is None else tis[k], T["muscle"])
+
+
+def _paint_arch_and_airways(vol, tis, grid, upper, hu_of, e_mm) -> None:
+    """The aortic arch and great vessels (fat-sheathed blood), then the trachea and bronchi (air in a soft
+    tissue wall) over them."""
+    T = TISSUES
+    p0, p1 = upper["arch"][:-1], upper["arch"][1:]
+    r = 0.5 * (upper["arch_r"][:-1] + upper["arch_r"][1:])
+    _paint_capsules(vol, tis, grid, p0, p1, r + 3.0, hu_of["fat"], T["fat"], e_mm)
+    for a, b, rr in upper["branches"]:
+        _paint_capsules(vol, tis, grid, a[None], b[None], np.array([rr + 1.5]), hu_of["fat"], T["fat"], e_mm)
+    _paint_capsules(vol, tis, grid, p0, p1, r, hu_of["blood"], T["blood"], e_mm)
+    for a, b, rr in upper["branches"]:
+        _paint_capsules(vol, tis, grid, a[None], b[None], np.array([rr]), hu_of["blood"], T["blood"], e_mm)
+    carina, r_t = upper["carina"], upper["trachea_r"]
+    top = carina + np.array([400.0, 0.0, 0.0])
+    tubes = [(carina, top, r_t)] + list(upper["bronchi"])
+    a = np.array([t[0] for t in tubes])
+    b = np.array([t[1] for t in tubes])
+    rr = np.array([t[2] for t in tubes])
+    _paint_capsules(vol, tis, grid, a, b, rr + 2.0, hu_of["muscle"], T["cartilage"], e_mm)
+    _paint_capsules(vol, tis, grid, a, b, rr, hu_of["airway"], T["airway"], e_mm)
 
 
 def _paint_ribs(vol, tis, grid, rng, hu_of, ai, bi, vb_mask) -> None:

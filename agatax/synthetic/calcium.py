@@ -298,3 +298,25 @@ def distractor_atoms(heart: Heart, landmarks: dict, grid: Grid, rng: np.random.G
     if rng.random() < 0.12:
         out += _metal_atoms(heart, landmarks, vessels, rng)
     return out
+
+
+def arch_atoms(landmarks: dict, grid: Grid, rng: np.random.Generator, burden: float) -> list[dict]:
+    """Calcified plaques on the wall of the aortic arch (``landmarks["arch"]``, (N, 3) mm, and its radius
+    ``landmarks["arch_r"]``), most often on its top; more with ``burden``. Items as ``distractor_atoms``."""
+    arch, arch_r = landmarks["arch"], landmarks["arch_r"]
+    n = rng.poisson(1.0 + 5.0 * burden) if rng.random() < 0.25 + 0.6 * burden else 0
+    out = []
+    for _ in range(n):
+        i = int(np.clip(rng.normal(0.55, 0.2), 0.05, 0.95) * (len(arch) - 1))
+        tang = _unit(arch[min(i + 1, len(arch) - 1)] - arch[max(i - 1, 0)])
+        up = np.array([1.0, 0.0, 0.0]) - tang[0] * tang
+        up = _unit(up) if np.linalg.norm(up) > 1e-6 else np.array([0.0, 1.0, 0.0])
+        side = np.cross(tang, up)
+        ang = rng.normal(0.0, 1.0)  # around the wall, most often on top of the arch
+        c = arch[i] + arch_r[i] * (math.cos(ang) * up + math.sin(ang) * side)
+        if not grid.z_mm[0] <= c[0] <= grid.z_mm[-1]:
+            continue
+        out.append({"kind": "aortic_wall", "atoms": blob_atoms(c, rng.uniform(0.4, 1.0), tang, rng.uniform(0, 12)),
+                    "peak_hu": float(rng.uniform(250, 1100))})
+    return out
+

@@ -14,7 +14,7 @@ from agatax.synthetic.anatomy import (
     TISSUES, Grid, ScannerParams, _paint_capsules, build_anatomy, polyline_segments, make_grid, sample_heart, sample_scanner,
 )
 from agatax.synthetic.calcium import (
-    ARTERY_CODES, Atoms, Vessel, atoms_box, coronary_tree, distractor_atoms, plaque_atoms, render_atoms,
+    ARTERY_CODES, Atoms, Vessel, arch_atoms, atoms_box, coronary_tree, distractor_atoms, plaque_atoms, render_atoms,
 )
 from agatax.volume import Volume
 
@@ -376,7 +376,7 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
     from agatax.scoring import compute_scores, risk_category
 
     ss = np.random.SeedSequence([seed, attempt])
-    r_scan, r_pat, r_anat, r_noise, r_les, r_dis, r_warp = (np.random.default_rng(s) for s in ss.spawn(7))
+    r_scan, r_pat, r_anat, r_noise, r_les, r_dis, r_warp, r_up = (np.random.default_rng(s) for s in ss.spawn(8))
     sc = sample_scanner(r_scan, **given)
     cat, lo, hi = _pick_category(r_les, target_category, target_agatston, category_mix)
     target = 0.0 if hi <= 0 else float(math.exp(r_les.uniform(math.log(max(lo, 0.5)), math.log(hi))))
@@ -395,6 +395,17 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
         heart = sample_heart(np.random.default_rng(heart_seed), b_inner, scale=max(0.7, coverage / needed))
         needed = heart.z_top + 18.0 - (heart.z_bottom - 6.0)
     z_start = heart.z_bottom - 6.0 - max(coverage - needed, 0.0) * r_pat.uniform(0.15, 0.45)
+    # the upper mediastinum: carina 25-45 mm above the coronary ostia, the arch around it, the trachea above
+    upper = {"carina_z": heart.z_top + float(r_up.uniform(25.0, 45.0)), "arch_base": float(r_up.uniform(-10.0, 5.0)),
+             "arch_height": float(r_up.uniform(18.0, 30.0)), "trachea_r": float(r_up.uniform(7.5, 10.5)),
+             "trachea_x": float(r_up.uniform(-3.0, 4.0)), "bronchus_scale": float(r_up.uniform(0.85, 1.15)),
+             "apex_mm": float(r_up.uniform(70.0, 110.0))}
+    if sc.protocol == "chest" and "n_slices" not in given:
+        # a chest CT covers the lungs from their apices to below the diaphragm, not only the heart
+        top = upper["carina_z"] + float(r_up.uniform(0.6, 1.0)) * upper["apex_mm"]
+        z_start -= float(r_up.uniform(10.0, 50.0))
+        z_end = max(z_start + coverage, top)
+        sc = dataclasses.replace(sc, n_slices=int(math.ceil((z_end - z_start) / sc.slice_increment_mm)) + 1)
     # arms in the field (chest protocol, patient unable to raise them), scapula thickness, groove fat
     body["arms"] = bool(sc.protocol == "chest" and r_pat.random() < 0.5)
     body["arm_r"] = (float(r_pat.uniform(38.0, 52.0)), float(r_pat.uniform(42.0, 58.0)))
@@ -402,11 +413,13 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
     body["arm_y"] = float(r_pat.uniform(-20.0, 30.0))
     body["arm_fat"] = float(r_pat.uniform(4.0, 18.0))
     body["scapula_half_mm"] = float(r_pat.uniform(1.5, 3.5))
+    body["upper"] = upper
     groove_fat = float(r_pat.uniform(1.5, 6.0))  # extra fat around the arteries: the grooves, lean to obese
     grid = make_grid(sc, z_start)
     psf = sc.psf_sigma_mm
 
     vol, tissue, _, landmarks = build_anatomy(grid, heart, r_anat, body, psf, keep_tissue)
+    heart = dataclasses.replace(heart, ascending_top=landmarks["ascending_top"])  # the ascending aorta ends at the arch
     vessels = coronary_tree(heart, r_anat)
     e_mm = max(1.2 * psf, 0.5 * grid.spacing[1])
     segs = [polyline_segments(v.points, v.radius, 2.0) for v in vessels.values()]
@@ -439,7 +452,7 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
     distractor_mask = np.zeros(grid.shape, np.uint8)
     distractor_mask[bone] = DISTRACTOR_CODES["bone"]
     distractors = []
-    for item in distractor_atoms(heart, landmarks, grid, r_dis, burden, vessels):
+    for item in distractor_atoms(heart, landmarks, grid, r_dis, burden, vessels) + arch_atoms(landmarks, grid, r_up, burden):
         atoms = item["atoms"]
         if not item.get("deformed"):
             atoms = dataclasses.replace(atoms, centers=warp.points(atoms.centers))
@@ -514,7 +527,8 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
                               "kvp": sc.kvp, "manufacturer": "agatax synthetic", "kernel": f"sharpness {sc.sharpness:.2f}"},
                     source=f"agatax.synthetic seed {seed}")
     params = {"scanner": dataclasses.asdict(sc), "psf_sigma_mm": psf, "body": body, "calcium_burden": burden,
-              "target_agatston": target, "attempt": attempt, "heart_center_mm": heart.center.tolist()}
+              "target_agatston": target, "attempt": attempt, "heart_center_mm": heart.center.tolist(),
+              "carina_mm": warp.points(landmarks["carina"][None])[0].tolist()}
     return SyntheticExam(volume, mask, lesions, float(scores.agatston), scores.category, cat, distractors,
                          distractor_mask, scores, tissue, int(seed), params)
 
