@@ -17,6 +17,11 @@ networks. On a coarse grid of about 4 mm:
    3D components of at least 2 cm^3: spine, sternum, rib heads, a phantom's spine insert and rods), with
    a 1-voxel rim of their partial volume. Coronary plaques are too thin to leave such a core, and the
    coronaries run >= 1 cm from bone.
+5. The carina (on 2 mm in-plane cells): the trachea is traced as a round air lumen in a soft-tissue wall
+   near the spine's x over at least 40 mm, to the end beyond which two lumens lie on either side of its
+   axis (the main bronchi); the region ends ``CARINA_MARGIN_MM`` beyond it on the trachea's side, leaving
+   out the arch, the great vessels and the lung apices (the coronary arteries lie below the carina, where
+   calcium-scoring scans start). Without a traced trachea or its division nothing is cut along z.
 
 Where no lungs are found (a water phantom, a volume cut below the lungs, a tiny volume) the result has
 ``found=False`` and a note; the pipeline then discards nothing. A cross-section that repeats along z
