@@ -292,6 +292,24 @@ def test_chest_ct_covers_apices_to_diaphragm_with_trachea_carina_and_arch():
     assert (ex.tissue[above] == TISSUES["blood"]).sum() > 0  # the arch and the great vessels
 
 
+def test_aortic_wall_calcium_stays_on_the_aorta_below_the_arch_top():
+    """The descending aorta begins where the arch joins it: no aortic-wall calcification is drawn above the
+    arch's top (carina + arch base + arch height, + the aorta's radius and the deformation's reach)."""
+    seen = 0
+    for seed in (5, 8):
+        ex = generate_exam(seed, target_category="E", protocol="chest", matrix=128, calcium_burden=1.0)
+        up = ex.params["body"]["upper"]
+        top_mm = up["carina_z"] + up["arch_base"] + up["arch_height"] + 18.0 + 8.0
+        for d in ex.distractors:
+            if d["kind"] == "aortic_wall":
+                k = d["center_zyx"][0]
+                z_mm = float(ex.volume.affine[2, 0] * k + ex.volume.affine[2, 3])
+                assert z_mm <= top_mm, (seed, z_mm, top_mm)
+                seen += 1
+        assert ex.volume.affine[2, 0] * (ex.volume.shape[0] - 1) + ex.volume.affine[2, 3] > top_mm + 20.0
+    assert seen >= 4
+
+
 def test_deformed_anatomy_keeps_calcium_on_the_arteries():
     """The whole anatomy is deformed; vessels and plaques follow it: every lesion lies on a coronary artery
     (within 2.5 mm of the generator's coronary or groove-fat tissue), and two seeds give differently

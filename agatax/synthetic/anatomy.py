@@ -566,7 +566,7 @@ def build_anatomy(grid: Grid, heart: Heart, rng: np.random.Generator, body: dict
         "pa0": pa0,
     }
     if upper is not None:
-        landmarks.update({k: upper[k] for k in ("ascending_top", "carina", "arch", "arch_r")})
+        landmarks.update({k: upper[k] for k in ("ascending_top", "carina", "arch", "arch_r", "da_top")})
     return vol, tis, bone, landmarks
 
 

@@ -235,8 +235,10 @@ def distractor_atoms(heart: Heart, landmarks: dict, grid: Grid, rng: np.random.G
         c = np.array([z, da[1] + da_r * math.sin(ang), da[2] + da_r * math.cos(ang)])
         tang = np.array([0.0, math.cos(ang), -math.sin(ang)])
         d = _unit(np.array([rng.uniform(0.3, 1.0), 0, 0]) + rng.uniform(0, 1) * tang)
-        out.append({"kind": "aortic_wall", "atoms": blob_atoms(c, rng.uniform(0.4, 1.0), d, rng.uniform(0, 10)),
-                    "peak_hu": float(rng.uniform(250, 1100))})
+        item = {"kind": "aortic_wall", "atoms": blob_atoms(c, rng.uniform(0.4, 1.0), d, rng.uniform(0, 10)),
+                "peak_hu": float(rng.uniform(250, 1100))}
+        if z <= landmarks.get("da_top", math.inf):  # the descending aorta starts where the arch joins it
+            out.append(item)
     # ascending aorta wall
     n = rng.poisson(3.0 * burden) if rng.random() < 0.2 + 0.5 * burden else 0
     for _ in range(n):
