@@ -30,10 +30,11 @@ from agatax.preprocess import AIR_HU, _preprocess_kernel, _restore_kernel, grid_
 from agatax.volume import Volume
 
 __all__ = ["segment", "segment_and_score", "run_pipeline", "resolve_score_on", "PipelineResult", "SCORE_ON",
-           "exclude_metal", "METAL_HU"]
+           "exclude_metal", "METAL_HU", "dense_note", "DENSE_HU"]
 
 SCORE_ON = ("auto", "device", "host")
 METAL_HU = 2000.0  # HU at 120 kVp: above any coronary calcium, below saturated metal (3071)
+DENSE_HU = 1500.0  # scored objects this dense may be stents (1500-2600 HU) as much as calcium: a warning
 
 
 def _arrays(volume, spacing) -> tuple[Any, tuple[float, float, float]]:
@@ -336,12 +337,52 @@ def run_pipeline(
         notes += (f"phantom: the cross-section repeats along z ({100 * chest.z_change:.1f} % of the body changes "
                   "over 30 mm): the networks look for calcium in a heart's anatomy and miss inserts outside it; "
                   "this score may be far too low",)
-    scores = compute_scores(
-        hu, mask, spacing, calibration=calibration, min_pixels=min_pixels, min_area_mm2=min_area_mm2,
-        connectivity=connectivity, threshold_hu=threshold_hu,
-    )
+    conventions = dict(calibration=calibration, min_pixels=min_pixels, min_area_mm2=min_area_mm2,
+                       connectivity=connectivity, threshold_hu=threshold_hu)
+    scores = compute_scores(hu, mask, spacing, **conventions)
+    notes += dense_note(hu, mask, spacing, scores, metal_hu=metal_hu, **conventions)
     return PipelineResult(mask=mask, votes=votes, scores=scores, spacing=spacing, chest=chest,
                           volume=volume if isinstance(volume, Volume) else None, notes=notes, noise_hu=noise)
+
+
+def dense_note(hu: np.ndarray, mask: np.ndarray, spacing, scores, *, metal_hu: float | None = METAL_HU,
+               dense_hu: float = DENSE_HU, **conventions) -> tuple[str, ...]:
+    """A warning when the risk category rests on scored objects denser than nearly all coronary calcium.
+
+    Scored 3D objects (26-connected) peaking at ``dense_hu`` or more (and under ``metal_hu``, which
+    ``exclude_metal`` already left out) read like coronary stents as much as like calcium. When the exam's
+    category without them differs from ``scores.category``, one note names them, their share of the
+    Agatston score and the category without them; else nothing (the number is kept either way).
+    ``conventions``: the scoring conventions of ``agatax.compute_scores`` used for ``scores``.
+    """
+    if not mask.any() or float(hu[mask].max()) < dense_hu:
+        return ()
+    from scipy import ndimage
+
+    from agatax.scoring import compute_scores
+
+    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(mask))
+    lab, n = ndimage.label(mask[box], structure=np.ones((3, 3, 3), bool))
+    peaks = np.asarray(ndimage.maximum(hu[box], lab, index=np.arange(1, n + 1)))
+    top = np.inf if metal_hu is None else metal_hu
+    dense = np.flatnonzero((peaks >= dense_hu) & (peaks < top)) + 1
+    if dense.size == 0:
+        return ()
+    without = mask.copy()
+    without[box][np.isin(lab, dense)] = False
+    rest = compute_scores(hu, without, spacing, **conventions)
+    if rest.category == scores.category:
+        return ()
+    objects = ndimage.find_objects(lab)
+    spans = [objects[i - 1][0] for i in dense]
+    slices = ", ".join(f"{z.start + box[0].start}" if z.stop - z.start == 1 else
+                       f"{z.start + box[0].start}-{z.stop - 1 + box[0].start}" for z in spans)
+    share = scores.agatston - rest.agatston
+    return (f"dense: {len(dense)} scored object(s) peaking at {dense_hu:g} HU or more (slices "
+            f"{slices}; peak {float(peaks[dense - 1].max()):.0f} HU) carry {share:.1f} of the "
+            f"Agatston score {scores.agatston:.1f}: denser than nearly all coronary calcium, as dense as a coronary "
+            f"stent. Without them the category is {rest.category}, not {scores.category}: look at those slices; "
+            "if it is a stent, the score is not interpretable",)
 
 
 def exclude_metal(hu: np.ndarray, mask: np.ndarray, votes: np.ndarray, spacing, *, metal_hu: float = METAL_HU):

@@ -11,6 +11,7 @@ from agatax import Volume, localise_chest, run_pipeline
 from agatax.ensemble import stack_members
 from agatax.model import UNet, UNetConfig
 from agatax.synthetic import DISTRACTOR_CODES, TISSUES, generate_exam
+from ensembles import all_calcium_ensemble
 
 MID = {"matrix": 192, "n_slices": 48, "slice_increment_mm": 3.0}
 _cache = {}
@@ -184,25 +185,8 @@ def test_tiny_volume_is_not_localised():
 
 
 # ------------------------------------------------------------------------------------------ pipeline
-def _all_calcium_ensemble():
-    """Tiny networks whose output bias is +50: every voxel gets a calcium vote."""
-    cfg = UNetConfig.tiny()
-    shapes = jax.eval_shape(lambda: UNet(cfg).init(jax.random.key(0), jnp.zeros((1, 2, 2, 2, 1))))
-
-    def value(path, s):
-        key = jax.tree_util.keystr(path)
-        if "['head']['bias']" in key:
-            return jnp.full(s.shape, 50.0, jnp.float32)
-        if "var" in key:
-            return jnp.ones(s.shape, jnp.float32)
-        return jnp.zeros(s.shape, jnp.float32)
-
-    members = [jax.tree_util.tree_map_with_path(value, dict(shapes)) for _ in range(3)]
-    return stack_members(members, cfg)
-
-
 def test_pipeline_keeps_no_calcium_on_bone_at_the_border_or_in_a_chest_field():
-    ens = _all_calcium_ensemble()
+    ens = all_calcium_ensemble()
     for ex in (exam(1, protocol="cardiac", padding_hu=-2048.0), exam(3, protocol="chest")):
         bone = bone_voxels(ex)
         everything = run_pipeline(ens, ex.volume, localise=False)
@@ -218,7 +202,7 @@ def test_pipeline_keeps_no_calcium_on_bone_at_the_border_or_in_a_chest_field():
 
 
 def test_pipeline_without_lungs_discards_nothing():
-    ens = _all_calcium_ensemble()
+    ens = all_calcium_ensemble()
     vol = Volume(_cylinder_phantom(), (3.0, 1.0, 1.0))
     with_loc = run_pipeline(ens, vol, allow_phantom=True)
     without = run_pipeline(ens, vol, localise=False)
@@ -233,7 +217,7 @@ def test_pipeline_refuses_a_phantom_unless_allowed():
     from agatax import segment
     from agatax.errors import InputError
 
-    ens = _all_calcium_ensemble()
+    ens = all_calcium_ensemble()
     vol = Volume(_cylinder_phantom(), (3.0, 1.0, 1.0))
     for call in (lambda **k: run_pipeline(ens, vol, **k), lambda **k: segment(ens, vol, **k)):
         with pytest.raises(InputError) as err:
@@ -286,9 +270,9 @@ def test_contrast_enhanced_exam_is_refused():
     enhanced = localise_chest(hu, ex.volume.spacing)
     assert enhanced.contrast_enhanced and enhanced.mediastinum_hu70 > 130.0
     with pytest.raises(InputError) as err:
-        run_pipeline(_all_calcium_ensemble(), Volume(hu, ex.volume.spacing))
+        run_pipeline(all_calcium_ensemble(), Volume(hu, ex.volume.spacing))
     assert err.value.code == "CONTRAST_ENHANCED"
-    res = run_pipeline(_all_calcium_ensemble(), Volume(hu, ex.volume.spacing), localise=False)
+    res = run_pipeline(all_calcium_ensemble(), Volume(hu, ex.volume.spacing), localise=False)
     assert res.chest is None
 
 
@@ -395,7 +379,7 @@ def test_pipeline_scores_nothing_above_the_carina_of_a_feet_last_volume():
     aff[:3, 3] += aff[:3, 0] * (n - 1)
     aff[:3, 0] *= -1.0
     vol = Volume(np.ascontiguousarray(ex.volume.hu[::-1]), ex.volume.spacing, affine=aff)
-    res = run_pipeline(_all_calcium_ensemble(), vol)
+    res = run_pipeline(all_calcium_ensemble(), vol)
     stored_truth = n - 1 - true_carina_slice(ex)
     assert abs(res.chest.carina_slice - stored_truth) <= 20.0 / ex.volume.spacing[0]
     k = np.arange(n)

@@ -174,6 +174,52 @@ def test_metal_objects_are_left_out_and_named():
     assert same[0] is expected and same[2] == ()
 
 
+def test_a_category_that_rests_on_stent_dense_objects_is_flagged():
+    """Hand-computed: 0.5 mm pixels (0.25 mm^2). Calcium: 3 pixels at 450 HU on one slice = 0.75 mm^2 x 4 = 3.0
+    (category B). A stent-dense object: 3 x 3 pixels at 1700 HU on two slices = 2 x 2.25 x 4 = 18.0. Scored
+    together, 21.0 (C); without the dense object, B: one note names it and the category without it. An
+    object at the metal rule's HU (left out before) or none >= 1500 HU: no note."""
+    from agatax.pipeline import dense_note
+    from agatax.scoring import compute_scores
+
+    spacing = (3.0, 0.5, 0.5)
+    hu = np.full((6, 20, 20), 40.0, np.float32)
+    mask = np.zeros(hu.shape, bool)
+    hu[1, 2, 2:5], mask[1, 2, 2:5] = 450.0, True
+    hu[3:5, 10:13, 10:13], mask[3:5, 10:13, 10:13] = 1700.0, True
+    scores = compute_scores(hu, mask, spacing)
+    assert scores.agatston == pytest.approx(21.0) and scores.category == "C"
+    notes = dense_note(hu, mask, spacing, scores)
+    assert len(notes) == 1 and notes[0].startswith("dense: 1 scored object")
+    assert "slices 3-4;" in notes[0] and "18.0 of the Agatston score 21.0" in notes[0]
+    assert "category is B, not C" in notes[0] and "peak 1700 HU" in notes[0]
+    # the same object at 2100 HU is metal (exclude_metal's business): no note here
+    metal = hu.copy()
+    metal[3:5, 10:13, 10:13] = 2100.0
+    assert dense_note(metal, mask, spacing, compute_scores(metal, mask, spacing)) == ()
+    # a dense object that does not change the category: the number stands, no note
+    big = mask.copy()
+    hu2 = hu.copy()
+    hu2[1, 5:15, 2:12], big[1, 5:15, 2:12] = 450.0, True  # + 100 px x 0.25 x 4 = 100 -> 121 with, 103 without
+    s2 = compute_scores(hu2, big, spacing)
+    assert s2.category == "D" and dense_note(hu2, big, spacing, s2) == ()
+    assert dense_note(hu, mask & (hu < 1500), spacing, compute_scores(hu, mask & (hu < 1500), spacing)) == ()
+
+
+def test_run_pipeline_warns_when_the_category_rests_on_a_stent_dense_object():
+    """run_pipeline adds the note (an ensemble that marks every voxel >= 130 HU as calcium, no localisation)."""
+    from ensembles import all_calcium_ensemble
+
+    from agatax.pipeline import run_pipeline
+
+    hu = np.full((16, 32, 32), -50.0, np.float32)
+    hu[6, 4, 4:7] = 450.0
+    hu[8:10, 20:23, 20:23] = 1700.0
+    res = run_pipeline(all_calcium_ensemble(), Volume(hu, (3.0, 0.5, 0.5)), localise=False)
+    assert res.scores.category == "C"
+    assert any(n.startswith("dense:") and "category is B, not C" in n for n in res.notes)
+
+
 @pytest.mark.parametrize("flip_z", [False, True])
 def test_slice_counts_of_one_bucket_share_a_compilation_and_give_the_unpadded_result(ensemble, flip_z):
     from agatax.pipeline import _pipeline_kernel, _run

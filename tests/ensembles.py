@@ -1,0 +1,24 @@
+"""Ensembles with known outputs for pipeline tests."""
+
+import jax
+import jax.numpy as jnp
+
+from agatax.ensemble import stack_members
+from agatax.model import UNet, UNetConfig
+
+
+def all_calcium_ensemble():
+    """Tiny networks whose output bias is +50: every voxel gets a calcium vote."""
+    cfg = UNetConfig.tiny()
+    shapes = jax.eval_shape(lambda: UNet(cfg).init(jax.random.key(0), jnp.zeros((1, 2, 2, 2, 1))))
+
+    def value(path, s):
+        key = jax.tree_util.keystr(path)
+        if "['head']['bias']" in key:
+            return jnp.full(s.shape, 50.0, jnp.float32)
+        if "var" in key:
+            return jnp.ones(s.shape, jnp.float32)
+        return jnp.zeros(s.shape, jnp.float32)
+
+    members = [jax.tree_util.tree_map_with_path(value, dict(shapes)) for _ in range(3)]
+    return stack_members(members, cfg)
