@@ -195,8 +195,8 @@ def _find_carina(hu: np.ndarray, spacing, fz: int, spine_x: float | None) -> tup
     """The slice (fractional index on the exam's grid) where the trachea divides and the side of it the
     trachea lies on (+1: higher indices), or (NaN, 0).
 
-    The trachea: a round air lumen (0.9-8 cm^2 below -700 HU, mean < -850 HU) in a wall of soft tissue (the 4 mm ring
-    around it mostly above -300 HU: not lung), within 25 mm of the spine's x, followed slice to slice
+    The trachea: a round air lumen (0.9-8 cm^2 below -700 HU, mean < -850 HU) in a wall of soft tissue (the
+    4 mm ring around it mostly above -300 HU: not lung), within 25 mm of the spine's x, followed slice to slice
     (centroids within 10 mm) over at least 40 mm. The carina is the end of that run beyond which, within
     30 mm, two air lumens lie on either side of it (the main bronchi); where neither end or both ends show
     that, no carina is given."""
@@ -226,6 +226,7 @@ def _find_carina(hu: np.ndarray, spacing, fz: int, spine_x: float | None) -> tup
                 continue
             here.append((cy * step[1], cx * step[2]))
         found.append(here)
+
     def two_sides(k, ty, tx):
         """Air lumens (0.2-8 cm^2, mean < -880 HU: not lung, not the air around the body) on both sides of
         (ty, tx) within 50 mm in slice k: the main bronchi."""
@@ -375,7 +376,8 @@ def localise_chest(hu, spacing) -> ChestRegion:
             carina_note = (f"carina at slice {carina:.0f}: the region ends {CARINA_MARGIN_MM:.0f} mm "
                            f"{'above' if side > 0 else 'below'} it (index order)")
         else:
-            carina_note = f"a trachea-like tube divides at slice {carina:.0f}, but most of the region lies beyond it: not cut"
+            carina_note = (f"a trachea-like tube divides at slice {carina:.0f}, but most of the region lies beyond "
+                           "it: not cut")
             carina = float("nan")
     if not region.any():
         return ChestRegion(False, None, None, lung_cm3, "lungs found but no mediastinum between them: calcium not "

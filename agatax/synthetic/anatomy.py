@@ -599,8 +599,9 @@ def _upper_chest(heart: Heart, sets: dict, up: dict) -> dict:
     # flatter, under the arch; a lobar branch each
     rb = carina + np.array([-18.0, 5.0, -17.0]) * up["bronchus_scale"]
     lb = carina + np.array([-22.0, 0.0, 36.0]) * up["bronchus_scale"]
-    bronchi = [(carina, rb, 0.68 * r_t), (rb, rb + [-28.0, 8.0, -10.0], 0.5 * r_t), (rb, rb + [6.0, 4.0, -22.0], 0.42 * r_t),
-               (carina, lb, 0.6 * r_t), (lb, lb + [-26.0, 10.0, 12.0], 0.45 * r_t), (lb, lb + [10.0, -2.0, 20.0], 0.42 * r_t)]
+    bronchi = [(carina, rb, 0.68 * r_t), (rb, rb + [-28.0, 8.0, -10.0], 0.5 * r_t),
+               (rb, rb + [6.0, 4.0, -22.0], 0.42 * r_t), (carina, lb, 0.6 * r_t),
+               (lb, lb + [-26.0, 10.0, 12.0], 0.45 * r_t), (lb, lb + [10.0, -2.0, 20.0], 0.42 * r_t)]
     s = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(arch, axis=0), axis=1))])
     branches = []
     for frac, lean, r in ((0.3, -12.0, 6.5), (0.45, 0.0, 4.2), (0.6, 10.0, 5.0)):

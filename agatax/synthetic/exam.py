@@ -452,7 +452,8 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
     distractor_mask = np.zeros(grid.shape, np.uint8)
     distractor_mask[bone] = DISTRACTOR_CODES["bone"]
     distractors = []
-    for item in distractor_atoms(heart, landmarks, grid, r_dis, burden, vessels) + arch_atoms(landmarks, grid, r_up, burden):
+    lookalikes = distractor_atoms(heart, landmarks, grid, r_dis, burden, vessels) + arch_atoms(landmarks, grid, r_up, burden)
+    for item in lookalikes:
         atoms = item["atoms"]
         if not item.get("deformed"):
             atoms = dataclasses.replace(atoms, centers=warp.points(atoms.centers))
