@@ -345,6 +345,15 @@ def run_pipeline(
                           volume=volume if isinstance(volume, Volume) else None, notes=notes, noise_hu=noise)
 
 
+def _objects(hu: np.ndarray, mask: np.ndarray):
+    """The mask's 3D objects (26-connected) inside its bounding box: (box, labels on the box, peak HU (n,))."""
+    from scipy import ndimage
+
+    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(mask))
+    lab, n = ndimage.label(mask[box], structure=np.ones((3, 3, 3), bool))
+    return box, lab, np.asarray(ndimage.maximum(hu[box], lab, index=np.arange(1, n + 1)))
+
+
 def dense_note(hu: np.ndarray, mask: np.ndarray, spacing, scores, *, metal_hu: float | None = METAL_HU,
                dense_hu: float = DENSE_HU, **conventions) -> tuple[str, ...]:
     """A warning when the risk category rests on scored objects denser than nearly all coronary calcium.
@@ -361,9 +370,7 @@ def dense_note(hu: np.ndarray, mask: np.ndarray, spacing, scores, *, metal_hu: f
 
     from agatax.scoring import compute_scores
 
-    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(mask))
-    lab, n = ndimage.label(mask[box], structure=np.ones((3, 3, 3), bool))
-    peaks = np.asarray(ndimage.maximum(hu[box], lab, index=np.arange(1, n + 1)))
+    box, lab, peaks = _objects(hu, mask)
     top = np.inf if metal_hu is None else metal_hu
     dense = np.flatnonzero((peaks >= dense_hu) & (peaks < top)) + 1
     if dense.size == 0:
@@ -396,10 +403,8 @@ def exclude_metal(hu: np.ndarray, mask: np.ndarray, votes: np.ndarray, spacing, 
         return mask, votes, ()
     from scipy import ndimage
 
-    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(mask))
-    lab, n = ndimage.label(mask[box], structure=np.ones((3, 3, 3), bool))
-    peaks = ndimage.maximum(hu[box], lab, index=np.arange(1, n + 1))
-    metal = np.flatnonzero(np.asarray(peaks) >= metal_hu) + 1
+    box, lab, peaks = _objects(hu, mask)
+    metal = np.flatnonzero(peaks >= metal_hu) + 1
     drop = np.isin(lab, metal)
     mask, votes = mask.copy(), votes.copy()
     mask[box][drop] = False
