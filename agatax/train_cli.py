@@ -73,6 +73,14 @@ def add_train_command(subparsers) -> None:
                    "32,48,48; multiples of 2**(levels-1))")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default 3e-4 fine-tuning, 1e-3 fresh)")
     p.add_argument("--eval-every", type=int, default=None, help="validate every N steps (default steps / 20)")
+    p.add_argument("--loss", choices=LOSSES, default=None,
+                   help="batch-dice: one Dice over each step's patches (default with --init none: fresh networks "
+                   "trained with per-patch Dice often learn to call nothing calcium); patch-dice: the mean of "
+                   "per-patch Dice losses (default fine-tuning: the shipped ensemble's loss)")
+    p.add_argument("--augment", choices=tuple(AUGMENT), default="intensity",
+                   help="intensity: gain, offset and noise per patch (default); scanner: + reconstruction-kernel "
+                   "blur/sharpening and field-of-view cuts (as the shipped ensemble was trained); all: + rotation "
+                   "up to 20 degrees, scale +/- 15 %% and smooth elastic bending")
     p.add_argument("--collapse-retries", type=int, default=2, help="retrain a network whose validation Dice "
                    "stays under 0.05 (it calls nothing calcium) up to N times with another seed, abandoning it "
                    "after a quarter of its steps (default 2)")
@@ -83,6 +91,17 @@ def add_train_command(subparsers) -> None:
     for flag in ("--allow-small", "--allow-not-hu", "--allow-gaps", "--allow-uneven"):
         p.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(run=run_train)
+
+
+#: ``--loss`` -> TrainConfig.dice_pooled.
+LOSSES = ("batch-dice", "patch-dice")
+
+#: ``--augment`` presets -> TrainConfig fields (on top of its intensity defaults).
+AUGMENT = {
+    "intensity": {},
+    "scanner": {"kernel_std": 0.25, "border_cut": 0.2},
+    "all": {"kernel_std": 0.25, "border_cut": 0.2, "rotate_deg": 20.0, "scale_range": 0.15, "elastic_voxels": 1.0},
+}
 
 
 def parse_validation(text: str) -> int | float:
@@ -271,8 +290,10 @@ def run_train(args: argparse.Namespace) -> int:
     fresh = args.init.lower() == "none"
     lr = args.lr if args.lr is not None else (1e-3 if fresh else 3e-4)
     eval_every = args.eval_every or max(1, args.steps // 20)
+    loss = args.loss or ("batch-dice" if fresh else "patch-dice")
     config = TrainConfig(learning_rate=lr, steps=args.steps, batch_size=args.batch, patch_zyx=checked["patch"],
-                         eval_every=min(eval_every, args.steps), log_every=1, seed=args.seed)
+                         eval_every=min(eval_every, args.steps), log_every=1, seed=args.seed,
+                         dice_pooled=loss == "batch-dice", **AUGMENT[args.augment])
     model_config = UNetConfig(**MODELS[args.model or "paper"]) if fresh else None
     read_options = {k: True for k in ("allow_small", "allow_not_hu", "allow_gaps", "allow_uneven")
                     if getattr(args, k, False)}
@@ -326,10 +347,20 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"interrupted: checkpoints in {ckpt}; re-run the same command to continue", file=sys.stderr)
         return 130
     best = [max((r["val_dice"] for r in h if r.get("val_dice") is not None), default=None) for h in result.histories]
-    print(f"trained {args.members} network{'s' if args.members > 1 else ''} ({'fine-tuned from ' + args.init if not fresh else 'fresh'}) "
-          f"on {len(result.train_ids)} exams in {duration_text(train_seconds)}; validation exams: {len(result.val_ids)}")
+    print(f"trained {args.members} network{'s' if args.members > 1 else ''} ({'fine-tuned from ' + args.init if not fresh else 'fresh'}; "
+          f"{loss}, {args.augment} augmentation) on {len(result.train_ids)} exams in {duration_text(train_seconds)}; "
+          f"validation exams: {len(result.val_ids)}")
     if any(b is not None for b in best):
         print("best validation Dice per network: " + ", ".join("-" if b is None else f"{b:.3f}" for b in best))
+        from agatax.train import COLLAPSE_DICE
+
+        dead = [k + 1 for k, b in enumerate(best) if b is not None and b < COLLAPSE_DICE]
+        if dead:
+            print(f"warning: network{'s' if len(dead) > 1 else ''} {', '.join(map(str, dead))} never found the "
+                  f"validation calcium (Dice under {COLLAPSE_DICE:g}); "
+                  + ("--loss batch-dice trains more reliably; " if loss == "patch-dice" else "")
+                  + "more --steps or --collapse-retries, a lower --lr or fewer augmentations may help",
+                  file=sys.stderr)
     if scored.get("exams"):
         def num(x):
             return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"

@@ -71,13 +71,16 @@ def test_manifest_end_to_end_writes_ensemble_log_curves_and_scored_validation(ma
     out = tmp_path / "ens.msgpack"
     argv = [a for a in FAST if a != "--no-png"]
     assert _run(manifest_cohort / "manifest.csv", "--out", out, *argv) == 0
-    text = capsys.readouterr().out
-    assert "trained 1 network (fresh) on 2 exams" in text
+    captured = capsys.readouterr()
+    text = captured.out
+    assert "trained 1 network (fresh; batch-dice, intensity augmentation) on 2 exams" in text
     assert "validation exams scored (1): category accuracy" in text and "C-index" in text and "lesion F1" in text
     ensemble = load_ensemble(out)
     assert ensemble.members == 1 and ensemble.config.levels == 2
     rows = [json.loads(line) for line in (tmp_path / "ens.log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [2] and rows[0]["val_dice"] is not None and rows[0]["loss"] > 0
+    # a network that never found the validation calcium is named on stderr, one that did is not
+    assert ("network 1 never found the validation calcium" in captured.err) == (rows[0]["val_dice"] < 0.05)
     assert (tmp_path / "ens.curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     scored = json.loads((tmp_path / "ens.validation.json").read_text())
     assert scored["exams"] == 1 and {"category_accuracy", "c_index", "lesion_f1"} <= set(scored)
@@ -269,6 +272,30 @@ def test_fine_tuning_starts_from_the_given_ensemble(manifest_cohort, tmp_path):
     for got, want in zip(jax.tree.leaves(result.ensemble.variables["params"]), jax.tree.leaves(start.variables["params"])):
         for k in range(3):  # member k starts from member k % 2; a vanishing step keeps it there
             np.testing.assert_allclose(np.asarray(got[k]), np.asarray(want[k % 2]), atol=1e-6)
+
+
+def test_loss_and_augmentation_options_reach_the_training(manifest_cohort, tmp_path, monkeypatch):
+    import agatax.cohort
+
+    seen = []
+
+    def capture(*args, config, **kwargs):
+        seen.append(config)
+        raise KeyboardInterrupt  # stop before any work: the command then exits 130
+
+    monkeypatch.setattr(agatax.cohort, "train_cohort", capture)
+    data, out = manifest_cohort / "manifest.csv", tmp_path / "e.msgpack"
+    fine = [a for a in FAST if a not in ("--init", "none", "--model", "tiny")]
+    assert _run(data, "--out", out, *FAST) == 130  # fresh networks: one Dice over the batch
+    assert _run(data, "--out", out, *fine, "--init", "default") == 130  # fine-tuning: the default's per-patch Dice
+    assert _run(data, "--out", out, *FAST, "--loss", "patch-dice", "--augment", "scanner") == 130
+    assert _run(data, "--out", out, *fine, "--init", "default", "--loss", "batch-dice", "--augment", "all") == 130
+    assert [c.dice_pooled for c in seen] == [True, False, False, True]
+    plain = {"kernel_std": 0.0, "border_cut": 0.0, "rotate_deg": 0.0, "scale_range": 0.0, "elastic_voxels": 0.0}
+    want = [plain, plain, {**plain, "kernel_std": 0.25, "border_cut": 0.2},
+            {"kernel_std": 0.25, "border_cut": 0.2, "rotate_deg": 20.0, "scale_range": 0.15, "elastic_voxels": 1.0}]
+    assert [{k: getattr(c, k) for k in plain} for c in seen] == want
+    assert {(c.gain_std, c.shift_std, c.noise_std) for c in seen} == {(0.05, 0.02, 0.015)}  # intensity always on
 
 
 def test_validation_split_count_share_and_manifest_column():
