@@ -179,16 +179,17 @@ def _z_change(m: np.ndarray, step) -> float:
 
 def _air_parts(a: np.ndarray, cell_cm2: float):
     """2D components of air (< -700 HU) in one slice of cell means: (labels, [(index, area cm^2, (y, x)
-    centroid in cells, mean HU)])."""
+    centroid in cells, mean HU, lowest cell HU)])."""
     lab, n = ndimage.label(a < -700.0)
     if n == 0:
         return lab, []
     idx = np.arange(1, n + 1)
     size = ndimage.sum_labels(np.ones_like(a), lab, idx)
     mean = ndimage.mean(a, lab, idx)
+    low = ndimage.minimum(a, lab, idx)
     cen = ndimage.center_of_mass(np.ones_like(a), lab, idx)
-    return lab, [(int(i), float(c) * cell_cm2, tuple(map(float, p)), float(m))
-                 for i, c, p, m in zip(idx, size, cen, mean)]
+    return lab, [(int(i), float(c) * cell_cm2, tuple(map(float, p)), float(m), float(lo))
+                 for i, c, p, m, lo in zip(idx, size, cen, mean, low)]
 
 
 def _find_carina(hu: np.ndarray, spacing, fz: int, spine_x: float | None) -> tuple[float, int]:
@@ -211,7 +212,7 @@ def _find_carina(hu: np.ndarray, spacing, fz: int, spine_x: float | None) -> tup
         lab, comps = _air_parts(a[k], cell_cm2)
         parts.append(comps)
         here = []
-        for i, area, (cy, cx), mean in comps:
+        for i, area, (cy, cx), mean, _ in comps:
             if not (_TRACHEA_CM2[0] <= area <= _TRACHEA_CM2[1] and mean < -850.0):
                 continue
             if spine_x is not None and abs(cx * step[2] - spine_x) > 25.0:
@@ -227,13 +228,17 @@ def _find_carina(hu: np.ndarray, spacing, fz: int, spine_x: float | None) -> tup
             here.append((cy * step[1], cx * step[2]))
         found.append(here)
 
-    def two_sides(k, ty, tx):
-        """Air lumens (0.2-8 cm^2, mean < -880 HU: not lung, not the air around the body) on both sides of
-        (ty, tx) within 50 mm in slice k: the main bronchi."""
-        near = [cx * step[2] for _, area, (cy, cx), mean in parts[k]
-                if 0.2 <= area <= _TRACHEA_CM2[1] and mean < -880.0
+    def sides(k, ty, tx):
+        """Air lumens (0.2-8 cm^2, not the air around the body; a core cell below -900 HU: not lung, whose
+        2 mm cells stay above it) on both sides of (ty, tx) within 50 mm in slice k: the main bronchi (an
+        oblique bronchus in a thick slice holds air only along its core, so its mean can be lung-like)."""
+        near = [cx * step[2] for _, area, (cy, cx), mean, low in parts[k]
+                if 0.2 <= area <= _TRACHEA_CM2[1] and low < -900.0
                 and np.hypot(cy * step[1] - ty, cx * step[2] - tx) <= 50.0]
-        return any(x < tx - 4.0 for x in near) and any(x > tx + 4.0 for x in near)
+        return any(x < tx - 4.0 for x in near), any(x > tx + 4.0 for x in near)
+
+    def two_sides(k, ty, tx):
+        return all(sides(k, ty, tx))
 
     # the longest run of slices with a trachea-like lumen, centroids within 10 mm slice to slice; its ends
     # are trimmed while they lie over 6 mm from the run's median centroid (the trachea's axis: it runs
@@ -264,14 +269,17 @@ def _find_carina(hu: np.ndarray, spacing, fz: int, spine_x: float | None) -> tup
     k0, k1 = best[0][0], best[-1][0]
 
     def divides(k_end, direction):
-        """The main bronchi within 30 mm beyond ``k_end``."""
+        """The main bronchi within 30 mm beyond ``k_end``: lumens on both sides of the axis, in one slice or
+        in different ones (the right main bronchus is short and steep, the left one long and flat: in thick
+        slices each may show where the other does not)."""
+        left = right = False
         for j in range(1, int(30.0 / step[0]) + 1):
             k = k_end + direction * j
             if not 0 <= k < a.shape[0]:
-                return False
-            if two_sides(k, *axis):
-                return True
-        return False
+                break
+            l, r = sides(k, *axis)
+            left, right = left or l, right or r
+        return left and right
 
     low, high = divides(k0, -1), divides(k1, +1)
     if low == high:

@@ -292,6 +292,49 @@ def test_chest_ct_covers_apices_to_diaphragm_with_trachea_carina_and_arch():
     assert (ex.tissue[above] == TISSUES["blood"]).sum() > 0  # the arch and the great vessels
 
 
+def test_main_bronchi_below_the_carina_are_two_lumens_not_one_bar():
+    """12-18 mm below the carina the right and left main bronchi are cut obliquely: two air ovals either side
+    of the trachea's axis with tissue between them (the subcarinal space), as on real CT; drawn as swept
+    capsules they merged into one flat air bar across the midline."""
+    for seed in (3, 7):
+        ex = generate_exam(seed, target_category="C", protocol="chest", matrix=256, keep_tissue=True)
+        dz, px = ex.volume.spacing[0], ex.volume.spacing[2]
+        z, y, x = ex.params["carina_mm"]
+        kc, yc, xc = np.linalg.solve(ex.volume.affine, np.array([x, y, z, 1.0]))[:3]
+        for below_mm in (12.0, 18.0):
+            k = int(round(kc - below_mm / dz))
+            air = ex.tissue[k] == TISSUES["airway"]
+            win = air[int(yc - 25 / px): int(yc + 25 / px), int(xc - 45 / px): int(xc + 45 / px)]
+            lab, n = ndimage.label(win)
+            mid = win.shape[1] // 2
+            sides = {np.sign(np.nonzero(lab == j)[1].mean() - mid) for j in range(1, n + 1)}
+            assert n >= 2 and sides == {-1.0, 1.0}, (seed, below_mm)
+            cols = np.nonzero(win.any(axis=0))[0]
+            gap = np.setdiff1d(np.arange(cols.min(), cols.max() + 1), cols)
+            assert (np.abs(gap - mid) * px < 15.0).sum() * px >= 3.0, (seed, below_mm)  # tissue between them
+
+
+def test_wide_oblique_tube_is_drawn_as_its_true_section():
+    """A 12 mm tube at 45 degrees to z through 3 mm slices: in the slice through its middle its section is
+    an oval 2r = 12 mm across and 2r / cos 45 = 17.0 mm along its course (more than half of the slab's
+    sub-planes inside it); a sweep of the capsule over the slab plus the radius made it 27 mm long."""
+    from agatax.synthetic.anatomy import Grid, _paint_sections
+
+    px = 0.25
+    axis = np.arange(-40.0, 40.0 + px / 2, px)
+    grid = Grid(z_mm=np.arange(-15.0, 15.1, 3.0), y_mm=axis, x_mm=axis, spacing=(3.0, px, px))
+    vol = np.zeros(grid.shape, np.float32)
+    d = np.array([1.0, 0.0, 1.0]) / np.sqrt(2.0)
+    _paint_sections(vol, None, grid, (-30.0 * d)[None], (30.0 * d)[None], np.array([6.0]), 1.0, 0, 0.25)
+    k = int(np.argmin(np.abs(grid.z_mm)))
+    inside = vol[k] > 0.5
+    along = np.nonzero(inside[axis.size // 2])[0]
+    across = np.nonzero(inside[:, axis.size // 2])[0]
+    assert abs(along.size * px - 12.0 / np.cos(np.pi / 4)) < 1.0
+    assert abs(across.size * px - 12.0) < 0.75
+    assert abs(axis[along].mean()) < 0.3 and abs(axis[across].mean()) < 0.3  # centred on the axis
+
+
 def test_aortic_wall_calcium_stays_on_the_aorta_below_the_arch_top():
     """The descending aorta begins where the arch joins it: no aortic-wall calcification is drawn above the
     arch's top (carina + arch base + arch height, + the aorta's radius and the deformation's reach)."""

@@ -643,22 +643,22 @@ def _paint_arch_and_airways(vol, tis, grid, upper, hu_of, e_mm) -> None:
     """The aortic arch and great vessels (fat-sheathed blood), then the trachea and bronchi (air in a soft
     tissue wall) over them."""
     T = TISSUES
-    p0, p1 = upper["arch"][:-1], upper["arch"][1:]
-    r = 0.5 * (upper["arch_r"][:-1] + upper["arch_r"][1:])
-    _paint_capsules(vol, tis, grid, p0, p1, r + 3.0, hu_of["fat"], T["fat"], e_mm)
-    for a, b, rr in upper["branches"]:
-        _paint_capsules(vol, tis, grid, a[None], b[None], np.array([rr + 1.5]), hu_of["fat"], T["fat"], e_mm)
-    _paint_capsules(vol, tis, grid, p0, p1, r, hu_of["blood"], T["blood"], e_mm)
-    for a, b, rr in upper["branches"]:
-        _paint_capsules(vol, tis, grid, a[None], b[None], np.array([rr]), hu_of["blood"], T["blood"], e_mm)
+    arch = [(p, q, 0.5 * (r0 + r1)) for p, q, r0, r1 in
+            zip(upper["arch"][:-1], upper["arch"][1:], upper["arch_r"][:-1], upper["arch_r"][1:])]
+    vessels = arch + list(upper["branches"])  # one tube: the branches leave the arch without a seam
+    p0, p1 = np.array([t[0] for t in vessels]), np.array([t[1] for t in vessels])
+    r = np.array([t[2] for t in vessels])
+    sheath = np.where(np.arange(len(r)) < len(arch), 3.0, 1.5)
+    _paint_sections(vol, tis, grid, p0, p1, r + sheath, hu_of["fat"], T["fat"], e_mm)
+    _paint_sections(vol, tis, grid, p0, p1, r, hu_of["blood"], T["blood"], e_mm)
     carina, r_t = upper["carina"], upper["trachea_r"]
     top = carina + np.array([400.0, 0.0, 0.0])
     tubes = [(carina, top, r_t)] + list(upper["bronchi"])
     a = np.array([t[0] for t in tubes])
     b = np.array([t[1] for t in tubes])
     rr = np.array([t[2] for t in tubes])
-    _paint_capsules(vol, tis, grid, a, b, rr + 2.0, hu_of["muscle"], T["cartilage"], e_mm)
-    _paint_capsules(vol, tis, grid, a, b, rr, hu_of["airway"], T["airway"], e_mm)
+    _paint_sections(vol, tis, grid, a, b, rr + 2.0, hu_of["muscle"], T["cartilage"], e_mm)
+    _paint_sections(vol, tis, grid, a, b, rr, hu_of["airway"], T["airway"], e_mm)
 
 
 def _paint_ribs(vol, tis, grid, rng, hu_of, ai, bi, vb_mask) -> None:
@@ -752,6 +752,57 @@ def _paint_capsules(vol, tis, grid: Grid, p0: np.ndarray, p1: np.ndarray, radius
             sub += alpha * (np.float32(value) - sub)
             if tis is not None:
                 tis[k, box[1], box[2]][alpha > 0.5] = code
+
+
+def _paint_sections(vol, tis, grid: Grid, p0: np.ndarray, p1: np.ndarray, radius: np.ndarray, value: float,
+                    code: int, e_mm: float) -> None:
+    """One tube made of straight segments p0[i] -> p1[i] ((M, 3) Z, Y, X mm) of radius (M,) mm, drawn as its
+    true section through each slice: the inside of the tube (the union of the segments' capsules) is
+    measured in 3D at sub-planes ~0.75 mm apart across the slice's thickness and averaged over them (the
+    partial volume of a slice profile), so an oblique tube shows as an oval of its own width, smeared along
+    its course by what the slab holds of it. For wide tubes (airways, the aorta) at any angle; the
+    capsule painter's sweep widens a tube by its radius along its course, which suits only small vessels.
+    """
+    dz = grid.spacing[0]
+    half = 0.5 * dz
+    n_sub = max(int(math.ceil(dz / 0.75)), 1)
+    offsets = (np.arange(n_sub) + 0.5) / n_sub * dz - half
+    p0, p1 = np.asarray(p0, float), np.asarray(p1, float)
+    radius = np.broadcast_to(np.asarray(radius, float), (len(p0),))
+    lo = np.minimum(p0, p1) - (radius + e_mm)[:, None]
+    hi = np.maximum(p0, p1) + (radius + e_mm)[:, None]
+    for k in range(grid.shape[0]):
+        zc = float(grid.z_mm[k])
+        near = np.nonzero((lo[:, 0] <= zc + half) & (hi[:, 0] >= zc - half))[0]
+        if near.size == 0:
+            continue
+        box = grid.box(np.array([zc, lo[near, 1].min(), lo[near, 2].min()]),
+                       np.array([zc, hi[near, 1].max(), hi[near, 2].max()]))
+        if box is None:
+            continue
+        ys, xs = grid.y_mm[box[1]].astype(np.float32), grid.x_mm[box[2]].astype(np.float32)
+        sd = np.full((n_sub, ys.size, xs.size), np.inf, np.float32)  # distance to the tube's surface (< 0 inside)
+        for i in near:
+            a, d, r = p0[i], p1[i] - p0[i], radius[i]
+            sub = grid.box(np.array([zc, lo[i, 1], lo[i, 2]]), np.array([zc, hi[i, 1], hi[i, 2]]))
+            if sub is None:
+                continue
+            yy = slice(sub[1].start - box[1].start, sub[1].stop - box[1].start)
+            xx = slice(sub[2].start - box[2].start, sub[2].stop - box[2].start)
+            Y = (ys[yy] - a[1])[None, :, None]
+            X = (xs[xx] - a[2])[None, None, :]
+            Z = (zc + offsets - a[0]).astype(np.float32)[:, None, None]
+            L2 = float(d @ d)
+            t = np.clip((Z * d[0] + Y * d[1] + X * d[2]) / L2, 0.0, 1.0) if L2 > 1e-12 else np.zeros((1, 1, 1))
+            dist = np.sqrt((Z - t * d[0]) ** 2 + (Y - t * d[1]) ** 2 + (X - t * d[2]) ** 2) - np.float32(r)
+            np.minimum(sd[:, yy, xx], dist, out=sd[:, yy, xx])
+        alpha = _ramp(sd, 0.0, e_mm).mean(axis=0) if np.isfinite(sd).any() else None
+        if alpha is None:
+            continue
+        img = vol[k, box[1], box[2]]
+        img += alpha * (np.float32(value) - img)
+        if tis is not None:
+            tis[k, box[1], box[2]][alpha > 0.5] = code
 
 
 def polyline_segments(points: np.ndarray, radius: np.ndarray, step_mm: float = 3.0):
