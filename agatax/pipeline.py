@@ -3,9 +3,9 @@
 Before the device, ``agatax.localise_chest`` finds the lungs and the chest region between them on the host
 (NumPy, ~0.1-0.3 s). The array path then runs as ONE jitted function on the device: pre-process -> five
 networks -> vote -> back to the original grid -> HU threshold and chest region -> (Agatston score and
-volume in JAX). Compiled functions are cached per
-(volume shape, grid, config, strategy); spacing and thresholds are traced, so exams of one shape share a
-compilation. :func:`run_pipeline` then adds the exact host lesion table (``agatax.compute_scores``).
+volume in JAX). Where the chest region is a small part of the grid (chest CT), the networks run on its box
+only (:func:`network_crop`). Compiled functions are cached per (volume shape, grid, crop size, config,
+strategy); spacing, thresholds and the crop's place are traced, so exams of one shape share a compilation. :func:`run_pipeline` then adds the exact host lesion table (``agatax.compute_scores``).
 
 Where the score is computed (``score_on`` of :func:`segment_and_score`): "device" puts
 ``agatax.scoring.scores_jax`` inside the one jit (best on GPU: no host round trip); "host" stops the jit at
@@ -16,6 +16,7 @@ labelling takes ~1.7 s per exam against ~0.1-0.2 s on the host); "auto" picks ho
 from __future__ import annotations
 
 import dataclasses
+import math
 from functools import partial
 from typing import Any
 
@@ -68,16 +69,58 @@ def _on_device(hu) -> jax.Array:
     return jax.device_put(np.ascontiguousarray(hu, dtype=np.float32))
 
 
-@partial(jax.jit, static_argnames=("grid", "strategy", "score", "min_area_mm2", "connectivity", "orient"))
-def _pipeline_kernel(ensemble, hu, spacing, target, threshold_hu, min_pixels, region, *, grid, strategy, score,
-                     min_area_mm2, connectivity, orient):
+#: The networks run on the chest region's box on the network grid, widened by this many cells (3 mm each)
+#: of context on every side, its size rounded up to a multiple of ``CROP_BUCKET`` cells (one compilation
+#: serves many exams); where that crop holds more than ``CROP_MAX_SHARE`` of the grid the whole grid is run.
+CROP_MARGIN_CELLS = 6
+CROP_BUCKET = 16
+CROP_MAX_SHARE = 0.75
+
+
+def network_crop(box, spacing, target: float, grid: tuple[int, int, int], multiple: int):
+    """Where on the network grid the networks need to run: (start, size) cells per axis, or None for all.
+
+    ``box``: the chest region's bounding box (slices) on the canonical exam, ``spacing`` canonical mm,
+    ``target`` the grid's cell (mm), ``grid`` its shape. The crop covers the box's cells plus
+    ``CROP_MARGIN_CELLS`` on each side, starts on a multiple of ``multiple`` (the networks' pooling), and its
+    size is a multiple of ``CROP_BUCKET`` (or the grid's); cells outside the box lie outside the region,
+    where no calcium is kept, so only the context of the cells near the crop's edge changes.
+    """
+    if box is None:
+        return None
+    start, size = [], []
+    for b, d, n in zip(box, spacing, grid):
+        lo = max(math.floor(b.start * d / target) - CROP_MARGIN_CELLS, 0)
+        hi = min(math.ceil(b.stop * d / target) + CROP_MARGIN_CELLS, n)
+        lo -= lo % multiple
+        step = max(CROP_BUCKET, multiple)
+        m = min(-(-(hi - lo) // step) * step, n)
+        lo = min(lo, n - m)
+        start.append(lo)
+        size.append(m)
+    if math.prod(size) > CROP_MAX_SHARE * math.prod(grid):
+        return None
+    return tuple(start), tuple(size)
+
+
+@partial(jax.jit, static_argnames=("grid", "strategy", "score", "min_area_mm2", "connectivity", "orient", "crop_size"))
+def _pipeline_kernel(ensemble, hu, spacing, target, threshold_hu, min_pixels, region, crop_start=None, *, grid,
+                     strategy, score, min_area_mm2, connectivity, orient, crop_size=None):
     """``hu`` and ``region`` in the stored layout, ``spacing`` canonical; ``orient``: the Reorientation,
-    applied before the networks and undone after them, so that outputs are on the stored grid."""
+    applied before the networks and undone after them, so that outputs are on the stored grid.
+    ``crop_start`` (int32 (3,), canonical cells) and ``crop_size`` (static): the networks run on that part of
+    the grid only; the cells outside it get no votes."""
     hu = hu.astype(jnp.float32)
     hu_c = orient.apply(hu, xp=jnp)
     x = _preprocess_kernel(hu_c, spacing, target, threshold_hu, out_shape=grid, window=(-300.0, 800.0),
                            box_mm=ensemble.config.input_box_mm)
-    _, votes = ensemble_votes(ensemble, x[None, ..., None], strategy=strategy)
+    if crop_size is None:
+        _, votes = ensemble_votes(ensemble, x[None, ..., None], strategy=strategy)
+    else:
+        part = jax.lax.dynamic_slice(x, tuple(crop_start), crop_size)
+        _, part_votes = ensemble_votes(ensemble, part[None, ..., None], strategy=strategy)
+        votes = jax.lax.dynamic_update_slice(jnp.zeros((1,) + tuple(grid), part_votes.dtype), part_votes,
+                                             (0,) + tuple(crop_start))
     votes = _restore_kernel(votes[0].astype(jnp.uint8), spacing, target, shape=hu_c.shape)  # 1 byte a voxel
     votes = orient.undo(votes, xp=jnp)
     keep = hu >= threshold_hu
@@ -104,11 +147,13 @@ def _run(ensemble, volume, spacing, *, strategy, target_mm, threshold_hu, score,
            else Reorientation((0, 1, 2), (False, False, False)))
     hu, spacing = _arrays(volume, spacing)
     spacing_c = tuple(spacing[o] for o in how.order)
-    chest = None
+    chest = box_c = None
     if localise:
         from agatax.localise import localise_chest
 
-        chest = restore_chest(localise_chest(how.apply(np.asarray(hu)), spacing_c), how, hu.shape)
+        found = localise_chest(how.apply(np.asarray(hu)), spacing_c)
+        box_c = found.box if found.found else None
+        chest = restore_chest(found, how, hu.shape)
         if chest.phantom_like and not allow_phantom:
             raise InputError(
                 f"the exam looks like a phantom, not a patient: its cross-section repeats along z "
@@ -135,6 +180,7 @@ def _run(ensemble, volume, spacing, *, strategy, target_mm, threshold_hu, score,
     run_hu, crop = hu, None
     if bucket and isinstance(hu, np.ndarray):
         run_hu, region, crop = _bucketed(hu, region, how, grid[0], spacing_c[0], target)
+    cells = None if region is None else network_crop(box_c, spacing_c, target, grid, ensemble.config.multiple)
     out = _pipeline_kernel(
         ensemble,
         _on_device(run_hu),
@@ -143,6 +189,8 @@ def _run(ensemble, volume, spacing, *, strategy, target_mm, threshold_hu, score,
         jnp.float32(threshold_hu),
         jnp.int32(min_pixels),
         None if region is None else jnp.asarray(region),
+        None if cells is None else jnp.asarray(cells[0], jnp.int32),
+        crop_size=None if cells is None else cells[1],
         grid=grid,
         strategy=resolve_strategy(strategy),
         score=score,

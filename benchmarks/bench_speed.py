@@ -8,8 +8,10 @@
    call; ``--no-server``), the same command handed over to a running ``agatax serve`` (warm from one earlier
    call), against the warm in-process ``agatax.score_exam`` of the same exam (the issue's target: at most 2x).
 3. Box: ``agatax.segment`` with the shipped ensemble, its enhancement through the 1 mm box against none.
+4. Crop: ``agatax.segment`` on a chest CT (512 x 512, 3 mm, ~380 mm field of view) with the networks on the
+   chest region's box (as shipped) against the whole grid, and the PyTorch peer on the whole grid.
 
-    python benchmarks/bench_speed.py [--rounds 5] [--force] [--part inference|start|box|all]
+    python benchmarks/bench_speed.py [--rounds 5] [--force] [--part inference|start|box|crop|all]
 """
 
 from __future__ import annotations
@@ -85,6 +87,43 @@ def box_cost(args, session) -> None:
                    title="the enhancement's box, shipped ensemble, 56 x 512 x 512 exam, CPU")
 
 
+def crop_cost(args, session) -> None:
+    """A chest CT, shipped ensemble: the networks on the chest region's box (``agatax.pipeline.network_crop``,
+    as shipped) against the whole grid; the PyTorch peer runs the whole grid."""
+    import jax
+
+    import agatax
+    import agatax.pipeline as pipeline
+    from agatax.synthetic import generate_exam
+
+    volume = generate_exam(3, target_category="C", protocol="chest", matrix=512).volume
+    shipped = agatax.load_default_ensemble()
+    grid = agatax.grid_shape(volume.shape, volume.spacing, multiple=shipped.config.multiple)
+    share = pipeline.CROP_MAX_SHARE
+
+    def run(limit):
+        pipeline.CROP_MAX_SHARE = limit
+        try:
+            return jax.block_until_ready(agatax.segment(shipped, volume))
+        finally:
+            pipeline.CROP_MAX_SHARE = share
+
+    variants = {"agatax segment, networks on the region's box": lambda: run(share),
+                "agatax segment, networks on the whole grid": lambda: run(-1.0)}
+    try:
+        import torch
+
+        from torch_unet import from_flax
+
+        variants["torch eager network only, whole grid"] = _torch_peer(torch, from_flax, shipped, volume)
+    except ImportError:
+        print("torch not installed: the PyTorch peer is skipped", file=sys.stderr)
+    times = session.interleave(variants, rounds=args.rounds)
+    session.report(times, baseline="agatax segment, networks on the whole grid",
+                   shapes={"exam": volume.shape, "spacing_mm": volume.spacing, "network_grid": grid},
+                   title="networks on the chest region's box, shipped ensemble, chest CT, CPU")
+
+
 def _torch_peer(torch, from_flax, ensemble, volume):
     """The same five networks in PyTorch eager on the same network input: votes (z, y, x)."""
     import jax
@@ -156,7 +195,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--force", action="store_true", help="measure on a busy machine (figures flagged BUSY)")
-    parser.add_argument("--part", choices=("inference", "start", "box", "all"), default="all")
+    parser.add_argument("--part", choices=("inference", "start", "box", "crop", "all"), default="all")
     args = parser.parse_args()
     session = Session("bench_speed", force=args.force)  # before any set-up work of ours
     if args.part in ("inference", "all"):
@@ -165,6 +204,8 @@ def main() -> None:
         start(args, session)
     if args.part in ("box", "all"):
         box_cost(args, session)
+    if args.part in ("crop", "all"):
+        crop_cost(args, session)
 
 
 if __name__ == "__main__":

@@ -245,3 +245,48 @@ def test_slice_counts_of_one_bucket_share_a_compilation_and_give_the_unpadded_re
         np.testing.assert_array_equal(np.asarray(out["votes"]), np.asarray(plain["votes"]))
         np.testing.assert_array_equal(np.asarray(out["mask"]), np.asarray(plain["mask"]))
     assert any(np.asarray(out["mask"]).any() for out in padded)
+
+
+def test_network_crop_covers_the_box_with_context_on_aligned_bucketed_cells():
+    from agatax.pipeline import CROP_MARGIN_CELLS, network_crop
+
+    assert CROP_MARGIN_CELLS == 6  # the hand-worked cases below assume it
+    box = (slice(10, 30), slice(100, 200), slice(50, 150))  # cells 10-30, 25-50, 12.5-37.5 of 3 mm
+    assert network_crop(box, (3.0, 0.75, 0.75), 3.0, (40, 64, 64), 4) == ((4, 16, 4), (32, 48, 48))
+    # at the grid's end the crop keeps its size and moves back inside
+    assert network_crop((slice(30, 40),) + box[1:], (3.0, 0.75, 0.75), 3.0, (40, 64, 64), 4) == ((24, 16, 4), (16, 48, 48))
+    # a box that fills most of the grid (a cardiac field of view): the whole grid, one shape for all
+    assert network_crop((slice(2, 38), slice(10, 250), slice(10, 250)), (3.0, 0.75, 0.75), 3.0, (40, 64, 64), 4) is None
+    assert network_crop(None, (3.0, 0.75, 0.75), 3.0, (40, 64, 64), 4) is None
+
+
+def test_networks_run_on_the_chest_region_box_only_lose_no_region_voxel():
+    """A chest CT whose region is a small part of the grid: the networks run on the crop only. With networks
+    that vote calcium everywhere the mask must still be every voxel >= 130 HU inside the region (a crop
+    placed wrongly loses some); the shipped ensemble's mask is that of the whole grid, voxel for voxel."""
+    import agatax.pipeline as P
+    from agatax.defaults import load_default_ensemble
+    from agatax.localise import localise_chest
+    from agatax.preprocess import grid_shape, network_grid_mm
+    from agatax.synthetic import generate_exam
+    from ensembles import all_calcium_ensemble
+
+    ex = generate_exam(3, target_category="C", protocol="chest", matrix=256)
+    hu, sp = np.asarray(ex.volume.hu), ex.volume.spacing
+    chest = localise_chest(hu, sp)
+    everywhere = all_calcium_ensemble()
+    grid = grid_shape(hu.shape, sp, multiple=everywhere.config.multiple)
+    cells = P.network_crop(chest.box, sp, network_grid_mm(sp[0]), grid, everywhere.config.multiple)
+    assert cells is not None and np.prod(cells[1]) < 0.6 * np.prod(grid)  # the crop is used, and small
+    mask, _ = segment(everywhere, ex.volume)
+    np.testing.assert_array_equal(np.asarray(mask), (hu >= 130.0) & chest.region)
+    default = load_default_ensemble()
+    cropped = run_pipeline(default, ex.volume)
+    old = P.CROP_MAX_SHARE
+    try:
+        P.CROP_MAX_SHARE = -1.0  # never crop
+        whole = run_pipeline(default, ex.volume)
+    finally:
+        P.CROP_MAX_SHARE = old
+    assert whole.mask.any()
+    np.testing.assert_array_equal(cropped.mask, whole.mask)
