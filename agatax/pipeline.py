@@ -5,7 +5,8 @@ Before the device, ``agatax.localise_chest`` finds the lungs and the chest regio
 networks -> vote -> back to the original grid -> HU threshold and chest region -> (Agatston score and
 volume in JAX). Where the chest region is a small part of the grid (chest CT), the networks run on its box
 only (:func:`network_crop`). Compiled functions are cached per (volume shape, grid, crop size, config,
-strategy); spacing, thresholds and the crop's place are traced, so exams of one shape share a compilation. :func:`run_pipeline` then adds the exact host lesion table (``agatax.compute_scores``).
+strategy); spacing, thresholds and the crop's place are traced, so exams of one shape share a compilation.
+:func:`run_pipeline` then adds the exact host lesion table (``agatax.compute_scores``).
 
 Where the score is computed (``score_on`` of :func:`segment_and_score`): "device" puts
 ``agatax.scoring.scores_jax`` inside the one jit (best on GPU: no host round trip); "host" stops the jit at
@@ -69,8 +70,8 @@ def _on_device(hu) -> jax.Array:
     return jax.device_put(np.ascontiguousarray(hu, dtype=np.float32))
 
 
-#: The networks run on the chest region's box on the network grid, widened by this many cells (3 mm each)
-#: of context on every side, its size rounded up to a multiple of ``CROP_BUCKET`` cells (one compilation
+#: The networks run on the chest region's box on the network grid, widened by this many cells (of the
+#: grid: 3 mm, or the slice increment for 2.5 and 5 mm slices) of context on every side, its size rounded up to a multiple of ``CROP_BUCKET`` cells (one compilation
 #: serves many exams); where that crop holds more than ``CROP_MAX_SHARE`` of the grid the whole grid is run.
 CROP_MARGIN_CELLS = 6
 CROP_BUCKET = 16
