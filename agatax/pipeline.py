@@ -71,8 +71,9 @@ def _on_device(hu) -> jax.Array:
 
 
 #: The networks run on the chest region's box on the network grid, widened by this many cells (of the
-#: grid: 3 mm, or the slice increment for 2.5 and 5 mm slices) of context on every side, its size rounded up to a multiple of ``CROP_BUCKET`` cells (one compilation
-#: serves many exams); where that crop holds more than ``CROP_MAX_SHARE`` of the grid the whole grid is run.
+#: grid: 3 mm, or the slice increment for 2.5 and 5 mm slices) of context on every side, its size rounded
+#: up to a multiple of ``CROP_BUCKET`` cells (one compilation serves many exams); where that crop holds more
+#: than ``CROP_MAX_SHARE`` of the grid the whole grid is run.
 CROP_MARGIN_CELLS = 6
 CROP_BUCKET = 16
 CROP_MAX_SHARE = 0.75
@@ -90,11 +91,11 @@ def network_crop(box, spacing, target: float, grid: tuple[int, int, int], multip
     if box is None:
         return None
     start, size = [], []
+    step = max(CROP_BUCKET, multiple)
     for b, d, n in zip(box, spacing, grid):
         lo = max(math.floor(b.start * d / target) - CROP_MARGIN_CELLS, 0)
         hi = min(math.ceil(b.stop * d / target) + CROP_MARGIN_CELLS, n)
         lo -= lo % multiple
-        step = max(CROP_BUCKET, multiple)
         m = min(-(-(hi - lo) // step) * step, n)
         lo = min(lo, n - m)
         start.append(lo)
@@ -153,7 +154,7 @@ def _run(ensemble, volume, spacing, *, strategy, target_mm, threshold_hu, score,
         from agatax.localise import localise_chest
 
         found = localise_chest(how.apply(np.asarray(hu)), spacing_c)
-        box_c = found.box if found.found else None
+        box_c = found.box  # canonical; None where no region was found
         chest = restore_chest(found, how, hu.shape)
         if chest.phantom_like and not allow_phantom:
             raise InputError(
@@ -181,7 +182,7 @@ def _run(ensemble, volume, spacing, *, strategy, target_mm, threshold_hu, score,
     run_hu, crop = hu, None
     if bucket and isinstance(hu, np.ndarray):
         run_hu, region, crop = _bucketed(hu, region, how, grid[0], spacing_c[0], target)
-    cells = None if region is None else network_crop(box_c, spacing_c, target, grid, ensemble.config.multiple)
+    cells = network_crop(box_c, spacing_c, target, grid, ensemble.config.multiple)
     out = _pipeline_kernel(
         ensemble,
         _on_device(run_hu),

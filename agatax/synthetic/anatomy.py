@@ -796,9 +796,9 @@ def _paint_sections(vol, tis, grid: Grid, p0: np.ndarray, p1: np.ndarray, radius
             t = np.clip((Z * d[0] + Y * d[1] + X * d[2]) / L2, 0.0, 1.0) if L2 > 1e-12 else np.zeros((1, 1, 1))
             dist = np.sqrt((Z - t * d[0]) ** 2 + (Y - t * d[1]) ** 2 + (X - t * d[2]) ** 2) - np.float32(r)
             np.minimum(sd[:, yy, xx], dist, out=sd[:, yy, xx])
-        alpha = _ramp(sd, 0.0, e_mm).mean(axis=0) if np.isfinite(sd).any() else None
-        if alpha is None:
+        if not np.isfinite(sd).any():
             continue
+        alpha = _ramp(sd, 0.0, e_mm).mean(axis=0)
         img = vol[k, box[1], box[2]]
         img += alpha * (np.float32(value) - img)
         if tis is not None:
