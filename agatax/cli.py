@@ -378,7 +378,7 @@ def format_report(result: dict[str, Any]) -> str:
     if result.get("agatax_version"):
         lines.append(f"made by:   agatax {result['agatax_version']}" + "".join(f", {m}" for m in made))
     if result.get("members"):
-        lines.append(f"calcium:   majority vote of {result['members']} networks")
+        lines.append(f"calcium:   objects voted for by a majority of {result['members']} networks")
     if result.get("chest_region"):
         lines.append(f"chest:     {result['chest_region']['note']}")
     elif result.get("mask"):
@@ -465,7 +465,7 @@ def add_score_command(subparsers) -> None:
         "score",
         help="score exams (DICOM folders/files, NIfTI, folders of exams, @list.txt)",
         description=(
-            "Read CT exams, find the coronary calcium (majority vote of the ensemble's networks, or --mask) "
+            "Read CT exams, find the coronary calcium (objects voted for by a majority of the ensemble's networks, or --mask) "
             "and print Agatston score, category, volume, lesions and warnings. Each PATH is an exam (DICOM "
             "file or folder, NIfTI file), a folder holding one subfolder (or NIfTI file) per exam, or "
             "@LIST, a text file naming one path per line. Exit status: 0 all scored, 2 refused input, "

@@ -36,6 +36,7 @@ __all__ = [
     "ensemble_logits",
     "ensemble_votes",
     "majority_vote",
+    "object_majority",
     "resolve_strategy",
     "save_ensemble",
     "load_ensemble",
@@ -148,6 +149,39 @@ def ensemble_logits(ensemble: Ensemble, x: jax.Array, *, strategy: str = "auto",
 def majority_vote(votes: jax.Array, members: int) -> jax.Array:
     """True where more than half of ``members`` voted (>= 3 of 5)."""
     return votes * 2 > members
+
+
+def object_majority(votes, candidates, members: int):
+    """Keep or drop each candidate object whole, by the members' votes over all its voxels.
+
+    Args:
+        votes: int (z, y, x) members voting for calcium per voxel.
+        candidates: bool (z, y, x) voxels that may be calcium (HU >= threshold inside the chest region).
+        members: number of voting members.
+
+    Returns:
+        bool (z, y, x): every 3D object of ``candidates`` (26-connected) whose mean vote over its voxels
+        is more than half of ``members``, whole; nothing of the others. With one voxel per object this is
+        ``majority_vote``. NumPy in: host labelling; JAX arrays or tracers in: jittable (JAX labelling).
+    """
+    from agatax.scoring.components import label_volume
+
+    if isinstance(votes, jax.Array) or isinstance(candidates, jax.Array):
+        labels = label_volume(jnp.asarray(candidates), connectivity=26, backend="jax").reshape(-1)
+        n = labels.size + 1  # static cap: labels are 0..number of voxels
+        total = jax.ops.segment_sum(jnp.asarray(votes, jnp.int32).reshape(-1), labels, n)
+        count = jax.ops.segment_sum(jnp.ones_like(labels), labels, n)
+        keep = (2 * total > members * count).at[0].set(False)
+        return keep[labels].reshape(jnp.shape(candidates))
+    candidates = np.asarray(candidates, bool)
+    labels = label_volume(candidates, connectivity=26, backend="host")
+    flat = labels[candidates]
+    n = int(flat.max(initial=0)) + 1
+    total = np.bincount(flat, weights=np.asarray(votes)[candidates].astype(np.float64), minlength=n)
+    count = np.bincount(flat, minlength=n)
+    keep = 2 * total > members * count
+    keep[0] = False
+    return keep[labels]
 
 
 def ensemble_votes(

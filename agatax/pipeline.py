@@ -2,16 +2,17 @@
 
 Before the device, ``agatax.localise_chest`` finds the lungs and the chest region between them on the host
 (NumPy, ~0.1-0.3 s). The array path then runs as ONE jitted function on the device: pre-process -> five
-networks -> vote -> back to the original grid -> HU threshold and chest region -> (Agatston score and
-volume in JAX). Where the chest region is a small part of the grid (chest CT), the networks run on its box
-only (:func:`network_crop`). Compiled functions are cached per (volume shape, grid, crop size, config,
+networks -> vote -> back to the original grid -> HU threshold and chest region -> each object above the
+threshold kept or dropped whole by its members' mean vote -> (Agatston score and volume in JAX). Where the
+chest region is a small part of the grid (chest CT), the networks run on its box only (:func:`network_crop`). Compiled functions are cached per (volume shape, grid, crop size, config,
 strategy); spacing, thresholds and the crop's place are traced, so exams of one shape share a compilation.
 :func:`run_pipeline` then adds the exact host lesion table (``agatax.compute_scores``).
 
 Where the score is computed (``score_on`` of :func:`segment_and_score`): "device" puts
 ``agatax.scoring.scores_jax`` inside the one jit (best on GPU: no host round trip); "host" stops the jit at
-the mask and votes and scores with ``agatax.compute_scores`` (best on CPU, where JAX's connected-component
-labelling takes ~1.7 s per exam against ~0.1-0.2 s on the host); "auto" picks host on CPU, device elsewhere.
+the votes and scores with ``agatax.compute_scores`` (best on CPU, where JAX's connected-component labelling
+takes ~1.7 s per exam against ~0.1-0.2 s on the host); "auto" picks host on CPU, device elsewhere. On CPU the
+object vote's labelling is done on the host too, unless the scores are computed in the jit.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from agatax.ensemble import Ensemble, ensemble_votes, majority_vote, resolve_strategy
+from agatax.ensemble import Ensemble, ensemble_votes, object_majority, resolve_strategy
 from agatax.errors import InputError
 from agatax.orientation import Reorientation, canonical_orientation, restore_chest
 from agatax.preprocess import AIR_HU, _preprocess_kernel, _restore_kernel, grid_shape, network_grid_mm
@@ -105,13 +106,16 @@ def network_crop(box, spacing, target: float, grid: tuple[int, int, int], multip
     return tuple(start), tuple(size)
 
 
-@partial(jax.jit, static_argnames=("grid", "strategy", "score", "min_area_mm2", "connectivity", "orient", "crop_size"))
+@partial(jax.jit, static_argnames=("grid", "strategy", "score", "min_area_mm2", "connectivity", "orient", "crop_size",
+                                   "objects"))
 def _pipeline_kernel(ensemble, hu, spacing, target, threshold_hu, min_pixels, region, crop_start=None, *, grid,
-                     strategy, score, min_area_mm2, connectivity, orient, crop_size=None):
+                     strategy, score, min_area_mm2, connectivity, orient, crop_size=None, objects=True):
     """``hu`` and ``region`` in the stored layout, ``spacing`` canonical; ``orient``: the Reorientation,
     applied before the networks and undone after them, so that outputs are on the stored grid.
     ``crop_start`` (int32 (3,), canonical cells) and ``crop_size`` (static): the networks run on that part of
-    the grid only; the cells outside it get no votes."""
+    the grid only; the cells outside it get no votes. ``objects``: the mask by ``object_majority`` here (JAX
+    labelling); False returns the candidates instead (``"candidates"``), for the host to do it (``score``
+    needs it here)."""
     hu = hu.astype(jnp.float32)
     hu_c = orient.apply(hu, xp=jnp)
     x = _preprocess_kernel(hu_c, spacing, target, threshold_hu, out_shape=grid, window=(-300.0, 800.0),
@@ -129,7 +133,9 @@ def _pipeline_kernel(ensemble, hu, spacing, target, threshold_hu, min_pixels, re
     if region is not None:  # chest localisation: no coronary calcium outside the mediastinum
         keep = keep & region
     votes = jnp.where(keep, votes, 0)
-    mask = majority_vote(votes.astype(jnp.int32), ensemble.members)
+    if not objects:
+        return {"candidates": keep, "votes": votes}
+    mask = object_majority(votes, keep, ensemble.members)
     out = {"mask": mask, "votes": votes}
     if score:
         from agatax.scoring import scores_jax
@@ -183,6 +189,8 @@ def _run(ensemble, volume, spacing, *, strategy, target_mm, threshold_hu, score,
     if bucket and isinstance(hu, np.ndarray):
         run_hu, region, crop = _bucketed(hu, region, how, grid[0], spacing_c[0], target)
     cells = network_crop(box_c, spacing_c, target, grid, ensemble.config.multiple)
+    # the object vote labels connected components: fast on the host on CPU, inside the jit elsewhere
+    objects_here = score or jax.default_backend() != "cpu"
     out = _pipeline_kernel(
         ensemble,
         _on_device(run_hu),
@@ -199,7 +207,11 @@ def _run(ensemble, volume, spacing, *, strategy, target_mm, threshold_hu, score,
         min_area_mm2=None if min_area_mm2 is None else float(min_area_mm2),
         connectivity=int(connectivity),
         orient=how,
+        objects=objects_here,
     )
+    if not objects_here:
+        votes = np.asarray(out["votes"])
+        out = {"mask": object_majority(votes, np.asarray(out["candidates"]), ensemble.members), "votes": votes}
     if crop is not None:
         out = {**out, "mask": out["mask"][crop], "votes": out["votes"][crop]}
     return out, hu, spacing, chest
@@ -247,7 +259,9 @@ def segment(
             refusing it.
 
     Returns:
-        mask bool (z, y, x): majority of members AND HU >= threshold_hu (AND inside the chest region);
+        mask bool (z, y, x): the candidates (HU >= threshold_hu, inside the chest region) kept object by
+            object: each 3D object (26-connected) whole where its mean vote is more than half the members
+            (``agatax.ensemble.object_majority``);
         votes uint8 (z, y, x): members voting for calcium (0 where HU < threshold_hu or outside the region).
     """
     out, _, _, _ = _run(ensemble, volume, spacing, strategy=strategy, target_mm=target_mm, threshold_hu=threshold_hu,
@@ -313,7 +327,7 @@ class PipelineResult:
     """What the pipeline found in one exam.
 
     Attributes:
-        mask: bool (z, y, x) calcium voxels (majority vote, HU >= threshold).
+        mask: bool (z, y, x) calcium voxels (objects >= threshold kept whole by their mean vote).
         votes: uint8 (z, y, x) members voting for calcium (0 where HU < threshold).
         scores: agatax Scores (host, float64, with the lesion table).
         spacing: (dz, dy, dx) mm used.

@@ -121,29 +121,30 @@ def split_validation(data: TrainingSet, n_val: int, seed: int) -> tuple[Training
 
 
 def _segment_all(ensemble, volume, multiple):
-    """Per-member masks and the majority-vote mask on the exam's grid, from one pass of every member.
+    """Per-member masks and the ensemble's mask on the exam's grid, from one pass of every member.
 
-    The method of agatax.pipeline: preprocess -> member logits -> vote -> restore_grid -> HU >= 130 inside
-    the chest region (agatax.localise_chest).
+    The method of agatax.pipeline: preprocess -> member logits -> back to the exam's grid -> HU >= 130 inside
+    the chest region (agatax.localise_chest) -> each object kept whole by its mean vote
+    (agatax.ensemble.object_majority; a member alone: by the share of its voxels it marks).
     Returns (member masks bool (members, z, y, x), ensemble mask bool (z, y, x)).
     """
     import jax.numpy as jnp
 
-    from agatax.preprocess import preprocess, restore_grid
-
+    from agatax.ensemble import object_majority
     from agatax.localise import localise_chest
+    from agatax.preprocess import preprocess, restore_grid
 
     x = preprocess(volume.hu, volume.spacing, multiple=multiple, box_mm=ensemble.config.input_box_mm)[None, ..., None]
     logits = np.asarray(_logits_fn(ensemble)(ensemble, x))[:, 0, ..., 0]  # (members, Z, Y, X)
-    votes = (logits > 0).sum(0)
-    coarse = np.concatenate([logits > 0, (2 * votes > ensemble.members)[None]], 0)
     bright = np.asarray(volume.hu) >= 130.0
     chest = localise_chest(volume.hu, volume.spacing) if LOCALISE else None  # as agatax.run_pipeline
     if chest is not None and chest.found:
         bright &= chest.region
-    fine = np.stack([np.asarray(restore_grid(jnp.asarray(c), volume.shape, volume.spacing)) & bright
-                     for c in coarse])
-    return fine[:-1], fine[-1]
+    singles = np.stack([np.asarray(restore_grid(jnp.asarray(c > 0), volume.shape, volume.spacing)) & bright
+                        for c in logits])
+    votes = singles.sum(0, dtype=np.int32)
+    return (np.stack([object_majority(s, bright, 1) for s in singles]),
+            object_majority(votes, bright, ensemble.members))
 
 
 _LOGITS = {}

@@ -166,9 +166,10 @@ def test_batch_with_a_bad_exam_keeps_the_good_results_and_exits_3(cohort, tmp_pa
     again = compute_scores(volume.hu, read_mask(report / "case0_mask.nii.gz", like=volume), volume.spacing)
     assert good["agatston"] == pytest.approx(again.agatston) and len(good["lesions"]) == len(again.lesions) > 0
     assert float(rows["case0"]["agatston"]) == pytest.approx(again.agatston)
-    # every lesion pixel holds a majority (at least 2 of 3 networks): the fraction lies in [2/3, 1]
+    # vote fractions are shares of the 3 networks; objects are kept by a majority of their votes, so a lesion
+    # (one slice of an object) may hold less, but some lesion holds a majority
     fractions = [lesion["vote_fraction"] for lesion in good["lesions"]]
-    assert all(2 / 3 - 1e-6 <= f <= 1.0 for f in fractions)
+    assert all(0.0 <= f <= 1.0 for f in fractions) and max(fractions) > 1 / 2
 
     # a re-run keeps the written results (marked here by an edited score) and retries the failure
     saved = json.loads((report / "case0.json").read_text())

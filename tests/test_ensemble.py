@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agatax import CheckpointError, InputError
 from agatax.ensemble import (
@@ -18,6 +20,7 @@ from agatax.ensemble import (
     load_ensemble,
     majority_vote,
     member,
+    object_majority,
     save_ensemble,
     stack_members,
 )
@@ -111,6 +114,52 @@ def test_majority_vote_rule():
     votes = jnp.arange(6, dtype=jnp.int32)
     np.testing.assert_array_equal(majority_vote(votes, 5), [False, False, False, True, True, True])
     np.testing.assert_array_equal(majority_vote(jnp.arange(5, dtype=jnp.int32), 4), [False, False, False, True, True])
+
+
+def test_object_majority_keeps_or_drops_whole_objects_by_their_mean_vote():
+    votes = np.zeros((3, 6, 6), np.int32)
+    cand = np.zeros((3, 6, 6), bool)
+    # object A: a row of votes 5, 1, 2 and a corner neighbour (26-connected only) of 4 votes: mean 3 > 2.5,
+    # kept whole, its 1- and 2-vote voxels too
+    cand[0, 0, 0:3] = True
+    votes[0, 0, 0:3] = (5, 1, 2)
+    cand[1, 1, 3] = True
+    votes[1, 1, 3] = 4
+    # object B: votes 3, 2 (mean 2.5, not more than half): dropped whole, its 3-vote voxel too
+    cand[2, 4, 0:2] = True
+    votes[2, 4, 0:2] = (3, 2)
+    # single voxels: the voxel majority rule
+    cand[0, 5, 5], votes[0, 5, 5] = True, 3
+    cand[2, 0, 5], votes[2, 0, 5] = True, 2
+    # votes outside the candidates count for nothing
+    votes[1, 4, 4] = 5
+    expected = np.zeros_like(cand)
+    expected[0, 0, 0:3] = expected[1, 1, 3] = expected[0, 5, 5] = True
+    np.testing.assert_array_equal(object_majority(votes, cand, 5), expected)
+    np.testing.assert_array_equal(np.asarray(jax.jit(object_majority, static_argnums=2)(
+        jnp.asarray(votes), jnp.asarray(cand), 5)), expected)
+    # the corner voxel with 0 votes takes A's mean to 2: A drops
+    votes[1, 1, 3] = 0
+    expected[0, 0, 0:3] = expected[1, 1, 3] = False
+    np.testing.assert_array_equal(object_majority(votes, cand, 5), expected)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.floats(0.2, 0.7), st.integers(1, 7))
+def test_object_majority_matches_a_per_object_oracle_on_host_and_device(seed, fill, members):
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    cand = rng.random((4, 7, 6)) < fill
+    votes = rng.integers(0, members + 1, cand.shape)
+    labels, n = ndimage.label(cand, structure=np.ones((3, 3, 3), bool))
+    expected = np.zeros_like(cand)
+    for k in range(1, n + 1):
+        obj = labels == k
+        expected[obj] = votes[obj].sum() * 2 > members * obj.sum()
+    np.testing.assert_array_equal(object_majority(votes, cand, members), expected)
+    np.testing.assert_array_equal(np.asarray(object_majority(jnp.asarray(votes), jnp.asarray(cand), members)),
+                                  expected)
 
 
 def test_bad_strategy_and_bad_members(tiny_ensemble, tiny_members, x):
