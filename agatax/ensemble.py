@@ -174,14 +174,14 @@ def object_majority(votes, candidates, members: int):
         keep = (2 * total > members * count).at[0].set(False)
         return keep[labels].reshape(jnp.shape(candidates))
     candidates = np.asarray(candidates, bool)
-    labels = label_volume(candidates, connectivity=26, backend="host")
-    flat = labels[candidates]
-    n = int(flat.max(initial=0)) + 1
-    total = np.bincount(flat, weights=np.asarray(votes)[candidates].astype(np.float64), minlength=n)
-    count = np.bincount(flat, minlength=n)
-    keep = 2 * total > members * count
-    keep[0] = False
-    return keep[labels]
+    where = np.flatnonzero(candidates)  # work on the candidates only: few voxels of a large exam
+    labels = label_volume(candidates, connectivity=26, backend="host").ravel()[where]
+    n = int(labels.max(initial=0)) + 1
+    total = np.bincount(labels, weights=np.asarray(votes).ravel()[where].astype(np.float64), minlength=n)
+    keep = 2 * total > members * np.bincount(labels, minlength=n)
+    out = np.zeros(candidates.shape, bool)
+    out.ravel()[where[keep[labels]]] = True
+    return out
 
 
 def ensemble_votes(
