@@ -465,8 +465,8 @@ def add_score_command(subparsers) -> None:
         "score",
         help="score exams (DICOM folders/files, NIfTI, folders of exams, @list.txt)",
         description=(
-            "Read CT exams, find the coronary calcium (objects voted for by a majority of the ensemble's networks, or --mask) "
-            "and print Agatston score, category, volume, lesions and warnings. Each PATH is an exam (DICOM "
+            "Read CT exams, find the coronary calcium (objects voted for by a majority of the ensemble's networks, "
+            "or --mask) and print Agatston score, category, volume, lesions and warnings. Each PATH is an exam (DICOM "
             "file or folder, NIfTI file), a folder holding one subfolder (or NIfTI file) per exam, or "
             "@LIST, a text file naming one path per line. Exit status: 0 all scored, 2 refused input, "
             "3 a batch in which some exams failed (see the summary CSV)."

@@ -4,8 +4,9 @@ Before the device, ``agatax.localise_chest`` finds the lungs and the chest regio
 (NumPy, ~0.1-0.3 s). The array path then runs as ONE jitted function on the device: pre-process -> five
 networks -> vote -> back to the original grid -> HU threshold and chest region -> each object above the
 threshold kept or dropped whole by its members' mean vote -> (Agatston score and volume in JAX). Where the
-chest region is a small part of the grid (chest CT), the networks run on its box only (:func:`network_crop`). Compiled functions are cached per (volume shape, grid, crop size, config,
-strategy); spacing, thresholds and the crop's place are traced, so exams of one shape share a compilation.
+chest region is a small part of the grid (chest CT), the networks run on its box only (:func:`network_crop`).
+Compiled functions are cached per (volume shape, grid, crop size, config, strategy); spacing, thresholds
+and the crop's place are traced, so exams of one shape share a compilation.
 :func:`run_pipeline` then adds the exact host lesion table (``agatax.compute_scores``).
 
 Where the score is computed (``score_on`` of :func:`segment_and_score`): "device" puts
