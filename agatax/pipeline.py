@@ -73,7 +73,7 @@ def _on_device(hu) -> jax.Array:
 
 
 #: The networks run on the chest region's box on the network grid, widened by this many cells (of the
-#: grid: 3 mm, or the slice increment for 2.5 and 5 mm slices) of context on every side, its size rounded
+#: grid: 3 mm, or the slice increment for 2-3.5 mm slices) of context on every side, its size rounded
 #: up to a multiple of ``CROP_BUCKET`` cells (one compilation serves many exams); where that crop holds more
 #: than ``CROP_MAX_SHARE`` of the grid the whole grid is run.
 CROP_MARGIN_CELLS = 6
@@ -251,7 +251,8 @@ def segment(
         ensemble: the voting networks.
         volume: a Volume, a (hu, spacing) pair, or an HU array (z, y, x) with ``spacing=(dz, dy, dx)`` mm.
         strategy: "auto", "vmap" or "sequential" (see agatax.ensemble).
-        target_mm: isotropic network grid, mm (default the slice increment; 3 mm for slices under 2 mm).
+        target_mm: isotropic network grid, mm (default ``agatax.preprocess.network_grid_mm``: the slice
+            increment from 2 to 3.5 mm, else 3 mm).
         threshold_hu: calcium threshold (HU); also the pre-processing enhancement threshold.
         localise: discard calcium outside the chest region that ``agatax.localise_chest`` finds between the
             lungs (bone, arms, the image border); where it finds no lungs nothing is discarded. It also

@@ -56,16 +56,18 @@ def _host_spacing(spacing, what: str = "spacing") -> tuple[float, float, float]:
 
 THIN_SLICE_MM = 2.0
 THIN_GRID_MM = 3.0
+THICK_SLICE_MM = 3.5  # increments above this (5 mm chest CT) meet the networks on the 3 mm grid too
 
 
 def network_grid_mm(dz):
     """Default isotropic grid spacing (mm) for a slice increment ``dz`` (mm; a float or a traced scalar):
-    ``dz`` itself (the paper: 2.5 or 3 mm, and 5 mm chest CT), but 3 mm for thin reconstructions
-    (``dz`` < 2 mm), so that a 0.625 mm series meets the networks at the grid they were trained on
-    instead of a grid 5x finer (and ~100x larger)."""
+    ``dz`` itself from 2 to 3.5 mm (the paper: 2.5 or 3 mm), else 3 mm: a 0.625 mm series meets the networks
+    at the grid they were trained on instead of a grid 5x finer (and ~100x larger), and a 5 mm chest CT
+    meets them at the cell size of nearly all their training exams: on a 5 mm grid a 2-4 mm plaque fills
+    a fraction of a cell and the networks miss it (experiments/RESULTS.md, ninth session)."""
     if isinstance(dz, (int, float)):
-        return THIN_GRID_MM if dz < THIN_SLICE_MM else float(dz)
-    return jnp.where(dz < THIN_SLICE_MM, jnp.float32(THIN_GRID_MM), dz)
+        return THIN_GRID_MM if dz < THIN_SLICE_MM or dz > THICK_SLICE_MM else float(dz)
+    return jnp.where((dz < THIN_SLICE_MM) | (dz > THICK_SLICE_MM), jnp.float32(THIN_GRID_MM), dz)
 
 
 def grid_shape(

@@ -329,7 +329,7 @@ def exam_pair(volume, mask, *, target_mm=None, multiple: int = 8,
     Args:
         volume: a ``Volume`` (HU (z, y, x), spacing (dz, dy, dx) mm).
         mask: true calcification mask (z, y, x), nonzero = calcium (artery labels accepted).
-        target_mm: coarse voxel size in mm (default: ``preprocess``'s, the slice increment).
+        target_mm: coarse voxel size in mm (default: ``preprocess``'s, ``network_grid_mm``).
         multiple: pad each axis to this multiple (as ``preprocess``; 8 for the paper's network).
         box_mm: the enhancement box of ``preprocess`` (the network's ``UNetConfig.input_box_mm``).
     """

@@ -191,14 +191,17 @@ def test_bad_inputs():
     assert info.value.code == "BAD_SHAPE"
 
 
-def test_thin_slices_meet_the_networks_on_a_3_mm_grid():
-    """0.625 mm slices: the default grid is 3 mm (hand count: 240 x 0.625 = 150 mm -> 50 cells -> 56 as a
+def test_thin_and_thick_slices_meet_the_networks_on_a_3_mm_grid():
+    """0.625 mm and 5 mm slices: the default grid is 3 mm (hand count: 240 x 0.625 = 150 mm -> 50 cells -> 56 as a
     multiple of 8; 128 x 0.8 = 102.4 mm -> 35 cells -> 40), and the default path equals target_mm=3."""
     from agatax.preprocess import network_grid_mm
 
     assert grid_shape((240, 128, 128), (0.625, 0.8, 0.8)) == (56, 40, 40)
     assert grid_shape((56, 128, 128), (2.5, 0.8, 0.8)) == (56, 48, 48)  # 2.5 mm slices keep their grid
-    assert network_grid_mm(1.25) == 3.0 and network_grid_mm(2.0) == 2.0 and network_grid_mm(5.0) == 5.0
+    assert network_grid_mm(1.25) == 3.0 and network_grid_mm(2.0) == 2.0 and network_grid_mm(3.5) == 3.5
+    assert network_grid_mm(5.0) == 3.0  # 5 mm chest CT: the 3 mm cells the networks were mostly trained on
+    assert float(network_grid_mm(jnp.float32(5.0))) == 3.0 and float(network_grid_mm(jnp.float32(2.5))) == 2.5
+    assert grid_shape((60, 128, 128), (5.0, 1.5, 1.5)) == (104, 64, 64)  # 300 mm / 3 -> 100 -> 104; 192 / 3 -> 64
     rng = np.random.default_rng(3)
     hu = rng.uniform(-200, 300, (40, 24, 24)).astype(np.float32)
     spacing = (0.625, 0.8, 0.8)
