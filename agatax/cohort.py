@@ -400,7 +400,8 @@ def _fingerprint_exam(exam: CohortExam) -> dict:
 
 def cohort_key(cohort: Cohort, **options) -> str:
     """A hash of the cohort's exams (paths, files' names, sizes and times) and of the reading options."""
-    doc = {"exams": [_fingerprint_exam(e) for e in cohort.exams], "options": options, "version": 1}
+    # version 2: exams of slices thicker than 3.5 mm go to the 3 mm network grid (agatax.preprocess.network_grid_mm)
+    doc = {"exams": [_fingerprint_exam(e) for e in cohort.exams], "options": options, "version": 2}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
