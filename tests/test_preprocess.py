@@ -192,8 +192,8 @@ def test_bad_inputs():
 
 
 def test_thin_and_thick_slices_meet_the_networks_on_a_3_mm_grid():
-    """0.625 mm and 5 mm slices: the default grid is 3 mm (hand count: 240 x 0.625 = 150 mm -> 50 cells -> 56 as a
-    multiple of 8; 128 x 0.8 = 102.4 mm -> 35 cells -> 40), and the default path equals target_mm=3."""
+    """0.625 mm and 5 mm slices: the default grid is 3 mm (hand count: 240 x 0.625 = 150 mm -> 50 cells -> 56
+    as a multiple of 8; 128 x 0.8 = 102.4 mm -> 35 cells -> 40), and the default path equals target_mm=3."""
     from agatax.preprocess import network_grid_mm
 
     assert grid_shape((240, 128, 128), (0.625, 0.8, 0.8)) == (56, 40, 40)
