@@ -103,8 +103,10 @@ def cohort_pairs(name: str, n: int, seed: int, gen_kwargs: dict, workdir: Path, 
     if box_mm:
         tag += ("-" if tag else "") + f"box{box_mm:g}"
     # "hn": the cache holds hard negatives (older caches without them are not reused); "g3": 5 mm exams on the
-    # 3 mm network grid (older caches made them on a 5 mm grid)
-    cache = workdir / f"pairs_{name}_n{n}_s{seed}{('_' + tag) if tag else ''}_hn_g3.npz"
+    # 3 mm network grid (older caches made them on a 5 mm grid); "gen": the generator's version
+    from agatax.synthetic import GENERATOR_VERSION
+
+    cache = workdir / f"pairs_{name}_n{n}_s{seed}{('_' + tag) if tag else ''}_hn_g3_gen{GENERATOR_VERSION}.npz"
     t0 = time.perf_counter()
     data = prepare_pairs(lambda: generate(name, n, seed, gen_kwargs, noise_range), cache=cache,
                          names=[f"{name}-{i:04d}" for i in range(n)], log=log, box_mm=box_mm)

@@ -15,6 +15,9 @@ from agatax.synthetic import (
 )
 
 SMALL = {"matrix": 160, "fov_mm": 180.0, "n_slices": 44, "slice_increment_mm": 3.0}
+#: a seed the small grid brings to every category (on a 1.1 mm grid about 1 seed in 30 cannot reach B:
+#: its smallest lesion already scores > 10; the generator then refuses with TARGET_UNREACHABLE)
+SEED = 4
 _cache = {}
 
 
@@ -55,7 +58,7 @@ def test_same_seed_same_exam_and_different_seed_differs():
 
 @pytest.mark.parametrize("cat", CATEGORIES)
 def test_true_score_matches_scoring_core_and_oracle(cat):
-    ex = small_exam(3, cat)
+    ex = small_exam(SEED, cat)
     assert ex.category == cat == ex.target_category
     hu, sp = ex.volume.hu, ex.volume.spacing
     core = agatax.compute_scores(hu, ex.mask, sp)
@@ -70,7 +73,7 @@ def test_true_score_matches_scoring_core_and_oracle(cat):
 
 @pytest.mark.parametrize("cat", ["B", "D", "E"])
 def test_lesion_points_inside_mask_and_mask_is_annotator_mask(cat):
-    ex = small_exam(3, cat)
+    ex = small_exam(SEED, cat)
     hu, mask = ex.volume.hu, ex.mask
     codes = {"LM": 1, "LAD": 2, "LCX": 3, "RCA": 4}
     for les in ex.lesions:
@@ -134,7 +137,7 @@ def test_tissue_hu_and_noise_level():
 
 
 def test_scanner_parameters_and_grid():
-    ex = small_exam(3, "B")
+    ex = small_exam(SEED, "B")
     assert ex.volume.shape == (44, 160, 160)
     assert ex.volume.spacing == pytest.approx((3.0, 180 / 160, 180 / 160))
     a = ex.volume.affine
@@ -201,18 +204,20 @@ def test_make_cohort_lazy_and_mix():
 
 
 def test_dicom_round_trip(tmp_path):
-    ex = small_exam(3, "D")
+    ex = small_exam(SEED, "D")
     agatax.write_dicom_series(tmp_path / "s", ex.volume)
     back = agatax.read_volume(tmp_path / "s")
     assert back.shape == ex.volume.shape
-    np.testing.assert_allclose(back.hu, ex.volume.hu, atol=0.5)
+    # the reader sets padding (values below -2000 HU, here -2048 or -3024 when drawn) to air, -1024 HU
+    want = np.where(ex.volume.hu < -2000.0, -1024.0, ex.volume.hu)
+    np.testing.assert_allclose(back.hu, want, atol=0.5)
     np.testing.assert_allclose(back.spacing, ex.volume.spacing, rtol=1e-5)
     np.testing.assert_allclose(back.affine, ex.volume.affine, atol=1e-3)
     assert agatax.compute_scores(back.hu, ex.mask, back.spacing).agatston == pytest.approx(ex.agatston)
 
 
 def test_write_cohort_nifti_manifest_and_points(tmp_path):
-    exams = [small_exam(3, "B"), small_exam(3, "A")]
+    exams = [small_exam(SEED, "B"), small_exam(SEED, "A")]
     manifest = write_cohort(tmp_path, exams, format="nifti")
     rows = list(csv.DictReader(open(manifest)))
     assert [r["category"] for r in rows] == ["B", "A"]
@@ -229,14 +234,14 @@ def test_write_cohort_nifti_manifest_and_points(tmp_path):
 
 
 def test_render_montage_png(tmp_path):
-    ex = small_exam(3, "D")
+    ex = small_exam(SEED, "D")
     data = render_montage(ex, path=tmp_path / "m.png", max_slices=4)
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "m.png").read_bytes() == data
 
 
 def test_padding_outside_the_reconstruction_circle():
-    ex = small_exam(3, "D", padding_hu=-2048.0)
+    ex = small_exam(SEED, "D", padding_hu=-2048.0)
     hu, sc = ex.volume.hu, ex.params["scanner"]
     a = ex.volume.affine
     y = a[1, 1] * np.arange(hu.shape[1]) + a[1, 3] - sc["fov_center_mm"][1]
@@ -247,7 +252,7 @@ def test_padding_outside_the_reconstruction_circle():
     assert np.all(hu[:, outside] == -2048.0)
     assert np.all(hu[:, r < 0.5 * sc["fov_mm"] - 1.0] > -1100.0)
     assert not (ex.mask[:, outside] > 0).any() and not (ex.distractor_mask[:, outside] > 0).any()
-    unpadded = small_exam(3, "D", padding_hu=None)
+    unpadded = small_exam(SEED, "D", padding_hu=None)
     assert unpadded.volume.hu.min() >= -1024.0
 
 
@@ -419,3 +424,37 @@ def test_metal_reaches_its_planned_density_in_the_lung_too(seed, protocol):
         ids = np.unique(near[near > 0])
         assert ids.size, d
         assert max(peaks[i - 1] for i in ids) >= d["peak_hu"] - 300.0, (d, [peaks[i - 1] for i in ids])
+
+
+def test_epicardial_fat_thickness_follows_its_pattern_around_the_heart():
+    """The fat between myocardium and pericardium varies along the heart as ``Heart.fat_at`` says: measured
+    along the surface normal at 48 points on the ventricles (1 mm grid, tissue map), it tracks the planned
+    thickness (correlation > 0.9, median ratio 0.8-1.25); a uniform layer would not correlate at all."""
+    import dataclasses
+
+    from agatax.synthetic.anatomy import Grid, _paint_heart, _tissue_hu, sample_heart
+
+    heart = sample_heart(np.random.default_rng(4), 110.0)
+    pattern = np.array([[0.6, 2, 1, 0.3, 0.0], [0.3, 1, 0, 1.0, 0.0], [0.0, 1, 0, 0.0, 0.0], [4.0, 3.0, -2.0, 0, 0]])
+    heart = dataclasses.replace(heart, fat_mm=5.0, fat_pattern=pattern)
+    axis = lambda c: np.arange(c - 90.0, c + 90.0, 1.0)  # noqa: E731
+    grid = Grid(axis(heart.center[0]), axis(heart.center[1]), axis(heart.center[2]), (1.0, 1.0, 1.0))
+    vol = np.zeros(grid.shape, np.float32)
+    tis = np.zeros(grid.shape, np.uint8)
+    _paint_heart(vol, tis, grid, heart, _tissue_hu(np.random.default_rng(0)), 0.5)
+    t, phi = np.meshgrid(np.linspace(0.0, 0.7, 6), np.linspace(-np.pi, np.pi, 8, endpoint=False))
+    t, phi = t.ravel(), phi.ravel()
+    inner, outer = heart.surface(t, phi, -1.0), heart.surface(t, phi, 0.0)
+    normal = (outer - inner) / np.linalg.norm(outer - inner, axis=1, keepdims=True)
+    measured = []
+    for p, n in zip(outer, normal):
+        steps = p[None] + np.arange(-3.0, 40.0, 0.1)[:, None] * n[None]
+        idx = np.round((steps - [grid.z_mm[0], grid.y_mm[0], grid.x_mm[0]]) / 1.0).astype(int)
+        ok = (idx >= 0).all(1) & (idx < np.array(grid.shape)).all(1)
+        codes = tis[tuple(idx[ok].T)]
+        measured.append(0.1 * np.count_nonzero(codes == TISSUES["epicardial_fat"]))
+    planned = heart.fat_at(t, phi)
+    measured = np.asarray(measured)
+    assert planned.std() > 1.5  # the pattern really varies (SD ~2 mm here)
+    assert np.corrcoef(planned, measured)[0, 1] > 0.9
+    assert 0.8 < np.median(measured / planned) < 1.25

@@ -31,7 +31,9 @@ def _exams():
 
     shape = dict(matrix=64, n_slices=16, fov_mm=190.0, slice_increment_mm=3.0, slice_thickness_mm=3.0,
                  protocol="cardiac")
-    return [generate_exam(s, target_category=c, **shape) for s, c in ((3, "C"), (5, "D"), (6, "C"))]
+    # seeds this 3 mm-pixel grid brings to their categories (on so coarse a grid some seeds cannot reach C:
+    # the generator refuses them with TARGET_UNREACHABLE)
+    return [generate_exam(s, target_category=c, **shape) for s, c in ((3, "C"), (5, "D"), (7, "C"))]
 
 
 @pytest.fixture(scope="module")

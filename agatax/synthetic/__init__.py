@@ -21,6 +21,7 @@ from agatax.synthetic.exam import (
     CATEGORIES,
     CATEGORY_TARGETS,
     DISTRACTOR_CODES,
+    GENERATOR_VERSION,
     REAL_WORLD_MIX,
     SyntheticExam,
     generate_exam,
@@ -28,7 +29,7 @@ from agatax.synthetic.exam import (
 from agatax.synthetic.montage import ARTERY_COLOURS, render_montage
 
 __all__ = [
-    "CATEGORIES", "CATEGORY_TARGETS", "DISTRACTOR_CODES", "REAL_WORLD_MIX", "SyntheticExam", "generate_exam",
+    "CATEGORIES", "CATEGORY_TARGETS", "DISTRACTOR_CODES", "GENERATOR_VERSION", "REAL_WORLD_MIX", "SyntheticExam", "generate_exam",
     "TISSUES", "TISSUE_HU", "ScannerParams", "PRESETS", "SyntheticCohort", "cohort_preset", "exam_seed",
     "iter_cohort", "make_cohort", "plan_categories", "preset_exam", "write_cohort", "ARTERY_COLOURS",
     "render_montage",

@@ -188,10 +188,43 @@ class Heart:
     mitral_center: np.ndarray
     z_bottom: float
     z_top: float
+    #: epicardial fat pattern: rows (amplitude, k, m, phase_phi, phase_t) of smooth harmonics in (phi, t),
+    #: then (apex excess mm, acute-margin excess mm, acute margin's phi, 0, 0); None: uniform ``fat_mm``
+    fat_pattern: np.ndarray | None = None
 
-    def surface(self, t: np.ndarray, phi: np.ndarray, offset_mm: float = 0.0) -> np.ndarray:
+    def fat_at(self, t, phi) -> np.ndarray:
+        """Epicardial fat thickness (mm) over the ventricles at long-axis position t (base -1 .. apex 1) and
+        angle phi (rad; 0 anterior, +pi/2 patient left): ``fat_mm`` times a smooth pattern that varies along
+        the heart and between patients (0.35-1.8 x), thicker toward the apex and over the acute margin
+        (the right ventricle's inferior border). The grooves' fat is drawn around the arteries."""
+        t, phi = np.asarray(t, np.float64), np.asarray(phi, np.float64)
+        if self.fat_pattern is None:
+            return np.full(np.broadcast(t, phi).shape, self.fat_mm)
+        *harm, (apex, acute, acute_phi, _, _) = self.fat_pattern
+        g = np.ones(np.broadcast(t, phi).shape)
+        for amp, k, m, a, b in harm:
+            g = g + amp * np.cos(k * phi + a) * np.cos(np.pi * m * t + b)
+        g = np.clip(g, 0.35, 1.8)
+        dphi = np.angle(np.exp(1j * (phi - acute_phi)))
+        extra = apex * np.exp(-((np.clip(t, None, 1.0) - 1.0) / 0.35) ** 2) + acute * np.exp(-(dphi / 0.5) ** 2)
+        return self.fat_mm * g + extra
+
+    @property
+    def fat_max_mm(self) -> float:
+        """An upper bound of :meth:`fat_at` (mm)."""
+        if self.fat_pattern is None:
+            return self.fat_mm
+        return 1.8 * self.fat_mm + float(self.fat_pattern[-1][0] + self.fat_pattern[-1][1])
+
+    def local(self, zyx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(t, phi) of points (..., 3) (Z, Y, X) mm in the ventricles' frame (as :meth:`surface`)."""
+        d = np.asarray(zyx, np.float64) - self.center
+        a, b, c = self.semi
+        return (d @ self.u) / a, np.arctan2((d @ self.w) / c, (d @ self.v) / b)
+
+    def surface(self, t: np.ndarray, phi: np.ndarray, offset_mm=0.0) -> np.ndarray:
         """Points (N, 3) (Z, Y, X) on the ventricular surface at long-axis position t in [-1, 1] (base to
-        apex) and angle phi (rad; 0 anterior, +pi/2 patient left), pushed ``offset_mm`` outward."""
+        apex) and angle phi (rad; 0 anterior, +pi/2 patient left), pushed ``offset_mm`` (scalar or per point) outward."""
         t, phi = np.broadcast_arrays(np.atleast_1d(np.asarray(t, np.float64)), np.atleast_1d(np.asarray(phi, np.float64)))
         s = np.sqrt(np.clip(1.0 - t**2, 0.0, 1.0))
         a, b, c = self.semi
@@ -199,7 +232,7 @@ class Heart:
         # outward normal of the ellipsoid in local coordinates
         nrm = local / np.array([a, b, c]) ** 2
         nrm /= np.linalg.norm(nrm, axis=-1, keepdims=True) + 1e-12
-        local = local + offset_mm * nrm
+        local = local + np.asarray(offset_mm, np.float64)[..., None] * nrm
         axes = np.stack([self.u, self.v, self.w])  # rows: u, v, w in (Z, Y, X)
         return self.center + local @ axes
 
@@ -221,6 +254,13 @@ def sample_heart(rng: np.random.Generator, body_b_inner: float, scale: float = 1
     if w[2] < 0:
         w = -w
     fat = float(rng.uniform(0.8, 9.0))  # epicardial fat over the free walls: lean to obese
+    # ... varying along the heart: 3 smooth harmonics around and along it, more fat toward the apex and over
+    # the acute margin (phi ~ -2 rad: the right ventricle's inferior border)
+    harm = [(rng.uniform(0.1, 0.35), int(rng.integers(1, 4)), int(rng.integers(0, 3)), rng.uniform(0, 2 * np.pi),
+             rng.uniform(0, 2 * np.pi)) for _ in range(3)]
+    pattern = np.array(harm + [(rng.uniform(0.0, 0.6) * (1.0 + fat), rng.uniform(0.0, 0.6) * (1.0 + fat),
+                                rng.uniform(-2.4, -1.6), 0.0, 0.0)])
+    fat_max = 1.8 * fat + float(pattern[-1][0] + pattern[-1][1])
     axes = np.stack([u, v, w])
     half = np.sqrt(((semi[:, None] * axes) ** 2).sum(axis=0))  # half extents along Z, Y, X
     # anterior surface ~10-16 mm behind the inner chest wall; the posterior heart (the left atrium and the
@@ -231,7 +271,7 @@ def sample_heart(rng: np.random.Generator, body_b_inner: float, scale: float = 1
     def posterior(k):  # Y of the heart's back (ventricles or left atrium, as _paint_heart draws them)
         cy_k = -body_b_inner + gap + k * half[1] + fat
         la_back = -0.78 * k * semi[0] * u[1] + (22.0 + 20.0) * k * semi[0] / 52.0
-        return cy_k + max(k * half[1], la_back) + fat
+        return cy_k + max(k * half[1], la_back) + min(fat_max, fat + 4.0)
 
     k = 1.0
     while k > 0.65 and posterior(k) > body_b_inner - 80.0:
@@ -247,9 +287,11 @@ def sample_heart(rng: np.random.Generator, body_b_inner: float, scale: float = 1
     aorta_r = float(rng.uniform(14.0, 17.5))
     ascending_top = aortic_root + np.array([90.0, -6.0, -12.0])
     mitral = base + np.array([-2.0, 10.0, 10.0]) * s
-    z_bottom = float(center[0] - half[0] - fat)
     z_top = float(aortic_root[0] + root_r)
-    return Heart(center, semi, u, v, w, fat, aortic_root, root_r, ascending_top, aorta_r, mitral, z_bottom, z_top)
+    heart = Heart(center, semi, u, v, w, fat, aortic_root, root_r, ascending_top, aorta_r, mitral, 0.0, z_top, pattern)
+    phi = np.linspace(-np.pi, np.pi, 24, endpoint=False)
+    z_bottom = float(center[0] - half[0] - heart.fat_at(np.full(24, 0.9), phi).max())  # fat under the apex
+    return dataclasses.replace(heart, z_bottom=z_bottom)
 
 
 # ---------------------------------------------------------------------------------------- painting
@@ -416,7 +458,7 @@ def _paint_heart(vol, tis, grid: Grid, heart: Heart, hu: dict, e_mm: float) -> N
     ra_c = base + np.array([2.0, 4.0, -34.0]) * s
     ra_semi = np.array([30.0, 24.0, 22.0]) * s
     R = float(np.mean(heart.semi))
-    pad = heart.fat_mm + 3.0
+    pad = heart.fat_max_mm + 3.0
     box = _ellipsoid_box(grid, heart.center, heart.semi + pad, axes_v, 0.0)
     for c, sm in ((la_c, la_semi), (ra_c, ra_semi)):
         b2 = _ellipsoid_box(grid, c, sm + pad, eye, 0.0)
@@ -431,7 +473,16 @@ def _paint_heart(vol, tis, grid: Grid, heart: Heart, hu: dict, e_mm: float) -> N
     sub = vol[box]
     tsub = tis[box] if tis is not None else None
     e = e_mm / R
-    r_sac = 1.0 + heart.fat_mm / R
+    # the sac's normalised radius from the fat thickness where each voxel lies around the ventricles
+    z = grid.z_mm[box[0]][:, None, None]
+    y = grid.y_mm[box[1]][None, :, None]
+    x = grid.x_mm[box[2]][None, None, :]
+    d = [z - heart.center[0], y - heart.center[1], x - heart.center[2]]
+    a, b, c = heart.semi
+    t = (d[0] * heart.u[0] + d[1] * heart.u[1] + d[2] * heart.u[2]) / a
+    phi = np.arctan2((d[0] * heart.w[0] + d[1] * heart.w[1] + d[2] * heart.w[2]) / c,
+                     (d[0] * heart.v[0] + d[1] * heart.v[1] + d[2] * heart.v[2]) / b)
+    r_sac = (1.0 + heart.fat_at(t, phi) / R).astype(np.float32)
     _blend(sub, _ramp(r, r_sac + 1.2 / R, e), hu["pericardium"], tsub, T["pericardium"])
     _blend(sub, _ramp(r, r_sac, e), hu["epicardial_fat"], tsub, T["epicardial_fat"])
     _blend(sub, _ramp(r, 1.0, e), hu["myocardium"], tsub, T["myocardium"])

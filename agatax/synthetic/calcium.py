@@ -57,13 +57,17 @@ def coronary_tree(heart: Heart, rng: np.random.Generator) -> dict[str, Vessel]:
     lm_nodes = np.stack([ostium_l, 0.5 * (ostium_l + junction) + np.array([1.5, -2.0, 0.0]), junction])
     lm = _polyline(lm_nodes, 0.5)
 
+    def wiggle(n, amp):  # tortuosity: 1.5-4 smooth bends along the artery, amplitude ``amp``
+        k, ph = rng.uniform(1.5, 4.0), rng.uniform(0.0, 2 * np.pi)
+        return amp * rng.uniform(0.3, 1.0) * np.sin(np.linspace(0.0, 2 * np.pi * k, n) + ph) * np.linspace(0.3, 1.0, n)
+
     t = np.linspace(t_av, rng.uniform(0.85, 0.97), 60)
-    lad_phi = phi_lad + 0.25 * np.exp(-((t - t_av) * 6.0) ** 2)
+    lad_phi = phi_lad + 0.25 * np.exp(-((t - t_av) * 6.0) ** 2) + wiggle(60, 0.08)
     lad = np.concatenate([junction[None], heart.surface(t, lad_phi, off)])
     phi = np.linspace(phi_lad + 0.35, rng.uniform(2.6, 3.3), 60)
-    lcx = np.concatenate([junction[None], heart.surface(np.full_like(phi, t_av), phi, off)])
+    lcx = np.concatenate([junction[None], heart.surface(t_av + wiggle(60, 0.05), phi, off)])
     phi = np.linspace(-0.55, -rng.uniform(2.7, 3.3), 70)
-    rca_ring = heart.surface(np.full_like(phi, t_av + 0.03), phi, off)
+    rca_ring = heart.surface(t_av + 0.03 + wiggle(70, 0.05), phi, off)
     to_r = rca_ring[0] - root
     to_r[0] = 0.0
     ostium_r = root + heart.root_radius * _unit(to_r) + np.array([-1.0, 0.0, 0.0])
@@ -188,7 +192,8 @@ def _metal_atoms(heart: Heart, landmarks: dict, vessels: dict | None, rng: np.ra
                         "peak_hu": float(rng.uniform(2200, 3071))})
     elif what == "clip":  # short dense bars on the heart surface (bypass grafts)
         for _ in range(int(rng.integers(2, 7))):
-            c = heart.surface(rng.uniform(-0.7, 0.5), rng.uniform(-0.5, 1.8), heart.fat_mm + 3.0)[0]
+            t, phi = rng.uniform(-0.7, 0.5), rng.uniform(-0.5, 1.8)
+            c = heart.surface(t, phi, float(heart.fat_at(t, phi)) + 3.0)[0]
             out.append({"kind": "metal", "what": what,
                         "atoms": blob_atoms(c, 0.4, rng.normal(size=3), rng.uniform(3.0, 6.0)),
                         "peak_hu": float(rng.uniform(2200, 3071))})
@@ -292,7 +297,8 @@ def distractor_atoms(heart: Heart, landmarks: dict, grid: Grid, rng: np.random.G
     if rng.random() < 0.03 + 0.1 * burden:
         t = rng.uniform(-0.4, 0.6) + np.linspace(0.0, rng.uniform(0.1, 0.4), 8)
         phi = rng.uniform(-1.0, 2.5) + np.linspace(0.0, rng.uniform(0.2, 0.8), 8)
-        c = heart.surface(np.repeat(t, 8), np.tile(phi, 8), heart.fat_mm + 1.2)
+        t, phi = np.repeat(t, 8), np.tile(phi, 8)
+        c = heart.surface(t, phi, heart.fat_at(t, phi) + 1.2)
         keep = rng.random(len(c)) < 0.6
         if keep.any():
             out.append({"kind": "pericardium", "atoms": Atoms(c[keep], np.full(int(keep.sum()), 0.7), np.ones(int(keep.sum()))),

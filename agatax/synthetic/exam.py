@@ -34,6 +34,12 @@ _SCANNER_KEYS = ("matrix", "fov_mm", "slice_increment_mm", "slice_thickness_mm",
                  "sharpness", "hu_offset", "fov_center_mm", "kvp", "protocol", "padding_hu")
 
 
+#: Changes whenever the same seed and arguments give another exam (anatomy, calcium or scanner drawn
+#: differently); caches of generated exams (experiments' training pairs) carry it in their names.
+#: 2: epicardial fat varying along the heart, tortuous arteries (2026-12-03).
+GENERATOR_VERSION = 2
+
+
 def category_of(score: float) -> str:
     """Risk category of an Agatston score (A 0, B (0, 10], C (10, 100], D (100, 400], E > 400)."""
     from agatax.scoring import risk_category
