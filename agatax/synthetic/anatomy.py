@@ -197,16 +197,17 @@ class Heart:
         angle phi (rad; 0 anterior, +pi/2 patient left): ``fat_mm`` times a smooth pattern that varies along
         the heart and between patients (0.35-1.8 x), thicker toward the apex and over the acute margin
         (the right ventricle's inferior border). The grooves' fat is drawn around the arteries."""
-        t, phi = np.asarray(t, np.float64), np.asarray(phi, np.float64)
+        t, phi = np.asarray(t), np.asarray(phi)  # float32 in, float32 out (the painter's voxels)
+        dtype = np.result_type(t, phi, np.float32)
         if self.fat_pattern is None:
-            return np.full(np.broadcast(t, phi).shape, self.fat_mm)
-        *harm, (apex, acute, acute_phi, _, _) = self.fat_pattern
-        g = np.ones(np.broadcast(t, phi).shape)
+            return np.full(np.broadcast(t, phi).shape, self.fat_mm, dtype)
+        *harm, (apex, acute, acute_phi, _, _) = (tuple(float(c) for c in row) for row in self.fat_pattern)
+        g = np.ones(np.broadcast(t, phi).shape, dtype)
         for amp, k, m, a, b in harm:
-            g = g + amp * np.cos(k * phi + a) * np.cos(np.pi * m * t + b)
-        g = np.clip(g, 0.35, 1.8)
-        dphi = np.angle(np.exp(1j * (phi - acute_phi)))
-        extra = apex * np.exp(-((np.clip(t, None, 1.0) - 1.0) / 0.35) ** 2) + acute * np.exp(-(dphi / 0.5) ** 2)
+            g += amp * np.cos(k * phi + a) * np.cos(np.pi * m * t + b)
+        np.clip(g, 0.35, 1.8, out=g)
+        dphi = np.remainder(phi - acute_phi + np.pi, 2 * np.pi) - np.pi
+        extra = apex * np.exp(-((np.minimum(t, 1.0) - 1.0) / 0.35) ** 2) + acute * np.exp(-(dphi / 0.5) ** 2)
         return self.fat_mm * g + extra
 
     @property
@@ -474,15 +475,11 @@ def _paint_heart(vol, tis, grid: Grid, heart: Heart, hu: dict, e_mm: float) -> N
     tsub = tis[box] if tis is not None else None
     e = e_mm / R
     # the sac's normalised radius from the fat thickness where each voxel lies around the ventricles
-    z = grid.z_mm[box[0]][:, None, None]
-    y = grid.y_mm[box[1]][None, :, None]
-    x = grid.x_mm[box[2]][None, None, :]
-    d = [z - heart.center[0], y - heart.center[1], x - heart.center[2]]
-    a, b, c = heart.semi
-    t = (d[0] * heart.u[0] + d[1] * heart.u[1] + d[2] * heart.u[2]) / a
-    phi = np.arctan2((d[0] * heart.w[0] + d[1] * heart.w[1] + d[2] * heart.w[2]) / c,
-                     (d[0] * heart.v[0] + d[1] * heart.v[1] + d[2] * heart.v[2]) / b)
-    r_sac = (1.0 + heart.fat_at(t, phi) / R).astype(np.float32)
+    d = [(g[b] - c0).astype(np.float32).reshape(shape) for g, b, c0, shape in
+         zip((grid.z_mm, grid.y_mm, grid.x_mm), box, heart.center, ((-1, 1, 1), (1, -1, 1), (1, 1, -1)))]
+    local = [sum(d[i] * np.float32(ax[i]) for i in range(3)) / np.float32(sm) for ax, sm in
+             zip((heart.u, heart.v, heart.w), heart.semi)]  # (t, v, w) in semi-axis units
+    r_sac = 1.0 + heart.fat_at(local[0], np.arctan2(local[2], local[1])) / np.float32(R)
     _blend(sub, _ramp(r, r_sac + 1.2 / R, e), hu["pericardium"], tsub, T["pericardium"])
     _blend(sub, _ramp(r, r_sac, e), hu["epicardial_fat"], tsub, T["epicardial_fat"])
     _blend(sub, _ramp(r, 1.0, e), hu["myocardium"], tsub, T["myocardium"])
