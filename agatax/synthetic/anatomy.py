@@ -217,12 +217,6 @@ class Heart:
             return self.fat_mm
         return 1.8 * self.fat_mm + float(self.fat_pattern[-1][0] + self.fat_pattern[-1][1])
 
-    def local(self, zyx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(t, phi) of points (..., 3) (Z, Y, X) mm in the ventricles' frame (as :meth:`surface`)."""
-        d = np.asarray(zyx, np.float64) - self.center
-        a, b, c = self.semi
-        return (d @ self.u) / a, np.arctan2((d @ self.w) / c, (d @ self.v) / b)
-
     def surface(self, t: np.ndarray, phi: np.ndarray, offset_mm=0.0) -> np.ndarray:
         """Points (N, 3) (Z, Y, X) on the ventricular surface at long-axis position t in [-1, 1] (base to
         apex) and angle phi (rad; 0 anterior, +pi/2 patient left), pushed ``offset_mm`` (scalar or per point) outward."""
