@@ -1125,7 +1125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:  # the program itself: a running `agatax serve` takes the command if it can
         from agatax.serve import try_remote
 
-        code = try_remote(sys.argv[1:])
+        with _sigint_stops(threading.Event()):  # Ctrl-C reaches the served command even where it was ignored
+            code = try_remote(sys.argv[1:])
         if code is not None:
             return code
     stop = threading.Event()

@@ -145,7 +145,10 @@ def test_stop_ends_the_server_and_removes_its_socket(tmp_path):
     assert again.returncode == 0 and "no server was running" in again.stderr
 
 
-def test_ctrl_c_in_the_client_stops_the_served_command_and_the_server_serves_on(exam, tmp_path):
+@pytest.mark.parametrize("ignored", [False, True], ids=["sigint", "sigint-ignored-by-the-parent"])
+def test_ctrl_c_in_the_client_stops_the_served_command_and_the_server_serves_on(exam, tmp_path, ignored):
+    """Also where the client starts with SIGINT ignored (a command started in the background by a
+    non-interactive shell), as a local run handles it."""
     import csv
     import signal
 
@@ -172,8 +175,12 @@ def test_ctrl_c_in_the_client_stops_the_served_command_and_the_server_serves_on(
         report = tmp_path / "report"
         args = ["score", str(exams), "--weights", str(tmp_path / "tiny.msgpack"), "--report", str(report),
                 "--no-png", "--no-localise"]
-        client = subprocess.Popen([sys.executable, "-m", "agatax"] + args, cwd=REPO, env=_env(sock),
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        command = [sys.executable, "-m", "agatax"]
+        if ignored:  # SIG_IGN survives exec, as a background shell's does
+            command = [sys.executable, "-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                       "os.execv(sys.executable, [sys.executable, '-m', 'agatax'] + sys.argv[1:])"]
+        client = subprocess.Popen(command + args, cwd=REPO, env=_env(sock), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
         summary = report / "summary.csv"
         deadline = time.monotonic() + 180
         while not (summary.is_file() and len(list(csv.DictReader(summary.open()))) >= 1):
