@@ -48,6 +48,7 @@ def compare_with_phantom(phantom_dir: Path, out: Path) -> None:
     from scipy import ndimage
 
     from agatax import preprocess, read_volume
+    from agatax.preprocess import network_grid_mm
 
     vol = read_volume(phantom_dir)
     rows = ["| series | noise SD (HU) | autocorrelation at 0.5 / 1 / 1.5 / 2 / 3 mm |", "|---|---|---|"]
@@ -81,9 +82,10 @@ def compare_with_phantom(phantom_dir: Path, out: Path) -> None:
         axes[0, j].imshow(v.hu[k], cmap="gray", vmin=-300, vmax=800)
         axes[0, j].set_title(f"{title}\nslice {k}, HU -300..800", fontsize=9)
         x = np.asarray(preprocess(v.hu, v.spacing))
-        kz = min(int(round((k + 0.5) * v.spacing[0] / v.spacing[0] - 0.5)), x.shape[0] - 1)
+        g = network_grid_mm(v.spacing[0])  # the networks' isotropic grid (3 mm for 5 mm slices)
+        kz = min(int(round((k + 0.5) * v.spacing[0] / g - 0.5)), x.shape[0] - 1)
         axes[1, j].imshow(x[kz], cmap="gray", vmin=0, vmax=1)
-        axes[1, j].set_title(f"network input ({v.spacing[0]:g} mm grid, [0, 1])", fontsize=9)
+        axes[1, j].set_title(f"network input ({g:g} mm grid, [0, 1])", fontsize=9)
     for a in axes.ravel():
         a.axis("off")
     fig.tight_layout()
