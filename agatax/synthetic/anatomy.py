@@ -210,12 +210,17 @@ class Heart:
         extra = apex * np.exp(-((np.minimum(t, 1.0) - 1.0) / 0.35) ** 2) + acute * np.exp(-(dphi / 0.5) ** 2)
         return self.fat_mm * g + extra
 
+    @staticmethod
+    def fat_bound(fat_mm: float, pattern: np.ndarray | None) -> float:
+        """An upper bound (mm) of :meth:`fat_at` for a free-wall thickness and a pattern."""
+        if pattern is None:
+            return fat_mm
+        return 1.8 * fat_mm + float(pattern[-1][0] + pattern[-1][1])
+
     @property
     def fat_max_mm(self) -> float:
         """An upper bound of :meth:`fat_at` (mm)."""
-        if self.fat_pattern is None:
-            return self.fat_mm
-        return 1.8 * self.fat_mm + float(self.fat_pattern[-1][0] + self.fat_pattern[-1][1])
+        return self.fat_bound(self.fat_mm, self.fat_pattern)
 
     def surface(self, t: np.ndarray, phi: np.ndarray, offset_mm=0.0) -> np.ndarray:
         """Points (N, 3) (Z, Y, X) on the ventricular surface at long-axis position t in [-1, 1] (base to
@@ -255,7 +260,7 @@ def sample_heart(rng: np.random.Generator, body_b_inner: float, scale: float = 1
              rng.uniform(0, 2 * np.pi)) for _ in range(3)]
     pattern = np.array(harm + [(rng.uniform(0.0, 0.6) * (1.0 + fat), rng.uniform(0.0, 0.6) * (1.0 + fat),
                                 rng.uniform(-2.4, -1.6), 0.0, 0.0)])
-    fat_max = 1.8 * fat + float(pattern[-1][0] + pattern[-1][1])
+    fat_max = Heart.fat_bound(fat, pattern)
     axes = np.stack([u, v, w])
     half = np.sqrt(((semi[:, None] * axes) ** 2).sum(axis=0))  # half extents along Z, Y, X
     # anterior surface ~10-16 mm behind the inner chest wall; the posterior heart (the left atrium and the
