@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from agatax.errors import InputError
+from agatax.slabs import THIN_BELOW_MM
 
 __all__ = ["preprocess", "grid_shape", "restore_grid", "resample_hu", "network_grid_mm", "box_weights", "WINDOW_HU",
            "AIR_HU", "ENHANCE_BOX_MM"]
@@ -54,7 +55,7 @@ def _host_spacing(spacing, what: str = "spacing") -> tuple[float, float, float]:
     return tuple(float(v) for v in values)  # type: ignore[return-value]
 
 
-THIN_SLICE_MM = 2.0
+THIN_SLICE_MM = THIN_BELOW_MM  # one bound for thin slices: the slab rule's (agatax.slabs)
 THIN_GRID_MM = 3.0
 THICK_SLICE_MM = 3.5  # increments above this (5 mm chest CT) meet the networks on the 3 mm grid too
 

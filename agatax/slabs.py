@@ -18,7 +18,7 @@ from agatax.volume import Volume
 __all__ = ["thick_slabs", "SLAB_MM", "THIN_BELOW_MM", "THIN_SLICES"]
 
 SLAB_MM = 3.0
-THIN_BELOW_MM = 2.0  # increments under this are thin slices (as agatax.preprocess.network_grid_mm)
+THIN_BELOW_MM = 2.0  # increments under this are thin slices (agatax.preprocess.network_grid_mm uses it too)
 THIN_SLICES = ("slab", "native")
 
 
