@@ -458,3 +458,68 @@ def test_epicardial_fat_thickness_follows_its_pattern_around_the_heart():
     assert planned.std() > 1.5  # the pattern really varies (SD ~2 mm here)
     assert np.corrcoef(planned, measured)[0, 1] > 0.9
     assert 0.8 < np.median(measured / planned) < 1.25
+
+
+def _local(heart, pts):
+    """Points (N, 3) in the heart's local frame, divided by its semi-axes: (t, s cos phi, s sin phi)."""
+    return ((pts - heart.center) @ np.stack([heart.u, heart.v, heart.w]).T) / heart.semi
+
+
+def test_coronary_tree_has_side_branches_that_leave_their_parent_on_the_free_walls():
+    """Diagonals, obtuse marginals and the PDA: each starts on its parent's centre line, stays 1-4 mm outside
+    the ventricular surface (on the epicardium, in the fat) and runs toward the apex; diagonals turn toward
+    the patient's left (phi grows), the PDA keeps to the posterior groove (|phi| near pi)."""
+    from agatax.synthetic.anatomy import sample_heart
+    from agatax.synthetic.calcium import BRANCH_OF, coronary_tree
+
+    seen = set()
+    for seed in range(6):
+        heart = sample_heart(np.random.default_rng(seed), 110.0)
+        vessels = coronary_tree(heart, np.random.default_rng(100 + seed))
+        for name, v in vessels.items():
+            if name not in BRANCH_OF:
+                continue
+            seen.add(name.rstrip("12"))
+            parent = vessels[BRANCH_OF[name]].points
+            assert np.linalg.norm(parent - v.points[0], axis=1).min() < 0.6, name
+            q = _local(heart, v.points[4:])
+            r = np.linalg.norm(q, axis=1)  # 1 on the ellipsoid; 2 mm outside is ~1 + 2 / 45
+            assert np.all(r > 1.0) and np.all(r < 1.0 + 5.0 / heart.semi.min()), (name, r.min(), r.max())
+            assert q[-1, 0] > q[0, 0] + 0.2, name  # toward the apex
+            phi = np.arctan2(q[:, 2], q[:, 1])
+            if name.startswith("D"):
+                assert phi[-1] > phi[0] + 0.3, name
+            if name == "PDA":
+                assert np.all(np.abs(phi) > 2.3), phi
+    assert seen == {"D", "OM", "PDA"}
+
+
+def test_plaques_on_side_branches_are_labelled_with_their_parent_artery():
+    """Plaques also sit on side branches; the mask labels them with the parent artery (diagonal -> LAD,
+    marginal -> LCX, PDA -> RCA), as an annotator scoring per artery does."""
+    from agatax.synthetic.calcium import ARTERY_CODES, BRANCH_OF
+
+    on_branches = 0
+    for seed in (1, 4, 5):
+        ex = generate_exam(seed, target_category="E", **SMALL)
+        for lesion in ex.lesions:
+            assert lesion["artery"] == BRANCH_OF.get(lesion["vessel"], lesion["vessel"])
+            if lesion["vessel"] in BRANCH_OF:
+                on_branches += 1
+                codes = {int(ex.mask[p]) for p in lesion["points_zyx"]}
+                assert codes == {ARTERY_CODES[BRANCH_OF[lesion["vessel"]]]}, (lesion["vessel"], codes)
+    assert on_branches >= 2
+
+
+@pytest.mark.parametrize("eccentric", [0.0, 0.6, 1.5])
+def test_plaque_sits_at_its_eccentricity_off_the_centre_line(eccentric):
+    """A plaque's atoms lie ``eccentric`` lumen radii off the centre line, perpendicular to it (> 1: beyond
+    the wall, in the fat beside the vessel)."""
+    from agatax.synthetic.calcium import Vessel, plaque_atoms
+
+    z = np.arange(0.0, 40.0, 0.5)
+    v = Vessel("LAD", np.stack([z, np.full_like(z, 3.0), np.full_like(z, -2.0)], 1), np.full(len(z), 1.6))
+    atoms = plaque_atoms(v, 20.0, 8.0, 1.0, angle=0.7, eccentric=eccentric)
+    off = np.linalg.norm(atoms.centers[:, 1:] - [3.0, -2.0], axis=1)
+    np.testing.assert_allclose(off, eccentric * 1.6, atol=1e-9)
+    assert np.ptp(atoms.centers[:, 0]) > 6.0  # along the vessel

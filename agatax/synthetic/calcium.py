@@ -17,18 +17,26 @@ from scipy.special import ndtr
 
 from agatax.synthetic.anatomy import Grid, Heart, _polyline, _unit
 
-__all__ = ["ARTERY_CODES", "Vessel", "coronary_tree", "Atoms", "render_atoms", "atoms_box"]
+__all__ = ["ARTERY_CODES", "BRANCH_OF", "Vessel", "coronary_tree", "Atoms", "render_atoms", "atoms_box"]
 
 ARTERY_CODES = {"LM": 1, "LAD": 2, "LCX": 3, "RCA": 4}
+#: Side branches and the artery whose territory (and mask label) they belong to: diagonals (LAD), obtuse
+#: marginals (LCX), the posterior descending artery (RCA, right-dominant circulation).
+BRANCH_OF = {"D1": "LAD", "D2": "LAD", "OM1": "LCX", "OM2": "LCX", "PDA": "RCA"}
 
 
 @dataclasses.dataclass(frozen=True)
 class Vessel:
-    """A coronary artery: centre line (N, 3) (Z, Y, X) mm sampled every ~0.5 mm, lumen radius (N,) mm."""
+    """A coronary artery or side branch: centre line (N, 3) (Z, Y, X) mm sampled every ~0.5 mm, lumen radius
+    (N,) mm. ``artery``: the main artery it belongs to (LM, LAD, LCX, RCA; a branch's parent)."""
 
     name: str
     points: np.ndarray
     radius: np.ndarray
+
+    @property
+    def artery(self) -> str:
+        return BRANCH_OF.get(self.name, self.name)
 
     @property
     def length_mm(self) -> float:
@@ -40,10 +48,13 @@ class Vessel:
 
 
 def coronary_tree(heart: Heart, rng: np.random.Generator) -> dict[str, Vessel]:
-    """LM, LAD, LCX and RCA running in the epicardial fat ~2.5 mm outside the ventricular surface.
+    """LM, LAD, LCX and RCA running in the epicardial fat ~2.5 mm outside the ventricular surface, and their
+    side branches (``BRANCH_OF``).
 
     LM: left aortic sinus -> bifurcation; LAD: anterior interventricular groove to the apex; LCX: left
     atrioventricular groove toward the back; RCA: right sinus -> right atrioventricular groove -> back.
+    Branches: 1-2 diagonals from the LAD over the anterolateral wall, 1-2 obtuse marginals from the LCX down
+    the lateral wall, the PDA from the RCA's end down the posterior interventricular groove.
     """
     off = 2.0
     t_av = rng.uniform(-0.72, -0.62)
@@ -64,17 +75,32 @@ def coronary_tree(heart: Heart, rng: np.random.Generator) -> dict[str, Vessel]:
     t = np.linspace(t_av, rng.uniform(0.85, 0.97), 60)
     lad_phi = phi_lad + 0.25 * np.exp(-((t - t_av) * 6.0) ** 2) + wiggle(60, 0.08)
     lad = np.concatenate([junction[None], heart.surface(t, lad_phi, off)])
-    phi = np.linspace(phi_lad + 0.35, rng.uniform(2.6, 3.3), 60)
-    lcx = np.concatenate([junction[None], heart.surface(t_av + wiggle(60, 0.05), phi, off)])
-    phi = np.linspace(-0.55, -rng.uniform(2.7, 3.3), 70)
-    rca_ring = heart.surface(t_av + 0.03 + wiggle(70, 0.05), phi, off)
+    phi_lcx = np.linspace(phi_lad + 0.35, rng.uniform(2.6, 3.3), 60)
+    t_lcx = t_av + wiggle(60, 0.05)
+    lcx = np.concatenate([junction[None], heart.surface(t_lcx, phi_lcx, off)])
+    phi_rca = np.linspace(-0.55, -rng.uniform(2.7, 3.3), 70)
+    t_rca = t_av + 0.03 + wiggle(70, 0.05)
+    rca_ring = heart.surface(t_rca, phi_rca, off)
     to_r = rca_ring[0] - root
     to_r[0] = 0.0
     ostium_r = root + heart.root_radius * _unit(to_r) + np.array([-1.0, 0.0, 0.0])
     rca = np.concatenate([ostium_r[None], 0.5 * (ostium_r + rca_ring[0])[None] + np.array([[0.0, -2.0, -1.0]]), rca_ring])
+    trees = [("LM", lm, 2.1, 2.0), ("LAD", lad, 1.8, 0.8), ("LCX", lcx, 1.7, 0.9), ("RCA", rca, 1.9, 1.0)]
+    for k in range(int(rng.integers(1, 3))):  # diagonals: from the LAD toward the apex and the patient's left
+        i = min(int(rng.uniform(0.1, 0.35) * len(t)) + 15 * k, len(t) - 10)
+        tb = np.linspace(t[i], min(t[i] + rng.uniform(0.4, 0.8), 0.92), 30)
+        pb = lad_phi[i] + rng.uniform(0.5, 1.0) * np.linspace(0.0, 1.0, 30) ** 0.7 + wiggle(30, 0.04)
+        trees.append((f"D{k + 1}", np.concatenate([lad[i + 1][None], heart.surface(tb, pb, off)]), 1.2, 0.6))
+    for k in range(int(rng.integers(1, 3))):  # obtuse marginals: from the LCX down the lateral wall
+        i = min(int(rng.uniform(0.25, 0.55) * len(phi_lcx)) + 12 * k, len(phi_lcx) - 5)
+        tb = np.linspace(t_lcx[i], rng.uniform(0.3, 0.75), 30)
+        pb = phi_lcx[i] + rng.uniform(-0.25, 0.25) * np.linspace(0.0, 1.0, 30) + wiggle(30, 0.04)
+        trees.append((f"OM{k + 1}", np.concatenate([lcx[i + 1][None], heart.surface(tb, pb, off)]), 1.2, 0.6))
+    tb = np.linspace(t_rca[-1], rng.uniform(0.35, 0.7), 30)  # PDA: the crux toward the apex
+    pb = phi_rca[-1] + wiggle(30, 0.05)
+    trees.append(("PDA", np.concatenate([rca_ring[-1][None], heart.surface(tb, pb, off)]), 1.2, 0.6))
     vessels = {}
-    for name, nodes, r0, r1 in (("LM", lm, 2.1, 2.0), ("LAD", lad, 1.8, 0.8), ("LCX", lcx, 1.7, 0.9),
-                                ("RCA", rca, 1.9, 1.0)):
+    for name, nodes, r0, r1 in trees:
         pts = _polyline(nodes, 0.5)
         s = rng.uniform(0.9, 1.1)
         vessels[name] = Vessel(name, pts, np.linspace(r0 * s, r1 * s, len(pts)))

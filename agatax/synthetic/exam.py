@@ -14,7 +14,7 @@ from agatax.synthetic.anatomy import (
     TISSUES, Grid, ScannerParams, _paint_capsules, build_anatomy, polyline_segments, make_grid, sample_heart, sample_scanner,
 )
 from agatax.synthetic.calcium import (
-    ARTERY_CODES, Atoms, Vessel, arch_atoms, atoms_box, coronary_tree, distractor_atoms, plaque_atoms, render_atoms,
+    ARTERY_CODES, BRANCH_OF, Atoms, Vessel, arch_atoms, atoms_box, coronary_tree, distractor_atoms, plaque_atoms, render_atoms,
 )
 from agatax.volume import Volume
 
@@ -30,6 +30,7 @@ DISTRACTOR_CODES = {"bone": 1, "aortic_wall": 2, "aortic_valve": 3, "mitral_annu
 ARTERY_NAMES = {v: k for k, v in ARTERY_CODES.items()}
 FOOTPRINT_HU = 20.0  # a calcification's neighbourhood: where it adds at least this many HU
 _ARTERY_P = {"LAD": 0.42, "RCA": 0.26, "LCX": 0.20, "LM": 0.12}
+_BRANCH_P = {"LAD": 0.25, "LCX": 0.35, "RCA": 0.15}  # of an artery's plaques, the share on its side branches
 _SCANNER_KEYS = ("matrix", "fov_mm", "slice_increment_mm", "slice_thickness_mm", "n_slices", "noise_sigma_hu",
                  "sharpness", "hu_offset", "fov_center_mm", "kvp", "protocol", "padding_hu")
 
@@ -37,7 +38,9 @@ _SCANNER_KEYS = ("matrix", "fov_mm", "slice_increment_mm", "slice_thickness_mm",
 #: Changes whenever the same seed and arguments give another exam (anatomy, calcium or scanner drawn
 #: differently); caches of generated exams (experiments' training pairs) carry it in their names.
 #: 2: epicardial fat varying along the heart, tortuous arteries (2026-12-03).
-GENERATOR_VERSION = 2
+#: 3: side branches (diagonals, obtuse marginals, PDA) with plaques on them; plaques sit from inside the
+#: lumen to beyond the wall, in the fat beside the vessel (2026-12-03).
+GENERATOR_VERSION = 3
 
 
 def category_of(score: float) -> str:
@@ -219,13 +222,14 @@ def _lesion_mask(hu_crop: np.ndarray, signal: np.ndarray):
 
 @dataclasses.dataclass
 class _Plan:
-    artery: str
+    artery: str  # the vessel (main artery or side branch) the plaque sits on
     s_mm: float
     size: float  # size knob: thickness and length grow with it
     angle: float
     density: float  # wanted noise-free peak HU
     speck: bool = False
     motion_mm: float = 0.0  # cardiac motion smear (RCA): the plaque drawn twice, this far apart in-plane
+    eccentric: float = 0.6  # plaque centre off the centre line, in lumen radii (> 1: beyond the wall, in fat)
     atoms: Atoms | None = None
     box: tuple | None = None
     signal: np.ndarray | None = None
@@ -242,7 +246,7 @@ def _plan_atoms(p: _Plan, vessels: dict[str, Vessel]) -> Atoms:
     v = vessels[p.artery]
     length = min(length, max(0.0, v.length_mm - 4.0))
     s = float(np.clip(p.s_mm, 0.5 * length + 1.0, max(v.length_mm - 0.5 * length - 1.0, 0.5 * length + 1.0)))
-    atoms = plaque_atoms(v, s, length, thick, p.angle)
+    atoms = plaque_atoms(v, s, length, thick, p.angle, p.eccentric)
     if p.motion_mm > 0:
         d = 0.5 * p.motion_mm * np.array([0.0, math.cos(3 * p.angle), math.sin(3 * p.angle)])
         atoms = Atoms(np.concatenate([atoms.centers - d, atoms.centers + d]), np.tile(atoms.sigma, 2),
@@ -434,7 +438,9 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
     # thickness varies along the vessel (smoothly) and between patients
     along = np.concatenate([np.linspace(0.0, 1.0, len(g[0])) for g in segs])
     wobble = 1.0 + 0.35 * np.sin(2 * math.pi * (along * r_anat.uniform(0.7, 1.6) + r_anat.uniform(0.0, 1.0)))
-    _paint_capsules(vol, tissue, grid, p0, p1, np.concatenate([g[2] for g in segs]) + groove_fat * wobble * (1.25 - 0.5 * along),
+    # side branches run over the free walls, under the epicardial fat, not in a groove: a thinner sheath
+    sheath = np.concatenate([np.full(len(g[0]), 0.4 if name in BRANCH_OF else 1.0) for name, g in zip(vessels, segs)])
+    _paint_capsules(vol, tissue, grid, p0, p1, np.concatenate([g[2] for g in segs]) + groove_fat * sheath * wobble * (1.25 - 0.5 * along),
                     landmarks["hu_of"]["epicardial_fat"], TISSUES["epicardial_fat"], e_mm, only_hu_below=100.0)
     _paint_capsules(vol, tissue, grid, np.concatenate([g[0] for g in segs]), np.concatenate([g[1] for g in segs]),
                     np.concatenate([g[2] for g in segs]), landmarks["hu_of"]["coronary"], TISSUES["coronary"], e_mm,
@@ -562,6 +568,9 @@ def _plan_lesions(cat, target, n_lesions, vessels, grid, sc, rng, base) -> list[
         speck = i >= n_lesions
         for _try in range(30):
             art = names[int(rng.choice(len(names), p=probs))]
+            side = [k for k in vessels if BRANCH_OF.get(k) == art]
+            if side and rng.random() < _BRANCH_P.get(art, 0.0):
+                art = str(rng.choice(side))
             v = vessels[art]
             s = v.length_mm * (rng.uniform(0.1, 0.9) if art == "LM" else rng.beta(1.4, 2.4))
             wbin = rng.choice(4, p=[0.22, 0.22, 0.2, 0.36])
@@ -572,12 +581,13 @@ def _plan_lesions(cat, target, n_lesions, vessels, grid, sc, rng, base) -> list[
                 w = wbin + 1
                 vol_mm3 = 3.0 * shares[i] / w
                 size = float(np.clip(0.9 * vol_mm3 ** (1 / 3), 0.4, 6.0)) if vol_mm3 < 60 else 2.0 + vol_mm3 / 60.0
-            motion = float(rng.uniform(0.0, 2.5)) if art == "RCA" else 0.0
-            p = _Plan(art, s, size, float(rng.uniform(0, 2 * math.pi)), dens, speck, motion)
+            motion = float(rng.uniform(0.0, 2.5)) if v.artery == "RCA" else 0.0
+            p = _Plan(art, s, size, float(rng.uniform(0, 2 * math.pi)), dens, speck, motion,
+                      float(rng.uniform(0.4, 1.6)))
             _render_plan(p, vessels, grid, sc, base)
             if p.box is None:
                 continue
-            grown = _plan_atoms(_Plan(art, s, p.size * 1.8 + 1.0, p.angle, p.density, False, motion), vessels)  # room to grow
+            grown = _plan_atoms(dataclasses.replace(p, size=p.size * 1.8 + 1.0, speck=False), vessels)  # room to grow
             if all(_far_apart(grown, q.atoms, grid, sc.slice_thickness_mm, sc.psf_sigma_mm) for q in plans):
                 break
         else:
@@ -689,7 +699,7 @@ def _compose(plans, vessels, grid, sc, base, hu, mask, prev_boxes, describe=Fals
         m, lab, keep = got
         sub = mask[p.box]
         own = m & (sub == 0)
-        sub[own] = ARTERY_CODES[p.artery]
+        sub[own] = ARTERY_CODES[vessels[p.artery].artery]
         if not describe:
             continue
         lo = np.array([s.start for s in p.box])
@@ -702,7 +712,7 @@ def _compose(plans, vessels, grid, sc, base, hu, mask, prev_boxes, describe=Fals
         centre = tuple(int(i) for i in (np.unravel_index(int(np.argmax(vals)), vals.shape) + lo))
         thick, length = p.geometry()
         lesions.append({
-            "center_zyx": centre, "points_zyx": pts, "artery": p.artery,
+            "center_zyx": centre, "points_zyx": pts, "artery": vessels[p.artery].artery, "vessel": p.artery,
             "peak_hu": float(hu_crop[m].max()), "density_hu": float(p.density), "length_mm": float(length),
             "thickness_mm": float(thick), "voxels": int(m.sum()), "speck": bool(p.speck),
             "agatston": float(_score_crop(hu_crop, m, spacing)),
