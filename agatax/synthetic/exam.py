@@ -58,9 +58,11 @@ class SyntheticExam:
         volume: the CT (Volume: hu float32 (z, y, x) integer-valued HU, spacing (dz, dy, dx) mm, LPS affine).
         mask: uint8 (z, y, x) true coronary calcium, 1 LM, 2 LAD, 3 LCX, 4 RCA, 0 elsewhere.
         lesions: one dict per planted calcification: ``center_zyx`` (voxel indices of its brightest voxel,
-            the annotation point), ``points_zyx`` (one point per 3D component), ``artery``, ``peak_hu``
-            (max HU inside its mask), ``density_hu`` (planned noise-free peak), ``length_mm``,
-            ``thickness_mm``, ``voxels``, ``agatston`` (its own score measured alone).
+            the annotation point), ``points_zyx`` (one point per 3D component), ``artery`` (LM, LAD, LCX,
+            RCA: the mask label), ``vessel`` (the artery or its side branch: D1, D2, OM1, OM2, PDA),
+            ``eccentric`` (lumen radii off the centre line), ``peak_hu`` (max HU inside its mask),
+            ``density_hu`` (planned noise-free peak), ``length_mm``, ``thickness_mm``, ``voxels``,
+            ``agatston`` (its own score measured alone).
         agatston: true Agatston score (agatax.compute_scores on ``volume.hu`` and ``mask``).
         category: risk category "A".."E" of ``agatston``.
         target_category: the category the planner aimed at.
@@ -713,6 +715,7 @@ def _compose(plans, vessels, grid, sc, base, hu, mask, prev_boxes, describe=Fals
         thick, length = p.geometry()
         lesions.append({
             "center_zyx": centre, "points_zyx": pts, "artery": vessels[p.artery].artery, "vessel": p.artery,
+            "eccentric": float(p.eccentric),
             "peak_hu": float(hu_crop[m].max()), "density_hu": float(p.density), "length_mm": float(length),
             "thickness_mm": float(thick), "voxels": int(m.sum()), "speck": bool(p.speck),
             "agatston": float(_score_crop(hu_crop, m, spacing)),
