@@ -523,3 +523,24 @@ def test_plaque_sits_at_its_eccentricity_off_the_centre_line(eccentric):
     off = np.linalg.norm(atoms.centers[:, 1:] - [3.0, -2.0], axis=1)
     np.testing.assert_allclose(off, eccentric * 1.6, atol=1e-9)
     assert np.ptp(atoms.centers[:, 0]) > 6.0  # along the vessel
+
+
+def test_branch_lesions_experiment_counts_a_lesion_found_only_when_the_prediction_touches_it():
+    """experiments/branch_lesions.py: the true mask finds every lesion; the true mask without one lesion's
+    voxels misses that one and only it."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "branch_lesions.py"
+    spec = importlib.util.spec_from_file_location("branch_lesions", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    ex = small_exam(1, "E")
+    truth = ex.mask > 0
+    assert [found for _, found in mod.found_lesions(ex, truth)] == [True] * len(ex.lesions)
+    lab, _ = ndimage.label(truth, structure=np.ones((3, 3, 3), bool))
+    comps = [{int(lab[p]) for p in lesion["points_zyx"]} for lesion in ex.lesions]
+    drop = np.isin(lab, list(comps[0]))
+    expected = [bool(c - comps[0]) for c in comps]  # a lesion sharing no component with the first survives
+    assert expected[0] is False and any(expected)
+    assert [found for _, found in mod.found_lesions(ex, truth & ~drop)] == expected
