@@ -101,9 +101,10 @@ def test_mask_from_points_recovers_true_mask_on_clean_data():
 
 @pytest.mark.parametrize("seed", [1, 2, 4])
 def test_distractors_never_touch_true_mask_and_bright_voxels_are_mostly_not_coronary(seed):
+    """No look-alike touches the true mask, except the aortic-root calcium that runs into the LM ostium."""
     ex = small_exam(seed, "E", noise_sigma_hu=35.0)
     grown = ndimage.binary_dilation(ex.mask > 0, structure=np.ones((3, 3, 3)))
-    assert not (grown & (ex.distractor_mask > 0)).any()
+    assert not (grown & (ex.distractor_mask > 0) & (ex.distractor_mask != DISTRACTOR_CODES["aortic_root"])).any()
     assert (ex.distractor_mask == DISTRACTOR_CODES["bone"]).any()
     bright = ex.volume.hu >= 130
     assert (bright & (ex.mask == 0)).sum() > 5 * (bright & (ex.mask > 0)).sum()
@@ -544,3 +545,29 @@ def test_branch_lesions_experiment_counts_a_lesion_found_only_when_the_predictio
     expected = [bool(c - comps[0]) for c in comps]  # a lesion sharing no component with the first survives
     assert expected[0] is False and any(expected)
     assert [found for _, found in mod.found_lesions(ex, truth & ~drop)] == expected
+
+
+@pytest.mark.parametrize("seed", [1, 12, 33])
+def test_aortic_root_calcium_runs_into_an_ostial_lm_plaque_and_only_the_coronary_part_is_scored(seed):
+    """Root-wall calcium at the left main ostium touching an ostial LM plaque: one calcified object at
+    130 HU, which the truth splits into the LM part (label 1) and the root part (distractor code 9, not
+    scored); every voxel of the object but noise at the footprints' edges is in one of the two, and the LM part is the part nearest the LM
+    plaque's annotation point (its voxels' median distance to that point is below the root part's)."""
+    ex = small_exam(seed, "E")
+    root = ex.distractor_mask == DISTRACTOR_CODES["aortic_root"]
+    bright = ex.volume.hu >= 130
+    lab, _ = ndimage.label(bright, structure=np.ones((3, 3, 3), bool))
+    lm = ex.mask == 1
+    shared = (set(np.unique(lab[lm])) & set(np.unique(lab[root & bright]))) - {0}
+    assert shared, "the root calcium does not touch the LM plaque"
+    obj = np.isin(lab, list(shared))
+    assert not (obj & (ex.mask > 1)).any() and not (lm & root).any()
+    assert (obj & ~lm & ~root).sum() <= 0.03 * obj.sum()  # only noise at either footprint's edge is in neither
+    point = next(np.array(les["center_zyx"]) for les in ex.lesions if les["artery"] == "LM"
+                 and obj[les["center_zyx"]])
+    dist = lambda m: np.median(np.linalg.norm((np.argwhere(m) - point) * ex.volume.spacing, axis=1))  # noqa: E731
+    assert dist(obj & lm) < dist(obj & root)
+    ref = agatax.compute_scores(ex.volume.hu, ex.mask, ex.volume.spacing).agatston
+    with_root = agatax.compute_scores(ex.volume.hu, np.where(obj, 1, ex.mask), ex.volume.spacing).agatston
+    assert with_root > ref  # scoring the whole object would over-score: the split matters
+    assert ex.agatston == pytest.approx(ref)

@@ -17,7 +17,8 @@ from scipy.special import ndtr
 
 from agatax.synthetic.anatomy import Grid, Heart, _polyline, _unit
 
-__all__ = ["ARTERY_CODES", "BRANCH_OF", "Vessel", "coronary_tree", "Atoms", "render_atoms", "atoms_box"]
+__all__ = ["ARTERY_CODES", "BRANCH_OF", "Vessel", "coronary_tree", "Atoms", "render_atoms", "atoms_box",
+           "ostial_root_atoms"]
 
 ARTERY_CODES = {"LM": 1, "LAD": 2, "LCX": 3, "RCA": 4}
 #: Side branches and the artery whose territory (and mask label) they belong to: diagonals (LAD), obtuse
@@ -184,6 +185,27 @@ def plaque_atoms(vessel: Vessel, s_mm: float, length_mm: float, thickness_mm: fl
     centers = pts[idx] + eccentric * vessel.radius[idx][:, None] * d
     sig = sig0 * (0.55 + 0.45 * taper)
     return Atoms(centers, sig, np.ones_like(sig))
+
+
+def ostial_root_atoms(root_axis_mm: np.ndarray, lm: Vessel, rng: np.random.Generator) -> Atoms:
+    """Aortic-root wall calcification around the left main ostium: an arc of the root wall through the
+    ostium's lip, 4-12 mm around the root and 2-6 mm high, ending at the ostium (not inside the LM).
+
+    ``root_axis_mm``: a point (Z, Y, X) on the root's axis; the arc lies on the circle through the ostium
+    (``lm.points[0]``) around it, in the axial plane."""
+    ost = lm.points[0]
+    d = ost - np.asarray(root_axis_mm, float)
+    d[0] = 0.0
+    radius = float(np.linalg.norm(d))
+    a_ost = math.atan2(d[1], d[2])
+    span = rng.uniform(4.0, 12.0) / max(radius, 1.0)  # rad
+    side = rng.choice([-1.0, 1.0])
+    arc = a_ost + side * np.linspace(0.0, span, max(int(span * radius / 0.8), 3))  # from the ostium away
+    height = rng.uniform(2.0, 6.0)
+    zs = ost[0] - rng.uniform(0.0, 1.0) * height + np.linspace(0.0, height, 3)
+    c = np.array([[z, root_axis_mm[1] + radius * math.sin(a), root_axis_mm[2] + radius * math.cos(a)]
+                  for z in zs for a in arc])
+    return Atoms(c, np.full(len(c), rng.uniform(0.5, 0.9)), np.ones(len(c)))
 
 
 def blob_atoms(center: np.ndarray, sigma: float, direction: np.ndarray | None = None, length: float = 0.0) -> Atoms:

@@ -14,7 +14,7 @@ from agatax.synthetic.anatomy import (
     TISSUES, Grid, ScannerParams, _paint_capsules, build_anatomy, polyline_segments, make_grid, sample_heart, sample_scanner,
 )
 from agatax.synthetic.calcium import (
-    ARTERY_CODES, BRANCH_OF, Atoms, Vessel, arch_atoms, atoms_box, coronary_tree, distractor_atoms, plaque_atoms, render_atoms,
+    ARTERY_CODES, BRANCH_OF, Atoms, Vessel, ostial_root_atoms, arch_atoms, atoms_box, coronary_tree, distractor_atoms, plaque_atoms, render_atoms,
 )
 from agatax.volume import Volume
 
@@ -26,7 +26,7 @@ CATEGORIES = ("A", "B", "C", "D", "E")
 CATEGORY_TARGETS = {"A": (0.0, 0.0), "B": (1.0, 9.0), "C": (14.0, 90.0), "D": (115.0, 380.0), "E": (430.0, 2500.0)}
 REAL_WORLD_MIX = {"A": 0.45, "B": 0.15, "C": 0.18, "D": 0.12, "E": 0.10}
 DISTRACTOR_CODES = {"bone": 1, "aortic_wall": 2, "aortic_valve": 3, "mitral_annulus": 4, "costal_cartilage": 5,
-                    "lymph_node": 6, "pericardium": 7, "metal": 8}
+                    "lymph_node": 6, "pericardium": 7, "metal": 8, "aortic_root": 9}
 ARTERY_NAMES = {v: k for k, v in ARTERY_CODES.items()}
 FOOTPRINT_HU = 20.0  # a calcification's neighbourhood: where it adds at least this many HU
 _ARTERY_P = {"LAD": 0.42, "RCA": 0.26, "LCX": 0.20, "LM": 0.12}
@@ -40,7 +40,8 @@ _SCANNER_KEYS = ("matrix", "fov_mm", "slice_increment_mm", "slice_thickness_mm",
 #: 2: epicardial fat varying along the heart, tortuous arteries (2026-12-03).
 #: 3: side branches (diagonals, obtuse marginals, PDA) with plaques on them; plaques sit from inside the
 #: lumen to beyond the wall, in the fat beside the vessel (2026-12-03).
-GENERATOR_VERSION = 3
+#: 4: aortic-root calcium running into the left main ostium, touching an ostial LM plaque (2026-12-03).
+GENERATOR_VERSION = 4
 
 
 def category_of(score: float) -> str:
@@ -207,10 +208,14 @@ def _far_apart(a: Atoms, b: Atoms, grid: Grid, thickness: float, psf: float) -> 
     return not bool(close.any())
 
 
-def _lesion_mask(hu_crop: np.ndarray, signal: np.ndarray):
+def _lesion_mask(hu_crop: np.ndarray, signal: np.ndarray, foreign: np.ndarray | None = None):
     """The annotator's mask of one calcification inside its crop: voxels >= 130 HU inside its footprint
-    (signal >= FOOTPRINT_HU) that are 3D-connected (26) to its core (signal >= half its maximum)."""
+    (signal >= FOOTPRINT_HU) that are 3D-connected (26) to its core (signal >= half its maximum). Where
+    non-coronary calcium touches it (``foreign``: that calcium's signal on the crop), only the voxels its own
+    signal dominates."""
     cand = (hu_crop >= 130.0) & (signal >= FOOTPRINT_HU)
+    if foreign is not None:
+        cand &= signal >= foreign
     if not cand.any():
         return None
     lab, n = ndimage.label(cand, structure=np.ones((3, 3, 3), bool))
@@ -388,7 +393,8 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
     from agatax.scoring import compute_scores, risk_category
 
     ss = np.random.SeedSequence([seed, attempt])
-    r_scan, r_pat, r_anat, r_noise, r_les, r_dis, r_warp, r_up = (np.random.default_rng(s) for s in ss.spawn(8))
+    # streams by purpose; a new one is appended (spawn keys are positional), so older draws stay the same
+    r_scan, r_pat, r_anat, r_noise, r_les, r_dis, r_warp, r_up, r_ost = (np.random.default_rng(s) for s in ss.spawn(9))
     sc = sample_scanner(r_scan, **given)
     cat, lo, hi = _pick_category(r_les, target_category, target_agatston, category_mix)
     target = 0.0 if hi <= 0 else float(math.exp(r_les.uniform(math.log(max(lo, 0.5)), math.log(hi))))
@@ -467,11 +473,29 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
     distractor_mask[bone] = DISTRACTOR_CODES["bone"]
     distractors = []
     lookalikes = distractor_atoms(heart, landmarks, grid, r_dis, burden, vessels) + arch_atoms(landmarks, grid, r_up, burden)
+    # aortic-root calcium running into the left main ostium; an LM plaque, if there is one, moved to the
+    # ostium so that the two touch. The annotator scores the coronary part only (where the plaque dominates)
+    ostial = None
+    if r_ost.random() < 0.08 + 0.3 * burden:
+        axis = warp.points(heart.aortic_root[None])[0]
+        lookalikes.append({"kind": "aortic_root", "atoms": ostial_root_atoms(axis, vessels["LM"], r_ost),
+                           "peak_hu": float(r_ost.uniform(250, 900)), "deformed": True, "contiguous": True})
+        for p in plans:
+            if p.artery == "LM" and not p.speck:
+                moved = dataclasses.replace(p, s_mm=0.0)
+                _render_plan(moved, vessels, grid, sc, vol)
+                others = [q for q in plans if q is not p]
+                if moved.box is not None and all(_far_apart(moved.atoms, q.atoms, grid, sc.slice_thickness_mm, psf)
+                                                 for q in others):
+                    plans[plans.index(p)] = ostial = moved
+                break
+    contiguous = []  # (box, signal) of non-coronary calcium allowed to touch the ostial plaque
     for item in lookalikes:
         atoms = item["atoms"]
         if not item.get("deformed"):
             atoms = dataclasses.replace(atoms, centers=warp.points(atoms.centers))
-        if any(not _far_apart(atoms, p.atoms, grid, sc.slice_thickness_mm, psf) for p in plans):
+        if any(not _far_apart(atoms, p.atoms, grid, sc.slice_thickness_mm, psf) for p in plans
+               if not (item.get("contiguous") and p is ostial)):
             continue
         box = atoms_box(grid, atoms, sc.slice_thickness_mm, psf)
         if box is None:
@@ -487,6 +511,8 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
         amp = (item["peak_hu"] - bg) / max(float(unit.max()), 1e-6)
         sig = unit * np.float32(amp)
         vol[box] += sig
+        if item.get("contiguous"):
+            contiguous.append((box, sig))
         dm = distractor_mask[box]
         dm[(sig >= FOOTPRINT_HU) & (dm == 0)] = DISTRACTOR_CODES[item["kind"]]
         c = grid.to_index(atoms.centers.mean(0))
@@ -518,12 +544,13 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
         want_lo, want_hi = max(cat_lo, target / 1.6), min(cat_hi, target * 1.6)
     control = _SizeControl(plans)
     for it in range(24):
-        lesions, boxes = _compose(plans, vessels, grid, sc, base, hu, mask, boxes)
+        lesions, boxes = _compose(plans, vessels, grid, sc, base, hu, mask, boxes, foreign=contiguous)
         crop = _union_box(boxes)
         total = compute_scores(hu[crop], mask[crop], grid.spacing).agatston if crop is not None else 0.0
         in_cat = risk_category(total) == cat
         if in_cat and (want_lo <= total <= want_hi or it >= 10):
-            lesions, boxes = _compose(plans, vessels, grid, sc, base, hu, mask, boxes, describe=True)
+            lesions, boxes = _compose(plans, vessels, grid, sc, base, hu, mask, boxes, describe=True,
+                                      foreign=contiguous)
             scores = compute_scores(hu, mask, grid.spacing)
             break
         too_low = (total < want_lo or (total <= cat_lo and cat != "A")) if cat != "A" else False
@@ -532,8 +559,9 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
             raise _Retry("no plaque left")
     else:
         raise _Retry(f"category {cat} not reached (score {total:.1f})")
-    if not _clear_of(mask, distractor_mask, lesions):
+    if not _clear_of(mask, distractor_mask, lesions, allowed=DISTRACTOR_CODES["aortic_root"]):
         raise _Retry("a distractor touches a plaque")
+    distractor_mask[(mask > 0) & (distractor_mask == DISTRACTOR_CODES["aortic_root"])] = 0
     if outside is not None and mask[:, outside].any():
         raise _Retry("a plaque lies outside the reconstruction circle")
 
@@ -677,9 +705,10 @@ class _SizeControl:
         self.lo = self.hi = None
 
 
-def _compose(plans, vessels, grid, sc, base, hu, mask, prev_boxes, describe=False):
+def _compose(plans, vessels, grid, sc, base, hu, mask, prev_boxes, describe=False, foreign=()):
     """Render every plaque into ``hu`` (the previous round's boxes restored from ``base`` first) and
-    build the artery-labelled mask."""
+    build the artery-labelled mask. ``foreign``: (box, signal) of non-coronary calcium that may touch a
+    plaque (already in ``base``); the mask keeps where the plaque's own signal dominates."""
     for b in prev_boxes:
         hu[b] = np.rint(base[b])
         mask[b] = 0
@@ -688,14 +717,14 @@ def _compose(plans, vessels, grid, sc, base, hu, mask, prev_boxes, describe=Fals
             _render_plan(p, vessels, grid, sc, base)
     for p in plans:
         if p.box is not None:
-            hu[p.box] = np.rint(base[p.box] + _sum_signal(plans, p.box))
+            hu[p.box] = np.rint(base[p.box] + _sum_signal([(q.box, q.signal) for q in plans], p.box))
     lesions = []
     spacing = grid.spacing
     for p in plans:
         if p.box is None:
             continue
         hu_crop = hu[p.box]
-        got = _lesion_mask(hu_crop, p.signal)
+        got = _lesion_mask(hu_crop, p.signal, _sum_signal(foreign, p.box) if foreign else None)
         if got is None:
             continue
         m, lab, keep = got
@@ -724,25 +753,27 @@ def _compose(plans, vessels, grid, sc, base, hu, mask, prev_boxes, describe=Fals
     return lesions, [p.box for p in plans if p.box is not None]
 
 
-def _sum_signal(plans, box):
-    """Sum of every plaque's signal over ``box`` (plaques are apart, but boxes may overlap)."""
+def _sum_signal(items, box):
+    """Sum over ``box`` of the signals of ``items`` ((box, signal) pairs; apart, but boxes may overlap)."""
     out = np.zeros(tuple(s.stop - s.start for s in box), np.float32)
-    for q in plans:
-        if q.box is None:
+    for q_box, q_signal in items:
+        if q_box is None:
             continue
-        lo = [max(a.start, b.start) for a, b in zip(box, q.box)]
-        hi = [min(a.stop, b.stop) for a, b in zip(box, q.box)]
+        lo = [max(a.start, b.start) for a, b in zip(box, q_box)]
+        hi = [min(a.stop, b.stop) for a, b in zip(box, q_box)]
         if any(h <= l for l, h in zip(lo, hi)):
             continue
         out[tuple(slice(l - a.start, h - a.start) for l, h, a in zip(lo, hi, box))] += \
-            q.signal[tuple(slice(l - b.start, h - b.start) for l, h, b in zip(lo, hi, q.box))]
+            q_signal[tuple(slice(l - b.start, h - b.start) for l, h, b in zip(lo, hi, q_box))]
     return out
 
 
-def _clear_of(mask: np.ndarray, distractor_mask: np.ndarray, lesions) -> bool:
+def _clear_of(mask: np.ndarray, distractor_mask: np.ndarray, lesions, allowed: int | None = None) -> bool:
+    """No distractor (other than code ``allowed``) within one voxel of the true mask."""
     if not mask.any():
         return True
     zz, yy, xx = np.nonzero(mask)
     crop = tuple(slice(max(int(a.min()) - 1, 0), int(a.max()) + 2) for a in (zz, yy, xx))
     grown = ndimage.binary_dilation(mask[crop] > 0, structure=np.ones((3, 3, 3), bool))
-    return not bool((grown & (distractor_mask[crop] > 0)).any())
+    dm = distractor_mask[crop]
+    return not bool((grown & (dm > 0) & (dm != allowed)).any())
