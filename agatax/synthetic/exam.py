@@ -14,7 +14,8 @@ from agatax.synthetic.anatomy import (
     TISSUES, Grid, ScannerParams, _paint_capsules, build_anatomy, polyline_segments, make_grid, sample_heart, sample_scanner,
 )
 from agatax.synthetic.calcium import (
-    ARTERY_CODES, BRANCH_OF, Atoms, Vessel, ostial_root_atoms, arch_atoms, atoms_box, coronary_tree, distractor_atoms, plaque_atoms, render_atoms,
+    ARTERY_CODES, BRANCH_OF, Atoms, Vessel, arch_atoms, atoms_box, coronary_tree, distractor_atoms, ostial_root_atoms,
+    plaque_atoms, render_atoms,
 )
 from agatax.volume import Volume
 
@@ -69,7 +70,8 @@ class SyntheticExam:
         target_category: the category the planner aimed at.
         distractors: non-coronary calcium (dicts: ``kind``, ``center_zyx``, ``peak_hu``).
         distractor_mask: uint8 (z, y, x), DISTRACTOR_CODES (1 bone, 2 aortic wall, 3 aortic valve, 4 mitral
-            annulus, 5 costal cartilage, 6 lymph node); never touches ``mask``.
+            annulus, 5 costal cartilage, 6 lymph node, 7 pericardium, 8 metal, 9 aortic root at the LM ostium);
+            only code 9 touches ``mask`` (where an ostial LM plaque meets it), never overlaps it.
         scores: the full agatax Scores of the true mask.
         tissue: uint8 (z, y, x) tissue classes (anatomy.TISSUES) when asked for (keep_tissue=True), else None.
         seed: the seed; params: every parameter used (scanner, patient).
