@@ -97,7 +97,9 @@ def generate(name: str, n: int, seed: int, gen_kwargs: dict, noise_range: tuple[
 
 def cohort_pairs(name: str, n: int, seed: int, gen_kwargs: dict, workdir: Path, log,
                  noise_range: tuple[float, float] | None, box_mm: float) -> TrainingSet:
-    tag = "-".join(f"{k}{v}" for k, v in sorted(gen_kwargs.items()))
+    tag = "-".join(f"{k}{v}" for k, v in sorted(gen_kwargs.items()) if k != "lookalike_rates")
+    for kind, rate in sorted(gen_kwargs.get("lookalike_rates", {}).items()):
+        tag += ("-" if tag else "") + f"{kind}{rate:g}"
     if noise_range is not None:
         tag += ("-" if tag else "") + f"noise{noise_range[0]:g}to{noise_range[1]:g}"
     if box_mm:
@@ -280,6 +282,9 @@ def main(argv=None) -> int:
                     help="train a collapsed network again up to N times with another seed (train_ensemble)")
     ap.add_argument("--val", type=int, default=20, help="validation exams held out (paper: 20)")
     ap.add_argument("--matrix", type=int, default=None, help="synthetic in-plane matrix (default: generator's)")
+    ap.add_argument("--train-lookalikes", default=None,
+                    help="KIND=P,...: in the training cohorts only, each exam has this look-alike with probability "
+                         "P (generate_exam's lookalike_rates; e.g. pericardium=0.5); J3 keeps the generator's rates")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default=str(ROOT / "experiments" / "_table1_work"))
     ap.add_argument("--out", default=str(ROOT / "experiments"), help="where the confusion PNGs go")
@@ -319,8 +324,12 @@ def main(argv=None) -> int:
     sets = [s.strip() for s in args.sets.split(",") if s.strip()]
     needed = sorted({p for s in sets for p in s.split("+")}, key=list(PRESET_SIZES).index)
     pairs = {}
+    train_kwargs = dict(gen_kwargs)
+    if args.train_lookalikes:
+        train_kwargs["lookalike_rates"] = {k.strip(): float(v) for k, v in
+                                           (item.split("=") for item in args.train_lookalikes.split(","))}
     for name in needed:
-        pairs[name] = cohort_pairs(name, cohort_size(name, args.scale), args.seed, gen_kwargs, workdir, log,
+        pairs[name] = cohort_pairs(name, cohort_size(name, args.scale), args.seed, train_kwargs, workdir, log,
                                    noise_range, model_config.input_box_mm)
 
     test_scale = args.scale if args.test_scale is None else args.test_scale

@@ -571,3 +571,29 @@ def test_aortic_root_calcium_runs_into_an_ostial_lm_plaque_and_only_the_coronary
     with_root = agatax.compute_scores(ex.volume.hu, np.where(obj, 1, ex.mask), ex.volume.spacing).agatston
     assert with_root > ref  # scoring the whole object would over-score: the split matters
     assert ex.agatston == pytest.approx(ref)
+
+
+def test_lookalike_rates_set_how_often_a_look_alike_comes_and_change_nothing_else():
+    """``lookalike_rates`` replaces a kind's probability and nothing else: at rate 1 every calcium-free exam
+    carries pericardial calcification (in the distractor list and as code 7 in the distractor mask, off the
+    coronary mask), at rate 0 none does; an exam that draws none at the default rate is bit-identical with the
+    rate set to 0 (the same draws are made), and bad kinds and rates are refused by name."""
+    code = DISTRACTOR_CODES["pericardium"]
+    seen_default_without = 0
+    for seed in (3, 8, 21):
+        always = agatax.synthetic.generate_exam(seed, target_category="A", lookalike_rates={"pericardium": 1.0}, **SMALL)
+        never = agatax.synthetic.generate_exam(seed, target_category="A", lookalike_rates={"pericardium": 0.0}, **SMALL)
+        default = agatax.synthetic.generate_exam(seed, target_category="A", **SMALL)
+        assert any(d["kind"] == "pericardium" for d in always.distractors)
+        assert (always.distractor_mask == code).sum() > 20 and not always.mask.any()
+        assert not any(d["kind"] == "pericardium" for d in never.distractors)
+        assert not (never.distractor_mask == code).any()
+        if not any(d["kind"] == "pericardium" for d in default.distractors):
+            seen_default_without += 1
+            np.testing.assert_array_equal(default.volume.hu, never.volume.hu)
+            np.testing.assert_array_equal(default.distractor_mask, never.distractor_mask)
+    assert seen_default_without >= 2
+    with pytest.raises(agatax.InputError, match="unknown kind 'pericardial'"):
+        agatax.synthetic.generate_exam(1, lookalike_rates={"pericardial": 0.5}, **SMALL)
+    with pytest.raises(agatax.InputError, match="probability"):
+        agatax.synthetic.generate_exam(1, lookalike_rates={"metal": 1.5}, **SMALL)

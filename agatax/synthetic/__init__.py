@@ -6,6 +6,7 @@
 """
 
 from agatax.synthetic.anatomy import TISSUE_HU, TISSUES, ScannerParams
+from agatax.synthetic.calcium import LOOKALIKE_KINDS
 from agatax.synthetic.cohort import (
     PRESETS,
     SyntheticCohort,
@@ -30,7 +31,7 @@ from agatax.synthetic.montage import ARTERY_COLOURS, render_montage
 
 __all__ = [
     "CATEGORIES", "CATEGORY_TARGETS", "DISTRACTOR_CODES", "GENERATOR_VERSION", "REAL_WORLD_MIX", "SyntheticExam", "generate_exam",
-    "TISSUES", "TISSUE_HU", "ScannerParams", "PRESETS", "SyntheticCohort", "cohort_preset", "exam_seed",
+    "LOOKALIKE_KINDS", "TISSUES", "TISSUE_HU", "ScannerParams", "PRESETS", "SyntheticCohort", "cohort_preset", "exam_seed",
     "iter_cohort", "make_cohort", "plan_categories", "preset_exam", "write_cohort", "ARTERY_COLOURS",
     "render_montage",
 ]

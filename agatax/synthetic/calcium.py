@@ -271,12 +271,18 @@ def _metal_atoms(heart: Heart, landmarks: dict, vessels: dict | None, rng: np.ra
     return out
 
 
+LOOKALIKE_KINDS = ("aortic_valve", "mitral_annulus", "lymph_node", "pericardium", "metal")
+
+
 def distractor_atoms(heart: Heart, landmarks: dict, grid: Grid, rng: np.random.Generator, burden: float,
-                     vessels: dict | None = None) -> list[dict]:
+                     vessels: dict | None = None, rates: dict | None = None) -> list[dict]:
     """Calcium that is NOT coronary: aortic wall (descending and ascending), aortic valve, mitral annulus,
     costal cartilage, a calcified lymph node, pericardial calcification; and metal (sternal wires, clips, a
-    pacemaker lead, a stent on ``vessels``). ``burden`` in [0, 1] scales how much calcium. Each item:
-    {"kind", "atoms", "peak_hu"} (peak_hu = wanted noise-free peak)."""
+    pacemaker lead, a stent on ``vessels``). ``burden`` in [0, 1] scales how much calcium. ``rates``: the
+    probability of each kind of ``LOOKALIKE_KINDS`` in place of its burden-dependent default (the same draws
+    are made, so an exam changes only where a kind comes or goes). Each item: {"kind", "atoms", "peak_hu"}
+    (peak_hu = wanted noise-free peak)."""
+    rates = rates or {}
     out = []
     z_lo, z_hi = grid.z_mm[0], grid.z_mm[-1]
     # descending aorta wall: plaques along z
@@ -304,7 +310,7 @@ def distractor_atoms(heart: Heart, landmarks: dict, grid: Grid, rng: np.random.G
         out.append({"kind": "aortic_wall", "atoms": blob_atoms(c, rng.uniform(0.4, 0.9), np.array([1.0, 0, 0]), rng.uniform(0, 6)),
                     "peak_hu": float(rng.uniform(200, 900))})
     # aortic valve: cusp calcification in the annulus plane (the paper's main failure mode)
-    if rng.random() < 0.1 + 0.55 * burden:
+    if rng.random() < rates.get("aortic_valve", 0.1 + 0.55 * burden):
         base_z = heart.aortic_root[0] - heart.root_radius + 3.0
         rot = rng.uniform(0, 2 * math.pi)
         for k in range(3):
@@ -318,7 +324,7 @@ def distractor_atoms(heart: Heart, landmarks: dict, grid: Grid, rng: np.random.G
                 out.append({"kind": "aortic_valve", "atoms": blob_atoms(c, rng.uniform(0.6, 1.5), d, rng.uniform(0, 8)),
                             "peak_hu": float(rng.uniform(300, 1300))})
     # mitral annulus: a C-shaped arc of the posterior annulus, close to the LCX
-    if rng.random() < 0.05 + 0.4 * burden:
+    if rng.random() < rates.get("mitral_annulus", 0.05 + 0.4 * burden):
         ring_r = rng.uniform(13.0, 17.0)
         e1 = heart.v
         e2 = heart.w
@@ -337,12 +343,12 @@ def distractor_atoms(heart: Heart, landmarks: dict, grid: Grid, rng: np.random.G
         out.append({"kind": "costal_cartilage", "atoms": blob_atoms(c, rng.uniform(0.6, 1.4)),
                     "peak_hu": float(rng.uniform(200, 600))})
     # calcified mediastinal / hilar lymph node
-    if rng.random() < 0.12:
+    if rng.random() < rates.get("lymph_node", 0.12):
         c = heart.aortic_root + np.array([rng.uniform(5, 25), rng.uniform(15, 30), rng.uniform(-5, 25)])
         out.append({"kind": "lymph_node", "atoms": blob_atoms(c, rng.uniform(1.2, 2.5)),
                     "peak_hu": float(rng.uniform(300, 900))})
     # pericardial calcification: a patchy plate in the pericardium over the ventricles
-    if rng.random() < 0.03 + 0.1 * burden:
+    if rng.random() < rates.get("pericardium", 0.03 + 0.1 * burden):
         t = rng.uniform(-0.4, 0.6) + np.linspace(0.0, rng.uniform(0.1, 0.4), 8)
         phi = rng.uniform(-1.0, 2.5) + np.linspace(0.0, rng.uniform(0.2, 0.8), 8)
         t, phi = np.repeat(t, 8), np.tile(phi, 8)
@@ -351,7 +357,7 @@ def distractor_atoms(heart: Heart, landmarks: dict, grid: Grid, rng: np.random.G
         if keep.any():
             out.append({"kind": "pericardium", "atoms": Atoms(c[keep], np.full(int(keep.sum()), 0.7), np.ones(int(keep.sum()))),
                         "peak_hu": float(rng.uniform(200, 900))})
-    if rng.random() < 0.12:
+    if rng.random() < rates.get("metal", 0.12):
         out += _metal_atoms(heart, landmarks, vessels, rng)
     return out
 

@@ -14,8 +14,8 @@ from agatax.synthetic.anatomy import (
     TISSUES, Grid, ScannerParams, _paint_capsules, build_anatomy, polyline_segments, make_grid, sample_heart, sample_scanner,
 )
 from agatax.synthetic.calcium import (
-    ARTERY_CODES, BRANCH_OF, Atoms, Vessel, arch_atoms, atoms_box, coronary_tree, distractor_atoms, ostial_root_atoms,
-    plaque_atoms, render_atoms,
+    ARTERY_CODES, BRANCH_OF, LOOKALIKE_KINDS, Atoms, Vessel, arch_atoms, atoms_box, coronary_tree, distractor_atoms,
+    ostial_root_atoms, plaque_atoms, render_atoms,
 )
 from agatax.volume import Volume
 
@@ -291,6 +291,7 @@ def generate_exam(
     category_mix: dict[str, float] | None = None,
     n_lesions: int | None = None,
     calcium_burden: float | None = None,
+    lookalike_rates: dict[str, float] | None = None,
     keep_tissue: bool = False,
     **scanner: Any,
 ) -> SyntheticExam:
@@ -303,6 +304,10 @@ def generate_exam(
         target_agatston: (low, high) Agatston range; the score is aimed inside it (category exact).
         n_lesions: number of sized coronary plaques (default: drawn per category).
         calcium_burden: 0..1, how much non-coronary calcium (aorta, valves); default follows the category.
+        lookalike_rates: {kind: probability in [0, 1]} for kinds of ``LOOKALIKE_KINDS`` ("aortic_valve",
+            "mitral_annulus", "lymph_node", "pericardium", "metal"): how often the exam has one, in place of
+            the burden-dependent default (e.g. ``{"pericardium": 0.5}`` for training data rich in a rare
+            look-alike). Exams whose draws do not cross a changed rate stay bit-identical.
         keep_tissue: also return the tissue class map (uint8 (z, y, x)).
         **scanner: any ScannerParams field: ``matrix`` (512; e.g. 128 for fast tests), ``fov_mm``
             (170-240), ``slice_increment_mm`` (2.5 or 3), ``slice_thickness_mm``, ``n_slices`` (~125-165 mm
@@ -335,11 +340,19 @@ def generate_exam(
                              code="BAD_TARGET")
     if calcium_burden is not None and not (0.0 <= calcium_burden <= 1.0):
         raise InputError(f"calcium_burden must be in [0, 1]; got {calcium_burden}", code="BAD_PARAMETER")
+    rates = dict(lookalike_rates or {})
+    for kind, rate in rates.items():
+        if kind not in LOOKALIKE_KINDS:
+            raise InputError(f"lookalike_rates: unknown kind {kind!r}", code="BAD_PARAMETER",
+                             hint=f"kinds are {', '.join(LOOKALIKE_KINDS)}")
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
+            raise InputError(f"lookalike_rates[{kind!r}] must be a probability in [0, 1]; got {rate!r}",
+                             code="BAD_PARAMETER")
     last_err = None
     for attempt in range(6):
         try:
             return _generate(int(seed), attempt, target_category, target_agatston, category_mix, n_lesions,
-                             calcium_burden, keep_tissue, dict(scanner))
+                             calcium_burden, keep_tissue, dict(scanner), rates)
         except _Retry as err:
             last_err = err
     raise AgataxError(
@@ -391,7 +404,8 @@ def _pick_category(rng, target_category, target_agatston, mix) -> tuple[str, flo
     return target_category, lo, hi
 
 
-def _generate(seed, attempt, target_category, target_agatston, category_mix, n_lesions, burden, keep_tissue, given):
+def _generate(seed, attempt, target_category, target_agatston, category_mix, n_lesions, burden, keep_tissue, given,
+              rates):
     from agatax.scoring import compute_scores, risk_category
 
     ss = np.random.SeedSequence([seed, attempt])
@@ -474,7 +488,7 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
     distractor_mask = np.zeros(grid.shape, np.uint8)
     distractor_mask[bone] = DISTRACTOR_CODES["bone"]
     distractors = []
-    lookalikes = distractor_atoms(heart, landmarks, grid, r_dis, burden, vessels) + arch_atoms(landmarks, grid, r_up, burden)
+    lookalikes = distractor_atoms(heart, landmarks, grid, r_dis, burden, vessels, rates) + arch_atoms(landmarks, grid, r_up, burden)
     # aortic-root calcium running into the left main ostium; an LM plaque, if there is one, moved to the
     # ostium so that the two touch. The annotator scores the coronary part only (where the plaque dominates)
     ostial = None
@@ -572,6 +586,7 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
                               "kvp": sc.kvp, "manufacturer": "agatax synthetic", "kernel": f"sharpness {sc.sharpness:.2f}"},
                     source=f"agatax.synthetic seed {seed}")
     params = {"scanner": dataclasses.asdict(sc), "psf_sigma_mm": psf, "body": body, "calcium_burden": burden,
+              "lookalike_rates": rates,
               "target_agatston": target, "attempt": attempt, "heart_center_mm": heart.center.tolist(),
               "carina_mm": warp.points(landmarks["carina"][None])[0].tolist()}
     return SyntheticExam(volume, mask, lesions, float(scores.agatston), scores.category, cat, distractors,
