@@ -29,15 +29,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agatax.ensemble import load_ensemble  # noqa: E402
+from agatax._atomic import atomic_write_text  # noqa: E402
 from agatax.pipeline import run_pipeline  # noqa: E402
 from agatax.synthetic import DISTRACTOR_CODES, generate_exam  # noqa: E402
 
 KINDS = {v: k for k, v in DISTRACTOR_CODES.items()}
 
 
-def calcium_free_exams(n: int, protocol: str, matrix: int, first_seed: int = 7000):
+def calcium_free_exams(n: int, protocol: str, matrix: int, first_seed: int = 7000, lookalike_rates=None):
     for i in range(n):
-        yield generate_exam(first_seed + i, target_category="A", protocol=protocol, matrix=matrix)
+        yield generate_exam(first_seed + i, target_category="A", protocol=protocol, matrix=matrix,
+                            lookalike_rates=lookalike_rates)
 
 
 def score(ensemble, exams) -> dict:
@@ -65,6 +67,10 @@ def main(argv=None) -> int:
     ap.add_argument("--exams", type=int, default=16, help="calcium-free exams per protocol")
     ap.add_argument("--matrix", type=int, default=512)
     ap.add_argument("--protocols", default="cardiac,chest")
+    ap.add_argument("--first-seed", type=int, default=7000, help="seeds first-seed .. first-seed + exams - 1")
+    ap.add_argument("--lookalikes", default=None,
+                    help="KIND=P,...: each exam has this look-alike with probability P (generate_exam's "
+                         "lookalike_rates; e.g. pericardium=1 to test on pericardial calcification alone)")
     ap.add_argument("--workdir", default=str(ROOT / "experiments" / "_table1_work"))
     ap.add_argument("--without-carina", action="store_true",
                     help="do not cut the chest region at the carina (the earlier rule), for comparison")
@@ -74,7 +80,10 @@ def main(argv=None) -> int:
 
         agatax.localise._find_carina = lambda *a, **k: (float("nan"), 0)
     t0 = time.perf_counter()
-    cohorts = {p: list(calcium_free_exams(args.exams, p, args.matrix)) for p in args.protocols.split(",")}
+    rates = None if not args.lookalikes else {k.strip(): float(v) for k, v in
+                                              (item.split("=") for item in args.lookalikes.split(","))}
+    cohorts = {p: list(calcium_free_exams(args.exams, p, args.matrix, args.first_seed, rates))
+               for p in args.protocols.split(",")}
     print(f"{args.exams} calcium-free exams per protocol generated ({time.perf_counter() - t0:.0f} s)", flush=True)
     results = {}
     print("| ensemble | protocol | exams | scored >= 10 | scored > 0 | max | false calcium voxels on |")
@@ -89,7 +98,7 @@ def main(argv=None) -> int:
                   f"{on or '-'} |", flush=True)
     out = Path(args.workdir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "false_calcium.json").write_text(json.dumps(results, indent=1))
+    atomic_write_text(out / "false_calcium.json", json.dumps(results, indent=1))
     return 0
 
 
