@@ -13,6 +13,7 @@ from agatax.synthetic import (
     CATEGORIES, DISTRACTOR_CODES, PRESETS, TISSUES, cohort_preset, generate_exam, make_cohort,
     plan_categories, preset_exam, render_montage, write_cohort,
 )
+from agatax.synthetic.calcium import ARTERY_CODES
 
 SMALL = {"matrix": 160, "fov_mm": 180.0, "n_slices": 44, "slice_increment_mm": 3.0}
 #: a seed the small grid brings to every category (on a 1.1 mm grid about 1 seed in 30 cannot reach B:
@@ -498,7 +499,7 @@ def test_coronary_tree_has_side_branches_that_leave_their_parent_on_the_free_wal
 def test_plaques_on_side_branches_are_labelled_with_their_parent_artery():
     """Plaques also sit on side branches; the mask labels them with the parent artery (diagonal -> LAD,
     marginal -> LCX, PDA -> RCA), as an annotator scoring per artery does."""
-    from agatax.synthetic.calcium import ARTERY_CODES, BRANCH_OF
+    from agatax.synthetic.calcium import BRANCH_OF
 
     on_branches = 0
     for seed in (1, 4, 5):
@@ -547,30 +548,36 @@ def test_branch_lesions_experiment_counts_a_lesion_found_only_when_the_predictio
     assert [found for _, found in mod.found_lesions(ex, truth & ~drop)] == expected
 
 
-@pytest.mark.parametrize("seed", [1, 12, 33])
-def test_aortic_root_calcium_runs_into_an_ostial_lm_plaque_and_only_the_coronary_part_is_scored(seed):
-    """Root-wall calcium at the left main ostium touching an ostial LM plaque: one calcified object at
-    130 HU, which the truth splits into the LM part (label 1) and the root part (distractor code 9, not
-    scored); every voxel of the object but noise at the footprints' edges is in one of the two, and the LM part is the part nearest the LM
-    plaque's annotation point (its voxels' median distance to that point is below the root part's)."""
-    ex = small_exam(seed, "E")
-    root = ex.distractor_mask == DISTRACTOR_CODES["aortic_root"]
+def assert_split_object(ex, artery, kind):
+    """One calcified object at 130 HU joins a plaque of ``artery`` and look-alike ``kind``; the truth splits
+    it into the artery's part and the look-alike's part (not scored); every voxel of the object but noise at
+    the footprints' edges is in one of the two; the artery's part is the part nearest that plaque's
+    annotation point (its voxels' median distance to it is below the look-alike part's); scoring the object
+    whole would over-score."""
+    label = ARTERY_CODES[artery]
+    other = ex.distractor_mask == DISTRACTOR_CODES[kind]
     bright = ex.volume.hu >= 130
     lab, _ = ndimage.label(bright, structure=np.ones((3, 3, 3), bool))
-    lm = ex.mask == 1
-    shared = (set(np.unique(lab[lm])) & set(np.unique(lab[root & bright]))) - {0}
-    assert shared, "the root calcium does not touch the LM plaque"
+    own = ex.mask == label
+    shared = (set(np.unique(lab[own])) & set(np.unique(lab[other & bright]))) - {0}
+    assert shared, f"the {kind} calcium does not touch the {artery} plaque"
     obj = np.isin(lab, list(shared))
-    assert not (obj & (ex.mask > 1)).any() and not (lm & root).any()
-    assert (obj & ~lm & ~root).sum() <= 0.03 * obj.sum()  # only noise at either footprint's edge is in neither
-    point = next(np.array(les["center_zyx"]) for les in ex.lesions if les["artery"] == "LM"
+    assert not (obj & (ex.mask > 0) & ~own).any() and not (own & other).any()
+    assert (obj & ~own & ~other).sum() <= 0.03 * obj.sum()  # only noise at either footprint's edge is in neither
+    point = next(np.array(les["center_zyx"]) for les in ex.lesions if les["artery"] == artery
                  and obj[les["center_zyx"]])
     dist = lambda m: np.median(np.linalg.norm((np.argwhere(m) - point) * ex.volume.spacing, axis=1))  # noqa: E731
-    assert dist(obj & lm) < dist(obj & root)
+    assert dist(obj & own) < dist(obj & other)
     ref = agatax.compute_scores(ex.volume.hu, ex.mask, ex.volume.spacing).agatston
-    with_root = agatax.compute_scores(ex.volume.hu, np.where(obj, 1, ex.mask), ex.volume.spacing).agatston
-    assert with_root > ref  # scoring the whole object would over-score: the split matters
+    whole = agatax.compute_scores(ex.volume.hu, np.where(obj, label, ex.mask), ex.volume.spacing).agatston
+    assert whole > ref  # scoring the whole object would over-score: the split matters
     assert ex.agatston == pytest.approx(ref)
+
+
+@pytest.mark.parametrize("seed", [1, 12, 33])
+def test_aortic_root_calcium_runs_into_an_ostial_lm_plaque_and_only_the_coronary_part_is_scored(seed):
+    """Root-wall calcium at the left main ostium touching an ostial LM plaque (distractor code 9)."""
+    assert_split_object(small_exam(seed, "E"), "LM", "aortic_root")
 
 
 def test_lookalike_rates_set_how_often_a_look_alike_comes_and_change_nothing_else():
@@ -597,3 +604,49 @@ def test_lookalike_rates_set_how_often_a_look_alike_comes_and_change_nothing_els
         agatax.synthetic.generate_exam(1, lookalike_rates={"pericardial": 0.5}, **SMALL)
     with pytest.raises(agatax.InputError, match="probability"):
         agatax.synthetic.generate_exam(1, lookalike_rates={"metal": 1.5}, **SMALL)
+
+
+def test_place_beside_sets_the_closest_edge_distance_and_moves_rigidly():
+    """Oracle: brute force over every atom and vessel point of (centre distance - lumen radius - atom sigma);
+    the move is a translation (every pairwise distance of the atoms kept)."""
+    from agatax.synthetic.calcium import Atoms, Vessel, place_beside
+
+    rng = np.random.default_rng(5)
+    t = np.arange(0.0, 60.0, 0.5)
+    vessel = Vessel("LCX", np.stack([10.0 + 0.1 * t, 20.0 + np.sin(t / 9.0) * 6.0, t], 1), np.full(t.size, 1.5))
+    for gap in (0.9, 2.0, 4.2, 11.4):
+        arc = np.linspace(0.0, rng.uniform(0.6, 2.2), 12)
+        c = np.stack([np.full(12, 12.0), 30.0 + 15.0 * np.sin(arc), 25.0 + 15.0 * np.cos(arc)], 1)
+        atoms = Atoms(c + rng.normal(0, 3.0, 3), np.full(12, rng.uniform(0.7, 1.4)), np.ones(12))
+        out = place_beside(atoms, vessel, gap, np.array([12.0, 40.0, 30.0]))
+        d = np.linalg.norm(out.centers[:, None] - vessel.points[None], axis=2)
+        assert (d - vessel.radius[None] - out.sigma[:, None]).min() == pytest.approx(gap, abs=0.1)
+        shift = out.centers - atoms.centers
+        np.testing.assert_allclose(shift, np.broadcast_to(shift[0], shift.shape), atol=1e-9)
+
+
+def test_clear_of_lets_only_the_named_look_alike_touch_its_artery():
+    """Hand-built masks: the root calcium (9) may touch the LM (1) and the annulus (4) the LCX (3); any other
+    pair within one voxel is a contact."""
+    from agatax.synthetic.exam import _clear_of
+
+    allowed = {DISTRACTOR_CODES["aortic_root"]: 1, DISTRACTOR_CODES["mitral_annulus"]: 3}
+
+    def case(label, code, gap):
+        mask = np.zeros((5, 5, 12), np.uint8)
+        dm = np.zeros_like(mask)
+        mask[2, 2, 2:5] = label
+        dm[2, 2, 5 + gap:8 + gap] = code
+        return _clear_of(mask, dm, allowed)
+
+    assert case(1, 9, 0) and case(3, 4, 0)
+    assert not case(2, 9, 0) and not case(3, 9, 0) and not case(1, 4, 0) and not case(3, 2, 0)
+    assert case(3, 2, 1) and case(2, 4, 2)  # one voxel apart is a contact only at distance 1 (26-neighbours)
+    assert not case(2, 4, 0)
+
+
+@pytest.mark.parametrize("seed,cat", [(1, "C"), (17, "D")])
+def test_mitral_annulus_touching_lcx_calcium_is_split_and_only_the_lcx_part_scored(seed, cat):
+    """A calcified annulus beside the LCX touching an LCX plaque (distractor code 4)."""
+    assert_split_object(generate_exam(seed, target_category=cat, lookalike_rates={"mitral_annulus": 1.0}, **SMALL),
+                        "LCX", "mitral_annulus")

@@ -208,6 +208,23 @@ def ostial_root_atoms(root_axis_mm: np.ndarray, lm: Vessel, rng: np.random.Gener
     return Atoms(c, np.full(len(c), rng.uniform(0.5, 0.9)), np.ones(len(c)))
 
 
+def place_beside(atoms: Atoms, vessel: Vessel, gap_mm: float, toward: np.ndarray) -> Atoms:
+    """``atoms`` moved rigidly so that their closest approach to ``vessel`` is ``gap_mm`` (mm, edge to edge:
+    centre distance less the vessel's lumen radius and the atom's sigma), along the line from the vessel's
+    nearest point to the nearest atom (toward the point ``toward`` (Z, Y, X) mm where the two overlap)."""
+    for _ in range(6):
+        d = np.linalg.norm(atoms.centers[:, None, :] - vessel.points[None, :, :], axis=2)
+        edge = d - vessel.radius[None, :] - atoms.sigma[:, None]
+        i, j = np.unravel_index(int(np.argmin(edge)), edge.shape)
+        if abs(edge[i, j] - gap_mm) < 0.05:
+            break
+        u = atoms.centers[i] - vessel.points[j]
+        if np.linalg.norm(u) < 0.5:
+            u = np.asarray(toward, float) - vessel.points[j]
+        atoms = dataclasses.replace(atoms, centers=atoms.centers + (gap_mm - edge[i, j]) * _unit(u))
+    return atoms
+
+
 def blob_atoms(center: np.ndarray, sigma: float, direction: np.ndarray | None = None, length: float = 0.0) -> Atoms:
     """A spot (length 0) or a short bar of atoms along ``direction``."""
     if length <= 0 or direction is None:
@@ -271,7 +288,9 @@ def _metal_atoms(heart: Heart, landmarks: dict, vessels: dict | None, rng: np.ra
     return out
 
 
-LOOKALIKE_KINDS = ("aortic_valve", "mitral_annulus", "lymph_node", "pericardium", "metal")
+#: look-alikes drawn once per exam, whose probability ``generate_exam(lookalike_rates=...)`` can set
+#: ("aortic_root": root calcium running into the left main ostium, drawn in the exam itself)
+LOOKALIKE_KINDS = ("aortic_valve", "mitral_annulus", "lymph_node", "pericardium", "metal", "aortic_root")
 
 
 def distractor_atoms(heart: Heart, landmarks: dict, grid: Grid, rng: np.random.Generator, burden: float,
