@@ -650,3 +650,35 @@ def test_mitral_annulus_touching_lcx_calcium_is_split_and_only_the_lcx_part_scor
     """A calcified annulus beside the LCX touching an LCX plaque (distractor code 4)."""
     assert_split_object(generate_exam(seed, target_category=cat, lookalike_rates={"mitral_annulus": 1.0}, **SMALL),
                         "LCX", "mitral_annulus")
+
+
+def test_lung_distance_experiment_measures_each_object_to_the_nearest_air_voxel():
+    """experiments/lung_distance.py on a hand-built exam (spacing 3 x 0.5 x 0.5 mm, air in x >= 30): a
+    main-artery lesion whose nearest voxel is 10 columns from the air (5.0 mm), a branch lesion 4 columns
+    off (2.0 mm), a plate 2 columns off (1.0 mm); a plate voxel below 130 HU is not counted."""
+    import importlib.util
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "lung_distance.py"
+    spec = importlib.util.spec_from_file_location("lung_distance", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    hu = np.full((6, 20, 40), 40.0)
+    hu[:, :, 30:] = -800.0
+    mask = np.zeros(hu.shape, np.uint8)
+    mask[2, 5, 18:21] = 2  # nearest at x = 20: 10 columns = 5 mm
+    mask[4, 12, 25:27] = 3  # nearest at x = 26: 4 columns = 2 mm
+    hu[mask > 0] = 300.0
+    dm = np.zeros(hu.shape, np.uint8)
+    dm[1, 16, 27:29] = DISTRACTOR_CODES["pericardium"]  # nearest at x = 28: 2 columns = 1 mm
+    hu[1, 16, 27:29] = 400.0
+    dm[5, 2, 10] = DISTRACTOR_CODES["pericardium"]  # below 130 HU: not a calcified object
+    lesions = [{"points_zyx": [(2, 5, 19)], "vessel": "LAD", "artery": "LAD"},
+               {"points_zyx": [(4, 12, 25)], "vessel": "OM1", "artery": "LCX"}]
+    exam = SimpleNamespace(volume=SimpleNamespace(hu=hu, spacing=(3.0, 0.5, 0.5)), mask=mask, lesions=lesions,
+                           distractor_mask=dm)
+    got = mod.distances_to_air(exam)
+    assert got["main artery"] == [pytest.approx(5.0)]
+    assert got["side branch"] == [pytest.approx(2.0)]
+    assert got["pericardium"] == [pytest.approx(1.0)]
