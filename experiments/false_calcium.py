@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from agatax.ensemble import load_ensemble  # noqa: E402
 from agatax._atomic import atomic_write_text  # noqa: E402
 from agatax.pipeline import run_pipeline  # noqa: E402
-from agatax.synthetic import DISTRACTOR_CODES, generate_exam  # noqa: E402
+from agatax.synthetic import DISTRACTOR_CODES, generate_exam, parse_lookalike_rates  # noqa: E402
 
 KINDS = {v: k for k, v in DISTRACTOR_CODES.items()}
 
@@ -80,8 +80,7 @@ def main(argv=None) -> int:
 
         agatax.localise._find_carina = lambda *a, **k: (float("nan"), 0)
     t0 = time.perf_counter()
-    rates = None if not args.lookalikes else {k.strip(): float(v) for k, v in
-                                              (item.split("=") for item in args.lookalikes.split(","))}
+    rates = parse_lookalike_rates(args.lookalikes) if args.lookalikes else None
     cohorts = {p: list(calcium_free_exams(args.exams, p, args.matrix, args.first_seed, rates))
                for p in args.protocols.split(",")}
     print(f"{args.exams} calcium-free exams per protocol generated ({time.perf_counter() - t0:.0f} s)", flush=True)

@@ -326,8 +326,9 @@ def main(argv=None) -> int:
     pairs = {}
     train_kwargs = dict(gen_kwargs)
     if args.train_lookalikes:
-        train_kwargs["lookalike_rates"] = {k.strip(): float(v) for k, v in
-                                           (item.split("=") for item in args.train_lookalikes.split(","))}
+        from agatax.synthetic import parse_lookalike_rates
+
+        train_kwargs["lookalike_rates"] = parse_lookalike_rates(args.train_lookalikes)
     for name in needed:
         pairs[name] = cohort_pairs(name, cohort_size(name, args.scale), args.seed, train_kwargs, workdir, log,
                                    noise_range, model_config.input_box_mm)

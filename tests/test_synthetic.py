@@ -606,6 +606,15 @@ def test_lookalike_rates_set_how_often_a_look_alike_comes_and_change_nothing_els
         agatax.synthetic.generate_exam(1, lookalike_rates={"metal": 1.5}, **SMALL)
 
 
+def test_lookalike_rates_parse_from_a_command_line_or_are_refused_by_name():
+    from agatax.synthetic import parse_lookalike_rates
+
+    assert parse_lookalike_rates("pericardium=0.5, mitral_annulus = 1") == {"pericardium": 0.5, "mitral_annulus": 1.0}
+    for bad in ("pericardium", "pericardium=", "=0.5", "pericardium=half", "pericardium=0.5,"):
+        with pytest.raises(agatax.InputError, match="is not KIND=P"):
+            parse_lookalike_rates(bad)
+
+
 def test_place_beside_sets_the_closest_edge_distance_and_moves_rigidly():
     """Oracle: brute force over every atom and vessel point of (centre distance - lumen radius - atom sigma);
     the move is a translation (every pairwise distance of the atoms kept)."""

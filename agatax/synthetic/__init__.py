@@ -26,12 +26,13 @@ from agatax.synthetic.exam import (
     REAL_WORLD_MIX,
     SyntheticExam,
     generate_exam,
+    parse_lookalike_rates,
 )
 from agatax.synthetic.montage import ARTERY_COLOURS, render_montage
 
 __all__ = [
     "CATEGORIES", "CATEGORY_TARGETS", "DISTRACTOR_CODES", "GENERATOR_VERSION", "REAL_WORLD_MIX", "SyntheticExam", "generate_exam",
-    "LOOKALIKE_KINDS", "TISSUES", "TISSUE_HU", "ScannerParams", "PRESETS", "SyntheticCohort", "cohort_preset", "exam_seed",
+    "parse_lookalike_rates", "LOOKALIKE_KINDS", "TISSUES", "TISSUE_HU", "ScannerParams", "PRESETS", "SyntheticCohort", "cohort_preset", "exam_seed",
     "iter_cohort", "make_cohort", "plan_categories", "preset_exam", "write_cohort", "ARTERY_COLOURS",
     "render_montage",
 ]

@@ -365,6 +365,23 @@ def generate_exam(
     )
 
 
+def parse_lookalike_rates(text: str) -> dict[str, float]:
+    """A command line's ``"KIND=P,KIND=P"`` as ``generate_exam``'s ``lookalike_rates`` ({kind: P}); kinds and
+    probabilities are checked where the rates are used (``generate_exam``)."""
+    rates = {}
+    for item in text.split(","):
+        kind, sep, value = (part.strip() for part in item.partition("="))
+        try:
+            if not (kind and sep):
+                raise ValueError
+            rates[kind] = float(value)
+        except ValueError:
+            hint = f"e.g. pericardium=0.5,mitral_annulus=1; kinds are {', '.join(LOOKALIKE_KINDS)}"
+            raise InputError(f"look-alike rate {item.strip()!r} is not KIND=P", code="BAD_PARAMETER",
+                             hint=hint) from None
+    return rates
+
+
 class _Retry(Exception):
     pass
 
@@ -491,7 +508,8 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
     distractor_mask = np.zeros(grid.shape, np.uint8)
     distractor_mask[bone] = DISTRACTOR_CODES["bone"]
     distractors = []
-    lookalikes = distractor_atoms(heart, landmarks, grid, r_dis, burden, vessels, rates) + arch_atoms(landmarks, grid, r_up, burden)
+    lookalikes = (distractor_atoms(heart, landmarks, grid, r_dis, burden, vessels, rates)
+                  + arch_atoms(landmarks, grid, r_up, burden))
     # aortic-root calcium running into the left main ostium; an LM plaque, if there is one, moved to the
     # ostium so that the two touch. The annotator scores the coronary part only (where the plaque dominates)
     ostial = None
@@ -502,13 +520,8 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
         for p in plans:
             if p.artery == "LM" and not p.speck:
                 moved = dataclasses.replace(p, s_mm=0.0)
-                _render_plan(moved, vessels, grid, sc, vol)
-                others = [q for q in plans if q is not p]
-                # room to grow, as every plaque is planned (_plan_lesions): the size search may enlarge it
-                grown = _plan_atoms(dataclasses.replace(moved, size=moved.size * 1.8 + 1.0, speck=False), vessels)
-                if moved.box is not None and all(_far_apart(grown, q.atoms, grid, sc.slice_thickness_mm, psf)
-                                                 for q in others):
-                    plans[plans.index(p)] = ostial = moved
+                if _replace_if_roomy(plans, p, moved, vessels, grid, sc, vol):
+                    ostial = moved
                 break
     # the mitral annulus lies a few mm from the LCX in the left atrioventricular groove (closest edge-to-edge
     # distance: median 4.2 mm, range 0.9-11.4 mm, 17 % under 2 mm in surgical CT series); in half of the exams
@@ -595,7 +608,8 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
             raise _Retry("no plaque left")
     else:
         raise _Retry(f"category {cat} not reached (score {total:.1f})")
-    touching = {DISTRACTOR_CODES["aortic_root"]: ARTERY_CODES["LM"], DISTRACTOR_CODES["mitral_annulus"]: ARTERY_CODES["LCX"]}
+    touching = {DISTRACTOR_CODES["aortic_root"]: ARTERY_CODES["LM"],
+                DISTRACTOR_CODES["mitral_annulus"]: ARTERY_CODES["LCX"]}
     if not _clear_of(mask, distractor_mask, touching):
         raise _Retry("a distractor touches a plaque")
     for code, label in touching.items():
@@ -629,11 +643,24 @@ def _move_next_to(p: _Plan, atoms: Atoms, plans: list, vessels, grid, sc, base) 
 
     angle = min(np.linspace(0.0, 2 * math.pi, 12, endpoint=False), key=miss)
     moved = dataclasses.replace(p, s_mm=0.5 * j, angle=float(angle), atoms=None, box=None, signal=None)
+    _replace_if_roomy(plans, p, moved, vessels, grid, sc, base)
+
+
+def _has_room(p: _Plan, others: list, vessels, grid, sc) -> bool:
+    """``p`` grown as the size search may grow it (size x 1.8 + 1 mm) stays far apart from every plaque of
+    ``others``."""
+    grown = _plan_atoms(dataclasses.replace(p, size=p.size * 1.8 + 1.0, speck=False), vessels)
+    return all(_far_apart(grown, q.atoms, grid, sc.slice_thickness_mm, sc.psf_sigma_mm) for q in others)
+
+
+def _replace_if_roomy(plans: list, p: _Plan, moved: _Plan, vessels, grid, sc, base) -> bool:
+    """Render ``moved`` and put it in ``p``'s place in ``plans`` if it lies on the grid with room to grow clear
+    of the other plaques; True when replaced."""
     _render_plan(moved, vessels, grid, sc, base)
-    grown = _plan_atoms(dataclasses.replace(moved, size=moved.size * 1.8 + 1.0, speck=False), vessels)
-    if moved.box is not None and all(_far_apart(grown, q.atoms, grid, sc.slice_thickness_mm, sc.psf_sigma_mm)
-                                     for q in plans if q is not p):
-        plans[plans.index(p)] = moved
+    if moved.box is None or not _has_room(moved, [q for q in plans if q is not p], vessels, grid, sc):
+        return False
+    plans[plans.index(p)] = moved
+    return True
 
 
 def _union_box(boxes):
@@ -677,8 +704,7 @@ def _plan_lesions(cat, target, n_lesions, vessels, grid, sc, rng, base) -> list[
             _render_plan(p, vessels, grid, sc, base)
             if p.box is None:
                 continue
-            grown = _plan_atoms(dataclasses.replace(p, size=p.size * 1.8 + 1.0, speck=False), vessels)  # room to grow
-            if all(_far_apart(grown, q.atoms, grid, sc.slice_thickness_mm, sc.psf_sigma_mm) for q in plans):
+            if _has_room(p, plans, vessels, grid, sc):
                 break
         else:
             continue
