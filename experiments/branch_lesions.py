@@ -1,5 +1,5 @@
 """Which planted lesions an ensemble finds, by where they sit: on a main artery or a side branch, inside the
-vessel's shadow or beside it in the fat.
+vessel's shadow or beside it in the fat, within 10 mm of aortic calcium (wall, valve, root) or not.
 
 Real calcifications also lie on diagonals, marginals and the PDA, and beside the vessel rather than inside
 its soft-tissue tube; generator versions before 3 put every plaque inside the lumen of LM, LAD, LCX or RCA.
@@ -29,13 +29,32 @@ sys.path.insert(0, str(ROOT))
 SEED0 = 3_400_000  # a seed range no other experiment draws from
 
 
-def lesion_classes(lesion: dict) -> list[str]:
-    """The classes a planted lesion is counted in."""
+NEAR_AORTIC_MM = 10.0
+
+
+def lesion_classes(lesion: dict, aortic_mm: float = np.inf) -> list[str]:
+    """The classes a planted lesion is counted in; ``aortic_mm``: distance (mm) from its brightest voxel to
+    the nearest voxel of aortic calcium (wall, valve or root: ``aortic_distance_mm``)."""
     out = ["all", "side branch" if lesion["vessel"] != lesion["artery"] else "main artery"]
     out.append("beside the vessel (> 1 radius off)" if lesion["eccentric"] > 1.0 else "inside the vessel")
     if lesion["speck"]:
         out.append("speck")
+    if aortic_mm <= NEAR_AORTIC_MM:
+        out.append(f"within {NEAR_AORTIC_MM:g} mm of aortic calcium")
     return out
+
+
+def aortic_distance_mm(exam) -> np.ndarray:
+    """float (z, y, x): distance (mm) to the nearest voxel of the exam's aortic calcium (wall, valve, or root at
+    the left main ostium); inf everywhere when it has none."""
+    from scipy import ndimage
+
+    from agatax.synthetic import DISTRACTOR_CODES
+
+    aortic = np.isin(exam.distractor_mask, [DISTRACTOR_CODES[k] for k in ("aortic_wall", "aortic_valve", "aortic_root")])
+    if not aortic.any():
+        return np.full(aortic.shape, np.inf)
+    return ndimage.distance_transform_edt(~aortic, sampling=exam.volume.spacing)
 
 
 def found_lesions(exam, predicted: np.ndarray) -> list[tuple[dict, bool]]:
@@ -58,11 +77,15 @@ def main(argv=None) -> int:
     ap.add_argument("--exams", type=int, default=40)
     ap.add_argument("--matrix", type=int, default=256)
     ap.add_argument("--workdir", default=str(ROOT / "experiments/_branch_work"))
+    ap.add_argument("--first-seed", type=int, default=SEED0, help="seeds first-seed .. first-seed + exams - 1")
+    ap.add_argument("--lookalikes", default=None,
+                    help="KIND=P,... look-alike rates of every exam, e.g. aortic_root=1,aortic_valve=1 (lesions "
+                         "beside aortic calcium)")
     ap.add_argument("--quick", action="store_true", help="2 tiny exams and a random tiny network")
     args = ap.parse_args(argv)
 
     import agatax
-    from agatax.synthetic import generate_exam
+    from agatax.synthetic import generate_exam, parse_lookalike_rates
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -78,14 +101,19 @@ def main(argv=None) -> int:
     else:
         ensembles = {Path(w).name: agatax.load_ensemble(w) for w in args.weights}
         settings, n = {"matrix": args.matrix, "protocol": "cardiac"}, args.exams
+    rates = parse_lookalike_rates(args.lookalikes) if args.lookalikes else None
     counts: dict[str, dict[str, list[int]]] = {name: {} for name in ensembles}
+    per_lesion: dict[tuple[int, int], dict] = {}  # (seed, lesion) -> classes and found per ensemble (paired tests)
     t0 = time.perf_counter()
     for i in range(n):
-        exam = generate_exam(SEED0 + i, target_category="CDE"[i % 3], **settings)
+        exam = generate_exam(args.first_seed + i, target_category="CDE"[i % 3], lookalike_rates=rates, **settings)
+        aortic = aortic_distance_mm(exam)
         for name, ens in ensembles.items():
             res = agatax.run_pipeline(ens, exam.volume, allow_phantom=True)
-            for lesion, found in found_lesions(exam, np.asarray(res.mask) > 0):
-                for cls in lesion_classes(lesion):
+            for j, (lesion, found) in enumerate(found_lesions(exam, np.asarray(res.mask) > 0)):
+                classes = lesion_classes(lesion, float(aortic[tuple(lesion["center_zyx"])]))
+                per_lesion.setdefault((args.first_seed + i, j), {"classes": classes})[name] = found
+                for cls in classes:
                     c = counts[name].setdefault(cls, [0, 0])
                     c[0] += int(found)
                     c[1] += 1
@@ -98,7 +126,8 @@ def main(argv=None) -> int:
     from agatax._atomic import atomic_write_text
 
     atomic_write_text(work / "branch_lesions.json", json.dumps(
-        {"exams": n, "settings": settings, "seed0": SEED0, "counts": counts}, indent=1))
+        {"exams": n, "settings": settings, "seed0": args.first_seed, "lookalikes": rates, "counts": counts,
+         "lesions": [{"seed": k[0], "lesion": k[1], **v} for k, v in per_lesion.items()]}, indent=1))
     return 0
 
 

@@ -125,7 +125,7 @@ def test_exam_stored_with_reversed_rows_scores_as_stored_normally(tmp_path):
     write_dicom_series(tmp_path / "reversed", agatax.Volume(v.hu[::-1, :, ::-1], v.spacing, affine=affine))
     normal = score_exam(agatax.read_volume(tmp_path / "normal"))
     reversed_ = score_exam(agatax.read_volume(tmp_path / "reversed"))
-    assert normal.scores.agatston > 100  # not vacuous
+    assert normal.mask.sum() >= 20 and normal.scores.agatston > 10  # not vacuous: calcium found to compare
     np.testing.assert_array_equal(reversed_.mask, normal.mask[::-1, :, ::-1])
     assert reversed_.scores.agatston == pytest.approx(normal.scores.agatston, abs=1e-9)
 

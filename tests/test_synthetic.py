@@ -548,6 +548,36 @@ def test_branch_lesions_experiment_counts_a_lesion_found_only_when_the_predictio
     assert [found for _, found in mod.found_lesions(ex, truth & ~drop)] == expected
 
 
+def test_branch_lesions_experiment_measures_the_distance_to_aortic_calcium_in_mm():
+    """experiments/branch_lesions.py's aortic_distance_mm against a brute-force distance on an anisotropic
+    grid (only wall, valve and root calcium count; no aortic calcium: inf), and the class it gives a lesion."""
+    import importlib.util
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "branch_lesions.py"
+    spec = importlib.util.spec_from_file_location("branch_lesions", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    d = np.zeros((5, 9, 11), np.uint8)
+    d[1, 2, 3] = DISTRACTOR_CODES["aortic_valve"]
+    d[4, 8, 10] = DISTRACTOR_CODES["aortic_root"]
+    d[0, 0, 10] = DISTRACTOR_CODES["mitral_annulus"]  # not aortic: ignored
+    d[2, 5, 0] = DISTRACTOR_CODES["bone"]
+    spacing = (3.0, 0.7, 0.9)
+    exam = SimpleNamespace(distractor_mask=d, volume=SimpleNamespace(spacing=spacing))
+    got = mod.aortic_distance_mm(exam)
+    src = np.array([[1, 2, 3], [4, 8, 10]])
+    grid = np.indices(d.shape).reshape(3, -1).T
+    want = np.min(np.linalg.norm((grid[:, None, :] - src[None]) * spacing, axis=2), axis=1).reshape(d.shape)
+    np.testing.assert_allclose(got, want, atol=1e-9)
+    d[d != DISTRACTOR_CODES["bone"]] = 0
+    assert np.isinf(mod.aortic_distance_mm(exam)).all()
+    lesion = {"vessel": "RCA", "artery": "RCA", "eccentric": 0.5, "speck": False}
+    assert "within 10 mm of aortic calcium" in mod.lesion_classes(lesion, 9.9)
+    assert "within 10 mm of aortic calcium" not in mod.lesion_classes(lesion, 10.1)
+
+
 def assert_split_object(ex, artery, kind):
     """One calcified object at 130 HU joins a plaque of ``artery`` and look-alike ``kind``; the truth splits
     it into the artery's part and the look-alike's part (not scored); every voxel of the object but noise at
