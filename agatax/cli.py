@@ -161,7 +161,8 @@ class ScoredExam:
     volume: the exam; scores: ``agatax.Scores``; mask: (z, y, x) bool or artery labels; votes: uint8
     (z, y, x) members voting calcium, or None for a given mask; members: ensemble size or None; chest:
     the ``ChestRegion`` the networks' calcium was restricted to, or None; noise_hu: the exam's measured
-    noise SD (``agatax.quality.image_noise_hu``), or None.
+    noise SD (``agatax.quality.image_noise_hu``), or None; left_out: (bool (z, y, x), list of dicts) the
+    calcified objects of the chest region not scored (``agatax.pipeline.left_out_objects``), or None.
     """
 
     volume: Any
@@ -171,6 +172,7 @@ class ScoredExam:
     members: int | None = None
     chest: Any = None
     noise_hu: float | None = None
+    left_out: tuple | None = None
 
 
 def _exam_warnings(volume, series: str | None) -> list[str]:
@@ -286,14 +288,29 @@ class ExamScorer:
             notes += (f"chest localisation: {result.chest.note}",)
         if notes:
             volume = volume.replace(warnings=tuple(volume.warnings) + notes)
+        left_out = None
+        if result.chest is not None and result.chest.found:
+            from agatax.pipeline import left_out_objects
+
+            left_out = left_out_objects(volume.hu, np.asarray(result.mask) > 0, result.chest.region, volume.spacing)
         return ScoredExam(volume, result.scores, np.asarray(result.mask), np.asarray(result.votes),
-                          self.ensemble.members, result.chest, result.noise_hu)
+                          self.ensemble.members, result.chest, result.noise_hu, left_out)
 
     def _extras(self, scored: ScoredExam) -> dict[str, Any]:
         """Keys the JSON carries beyond the report: the given mask, and the chest region used."""
         extras: dict[str, Any] = {"mask": None if self.mask is None else str(self.mask), **self.about}
         if scored.chest is not None:
             extras["chest_region"] = scored.chest.to_dict()
+        if scored.left_out is not None:
+            from agatax.pipeline import LEFT_OUT_MIN_MM3, LEFT_OUT_MIN_PEAK_HU
+
+            objects = scored.left_out[1]
+            extras["left_out"] = {
+                "objects": len(objects), "volume_mm3": round(sum(o["volume_mm3"] for o in objects), 1),
+                "largest": objects[:5],
+                "rule": f"calcified objects of the chest region not scored: >= {LEFT_OUT_MIN_MM3:g} mm^3, peak "
+                        f">= {LEFT_OUT_MIN_PEAK_HU:g} HU, metal left out",
+            }
         if scored.noise_hu is not None:
             extras["noise_hu"] = round(float(scored.noise_hu), 1)
             if self.ensemble is not None:
@@ -319,7 +336,8 @@ class ExamScorer:
 
         paths = write_report(directory, scored.volume, scored.scores, scored.mask, votes=scored.votes,
                              members=scored.members, exam_id=exam_id, png=png, max_slices=png_slices,
-                             extra={**self._extras(scored), **(extra or {})}, dicom=dicom)
+                             extra={**self._extras(scored), **(extra or {})}, dicom=dicom,
+                             left_out=None if scored.left_out is None else scored.left_out[0])
         return json.loads(Path(paths["json"]).read_text()), paths
 
 
@@ -389,6 +407,13 @@ def format_report(result: dict[str, Any]) -> str:
         low, high = result.get("trained_noise_hu") or TRAINED_NOISE_HU
         lines.append(f"noise:     {result['noise_hu']:.0f} HU (SD in soft tissue; the networks were trained on "
                      f"{low:g}-{high:g} HU)")
+    left_out = result.get("left_out")
+    if left_out and left_out["objects"]:
+        big = left_out["largest"][0]
+        lines.append(f"left out:  {left_out['objects']} calcified object(s) in the chest region judged not coronary "
+                     f"({left_out['volume_mm3']:.0f} mm^3; largest {big['volume_mm3']:.0f} mm^3 at slices "
+                     f"{big['slices'][0]}-{big['slices'][1]}, peak {big['peak_hu']:.0f} HU): aortic wall, valves, "
+                     "annulus, or calcium the networks missed (outlined green in the report picture)")
     lines += [
         f"Agatston:  {result['agatston']:.1f}   (category {result['category']})",
         f"volume:    {result['volume_mm3']:.1f} mm^3",

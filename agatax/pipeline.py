@@ -34,7 +34,8 @@ from agatax.preprocess import AIR_HU, _preprocess_kernel, _restore_kernel, grid_
 from agatax.volume import Volume
 
 __all__ = ["segment", "segment_and_score", "run_pipeline", "resolve_score_on", "PipelineResult", "SCORE_ON",
-           "exclude_metal", "METAL_HU", "dense_note", "DENSE_HU"]
+           "exclude_metal", "METAL_HU", "dense_note", "DENSE_HU", "left_out_objects", "LEFT_OUT_MIN_MM3",
+           "LEFT_OUT_MIN_PEAK_HU"]
 
 SCORE_ON = ("auto", "device", "host")
 METAL_HU = 2000.0  # HU at 120 kVp: above any coronary calcium, below saturated metal (3071)
@@ -456,6 +457,60 @@ def dense_note(hu: np.ndarray, mask: np.ndarray, spacing, scores, *, metal_hu: f
             f"Agatston score {scores.agatston:.1f}: denser than nearly all coronary calcium, as dense as a coronary "
             f"stent. Without them the category is {rest.category}, not {scores.category}: look at those slices; "
             "if it is a stent, the score is not interpretable",)
+
+
+LEFT_OUT_MIN_MM3 = 5.0  # smaller objects >= 130 HU are mostly image noise (several hundred per exam)
+LEFT_OUT_MIN_PEAK_HU = 250.0  # fainter ones too: noise in soft tissue rarely peaks this high over 5 mm^3
+
+
+def left_out_objects(hu: np.ndarray, mask: np.ndarray, region: np.ndarray, spacing, *,
+                     threshold_hu: float = 130.0, min_volume_mm3: float = LEFT_OUT_MIN_MM3,
+                     min_peak_hu: float = LEFT_OUT_MIN_PEAK_HU, metal_hu: float | None = METAL_HU):
+    """Calcified objects inside the chest region that the pipeline did not score: what a reader checks
+    (aortic wall, valve and annulus calcium; coronary calcium the networks missed).
+
+    Args:
+        hu: float (z, y, x) HU; mask: bool (z, y, x) scored calcium; region: bool (z, y, x) where coronary
+            calcium can lie (``ChestRegion.region``); spacing: (dz, dy, dx) mm.
+        threshold_hu: calcium threshold; min_volume_mm3, min_peak_hu: smaller or fainter objects are left
+            out of the list (image noise); metal_hu: objects reaching it are metal (named by the metal note).
+
+    Returns:
+        (bool (z, y, x) the listed objects' voxels, list of dicts sorted by volume, largest first:
+        ``slices`` [first, last], ``peak_slice`` (the slice of its brightest voxel), ``voxels``,
+        ``volume_mm3``, ``peak_hu``). An object is 26-connected voxels >= ``threshold_hu`` inside ``region``
+        and outside ``mask``.
+    """
+    from scipy import ndimage
+
+    hu, mask, region = np.asarray(hu), np.asarray(mask, bool), np.asarray(region, bool)
+    if hu.shape != mask.shape or hu.shape != region.shape:
+        raise InputError(f"hu {hu.shape}, mask {mask.shape} and region {region.shape} differ", code="SHAPE_MISMATCH")
+    out = np.zeros(hu.shape, bool)
+    cand = (hu >= threshold_hu) & region & ~mask
+    if not cand.any():
+        return out, []
+    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(cand))
+    lab, n = ndimage.label(cand[box], structure=np.ones((3, 3, 3), bool))
+    index = np.arange(1, n + 1)
+    voxels = np.bincount(lab.ravel(), minlength=n + 1)[1:]
+    sub = hu[box]
+    peaks = np.asarray(ndimage.maximum(sub, lab, index))
+    where = ndimage.maximum_position(sub, lab, index)
+    voxel_mm3 = float(np.prod(spacing))
+    keep = (voxels * voxel_mm3 >= min_volume_mm3) & (peaks >= min_peak_hu)
+    if metal_hu is not None:
+        keep &= peaks < metal_hu
+    bounds = ndimage.find_objects(lab)
+    objects = []
+    for k in np.flatnonzero(keep):
+        z = bounds[k][0]
+        objects.append({"slices": [z.start + box[0].start, z.stop - 1 + box[0].start],
+                        "peak_slice": int(where[k][0]) + box[0].start,
+                        "voxels": int(voxels[k]), "volume_mm3": round(float(voxels[k]) * voxel_mm3, 1),
+                        "peak_hu": float(peaks[k])})
+    out[box] = np.isin(lab, np.flatnonzero(keep) + 1)
+    return out, sorted(objects, key=lambda o: (-o["voxels"], o["peak_slice"]))
 
 
 def exclude_metal(hu: np.ndarray, mask: np.ndarray, votes: np.ndarray, spacing, *, metal_hu: float = METAL_HU):

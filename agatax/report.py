@@ -49,6 +49,7 @@ WEIGHT_COLOURS = {1: "#ffe14d", 2: "#ff9a1f", 3: "#ff3030", 4: "#e040fb"}
 _WEIGHT_RANGES = {1: "130-199 HU", 2: "200-299 HU", 3: "300-399 HU", 4: ">= 400 HU"}
 #: Cardiac calcium window (level, width) in HU: -300..500 HU, calcium near white, soft tissue grey.
 CALCIUM_WINDOW = (100.0, 800.0)
+LEFT_OUT_COLOUR = "#00e676"  # calcified voxels the pipeline did not score (green: no weight colour)
 
 SUMMARY_COLUMNS = (
     "exam_id",
@@ -371,6 +372,7 @@ def write_report(
     threshold_hu: float = 130.0,
     connectivity: int = 8,
     dicom: bool = False,
+    left_out: Any = None,
 ) -> dict[str, Path]:
     """Write one exam's report files into ``directory`` (created if needed).
 
@@ -388,6 +390,9 @@ def write_report(
         threshold_hu, connectivity: as used for ``scores`` (to find each lesion's pixels).
         dicom: also the DICOM Segmentation and SR (``agatax.dicom_report``; a DICOM exam only), written
             from the JSON's numbers before the JSON; without it those of an earlier run are removed.
+        left_out: optional bool (z, y, x): calcified voxels not scored that a reader should see
+            (``agatax.pipeline.left_out_objects``); outlined green in the picture, at least one of their slices
+            shown (``report_slices``).
 
     Returns:
         {"json": <id>.json, "csv": <id>_lesions.csv, "mask": <id>_mask.nii.gz, "png": <id>.png}
@@ -416,7 +421,8 @@ def write_report(
     _write_csv(paths["csv"], columns, rows)
     if png:
         render_png(
-            paths["png"], volume, lesions, regions, summary, max_slices=max_slices, window=window
+            paths["png"], volume, lesions, regions, summary, max_slices=max_slices, window=window,
+            left_out=None if left_out is None else _check_mask(left_out, volume, "left_out"),
         )
     else:
         remove_file(report_paths(directory, exam_id)["png"])  # a picture of earlier results
@@ -464,6 +470,24 @@ def _slice_z_mm(volume: Volume, k: int) -> float:
     return float((volume.affine @ np.array([k, 0.0, 0.0, 1.0]))[2])
 
 
+def report_slices(per_slice: Mapping[int, float], left_out_per_slice: Sequence[int] | None = None,
+                  max_slices: int | None = 6) -> list[int]:
+    """The slices a report picture shows, in z order: those with the most Agatston (``per_slice``: slice ->
+    Agatston on it), at most ``max_slices`` (None: all of them, at least one). Where calcium was left out
+    (``left_out_per_slice``: left-out calcified voxels per slice) and no chosen slice shows any, the
+    calcium slice with the least Agatston gives up its place (``max_slices`` >= 2); the places left go to the
+    slices with the most left-out voxels, ties to the lower slice."""
+    limit = max(len(per_slice) if max_slices is None else int(max_slices), 1)
+    chosen = sorted(per_slice, key=lambda k: (-per_slice[k], k))[:limit]
+    if left_out_per_slice is None:
+        return sorted(chosen)
+    counts = np.asarray(left_out_per_slice)
+    if counts.any() and not any(counts[k] for k in chosen) and len(chosen) == limit >= 2:
+        chosen = chosen[:-1]
+    order = [int(k) for k in np.argsort(-counts, kind="stable") if counts[k] > 0 and int(k) not in chosen]
+    return sorted(chosen + order[:limit - len(chosen)])
+
+
 def render_png(
     path: str | os.PathLike,
     volume: Volume,
@@ -474,12 +498,15 @@ def render_png(
     max_slices: int | None = 6,
     window: tuple[float, float] = CALCIUM_WINDOW,
     margin_mm: float = 45.0,
+    left_out: np.ndarray | None = None,
 ) -> Path:
     """Draw the calcium slices: CT in a calcium window, each lesion outlined in its density-weight colour
     and labelled with its Agatston contribution; title with exam id, total Agatston and category.
 
     Slices are chosen by Agatston on the slice (most first, at most ``max_slices``; None: all) and shown
-    in z order, the notes saying how many of the calcium slices are shown, cropped to the calcium plus ``margin_mm``. An exam without calcium shows its middle slice.
+    in z order, the notes saying how many of the calcium slices are shown, cropped to the calcium plus
+    ``margin_mm``. ``left_out`` (bool (z, y, x), optional): calcified voxels not scored, outlined green, with
+    at least one slice of them shown (``report_slices``). An exam with neither shows its middle slice.
     """
     Figure = require_matplotlib()
     from matplotlib import patheffects
@@ -489,14 +516,16 @@ def render_png(
     per_slice: dict[int, float] = {}
     for lesion in lesions:
         per_slice[int(lesion.slice)] = per_slice.get(int(lesion.slice), 0.0) + float(lesion.agatston)
-    limit = len(per_slice) if max_slices is None else max(int(max_slices), 1)
-    chosen = sorted(per_slice, key=lambda k: (-per_slice[k], k))[:limit]
-    chosen = sorted(chosen) or [volume.shape[0] // 2]
+    left_per_slice = None if left_out is None else np.count_nonzero(left_out, axis=(1, 2))
+    chosen = report_slices(per_slice, left_per_slice, max_slices) or [volume.shape[0] // 2]
+    extra_slices = [k for k in chosen if k not in per_slice]
 
     ny, nx = volume.shape[1:]
     dz, dy, dx = volume.spacing
     r0, r1, c0, c1 = 0, ny, 0, nx
     drawn = [reg for les, reg in zip(lesions, regions) if reg is not None and int(les.slice) in chosen]
+    if left_out is not None:
+        drawn += [np.nonzero(left_out[k]) for k in chosen if left_out[k].any()]
     if drawn:
         all_rows = np.concatenate([reg[0] for reg in drawn])
         all_cols = np.concatenate([reg[1] for reg in drawn])
@@ -510,7 +539,8 @@ def render_png(
     panel = 3.6
     aspect = ((r1 - r0) * dy) / max((c1 - c0) * dx, 1e-9)
     legend_cols = 4 if ncols >= 2 else 2
-    bottom_in = 0.2 if not lesions else (0.6 if legend_cols == 4 else 0.85)
+    shows_left_out = left_out is not None and any(left_out[k].any() for k in chosen)
+    bottom_in = 0.2 if not (lesions or extra_slices) else (0.6 if legend_cols == 4 and not shows_left_out else 0.85)
     fig = Figure(figsize=(panel * ncols, panel * aspect * nrows + 0.9 + bottom_in), dpi=110, facecolor="black")
     fig.subplots_adjust(left=0.02, right=0.98, top=1 - 0.9 / fig.get_figheight(),
                         bottom=bottom_in / fig.get_figheight(), wspace=0.04, hspace=0.18)
@@ -538,6 +568,9 @@ def render_png(
         per_px_y = (r1 - r0) / max(box.height * fig.get_figheight() * fig.dpi, 1.0)
         placed: list[tuple[float, float, float, float]] = []
         hidden = 0
+        if left_out is not None and left_out[k].any():
+            ax.add_collection(LineCollection(_outline_segments(np.nonzero(left_out[k])), colors=LEFT_OUT_COLOUR,
+                                             linewidths=1.4, linestyles="dashed"))
         on_slice = [(les, reg) for les, reg in zip(lesions, regions) if reg is not None and int(les.slice) == k]
         for lesion, region in sorted(on_slice, key=lambda lr: -float(lr[0].agatston)):
             colour = WEIGHT_COLOURS.get(int(lesion.weight), "#00e5ff")
@@ -570,6 +603,8 @@ def render_png(
         label = f"slice {k}, z = {_slice_z_mm(volume, k):.1f} mm"
         if k in per_slice:
             label += f", Agatston {per_slice[k]:.1f}"
+        else:
+            label += ", calcium not scored"
         if hidden:
             label += f"\n({hidden} crowded lesion{'s' if hidden > 1 else ''} not labelled)"
         ax.set_title(label, color="white", fontsize=9)
@@ -580,16 +615,22 @@ def render_png(
         extra.append(f"volume {float(summary['volume_mm3']):.1f} mm\u00b3")
     if summary.get("mass_mg") is not None:
         extra.append(f"mass {float(summary['mass_mg']):.1f} mg")
-    if len(per_slice) > len(chosen):
-        extra.append(f"showing {len(chosen)} of {len(per_slice)} calcium slices (most Agatston)")
+    shown = len(chosen) - len(extra_slices)
+    if len(per_slice) > shown:
+        extra.append(f"showing {shown} of {len(per_slice)} calcium slices (most Agatston)")
     else:
         extra.append(f"showing all {len(per_slice)} calcium slice{'' if len(per_slice) == 1 else 's'}")
     if not lesions:
         extra = ["no calcium found"]
+    if extra_slices:
+        extra.append(f"{len(extra_slices)} slice{'' if len(extra_slices) == 1 else 's'} of calcium not scored (green)")
     fig.suptitle(title + "\n" + ", ".join(extra), color="white", fontsize=11)
-    if lesions:
+    if lesions or extra_slices:
         handles = [Patch(facecolor="none", edgecolor=c, linewidth=2, label=f"weight {w}: {_WEIGHT_RANGES[w]}")
                    for w, c in WEIGHT_COLOURS.items()]
+        if shows_left_out:
+            handles.append(Patch(facecolor="none", edgecolor=LEFT_OUT_COLOUR, linewidth=1.5, linestyle="--",
+                                 label="calcified, not scored"))
         legend = fig.legend(
             handles=handles, loc="lower center", ncol=legend_cols, fontsize=8, frameon=False, labelcolor="white",
             title="outline colour = density weight; number = lesion Agatston", title_fontsize=8,

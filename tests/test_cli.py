@@ -356,6 +356,51 @@ def test_score_with_the_shipped_default_ensemble(cohort, capsys):
     assert all(3 / 5 - 1e-6 <= f <= 1.0 for f in fractions)  # majority of five on every lesion pixel
 
 
+def test_score_lists_and_draws_the_calcified_objects_of_the_chest_region_it_left_out(cohort, tmp_path, capsys):
+    """The JSON's ``left_out`` against scipy's objects of (>= 130 HU, inside the chest region, outside the
+    written mask) of >= 5 mm^3 peaking at 250-2000 HU (case1: aortic-wall calcium); the text names them; the
+    picture is written."""
+    from scipy import ndimage
+
+    from agatax import localise_chest
+
+    exam = cohort / "exams" / "case1"
+    assert main(["score", str(exam), "--report", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    result = json.loads((tmp_path / "case1.json").read_text())
+    volume = read_volume(exam)
+    region = localise_chest(volume.hu, volume.spacing).region
+    scored = read_mask(tmp_path / "case1_mask.nii.gz", like=volume) > 0
+    lab, n = ndimage.label((volume.hu >= 130) & region & ~scored, structure=np.ones((3, 3, 3)))
+    voxel_mm3 = float(np.prod(volume.spacing))
+    want = []
+    for k in range(1, n + 1):
+        hu = volume.hu[lab == k]
+        if hu.size * voxel_mm3 >= 5.0 and 250.0 <= hu.max() < 2000.0:
+            want.append((hu.size, float(hu.max())))
+    assert want  # not vacuous: this exam has calcium the networks leave out
+    left = result["left_out"]
+    assert left["objects"] == len(want)
+    assert left["volume_mm3"] == pytest.approx(sum(v for v, _ in want) * voxel_mm3, abs=0.1 * len(want))
+    assert len(want) <= 5 and sorted((o["voxels"], o["peak_hu"]) for o in left["largest"]) == sorted(want)
+    assert [o["voxels"] for o in left["largest"]] == sorted((v for v, _ in want), reverse=True)
+    assert f"left out:  {len(want)} calcified object(s)" in out
+    assert (tmp_path / "case1.png").stat().st_size > 0
+
+
+def test_report_slices_show_the_left_out_calcium_too():
+    from agatax.report import report_slices
+
+    counts = [0, 5, 0, 9, 0, 5, 1, 0]
+    assert report_slices({3: 10.0, 7: 50.0}, counts, 4) == [1, 3, 5, 7]  # 3 shows both; then the 5s, lower first
+    assert report_slices({3: 10.0, 7: 50.0}, counts, 2) == [3, 7]  # slice 3 already shows left-out calcium
+    assert report_slices({2: 1.0, 4: 3.0, 6: 2.0}, None, 2) == [4, 6]
+    assert report_slices({2: 1.0, 4: 3.0, 6: 2.0}, [0, 0, 0, 0, 0, 7, 0], 3) == [4, 5, 6]  # slice 2 gives way
+    assert report_slices({2: 1.0}, [0, 0, 0, 0, 0, 7, 0], 1) == [2]  # one place: the calcium keeps it
+    assert report_slices({}, counts, 3) == [1, 3, 5]
+    assert report_slices({}, counts, None) == [3] and report_slices({}, None, 6) == []
+
+
 def test_localisation_discards_calcium_outside_the_chest_region_unless_turned_off(cohort, tmp_path):
     from agatax import localise_chest
 

@@ -176,6 +176,43 @@ def test_metal_objects_are_left_out_and_named():
     assert same[0] is expected and same[2] == ()
 
 
+def test_left_out_objects_are_the_unscored_calcified_objects_of_the_region():
+    """Hand-built: 1.5 mm^3 voxels (3 x 0.5 x 1.0 mm). Listed: unscored objects >= 130 HU inside the region of
+    >= 5 mm^3 (4 voxels) peaking at >= 250 HU, below metal; each object 26-connected across slices."""
+    from agatax.pipeline import left_out_objects
+
+    hu = np.full((8, 20, 20), 40.0, np.float32)
+    mask = np.zeros(hu.shape, bool)
+    region = np.zeros(hu.shape, bool)
+    region[:, 2:18, 2:18] = True
+    hu[1:3, 3:5, 3:5] = 300.0  # A: 8 voxels, 12 mm^3, peak 300 -> listed
+    hu[2, 4, 4] = 420.0
+    hu[4, 8, 8] = hu[6, 10, 10] = hu[6, 10, 11] = 260.0  # B: 4 voxels diagonal over 3 slices -> listed
+    hu[5, 9, 9] = 270.0
+    hu[1, 12:14, 12:14] = 500.0  # C: scored -> not listed
+    mask[1, 12:14, 12:14] = True
+    hu[3, 15, 15:18] = 600.0  # D: 3 voxels, 4.5 mm^3 -> too small
+    hu[5, 14:16, 3:5] = 200.0  # E: 4 voxels but peak 200 -> too faint
+    hu[6, 0:2, 5:9] = 700.0  # F: outside the region -> not listed
+    hu[7, 5:7, 12:14] = 2500.0  # G: metal -> not listed
+    got_mask, got = left_out_objects(hu, mask, region, (3.0, 0.5, 1.0))
+    assert got == [
+        {"slices": [1, 2], "peak_slice": 2, "voxels": 8, "volume_mm3": 12.0, "peak_hu": 420.0},
+        {"slices": [4, 6], "peak_slice": 5, "voxels": 4, "volume_mm3": 6.0, "peak_hu": 270.0},
+    ]
+    want = np.zeros(hu.shape, bool)
+    want[1:3, 3:5, 3:5] = True
+    want[4, 8, 8] = want[5, 9, 9] = want[6, 10, 10] = want[6, 10, 11] = True
+    np.testing.assert_array_equal(got_mask, want)
+    assert [o["peak_hu"] for o in left_out_objects(hu, mask, region, (3.0, 0.5, 1.0), metal_hu=None)[1]] == [
+        420.0, 270.0, 2500.0]  # G kept without the metal rule (4 voxels, after B by its first slice)
+    empty = left_out_objects(hu, mask, np.zeros(hu.shape, bool), (3.0, 0.5, 1.0))
+    assert not empty[0].any() and empty[1] == []
+    with pytest.raises(InputError) as err:
+        left_out_objects(hu, mask[:4], region, (3.0, 0.5, 1.0))
+    assert err.value.code == "SHAPE_MISMATCH"
+
+
 def test_a_category_that_rests_on_stent_dense_objects_is_flagged():
     """Hand-computed: 0.5 mm pixels (0.25 mm^2). Calcium: 3 pixels at 450 HU on one slice = 0.75 mm^2 x 4 = 3.0
     (category B). A stent-dense object: 3 x 3 pixels at 1700 HU on two slices = 2 x 2.25 x 4 = 18.0. Scored
