@@ -488,28 +488,34 @@ def left_out_objects(hu: np.ndarray, mask: np.ndarray, region: np.ndarray, spaci
         raise InputError(f"hu {hu.shape}, mask {mask.shape} and region {region.shape} differ", code="SHAPE_MISMATCH")
     out = np.zeros(hu.shape, bool)
     cand = (hu >= threshold_hu) & region & ~mask
-    if not cand.any():
+    spans = [np.flatnonzero(cand.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+    if not spans[0].size:
         return out, []
-    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(cand))
+    box = tuple(slice(int(x[0]), int(x[-1]) + 1) for x in spans)
     lab, n = ndimage.label(cand[box], structure=np.ones((3, 3, 3), bool))
-    index = np.arange(1, n + 1)
-    voxels = np.bincount(lab.ravel(), minlength=n + 1)[1:]
-    sub = hu[box]
-    peaks = np.asarray(ndimage.maximum(sub, lab, index))
-    where = ndimage.maximum_position(sub, lab, index)
+    # per object, from its voxels only (a few thousand; scipy's per-label reductions scan the whole box)
+    flat = np.flatnonzero(lab)
+    labels = lab.ravel()[flat]
+    values = hu[box][np.unravel_index(flat, lab.shape)]
+    order = np.lexsort((values, labels))  # by object, then HU: each object's brightest voxel is its last
+    counts = np.bincount(labels, minlength=n + 1)[1:]
+    ends = np.cumsum(counts) - 1
+    peaks = values[order[ends]]
+    z = flat[order] // (lab.shape[1] * lab.shape[2])  # by object
+    starts = ends - counts + 1
+    z_first, z_last = np.minimum.reduceat(z, starts), np.maximum.reduceat(z, starts)
+    peak_z = flat[order[ends]] // (lab.shape[1] * lab.shape[2])
     voxel_mm3 = float(np.prod(spacing))
-    keep = (voxels * voxel_mm3 >= min_volume_mm3) & (peaks >= min_peak_hu)
+    keep = (counts * voxel_mm3 >= min_volume_mm3) & (peaks >= min_peak_hu)
     if metal_hu is not None:
         keep &= peaks < metal_hu
-    bounds = ndimage.find_objects(lab)
-    objects = []
-    for k in np.flatnonzero(keep):
-        z = bounds[k][0]
-        objects.append({"slices": [z.start + box[0].start, z.stop - 1 + box[0].start],
-                        "peak_slice": int(where[k][0]) + box[0].start,
-                        "voxels": int(voxels[k]), "volume_mm3": round(float(voxels[k]) * voxel_mm3, 1),
-                        "peak_hu": float(peaks[k])})
-    out[box] = np.isin(lab, np.flatnonzero(keep) + 1)
+    z0 = box[0].start
+    objects = [{"slices": [int(z_first[k]) + z0, int(z_last[k]) + z0], "peak_slice": int(peak_z[k]) + z0,
+                "voxels": int(counts[k]), "volume_mm3": round(float(counts[k]) * voxel_mm3, 1),
+                "peak_hu": float(peaks[k])} for k in np.flatnonzero(keep)]
+    sub = np.zeros(lab.shape, bool)
+    sub.ravel()[flat[keep[labels - 1]]] = True
+    out[box] = sub
     return out, sorted(objects, key=lambda o: (-o["voxels"], o["peak_slice"]))
 
 
