@@ -518,7 +518,7 @@ def render_png(
         per_slice[int(lesion.slice)] = per_slice.get(int(lesion.slice), 0.0) + float(lesion.agatston)
     left_per_slice = None if left_out is None else np.count_nonzero(left_out, axis=(1, 2))
     chosen = report_slices(per_slice, left_per_slice, max_slices) or [volume.shape[0] // 2]
-    extra_slices = [k for k in chosen if k not in per_slice]
+    extra_slices = [k for k in chosen if k not in per_slice and left_per_slice is not None and left_per_slice[k]]
 
     ny, nx = volume.shape[1:]
     dz, dy, dx = volume.spacing
@@ -603,7 +603,7 @@ def render_png(
         label = f"slice {k}, z = {_slice_z_mm(volume, k):.1f} mm"
         if k in per_slice:
             label += f", Agatston {per_slice[k]:.1f}"
-        else:
+        elif k in extra_slices:
             label += ", calcium not scored"
         if hidden:
             label += f"\n({hidden} crowded lesion{'s' if hidden > 1 else ''} not labelled)"

@@ -277,6 +277,17 @@ def test_png_shows_all_slices_on_request_and_says_how_many(tmp_path, monkeypatch
     panels.clear()
     write_report(tmp_path, volume, scores, mask, max_slices=None)
     assert len(panels) == 2 and "showing all 2 calcium slices" in titles[-1]
+    left_out = np.zeros(volume.shape, bool)
+    left_out[4, 20:23, 20:23] = True  # calcium left out on slice 4
+    panels.clear()
+    write_report(tmp_path, volume, scores, mask, max_slices=2, left_out=left_out)
+    assert len(panels) == 2 and "showing 1 of 2 calcium slices" in titles[-1] and "1 slice of calcium not scored" in titles[-1]
+    empty = np.zeros(volume.shape, bool)
+    nothing = compute_scores(volume.hu, empty, volume.spacing)
+    for given in (None, empty):  # no calcium, nothing left out: the middle slice, no word of calcium left out
+        panels.clear()
+        write_report(tmp_path, volume, nothing, empty, left_out=given)
+        assert len(panels) == 1 and titles[-1].endswith("no calcium found")
 
 
 def test_readme_python_api_example_runs_verbatim(tmp_path, capsys):
