@@ -68,6 +68,8 @@ SUMMARY_COLUMNS = (
     "spacing_y_mm",
     "spacing_x_mm",
     "slice_thickness_mm",
+    "left_out_objects",
+    "left_out_mm3",
     "series_uid",
     "source",
     "warnings",
@@ -713,6 +715,8 @@ def summary_row_from_result(data: Mapping[str, Any], *, report: str | os.PathLik
         spacing_y_mm=spacing[1],
         spacing_x_mm=spacing[2],
         slice_thickness_mm=data.get("slice_thickness_mm"),
+        left_out_objects=(data.get("left_out") or {}).get("objects"),
+        left_out_mm3=(data.get("left_out") or {}).get("volume_mm3"),
         series_uid=data.get("series_uid"),
         source=data.get("source"),
         warnings="; ".join(data.get("warnings") or []),
@@ -722,7 +726,7 @@ def summary_row_from_result(data: Mapping[str, Any], *, report: str | os.PathLik
         weights=data.get("weights"),
         report=None if report is None else str(report),
     )
-    optional = ("seconds", "agatax_version", "device", "weights", "report")
+    optional = ("seconds", "agatax_version", "device", "weights", "report", "left_out_objects", "left_out_mm3")
     return {key: value for key, value in row.items() if value is not None or key not in optional}
 
 

@@ -386,6 +386,8 @@ def test_score_lists_and_draws_the_calcified_objects_of_the_chest_region_it_left
     assert [o["voxels"] for o in left["largest"]] == sorted((v for v, _ in want), reverse=True)
     assert f"left out:  {len(want)} calcified object(s)" in out
     assert (tmp_path / "case1.png").stat().st_size > 0
+    row = _rows(tmp_path / "summary.csv")["case1"]
+    assert int(row["left_out_objects"]) == len(want) and float(row["left_out_mm3"]) == left["volume_mm3"]
 
 
 def test_report_slices_show_the_left_out_calcium_too():
