@@ -472,22 +472,36 @@ def _slice_z_mm(volume: Volume, k: int) -> float:
     return float((volume.affine @ np.array([k, 0.0, 0.0, 1.0]))[2])
 
 
-def report_slices(per_slice: Mapping[int, float], left_out_per_slice: Sequence[int] | None = None,
+def report_slices(per_slice: Mapping[int, float], left_out_slices: Sequence[int] | None = None,
                   max_slices: int | None = 6) -> list[int]:
     """The slices a report picture shows, in z order: those with the most Agatston (``per_slice``: slice ->
-    Agatston on it), at most ``max_slices`` (None: all of them, at least one). Where calcium was left out
-    (``left_out_per_slice``: left-out calcified voxels per slice) and no chosen slice shows any, the
-    calcium slice with the least Agatston gives up its place (``max_slices`` >= 2); the places left go to the
-    slices with the most left-out voxels, ties to the lower slice."""
+    Agatston on it), at most ``max_slices`` (None: all of them, at least one). ``left_out_slices``: one slice
+    per left-out calcified object, most important first (``left_out_slices``); when none of them is chosen,
+    the calcium slice with the least Agatston gives up its place (``max_slices`` >= 2), and the places left
+    go to them in their order."""
     limit = max(len(per_slice) if max_slices is None else int(max_slices), 1)
     chosen = sorted(per_slice, key=lambda k: (-per_slice[k], k))[:limit]
-    if left_out_per_slice is None:
-        return sorted(chosen)
-    counts = np.asarray(left_out_per_slice)
-    if counts.any() and not any(counts[k] for k in chosen) and len(chosen) == limit >= 2:
+    wanted = list(dict.fromkeys(int(k) for k in left_out_slices or ()))
+    if wanted and not set(wanted) & set(chosen) and len(chosen) == limit >= 2:
         chosen = chosen[:-1]
-    order = [int(k) for k in np.argsort(-counts, kind="stable") if counts[k] > 0 and int(k) not in chosen]
-    return sorted(chosen + order[:limit - len(chosen)])
+    chosen += [k for k in wanted if k not in chosen][:limit - len(chosen)]
+    return sorted(chosen)
+
+
+def left_out_slices(left_out: np.ndarray) -> list[int]:
+    """One slice per calcified object of ``left_out`` (bool (z, y, x); 26-connected): the slice holding most of
+    it, the largest objects first (ties: the lower slice)."""
+    from scipy import ndimage
+
+    lab, n = ndimage.label(left_out, structure=np.ones((3, 3, 3), bool))
+    if not n:
+        return []
+    z = np.nonzero(lab)[0]
+    per = np.zeros((n + 1, lab.shape[0]), np.int64)
+    np.add.at(per, (lab[lab > 0], z), 1)
+    best = per[1:].argmax(axis=1)
+    sizes = per[1:].sum(axis=1)
+    return [int(best[k]) for k in sorted(range(n), key=lambda k: (-sizes[k], best[k]))]
 
 
 def render_png(
@@ -507,8 +521,9 @@ def render_png(
 
     Slices are chosen by Agatston on the slice (most first, at most ``max_slices``; None: all) and shown
     in z order, the notes saying how many of the calcium slices are shown, cropped to the calcium plus
-    ``margin_mm``. ``left_out`` (bool (z, y, x), optional): calcified voxels not scored, outlined green, with
-    at least one slice of them shown (``report_slices``). An exam with neither shows its middle slice.
+    ``margin_mm``. ``left_out`` (bool (z, y, x), optional): calcified voxels not scored, outlined green, one
+    slice per object in the places left, at least one (``report_slices``). An exam with neither shows its
+    middle slice.
     """
     Figure = require_matplotlib()
     from matplotlib import patheffects
@@ -518,9 +533,9 @@ def render_png(
     per_slice: dict[int, float] = {}
     for lesion in lesions:
         per_slice[int(lesion.slice)] = per_slice.get(int(lesion.slice), 0.0) + float(lesion.agatston)
-    left_per_slice = None if left_out is None else np.count_nonzero(left_out, axis=(1, 2))
-    chosen = report_slices(per_slice, left_per_slice, max_slices) or [volume.shape[0] // 2]
-    extra_slices = [k for k in chosen if k not in per_slice and left_per_slice is not None and left_per_slice[k]]
+    wanted = [] if left_out is None else left_out_slices(left_out)
+    chosen = report_slices(per_slice, wanted, max_slices) or [volume.shape[0] // 2]
+    extra_slices = [k for k in chosen if k not in per_slice and k in wanted]
 
     ny, nx = volume.shape[1:]
     dz, dy, dx = volume.spacing

@@ -393,14 +393,28 @@ def test_score_lists_and_draws_the_calcified_objects_of_the_chest_region_it_left
 def test_report_slices_show_the_left_out_calcium_too():
     from agatax.report import report_slices
 
-    counts = [0, 5, 0, 9, 0, 5, 1, 0]
-    assert report_slices({3: 10.0, 7: 50.0}, counts, 4) == [1, 3, 5, 7]  # 3 shows both; then the 5s, lower first
-    assert report_slices({3: 10.0, 7: 50.0}, counts, 2) == [3, 7]  # slice 3 already shows left-out calcium
+    wanted = [3, 1, 5, 6]  # one slice per left-out object, most important first
+    assert report_slices({3: 10.0, 7: 50.0}, wanted, 4) == [1, 3, 5, 7]  # 3 shows both; then 1 and 5
+    assert report_slices({3: 10.0, 7: 50.0}, wanted, 2) == [3, 7]  # slice 3 already shows left-out calcium
     assert report_slices({2: 1.0, 4: 3.0, 6: 2.0}, None, 2) == [4, 6]
-    assert report_slices({2: 1.0, 4: 3.0, 6: 2.0}, [0, 0, 0, 0, 0, 7, 0], 3) == [4, 5, 6]  # slice 2 gives way
-    assert report_slices({2: 1.0}, [0, 0, 0, 0, 0, 7, 0], 1) == [2]  # one place: the calcium keeps it
-    assert report_slices({}, counts, 3) == [1, 3, 5]
-    assert report_slices({}, counts, None) == [3] and report_slices({}, None, 6) == []
+    assert report_slices({2: 1.0, 4: 3.0, 6: 2.0}, [5], 3) == [4, 5, 6]  # slice 2 gives way
+    assert report_slices({2: 1.0}, [5], 1) == [2]  # one place: the calcium keeps it
+    assert report_slices({}, wanted, 3) == [1, 3, 5] and report_slices({}, [5, 5, 2], 6) == [2, 5]
+    assert report_slices({}, wanted, None) == [3] and report_slices({}, None, 6) == []
+
+
+def test_left_out_slices_name_one_slice_per_object_largest_first():
+    from agatax.report import left_out_slices
+
+    m = np.zeros((8, 10, 10), bool)
+    m[1:5, 0:3, 0:3] = True  # A: 36 voxels over slices 1-4, 9 per slice: the lowest, 1
+    m[3, 1, 1] = True  # (inside A already)
+    m[6, 6:9, 6:9] = True  # B: 9 voxels on slice 6
+    m[5, 6, 6] = m[7, 8, 8] = True  # ... and one on slices 5 and 7 (26-connected to it): 11 voxels
+    m[2, 8, 0] = True  # C: 1 voxel
+    m[0, 9, 9] = m[1, 9, 9] = True  # D: 2 voxels, one per slice: the lower, 0
+    assert left_out_slices(m) == [1, 6, 0, 2]
+    assert left_out_slices(np.zeros((3, 4, 4), bool)) == []
 
 
 def test_localisation_discards_calcium_outside_the_chest_region_unless_turned_off(cohort, tmp_path):
