@@ -1,0 +1,47 @@
+"""What listing the calcium left out costs (agatax.pipeline.left_out_objects), beside the pipeline itself.
+
+    python3 benchmarks/bench_left_out.py [--rounds 7] [--force]
+
+Under benchmarks/protocol.py (refuses a busy machine; variants interleaved). Exams: synthetic, matrix 512, a
+cardiac exam (seed 0, category C) and a chest CT (seed 3, category C); the shipped default ensemble. Variants
+per exam: ``agatax.run_pipeline`` (localisation, networks, object vote, metal rule, host scores) and
+``left_out_objects`` on its result (what ``agatax score`` adds for the ``left_out`` list and picture).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from protocol import Session  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--force", action="store_true", help="measure on a busy machine (figures flagged BUSY)")
+    args = ap.parse_args()
+    session = Session("left_out_objects beside run_pipeline", force=args.force)
+
+    from agatax.defaults import load_default_ensemble
+    from agatax.pipeline import left_out_objects, run_pipeline
+    from agatax.synthetic import generate_exam
+
+    ensemble = load_default_ensemble()
+    for name, seed, protocol in (("cardiac", 0, "cardiac"), ("chest", 3, "chest")):
+        volume = generate_exam(seed, target_category="C", protocol=protocol, matrix=512).volume
+        result = run_pipeline(ensemble, volume)
+        region = result.chest.region
+        times = session.interleave({
+            "run_pipeline": lambda: run_pipeline(ensemble, volume),
+            "left_out_objects": lambda: left_out_objects(volume.hu, result.mask, region, volume.spacing),
+        }, rounds=args.rounds)
+        session.report(times, baseline="run_pipeline", shapes={name: volume.shape})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
