@@ -491,14 +491,13 @@ def report_slices(per_slice: Mapping[int, float], left_out_slices: Sequence[int]
 def left_out_slices(left_out: np.ndarray) -> list[int]:
     """One slice per calcified object of ``left_out`` (bool (z, y, x); 26-connected): the slice holding most of
     it, the largest objects first (ties: the lower slice)."""
-    from scipy import ndimage
-
-    lab, n = ndimage.label(left_out, structure=np.ones((3, 3, 3), bool))
-    if not n:
+    zyx = np.nonzero(left_out)
+    if not zyx[0].size:
         return []
-    z = np.nonzero(lab)[0]
-    per = np.zeros((n + 1, lab.shape[0]), np.int64)
-    np.add.at(per, (lab[lab > 0], z), 1)
+    box = tuple(slice(int(a.min()), int(a.max()) + 1) for a in zyx)  # label the objects' box, not the exam
+    lab, n = ndimage.label(left_out[box], structure=np.ones((3, 3, 3), bool))
+    per = np.zeros((n + 1, left_out.shape[0]), np.int64)
+    np.add.at(per, (lab[tuple(a - b.start for a, b in zip(zyx, box))], zyx[0]), 1)
     best = per[1:].argmax(axis=1)
     sizes = per[1:].sum(axis=1)
     return [int(best[k]) for k in sorted(range(n), key=lambda k: (-sizes[k], best[k]))]
