@@ -340,6 +340,9 @@ class PipelineResult:
             slice thickness outside the 2.5-3.5 mm of the Agatston reconstruction, for the report's warnings.
         noise_hu: the exam's noise SD in soft tissue, HU (``agatax.quality.image_noise_hu``; None where
             there is no flat soft tissue to measure it in).
+        category_range: ``agatax.uncertainty.CategoryRange``: the score and category with the objects whose
+            mean vote lies within one vote of the majority line dropped or added (``uncertain`` when the
+            categories differ; a note then says so).
     """
 
     mask: np.ndarray
@@ -350,6 +353,7 @@ class PipelineResult:
     volume: Any = None
     notes: tuple[str, ...] = ()
     noise_hu: float | None = None
+    category_range: Any = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe summary (scores, the vote histogram of calcium voxels, the chest region found, noise)."""
@@ -408,8 +412,14 @@ def run_pipeline(
                        connectivity=connectivity, threshold_hu=threshold_hu)
     scores = compute_scores(hu, mask, spacing, **conventions)
     notes += dense_note(hu, mask, spacing, scores, metal_hu=metal_hu, **conventions)
+    from agatax.uncertainty import category_range
+
+    region = chest.region if chest is not None and chest.found else None
+    doubt = category_range(hu, mask, votes, region, spacing, ensemble.members, scores=scores, **conventions)
+    notes += doubt.note()
     return PipelineResult(mask=mask, votes=votes, scores=scores, spacing=spacing, chest=chest,
-                          volume=volume if isinstance(volume, Volume) else None, notes=notes, noise_hu=noise)
+                          volume=volume if isinstance(volume, Volume) else None, notes=notes, noise_hu=noise,
+                          category_range=doubt)
 
 
 def _objects(hu: np.ndarray, mask: np.ndarray):

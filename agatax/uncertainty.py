@@ -1,0 +1,153 @@
+"""How far the score rests on objects the networks split on: the category range of one vote.
+
+The pipeline keeps each calcified object (26-connected voxels >= the threshold inside the chest region)
+whole when its members' mean vote over its voxels is more than half the members
+(``agatax.ensemble.object_majority``). An object whose mean vote lies within ``margin`` votes of that line
+would change sides if every member-vote on it moved by ``margin``: it is "in doubt". The range is the score
+with every kept object in doubt dropped (low) and with every dropped object in doubt kept (high). The
+Agatston score is a sum over 3D objects (each slice lesion lies inside one of them), so both ends are exact
+scores of a mask, not estimates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from agatax.errors import InputError
+
+__all__ = ["CategoryRange", "category_range", "VOTE_MARGIN"]
+
+VOTE_MARGIN = 1.0  # one member-vote per voxel: one network changing its mind about the whole object
+
+
+@dataclasses.dataclass(frozen=True)
+class CategoryRange:
+    """The score and category at both ends of the vote margin.
+
+    agatston / category: the pipeline's; low_agatston / low_category: without the kept objects in doubt;
+    high_agatston / high_category: with the dropped objects in doubt; objects: one dict per object in doubt
+    (``slices`` [first, last], ``voxels``, ``volume_mm3``, ``peak_hu``, ``mean_vote`` of ``members``,
+    ``scored``, ``agatston``: what it adds to the score when kept), largest Agatston first.
+    """
+
+    agatston: float
+    category: str
+    low_agatston: float
+    low_category: str
+    high_agatston: float
+    high_category: str
+    members: int
+    margin: float
+    objects: tuple[dict, ...] = ()
+
+    @property
+    def uncertain(self) -> bool:
+        """True when the ends of the range fall in different risk categories."""
+        return self.low_category != self.high_category
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"low": {"agatston": round(self.low_agatston, 2), "category": self.low_category},
+                "high": {"agatston": round(self.high_agatston, 2), "category": self.high_category},
+                "uncertain": self.uncertain, "objects": [dict(o) for o in self.objects[:5]],
+                "objects_in_doubt": len(self.objects),
+                "rule": f"objects whose mean vote is within {self.margin:g} of half the {self.members} networks: "
+                        "low drops those scored, high adds those left out"}
+
+    def note(self) -> tuple[str, ...]:
+        """One warning when the category depends on the objects in doubt, else nothing."""
+        if not self.uncertain:
+            return ()
+        kept = [o for o in self.objects if o["scored"] and o["agatston"] > 0]
+        dropped = [o for o in self.objects if not o["scored"] and o["agatston"] > 0]
+
+        def where(objs):
+            return ", ".join(f"slices {o['slices'][0]}-{o['slices'][1]} (vote {o['mean_vote']:.1f})" for o in objs[:3])
+
+        parts = []
+        if kept:
+            parts.append(f"{len(kept)} scored object(s) at {where(kept)}")
+        if dropped:
+            parts.append(f"{len(dropped)} left-out object(s) at {where(dropped)}")
+        return (f"uncertain category: the networks split on {' and '.join(parts)} (mean vote within "
+                f"{self.margin:g} of half the {self.members} networks); the category is {self.low_category} "
+                f"({self.low_agatston:.1f}) to {self.high_category} ({self.high_agatston:.1f}), scored "
+                f"{self.category} ({self.agatston:.1f}): look at those slices",)
+
+
+def category_range(hu, mask, votes, region, spacing, members: int, *, margin: float = VOTE_MARGIN,
+                   threshold_hu: float = 130.0, scores=None, **conventions) -> CategoryRange:
+    """The category range of one exam's pipeline result (host, NumPy).
+
+    Args:
+        hu: float (z, y, x) HU; mask: bool (z, y, x) the calcium scored; votes: int (z, y, x) members voting
+            calcium (0 outside the candidates); region: bool (z, y, x) the chest region the candidates were
+            restricted to, or None (no localisation); spacing: (dz, dy, dx) mm; members: ensemble size.
+        margin: votes (0 < margin < members / 2); threshold_hu and ``conventions`` (min_pixels,
+            min_area_mm2, connectivity, calibration): the scoring conventions of ``compute_scores``;
+            scores: the ``Scores`` of ``mask`` when already computed.
+
+    Returns:
+        CategoryRange. An object is 26-connected voxels >= ``threshold_hu`` (inside ``region``); it is in
+        doubt when its mean vote minus ``margin`` would drop it (kept ones) or plus ``margin`` keep it.
+    """
+    from scipy import ndimage
+
+    from agatax.scoring import compute_scores, risk_category
+
+    hu, mask, votes = np.asarray(hu), np.asarray(mask, bool), np.asarray(votes)
+    if not (hu.shape == mask.shape == votes.shape) or (region is not None and np.shape(region) != hu.shape):
+        raise InputError(f"hu {hu.shape}, mask {mask.shape}, votes {votes.shape} and region "
+                         f"{None if region is None else np.shape(region)} differ", code="SHAPE_MISMATCH")
+    if not 0 < margin < members / 2:
+        raise InputError(f"margin must lie between 0 and half the {members} members; got {margin}",
+                         code="BAD_ARGUMENT")
+    conventions = dict(threshold_hu=threshold_hu, **conventions)
+    if scores is None:
+        scores = compute_scores(hu, mask, spacing, **conventions)
+    point = float(scores.agatston)
+    objects: list[dict] = []
+    low = high = point
+    voted = votes > 0
+    if voted.any():
+        cand = hu >= threshold_hu
+        if region is not None:
+            cand &= np.asarray(region, bool)
+        spans = [np.flatnonzero(cand.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+        box = tuple(slice(int(s[0]), int(s[-1]) + 1) for s in spans)
+        lab, n = ndimage.label(cand[box], structure=np.ones((3, 3, 3), bool))
+        flat = np.flatnonzero(lab)
+        labels = lab.ravel()[flat]
+        total = np.bincount(labels, weights=votes[box].ravel()[flat].astype(np.float64), minlength=n + 1)
+        count = np.bincount(labels, minlength=n + 1)
+        mean = np.divide(total, count, out=np.zeros(n + 1), where=count > 0)
+        half = members / 2
+        # kept (mean > half) but not after losing ``margin``; dropped but kept after gaining it
+        doubt = np.flatnonzero((count > 0) & (((mean > half) & (mean - margin <= half))
+                                              | ((mean <= half) & (mean + margin > half))))
+        found = ndimage.find_objects(lab)
+        voxel_mm3 = float(np.prod(spacing))
+        low_mask, high_mask = mask.copy(), mask.copy()
+        for k in doubt:
+            sub = tuple(slice(b.start + s.start, b.start + s.stop) for b, s in zip(box, found[k - 1]))
+            part = lab[found[k - 1]] == k
+            kept = bool(mask[sub][part].all())
+            (low_mask if kept else high_mask)[sub] ^= part  # drop a kept object, add a dropped one
+            objects.append({"slices": [sub[0].start, sub[0].stop - 1], "voxels": int(part.sum()),
+                            "volume_mm3": round(float(part.sum()) * voxel_mm3, 1),
+                            "peak_hu": float(hu[sub][part].max()), "mean_vote": round(float(mean[k]), 2),
+                            "scored": kept,
+                            "agatston": round(float(compute_scores(hu[sub], part, spacing, **conventions).agatston), 2)})
+        if doubt.size:  # exact scores of the two masks, on the box holding every object involved
+            either = high_mask | mask
+            spans = [np.flatnonzero(either.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+            outer = tuple(slice(int(s[0]), int(s[-1]) + 1) for s in spans)
+            low = float(compute_scores(hu[outer], low_mask[outer], spacing, **conventions).agatston)
+            high = float(compute_scores(hu[outer], high_mask[outer], spacing, **conventions).agatston)
+    objects.sort(key=lambda o: (-o["agatston"], -o["voxels"], o["slices"][0]))
+    return CategoryRange(agatston=point, category=scores.category, low_agatston=low,
+                         low_category=str(risk_category(low)), high_agatston=high,
+                         high_category=str(risk_category(high)), members=int(members), margin=float(margin),
+                         objects=tuple(objects))
