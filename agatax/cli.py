@@ -162,7 +162,8 @@ class ScoredExam:
     (z, y, x) members voting calcium, or None for a given mask; members: ensemble size or None; chest:
     the ``ChestRegion`` the networks' calcium was restricted to, or None; noise_hu: the exam's measured
     noise SD (``agatax.quality.image_noise_hu``), or None; left_out: (bool (z, y, x), list of dicts) the
-    calcified objects of the chest region not scored (``agatax.pipeline.left_out_objects``), or None.
+    calcified objects of the chest region not scored (``agatax.pipeline.left_out_objects``), or None;
+    category_range: the ``agatax.uncertainty.CategoryRange`` of the networks' result, or None.
     """
 
     volume: Any
@@ -173,6 +174,7 @@ class ScoredExam:
     chest: Any = None
     noise_hu: float | None = None
     left_out: tuple | None = None
+    category_range: Any = None
 
 
 def _exam_warnings(volume, series: str | None) -> list[str]:
@@ -294,7 +296,7 @@ class ExamScorer:
 
             left_out = left_out_objects(volume.hu, np.asarray(result.mask) > 0, result.chest.region, volume.spacing)
         return ScoredExam(volume, result.scores, np.asarray(result.mask), np.asarray(result.votes),
-                          self.ensemble.members, result.chest, result.noise_hu, left_out)
+                          self.ensemble.members, result.chest, result.noise_hu, left_out, result.category_range)
 
     def _extras(self, scored: ScoredExam) -> dict[str, Any]:
         """Keys the JSON carries beyond the report: the given mask, and the chest region used."""
@@ -311,6 +313,8 @@ class ExamScorer:
                 "rule": f"calcified objects of the chest region not scored: >= {LEFT_OUT_MIN_MM3:g} mm^3, peak "
                         f">= {LEFT_OUT_MIN_PEAK_HU:g} HU, metal left out",
             }
+        if scored.category_range is not None:
+            extras["category_range"] = scored.category_range.to_dict()
         if scored.noise_hu is not None:
             extras["noise_hu"] = round(float(scored.noise_hu), 1)
             if self.ensemble is not None:
@@ -414,8 +418,13 @@ def format_report(result: dict[str, Any]) -> str:
                      f"({left_out['volume_mm3']:.0f} mm^3; largest {big['volume_mm3']:.0f} mm^3 at slices "
                      f"{big['slices'][0]}-{big['slices'][1]}, peak {big['peak_hu']:.0f} HU): aortic wall, valves, "
                      "annulus, or calcium the networks missed (outlined green in the report picture)")
+    lines.append(f"Agatston:  {result['agatston']:.1f}   (category {result['category']})")
+    doubt = result.get("category_range")
+    if doubt and doubt["uncertain"]:
+        low, high = doubt["low"], doubt["high"]
+        lines.append(f"range:     {low['category']} ({low['agatston']:.1f}) to {high['category']} ({high['agatston']:.1f})"
+                     f": the networks split on {doubt['objects_in_doubt']} object(s) (see the warning)")
     lines += [
-        f"Agatston:  {result['agatston']:.1f}   (category {result['category']})",
         f"volume:    {result['volume_mm3']:.1f} mm^3",
     ]
     if result.get("mass_mg") is not None:

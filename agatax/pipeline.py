@@ -342,7 +342,7 @@ class PipelineResult:
             there is no flat soft tissue to measure it in).
         category_range: ``agatax.uncertainty.CategoryRange``: the score and category with the objects whose
             mean vote lies within one vote of the majority line dropped or added (``uncertain`` when the
-            categories differ; a note then says so).
+            categories differ; a note then says so); None for ensembles of one or two networks.
     """
 
     mask: np.ndarray
@@ -412,11 +412,13 @@ def run_pipeline(
                        connectivity=connectivity, threshold_hu=threshold_hu)
     scores = compute_scores(hu, mask, spacing, **conventions)
     notes += dense_note(hu, mask, spacing, scores, metal_hu=metal_hu, **conventions)
-    from agatax.uncertainty import category_range
+    from agatax.uncertainty import VOTE_MARGIN, category_range
 
-    region = chest.region if chest is not None and chest.found else None
-    doubt = category_range(hu, mask, votes, region, spacing, ensemble.members, scores=scores, **conventions)
-    notes += doubt.note()
+    doubt = None
+    if ensemble.members > 2 * VOTE_MARGIN:  # one or two networks: no majority to be within a vote of
+        region = chest.region if chest is not None and chest.found else None
+        doubt = category_range(hu, mask, votes, region, spacing, ensemble.members, scores=scores, **conventions)
+        notes += doubt.note()
     return PipelineResult(mask=mask, votes=votes, scores=scores, spacing=spacing, chest=chest,
                           volume=volume if isinstance(volume, Volume) else None, notes=notes, noise_hu=noise,
                           category_range=doubt)

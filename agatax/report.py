@@ -70,6 +70,8 @@ SUMMARY_COLUMNS = (
     "slice_thickness_mm",
     "left_out_objects",
     "left_out_mm3",
+    "category_low",
+    "category_high",
     "series_uid",
     "source",
     "warnings",
@@ -731,6 +733,8 @@ def summary_row_from_result(data: Mapping[str, Any], *, report: str | os.PathLik
         slice_thickness_mm=data.get("slice_thickness_mm"),
         left_out_objects=(data.get("left_out") or {}).get("objects"),
         left_out_mm3=(data.get("left_out") or {}).get("volume_mm3"),
+        category_low=((data.get("category_range") or {}).get("low") or {}).get("category"),
+        category_high=((data.get("category_range") or {}).get("high") or {}).get("category"),
         series_uid=data.get("series_uid"),
         source=data.get("source"),
         warnings="; ".join(data.get("warnings") or []),
@@ -740,7 +744,8 @@ def summary_row_from_result(data: Mapping[str, Any], *, report: str | os.PathLik
         weights=data.get("weights"),
         report=None if report is None else str(report),
     )
-    optional = ("seconds", "agatax_version", "device", "weights", "report", "left_out_objects", "left_out_mm3")
+    optional = ("seconds", "agatax_version", "device", "weights", "report", "left_out_objects", "left_out_mm3",
+                "category_low", "category_high")
     return {key: value for key, value in row.items() if value is not None or key not in optional}
 
 

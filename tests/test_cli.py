@@ -712,3 +712,46 @@ def test_report_names_the_noise_the_ensemble_was_trained_on(exam, capsys):
     for trained, shown in (([10.0, 55.0], "10-55 HU"), (None, "10-40 HU")):
         text = format_report({**result, "noise_hu": 30.0, "trained_noise_hu": trained})
         assert f"trained on {shown}" in text
+
+
+def test_score_json_carries_the_category_range_of_one_vote(cohort, tmp_path):
+    """The JSON's ``category_range`` against the object vote (scipy, one object at a time) with every
+    candidate's vote one lower and one higher, on the votes of the same exam (the untrained 3-network
+    ensemble, no localisation: its votes split on bone); the summary row names both ends."""
+    from ensembles import object_majority_oracle
+
+    from agatax import load_ensemble, run_pipeline
+
+    exam, weights = cohort / "exams" / "case0", cohort / "tiny.msgpack"
+    assert main(["score", str(exam), "--report", str(tmp_path), "--no-png", "--no-localise",
+                 "--weights", str(weights)]) == 0
+    result = json.loads((tmp_path / "case0.json").read_text())
+    volume = read_volume(exam)
+    res = run_pipeline(load_ensemble(weights), volume, localise=False)
+    scored = read_mask(tmp_path / "case0_mask.nii.gz", like=volume) > 0
+    assert np.array_equal(scored, res.mask)  # the votes below are the CLI's
+    cand = volume.hu >= 130
+    votes = res.votes.astype(np.int64)
+    ends = [compute_scores(volume.hu, object_majority_oracle(np.where(cand, votes + d, 0), cand, 3),
+                           volume.spacing) for d in (-1, 1)]
+    got = result["category_range"]
+    assert got["low"] == {"agatston": round(ends[0].agatston, 2), "category": ends[0].category}
+    assert got["high"] == {"agatston": round(ends[1].agatston, 2), "category": ends[1].category}
+    assert got["uncertain"] == (ends[0].category != ends[1].category)
+    assert ends[0].agatston < result["agatston"] < ends[1].agatston  # not vacuous: objects in doubt both ways
+    row = _rows(tmp_path / "summary.csv")["case0"]
+    assert (row["category_low"], row["category_high"]) == (ends[0].category, ends[1].category)
+
+
+def test_text_report_shows_the_range_only_when_it_spans_categories(exam, capsys):
+    from agatax.cli import format_report
+
+    assert main(["score", str(exam / "dicom"), "--mask", str(exam / "mask.npy"), "--json", "-"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert "category_range" not in result  # a given mask has no votes
+    doubt = {"low": {"agatston": 8.0, "category": "B"}, "high": {"agatston": 119.0, "category": "D"},
+             "uncertain": True, "objects_in_doubt": 2}
+    assert "range:     B (8.0) to D (119.0): the networks split on 2 object(s)" in format_report(
+        {**result, "category_range": doubt})
+    same = {**doubt, "high": {"agatston": 9.0, "category": "B"}, "uncertain": False}
+    assert "range:" not in format_report({**result, "category_range": same})

@@ -1,0 +1,129 @@
+"""The category range of one vote (agatax.uncertainty) against hand-computed scores and the object vote."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from ensembles import object_majority_oracle
+
+from agatax import InputError, Volume, compute_scores
+from agatax.uncertainty import category_range
+
+SPACING = (3.0, 0.5, 0.5)  # 0.25 mm^2 pixels
+
+
+def _four_objects():
+    """Four one-slice squares; Agatston = area (mm^2) x density weight, by hand:
+    A 4x4 px = 4 mm^2 at 250 HU (w 2) = 8, mean vote 4 (kept, sure);
+    B 6x6 px = 9 mm^2 at 450 HU (w 4) = 36, votes 5 and 1 on halves: mean 3 (kept, in doubt);
+    C 10x10 px = 25 mm^2 at 350 HU (w 3) = 75, mean 2 (left out, in doubt);
+    D 4x4 px = 4 mm^2 at 150 HU (w 1) = 4, mean 1 (left out, sure)."""
+    hu = np.full((3, 40, 40), -40.0, np.float32)
+    votes = np.zeros(hu.shape, np.uint8)
+    hu[1, 2:6, 2:6], votes[1, 2:6, 2:6] = 250.0, 4
+    hu[1, 2:8, 20:26], votes[1, 2:8, 20:23], votes[1, 2:8, 23:26] = 450.0, 5, 1
+    hu[1, 20:30, 2:12], votes[1, 20:30, 2:12] = 350.0, 2
+    hu[1, 30:34, 30:34], votes[1, 30:34, 30:34] = 150.0, 1
+    mask = np.zeros(hu.shape, bool)
+    mask[1, 2:6, 2:6] = mask[1, 2:8, 20:26] = True
+    return hu, votes, mask
+
+
+def test_range_of_hand_built_objects():
+    hu, votes, mask = _four_objects()
+    r = category_range(hu, mask, votes, None, SPACING, 5)
+    assert (r.agatston, r.category) == (pytest.approx(44.0), "C")
+    assert (r.low_agatston, r.low_category) == (pytest.approx(8.0), "B")
+    assert (r.high_agatston, r.high_category) == (pytest.approx(119.0), "D")
+    assert r.uncertain
+    assert [(o["scored"], o["agatston"], o["mean_vote"], o["voxels"]) for o in r.objects] == [
+        (False, 75.0, 2.0, 100), (True, 36.0, 3.0, 36)]
+    (note,) = r.note()
+    assert note.startswith("uncertain category:") and "B (8.0) to D (119.0)" in note and "scored C (44.0)" in note
+    d = r.to_dict()
+    assert d["low"] == {"agatston": 8.0, "category": "B"} and d["high"]["category"] == "D" and d["objects_in_doubt"] == 2
+
+
+def test_objects_exactly_one_vote_from_the_line():
+    """Mean 3.5 (kept): one vote lower is 2.5, not over half of 5: in doubt. Mean 1.5 (left out): one vote
+    higher is 2.5, still not over half: not in doubt."""
+    hu = np.full((3, 20, 20), -40.0, np.float32)
+    votes = np.zeros(hu.shape, np.uint8)
+    hu[1, 2:6, 2:6], votes[1, 2:6, 2:4], votes[1, 2:6, 4:6] = 450.0, 3, 4  # 4 mm^2 x 4 = 16, mean 3.5
+    hu[1, 10:14, 10:14], votes[1, 10:14, 10:12], votes[1, 10:14, 12:14] = 450.0, 1, 2  # 16, mean 1.5
+    mask = np.zeros(hu.shape, bool)
+    mask[1, 2:6, 2:6] = True
+    r = category_range(hu, mask, votes, None, SPACING, 5)
+    assert (r.low_agatston, r.agatston, r.high_agatston) == (0.0, pytest.approx(16.0), pytest.approx(16.0))
+    assert [(o["scored"], o["mean_vote"]) for o in r.objects] == [(True, 3.5)]
+    assert (r.low_category, r.high_category) == ("A", "C") and r.uncertain
+
+
+def test_a_region_cuts_objects_as_the_pipeline_does():
+    """Object C outside the region: not a candidate, so not in doubt; the high end loses it."""
+    hu, votes, mask = _four_objects()
+    region = np.ones(hu.shape, bool)
+    region[:, 18:, :15] = False
+    votes[~region] = 0
+    r = category_range(hu, mask, votes, region, SPACING, 5)
+    assert r.high_agatston == pytest.approx(44.0) and r.low_agatston == pytest.approx(8.0)
+    assert [o["agatston"] for o in r.objects] == [36.0]
+
+
+def test_no_objects_in_doubt_no_note():
+    hu, votes, mask = _four_objects()
+    votes[votes == 2] = 0  # C: mean 0
+    votes[1, 2:8, 20:26] = 5  # B: mean 5
+    r = category_range(hu, mask, votes, None, SPACING, 5)
+    assert (r.low_agatston, r.high_agatston) == (pytest.approx(44.0), pytest.approx(44.0))
+    assert not r.uncertain and r.note() == () and r.objects == ()
+
+
+def test_bad_margin_and_shapes_are_refused():
+    hu, votes, mask = _four_objects()
+    with pytest.raises(InputError) as err:
+        category_range(hu, mask, votes, None, SPACING, 5, margin=2.5)
+    assert err.value.code == "BAD_ARGUMENT"
+    with pytest.raises(InputError) as err:
+        category_range(hu, mask[:2], votes, None, SPACING, 5)
+    assert err.value.code == "SHAPE_MISMATCH"
+
+
+@given(
+    hu=hnp.arrays(np.float32, (3, 9, 9), elements=st.sampled_from([-100.0, 140.0, 220.0, 330.0, 520.0])),
+    votes=hnp.arrays(np.int64, (3, 9, 9), elements=st.integers(0, 5)),
+    region=hnp.arrays(bool, (3, 9, 9)),
+    use_region=st.booleans(),
+    margin=st.sampled_from([0.5, 1.0, 2.0]),
+)
+def test_ends_are_the_object_vote_with_every_vote_shifted(hu, votes, region, use_region, margin):
+    """Oracle: the low end is the object vote with every candidate's vote lowered by ``margin``, the high end
+    with it raised (scipy labelling, one object at a time), each scored by compute_scores."""
+    region = region if use_region else None
+    cand = (hu >= 130) & (True if region is None else region)
+    votes = np.where(cand, votes, 0)
+    mask = object_majority_oracle(votes, cand, 5)
+    r = category_range(hu, mask, votes, region, (2.0, 0.7, 0.7), 5, margin=margin)
+    low = object_majority_oracle(np.where(cand, votes - margin, 0), cand, 5)
+    high = object_majority_oracle(np.where(cand, votes + margin, 0), cand, 5)
+    assert r.agatston == pytest.approx(compute_scores(hu, mask, (2.0, 0.7, 0.7)).agatston)
+    assert r.low_agatston == pytest.approx(compute_scores(hu, low, (2.0, 0.7, 0.7)).agatston)
+    assert r.high_agatston == pytest.approx(compute_scores(hu, high, (2.0, 0.7, 0.7)).agatston)
+    assert sum(o["voxels"] for o in r.objects) == int((low ^ high).sum())
+
+
+def test_run_pipeline_carries_the_range_and_the_note():
+    """Every voxel >= 130 HU voted by all members: nothing in doubt, the range is the score."""
+    from ensembles import all_calcium_ensemble
+
+    from agatax.pipeline import run_pipeline
+
+    hu = np.full((16, 32, 32), -50.0, np.float32)
+    hu[6, 4:8, 4:8] = 450.0
+    res = run_pipeline(all_calcium_ensemble(), Volume(hu, (3.0, 0.5, 0.5)), localise=False)
+    r = res.category_range
+    assert r.agatston == res.scores.agatston == pytest.approx(16.0)
+    assert (r.low_agatston, r.high_agatston) == (pytest.approx(16.0), pytest.approx(16.0)) and not r.uncertain
+    assert not any(n.startswith("uncertain category") for n in res.notes)
