@@ -25,6 +25,7 @@ _EXPORTS = {
     "agatax.orientation": ('Reorientation', 'canonical_orientation', 'to_canonical'),
     "agatax.slabs": ('thick_slabs',),
     "agatax.pipeline": ('PipelineResult', 'run_pipeline', 'segment', 'segment_and_score'),
+    "agatax.uncertainty": ('CategoryRange', 'category_range'),
     "agatax.groundtruth": ('GroundTruth', 'mask_from_points'),
     "agatax.synthetic": ('SyntheticExam', 'generate_exam', 'make_cohort', 'cohort_preset', 'preset_exam', 'render_montage'),
     "agatax.train": ('TrainConfig', 'TrainingSet', 'prepare_pairs', 'train_ensemble', 'train_member'),
