@@ -1,11 +1,13 @@
-"""What listing the calcium left out costs (agatax.pipeline.left_out_objects), beside the pipeline itself.
+"""What listing the calcium left out (agatax.pipeline.left_out_objects) and the category range
+(agatax.category_range) cost, beside the pipeline itself.
 
     python3 benchmarks/bench_left_out.py [--rounds 7] [--force]
 
 Under benchmarks/protocol.py (refuses a busy machine; variants interleaved). Exams: synthetic, matrix 512, a
 cardiac exam (seed 0, category C) and a chest CT (seed 3, category C); the shipped default ensemble. Variants
 per exam: ``agatax.run_pipeline`` (localisation, networks, object vote, metal rule, host scores) and
-``left_out_objects`` on its result (what ``agatax score`` adds for the ``left_out`` list and picture).
+``left_out_objects`` on its result (what ``agatax score`` adds for the ``left_out`` list and picture), and
+``category_range`` on its result (part of ``run_pipeline`` since it was added: the time it adds).
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--force", action="store_true", help="measure on a busy machine (figures flagged BUSY)")
     args = ap.parse_args()
-    session = Session("left_out_objects beside run_pipeline", force=args.force)
+    session = Session("left_out_objects and category_range beside run_pipeline", force=args.force)
 
     from agatax.defaults import load_default_ensemble
     from agatax.pipeline import left_out_objects, run_pipeline
+    from agatax.uncertainty import category_range
     from agatax.synthetic import generate_exam
 
     ensemble = load_default_ensemble()
@@ -38,6 +41,8 @@ def main() -> int:
         times = session.interleave({
             "run_pipeline": lambda: run_pipeline(ensemble, volume),
             "left_out_objects": lambda: left_out_objects(volume.hu, result.mask, region, volume.spacing),
+            "category_range": lambda: category_range(volume.hu, result.mask, result.votes, region, volume.spacing,
+                                                     ensemble.members, scores=result.scores),
         }, rounds=args.rounds)
         session.report(times, baseline="run_pipeline", shapes={name: volume.shape})
     return 0
