@@ -628,6 +628,9 @@ def render_png(
         ax.set_title(label, color="white", fontsize=9)
     total = summary.get("agatston")
     title = f"{summary.get('exam_id', '')}   Agatston {float(total or 0):.1f}   category {summary.get('category')}"
+    doubt = summary.get("category_range") or {}
+    if doubt.get("uncertain"):
+        title += f" (uncertain: {doubt['low']['category']} to {doubt['high']['category']}, see the report's warning)"
     extra = [f"{len(lesions)} slice lesion{'' if len(lesions) == 1 else 's'}"]
     if summary.get("volume_mm3") is not None:
         extra.append(f"volume {float(summary['volume_mm3']):.1f} mm\u00b3")

@@ -49,8 +49,8 @@ class CategoryRange:
         return self.low_category != self.high_category
 
     def to_dict(self) -> dict[str, Any]:
-        return {"low": {"agatston": round(self.low_agatston, 2), "category": self.low_category},
-                "high": {"agatston": round(self.high_agatston, 2), "category": self.high_category},
+        return {"low": {"agatston": round(self.low_agatston, 4), "category": self.low_category},
+                "high": {"agatston": round(self.high_agatston, 4), "category": self.high_category},
                 "uncertain": self.uncertain, "objects": [dict(o) for o in self.objects[:5]],
                 "objects_in_doubt": len(self.objects),
                 "rule": f"objects whose mean vote is within {self.margin:g} of half the {self.members} networks: "
@@ -64,17 +64,18 @@ class CategoryRange:
         dropped = [o for o in self.objects if not o["scored"] and o["agatston"] > 0]
 
         def where(objs):
-            return ", ".join(f"slices {o['slices'][0]}-{o['slices'][1]} (vote {o['mean_vote']:.1f})" for o in objs[:3])
+            return "; ".join(f"slices {o['slices'][0]}-{o['slices'][1]}, mean vote {o['mean_vote']:.1f}" for o in objs[:3])
 
         parts = []
         if kept:
-            parts.append(f"{len(kept)} scored object(s) at {where(kept)}")
+            parts.append(f"{len(kept)} scored object(s) ({where(kept)})")
         if dropped:
-            parts.append(f"{len(dropped)} left-out object(s) at {where(dropped)}")
-        return (f"uncertain category: the networks split on {' and '.join(parts)} (mean vote within "
-                f"{self.margin:g} of half the {self.members} networks); the category is {self.low_category} "
-                f"({self.low_agatston:.1f}) to {self.high_category} ({self.high_agatston:.1f}), scored "
-                f"{self.category} ({self.agatston:.1f}): look at those slices",)
+            parts.append(f"{len(dropped)} object(s) left out ({where(dropped)})")
+        vote = "vote" if self.margin == 1 else "votes"
+        return (f"uncertain category: the networks split on {' and '.join(parts)}, within {self.margin:g} {vote} "
+                f"of half the {self.members} networks; the category is {self.low_category} ({self.low_agatston:.1f}) "
+                f"to {self.high_category} ({self.high_agatston:.1f}), scored {self.category} ({self.agatston:.1f}): "
+                "look at those slices",)
 
 
 def category_range(hu, mask, votes, region, spacing, members: int, *, margin: float = VOTE_MARGIN,

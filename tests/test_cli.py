@@ -735,8 +735,8 @@ def test_score_json_carries_the_category_range_of_one_vote(cohort, tmp_path):
     ends = [compute_scores(volume.hu, object_majority_oracle(np.where(cand, votes + d, 0), cand, 3),
                            volume.spacing) for d in (-1, 1)]
     got = result["category_range"]
-    assert got["low"] == {"agatston": round(ends[0].agatston, 2), "category": ends[0].category}
-    assert got["high"] == {"agatston": round(ends[1].agatston, 2), "category": ends[1].category}
+    assert got["low"] == {"agatston": round(ends[0].agatston, 4), "category": ends[0].category}
+    assert got["high"] == {"agatston": round(ends[1].agatston, 4), "category": ends[1].category}
     assert got["uncertain"] == (ends[0].category != ends[1].category)
     assert ends[0].agatston < result["agatston"] < ends[1].agatston  # not vacuous: objects in doubt both ways
     row = _rows(tmp_path / "summary.csv")["case0"]

@@ -288,6 +288,12 @@ def test_png_shows_all_slices_on_request_and_says_how_many(tmp_path, monkeypatch
         panels.clear()
         write_report(tmp_path, volume, nothing, empty, left_out=given)
         assert len(panels) == 1 and titles[-1].endswith("no calcium found")
+    doubt = {"low": {"agatston": 0.0, "category": "A"}, "high": {"agatston": 12.0, "category": "C"},
+             "uncertain": True}
+    write_report(tmp_path, volume, scores, mask, extra={"category_range": doubt})
+    assert "category C (uncertain: A to C, see the report's warning)" in titles[-1]
+    write_report(tmp_path, volume, scores, mask, extra={"category_range": {**doubt, "uncertain": False}})
+    assert "uncertain" not in titles[-1]
 
 
 def test_readme_python_api_example_runs_verbatim(tmp_path, capsys):
