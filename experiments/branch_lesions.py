@@ -32,16 +32,31 @@ SEED0 = 3_400_000  # a seed range no other experiment draws from
 NEAR_AORTIC_MM = 10.0
 
 
-def lesion_classes(lesion: dict, aortic_mm: float = np.inf) -> list[str]:
+def lesion_classes(lesion: dict, aortic_mm: float = np.inf, touches_root: bool = False) -> list[str]:
     """The classes a planted lesion is counted in; ``aortic_mm``: distance (mm) from its brightest voxel to
-    the nearest voxel of aortic calcium (wall, valve or root: ``aortic_distance_mm``)."""
-    out = ["all", "side branch" if lesion["vessel"] != lesion["artery"] else "main artery"]
+    the nearest voxel of aortic calcium (wall, valve or root: ``aortic_distance_mm``); ``touches_root``: its
+    calcified object (>= 130 HU, 26-connected) holds aortic-root calcium (``touching_root``)."""
+    out = ["all", f"artery {lesion['artery']}", "side branch" if lesion["vessel"] != lesion["artery"] else "main artery"]
     out.append("beside the vessel (> 1 radius off)" if lesion["eccentric"] > 1.0 else "inside the vessel")
     if lesion["speck"]:
         out.append("speck")
     if aortic_mm <= NEAR_AORTIC_MM:
         out.append(f"within {NEAR_AORTIC_MM:g} mm of aortic calcium")
+    if touches_root:
+        out.append(f"{lesion['artery']} touching aortic-root calcium")
     return out
+
+
+def touching_root(exam) -> list[bool]:
+    """Per lesion of ``exam.lesions``: its calcified object (26-connected voxels >= 130 HU holding one of its
+    points) also holds aortic-root calcium, so the pipeline sees the two as one object."""
+    from scipy import ndimage
+
+    from agatax.synthetic import DISTRACTOR_CODES
+
+    lab, _ = ndimage.label(exam.volume.hu >= 130, structure=np.ones((3, 3, 3), bool))
+    root = set(np.unique(lab[exam.distractor_mask == DISTRACTOR_CODES["aortic_root"]]).tolist()) - {0}
+    return [bool(root & ({int(lab[p]) for p in lesion["points_zyx"]} - {0})) for lesion in exam.lesions]
 
 
 def aortic_distance_mm(exam) -> np.ndarray:
@@ -81,6 +96,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lookalikes", default=None,
                     help="KIND=P,... look-alike rates of every exam, e.g. aortic_root=1,aortic_valve=1 (lesions "
                          "beside aortic calcium)")
+    ap.add_argument("--target-mm", type=float, default=None,
+                    help="the networks' grid, mm (default: the pipeline's, 3 mm): a finer grid than trained on")
     ap.add_argument("--quick", action="store_true", help="2 tiny exams and a random tiny network")
     args = ap.parse_args(argv)
 
@@ -108,10 +125,11 @@ def main(argv=None) -> int:
     for i in range(n):
         exam = generate_exam(args.first_seed + i, target_category="CDE"[i % 3], lookalike_rates=rates, **settings)
         aortic = aortic_distance_mm(exam)
+        touching = dict(zip(map(id, exam.lesions), touching_root(exam)))
         for name, ens in ensembles.items():
-            res = agatax.run_pipeline(ens, exam.volume, allow_phantom=True)
+            res = agatax.run_pipeline(ens, exam.volume, allow_phantom=True, target_mm=args.target_mm)
             for j, (lesion, found) in enumerate(found_lesions(exam, np.asarray(res.mask) > 0)):
-                classes = lesion_classes(lesion, float(aortic[tuple(lesion["center_zyx"])]))
+                classes = lesion_classes(lesion, float(aortic[tuple(lesion["center_zyx"])]), touching[id(lesion)])
                 per_lesion.setdefault((args.first_seed + i, j), {"classes": classes})[name] = found
                 for cls in classes:
                     c = counts[name].setdefault(cls, [0, 0])
@@ -126,7 +144,7 @@ def main(argv=None) -> int:
     from agatax._atomic import atomic_write_text
 
     atomic_write_text(work / "branch_lesions.json", json.dumps(
-        {"exams": n, "settings": settings, "seed0": args.first_seed, "lookalikes": rates, "counts": counts,
+        {"exams": n, "settings": settings, "target_mm": args.target_mm, "seed0": args.first_seed, "lookalikes": rates, "counts": counts,
          "lesions": [{"seed": k[0], "lesion": k[1], **v} for k, v in per_lesion.items()]}, indent=1))
     return 0
 

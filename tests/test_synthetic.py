@@ -721,3 +721,28 @@ def test_lung_distance_experiment_measures_each_object_to_the_nearest_air_voxel(
     assert got["main artery"] == [pytest.approx(5.0)]
     assert got["side branch"] == [pytest.approx(2.0)]
     assert got["pericardium"] == [pytest.approx(1.0)]
+
+
+def test_branch_lesions_experiment_knows_a_lesion_fused_with_aortic_root_calcium():
+    """experiments/branch_lesions.py's touching_root on a hand-built exam: a lesion whose calcium touches root
+    calcium diagonally (26-connected) is one object with it; one a voxel of soft tissue away is not."""
+    import importlib.util
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "branch_lesions.py"
+    spec = importlib.util.spec_from_file_location("branch_lesions", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    hu = np.full((4, 12, 12), 40.0, np.float32)
+    d = np.zeros(hu.shape, np.uint8)
+    hu[1, 2:4, 2:4], d[1, 2:4, 2:4] = 600.0, DISTRACTOR_CODES["aortic_root"]
+    hu[2, 4, 4] = 400.0  # LM plaque, corner to corner with the root calcium
+    hu[1, 2:4, 6] = 400.0  # LAD plaque: column 5 between it and the root is soft tissue
+    exam = SimpleNamespace(volume=SimpleNamespace(hu=hu), distractor_mask=d,
+                           lesions=[{"points_zyx": [(2, 4, 4)], "artery": "LM"},
+                                    {"points_zyx": [(1, 2, 6), (1, 3, 6)], "artery": "LAD"}])
+    assert mod.touching_root(exam) == [True, False]
+    lesion = {"vessel": "LM", "artery": "LM", "eccentric": 0.5, "speck": False}
+    assert "LM touching aortic-root calcium" in mod.lesion_classes(lesion, 3.0, True)
+    assert "LM touching aortic-root calcium" not in mod.lesion_classes(lesion, 3.0, False)
