@@ -225,6 +225,8 @@ class ExamScorer:
         min_pixels, min_area_mm2: smallest lesion kept.
         localise: discard calcium outside the chest region between the lungs (``agatax.localise_chest``).
         allow_phantom: score an exam that looks like a phantom (else it is refused with PHANTOM).
+        assume_non_contrast: score an exam whose mediastinum looks contrast-enhanced (else it is refused
+            with CONTRAST_ENHANCED).
         thin_slices: "slab" (default: thin-slice exams scored on 3 mm slabs, ``agatax.thick_slabs``) or
             "native" (scored on the thin slices, increment / 3 mm factor).
         relaxations: ``read_volume`` relaxations (allow_gaps, ...).
@@ -232,15 +234,17 @@ class ExamScorer:
 
     def __init__(self, *, mask=None, ensemble=None, series=None, calibration=None, min_pixels=3,
                  min_area_mm2=None, localise=True, about: dict[str, Any] | None = None, thin_slices: str = "slab",
-                 allow_phantom: bool = False, **relaxations: bool) -> None:
+                 allow_phantom: bool = False, assume_non_contrast: bool = False, **relaxations: bool) -> None:
         if mask is None and ensemble is None:
             raise InputError("ExamScorer needs a mask or an ensemble", code="BAD_ARGUMENT")
         self.mask, self.ensemble, self.series, self.localise = mask, ensemble, series, bool(localise)
         #: the keyword arguments (less ensemble and about) that rebuild this scorer elsewhere (a cluster's workers)
         self.init_options = {"mask": mask, "series": series, "calibration": calibration, "min_pixels": min_pixels,
                              "min_area_mm2": min_area_mm2, "localise": localise, "thin_slices": thin_slices,
-                             "allow_phantom": allow_phantom, **relaxations}
+                             "allow_phantom": allow_phantom, "assume_non_contrast": assume_non_contrast,
+                             **relaxations}
         self.allow_phantom = bool(allow_phantom)
+        self.assume_non_contrast = bool(assume_non_contrast)
         self.conventions = {"calibration": calibration, "min_pixels": min_pixels, "min_area_mm2": min_area_mm2}
         self.relaxations = {k: bool(v) for k, v in relaxations.items() if v}
         self.about = dict(about or {})  # device, weights: what made the results
@@ -254,7 +258,8 @@ class ExamScorer:
                                                 "files": files_fingerprint(self.mask)}
         return {**self.conventions, "series": self.series, "localise": self.localise and mask is None,
                 "mask": mask, "relaxations": sorted(self.relaxations), "thin_slices": self.thin_slices,
-                **({"allow_phantom": True} if self.allow_phantom and mask is None else {})}
+                **({"allow_phantom": True} if self.allow_phantom and mask is None else {}),
+                **({"assume_non_contrast": True} if self.assume_non_contrast and mask is None else {})}
 
     def read(self, path):
         """Read the exam at ``path`` into a Volume, with the command line's warnings added."""
@@ -284,6 +289,7 @@ class ExamScorer:
         if slab:
             volume, _ = thick_slabs(volume)
         result = run_pipeline(self.ensemble, volume, localise=self.localise, allow_phantom=self.allow_phantom,
+                              assume_non_contrast=self.assume_non_contrast,
                               **self.conventions)
         notes = tuple(result.notes)
         if result.chest is not None and not result.chest.found:
@@ -357,6 +363,7 @@ def score_exam(
     min_area_mm2: float | None = None,
     thin_slices: str = "slab",
     allow_phantom: bool = False,
+    assume_non_contrast: bool = False,
     **relaxations: bool,
 ) -> dict[str, Any]:
     """Read one exam, find its calcium and score it; return the JSON-safe dict ``agatax score --json`` prints.
@@ -370,7 +377,8 @@ def score_exam(
     series_description, source, mask, agatax_version, device, weights (file name and sha256 prefix; None
     for a given ``ensemble`` or mask), and ``members`` with an ensemble.
     ``relaxations``: allow_gaps, allow_uneven, allow_tilt, allow_not_ct, allow_qform_mismatch (see
-    ``agatax.read_volume``). ``allow_phantom``: score an exam that looks like a phantom instead of refusing it.
+    ``agatax.read_volume``). ``allow_phantom``: score an exam that looks like a phantom instead of refusing it;
+    ``assume_non_contrast``: one whose mediastinum looks contrast-enhanced.
     """
     identity = None
     if mask is None and ensemble is None:
@@ -379,7 +387,7 @@ def score_exam(
     scorer = ExamScorer(mask=mask, ensemble=ensemble, series=series, calibration=calibration,
                         min_pixels=min_pixels, min_area_mm2=min_area_mm2,
                         about={"device": device_name(), "weights": identity}, thin_slices=thin_slices,
-                        allow_phantom=allow_phantom, **relaxations)
+                        allow_phantom=allow_phantom, assume_non_contrast=assume_non_contrast, **relaxations)
     return scorer.result(scorer.score(scorer.read(path)))
 
 
@@ -542,6 +550,9 @@ def add_score_command(subparsers) -> None:
                    "as a 3 mm reconstruction is scored clinically; 'native' scores the thin slices")
     p.add_argument("--allow-phantom", action="store_true", help="score an exam that looks like a phantom (its "
                    "cross-section repeats along z) instead of refusing it; the networks miss most phantom inserts")
+    p.add_argument("--assume-non-contrast", action="store_true", help="score an exam whose mediastinum reads "
+                   "contrast-enhanced instead of refusing it (CONTRAST_ENHANCED), the chest region kept: for a "
+                   "non-contrast exam whose narrow mediastinum is mostly spine and sternum")
     for name in _RELAXATIONS:
         p.add_argument("--" + name.replace("_", "-"), action="store_true", help=f"read_volume({name}=True)")
     p.add_argument("--no-server", action="store_true", help="run in this process even when `agatax serve` runs")
@@ -765,6 +776,7 @@ def _run_score(args: argparse.Namespace, stop: threading.Event, counts: dict[str
                                 min_pixels=args.min_pixels, min_area_mm2=args.min_area_mm2,
                                 localise=not args.no_localise, about={"device": device_name(device), "weights": weights},
                                 thin_slices=args.thin_slices, allow_phantom=args.allow_phantom,
+                                assume_non_contrast=args.assume_non_contrast,
                                 **{name: getattr(args, name) for name in _RELAXATIONS})
             return _score_tasks(args, stop, counts, tasks, is_batch, scorer, weights, report_dir, summary_path,
                                 png, png_slices)

@@ -149,7 +149,7 @@ def _pipeline_kernel(ensemble, hu, spacing, target, threshold_hu, min_pixels, re
 
 
 def _run(ensemble, volume, spacing, *, strategy, target_mm, threshold_hu, score, localise, min_pixels=3,
-         min_area_mm2=None, connectivity=8, bucket=True, allow_phantom=False):
+         min_area_mm2=None, connectivity=8, bucket=True, allow_phantom=False, assume_non_contrast=False):
     if not isinstance(ensemble, Ensemble):
         raise InputError(f"expected an agatax Ensemble; got {type(ensemble).__name__}", code="BAD_ARGUMENT")
     # arrays given without a Volume are taken as canonical
@@ -173,13 +173,14 @@ def _run(ensemble, volume, spacing, *, strategy, target_mm, threshold_hu, score,
                 code="PHANTOM",
                 hint="allow_phantom=True (--allow-phantom) runs the networks anyway, with a warning; a phantom's "
                 "inserts are scored exactly from a mask of them (--mask)")
-        if chest.contrast_enhanced:
+        if chest.contrast_enhanced and not assume_non_contrast:
             raise InputError(
                 f"the exam looks contrast-enhanced (mediastinum at {chest.mediastinum_hu70:.0f} HU, 70th percentile; "
                 "non-contrast scans: 50-90 HU): calcium scoring needs a non-contrast scan, and enhanced blood would "
                 "be scored as calcium", code="CONTRAST_ENHANCED",
-                hint="score the non-contrast calcium-scoring series of the study; if this one is non-contrast, "
-                "localise=False (--no-localise) skips the check")
+                hint="score the non-contrast calcium-scoring series of the study; if this one is non-contrast (a narrow "
+                "mediastinum, mostly spine and sternum, can read this dense), assume_non_contrast=True "
+                "(--assume-non-contrast) scores it with the chest region kept")
     shape_c = tuple(hu.shape[o] for o in how.order)
     grid = grid_shape(shape_c, spacing_c, target_mm=target_mm, multiple=ensemble.config.multiple)
     target = network_grid_mm(spacing_c[0]) if target_mm is None else float(target_mm)
@@ -244,7 +245,7 @@ def _bucketed(hu: np.ndarray, region, how: Reorientation, grid_z: int, dz: float
 
 def segment(
     ensemble: Ensemble, volume, spacing=None, *, strategy: str = "auto", target_mm=None, threshold_hu: float = 130.0,
-    localise: bool = True, allow_phantom: bool = False,
+    localise: bool = True, allow_phantom: bool = False, assume_non_contrast: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
     """Calcium mask and vote counts on the original grid (the exam's stored layout).
 
@@ -260,6 +261,9 @@ def segment(
             refuses contrast-enhanced exams (CONTRAST_ENHANCED) and phantoms (PHANTOM).
         allow_phantom: segment an exam that looks like a phantom (``ChestRegion.phantom_like``) instead of
             refusing it.
+        assume_non_contrast: segment an exam whose mediastinum looks contrast-enhanced
+            (``ChestRegion.contrast_enhanced``) instead of refusing it, the chest region kept: for a
+            non-contrast exam whose narrow mediastinum is mostly bone.
 
     Returns:
         mask bool (z, y, x): the candidates (HU >= threshold_hu, inside the chest region) kept object by
@@ -268,7 +272,8 @@ def segment(
         votes uint8 (z, y, x): members voting for calcium (0 where HU < threshold_hu or outside the region).
     """
     out, _, _, _ = _run(ensemble, volume, spacing, strategy=strategy, target_mm=target_mm, threshold_hu=threshold_hu,
-                        score=False, localise=localise, allow_phantom=allow_phantom)
+                        score=False, localise=localise, allow_phantom=allow_phantom,
+                        assume_non_contrast=assume_non_contrast)
     return out["mask"], out["votes"]
 
 
@@ -295,6 +300,7 @@ def segment_and_score(
     connectivity: int = 8,
     localise: bool = True,
     allow_phantom: bool = False,
+    assume_non_contrast: bool = False,
 ) -> dict[str, jax.Array]:
     """Mask, votes and scores: {"mask", "votes", "scores": {"agatston", "volume_mm3", "lesions"}}.
 
@@ -308,7 +314,7 @@ def segment_and_score(
     out, hu, spacing, _ = _run(
         ensemble, volume, spacing, strategy=strategy, target_mm=target_mm, threshold_hu=threshold_hu,
         score=where == "device", localise=localise, min_pixels=min_pixels, min_area_mm2=min_area_mm2, connectivity=connectivity,
-        allow_phantom=allow_phantom,
+        allow_phantom=allow_phantom, assume_non_contrast=assume_non_contrast,
     )
     if where == "host":
         from agatax.scoring import compute_scores
@@ -377,13 +383,15 @@ def run_pipeline(
     localise: bool = True,
     metal_hu: float | None = METAL_HU,
     allow_phantom: bool = False,
+    assume_non_contrast: bool = False,
 ) -> PipelineResult:
     """Segment an exam and score it on the host with the exact lesion table (``agatax.compute_scores``).
 
     Arguments as :func:`segment`, plus the scoring conventions of ``agatax.compute_scores``
     (``calibration`` in mg / (HU mm^3) for the mass score). ``result.chest`` holds the chest region used.
     ``allow_phantom``: score an exam that looks like a phantom (else PHANTOM is raised), with a note.
-    ``metal_hu``: objects the networks mark that reach this HU are metal and left out (``exclude_metal``;
+    ``assume_non_contrast``: score an exam whose mediastinum looks contrast-enhanced (else CONTRAST_ENHANCED
+    is raised), with a note. ``metal_hu``: objects the networks mark that reach this HU are metal and left out (``exclude_metal``;
     None keeps them); ``result.notes`` says what was left out, and warns when the exam's noise
     (``result.noise_hu``) is above the noise the networks were trained on (``UNetConfig.trained_noise_hu``)
     or its slice thickness (a
@@ -391,7 +399,7 @@ def run_pipeline(
     """
     out, hu, spacing, chest = _run(ensemble, volume, spacing, strategy=strategy, target_mm=target_mm,
                                    threshold_hu=threshold_hu, score=False, localise=localise,
-                                   allow_phantom=allow_phantom)
+                                   allow_phantom=allow_phantom, assume_non_contrast=assume_non_contrast)
     from agatax.scoring import compute_scores
 
     hu = np.asarray(hu)  # the host copy the metal rule, the noise and the scores share
@@ -404,6 +412,10 @@ def run_pipeline(
     noise = image_noise_hu(hu, spacing)
     thickness = volume.slice_thickness if isinstance(volume, Volume) else None
     notes = tuple(notes) + noise_note(noise, ensemble.config.trained_noise_hu) + thickness_note(thickness, spacing[0])
+    if chest is not None and chest.contrast_enhanced:  # only here when assumed non-contrast
+        notes += (f"contrast: the mediastinum reads {chest.mediastinum_hu70:.0f} HU (70th percentile; non-contrast "
+                  "scans 50-90 HU) and the exam was scored as non-contrast on request: if it is enhanced, enhanced "
+                  "blood may be scored as calcium",)
     if chest is not None and chest.phantom_like:
         notes += (f"phantom: the cross-section repeats along z ({100 * chest.z_change:.1f} % of the body changes "
                   "over 30 mm): the networks look for calcium in a heart's anatomy and miss inserts outside it; "

@@ -755,3 +755,25 @@ def test_text_report_shows_the_range_only_when_it_spans_categories(exam, capsys)
         {**result, "category_range": doubt})
     same = {**doubt, "high": {"agatston": 9.0, "category": "B"}, "uncertain": False}
     assert "range:" not in format_report({**result, "category_range": same})
+
+
+def test_assume_non_contrast_scores_an_exam_the_contrast_check_refuses(cohort, tmp_path, capsys):
+    """An exam with blood at +250 HU is refused (CONTRAST_ENHANCED, exit 2, the hint names the option);
+    --assume-non-contrast scores it, says so in a warning and records the option in the provenance."""
+    from agatax.synthetic import TISSUES, generate_exam
+
+    ex = generate_exam(5, target_category="E", protocol="cardiac", matrix=128, padding_hu=None, keep_tissue=True)
+    hu = ex.volume.hu.copy()
+    hu[ex.tissue == TISSUES["blood"]] += 250.0
+    hu[ex.tissue == TISSUES["myocardium"]] += 80.0
+    path = tmp_path / "enhanced.nii.gz"
+    write_nifti(path, hu, like=ex.volume)
+    args = ["score", str(path), "--weights", str(cohort / "tiny.msgpack"), "--json", "-"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "CONTRAST_ENHANCED" in err and "--assume-non-contrast" in err
+    assert main(args + ["--assume-non-contrast"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert any(w.startswith("contrast: the mediastinum reads") for w in result["warnings"])
+    assert result["provenance"]["options"]["assume_non_contrast"] is True
+    assert result["chest_region"]["found"]

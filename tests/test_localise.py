@@ -272,8 +272,16 @@ def test_contrast_enhanced_exam_is_refused():
     with pytest.raises(InputError) as err:
         run_pipeline(all_calcium_ensemble(), Volume(hu, ex.volume.spacing))
     assert err.value.code == "CONTRAST_ENHANCED"
+    assert "--assume-non-contrast" in err.value.hint
     res = run_pipeline(all_calcium_ensemble(), Volume(hu, ex.volume.spacing), localise=False)
     assert res.chest is None
+    # asserted non-contrast: scored with the chest region kept, and a note that says what was assumed
+    res = run_pipeline(all_calcium_ensemble(), Volume(hu, ex.volume.spacing), assume_non_contrast=True)
+    assert res.chest.found and res.chest.contrast_enhanced
+    assert not (res.mask & ~res.chest.region).any() and res.mask.any()
+    assert any(n.startswith("contrast: the mediastinum reads") for n in res.notes)
+    plain_res = run_pipeline(all_calcium_ensemble(), ex.volume, assume_non_contrast=True)
+    assert not any(n.startswith("contrast:") for n in plain_res.notes)  # a plain exam gets no such note
 
 
 def test_block_mean_in_chunks_equals_the_whole_volume_mean():
