@@ -151,37 +151,68 @@ def majority_vote(votes: jax.Array, members: int) -> jax.Array:
     return votes * 2 > members
 
 
-def object_majority(votes, candidates, members: int):
-    """Keep or drop each candidate object whole, by the members' votes over all its voxels.
+def object_majority(votes, candidates, members: int, *, split: bool = True):
+    """Keep or drop each candidate object whole by the members' votes over all its voxels, and keep the
+    strongly voted parts of the objects dropped.
 
     Args:
-        votes: int (z, y, x) members voting for calcium per voxel.
+        votes: (z, y, x) members voting for calcium per voxel (int; any real values on the host path).
         candidates: bool (z, y, x) voxels that may be calcium (HU >= threshold inside the chest region).
         members: number of voting members.
+        split: also keep, in each dropped object, every 26-connected part of its voxels voted by a majority
+            (vote > members / 2) whose own mean vote is at least ``members - 1``: calcium the networks agree
+            on that touches a larger object they do not (a left main plaque fused with aortic-root
+            calcium). Ensembles of one or two members: no split.
 
     Returns:
         bool (z, y, x): every 3D object of ``candidates`` (26-connected) whose mean vote over its voxels
-        is more than half of ``members``, whole; nothing of the others. With one voxel per object this is
-        ``majority_vote``. NumPy in: host labelling; JAX arrays or tracers in: jittable (JAX labelling).
+        is more than half of ``members``, whole, and (``split``) the parts above of the others. With one
+        voxel per object this is ``majority_vote``. NumPy in: host labelling; JAX arrays or tracers in:
+        jittable (JAX labelling).
     """
     from agatax.scoring.components import label_volume
 
+    split = split and members >= 3
     if isinstance(votes, jax.Array) or isinstance(candidates, jax.Array):
-        labels = label_volume(jnp.asarray(candidates), connectivity=26, backend="jax").reshape(-1)
-        n = labels.size + 1  # static cap: labels are 0..number of voxels
-        total = jax.ops.segment_sum(jnp.asarray(votes, jnp.int32).reshape(-1), labels, n)
-        count = jax.ops.segment_sum(jnp.ones_like(labels), labels, n)
-        keep = (2 * total > members * count).at[0].set(False)
-        return keep[labels].reshape(jnp.shape(candidates))
+        candidates = jnp.asarray(candidates)
+        votes = jnp.asarray(votes, jnp.int32)
+
+        def kept(which, enough):
+            labels = label_volume(which, connectivity=26, backend="jax").reshape(-1)
+            n = labels.size + 1  # static cap: labels are 0..number of voxels
+            total = jax.ops.segment_sum(votes.reshape(-1), labels, n)
+            count = jax.ops.segment_sum(jnp.ones_like(labels), labels, n)
+            return enough(total, count).at[0].set(False)[labels].reshape(which.shape)
+
+        mask = kept(candidates, lambda total, count: 2 * total > members * count)
+        if split:
+            voted = candidates & ~mask & (2 * votes > members)
+            mask = mask | kept(voted, lambda total, count: total >= (members - 1) * count)
+        return mask
     candidates = np.asarray(candidates, bool)
-    where = np.flatnonzero(candidates)  # work on the candidates only: few voxels of a large exam
-    labels = label_volume(candidates, connectivity=26, backend="host").ravel()[where]
-    n = int(labels.max(initial=0)) + 1
-    total = np.bincount(labels, weights=np.asarray(votes).ravel()[where].astype(np.float64), minlength=n)
-    keep = 2 * total > members * np.bincount(labels, minlength=n)
+    votes = np.asarray(votes)
     out = np.zeros(candidates.shape, bool)
-    out.ravel()[where[keep[labels]]] = True
+    _keep_objects(out, candidates, votes, lambda total, count: 2 * total > members * count)
+    if split:
+        _keep_objects(out, candidates & ~out & (2 * votes > members), votes,
+                      lambda total, count: total >= (members - 1) * count)
     return out
+
+
+def _keep_objects(out: np.ndarray, which: np.ndarray, votes: np.ndarray, enough) -> None:
+    """Set in ``out`` every 26-connected object of ``which`` for which ``enough(total vote, voxels)`` holds
+    (host; the work on the voxels of ``which`` only: few of a large exam)."""
+    from agatax.scoring.components import label_volume
+
+    where = np.flatnonzero(which)
+    if not where.size:
+        return
+    labels = label_volume(which, connectivity=26, backend="host").ravel()[where]
+    n = int(labels.max(initial=0)) + 1
+    total = np.bincount(labels, weights=votes.ravel()[where].astype(np.float64), minlength=n)
+    keep = enough(total, np.bincount(labels, minlength=n))
+    keep[0] = False
+    out.ravel()[where[keep[labels]]] = True
 
 
 def ensemble_votes(

@@ -3,7 +3,8 @@
 Before the device, ``agatax.localise_chest`` finds the lungs and the chest region between them on the host
 (NumPy, ~0.1-0.3 s). The array path then runs as ONE jitted function on the device: pre-process -> five
 networks -> vote -> back to the original grid -> HU threshold and chest region -> each object above the
-threshold kept or dropped whole by its members' mean vote -> (Agatston score and volume in JAX). Where the
+threshold kept or dropped whole by its members' mean vote, the strongly voted parts of dropped ones kept ->
+(Agatston score and volume in JAX). Where the
 chest region is a small part of the grid (chest CT), the networks run on its box only (:func:`network_crop`).
 Compiled functions are cached per (volume shape, grid, crop size, config, strategy); spacing, thresholds
 and the crop's place are traced, so exams of one shape share a compilation.
@@ -267,7 +268,8 @@ def segment(
 
     Returns:
         mask bool (z, y, x): the candidates (HU >= threshold_hu, inside the chest region) kept object by
-            object: each 3D object (26-connected) whole where its mean vote is more than half the members
+            object: each 3D object (26-connected) whole where its mean vote is more than half the members,
+            and the parts of the others voted by a majority with a mean vote >= members - 1
             (``agatax.ensemble.object_majority``);
         votes uint8 (z, y, x): members voting for calcium (0 where HU < threshold_hu or outside the region).
     """
@@ -336,7 +338,8 @@ class PipelineResult:
     """What the pipeline found in one exam.
 
     Attributes:
-        mask: bool (z, y, x) calcium voxels (objects >= threshold kept whole by their mean vote).
+        mask: bool (z, y, x) calcium voxels (objects >= threshold kept whole by their mean vote, and the
+            strongly voted parts of the others: ``agatax.ensemble.object_majority``).
         votes: uint8 (z, y, x) members voting for calcium (0 where HU < threshold).
         scores: agatax Scores (host, float64, with the lesion table).
         spacing: (dz, dy, dx) mm used.
@@ -346,9 +349,9 @@ class PipelineResult:
             slice thickness outside the 2.5-3.5 mm of the Agatston reconstruction, for the report's warnings.
         noise_hu: the exam's noise SD in soft tissue, HU (``agatax.quality.image_noise_hu``; None where
             there is no flat soft tissue to measure it in).
-        category_range: ``agatax.uncertainty.CategoryRange``: the score and category with the objects whose
-            mean vote lies within one vote of the majority line dropped or added (``uncertain`` when the
-            categories differ; a note then says so); None for ensembles of one or two networks.
+        category_range: ``agatax.uncertainty.CategoryRange``: the score and category by the same object rule
+            with every network's vote one lower and one higher (``uncertain`` when the categories differ; a
+            note then says so); None for ensembles of one or two networks.
     """
 
     mask: np.ndarray

@@ -1,12 +1,11 @@
 """How far the score rests on objects the networks split on: the category range of one vote.
 
 The pipeline keeps each calcified object (26-connected voxels >= the threshold inside the chest region)
-whole when its members' mean vote over its voxels is more than half the members
-(``agatax.ensemble.object_majority``). An object whose mean vote lies within ``margin`` votes of that line
-would change sides if every member-vote on it moved by ``margin``: it is "in doubt". The range is the score
-with every kept object in doubt dropped (low) and with every dropped object in doubt kept (high). The
-Agatston score is a sum over 3D objects (each slice lesion lies inside one of them), so both ends are exact
-scores of a mask, not estimates.
+whole when its members' mean vote over its voxels is more than half the members, and the strongly voted
+parts of the others (``agatax.ensemble.object_majority``). The range is that same rule applied with every
+member-vote lowered by ``margin`` (low) and raised by it (high): the score if each network had voted
+against, or for, every voxel once more. Objects whose calcium changes side at either end are "in doubt".
+Both ends are exact scores of a mask, not estimates.
 """
 
 from __future__ import annotations
@@ -27,10 +26,11 @@ VOTE_MARGIN = 1.0  # one member-vote per voxel: one network changing its mind ab
 class CategoryRange:
     """The score and category at both ends of the vote margin.
 
-    agatston / category: the pipeline's; low_agatston / low_category: without the kept objects in doubt;
-    high_agatston / high_category: with the dropped objects in doubt; objects: one dict per object in doubt
-    (``slices`` [first, last], ``voxels``, ``volume_mm3``, ``peak_hu``, ``mean_vote`` of ``members``,
-    ``scored``, ``agatston``: what it adds to the score when kept), largest Agatston first.
+    agatston / category: the pipeline's; low_agatston / low_category: the object rule with every vote
+    lowered by ``margin``; high_agatston / high_category: raised by it; objects: one dict per calcified
+    object whose calcium changes side at either end (``slices`` [first, last], ``voxels``, ``volume_mm3``,
+    ``peak_hu``, ``mean_vote`` of ``members``, ``scored``: any of it in the mask, ``agatston``: of its
+    calcium that changes side), largest Agatston first.
     """
 
     agatston: float
@@ -53,8 +53,8 @@ class CategoryRange:
                 "high": {"agatston": round(self.high_agatston, 4), "category": self.high_category},
                 "uncertain": self.uncertain, "objects": [dict(o) for o in self.objects[:5]],
                 "objects_in_doubt": len(self.objects),
-                "rule": f"objects whose mean vote is within {self.margin:g} of half the {self.members} networks: "
-                        "low drops those scored, high adds those left out"}
+                "rule": f"the object rule with every network's vote lowered (low) and raised (high) by "
+                        f"{self.margin:g} of {self.members}"}
 
     def note(self) -> tuple[str, ...]:
         """One warning when the category depends on the objects in doubt, else nothing."""
@@ -71,9 +71,9 @@ class CategoryRange:
             parts.append(f"{len(kept)} scored object(s) ({where(kept)})")
         if dropped:
             parts.append(f"{len(dropped)} object(s) left out ({where(dropped)})")
-        vote = "vote" if self.margin == 1 else "votes"
-        return (f"uncertain category: the networks split on {' and '.join(parts)}, within {self.margin:g} {vote} "
-                f"of half the {self.members} networks; the category is {self.low_category} ({self.low_agatston:.1f}) "
+        votes = "one vote" if self.margin == 1 else f"{self.margin:g} votes"
+        return (f"uncertain category: the networks split on {' and '.join(parts)}: {votes} more or less from "
+                f"each of the {self.members} networks makes the category {self.low_category} ({self.low_agatston:.1f}) "
                 f"to {self.high_category} ({self.high_agatston:.1f}), scored {self.category} ({self.agatston:.1f}): "
                 "look at those slices",)
 
@@ -91,8 +91,7 @@ def category_range(hu, mask, votes, region, spacing, members: int, *, margin: fl
             scores: the ``Scores`` of ``mask`` when already computed.
 
     Returns:
-        CategoryRange. An object is 26-connected voxels >= ``threshold_hu`` (inside ``region``); it is in
-        doubt when its mean vote minus ``margin`` would drop it (kept ones) or plus ``margin`` keep it.
+        CategoryRange. An object is 26-connected voxels >= ``threshold_hu`` (inside ``region``).
     """
     from scipy import ndimage
 
@@ -111,42 +110,37 @@ def category_range(hu, mask, votes, region, spacing, members: int, *, margin: fl
     point = float(scores.agatston)
     objects: list[dict] = []
     low = high = point
-    voted = votes > 0
-    if voted.any():
+    if (votes > 0).any():
+        from agatax.ensemble import object_majority
+
         cand = hu >= threshold_hu
         if region is not None:
             cand &= np.asarray(region, bool)
         spans = [np.flatnonzero(cand.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
         box = tuple(slice(int(s[0]), int(s[-1]) + 1) for s in spans)
-        lab, n = ndimage.label(cand[box], structure=np.ones((3, 3, 3), bool))
-        flat = np.flatnonzero(lab)
-        labels = lab.ravel()[flat]
-        total = np.bincount(labels, weights=votes[box].ravel()[flat].astype(np.float64), minlength=n + 1)
-        count = np.bincount(labels, minlength=n + 1)
-        mean = np.divide(total, count, out=np.zeros(n + 1), where=count > 0)
-        half = members / 2
-        # kept (mean > half) but not after losing ``margin``; dropped but kept after gaining it
-        doubt = np.flatnonzero((count > 0) & (((mean > half) & (mean - margin <= half))
-                                              | ((mean <= half) & (mean + margin > half))))
-        found = ndimage.find_objects(lab)
-        voxel_mm3 = float(np.prod(spacing))
-        low_mask, high_mask = mask.copy(), mask.copy()
-        for k in doubt:
-            sub = tuple(slice(b.start + s.start, b.start + s.stop) for b, s in zip(box, found[k - 1]))
-            part = lab[found[k - 1]] == k
-            kept = bool(mask[sub][part].all())
-            (low_mask if kept else high_mask)[sub] ^= part  # drop a kept object, add a dropped one
-            objects.append({"slices": [sub[0].start, sub[0].stop - 1], "voxels": int(part.sum()),
-                            "volume_mm3": round(float(part.sum()) * voxel_mm3, 1),
-                            "peak_hu": float(hu[sub][part].max()), "mean_vote": round(float(mean[k]), 2),
-                            "scored": kept,
-                            "agatston": round(float(compute_scores(hu[sub], part, spacing, **conventions).agatston), 2)})
-        if doubt.size:  # exact scores of the two masks, on the box holding every object involved
-            either = high_mask | mask
-            spans = [np.flatnonzero(either.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
-            outer = tuple(slice(int(s[0]), int(s[-1]) + 1) for s in spans)
-            low = float(compute_scores(hu[outer], low_mask[outer], spacing, **conventions).agatston)
-            high = float(compute_scores(hu[outer], high_mask[outer], spacing, **conventions).agatston)
+        c, v, m = cand[box], votes[box].astype(np.float64), mask[box]
+        low_m = object_majority(np.where(c, v - margin, 0.0), c, members)
+        high_m = object_majority(np.where(c, v + margin, 0.0), c, members)
+        changed = (low_m ^ m) | (high_m ^ m)
+        if changed.any():
+            lab, n = ndimage.label(c, structure=np.ones((3, 3, 3), bool))
+            flat = np.flatnonzero(lab)
+            labels = lab.ravel()[flat]
+            total = np.bincount(labels, weights=v.ravel()[flat], minlength=n + 1)
+            count = np.bincount(labels, minlength=n + 1)
+            found = ndimage.find_objects(lab)
+            voxel_mm3 = float(np.prod(spacing))
+            for k in np.unique(lab[changed]):
+                sub = tuple(slice(b.start + s.start, b.start + s.stop) for b, s in zip(box, found[k - 1]))
+                part = lab[found[k - 1]] == k
+                moves = part & changed[found[k - 1]]
+                objects.append({"slices": [sub[0].start, sub[0].stop - 1], "voxels": int(count[k]),
+                                "volume_mm3": round(float(count[k]) * voxel_mm3, 1),
+                                "peak_hu": float(hu[sub][part].max()), "mean_vote": round(float(total[k] / count[k]), 2),
+                                "scored": bool(m[found[k - 1]][part].any()),
+                                "agatston": round(float(compute_scores(hu[sub], moves, spacing, **conventions).agatston), 2)})
+            low = float(compute_scores(hu[box], low_m, spacing, **conventions).agatston)
+            high = float(compute_scores(hu[box], high_m, spacing, **conventions).agatston)
     objects.sort(key=lambda o: (-o["agatston"], -o["voxels"], o["slices"][0]))
     return CategoryRange(agatston=point, category=scores.category, low_agatston=low,
                          low_category=str(risk_category(low)), high_agatston=high,

@@ -26,12 +26,20 @@ def all_calcium_ensemble():
     return stack_members(members, cfg)
 
 
-def object_majority_oracle(votes, candidates, members):
-    """Each 26-connected object of ``candidates`` whole where the mean of its votes is over members / 2,
-    one object at a time with scipy (the reference for ``agatax.ensemble.object_majority``)."""
+def object_majority_oracle(votes, candidates, members, split=True):
+    """Each 26-connected object of ``candidates`` whole where the mean of its votes is over members / 2; in
+    each other object (``split``, 3 or more members), each 26-connected part of its voxels voted over
+    members / 2 whose mean vote is at least members - 1; one object at a time with scipy (the reference
+    for ``agatax.ensemble.object_majority``)."""
     labels, n = ndimage.label(candidates, structure=np.ones((3, 3, 3), bool))
     out = np.zeros(np.shape(candidates), bool)
     for k in range(1, n + 1):
         obj = labels == k
-        out[obj] = votes[obj].sum() * 2 > members * obj.sum()
+        if votes[obj].sum() * 2 > members * obj.sum():
+            out[obj] = True
+        elif split and members >= 3:
+            parts, m = ndimage.label(obj & (2 * votes > members), structure=np.ones((3, 3, 3), bool))
+            for j in range(1, m + 1):
+                part = parts == j
+                out[part] = votes[part].sum() >= (members - 1) * part.sum()
     return out

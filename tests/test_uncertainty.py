@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from scipy import ndimage
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -17,7 +18,8 @@ SPACING = (3.0, 0.5, 0.5)  # 0.25 mm^2 pixels
 def _four_objects():
     """Four one-slice squares; Agatston = area (mm^2) x density weight, by hand:
     A 4x4 px = 4 mm^2 at 250 HU (w 2) = 8, mean vote 4 (kept, sure);
-    B 6x6 px = 9 mm^2 at 450 HU (w 4) = 36, votes 5 and 1 on halves: mean 3 (kept, in doubt);
+    B 6x6 px = 9 mm^2 at 450 HU (w 4) = 36, votes 5 and 1 on halves: mean 3 (kept, in doubt: one vote lower
+      its mean is 2 and it drops, but its former 5-vote half, now 4, is a part kept by the split: 18 stays);
     C 10x10 px = 25 mm^2 at 350 HU (w 3) = 75, mean 2 (left out, in doubt);
     D 4x4 px = 4 mm^2 at 150 HU (w 1) = 4, mean 1 (left out, sure)."""
     hu = np.full((3, 40, 40), -40.0, np.float32)
@@ -35,15 +37,15 @@ def test_range_of_hand_built_objects():
     hu, votes, mask = _four_objects()
     r = category_range(hu, mask, votes, None, SPACING, 5)
     assert (r.agatston, r.category) == (pytest.approx(44.0), "C")
-    assert (r.low_agatston, r.low_category) == (pytest.approx(8.0), "B")
+    assert (r.low_agatston, r.low_category) == (pytest.approx(8.0 + 18.0), "C")
     assert (r.high_agatston, r.high_category) == (pytest.approx(119.0), "D")
     assert r.uncertain
     assert [(o["scored"], o["agatston"], o["mean_vote"], o["voxels"]) for o in r.objects] == [
-        (False, 75.0, 2.0, 100), (True, 36.0, 3.0, 36)]
+        (False, 75.0, 2.0, 100), (True, 18.0, 3.0, 36)]
     (note,) = r.note()
-    assert note.startswith("uncertain category:") and "B (8.0) to D (119.0)" in note and "scored C (44.0)" in note
+    assert note.startswith("uncertain category:") and "C (26.0) to D (119.0)" in note and "scored C (44.0)" in note
     d = r.to_dict()
-    assert d["low"] == {"agatston": 8.0, "category": "B"} and d["high"]["category"] == "D" and d["objects_in_doubt"] == 2
+    assert d["low"] == {"agatston": 26.0, "category": "C"} and d["high"]["category"] == "D" and d["objects_in_doubt"] == 2
 
 
 def test_objects_exactly_one_vote_from_the_line():
@@ -68,8 +70,8 @@ def test_a_region_cuts_objects_as_the_pipeline_does():
     region[:, 18:, :15] = False
     votes[~region] = 0
     r = category_range(hu, mask, votes, region, SPACING, 5)
-    assert r.high_agatston == pytest.approx(44.0) and r.low_agatston == pytest.approx(8.0)
-    assert [o["agatston"] for o in r.objects] == [36.0]
+    assert r.high_agatston == pytest.approx(44.0) and r.low_agatston == pytest.approx(26.0)
+    assert [o["agatston"] for o in r.objects] == [18.0]
 
 
 def test_no_objects_in_doubt_no_note():
@@ -99,8 +101,9 @@ def test_bad_margin_and_shapes_are_refused():
     margin=st.sampled_from([0.5, 1.0, 2.0]),
 )
 def test_ends_are_the_object_vote_with_every_vote_shifted(hu, votes, region, use_region, margin):
-    """Oracle: the low end is the object vote with every candidate's vote lowered by ``margin``, the high end
-    with it raised (scipy labelling, one object at a time), each scored by compute_scores."""
+    """Oracle: the low end is the object rule (whole objects, then the split) with every candidate's vote
+    lowered by ``margin``, the high end with it raised (scipy labelling, one object at a time), each scored
+    by compute_scores."""
     region = region if use_region else None
     cand = (hu >= 130) & (True if region is None else region)
     votes = np.where(cand, votes, 0)
@@ -111,7 +114,9 @@ def test_ends_are_the_object_vote_with_every_vote_shifted(hu, votes, region, use
     assert r.agatston == pytest.approx(compute_scores(hu, mask, (2.0, 0.7, 0.7)).agatston)
     assert r.low_agatston == pytest.approx(compute_scores(hu, low, (2.0, 0.7, 0.7)).agatston)
     assert r.high_agatston == pytest.approx(compute_scores(hu, high, (2.0, 0.7, 0.7)).agatston)
-    assert sum(o["voxels"] for o in r.objects) == int((low ^ high).sum())
+    changed = (low ^ mask) | (high ^ mask)
+    lab, _ = ndimage.label(cand, structure=np.ones((3, 3, 3), bool))
+    assert sum(o["voxels"] for o in r.objects) == int(np.isin(lab, np.unique(lab[changed & (lab > 0)])).sum())
 
 
 def test_run_pipeline_carries_the_range_and_the_note():
