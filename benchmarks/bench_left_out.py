@@ -1,5 +1,5 @@
 """What listing the calcium left out (agatax.pipeline.left_out_objects) and the category range
-(agatax.category_range) cost, beside the pipeline itself (what the range adds to it: bench_category_range.py).
+(agatax.category_range) cost, beside the pipeline itself (what the range adds to it: bench_object_rule.py).
 
     python3 benchmarks/bench_left_out.py [--rounds 7] [--force]
 
