@@ -14,7 +14,8 @@ Written with highdicom (``pip install "agatax[dicom]"``):
   exam without any calcium, whose Segmentation keeps every (empty) frame.
 - ``<id>_sr.dcm``: a Comprehensive 3D SR holding a TID 1500 Measurement Report (procedure: Cardiac CT for
   calcium scoring): the exam's totals (Agatston score by the Agatston method, calcium volume, calcium mass
-  when calibrated, risk category), one volumetric group per segment (per-artery totals) referencing its
+  when calibrated, risk category and, with an ensemble, the category range of one vote: "B to D
+  (uncertain category)" where the networks split on what decides it), one volumetric group per segment (per-artery totals) referencing its
   segment, and one planar group per slice lesion referencing the segmentation frame of its slice. The
   algorithm is identified in each group: name "agatax", its version, and the weights (file name and
   sha256 prefix) as a parameter. Numbers are those of the exam's JSON.
@@ -292,10 +293,19 @@ def build_sr(seg, headers: list[Any], segments, slab: int | None, volume, result
         name=category_name,
         value=sr.CodedConcept(f"CATEGORY-{category}", PRIVATE_SCHEME,
                               f"Agatston category {category} (score {_CATEGORY_RANGES.get(category, '?')})"))
+    evaluations = [evaluation]
+    doubt = result.get("category_range")
+    if doubt:  # what a reader of the SR alone would otherwise not see: the warning lives in the JSON and picture
+        low, high = doubt["low"]["category"], doubt["high"]["category"]
+        evaluations.append(sr.QualitativeEvaluation(
+            name=sr.CodedConcept("AGATSTON-CATEGORY-RANGE", PRIVATE_SCHEME,
+                                 "Agatston category, one vote less / more per network"),
+            value=sr.CodedConcept(f"RANGE-{low}-{high}", PRIVATE_SCHEME,
+                                  f"{low} to {high}" + (" (uncertain category)" if doubt["uncertain"] else ""))))
     groups: list = [sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=sr.TrackingIdentifier(uid=hd.UID(), identifier="coronary calcium, total"),
         finding_type=lesion_type, algorithm_id=algorithm, finding_sites=[sr.FindingSite(codes.SCT.CoronaryArtery)],
-        measurements=amounts(result), qualitative_evaluations=[evaluation])]
+        measurements=amounts(result), qualitative_evaluations=evaluations)]
 
     series = sr.SourceSeriesForSegmentation(str(headers[0].SeriesInstanceUID))
     per_artery = result.get("per_artery") or {}

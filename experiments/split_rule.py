@@ -53,10 +53,15 @@ def split_mask(hu, mask, votes, region, members: int, *, threshold_hu: float = 1
     return out
 
 
-def _both(ens, volume):
-    from agatax import compute_scores, run_pipeline
+def _both(ens, volume, refused: list):
+    """{rule: (mask, scores)}, or {} when the pipeline refuses the exam (its code appended to ``refused``)."""
+    from agatax import AgataxError, compute_scores, run_pipeline
 
-    res = run_pipeline(ens, volume, allow_phantom=True)
+    try:
+        res = run_pipeline(ens, volume, allow_phantom=True)
+    except AgataxError as err:
+        refused.append(err.code)
+        return {}
     region = res.chest.region if res.chest is not None and res.chest.found else None
     split = split_mask(volume.hu, res.mask, res.votes, region, ens.members)
     return {"shipped": (res.mask, res.scores), "split": (split, compute_scores(volume.hu, split, volume.spacing))}
@@ -96,13 +101,14 @@ def main(argv=None) -> int:
         root_kw, free_matrix, j3_kw = {"matrix": 256}, 512, {"matrix": 256}
     rules = ("shipped", "split")
     t0 = time.perf_counter()
-    out: dict = {"root": {r: {} for r in rules}, "j3": {}, "free": {r: [] for r in rules}}
+    out: dict = {"root": {r: {} for r in rules}, "j3": {}, "free": {r: [] for r in rules},
+                 "refused": {"root": [], "j3": [], "free": []}}
     for i in range(args.root_exams):
         exam = generate_exam(args.root_seed + i, target_category="CDE"[i % 3], protocol="cardiac",
                              lookalike_rates={"aortic_root": 1.0, "aortic_valve": 1.0}, **root_kw)
         aortic = aortic_distance_mm(exam)
         touching = dict(zip(map(id, exam.lesions), touching_root(exam)))
-        for rule, (mask, _) in _both(ens, exam.volume).items():
+        for rule, (mask, _) in _both(ens, exam.volume, out["refused"]["root"]).items():
             for lesion, found in found_lesions(exam, mask):
                 for cls in lesion_classes(lesion, float(aortic[tuple(lesion["center_zyx"])]), touching[id(lesion)]):
                     c = out["root"][rule].setdefault(cls, [0, 0])
@@ -112,8 +118,10 @@ def main(argv=None) -> int:
     n = table1.cohort_size("J3", args.j3_scale)
     ref, cats = [], {r: [] for r in rules}
     for exam in table1.generate("J3", n, args.j3_seed, j3_kw):
-        ref.append(exam.category)
-        for rule, (_, scores) in _both(ens, exam.volume).items():
+        both = _both(ens, exam.volume, out["refused"]["j3"])
+        if both:
+            ref.append(exam.category)
+        for rule, (_, scores) in both.items():
             cats[rule].append(scores.category)
     for rule in rules:
         out["j3"][rule] = {"accuracy": float(category_accuracy(cats[rule], ref)),
@@ -123,9 +131,10 @@ def main(argv=None) -> int:
     for protocol in ("cardiac", "chest"):
         for i in range(args.free):
             exam = generate_exam(args.free_seed + i, target_category="A", protocol=protocol, matrix=free_matrix)
-            for rule, (_, scores) in _both(ens, exam.volume).items():
+            for rule, (_, scores) in _both(ens, exam.volume, out["refused"]["free"]).items():
                 out["free"][rule].append(round(float(scores.agatston), 2))
     print(f"calcium-free done ({time.perf_counter() - t0:.0f} s)\n", flush=True)
+    print(f"refused by the pipeline: {out['refused']}")
     print("| rule | LM fused with root calcium | all lesions | J3 accuracy / C-index | calcium-free >= 10 |")
     print("|---|---|---|---|---|")
     for rule in rules:

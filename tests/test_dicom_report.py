@@ -220,6 +220,11 @@ def test_ensemble_calcium_is_one_automatic_segment_identifying_the_algorithm(tmp
     (total,) = sr.content.get_image_measurement_groups()
     assert _measure(total, "Calcium score") == pytest.approx(result["agatston"], rel=1e-12)
     assert _text(total, "Algorithm Parameters") == [f"weights={result['weights']}", "members=3"]
+    category, spread = total.get_qualitative_evaluations()
+    assert category.value.meaning.startswith(f"Agatston category {result['category']} ")
+    doubt = result["category_range"]
+    want = f"{doubt['low']['category']} to {doubt['high']['category']}"
+    assert spread.value.meaning == want + (" (uncertain category)" if doubt["uncertain"] else "")
     (whole,) = sr.content.get_volumetric_roi_measurement_groups()
     assert whole.referenced_segment.referenced_segment_numbers == [1]
     assert len(sr.content.get_planar_roi_measurement_groups()) == len(result["lesions"])
