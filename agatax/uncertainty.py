@@ -19,7 +19,7 @@ from agatax.errors import InputError
 
 __all__ = ["CategoryRange", "category_range", "VOTE_MARGIN"]
 
-VOTE_MARGIN = 1.0  # one member-vote per voxel: one network changing its mind about the whole object
+VOTE_MARGIN = 1.0  # votes added to and taken from every voxel: as if one network more voted for (or against) all
 
 
 @dataclasses.dataclass(frozen=True)
