@@ -1,8 +1,9 @@
 """The object rule as shipped against a split rule, on the same votes (see RESULTS.md, fourteenth session).
 
-Shipped: each calcified object (26-connected voxels >= 130 HU inside the chest region) is kept or dropped
-whole by its members' mean vote. Split: in an object that is dropped, each 26-connected part of its voxels
-with a majority vote is kept whole when that part's own mean vote is at least members - 1. One
+"shipped" (the rule before this test): each calcified object (26-connected voxels >= 130 HU inside the chest
+region) is kept or dropped whole by its members' mean vote (``object_majority(..., split=False)``). "split"
+(shipped since): in an object that is dropped, each 26-connected part of its voxels with a majority vote is
+kept whole when that part's own mean vote is at least members - 1 (``object_majority``). One
 `agatax.run_pipeline` per exam gives the votes both rules use. Three fresh sets:
 
 - 80 cardiac exams with aortic-root and valve calcium (categories C-E): lesions found, by class
@@ -30,41 +31,24 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "experiments"))
 
 
-def split_mask(hu, mask, votes, region, members: int, *, threshold_hu: float = 130.0) -> np.ndarray:
-    """``mask`` plus, in every dropped object, each 26-connected part of majority-voted voxels whose own mean
-    vote is >= members - 1 (bool (z, y, x))."""
-    from scipy import ndimage
-
-    cand = np.asarray(hu) >= threshold_hu
-    if region is not None:
-        cand &= np.asarray(region, bool)
-    voted = cand & ~np.asarray(mask, bool) & (2 * np.asarray(votes, np.int64) > members)
-    out = np.asarray(mask, bool).copy()
-    if not voted.any():
-        return out
-    lab, n = ndimage.label(voted, structure=np.ones((3, 3, 3), bool))
-    flat = np.flatnonzero(lab)
-    labels = lab.ravel()[flat]
-    total = np.bincount(labels, weights=np.asarray(votes).ravel()[flat].astype(np.float64), minlength=n + 1)
-    count = np.bincount(labels, minlength=n + 1)
-    keep = np.zeros(n + 1, bool)
-    keep[1:] = total[1:] >= (members - 1) * count[1:]
-    out.ravel()[flat[keep[labels]]] = True
-    return out
-
-
 def _both(ens, volume, refused: list):
     """{rule: (mask, scores)}, or {} when the pipeline refuses the exam (its code appended to ``refused``)."""
     from agatax import AgataxError, compute_scores, run_pipeline
+    from agatax.ensemble import object_majority
 
     try:
         res = run_pipeline(ens, volume, allow_phantom=True)
     except AgataxError as err:
         refused.append(err.code)
         return {}
-    region = res.chest.region if res.chest is not None and res.chest.found else None
-    split = split_mask(volume.hu, res.mask, res.votes, region, ens.members)
-    return {"shipped": (res.mask, res.scores), "split": (split, compute_scores(volume.hu, split, volume.spacing))}
+    cand = volume.hu >= 130.0
+    if res.chest is not None and res.chest.found:
+        cand &= res.chest.region
+    out = {}
+    for rule, split in (("shipped", False), ("split", True)):  # the same votes (metal objects' set to 0)
+        mask = object_majority(res.votes, cand, ens.members, split=split)
+        out[rule] = (mask, compute_scores(volume.hu, mask, volume.spacing))
+    return out
 
 
 def main(argv=None) -> int:
