@@ -28,7 +28,7 @@ from agatax.errors import InputError, ReadError
 from agatax.report import _json_safe, require_matplotlib
 from agatax.volume import Volume
 
-__all__ = ["CATEGORIES", "Evaluation", "evaluate_masks", "evaluate_scores", "read_score_table"]
+__all__ = ["CATEGORIES", "Evaluation", "evaluate_masks", "evaluate_scores", "read_score_table", "read_category_ranges"]
 
 CATEGORIES = ("A", "B", "C", "D", "E")
 ID_COLUMNS = ("exam_id", "id")
@@ -127,6 +127,61 @@ def read_score_table(path: str | os.PathLike) -> dict[str, float]:
     return scores
 
 
+def read_category_ranges(path: str | os.PathLike) -> dict[str, tuple[str, str]]:
+    """exam_id -> (low, high) category of ``agatax score``'s category range, from a batch summary CSV
+    (columns ``category_low``, ``category_high``) or a folder of report JSON files; {} where the table has
+    none (a given mask, an older table, another tool's). Rows of failed exams are left out."""
+    path = Path(path)
+    out: dict[str, tuple[str, str]] = {}
+    if path.is_dir():
+        for item in sorted(path.glob("*.json")):
+            try:
+                data = json.loads(item.read_text())
+                doubt = data.get("category_range") if isinstance(data, dict) else None
+                if doubt and "exam_id" in data:
+                    out[str(data["exam_id"])] = (str(doubt["low"]["category"]), str(doubt["high"]["category"]))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                continue
+        return out
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError):
+        return out
+    reader = csv.DictReader(io.StringIO(text), dialect=_sniff_dialect(text))
+    lower = {name.strip().lower(): name for name in reader.fieldnames or []}
+    id_col = next((lower[c] for c in ID_COLUMNS if c in lower), None)
+    low_col, high_col, status_col = lower.get("category_low"), lower.get("category_high"), lower.get("status")
+    if id_col is None or low_col is None or high_col is None:
+        return out
+    for row in reader:
+        exam_id = (row.get(id_col) or "").strip()
+        low, high = (row.get(low_col) or "").strip(), (row.get(high_col) or "").strip()
+        if status_col is not None and (row.get(status_col) or "ok").strip().lower() not in ("ok", ""):
+            continue
+        if exam_id and low in CATEGORIES and high in CATEGORIES:
+            out[exam_id] = (low, high)
+    return out
+
+
+def _range_summary(ids, predicted_categories, reference_categories, ranges) -> dict[str, Any] | None:
+    """How the category ranges of the compared exams that have one relate to the reference categories."""
+    have = [k for k, i in enumerate(ids) if i in ranges]
+    if not have:
+        return None
+    order = {c: k for k, c in enumerate(CATEGORIES)}
+    flagged = [k for k in have if ranges[ids[k]][0] != ranges[ids[k]][1]]
+    others = [k for k in have if k not in set(flagged)]
+    wrong = [k for k in have if predicted_categories[k] != reference_categories[k]]
+
+    def error(ks):
+        return _rate(sum(predicted_categories[k] != reference_categories[k] for k in ks), len(ks))
+
+    return {"exams": len(have), "uncertain": len(flagged), "error_uncertain": error(flagged),
+            "error_others": error(others), "wrong": len(wrong), "wrong_uncertain": len(set(wrong) & set(flagged)),
+            "reference_inside_range": sum(order[ranges[ids[k]][0]] <= order[reference_categories[k]]
+                                          <= order[ranges[ids[k]][1]] for k in have)}
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Evaluation:
     """Agreement of predicted with reference Agatston scores over the exams both hold.
@@ -142,6 +197,10 @@ class Evaluation:
         confusion: int (5, 5), rows = reference category A..E, columns = predicted.
         only_in_predicted, only_in_reference: ids present in one table only (not compared).
         lesions: pooled lesion metrics from ``evaluate_masks``, or None.
+        ranges: how the predicted category ranges (``agatax score``'s ``category_range``) relate to the
+            reference, over the compared exams that have one: ``exams``, ``uncertain`` (range spanning
+            categories), ``error_uncertain`` and ``error_others`` (share in the wrong category), ``wrong``,
+            ``wrong_uncertain``, ``reference_inside_range``; None where the predictions carry no range.
     """
 
     ids: tuple[str, ...]
@@ -158,6 +217,7 @@ class Evaluation:
     only_in_predicted: tuple[str, ...] = ()
     only_in_reference: tuple[str, ...] = ()
     lesions: Mapping[str, Any] | None = None
+    ranges: Mapping[str, Any] | None = None
 
     @property
     def n(self) -> int:
@@ -183,6 +243,7 @@ class Evaluation:
                 "only_in_predicted": list(self.only_in_predicted),
                 "only_in_reference": list(self.only_in_reference),
                 "lesions": None if self.lesions is None else dict(self.lesions),
+                "category_ranges": None if self.ranges is None else dict(self.ranges),
                 "exams": [
                     {"exam_id": i, "predicted": float(p), "reference": float(r)}
                     for i, p, r in zip(self.ids, self.predicted, self.reference)
@@ -213,6 +274,15 @@ class Evaluation:
         ]
         for c, row in zip(CATEGORIES, self.confusion):
             lines.append(f"  {c:<4}" + "".join(f"{int(v):>6}" for v in row))
+        if self.ranges:
+            r = self.ranges
+            lines += [
+                f"category ranges ({r['exams']} exams with one):",
+                f"  uncertain (range spans categories) {r['uncertain']}",
+                f"  wrong category: uncertain {num(r['error_uncertain'])}, others {num(r['error_others'])}",
+                f"  wrong exams flagged uncertain      {r['wrong_uncertain']} of {r['wrong']}",
+                f"  reference inside the range         {r['reference_inside_range']} of {r['exams']}",
+            ]
         if self.lesions:
             lines.append("lesions (pooled over exams):")
             for key, value in self.lesions.items():
@@ -291,12 +361,15 @@ def evaluate_scores(
     ref: Mapping[str, float] | str | os.PathLike,
     *,
     lesions: Mapping[str, Any] | None = None,
+    ranges: Mapping[str, tuple[str, str]] | None = None,
 ) -> Evaluation:
     """Compare predicted with reference Agatston scores.
 
     Args:
         pred, ref: exam_id -> Agatston score, or paths read with ``read_score_table``.
         lesions: optional pooled lesion metrics (``evaluate_masks``) to carry in the result.
+        ranges: exam_id -> (low, high) predicted category range; default: read from ``pred`` when it is a
+            path (``read_category_ranges``), else none.
 
     Returns:
         ``Evaluation`` over the exams both hold; exams in one only are listed, not compared.
@@ -337,6 +410,8 @@ def evaluate_scores(
         only_in_predicted=tuple(sorted(set(pred_scores) - set(ref_scores))),
         only_in_reference=tuple(sorted(set(ref_scores) - set(pred_scores))),
         lesions=None if lesions is None else dict(lesions),
+        ranges=_range_summary(common, pc, rc, ranges if ranges is not None else (
+            read_category_ranges(pred) if isinstance(pred, (str, os.PathLike)) else {})),
     )
 
 

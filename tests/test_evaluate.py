@@ -163,3 +163,37 @@ def test_lesion_metrics_are_pooled_over_exams():
     assert "f1_volume" in ev.format_text() and ev.to_dict()["lesions"]["tp"] == 2
     with pytest.raises(InputError):
         evaluate_masks([(pred1, ref1)])
+
+
+def test_category_ranges_of_a_summary_against_the_reference(tmp_path):
+    """By hand: e1 B in A-B, reference A (wrong, uncertain, inside); e2 C in C-C, C (right); e3 D in C-D, D
+    (right, uncertain); e4 E in E-E, D (wrong, outside); e5 failed; e6 without a range."""
+    pred = tmp_path / "summary.csv"
+    pred.write_text("exam_id,status,agatston,category,category_low,category_high\n"
+                    "e1,ok,5,B,A,B\ne2,ok,50,C,C,C\ne3,ok,150,D,C,D\ne4,ok,500,E,E,E\ne5,failed,,,,\ne6,ok,0,A,,\n")
+    ref = tmp_path / "ref.csv"
+    ref.write_text("exam_id,agatston\ne1,0\ne2,60\ne3,150\ne4,200\ne5,10\ne6,0\n")
+    ev = evaluate_scores(pred, ref)
+    assert ev.n == 5
+    assert ev.ranges == {"exams": 4, "uncertain": 2, "error_uncertain": 0.5, "error_others": 0.5, "wrong": 2,
+                         "wrong_uncertain": 1, "reference_inside_range": 3}
+    assert ev.to_dict()["category_ranges"]["uncertain"] == 2
+    text = ev.format_text()
+    assert "wrong exams flagged uncertain      1 of 2" in text and "reference inside the range         3 of 4" in text
+    # a table without ranges (another tool's, a given mask): no range figures
+    plain = tmp_path / "plain.csv"
+    plain.write_text("exam_id,agatston\ne1,5\ne2,50\n")
+    assert evaluate_scores(plain, ref).ranges is None and "category ranges" not in evaluate_scores(plain, ref).format_text()
+    assert evaluate_scores({"e1": 5.0}, {"e1": 0.0}, ranges={"e1": ("A", "B")}).ranges["uncertain"] == 1
+
+
+def test_category_ranges_from_a_folder_of_report_json_files(tmp_path):
+    from agatax.evaluate import read_category_ranges
+
+    for exam_id, low, high in (("a", "B", "D"), ("b", "C", "C")):
+        (tmp_path / f"{exam_id}.json").write_text(json.dumps(
+            {"exam_id": exam_id, "agatston": 50.0, "category_range": {"low": {"category": low, "agatston": 1.0},
+                                                                     "high": {"category": high, "agatston": 2.0}}}))
+    (tmp_path / "c.json").write_text(json.dumps({"exam_id": "c", "agatston": 3.0}))  # a given mask: no range
+    (tmp_path / "broken.json").write_text("{")
+    assert read_category_ranges(tmp_path) == {"a": ("B", "D"), "b": ("C", "C")}
