@@ -42,14 +42,21 @@ def _sniff_dialect(text: str):
         return csv.excel
 
 
-def _read_report_folder(folder: Path) -> dict[str, float]:
-    scores: dict[str, float] = {}
+def _report_jsons(folder: Path):
+    """(path, dict) of each readable report JSON of ``folder`` that names its ``exam_id``, in name order."""
     for path in sorted(folder.glob("*.json")):
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if not isinstance(data, dict) or "agatston" not in data or "exam_id" not in data:
+        if isinstance(data, dict) and "exam_id" in data:
+            yield path, data
+
+
+def _read_report_folder(folder: Path) -> dict[str, float]:
+    scores: dict[str, float] = {}
+    for path, data in _report_jsons(folder):
+        if "agatston" not in data:
             continue
         exam_id = str(data["exam_id"])
         if exam_id in scores:
@@ -62,6 +69,35 @@ def _read_report_folder(folder: Path) -> dict[str, float]:
             paths=[folder],
         )
     return scores
+
+
+def _table_rows(path: Path):
+    """A score CSV's (columns as found, lower-case name -> column, id column or None, [(line, exam id, row)])
+    with the rows of failed exams (a ``status`` other than "ok") and rows without an id left out.
+
+    Raises:
+        ReadError: NOT_FOUND, READ_ERROR.
+    """
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ReadError(f"score table not found: {path}", code="NOT_FOUND", paths=[path]) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ReadError(f"cannot read score table {path}: {err}", code="READ_ERROR", paths=[path]) from None
+    reader = csv.DictReader(io.StringIO(text), dialect=_sniff_dialect(text))
+    found = [name.strip() for name in (reader.fieldnames or [])]
+    lower = {name.lower(): raw for name, raw in zip(found, reader.fieldnames or [])}
+    id_col = next((lower[c] for c in ID_COLUMNS if c in lower), None)
+    status_col = lower.get("status")
+    rows = []
+    for line, row in enumerate(reader, start=2):
+        exam_id = (row.get(id_col) or "").strip() if id_col is not None else ""
+        if not exam_id:
+            continue
+        if status_col is not None and (row.get(status_col) or "ok").strip().lower() not in ("ok", ""):
+            continue
+        rows.append((line, exam_id, row))
+    return found, lower, id_col, rows
 
 
 def _score_value(raw: Any, *, where: str) -> float:
@@ -92,16 +128,7 @@ def read_score_table(path: str | os.PathLike) -> dict[str, float]:
     path = Path(path)
     if path.is_dir():
         return _read_report_folder(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise ReadError(f"score table not found: {path}", code="NOT_FOUND", paths=[path]) from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ReadError(f"cannot read score table {path}: {err}", code="READ_ERROR", paths=[path]) from None
-    reader = csv.DictReader(io.StringIO(text), dialect=_sniff_dialect(text))
-    found = [name.strip() for name in (reader.fieldnames or [])]
-    lower = {name.lower(): raw for name, raw in zip(found, reader.fieldnames or [])}
-    id_col = next((lower[c] for c in ID_COLUMNS if c in lower), None)
+    found, lower, id_col, rows = _table_rows(path)
     score_col = next((lower[c] for c in SCORE_COLUMNS if c in lower), None)
     if id_col is None or score_col is None:
         raise ReadError(
@@ -111,14 +138,8 @@ def read_score_table(path: str | os.PathLike) -> dict[str, float]:
             hint="rename the columns, e.g. exam_id,agatston",
             paths=[path],
         )
-    status_col = lower.get("status")
     scores: dict[str, float] = {}
-    for line, row in enumerate(reader, start=2):
-        exam_id = (row.get(id_col) or "").strip()
-        if not exam_id:
-            continue
-        if status_col is not None and (row.get(status_col) or "ok").strip().lower() not in ("ok", ""):
-            continue
+    for line, exam_id, row in rows:
         if exam_id in scores:
             raise ReadError(f"{path}: exam {exam_id!r} appears twice (line {line})", code="DUPLICATE_ID", paths=[path])
         scores[exam_id] = _score_value(row.get(score_col), where=f"{path} line {line} (exam {exam_id})")
@@ -130,35 +151,29 @@ def read_score_table(path: str | os.PathLike) -> dict[str, float]:
 def read_category_ranges(path: str | os.PathLike) -> dict[str, tuple[str, str]]:
     """exam_id -> (low, high) category of ``agatax score``'s category range, from a batch summary CSV
     (columns ``category_low``, ``category_high``) or a folder of report JSON files; {} where the table has
-    none (a given mask, an older table, another tool's). Rows of failed exams are left out."""
+    none (a given mask, an older table, another tool's). Rows of failed exams are left out.
+
+    Raises:
+        ReadError: NOT_FOUND, READ_ERROR (as ``read_score_table``).
+    """
     path = Path(path)
     out: dict[str, tuple[str, str]] = {}
     if path.is_dir():
-        for item in sorted(path.glob("*.json")):
+        for _, data in _report_jsons(path):
             try:
-                data = json.loads(item.read_text())
-                doubt = data.get("category_range") if isinstance(data, dict) else None
-                if doubt and "exam_id" in data:
+                doubt = data.get("category_range")
+                if doubt:
                     out[str(data["exam_id"])] = (str(doubt["low"]["category"]), str(doubt["high"]["category"]))
-            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            except (KeyError, TypeError, AttributeError):
                 continue
         return out
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError):
+    _, lower, _, rows = _table_rows(path)
+    low_col, high_col = lower.get("category_low"), lower.get("category_high")
+    if low_col is None or high_col is None:
         return out
-    reader = csv.DictReader(io.StringIO(text), dialect=_sniff_dialect(text))
-    lower = {name.strip().lower(): name for name in reader.fieldnames or []}
-    id_col = next((lower[c] for c in ID_COLUMNS if c in lower), None)
-    low_col, high_col, status_col = lower.get("category_low"), lower.get("category_high"), lower.get("status")
-    if id_col is None or low_col is None or high_col is None:
-        return out
-    for row in reader:
-        exam_id = (row.get(id_col) or "").strip()
+    for _, exam_id, row in rows:
         low, high = (row.get(low_col) or "").strip(), (row.get(high_col) or "").strip()
-        if status_col is not None and (row.get(status_col) or "ok").strip().lower() not in ("ok", ""):
-            continue
-        if exam_id and low in CATEGORIES and high in CATEGORIES:
+        if low in CATEGORIES and high in CATEGORIES:
             out[exam_id] = (low, high)
     return out
 
