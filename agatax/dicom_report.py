@@ -15,7 +15,10 @@ Written with highdicom (``pip install "agatax[dicom]"``):
 - ``<id>_sr.dcm``: a Comprehensive 3D SR holding a TID 1500 Measurement Report (procedure: Cardiac CT for
   calcium scoring): the exam's totals (Agatston score by the Agatston method, calcium volume, calcium mass
   when calibrated, risk category and, with an ensemble, the category range of one vote: "B to D
-  (uncertain category)" where the networks split on what decides it), one volumetric group per segment (per-artery totals) referencing its
+  (uncertain category)" where the networks split on what decides it) and each of the report's warnings (metal
+  or a stent-dense object, noise, slice thickness, contrast assumed, ...) as a coded evaluation whose meaning
+  says what it means for the score (``WARNING_CODES``; the JSON keeps the full text), one volumetric group
+  per segment (per-artery totals) referencing its
   segment, and one planar group per slice lesion referencing the segmentation frame of its slice. The
   algorithm is identified in each group: name "agatax", its version, and the weights (file name and
   sha256 prefix) as a parameter. Numbers are those of the exam's JSON.
@@ -41,7 +44,7 @@ from agatax._atomic import atomic_write_bytes, remove_file
 from agatax.errors import AgataxError, InputError, ReadError
 
 __all__ = ["dicom_report_paths", "require_highdicom", "check_dicom_input", "source_grid_mask",
-           "write_dicom_report", "ARTERY_CODES"]
+           "write_dicom_report", "warning_code", "ARTERY_CODES", "WARNING_CODES"]
 
 SEG_SUFFIX = "_seg.dcm"
 SR_SUFFIX = "_sr.dcm"
@@ -52,6 +55,29 @@ _NIFTI = (".nii", ".nii.gz")
 #: Private coding scheme for what no standard code names (DICOM PS3.16: designators beginning with "99").
 PRIVATE_SCHEME = "99AGATAX"
 _CATEGORY_RANGES = {"A": "0", "B": "1-10", "C": "11-100", "D": "101-400", "E": "above 400"}
+#: The report's warnings as the SR carries them: (how the warning starts, code value, code meaning of at most
+#: 64 characters). The JSON keeps each warning's full text; a warning not listed is coded WARNING-OTHER.
+WARNING_CODES = (
+    ("metal:", "WARNING-METAL", "metal left out of the score; a stent makes it uninterpretable"),
+    ("dense:", "WARNING-DENSE", "stent-dense objects scored: if a stent, score not interpretable"),
+    ("image noise:", "WARNING-NOISE", "noise above the networks' training range: check the mask"),
+    ("slices of ", "WARNING-THICKNESS", "slice thickness not 3 mm: score not comparable to 3 mm ones"),
+    ("contrast:", "WARNING-CONTRAST", "scored as non-contrast on request: enhanced blood may score"),
+    ("phantom:", "WARNING-PHANTOM", "phantom-like exam: inserts outside a heart are missed"),
+    ("unusual tube voltage", "WARNING-KVP", "tube voltage not 120 kVp: the 130 HU threshold assumes 120"),
+    ("series chosen", "WARNING-SERIES", "one of several series was scored: check it is the right one"),
+    ("overlapping", "WARNING-OVERLAP", "overlapping slices: scored with the slice increment"),
+)
+_OTHER_WARNING = ("WARNING-OTHER", "a reading or scoring warning: see the agatax JSON report")
+_RANGE_WARNING = "uncertain category:"  # carried by the category range's own evaluation
+
+
+def warning_code(text: str) -> tuple[str, str]:
+    """(code value, code meaning) of one report warning in the SR (``WARNING_CODES``)."""
+    for start, value, meaning in WARNING_CODES:
+        if text.startswith(start):
+            return value, meaning
+    return _OTHER_WARNING
 
 
 def _codes():
@@ -302,6 +328,12 @@ def build_sr(seg, headers: list[Any], segments, slab: int | None, volume, result
                                  "Agatston category, one vote less / more per network"),
             value=sr.CodedConcept(f"RANGE-{low}-{high}", PRIVATE_SCHEME,
                                   f"{low} to {high}" + (" (uncertain category)" if doubt["uncertain"] else ""))))
+    warning_name = sr.CodedConcept("AGATAX-WARNING", PRIVATE_SCHEME, "agatax warning")
+    for text in result.get("warnings") or ():  # what a PACS reader must see beside the score
+        if not str(text).startswith(_RANGE_WARNING):
+            value, meaning = warning_code(str(text))
+            evaluations.append(sr.QualitativeEvaluation(
+                name=warning_name, value=sr.CodedConcept(value, PRIVATE_SCHEME, meaning)))
     groups: list = [sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=sr.TrackingIdentifier(uid=hd.UID(), identifier="coronary calcium, total"),
         finding_type=lesion_type, algorithm_id=algorithm, finding_sites=[sr.FindingSite(codes.SCT.CoronaryArtery)],

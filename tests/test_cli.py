@@ -12,6 +12,7 @@ import pytest
 import dicom_factory as factory
 from agatax import compute_scores, read_mask, read_volume, write_dicom_series, write_nifti
 from agatax.cli import main, score_exam
+from agatax.dicom_report import warning_code
 
 DZ, DY, DX = 2.5, 0.5, 0.5
 
@@ -696,6 +697,7 @@ def test_a_phantom_is_refused_with_its_code_unless_allowed(tmp_path, capsys):
     assert main(["score", str(tmp_path / "phantom"), "--no-server", "--allow-phantom", "--json", "-"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert any(w.startswith("phantom:") for w in result["warnings"])
+    assert "WARNING-PHANTOM" in {warning_code(w)[0] for w in result["warnings"]}  # the SR's code for it
     np.save(tmp_path / "insert.npy", (hu >= 130).astype(np.uint8))
     assert main(["score", str(tmp_path / "phantom"), "--no-server", "--mask", str(tmp_path / "insert.npy"),
                  "--json", "-"]) == 0
@@ -775,5 +777,6 @@ def test_assume_non_contrast_scores_an_exam_the_contrast_check_refuses(cohort, t
     assert main(args + ["--assume-non-contrast"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert any(w.startswith("contrast: the mediastinum reads") for w in result["warnings"])
+    assert "WARNING-CONTRAST" in {warning_code(w)[0] for w in result["warnings"]}  # the SR's code for it
     assert result["provenance"]["options"]["assume_non_contrast"] is True
     assert result["chest_region"]["found"]

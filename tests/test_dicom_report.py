@@ -220,7 +220,7 @@ def test_ensemble_calcium_is_one_automatic_segment_identifying_the_algorithm(tmp
     (total,) = sr.content.get_image_measurement_groups()
     assert _measure(total, "Calcium score") == pytest.approx(result["agatston"], rel=1e-12)
     assert _text(total, "Algorithm Parameters") == [f"weights={result['weights']}", "members=3"]
-    category, spread = total.get_qualitative_evaluations()
+    category, spread = [e for e in total.get_qualitative_evaluations() if e.name.value != "AGATAX-WARNING"]
     assert category.value.meaning.startswith(f"Agatston category {result['category']} ")
     doubt = result["category_range"]
     want = f"{doubt['low']['category']} to {doubt['high']['category']}"
@@ -228,6 +228,58 @@ def test_ensemble_calcium_is_one_automatic_segment_identifying_the_algorithm(tmp
     (whole,) = sr.content.get_volumetric_roi_measurement_groups()
     assert whole.referenced_segment.referenced_segment_numbers == [1]
     assert len(sr.content.get_planar_roi_measurement_groups()) == len(result["lesions"])
+
+
+def test_the_sr_carries_every_warning_of_the_report_as_a_coded_evaluation(tmp_path, capsys):
+    # 5 mm slices every 2.5 mm at 100 kVp: an overlapping reconstruction, a thickness outside the Agatston
+    # protocol and an unusual tube voltage, three warnings a PACS reader of the SR alone would not see
+    hu, mask = _planted(8, 2.5, [(3, slice(10, 13), slice(12, 15), 2, 300.0)])
+    files = write_dicom_series(tmp_path / "thick", Volume(hu, (2.5, 0.5, 0.5), slice_thickness=5.0), patient_id="P2")
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.KVP = 100
+        ds.save_as(f)
+    np.save(tmp_path / "mask.npy", mask)
+    out = tmp_path / "report"
+    assert main(["score", str(tmp_path / "thick"), "--mask", str(tmp_path / "mask.npy"), "--report", str(out),
+                 "--dicom", "--no-png", "--allow-small"]) == 0
+    capsys.readouterr()
+    result = json.loads((out / "thick.json").read_text())
+    kinds = [w.split(" ")[0] for w in result["warnings"]]
+    assert sorted(kinds) == ["overlapping", "slices", "unusual"], result["warnings"]
+    (total,) = hd.sr.srread(out / "thick_sr.dcm").content.get_image_measurement_groups()
+    category, *warned = total.get_qualitative_evaluations()
+    assert category.name.value == "AGATSTON-CATEGORY"
+    assert all(e.name.value == "AGATAX-WARNING" and e.name.scheme_designator == "99AGATAX" for e in warned)
+    want = {"overlapping": "WARNING-OVERLAP", "slices": "WARNING-THICKNESS", "unusual": "WARNING-KVP"}
+    assert [e.value.value for e in warned] == [want[k] for k in kinds]
+    assert all(0 < len(e.value.meaning) <= 64 for e in warned)  # LO: what a viewer shows
+
+
+def test_every_warning_the_pipeline_writes_has_its_own_sr_code():
+    from agatax.cli import _exam_warnings
+    from agatax.dicom_report import warning_code
+    from agatax.pipeline import dense_note, exclude_metal
+    from agatax.quality import noise_note, thickness_note
+    from agatax.scoring import compute_scores
+
+    hu = np.full((6, 40, 40), 40.0, np.float32)
+    hu[2:4, 10:14, 10:14] = 2600.0  # a stent-dense object
+    mask = hu > 130
+    spacing = (3.0, 0.5, 0.5)
+    _, _, metal = exclude_metal(hu, mask, mask.astype(np.float32) * 5, spacing, metal_hu=2000.0)
+    dense = dense_note(hu, mask, spacing, compute_scores(hu, mask, spacing), metal_hu=None)
+    notes = {"WARNING-METAL": metal, "WARNING-DENSE": dense, "WARNING-NOISE": noise_note(55.0, (10.0, 40.0)),
+             "WARNING-THICKNESS": thickness_note(1.0, 1.0)}
+    chosen = Volume(hu, spacing, metadata={"series_uid": "1.2.3", "kvp": 80.0,
+                                           "skipped": [("a.dcm", "another series (1.2.4), not selected")]})
+    kvp, series = _exam_warnings(chosen, None)
+    assert "1 other series in the folder not scored" in series
+    notes.update({"WARNING-KVP": (kvp,), "WARNING-SERIES": (series,)})
+    for code, produced in notes.items():
+        assert len(produced) == 1, code
+        assert warning_code(produced[0])[0] == code
+    assert warning_code("something new")[0] == "WARNING-OTHER"
 
 
 def test_an_exam_without_calcium_gives_an_empty_segment_and_a_zero_score(exam, tmp_path, capsys):
