@@ -138,6 +138,33 @@ def test_tissue_hu_and_noise_level():
     assert np.median(bone) > 500
 
 
+def _autocorrelation(a, axis, lag):
+    lo, hi = [slice(None)] * a.ndim, [slice(None)] * a.ndim
+    lo[axis], hi[axis] = slice(0, -lag), slice(lag, None)
+    return float(np.corrcoef(a[tuple(lo)].ravel(), a[tuple(hi)].ravel())[0, 1])
+
+
+def test_noise_streaks_have_the_real_phantoms_lateral_texture_at_the_asked_sd():
+    from agatax.synthetic.anatomy import ScannerParams
+    from agatax.synthetic.exam import _scanner_noise
+
+    def noise(streak):
+        sc = ScannerParams(512, 250.0, 3.0, 3.0, 4, 20.0, 0.5, 0.0, (0.0, 0.0), noise_streak=streak)
+        return _scanner_noise((4, 512, 512), sc, np.random.default_rng(3), 1)
+
+    iso, streaky = noise(0.0), noise(0.3)
+    assert iso.std() == pytest.approx(20.0, rel=0.02) and streaky.std() == pytest.approx(20.0, rel=0.02)
+    # isotropic grain: the same along both axes, gone by 3 pixels
+    assert abs(_autocorrelation(iso, 2, 2) - _autocorrelation(iso, 1, 2)) < 0.02
+    assert abs(_autocorrelation(iso, 2, 4)) < 0.02
+    # the real phantom (Canon FC12, 0.488 mm): 0.41 / 0.17 / 0.12 along x at 2 / 4 / 6 pixels, ~0 along y
+    for lag, real in ((2, 0.41), (4, 0.17), (6, 0.12)):
+        assert abs(_autocorrelation(streaky, 2, lag) - real) < 0.06, lag
+        assert abs(_autocorrelation(streaky, 1, lag)) < 0.15, lag
+    with pytest.raises(InputError):
+        generate_exam(0, noise_streak=1.5)
+
+
 def test_scanner_parameters_and_grid():
     ex = small_exam(SEED, "B")
     assert ex.volume.shape == (44, 160, 160)

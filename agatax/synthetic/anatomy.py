@@ -45,7 +45,9 @@ class ScannerParams:
     fov_center_mm: (X, Y) of the FOV centre in the patient frame; protocol: "cardiac" (gated, 160-260 mm
     field centred on the heart: body cut at the border) or "chest" (non-gated, 320-420 mm field with the
     whole rib cage, scapulae and often the arms); padding_hu: value outside the reconstruction circle
-    (-1024, -2048, -3024 as scanners write it) or None for an image filled to its corners.
+    (-1024, -2048, -3024 as scanners write it) or None for an image filled to its corners; noise_streak:
+    share of the noise variance in lateral streaks (0 = isotropic grain; 0.3 = the real phantom's texture,
+    experiments/REALISM.md), not drawn: 0 unless given.
     """
 
     matrix: int
@@ -60,6 +62,7 @@ class ScannerParams:
     kvp: float = 120.0
     protocol: str = "cardiac"
     padding_hu: float | None = None
+    noise_streak: float = 0.0
 
     @property
     def pixel_mm(self) -> float:
@@ -111,10 +114,11 @@ def sample_scanner(rng: np.random.Generator, **given) -> ScannerParams:
     pad_draw = PADDING_VALUES[int(rng.integers(len(PADDING_VALUES)))] if rng.random() < 0.6 else None
     padding = given.pop("padding_hu", pad_draw)
     padding = None if padding is None else float(padding)
+    streak = float(given.pop("noise_streak", 0.0))
     if given:
         raise TypeError(f"unknown scanner parameter(s): {sorted(given)}")
     return ScannerParams(matrix, fov, inc, thick, n, noise, sharp, offset, center, kvp, protocol,  # type: ignore[arg-type]
-                         padding)
+                         padding, streak)
 
 
 @dataclasses.dataclass(frozen=True)
