@@ -46,8 +46,9 @@ class ScannerParams:
     field centred on the heart: body cut at the border) or "chest" (non-gated, 320-420 mm field with the
     whole rib cage, scapulae and often the arms); padding_hu: value outside the reconstruction circle
     (-1024, -2048, -3024 as scanners write it) or None for an image filled to its corners; noise_streak:
-    share of the noise variance in lateral streaks (0 = isotropic grain; 0.3 = the real phantom's texture,
-    experiments/REALISM.md), not drawn: 0 unless given.
+    share of the noise variance in horizontal streaks everywhere (0 = isotropic grain, the real phantom's
+    near its centre; 0.3 fits its whole-body anisotropy, which comes from streaks along its edge:
+    experiments/REALISM.md), a stress test, not drawn: 0 unless given.
     """
 
     matrix: int

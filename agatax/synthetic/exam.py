@@ -143,12 +143,12 @@ STREAK_MM = 1.5  # lateral correlation (Gaussian sigma) of the streak component:
 
 
 def _scanner_noise(shape, sc, rng: np.random.Generator, passes: int) -> np.ndarray:
-    """The exam's noise (SD ``sc.noise_sigma_hu``): the isotropic grain of :func:`_correlated_noise`, and
-    where ``sc.noise_streak`` > 0 that share of the variance in lateral streaks (white noise smoothed along x
-    by a Gaussian of ``STREAK_MM``), as an oval body's projections through its width make them. Fitted to
-    the real phantom (Canon FC12, 0.49 mm pixels): autocorrelation along x of 0.77 / 0.41 / 0.17 / 0.12 at
-    1 / 2 / 4 / 6 pixels against 0.58 / 0.00 / -0.01 / 0.02 along y; streak share 0.3 gives 0.76 / 0.38 /
-    0.19 / 0.11 along x (experiments/REALISM.md)."""
+    """The exam's noise (SD ``sc.noise_sigma_hu``): the isotropic grain of :func:`_correlated_noise` (the real
+    phantom's near its centre), and where ``sc.noise_streak`` > 0 that share of the variance in horizontal
+    streaks everywhere (white noise smoothed along x by a Gaussian of ``STREAK_MM``). The real phantom's
+    whole body (Canon FC12, 0.49 mm pixels): autocorrelation along x of 0.77 / 0.41 / 0.17 / 0.12 at 1 / 2 /
+    4 / 6 pixels against 0.58 / 0.00 / -0.01 / 0.02 along y, from streaks along its edge; share 0.3 gives
+    0.76 / 0.38 / 0.19 / 0.11 along x (experiments/REALISM.md)."""
     noise = _correlated_noise(shape, sc.noise_sigma_hu, rng, passes)
     w = float(sc.noise_streak)
     if w <= 0.0:
