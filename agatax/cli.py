@@ -431,7 +431,7 @@ def format_report(result: dict[str, Any]) -> str:
     if doubt and doubt["uncertain"]:
         low, high = doubt["low"], doubt["high"]
         lines.append(f"range:     {low['category']} ({low['agatston']:.1f}) to {high['category']} ({high['agatston']:.1f})"
-                     f": the networks split on {doubt['objects_in_doubt']} object(s) (see the warning)")
+                     f": {doubt['objects_in_doubt']} object(s) in doubt (see the warnings)")
     lines += [
         f"volume:    {result['volume_mm3']:.1f} mm^3",
     ]

@@ -325,7 +325,7 @@ def build_sr(seg, headers: list[Any], segments, slab: int | None, volume, result
         low, high = doubt["low"]["category"], doubt["high"]["category"]
         evaluations.append(sr.QualitativeEvaluation(
             name=sr.CodedConcept("AGATSTON-CATEGORY-RANGE", PRIVATE_SCHEME,
-                                 "Agatston category, one vote less / more per network"),
+                                 "Agatston category, one vote less / more; stent-dense left out"),
             value=sr.CodedConcept(f"RANGE-{low}-{high}", PRIVATE_SCHEME,
                                   f"{low} to {high}" + (" (uncertain category)" if doubt["uncertain"] else ""))))
     warning_name = sr.CodedConcept("AGATAX-WARNING", PRIVATE_SCHEME, "agatax warning")

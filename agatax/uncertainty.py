@@ -4,8 +4,10 @@ The pipeline keeps each calcified object (26-connected voxels >= the threshold i
 whole when its members' mean vote over its voxels is more than half the members, and the strongly voted
 parts of the others (``agatax.ensemble.object_majority``). The range is that same rule applied with every
 member-vote lowered by ``margin`` (low) and raised by it (high): the score if each network had voted
-against, or for, every voxel once more. Objects whose calcium changes side at either end are "in doubt".
-Both ends are exact scores of a mask, not estimates.
+against, or for, every voxel once more. With ``dense_hu`` (the pipeline: ``agatax.pipeline.DENSE_HU``) the
+low end also leaves out every scored object peaking at ``dense_hu`` or more: as dense as a coronary stent,
+which the networks may score whatever their votes. Objects whose calcium changes side at either end are
+"in doubt". Both ends are exact scores of a mask, not estimates.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ class CategoryRange:
     lowered by ``margin``; high_agatston / high_category: raised by it; objects: one dict per calcified
     object whose calcium changes side at either end (``slices`` [first, last], ``voxels``, ``volume_mm3``,
     ``peak_hu``, ``mean_vote`` of ``members``, ``scored``: any of it in the mask, ``agatston``: of its
-    calcium that changes side), largest Agatston first.
+    calcium that changes side, ``dense``: a scored object left out at the low end for its density), largest
+    Agatston first; dense_hu: the density rule's HU, or None.
     """
 
     agatston: float
@@ -42,6 +45,7 @@ class CategoryRange:
     members: int
     margin: float
     objects: tuple[dict, ...] = ()
+    dense_hu: float | None = None
 
     @property
     def uncertain(self) -> bool:
@@ -54,14 +58,18 @@ class CategoryRange:
                 "uncertain": self.uncertain, "objects": [dict(o) for o in self.objects[:5]],
                 "objects_in_doubt": len(self.objects),
                 "rule": f"the object rule with every network's vote lowered (low) and raised (high) by "
-                        f"{self.margin:g} of {self.members}"}
+                        f"{self.margin:g} of {self.members}"
+                        + ("" if self.dense_hu is None else
+                           f"; scored objects peaking at {self.dense_hu:g} HU or more left out at the low end")}
 
     def note(self) -> tuple[str, ...]:
-        """One warning when the category depends on the objects in doubt, else nothing."""
-        if not self.uncertain:
+        """One warning when the category depends on objects the networks split on, else nothing (objects in
+        doubt for their density alone have the pipeline's own warning, ``agatax.pipeline.dense_note``)."""
+        voted = [o for o in self.objects if not o.get("dense")]
+        if not self.uncertain or not any(o["agatston"] > 0 for o in voted):
             return ()
-        kept = [o for o in self.objects if o["scored"] and o["agatston"] > 0]
-        dropped = [o for o in self.objects if not o["scored"] and o["agatston"] > 0]
+        kept = [o for o in voted if o["scored"] and o["agatston"] > 0]
+        dropped = [o for o in voted if not o["scored"] and o["agatston"] > 0]
 
         def where(objs):
             return "; ".join(f"slices {o['slices'][0]}-{o['slices'][1]}, mean vote {o['mean_vote']:.1f}" for o in objs[:3])
@@ -79,7 +87,8 @@ class CategoryRange:
 
 
 def category_range(hu, mask, votes, region, spacing, members: int, *, margin: float = VOTE_MARGIN,
-                   threshold_hu: float = 130.0, scores=None, **conventions) -> CategoryRange:
+                   threshold_hu: float = 130.0, scores=None, dense_hu: float | None = None,
+                   **conventions) -> CategoryRange:
     """The category range of one exam's pipeline result (host, NumPy).
 
     Args:
@@ -88,7 +97,8 @@ def category_range(hu, mask, votes, region, spacing, members: int, *, margin: fl
             restricted to, or None (no localisation); spacing: (dz, dy, dx) mm; members: ensemble size.
         margin: votes (0 < margin < members / 2); threshold_hu and ``conventions`` (min_pixels,
             min_area_mm2, connectivity, calibration): the scoring conventions of ``compute_scores``;
-            scores: the ``Scores`` of ``mask`` when already computed.
+            scores: the ``Scores`` of ``mask`` when already computed; dense_hu: leave out at the low end every
+            26-connected object of ``mask`` peaking at this HU or more (None: none).
 
     Returns:
         CategoryRange. An object is 26-connected voxels >= ``threshold_hu`` (inside ``region``).
@@ -121,6 +131,12 @@ def category_range(hu, mask, votes, region, spacing, members: int, *, margin: fl
         c, v, m = cand[box], votes[box].astype(np.float64), mask[box]
         low_m = object_majority(np.where(c, v - margin, 0.0), c, members)
         high_m = object_majority(np.where(c, v + margin, 0.0), c, members)
+        dense = np.zeros_like(m)
+        if dense_hu is not None and m.any() and float(hu[box][m].max()) >= dense_hu:
+            mlab, mn = ndimage.label(m, structure=np.ones((3, 3, 3), bool))
+            peaks = np.asarray(ndimage.maximum(hu[box], mlab, np.arange(1, mn + 1)))
+            dense = np.isin(mlab, np.flatnonzero(peaks >= dense_hu) + 1)
+            low_m &= ~dense
         changed = (low_m ^ m) | (high_m ^ m)
         if changed.any():
             lab, n = ndimage.label(c, structure=np.ones((3, 3, 3), bool))
@@ -138,6 +154,7 @@ def category_range(hu, mask, votes, region, spacing, members: int, *, margin: fl
                                 "volume_mm3": round(float(count[k]) * voxel_mm3, 1),
                                 "peak_hu": float(hu[sub][part].max()), "mean_vote": round(float(total[k] / count[k]), 2),
                                 "scored": bool(m[found[k - 1]][part].any()),
+                                "dense": bool(dense[found[k - 1]][part].any()),
                                 "agatston": round(float(compute_scores(hu[sub], moves, spacing, **conventions).agatston), 2)})
             low = float(compute_scores(hu[box], low_m, spacing, **conventions).agatston)
             high = float(compute_scores(hu[box], high_m, spacing, **conventions).agatston)
@@ -145,4 +162,4 @@ def category_range(hu, mask, votes, region, spacing, members: int, *, margin: fl
     return CategoryRange(agatston=point, category=scores.category, low_agatston=low,
                          low_category=str(risk_category(low)), high_agatston=high,
                          high_category=str(risk_category(high)), members=int(members), margin=float(margin),
-                         objects=tuple(objects))
+                         objects=tuple(objects), dense_hu=None if dense_hu is None else float(dense_hu))

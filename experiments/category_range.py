@@ -29,6 +29,7 @@ from agatax._atomic import atomic_write_text  # noqa: E402
 from agatax.ensemble import load_ensemble  # noqa: E402
 from agatax.pipeline import run_pipeline  # noqa: E402
 from agatax.scoring.agatston import CATEGORIES  # noqa: E402
+from agatax.uncertainty import category_range  # noqa: E402
 
 
 def rows_for(ensemble, exams) -> list[dict]:
@@ -36,26 +37,33 @@ def rows_for(ensemble, exams) -> list[dict]:
     for exam in exams:
         res = run_pipeline(ensemble, exam.volume)
         r = res.category_range
+        region = res.chest.region if res.chest is not None and res.chest.found else None
+        by_votes = category_range(exam.volume.hu, res.mask, res.votes, region, res.spacing, ensemble.members,
+                                  scores=res.scores)  # the range of votes alone (before stent-dense objects)
         rows.append({"true": exam.category, "true_agatston": round(float(exam.agatston), 2),
                      "scored": r.category, "agatston": round(r.agatston, 2), "low": r.low_category,
                      "high": r.high_category, "low_agatston": round(r.low_agatston, 2),
                      "high_agatston": round(r.high_agatston, 2), "uncertain": r.uncertain,
-                     "objects_in_doubt": len(r.objects)})
+                     "objects_in_doubt": len(r.objects), "dense_in_doubt": sum(bool(o.get("dense")) for o in r.objects),
+                     "uncertain_by_votes": by_votes.uncertain, "low_by_votes": by_votes.low_category,
+                     "high_by_votes": by_votes.high_category})
     return rows
 
 
-def summary(rows: list[dict]) -> dict:
+def summary(rows: list[dict], by_votes: bool = False) -> dict:
+    """Flag figures of the range as shipped, or (``by_votes``) of the range of votes alone."""
     order = {c: i for i, c in enumerate(CATEGORIES)}
-    flagged = [r for r in rows if r["uncertain"]]
-    others = [r for r in rows if not r["uncertain"]]
+    key, low, high = ("uncertain_by_votes", "low_by_votes", "high_by_votes") if by_votes else ("uncertain", "low", "high")
+    flagged = [r for r in rows if r[key]]
+    others = [r for r in rows if not r[key]]
     wrong = [r for r in rows if r["scored"] != r["true"]]
 
     def err(rs):
         return None if not rs else sum(r["scored"] != r["true"] for r in rs) / len(rs)
 
-    inside = sum(order[r["low"]] <= order[r["true"]] <= order[r["high"]] for r in rows)
+    inside = sum(order[r[low]] <= order[r["true"]] <= order[r[high]] for r in rows)
     return {"exams": len(rows), "flagged": len(flagged), "wrong": len(wrong),
-            "wrong_flagged": sum(r["uncertain"] for r in wrong),
+            "wrong_flagged": sum(r[key] for r in wrong),
             "error_flagged": err(flagged), "error_others": err(others),
             "true_inside_range": inside, "right": len(rows) - len(wrong)}
 
@@ -85,10 +93,11 @@ def main(argv=None) -> int:
         tag = f"{args.seed}_{args.matrix}"
     rows = rows_for(ens, exams)
     s = summary(rows)
-    print(f"{args.weights} {tag}: {s['exams']} exams ({time.perf_counter() - t0:.0f} s); flagged {s['flagged']}; "
-          f"category right {s['right']}; error on flagged {s['error_flagged']}, on the others {s['error_others']}; "
-          f"wrong exams flagged {s['wrong_flagged']} of {s['wrong']}; true category inside the range "
-          f"{s['true_inside_range']}", flush=True)
+    for name, f in (("range as shipped", s), ("range of votes alone", summary(rows, by_votes=True))):
+        print(f"{args.weights} {tag}, {name}: {f['exams']} exams ({time.perf_counter() - t0:.0f} s); flagged "
+              f"{f['flagged']}; category right {f['right']}; error on flagged {f['error_flagged']}, on the others "
+              f"{f['error_others']}; wrong exams flagged {f['wrong_flagged']} of {f['wrong']}; true category inside "
+              f"the range {f['true_inside_range']}", flush=True)
     out = Path(args.workdir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / f"category_range_{tag}.json", json.dumps({"summary": s, "rows": rows}, indent=1))

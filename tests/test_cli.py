@@ -753,7 +753,7 @@ def test_text_report_shows_the_range_only_when_it_spans_categories(exam, capsys)
     assert "category_range" not in result  # a given mask has no votes
     doubt = {"low": {"agatston": 8.0, "category": "B"}, "high": {"agatston": 119.0, "category": "D"},
              "uncertain": True, "objects_in_doubt": 2}
-    assert "range:     B (8.0) to D (119.0): the networks split on 2 object(s)" in format_report(
+    assert "range:     B (8.0) to D (119.0): 2 object(s) in doubt" in format_report(
         {**result, "category_range": doubt})
     same = {**doubt, "high": {"agatston": 9.0, "category": "B"}, "uncertain": False}
     assert "range:" not in format_report({**result, "category_range": same})

@@ -99,17 +99,23 @@ def test_bad_margin_and_shapes_are_refused():
     region=hnp.arrays(bool, (3, 9, 9)),
     use_region=st.booleans(),
     margin=st.sampled_from([0.5, 1.0, 2.0]),
+    dense_hu=st.sampled_from([None, 300.0]),
 )
-def test_ends_are_the_object_vote_with_every_vote_shifted(hu, votes, region, use_region, margin):
+def test_ends_are_the_object_vote_with_every_vote_shifted(hu, votes, region, use_region, margin, dense_hu):
     """Oracle: the low end is the object rule (whole objects, then the split) with every candidate's vote
     lowered by ``margin``, the high end with it raised (scipy labelling, one object at a time), each scored
-    by compute_scores."""
+    by compute_scores; with ``dense_hu`` the low end also without the mask's objects peaking at it or more."""
     region = region if use_region else None
     cand = (hu >= 130) & (True if region is None else region)
     votes = np.where(cand, votes, 0)
     mask = object_majority_oracle(votes, cand, 5)
-    r = category_range(hu, mask, votes, region, (2.0, 0.7, 0.7), 5, margin=margin)
+    r = category_range(hu, mask, votes, region, (2.0, 0.7, 0.7), 5, margin=margin, dense_hu=dense_hu)
     low = object_majority_oracle(np.where(cand, votes - margin, 0), cand, 5)
+    if dense_hu is not None:
+        mlab, mn = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+        for k in range(1, mn + 1):
+            if hu[mlab == k].max() >= dense_hu:
+                low &= mlab != k
     high = object_majority_oracle(np.where(cand, votes + margin, 0), cand, 5)
     assert r.agatston == pytest.approx(compute_scores(hu, mask, (2.0, 0.7, 0.7)).agatston)
     assert r.low_agatston == pytest.approx(compute_scores(hu, low, (2.0, 0.7, 0.7)).agatston)
@@ -132,3 +138,37 @@ def test_run_pipeline_carries_the_range_and_the_note():
     assert r.agatston == res.scores.agatston == pytest.approx(16.0)
     assert (r.low_agatston, r.high_agatston) == (pytest.approx(16.0), pytest.approx(16.0)) and not r.uncertain
     assert not any(n.startswith("uncertain category") for n in res.notes)
+
+
+def test_stent_dense_objects_are_left_out_at_the_low_end():
+    """A sure 250 HU object (4 mm^2 x weight 2 = 8) and a sure 1800 HU one (4 mm^2 x 4 = 16), both voted by
+    all five networks: by votes nothing is in doubt (C, 24, both ends); with dense_hu=1500 the low end
+    leaves the dense object out (B, 8) and names it, with no vote warning (the pipeline's dense note says it)."""
+    hu = np.full((3, 20, 20), -40.0, np.float32)
+    votes = np.zeros(hu.shape, np.uint8)
+    hu[1, 2:6, 2:6], votes[1, 2:6, 2:6] = 250.0, 5
+    hu[1, 10:14, 10:14], votes[1, 10:14, 10:14] = 900.0, 5
+    hu[1, 11, 11] = 1800.0
+    mask = votes > 0
+    plain = category_range(hu, mask, votes, None, SPACING, 5)
+    assert (plain.low_category, plain.high_category) == ("C", "C") and not plain.objects
+    r = category_range(hu, mask, votes, None, SPACING, 5, dense_hu=1500.0)
+    assert (r.agatston, r.low_agatston, r.high_agatston) == (pytest.approx(24.0), pytest.approx(8.0), pytest.approx(24.0))
+    assert (r.low_category, r.high_category) == ("B", "C") and r.uncertain
+    (dense,) = r.objects
+    assert dense["dense"] and dense["scored"] and dense["peak_hu"] == 1800.0 and dense["agatston"] == pytest.approx(16.0)
+    assert r.note() == () and "1500 HU" in r.to_dict()["rule"]
+
+
+def test_run_pipeline_range_leaves_out_stent_dense_objects_and_warns_once():
+    from ensembles import all_calcium_ensemble
+
+    from agatax.pipeline import DENSE_HU, run_pipeline
+
+    hu = np.full((16, 32, 32), -50.0, np.float32)
+    hu[6, 4:8, 4:8] = 250.0  # 4 mm^2 x 2 = 8
+    hu[9, 20:24, 20:24] = DENSE_HU + 300.0  # 4 mm^2 x 4 = 16: C with it, B without
+    res = run_pipeline(all_calcium_ensemble(), Volume(hu, (3.0, 0.5, 0.5)), localise=False)
+    r = res.category_range
+    assert (r.low_agatston, r.agatston, r.high_agatston) == (pytest.approx(8.0), pytest.approx(24.0), pytest.approx(24.0))
+    assert [n.split(":")[0] for n in res.notes] == ["dense"]  # one warning, not a second from the range
