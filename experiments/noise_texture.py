@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=10, help="J3 draw")
     ap.add_argument("--scale", type=float, default=1.0, help="J3 size factor (1 = 98 exams)")
     ap.add_argument("--matrix", type=int, default=512)
-    ap.add_argument("--streak", type=float, default=0.3, help="share of the noise variance in lateral streaks")
+    ap.add_argument("--streak", type=float, default=0.3, help="share of the noise variance in horizontal streaks")
     ap.add_argument("--calcium-free", type=int, default=8, help="calcium-free exams per protocol")
     ap.add_argument("--first-seed", type=int, default=7900, help="calcium-free seeds first-seed ..")
     ap.add_argument("--workdir", default=str(ROOT / "experiments" / "_table1_work"))
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
                                    **extra) for i in range(args.calcium_free))
             free[protocol] = false_calcium.score(ens, exams)
         les = ev["lesions"]
-        tag = "isotropic grain (as trained)" if not streak else f"lateral streaks, share {streak:g}"
+        tag = "isotropic grain (as trained)" if not streak else f"horizontal streaks, share {streak:g}"
         print(f"| {tag} | {ev['ensemble_c_index']:.3f} | {ev['ensemble_accuracy']:.3f} | {les['sensitivity']:.3f} / "
               f"{les['ppv']:.3f} / {les['f1']:.3f} | {free['cardiac']['at_least_10']} / {free['chest']['at_least_10']} "
               f"(of {args.calcium_free} each) |", flush=True)

@@ -1,6 +1,7 @@
 """DICOM outputs (--dicom): the Segmentation and the Comprehensive 3D SR read back with highdicom and pydicom."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -66,6 +67,14 @@ def _measure(group, meaning):
     values = [m.value for m in group.get_measurements() if m.name.meaning == meaning]
     assert len(values) == 1, (meaning, [m.name.meaning for m in group.get_measurements()])
     return float(values[0])
+
+
+def _score_mask(exam_dir, mask_path, out, capsys):
+    """``agatax score EXAM --mask MASK --report OUT --dicom``: the report's JSON."""
+    assert main(["score", str(exam_dir), "--mask", str(mask_path), "--report", str(out), "--dicom", "--no-png",
+                 "--allow-small"]) == 0
+    capsys.readouterr()
+    return json.loads((out / f"{Path(exam_dir).name}.json").read_text())
 
 
 def test_labelled_mask_gives_a_segment_per_artery_and_an_sr_with_the_json_numbers(exam, tmp_path, capsys):
@@ -144,10 +153,7 @@ def test_thin_slices_scored_on_slabs_show_each_slab_on_its_source_slices(tmp_pat
     write_dicom_series(tmp_path / "thin", Volume(hu, (1.0, 0.5, 0.5), slice_thickness=1.0), patient_id="THIN")
     np.save(tmp_path / "mask.npy", mask)
     out = tmp_path / "report"
-    assert main(["score", str(tmp_path / "thin"), "--mask", str(tmp_path / "mask.npy"), "--report", str(out),
-                 "--dicom", "--no-png", "--allow-small"]) == 0
-    capsys.readouterr()
-    result = json.loads((out / "thin.json").read_text())
+    result = _score_mask(tmp_path / "thin", tmp_path / "mask.npy", out, capsys)
     assert result["shape"][0] == 6 and len(result["lesions"]) == 1  # the slab grid
     volume, sources = _sources(tmp_path / "thin")
     seg = hd.seg.segread(out / "thin_seg.dcm")
@@ -241,10 +247,7 @@ def test_the_sr_carries_every_warning_of_the_report_as_a_coded_evaluation(tmp_pa
         ds.save_as(f)
     np.save(tmp_path / "mask.npy", mask)
     out = tmp_path / "report"
-    assert main(["score", str(tmp_path / "thick"), "--mask", str(tmp_path / "mask.npy"), "--report", str(out),
-                 "--dicom", "--no-png", "--allow-small"]) == 0
-    capsys.readouterr()
-    result = json.loads((out / "thick.json").read_text())
+    result = _score_mask(tmp_path / "thick", tmp_path / "mask.npy", out, capsys)
     kinds = [w.split(" ")[0] for w in result["warnings"]]
     assert sorted(kinds) == ["overlapping", "slices", "unusual"], result["warnings"]
     (total,) = hd.sr.srread(out / "thick_sr.dcm").content.get_image_measurement_groups()
