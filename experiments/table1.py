@@ -86,7 +86,7 @@ def generate(name: str, n: int, seed: int, gen_kwargs: dict, noise_range: tuple[
     """Exams 0..n-1 of preset ``name``; ``noise_range`` (low, high) HU: each exam's noise SD drawn uniformly
     from it (seeded by cohort, seed and index) instead of the generator's 10-40 HU; nothing else changes (the
     generator draws its own noise level either way, so the anatomy and calcium stay the same).
-    ``streak_range`` (low, high): each exam's ``noise_streak`` (share of the noise in lateral streaks) drawn
+    ``streak_range`` (low, high): each exam's ``noise_streak`` (share of the noise in horizontal streaks) drawn
     uniformly from it the same way, instead of none."""
     from agatax.synthetic import preset_exam
 
@@ -284,7 +284,7 @@ def main(argv=None) -> int:
                     help="LOW,HIGH: draw the training exams' noise SD (HU) from this range instead of the "
                     "generator's 10-40 (J3 keeps the generator's)")
     ap.add_argument("--train-streak", default=None,
-                    help="LOW,HIGH: draw each training exam's share of noise in lateral streaks (generate_exam's "
+                    help="LOW,HIGH: draw each training exam's share of noise in horizontal streaks (generate_exam's "
                     "noise_streak; the real phantom: 0.3) from this range instead of none (J3 keeps none)")
     ap.add_argument("--box-mm", type=float, default=ENHANCE_BOX_MM,
                     help="the pre-processing's enhancement box (mm) of fresh networks (UNetConfig.input_box_mm; "

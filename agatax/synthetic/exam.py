@@ -139,7 +139,7 @@ def _correlated_noise(shape, sigma: float, rng: np.random.Generator, passes: int
     return a
 
 
-STREAK_MM = 1.5  # lateral correlation (Gaussian sigma) of the streak component: the real phantom's, fitted
+STREAK_MM = 1.5  # correlation along x (Gaussian sigma) of the streak component, fitted to the real phantom
 
 
 def _scanner_noise(shape, sc, rng: np.random.Generator, passes: int) -> np.ndarray:
