@@ -711,7 +711,7 @@ def test_clear_of_lets_only_the_named_look_alike_touch_its_artery():
     assert not case(2, 4, 0)
 
 
-@pytest.mark.parametrize("seed,cat", [(1, "C"), (17, "D")])
+@pytest.mark.parametrize("seed,cat", [(1, "C"), (10, "D")])
 def test_mitral_annulus_touching_lcx_calcium_is_split_and_only_the_lcx_part_scored(seed, cat):
     """A calcified annulus beside the LCX touching an LCX plaque (distractor code 4)."""
     assert_split_object(generate_exam(seed, target_category=cat, lookalike_rates={"mitral_annulus": 1.0}, **SMALL),
@@ -773,3 +773,41 @@ def test_branch_lesions_experiment_knows_a_lesion_fused_with_aortic_root_calcium
     lesion = {"vessel": "LM", "artery": "LM", "eccentric": 0.5, "speck": False}
     assert "LM touching aortic-root calcium" in mod.lesion_classes(lesion, 3.0, True)
     assert "LM touching aortic-root calcium" not in mod.lesion_classes(lesion, 3.0, False)
+
+
+def _posterior_gaps_mm(ex) -> list[float]:
+    """Per slice holding the heart (tissue map): the vertebral body's front (bone less than 60 mm in front
+    of the spinal canal, within 10 mm of the canal's x; the sternum lies further) minus the heart's back (myocardium, epicardial fat or pericardium
+    within 35 mm of the canal's x), in mm; the canal (CSF) marks the midline."""
+    tis = ex.tissue
+    dz, dy, dx = ex.volume.spacing
+    heart_codes = [TISSUES[k] for k in ("myocardium", "epicardial_fat", "pericardium")]
+    bone_codes = [TISSUES["cortical_bone"], TISSUES["trabecular_bone"]]
+    gaps = []
+    for k in range(tis.shape[0]):
+        canal = np.argwhere(tis[k] == TISSUES["csf"])
+        if len(canal) < 5:
+            continue
+        cy, cx = np.median(canal, axis=0)
+        ys, xs = np.nonzero(np.isin(tis[k], bone_codes))
+        front = ys[(np.abs(xs - cx) * dx < 10.0) & (ys < cy - 3.0 / dy) & (ys > cy - 60.0 / dy)]
+        ys, xs = np.nonzero(np.isin(tis[k], heart_codes))
+        back = ys[np.abs(xs - cx) * dx < 35.0]
+        if front.size and back.size:
+            gaps.append(float(front.min() - back.max()) * dy)
+    return gaps
+
+
+def test_the_heart_leaves_room_for_the_oesophagus_and_descending_aorta_in_front_of_the_spine():
+    """Behind the heart lie the oesophagus and the descending aorta, in front of the vertebral body: on the
+    tissue map of whole-chest exams the heart's back keeps >= 15 mm from the vertebral body's front in
+    every slice (the plan: 20 mm; the warp and the 2.25 mm pixels take the rest). The generator used to
+    shrink a heart that did not fit to 65 % and then paint it over them anyway (about half the exams)."""
+    worst = {}
+    for seed in range(8):
+        ex = generate_exam(seed, target_category="A", matrix=160, fov_mm=360.0, n_slices=30,
+                           slice_increment_mm=4.0, keep_tissue=True)
+        gaps = _posterior_gaps_mm(ex)
+        assert len(gaps) >= 5, seed
+        worst[seed] = min(gaps)
+    assert min(worst.values()) >= 15.0, worst

@@ -196,6 +196,9 @@ class Heart:
     #: epicardial fat pattern: rows (amplitude, k, m, phase_phi, phase_t) of smooth harmonics in (phi, t),
     #: then (apex excess mm, acute-margin excess mm, acute margin's phi, 0, 0); None: uniform ``fat_mm``
     fat_pattern: np.ndarray | None = None
+    #: how much deeper (mm, added to the body's half-depth) the chest must be drawn for this heart to keep
+    #: 20 mm in front of the vertebral body
+    chest_deeper_mm: float = 0.0
 
     def fat_at(self, t, phi) -> np.ndarray:
         """Epicardial fat thickness (mm) over the ventricles at long-axis position t (base -1 .. apex 1) and
@@ -247,6 +250,12 @@ def _unit(v) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
+#: left atrium: centre (Z, Y, X mm from the ventricles' base; Y posterior) and semi-axes at heart scale 1; its
+#: anteroposterior diameter 36 mm (normal adult LA 27-40 mm)
+_LA_OFFSET = (14.0, 18.0, 4.0)
+_LA_SEMI = (22.0, 18.0, 30.0)
+
+
 def sample_heart(rng: np.random.Generator, body_b_inner: float, scale: float = 1.0) -> Heart:
     """Heart size, position and orientation for one patient (Z, Y, X mm)."""
     s = scale * rng.uniform(0.9, 1.08)
@@ -270,17 +279,22 @@ def sample_heart(rng: np.random.Generator, body_b_inner: float, scale: float = 1
     half = np.sqrt(((semi[:, None] * axes) ** 2).sum(axis=0))  # half extents along Z, Y, X
     # anterior surface ~10-16 mm behind the inner chest wall; the posterior heart (the left atrium and the
     # atrioventricular groove behind the ventricles) keeps >= 20 mm from the vertebral body, whose front
-    # lies ~60 mm in front of the inner posterior wall: shrink the heart (to 65 % at most) if needed
+    # lies ~60 mm in front of the inner posterior wall, so that the oesophagus and the descending aorta lie
+    # between them: shrink the heart (to 80 % at most: no child's heart) if needed, and where even that does
+    # not fit, the chest is drawn deeper (``chest_deeper_mm``) instead of the heart painted over them
     gap = rng.uniform(10.0, 16.0)
 
-    def posterior(k):  # Y of the heart's back (ventricles or left atrium, as _paint_heart draws them)
-        cy_k = -body_b_inner + gap + k * half[1] + fat
-        la_back = -0.78 * k * semi[0] * u[1] + (22.0 + 20.0) * k * semi[0] / 52.0
+    def posterior(k, b_inner):  # Y of the heart's back (ventricles or left atrium, as _paint_heart draws them)
+        cy_k = -b_inner + gap + k * half[1] + fat
+        la_back = -0.78 * k * semi[0] * u[1] + (_LA_OFFSET[1] + _LA_SEMI[1]) * k * semi[0] / 52.0
         return cy_k + max(k * half[1], la_back) + min(fat_max, fat + 4.0)
 
     k = 1.0
-    while k > 0.65 and posterior(k) > body_b_inner - 80.0:
+    while k > 0.8 + 1e-9 and posterior(k, body_b_inner) > body_b_inner - 80.0:
         k -= 0.02
+    # a deeper chest moves the sternum forward and the spine back by the same amount
+    deeper = max(0.0, (posterior(k, body_b_inner) - (body_b_inner - 80.0)) / 2.0)
+    body_b_inner += deeper
     semi, half = semi * k, half * k
     s = s * k
     cy = -body_b_inner + gap + half[1] + fat
@@ -293,7 +307,8 @@ def sample_heart(rng: np.random.Generator, body_b_inner: float, scale: float = 1
     ascending_top = aortic_root + np.array([90.0, -6.0, -12.0])
     mitral = base + np.array([-2.0, 10.0, 10.0]) * s
     z_top = float(aortic_root[0] + root_r)
-    heart = Heart(center, semi, u, v, w, fat, aortic_root, root_r, ascending_top, aorta_r, mitral, 0.0, z_top, pattern)
+    heart = Heart(center, semi, u, v, w, fat, aortic_root, root_r, ascending_top, aorta_r, mitral, 0.0, z_top, pattern,
+                  deeper)
     phi = np.linspace(-np.pi, np.pi, 24, endpoint=False)
     z_bottom = float(center[0] - half[0] - heart.fat_at(np.full(24, 0.9), phi).max())  # fat under the apex
     return dataclasses.replace(heart, z_bottom=z_bottom)
@@ -458,8 +473,8 @@ def _paint_heart(vol, tis, grid: Grid, heart: Heart, hu: dict, e_mm: float) -> N
     eye = np.eye(3)
     base = heart.center - 0.78 * heart.semi[0] * heart.u
     s = heart.semi[0] / 52.0
-    la_c = base + np.array([14.0, 22.0, 4.0]) * s
-    la_semi = np.array([22.0, 20.0, 30.0]) * s
+    la_c = base + np.array(_LA_OFFSET) * s
+    la_semi = np.array(_LA_SEMI) * s
     ra_c = base + np.array([2.0, 4.0, -34.0]) * s
     ra_semi = np.array([30.0, 24.0, 22.0]) * s
     R = float(np.mean(heart.semi))

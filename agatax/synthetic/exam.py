@@ -44,7 +44,10 @@ _SCANNER_KEYS = ("matrix", "fov_mm", "slice_increment_mm", "slice_thickness_mm",
 #: 4: aortic-root calcium running into the left main ostium, touching an ostial LM plaque (2026-12-03).
 #: 5: the mitral annulus placed 0.9-11.4 mm from the LCX and allowed to touch LCX calcium; the ostial LM
 #: plaque checked with room to grow (2026-12-03).
-GENERATOR_VERSION = 5
+#: 6: the heart keeps 20 mm in front of the vertebral body (oesophagus and descending aorta drawn whole
+#: behind it; half the exams had it painted over them), shrunk to 80 % at most (was 65 %) and the chest
+#: drawn deeper where it still does not fit; the left atrium 36 mm deep (was 40) (2026-12-04).
+GENERATOR_VERSION = 6
 
 
 def category_of(score: float) -> str:
@@ -473,6 +476,7 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
     if coverage < needed:
         heart = sample_heart(np.random.default_rng(heart_seed), b_inner, scale=max(0.7, coverage / needed))
         needed = heart.z_top + 18.0 - (heart.z_bottom - 6.0)
+    body["b"] += heart.chest_deeper_mm  # a chest deep enough for the heart (sample_heart)
     z_start = heart.z_bottom - 6.0 - max(coverage - needed, 0.0) * r_pat.uniform(0.15, 0.45)
     # the upper mediastinum: carina 25-45 mm above the coronary ostia, the arch around it, the trachea above
     upper = {"carina_z": heart.z_top + float(r_up.uniform(25.0, 45.0)), "arch_base": float(r_up.uniform(-10.0, 5.0)),
