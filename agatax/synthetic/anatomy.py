@@ -284,16 +284,16 @@ def sample_heart(rng: np.random.Generator, body_b_inner: float, scale: float = 1
     # not fit, the chest is drawn deeper (``chest_deeper_mm``) instead of the heart painted over them
     gap = rng.uniform(10.0, 16.0)
 
-    def posterior(k, b_inner):  # Y of the heart's back (ventricles or left atrium, as _paint_heart draws them)
-        cy_k = -b_inner + gap + k * half[1] + fat
+    def posterior(k):  # Y of the heart's back (ventricles or left atrium, as _paint_heart draws them)
+        cy_k = -body_b_inner + gap + k * half[1] + fat
         la_back = -0.78 * k * semi[0] * u[1] + (_LA_OFFSET[1] + _LA_SEMI[1]) * k * semi[0] / 52.0
         return cy_k + max(k * half[1], la_back) + min(fat_max, fat + 4.0)
 
     k = 1.0
-    while k > 0.8 + 1e-9 and posterior(k, body_b_inner) > body_b_inner - 80.0:
+    while k > 0.8 + 1e-9 and posterior(k) > body_b_inner - 80.0:
         k -= 0.02
     # a deeper chest moves the sternum forward and the spine back by the same amount
-    deeper = max(0.0, (posterior(k, body_b_inner) - (body_b_inner - 80.0)) / 2.0)
+    deeper = max(0.0, (posterior(k) - (body_b_inner - 80.0)) / 2.0)
     body_b_inner += deeper
     semi, half = semi * k, half * k
     s = s * k
