@@ -35,11 +35,14 @@ from agatax.preprocess import AIR_HU, _preprocess_kernel, _restore_kernel, grid_
 from agatax.volume import Volume
 
 __all__ = ["segment", "segment_and_score", "run_pipeline", "resolve_score_on", "PipelineResult", "SCORE_ON",
-           "exclude_metal", "METAL_HU", "dense_note", "DENSE_HU", "left_out_objects", "LEFT_OUT_MIN_MM3",
-           "LEFT_OUT_MIN_PEAK_HU"]
+           "exclude_metal", "METAL_HU", "exclude_in_air", "AIR_SHARE", "dense_note", "DENSE_HU", "left_out_objects",
+           "LEFT_OUT_MIN_MM3", "LEFT_OUT_MIN_PEAK_HU"]
 
 SCORE_ON = ("auto", "device", "host")
 METAL_HU = 2000.0  # HU at 120 kVp: above any coronary calcium, below saturated metal (3071)
+AIR_SHARE = 0.65  # an object this much surrounded by air (in its own slices) lies in the lung, not on a coronary
+AERATED_HU = -400.0  # aerated lung (-950 to -700 HU) and air read below this; fat (-150 to -50 HU) never
+_RING_MM = (1.0, 3.0)  # the ring around an object where its surroundings are read (in-plane, mm)
 DENSE_HU = 1500.0  # scored objects this dense may be stents (1500-2600 HU) as much as calcium: a warning
 
 
@@ -385,6 +388,7 @@ def run_pipeline(
     threshold_hu: float = 130.0,
     localise: bool = True,
     metal_hu: float | None = METAL_HU,
+    air_share: float | None = AIR_SHARE,
     allow_phantom: bool = False,
     assume_non_contrast: bool = False,
 ) -> PipelineResult:
@@ -395,7 +399,8 @@ def run_pipeline(
     ``allow_phantom``: score an exam that looks like a phantom (else PHANTOM is raised), with a note.
     ``assume_non_contrast``: score an exam whose mediastinum looks contrast-enhanced (else CONTRAST_ENHANCED
     is raised), with a note. ``metal_hu``: objects the networks mark that reach this HU are metal and left out (``exclude_metal``;
-    None keeps them); ``result.notes`` says what was left out, and warns when the exam's noise
+    None keeps them). ``air_share``: objects at least this much surrounded by air are in the lung and left out
+    (``exclude_in_air``; None keeps them); ``result.notes`` says what was left out, and warns when the exam's noise
     (``result.noise_hu``) is above the noise the networks were trained on (``UNetConfig.trained_noise_hu``)
     or its slice thickness (a
     ``Volume``'s ``slice_thickness``, else the increment) is outside 2.5-3.5 mm (the Agatston score: 3 mm).
@@ -410,6 +415,9 @@ def run_pipeline(
     notes = ()
     if metal_hu is not None:
         mask, votes, notes = exclude_metal(hu, mask, votes, spacing, metal_hu=metal_hu)
+    if air_share is not None:
+        mask, votes, in_air = exclude_in_air(hu, mask, votes, spacing, air_share=air_share)
+        notes = tuple(notes) + in_air
     from agatax.quality import image_noise_hu, noise_note, thickness_note
 
     noise = image_noise_hu(hu, spacing)
@@ -545,6 +553,64 @@ def left_out_objects(hu: np.ndarray, mask: np.ndarray, region: np.ndarray, spaci
     sub.ravel()[flat[keep[labels - 1]]] = True
     out[box] = sub
     return out, sorted(objects, key=lambda o: (-o["voxels"], o["peak_slice"]))
+
+
+def air_shares(hu: np.ndarray, mask: np.ndarray, spacing):
+    """For each 3D object (26-connected) of ``mask``: the share of the voxels 1-3 mm around it (in-plane, in
+    the slices it spans; inside the image) that read below -400 HU. Returns (box, labels on the box, shares
+    (n,) float in [0, 1]) with ``box`` and labels as the mask's objects (``_objects``)."""
+    from scipy import ndimage
+
+    box, lab, _ = _objects(hu, mask)
+    lo_mm, hi_mm = _RING_MM
+    sampling = [float(s) for s in spacing[1:]]
+    pad = [int(np.ceil(hi_mm / s)) + 1 for s in sampling]
+    shares = []
+    for k, sl in enumerate(ndimage.find_objects(lab), start=1):
+        zs = slice(box[0].start + sl[0].start, box[0].start + sl[0].stop)
+        (y0, y1), (x0, x1) = ((b.start + s.start, b.start + s.stop) for b, s in zip(box[1:], sl[1:]))
+        Y0, X0 = max(y0 - pad[0], 0), max(x0 - pad[1], 0)
+        Y1, X1 = min(y1 + pad[0], hu.shape[1]), min(x1 + pad[1], hu.shape[2])
+        obj = np.zeros((zs.stop - zs.start, Y1 - Y0, X1 - X0), bool)
+        obj[:, y0 - Y0:y1 - Y0, x0 - X0:x1 - X0] = lab[sl] == k
+        ring = np.zeros_like(obj)
+        for i in range(obj.shape[0]):
+            if obj[i].any():
+                d = ndimage.distance_transform_edt(~obj[i], sampling=sampling)
+                ring[i] = (d > lo_mm) & (d <= hi_mm)
+        around = hu[zs, Y0:Y1, X0:X1][ring]
+        shares.append(float(np.mean(around < AERATED_HU)) if around.size else 0.0)
+    return box, lab, np.asarray(shares, float)
+
+
+def exclude_in_air(hu: np.ndarray, mask: np.ndarray, votes: np.ndarray, spacing, *, air_share: float = AIR_SHARE):
+    """Drop from the mask every 3D object (26-connected) that lies in air: where at least ``air_share`` of
+    the voxels 1-3 mm around it (in-plane, in the slices it spans) read below -400 HU. Such an object is a
+    calcified granuloma or a clip in the lung (or something outside the body), never coronary calcium: the
+    coronary arteries run in epicardial fat on the heart's surface, so at most the side of a plaque that
+    faces the lung is air (synthetic coronary plaques at matrix 512: at most 38 %; synthetic granulomas in
+    the lung: 76-100 %). Returns (mask, votes, notes) as
+    ``exclude_metal``.
+    """
+    if not mask.any():
+        return mask, votes, ()
+    from scipy import ndimage
+
+    box, lab, shares = air_shares(hu, mask, spacing)
+    drop = [k for k, share in enumerate(shares, start=1) if share >= air_share]
+    if not drop:
+        return mask, votes, ()
+    gone = np.isin(lab, drop)
+    mask, votes = mask.copy(), votes.copy()
+    mask[box][gone] = False
+    votes[box][gone] = 0
+    where = ndimage.center_of_mass(gone, lab, drop)
+    slices = sorted({int(round(c[0])) + box[0].start for c in where})
+    volume_mm3 = float(np.count_nonzero(gone)) * float(np.prod(spacing))
+    return mask, votes, (
+        f"in air: {len(drop)} object(s) surrounded by air (slices {', '.join(map(str, slices))}; "
+        f"{volume_mm3:.0f} mm^3) left out of the score: calcified granulomas or clips in the lung, not coronary "
+        "calcium (coronary arteries run in the fat on the heart's surface). air_share=None keeps them",)
 
 
 def exclude_metal(hu: np.ndarray, mask: np.ndarray, votes: np.ndarray, spacing, *, metal_hu: float = METAL_HU):

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from agatax.ensemble import load_ensemble  # noqa: E402
 from agatax._atomic import atomic_write_text  # noqa: E402
-from agatax.pipeline import run_pipeline  # noqa: E402
+from agatax.pipeline import AIR_SHARE, run_pipeline  # noqa: E402
 from agatax.synthetic import DISTRACTOR_CODES, generate_exam, parse_lookalike_rates  # noqa: E402
 
 KINDS = {v: k for k, v in DISTRACTOR_CODES.items()}
@@ -42,10 +42,10 @@ def calcium_free_exams(n: int, protocol: str, matrix: int, first_seed: int = 700
                             lookalike_rates=lookalike_rates)
 
 
-def score(ensemble, exams) -> dict:
+def score(ensemble, exams, air_share=AIR_SHARE) -> dict:
     scores, on = [], {}
     for exam in exams:
-        res = run_pipeline(ensemble, exam.volume)
+        res = run_pipeline(ensemble, exam.volume, air_share=air_share)
         scores.append(float(res.scores.agatston))
         z, y, x = exam.params["carina_mm"]
         kc = float(np.linalg.solve(exam.volume.affine, np.array([x, y, z, 1.0]))[0])
@@ -74,6 +74,9 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", default=str(ROOT / "experiments" / "_table1_work"))
     ap.add_argument("--without-carina", action="store_true",
                     help="do not cut the chest region at the carina (the earlier rule), for comparison")
+    ap.add_argument("--air-rule", choices=("on", "off", "both"), default="on",
+                    help="leave out objects surrounded by air (run_pipeline's air_share, as shipped: on), keep "
+                         "them (off), or score both ways")
     args = ap.parse_args(argv)
     if args.without_carina:
         import agatax.localise
@@ -87,13 +90,15 @@ def main(argv=None) -> int:
     results = {}
     print("| ensemble | protocol | exams | scored >= 10 | scored > 0 | max | false calcium voxels on |")
     print("|---|---|---|---|---|---|---|")
+    rules = {"on": [("", AIR_SHARE)], "off": [(" (in-air rule off)", None)],
+             "both": [("", AIR_SHARE), (" (in-air rule off)", None)]}[args.air_rule]
     for w in args.weights:
         ens = load_ensemble(w)
-        for protocol, exams in cohorts.items():
-            r = score(ens, exams)
-            results[f"{w}::{protocol}"] = r
+        for (label, air_share), (protocol, exams) in ((r, c) for r in rules for c in cohorts.items()):
+            r = score(ens, exams, air_share)
+            results[f"{w}{label}::{protocol}"] = r
             on = ", ".join(f"{k} {v}" for k, v in sorted(r["false_voxels_on"].items(), key=lambda kv: -kv[1]))
-            print(f"| {w} | {protocol} | {r['n']} | {r['at_least_10']} | {r['above_0']} | {r['max']:.1f} | "
+            print(f"| {w}{label} | {protocol} | {r['n']} | {r['at_least_10']} | {r['above_0']} | {r['max']:.1f} | "
                   f"{on or '-'} |", flush=True)
     out = Path(args.workdir)
     out.mkdir(parents=True, exist_ok=True)

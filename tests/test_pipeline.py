@@ -176,6 +176,38 @@ def test_metal_objects_are_left_out_and_named():
     assert same[0] is expected and same[2] == ()
 
 
+def test_objects_surrounded_by_air_are_left_out_and_named():
+    """Hand-built, 3 x 0.5 x 0.5 mm voxels: the ring 1-3 mm around an object (in-plane, its own slices) is
+    read; an object in lung (-850 HU) is dropped, one in fat or on the lung's border (half its ring tissue,
+    as a plaque on the heart's surface facing the lung) is kept."""
+    from agatax.pipeline import exclude_in_air
+
+    hu = np.full((6, 40, 60), -100.0, np.float32)  # fat
+    hu[:, :, 40:] = -850.0  # lung on the right
+    hu[:, 20:, 20:40] = 40.0  # a heart below, against the lung at x = 40
+    mask = np.zeros(hu.shape, bool)
+    hu[1:3, 5:8, 5:8], mask[1:3, 5:8, 5:8] = 450.0, True  # A: in fat
+    hu[2:4, 5:8, 50:53], mask[2:4, 5:8, 50:53] = 600.0, True  # B: deep in the lung (a granuloma)
+    hu[3:5, 28:31, 38:41], mask[3:5, 28:31, 38:41] = 500.0, True  # C: on the heart's border with the lung
+    votes = mask.astype(np.uint8) * 5
+    out, out_votes, notes = exclude_in_air(hu, mask, votes, (3.0, 0.5, 0.5))
+    expected = mask.copy()
+    expected[2:4, 5:8, 50:53] = False
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(out_votes, expected * 5)
+    assert mask.sum() == 3 * 18  # the input is not changed
+    assert len(notes) == 1 and notes[0].startswith("in air: 1 object(s)")
+    assert "(slices 2;" in notes[0] or "(slices 3;" in notes[0]  # B spans slices 2-3
+    # the share is a threshold: C's ring is half lung (x >= 40), so asking for 40 % drops it too
+    out, _, notes = exclude_in_air(hu, mask, votes, (3.0, 0.5, 0.5), air_share=0.4)
+    assert not out[3:5, 28:31, 38:41].any() and out[1:3, 5:8, 5:8].all() and "2 object(s)" in notes[0]
+    # an object whose slices hold no air, and an empty mask, are returned as they came
+    same = exclude_in_air(hu, expected, votes, (3.0, 0.5, 0.5))
+    assert same[0] is expected and same[2] == ()
+    empty = np.zeros(hu.shape, bool)
+    assert exclude_in_air(hu, empty, votes, (3.0, 0.5, 0.5))[2] == ()
+
+
 def test_left_out_objects_are_the_unscored_calcified_objects_of_the_region():
     """Hand-built: 1.5 mm^3 voxels (3 x 0.5 x 1.0 mm). Listed: unscored objects >= 130 HU inside the region of
     >= 5 mm^3 (4 voxels) peaking at >= 250 HU, below metal; each object 26-connected across slices."""

@@ -663,6 +663,38 @@ def test_lookalike_rates_set_how_often_a_look_alike_comes_and_change_nothing_els
         agatax.synthetic.generate_exam(1, lookalike_rates={"metal": 1.5}, **SMALL)
 
 
+def test_lung_granulomas_lie_in_aerated_lung_beside_the_heart_and_nowhere_else():
+    """At rate 1 every exam carries calcified granulomas (code 10), each in lung: its neighbourhood 1-3 mm
+    around its >= 130 HU part (in-plane) reads mostly below -400 HU, its peak is 250-1200 HU, and the
+    coronary mask is untouched. At rate 0 the exam is bit-identical with a default draw that has none."""
+    from scipy import ndimage
+
+    code = DISTRACTOR_CODES["lung_granuloma"]
+    drawn = 0
+    for seed in (0, 2, 5):
+        ex = agatax.synthetic.generate_exam(seed, target_category="C", protocol="cardiac",
+                                            lookalike_rates={"lung_granuloma": 1.0}, **SMALL)
+        g = (ex.distractor_mask == code) & (ex.volume.hu >= 130)
+        assert not (g & (ex.mask > 0)).any()
+        lab, n = ndimage.label(g, np.ones((3, 3, 3), bool))
+        for k in range(1, n + 1):
+            obj = lab == k
+            ring = np.zeros_like(obj)
+            for z in np.flatnonzero(obj.any((1, 2))):
+                d = ndimage.distance_transform_edt(~obj[z], sampling=ex.volume.spacing[1:])
+                ring[z] = (d > 1.0) & (d <= 3.0)
+            assert np.mean(ex.volume.hu[ring] < -400) > 0.5, (seed, k)
+            assert 200 <= ex.volume.hu[obj].max() <= 1300
+            drawn += 1
+        never = agatax.synthetic.generate_exam(seed, target_category="C", protocol="cardiac",
+                                               lookalike_rates={"lung_granuloma": 0.0}, **SMALL)
+        default = agatax.synthetic.generate_exam(seed, target_category="C", protocol="cardiac", **SMALL)
+        if not any(d["kind"] == "lung_granuloma" for d in default.distractors):
+            np.testing.assert_array_equal(default.volume.hu, never.volume.hu)
+        assert not (never.distractor_mask == code).any()
+    assert drawn >= 3
+
+
 def test_lookalike_rates_parse_from_a_command_line_or_are_refused_by_name():
     from agatax.synthetic import parse_lookalike_rates
 

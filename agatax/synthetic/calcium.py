@@ -290,7 +290,45 @@ def _metal_atoms(heart: Heart, landmarks: dict, vessels: dict | None, rng: np.ra
 
 #: look-alikes drawn once per exam, whose probability ``generate_exam(lookalike_rates=...)`` can set
 #: ("aortic_root": root calcium running into the left main ostium, drawn in the exam itself)
-LOOKALIKE_KINDS = ("aortic_valve", "mitral_annulus", "lymph_node", "pericardium", "metal", "aortic_root")
+LOOKALIKE_KINDS = ("aortic_valve", "mitral_annulus", "lymph_node", "pericardium", "metal", "aortic_root",
+                   "lung_granuloma")
+#: how often an exam has calcified granulomas in the lung beside the heart (healed granulomatous infection,
+#: histoplasmosis or tuberculosis: a common incidental finding on chest CT; the rate is a modelling choice)
+GRANULOMA_RATE = 0.25
+
+
+def granuloma_atoms(heart: Heart, warp, vol: np.ndarray, grid: Grid, rng: np.random.Generator,
+                    rates: dict | None = None) -> list[dict]:
+    """Calcified granulomas: round nodules 3-8 mm across, 250-1200 HU, in aerated lung 2-25 mm outside the
+    pericardium (where the chest localisation's region reaches into the lung). ``vol``: the noise-free
+    anatomy after ``warp`` (HU, (z, y, x) on ``grid``); a nodule is placed only where it lies wholly in
+    lung (noise-free HU < -600 over its radius + 1 mm), so it may touch the pleura but not sit in tissue.
+    Items as ``distractor_atoms`` (centres already warped: ``"deformed": True``)."""
+    rates = rates or {}
+    if rng.random() >= rates.get("lung_granuloma", GRANULOMA_RATE):
+        return []
+    out = []
+    for _ in range(1 + rng.poisson(0.7)):
+        sigma = rng.uniform(0.8, 2.0)
+        for _attempt in range(40):
+            t, phi = rng.uniform(-0.7, 0.9), rng.uniform(-math.pi, math.pi)
+            gap = 1.2 + 2.0 * sigma + rng.uniform(2.0, 25.0)
+            c = warp.points(heart.surface(t, phi, heart.fat_at(t, phi) + gap))[0]
+            if _in_air(vol, grid, c, 2.0 * sigma + 1.0):
+                out.append({"kind": "lung_granuloma", "atoms": blob_atoms(c, sigma),
+                            "peak_hu": float(rng.uniform(250, 1200)), "deformed": True})
+                break
+    return out
+
+
+def _in_air(vol: np.ndarray, grid: Grid, center_mm: np.ndarray, radius_mm: float) -> bool:
+    """Whether every voxel within ``radius_mm`` (a box) of ``center_mm`` lies inside the grid below -600 HU."""
+    i = grid.to_index(center_mm)
+    half = np.ceil(radius_mm / np.asarray(grid.spacing)).astype(int)
+    lo, hi = np.floor(i).astype(int) - half, np.ceil(i).astype(int) + half + 1
+    if (lo < 0).any() or (hi > np.asarray(vol.shape)).any():
+        return False
+    return bool((vol[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] < -600.0).all())
 
 
 def distractor_atoms(heart: Heart, landmarks: dict, grid: Grid, rng: np.random.Generator, burden: float,

@@ -15,7 +15,7 @@ from agatax.synthetic.anatomy import (
 )
 from agatax.synthetic.calcium import (
     ARTERY_CODES, BRANCH_OF, LOOKALIKE_KINDS, Atoms, Vessel, arch_atoms, atoms_box, coronary_tree, distractor_atoms,
-    ostial_root_atoms, place_beside, plaque_atoms, render_atoms,
+    granuloma_atoms, ostial_root_atoms, place_beside, plaque_atoms, render_atoms,
 )
 from agatax.volume import Volume
 
@@ -27,7 +27,7 @@ CATEGORIES = ("A", "B", "C", "D", "E")
 CATEGORY_TARGETS = {"A": (0.0, 0.0), "B": (1.0, 9.0), "C": (14.0, 90.0), "D": (115.0, 380.0), "E": (430.0, 2500.0)}
 REAL_WORLD_MIX = {"A": 0.45, "B": 0.15, "C": 0.18, "D": 0.12, "E": 0.10}
 DISTRACTOR_CODES = {"bone": 1, "aortic_wall": 2, "aortic_valve": 3, "mitral_annulus": 4, "costal_cartilage": 5,
-                    "lymph_node": 6, "pericardium": 7, "metal": 8, "aortic_root": 9}
+                    "lymph_node": 6, "pericardium": 7, "metal": 8, "aortic_root": 9, "lung_granuloma": 10}
 ARTERY_NAMES = {v: k for k, v in ARTERY_CODES.items()}
 FOOTPRINT_HU = 20.0  # a calcification's neighbourhood: where it adds at least this many HU
 _ARTERY_P = {"LAD": 0.42, "RCA": 0.26, "LCX": 0.20, "LM": 0.12}
@@ -47,7 +47,9 @@ _SCANNER_KEYS = ("matrix", "fov_mm", "slice_increment_mm", "slice_thickness_mm",
 #: 6: the heart keeps 20 mm in front of the vertebral body (oesophagus and descending aorta drawn whole
 #: behind it; half the exams had it painted over them), shrunk to 80 % at most (was 65 %) and the chest
 #: drawn deeper where it still does not fit; the left atrium 36 mm deep (was 40) (2026-12-04).
-GENERATOR_VERSION = 6
+#: 7: calcified granulomas in the lung beside the heart in 25 % of exams (a stream of their own: the other
+#: exams are those of version 6) (2026-12-04).
+GENERATOR_VERSION = 7
 
 
 def category_of(score: float) -> str:
@@ -75,7 +77,8 @@ class SyntheticExam:
         target_category: the category the planner aimed at.
         distractors: non-coronary calcium (dicts: ``kind``, ``center_zyx``, ``peak_hu``).
         distractor_mask: uint8 (z, y, x), DISTRACTOR_CODES (1 bone, 2 aortic wall, 3 aortic valve, 4 mitral
-            annulus, 5 costal cartilage, 6 lymph node, 7 pericardium, 8 metal, 9 aortic root at the LM ostium);
+            annulus, 5 costal cartilage, 6 lymph node, 7 pericardium, 8 metal, 9 aortic root at the LM ostium,
+            10 calcified granuloma in the lung);
             only code 9 touches ``mask`` (where an ostial LM plaque meets it) and code 4 (an LCX plaque beside the
             annulus), never overlapping it.
         scores: the full agatax Scores of the true mask.
@@ -335,7 +338,7 @@ def generate_exam(
         n_lesions: number of sized coronary plaques (default: drawn per category).
         calcium_burden: 0..1, how much non-coronary calcium (aorta, valves); default follows the category.
         lookalike_rates: {kind: probability in [0, 1]} for kinds of ``LOOKALIKE_KINDS`` ("aortic_valve",
-            "mitral_annulus", "lymph_node", "pericardium", "metal", "aortic_root"): how often the exam has one,
+            "mitral_annulus", "lymph_node", "pericardium", "metal", "aortic_root", "lung_granuloma"): how often the exam has one,
             in place of the burden-dependent default (e.g. ``{"pericardium": 0.5}`` for training data rich in a rare
             look-alike). Exams whose draws do not cross a changed rate stay bit-identical.
         keep_tissue: also return the tissue class map (uint8 (z, y, x)).
@@ -458,7 +461,8 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
 
     ss = np.random.SeedSequence([seed, attempt])
     # streams by purpose; a new one is appended (spawn keys are positional), so older draws stay the same
-    r_scan, r_pat, r_anat, r_noise, r_les, r_dis, r_warp, r_up, r_ost = (np.random.default_rng(s) for s in ss.spawn(9))
+    r_scan, r_pat, r_anat, r_noise, r_les, r_dis, r_warp, r_up, r_ost, r_lung = (
+        np.random.default_rng(s) for s in ss.spawn(10))
     sc = sample_scanner(r_scan, **given)
     cat, lo, hi = _pick_category(r_les, target_category, target_agatston, category_mix)
     target = 0.0 if hi <= 0 else float(math.exp(r_les.uniform(math.log(max(lo, 0.5)), math.log(hi))))
@@ -525,6 +529,7 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
         tissue = warp.image(tissue, grid, order=0)
     vessels = {k: dataclasses.replace(v, points=warp.points(v.points)) for k, v in vessels.items()}
     bone = vol >= 130.0  # noise-free anatomy above 130 HU: bone only
+    granulomas = granuloma_atoms(heart, warp, vol, grid, r_lung, rates)  # placed in the noise-free lung
 
     passes = 2 if (sc.pixel_mm < 0.45 and sc.sharpness < 0.5) else 1
     if sc.noise_sigma_hu > 0:
@@ -538,7 +543,7 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
     distractor_mask[bone] = DISTRACTOR_CODES["bone"]
     distractors = []
     lookalikes = (distractor_atoms(heart, landmarks, grid, r_dis, burden, vessels, rates)
-                  + arch_atoms(landmarks, grid, r_up, burden))
+                  + arch_atoms(landmarks, grid, r_up, burden) + granulomas)
     # aortic-root calcium running into the left main ostium; an LM plaque, if there is one, moved to the
     # ostium so that the two touch. The annotator scores the coronary part only (where the plaque dominates)
     ostial = None
@@ -580,6 +585,9 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
             continue
         unit = render_atoms(grid, atoms, box, sc.slice_thickness_mm, psf)
         bg = 40.0
+        if item["kind"] == "lung_granuloma":
+            peak_idx = np.unravel_index(int(np.argmax(unit)), unit.shape)
+            bg = float(np.clip(vol[box][peak_idx], -1000.0, 60.0))  # its planned peak over the lung
         if item["kind"] == "metal":
             # streaks (alternating bright and dark lines through the object) first, then the metal on top at
             # its planned peak over whatever lies beneath (a clip in the lung is as dense as one in fat)
