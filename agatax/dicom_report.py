@@ -16,7 +16,7 @@ Written with highdicom (``pip install "agatax[dicom]"``):
   calcium scoring): the exam's totals (Agatston score by the Agatston method, calcium volume, calcium mass
   when calibrated, risk category and, with an ensemble, the category range of one vote: "B to D
   (uncertain category)" where the networks split on what decides it) and each of the report's warnings (metal,
-  objects in the lung, a stent-dense object, noise, slice thickness, contrast assumed, ...) as a coded evaluation whose meaning
+  objects in the lung, specks at the noise level, a stent-dense object, noise, slice thickness, contrast assumed, ...) as a coded evaluation whose meaning
   says what it means for the score (``WARNING_CODES``; the JSON keeps the full text), one volumetric group
   per segment (per-artery totals) referencing its
   segment, and one planar group per slice lesion referencing the segmentation frame of its slice. The
@@ -60,6 +60,7 @@ _CATEGORY_RANGES = {"A": "0", "B": "1-10", "C": "11-100", "D": "101-400", "E": "
 WARNING_CODES = (
     ("metal:", "WARNING-METAL", "metal left out of the score; a stent makes it uninterpretable"),
     ("in air:", "WARNING-IN-AIR", "objects in the lung left out of the score: not coronary"),
+    ("noise level:", "WARNING-NOISE-LEVEL", "specks at the image noise level left out of the score"),
     ("dense:", "WARNING-DENSE", "stent-dense objects scored: if a stent, score not interpretable"),
     ("image noise:", "WARNING-NOISE", "noise above the networks' training range: check the mask"),
     ("slices of ", "WARNING-THICKNESS", "slice thickness not 3 mm: score not comparable to 3 mm ones"),

@@ -164,6 +164,7 @@ def _segment_all(ensemble, volume, multiple):
 _LOGITS = {}
 LOCALISE = True  # discard calcium outside the chest region, as agatax.run_pipeline does by default
 METAL_HU = 2000.0  # agatax.pipeline.METAL_HU; None keeps metal (the evaluations before 2026-12-02)
+NOISE_SNR = 5.0  # agatax.pipeline.NOISE_SNR; None keeps noise-level objects (the evaluations before 2026-12-04)
 
 
 def _logits_fn(ensemble):
@@ -178,8 +179,9 @@ def _logits_fn(ensemble):
 def evaluate(ensemble, exams) -> dict:
     """Score every test exam with each member alone and with the majority vote of all members."""
     from agatax.evaluate import evaluate_masks
-    from agatax.pipeline import exclude_metal
-    from agatax.scoring import c_index, category_accuracy, compute_scores, confusion_matrix
+    from agatax.pipeline import exclude_in_air, exclude_metal, exclude_noise_level
+    from agatax.quality import image_noise_hu
+    from agatax.scoring import c_index, category_accuracy, compute_scores, confusion_matrix, risk_category
 
     multiple = ensemble.config.multiple  # as agatax.pipeline pads
     ref_score, ref_cat = [], []
@@ -187,6 +189,7 @@ def evaluate(ensemble, exams) -> dict:
     single_score = [[] for _ in range(ensemble.members)]
     single_cat = [[] for _ in range(ensemble.members)]
     detection_pairs = []  # (predicted mask, true mask, volume) for pooled lesion detection
+    kept_specks, kept_pairs = [], []  # the ensemble's scores and masks with the noise-level objects kept
     t_exam = []
     for exam in exams:
         vol = exam.volume
@@ -197,6 +200,13 @@ def evaluate(ensemble, exams) -> dict:
         if METAL_HU is not None:  # as agatax.run_pipeline: objects reaching metal density are left out
             mask = exclude_metal(vol.hu, mask, mask, vol.spacing, metal_hu=METAL_HU)[0]
             singles = np.stack([exclude_metal(vol.hu, s, s, vol.spacing, metal_hu=METAL_HU)[0] for s in singles])
+        # as agatax.run_pipeline: objects in air, then objects at the noise level, left out (the ensemble's mask)
+        mask = exclude_in_air(vol.hu, mask, mask, vol.spacing)[0]
+        noise = image_noise_hu(vol.hu, vol.spacing)
+        kept_specks.append(compute_scores(vol.hu, mask, vol.spacing).agatston)
+        kept_pairs.append((mask, exam.mask > 0, vol))
+        if NOISE_SNR is not None:
+            mask = exclude_noise_level(vol.hu, mask, mask, vol.spacing, noise, snr=NOISE_SNR)[0]
         res = compute_scores(vol.hu, mask, vol.spacing)
         t_exam.append(time.perf_counter() - t0)
         ens_score.append(res.agatston)
@@ -222,6 +232,10 @@ def evaluate(ensemble, exams) -> dict:
         "seconds_per_exam_incl_scoring": float(np.median(t_exam)),
         "reference_scores": ref_score,
         "ensemble_scores": ens_score,
+        "ensemble_scores_noise_level_kept": kept_specks,
+        "noise_level_kept_lesions": evaluate_masks(kept_pairs),
+        "noise_level_kept_c_index": float(c_index([risk_category(v) for v in kept_specks], ref_cat)),
+        "noise_level_kept_accuracy": float(category_accuracy([risk_category(v) for v in kept_specks], ref_cat)),
     }
 
 

@@ -109,6 +109,28 @@ def test_calcium_free_chest_cts_score_under_10():
     assert sum(a >= 10.0 for a in scores) <= 1, scores
 
 
+def test_noise_specks_are_left_out_and_small_true_plaques_kept():
+    """At 38 HU of noise (inside the networks' training range), cardiac exams at matrix 256: the shipped
+    default scores specks of noise on calcium-free exams and adds them to small true plaques; the noise-level
+    rule (``noise_snr``, on by default) leaves them out. Oracle: the generator's true Agatston score."""
+    from agatax.synthetic import generate_exam
+
+    kept_specks = []
+    for seed in (30, 32, 33):  # calcium-free
+        volume = generate_exam(seed, target_category="A", matrix=256, noise_sigma_hu=38.0).volume
+        res = score_exam(volume)
+        assert res.scores.agatston == 0.0, (seed, res.scores.agatston)
+        kept_specks.append(score_exam(volume, noise_snr=None).scores.agatston)
+    assert sum(a > 0 for a in kept_specks) >= 2, kept_specks  # the rule is what clears them
+    over = []
+    for seed in (30, 33, 35):  # category B: small true plaques in the same noise
+        ex = generate_exam(seed, target_category="B", matrix=256, noise_sigma_hu=38.0)
+        res = score_exam(ex.volume)
+        assert res.scores.agatston == pytest.approx(ex.agatston, rel=0.1), (seed, res.scores.agatston, ex.agatston)
+        over.append(score_exam(ex.volume, noise_snr=None).scores.agatston / ex.agatston)
+    assert max(over) > 1.2, over
+
+
 def test_real_phantom_spine_insert_and_rod_are_never_scored(phantom_dir):
     """The QRM phantom end to end with the default ensemble: nothing on its spine insert or calibration rod
     (located by hand: rows 320-470 x columns 200-310; slices 29-38 x rows 190-245 x columns 225-290)."""

@@ -208,6 +208,33 @@ def test_objects_surrounded_by_air_are_left_out_and_named():
     assert exclude_in_air(hu, empty, votes, (3.0, 0.5, 0.5))[2] == ()
 
 
+def test_objects_at_the_noise_level_are_left_out_and_named():
+    """Hand-built, 3 x 0.5 x 0.5 mm voxels, noise SD given: an object is dropped when its peak stands less
+    than 5 SDs above the median of the voxels 1-3 mm around it (in-plane, its own slices)."""
+    from agatax.pipeline import exclude_noise_level
+
+    hu = np.full((6, 40, 60), -100.0, np.float32)  # fat
+    hu[:, 20:, :] = 40.0  # blood and myocardium below y = 20
+    mask = np.zeros(hu.shape, bool)
+    hu[1, 5:7, 5:7], mask[1, 5:7, 5:7] = 160.0, True  # A: 260 HU above fat: 8.7 SDs at 30 HU
+    hu[2, 30:32, 10:12], mask[2, 30:32, 10:12] = 160.0, True  # B: 120 HU above blood: 4.0 SDs
+    hu[3:5, 30:33, 40:43], mask[3:5, 30:33, 40:43] = 200.0, True  # C: 160 HU above blood: 5.3 SDs
+    votes = mask.astype(np.uint8) * 5
+    out, out_votes, notes = exclude_noise_level(hu, mask, votes, (3.0, 0.5, 0.5), 30.0)
+    expected = mask.copy()
+    expected[2, 30:32, 10:12] = False
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(out_votes, expected * 5)
+    assert mask.sum() == 4 + 4 + 18  # the input is not changed
+    assert len(notes) == 1 and notes[0].startswith("noise level: 1 object(s)") and "(slices 2;" in notes[0]
+    # at 40 HU of noise C stands 4.0 SDs out and goes too; A (6.5) stays
+    out, _, notes = exclude_noise_level(hu, mask, votes, (3.0, 0.5, 0.5), 40.0)
+    assert out[1, 5:7, 5:7].all() and not out[2:5].any() and "2 object(s)" in notes[0]
+    # noise unknown (a phantom's plastic: no flat tissue), an empty mask: returned as they came
+    assert exclude_noise_level(hu, mask, votes, (3.0, 0.5, 0.5), None)[0] is mask
+    assert exclude_noise_level(hu, np.zeros_like(mask), votes, (3.0, 0.5, 0.5), 30.0)[2] == ()
+
+
 def test_left_out_objects_are_the_unscored_calcified_objects_of_the_region():
     """Hand-built: 1.5 mm^3 voxels (3 x 0.5 x 1.0 mm). Listed: unscored objects >= 130 HU inside the region of
     >= 5 mm^3 (4 voxels) peaking at >= 250 HU, below metal; each object 26-connected across slices."""
