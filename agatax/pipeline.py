@@ -614,23 +614,30 @@ def exclude_noise_level(hu: np.ndarray, mask: np.ndarray, votes: np.ndarray, spa
     """
     if not mask.any() or noise_hu is None or not noise_hu > 0:
         return mask, votes, ()
-    from scipy import ndimage
-
     box, lab, cnr = contrast_to_noise(hu, mask, spacing, noise_hu)
     drop = [k for k, c in enumerate(cnr, start=1) if c < snr]
     if not drop:
         return mask, votes, ()
+    mask, votes, where = _drop_objects(mask, votes, spacing, box, lab, drop)
+    return mask, votes, (
+        f"noise level: {len(drop)} object(s) standing less than {snr:g} noise SDs ({noise_hu:.0f} HU) above their "
+        f"surroundings ({where}) left out of the score: image noise makes such specks; look at those slices. "
+        "noise_snr=None keeps them",)
+
+
+def _drop_objects(mask, votes, spacing, box, lab, drop) -> tuple[np.ndarray, np.ndarray, str]:
+    """Copies of ``mask`` and ``votes`` without the objects ``drop`` (labels on ``box``), and where they were:
+    "slices A, B; V mm^3" (each object's centre slice, their total volume)."""
+    from scipy import ndimage
+
     gone = np.isin(lab, drop)
     mask, votes = mask.copy(), votes.copy()
     mask[box][gone] = False
     votes[box][gone] = 0
-    where = ndimage.center_of_mass(gone, lab, drop)
-    slices = sorted({int(round(c[0])) + box[0].start for c in where})
+    centres = ndimage.center_of_mass(gone, lab, drop)
+    slices = sorted({int(round(c[0])) + box[0].start for c in centres})
     volume_mm3 = float(np.count_nonzero(gone)) * float(np.prod(spacing))
-    return mask, votes, (
-        f"noise level: {len(drop)} object(s) standing less than {snr:g} noise SDs ({noise_hu:.0f} HU) above their "
-        f"surroundings (slices {', '.join(map(str, slices))}; {volume_mm3:.0f} mm^3) left out of the score: image "
-        "noise makes such specks; look at those slices. noise_snr=None keeps them",)
+    return mask, votes, f"slices {', '.join(map(str, slices))}; {volume_mm3:.0f} mm^3"
 
 
 def exclude_in_air(hu: np.ndarray, mask: np.ndarray, votes: np.ndarray, spacing, *, air_share: float = AIR_SHARE):
@@ -644,23 +651,15 @@ def exclude_in_air(hu: np.ndarray, mask: np.ndarray, votes: np.ndarray, spacing,
     """
     if not mask.any():
         return mask, votes, ()
-    from scipy import ndimage
-
     box, lab, shares = air_shares(hu, mask, spacing)
     drop = [k for k, share in enumerate(shares, start=1) if share >= air_share]
     if not drop:
         return mask, votes, ()
-    gone = np.isin(lab, drop)
-    mask, votes = mask.copy(), votes.copy()
-    mask[box][gone] = False
-    votes[box][gone] = 0
-    where = ndimage.center_of_mass(gone, lab, drop)
-    slices = sorted({int(round(c[0])) + box[0].start for c in where})
-    volume_mm3 = float(np.count_nonzero(gone)) * float(np.prod(spacing))
+    mask, votes, where = _drop_objects(mask, votes, spacing, box, lab, drop)
     return mask, votes, (
-        f"in air: {len(drop)} object(s) surrounded by air (slices {', '.join(map(str, slices))}; "
-        f"{volume_mm3:.0f} mm^3) left out of the score: calcified granulomas or clips in the lung, not coronary "
-        "calcium (coronary arteries run in the fat on the heart's surface). air_share=None keeps them",)
+        f"in air: {len(drop)} object(s) surrounded by air ({where}) left out of the score: calcified granulomas "
+        "or clips in the lung, not coronary calcium (coronary arteries run in the fat on the heart's surface). "
+        "air_share=None keeps them",)
 
 
 def exclude_metal(hu: np.ndarray, mask: np.ndarray, votes: np.ndarray, spacing, *, metal_hu: float = METAL_HU):
@@ -672,19 +671,11 @@ def exclude_metal(hu: np.ndarray, mask: np.ndarray, votes: np.ndarray, spacing, 
     """
     if not mask.any() or float(hu[mask].max()) < metal_hu:
         return mask, votes, ()
-    from scipy import ndimage
-
     box, lab, peaks = _objects(hu, mask)
     metal = np.flatnonzero(peaks >= metal_hu) + 1
-    drop = np.isin(lab, metal)
-    mask, votes = mask.copy(), votes.copy()
-    mask[box][drop] = False
-    votes[box][drop] = 0
-    where = ndimage.center_of_mass(drop, lab, metal)
-    slices = sorted({int(round(c[0])) + box[0].start for c in where})
-    volume_mm3 = float(np.count_nonzero(drop)) * float(np.prod(spacing))
+    mask, votes, where = _drop_objects(mask, votes, spacing, box, lab, metal)
     return mask, votes, (
-        f"metal: {len(metal)} object(s) reaching {metal_hu:g} HU or more (slices {', '.join(map(str, slices))}; "
-        f"{volume_mm3:.0f} mm^3; peak {float(np.max(peaks)):.0f} HU) left out of the score: wires, clips, leads "
+        f"metal: {len(metal)} object(s) reaching {metal_hu:g} HU or more ({where}; peak {float(np.max(peaks)):.0f} "
+        "HU) left out of the score: wires, clips, leads "
         "or stents, not calcium. If any is a coronary stent, the Agatston score of that exam is not "
         "interpretable",)
