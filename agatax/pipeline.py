@@ -458,9 +458,15 @@ def _objects(hu: np.ndarray, mask: np.ndarray):
     """The mask's 3D objects (26-connected) inside its bounding box: (box, labels on the box, peak HU (n,))."""
     from scipy import ndimage
 
-    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(mask))
+    zs = np.flatnonzero(mask.any(axis=(1, 2)))  # the bounding box by projections: no index list of the volume
+    slab = mask[zs[0]:zs[-1] + 1]
+    ys, xs = np.flatnonzero(slab.any(axis=(0, 2))), np.flatnonzero(slab.any(axis=(0, 1)))
+    box = (slice(int(zs[0]), int(zs[-1]) + 1), slice(int(ys[0]), int(ys[-1]) + 1), slice(int(xs[0]), int(xs[-1]) + 1))
     lab, n = ndimage.label(mask[box], structure=np.ones((3, 3, 3), bool))
-    return box, lab, np.asarray(ndimage.maximum(hu[box], lab, index=np.arange(1, n + 1)))
+    on = lab > 0
+    peaks = np.full(n, -np.inf)
+    np.maximum.at(peaks, lab[on] - 1, np.asarray(hu[box][on], np.float64))
+    return box, lab, peaks
 
 
 def dense_note(hu: np.ndarray, mask: np.ndarray, spacing, scores, *, metal_hu: float | None = METAL_HU,

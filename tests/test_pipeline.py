@@ -176,6 +176,26 @@ def test_metal_objects_are_left_out_and_named():
     assert same[0] is expected and same[2] == ()
 
 
+def test_mask_objects_are_those_of_scipy_on_the_whole_volume():
+    """Oracle: scipy's 26-connected labelling and per-label maximum on the whole volume; the box is the mask's
+    tight bounding box (np.nonzero)."""
+    from scipy import ndimage
+
+    from agatax.pipeline import _objects
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        shape = tuple(int(v) for v in rng.integers(3, 14, 3))
+        mask = rng.random(shape) < rng.uniform(0.005, 0.2)
+        mask.flat[rng.integers(mask.size)] = True
+        hu = rng.normal(200, 300, shape).astype(np.float32)
+        box, lab, peaks = _objects(hu, mask)
+        assert box == tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(mask))
+        full, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+        np.testing.assert_array_equal(lab, full[box])
+        np.testing.assert_allclose(peaks, ndimage.maximum(hu, full, index=np.arange(1, n + 1)))
+
+
 def test_objects_surrounded_by_air_are_left_out_and_named():
     """Hand-built, 3 x 0.5 x 0.5 mm voxels: the ring 1-3 mm around an object (in-plane, its own slices) is
     read; an object in lung (-850 HU) is dropped, one in fat or on the lung's border (half its ring tissue,

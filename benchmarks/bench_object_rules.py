@@ -1,0 +1,60 @@
+"""What the object rules after the networks cost: the in-air rule (agatax.pipeline.exclude_in_air) and the
+noise-level rule (agatax.pipeline.exclude_noise_level), beside the pipeline itself.
+
+    python3 benchmarks/bench_object_rules.py [--rounds 7] [--force]
+
+Under benchmarks/protocol.py (refuses a busy machine; variants interleaved). Exams: synthetic, matrix 512,
+an E-category cardiac exam (seed 2: many objects, the rules' worst case) and a chest CT (seed 3, category
+C); the shipped default ensemble. Variants per exam: ``agatax.run_pipeline`` as shipped, the same with both
+rules off (``air_share=None, noise_snr=None``), and each rule alone on the pipeline's mask before the rules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from protocol import Session  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--force", action="store_true", help="measure on a busy machine (figures flagged BUSY)")
+    args = ap.parse_args()
+    session = Session("the in-air and noise-level rules beside run_pipeline", force=args.force)
+
+    from agatax.defaults import load_default_ensemble
+    from agatax.pipeline import exclude_in_air, exclude_noise_level, run_pipeline
+    from agatax.quality import image_noise_hu
+    from agatax.synthetic import generate_exam
+
+    ensemble = load_default_ensemble()
+    off = dict(air_share=None, noise_snr=None)
+    for name, seed, cat, protocol in (("cardiac E", 2, "E", "cardiac"), ("chest C", 3, "C", "chest")):
+        volume = generate_exam(seed, target_category=cat, protocol=protocol, matrix=512).volume
+        before = run_pipeline(ensemble, volume, **off)
+        hu, mask, votes, spacing = volume.hu, before.mask, before.votes, volume.spacing
+        noise = image_noise_hu(hu, spacing)
+        times = session.interleave({
+            "run_pipeline (shipped)": lambda: run_pipeline(ensemble, volume),
+            "run_pipeline, rules off": lambda: run_pipeline(ensemble, volume, **off),
+            "exclude_in_air alone": lambda: exclude_in_air(hu, mask, votes, spacing),
+            "exclude_noise_level alone": lambda: exclude_noise_level(hu, mask, votes, spacing, noise),
+        }, rounds=args.rounds)
+        session.report(times, baseline="run_pipeline, rules off",
+                       shapes={name: volume.shape, "objects before the rules": int(_objects(mask))})
+    return 0
+
+
+def _objects(mask) -> int:
+    from scipy import ndimage
+
+    return ndimage.label(mask, structure=[[[1] * 3] * 3] * 3)[1]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
