@@ -234,7 +234,8 @@ class ExamScorer:
 
     def __init__(self, *, mask=None, ensemble=None, series=None, calibration=None, min_pixels=3,
                  min_area_mm2=None, localise=True, about: dict[str, Any] | None = None, thin_slices: str = "slab",
-                 allow_phantom: bool = False, assume_non_contrast: bool = False, **relaxations: bool) -> None:
+                 allow_phantom: bool = False, assume_non_contrast: bool = False, keep_specks: bool = False,
+                 keep_in_air: bool = False, **relaxations: bool) -> None:
         if mask is None and ensemble is None:
             raise InputError("ExamScorer needs a mask or an ensemble", code="BAD_ARGUMENT")
         self.mask, self.ensemble, self.series, self.localise = mask, ensemble, series, bool(localise)
@@ -242,7 +243,8 @@ class ExamScorer:
         self.init_options = {"mask": mask, "series": series, "calibration": calibration, "min_pixels": min_pixels,
                              "min_area_mm2": min_area_mm2, "localise": localise, "thin_slices": thin_slices,
                              "allow_phantom": allow_phantom, "assume_non_contrast": assume_non_contrast,
-                             **relaxations}
+                             "keep_specks": keep_specks, "keep_in_air": keep_in_air, **relaxations}
+        self.keep_specks, self.keep_in_air = bool(keep_specks), bool(keep_in_air)
         self.allow_phantom = bool(allow_phantom)
         self.assume_non_contrast = bool(assume_non_contrast)
         self.conventions = {"calibration": calibration, "min_pixels": min_pixels, "min_area_mm2": min_area_mm2}
@@ -259,7 +261,9 @@ class ExamScorer:
         return {**self.conventions, "series": self.series, "localise": self.localise and mask is None,
                 "mask": mask, "relaxations": sorted(self.relaxations), "thin_slices": self.thin_slices,
                 **({"allow_phantom": True} if self.allow_phantom and mask is None else {}),
-                **({"assume_non_contrast": True} if self.assume_non_contrast and mask is None else {})}
+                **({"assume_non_contrast": True} if self.assume_non_contrast and mask is None else {}),
+                **({"keep_specks": True} if self.keep_specks and mask is None else {}),
+                **({"keep_in_air": True} if self.keep_in_air and mask is None else {})}
 
     def read(self, path):
         """Read the exam at ``path`` into a Volume, with the command line's warnings added."""
@@ -284,13 +288,14 @@ class ExamScorer:
             if slab:
                 volume, labels = thick_slabs(volume, labels)
             return ScoredExam(volume, compute_scores(volume.hu, labels, volume.spacing, **self.conventions), labels)
-        from agatax.pipeline import run_pipeline
+        from agatax.pipeline import AIR_SHARE, NOISE_SNR, run_pipeline
 
         if slab:
             volume, _ = thick_slabs(volume)
         result = run_pipeline(self.ensemble, volume, localise=self.localise, allow_phantom=self.allow_phantom,
                               assume_non_contrast=self.assume_non_contrast,
-                              **self.conventions)
+                              noise_snr=None if self.keep_specks else NOISE_SNR,
+                              air_share=None if self.keep_in_air else AIR_SHARE, **self.conventions)
         notes = tuple(result.notes)
         if result.chest is not None and not result.chest.found:
             notes += (f"chest localisation: {result.chest.note}",)
@@ -545,6 +550,10 @@ def add_score_command(subparsers) -> None:
     p.add_argument("--calibration", type=float, default=None, help="mass calibration, mg / (HU * mm^3)")
     p.add_argument("--no-localise", action="store_true", help="keep calcium the networks find outside the chest "
                    "region between the lungs (by default it is discarded: bone, arms, the image border)")
+    p.add_argument("--keep-specks", action="store_true", help="score objects standing less than 5 noise SDs above "
+                   "their surroundings (by default they are left out as image noise, with a warning)")
+    p.add_argument("--keep-in-air", action="store_true", help="score objects surrounded by air (by default they are "
+                   "left out as lung granulomas or clips, with a warning)")
     p.add_argument("--thin-slices", choices=THIN_SLICES, default="slab",
                    help="exams with slices under 2 mm: 'slab' (default) scores 3 mm slabs (the mean of 3 mm of slices), "
                    "as a 3 mm reconstruction is scored clinically; 'native' scores the thin slices")
@@ -776,8 +785,8 @@ def _run_score(args: argparse.Namespace, stop: threading.Event, counts: dict[str
                                 min_pixels=args.min_pixels, min_area_mm2=args.min_area_mm2,
                                 localise=not args.no_localise, about={"device": device_name(device), "weights": weights},
                                 thin_slices=args.thin_slices, allow_phantom=args.allow_phantom,
-                                assume_non_contrast=args.assume_non_contrast,
-                                **{name: getattr(args, name) for name in _RELAXATIONS})
+                                assume_non_contrast=args.assume_non_contrast, keep_specks=args.keep_specks,
+                                keep_in_air=args.keep_in_air, **{name: getattr(args, name) for name in _RELAXATIONS})
             return _score_tasks(args, stop, counts, tasks, is_batch, scorer, weights, report_dir, summary_path,
                                 png, png_slices)
 

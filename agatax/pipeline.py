@@ -628,7 +628,7 @@ def exclude_noise_level(hu: np.ndarray, mask: np.ndarray, votes: np.ndarray, spa
     return mask, votes, (
         f"noise level: {len(drop)} object(s) standing less than {snr:g} noise SDs ({noise_hu:.0f} HU) above their "
         f"surroundings ({where}) left out of the score: image noise makes such specks; look at those slices. "
-        "agatax.run_pipeline(..., noise_snr=None) keeps them",)
+        "agatax score --keep-specks (run_pipeline(..., noise_snr=None)) keeps them",)
 
 
 def _drop_objects(mask, votes, spacing, box, lab, drop) -> tuple[np.ndarray, np.ndarray, str]:
@@ -665,7 +665,7 @@ def exclude_in_air(hu: np.ndarray, mask: np.ndarray, votes: np.ndarray, spacing,
     return mask, votes, (
         f"in air: {len(drop)} object(s) surrounded by air ({where}) left out of the score: calcified granulomas "
         "or clips in the lung, not coronary calcium (coronary arteries run in the fat on the heart's surface). "
-        "agatax.run_pipeline(..., air_share=None) keeps them",)
+        "agatax score --keep-in-air (run_pipeline(..., air_share=None)) keeps them",)
 
 
 def exclude_metal(hu: np.ndarray, mask: np.ndarray, votes: np.ndarray, spacing, *, metal_hu: float = METAL_HU):
