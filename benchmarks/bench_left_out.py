@@ -12,20 +12,16 @@ per exam: ``agatax.run_pipeline`` (localisation, networks, object vote, metal ru
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from protocol import Session  # noqa: E402
+from protocol import Session, command_line  # noqa: E402
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--force", action="store_true", help="measure on a busy machine (figures flagged BUSY)")
-    args = ap.parse_args()
+    args = command_line(__doc__)
     session = Session("left_out_objects and category_range beside run_pipeline", force=args.force)
 
     from agatax.defaults import load_default_ensemble

@@ -10,7 +10,6 @@ Variants: ``run_pipeline`` as shipped; without the category range; without the r
 
 from __future__ import annotations
 
-import argparse
 import sys
 from contextlib import contextmanager
 from functools import partial
@@ -18,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from protocol import Session  # noqa: E402
+from protocol import Session, command_line  # noqa: E402
 
 
 class _Nothing:
@@ -29,10 +28,7 @@ class _Nothing:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--force", action="store_true", help="measure on a busy machine (figures flagged BUSY)")
-    args = ap.parse_args()
+    args = command_line(__doc__)
     session = Session("run_pipeline with and without the split rule and the category range", force=args.force)
 
     import agatax.pipeline as pipeline

@@ -11,20 +11,16 @@ rules off (``air_share=None, noise_snr=None``), and each rule alone on the pipel
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from protocol import Session  # noqa: E402
+from protocol import Session, command_line  # noqa: E402
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--force", action="store_true", help="measure on a busy machine (figures flagged BUSY)")
-    args = ap.parse_args()
+    args = command_line(__doc__)
     session = Session("the in-air and noise-level rules beside run_pipeline", force=args.force)
 
     from agatax.defaults import load_default_ensemble

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -29,6 +30,15 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 MAX_LOAD_PER_CORE = 0.3
+
+
+def command_line(doc: str, *, rounds: int = 7, argv=None) -> argparse.Namespace:
+    """The options every protocol benchmark takes: ``--rounds N`` (interleaved rounds) and ``--force``
+    (measure on a busy machine, figures flagged BUSY); ``doc``'s first line describes the script."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=rounds)
+    ap.add_argument("--force", action="store_true", help="measure on a busy machine (figures flagged BUSY)")
+    return ap.parse_args(argv)
 
 
 def cores() -> int:
