@@ -585,13 +585,12 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
             continue
         unit = render_atoms(grid, atoms, box, sc.slice_thickness_mm, psf)
         bg = 40.0
-        if item["kind"] == "lung_granuloma":
-            peak_idx = np.unravel_index(int(np.argmax(unit)), unit.shape)
-            bg = float(np.clip(vol[box][peak_idx], -1000.0, 60.0))  # its planned peak over the lung
         if item["kind"] == "metal":
-            # streaks (alternating bright and dark lines through the object) first, then the metal on top at
-            # its planned peak over whatever lies beneath (a clip in the lung is as dense as one in fat)
+            # streaks (alternating bright and dark lines through the object) first, then the metal on top
             _add_streaks(vol, grid, atoms, r_dis)
+        if item["kind"] in ("metal", "lung_granuloma"):
+            # at its planned peak over whatever lies beneath (a clip or a granuloma in the lung is as dense as
+            # one in fat)
             peak_idx = np.unravel_index(int(np.argmax(unit)), unit.shape)
             bg = float(np.clip(vol[box][peak_idx], -1000.0, 60.0))
         amp = (item["peak_hu"] - bg) / max(float(unit.max()), 1e-6)
