@@ -601,32 +601,47 @@ def air_shares(hu: np.ndarray, mask: np.ndarray, spacing):
     return box, lab, np.array([float(np.mean(r < AERATED_HU)) if r.size else 0.0 for r in rings])
 
 
-def contrast_to_noise(hu: np.ndarray, mask: np.ndarray, spacing, noise_hu: float):
+def contrast_to_noise(hu: np.ndarray, mask: np.ndarray, spacing, noise_hu: float, *, local: bool = True):
     """For each 3D object (26-connected) of ``mask``: how many noise SDs its peak stands above the median of
-    the voxels 1-3 mm around it, (peak - median) / ``noise_hu``. Returns (box, labels on the box, (n,))."""
+    the voxels 1-3 mm around it, (peak - median) / SD. The SD is the noise near the object
+    (``agatax.quality.local_noise_hu``: on the slices it spans, within 25 mm) where enough flat soft tissue
+    lies there and ``local``, else ``noise_hu`` (the exam's). Returns (box, labels on the box, (n,), SD (n,))."""
+    from scipy import ndimage
+
+    from agatax.quality import local_noise_hu
+
     box, lab, peaks, rings = _rings(hu, mask, spacing)
     around = np.array([float(np.median(r)) if r.size else -np.inf for r in rings])
-    return box, lab, (np.asarray(peaks, float) - around) / float(noise_hu)
+    sd = np.full(len(rings), float(noise_hu))
+    if local:
+        for k, sl in enumerate(ndimage.find_objects(lab)):
+            here = local_noise_hu(hu, spacing, tuple(slice(b.start + s.start, b.start + s.stop) for b, s in zip(box, sl)))
+            if here is not None and here > 0:  # 0: a noise-free image (hand-built)
+                sd[k] = here
+    return box, lab, (np.asarray(peaks, float) - around) / sd, sd
 
 
 def exclude_noise_level(hu: np.ndarray, mask: np.ndarray, votes: np.ndarray, spacing, noise_hu: float | None, *,
-                        snr: float = NOISE_SNR):
+                        snr: float = NOISE_SNR, local: bool = False):
     """Drop from the mask every 3D object (26-connected) whose peak stands less than ``snr`` noise SDs above
-    its surroundings (``contrast_to_noise``; ``noise_hu``: the exam's noise SD, ``agatax.quality.image_noise_hu``):
-    an object image noise alone makes (the Rose criterion: about 5 SDs are needed to tell a feature from
-    noise). On synthetic exams at matrix 512 the false specks the networks scored stood 2.0-7.4 SDs above
-    their surroundings (most under 5), true calcium 4.4 and more (most above 6). Returns (mask, votes, notes)
-    as ``exclude_metal``; nothing is done where the noise is unknown (``noise_hu`` None).
+    its surroundings (``contrast_to_noise``: the noise near the object when ``local``, else ``noise_hu``, the
+    exam's noise SD, ``agatax.quality.image_noise_hu``): an object image noise alone makes (the Rose
+    criterion: about 5 SDs are needed to tell a feature from noise). On synthetic exams at matrix 512 the
+    false specks the networks scored stood 2.0-7.4 SDs above their surroundings (most under 5), true calcium
+    4.4 and more (most above 6). Returns (mask, votes, notes) as ``exclude_metal``; nothing is done where the
+    exam's noise is unknown (``noise_hu`` None: no soft tissue, e.g. a phantom).
     """
     if not mask.any() or noise_hu is None or not noise_hu > 0:
         return mask, votes, ()
-    box, lab, cnr = contrast_to_noise(hu, mask, spacing, noise_hu)
+    box, lab, cnr, sd = contrast_to_noise(hu, mask, spacing, noise_hu, local=local)
     drop = [k for k, c in enumerate(cnr, start=1) if c < snr]
     if not drop:
         return mask, votes, ()
     mask, votes, where = _drop_objects(mask, votes, spacing, box, lab, drop)
+    lo, hi = (float(f(sd[np.asarray(drop) - 1])) for f in (np.min, np.max))
+    level = f"{lo:.0f} HU" if round(lo) == round(hi) else f"{lo:.0f}-{hi:.0f} HU"
     return mask, votes, (
-        f"noise level: {len(drop)} object(s) standing less than {snr:g} noise SDs ({noise_hu:.0f} HU) above their "
+        f"noise level: {len(drop)} object(s) standing less than {snr:g} noise SDs ({level} near them) above their "
         f"surroundings ({where}) left out of the score: image noise makes such specks; look at those slices. "
         "agatax score --keep-specks (run_pipeline(..., noise_snr=None)) keeps them",)
 

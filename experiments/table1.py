@@ -190,6 +190,7 @@ def evaluate(ensemble, exams) -> dict:
     single_cat = [[] for _ in range(ensemble.members)]
     detection_pairs = []  # (predicted mask, true mask, volume) for pooled lesion detection
     kept_specks, kept_pairs = [], []  # the ensemble's scores and masks with the noise-level objects kept
+    wide_scores, wide_pairs = [], []  # ... with the noise-level rule read against the exam-wide noise SD
     t_exam = []
     for exam in exams:
         vol = exam.volume
@@ -206,7 +207,10 @@ def evaluate(ensemble, exams) -> dict:
         kept_specks.append(compute_scores(vol.hu, mask, vol.spacing).agatston)
         kept_pairs.append((mask, exam.mask > 0, vol))
         if NOISE_SNR is not None:
-            mask = exclude_noise_level(vol.hu, mask, mask, vol.spacing, noise, snr=NOISE_SNR)[0]
+            wide = exclude_noise_level(vol.hu, mask, mask, vol.spacing, noise, snr=NOISE_SNR, local=False)[0]
+            wide_scores.append(compute_scores(vol.hu, wide, vol.spacing).agatston)
+            wide_pairs.append((wide, exam.mask > 0, vol))
+            mask = exclude_noise_level(vol.hu, mask, mask, vol.spacing, noise, snr=NOISE_SNR, local=True)[0]
         res = compute_scores(vol.hu, mask, vol.spacing)
         t_exam.append(time.perf_counter() - t0)
         ens_score.append(res.agatston)
@@ -219,6 +223,12 @@ def evaluate(ensemble, exams) -> dict:
     lesions = evaluate_masks(detection_pairs)
     s_c = [float(c_index(c, ref_cat)) for c in single_cat]
     s_a = [float(category_accuracy(c, ref_cat)) for c in single_cat]
+    wide = {}
+    if wide_scores:
+        wide_cats = [risk_category(v) for v in wide_scores]
+        wide = {"ensemble_scores_exam_wide_noise": wide_scores, "exam_wide_noise_lesions": evaluate_masks(wide_pairs),
+                "exam_wide_noise_c_index": float(c_index(wide_cats, ref_cat)),
+                "exam_wide_noise_accuracy": float(category_accuracy(wide_cats, ref_cat))}
     return {
         "n_test": len(ref_score),
         "single_c_index": s_c,
@@ -236,6 +246,7 @@ def evaluate(ensemble, exams) -> dict:
         "noise_level_kept_lesions": evaluate_masks(kept_pairs),
         "noise_level_kept_c_index": float(c_index([risk_category(v) for v in kept_specks], ref_cat)),
         "noise_level_kept_accuracy": float(category_accuracy([risk_category(v) for v in kept_specks], ref_cat)),
+        **wide,
     }
 
 

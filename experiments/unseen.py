@@ -83,11 +83,11 @@ PUT_BACK = {"noise 25 HU": {"noise_sigma_hu": 25.0}, "field of view 210 mm": {"f
 
 
 def ablate(ensemble, n: int, seed: int, matrix: int | None, wrong: list[int],
-           noise_hu: tuple[float, float] = UNSEEN_NOISE_HU) -> dict:
+           noise_hu: tuple[float, float] = UNSEEN_NOISE_HU, profile: tuple[float, float] | None = None) -> dict:
     """Exams ``wrong`` of the unseen cohort drawn again with one setting at a time put back inside the training
     range (seed and category unchanged): how many each puts right. Changing the noise level or the offset
     keeps the noise pattern; a new field of view or slice grid also redraws it."""
-    plan = unseen_plan(n, seed, noise_hu)
+    plan = unseen_plan(n, seed, noise_hu, profile)
     right = {name: 0 for name in PUT_BACK}
     for i in wrong:
         for name, fix in PUT_BACK.items():
@@ -96,11 +96,18 @@ def ablate(ensemble, n: int, seed: int, matrix: int | None, wrong: list[int],
     return {"exams": len(wrong), "right_after_putting_back": right}
 
 
-def unseen_plan(n: int, seed: int, noise_hu: tuple[float, float] = UNSEEN_NOISE_HU) -> list[tuple[int, str, dict]]:
-    """(exam seed, category, generator settings) of each exam of the unseen cohort."""
+def unseen_plan(n: int, seed: int, noise_hu: tuple[float, float] = UNSEEN_NOISE_HU,
+                profile: tuple[float, float] | None = None) -> list[tuple[int, str, dict]]:
+    """(exam seed, category, generator settings) of each exam of the unseen cohort. ``profile`` (low, high):
+    each exam's ``noise_profile`` (noise SD rising or falling away from the image centre) drawn from this
+    range on a stream of its own, so that the exams and their noise patterns stay those drawn without it."""
     cats = plan_categories(n, seed, {c: 0.2 for c in "ABCDE"}, salt="unseen")
     rng = np.random.default_rng([seed, 4242])
-    return [(exam_seed(seed, i, "unseen"), cat, unseen_settings(rng, noise_hu)) for i, cat in enumerate(cats)]
+    plan = [(exam_seed(seed, i, "unseen"), cat, unseen_settings(rng, noise_hu)) for i, cat in enumerate(cats)]
+    if profile is not None:
+        r_prof = np.random.default_rng([seed, 4343])
+        plan = [(s, c, {**kw, "noise_profile": float(r_prof.uniform(*profile))}) for s, c, kw in plan]
+    return plan
 
 
 def _draw(item: tuple[int, str, dict], matrix: int | None, fix: dict | None = None):
@@ -109,8 +116,9 @@ def _draw(item: tuple[int, str, dict], matrix: int | None, fix: dict | None = No
     return generate_exam(exam_seed_, target_category=cat, **kw)
 
 
-def unseen_cohort(n: int, seed: int, matrix: int | None, noise_hu: tuple[float, float] = UNSEEN_NOISE_HU):
-    for item in unseen_plan(n, seed, noise_hu):
+def unseen_cohort(n: int, seed: int, matrix: int | None, noise_hu: tuple[float, float] = UNSEEN_NOISE_HU,
+                  profile: tuple[float, float] | None = None):
+    for item in unseen_plan(n, seed, noise_hu, profile):
         yield _draw(item, matrix)
 
 
@@ -131,6 +139,9 @@ def main(argv=None) -> int:
                     "outside the ensemble's training range (40,50 for the 10-40 HU of the generator's default; "
                     "an ensemble trained with --train-noise 10,55 needs e.g. 55,65); the other settings are "
                     "drawn the same")
+    ap.add_argument("--noise-profile", default=None,
+                    help="LOW,HIGH: draw each unseen exam's noise_profile from this range (the noise SD times "
+                    "1 + P (r / R)^2 away from the image centre; e.g. -0.5,1.0); same exams and noise patterns")
     ap.add_argument("--workdir", default=str(ROOT / "experiments" / "_table1_work"))
     args = ap.parse_args(argv)
     try:
@@ -139,12 +150,20 @@ def main(argv=None) -> int:
             raise ValueError
     except ValueError:
         ap.error(f"--noise takes LOW,HIGH in HU with 0 <= LOW <= HIGH, got {args.noise!r}")
+    profile = None
+    if args.noise_profile is not None:
+        try:
+            profile = tuple(float(v) for v in args.noise_profile.split(","))
+            if len(profile) != 2 or not -0.9 <= profile[0] <= profile[1] <= 3.0:
+                raise ValueError
+        except ValueError:
+            ap.error(f"--noise-profile takes LOW,HIGH with -0.9 <= LOW <= HIGH <= 3, got {args.noise_profile!r}")
     n = table1.cohort_size("J3", args.scale)
     gen_kwargs = {} if args.matrix is None else {"matrix": args.matrix}
     t0 = time.perf_counter()
     if args.skip_j3 and args.skip_unseen:
         ap.error("--skip-j3 and --skip-unseen leave nothing to test")
-    cohorts = {} if args.skip_unseen else {"unseen": list(unseen_cohort(n, args.seed, args.matrix, noise_hu))}
+    cohorts = {} if args.skip_unseen else {"unseen": list(unseen_cohort(n, args.seed, args.matrix, noise_hu, profile))}
     if not args.skip_j3:
         cohorts["J3"] = list(table1.generate("J3", n, args.seed, gen_kwargs))
     print(f"{n} exams per cohort generated ({time.perf_counter() - t0:.0f} s); device {table1.device_description()}",
@@ -168,10 +187,15 @@ def main(argv=None) -> int:
                 print(f"| {w}, noise-level objects kept | {tag} | {ev['noise_level_kept_c_index']:.3f} | "
                       f"{ev['noise_level_kept_accuracy']:.3f} | {kept['sensitivity']:.3f} / {kept['ppv']:.3f} / "
                       f"{kept['f1']:.3f} | - |", flush=True)
+                if "exam_wide_noise_lesions" in ev:
+                    wide = ev["exam_wide_noise_lesions"]
+                    print(f"| {w}, noise level read exam-wide | {tag} | {ev['exam_wide_noise_c_index']:.3f} | "
+                          f"{ev['exam_wide_noise_accuracy']:.3f} | {wide['sensitivity']:.3f} / {wide['ppv']:.3f} / "
+                          f"{wide['f1']:.3f} | - |", flush=True)
                 ev["noise_warning"] = noise_split(exams, ev, ens.config.trained_noise_hu)
                 if args.ablate and name == "unseen" and localise:
                     wrong = [int(i) for i in np.flatnonzero(~category_right(ev))]
-                    ev["ablation"] = ablate(ens, n, args.seed, args.matrix, wrong, noise_hu)
+                    ev["ablation"] = ablate(ens, n, args.seed, args.matrix, wrong, noise_hu, profile)
                     print(f"{w}: of {len(wrong)} unseen exams in the wrong category, right after putting back: "
                           + ", ".join(f"{k} {v}" for k, v in ev["ablation"]["right_after_putting_back"].items()),
                           flush=True)

@@ -255,6 +255,39 @@ def test_objects_at_the_noise_level_are_left_out_and_named():
     assert exclude_noise_level(hu, np.zeros_like(mask), votes, (3.0, 0.5, 0.5), 30.0)[2] == ()
 
 
+def test_noise_level_rule_reads_the_noise_near_each_object():
+    """Seeded white noise of 10 HU SD on the left half and 40 HU on the right (more than 25 mm apart), 40 HU
+    soft tissue, 0.5 mm pixels. The local estimate must find each half's SD (the oracle: the SD drawn), and
+    the rule must judge each object against it: a plaque 130 HU above quiet tissue is kept (13 SDs), a
+    speck 160 HU above noisy tissue is dropped (4 SDs), though against the exam-wide SD both stand >= 5."""
+    from agatax.pipeline import exclude_noise_level
+    from agatax.quality import image_noise_hu, local_noise_hu
+
+    rng = np.random.default_rng(7)
+    spacing = (3.0, 0.5, 0.5)
+    sd = np.where(np.arange(320) < 160, 10.0, 40.0)[None, None, :]
+    hu = (40.0 + rng.standard_normal((6, 120, 320)) * sd).astype(np.float32)
+    mask = np.zeros(hu.shape, bool)
+    hu[2:4, 58:61, 38:41], mask[2:4, 58:61, 38:41] = 170.0, True  # quiet side, 130 HU above
+    hu[2:4, 58:61, 278:281], mask[2:4, 58:61, 278:281] = 200.0, True  # noisy side, 160 HU above
+    quiet = local_noise_hu(hu, spacing, (slice(2, 4), slice(58, 61), slice(38, 41)))
+    noisy = local_noise_hu(hu, spacing, (slice(2, 4), slice(58, 61), slice(278, 281)))
+    assert abs(quiet - 10.0) < 1.0 and abs(noisy - 40.0) < 4.0, (quiet, noisy)
+    whole = image_noise_hu(hu, spacing)
+    assert 10.0 < whole <= 160.0 / 5.0  # the premise: both objects stand >= 5 exam-wide SDs out
+    votes = mask.astype(np.uint8) * 5
+    kept_all, _, notes = exclude_noise_level(hu, mask, votes, spacing, whole, local=False)
+    assert kept_all.sum() == mask.sum() and notes == ()
+    out, _, notes = exclude_noise_level(hu, mask, votes, spacing, whole, local=True)
+    expected = mask.copy()
+    expected[:, :, 160:] = False
+    np.testing.assert_array_equal(out, expected)
+    assert len(notes) == 1 and "1 object(s)" in notes[0] and "(slices 2;" in notes[0]
+    assert f"({noisy:.0f} HU near them)" in notes[0]
+    # too little flat tissue near an object (all of it above 100 HU): the exam-wide SD is used
+    assert local_noise_hu(np.full((2, 40, 40), 400.0, np.float32), spacing, (slice(0, 1), slice(9, 11), slice(9, 11))) is None
+
+
 def test_left_out_objects_are_the_unscored_calcified_objects_of_the_region():
     """Hand-built: 1.5 mm^3 voxels (3 x 0.5 x 1.0 mm). Listed: unscored objects >= 130 HU inside the region of
     >= 5 mm^3 (4 voxels) peaking at >= 250 HU, below metal; each object 26-connected across slices."""

@@ -165,6 +165,29 @@ def test_noise_streaks_have_the_real_phantoms_lateral_texture_at_the_asked_sd():
         generate_exam(0, noise_streak=1.5)
 
 
+def test_noise_profile_scales_the_noise_sd_with_the_distance_from_the_centre():
+    """noise_profile g: SD = sigma (1 + g (r / R)^2), R half the field of view. The oracle is the formula
+    evaluated by hand at each patch's distance (0.5 mm pixels, 256 mm field: R = 128 mm)."""
+    from agatax.synthetic.anatomy import ScannerParams
+    from agatax.synthetic.exam import _scanner_noise
+
+    def noise(gain):
+        sc = ScannerParams(512, 256.0, 3.0, 3.0, 4, 20.0, 0.5, 0.0, (0.0, 0.0), noise_profile=gain)
+        return _scanner_noise((4, 512, 512), sc, np.random.default_rng(5), 1)
+
+    flat, rising, falling = noise(0.0), noise(1.0), noise(-0.5)
+    centre, side = (slice(None), slice(236, 276), slice(236, 276)), (slice(None), slice(236, 276), slice(2, 42))
+    # the side patch lies 256 - 22 = 234 pixels = 117 mm from the centre: (r / R)^2 = (117 / 128)^2 = 0.8355
+    for field, gain in ((rising, 1.0), (falling, -0.5)):
+        assert field[centre].std() == pytest.approx(20.0 * (1 + gain * 0.00), rel=0.05)
+        assert field[side].std() == pytest.approx(20.0 * (1 + gain * 0.8355), rel=0.06)
+    assert flat[side].std() == pytest.approx(20.0, rel=0.05)
+    a = generate_exam(3, matrix=64, n_slices=8)
+    np.testing.assert_array_equal(a.volume.hu, generate_exam(3, matrix=64, n_slices=8, noise_profile=0.0).volume.hu)
+    with pytest.raises(InputError):
+        generate_exam(0, noise_profile=-1.0)
+
+
 def test_scanner_parameters_and_grid():
     ex = small_exam(SEED, "B")
     assert ex.volume.shape == (44, 160, 160)

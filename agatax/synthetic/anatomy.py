@@ -48,7 +48,9 @@ class ScannerParams:
     (-1024, -2048, -3024 as scanners write it) or None for an image filled to its corners; noise_streak:
     share of the noise variance in horizontal streaks everywhere (0 = isotropic grain, the real phantom's
     near its centre; 0.3 fits its whole-body anisotropy, which comes from streaks along its edge:
-    experiments/REALISM.md), a stress test, not drawn: 0 unless given.
+    experiments/REALISM.md), a stress test, not drawn: 0 unless given; noise_profile: the noise SD across
+    each slice is noise_sigma_hu x (1 + noise_profile (r / R)^2), r from the image centre, R half the field of
+    view (``exam.noise_profile_map``; the real phantom's edge is ~1.3x its centre), a stress test, not drawn: 0 unless given.
     """
 
     matrix: int
@@ -64,6 +66,7 @@ class ScannerParams:
     protocol: str = "cardiac"
     padding_hu: float | None = None
     noise_streak: float = 0.0
+    noise_profile: float = 0.0
 
     @property
     def pixel_mm(self) -> float:
@@ -116,10 +119,11 @@ def sample_scanner(rng: np.random.Generator, **given) -> ScannerParams:
     padding = given.pop("padding_hu", pad_draw)
     padding = None if padding is None else float(padding)
     streak = float(given.pop("noise_streak", 0.0))
+    profile = float(given.pop("noise_profile", 0.0))
     if given:
         raise TypeError(f"unknown scanner parameter(s): {sorted(given)}")
     return ScannerParams(matrix, fov, inc, thick, n, noise, sharp, offset, center, kvp, protocol,  # type: ignore[arg-type]
-                         padding, streak)
+                         padding, streak, profile)
 
 
 @dataclasses.dataclass(frozen=True)

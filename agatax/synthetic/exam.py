@@ -33,7 +33,8 @@ FOOTPRINT_HU = 20.0  # a calcification's neighbourhood: where it adds at least t
 _ARTERY_P = {"LAD": 0.42, "RCA": 0.26, "LCX": 0.20, "LM": 0.12}
 _BRANCH_P = {"LAD": 0.25, "LCX": 0.35, "RCA": 0.15}  # of an artery's plaques, the share on its side branches
 _SCANNER_KEYS = ("matrix", "fov_mm", "slice_increment_mm", "slice_thickness_mm", "n_slices", "noise_sigma_hu",
-                 "sharpness", "hu_offset", "fov_center_mm", "kvp", "protocol", "padding_hu", "noise_streak")
+                 "sharpness", "hu_offset", "fov_center_mm", "kvp", "protocol", "padding_hu", "noise_streak",
+                 "noise_profile")
 
 
 #: Changes whenever the same seed and arguments give another exam (anatomy, calcium or scanner drawn
@@ -157,8 +158,27 @@ def _scanner_noise(shape, sc, rng: np.random.Generator, passes: int) -> np.ndarr
     0.76 / 0.38 / 0.19 / 0.11 along x (experiments/REALISM.md)."""
     noise = _correlated_noise(shape, sc.noise_sigma_hu, rng, passes)
     w = float(sc.noise_streak)
-    if w <= 0.0:
-        return noise
+    if w > 0.0:
+        noise = _with_streaks(noise, shape, sc, rng, w)
+    if sc.noise_profile:
+        noise *= noise_profile_map(shape[1:], sc.pixel_mm, sc.fov_mm, sc.noise_profile)[None]
+    return noise
+
+
+def noise_profile_map(shape, pixel_mm: float, fov_mm: float, gain: float) -> np.ndarray:
+    """Noise SD across a slice relative to its centre's, float32 (y, x): 1 + ``gain`` (r / R)^2 with r the
+    distance from the image centre and R half the field of view, at least 0.25. Real CT noise is not the same
+    everywhere: it follows the attenuation along the rays and the bowtie filter (the real phantom: about 20 HU
+    at its centre and 26 HU along its edge; a large patient's centre, starved of photons, is noisier than its
+    edge: a gain below 0)."""
+    ny, nx = shape
+    y = (np.arange(ny, dtype=np.float32) - (ny - 1) / 2.0) * np.float32(pixel_mm)
+    x = (np.arange(nx, dtype=np.float32) - (nx - 1) / 2.0) * np.float32(pixel_mm)
+    r2 = (y[:, None] ** 2 + x[None, :] ** 2) / np.float32((fov_mm / 2.0) ** 2)
+    return np.maximum(np.float32(1.0) + np.float32(gain) * r2, np.float32(0.25))
+
+
+def _with_streaks(noise, shape, sc, rng, w):
     from scipy import ndimage
 
     streak = ndimage.gaussian_filter1d(rng.standard_normal(shape, dtype=np.float32), STREAK_MM / sc.pixel_mm,
@@ -430,6 +450,7 @@ def _check_scanner(sc: dict) -> None:
         "protocol": lambda v: v in ("cardiac", "chest"),
         "padding_hu": lambda v: v is None or -4000.0 <= v <= -1000.0,
         "noise_streak": lambda v: 0.0 <= v <= 1.0,
+        "noise_profile": lambda v: -0.9 <= v <= 3.0,
     }
     for k, ok in checks.items():
         if k in sc and not ok(sc[k]):
