@@ -163,7 +163,8 @@ class ScoredExam:
     the ``ChestRegion`` the networks' calcium was restricted to, or None; noise_hu: the exam's measured
     noise SD (``agatax.quality.image_noise_hu``), or None; left_out: (bool (z, y, x), list of dicts) the
     calcified objects of the chest region not scored (``agatax.pipeline.left_out_objects``), or None;
-    category_range: the ``agatax.uncertainty.CategoryRange`` of the networks' result, or None.
+    category_range: the ``agatax.uncertainty.CategoryRange`` of the networks' result, or None; dropped:
+    bool (z, y, x) the networks' calcium the object rules left out (``PipelineResult.dropped``), or None.
     """
 
     volume: Any
@@ -175,6 +176,15 @@ class ScoredExam:
     noise_hu: float | None = None
     left_out: tuple | None = None
     category_range: Any = None
+    dropped: np.ndarray | None = None
+
+    def unscored(self) -> np.ndarray | None:
+        """bool (z, y, x) the calcium the report picture outlines as not scored: the chest region's calcified
+        objects left out and the networks' calcium the object rules left out; None when there is neither."""
+        parts = [m for m in (None if self.left_out is None else self.left_out[0], self.dropped) if m is not None]
+        if not parts:
+            return None
+        return parts[0] if len(parts) == 1 else parts[0] | parts[1]
 
 
 def _exam_warnings(volume, series: str | None) -> list[str]:
@@ -307,7 +317,8 @@ class ExamScorer:
 
             left_out = left_out_objects(volume.hu, np.asarray(result.mask) > 0, result.chest.region, volume.spacing)
         return ScoredExam(volume, result.scores, np.asarray(result.mask), np.asarray(result.votes),
-                          self.ensemble.members, result.chest, result.noise_hu, left_out, result.category_range)
+                          self.ensemble.members, result.chest, result.noise_hu, left_out, result.category_range,
+                          result.dropped)
 
     def _extras(self, scored: ScoredExam) -> dict[str, Any]:
         """Keys the JSON carries beyond the report: the given mask, and the chest region used."""
@@ -352,7 +363,7 @@ class ExamScorer:
         paths = write_report(directory, scored.volume, scored.scores, scored.mask, votes=scored.votes,
                              members=scored.members, exam_id=exam_id, png=png, max_slices=png_slices,
                              extra={**self._extras(scored), **(extra or {})}, dicom=dicom,
-                             left_out=None if scored.left_out is None else scored.left_out[0])
+                             left_out=scored.unscored())
         return json.loads(Path(paths["json"]).read_text()), paths
 
 

@@ -16,7 +16,9 @@ networks. On a coarse grid of about 4 mm:
    HU, holes filled slice by slice) that hold a thick core (what survives a 1-voxel in-plane erosion, in
    3D components of at least 2 cm^3: spine, sternum, rib heads, a phantom's spine insert and rods), with
    a 1-voxel rim of their partial volume. Coronary plaques are too thin to leave such a core, and the
-   coronaries run >= 1 cm from bone.
+   coronaries run >= 1 cm from bone. Dense components of at least 0.5 cm^3 within 2 coarse voxels of the
+   field of view's edge (the image border, the padding outside the reconstruction circle) are bone too:
+   the sternum and ribs a cardiac field cuts can be too thin there to hold a core.
 5. The carina (on 2 mm in-plane cells): the trachea is traced as a round air lumen in a soft-tissue wall
    near the spine's x over at least 40 mm, to the end beyond which two lumens lie on either side of its
    axis (the main bronchi); the region ends ``CARINA_MARGIN_MM`` beyond it on the trachea's side, leaving
@@ -47,6 +49,8 @@ _MIN_LUNG_CM3 = 20.0
 _MIN_LUNGS_CM3 = 150.0
 _BONE_HU = 150.0
 _MIN_BONE_CM3 = 2.0
+_MIN_CUT_BONE_CM3 = 0.5  # dense tissue this large cut by the field of view's edge is bone (sternum, ribs)
+_PADDING_HU = -1020.0  # coarse means below: padding outside the reconstruction circle (-1024, -2048, -3024), not air
 _MARGIN_MM = 8.0
 _HULL_INSET_MM = 10.0
 ENHANCED_HU70 = 130.0
@@ -353,6 +357,14 @@ def localise_chest(hu, spacing) -> ChestRegion:
     seeds = _components(ndimage.binary_erosion(dense, structure=plane), _MIN_BONE_CM3 / voxel_cm3)
     lab, _ = ndimage.label(dense)  # face-connected: a plaque merges with bone only where they touch
     bone = np.isin(lab, np.unique(lab[seeds]))
+    # bone the field of view cuts (a cardiac field's sternum and ribs at the image border or the
+    # reconstruction circle) can be too thin there to hold a core; the coronaries never reach that edge
+    edge = np.zeros(dense.shape, bool)
+    edge[:, [0, -1], :] = edge[:, :, [0, -1]] = True
+    edge = ndimage.binary_dilation(edge | (m < _PADDING_HU), structure=plane, iterations=2)
+    sizes = np.bincount(lab.ravel()) * voxel_cm3
+    cut = np.unique(lab[dense & edge])
+    bone |= np.isin(lab, cut[(cut > 0) & (sizes[cut] >= _MIN_CUT_BONE_CM3)])
     cube = np.ones((3, 3, 3), bool)
     bone |= ndimage.binary_dilation(bone, structure=cube) & ~dense  # its partial-volume rim
     region_c = medi & ~bone

@@ -356,6 +356,8 @@ class PipelineResult:
         category_range: ``agatax.uncertainty.CategoryRange``: the score and category by the same object rule
             with every network's vote one lower and one higher (``uncertain`` when the categories differ; a
             note then says so); None for ensembles of one or two networks.
+        dropped: bool (z, y, x) the voxels the networks marked that the metal, in-air and noise-level rules
+            left out (named in ``notes``), or None when the rules left out nothing.
     """
 
     mask: np.ndarray
@@ -367,6 +369,7 @@ class PipelineResult:
     notes: tuple[str, ...] = ()
     noise_hu: float | None = None
     category_range: Any = None
+    dropped: np.ndarray | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe summary (scores, the vote histogram of calcium voxels, the chest region found, noise)."""
@@ -415,6 +418,7 @@ def run_pipeline(
 
     hu = np.asarray(hu)  # the host copy the metal rule, the noise and the scores share
     mask, votes = np.asarray(out["mask"]), np.asarray(out["votes"])
+    marked = mask  # the networks' calcium before the object rules (the rules return copies)
     notes = ()
     if metal_hu is not None:
         mask, votes, notes = exclude_metal(hu, mask, votes, spacing, metal_hu=metal_hu)
@@ -451,7 +455,15 @@ def run_pipeline(
         notes += doubt.note()
     return PipelineResult(mask=mask, votes=votes, scores=scores, spacing=spacing, chest=chest,
                           volume=volume if isinstance(volume, Volume) else None, notes=notes, noise_hu=noise,
-                          category_range=doubt)
+                          category_range=doubt, dropped=_dropped(marked, mask))
+
+
+def _dropped(before: np.ndarray, after: np.ndarray) -> np.ndarray | None:
+    """bool (z, y, x) voxels of ``before`` not in ``after`` (what the object rules left out), None if none."""
+    if before is after:
+        return None
+    gone = np.asarray(before, bool) & ~np.asarray(after, bool)
+    return gone if gone.any() else None
 
 
 def _objects(hu: np.ndarray, mask: np.ndarray):

@@ -4,9 +4,11 @@ noise-level rule (agatax.pipeline.exclude_noise_level), beside the pipeline itse
     python3 benchmarks/bench_object_rules.py [--rounds 7] [--force]
 
 Under benchmarks/protocol.py (refuses a busy machine; variants interleaved). Exams: synthetic, matrix 512,
-an E-category cardiac exam (seed 2: many objects, the rules' worst case) and a chest CT (seed 3, category
-C); the shipped default ensemble. Variants per exam: ``agatax.run_pipeline`` as shipped, the same with both
-rules off (``air_share=None, noise_snr=None``), and each rule alone on the pipeline's mask before the rules.
+an E-category cardiac exam (seed 2), a chest CT (seed 3, category C) and a calcium-free cardiac exam at 45 HU
+of noise (seed 30: noise specks, the noise rule's worst case); the shipped default ensemble. Variants per exam:
+``agatax.run_pipeline`` as shipped, the same with both rules off (``air_share=None, noise_snr=None``), and
+each rule alone on the pipeline's mask before the rules (the noise-level rule reading the noise near each
+object, ``local=True``, and the exam's one SD, ``local=False``).
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ def main() -> int:
 
     ensemble = load_default_ensemble()
     off = dict(air_share=None, noise_snr=None)
-    for name, seed, cat, protocol in (("cardiac E", 2, "E", "cardiac"), ("chest C", 3, "C", "chest")):
-        volume = generate_exam(seed, target_category=cat, protocol=protocol, matrix=512).volume
+    for name, seed, cat, protocol, sd in (("cardiac E", 2, "E", "cardiac", None), ("chest C", 3, "C", "chest", None),
+                                          ("cardiac A, 45 HU", 30, "A", "cardiac", 45.0)):
+        noisy = {} if sd is None else {"noise_sigma_hu": sd}
+        volume = generate_exam(seed, target_category=cat, protocol=protocol, matrix=512, **noisy).volume
         before = run_pipeline(ensemble, volume, **off)
         hu, mask, votes, spacing = volume.hu, before.mask, before.votes, volume.spacing
         noise = image_noise_hu(hu, spacing)
@@ -39,7 +43,9 @@ def main() -> int:
             "run_pipeline (shipped)": lambda: run_pipeline(ensemble, volume),
             "run_pipeline, rules off": lambda: run_pipeline(ensemble, volume, **off),
             "exclude_in_air alone": lambda: exclude_in_air(hu, mask, votes, spacing),
-            "exclude_noise_level alone": lambda: exclude_noise_level(hu, mask, votes, spacing, noise),
+            "exclude_noise_level alone, local": lambda: exclude_noise_level(hu, mask, votes, spacing, noise, local=True),
+            "exclude_noise_level alone, exam-wide": lambda: exclude_noise_level(hu, mask, votes, spacing, noise,
+                                                                                local=False),
         }, rounds=args.rounds)
         session.report(times, baseline="run_pipeline, rules off",
                        shapes={name: volume.shape, "objects before the rules": int(_objects(mask))})

@@ -391,6 +391,18 @@ def test_score_lists_and_draws_the_calcified_objects_of_the_chest_region_it_left
     assert int(row["left_out_objects"]) == len(want) and float(row["left_out_mm3"]) == left["volume_mm3"]
 
 
+def test_the_picture_outlines_both_the_left_out_objects_and_what_the_object_rules_dropped():
+    from agatax.cli import ScoredExam
+
+    a, b = np.zeros((3, 4, 4), bool), np.zeros((3, 4, 4), bool)
+    a[0, 0, 0], b[2, 3, 3] = True, True
+    assert ScoredExam(None, None, a).unscored() is None
+    assert ScoredExam(None, None, a, left_out=(a, [])).unscored() is a
+    assert ScoredExam(None, None, a, dropped=b).unscored() is b
+    both = ScoredExam(None, None, a, left_out=(a, []), dropped=b).unscored()
+    np.testing.assert_array_equal(both, a | b)
+
+
 def test_report_slices_show_the_left_out_calcium_too():
     from agatax.report import report_slices
 

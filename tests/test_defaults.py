@@ -120,7 +120,13 @@ def test_noise_specks_are_left_out_and_small_true_plaques_kept():
         volume = generate_exam(seed, target_category="A", matrix=256, noise_sigma_hu=38.0).volume
         res = score_exam(volume)
         assert res.scores.agatston == 0.0, (seed, res.scores.agatston)
-        kept_specks.append(score_exam(volume, noise_snr=None).scores.agatston)
+        kept = score_exam(volume, noise_snr=None)
+        kept_specks.append(kept.scores.agatston)
+        # what the rule left out is handed on for the report picture: the specks, and nothing else
+        want = kept.mask & ~res.mask
+        assert (res.dropped is None) == (not want.any())
+        if want.any():
+            np.testing.assert_array_equal(res.dropped, want)
     assert sum(a > 0 for a in kept_specks) >= 2, kept_specks  # the rule is what clears them
     over = []
     for seed in (30, 33, 35):  # category B: small true plaques in the same noise
