@@ -405,8 +405,9 @@ def run_pipeline(
     ``assume_non_contrast``: score an exam whose mediastinum looks contrast-enhanced (else CONTRAST_ENHANCED
     is raised), with a note. ``metal_hu``: objects the networks mark that reach this HU are metal and left out (``exclude_metal``;
     None keeps them). ``air_share``: objects at least this much surrounded by air are in the lung and left out
-    (``exclude_in_air``; None keeps them). ``noise_snr``: objects standing less than this many noise SDs above
-    their surroundings are image noise and left out (``exclude_noise_level``; None keeps them); ``result.notes`` says what was left out, and warns when the exam's noise
+    (``exclude_in_air``; None keeps them). ``noise_snr``: objects standing less than this many noise SDs (the
+    noise near each object) above their surroundings are image noise and left out (``exclude_noise_level``;
+    None keeps them); ``result.dropped`` holds what these rules left out, ``result.notes`` says what and why, and warns when the exam's noise
     (``result.noise_hu``) is above the noise the networks were trained on (``UNetConfig.trained_noise_hu``)
     or its slice thickness (a
     ``Volume``'s ``slice_thickness``, else the increment) is outside 2.5-3.5 mm (the Agatston score: 3 mm).
@@ -634,7 +635,7 @@ def contrast_to_noise(hu: np.ndarray, mask: np.ndarray, spacing, noise_hu: float
 
 
 def exclude_noise_level(hu: np.ndarray, mask: np.ndarray, votes: np.ndarray, spacing, noise_hu: float | None, *,
-                        snr: float = NOISE_SNR, local: bool = False):
+                        snr: float = NOISE_SNR, local: bool = True):
     """Drop from the mask every 3D object (26-connected) whose peak stands less than ``snr`` noise SDs above
     its surroundings (``contrast_to_noise``: the noise near the object when ``local``, else ``noise_hu``, the
     exam's noise SD, ``agatax.quality.image_noise_hu``): an object image noise alone makes (the Rose

@@ -177,7 +177,10 @@ def _logits_fn(ensemble):
 
 
 def evaluate(ensemble, exams) -> dict:
-    """Score every test exam with each member alone and with the majority vote of all members."""
+    """Score every test exam with each member alone and with the majority vote of all members, both through
+    the metal, in-air and noise-level rules as agatax.run_pipeline (single members through them since
+    2026-12-04, eighteenth session; the ensemble's mask is also scored with the noise-level objects kept and
+    with the noise read exam-wide)."""
     from agatax.evaluate import evaluate_masks
     from agatax.pipeline import exclude_in_air, exclude_metal, exclude_noise_level
     from agatax.quality import image_noise_hu
@@ -216,8 +219,11 @@ def evaluate(ensemble, exams) -> dict:
         ens_score.append(res.agatston)
         ens_cat.append(res.category)
         detection_pairs.append((mask, exam.mask > 0, vol))
-        for k in range(ensemble.members):
-            r = compute_scores(vol.hu, singles[k], vol.spacing)
+        for k in range(ensemble.members):  # each member alone through the same object rules
+            single = exclude_in_air(vol.hu, singles[k], singles[k], vol.spacing)[0]
+            if NOISE_SNR is not None:
+                single = exclude_noise_level(vol.hu, single, single, vol.spacing, noise, snr=NOISE_SNR, local=True)[0]
+            r = compute_scores(vol.hu, single, vol.spacing)
             single_score[k].append(r.agatston)
             single_cat[k].append(r.category)
     lesions = evaluate_masks(detection_pairs)
