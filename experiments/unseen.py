@@ -160,22 +160,26 @@ def main(argv=None) -> int:
             ap.error(f"--noise-profile takes LOW,HIGH with -0.9 <= LOW <= HIGH <= 3, got {args.noise_profile!r}")
     n = table1.cohort_size("J3", args.scale)
     gen_kwargs = {} if args.matrix is None else {"matrix": args.matrix}
-    t0 = time.perf_counter()
     if args.skip_j3 and args.skip_unseen:
         ap.error("--skip-j3 and --skip-unseen leave nothing to test")
-    cohorts = {} if args.skip_unseen else {"unseen": list(unseen_cohort(n, args.seed, args.matrix, noise_hu, profile))}
+    # one cohort in memory at a time (98 exams at matrix 512 take ~11 GB)
+    draws = {}
+    if not args.skip_unseen:
+        draws["unseen"] = lambda: unseen_cohort(n, args.seed, args.matrix, noise_hu, profile)
     if not args.skip_j3:
-        cohorts["J3"] = list(table1.generate("J3", n, args.seed, gen_kwargs))
-    print(f"{n} exams per cohort generated ({time.perf_counter() - t0:.0f} s); device {table1.device_description()}",
-          flush=True)
+        draws["J3"] = lambda: table1.generate("J3", n, args.seed, gen_kwargs)
+    ensembles = {w: load_ensemble(w) for w in args.weights}
     results = {}
+    print(f"{n} exams per cohort; device {table1.device_description()}", flush=True)
     print("| ensemble | test set | C-index | accuracy | lesion sens / PPV / F1 | single C-index (mean) |")
     print("|---|---|---|---|---|---|")
-    for w in args.weights:
-        ens = load_ensemble(w)
-        for localise in ((True, False) if args.both_localise else (True,)):
-            table1.LOCALISE = localise
-            for name, exams in cohorts.items():
+    for name, draw in draws.items():
+        t0 = time.perf_counter()
+        exams = list(draw())
+        print(f"({name}: {len(exams)} exams generated in {time.perf_counter() - t0:.0f} s)", flush=True)
+        for w, ens in ensembles.items():
+            for localise in ((True, False) if args.both_localise else (True,)):
+                table1.LOCALISE = localise
                 ev = table1.evaluate(ens, exams)
                 tag = name if localise else f"{name}, no localisation"
                 results[f"{w}::{tag}"] = ev
@@ -199,6 +203,7 @@ def main(argv=None) -> int:
                     print(f"{w}: of {len(wrong)} unseen exams in the wrong category, right after putting back: "
                           + ", ".join(f"{k} {v}" for k, v in ev["ablation"]["right_after_putting_back"].items()),
                           flush=True)
+        del exams
     for key, ev in results.items():
         ns = ev["noise_warning"]
         print(f"{key}: the pipeline's noise warning fires on {ns['warned']} of {ns['exams']} exams; category "
