@@ -651,7 +651,7 @@ def render_png(
                    for w, c in WEIGHT_COLOURS.items()]
         if shows_left_out:
             handles.append(Patch(facecolor="none", edgecolor=LEFT_OUT_COLOUR, linewidth=1.5, linestyle="--",
-                                 label="calcified, not scored"))
+                                 label="over 130 HU, not scored (see the warnings)"))
         legend = fig.legend(
             handles=handles, loc="lower center", ncol=legend_cols, fontsize=8, frameon=False, labelcolor="white",
             title="outline colour = density weight; number = lesion Agatston", title_fontsize=8,
