@@ -3,6 +3,8 @@ warning when an exam is noisier than the networks' training range."""
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from scipy import ndimage
 
 from agatax.quality import TRAINED_NOISE_HU, image_noise_hu, noise_note, thickness_note
@@ -115,3 +117,23 @@ def test_pipeline_notes_thick_slices_from_the_volume_or_else_the_increment():
         res = run_pipeline(ensemble, volume, localise=False)
         found = [n for n in res.notes if n.startswith("slices of")]
         assert (found == []) if named is None else (len(found) == 1 and f"{named:g} mm" in found[0])
+
+
+@given(left=st.floats(8.0, 45.0), right=st.floats(8.0, 45.0), seed=st.integers(0, 2**16))
+def test_local_noise_finds_each_sides_sd_across_tissue_edges(left, right, seed):
+    """Noise of SD ``left`` on one side of a slice and ``right`` on the other (160 pixels = 80 mm apart), soft
+    tissue crossed by a fat band and holding a bone disc: the noise near a point of each side is that
+    side's SD (the oracle: the SD drawn)."""
+    from agatax.quality import local_noise_hu
+
+    rng = np.random.default_rng(seed)
+    hu = np.full((4, 128, 320), 40.0)
+    hu[:, 30:40, :] = -100.0  # fat band across both sides
+    yy, xx = np.mgrid[:128, :320]
+    for cx in (40, 280):
+        hu[:, (yy - 90) ** 2 + (xx - cx) ** 2 < 10 ** 2] = 700.0  # a bone disc near each point
+    sd = np.where(np.arange(320) < 160, left, right)
+    hu = hu + rng.normal(0.0, 1.0, hu.shape) * sd
+    for cx, want in ((40, left), (280, right)):
+        got = local_noise_hu(hu, SPACING, (slice(1, 3), slice(60, 62), slice(cx, cx + 2)))
+        assert got == pytest.approx(want, rel=0.1), (cx, got, want)
