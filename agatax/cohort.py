@@ -418,10 +418,12 @@ class CheckedCohort:
 
 def check_cohort(cohort: Cohort, *, slabs: bool = True, read_options: dict | None = None,
                  log: Callable[[str], None] | None = None, skip_codes: Sequence[str] = ("ZERO_SPACING", "NO_IMAGES"),
-                 progress: Callable[[int, int], None] | None = None, box_mm: float | None = None) -> CheckedCohort:
+                 progress: Callable[[int, int], None] | None = None, box_mm: float | None = None,
+                 dense_gain: float = 0.0) -> CheckedCohort:
     """Read every exam once, check it and take it to the network's grid; refuse the cohort (``CohortError``
     listing every problem) when any exam cannot be trained on. ``box_mm``: the pre-processing's enhancement
-    box, the ``UNetConfig.input_box_mm`` of the networks to train (default ``agatax.preprocess.ENHANCE_BOX_MM``).
+    box, the ``UNetConfig.input_box_mm`` of the networks to train (default ``agatax.preprocess.ENHANCE_BOX_MM``);
+    ``dense_gain``: their ``UNetConfig.input_dense_gain``.
 
     Checks: unique exam ids (DUPLICATE_ID), every path exists and reads (the readers' codes), masks on their
     exam's grid (MASK_MISMATCH) with labels 0-4 (BAD_MASK), points inside their exam (POINT_OUTSIDE), at
@@ -449,7 +451,7 @@ def check_cohort(cohort: Cohort, *, slabs: bool = True, read_options: dict | Non
             continue
         try:
             loaded = load_exam(exam, slabs=slabs, read_options=read_options)
-            pair = prepare_pairs([(loaded.volume, loaded.mask)], box_mm=box_mm)
+            pair = prepare_pairs([(loaded.volume, loaded.mask)], box_mm=box_mm, dense_gain=dense_gain)
         except AgataxError as err:
             message = err.message if f"exam {exam.exam_id}" in err.message else f"exam {exam.exam_id}: {err.message}"
             problem = CohortProblem(err.code, err.paths[0] if err.paths else str(exam.path), message, exam.exam_id)
@@ -473,7 +475,8 @@ def check_cohort(cohort: Cohort, *, slabs: bool = True, read_options: dict | Non
                                       "no exam left to train on"))
     if problems:
         raise CohortError(problems)
-    return CheckedCohort(TrainingSet(images, targets, names, extra, box_mm=box_mm), kept, left_out, notes)
+    return CheckedCohort(TrainingSet(images, targets, names, extra, box_mm=box_mm, dense_gain=float(dense_gain)),
+                         kept, left_out, notes)
 
 
 # --------------------------------------------------------------------------------------------- training
@@ -612,7 +615,7 @@ def train_cohort(
         cohort = data if isinstance(data, Cohort) else discover_cohort(data)
         notes += cohort.notes
         key = cohort_key(cohort, slabs=slabs, read_options=read_options or {}, multiple=8,
-                         box_mm=model_config.input_box_mm)
+                         box_mm=model_config.input_box_mm, dense_gain=model_config.input_dense_gain)
         cache = None if workdir is None else workdir / f"pairs_{key}.npz"
         meta = None if cache is None else cache.with_suffix(".json")
         if cache is not None and cache.exists() and meta.exists():
@@ -625,7 +628,7 @@ def train_cohort(
             say(f"data: {len(pairs)} exams from the cache {cache.name} (files unchanged since they were checked)")
         else:
             checked = check_cohort(cohort, slabs=slabs, read_options=read_options, progress=on_data,
-                                   box_mm=model_config.input_box_mm)
+                                   box_mm=model_config.input_box_mm, dense_gain=model_config.input_dense_gain)
             pairs, cohort_exams, left_out = checked.pairs, checked.exams, checked.left_out
             notes += checked.notes
             if cache is not None:
@@ -635,7 +638,7 @@ def train_cohort(
         for problem in left_out:
             notes.append(f"left out (known defect of the release): {problem.line()}")
     else:
-        pairs = prepare_pairs(data, box_mm=model_config.input_box_mm)
+        pairs = prepare_pairs(data, box_mm=model_config.input_box_mm, dense_gain=model_config.input_dense_gain)
 
     fixed_val = fixed_train = ()
     if cohort_exams is not None:

@@ -289,8 +289,8 @@ def load_ensemble(path: str | os.PathLike, *, config: UNetConfig | None = None) 
     """Read an ensemble written by :func:`save_ensemble`; weights come back as float32.
 
     ``config``: if given, the file's architecture must match it (CONFIG_MISMATCH otherwise); the file's
-    ``conv_impl``/``dtype`` numerics choices are replaced by those of ``config`` (its ``input_box_mm`` and
-    ``trained_noise_hu`` are the file's: what the weights were trained on).
+    ``conv_impl``/``dtype`` numerics choices are replaced by those of ``config`` (its ``input_box_mm``,
+    ``input_dense_gain`` and ``trained_noise_hu`` are the file's: what the weights were trained on).
     Raises CheckpointError with code NOT_FOUND, CORRUPT_CHECKPOINT, VERSION_MISMATCH, CONFIG_MISMATCH or
     NON_FINITE_WEIGHTS.
     """
@@ -325,6 +325,7 @@ def load_ensemble(path: str | os.PathLike, *, config: UNetConfig | None = None) 
     try:
         fields = dict(header["config"])
         fields.setdefault("input_box_mm", 0.0)  # saved before the enhancement's box existed
+        fields.setdefault("input_dense_gain", 0.0)  # saved before the input rose above 800 HU
         members = int(header["members"])
         stored = header["dtype"]
         file_config = UNetConfig(**fields)
@@ -343,6 +344,7 @@ def load_ensemble(path: str | os.PathLike, *, config: UNetConfig | None = None) 
             )
         # the numerics are the caller's to choose; the input the weights were trained on is not
         file_config = dataclasses.replace(config, input_box_mm=file_config.input_box_mm,
+                                          input_dense_gain=file_config.input_dense_gain,
                                           trained_noise_hu=file_config.trained_noise_hu)
     if stored not in _STORE_DTYPES:
         raise CheckpointError(f"{path} stores unknown dtype {stored!r}", code="CORRUPT_CHECKPOINT", paths=(str(path),))

@@ -110,6 +110,9 @@ class UNetConfig:
         input_box_mm: the input the weights were trained on: the pre-processing's in-plane box (mm) averaging
             the HU that enter its enhancement (:func:`agatax.preprocess`, ``box_mm``); 0 for ensembles saved
             before it existed (2026-12-02), which saw the fine voxels as they are.
+        input_dense_gain: the input the weights were trained on: above 800 HU the pre-processing's input
+            rises this many times as steeply up to 2000 HU (:func:`agatax.preprocess`, ``dense_gain``), so
+            that dense calcium is told from metal; 0 (ensembles saved before it existed): clipped at 800 HU.
         trained_noise_hu: (low, high) image noise SD (HU) of the exams the weights were trained on; the
             pipeline warns above ``high`` (``agatax.quality.noise_note``). Ensembles saved before it existed
             were all trained on 10-40 HU.
@@ -123,6 +126,7 @@ class UNetConfig:
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
     input_box_mm: float = ENHANCE_BOX_MM
+    input_dense_gain: float = 0.0
     # not in repr: a training run's checkpoint identity (agatax.train) does not depend on it
     trained_noise_hu: tuple = dataclasses.field(default=TRAINED_NOISE_HU, repr=False)
 
@@ -143,6 +147,14 @@ class UNetConfig:
             raise InputError(f"UNetConfig.input_box_mm must be a number of mm >= 0; got {self.input_box_mm!r}",
                              code="BAD_CONFIG")
         object.__setattr__(self, "input_box_mm", box)
+        try:
+            gain = float(self.input_dense_gain)
+        except (TypeError, ValueError):
+            gain = float("nan")
+        if not (math.isfinite(gain) and gain >= 0):
+            raise InputError(f"UNetConfig.input_dense_gain must be a number >= 0; got {self.input_dense_gain!r}",
+                             code="BAD_CONFIG")
+        object.__setattr__(self, "input_dense_gain", gain)
         if not (isinstance(self.levels, int) and self.levels >= 1):
             raise InputError(f"UNetConfig.levels must be an int >= 1; got {self.levels!r}", code="BAD_CONFIG")
         if not (isinstance(self.base_filters, int) and self.base_filters >= 1):

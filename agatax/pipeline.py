@@ -126,7 +126,7 @@ def _pipeline_kernel(ensemble, hu, spacing, target, threshold_hu, min_pixels, re
     hu = hu.astype(jnp.float32)
     hu_c = orient.apply(hu, xp=jnp)
     x = _preprocess_kernel(hu_c, spacing, target, threshold_hu, out_shape=grid, window=(-300.0, 800.0),
-                           box_mm=ensemble.config.input_box_mm)
+                           box_mm=ensemble.config.input_box_mm, dense_gain=ensemble.config.input_dense_gain)
     if crop_size is None:
         _, votes = ensemble_votes(ensemble, x[None, ..., None], strategy=strategy)
     else:
@@ -582,14 +582,15 @@ def left_out_objects(hu: np.ndarray, mask: np.ndarray, region: np.ndarray, spaci
 
 def _rings(hu: np.ndarray, mask: np.ndarray, spacing):
     """The mask's 3D objects (26-connected) and, for each, the HU of the voxels 1-3 mm around it (in-plane, in
-    the slices it spans; inside the image). Returns (box, labels on the box, peak HU (n,), [ring HU (m_k,)])."""
+    the slices it spans; inside the image). Returns (box, labels on the box, peak HU (n,), [ring HU (m_k,)],
+    [each object's slices within the image])."""
     from scipy import ndimage
 
     box, lab, peaks = _objects(hu, mask)
     lo_mm, hi_mm = _RING_MM
     sampling = [float(s) for s in spacing[1:]]
     pad = [int(np.ceil(hi_mm / s)) + 1 for s in sampling]
-    rings = []
+    rings, where = [], []
     for k, sl in enumerate(ndimage.find_objects(lab), start=1):
         zs = slice(box[0].start + sl[0].start, box[0].start + sl[0].stop)
         (y0, y1), (x0, x1) = ((b.start + s.start, b.start + s.stop) for b, s in zip(box[1:], sl[1:]))
@@ -603,14 +604,15 @@ def _rings(hu: np.ndarray, mask: np.ndarray, spacing):
                 d = ndimage.distance_transform_edt(~obj[i], sampling=sampling)
                 ring[i] = (d > lo_mm) & (d <= hi_mm)
         rings.append(np.asarray(hu[zs, Y0:Y1, X0:X1][ring]))
-    return box, lab, peaks, rings
+        where.append((zs, slice(y0, y1), slice(x0, x1)))
+    return box, lab, peaks, rings, where
 
 
 def air_shares(hu: np.ndarray, mask: np.ndarray, spacing):
     """For each 3D object (26-connected) of ``mask``: the share of the voxels 1-3 mm around it (in-plane, in
     the slices it spans; inside the image) that read below -400 HU. Returns (box, labels on the box, shares
     (n,) float in [0, 1]) with ``box`` and labels as the mask's objects (``_objects``)."""
-    box, lab, _, rings = _rings(hu, mask, spacing)
+    box, lab, _, rings, _ = _rings(hu, mask, spacing)
     return box, lab, np.array([float(np.mean(r < AERATED_HU)) if r.size else 0.0 for r in rings])
 
 
@@ -619,16 +621,14 @@ def contrast_to_noise(hu: np.ndarray, mask: np.ndarray, spacing, noise_hu: float
     the voxels 1-3 mm around it, (peak - median) / SD. The SD is the noise near the object
     (``agatax.quality.local_noise_hu``: on the slices it spans, within 25 mm) where enough flat soft tissue
     lies there and ``local``, else ``noise_hu`` (the exam's). Returns (box, labels on the box, (n,), SD (n,))."""
-    from scipy import ndimage
-
     from agatax.quality import local_noise_hu
 
-    box, lab, peaks, rings = _rings(hu, mask, spacing)
+    box, lab, peaks, rings, where = _rings(hu, mask, spacing)
     around = np.array([float(np.median(r)) if r.size else -np.inf for r in rings])
     sd = np.full(len(rings), float(noise_hu))
     if local:
-        for k, sl in enumerate(ndimage.find_objects(lab)):
-            here = local_noise_hu(hu, spacing, tuple(slice(b.start + s.start, b.start + s.stop) for b, s in zip(box, sl)))
+        for k, object_box in enumerate(where):
+            here = local_noise_hu(hu, spacing, object_box)
             if here is not None and here > 0:  # 0: a noise-free image (hand-built)
                 sd[k] = here
     return box, lab, (np.asarray(peaks, float) - around) / sd, sd

@@ -12,7 +12,10 @@ voxel o of the isotropic grid (spacing t) covers [o t, (o+1) t). Each coarse vox
 - otherwise the overlap-weighted MEAN of the fine voxels it covers (a box filter, no aliasing);
 - air (-1000 HU) beyond the scanned field, which also pads the grid to the network's multiple.
 
-Then HU are clipped to ``window`` ([-300, 800]) and scaled linearly to [0, 1].
+Then HU are clipped to ``window`` ([-300, 800]) and scaled linearly to [0, 1]. With a ``dense_gain`` g > 0
+the input goes on rising above the window's top, g times as steeply, up to ``DENSE_CAP_HU`` (2000 HU; so
+at most 1 + g * 1200 / 1100): dense calcium (800-1500 HU) is then told from the window's top and from metal
+(2000 HU and more), where clipped at 800 HU all three look alike.
 
 Output shapes are static: :func:`grid_shape` computes them on the host from the spacing; the spacing
 and target itself then enter the kernels as traced values, so exams of equal shape share one compilation.
@@ -33,11 +36,12 @@ from agatax.errors import InputError
 from agatax.slabs import THIN_BELOW_MM
 
 __all__ = ["preprocess", "grid_shape", "restore_grid", "resample_hu", "network_grid_mm", "box_weights", "WINDOW_HU",
-           "AIR_HU", "ENHANCE_BOX_MM"]
+           "AIR_HU", "ENHANCE_BOX_MM", "DENSE_CAP_HU"]
 
 WINDOW_HU = (-300.0, 800.0)
 AIR_HU = -1000.0
 ENHANCE_BOX_MM = 1.0
+DENSE_CAP_HU = 2000.0
 _BOX_TAPS = 3  # taps each side: boxes up to 7 pixels wide (1 mm on pixels >= 0.15 mm)
 
 
@@ -200,6 +204,7 @@ def preprocess(
     threshold_hu=130.0,
     window: tuple[float, float] = WINDOW_HU,
     box_mm: float = ENHANCE_BOX_MM,
+    dense_gain: float = 0.0,
 ) -> jax.Array:
     """Network input from an HU volume: isotropic resampling with enhancement, clip, scale to [0, 1], pad.
 
@@ -215,9 +220,12 @@ def preprocess(
         window: HU clipped to [low, high] then mapped linearly to [0, 1].
         box_mm: in-plane box (mm) averaging the HU that enter the enhancement's maximum (0: none); an
             ensemble's own value is ``ensemble.config.input_box_mm``.
+        dense_gain: above the window's top the input keeps rising this many times as steeply, up to
+            ``DENSE_CAP_HU`` (0: clipped there); an ensemble's own value is ``ensemble.config.input_dense_gain``.
 
     Returns:
-        float32 ``out_shape`` in [0, 1] (add batch and channel axes for the network).
+        float32 ``out_shape`` in [0, 1] (up to 1 + dense_gain * (DENSE_CAP_HU - high) / (high - low) with a
+        ``dense_gain``; add batch and channel axes for the network).
     """
     hu = jnp.asarray(hu)
     if hu.ndim != 3:
@@ -237,15 +245,22 @@ def preprocess(
     box_mm = float(box_mm)
     if not (math.isfinite(box_mm) and box_mm >= 0):
         raise InputError(f"box_mm must be a number of mm >= 0; got {box_mm}", code="BAD_CONFIG")
+    dense_gain = float(dense_gain)
+    if not (math.isfinite(dense_gain) and dense_gain >= 0):
+        raise InputError(f"dense_gain must be a number >= 0; got {dense_gain}", code="BAD_CONFIG")
     return _preprocess_kernel(hu, spacing, target, threshold_hu, out_shape=out_shape, window=(lo, hi),
-                              box_mm=box_mm)
+                              box_mm=box_mm, dense_gain=dense_gain)
 
 
-@partial(jax.jit, static_argnames=("out_shape", "window", "box_mm"))
-def _preprocess_kernel(hu, spacing, target, threshold_hu, *, out_shape, window, box_mm=ENHANCE_BOX_MM):
+@partial(jax.jit, static_argnames=("out_shape", "window", "box_mm", "dense_gain"))
+def _preprocess_kernel(hu, spacing, target, threshold_hu, *, out_shape, window, box_mm=ENHANCE_BOX_MM,
+                       dense_gain=0.0):
     lo, hi = window
     coarse = resample_hu(hu, spacing, target, out_shape, threshold_hu=threshold_hu, box_mm=box_mm)
-    return (jnp.clip(coarse, lo, hi) - lo) / (hi - lo)
+    x = (jnp.clip(coarse, lo, hi) - lo) / (hi - lo)
+    if dense_gain:
+        x = x + dense_gain * (jnp.clip(coarse, hi, max(hi, DENSE_CAP_HU)) - hi) / (hi - lo)
+    return x
 
 
 def restore_grid(coarse: jax.Array, shape: Sequence[int], spacing, *, target_mm=None) -> jax.Array:

@@ -211,6 +211,8 @@ class TrainingSet:
             structures that are not coronary calcium (valves, annulus, aortic wall); empty when unknown.
         box_mm: the pre-processing's enhancement box the images were made with (``preprocess(box_mm=)``);
             None when unknown (pairs built by hand). Training checks it against ``UNetConfig.input_box_mm``.
+        dense_gain: the pre-processing's ``dense_gain`` the images were made with (None: unknown); checked
+            against ``UNetConfig.input_dense_gain``.
     """
 
     images: list
@@ -219,6 +221,7 @@ class TrainingSet:
     extra: list = field(default_factory=list)
     negatives: list = field(default_factory=list)
     box_mm: float | None = None
+    dense_gain: float | None = None
 
     def __post_init__(self):
         if len(self.images) != len(self.targets):
@@ -260,10 +263,16 @@ class TrainingSet:
                 f"cannot join training sets made with different pre-processing (enhancement box "
                 f"{self.box_mm} mm and {other.box_mm} mm)", code="INPUT_MISMATCH",
                 hint="prepare both with the same box_mm (the network's UNetConfig.input_box_mm)")
+        if None not in (self.dense_gain, other.dense_gain) and self.dense_gain != other.dense_gain:
+            raise InputError(
+                f"cannot join training sets made with different pre-processing (dense_gain {self.dense_gain} "
+                f"and {other.dense_gain})", code="INPUT_MISMATCH",
+                hint="prepare both with the same dense_gain (the network's UNetConfig.input_dense_gain)")
         return TrainingSet(
             self.images + other.images, self.targets + other.targets,
             self.names + other.names, self.extra + other.extra, negatives,
             self.box_mm if self.box_mm is not None else other.box_mm,
+            self.dense_gain if self.dense_gain is not None else other.dense_gain,
         )
 
     def subset(self, indices: Iterable[int]) -> "TrainingSet":
@@ -271,7 +280,7 @@ class TrainingSet:
         return TrainingSet(
             [self.images[i] for i in idx], [self.targets[i] for i in idx],
             [self.names[i] for i in idx], [self.extra[i] for i in idx],
-            [self.negatives[i] for i in idx] if self.negatives else [], self.box_mm,
+            [self.negatives[i] for i in idx] if self.negatives else [], self.box_mm, self.dense_gain,
         )
 
     def save(self, path) -> None:
@@ -283,7 +292,8 @@ class TrainingSet:
         for i, n in enumerate(self.negatives):
             arrays[f"negative_{i}"] = np.asarray(n, np.uint8)
         arrays["meta"] = np.frombuffer(
-            json.dumps({"names": self.names, "extra": self.extra, "box_mm": self.box_mm}).encode(), np.uint8
+            json.dumps({"names": self.names, "extra": self.extra, "box_mm": self.box_mm,
+                        "dense_gain": self.dense_gain}).encode(), np.uint8
         )
         path = Path(path)
         with atomic_open(path) as f:
@@ -303,8 +313,9 @@ class TrainingSet:
                 f"cannot read training cache {path}: {err}", code="BAD_CACHE",
                 hint="delete the file to regenerate it", paths=[path],
             ) from err
-        # caches written before the enhancement's box existed hold images made without it
-        return cls(images, targets, meta["names"], meta["extra"], negatives, meta.get("box_mm", 0.0))
+        # caches written before the enhancement's box (the dense gain) existed hold images made without it
+        return cls(images, targets, meta["names"], meta["extra"], negatives, meta.get("box_mm", 0.0),
+                   meta.get("dense_gain", 0.0))
 
 
 def coarse_target(mask, spacing, *, target_mm=None, multiple: int = 8) -> np.ndarray:
@@ -323,7 +334,7 @@ def coarse_target(mask, spacing, *, target_mm=None, multiple: int = 8) -> np.nda
 
 
 def exam_pair(volume, mask, *, target_mm=None, multiple: int = 8,
-              box_mm: float = ENHANCE_BOX_MM) -> tuple[np.ndarray, np.ndarray]:
+              box_mm: float = ENHANCE_BOX_MM, dense_gain: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """One exam -> (image float32 (Z, Y, X) in [0, 1], target bool (Z, Y, X)) on the coarse grid.
 
     Args:
@@ -332,6 +343,7 @@ def exam_pair(volume, mask, *, target_mm=None, multiple: int = 8,
         target_mm: coarse voxel size in mm (default: ``preprocess``'s, ``network_grid_mm``).
         multiple: pad each axis to this multiple (as ``preprocess``; 8 for the paper's network).
         box_mm: the enhancement box of ``preprocess`` (the network's ``UNetConfig.input_box_mm``).
+        dense_gain: ``preprocess``'s input above 800 HU (the network's ``UNetConfig.input_dense_gain``).
     """
     from agatax.preprocess import preprocess
 
@@ -342,14 +354,14 @@ def exam_pair(volume, mask, *, target_mm=None, multiple: int = 8,
             f"mask {mask.shape} and volume {hu.shape} must have the same (z, y, x) shape",
             code="SHAPE_MISMATCH",
         )
-    image = np.asarray(preprocess(hu, volume.spacing, target_mm=target_mm, multiple=multiple, box_mm=box_mm),
-                       np.float32)
+    image = np.asarray(preprocess(hu, volume.spacing, target_mm=target_mm, multiple=multiple, box_mm=box_mm,
+                                  dense_gain=dense_gain), np.float32)
     target = coarse_target(mask, volume.spacing, target_mm=target_mm, multiple=multiple)
     return image, target
 
 
 def prepare_pairs(exams, *, target_mm=None, multiple: int = 8, cache=None, names=None, log=None,
-                  box_mm: float = ENHANCE_BOX_MM) -> TrainingSet:
+                  box_mm: float = ENHANCE_BOX_MM, dense_gain: float = 0.0) -> TrainingSet:
     """Exams -> TrainingSet, optionally cached in an .npz file (generation and pre-processing paid once).
 
     Args:
@@ -360,20 +372,21 @@ def prepare_pairs(exams, *, target_mm=None, multiple: int = 8, cache=None, names
         target_mm: coarse voxel size (mm) for ``preprocess``.
         multiple: pad each axis to this multiple (as ``preprocess``).
         cache: path of an .npz cache; read when present, written otherwise. A cache made with another
-            ``box_mm`` is refused (INPUT_MISMATCH), not overwritten.
+            ``box_mm`` or ``dense_gain`` is refused (INPUT_MISMATCH), not overwritten.
         names: optional labels, one per exam.
         log: optional print-like callable for progress.
         box_mm: the enhancement box of ``preprocess``: the ``UNetConfig.input_box_mm`` of the networks these
             pairs will train.
+        dense_gain: ``preprocess``'s input above 800 HU: the ``UNetConfig.input_dense_gain`` of those networks.
     """
-    box_mm = float(box_mm)
+    box_mm, dense_gain = float(box_mm), float(dense_gain)
     if cache is not None and Path(cache).exists():
         data = TrainingSet.load(cache)
-        if data.box_mm != box_mm:
+        if (data.box_mm, data.dense_gain) != (box_mm, dense_gain):
             raise InputError(
-                f"training cache {cache} was prepared with an enhancement box of {data.box_mm} mm; "
-                f"{box_mm} mm was asked for", code="INPUT_MISMATCH", paths=[cache],
-                hint="give another cache path (or delete that file) to prepare the pairs again")
+                f"training cache {cache} was prepared with an enhancement box of {data.box_mm} mm and dense_gain "
+                f"{data.dense_gain}; {box_mm} mm and {dense_gain} were asked for", code="INPUT_MISMATCH",
+                paths=[cache], hint="give another cache path (or delete that file) to prepare the pairs again")
         return data
     if callable(exams):
         exams = exams()
@@ -392,7 +405,8 @@ def prepare_pairs(exams, *, target_mm=None, multiple: int = 8, cache=None, names
             volume, how = to_canonical(volume)
             mask = how.apply(np.asarray(mask))
             fine_neg = None if fine_neg is None else how.apply(np.asarray(fine_neg))
-        image, target = exam_pair(volume, mask, target_mm=target_mm, multiple=multiple, box_mm=box_mm)
+        image, target = exam_pair(volume, mask, target_mm=target_mm, multiple=multiple, box_mm=box_mm,
+                                  dense_gain=dense_gain)
         images.append(image)
         targets.append(target)
         extra.append(info)
@@ -404,7 +418,8 @@ def prepare_pairs(exams, *, target_mm=None, multiple: int = 8, cache=None, names
         negatives = [np.zeros(a.shape, bool) if n is None else n for a, n in zip(images, negatives)]
     else:
         negatives = []
-    data = TrainingSet(images, targets, list(names) if names is not None else [], extra, negatives, box_mm)
+    data = TrainingSet(images, targets, list(names) if names is not None else [], extra, negatives, box_mm,
+                       dense_gain)
     if cache is not None:
         data.save(cache)
     return data
@@ -440,8 +455,10 @@ def _object_voxels(mask: np.ndarray, per_object: int) -> np.ndarray:
 
 
 def _pack(data: TrainingSet, min_shape: Sequence[int], multiple: int = 1, per_object: int = 0) -> dict:
-    """Stack pairs into zero-padded device arrays (N, Z, Y, X) plus real shapes and the voxels patches are
-    centred on (calcium, hard negatives; all, or ``per_object`` per object: ``TrainConfig.per_object``)."""
+    """Stack pairs into zero-padded device arrays (N, Z, Y, X) plus real shapes, the voxels patches are
+    centred on (calcium, hard negatives; all, or ``per_object`` per object: ``TrainConfig.per_object``) and
+    the input's top ("top": 1, or the images' maximum above it where the input rises above 800 HU,
+    ``UNetConfig.input_dense_gain``), where the augmentation clips."""
     if len(data) == 0:
         raise InputError("the training set is empty", code="EMPTY_DATASET",
                          hint="pass at least one exam")
@@ -473,6 +490,7 @@ def _pack(data: TrainingSet, min_shape: Sequence[int], multiple: int = 1, per_ob
         "has_positive": jnp.asarray(bool(positives)),
         "negatives": jnp.asarray(coords(hard)),
         "has_negative": jnp.asarray(bool(hard)),
+        "top": jnp.asarray(max(1.0, max(float(np.max(a)) for a in data.images)), jnp.float32),
     }
 
 
@@ -602,10 +620,10 @@ def _border_cut(x, y, key, probability: float):
 
 
 def _augment(x, y, key, *, gain_std: float, shift_std: float, noise_std: float, kernel_std: float = 0.0,
-             border_cut: float = 0.0):
+             border_cut: float = 0.0, top=1.0):
     """Domain randomisation of a batch of patches x, y: (B, z, y, x): reconstruction kernel (blur or
-    sharpen), intensity gain/shift, Gaussian noise, clipped to [0, 1]; then field-of-view cuts (image and
-    target). Returns (x, y)."""
+    sharpen), intensity gain/shift, Gaussian noise, clipped to [0, top] (the input's range); then
+    field-of-view cuts (image and target). Returns (x, y)."""
     k_gain, k_shift, k_noise, k_kernel, k_cut = jax.random.split(key, 5)
     b = x.shape[0]
     if kernel_std:
@@ -614,7 +632,7 @@ def _augment(x, y, key, *, gain_std: float, shift_std: float, noise_std: float, 
     gain = 1.0 + gain_std * jax.random.normal(k_gain, (b, 1, 1, 1))
     shift = shift_std * jax.random.normal(k_shift, (b, 1, 1, 1))
     noise = noise_std * jax.random.normal(k_noise, x.shape)
-    x = jnp.clip(x * gain + shift + noise, 0.0, 1.0)
+    x = jnp.clip(x * gain + shift + noise, 0.0, top)
     if border_cut:
         x, y = _border_cut(x, y, k_cut, border_cut)
     return x, y
@@ -665,7 +683,7 @@ def _make_train_step(config: TrainConfig):
         key = jax.random.fold_in(state.key, state.step)
         k_sample, k_aug = jax.random.split(key)
         x, y = sample(data, k_sample)
-        x, y = augment(x, y, k_aug)
+        x, y = augment(x, y, k_aug, top=data["top"])
         x, y = x[..., None], y[..., None]
 
         def loss_fn(params):
@@ -898,6 +916,12 @@ def train_member(
                 f"the {name} pairs were prepared with an enhancement box of {data.box_mm} mm but the network "
                 f"takes {box} mm (UNetConfig.input_box_mm)", code="INPUT_MISMATCH",
                 hint="prepare the pairs with prepare_pairs(..., box_mm=model_config.input_box_mm)")
+        gain = model_config.input_dense_gain
+        if data is not None and data.dense_gain is not None and data.dense_gain != gain:
+            raise InputError(
+                f"the {name} pairs were prepared with dense_gain {data.dense_gain} but the network takes {gain} "
+                "(UNetConfig.input_dense_gain)", code="INPUT_MISMATCH",
+                hint="prepare the pairs with prepare_pairs(..., dense_gain=model_config.input_dense_gain)")
     for p in config.patch_zyx:
         if p % multiple:
             raise InputError(

@@ -1,5 +1,6 @@
 """Which planted lesions an ensemble finds, by where they sit: on a main artery or a side branch, inside the
-vessel's shadow or beside it in the fat, within 10 mm of aortic calcium (wall, valve, root) or not.
+vessel's shadow or beside it in the fat, within 10 mm of aortic calcium (wall, valve, root) or not; by its
+own Agatston score and by its peak HU (dense calcium, 1000 HU and more, is what the networks missed most).
 
 Real calcifications also lie on diagonals, marginals and the PDA, and beside the vessel rather than inside
 its soft-tissue tube; generator versions before 3 put every plaque inside the lumen of LM, LAD, LCX or RCA.
@@ -40,6 +41,10 @@ def lesion_classes(lesion: dict, aortic_mm: float = np.inf, touches_root: bool =
     out.append("beside the vessel (> 1 radius off)" if lesion["eccentric"] > 1.0 else "inside the vessel")
     if lesion["speck"]:
         out.append("speck")
+    a = lesion["agatston"]
+    out.append("own Agatston >= 100" if a >= 100 else "own Agatston 10-100" if a >= 10 else "own Agatston < 10")
+    peak = lesion["peak_hu"]
+    out.append("peak >= 1000 HU" if peak >= 1000 else "peak 800-1000 HU" if peak >= 800 else "peak < 800 HU")
     if aortic_mm <= NEAR_AORTIC_MM:
         out.append(f"within {NEAR_AORTIC_MM:g} mm of aortic calcium")
     if touches_root:
@@ -130,7 +135,10 @@ def main(argv=None) -> int:
             res = agatax.run_pipeline(ens, exam.volume, allow_phantom=True, target_mm=args.target_mm)
             for j, (lesion, found) in enumerate(found_lesions(exam, np.asarray(res.mask) > 0)):
                 classes = lesion_classes(lesion, float(aortic[tuple(lesion["center_zyx"])]), touching[id(lesion)])
-                per_lesion.setdefault((args.first_seed + i, j), {"classes": classes})[name] = found
+                per_lesion.setdefault((args.first_seed + i, j), {
+                    "classes": classes, "agatston": lesion["agatston"], "voxels": lesion["voxels"],
+                    "peak_hu": lesion["peak_hu"],
+                    "eccentric": lesion["eccentric"], "vessel": lesion["vessel"]})[name] = found
                 for cls in classes:
                     c = counts[name].setdefault(cls, [0, 0])
                     c[0] += int(found)

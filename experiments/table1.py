@@ -103,7 +103,7 @@ def generate(name: str, n: int, seed: int, gen_kwargs: dict, noise_range: tuple[
 
 def cohort_pairs(name: str, n: int, seed: int, gen_kwargs: dict, workdir: Path, log,
                  noise_range: tuple[float, float] | None, box_mm: float,
-                 streak_range: tuple[float, float] | None = None) -> TrainingSet:
+                 streak_range: tuple[float, float] | None = None, dense_gain: float = 0.0) -> TrainingSet:
     tag = "-".join(f"{k}{v}" for k, v in sorted(gen_kwargs.items()) if k != "lookalike_rates")
     for kind, rate in sorted(gen_kwargs.get("lookalike_rates", {}).items()):
         tag += ("-" if tag else "") + f"{kind}{rate:g}"
@@ -113,6 +113,8 @@ def cohort_pairs(name: str, n: int, seed: int, gen_kwargs: dict, workdir: Path, 
         tag += ("-" if tag else "") + f"streak{streak_range[0]:g}to{streak_range[1]:g}"
     if box_mm:
         tag += ("-" if tag else "") + f"box{box_mm:g}"
+    if dense_gain:
+        tag += ("-" if tag else "") + f"dense{dense_gain:g}"
     # "hn": the cache holds hard negatives (older caches without them are not reused); "g3": 5 mm exams on the
     # 3 mm network grid (older caches made them on a 5 mm grid); "gen": the generator's version
     from agatax.synthetic import GENERATOR_VERSION
@@ -120,7 +122,8 @@ def cohort_pairs(name: str, n: int, seed: int, gen_kwargs: dict, workdir: Path, 
     cache = workdir / f"pairs_{name}_n{n}_s{seed}{('_' + tag) if tag else ''}_hn_g3_gen{GENERATOR_VERSION}.npz"
     t0 = time.perf_counter()
     data = prepare_pairs(lambda: generate(name, n, seed, gen_kwargs, noise_range, streak_range), cache=cache,
-                         names=[f"{name}-{i:04d}" for i in range(n)], log=log, box_mm=box_mm)
+                         names=[f"{name}-{i:04d}" for i in range(n)], log=log, box_mm=box_mm,
+                         dense_gain=dense_gain)
     log(f"{name}: {len(data)} pairs ready ({time.perf_counter() - t0:.1f} s, cache {cache.name})")
     return data
 
@@ -148,7 +151,8 @@ def _segment_all(ensemble, volume, multiple):
     from agatax.localise import localise_chest
     from agatax.preprocess import preprocess, restore_grid
 
-    x = preprocess(volume.hu, volume.spacing, multiple=multiple, box_mm=ensemble.config.input_box_mm)[None, ..., None]
+    x = preprocess(volume.hu, volume.spacing, multiple=multiple, box_mm=ensemble.config.input_box_mm,
+                   dense_gain=ensemble.config.input_dense_gain)[None, ..., None]
     logits = np.asarray(_logits_fn(ensemble)(ensemble, x))[:, 0, ..., 0]  # (members, Z, Y, X)
     bright = np.asarray(volume.hu) >= 130.0
     chest = localise_chest(volume.hu, volume.spacing) if LOCALISE else None  # as agatax.run_pipeline
@@ -320,6 +324,9 @@ def main(argv=None) -> int:
     ap.add_argument("--box-mm", type=float, default=ENHANCE_BOX_MM,
                     help="the pre-processing's enhancement box (mm) of fresh networks (UNetConfig.input_box_mm; "
                     "0: the fine voxels as they are); a fine-tune keeps its starting networks' box")
+    ap.add_argument("--dense-gain", type=float, default=None,
+                    help="the input above 800 HU rises this many times as steeply up to 2000 HU "
+                         "(UNetConfig.input_dense_gain; default: 0 for fresh networks, a fine-tune's start's)")
     ap.add_argument("--members", type=int, default=5)
     ap.add_argument("--collapse-retries", type=int, default=2,
                     help="train a collapsed network again up to N times with another seed (train_ensemble)")
@@ -347,12 +354,15 @@ def main(argv=None) -> int:
     gen_kwargs = {} if args.matrix is None else {"matrix": args.matrix}
     noise_range = None if args.train_noise is None else tuple(float(v) for v in args.train_noise.split(","))
     streak_range = None if args.train_streak is None else tuple(float(v) for v in args.train_streak.split(","))
-    model_config = UNetConfig(**MODELS[args.model], input_box_mm=args.box_mm)
+    model_config = UNetConfig(**MODELS[args.model], input_box_mm=args.box_mm, input_dense_gain=args.dense_gain or 0.0)
     from agatax.cohort import resolve_init
 
     start = resolve_init(args.init)  # loaded once, handed to train_cohort below
     if start is not None:  # a fine-tune trains on the input its starting networks know
-        model_config = dataclasses.replace(model_config, input_box_mm=start.config.input_box_mm)
+        if args.dense_gain is not None:  # the networks learn a new input above 800 HU
+            start = start.replace(config=dataclasses.replace(start.config, input_dense_gain=args.dense_gain))
+        model_config = dataclasses.replace(model_config, input_box_mm=start.config.input_box_mm,
+                                           input_dense_gain=start.config.input_dense_gain)
     patch = tuple(int(p) for p in args.patch.split(","))
     config = TrainConfig(learning_rate=args.lr, lr_schedule=args.schedule, steps=args.steps,
                          batch_size=args.batch, patch_zyx=patch,
@@ -375,7 +385,7 @@ def main(argv=None) -> int:
         train_kwargs["lookalike_rates"] = parse_lookalike_rates(args.train_lookalikes)
     for name in needed:
         pairs[name] = cohort_pairs(name, cohort_size(name, args.scale), args.seed, train_kwargs, workdir, log,
-                                   noise_range, model_config.input_box_mm, streak_range)
+                                   noise_range, model_config.input_box_mm, streak_range, model_config.input_dense_gain)
 
     test_scale = args.scale if args.test_scale is None else args.test_scale
     n_test = cohort_size("J3", test_scale)

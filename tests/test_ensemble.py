@@ -238,6 +238,24 @@ def test_checkpoint_keeps_the_input_its_networks_were_trained_on(tiny_members, t
     assert info.value.code == "BAD_CONFIG"
 
 
+def test_checkpoint_keeps_the_dense_gain_its_networks_were_trained_on(tiny_members, tmp_path):
+    import dataclasses
+
+    ens = stack_members(tiny_members, dataclasses.replace(TINY, input_dense_gain=0.5))
+    path = save_ensemble(tmp_path / "ens.msgpack", ens)
+    assert load_ensemble(path).config.input_dense_gain == 0.5
+    assert load_ensemble(path, config=UNetConfig.tiny(conv_impl="xla")).config.input_dense_gain == 0.5
+    # files saved before the field existed were trained on the input clipped at 800 HU
+    old = tmp_path / "old.msgpack"
+    old.write_bytes(path.read_bytes())
+    _rewrite(old, lambda s: s["header"]["config"].pop("input_dense_gain"))
+    assert load_ensemble(old).config.input_dense_gain == 0.0
+    for bad in (-0.5, float("nan"), "x"):
+        with pytest.raises(InputError) as info:
+            UNetConfig.tiny(input_dense_gain=bad)
+        assert info.value.code == "BAD_CONFIG"
+
+
 def test_checkpoint_keeps_the_noise_its_networks_were_trained_on(tiny_members, tmp_path):
     import dataclasses
 

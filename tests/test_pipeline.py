@@ -80,6 +80,26 @@ def test_pipeline_feeds_the_networks_the_input_their_config_names():
     assert not np.array_equal(votes[0.0], votes[4.0])  # the box reaches the networks
 
 
+def test_pipeline_feeds_the_networks_the_dense_gain_their_config_names():
+    """UNetConfig.input_dense_gain travels with the weights: dense voxels reach the networks above 1.0."""
+    import dataclasses
+
+    rng = np.random.default_rng(7)
+    hu = np.full((4, 16, 15), 40.0, np.float32)
+    hu[rng.random(hu.shape) < 0.3] = 1800.0
+    variables = [_variables(s) for s in range(5)]
+    votes = {}
+    for gain in (0.0, 3.0):
+        ens = stack_members(variables, dataclasses.replace(TINY, input_dense_gain=gain))
+        _, v = segment(ens, Volume(hu, SPACING))
+        x = preprocess(hu, SPACING, multiple=TINY.multiple, dense_gain=gain)
+        coarse_votes = (np.asarray(ensemble_logits(ens, x[None, ..., None]))[:, 0, ..., 0] > 0).sum(0)
+        cz, cy, cx = (np.floor((np.arange(n) + 0.5) * d / SPACING[0]).astype(int) for n, d in zip(hu.shape, SPACING))
+        np.testing.assert_array_equal(np.asarray(v), np.where(hu >= 130, coarse_votes[np.ix_(cz, cy, cx)], 0))
+        votes[gain] = np.asarray(v)
+    assert not np.array_equal(votes[0.0], votes[3.0])  # the gain reaches the networks
+
+
 def test_inputs_forms_and_strategies_agree(ensemble, hu):
     a = segment(ensemble, (hu, SPACING), strategy="sequential")
     b = segment(ensemble, jnp.asarray(hu), spacing=SPACING, strategy="vmap")

@@ -209,3 +209,20 @@ def test_thin_and_thick_slices_meet_the_networks_on_a_3_mm_grid():
     coarse = jnp.arange(np.prod(grid_shape(hu.shape, spacing))).reshape(grid_shape(hu.shape, spacing))
     np.testing.assert_array_equal(np.asarray(restore_grid(coarse, hu.shape, spacing)),
                                   np.asarray(restore_grid(coarse, hu.shape, spacing, target_mm=3.0)))
+
+
+@pytest.mark.parametrize("gain", [0.0, 0.5, 2.0])
+def test_dense_gain_keeps_rising_above_the_window_up_to_2000_hu(gain):
+    """Above 800 HU the input rises ``gain`` times as steeply, up to 2000 HU; below it nothing changes.
+    Oracle: the piecewise-linear map written out by hand on 1 mm voxels of a 1 mm grid (no resampling)."""
+    levels = np.array([-1000.0, -300.0, 40.0, 799.0, 800.0, 1000.0, 1400.0, 1999.0, 2000.0, 3071.0], np.float32)
+    hu = np.tile(levels[:, None, None], (1, 8, 8))
+    x = np.asarray(preprocess(hu, (1.0, 1.0, 1.0), target_mm=1.0, multiple=1, box_mm=0.0, dense_gain=gain))[:, 0, 0]
+    base = (np.clip(levels, -300, 800) + 300) / 1100
+    want = base + gain * (np.clip(levels, 800, 2000) - 800) / 1100
+    np.testing.assert_allclose(x, want, atol=1e-6)
+    if gain:
+        assert x[6] == pytest.approx(1 + gain * 600 / 1100, abs=1e-6)  # 1400 HU calcium: not the window's top
+        assert x[9] == x[8] > x[6]  # metal beyond 2000 HU stays at the cap
+    with pytest.raises(InputError):
+        preprocess(hu, (1.0, 1.0, 1.0), target_mm=1.0, multiple=1, dense_gain=-0.1)

@@ -623,9 +623,15 @@ def test_branch_lesions_experiment_measures_the_distance_to_aortic_calcium_in_mm
     np.testing.assert_allclose(got, want, atol=1e-9)
     d[d != DISTRACTOR_CODES["bone"]] = 0
     assert np.isinf(mod.aortic_distance_mm(exam)).all()
-    lesion = {"vessel": "RCA", "artery": "RCA", "eccentric": 0.5, "speck": False}
+    lesion = {"vessel": "RCA", "artery": "RCA", "eccentric": 0.5, "speck": False, "agatston": 99.9, "peak_hu": 999.0}
     assert "within 10 mm of aortic calcium" in mod.lesion_classes(lesion, 9.9)
     assert "within 10 mm of aortic calcium" not in mod.lesion_classes(lesion, 10.1)
+    assert "own Agatston 10-100" in mod.lesion_classes(lesion)
+    assert "own Agatston >= 100" in mod.lesion_classes({**lesion, "agatston": 100.0})
+    assert "own Agatston < 10" in mod.lesion_classes({**lesion, "agatston": 9.9})
+    assert "peak 800-1000 HU" in mod.lesion_classes(lesion)
+    assert "peak >= 1000 HU" in mod.lesion_classes({**lesion, "peak_hu": 1000.0})
+    assert "peak < 800 HU" in mod.lesion_classes({**lesion, "peak_hu": 799.0})
 
 
 def assert_split_object(ex, artery, kind):
@@ -825,7 +831,7 @@ def test_branch_lesions_experiment_knows_a_lesion_fused_with_aortic_root_calcium
                            lesions=[{"points_zyx": [(2, 4, 4)], "artery": "LM"},
                                     {"points_zyx": [(1, 2, 6), (1, 3, 6)], "artery": "LAD"}])
     assert mod.touching_root(exam) == [True, False]
-    lesion = {"vessel": "LM", "artery": "LM", "eccentric": 0.5, "speck": False}
+    lesion = {"vessel": "LM", "artery": "LM", "eccentric": 0.5, "speck": False, "agatston": 5.0, "peak_hu": 400.0}
     assert "LM touching aortic-root calcium" in mod.lesion_classes(lesion, 3.0, True)
     assert "LM touching aortic-root calcium" not in mod.lesion_classes(lesion, 3.0, False)
 

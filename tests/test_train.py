@@ -281,6 +281,45 @@ def test_pairs_carry_their_enhancement_box_and_targets_ignore_it(tmp_path):
     assert err.value.code == "INPUT_MISMATCH"
 
 
+def test_pairs_carry_their_dense_gain_and_training_keeps_its_range(tmp_path):
+    """Pairs made with a dense gain remember it (cache and joins included), are refused by networks that
+    take another input, and the augmentation clips them at their own top, not at 1."""
+    import dataclasses
+
+    from agatax.preprocess import preprocess
+    from agatax.train import _augment, _pack
+    from agatax.volume import Volume
+
+    hu = np.full((6, 40, 40), 40.0, np.float32)
+    mask = np.zeros(hu.shape, bool)
+    mask[2, 18:23, 18:23] = True
+    hu[mask] = 1400.0
+    spacing = (3.0, 0.4, 0.4)
+    dense = prepare_pairs([(Volume(hu, spacing), mask)], cache=tmp_path / "d.npz", dense_gain=0.5)
+    assert dense.dense_gain == 0.5 and TrainingSet.load(tmp_path / "d.npz").dense_gain == 0.5
+    np.testing.assert_allclose(dense.images[0], np.asarray(preprocess(hu, spacing, dense_gain=0.5)), atol=1e-6)
+    assert dense.images[0].max() > 1.0
+    with pytest.raises(InputError) as err:
+        prepare_pairs([(Volume(hu, spacing), mask)], cache=tmp_path / "d.npz")  # the cache's input differs
+    assert err.value.code == "INPUT_MISMATCH"
+    plain = prepare_pairs([(Volume(hu, spacing), mask)])
+    assert plain.dense_gain == 0.0
+    with pytest.raises(InputError) as err:
+        plain + dense
+    assert err.value.code == "INPUT_MISMATCH"
+    with pytest.raises(InputError) as err:
+        train_member(dense, None, CFG, TINY, seed=0, log=None)  # TINY takes the input clipped at 800 HU
+    assert err.value.code == "INPUT_MISMATCH"
+    top = float(_pack(dense, (8, 8, 8))["top"])
+    assert top == pytest.approx(float(dense.images[0].max()), abs=1e-3)  # float16 storage
+    assert float(_pack(plain, (8, 8, 8))["top"]) == 1.0
+    x = jnp.full((1, 4, 4, 4), top, jnp.float32)
+    out, _ = _augment(x, jnp.zeros_like(x), jax.random.PRNGKey(0), gain_std=0.0, shift_std=0.0, noise_std=0.0, top=top)
+    np.testing.assert_allclose(np.asarray(out), top)  # not clipped back to 1
+    cfg_dense = dataclasses.replace(TINY, input_dense_gain=0.5)
+    train_member(dense, None, TrainConfig(**{**CFG.__dict__, "steps": 1, "eval_every": 1}), cfg_dense, seed=0, log=None)
+
+
 def test_cosine_schedule_decays_and_ties_checkpoints_to_the_step_count(tmp_path):
     from agatax.train import _optimizer
 
