@@ -139,22 +139,14 @@ class UNetConfig:
             raise InputError(f"UNetConfig.trained_noise_hu must be (low, high) HU with 0 <= low <= high; got "
                              f"{self.trained_noise_hu!r}", code="BAD_CONFIG")
         object.__setattr__(self, "trained_noise_hu", noise)
-        try:
-            box = float(self.input_box_mm)
-        except (TypeError, ValueError):
-            box = float("nan")
-        if not (math.isfinite(box) and box >= 0):
-            raise InputError(f"UNetConfig.input_box_mm must be a number of mm >= 0; got {self.input_box_mm!r}",
-                             code="BAD_CONFIG")
-        object.__setattr__(self, "input_box_mm", box)
-        try:
-            gain = float(self.input_dense_gain)
-        except (TypeError, ValueError):
-            gain = float("nan")
-        if not (math.isfinite(gain) and gain >= 0):
-            raise InputError(f"UNetConfig.input_dense_gain must be a number >= 0; got {self.input_dense_gain!r}",
-                             code="BAD_CONFIG")
-        object.__setattr__(self, "input_dense_gain", gain)
+        for name, what in (("input_box_mm", "a number of mm >= 0"), ("input_dense_gain", "a number >= 0")):
+            try:
+                value = float(getattr(self, name))
+            except (TypeError, ValueError):
+                value = float("nan")
+            if not (math.isfinite(value) and value >= 0):
+                raise InputError(f"UNetConfig.{name} must be {what}; got {getattr(self, name)!r}", code="BAD_CONFIG")
+            object.__setattr__(self, name, value)
         if not (isinstance(self.levels, int) and self.levels >= 1):
             raise InputError(f"UNetConfig.levels must be an int >= 1; got {self.levels!r}", code="BAD_CONFIG")
         if not (isinstance(self.base_filters, int) and self.base_filters >= 1):

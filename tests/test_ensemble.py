@@ -220,39 +220,25 @@ def test_checkpoint_half_precision(tiny_ensemble, tmp_path, dtype, eps):
         assert np.all(np.abs(np.asarray(a) - b) <= eps * np.abs(b) + 1e-7)
 
 
-def test_checkpoint_keeps_the_input_its_networks_were_trained_on(tiny_members, tmp_path):
+@pytest.mark.parametrize("field,value,before", [
+    ("input_box_mm", 0.7, 0.0),  # files saved before the box existed saw the fine voxels as they are
+    ("input_dense_gain", 0.5, 0.0),  # ... before the gain existed, the input clipped at 800 HU
+])
+def test_checkpoint_keeps_the_input_its_networks_were_trained_on(tiny_members, tmp_path, field, value, before):
     import dataclasses
 
-    ens = stack_members(tiny_members, dataclasses.replace(TINY, input_box_mm=0.7))
+    ens = stack_members(tiny_members, dataclasses.replace(TINY, **{field: value}))
     path = save_ensemble(tmp_path / "ens.msgpack", ens)
-    assert load_ensemble(path).config.input_box_mm == 0.7
+    assert getattr(load_ensemble(path).config, field) == value
     # numerics may be chosen at load time; the input the weights expect may not
-    assert load_ensemble(path, config=UNetConfig.tiny(conv_impl="xla")).config.input_box_mm == 0.7
-    # files saved before the field existed saw the fine voxels as they are: box 0
+    assert getattr(load_ensemble(path, config=UNetConfig.tiny(conv_impl="xla")).config, field) == value
     old = tmp_path / "old.msgpack"
     old.write_bytes(path.read_bytes())
-    _rewrite(old, lambda s: s["header"]["config"].pop("input_box_mm"))
-    assert load_ensemble(old).config.input_box_mm == 0.0
-    with pytest.raises(InputError) as info:
-        UNetConfig.tiny(input_box_mm=-1.0)
-    assert info.value.code == "BAD_CONFIG"
-
-
-def test_checkpoint_keeps_the_dense_gain_its_networks_were_trained_on(tiny_members, tmp_path):
-    import dataclasses
-
-    ens = stack_members(tiny_members, dataclasses.replace(TINY, input_dense_gain=0.5))
-    path = save_ensemble(tmp_path / "ens.msgpack", ens)
-    assert load_ensemble(path).config.input_dense_gain == 0.5
-    assert load_ensemble(path, config=UNetConfig.tiny(conv_impl="xla")).config.input_dense_gain == 0.5
-    # files saved before the field existed were trained on the input clipped at 800 HU
-    old = tmp_path / "old.msgpack"
-    old.write_bytes(path.read_bytes())
-    _rewrite(old, lambda s: s["header"]["config"].pop("input_dense_gain"))
-    assert load_ensemble(old).config.input_dense_gain == 0.0
-    for bad in (-0.5, float("nan"), "x"):
+    _rewrite(old, lambda s: s["header"]["config"].pop(field))
+    assert getattr(load_ensemble(old).config, field) == before
+    for bad in (-1.0, float("nan"), "x"):
         with pytest.raises(InputError) as info:
-            UNetConfig.tiny(input_dense_gain=bad)
+            UNetConfig.tiny(**{field: bad})
         assert info.value.code == "BAD_CONFIG"
 
 

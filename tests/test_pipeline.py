@@ -60,44 +60,29 @@ def test_segment_matches_step_by_step_oracle(ensemble, hu):
     assert mask.any()  # not vacuous
 
 
-def test_pipeline_feeds_the_networks_the_input_their_config_names():
-    """UNetConfig.input_box_mm travels with the weights: segment pre-processes with that enhancement box."""
+@pytest.mark.parametrize("field,values,bright", [
+    ("input_box_mm", (0.0, 4.0), 400.0),  # 4 mm on 1.5 mm pixels: a 2.7-pixel box averages them under 130 HU
+    ("input_dense_gain", (0.0, 3.0), 1800.0),  # the input rises above 800 HU: above 1.0 for the networks
+])
+def test_pipeline_feeds_the_networks_the_input_their_config_names(field, values, bright):
+    """The input the weights were trained on travels with them: segment pre-processes as their config says."""
     import dataclasses
 
     rng = np.random.default_rng(6)
     hu = np.full((4, 16, 15), 40.0, np.float32)
-    hu[rng.random(hu.shape) < 0.3] = 400.0  # single bright pixels: a box averages them under 130 HU
+    hu[rng.random(hu.shape) < 0.3] = bright  # single bright pixels
     variables = [_variables(s) for s in range(5)]
     votes = {}
-    for box in (0.0, 4.0):  # 4 mm on 1.5 mm pixels: a 2.7-pixel box
-        ens = stack_members(variables, dataclasses.replace(TINY, input_box_mm=box))
+    for value in values:
+        ens = stack_members(variables, dataclasses.replace(TINY, **{field: value}))
         _, v = segment(ens, Volume(hu, SPACING))
-        x = preprocess(hu, SPACING, multiple=TINY.multiple, box_mm=box)
+        x = preprocess(hu, SPACING, multiple=TINY.multiple, box_mm=ens.config.input_box_mm,
+                       dense_gain=ens.config.input_dense_gain)
         coarse_votes = (np.asarray(ensemble_logits(ens, x[None, ..., None]))[:, 0, ..., 0] > 0).sum(0)
         cz, cy, cx = (np.floor((np.arange(n) + 0.5) * d / SPACING[0]).astype(int) for n, d in zip(hu.shape, SPACING))
         np.testing.assert_array_equal(np.asarray(v), np.where(hu >= 130, coarse_votes[np.ix_(cz, cy, cx)], 0))
-        votes[box] = np.asarray(v)
-    assert not np.array_equal(votes[0.0], votes[4.0])  # the box reaches the networks
-
-
-def test_pipeline_feeds_the_networks_the_dense_gain_their_config_names():
-    """UNetConfig.input_dense_gain travels with the weights: dense voxels reach the networks above 1.0."""
-    import dataclasses
-
-    rng = np.random.default_rng(7)
-    hu = np.full((4, 16, 15), 40.0, np.float32)
-    hu[rng.random(hu.shape) < 0.3] = 1800.0
-    variables = [_variables(s) for s in range(5)]
-    votes = {}
-    for gain in (0.0, 3.0):
-        ens = stack_members(variables, dataclasses.replace(TINY, input_dense_gain=gain))
-        _, v = segment(ens, Volume(hu, SPACING))
-        x = preprocess(hu, SPACING, multiple=TINY.multiple, dense_gain=gain)
-        coarse_votes = (np.asarray(ensemble_logits(ens, x[None, ..., None]))[:, 0, ..., 0] > 0).sum(0)
-        cz, cy, cx = (np.floor((np.arange(n) + 0.5) * d / SPACING[0]).astype(int) for n, d in zip(hu.shape, SPACING))
-        np.testing.assert_array_equal(np.asarray(v), np.where(hu >= 130, coarse_votes[np.ix_(cz, cy, cx)], 0))
-        votes[gain] = np.asarray(v)
-    assert not np.array_equal(votes[0.0], votes[3.0])  # the gain reaches the networks
+        votes[value] = np.asarray(v)
+    assert not np.array_equal(*votes.values())  # the setting reaches the networks
 
 
 def test_inputs_forms_and_strategies_agree(ensemble, hu):
