@@ -483,11 +483,15 @@ def check_cohort(cohort: Cohort, *, slabs: bool = True, read_options: dict | Non
 
 
 def split_validation(n: int, validation: float | int, seed: int, *, fixed_val: Sequence[int] = (),
-                     fixed_train: Sequence[int] = ()) -> tuple[list[int], list[int]]:
+                     fixed_train: Sequence[int] = (), calcium: Sequence[bool] | None = None
+                     ) -> tuple[list[int], list[int]]:
     """Indices (train, validation) of ``n`` exams: ``validation`` exams (an int) or that share (a float in
     (0, 1), rounded, at least 1) drawn at random with ``seed`` (``numpy.random.default_rng(seed)``'s
     permutation, its first ones), unless exams carry a split: ``fixed_val`` are the validation exams
-    then, ``fixed_train`` always train."""
+    then, ``fixed_train`` always train. ``calcium`` (bool per exam): where the draw holds no exam with
+    calcium, its last exam gives way to the next one with calcium in the permutation, leaving one with
+    calcium to train on (a calcium-free validation set makes the validation Dice 0 whatever the networks
+    do); the draw is unchanged otherwise."""
     if fixed_val:
         return [i for i in range(n) if i not in set(fixed_val)], sorted(fixed_val)
     free = [i for i in range(n) if i not in set(fixed_train)]
@@ -496,8 +500,13 @@ def split_validation(n: int, validation: float | int, seed: int, *, fixed_val: S
     else:
         count = int(validation)
     count = min(count, max(len(free) - (0 if fixed_train else 1), 0))  # at least one exam left to train on
-    order = np.random.default_rng(seed).permutation(len(free))
-    val = sorted(free[i] for i in order[:count])
+    order = [free[i] for i in np.random.default_rng(seed).permutation(len(free))]
+    picked = order[:count]
+    if calcium is not None and picked and not any(calcium[i] for i in picked):
+        rest = [i for i in order[count:] if calcium[i]]
+        if len(rest) >= 2 or (rest and fixed_train and any(calcium[i] for i in fixed_train)):
+            picked = picked[:-1] + rest[:1]
+    val = sorted(picked)
     return sorted(set(range(n)) - set(val)), val
 
 
@@ -645,7 +654,7 @@ def train_cohort(
         fixed_val = [i for i, e in enumerate(cohort_exams) if e.split == "val"]
         fixed_train = [i for i, e in enumerate(cohort_exams) if e.split == "train"]
     train_idx, val_idx = split_validation(len(pairs), validation, seed, fixed_val=fixed_val,
-                                          fixed_train=fixed_train)
+                                          fixed_train=fixed_train, calcium=[bool(np.any(t)) for t in pairs.targets])
     train, val = pairs.subset(train_idx), pairs.subset(val_idx)
     if not any(np.any(t) for t in train.targets):
         raise CohortError([CohortProblem("NO_CALCIUM", "-", f"none of the {len(train)} training exams has calcium "

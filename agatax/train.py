@@ -922,6 +922,13 @@ def train_member(
                 f"the {name} pairs were prepared with dense_gain {data.dense_gain} but the network takes {gain} "
                 "(UNetConfig.input_dense_gain)", code="INPUT_MISMATCH",
                 hint="prepare the pairs with prepare_pairs(..., dense_gain=model_config.input_dense_gain)")
+    if val_data is not None and len(val_data) and not any(np.any(t) for t in val_data.targets):
+        raise InputError(
+            f"none of the {len(val_data)} validation exams has calcium on the network's grid: the validation Dice "
+            "is 0 whatever the network does, so the best step cannot be chosen (and a network would be taken for "
+            "collapsed)", code="NO_CALCIUM",
+            hint="validate on exams with calcium (or on more exams), or train without validation (the last step "
+                 "is kept)")
     for p in config.patch_zyx:
         if p % multiple:
             raise InputError(

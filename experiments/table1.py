@@ -133,7 +133,7 @@ def split_validation(data: TrainingSet, n_val: int, seed: int) -> tuple[Training
     ``agatax.cohort.train_cohort``)."""
     from agatax.cohort import split_validation as split
 
-    train, val = split(len(data), int(n_val), seed)
+    train, val = split(len(data), int(n_val), seed, calcium=[bool(np.any(t)) for t in data.targets])
     return data.subset(train), data.subset(val)
 
 

@@ -281,6 +281,15 @@ def test_pairs_carry_their_enhancement_box_and_targets_ignore_it(tmp_path):
     assert err.value.code == "INPUT_MISMATCH"
 
 
+def test_a_validation_set_without_calcium_is_refused():
+    """Its Dice is 0 whatever the network does: no best step to choose, and every network looks collapsed."""
+    empty = TrainingSet([np.asarray(a) for a in TRAIN.images], [np.zeros(np.shape(t), bool) for t in TRAIN.targets])
+    assert any(np.any(t) for t in TRAIN.targets)  # the training set itself has calcium
+    with pytest.raises(InputError) as err:
+        train_member(TRAIN, empty, CFG, TINY, seed=0, log=None)
+    assert err.value.code == "NO_CALCIUM" and "validation" in err.value.message
+
+
 def test_pairs_carry_their_dense_gain_and_training_keeps_its_range(tmp_path):
     """Pairs made with a dense gain remember it (cache and joins included), are refused by networks that
     take another input, and the augmentation clips them at their own top, not at 1."""
