@@ -494,3 +494,26 @@ def test_thin_slice_exams_train_on_3_mm_slabs_volume_and_mask(exams, tmp_path):
     np.testing.assert_array_equal(loaded.mask, exam.mask)
     native = load_exam(discover_cohort(tmp_path).exams[0], slabs=False)
     assert native.volume.shape[0] == 48
+
+
+def test_a_val_split_without_calcium_is_refused_by_name(exams, tmp_path, capsys):
+    """A manifest whose `val` exams hold no calcium: the validation Dice would be 0 whatever the networks do
+    (every network taken for collapsed, the first step kept), so training is refused, not run."""
+    import csv
+
+    from agatax.synthetic import generate_exam
+    from agatax.synthetic.cohort import write_cohort
+
+    free = generate_exam(4, target_category="A", matrix=64, n_slices=16, fov_mm=190.0, slice_increment_mm=3.0,
+                         slice_thickness_mm=3.0, protocol="cardiac")
+    manifest = write_cohort(tmp_path / "c", [*exams[:2], free], format="nifti", ids=["a", "b", "free"])
+    rows = list(csv.DictReader(manifest.open()))
+    for row in rows:
+        row["split"] = "val" if row["exam_id"] == "free" else "train"
+    with manifest.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    assert _run(manifest, "--out", tmp_path / "ens.msgpack", *FAST) != 0
+    _refused(capsys, "NO_CALCIUM", "validation")
+    assert not (tmp_path / "ens.msgpack").exists()
