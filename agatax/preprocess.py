@@ -242,12 +242,10 @@ def preprocess(
         raise InputError(f"window must be (low, high) HU with high > low; got {window}", code="BAD_WINDOW")
     spacing = jnp.asarray(spacing, jnp.float32).reshape(3)
     target = network_grid_mm(spacing[0]) if target_mm is None else jnp.asarray(target_mm, jnp.float32)
-    box_mm = float(box_mm)
-    if not (math.isfinite(box_mm) and box_mm >= 0):
-        raise InputError(f"box_mm must be a number of mm >= 0; got {box_mm}", code="BAD_CONFIG")
-    dense_gain = float(dense_gain)
-    if not (math.isfinite(dense_gain) and dense_gain >= 0):
-        raise InputError(f"dense_gain must be a number >= 0; got {dense_gain}", code="BAD_CONFIG")
+    box_mm, dense_gain = float(box_mm), float(dense_gain)
+    for name, value, what in (("box_mm", box_mm, "a number of mm >= 0"), ("dense_gain", dense_gain, "a number >= 0")):
+        if not (math.isfinite(value) and value >= 0):
+            raise InputError(f"{name} must be {what}; got {value}", code="BAD_CONFIG")
     return _preprocess_kernel(hu, spacing, target, threshold_hu, out_shape=out_shape, window=(lo, hi),
                               box_mm=box_mm, dense_gain=dense_gain)
 

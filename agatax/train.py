@@ -198,6 +198,11 @@ class TrainConfig:
 # data: exams -> coarse (image, target) pairs
 
 
+#: The pre-processing settings pairs are made with and networks are trained on: (TrainingSet field,
+#: UNetConfig field, how a value reads in a message).
+_INPUTS = (("box_mm", "input_box_mm", "an enhancement box of {} mm"), ("dense_gain", "input_dense_gain", "dense_gain {}"))
+
+
 @dataclass
 class TrainingSet:
     """Training or validation pairs on the network's coarse grid.
@@ -258,16 +263,13 @@ class TrainingSet:
         negatives = []
         if self.negatives or other.negatives:
             negatives = self._negatives_or_empty() + other._negatives_or_empty()
-        if None not in (self.box_mm, other.box_mm) and self.box_mm != other.box_mm:
-            raise InputError(
-                f"cannot join training sets made with different pre-processing (enhancement box "
-                f"{self.box_mm} mm and {other.box_mm} mm)", code="INPUT_MISMATCH",
-                hint="prepare both with the same box_mm (the network's UNetConfig.input_box_mm)")
-        if None not in (self.dense_gain, other.dense_gain) and self.dense_gain != other.dense_gain:
-            raise InputError(
-                f"cannot join training sets made with different pre-processing (dense_gain {self.dense_gain} "
-                f"and {other.dense_gain})", code="INPUT_MISMATCH",
-                hint="prepare both with the same dense_gain (the network's UNetConfig.input_dense_gain)")
+        for name, config_name, reads in _INPUTS:
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if None not in (mine, theirs) and mine != theirs:
+                raise InputError(
+                    f"cannot join training sets made with different pre-processing ({reads.format(mine)} and "
+                    f"{reads.format(theirs)})", code="INPUT_MISMATCH",
+                    hint=f"prepare both with the same {name} (the network's UNetConfig.{config_name})")
         return TrainingSet(
             self.images + other.images, self.targets + other.targets,
             self.names + other.names, self.extra + other.extra, negatives,
@@ -909,19 +911,14 @@ def train_member(
     seed = config.seed if seed is None else int(seed)
     levels = int(model_config.levels)
     multiple = 2 ** (levels - 1)
-    box = model_config.input_box_mm
-    for name, data in (("training", train_data), ("validation", val_data)):
-        if data is not None and data.box_mm is not None and data.box_mm != box:
-            raise InputError(
-                f"the {name} pairs were prepared with an enhancement box of {data.box_mm} mm but the network "
-                f"takes {box} mm (UNetConfig.input_box_mm)", code="INPUT_MISMATCH",
-                hint="prepare the pairs with prepare_pairs(..., box_mm=model_config.input_box_mm)")
-        gain = model_config.input_dense_gain
-        if data is not None and data.dense_gain is not None and data.dense_gain != gain:
-            raise InputError(
-                f"the {name} pairs were prepared with dense_gain {data.dense_gain} but the network takes {gain} "
-                "(UNetConfig.input_dense_gain)", code="INPUT_MISMATCH",
-                hint="prepare the pairs with prepare_pairs(..., dense_gain=model_config.input_dense_gain)")
+    for which, data in (("training", train_data), ("validation", val_data)):
+        for name, config_name, reads in _INPUTS:
+            made, takes = (None if data is None else getattr(data, name)), getattr(model_config, config_name)
+            if made is not None and made != takes:
+                raise InputError(
+                    f"the {which} pairs were prepared with {reads.format(made)} but the network takes "
+                    f"{reads.format(takes)} (UNetConfig.{config_name})", code="INPUT_MISMATCH",
+                    hint=f"prepare the pairs with prepare_pairs(..., {name}=model_config.{config_name})")
     if val_data is not None and len(val_data) and not any(np.any(t) for t in val_data.targets):
         raise InputError(
             f"none of the {len(val_data)} validation exams has calcium on the network's grid: the validation Dice "
