@@ -35,7 +35,7 @@ from agatax.preprocess import AIR_HU, _preprocess_kernel, _restore_kernel, grid_
 from agatax.volume import Volume
 
 __all__ = ["segment", "segment_and_score", "run_pipeline", "resolve_score_on", "PipelineResult", "SCORE_ON",
-           "exclude_metal", "METAL_HU", "exclude_in_air", "AIR_SHARE", "exclude_noise_level", "NOISE_SNR", "dense_note", "DENSE_HU", "left_out_objects",
+           "exclude_metal", "METAL_HU", "exclude_in_air", "AIR_SHARE", "exclude_noise_level", "NOISE_SNR", "dense_note", "DENSE_HU", "DENSE_VOTE", "left_out_objects",
            "LEFT_OUT_MIN_MM3", "LEFT_OUT_MIN_PEAK_HU"]
 
 SCORE_ON = ("auto", "device", "host")
@@ -44,6 +44,7 @@ AIR_SHARE = 0.65  # an object this much surrounded by air (in its own slices) li
 AERATED_HU = -400.0  # aerated lung (-950 to -700 HU) and air read below this; fat (-150 to -50 HU) never
 NOISE_SNR = 5.0  # an object must stand this many noise SDs above its surroundings (the Rose criterion)
 _RING_MM = (1.0, 3.0)  # the ring around an object where its surroundings are read (in-plane, mm)
+DENSE_VOTE = None  # object_majority's dense line (share of the members) for objects peaking at >= 1000 HU; None: off
 DENSE_HU = 1500.0  # scored objects this dense may be stents (1500-2600 HU) as much as calcium: a warning
 
 
@@ -114,9 +115,10 @@ def network_crop(box, spacing, target: float, grid: tuple[int, int, int], multip
 
 
 @partial(jax.jit, static_argnames=("grid", "strategy", "score", "min_area_mm2", "connectivity", "orient", "crop_size",
-                                   "objects"))
+                                   "objects", "dense_vote"))
 def _pipeline_kernel(ensemble, hu, spacing, target, threshold_hu, min_pixels, region, crop_start=None, *, grid,
-                     strategy, score, min_area_mm2, connectivity, orient, crop_size=None, objects=True):
+                     strategy, score, min_area_mm2, connectivity, orient, crop_size=None, objects=True,
+                     dense_vote=None):
     """``hu`` and ``region`` in the stored layout, ``spacing`` canonical; ``orient``: the Reorientation,
     applied before the networks and undone after them, so that outputs are on the stored grid.
     ``crop_start`` (int32 (3,), canonical cells) and ``crop_size`` (static): the networks run on that part of
@@ -142,7 +144,7 @@ def _pipeline_kernel(ensemble, hu, spacing, target, threshold_hu, min_pixels, re
     votes = jnp.where(keep, votes, 0)
     if not objects:
         return {"candidates": keep, "votes": votes}
-    mask = object_majority(votes, keep, ensemble.members)
+    mask = object_majority(votes, keep, ensemble.members, hu=hu, dense_vote=dense_vote)
     out = {"mask": mask, "votes": votes}
     if score:
         from agatax.scoring import scores_jax
@@ -154,7 +156,8 @@ def _pipeline_kernel(ensemble, hu, spacing, target, threshold_hu, min_pixels, re
 
 
 def _run(ensemble, volume, spacing, *, strategy, target_mm, threshold_hu, score, localise, min_pixels=3,
-         min_area_mm2=None, connectivity=8, bucket=True, allow_phantom=False, assume_non_contrast=False):
+         min_area_mm2=None, connectivity=8, bucket=True, allow_phantom=False, assume_non_contrast=False,
+         dense_vote=None):
     if not isinstance(ensemble, Ensemble):
         raise InputError(f"expected an agatax Ensemble; got {type(ensemble).__name__}", code="BAD_ARGUMENT")
     # arrays given without a Volume are taken as canonical
@@ -216,10 +219,12 @@ def _run(ensemble, volume, spacing, *, strategy, target_mm, threshold_hu, score,
         connectivity=int(connectivity),
         orient=how,
         objects=objects_here,
+        dense_vote=None if dense_vote is None else float(dense_vote),
     )
     if not objects_here:
         votes = np.asarray(out["votes"])
-        out = {"mask": object_majority(votes, np.asarray(out["candidates"]), ensemble.members), "votes": votes}
+        out = {"mask": object_majority(votes, np.asarray(out["candidates"]), ensemble.members, hu=np.asarray(run_hu),
+                                       dense_vote=dense_vote), "votes": votes}
     if crop is not None:
         out = {**out, "mask": out["mask"][crop], "votes": out["votes"][crop]}
     return out, hu, spacing, chest
@@ -251,6 +256,7 @@ def _bucketed(hu: np.ndarray, region, how: Reorientation, grid_z: int, dz: float
 def segment(
     ensemble: Ensemble, volume, spacing=None, *, strategy: str = "auto", target_mm=None, threshold_hu: float = 130.0,
     localise: bool = True, allow_phantom: bool = False, assume_non_contrast: bool = False,
+    dense_vote: float | None = DENSE_VOTE,
 ) -> tuple[jax.Array, jax.Array]:
     """Calcium mask and vote counts on the original grid (the exam's stored layout).
 
@@ -269,17 +275,19 @@ def segment(
         assume_non_contrast: segment an exam whose mediastinum looks contrast-enhanced
             (``ChestRegion.contrast_enhanced``) instead of refusing it, the chest region kept: for a
             non-contrast exam whose narrow mediastinum is mostly bone.
+        dense_vote: objects peaking at 1000 HU or more are also kept at a mean vote of this share of the
+            members (``agatax.ensemble.object_majority``); None: one line for every object.
 
     Returns:
         mask bool (z, y, x): the candidates (HU >= threshold_hu, inside the chest region) kept object by
-            object: each 3D object (26-connected) whole where its mean vote is more than half the members,
-            and the parts of the others voted by a majority with a mean vote >= members - 1
+            object: each 3D object (26-connected) whole where its mean vote is more than half the members
+            (or reaches the dense line), and the parts of the others voted by a majority with a mean vote >= members - 1
             (``agatax.ensemble.object_majority``);
         votes uint8 (z, y, x): members voting for calcium (0 where HU < threshold_hu or outside the region).
     """
     out, _, _, _ = _run(ensemble, volume, spacing, strategy=strategy, target_mm=target_mm, threshold_hu=threshold_hu,
                         score=False, localise=localise, allow_phantom=allow_phantom,
-                        assume_non_contrast=assume_non_contrast)
+                        assume_non_contrast=assume_non_contrast, dense_vote=dense_vote)
     return out["mask"], out["votes"]
 
 
@@ -307,6 +315,7 @@ def segment_and_score(
     localise: bool = True,
     allow_phantom: bool = False,
     assume_non_contrast: bool = False,
+    dense_vote: float | None = DENSE_VOTE,
 ) -> dict[str, jax.Array]:
     """Mask, votes and scores: {"mask", "votes", "scores": {"agatston", "volume_mm3", "lesions"}}.
 
@@ -320,7 +329,7 @@ def segment_and_score(
     out, hu, spacing, _ = _run(
         ensemble, volume, spacing, strategy=strategy, target_mm=target_mm, threshold_hu=threshold_hu,
         score=where == "device", localise=localise, min_pixels=min_pixels, min_area_mm2=min_area_mm2, connectivity=connectivity,
-        allow_phantom=allow_phantom, assume_non_contrast=assume_non_contrast,
+        allow_phantom=allow_phantom, assume_non_contrast=assume_non_contrast, dense_vote=dense_vote,
     )
     if where == "host":
         from agatax.scoring import compute_scores
@@ -396,6 +405,7 @@ def run_pipeline(
     noise_snr: float | None = NOISE_SNR,
     allow_phantom: bool = False,
     assume_non_contrast: bool = False,
+    dense_vote: float | None = DENSE_VOTE,
 ) -> PipelineResult:
     """Segment an exam and score it on the host with the exact lesion table (``agatax.compute_scores``).
 
@@ -414,7 +424,8 @@ def run_pipeline(
     """
     out, hu, spacing, chest = _run(ensemble, volume, spacing, strategy=strategy, target_mm=target_mm,
                                    threshold_hu=threshold_hu, score=False, localise=localise,
-                                   allow_phantom=allow_phantom, assume_non_contrast=assume_non_contrast)
+                                   allow_phantom=allow_phantom, assume_non_contrast=assume_non_contrast,
+                                   dense_vote=dense_vote)
     from agatax.scoring import compute_scores
 
     hu = np.asarray(hu)  # the host copy the metal rule, the noise and the scores share

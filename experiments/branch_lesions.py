@@ -26,6 +26,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "experiments"))
+
+from unseen import parse_dense_votes  # noqa: E402
 
 SEED0 = 3_400_000  # a seed range no other experiment draws from
 
@@ -104,6 +107,9 @@ def main(argv=None) -> int:
     ap.add_argument("--target-mm", type=float, default=None,
                     help="the networks' grid, mm (default: the pipeline's, 3 mm): a finer grid than trained on")
     ap.add_argument("--quick", action="store_true", help="2 tiny exams and a random tiny network")
+    ap.add_argument("--dense-vote", nargs="+", default=None, metavar="SHARE|off",
+                    help="run with each of these vote lines for objects peaking at >= 1000 HU (a share of the "
+                    "members, e.g. 0.4; off: the majority line for every object; default: the pipeline's)")
     args = ap.parse_args(argv)
 
     import agatax
@@ -122,6 +128,12 @@ def main(argv=None) -> int:
         settings, n = {"matrix": 64, "n_slices": 16, "fov_mm": 190.0}, 2
     else:
         ensembles = {Path(w).name: agatax.load_ensemble(w) for w in args.weights}
+    lines = parse_dense_votes(ap, args.dense_vote)
+    if args.dense_vote is not None:  # one entry per weights and vote line
+        ensembles = {f"{name} (dense vote {'off' if d is None else d})": (ens, d)
+                     for name, ens in ensembles.items() for d in lines}
+    else:
+        ensembles = {name: (ens, lines[0]) for name, ens in ensembles.items()}
         settings, n = {"matrix": args.matrix, "protocol": "cardiac"}, args.exams
     rates = parse_lookalike_rates(args.lookalikes) if args.lookalikes else None
     counts: dict[str, dict[str, list[int]]] = {name: {} for name in ensembles}
@@ -131,8 +143,9 @@ def main(argv=None) -> int:
         exam = generate_exam(args.first_seed + i, target_category="CDE"[i % 3], lookalike_rates=rates, **settings)
         aortic = aortic_distance_mm(exam)
         touching = dict(zip(map(id, exam.lesions), touching_root(exam)))
-        for name, ens in ensembles.items():
-            res = agatax.run_pipeline(ens, exam.volume, allow_phantom=True, target_mm=args.target_mm)
+        for name, (ens, dense) in ensembles.items():
+            res = agatax.run_pipeline(ens, exam.volume, allow_phantom=True, target_mm=args.target_mm,
+                                      dense_vote=dense)
             for j, (lesion, found) in enumerate(found_lesions(exam, np.asarray(res.mask) > 0)):
                 classes = lesion_classes(lesion, float(aortic[tuple(lesion["center_zyx"])]), touching[id(lesion)])
                 per_lesion.setdefault((args.first_seed + i, j), {

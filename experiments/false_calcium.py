@@ -27,10 +27,12 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "experiments"))
 
 from agatax.ensemble import load_ensemble  # noqa: E402
 from agatax._atomic import atomic_write_text  # noqa: E402
-from agatax.pipeline import AIR_SHARE, run_pipeline  # noqa: E402
+from agatax.pipeline import AIR_SHARE, DENSE_VOTE, run_pipeline  # noqa: E402
+from unseen import parse_dense_votes  # noqa: E402
 from agatax.synthetic import DISTRACTOR_CODES, generate_exam, parse_lookalike_rates  # noqa: E402
 
 KINDS = {v: k for k, v in DISTRACTOR_CODES.items()}
@@ -42,10 +44,10 @@ def calcium_free_exams(n: int, protocol: str, matrix: int, first_seed: int = 700
                             lookalike_rates=lookalike_rates)
 
 
-def score(ensemble, exams, air_share=AIR_SHARE) -> dict:
+def score(ensemble, exams, air_share=AIR_SHARE, dense_vote=DENSE_VOTE) -> dict:
     scores, on = [], {}
     for exam in exams:
-        res = run_pipeline(ensemble, exam.volume, air_share=air_share)
+        res = run_pipeline(ensemble, exam.volume, air_share=air_share, dense_vote=dense_vote)
         scores.append(float(res.scores.agatston))
         z, y, x = exam.params["carina_mm"]
         kc = float(np.linalg.solve(exam.volume.affine, np.array([x, y, z, 1.0]))[0])
@@ -77,7 +79,11 @@ def main(argv=None) -> int:
     ap.add_argument("--air-rule", choices=("on", "off", "both"), default="on",
                     help="leave out objects surrounded by air (run_pipeline's air_share, as shipped: on), keep "
                          "them (off), or score both ways")
+    ap.add_argument("--dense-vote", nargs="+", default=None, metavar="SHARE|off",
+                    help="score with each of these vote lines for objects peaking at >= 1000 HU (a share of the "
+                    "members, e.g. 0.4; off: the majority line for every object; default: the pipeline's)")
     args = ap.parse_args(argv)
+    lines = parse_dense_votes(ap, args.dense_vote)
     if args.without_carina:
         import agatax.localise
 
@@ -92,10 +98,14 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|")
     rules = {"on": [("", AIR_SHARE)], "off": [(" (in-air rule off)", None)],
              "both": [("", AIR_SHARE), (" (in-air rule off)", None)]}[args.air_rule]
+    if args.dense_vote is not None:
+        rules = [(f"{label} (dense vote {'off' if d is None else d})", air, d) for label, air in rules for d in lines]
+    else:
+        rules = [(label, air, lines[0]) for label, air in rules]
     for w in args.weights:
         ens = load_ensemble(w)
-        for (label, air_share), (protocol, exams) in ((r, c) for r in rules for c in cohorts.items()):
-            r = score(ens, exams, air_share)
+        for (label, air_share, dense), (protocol, exams) in ((r, c) for r in rules for c in cohorts.items()):
+            r = score(ens, exams, air_share, dense)
             results[f"{w}{label}::{protocol}"] = r
             on = ", ".join(f"{k} {v}" for k, v in sorted(r["false_voxels_on"].items(), key=lambda kv: -kv[1]))
             print(f"| {w}{label} | {protocol} | {r['n']} | {r['at_least_10']} | {r['above_0']} | {r['max']:.1f} | "

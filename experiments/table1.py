@@ -162,13 +162,14 @@ def _segment_all(ensemble, volume, multiple):
                         for c in logits])
     votes = singles.sum(0, dtype=np.int32)
     return (np.stack([object_majority(s, bright, 1) for s in singles]),
-            object_majority(votes, bright, ensemble.members))
+            object_majority(votes, bright, ensemble.members, hu=np.asarray(volume.hu), dense_vote=DENSE_VOTE))
 
 
 _LOGITS = {}
 LOCALISE = True  # discard calcium outside the chest region, as agatax.run_pipeline does by default
 METAL_HU = 2000.0  # agatax.pipeline.METAL_HU; None keeps metal (the evaluations before 2026-12-02)
 NOISE_SNR = 5.0  # agatax.pipeline.NOISE_SNR; None keeps noise-level objects (the evaluations before 2026-12-04)
+DENSE_VOTE = None  # agatax.pipeline.DENSE_VOTE: the ensemble's vote line for objects peaking >= 1000 HU (None: none)
 
 
 def _logits_fn(ensemble):

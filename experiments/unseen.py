@@ -122,6 +122,23 @@ def unseen_cohort(n: int, seed: int, matrix: int | None, noise_hu: tuple[float, 
         yield _draw(item, matrix)
 
 
+def parse_dense_votes(ap, values) -> list:
+    """``--dense-vote`` values -> [share or None]; None given: [the pipeline's DENSE_VOTE]."""
+    from agatax.pipeline import DENSE_VOTE
+
+    if values is None:
+        return [DENSE_VOTE]
+    out = []
+    for v in values:
+        try:
+            out.append(None if v == "off" else float(v))
+            if out[-1] is not None and not 0 < out[-1] <= 0.5:
+                raise ValueError
+        except ValueError:
+            ap.error(f"--dense-vote takes shares of the members in (0, 0.5] or off; got {v!r}")
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", nargs="+", required=True, help="ensemble file(s) to test")
@@ -142,8 +159,12 @@ def main(argv=None) -> int:
     ap.add_argument("--noise-profile", default=None,
                     help="LOW,HIGH: draw each unseen exam's noise_profile from this range (the noise SD times "
                     "1 + P (r / R)^2 away from the image centre; e.g. -0.5,1.0); same exams and noise patterns")
+    ap.add_argument("--dense-vote", nargs="+", default=None, metavar="SHARE|off",
+                    help="evaluate with each of these vote lines for objects peaking at >= 1000 HU (a share of the "
+                    "members, e.g. 0.4; off: the majority line for every object; default: the pipeline's)")
     ap.add_argument("--workdir", default=str(ROOT / "experiments" / "_table1_work"))
     args = ap.parse_args(argv)
+    lines = parse_dense_votes(ap, args.dense_vote)
     try:
         noise_hu = tuple(float(v) for v in args.noise.split(","))
         if len(noise_hu) != 2 or not 0 <= noise_hu[0] <= noise_hu[1]:
@@ -178,10 +199,13 @@ def main(argv=None) -> int:
         exams = list(draw())
         print(f"({name}: {len(exams)} exams generated in {time.perf_counter() - t0:.0f} s)", flush=True)
         for w, ens in ensembles.items():
-            for localise in ((True, False) if args.both_localise else (True,)):
-                table1.LOCALISE = localise
+            for localise, dense in ((lo, d) for lo in ((True, False) if args.both_localise else (True,))
+                                    for d in lines):
+                table1.LOCALISE, table1.DENSE_VOTE = localise, dense
                 ev = table1.evaluate(ens, exams)
                 tag = name if localise else f"{name}, no localisation"
+                if len(lines) > 1 or args.dense_vote is not None:
+                    tag += f", dense vote {dense if dense is not None else 'off'}"
                 results[f"{w}::{tag}"] = ev
                 les = ev["lesions"]
                 print(f"| {w} | {tag} | {ev['ensemble_c_index']:.3f} | {ev['ensemble_accuracy']:.3f} | "

@@ -2,6 +2,8 @@
 
 import jax
 import jax.numpy as jnp
+from fractions import Fraction
+
 import numpy as np
 from scipy import ndimage
 
@@ -26,8 +28,9 @@ def all_calcium_ensemble():
     return stack_members(members, cfg)
 
 
-def object_majority_oracle(votes, candidates, members, split=True):
-    """Each 26-connected object of ``candidates`` whole where the mean of its votes is over members / 2; in
+def object_majority_oracle(votes, candidates, members, split=True, hu=None, dense_vote=None, dense_hu=1000.0):
+    """Each 26-connected object of ``candidates`` whole where the mean of its votes is over members / 2 (or,
+    with ``hu`` and ``dense_vote``, at least dense_vote * members where its peak HU >= dense_hu); in
     each other object (``split``, 3 or more members), each 26-connected part of its voxels voted over
     members / 2 whose mean vote is at least members - 1; one object at a time with scipy (the reference
     for ``agatax.ensemble.object_majority``)."""
@@ -35,7 +38,9 @@ def object_majority_oracle(votes, candidates, members, split=True):
     out = np.zeros(np.shape(candidates), bool)
     for k in range(1, n + 1):
         obj = labels == k
-        if votes[obj].sum() * 2 > members * obj.sum():
+        mean = Fraction(int(votes[obj].sum()), int(obj.sum()))
+        if mean > Fraction(members, 2) or (dense_vote is not None and hu[obj].max() >= dense_hu
+                                             and mean >= Fraction(dense_vote).limit_denominator(1000) * members):
             out[obj] = True
         elif split and members >= 3:
             parts, m = ndimage.label(obj & (2 * votes > members), structure=np.ones((3, 3, 3), bool))

@@ -173,17 +173,39 @@ def test_a_strongly_voted_part_of_a_dropped_object_is_kept(plaque, kept):
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.integers(0, 2**32 - 1), st.floats(0.2, 0.7), st.integers(1, 7))
-def test_object_majority_matches_a_per_object_oracle_on_host_and_device(seed, fill, members):
+@given(st.integers(0, 2**32 - 1), st.floats(0.2, 0.7), st.integers(1, 7), st.sampled_from([None, 0.4, 0.25, 0.5]))
+def test_object_majority_matches_a_per_object_oracle_on_host_and_device(seed, fill, members, dense_vote):
     from ensembles import object_majority_oracle
 
     rng = np.random.default_rng(seed)
     cand = rng.random((4, 7, 6)) < fill
     votes = rng.integers(0, members + 1, cand.shape)
-    expected = object_majority_oracle(votes, cand, members)
-    np.testing.assert_array_equal(object_majority(votes, cand, members), expected)
-    np.testing.assert_array_equal(np.asarray(object_majority(jnp.asarray(votes), jnp.asarray(cand), members)),
-                                  expected)
+    hu = rng.uniform(130.0, 1400.0, cand.shape).astype(np.float32)
+    expected = object_majority_oracle(votes, cand, members, hu=hu, dense_vote=dense_vote)
+    np.testing.assert_array_equal(object_majority(votes, cand, members, hu=hu, dense_vote=dense_vote), expected)
+    np.testing.assert_array_equal(np.asarray(object_majority(jnp.asarray(votes), jnp.asarray(cand), members,
+                                                             hu=jnp.asarray(hu), dense_vote=dense_vote)), expected)
+
+
+@pytest.mark.parametrize("votes_of, peak, kept", [((2, 2, 2), 1000.0, True), ((2, 2, 2), 999.0, False),
+                                                  ((3, 2, 1), 1200.0, True), ((2, 2, 1), 1200.0, False),
+                                                  ((3, 3, 2), 400.0, True)])
+def test_dense_objects_are_kept_at_two_votes_of_five(votes_of, peak, kept):
+    """An object of three voxels whose peak reaches 1000 HU is kept at a mean vote of 2 of 5 (by hand: means
+    2, 2, 2, 1.67, 2.67); under 1000 HU the line stays above 2.5; without ``dense_vote`` nothing changes."""
+    votes = np.zeros((3, 5, 5), np.int32)
+    cand = np.zeros((3, 5, 5), bool)
+    hu = np.full((3, 5, 5), 40.0, np.float32)
+    cand[1, 2, 1:4] = True
+    votes[1, 2, 1:4] = votes_of
+    hu[1, 2, 1:4] = (300.0, peak, 500.0)
+    expected = np.zeros_like(cand)
+    expected[1, 2, 1:4] = kept
+    for v, c, h in ((votes, cand, hu), (jnp.asarray(votes), jnp.asarray(cand), jnp.asarray(hu))):
+        np.testing.assert_array_equal(np.asarray(object_majority(v, c, 5, hu=h, dense_vote=0.4)), expected)
+        np.testing.assert_array_equal(np.asarray(object_majority(v, c, 5, hu=h)), expected & (sum(votes_of) > 7.5))
+    with pytest.raises(InputError):
+        object_majority(votes, cand, 5, hu=hu, dense_vote=0.6)
 
 
 def test_bad_strategy_and_bad_members(tiny_ensemble, tiny_members, x):
