@@ -624,7 +624,7 @@ def train_cohort(
         cohort = data if isinstance(data, Cohort) else discover_cohort(data)
         notes += cohort.notes
         key = cohort_key(cohort, slabs=slabs, read_options=read_options or {}, multiple=8,
-                         box_mm=model_config.input_box_mm, dense_gain=model_config.input_dense_gain)
+                         **model_config.input_options)
         cache = None if workdir is None else workdir / f"pairs_{key}.npz"
         meta = None if cache is None else cache.with_suffix(".json")
         if cache is not None and cache.exists() and meta.exists():
@@ -637,7 +637,7 @@ def train_cohort(
             say(f"data: {len(pairs)} exams from the cache {cache.name} (files unchanged since they were checked)")
         else:
             checked = check_cohort(cohort, slabs=slabs, read_options=read_options, progress=on_data,
-                                   box_mm=model_config.input_box_mm, dense_gain=model_config.input_dense_gain)
+                                   **model_config.input_options)
             pairs, cohort_exams, left_out = checked.pairs, checked.exams, checked.left_out
             notes += checked.notes
             if cache is not None:
@@ -647,7 +647,7 @@ def train_cohort(
         for problem in left_out:
             notes.append(f"left out (known defect of the release): {problem.line()}")
     else:
-        pairs = prepare_pairs(data, box_mm=model_config.input_box_mm, dense_gain=model_config.input_dense_gain)
+        pairs = prepare_pairs(data, **model_config.input_options)
 
     fixed_val = fixed_train = ()
     if cohort_exams is not None:

@@ -170,6 +170,12 @@ class UNetConfig:
         return cls(**{"levels": 2, "base_filters": 4, **overrides})
 
     @property
+    def input_options(self) -> dict[str, float]:
+        """The pre-processing of the input the weights were trained on, as keyword arguments of
+        :func:`agatax.preprocess` and ``agatax.train.prepare_pairs``: ``box_mm`` and ``dense_gain``."""
+        return {"box_mm": self.input_box_mm, "dense_gain": self.input_dense_gain}
+
+    @property
     def multiple(self) -> int:
         """Each spatial input size must be a multiple of this: ``2**(levels-1)``."""
         return 2 ** (self.levels - 1)

@@ -31,7 +31,7 @@ import numpy as np
 from agatax.ensemble import Ensemble, ensemble_votes, object_majority, resolve_strategy
 from agatax.errors import InputError
 from agatax.orientation import Reorientation, canonical_orientation, restore_chest
-from agatax.preprocess import AIR_HU, _preprocess_kernel, _restore_kernel, grid_shape, network_grid_mm
+from agatax.preprocess import AIR_HU, WINDOW_HU, _preprocess_kernel, _restore_kernel, grid_shape, network_grid_mm
 from agatax.volume import Volume
 
 __all__ = ["segment", "segment_and_score", "run_pipeline", "resolve_score_on", "PipelineResult", "SCORE_ON",
@@ -127,8 +127,8 @@ def _pipeline_kernel(ensemble, hu, spacing, target, threshold_hu, min_pixels, re
     needs it here)."""
     hu = hu.astype(jnp.float32)
     hu_c = orient.apply(hu, xp=jnp)
-    x = _preprocess_kernel(hu_c, spacing, target, threshold_hu, out_shape=grid, window=(-300.0, 800.0),
-                           box_mm=ensemble.config.input_box_mm, dense_gain=ensemble.config.input_dense_gain)
+    x = _preprocess_kernel(hu_c, spacing, target, threshold_hu, out_shape=grid, window=WINDOW_HU,
+                           **ensemble.config.input_options)
     if crop_size is None:
         _, votes = ensemble_votes(ensemble, x[None, ..., None], strategy=strategy)
     else:

@@ -134,8 +134,7 @@ def _torch_peer(torch, from_flax, ensemble, volume):
     nets = [from_flax(jax.tree.map(lambda v, k=k: np.asarray(v[k], np.float32), ensemble.variables),
                       ensemble.config.levels, ensemble.config.base_filters) for k in range(ensemble.members)]
     x = torch.from_numpy(np.asarray(agatax.preprocess(volume.hu, volume.spacing, multiple=ensemble.config.multiple,
-                                                      box_mm=ensemble.config.input_box_mm,
-                                                      dense_gain=ensemble.config.input_dense_gain)))[None, None]
+                                                      **ensemble.config.input_options)))[None, None]
 
     def run_torch(nets=nets, x=x):
         with torch.inference_mode():

@@ -38,8 +38,7 @@ def insert_probabilities(ensemble, volume, *, min_voxels: int = 5, max_voxels: i
 
     hu = np.asarray(volume.hu, np.float32)
     spacing = volume.spacing
-    x = preprocess(hu, spacing, multiple=ensemble.config.multiple, box_mm=ensemble.config.input_box_mm,
-                   dense_gain=ensemble.config.input_dense_gain)
+    x = preprocess(hu, spacing, multiple=ensemble.config.multiple, **ensemble.config.input_options)
     logits = np.asarray(ensemble_logits(ensemble, x[None, ..., None]))[:, 0, ..., 0]  # (members, Z, Y, X)
     prob = np.asarray(jax.nn.sigmoid(logits))
     target = float(network_grid_mm(spacing[0]))

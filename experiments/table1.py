@@ -151,8 +151,7 @@ def _segment_all(ensemble, volume, multiple):
     from agatax.localise import localise_chest
     from agatax.preprocess import preprocess, restore_grid
 
-    x = preprocess(volume.hu, volume.spacing, multiple=multiple, box_mm=ensemble.config.input_box_mm,
-                   dense_gain=ensemble.config.input_dense_gain)[None, ..., None]
+    x = preprocess(volume.hu, volume.spacing, multiple=multiple, **ensemble.config.input_options)[None, ..., None]
     logits = np.asarray(_logits_fn(ensemble)(ensemble, x))[:, 0, ..., 0]  # (members, Z, Y, X)
     bright = np.asarray(volume.hu) >= 130.0
     chest = localise_chest(volume.hu, volume.spacing) if LOCALISE else None  # as agatax.run_pipeline
