@@ -48,7 +48,9 @@ __all__ = [
 
 STRATEGIES = ("auto", "vmap", "sequential")
 CHECKPOINT_FORMAT = "agatax-ensemble"
-DENSE_VOTE_HU = 1000.0  # object_majority's dense line: objects peaking this high (HU, 120 kVp)
+# object_majority's dense line: objects peaking in [low, high) HU (120 kVp): denser than most coronary calcium,
+# below coronary stents (1500-2600 HU) and other metal
+DENSE_VOTE_HU = (1000.0, 1500.0)
 CHECKPOINT_VERSION = 1
 _STORE_DTYPES = ("float32", "float16", "bfloat16")
 
@@ -154,7 +156,7 @@ def majority_vote(votes: jax.Array, members: int) -> jax.Array:
 
 
 def object_majority(votes, candidates, members: int, *, split: bool = True, hu=None,
-                    dense_vote: float | None = None, dense_hu: float = DENSE_VOTE_HU):
+                    dense_vote: float | None = None, dense_hu: tuple[float, float] = DENSE_VOTE_HU):
     """Keep or drop each candidate object whole by the members' votes over all its voxels, and keep the
     strongly voted parts of the objects dropped.
 
@@ -167,9 +169,10 @@ def object_majority(votes, candidates, members: int, *, split: bool = True, hu=N
             on that touches a larger object they do not (a left main plaque fused with aortic-root
             calcium). Ensembles of one or two members: no split.
         hu: float (z, y, x) HU, needed by ``dense_vote`` only.
-        dense_vote: with ``hu``, an object peaking at ``dense_hu`` or more is also kept whole where its mean
-            vote is at least this share of the members (0.4: 2 of 5): the networks see HU clipped at 800,
-            and split their votes on dense plaques more often than on faint ones. None: one line for all.
+        dense_vote: with ``hu``, an object whose peak lies in ``dense_hu`` [low, high) HU is also kept whole
+            where its mean vote is at least this share of the members (0.4: 2 of 5): the networks see HU
+            clipped at 800, and split their votes on dense plaques more often than on faint ones; from 1500
+            HU on an object may be a stent, and keeps the majority line. None: one line for all.
 
     Returns:
         bool (z, y, x): every 3D object of ``candidates`` (26-connected) whose mean vote over its voxels
@@ -181,7 +184,9 @@ def object_majority(votes, candidates, members: int, *, split: bool = True, hu=N
 
     split = split and members >= 3
     dense = None
-    if dense_vote is not None and hu is not None:
+    if dense_vote is not None:
+        if hu is None:
+            raise InputError("dense_vote needs the exam's HU (hu=) to find each object's peak", code="BAD_ARGUMENT")
         share = Fraction(dense_vote).limit_denominator(1000)  # exact integer comparisons on both paths
         if not 0 < share <= Fraction(1, 2):
             raise InputError(f"dense_vote must lie in (0, 0.5] (a share of the members); got {dense_vote}",
@@ -191,7 +196,7 @@ def object_majority(votes, candidates, members: int, *, split: bool = True, hu=N
     def whole(total, count, peak):
         keep = 2 * total > members * count
         if dense is not None:
-            keep = keep | ((peak >= dense_hu) & (dense[1] * total >= dense[0] * count))
+            keep = keep | ((peak >= dense_hu[0]) & (peak < dense_hu[1]) & (dense[1] * total >= dense[0] * count))
         return keep
 
     if any(isinstance(a, jax.Array) for a in (votes, candidates, hu)):

@@ -44,7 +44,7 @@ AIR_SHARE = 0.65  # an object this much surrounded by air (in its own slices) li
 AERATED_HU = -400.0  # aerated lung (-950 to -700 HU) and air read below this; fat (-150 to -50 HU) never
 NOISE_SNR = 5.0  # an object must stand this many noise SDs above its surroundings (the Rose criterion)
 _RING_MM = (1.0, 3.0)  # the ring around an object where its surroundings are read (in-plane, mm)
-DENSE_VOTE = None  # object_majority's dense line (share of the members) for objects peaking at >= 1000 HU; None: off
+DENSE_VOTE = None  # object_majority's dense line (share of the members) for objects peaking at 1000-1500 HU; None: off
 DENSE_HU = 1500.0  # scored objects this dense may be stents (1500-2600 HU) as much as calcium: a warning
 
 
@@ -275,7 +275,7 @@ def segment(
         assume_non_contrast: segment an exam whose mediastinum looks contrast-enhanced
             (``ChestRegion.contrast_enhanced``) instead of refusing it, the chest region kept: for a
             non-contrast exam whose narrow mediastinum is mostly bone.
-        dense_vote: objects peaking at 1000 HU or more are also kept at a mean vote of this share of the
+        dense_vote: objects peaking at 1000-1500 HU are also kept at a mean vote of this share of the
             members (``agatax.ensemble.object_majority``); None: one line for every object.
 
     Returns:

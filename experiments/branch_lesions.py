@@ -108,7 +108,7 @@ def main(argv=None) -> int:
                     help="the networks' grid, mm (default: the pipeline's, 3 mm): a finer grid than trained on")
     ap.add_argument("--quick", action="store_true", help="2 tiny exams and a random tiny network")
     ap.add_argument("--dense-vote", nargs="+", default=None, metavar="SHARE|off",
-                    help="run with each of these vote lines for objects peaking at >= 1000 HU (a share of the "
+                    help="run with each of these vote lines for objects peaking at 1000-1500 HU (a share of the "
                     "members, e.g. 0.4; off: the majority line for every object; default: the pipeline's)")
     args = ap.parse_args(argv)
 
@@ -128,13 +128,13 @@ def main(argv=None) -> int:
         settings, n = {"matrix": 64, "n_slices": 16, "fov_mm": 190.0}, 2
     else:
         ensembles = {Path(w).name: agatax.load_ensemble(w) for w in args.weights}
+        settings, n = {"matrix": args.matrix, "protocol": "cardiac"}, args.exams
     lines = parse_dense_votes(ap, args.dense_vote)
     if args.dense_vote is not None:  # one entry per weights and vote line
         ensembles = {f"{name} (dense vote {'off' if d is None else d})": (ens, d)
                      for name, ens in ensembles.items() for d in lines}
     else:
         ensembles = {name: (ens, lines[0]) for name, ens in ensembles.items()}
-        settings, n = {"matrix": args.matrix, "protocol": "cardiac"}, args.exams
     rates = parse_lookalike_rates(args.lookalikes) if args.lookalikes else None
     counts: dict[str, dict[str, list[int]]] = {name: {} for name in ensembles}
     per_lesion: dict[tuple[int, int], dict] = {}  # (seed, lesion) -> classes and found per ensemble (paired tests)

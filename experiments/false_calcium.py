@@ -80,7 +80,7 @@ def main(argv=None) -> int:
                     help="leave out objects surrounded by air (run_pipeline's air_share, as shipped: on), keep "
                          "them (off), or score both ways")
     ap.add_argument("--dense-vote", nargs="+", default=None, metavar="SHARE|off",
-                    help="score with each of these vote lines for objects peaking at >= 1000 HU (a share of the "
+                    help="score with each of these vote lines for objects peaking at 1000-1500 HU (a share of the "
                     "members, e.g. 0.4; off: the majority line for every object; default: the pipeline's)")
     args = ap.parse_args(argv)
     lines = parse_dense_votes(ap, args.dense_vote)

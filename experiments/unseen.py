@@ -160,7 +160,7 @@ def main(argv=None) -> int:
                     help="LOW,HIGH: draw each unseen exam's noise_profile from this range (the noise SD times "
                     "1 + P (r / R)^2 away from the image centre; e.g. -0.5,1.0); same exams and noise patterns")
     ap.add_argument("--dense-vote", nargs="+", default=None, metavar="SHARE|off",
-                    help="evaluate with each of these vote lines for objects peaking at >= 1000 HU (a share of the "
+                    help="evaluate with each of these vote lines for objects peaking at 1000-1500 HU (a share of the "
                     "members, e.g. 0.4; off: the majority line for every object; default: the pipeline's)")
     ap.add_argument("--workdir", default=str(ROOT / "experiments" / "_table1_work"))
     args = ap.parse_args(argv)

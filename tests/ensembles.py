@@ -28,9 +28,9 @@ def all_calcium_ensemble():
     return stack_members(members, cfg)
 
 
-def object_majority_oracle(votes, candidates, members, split=True, hu=None, dense_vote=None, dense_hu=1000.0):
+def object_majority_oracle(votes, candidates, members, split=True, hu=None, dense_vote=None, dense_hu=(1000.0, 1500.0)):
     """Each 26-connected object of ``candidates`` whole where the mean of its votes is over members / 2 (or,
-    with ``hu`` and ``dense_vote``, at least dense_vote * members where its peak HU >= dense_hu); in
+    with ``hu`` and ``dense_vote``, at least dense_vote * members where its peak HU lies in [dense_hu)); in
     each other object (``split``, 3 or more members), each 26-connected part of its voxels voted over
     members / 2 whose mean vote is at least members - 1; one object at a time with scipy (the reference
     for ``agatax.ensemble.object_majority``)."""
@@ -39,7 +39,7 @@ def object_majority_oracle(votes, candidates, members, split=True, hu=None, dens
     for k in range(1, n + 1):
         obj = labels == k
         mean = Fraction(int(votes[obj].sum()), int(obj.sum()))
-        if mean > Fraction(members, 2) or (dense_vote is not None and hu[obj].max() >= dense_hu
+        if mean > Fraction(members, 2) or (dense_vote is not None and dense_hu[0] <= hu[obj].max() < dense_hu[1]
                                              and mean >= Fraction(dense_vote).limit_denominator(1000) * members):
             out[obj] = True
         elif split and members >= 3:

@@ -188,11 +188,13 @@ def test_object_majority_matches_a_per_object_oracle_on_host_and_device(seed, fi
 
 
 @pytest.mark.parametrize("votes_of, peak, kept", [((2, 2, 2), 1000.0, True), ((2, 2, 2), 999.0, False),
-                                                  ((3, 2, 1), 1200.0, True), ((2, 2, 1), 1200.0, False),
-                                                  ((3, 3, 2), 400.0, True)])
+                                                  ((3, 2, 1), 1499.0, True), ((2, 2, 2), 1500.0, False),
+                                                  ((2, 2, 1), 1200.0, False), ((3, 3, 2), 400.0, True),
+                                                  ((3, 3, 2), 2000.0, True)])
 def test_dense_objects_are_kept_at_two_votes_of_five(votes_of, peak, kept):
-    """An object of three voxels whose peak reaches 1000 HU is kept at a mean vote of 2 of 5 (by hand: means
-    2, 2, 2, 1.67, 2.67); under 1000 HU the line stays above 2.5; without ``dense_vote`` nothing changes."""
+    """An object of three voxels whose peak lies in 1000-1500 HU is kept at a mean vote of 2 of 5 (by hand:
+    means 2, 2, 2, 2, 1.67, 2.67, 2.67); under 1000 HU and from 1500 HU (stents) the line stays above 2.5;
+    without ``dense_vote`` nothing changes."""
     votes = np.zeros((3, 5, 5), np.int32)
     cand = np.zeros((3, 5, 5), bool)
     hu = np.full((3, 5, 5), 40.0, np.float32)
@@ -204,8 +206,9 @@ def test_dense_objects_are_kept_at_two_votes_of_five(votes_of, peak, kept):
     for v, c, h in ((votes, cand, hu), (jnp.asarray(votes), jnp.asarray(cand), jnp.asarray(hu))):
         np.testing.assert_array_equal(np.asarray(object_majority(v, c, 5, hu=h, dense_vote=0.4)), expected)
         np.testing.assert_array_equal(np.asarray(object_majority(v, c, 5, hu=h)), expected & (sum(votes_of) > 7.5))
-    with pytest.raises(InputError):
-        object_majority(votes, cand, 5, hu=hu, dense_vote=0.6)
+    for bad in ({"hu": hu, "dense_vote": 0.6}, {"dense_vote": 0.4}):  # over half; no HU to find the peaks in
+        with pytest.raises(InputError):
+            object_majority(votes, cand, 5, **bad)
 
 
 def test_bad_strategy_and_bad_members(tiny_ensemble, tiny_members, x):
