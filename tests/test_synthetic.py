@@ -872,3 +872,31 @@ def test_the_heart_leaves_room_for_the_oesophagus_and_descending_aorta_in_front_
         assert len(gaps) >= 5, seed
         worst[seed] = min(gaps)
     assert min(worst.values()) >= 15.0, worst
+
+
+def test_branch_lesions_experiment_runs_saved_weights_under_each_dense_vote_line(tmp_path):
+    """experiments/branch_lesions.py on a weights file with ``--dense-vote off 0.4``: one count table per line,
+    each counting every planted lesion of the exam once (its total against the generator's lesion list)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    import jax
+
+    from agatax.ensemble import init_ensemble, save_ensemble
+    from agatax.model import UNetConfig
+    from agatax.synthetic import generate_exam
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "branch_lesions.py"
+    spec = importlib.util.spec_from_file_location("branch_lesions", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    weights = save_ensemble(tmp_path / "w.msgpack", init_ensemble(jax.random.key(0), UNetConfig.tiny(), members=3))
+    assert mod.main(["--weights", str(weights), "--exams", "1", "--matrix", "64", "--first-seed", "11",
+                     "--dense-vote", "off", "0.4", "--workdir", str(tmp_path)]) == 0
+    out = json.loads((tmp_path / "branch_lesions.json").read_text())
+    assert sorted(out["counts"]) == ["w.msgpack (dense vote 0.4)", "w.msgpack (dense vote off)"]
+    planted = len(generate_exam(11, target_category="C", matrix=64, protocol="cardiac").lesions)
+    assert planted > 0
+    for counts in out["counts"].values():
+        assert counts["all"][1] == planted
