@@ -463,7 +463,7 @@ def run_pipeline(
     if ensemble.members > 2 * VOTE_MARGIN:  # one or two networks: no majority to be within a vote of
         region = chest.region if chest is not None and chest.found else None
         doubt = category_range(hu, mask, votes, region, spacing, ensemble.members, scores=scores,
-                               dense_hu=DENSE_HU, **conventions)
+                               dense_hu=DENSE_HU, dense_vote=dense_vote, **conventions)
         notes += doubt.note()
     return PipelineResult(mask=mask, votes=votes, scores=scores, spacing=spacing, chest=chest,
                           volume=volume if isinstance(volume, Volume) else None, notes=notes, noise_hu=noise,

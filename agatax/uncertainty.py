@@ -88,7 +88,7 @@ class CategoryRange:
 
 def category_range(hu, mask, votes, region, spacing, members: int, *, margin: float = VOTE_MARGIN,
                    threshold_hu: float = 130.0, scores=None, dense_hu: float | None = None,
-                   **conventions) -> CategoryRange:
+                   dense_vote: float | None = None, **conventions) -> CategoryRange:
     """The category range of one exam's pipeline result (host, NumPy).
 
     Args:
@@ -98,7 +98,8 @@ def category_range(hu, mask, votes, region, spacing, members: int, *, margin: fl
         margin: votes (0 < margin < members / 2); threshold_hu and ``conventions`` (min_pixels,
             min_area_mm2, connectivity, calibration): the scoring conventions of ``compute_scores``;
             scores: the ``Scores`` of ``mask`` when already computed; dense_hu: leave out at the low end every
-            26-connected object of ``mask`` peaking at this HU or more (None: none).
+            26-connected object of ``mask`` peaking at this HU or more (None: none); dense_vote: the
+            pipeline's vote line for dense objects (``agatax.ensemble.object_majority``), applied at both ends.
 
     Returns:
         CategoryRange. An object is 26-connected voxels >= ``threshold_hu`` (inside ``region``).
@@ -129,8 +130,9 @@ def category_range(hu, mask, votes, region, spacing, members: int, *, margin: fl
         spans = [np.flatnonzero(cand.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
         box = tuple(slice(int(s[0]), int(s[-1]) + 1) for s in spans)
         c, v, m = cand[box], votes[box].astype(np.float64), mask[box]
-        low_m = object_majority(np.where(c, v - margin, 0.0), c, members)
-        high_m = object_majority(np.where(c, v + margin, 0.0), c, members)
+        dense_line = {} if dense_vote is None else {"hu": hu[box], "dense_vote": dense_vote}
+        low_m = object_majority(np.where(c, v - margin, 0.0), c, members, **dense_line)
+        high_m = object_majority(np.where(c, v + margin, 0.0), c, members, **dense_line)
         dense = np.zeros_like(m)
         if dense_hu is not None and m.any() and float(hu[box][m].max()) >= dense_hu:
             mlab, mn = ndimage.label(m, structure=np.ones((3, 3, 3), bool))

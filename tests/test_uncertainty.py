@@ -63,6 +63,25 @@ def test_objects_exactly_one_vote_from_the_line():
     assert (r.low_category, r.high_category) == ("A", "C") and r.uncertain
 
 
+def test_the_dense_vote_line_moves_both_ends():
+    """An object peaking at 1200 HU (weight 4) left out at mean vote 1.5: one vote higher is 2.5, not over half
+    of 5, so without the dense line it stays out at the high end; with the pipeline's dense line (2 of 5) it is
+    kept there (16 pixels of 0.25 mm^2 = 4 mm^2, x 4 = 16). Scored at mean 3.0, one vote lower is 2.0: kept
+    at the low end with the line, left out without it."""
+    hu = np.full((3, 20, 20), -40.0, np.float32)
+    votes = np.zeros(hu.shape, np.uint8)
+    hu[1, 2:6, 2:6], votes[1, 2:6, 2:4], votes[1, 2:6, 4:6] = 1200.0, 1, 2
+    mask = np.zeros(hu.shape, bool)
+    plain = category_range(hu, mask, votes, None, SPACING, 5)
+    dense = category_range(hu, mask, votes, None, SPACING, 5, dense_vote=0.4)
+    assert plain.high_agatston == 0.0 and not plain.uncertain
+    assert dense.high_agatston == pytest.approx(16.0) and dense.high_category == "C" and dense.uncertain
+    votes[1, 2:6, 2:6] = 3  # mean 3: scored; one lower is 2
+    mask[1, 2:6, 2:6] = True
+    assert category_range(hu, mask, votes, None, SPACING, 5).low_agatston == 0.0
+    assert category_range(hu, mask, votes, None, SPACING, 5, dense_vote=0.4).low_agatston == pytest.approx(16.0)
+
+
 def test_a_region_cuts_objects_as_the_pipeline_does():
     """Object C outside the region: not a candidate, so not in doubt; the high end loses it."""
     hu, votes, mask = _four_objects()
