@@ -211,17 +211,11 @@ def _exam_warnings(volume, series: str | None) -> list[str]:
 
 def _vote_fractions(scored: ScoredExam) -> list[float | None]:
     """Per lesion: mean over its pixels of votes / members (the share of networks that agreed)."""
-    from agatax.report import lesion_regions
+    from agatax.report import _vote_fractions as fractions, lesion_regions
 
     lesions = tuple(scored.scores.lesions)
     regions = lesion_regions(scored.volume.hu, scored.mask, lesions)
-    out: list[float | None] = []
-    for lesion, region in zip(lesions, regions):
-        if region is None:
-            out.append(None)
-        else:
-            out.append(round(float(np.mean(scored.votes[int(lesion.slice)][region])) / scored.members, 4))
-    return out
+    return fractions(scored.votes, scored.members, regions, lesions, scored.volume)
 
 
 class ExamScorer:

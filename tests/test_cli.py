@@ -353,8 +353,13 @@ def test_score_with_the_shipped_default_ensemble(cohort, capsys):
     assert main(["score", str(cohort / "exams" / "case0"), "--json", "-"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert CONTRACT <= set(result) and result["members"] == 5
-    fractions = [lesion["vote_fraction"] for lesion in result["lesions"]]
-    assert all(3 / 5 - 1e-6 <= f <= 1.0 for f in fractions)  # majority of five on every lesion pixel
+    # every lesion by a majority of five, or by 2 of 5 where dense (agatax.pipeline.DENSE_VOTE): case0's one
+    # plaque peaks at 1216 HU with a mean vote of 2.25, found since the dense line (before: 0, category A)
+    lesions = result["lesions"]
+    assert lesions and all(3 / 5 - 1e-6 <= les["vote_fraction"] <= 1.0 or
+                           (2 / 5 - 1e-6 <= les["vote_fraction"] and 1000 <= les["peak_hu"] < 1500) for les in lesions)
+    truth = _rows(cohort / "exams" / "manifest.csv")["case0"]
+    assert result["category"] == truth["category"]
 
 
 def test_score_lists_and_draws_the_calcified_objects_of_the_chest_region_it_left_out(cohort, tmp_path, capsys):

@@ -384,6 +384,25 @@ def test_a_category_that_rests_on_stent_dense_objects_is_flagged():
     assert dense_note(hu, mask & (hu < 1500), spacing, compute_scores(hu, mask & (hu < 1500), spacing)) == ()
 
 
+def test_run_pipeline_warns_when_the_category_rests_on_objects_beside_metal():
+    """run_pipeline leaves the metal out and adds the note (an ensemble that marks every voxel >= 130 HU, no
+    localisation): the object 4.5 mm from a 3000 HU clip carries the category; with the metal rule off
+    (metal_hu=None) the metal itself is scored and no note is made."""
+    from ensembles import all_calcium_ensemble
+
+    from agatax.pipeline import run_pipeline
+
+    hu = np.full((16, 40, 60), -50.0, np.float32)
+    hu[8, 2:4, 30:32] = 3000.0
+    hu[8, 2:6, 40:44] = 200.0
+    hu[4, 30, 2:5] = 450.0
+    res = run_pipeline(all_calcium_ensemble(), Volume(hu, (3.0, 0.5, 0.5)), localise=False)
+    assert res.scores.agatston == pytest.approx(11.0)
+    assert any(n.startswith("beside metal:") and "category is B, not C" in n for n in res.notes)
+    kept = run_pipeline(all_calcium_ensemble(), Volume(hu, (3.0, 0.5, 0.5)), localise=False, metal_hu=None)
+    assert not any(n.startswith("beside metal:") for n in kept.notes)
+
+
 def test_run_pipeline_warns_when_the_category_rests_on_a_stent_dense_object():
     """run_pipeline adds the note (an ensemble that marks every voxel >= 130 HU as calcium, no localisation)."""
     from ensembles import all_calcium_ensemble
@@ -396,6 +415,39 @@ def test_run_pipeline_warns_when_the_category_rests_on_a_stent_dense_object():
     res = run_pipeline(all_calcium_ensemble(), Volume(hu, (3.0, 0.5, 0.5)), localise=False)
     assert res.scores.category == "C"
     assert any(n.startswith("dense:") and "category is B, not C" in n for n in res.notes)
+
+
+@pytest.mark.parametrize("x0, near", [(40, True), (51, True), (52, False)])
+def test_a_category_that_rests_on_objects_beside_metal_is_flagged(x0, near):
+    """Hand-computed: 0.5 mm pixels (0.25 mm^2), 3 mm slices. Metal: 2 x 2 pixels at 3000 HU, columns 30-31,
+    not scored. A streak-like object: 4 x 4 pixels at 200 HU on the metal's slice from column x0 = 16 x 0.25
+    x 2 = 8.0, its nearest pixel (x0 - 31) x 0.5 mm from the metal: 4.5, 10.0 (within) or 10.5 mm (not).
+    Calcium far away: 3 pixels at 450 HU = 3.0 (B). Together 11.0 (C); without the object beside metal, B."""
+    from agatax.pipeline import beside_metal_note
+    from agatax.scoring import compute_scores
+
+    spacing = (3.0, 0.5, 0.5)
+    hu = np.full((6, 40, 60), 40.0, np.float32)
+    mask = np.zeros(hu.shape, bool)
+    hu[3, 2:4, 30:32] = 3000.0
+    hu[3, 2:6, x0:x0 + 4], mask[3, 2:6, x0:x0 + 4] = 200.0, True
+    hu[1, 30, 2:5], mask[1, 30, 2:5] = 450.0, True
+    scores = compute_scores(hu, mask, spacing)
+    assert scores.agatston == pytest.approx(11.0) and scores.category == "C"
+    notes = beside_metal_note(hu, mask, spacing, scores)
+    if near:
+        assert len(notes) == 1 and notes[0].startswith("beside metal: 1 scored object(s) within 10 mm")
+        assert "slices 3)" in notes[0] and "8.0 of the Agatston score 11.0" in notes[0]
+        assert "category is B, not C" in notes[0]
+    else:
+        assert notes == ()
+    # no metal, or the category not resting on the object: no note
+    plain = np.where(hu >= 2000, 40.0, hu).astype(np.float32)
+    assert beside_metal_note(plain, mask, spacing, scores) == ()
+    big, hu2 = mask.copy(), hu.copy()
+    hu2[1, 10:20, 2:12], big[1, 10:20, 2:12] = 450.0, True  # + 100 px x 0.25 x 4 = 100: 111 with, 103 without
+    s2 = compute_scores(hu2, big, spacing)
+    assert s2.category == "D" and beside_metal_note(hu2, big, spacing, s2) == ()
 
 
 @pytest.mark.parametrize("flip_z", [False, True])
