@@ -496,6 +496,26 @@ def _objects(hu: np.ndarray, mask: np.ndarray):
     return box, lab, peaks
 
 
+def _category_rests_on(hu, mask, spacing, scores, box, lab, which, **conventions):
+    """(the Scores without the objects ``which`` (labels on ``box``), their slices as text) when the category
+    without them differs from ``scores.category``, else None."""
+    from scipy import ndimage
+
+    from agatax.scoring import compute_scores
+
+    without = mask.copy()
+    without[box][np.isin(lab, which)] = False
+    rest = compute_scores(hu, without, spacing, **conventions)
+    if rest.category == scores.category:
+        return None
+    objects = ndimage.find_objects(lab)
+    spans = [objects[i - 1][0] for i in which]
+    z0 = box[0].start
+    slices = ", ".join(f"{z.start + z0}" if z.stop - z.start == 1 else f"{z.start + z0}-{z.stop - 1 + z0}"
+                       for z in spans)
+    return rest, slices
+
+
 def dense_note(hu: np.ndarray, mask: np.ndarray, spacing, scores, *, metal_hu: float | None = METAL_HU,
                dense_hu: float = DENSE_HU, **conventions) -> tuple[str, ...]:
     """A warning when the risk category rests on scored objects denser than nearly all coronary calcium.
@@ -508,24 +528,15 @@ def dense_note(hu: np.ndarray, mask: np.ndarray, spacing, scores, *, metal_hu: f
     """
     if not mask.any() or float(hu[mask].max()) < dense_hu:
         return ()
-    from scipy import ndimage
-
-    from agatax.scoring import compute_scores
-
     box, lab, peaks = _objects(hu, mask)
     top = np.inf if metal_hu is None else metal_hu
     dense = np.flatnonzero((peaks >= dense_hu) & (peaks < top)) + 1
     if dense.size == 0:
         return ()
-    without = mask.copy()
-    without[box][np.isin(lab, dense)] = False
-    rest = compute_scores(hu, without, spacing, **conventions)
-    if rest.category == scores.category:
+    resting = _category_rests_on(hu, mask, spacing, scores, box, lab, dense, **conventions)
+    if resting is None:
         return ()
-    objects = ndimage.find_objects(lab)
-    spans = [objects[i - 1][0] for i in dense]
-    slices = ", ".join(f"{z.start + box[0].start}" if z.stop - z.start == 1 else
-                       f"{z.start + box[0].start}-{z.stop - 1 + box[0].start}" for z in spans)
+    rest, slices = resting
     share = scores.agatston - rest.agatston
     return (f"dense: {len(dense)} scored object(s) peaking at {dense_hu:g} HU or more (slices "
             f"{slices}; peak {float(peaks[dense - 1].max()):.0f} HU) carry {share:.1f} of the "
@@ -546,8 +557,6 @@ def beside_metal_note(hu: np.ndarray, mask: np.ndarray, spacing, scores, *, meta
     """
     from scipy import ndimage
 
-    from agatax.scoring import compute_scores
-
     if not mask.any():
         return ()
     box, lab, _ = _objects(hu, mask)
@@ -564,14 +573,10 @@ def beside_metal_note(hu: np.ndarray, mask: np.ndarray, spacing, scores, *, meta
     near = np.flatnonzero(closest <= within_mm) + 1
     if near.size == 0:
         return ()
-    without = mask.copy()
-    without[box][np.isin(lab, near)] = False
-    rest = compute_scores(hu, without, spacing, **conventions)
-    if rest.category == scores.category:
+    resting = _category_rests_on(hu, mask, spacing, scores, box, lab, near, **conventions)
+    if resting is None:
         return ()
-    spans = [ndimage.find_objects(lab)[i - 1][0] for i in near]
-    slices = ", ".join(f"{z.start + box[0].start}" if z.stop - z.start == 1 else
-                       f"{z.start + box[0].start}-{z.stop - 1 + box[0].start}" for z in spans)
+    rest, slices = resting
     return (f"beside metal: {len(near)} scored object(s) within {within_mm:g} mm of metal (>= {metal_hu:g} HU; "
             f"slices {slices}) carry {scores.agatston - rest.agatston:.1f} of the Agatston score "
             f"{scores.agatston:.1f}. Streaks and blooming beside metal can read as calcium; without them the "
