@@ -498,11 +498,13 @@ def _objects(hu: np.ndarray, mask: np.ndarray):
 
 def _category_rests_on(hu, mask, spacing, scores, box, lab, which, **conventions):
     """(the Scores without the objects ``which`` (labels on ``box``), their slices as text) when the category
-    without them differs from ``scores.category``, else None."""
+    without them differs from ``scores.category``, else None (also when ``which`` is empty)."""
     from scipy import ndimage
 
     from agatax.scoring import compute_scores
 
+    if len(which) == 0:
+        return None
     without = mask.copy()
     without[box][np.isin(lab, which)] = False
     rest = compute_scores(hu, without, spacing, **conventions)
@@ -531,8 +533,6 @@ def dense_note(hu: np.ndarray, mask: np.ndarray, spacing, scores, *, metal_hu: f
     box, lab, peaks = _objects(hu, mask)
     top = np.inf if metal_hu is None else metal_hu
     dense = np.flatnonzero((peaks >= dense_hu) & (peaks < top)) + 1
-    if dense.size == 0:
-        return ()
     resting = _category_rests_on(hu, mask, spacing, scores, box, lab, dense, **conventions)
     if resting is None:
         return ()
@@ -571,8 +571,6 @@ def beside_metal_note(hu: np.ndarray, mask: np.ndarray, spacing, scores, *, meta
     closest = np.full(int(lab.max()), np.inf)
     np.minimum.at(closest, lab[on] - 1, distance[inner][on])
     near = np.flatnonzero(closest <= within_mm) + 1
-    if near.size == 0:
-        return ()
     resting = _category_rests_on(hu, mask, spacing, scores, box, lab, near, **conventions)
     if resting is None:
         return ()
