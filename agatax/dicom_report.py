@@ -62,6 +62,7 @@ WARNING_CODES = (
     ("in air:", "WARNING-IN-AIR", "objects in the lung left out of the score: not coronary"),
     ("noise level:", "WARNING-NOISE-LEVEL", "specks at the image noise level left out of the score"),
     ("dense:", "WARNING-DENSE", "stent-dense objects scored: if a stent, score not interpretable"),
+    ("beside metal:", "WARNING-BESIDE-METAL", "category rests on objects beside metal: streaks may score"),
     ("image noise:", "WARNING-NOISE", "noise above the networks' training range: check the mask"),
     ("slices of ", "WARNING-THICKNESS", "slice thickness not 3 mm: score not comparable to 3 mm ones"),
     ("contrast:", "WARNING-CONTRAST", "scored as non-contrast on request: enhanced blood may score"),

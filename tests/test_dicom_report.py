@@ -262,7 +262,7 @@ def test_the_sr_carries_every_warning_of_the_report_as_a_coded_evaluation(tmp_pa
 def test_every_warning_the_pipeline_writes_has_its_own_sr_code():
     from agatax.cli import _exam_warnings
     from agatax.dicom_report import warning_code
-    from agatax.pipeline import dense_note, exclude_in_air, exclude_metal, exclude_noise_level
+    from agatax.pipeline import beside_metal_note, dense_note, exclude_in_air, exclude_metal, exclude_noise_level
     from agatax.quality import noise_note, thickness_note
     from agatax.scoring import compute_scores
 
@@ -272,13 +272,18 @@ def test_every_warning_the_pipeline_writes_has_its_own_sr_code():
     spacing = (3.0, 0.5, 0.5)
     _, _, metal = exclude_metal(hu, mask, mask.astype(np.float32) * 5, spacing, metal_hu=2000.0)
     dense = dense_note(hu, mask, spacing, compute_scores(hu, mask, spacing), metal_hu=None)
+    streak = hu.copy()
+    streak[3, 20:24, 20:24] = 200.0  # 5 mm from the metal: 4 mm^2 x 2 = 8 (B); without it, A
+    beside = streak == 200.0
+    beside = beside_metal_note(streak, beside, spacing, compute_scores(streak, beside, spacing))
     lung = np.full(hu.shape, -850.0, np.float32)
     lung[2:4, 20:22, 20:22] = 400.0  # a calcified granuloma
     _, _, in_air = exclude_in_air(lung, lung > 130, np.zeros(hu.shape, np.int32), spacing)
     speck = np.full(hu.shape, 40.0, np.float32)
     speck[3, 20, 20:22] = 150.0  # 110 HU above its surroundings at 30 HU of noise: under 5 SDs
     _, _, specks = exclude_noise_level(speck, speck > 130, np.zeros(hu.shape, np.int32), spacing, 30.0)
-    notes = {"WARNING-METAL": metal, "WARNING-IN-AIR": in_air, "WARNING-NOISE-LEVEL": specks, "WARNING-DENSE": dense, "WARNING-NOISE": noise_note(55.0, (10.0, 40.0)),
+    notes = {"WARNING-METAL": metal, "WARNING-IN-AIR": in_air, "WARNING-NOISE-LEVEL": specks, "WARNING-DENSE": dense,
+             "WARNING-BESIDE-METAL": beside, "WARNING-NOISE": noise_note(55.0, (10.0, 40.0)),
              "WARNING-THICKNESS": thickness_note(1.0, 1.0)}
     chosen = Volume(hu, spacing, metadata={"series_uid": "1.2.3", "kvp": 80.0,
                                            "skipped": [("a.dcm", "another series (1.2.4), not selected")]})
