@@ -35,7 +35,8 @@ from agatax.preprocess import AIR_HU, WINDOW_HU, _preprocess_kernel, _restore_ke
 from agatax.volume import Volume
 
 __all__ = ["segment", "segment_and_score", "run_pipeline", "resolve_score_on", "PipelineResult", "SCORE_ON",
-           "exclude_metal", "METAL_HU", "exclude_in_air", "AIR_SHARE", "exclude_noise_level", "NOISE_SNR", "dense_note", "DENSE_HU", "beside_metal_note", "BESIDE_METAL_MM", "DENSE_VOTE", "left_out_objects",
+           "exclude_metal", "METAL_HU", "exclude_in_air", "AIR_SHARE", "exclude_noise_level", "NOISE_SNR", "dense_note", "DENSE_HU",
+           "beside_metal_note", "BESIDE_METAL_MM", "DENSE_VOTE", "left_out_objects",
            "LEFT_OUT_MIN_MM3", "LEFT_OUT_MIN_PEAK_HU"]
 
 SCORE_ON = ("auto", "device", "host")
@@ -44,8 +45,8 @@ AIR_SHARE = 0.65  # an object this much surrounded by air (in its own slices) li
 AERATED_HU = -400.0  # aerated lung (-950 to -700 HU) and air read below this; fat (-150 to -50 HU) never
 NOISE_SNR = 5.0  # an object must stand this many noise SDs above its surroundings (the Rose criterion)
 _RING_MM = (1.0, 3.0)  # the ring around an object where its surroundings are read (in-plane, mm)
-DENSE_VOTE = 0.4  # object_majority's dense line: objects peaking at 1000-1500 HU kept at a mean vote of 2 of 5 (None: off)
-BESIDE_METAL_MM = 10.0  # streaks and blooming beside metal reach 130 HU this far (a warning when the category rests on them)
+DENSE_VOTE = 0.4  # objects peaking at 1000-1500 HU kept at a mean vote of 2 of 5 (object_majority; None: off)
+BESIDE_METAL_MM = 10.0  # streaks beside metal reach 130 HU this far (a warning when the category rests on them)
 DENSE_HU = 1500.0  # scored objects this dense may be stents (1500-2600 HU) as much as calcium: a warning
 
 

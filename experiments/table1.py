@@ -168,7 +168,8 @@ _LOGITS = {}
 LOCALISE = True  # discard calcium outside the chest region, as agatax.run_pipeline does by default
 METAL_HU = 2000.0  # agatax.pipeline.METAL_HU; None keeps metal (the evaluations before 2026-12-02)
 NOISE_SNR = 5.0  # agatax.pipeline.NOISE_SNR; None keeps noise-level objects (the evaluations before 2026-12-04)
-DENSE_VOTE = 0.4  # agatax.pipeline.DENSE_VOTE: the ensemble's vote line for objects peaking at 1000-1500 HU (None: none; the evaluations before 2026-12-05)
+DENSE_VOTE = 0.4  # agatax.pipeline.DENSE_VOTE: the line for objects peaking at 1000-1500 HU (None: the evaluations
+# before 2026-12-05)
 
 
 def _logits_fn(ensemble):
