@@ -505,6 +505,9 @@ def left_out_slices(left_out: np.ndarray) -> list[int]:
     return [int(best[k]) for k in sorted(range(n), key=lambda k: (-sizes[k], best[k]))]
 
 
+#: Warnings saying the category rests on objects that may not be calcium, named in the picture's title.
+_RESTING_WARNINGS = (("dense:", "stent-dense objects"), ("beside metal:", "objects beside metal"))
+
 def render_png(
     path: str | os.PathLike,
     volume: Volume,
@@ -629,8 +632,15 @@ def render_png(
     total = summary.get("agatston")
     title = f"{summary.get('exam_id', '')}   Agatston {float(total or 0):.1f}   category {summary.get('category')}"
     doubt = summary.get("category_range") or {}
+    uncertain = ""
     if doubt.get("uncertain"):
-        title += f" (uncertain: {doubt['low']['category']} to {doubt['high']['category']}, see the report's warning)"
+        uncertain = f"uncertain: {doubt['low']['category']} to {doubt['high']['category']}"
+    resting = [what for start, what in _RESTING_WARNINGS if any(str(w).startswith(start)
+                                                                for w in summary.get("warnings") or ())]
+    if resting:  # the warnings that say the category rests on objects that may not be calcium
+        title += f" ({uncertain + '; ' if uncertain else ''}rests on {' and '.join(resting)}: see the warnings)"
+    elif uncertain:
+        title += f" ({uncertain}, see the report's warning)"
     extra = [f"{len(lesions)} slice lesion{'' if len(lesions) == 1 else 's'}"]
     if summary.get("volume_mm3") is not None:
         extra.append(f"volume {float(summary['volume_mm3']):.1f} mm\u00b3")

@@ -293,7 +293,14 @@ def test_png_shows_all_slices_on_request_and_says_how_many(tmp_path, monkeypatch
     write_report(tmp_path, volume, scores, mask, extra={"category_range": doubt})
     assert "category C (uncertain: A to C, see the report's warning)" in titles[-1]
     write_report(tmp_path, volume, scores, mask, extra={"category_range": {**doubt, "uncertain": False}})
-    assert "uncertain" not in titles[-1]
+    assert "uncertain" not in titles[-1] and "rests on" not in titles[-1]
+    warned = ["beside metal: 1 scored object(s) within 10 mm of metal ...", "image noise: 45 HU ..."]
+    write_report(tmp_path, volume, scores, mask, extra={"warnings": warned})
+    assert "(rests on objects beside metal: see the warnings)" in titles[-1]
+    write_report(tmp_path, volume, scores, mask, extra={"warnings": ["dense: 1 scored object(s) ..."] + warned})
+    assert "(rests on stent-dense objects and objects beside metal: see the warnings)" in titles[-1]
+    write_report(tmp_path, volume, scores, mask, extra={"warnings": warned, "category_range": doubt})
+    assert "category C (uncertain: A to C; rests on objects beside metal: see the warnings)" in titles[-1]
 
 
 def test_readme_python_api_example_runs_verbatim(tmp_path, capsys):
