@@ -94,6 +94,12 @@ def upsample2x(x: jax.Array, kernel: jax.Array, *, impl: str = "xla") -> jax.Arr
     return jnp.transpose(out, (0, 1, 4, 2, 5, 3, 6, 7)).reshape(b, 2 * z, 2 * y, 2 * w, co)
 
 
+#: The pre-processing the weights were trained on: (keyword of ``agatax.preprocess`` and ``TrainingSet`` field,
+#: UNetConfig field, how a value reads in a message).
+INPUT_SETTINGS = (("box_mm", "input_box_mm", "an enhancement box of {} mm"),
+                  ("dense_gain", "input_dense_gain", "dense_gain {}"))
+
+
 @dataclasses.dataclass(frozen=True)
 class UNetConfig:
     """Architecture and numerics of the U-Net (hashable: used as a static argument under jit).
@@ -173,7 +179,7 @@ class UNetConfig:
     def input_options(self) -> dict[str, float]:
         """The pre-processing of the input the weights were trained on, as keyword arguments of
         :func:`agatax.preprocess` and ``agatax.train.prepare_pairs``: ``box_mm`` and ``dense_gain``."""
-        return {"box_mm": self.input_box_mm, "dense_gain": self.input_dense_gain}
+        return {name: getattr(self, field) for name, field, _ in INPUT_SETTINGS}
 
     @property
     def multiple(self) -> int:

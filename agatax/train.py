@@ -44,6 +44,7 @@ from flax.training import train_state
 
 from agatax._atomic import atomic_open, atomic_write_bytes
 from agatax.errors import CheckpointError, InputError
+from agatax.model import INPUT_SETTINGS
 from agatax.orientation import to_canonical
 from agatax.preprocess import ENHANCE_BOX_MM
 from agatax.volume import Volume
@@ -198,11 +199,6 @@ class TrainConfig:
 # data: exams -> coarse (image, target) pairs
 
 
-#: The pre-processing settings pairs are made with and networks are trained on: (TrainingSet field,
-#: UNetConfig field, how a value reads in a message).
-_INPUTS = (("box_mm", "input_box_mm", "an enhancement box of {} mm"), ("dense_gain", "input_dense_gain", "dense_gain {}"))
-
-
 @dataclass
 class TrainingSet:
     """Training or validation pairs on the network's coarse grid.
@@ -263,7 +259,7 @@ class TrainingSet:
         negatives = []
         if self.negatives or other.negatives:
             negatives = self._negatives_or_empty() + other._negatives_or_empty()
-        for name, config_name, reads in _INPUTS:
+        for name, config_name, reads in INPUT_SETTINGS:
             mine, theirs = getattr(self, name), getattr(other, name)
             if None not in (mine, theirs) and mine != theirs:
                 raise InputError(
@@ -912,7 +908,7 @@ def train_member(
     levels = int(model_config.levels)
     multiple = 2 ** (levels - 1)
     for which, data in (("training", train_data), ("validation", val_data)):
-        for name, config_name, reads in _INPUTS:
+        for name, config_name, reads in INPUT_SETTINGS:
             made, takes = (None if data is None else getattr(data, name)), getattr(model_config, config_name)
             if made is not None and made != takes:
                 raise InputError(

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "experiments"))
 
-from unseen import parse_dense_votes  # noqa: E402
+from unseen import add_dense_vote_argument, dense_vote_tag, parse_dense_votes  # noqa: E402
 
 SEED0 = 3_400_000  # a seed range no other experiment draws from
 
@@ -107,9 +107,7 @@ def main(argv=None) -> int:
     ap.add_argument("--target-mm", type=float, default=None,
                     help="the networks' grid, mm (default: the pipeline's, 3 mm): a finer grid than trained on")
     ap.add_argument("--quick", action="store_true", help="2 tiny exams and a random tiny network")
-    ap.add_argument("--dense-vote", nargs="+", default=None, metavar="SHARE|off",
-                    help="run with each of these vote lines for objects peaking at 1000-1500 HU (a share of the "
-                    "members, e.g. 0.4; off: the majority line for every object; default: the pipeline's)")
+    add_dense_vote_argument(ap)
     args = ap.parse_args(argv)
 
     import agatax
@@ -131,7 +129,7 @@ def main(argv=None) -> int:
         settings, n = {"matrix": args.matrix, "protocol": "cardiac"}, args.exams
     lines = parse_dense_votes(ap, args.dense_vote)
     if args.dense_vote is not None:  # one entry per weights and vote line
-        ensembles = {f"{name} (dense vote {'off' if d is None else d})": (ens, d)
+        ensembles = {f"{name} ({dense_vote_tag(d)})": (ens, d)
                      for name, ens in ensembles.items() for d in lines}
     else:
         ensembles = {name: (ens, lines[0]) for name, ens in ensembles.items()}

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "experiments"))
 from agatax.ensemble import load_ensemble  # noqa: E402
 from agatax._atomic import atomic_write_text  # noqa: E402
 from agatax.pipeline import AIR_SHARE, DENSE_VOTE, run_pipeline  # noqa: E402
-from unseen import parse_dense_votes  # noqa: E402
+from unseen import add_dense_vote_argument, dense_vote_tag, parse_dense_votes  # noqa: E402
 from agatax.synthetic import DISTRACTOR_CODES, generate_exam, parse_lookalike_rates  # noqa: E402
 
 KINDS = {v: k for k, v in DISTRACTOR_CODES.items()}
@@ -79,9 +79,7 @@ def main(argv=None) -> int:
     ap.add_argument("--air-rule", choices=("on", "off", "both"), default="on",
                     help="leave out objects surrounded by air (run_pipeline's air_share, as shipped: on), keep "
                          "them (off), or score both ways")
-    ap.add_argument("--dense-vote", nargs="+", default=None, metavar="SHARE|off",
-                    help="score with each of these vote lines for objects peaking at 1000-1500 HU (a share of the "
-                    "members, e.g. 0.4; off: the majority line for every object; default: the pipeline's)")
+    add_dense_vote_argument(ap)
     args = ap.parse_args(argv)
     lines = parse_dense_votes(ap, args.dense_vote)
     if args.without_carina:
@@ -99,7 +97,7 @@ def main(argv=None) -> int:
     rules = {"on": [("", AIR_SHARE)], "off": [(" (in-air rule off)", None)],
              "both": [("", AIR_SHARE), (" (in-air rule off)", None)]}[args.air_rule]
     if args.dense_vote is not None:
-        rules = [(f"{label} (dense vote {'off' if d is None else d})", air, d) for label, air in rules for d in lines]
+        rules = [(f"{label} ({dense_vote_tag(d)})", air, d) for label, air in rules for d in lines]
     else:
         rules = [(label, air, lines[0]) for label, air in rules]
     for w in args.weights:

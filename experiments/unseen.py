@@ -122,6 +122,18 @@ def unseen_cohort(n: int, seed: int, matrix: int | None, noise_hu: tuple[float, 
         yield _draw(item, matrix)
 
 
+def add_dense_vote_argument(ap) -> None:
+    """The ``--dense-vote`` option of the experiments that compare the pipeline's vote lines."""
+    ap.add_argument("--dense-vote", nargs="+", default=None, metavar="SHARE|off",
+                    help="run with each of these vote lines for objects peaking at 1000-1500 HU (a share of the "
+                    "members, e.g. 0.4; off: the majority line for every object; default: the pipeline's)")
+
+
+def dense_vote_tag(dense) -> str:
+    """How a result under one ``--dense-vote`` line is labelled: "dense vote 0.4", "dense vote off"."""
+    return f"dense vote {'off' if dense is None else dense}"
+
+
 def parse_dense_votes(ap, values) -> list:
     """``--dense-vote`` values -> [share or None]; None given: [the pipeline's DENSE_VOTE]."""
     from agatax.pipeline import DENSE_VOTE
@@ -159,9 +171,7 @@ def main(argv=None) -> int:
     ap.add_argument("--noise-profile", default=None,
                     help="LOW,HIGH: draw each unseen exam's noise_profile from this range (the noise SD times "
                     "1 + P (r / R)^2 away from the image centre; e.g. -0.5,1.0); same exams and noise patterns")
-    ap.add_argument("--dense-vote", nargs="+", default=None, metavar="SHARE|off",
-                    help="evaluate with each of these vote lines for objects peaking at 1000-1500 HU (a share of the "
-                    "members, e.g. 0.4; off: the majority line for every object; default: the pipeline's)")
+    add_dense_vote_argument(ap)
     ap.add_argument("--workdir", default=str(ROOT / "experiments" / "_table1_work"))
     args = ap.parse_args(argv)
     lines = parse_dense_votes(ap, args.dense_vote)
@@ -204,8 +214,8 @@ def main(argv=None) -> int:
                 table1.LOCALISE, table1.DENSE_VOTE = localise, dense
                 ev = table1.evaluate(ens, exams)
                 tag = name if localise else f"{name}, no localisation"
-                if len(lines) > 1 or args.dense_vote is not None:
-                    tag += f", dense vote {dense if dense is not None else 'off'}"
+                if args.dense_vote is not None:
+                    tag += f", {dense_vote_tag(dense)}"
                 results[f"{w}::{tag}"] = ev
                 les = ev["lesions"]
                 print(f"| {w} | {tag} | {ev['ensemble_c_index']:.3f} | {ev['ensemble_accuracy']:.3f} | "
