@@ -116,18 +116,21 @@ def test_noise_specks_are_left_out_and_small_true_plaques_kept():
     from agatax.synthetic import generate_exam
 
     kept_specks = []
-    for seed in (30, 32, 33):  # calcium-free
+    for seed in (33, 34, 37):  # calcium-free exams where the default finds specks (generator version 8)
         volume = generate_exam(seed, target_category="A", matrix=256, noise_sigma_hu=38.0).volume
         res = score_exam(volume)
         assert res.scores.agatston == 0.0, (seed, res.scores.agatston)
         kept = score_exam(volume, noise_snr=None)
         kept_specks.append(kept.scores.agatston)
-        # what the rule left out is handed on for the report picture: the specks, and nothing else
+        # what the rule left out is handed on for the report picture: the specks, beside what the other
+        # rules (metal, in air) left out in both runs
         want = kept.mask & ~res.mask
+        if kept.dropped is not None:
+            want = want | kept.dropped
         assert (res.dropped is None) == (not want.any())
         if want.any():
             np.testing.assert_array_equal(res.dropped, want)
-    assert sum(a > 0 for a in kept_specks) >= 2, kept_specks  # the rule is what clears them
+    assert all(a > 0 for a in kept_specks), kept_specks  # the rule is what clears them
     over = []
     for seed in (30, 33, 35):  # category B: small true plaques in the same noise
         ex = generate_exam(seed, target_category="B", matrix=256, noise_sigma_hu=38.0)

@@ -859,6 +859,71 @@ def _posterior_gaps_mm(ex) -> list[float]:
     return gaps
 
 
+def test_chest_shape_experiment_reads_the_patient_each_exam_is_drawn_from():
+    """experiments/chest_shape.py draws no exam: its body must be the one generate_exam draws for the seed
+    (same streams), and its Haller index the inner width over the sternum-to-vertebra depth of that body."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "chest_shape.py"
+    spec = importlib.util.spec_from_file_location("chest_shape", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for seed in (0, 5):
+        body = generate_exam(seed, target_category="A", matrix=64, n_slices=8).params["body"]
+        fig = mod.chest_figures(seed, matrix=64, n_slices=8)
+        assert fig["outer_depth"] == 2.0 * body["b"]
+        ai = body["a"] - body["subcut"] - body["wall"]
+        bi = body["b"] - 0.8 * body["subcut"] - body["wall"]
+        assert fig["haller"] == pytest.approx(2 * ai / ((bi - 42.0 - 16.5) + (bi + 4.0 - 6.5)))
+
+
+def test_surface_coords_inverts_the_heart_surface():
+    from agatax.synthetic.anatomy import sample_heart
+    from agatax.synthetic.calcium import surface_coords
+
+    heart = sample_heart(np.random.default_rng(3), 110.0)
+    rng = np.random.default_rng(0)
+    t, phi = rng.uniform(-0.95, 0.95, 50), rng.uniform(-np.pi, np.pi, 50)
+    t2, phi2 = surface_coords(heart, heart.surface(t, phi))
+    np.testing.assert_allclose(t2, t, atol=1e-9)
+    np.testing.assert_allclose(np.angle(np.exp(1j * (phi2 - phi))), 0.0, atol=1e-9)
+
+
+def test_cardiac_veins_run_beside_their_arteries_and_the_sinus_reaches_the_crux():
+    """The anterior interventricular vein beside the LAD and the middle cardiac vein beside the PDA keep
+    0.5-3 mm of fat from the artery (edge to edge, within the ~0.5 mm of the surface's curvature and
+    sampling), on the epicardium; the great cardiac vein follows the LCX on its atrial side and the
+    coronary sinus, 7-11 mm across, ends at the crux (the RCA's end)."""
+    from agatax.synthetic.anatomy import sample_heart
+    from agatax.synthetic.calcium import cardiac_veins, coronary_tree
+
+    for seed in range(6):
+        heart = sample_heart(np.random.default_rng(seed), 110.0)
+        vessels = coronary_tree(heart, np.random.default_rng(100 + seed))
+        veins = cardiac_veins(heart, vessels, np.random.default_rng(200 + seed))
+        assert set(veins) == {"GCV", "MCV"}
+        for vein, artery, part in (("GCV", "LAD", slice(0, 40)), ("MCV", "PDA", slice(None))):
+            v, a = veins[vein], vessels[artery]
+            d = np.linalg.norm(v.points[part, None] - a.points[None], axis=2)
+            j = d.argmin(axis=1)
+            gap = d.min(axis=1) - v.radius[part] - a.radius[j]
+            assert gap.min() > 0.0 and np.median(gap) < 3.5, (seed, vein, gap.min(), np.median(gap))
+            q = np.linalg.norm(_local(heart, v.points), axis=1)
+            assert np.all(q > 1.0) and np.all(q < 1.0 + 5.0 / heart.semi.min()), (seed, vein)
+        gcv = veins["GCV"]
+        assert 3.5 <= gcv.radius[-1] <= 5.5 and gcv.radius[0] <= 1.4, seed
+        end, crux = _local(heart, np.stack([gcv.points[-1], vessels["RCA"].points[-1]]))
+        turn = np.arctan2(end[2], end[1]) - np.arctan2(crux[2], crux[1])
+        assert abs(np.angle(np.exp(1j * turn))) < 0.05, seed  # round the heart: as far as the crux
+        assert np.linalg.norm(gcv.points[-1] - vessels["RCA"].points[-1]) < 16.0, seed  # in the same groove
+        # along the LCX the vein lies toward the base: its long-axis coordinate is lower than the artery's
+        lcx = vessels["LCX"].points
+        near = np.linalg.norm(gcv.points[:, None] - lcx[None, 20:-20], axis=2).min(axis=1) < 8.0
+        assert near.sum() > 20 and np.median(_local(heart, gcv.points[near])[:, 0]) < np.median(
+            _local(heart, lcx[20:-20])[:, 0]), seed
+
+
 def test_the_heart_leaves_room_for_the_oesophagus_and_descending_aorta_in_front_of_the_spine():
     """Behind the heart lie the oesophagus and the descending aorta, in front of the vertebral body: on the
     tissue map of whole-chest exams the heart's back keeps >= 15 mm from the vertebral body's front in

@@ -24,13 +24,13 @@ __all__ = ["TISSUES", "TISSUE_HU", "ScannerParams", "Grid", "Heart", "sample_sca
 TISSUES = {
     "air": 0, "fat": 1, "muscle": 2, "lung": 3, "cortical_bone": 4, "trabecular_bone": 5, "myocardium": 6,
     "blood": 7, "pericardium": 8, "epicardial_fat": 9, "liver": 10, "csf": 11, "disc": 12, "cartilage": 13,
-    "airway": 14, "lung_vessel": 15, "coronary": 16, "spleen": 17,
+    "airway": 14, "lung_vessel": 15, "coronary": 16, "spleen": 17, "cardiac_vein": 18,
 }
 TISSUE_HU = {
     "air": -1000.0, "fat": -100.0, "muscle": 50.0, "lung": -860.0, "cortical_bone": 1000.0,
     "trabecular_bone": 260.0, "myocardium": 45.0, "blood": 40.0, "pericardium": 30.0,
     "epicardial_fat": -95.0, "liver": 58.0, "csf": 10.0, "disc": 85.0, "cartilage": 110.0,
-    "airway": -990.0, "lung_vessel": 40.0, "coronary": 40.0, "spleen": 48.0,
+    "airway": -990.0, "lung_vessel": 40.0, "coronary": 40.0, "spleen": 48.0, "cardiac_vein": 40.0,
 }
 
 
@@ -346,6 +346,7 @@ def _tissue_hu(rng: np.random.Generator) -> dict[str, float]:
         out[k] = float(TISSUE_HU[k] + rng.uniform(-s, s))
     out["lung_vessel"] = out["blood"]
     out["coronary"] = out["blood"]
+    out["cardiac_vein"] = out["blood"]
     return out
 
 

@@ -17,7 +17,7 @@ from scipy.special import ndtr
 
 from agatax.synthetic.anatomy import Grid, Heart, _polyline, _unit
 
-__all__ = ["ARTERY_CODES", "BRANCH_OF", "Vessel", "coronary_tree", "Atoms", "render_atoms", "atoms_box",
+__all__ = ["ARTERY_CODES", "BRANCH_OF", "Vessel", "coronary_tree", "cardiac_veins", "surface_coords", "Atoms", "render_atoms", "atoms_box",
            "ostial_root_atoms"]
 
 ARTERY_CODES = {"LM": 1, "LAD": 2, "LCX": 3, "RCA": 4}
@@ -106,6 +106,77 @@ def coronary_tree(heart: Heart, rng: np.random.Generator) -> dict[str, Vessel]:
         s = rng.uniform(0.9, 1.1)
         vessels[name] = Vessel(name, pts, np.linspace(r0 * s, r1 * s, len(pts)))
     return vessels
+
+
+def surface_coords(heart: Heart, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(t, phi) of points (N, 3) (Z, Y, X) mm on or near the ventricular surface: the inverse of
+    ``Heart.surface`` (t base -1 .. apex 1; phi rad, 0 anterior, +pi/2 patient left)."""
+    local = (np.asarray(points, np.float64) - heart.center) @ np.stack([heart.u, heart.v, heart.w]).T
+    a, b, c = heart.semi
+    return local[:, 0] / a, np.arctan2(local[:, 2] / c, local[:, 1] / b)
+
+
+def _beside(heart: Heart, t, phi, off, dist_mm, along_t: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(t, phi) moved over the surface by ``dist_mm`` (per point; signed) along t (toward the apex) or phi."""
+    h = 1e-3
+    p0 = heart.surface(t, phi, off)
+    p1 = heart.surface(t + h, phi, off) if along_t else heart.surface(t, phi + h, off)
+    step = dist_mm * h / np.maximum(np.linalg.norm(p1 - p0, axis=1), 1e-6)
+    return (t + step, phi) if along_t else (t, phi + step)
+
+
+def cardiac_veins(heart: Heart, vessels: dict[str, Vessel], rng: np.random.Generator) -> dict[str, Vessel]:
+    """The veins that run beside the arteries in the same fat-filled grooves, soft tissue like them without
+    contrast (none carries calcium):
+
+    - ``GCV``: the anterior interventricular vein beside the LAD (on its left in 80 % of patients) from near
+      the apex to the base, the great cardiac vein on the atrial side of the LCX in the left
+      atrioventricular groove, and the coronary sinus to the crux (radius 1.0-1.4 mm rising to 3.5-5.5 mm:
+      the sinus is 7-11 mm across);
+    - ``MCV``: the middle cardiac vein beside the PDA in the posterior interventricular groove, up to the
+      crux (radius 1.0-1.4 -> 1.8-2.6 mm).
+
+    Each lies 0.5-3 mm (edge to edge) from its artery; the arteries' tortuosity carries over. Centre lines
+    sampled every ~0.5 mm, like ``coronary_tree``'s.
+    """
+    def beside(name, lo, hi, r_vein, along_t, sign):  # the vein's (t, phi) beside a stretch of an artery
+        art = vessels[name]
+        n = len(art.points)
+        i0, i1 = int(lo * (n - 1)), int(hi * (n - 1))
+        t, phi = surface_coords(heart, art.points[i0:i1 + 1])
+        gap = art.radius[i0:i1 + 1] + r_vein + rng.uniform(0.5, 3.0)
+        return _beside(heart, t, phi, 2.0, sign * gap, along_t)
+
+    # anterior interventricular vein: beside the LAD from 85 % of its length up to the junction
+    side = 1.0 if rng.random() < 0.8 else -1.0
+    t_a, p_a = beside("LAD", 0.04, rng.uniform(0.75, 0.9), 1.8, False, side)
+    t_a, p_a = t_a[::-1], p_a[::-1]
+    # great cardiac vein: on the atrial side (toward the base) of the LCX, then the coronary sinus to the crux
+    t_g, p_g = beside("LCX", 0.04, 1.0, 3.0, True, -1.0)
+    p_g = np.unwrap(p_g)  # the LCX runs around the heart from the front (phi ~0.5) past the back (pi)
+    _, crux = surface_coords(heart, vessels["RCA"].points[-1:])
+    crux = float(p_g[0] + np.remainder(crux[0] - p_g[0], 2 * np.pi))  # the crux, further along the same way
+    keep = p_g <= crux
+    t_g, p_g = t_g[keep], p_g[keep]
+    if p_g[-1] < crux:  # the sinus runs on along the groove to the crux
+        k = max(int((crux - p_g[-1]) * 40), 2)
+        t_g = np.concatenate([t_g, np.full(k, t_g[-1])])
+        p_g = np.concatenate([p_g, np.linspace(p_g[-1], crux, k + 1)[1:]])
+    nodes_a = heart.surface(t_a, p_a, 2.0)
+    nodes_g = heart.surface(t_g, p_g, 2.0)
+    r0, r1, r2 = rng.uniform(1.0, 1.4), rng.uniform(2.0, 2.6), rng.uniform(3.5, 5.5)
+    gcv = _polyline(np.concatenate([nodes_a, nodes_g]), 0.5)
+    s = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(gcv, axis=0), axis=1))])
+    s_a = float(np.linalg.norm(np.diff(nodes_a, axis=0), axis=1).sum())  # where the LAD's vein turns into the groove
+    frac = np.clip((s - s_a) / max(s[-1] - s_a, 1e-6), 0.0, 1.0)
+    radius = np.where(s <= s_a, r0 + (r1 - r0) * s / max(s_a, 1e-6),
+                      r1 + (r2 - r1) * np.clip((frac - 0.55) / 0.45, 0.0, 1.0))
+    veins = {"GCV": Vessel("GCV", gcv, radius)}
+    # middle cardiac vein: beside the PDA from its distal part up to the crux
+    t_m, p_m = beside("PDA", 0.05, rng.uniform(0.7, 0.95), 1.6, False, 1.0 if rng.random() < 0.5 else -1.0)
+    mcv = _polyline(heart.surface(t_m[::-1], p_m[::-1], 2.0), 0.5)
+    veins["MCV"] = Vessel("MCV", mcv, np.linspace(rng.uniform(1.0, 1.4), rng.uniform(1.8, 2.6), len(mcv)))
+    return veins
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,10 +11,11 @@ from scipy import ndimage
 
 from agatax.errors import AgataxError, InputError
 from agatax.synthetic.anatomy import (
-    TISSUES, Grid, ScannerParams, _paint_capsules, build_anatomy, polyline_segments, make_grid, sample_heart, sample_scanner,
+    TISSUES, Grid, Heart, ScannerParams, _paint_capsules, build_anatomy, polyline_segments, make_grid, sample_heart,
+    sample_scanner,
 )
 from agatax.synthetic.calcium import (
-    ARTERY_CODES, BRANCH_OF, LOOKALIKE_KINDS, Atoms, Vessel, arch_atoms, atoms_box, coronary_tree, distractor_atoms,
+    ARTERY_CODES, BRANCH_OF, LOOKALIKE_KINDS, Atoms, Vessel, arch_atoms, atoms_box, cardiac_veins, coronary_tree, distractor_atoms,
     granuloma_atoms, ostial_root_atoms, place_beside, plaque_atoms, render_atoms,
 )
 from agatax.volume import Volume
@@ -50,7 +51,9 @@ _SCANNER_KEYS = ("matrix", "fov_mm", "slice_increment_mm", "slice_thickness_mm",
 #: drawn deeper where it still does not fit; the left atrium 36 mm deep (was 40) (2026-12-04).
 #: 7: calcified granulomas in the lung beside the heart in 25 % of exams (a stream of their own: the other
 #: exams are those of version 6) (2026-12-04).
-GENERATOR_VERSION = 7
+#: 8: the cardiac veins beside the arteries in their grooves (the anterior interventricular and great cardiac
+#: veins and the coronary sinus; the middle cardiac vein), a stream of their own (2026-12-05).
+GENERATOR_VERSION = 8
 
 
 def category_of(score: float) -> str:
@@ -476,21 +479,10 @@ def _pick_category(rng, target_category, target_agatston, mix) -> tuple[str, flo
     return target_category, lo, hi
 
 
-def _generate(seed, attempt, target_category, target_agatston, category_mix, n_lesions, burden, keep_tissue, given,
-              rates):
-    from agatax.scoring import compute_scores, risk_category
-
-    ss = np.random.SeedSequence([seed, attempt])
-    # streams by purpose; a new one is appended (spawn keys are positional), so older draws stay the same
-    r_scan, r_pat, r_anat, r_noise, r_les, r_dis, r_warp, r_up, r_ost, r_lung = (
-        np.random.default_rng(s) for s in ss.spawn(10))
-    sc = sample_scanner(r_scan, **given)
-    cat, lo, hi = _pick_category(r_les, target_category, target_agatston, category_mix)
-    target = 0.0 if hi <= 0 else float(math.exp(r_les.uniform(math.log(max(lo, 0.5)), math.log(hi))))
-    if burden is None:
-        burden = float(np.clip({"A": 0.12, "B": 0.3, "C": 0.45, "D": 0.6, "E": 0.8}[cat] + r_dis.normal(0, 0.15), 0, 1))
-
-    # patient: body and heart, coverage from below the apex to above the coronary ostia
+def sample_patient(r_pat: np.random.Generator, sc: ScannerParams) -> tuple[dict, Heart, float, float]:
+    """The patient's body (outer half-width ``a`` and half-depth ``b``, subcutaneous fat and chest wall, mm)
+    and heart, drawn from the patient stream, and the scan's z coverage and the coverage the heart needs (mm,
+    from below the apex to above the coronary ostia); the heart is shrunk to fit a short scan."""
     body = {"a": r_pat.uniform(150.0, 185.0), "b": r_pat.uniform(100.0, 125.0), "subcut": r_pat.uniform(6.0, 28.0),
             "wall": r_pat.uniform(10.0, 16.0)}
     b_inner = body["b"] - body["subcut"] * 0.8 - body["wall"]
@@ -502,6 +494,24 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
         heart = sample_heart(np.random.default_rng(heart_seed), b_inner, scale=max(0.7, coverage / needed))
         needed = heart.z_top + 18.0 - (heart.z_bottom - 6.0)
     body["b"] += heart.chest_deeper_mm  # a chest deep enough for the heart (sample_heart)
+    return body, heart, coverage, needed
+
+
+def _generate(seed, attempt, target_category, target_agatston, category_mix, n_lesions, burden, keep_tissue, given,
+              rates):
+    from agatax.scoring import compute_scores, risk_category
+
+    ss = np.random.SeedSequence([seed, attempt])
+    # streams by purpose; a new one is appended (spawn keys are positional), so older draws stay the same
+    r_scan, r_pat, r_anat, r_noise, r_les, r_dis, r_warp, r_up, r_ost, r_lung, r_vein = (
+        np.random.default_rng(s) for s in ss.spawn(11))
+    sc = sample_scanner(r_scan, **given)
+    cat, lo, hi = _pick_category(r_les, target_category, target_agatston, category_mix)
+    target = 0.0 if hi <= 0 else float(math.exp(r_les.uniform(math.log(max(lo, 0.5)), math.log(hi))))
+    if burden is None:
+        burden = float(np.clip({"A": 0.12, "B": 0.3, "C": 0.45, "D": 0.6, "E": 0.8}[cat] + r_dis.normal(0, 0.15), 0, 1))
+
+    body, heart, coverage, needed = sample_patient(r_pat, sc)
     z_start = heart.z_bottom - 6.0 - max(coverage - needed, 0.0) * r_pat.uniform(0.15, 0.45)
     # the upper mediastinum: carina 25-45 mm above the coronary ostia, the arch around it, the trachea above
     upper = {"carina_z": heart.z_top + float(r_up.uniform(25.0, 45.0)), "arch_base": float(r_up.uniform(-10.0, 5.0)),
@@ -540,8 +550,16 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
     sheath = np.concatenate([np.full(len(g[0]), 0.4 if name in BRANCH_OF else 1.0) for name, g in zip(vessels, segs)])
     _paint_capsules(vol, tissue, grid, p0, p1, np.concatenate([g[2] for g in segs]) + groove_fat * sheath * wobble * (1.25 - 0.5 * along),
                     landmarks["hu_of"]["epicardial_fat"], TISSUES["epicardial_fat"], e_mm, only_hu_below=100.0)
+    # the cardiac veins beside the arteries, in the same grooves: their own fat sheath, then the arteries'
+    # lumens, then theirs (in fat only, so that an artery crossing a vein stays whole)
+    vsegs = [polyline_segments(v.points, v.radius, 2.0) for v in cardiac_veins(heart, vessels, r_vein).values()]
+    vp0, vp1, vr = (np.concatenate([g[i] for g in vsegs]) for i in range(3))
+    _paint_capsules(vol, tissue, grid, vp0, vp1, vr + 0.6 * groove_fat, landmarks["hu_of"]["epicardial_fat"],
+                    TISSUES["epicardial_fat"], e_mm, only_hu_below=100.0)
     _paint_capsules(vol, tissue, grid, np.concatenate([g[0] for g in segs]), np.concatenate([g[1] for g in segs]),
                     np.concatenate([g[2] for g in segs]), landmarks["hu_of"]["coronary"], TISSUES["coronary"], e_mm,
+                    only_hu_below=-20.0)
+    _paint_capsules(vol, tissue, grid, vp0, vp1, vr, landmarks["hu_of"]["cardiac_vein"], TISSUES["cardiac_vein"], e_mm,
                     only_hu_below=-20.0)
     # every organ deformed smoothly (patient-to-patient shapes); vessels follow, so calcium stays on them
     warp = _Warp(r_warp, float(r_warp.uniform(2.0, 7.0)))
