@@ -22,6 +22,17 @@ SEED = 4
 _cache = {}
 
 
+def _experiment(name: str):
+    """The module of experiments/<name>.py (the experiments are scripts, not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def small_exam(seed, cat, **kw):
     key = (seed, cat, tuple(sorted(kw.items())))
     if key not in _cache:
@@ -580,13 +591,7 @@ def test_plaque_sits_at_its_eccentricity_off_the_centre_line(eccentric):
 def test_branch_lesions_experiment_counts_a_lesion_found_only_when_the_prediction_touches_it():
     """experiments/branch_lesions.py: the true mask finds every lesion; the true mask without one lesion's
     voxels misses that one and only it."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "experiments" / "branch_lesions.py"
-    spec = importlib.util.spec_from_file_location("branch_lesions", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _experiment("branch_lesions")
     ex = small_exam(1, "E")
     truth = ex.mask > 0
     assert [found for _, found in mod.found_lesions(ex, truth)] == [True] * len(ex.lesions)
@@ -601,14 +606,9 @@ def test_branch_lesions_experiment_counts_a_lesion_found_only_when_the_predictio
 def test_branch_lesions_experiment_measures_the_distance_to_aortic_calcium_in_mm():
     """experiments/branch_lesions.py's aortic_distance_mm against a brute-force distance on an anisotropic
     grid (only wall, valve and root calcium count; no aortic calcium: inf), and the class it gives a lesion."""
-    import importlib.util
-    from pathlib import Path
     from types import SimpleNamespace
 
-    path = Path(__file__).resolve().parents[1] / "experiments" / "branch_lesions.py"
-    spec = importlib.util.spec_from_file_location("branch_lesions", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _experiment("branch_lesions")
     d = np.zeros((5, 9, 11), np.uint8)
     d[1, 2, 3] = DISTRACTOR_CODES["aortic_valve"]
     d[4, 8, 10] = DISTRACTOR_CODES["aortic_root"]
@@ -783,14 +783,9 @@ def test_lung_distance_experiment_measures_each_object_to_the_nearest_air_voxel(
     """experiments/lung_distance.py on a hand-built exam (spacing 3 x 0.5 x 0.5 mm, air in x >= 30): a
     main-artery lesion whose nearest voxel is 10 columns from the air (5.0 mm), a branch lesion 4 columns
     off (2.0 mm), a plate 2 columns off (1.0 mm); a plate voxel below 130 HU is not counted."""
-    import importlib.util
-    from pathlib import Path
     from types import SimpleNamespace
 
-    path = Path(__file__).resolve().parents[1] / "experiments" / "lung_distance.py"
-    spec = importlib.util.spec_from_file_location("lung_distance", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _experiment("lung_distance")
     hu = np.full((6, 20, 40), 40.0)
     hu[:, :, 30:] = -800.0
     mask = np.zeros(hu.shape, np.uint8)
@@ -814,14 +809,9 @@ def test_lung_distance_experiment_measures_each_object_to_the_nearest_air_voxel(
 def test_branch_lesions_experiment_knows_a_lesion_fused_with_aortic_root_calcium():
     """experiments/branch_lesions.py's touching_root on a hand-built exam: a lesion whose calcium touches root
     calcium diagonally (26-connected) is one object with it; one a voxel of soft tissue away is not."""
-    import importlib.util
-    from pathlib import Path
     from types import SimpleNamespace
 
-    path = Path(__file__).resolve().parents[1] / "experiments" / "branch_lesions.py"
-    spec = importlib.util.spec_from_file_location("branch_lesions", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _experiment("branch_lesions")
     hu = np.full((4, 12, 12), 40.0, np.float32)
     d = np.zeros(hu.shape, np.uint8)
     hu[1, 2:4, 2:4], d[1, 2:4, 2:4] = 600.0, DISTRACTOR_CODES["aortic_root"]
@@ -862,13 +852,7 @@ def _posterior_gaps_mm(ex) -> list[float]:
 def test_chest_shape_experiment_reads_the_patient_each_exam_is_drawn_from():
     """experiments/chest_shape.py draws no exam: its body must be the one generate_exam draws for the seed
     (same streams), and its Haller index the inner width over the sternum-to-vertebra depth of that body."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "experiments" / "chest_shape.py"
-    spec = importlib.util.spec_from_file_location("chest_shape", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _experiment("chest_shape")
     for seed in (0, 5):
         body = generate_exam(seed, target_category="A", matrix=64, n_slices=8).params["body"]
         fig = mod.chest_figures(seed, matrix=64, n_slices=8)
@@ -942,9 +926,7 @@ def test_the_heart_leaves_room_for_the_oesophagus_and_descending_aorta_in_front_
 def test_branch_lesions_experiment_runs_saved_weights_under_each_dense_vote_line(tmp_path):
     """experiments/branch_lesions.py on a weights file with ``--dense-vote off 0.4``: one count table per line,
     each counting every planted lesion of the exam once (its total against the generator's lesion list)."""
-    import importlib.util
     import json
-    from pathlib import Path
 
     import jax
 
@@ -952,10 +934,7 @@ def test_branch_lesions_experiment_runs_saved_weights_under_each_dense_vote_line
     from agatax.model import UNetConfig
     from agatax.synthetic import generate_exam
 
-    path = Path(__file__).resolve().parents[1] / "experiments" / "branch_lesions.py"
-    spec = importlib.util.spec_from_file_location("branch_lesions", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _experiment("branch_lesions")
     weights = save_ensemble(tmp_path / "w.msgpack", init_ensemble(jax.random.key(0), UNetConfig.tiny(), members=3))
     assert mod.main(["--weights", str(weights), "--exams", "1", "--matrix", "64", "--first-seed", "11",
                      "--dense-vote", "off", "0.4", "--workdir", str(tmp_path)]) == 0

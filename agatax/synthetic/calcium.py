@@ -136,8 +136,12 @@ def cardiac_veins(heart: Heart, vessels: dict[str, Vessel], rng: np.random.Gener
     - ``MCV``: the middle cardiac vein beside the PDA in the posterior interventricular groove, up to the
       crux (radius 1.0-1.4 -> 1.8-2.6 mm).
 
-    Each lies 0.5-3 mm (edge to edge) from its artery; the arteries' tortuosity carries over. Centre lines
-    sampled every ~0.5 mm, like ``coronary_tree``'s.
+    Each lies 0.5-3 mm (edge to edge) from its artery, the gap reckoned with radii of 1.8 (beside the LAD),
+    3.0 (the LCX) and 1.6 mm (the PDA), so the wider sinus comes up to 2.5 mm closer. Where the great
+    cardiac vein turns from the LAD into the groove it runs straight across the arteries near the left
+    main's bifurcation, as real ones cross there (``generate_exam`` paints the arteries' lumens first, so
+    they stay whole). The arteries' tortuosity carries over. Centre lines sampled every ~0.5 mm, like
+    ``coronary_tree``'s.
     """
     def beside(name, lo, hi, r_vein, along_t, sign):  # the vein's (t, phi) beside a stretch of an artery
         art = vessels[name]

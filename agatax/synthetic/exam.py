@@ -541,14 +541,14 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
     vessels = coronary_tree(heart, r_anat)
     e_mm = max(1.2 * psf, 0.5 * grid.spacing[1])
     segs = [polyline_segments(v.points, v.radius, 2.0) for v in vessels.values()]
-    p0, p1 = np.concatenate([g[0] for g in segs]), np.concatenate([g[1] for g in segs])
+    p0, p1, radius = (np.concatenate([g[i] for g in segs]) for i in range(3))
     # the arteries run in fat-filled grooves (atrioventricular, interventricular): a fat sheath first, whose
     # thickness varies along the vessel (smoothly) and between patients
     along = np.concatenate([np.linspace(0.0, 1.0, len(g[0])) for g in segs])
     wobble = 1.0 + 0.35 * np.sin(2 * math.pi * (along * r_anat.uniform(0.7, 1.6) + r_anat.uniform(0.0, 1.0)))
     # side branches run over the free walls, under the epicardial fat, not in a groove: a thinner sheath
     sheath = np.concatenate([np.full(len(g[0]), 0.4 if name in BRANCH_OF else 1.0) for name, g in zip(vessels, segs)])
-    _paint_capsules(vol, tissue, grid, p0, p1, np.concatenate([g[2] for g in segs]) + groove_fat * sheath * wobble * (1.25 - 0.5 * along),
+    _paint_capsules(vol, tissue, grid, p0, p1, radius + groove_fat * sheath * wobble * (1.25 - 0.5 * along),
                     landmarks["hu_of"]["epicardial_fat"], TISSUES["epicardial_fat"], e_mm, only_hu_below=100.0)
     # the cardiac veins beside the arteries, in the same grooves: their own fat sheath, then the arteries'
     # lumens, then theirs (in fat only, so that an artery crossing a vein stays whole)
@@ -556,8 +556,7 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
     vp0, vp1, vr = (np.concatenate([g[i] for g in vsegs]) for i in range(3))
     _paint_capsules(vol, tissue, grid, vp0, vp1, vr + 0.6 * groove_fat, landmarks["hu_of"]["epicardial_fat"],
                     TISSUES["epicardial_fat"], e_mm, only_hu_below=100.0)
-    _paint_capsules(vol, tissue, grid, np.concatenate([g[0] for g in segs]), np.concatenate([g[1] for g in segs]),
-                    np.concatenate([g[2] for g in segs]), landmarks["hu_of"]["coronary"], TISSUES["coronary"], e_mm,
+    _paint_capsules(vol, tissue, grid, p0, p1, radius, landmarks["hu_of"]["coronary"], TISSUES["coronary"], e_mm,
                     only_hu_below=-20.0)
     _paint_capsules(vol, tissue, grid, vp0, vp1, vr, landmarks["hu_of"]["cardiac_vein"], TISSUES["cardiac_vein"], e_mm,
                     only_hu_below=-20.0)
