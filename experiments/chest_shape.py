@@ -22,10 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agatax.synthetic import GENERATOR_VERSION  # noqa: E402
-from agatax.synthetic.anatomy import sample_scanner  # noqa: E402
+from agatax.synthetic.anatomy import (STERNUM_CENTRE_MM, STERNUM_HALF_DEPTH_MM, VB_CENTRE_MM,  # noqa: E402
+                                      VB_HALF_DEPTH_MM, sample_scanner)
 from agatax.synthetic.exam import sample_patient  # noqa: E402
 
-VB_HALF_DEPTH_MM = 16.5  # the vertebral body's half-depth, mean of its draw (anatomy._template)
+VB_MEAN_HALF_DEPTH_MM = float(np.mean(VB_HALF_DEPTH_MM))  # the vertebral body's half-depth, mean of its draw
 
 
 def chest_figures(seed: int, **scanner) -> dict[str, float]:
@@ -36,8 +37,8 @@ def chest_figures(seed: int, **scanner) -> dict[str, float]:
     body, heart, _, _ = sample_patient(streams[1], sc)
     ai = body["a"] - body["subcut"] - body["wall"]
     bi = body["b"] - body["subcut"] * 0.8 - body["wall"]
-    # sternum: centre 4 mm in front of the inner wall, 6.5 mm half-depth; vertebral body centre bi - 42 mm
-    depth = (bi - 42.0 - VB_HALF_DEPTH_MM) - (-bi - 4.0 + 6.5)
+    # from the sternum's back to the vertebral body's front (anatomy._template draws them so)
+    depth = (bi - VB_CENTRE_MM - VB_MEAN_HALF_DEPTH_MM) - (-bi - STERNUM_CENTRE_MM + STERNUM_HALF_DEPTH_MM)
     return {"scale": heart.semi[0] / 52.0, "deeper": heart.chest_deeper_mm, "outer_depth": 2.0 * body["b"],
             "length": 2.0 * heart.semi[0], "breadth": 2.0 * heart.semi[2], "thickness": 2.0 * heart.semi[1],
             "haller": 2.0 * ai / depth}

@@ -258,6 +258,15 @@ def _unit(v) -> np.ndarray:
 #: anteroposterior diameter 36 mm (normal adult LA 27-40 mm)
 _LA_OFFSET = (14.0, 18.0, 4.0)
 _LA_SEMI = (22.0, 18.0, 30.0)
+#: the spine and sternum in the chest's cross-section (mm, along Y from the inner chest wall): the
+#: vertebral body's centre this far in front of the inner posterior wall, its half-depth drawn from this
+#: range; the sternum's centre this far in front of the inner anterior wall, its half-depth; the heart's
+#: back keeps this far in front of the vertebral body (the oesophagus and the descending aorta between)
+VB_CENTRE_MM = 42.0
+VB_HALF_DEPTH_MM = (15.0, 18.0)
+STERNUM_CENTRE_MM = 4.0
+STERNUM_HALF_DEPTH_MM = 6.5
+HEART_SPINE_MM = 20.0
 
 
 def sample_heart(rng: np.random.Generator, body_b_inner: float, scale: float = 1.0) -> Heart:
@@ -294,10 +303,11 @@ def sample_heart(rng: np.random.Generator, body_b_inner: float, scale: float = 1
         return cy_k + max(k * half[1], la_back) + min(fat_max, fat + 4.0)
 
     k = 1.0
-    while k > 0.8 + 1e-9 and posterior(k) > body_b_inner - 80.0:
+    spine = VB_CENTRE_MM + VB_HALF_DEPTH_MM[1] + HEART_SPINE_MM  # the heart's back keeps this far from the wall
+    while k > 0.8 + 1e-9 and posterior(k) > body_b_inner - spine:
         k -= 0.02
     # a deeper chest moves the sternum forward and the spine back by the same amount
-    deeper = max(0.0, (posterior(k) - (body_b_inner - 80.0)) / 2.0)
+    deeper = max(0.0, (posterior(k) - (body_b_inner - spine)) / 2.0)
     body_b_inner += deeper
     semi, half = semi * k, half * k
     s = s * k
@@ -385,13 +395,13 @@ def _template(grid: Grid, rng: np.random.Generator, hu: dict[str, float], body: 
     r_thorax = _ellipse_r(X, Y, 0, 0, ai, bi)
     paint(r_thorax, "lung", T["lung"], scale=bi)
     # posterior: spine block and paraspinal muscles bulge into the thorax
-    y_vb = bi - 42.0  # vertebral body centre
+    y_vb = bi - VB_CENTRE_MM  # vertebral body centre
     paint(_ellipse_r(X, Y, 0, bi - 8.0, 48.0, 26.0), "muscle", T["muscle"], scale=26.0)
     # mediastinum: fat band between the lungs (heart is painted over it later)
     paint(_ellipse_r(X, Y, 6.0, -bi * 0.25, 38.0, bi * 0.8), "fat", T["fat"], scale=38.0, where=(r_thorax < 1.0))
     paint(_ellipse_r(X, Y, 6.0, y_vb - 10.0, 36.0, 36.0), "fat", T["fat"], scale=36.0)
     # vertebral body: cortical shell + trabecular core; canal; posterior arch; spinous process
-    vb_a, vb_b = rng.uniform(19.0, 23.0), rng.uniform(15.0, 18.0)
+    vb_a, vb_b = rng.uniform(19.0, 23.0), rng.uniform(*VB_HALF_DEPTH_MM)
     r_vb = _ellipse_r(X, Y, 0, y_vb, vb_a, vb_b)
     paint(r_vb, "cortical_bone", T["cortical_bone"], scale=vb_b)
     paint(r_vb, "trabecular_bone", T["trabecular_bone"], edge=1.0 - 1.6 / vb_b, scale=vb_b)
@@ -413,10 +423,10 @@ def _template(grid: Grid, rng: np.random.Generator, hu: dict[str, float], body: 
     if rng.random() < 0.5:
         paint(_ellipse_r(X, Y, eso[0], eso[1], 2.5, 1.5), "airway", T["airway"], scale=1.5)
     # sternum (body): anterior midline, inside the chest wall
-    y_st = -bi - 4.0
-    r_st = _ellipse_r(X, Y, rng.uniform(-3.0, 3.0), y_st, rng.uniform(13.0, 17.0), 6.5)
-    paint(r_st, "cortical_bone", T["cortical_bone"], scale=6.5)
-    paint(r_st, "trabecular_bone", T["trabecular_bone"], edge=1.0 - 1.5 / 6.5, scale=6.5)
+    y_st, st_b = -bi - STERNUM_CENTRE_MM, STERNUM_HALF_DEPTH_MM
+    r_st = _ellipse_r(X, Y, rng.uniform(-3.0, 3.0), y_st, rng.uniform(13.0, 17.0), st_b)
+    paint(r_st, "cortical_bone", T["cortical_bone"], scale=st_b)
+    paint(r_st, "trabecular_bone", T["trabecular_bone"], edge=1.0 - 1.5 / st_b, scale=st_b)
     # scapulae: thin bone plates in the posterolateral chest wall, outside the ribs (not in every field)
     if body.get("scapulae", True):
         rn = np.sqrt((X / ai) ** 2 + (Y / bi) ** 2)
@@ -561,8 +571,6 @@ def build_anatomy(grid: Grid, heart: Heart, rng: np.random.Generator, body: dict
         tis = np.empty(grid.shape, np.uint8)
         tis[...] = tis2[None]
     ai, bi = sets["inner"]
-    Y2 = grid.y_mm[:, None].astype(np.float32)
-    X2 = grid.x_mm[None, :].astype(np.float32)
 
     # intervertebral discs every ~26 mm; the sternum ends (xiphoid) low in the volume
     vb = sets["vertebral_body"]
