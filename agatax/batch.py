@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from agatax.errors import AgataxError, InputError, ReadError
+from agatax.errors import InputError, ReadError
 
 __all__ = [
     "ExamTask",

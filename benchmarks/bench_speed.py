@@ -31,7 +31,6 @@ from protocol import Session  # noqa: E402
 
 
 def exam(matrix=512):
-    import agatax
     from agatax.synthetic import generate_exam
 
     return generate_exam(0, target_category="C", matrix=matrix).volume

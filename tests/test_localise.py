@@ -2,14 +2,10 @@
 of view, mirrored and rotated bodies, emphysema and effusion; no region (and nothing discarded) without
 lungs; in the pipeline, an ensemble that calls everything calcium keeps nothing on bone."""
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from agatax import Volume, localise_chest, run_pipeline
-from agatax.ensemble import stack_members
-from agatax.model import UNet, UNetConfig
 from agatax.synthetic import DISTRACTOR_CODES, TISSUES, generate_exam
 from ensembles import all_calcium_ensemble
 
