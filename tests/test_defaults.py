@@ -23,6 +23,19 @@ def result(exam):
     return score_exam(exam.volume)
 
 
+def test_model_card_describes_the_shipped_file():
+    """The model card names the sha256 of the weights it describes: shipping new weights without a card
+    written for them fails here."""
+    import hashlib
+    import re
+
+    path = default_weights_path()
+    card = (path.parent / "MODEL_CARD.md").read_text(encoding="utf-8")
+    named = re.findall(r"sha256\s+`([0-9a-f]{64})`", card)
+    assert named, "the model card names no sha256"
+    assert named[0] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def test_default_weights_ship_small_and_load():
     path = default_weights_path()
     assert path.is_file()
