@@ -89,6 +89,9 @@ class TrainConfig:
             the large objects (long plaques, the aortic wall) take most draws; K > 0: each object
             (26-connected on the coarse grid) offers at most K voxels (spread along it), so small specks
             and rare look-alikes (a calcified node, a pericardial plaque) are drawn about as often as large ones.
+        dense_per_object: with ``per_object``: each calcified object whose image reaches the window's top
+            (800 HU on the network's grid: dense calcium) offers this many voxels instead, so dense plaques,
+            which the networks miss more often than faint ones, are drawn more often (0: as any object).
         gain_std: SD of the multiplicative intensity gain (1 + N(0, gain_std)) per patch.
         shift_std: SD of the additive intensity shift per patch, in [0, 1] image units (1 = 1100 HU).
         noise_std: SD of the Gaussian noise added per voxel, in image units.
@@ -125,6 +128,7 @@ class TrainConfig:
     positive_fraction: float = 0.5
     hard_negative_fraction: float = 0.5
     per_object: int = 0
+    dense_per_object: int = 0
     gain_std: float = 0.05
     shift_std: float = 0.02
     noise_std: float = 0.015
@@ -163,6 +167,11 @@ class TrainConfig:
             )
         if int(self.per_object) != self.per_object or self.per_object < 0:
             raise InputError(f"per_object must be a whole number >= 0, got {self.per_object}", code="BAD_TRAIN_CONFIG")
+        if int(self.dense_per_object) != self.dense_per_object or self.dense_per_object < 0 or (
+                self.dense_per_object and not self.per_object):
+            raise InputError(f"dense_per_object must be a whole number >= 0, and needs per_object > 0; got "
+                             f"{self.dense_per_object} with per_object {self.per_object}", code="BAD_TRAIN_CONFIG",
+                             hint="set per_object (e.g. 4) to draw patches object by object")
         if self.lr_schedule not in ("constant", "cosine"):
             raise InputError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}",
                              code="BAD_TRAIN_CONFIG")
@@ -187,7 +196,7 @@ class TrainConfig:
             d.pop(k)
         if self.lr_schedule == "constant":  # as checkpoints written before schedules existed
             d.pop("lr_schedule")
-        for k in ("kernel_std", "border_cut", "per_object", "rotate_deg", "scale_range",
+        for k in ("kernel_std", "border_cut", "per_object", "dense_per_object", "rotate_deg", "scale_range",
                   "elastic_voxels"):  # likewise before these options existed
             if not d[k]:
                 d.pop(k)
@@ -431,9 +440,11 @@ def _round_up(n: int, m: int) -> int:
     return -(-int(n) // m) * m
 
 
-def _object_voxels(mask: np.ndarray, per_object: int) -> np.ndarray:
+def _object_voxels(mask: np.ndarray, per_object: int, image: np.ndarray | None = None,
+                   dense_per_object: int = 0) -> np.ndarray:
     """(n, 3) voxel indices of ``mask``: all of them (``per_object`` 0), else at most ``per_object`` of each
-    26-connected object, evenly spaced through its voxels in scan order."""
+    26-connected object, evenly spaced through its voxels in scan order; at most ``dense_per_object`` of each
+    object whose ``image`` (same shape, network input units) reaches 1 (the window's top, 800 HU)."""
     if not per_object:
         return np.argwhere(mask)
     from scipy import ndimage
@@ -447,14 +458,20 @@ def _object_voxels(mask: np.ndarray, per_object: int) -> np.ndarray:
     flat, ids = flat[order], ids[order]
     starts = np.searchsorted(ids, np.arange(1, n + 1))
     counts = np.diff(np.append(starts, len(ids)))
-    picks = [starts[k] + np.unique(np.linspace(0, counts[k] - 1, min(per_object, counts[k])).round().astype(np.int64))
+    want = np.full(n, per_object)
+    if dense_per_object and image is not None:
+        peaks = ndimage.maximum(np.asarray(image, np.float32), labels, index=np.arange(1, n + 1))
+        want[np.asarray(peaks) >= 1.0] = dense_per_object
+    picks = [starts[k] + np.unique(np.linspace(0, counts[k] - 1, min(want[k], counts[k])).round().astype(np.int64))
              for k in range(n)]
     return np.stack(np.unravel_index(flat[np.concatenate(picks)], mask.shape), axis=1)
 
 
-def _pack(data: TrainingSet, min_shape: Sequence[int], multiple: int = 1, per_object: int = 0) -> dict:
+def _pack(data: TrainingSet, min_shape: Sequence[int], multiple: int = 1, per_object: int = 0,
+          dense_per_object: int = 0) -> dict:
     """Stack pairs into zero-padded device arrays (N, Z, Y, X) plus real shapes, the voxels patches are
-    centred on (calcium, hard negatives; all, or ``per_object`` per object: ``TrainConfig.per_object``) and
+    centred on (calcium, hard negatives; all, or ``per_object`` per object: ``TrainConfig.per_object``, and
+    ``dense_per_object`` per dense calcified object: ``TrainConfig.dense_per_object``) and
     the input's top ("top": 1, or the images' maximum above it where the input rises above 800 HU,
     ``UNetConfig.input_dense_gain``), where the augmentation clips."""
     if len(data) == 0:
@@ -472,8 +489,8 @@ def _pack(data: TrainingSet, min_shape: Sequence[int], multiple: int = 1, per_ob
         images[i, :z, :y, :x] = a
         targets[i, :z, :y, :x] = b
         shapes[i] = (z, y, x)
-        for mask, out in ((b, positives), (neg, hard)):
-            p = _object_voxels(np.asarray(mask, bool), per_object)
+        for mask, out, dense in ((b, positives, dense_per_object), (neg, hard, 0)):
+            p = _object_voxels(np.asarray(mask, bool), per_object, a, dense)
             if len(p):
                 out.append(np.concatenate([np.full((len(p), 1), i), p], axis=1))
 
@@ -927,7 +944,8 @@ def train_member(
             raise InputError(
                 f"patch_zyx {config.patch_zyx} must be multiples of {multiple} for a {levels}-level U-Net",
                 code="BAD_TRAIN_CONFIG", hint=f"round the patch size to a multiple of {multiple}")
-    packed = _pack(train_data, config.patch_zyx, per_object=config.per_object)
+    packed = _pack(train_data, config.patch_zyx, per_object=config.per_object,
+                   dense_per_object=config.dense_per_object)
     val_packed = _pack(val_data, (1, 1, 1), multiple) if val_data is not None and len(val_data) else None
     fp = _fingerprint(config, model_config, seed, _data_fingerprint(packed),
                       _data_fingerprint(val_packed) if val_packed is not None else None,

@@ -490,6 +490,41 @@ def test_per_object_sampling_draws_small_objects_as_often_as_large_ones():
     assert 0.2 < hits / draws < 0.65  # ~3/7; voxel-uniform centring: ~0.005
 
 
+def test_dense_objects_offer_more_patch_centres():
+    """dense_per_object: a calcified object whose image reaches 1 (800 HU) anywhere offers that many voxels,
+    the others per_object; a speck offers what it has; hard negatives keep per_object however dense."""
+    from scipy import ndimage
+
+    target = np.zeros((24, 48, 48), bool)
+    target[2:8, 2:12, 2:12] = True  # 600 voxels, faint
+    target[12:18, 30:40, 2:12] = True  # 600 voxels, one of them at the window's top
+    target[20, 40, 40:43] = True  # 3 voxels, dense
+    negative = np.zeros_like(target)
+    negative[12:18, 2:12, 30:40] = True  # 600 voxels of dense look-alike
+    image = np.where(target | negative, 0.8, 0.1).astype(np.float32)
+    image[15, 35, 7] = 1.0
+    image[20, 40, 41] = 1.0
+    image[14, 5, 35] = 1.0
+    data = TrainingSet([image], [target], ["toy"], [{}], [negative])
+    labels, n = ndimage.label(target, np.ones((3, 3, 3)))
+    order = [labels[4, 5, 5], labels[15, 35, 7], labels[20, 40, 40]]  # faint, dense, speck
+    for dense, want in ((0, [4, 4, 3]), (12, [4, 12, 3])):
+        packed = _pack(data, (8, 16, 16), per_object=4, dense_per_object=dense)
+        coords = np.asarray(packed["positives"])[:, 1:]
+        assert target[tuple(coords.T)].all() and len(np.unique(coords, axis=0)) == len(coords)
+        assert np.bincount(labels[tuple(coords.T)], minlength=n + 1)[order].tolist() == want
+        hard = np.asarray(packed["negatives"])[:, 1:]
+        assert negative[tuple(hard.T)].all() and len(hard) == 4
+
+
+def test_dense_per_object_needs_per_object():
+    with pytest.raises(InputError, match="dense_per_object"):
+        TrainConfig(dense_per_object=8)
+    with pytest.raises(InputError, match="dense_per_object"):
+        TrainConfig(per_object=4, dense_per_object=-1)
+    assert TrainConfig(per_object=4, dense_per_object=12).dense_per_object == 12
+
+
 def test_per_object_must_be_a_whole_number():
     with pytest.raises(InputError, match="per_object"):
         TrainConfig(per_object=-1)
