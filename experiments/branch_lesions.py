@@ -7,7 +7,8 @@ its soft-tissue tube; generator versions before 3 put every plaque inside the lu
 This draws cardiac exams (categories C-E, so that each holds several lesions), runs each ensemble through
 agatax.run_pipeline (defaults: localisation on, 3 mm slabs, metal rule) and counts a lesion found when the
 predicted mask touches one of its 3D components. Prints one Markdown row per ensemble and lesion class and
-writes <workdir>/branch_lesions.json:
+writes <workdir>/branch_lesions.json (per lesion: its classes, found or not and the members' mean vote
+over it, per ensemble):
 
     python experiments/branch_lesions.py --weights agatax/weights/default_ensemble.msgpack --exams 40
 
@@ -94,6 +95,21 @@ def found_lesions(exam, predicted: np.ndarray) -> list[tuple[dict, bool]]:
     return out
 
 
+def lesion_votes(exam, votes: np.ndarray) -> list[float]:
+    """Per lesion of ``found_lesions`` (same lesions, same order): the members' mean vote (``votes``: (z, y, x)
+    votes per voxel, e.g. ``PipelineResult.votes``) over the 3D components of the true mask that hold its
+    points. Tells a miss nobody voted for from one the members split on."""
+    from scipy import ndimage
+
+    lab, _ = ndimage.label(exam.mask > 0, structure=np.ones((3, 3, 3), bool))
+    out = []
+    for lesion in exam.lesions:
+        comps = {int(lab[p]) for p in lesion["points_zyx"]} - {0}
+        if comps:
+            out.append(float(np.asarray(votes, np.float64)[np.isin(lab, list(comps))].mean()))
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--weights", nargs="+", default=[str(ROOT / "agatax/weights/default_ensemble.msgpack")])
@@ -144,12 +160,14 @@ def main(argv=None) -> int:
         for name, (ens, dense) in ensembles.items():
             res = agatax.run_pipeline(ens, exam.volume, allow_phantom=True, target_mm=args.target_mm,
                                       dense_vote=dense)
+            votes = lesion_votes(exam, np.asarray(res.votes))
             for j, (lesion, found) in enumerate(found_lesions(exam, np.asarray(res.mask) > 0)):
                 classes = lesion_classes(lesion, float(aortic[tuple(lesion["center_zyx"])]), touching[id(lesion)])
                 per_lesion.setdefault((args.first_seed + i, j), {
                     "classes": classes, "agatston": lesion["agatston"], "voxels": lesion["voxels"],
                     "peak_hu": lesion["peak_hu"],
                     "eccentric": lesion["eccentric"], "vessel": lesion["vessel"]})[name] = found
+                per_lesion[(args.first_seed + i, j)][f"{name} mean vote"] = votes[j]
                 for cls in classes:
                     c = counts[name].setdefault(cls, [0, 0])
                     c[0] += int(found)

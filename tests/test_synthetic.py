@@ -603,6 +603,24 @@ def test_branch_lesions_experiment_counts_a_lesion_found_only_when_the_predictio
     assert [found for _, found in mod.found_lesions(ex, truth & ~drop)] == expected
 
 
+def test_branch_lesions_experiment_reads_each_lesions_mean_vote_over_its_components():
+    """lesion_votes: the mean over the true components holding a lesion's points, hand-checked on votes
+    that are a different constant on each component (so the mean is that constant, or the voxel-weighted
+    mean of those it spans)."""
+    mod = _experiment("branch_lesions")
+    ex = small_exam(1, "E")
+    lab, n = ndimage.label(ex.mask > 0, structure=np.ones((3, 3, 3), bool))
+    votes = lab.astype(np.float64)  # component k votes k everywhere
+    votes[lab == 0] = 9.0  # outside calcium: never read
+    got = mod.lesion_votes(ex, votes)
+    found = mod.found_lesions(ex, ex.mask > 0)
+    assert len(got) == len(found) and len(got) > 1
+    for lesion, value in zip([f[0] for f in found], got):
+        comps = sorted({int(lab[p]) for p in lesion["points_zyx"]} - {0})
+        sizes = [int((lab == k).sum()) for k in comps]
+        assert value == pytest.approx(sum(k * s for k, s in zip(comps, sizes)) / sum(sizes))
+
+
 def test_branch_lesions_experiment_measures_the_distance_to_aortic_calcium_in_mm():
     """experiments/branch_lesions.py's aortic_distance_mm against a brute-force distance on an anisotropic
     grid (only wall, valve and root calcium count; no aortic calcium: inf), and the class it gives a lesion."""
