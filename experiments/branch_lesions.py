@@ -81,9 +81,10 @@ def aortic_distance_mm(exam) -> np.ndarray:
     return ndimage.distance_transform_edt(~aortic, sampling=exam.volume.spacing)
 
 
-def found_lesions(exam, predicted: np.ndarray) -> list[tuple[dict, bool]]:
-    """(lesion, found) for each lesion of ``exam`` that has a voxel in the true mask: found when ``predicted``
-    (bool (z, y, x)) touches a 3D component (26-connected) of the true mask holding one of its points."""
+def lesion_parts(exam) -> list[tuple[dict, np.ndarray]]:
+    """(lesion, flat indices) for each lesion of ``exam`` that has a voxel in the true mask: the voxels of the
+    3D components (26-connected) of the true mask that hold one of its points. One labelling per exam,
+    shared by ``found_lesions`` and ``lesion_votes``."""
     from scipy import ndimage
 
     lab, _ = ndimage.label(exam.mask > 0, structure=np.ones((3, 3, 3), bool))
@@ -91,23 +92,23 @@ def found_lesions(exam, predicted: np.ndarray) -> list[tuple[dict, bool]]:
     for lesion in exam.lesions:
         comps = {int(lab[p]) for p in lesion["points_zyx"]} - {0}
         if comps:
-            out.append((lesion, bool(predicted[np.isin(lab, list(comps))].any())))
+            out.append((lesion, np.flatnonzero(np.isin(lab, list(comps)))))
     return out
 
 
-def lesion_votes(exam, votes: np.ndarray) -> list[float]:
+def found_lesions(exam, predicted: np.ndarray, parts=None) -> list[tuple[dict, bool]]:
+    """(lesion, found) for each lesion of ``lesion_parts(exam)`` (or ``parts``, its result): found when
+    ``predicted`` (bool (z, y, x)) touches a 3D component of the true mask holding one of its points."""
+    flat = np.asarray(predicted).reshape(-1)
+    return [(lesion, bool(flat[idx].any())) for lesion, idx in (parts if parts is not None else lesion_parts(exam))]
+
+
+def lesion_votes(exam, votes: np.ndarray, parts=None) -> list[float]:
     """Per lesion of ``found_lesions`` (same lesions, same order): the members' mean vote (``votes``: (z, y, x)
     votes per voxel, e.g. ``PipelineResult.votes``) over the 3D components of the true mask that hold its
     points. Tells a miss nobody voted for from one the members split on."""
-    from scipy import ndimage
-
-    lab, _ = ndimage.label(exam.mask > 0, structure=np.ones((3, 3, 3), bool))
-    out = []
-    for lesion in exam.lesions:
-        comps = {int(lab[p]) for p in lesion["points_zyx"]} - {0}
-        if comps:
-            out.append(float(np.asarray(votes, np.float64)[np.isin(lab, list(comps))].mean()))
-    return out
+    flat = np.asarray(votes, np.float64).reshape(-1)
+    return [float(flat[idx].mean()) for _, idx in (parts if parts is not None else lesion_parts(exam))]
 
 
 def main(argv=None) -> int:
@@ -156,12 +157,13 @@ def main(argv=None) -> int:
     for i in range(n):
         exam = generate_exam(args.first_seed + i, target_category="CDE"[i % 3], lookalike_rates=rates, **settings)
         aortic = aortic_distance_mm(exam)
+        parts = lesion_parts(exam)
         touching = dict(zip(map(id, exam.lesions), touching_root(exam)))
         for name, (ens, dense) in ensembles.items():
             res = agatax.run_pipeline(ens, exam.volume, allow_phantom=True, target_mm=args.target_mm,
                                       dense_vote=dense)
-            votes = lesion_votes(exam, np.asarray(res.votes))
-            for j, (lesion, found) in enumerate(found_lesions(exam, np.asarray(res.mask) > 0)):
+            votes = lesion_votes(exam, np.asarray(res.votes), parts)
+            for j, (lesion, found) in enumerate(found_lesions(exam, np.asarray(res.mask) > 0, parts)):
                 classes = lesion_classes(lesion, float(aortic[tuple(lesion["center_zyx"])]), touching[id(lesion)])
                 per_lesion.setdefault((args.first_seed + i, j), {
                     "classes": classes, "agatston": lesion["agatston"], "voxels": lesion["voxels"],

@@ -374,7 +374,8 @@ def main(argv=None) -> int:
                          bce_weight=args.bce, clip_norm=args.clip,
                          positive_fraction=args.positive, hard_negative_fraction=args.hard,
                          dice_pooled=args.pooled_dice, kernel_std=args.kernel, border_cut=args.border_cut,
-                         per_object=args.per_object, dense_per_object=args.dense_per_object, rotate_deg=args.rotate, scale_range=args.scale_aug,
+                         per_object=args.per_object, dense_per_object=args.dense_per_object,
+                         rotate_deg=args.rotate, scale_range=args.scale_aug,
                          elastic_voxels=args.elastic)
     log(f"device: {device_description()}; model {args.model} {model_config}; {config}")
     log("command: python experiments/table1.py " + " ".join(argv if argv is not None else sys.argv[1:]))
