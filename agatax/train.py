@@ -92,6 +92,9 @@ class TrainConfig:
         dense_per_object: with ``per_object``: each calcified object whose image reaches the window's top
             (800 HU on the network's grid: dense calcium) offers this many voxels instead, so dense plaques,
             which the networks miss more often than faint ones, are drawn more often (0: as any object).
+        dense_hard_per_object: with ``per_object``: likewise for each hard-negative object reaching the
+            window's top (metal, dense valve, annulus or aortic calcium), so that drawing dense plaques more
+            often does not teach "dense means coronary" (0: as any object).
         gain_std: SD of the multiplicative intensity gain (1 + N(0, gain_std)) per patch.
         shift_std: SD of the additive intensity shift per patch, in [0, 1] image units (1 = 1100 HU).
         noise_std: SD of the Gaussian noise added per voxel, in image units.
@@ -129,6 +132,7 @@ class TrainConfig:
     hard_negative_fraction: float = 0.5
     per_object: int = 0
     dense_per_object: int = 0
+    dense_hard_per_object: int = 0
     gain_std: float = 0.05
     shift_std: float = 0.02
     noise_std: float = 0.015
@@ -167,11 +171,12 @@ class TrainConfig:
             )
         if int(self.per_object) != self.per_object or self.per_object < 0:
             raise InputError(f"per_object must be a whole number >= 0, got {self.per_object}", code="BAD_TRAIN_CONFIG")
-        if int(self.dense_per_object) != self.dense_per_object or self.dense_per_object < 0 or (
-                self.dense_per_object and not self.per_object):
-            raise InputError(f"dense_per_object must be a whole number >= 0, and needs per_object > 0; got "
-                             f"{self.dense_per_object} with per_object {self.per_object}", code="BAD_TRAIN_CONFIG",
-                             hint="set per_object (e.g. 4) to draw patches object by object")
+        for name in ("dense_per_object", "dense_hard_per_object"):
+            v = getattr(self, name)
+            if int(v) != v or v < 0 or (v and not self.per_object):
+                raise InputError(f"{name} must be a whole number >= 0, and needs per_object > 0; got {v} with "
+                                 f"per_object {self.per_object}", code="BAD_TRAIN_CONFIG",
+                                 hint="set per_object (e.g. 4) to draw patches object by object")
         if self.lr_schedule not in ("constant", "cosine"):
             raise InputError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}",
                              code="BAD_TRAIN_CONFIG")
@@ -196,7 +201,8 @@ class TrainConfig:
             d.pop(k)
         if self.lr_schedule == "constant":  # as checkpoints written before schedules existed
             d.pop("lr_schedule")
-        for k in ("kernel_std", "border_cut", "per_object", "dense_per_object", "rotate_deg", "scale_range",
+        for k in ("kernel_std", "border_cut", "per_object", "dense_per_object", "dense_hard_per_object",
+                  "rotate_deg", "scale_range",
                   "elastic_voxels"):  # likewise before these options existed
             if not d[k]:
                 d.pop(k)
@@ -468,10 +474,11 @@ def _object_voxels(mask: np.ndarray, per_object: int, image: np.ndarray | None =
 
 
 def _pack(data: TrainingSet, min_shape: Sequence[int], multiple: int = 1, per_object: int = 0,
-          dense_per_object: int = 0) -> dict:
+          dense_per_object: int = 0, dense_hard_per_object: int = 0) -> dict:
     """Stack pairs into zero-padded device arrays (N, Z, Y, X) plus real shapes, the voxels patches are
     centred on (calcium, hard negatives; all, or ``per_object`` per object: ``TrainConfig.per_object``, and
-    ``dense_per_object`` per dense calcified object: ``TrainConfig.dense_per_object``) and
+    ``dense_per_object`` per dense calcified object, ``dense_hard_per_object`` per dense hard negative:
+    ``TrainConfig``'s fields of those names) and
     the input's top ("top": 1, or the images' maximum above it where the input rises above 800 HU,
     ``UNetConfig.input_dense_gain``), where the augmentation clips."""
     if len(data) == 0:
@@ -489,7 +496,7 @@ def _pack(data: TrainingSet, min_shape: Sequence[int], multiple: int = 1, per_ob
         images[i, :z, :y, :x] = a
         targets[i, :z, :y, :x] = b
         shapes[i] = (z, y, x)
-        for mask, out, dense in ((b, positives, dense_per_object), (neg, hard, 0)):
+        for mask, out, dense in ((b, positives, dense_per_object), (neg, hard, dense_hard_per_object)):
             p = _object_voxels(np.asarray(mask, bool), per_object, a, dense)
             if len(p):
                 out.append(np.concatenate([np.full((len(p), 1), i), p], axis=1))
@@ -945,7 +952,7 @@ def train_member(
                 f"patch_zyx {config.patch_zyx} must be multiples of {multiple} for a {levels}-level U-Net",
                 code="BAD_TRAIN_CONFIG", hint=f"round the patch size to a multiple of {multiple}")
     packed = _pack(train_data, config.patch_zyx, per_object=config.per_object,
-                   dense_per_object=config.dense_per_object)
+                   dense_per_object=config.dense_per_object, dense_hard_per_object=config.dense_hard_per_object)
     val_packed = _pack(val_data, (1, 1, 1), multiple) if val_data is not None and len(val_data) else None
     fp = _fingerprint(config, model_config, seed, _data_fingerprint(packed),
                       _data_fingerprint(val_packed) if val_packed is not None else None,

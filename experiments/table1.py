@@ -310,6 +310,9 @@ def main(argv=None) -> int:
     ap.add_argument("--dense-per-object", type=int, default=0,
                     help="and on this many of each calcified object reaching 800 HU on the network's grid "
                          "(TrainConfig.dense_per_object; 0: as any object)")
+    ap.add_argument("--dense-hard-per-object", type=int, default=0,
+                    help="and on this many of each look-alike object reaching 800 HU (metal, dense valve or "
+                         "aortic calcium; TrainConfig.dense_hard_per_object; 0: as any object)")
     ap.add_argument("--init", default=None,
                     help="fine-tune from this ensemble file (or 'default': the shipped one) instead of fresh networks")
     ap.add_argument("--kernel", type=float, default=0.0, help="SD of the kernel blur/sharpen augmentation")
@@ -375,6 +378,7 @@ def main(argv=None) -> int:
                          positive_fraction=args.positive, hard_negative_fraction=args.hard,
                          dice_pooled=args.pooled_dice, kernel_std=args.kernel, border_cut=args.border_cut,
                          per_object=args.per_object, dense_per_object=args.dense_per_object,
+                         dense_hard_per_object=args.dense_hard_per_object,
                          rotate_deg=args.rotate, scale_range=args.scale_aug,
                          elastic_voxels=args.elastic)
     log(f"device: {device_description()}; model {args.model} {model_config}; {config}")

@@ -517,12 +517,42 @@ def test_dense_objects_offer_more_patch_centres():
         assert negative[tuple(hard.T)].all() and len(hard) == 4
 
 
+def test_dense_hard_negatives_offer_more_patch_centres():
+    """dense_hard_per_object: a hard-negative object reaching 1 (800 HU) offers that many voxels, a faint one
+    per_object; calcium keeps its own counts."""
+    from scipy import ndimage
+
+    target = np.zeros((24, 48, 48), bool)
+    target[2:8, 2:12, 2:12] = True  # 600 voxels of faint calcium
+    negative = np.zeros_like(target)
+    negative[12:18, 2:12, 30:40] = True  # 600 voxels, one at the window's top: dense look-alike
+    negative[2:8, 30:40, 30:40] = True  # 600 voxels, faint look-alike
+    negative[20, 40, 2:4] = True  # 2 voxels, dense
+    image = np.where(target | negative, 0.8, 0.1).astype(np.float32)
+    image[14, 5, 35] = 1.0
+    image[20, 40, 3] = 1.0
+    data = TrainingSet([image], [target], ["toy"], [{}], [negative])
+    labels, n = ndimage.label(negative, np.ones((3, 3, 3)))
+    order = [labels[14, 5, 35], labels[4, 35, 35], labels[20, 40, 2]]  # dense, faint, speck
+    for dense_hard, want in ((0, [4, 4, 2]), (9, [9, 4, 2])):
+        packed = _pack(data, (8, 16, 16), per_object=4, dense_per_object=12, dense_hard_per_object=dense_hard)
+        hard = np.asarray(packed["negatives"])[:, 1:]
+        assert negative[tuple(hard.T)].all() and len(np.unique(hard, axis=0)) == len(hard)
+        assert np.bincount(labels[tuple(hard.T)], minlength=n + 1)[order].tolist() == want
+        assert len(np.asarray(packed["positives"])) == 4
+
+
 def test_dense_per_object_needs_per_object():
     with pytest.raises(InputError, match="dense_per_object"):
         TrainConfig(dense_per_object=8)
     with pytest.raises(InputError, match="dense_per_object"):
         TrainConfig(per_object=4, dense_per_object=-1)
     assert TrainConfig(per_object=4, dense_per_object=12).dense_per_object == 12
+    with pytest.raises(InputError, match="dense_hard_per_object"):
+        TrainConfig(dense_hard_per_object=8)
+    with pytest.raises(InputError, match="dense_hard_per_object"):
+        TrainConfig(per_object=4, dense_hard_per_object=2.5)
+    assert TrainConfig(per_object=4, dense_hard_per_object=12).dense_hard_per_object == 12
 
 
 def test_per_object_must_be_a_whole_number():
