@@ -202,8 +202,7 @@ class TrainConfig:
         if self.lr_schedule == "constant":  # as checkpoints written before schedules existed
             d.pop("lr_schedule")
         for k in ("kernel_std", "border_cut", "per_object", "dense_per_object", "dense_hard_per_object",
-                  "rotate_deg", "scale_range",
-                  "elastic_voxels"):  # likewise before these options existed
+                  "rotate_deg", "scale_range", "elastic_voxels"):  # likewise before these options existed
             if not d[k]:
                 d.pop(k)
         d["patch_zyx"] = list(d["patch_zyx"])
