@@ -231,6 +231,8 @@ class ExamScorer:
         allow_phantom: score an exam that looks like a phantom (else it is refused with PHANTOM).
         assume_non_contrast: score an exam whose mediastinum looks contrast-enhanced (else it is refused
             with CONTRAST_ENHANCED).
+        keep_specks, keep_in_air: keep objects at the noise level / surrounded by air (``run_pipeline``).
+        adapt_noise: show an exam noisier than the networks' training to them smoothed (``run_pipeline``).
         thin_slices: "slab" (default: thin-slice exams scored on 3 mm slabs, ``agatax.thick_slabs``) or
             "native" (scored on the thin slices, increment / 3 mm factor).
         relaxations: ``read_volume`` relaxations (allow_gaps, ...).
@@ -239,7 +241,7 @@ class ExamScorer:
     def __init__(self, *, mask=None, ensemble=None, series=None, calibration=None, min_pixels=3,
                  min_area_mm2=None, localise=True, about: dict[str, Any] | None = None, thin_slices: str = "slab",
                  allow_phantom: bool = False, assume_non_contrast: bool = False, keep_specks: bool = False,
-                 keep_in_air: bool = False, **relaxations: bool) -> None:
+                 keep_in_air: bool = False, adapt_noise: bool = True, **relaxations: bool) -> None:
         if mask is None and ensemble is None:
             raise InputError("ExamScorer needs a mask or an ensemble", code="BAD_ARGUMENT")
         self.mask, self.ensemble, self.series, self.localise = mask, ensemble, series, bool(localise)
@@ -247,8 +249,9 @@ class ExamScorer:
         self.init_options = {"mask": mask, "series": series, "calibration": calibration, "min_pixels": min_pixels,
                              "min_area_mm2": min_area_mm2, "localise": localise, "thin_slices": thin_slices,
                              "allow_phantom": allow_phantom, "assume_non_contrast": assume_non_contrast,
-                             "keep_specks": keep_specks, "keep_in_air": keep_in_air, **relaxations}
-        self.keep_specks, self.keep_in_air = bool(keep_specks), bool(keep_in_air)
+                             "keep_specks": keep_specks, "keep_in_air": keep_in_air, "adapt_noise": adapt_noise,
+                             **relaxations}
+        self.keep_specks, self.keep_in_air, self.adapt_noise = bool(keep_specks), bool(keep_in_air), bool(adapt_noise)
         self.allow_phantom = bool(allow_phantom)
         self.assume_non_contrast = bool(assume_non_contrast)
         self.conventions = {"calibration": calibration, "min_pixels": min_pixels, "min_area_mm2": min_area_mm2}
@@ -267,7 +270,8 @@ class ExamScorer:
                 **({"allow_phantom": True} if self.allow_phantom and mask is None else {}),
                 **({"assume_non_contrast": True} if self.assume_non_contrast and mask is None else {}),
                 **({"keep_specks": True} if self.keep_specks and mask is None else {}),
-                **({"keep_in_air": True} if self.keep_in_air and mask is None else {})}
+                **({"keep_in_air": True} if self.keep_in_air and mask is None else {}),
+                **({"adapt_noise": False} if not self.adapt_noise and mask is None else {})}
 
     def read(self, path):
         """Read the exam at ``path`` into a Volume, with the command line's warnings added."""
@@ -299,7 +303,8 @@ class ExamScorer:
         result = run_pipeline(self.ensemble, volume, localise=self.localise, allow_phantom=self.allow_phantom,
                               assume_non_contrast=self.assume_non_contrast,
                               noise_snr=None if self.keep_specks else NOISE_SNR,
-                              air_share=None if self.keep_in_air else AIR_SHARE, **self.conventions)
+                              air_share=None if self.keep_in_air else AIR_SHARE, adapt_noise=self.adapt_noise,
+                              **self.conventions)
         notes = tuple(result.notes)
         if result.chest is not None and not result.chest.found:
             notes += (f"chest localisation: {result.chest.note}",)
@@ -559,6 +564,9 @@ def add_score_command(subparsers) -> None:
                    "their surroundings (by default they are left out as image noise, with a warning)")
     p.add_argument("--keep-in-air", action="store_true", help="score objects surrounded by air (by default they are "
                    "left out as lung granulomas or clips, with a warning)")
+    p.add_argument("--no-adapt-noise", action="store_true", help="show the networks an exam noisier than their "
+                   "training as it is (by default it is shown to them smoothed in-plane to about 35 HU of noise, with a "
+                   "warning; the score is read from the exam as it is)")
     p.add_argument("--thin-slices", choices=THIN_SLICES, default="slab",
                    help="exams with slices under 2 mm: 'slab' (default) scores 3 mm slabs (the mean of 3 mm of slices), "
                    "as a 3 mm reconstruction is scored clinically; 'native' scores the thin slices")
@@ -791,7 +799,7 @@ def _run_score(args: argparse.Namespace, stop: threading.Event, counts: dict[str
                                 localise=not args.no_localise, about={"device": device_name(device), "weights": weights},
                                 thin_slices=args.thin_slices, allow_phantom=args.allow_phantom,
                                 assume_non_contrast=args.assume_non_contrast, keep_specks=args.keep_specks,
-                                keep_in_air=args.keep_in_air, **{name: getattr(args, name) for name in _RELAXATIONS})
+                                keep_in_air=args.keep_in_air, adapt_noise=not args.no_adapt_noise, **{name: getattr(args, name) for name in _RELAXATIONS})
             return _score_tasks(args, stop, counts, tasks, is_batch, scorer, weights, report_dir, summary_path,
                                 png, png_slices)
 

@@ -118,18 +118,18 @@ def network_crop(box, spacing, target: float, grid: tuple[int, int, int], multip
 
 @partial(jax.jit, static_argnames=("grid", "strategy", "score", "min_area_mm2", "connectivity", "orient", "crop_size",
                                    "objects", "dense_vote"))
-def _pipeline_kernel(ensemble, hu, spacing, target, threshold_hu, min_pixels, region, crop_start=None, *, grid,
-                     strategy, score, min_area_mm2, connectivity, orient, crop_size=None, objects=True,
+def _pipeline_kernel(ensemble, hu, spacing, target, threshold_hu, min_pixels, region, crop_start=None, smooth_mm=None,
+                     *, grid, strategy, score, min_area_mm2, connectivity, orient, crop_size=None, objects=True,
                      dense_vote=None):
     """``hu`` and ``region`` in the stored layout, ``spacing`` canonical; ``orient``: the Reorientation,
     applied before the networks and undone after them, so that outputs are on the stored grid.
     ``crop_start`` (int32 (3,), canonical cells) and ``crop_size`` (static): the networks run on that part of
     the grid only; the cells outside it get no votes. ``objects``: the mask by ``object_majority`` here (JAX
     labelling); False returns the candidates instead (``"candidates"``), for the host to do it (``score``
-    needs it here)."""
+    needs it here). ``smooth_mm``: the input smoothing's sigma (``agatax.preprocess``; None: none)."""
     hu = hu.astype(jnp.float32)
     hu_c = orient.apply(hu, xp=jnp)
-    x = _preprocess_kernel(hu_c, spacing, target, threshold_hu, out_shape=grid, window=WINDOW_HU,
+    x = _preprocess_kernel(hu_c, spacing, target, threshold_hu, smooth_mm, out_shape=grid, window=WINDOW_HU,
                            **ensemble.config.input_options)
     if crop_size is None:
         _, votes = ensemble_votes(ensemble, x[None, ..., None], strategy=strategy)
@@ -159,7 +159,7 @@ def _pipeline_kernel(ensemble, hu, spacing, target, threshold_hu, min_pixels, re
 
 def _run(ensemble, volume, spacing, *, strategy, target_mm, threshold_hu, score, localise, min_pixels=3,
          min_area_mm2=None, connectivity=8, bucket=True, allow_phantom=False, assume_non_contrast=False,
-         dense_vote=None):
+         dense_vote=None, adapt_noise=True):
     if not isinstance(ensemble, Ensemble):
         raise InputError(f"expected an agatax Ensemble; got {type(ensemble).__name__}", code="BAD_ARGUMENT")
     # arrays given without a Volume are taken as canonical
@@ -191,6 +191,12 @@ def _run(ensemble, volume, spacing, *, strategy, target_mm, threshold_hu, score,
                 hint="score the non-contrast calcium-scoring series of the study; if this one is non-contrast (a narrow "
                 "mediastinum, mostly spine and sternum, can read this dense), assume_non_contrast=True "
                 "(--assume-non-contrast) scores it with the chest region kept")
+    smoothing = (0.0, None, None)
+    if adapt_noise:  # an exam noisier than the training is shown to the networks smoothed
+        from agatax.quality import input_smoothing_mm
+
+        smoothing = input_smoothing_mm(how.apply(hu, xp=jnp if isinstance(hu, jax.Array) else np), spacing_c,
+                                       ensemble.config.trained_noise_hu)
     shape_c = tuple(hu.shape[o] for o in how.order)
     grid = grid_shape(shape_c, spacing_c, target_mm=target_mm, multiple=ensemble.config.multiple)
     target = network_grid_mm(spacing_c[0]) if target_mm is None else float(target_mm)
@@ -213,6 +219,7 @@ def _run(ensemble, volume, spacing, *, strategy, target_mm, threshold_hu, score,
         jnp.int32(min_pixels),
         None if region is None else jnp.asarray(region),
         None if cells is None else jnp.asarray(cells[0], jnp.int32),
+        jnp.float32(smoothing[0]) if smoothing[0] else None,
         crop_size=None if cells is None else cells[1],
         grid=grid,
         strategy=resolve_strategy(strategy),
@@ -229,7 +236,7 @@ def _run(ensemble, volume, spacing, *, strategy, target_mm, threshold_hu, score,
                                        dense_vote=dense_vote), "votes": votes}
     if crop is not None:
         out = {**out, "mask": out["mask"][crop], "votes": out["votes"][crop]}
-    return out, hu, spacing, chest
+    return {**out, "smoothing": smoothing}, hu, spacing, chest
 
 
 BUCKET_MAX_BYTES = 1 << 30  # larger exams are not padded (the pad is a copy of the exam)
@@ -258,7 +265,7 @@ def _bucketed(hu: np.ndarray, region, how: Reorientation, grid_z: int, dz: float
 def segment(
     ensemble: Ensemble, volume, spacing=None, *, strategy: str = "auto", target_mm=None, threshold_hu: float = 130.0,
     localise: bool = True, allow_phantom: bool = False, assume_non_contrast: bool = False,
-    dense_vote: float | None = DENSE_VOTE,
+    dense_vote: float | None = DENSE_VOTE, adapt_noise: bool = True,
 ) -> tuple[jax.Array, jax.Array]:
     """Calcium mask and vote counts on the original grid (the exam's stored layout).
 
@@ -279,6 +286,9 @@ def segment(
             non-contrast exam whose narrow mediastinum is mostly bone.
         dense_vote: objects peaking at 1000-1500 HU are also kept at a mean vote of this share of the
             members (``agatax.ensemble.object_majority``); None: one line for every object.
+        adapt_noise: show an exam noisier than the networks' training (``UNetConfig.trained_noise_hu``) to
+            them smoothed in-plane, its noise brought to 35 HU (``agatax.quality.input_smoothing_mm``); the
+            candidates and the scores stay on the exam as it is. False: the exam as it is.
 
     Returns:
         mask bool (z, y, x): the candidates (HU >= threshold_hu, inside the chest region) kept object by
@@ -289,7 +299,7 @@ def segment(
     """
     out, _, _, _ = _run(ensemble, volume, spacing, strategy=strategy, target_mm=target_mm, threshold_hu=threshold_hu,
                         score=False, localise=localise, allow_phantom=allow_phantom,
-                        assume_non_contrast=assume_non_contrast, dense_vote=dense_vote)
+                        assume_non_contrast=assume_non_contrast, dense_vote=dense_vote, adapt_noise=adapt_noise)
     return out["mask"], out["votes"]
 
 
@@ -318,6 +328,7 @@ def segment_and_score(
     allow_phantom: bool = False,
     assume_non_contrast: bool = False,
     dense_vote: float | None = DENSE_VOTE,
+    adapt_noise: bool = True,
 ) -> dict[str, jax.Array]:
     """Mask, votes and scores: {"mask", "votes", "scores": {"agatston", "volume_mm3", "lesions"}}.
 
@@ -332,7 +343,9 @@ def segment_and_score(
         ensemble, volume, spacing, strategy=strategy, target_mm=target_mm, threshold_hu=threshold_hu,
         score=where == "device", localise=localise, min_pixels=min_pixels, min_area_mm2=min_area_mm2, connectivity=connectivity,
         allow_phantom=allow_phantom, assume_non_contrast=assume_non_contrast, dense_vote=dense_vote,
+        adapt_noise=adapt_noise,
     )
+    out = {k: v for k, v in out.items() if k != "smoothing"}
     if where == "host":
         from agatax.scoring import compute_scores
 
@@ -369,6 +382,8 @@ class PipelineResult:
             note then says so); None for ensembles of one or two networks.
         dropped: bool (z, y, x) the voxels the networks marked that the metal, in-air and noise-level rules
             left out (named in ``notes``), or None when the rules left out nothing.
+        input_smoothing_mm: sigma (mm) of the in-plane Gaussian the networks saw the exam through (the noise
+            adaptation, ``agatax.quality.input_smoothing_mm``); 0: none.
     """
 
     mask: np.ndarray
@@ -381,12 +396,14 @@ class PipelineResult:
     noise_hu: float | None = None
     category_range: Any = None
     dropped: np.ndarray | None = None
+    input_smoothing_mm: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe summary (scores, the vote histogram of calcium voxels, the chest region found, noise)."""
         counts = np.bincount(self.votes[self.votes > 0].ravel(), minlength=1)
         return {"scores": self.scores.to_dict(), "spacing": list(self.spacing), "vote_histogram": counts.tolist(),
-                "chest": None if self.chest is None else self.chest.to_dict(), "noise_hu": self.noise_hu}
+                "chest": None if self.chest is None else self.chest.to_dict(), "noise_hu": self.noise_hu,
+                "input_smoothing_mm": self.input_smoothing_mm}
 
 
 def run_pipeline(
@@ -408,6 +425,7 @@ def run_pipeline(
     allow_phantom: bool = False,
     assume_non_contrast: bool = False,
     dense_vote: float | None = DENSE_VOTE,
+    adapt_noise: bool = True,
 ) -> PipelineResult:
     """Segment an exam and score it on the host with the exact lesion table (``agatax.compute_scores``).
 
@@ -423,11 +441,13 @@ def run_pipeline(
     (``result.noise_hu``) is above the noise the networks were trained on (``UNetConfig.trained_noise_hu``)
     or its slice thickness (a
     ``Volume``'s ``slice_thickness``, else the increment) is outside 2.5-3.5 mm (the Agatston score: 3 mm).
+    ``adapt_noise``: as :func:`segment`; a note says when the networks saw the exam smoothed
+    (``result.input_smoothing_mm``).
     """
     out, hu, spacing, chest = _run(ensemble, volume, spacing, strategy=strategy, target_mm=target_mm,
                                    threshold_hu=threshold_hu, score=False, localise=localise,
                                    allow_phantom=allow_phantom, assume_non_contrast=assume_non_contrast,
-                                   dense_vote=dense_vote)
+                                   dense_vote=dense_vote, adapt_noise=adapt_noise)
     from agatax.scoring import compute_scores
 
     hu = np.asarray(hu)  # the host copy the metal rule, the noise and the scores share
@@ -439,14 +459,15 @@ def run_pipeline(
     if air_share is not None:
         mask, votes, in_air = exclude_in_air(hu, mask, votes, spacing, air_share=air_share)
         notes = tuple(notes) + in_air
-    from agatax.quality import image_noise_hu, noise_note, thickness_note
+    from agatax.quality import image_noise_hu, noise_note, smoothing_note, thickness_note
 
     noise = image_noise_hu(hu, spacing)
     if noise_snr is not None:
         mask, votes, specks = exclude_noise_level(hu, mask, votes, spacing, noise, snr=noise_snr)
         notes = tuple(notes) + specks
     thickness = volume.slice_thickness if isinstance(volume, Volume) else None
-    notes = tuple(notes) + noise_note(noise, ensemble.config.trained_noise_hu) + thickness_note(thickness, spacing[0])
+    notes = (tuple(notes) + noise_note(noise, ensemble.config.trained_noise_hu) + smoothing_note(*out["smoothing"])
+             + thickness_note(thickness, spacing[0]))
     if chest is not None and chest.contrast_enhanced:  # only here when assumed non-contrast
         notes += (f"contrast: the mediastinum reads {chest.mediastinum_hu70:.0f} HU (70th percentile; non-contrast "
                   "scans 50-90 HU) and the exam was scored as non-contrast on request: if it is enhanced, enhanced "
@@ -471,7 +492,8 @@ def run_pipeline(
         notes += doubt.note()
     return PipelineResult(mask=mask, votes=votes, scores=scores, spacing=spacing, chest=chest,
                           volume=volume if isinstance(volume, Volume) else None, notes=notes, noise_hu=noise,
-                          category_range=doubt, dropped=_dropped(marked, mask))
+                          category_range=doubt, dropped=_dropped(marked, mask),
+                          input_smoothing_mm=float(out["smoothing"][0]))
 
 
 def _dropped(before: np.ndarray, after: np.ndarray) -> np.ndarray | None:

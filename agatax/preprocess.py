@@ -8,7 +8,10 @@ voxel o of the isotropic grid (spacing t) covers [o t, (o+1) t). Each coarse vox
   enhancement). The HU entering this maximum are first averaged in-plane over a box of ``box_mm`` x
   ``box_mm`` (1 mm by default; fractional pixels weighted by their overlap), so that what crosses 130 HU is
   the same whatever the pixel size: on raw 0.4 mm pixels noise of 45 HU alone crosses it somewhere in most
-  3 mm cells of soft tissue, on 0.9 mm pixels in a fifth of them; through the 1 mm box in a tenth at both;
+  3 mm cells of soft tissue, on 0.9 mm pixels in a fifth of them; through the 1 mm box in a tenth at both.
+  With ``smooth_mm`` those HU are also smoothed in-plane by a Gaussian of that sigma (mm) first: an exam
+  noisier than the networks' training is shown to them as a smoother, quieter reconstruction
+  (``agatax.quality.input_smoothing_mm`` chooses the sigma);
 - otherwise the overlap-weighted MEAN of the fine voxels it covers (a box filter, no aliasing);
 - air (-1000 HU) beyond the scanned field, which also pads the grid to the network's multiple.
 
@@ -35,14 +38,15 @@ import numpy as np
 from agatax.errors import InputError
 from agatax.slabs import THIN_BELOW_MM
 
-__all__ = ["preprocess", "grid_shape", "restore_grid", "resample_hu", "network_grid_mm", "box_weights", "WINDOW_HU",
-           "AIR_HU", "ENHANCE_BOX_MM", "DENSE_CAP_HU"]
+__all__ = ["preprocess", "grid_shape", "restore_grid", "resample_hu", "network_grid_mm", "box_weights",
+           "gauss_weights", "WINDOW_HU", "AIR_HU", "ENHANCE_BOX_MM", "DENSE_CAP_HU", "SMOOTH_TAPS"]
 
 WINDOW_HU = (-300.0, 800.0)
 AIR_HU = -1000.0
 ENHANCE_BOX_MM = 1.0
 DENSE_CAP_HU = 2000.0
 _BOX_TAPS = 3  # taps each side: boxes up to 7 pixels wide (1 mm on pixels >= 0.15 mm)
+SMOOTH_TAPS = 12  # taps each side of the input smoothing's Gaussian: sigma up to 4 pixels (cut at 3 sigma)
 
 
 def _host_spacing(spacing, what: str = "spacing") -> tuple[float, float, float]:
@@ -124,6 +128,27 @@ def box_weights(width_px, taps: int = _BOX_TAPS, xp=jnp):
     return w / w.sum()
 
 
+def gauss_weights(sigma_px, taps: int = SMOOTH_TAPS, xp=jnp):
+    """Weights (2 taps + 1,) of a centred Gaussian of ``sigma_px`` pixels (float, may be traced), summing to
+    1; sigma is held within [0.01, taps / 3] pixels (at 0.01 the weights are the identity)."""
+    j = xp.arange(-taps, taps + 1, dtype=xp.float32)
+    s = xp.clip(xp.asarray(sigma_px, dtype=xp.float32), 0.01, taps / 3.0)
+    w = xp.exp(-0.5 * (j / s) ** 2)
+    return w / w.sum()
+
+
+def enhancement_weights(box_mm: float, smooth_mm, dy, dx, xp=jnp):
+    """(wy, wx): the separable in-plane filter the HU entering the enhancement's maximum go through: the
+    ``box_mm`` box (None where 0 and no smoothing) convolved with the ``smooth_mm`` Gaussian (None: none)."""
+    if smooth_mm is None:
+        return None if box_mm <= 0 else (box_weights(box_mm / dy, xp=xp), box_weights(box_mm / dx, xp=xp))
+    out = []
+    for d in (dy, dx):
+        g = gauss_weights(smooth_mm / d, xp=xp)
+        out.append(xp.convolve(box_weights(box_mm / d, xp=xp), g) if box_mm > 0 else g)
+    return tuple(out)
+
+
 def _box_plane(plane: jax.Array, wy: jax.Array, wx: jax.Array) -> jax.Array:
     """Separable box average of one (y, x) slice, edges repeated."""
     t = (wy.shape[0] - 1) // 2
@@ -160,12 +185,14 @@ def resample_hu(
     *,
     threshold_hu: float | jax.Array = 130.0,
     box_mm: float = ENHANCE_BOX_MM,
+    smooth_mm: float | jax.Array | None = None,
 ) -> jax.Array:
     """HU (z, y, x) at ``spacing`` (dz, dy, dx) mm -> HU ``out_shape`` on the isotropic ``target_mm`` grid.
 
-    Max of the fine voxels at or above ``threshold_hu`` per coarse voxel where any (their HU averaged
-    in-plane over a ``box_mm`` box first; 0: as they are), else the overlap-weighted mean, air (-1000 HU)
-    outside the field. Jittable; spacing, target and threshold may be traced, ``box_mm`` is static.
+    Max of the fine voxels at or above ``threshold_hu`` per coarse voxel where any (their HU smoothed
+    in-plane by a Gaussian of ``smooth_mm`` sigma when given, then averaged over a ``box_mm`` box; 0 and
+    None: as they are), else the overlap-weighted mean, air (-1000 HU) outside the field. Jittable; spacing,
+    target, threshold and ``smooth_mm`` may be traced, ``box_mm`` is static.
     """
     hu = jnp.asarray(hu, jnp.float32)
     spacing = jnp.asarray(spacing, jnp.float32)
@@ -185,9 +212,7 @@ def resample_hu(
     )  # mm^3 of the scanned field inside each coarse voxel
     mean = jnp.where(cover > 0, total / jnp.where(cover > 0, cover, 1.0), AIR_HU)
     # enhancement: max over the voxels at or above the threshold whose centres fall in the coarse voxel
-    box = None
-    if box_mm > 0:
-        box = (box_weights(box_mm / spacing[1]), box_weights(box_mm / spacing[2]))
+    box = enhancement_weights(box_mm, smooth_mm, spacing[1], spacing[2])
     peak = _bright_max_z(hu, cells[0], out_shape[0], threshold_hu, box)
     peak = _segment_max(peak, cells[1], out_shape[1], 1)
     peak = _segment_max(peak, cells[2], out_shape[2], 2)
@@ -205,6 +230,7 @@ def preprocess(
     window: tuple[float, float] = WINDOW_HU,
     box_mm: float = ENHANCE_BOX_MM,
     dense_gain: float = 0.0,
+    smooth_mm: float = 0.0,
 ) -> jax.Array:
     """Network input from an HU volume: isotropic resampling with enhancement, clip, scale to [0, 1], pad.
 
@@ -222,6 +248,9 @@ def preprocess(
             ensemble's own value is ``ensemble.config.input_box_mm``.
         dense_gain: above the window's top the input keeps rising this many times as steeply, up to
             ``DENSE_CAP_HU`` (0: clipped there); an ensemble's own value is ``ensemble.config.input_dense_gain``.
+        smooth_mm: sigma (mm) of an in-plane Gaussian the HU entering the enhancement's maximum go through
+            before the box (0: none): ``agatax.quality.input_smoothing_mm`` chooses it for exams noisier
+            than the networks' training (the pipeline's ``adapt_noise``).
 
     Returns:
         float32 ``out_shape`` in [0, 1] (up to 1 + dense_gain * (DENSE_CAP_HU - high) / (high - low) with a
@@ -242,19 +271,21 @@ def preprocess(
         raise InputError(f"window must be (low, high) HU with high > low; got {window}", code="BAD_WINDOW")
     spacing = jnp.asarray(spacing, jnp.float32).reshape(3)
     target = network_grid_mm(spacing[0]) if target_mm is None else jnp.asarray(target_mm, jnp.float32)
-    box_mm, dense_gain = float(box_mm), float(dense_gain)
-    for name, value, what in (("box_mm", box_mm, "a number of mm >= 0"), ("dense_gain", dense_gain, "a number >= 0")):
+    box_mm, dense_gain, smooth_mm = float(box_mm), float(dense_gain), float(smooth_mm)
+    for name, value, what in (("box_mm", box_mm, "a number of mm >= 0"), ("dense_gain", dense_gain, "a number >= 0"),
+                              ("smooth_mm", smooth_mm, "a number of mm >= 0")):
         if not (math.isfinite(value) and value >= 0):
             raise InputError(f"{name} must be {what}; got {value}", code="BAD_CONFIG")
-    return _preprocess_kernel(hu, spacing, target, threshold_hu, out_shape=out_shape, window=(lo, hi),
-                              box_mm=box_mm, dense_gain=dense_gain)
+    return _preprocess_kernel(hu, spacing, target, threshold_hu, None if smooth_mm == 0 else jnp.float32(smooth_mm),
+                              out_shape=out_shape, window=(lo, hi), box_mm=box_mm, dense_gain=dense_gain)
 
 
 @partial(jax.jit, static_argnames=("out_shape", "window", "box_mm", "dense_gain"))
-def _preprocess_kernel(hu, spacing, target, threshold_hu, *, out_shape, window, box_mm=ENHANCE_BOX_MM,
-                       dense_gain=0.0):
+def _preprocess_kernel(hu, spacing, target, threshold_hu, smooth_mm=None, *, out_shape, window,
+                       box_mm=ENHANCE_BOX_MM, dense_gain=0.0):
     lo, hi = window
-    coarse = resample_hu(hu, spacing, target, out_shape, threshold_hu=threshold_hu, box_mm=box_mm)
+    coarse = resample_hu(hu, spacing, target, out_shape, threshold_hu=threshold_hu, box_mm=box_mm,
+                         smooth_mm=smooth_mm)
     x = (jnp.clip(coarse, lo, hi) - lo) / (hi - lo)
     if dense_gain:
         x = x + dense_gain * (jnp.clip(coarse, hi, max(hi, DENSE_CAP_HU)) - hi) / (hi - lo)

@@ -5,6 +5,8 @@ The shipped networks were trained on exams with 10-40 HU of image noise (SD in s
 noise crosses 130 HU in single pixels and small calcifications drown: on synthetic exams at 40-50 HU the
 category accuracy falls from 0.97 to 0.78 (experiments/RESULTS.md). The pipeline measures the noise of every
 exam and says so in the warnings when it is above that range, instead of printing a score as if all were well.
+Such an exam is also shown to the networks smoothed in-plane (:func:`input_smoothing_mm`), as a smoother
+reconstruction whose noise lies inside that range; the score itself is read from the exam as it is.
 """
 
 from __future__ import annotations
@@ -13,18 +15,29 @@ import math
 
 import numpy as np
 
-__all__ = ["image_noise_hu", "local_noise_hu", "noise_note", "thickness_note", "TRAINED_NOISE_HU", "AGATSTON_THICKNESS_MM"]
+__all__ = ["image_noise_hu", "local_noise_hu", "noise_note", "thickness_note", "input_smoothing_mm", "smoothing_note",
+           "TRAINED_NOISE_HU", "AGATSTON_THICKNESS_MM", "SMOOTH_TARGET_SHARE", "SMOOTH_MAX_MM"]
 
 #: Noise SD (HU) the shipped networks were trained on (agatax/weights/MODEL_CARD.md).
 TRAINED_NOISE_HU = (10.0, 40.0)
 #: Slice thicknesses (mm) taken as the Agatston reconstruction: 3 mm (2.5 mm on some scanners), and the
 #: 3 mm slabs agatax makes of thin slices (a whole number of slices: 2.5-3.5 mm).
 AGATSTON_THICKNESS_MM = (2.5, 3.5)
+#: An exam noisier than the training is smoothed for the networks down to this share of the trained range's top
+#: (35 HU for 10-40), in steps of ``_SMOOTH_STEP_MM`` of sigma, at most ``SMOOTH_MAX_MM``.
+SMOOTH_TARGET_SHARE = 0.875
+SMOOTH_MAX_MM = 1.0
+_SMOOTH_STEP_MM = 0.05
 _TISSUE_HU = (-20.0, 100.0)  # blood, myocardium, muscle, liver without contrast: locally flat areas
 _LAG_MM = 1.5  # pixel pairs this far apart (and >= 3 pixels): past the grain of CT noise, inside flat tissue
 _MIN_PAIRS = 2000
 LOCAL_HALF_MM = 25.0  # local noise: within 25 mm of the object (in-plane), on the slices it spans
 LOCAL_MIN_PAIRS = 1000  # relative SE of the robust SD ~4 % (fewer: the exam-wide estimate is used)
+
+
+def _picks(n: int, slices: int) -> np.ndarray:
+    """Up to ``slices`` evenly spaced slice indices of ``n``: where the noise is measured."""
+    return np.unique(np.linspace(0, n - 1, min(slices, n)).round().astype(int))
 
 
 def image_noise_hu(hu, spacing, region=None, *, slices: int = 8) -> float | None:
@@ -47,7 +60,7 @@ def image_noise_hu(hu, spacing, region=None, *, slices: int = 8) -> float | None
     hu = np.asarray(hu)
     if hu.ndim != 3:
         return None
-    picks = np.unique(np.linspace(0, hu.shape[0] - 1, min(slices, hu.shape[0])).round().astype(int))
+    picks = _picks(hu.shape[0], slices)
     planes = (hu[k] for k in picks)
     regions = None if region is None else (np.asarray(region[k], bool) for k in picks)
     return _pair_noise(planes, float(spacing[2]), regions, _MIN_PAIRS)
@@ -101,6 +114,72 @@ def _pair_noise(planes, dx: float, regions, min_pairs: int) -> float | None:
         return None
     mad = np.median(np.abs(d - np.median(d)))
     return float(1.4826 * mad / math.sqrt(2.0))
+
+
+def input_smoothing_mm(hu, spacing, trained_hu: tuple[float, float] = TRAINED_NOISE_HU, *,
+                       slices: int = 8) -> tuple[float, float | None, float | None]:
+    """How much to smooth an exam for the networks: the sigma (mm) of the in-plane Gaussian
+    (``agatax.preprocess``'s ``smooth_mm``) that brings its noise (:func:`image_noise_hu`) down to
+    ``SMOOTH_TARGET_SHARE`` of the top of ``trained_hu`` (35 HU for 10-40), or 0 for an exam within the range.
+
+    The noise is measured again on the sample slices smoothed by the same Gaussian as the pre-processing's
+    (``agatax.preprocess.gauss_weights``, edges repeated); sigma is the smallest multiple of 0.05 mm that
+    gets there, at most ``SMOOTH_MAX_MM`` (1 mm). On synthetic exams of 40-50 HU this shows the networks
+    about 35 HU and the categories come out right more often (experiments/RESULTS.md, twenty-fifth session).
+
+    Args:
+        hu: (z, y, x) HU (host or device array), in-plane axes (y, x) as the networks see them.
+        spacing: (dz, dy, dx) mm.
+        trained_hu: (low, high) the noise SD the networks were trained on (``UNetConfig.trained_noise_hu``).
+    Returns:
+        (sigma mm, the noise before, the noise after) in HU; (0, noise, noise) where the noise is within the
+        range or unknown (None: no flat soft tissue).
+    """
+    from scipy import ndimage
+
+    from agatax.preprocess import gauss_weights
+
+    hu = hu if hasattr(hu, "ndim") else np.asarray(hu)
+    if hu.ndim != 3:
+        return 0.0, None, None
+    planes = [np.asarray(hu[int(k)], np.float32) for k in _picks(hu.shape[0], slices)]
+    dx = float(spacing[2])
+    noise = _pair_noise(planes, dx, None, _MIN_PAIRS)
+    if noise is None or noise <= trained_hu[1]:
+        return 0.0, noise, noise
+    target = SMOOTH_TARGET_SHARE * trained_hu[1]
+
+    def after(sigma_mm: float) -> float | None:
+        wy = gauss_weights(sigma_mm / float(spacing[1]), xp=np)
+        wx = gauss_weights(sigma_mm / dx, xp=np)
+        smooth = (ndimage.convolve1d(ndimage.convolve1d(p, wy, axis=0, mode="nearest"), wx, axis=1, mode="nearest")
+                  for p in planes)
+        return _pair_noise(smooth, dx, None, _MIN_PAIRS)
+
+    steps = int(round(SMOOTH_MAX_MM / _SMOOTH_STEP_MM))
+    lo, hi = 0, steps  # the noise falls as sigma grows: the smallest step reaching the target, by bisection
+    reached = {}
+    while lo < hi:
+        mid = (lo + hi) // 2
+        n = after((mid + 1) * _SMOOTH_STEP_MM)
+        reached[mid + 1] = n
+        if n is None or n <= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    k = min(lo + 1, steps)
+    sigma = k * _SMOOTH_STEP_MM
+    return round(sigma, 4), noise, reached.get(k, after(sigma))
+
+
+def smoothing_note(sigma_mm: float, noise_hu: float | None, after_hu: float | None) -> tuple[str, ...]:
+    """What the noise adaptation did (:func:`input_smoothing_mm`), for the report's warnings; nothing for 0."""
+    if not sigma_mm:
+        return ()
+    return (f"noise adaptation: the networks saw this exam smoothed in-plane (Gaussian, sigma {sigma_mm:.2f} mm; "
+            f"noise about {noise_hu:.0f} -> {after_hu:.0f} HU) to bring it into their training range; the score "
+            "is read from the exam as it is. agatax score --no-adapt-noise (adapt_noise=False) shows them the "
+            "exam unsmoothed",)
 
 
 def noise_note(noise_hu: float | None, trained_hu: tuple[float, float] = TRAINED_NOISE_HU) -> tuple[str, ...]:

@@ -140,10 +140,11 @@ def split_validation(data: TrainingSet, n_val: int, seed: int) -> tuple[Training
 def _segment_all(ensemble, volume, multiple):
     """Per-member masks and the ensemble's mask on the exam's grid, from one pass of every member.
 
-    The method of agatax.pipeline: preprocess -> member logits -> back to the exam's grid -> HU >= 130 inside
+    The method of agatax.pipeline: preprocess (an exam noisier than the training smoothed for the networks,
+    agatax.quality.input_smoothing_mm) -> member logits -> back to the exam's grid -> HU >= 130 inside
     the chest region (agatax.localise_chest) -> each object kept whole by its mean vote
     (agatax.ensemble.object_majority; a member alone: by the share of its voxels it marks).
-    Returns (member masks bool (members, z, y, x), ensemble mask bool (z, y, x)).
+    Returns (member masks bool (members, z, y, x), ensemble mask bool (z, y, x), input smoothing sigma mm).
     """
     import jax.numpy as jnp
 
@@ -151,7 +152,13 @@ def _segment_all(ensemble, volume, multiple):
     from agatax.localise import localise_chest
     from agatax.preprocess import preprocess, restore_grid
 
-    x = preprocess(volume.hu, volume.spacing, multiple=multiple, **ensemble.config.input_options)[None, ..., None]
+    smooth = 0.0
+    if ADAPT_NOISE:  # as agatax.run_pipeline: an exam noisier than the training is shown to the networks smoothed
+        from agatax.quality import input_smoothing_mm
+
+        smooth = input_smoothing_mm(volume.hu, volume.spacing, ensemble.config.trained_noise_hu)[0]
+    x = preprocess(volume.hu, volume.spacing, multiple=multiple, smooth_mm=smooth,
+                   **ensemble.config.input_options)[None, ..., None]
     logits = np.asarray(_logits_fn(ensemble)(ensemble, x))[:, 0, ..., 0]  # (members, Z, Y, X)
     bright = np.asarray(volume.hu) >= 130.0
     chest = localise_chest(volume.hu, volume.spacing) if LOCALISE else None  # as agatax.run_pipeline
@@ -161,13 +168,14 @@ def _segment_all(ensemble, volume, multiple):
                         for c in logits])
     votes = singles.sum(0, dtype=np.int32)
     return (np.stack([object_majority(s, bright, 1) for s in singles]),
-            object_majority(votes, bright, ensemble.members, hu=np.asarray(volume.hu), dense_vote=DENSE_VOTE))
+            object_majority(votes, bright, ensemble.members, hu=np.asarray(volume.hu), dense_vote=DENSE_VOTE), smooth)
 
 
 _LOGITS = {}
 LOCALISE = True  # discard calcium outside the chest region, as agatax.run_pipeline does by default
 METAL_HU = 2000.0  # agatax.pipeline.METAL_HU; None keeps metal (the evaluations before 2026-12-02)
 NOISE_SNR = 5.0  # agatax.pipeline.NOISE_SNR; None keeps noise-level objects (the evaluations before 2026-12-04)
+ADAPT_NOISE = True  # agatax.run_pipeline's adapt_noise (False: the evaluations before 2026-12-05, 25th session)
 DENSE_VOTE = 0.4  # agatax.pipeline.DENSE_VOTE: the line for objects peaking at 1000-1500 HU (None: the evaluations
 # before 2026-12-05)
 
@@ -200,12 +208,14 @@ def evaluate(ensemble, exams) -> dict:
     kept_specks, kept_pairs = [], []  # the ensemble's scores and masks with the noise-level objects kept
     wide_scores, wide_pairs = [], []  # ... with the noise-level rule read against the exam-wide noise SD
     t_exam = []
+    smoothing = []  # the input smoothing (mm) each exam was shown to the networks through (0: none)
     for exam in exams:
         vol = exam.volume
         ref_score.append(float(exam.agatston))
         ref_cat.append(exam.category)
         t0 = time.perf_counter()
-        singles, mask = _segment_all(ensemble, vol, multiple)
+        singles, mask, smooth = _segment_all(ensemble, vol, multiple)
+        smoothing.append(smooth)
         if METAL_HU is not None:  # as agatax.run_pipeline: objects reaching metal density are left out
             mask = exclude_metal(vol.hu, mask, mask, vol.spacing, metal_hu=METAL_HU)[0]
             singles = np.stack([exclude_metal(vol.hu, s, s, vol.spacing, metal_hu=METAL_HU)[0] for s in singles])
@@ -253,6 +263,7 @@ def evaluate(ensemble, exams) -> dict:
         "seconds_per_exam_incl_scoring": float(np.median(t_exam)),
         "reference_scores": ref_score,
         "ensemble_scores": ens_score,
+        "input_smoothing_mm": smoothing,
         "ensemble_scores_noise_level_kept": kept_specks,
         "noise_level_kept_lesions": evaluate_masks(kept_pairs),
         "noise_level_kept_c_index": float(c_index([risk_category(v) for v in kept_specks], ref_cat)),

@@ -172,6 +172,9 @@ def main(argv=None) -> int:
                     help="LOW,HIGH: draw each unseen exam's noise_profile from this range (the noise SD times "
                     "1 + P (r / R)^2 away from the image centre; e.g. -0.5,1.0); same exams and noise patterns")
     add_dense_vote_argument(ap)
+    ap.add_argument("--adapt-noise", choices=("on", "off", "both"), default="on",
+                    help="show exams noisier than the training to the networks smoothed (agatax.run_pipeline's "
+                    "adapt_noise; default on, as the pipeline), not, or both, one after the other on the same exams")
     ap.add_argument("--workdir", default=str(ROOT / "experiments" / "_table1_work"))
     args = ap.parse_args(argv)
     lines = parse_dense_votes(ap, args.dense_vote)
@@ -209,13 +212,16 @@ def main(argv=None) -> int:
         exams = list(draw())
         print(f"({name}: {len(exams)} exams generated in {time.perf_counter() - t0:.0f} s)", flush=True)
         for w, ens in ensembles.items():
-            for localise, dense in ((lo, d) for lo in ((True, False) if args.both_localise else (True,))
-                                    for d in lines):
-                table1.LOCALISE, table1.DENSE_VOTE = localise, dense
+            adapts = {"on": (True,), "off": (False,), "both": (True, False)}[args.adapt_noise]
+            for localise, dense, adapt in ((lo, d, a) for lo in ((True, False) if args.both_localise else (True,))
+                                           for d in lines for a in adapts):
+                table1.LOCALISE, table1.DENSE_VOTE, table1.ADAPT_NOISE = localise, dense, adapt
                 ev = table1.evaluate(ens, exams)
                 tag = name if localise else f"{name}, no localisation"
                 if args.dense_vote is not None:
                     tag += f", {dense_vote_tag(dense)}"
+                if args.adapt_noise != "on":
+                    tag += f", noise adaptation {'on' if adapt else 'off'}"
                 results[f"{w}::{tag}"] = ev
                 les = ev["lesions"]
                 print(f"| {w} | {tag} | {ev['ensemble_c_index']:.3f} | {ev['ensemble_accuracy']:.3f} | "

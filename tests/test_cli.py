@@ -462,9 +462,10 @@ def test_localisation_discards_calcium_outside_the_chest_region_unless_turned_of
     assert "chest_region" not in outs[True]
 
 
-def test_keep_specks_and_keep_in_air_turn_the_object_rules_off(cohort, tmp_path, monkeypatch):
-    """``--keep-specks`` and ``--keep-in-air`` reach ``run_pipeline`` as ``noise_snr=None`` and ``air_share=None``
-    (by default the shipped values) and are recorded in the exam's options."""
+def test_keep_specks_keep_in_air_and_no_adapt_noise_reach_the_pipeline(cohort, tmp_path, monkeypatch):
+    """``--keep-specks``, ``--keep-in-air`` and ``--no-adapt-noise`` reach ``run_pipeline`` as ``noise_snr=None``,
+    ``air_share=None`` and ``adapt_noise=False`` (by default the shipped values) and are recorded in the exam's
+    options."""
     import agatax.pipeline as pipeline
 
     seen = []
@@ -472,15 +473,18 @@ def test_keep_specks_and_keep_in_air_turn_the_object_rules_off(cohort, tmp_path,
     monkeypatch.setattr(pipeline, "run_pipeline", lambda *a, **k: seen.append(k) or real(*a, **k))
     exam = cohort / "exams" / "case0"
     outs = {}
-    for flags in ([], ["--keep-specks"], ["--keep-in-air"]):
+    for flags in ([], ["--keep-specks"], ["--keep-in-air"], ["--no-adapt-noise"]):
         out = tmp_path / f"r{len(seen)}.json"
         assert main(["score", str(exam), "--weights", str(cohort / "tiny.msgpack"), "--json", str(out)] + flags) == 0
         outs[tuple(flags)] = json.loads(out.read_text())
-    assert [(k["noise_snr"], k["air_share"]) for k in seen] == [
-        (pipeline.NOISE_SNR, pipeline.AIR_SHARE), (None, pipeline.AIR_SHARE), (pipeline.NOISE_SNR, None)]
-    assert "keep_specks" not in json.dumps(outs[()]) and "keep_in_air" not in json.dumps(outs[()])
+    assert [(k["noise_snr"], k["air_share"], k["adapt_noise"]) for k in seen] == [
+        (pipeline.NOISE_SNR, pipeline.AIR_SHARE, True), (None, pipeline.AIR_SHARE, True),
+        (pipeline.NOISE_SNR, None, True), (pipeline.NOISE_SNR, pipeline.AIR_SHARE, False)]
+    for key in ("keep_specks", "keep_in_air", "adapt_noise"):
+        assert key not in json.dumps(outs[()])
     assert '"keep_specks": true' in json.dumps(outs[("--keep-specks",)])
     assert '"keep_in_air": true' in json.dumps(outs[("--keep-in-air",)])
+    assert '"adapt_noise": false' in json.dumps(outs[("--no-adapt-noise",)])
 
 
 # ------------------------------------------------------------------------ provenance, safety, interrupts

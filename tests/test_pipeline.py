@@ -107,6 +107,29 @@ def test_pipeline_feeds_the_networks_the_input_their_config_names(field, values,
     assert not np.array_equal(*votes.values())  # the setting reaches the networks
 
 
+def test_a_noisier_exam_reaches_the_networks_smoothed_as_the_quality_step_says(ensemble):
+    """adapt_noise: the networks see the exam through ``input_smoothing_mm``'s Gaussian (preprocess's
+    ``smooth_mm``), the candidates stay the exam's own voxels >= 130 HU; adapt_noise=False: as it is."""
+    from agatax.quality import input_smoothing_mm
+
+    rng = np.random.default_rng(8)
+    hu = np.full((8, 64, 60), 40.0, np.float32)
+    hu[:, :4] = hu[:, -4:] = -1000.0  # air above and below the body
+    hu += rng.normal(0, 50.0, hu.shape).astype(np.float32)
+    hu[2:5, 20:26, 20:26] = 400.0
+    sigma = input_smoothing_mm(hu, SPACING)[0]
+    assert sigma > 0
+    cz, cy, cx = (np.floor((np.arange(n) + 0.5) * d / SPACING[0]).astype(int) for n, d in zip(hu.shape, SPACING))
+    votes = {}
+    for adapt, smooth in ((True, sigma), (False, 0.0)):
+        _, v = segment(ensemble, Volume(hu, SPACING), adapt_noise=adapt, localise=False)
+        x = preprocess(hu, SPACING, multiple=TINY.multiple, smooth_mm=smooth)
+        coarse = (np.asarray(ensemble_logits(ensemble, x[None, ..., None]))[:, 0, ..., 0] > 0).sum(0)
+        np.testing.assert_array_equal(np.asarray(v), np.where(hu >= 130, coarse[np.ix_(cz, cy, cx)], 0))
+        votes[adapt] = np.asarray(v)
+    assert not np.array_equal(votes[True], votes[False])  # the smoothing reaches the networks
+
+
 def test_inputs_forms_and_strategies_agree(ensemble, hu):
     a = segment(ensemble, (hu, SPACING), strategy="sequential")
     b = segment(ensemble, jnp.asarray(hu), spacing=SPACING, strategy="vmap")

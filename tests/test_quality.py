@@ -7,7 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from agatax.quality import TRAINED_NOISE_HU, image_noise_hu, noise_note, thickness_note
+from agatax.quality import (SMOOTH_MAX_MM, SMOOTH_TARGET_SHARE, TRAINED_NOISE_HU, image_noise_hu, input_smoothing_mm,
+                            noise_note, smoothing_note, thickness_note)
 
 SPACING = (3.0, 0.5, 0.5)
 
@@ -46,6 +47,54 @@ def test_no_soft_tissue_means_no_measurement():
     assert image_noise_hu(hu + np.random.default_rng(0).normal(0, 20, hu.shape), SPACING) is None
 
 
+def _gauss_smoothed(hu, spacing, sigma_mm):
+    """The exam through an in-plane Gaussian of ``sigma_mm``, cut at 12 pixels, edges repeated (scipy)."""
+    out = hu.astype(np.float64)
+    for axis in (1, 2):
+        s = sigma_mm / spacing[axis]
+        out = ndimage.gaussian_filter1d(out, s, axis=axis, mode="nearest", truncate=12 / s)
+    return out
+
+
+@pytest.mark.parametrize("sigma,seed", [(44.0, 0), (52.0, 1)])
+def test_smoothing_brings_the_noise_just_under_the_target(sigma, seed):
+    """The smallest 0.05 mm step of sigma whose smoothed exam measures at most 35 HU (0.875 x 40), checked by
+    smoothing the whole exam with scipy and measuring it again."""
+    rng = np.random.default_rng(seed)
+    noise = ndimage.gaussian_filter(rng.normal(0, 1, (8, 128, 128)), (0, 0.8, 0.8))
+    hu = _body() + noise * (sigma / noise.std())
+    got, before, after = input_smoothing_mm(hu, SPACING)
+    target = SMOOTH_TARGET_SHARE * TRAINED_NOISE_HU[1]
+    assert before == pytest.approx(image_noise_hu(hu, SPACING))
+    assert 0 < got < SMOOTH_MAX_MM
+    assert after == pytest.approx(image_noise_hu(_gauss_smoothed(hu, SPACING, got), SPACING), rel=1e-4)
+    assert after <= target < image_noise_hu(_gauss_smoothed(hu, SPACING, got - 0.05), SPACING)
+
+
+def test_no_smoothing_within_the_training_range_or_without_tissue():
+    rng = np.random.default_rng(4)
+    hu = _body() + rng.normal(0, 30.0, (8, 128, 128))
+    assert input_smoothing_mm(hu, SPACING)[0] == 0.0
+    noisy = _body() + rng.normal(0, 48.0, (8, 128, 128))
+    assert input_smoothing_mm(noisy, SPACING)[0] > 0
+    assert input_smoothing_mm(noisy, SPACING, (10.0, 55.0))[0] == 0.0  # trained on more noise: as it is
+    plastic = np.full((8, 64, 64), 250.0) + rng.normal(0, 60, (8, 64, 64))
+    assert input_smoothing_mm(plastic, SPACING) == (0.0, None, None)
+
+
+def test_smoothing_stops_at_its_largest_sigma(monkeypatch):
+    import agatax.quality as quality
+
+    monkeypatch.setattr(quality, "SMOOTH_MAX_MM", 0.1)  # under the ~0.35 mm this exam needs
+    hu = _body() + np.random.default_rng(5).normal(0, 48.0, (8, 128, 128))
+    got, before, after = input_smoothing_mm(hu, SPACING)
+    assert got == 0.1 and after == pytest.approx(image_noise_hu(_gauss_smoothed(hu, SPACING, 0.1), SPACING))
+    assert after > SMOOTH_TARGET_SHARE * TRAINED_NOISE_HU[1]
+    (text,) = smoothing_note(got, before, after)
+    assert "0.10 mm" in text and "--no-adapt-noise" in text
+    assert smoothing_note(0.0, 30.0, 30.0) == ()
+
+
 def test_note_only_above_the_training_range():
     assert noise_note(None) == () and noise_note(TRAINED_NOISE_HU[1]) == ()
     (text,) = noise_note(52.4)
@@ -75,9 +124,14 @@ def test_pipeline_reports_noise_and_warns_when_too_noisy():
         assert res.noise_hu == pytest.approx(sigma, rel=0.08)
         assert any("image noise" in n for n in res.notes) == warned
         assert res.to_dict()["noise_hu"] == res.noise_hu
-        # the warning follows what the ensemble's networks were trained on
+        assert (res.input_smoothing_mm > 0) == warned == any("noise adaptation" in n for n in res.notes)
+        assert res.to_dict()["input_smoothing_mm"] == res.input_smoothing_mm
+        off = run_pipeline(ensemble, Volume(hu, (3.0, 0.7, 0.7)), localise=False, adapt_noise=False)
+        assert off.input_smoothing_mm == 0 and not any("noise adaptation" in n for n in off.notes)
+        # the warning and the adaptation follow what the ensemble's networks were trained on
         res = run_pipeline(noisier, Volume(hu, (3.0, 0.7, 0.7)), localise=False)
         assert any("image noise" in n and "10-55 HU" in n for n in res.notes) == warned_noisier
+        assert (res.input_smoothing_mm > 0) == warned_noisier
 
 
 @pytest.mark.parametrize("thickness,expect", [
