@@ -164,7 +164,8 @@ class ScoredExam:
     noise SD (``agatax.quality.image_noise_hu``), or None; left_out: (bool (z, y, x), list of dicts) the
     calcified objects of the chest region not scored (``agatax.pipeline.left_out_objects``), or None;
     category_range: the ``agatax.uncertainty.CategoryRange`` of the networks' result, or None; dropped:
-    bool (z, y, x) the networks' calcium the object rules left out (``PipelineResult.dropped``), or None.
+    bool (z, y, x) the networks' calcium the object rules left out (``PipelineResult.dropped``), or None;
+    input_smoothing_mm: sigma (mm) of the in-plane Gaussian the networks saw the exam through (0: none).
     """
 
     volume: Any
@@ -177,6 +178,7 @@ class ScoredExam:
     left_out: tuple | None = None
     category_range: Any = None
     dropped: np.ndarray | None = None
+    input_smoothing_mm: float = 0.0
 
     def unscored(self) -> np.ndarray | None:
         """bool (z, y, x) the calcium the report picture outlines as not scored: the chest region's calcified
@@ -317,7 +319,7 @@ class ExamScorer:
             left_out = left_out_objects(volume.hu, np.asarray(result.mask) > 0, result.chest.region, volume.spacing)
         return ScoredExam(volume, result.scores, np.asarray(result.mask), np.asarray(result.votes),
                           self.ensemble.members, result.chest, result.noise_hu, left_out, result.category_range,
-                          result.dropped)
+                          result.dropped, result.input_smoothing_mm)
 
     def _extras(self, scored: ScoredExam) -> dict[str, Any]:
         """Keys the JSON carries beyond the report: the given mask, and the chest region used."""
@@ -340,6 +342,8 @@ class ExamScorer:
             extras["noise_hu"] = round(float(scored.noise_hu), 1)
             if self.ensemble is not None:
                 extras["trained_noise_hu"] = list(self.ensemble.config.trained_noise_hu)
+        if scored.input_smoothing_mm:
+            extras["input_smoothing_mm"] = round(float(scored.input_smoothing_mm), 3)
         return extras
 
     def result(self, scored: ScoredExam, exam_id: str | None = None) -> dict[str, Any]:
@@ -433,7 +437,8 @@ def format_report(result: dict[str, Any]) -> str:
 
         low, high = result.get("trained_noise_hu") or TRAINED_NOISE_HU
         lines.append(f"noise:     {result['noise_hu']:.0f} HU (SD in soft tissue; the networks were trained on "
-                     f"{low:g}-{high:g} HU)")
+                     f"{low:g}-{high:g} HU)" + (f"; shown to them smoothed, sigma {result['input_smoothing_mm']:.2f} mm"
+                                                if result.get("input_smoothing_mm") else ""))
     left_out = result.get("left_out")
     if left_out and left_out["objects"]:
         big = left_out["largest"][0]

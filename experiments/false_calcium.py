@@ -38,16 +38,22 @@ from agatax.synthetic import DISTRACTOR_CODES, generate_exam, parse_lookalike_ra
 KINDS = {v: k for k, v in DISTRACTOR_CODES.items()}
 
 
-def calcium_free_exams(n: int, protocol: str, matrix: int, first_seed: int = 7000, lookalike_rates=None):
+def calcium_free_exams(n: int, protocol: str, matrix: int, first_seed: int = 7000, lookalike_rates=None,
+                       noise_hu: tuple[float, float] | None = None):
+    """Calcium-free exams of seeds first_seed ..; ``noise_hu`` (low, high): each exam's noise SD drawn from
+    this range (on a stream of its own; else the generator's)."""
     for i in range(n):
-        yield generate_exam(first_seed + i, target_category="A", protocol=protocol, matrix=matrix,
-                            lookalike_rates=lookalike_rates)
+        seed = first_seed + i
+        noisy = {} if noise_hu is None else {
+            "noise_sigma_hu": float(np.random.default_rng([seed, 4545]).uniform(*noise_hu))}
+        yield generate_exam(seed, target_category="A", protocol=protocol, matrix=matrix,
+                            lookalike_rates=lookalike_rates, **noisy)
 
 
-def score(ensemble, exams, air_share=AIR_SHARE, dense_vote=DENSE_VOTE) -> dict:
+def score(ensemble, exams, air_share=AIR_SHARE, dense_vote=DENSE_VOTE, adapt_noise=True) -> dict:
     scores, on = [], {}
     for exam in exams:
-        res = run_pipeline(ensemble, exam.volume, air_share=air_share, dense_vote=dense_vote)
+        res = run_pipeline(ensemble, exam.volume, air_share=air_share, dense_vote=dense_vote, adapt_noise=adapt_noise)
         scores.append(float(res.scores.agatston))
         z, y, x = exam.params["carina_mm"]
         kc = float(np.linalg.solve(exam.volume.affine, np.array([x, y, z, 1.0]))[0])
@@ -80,7 +86,19 @@ def main(argv=None) -> int:
                     help="leave out objects surrounded by air (run_pipeline's air_share, as shipped: on), keep "
                          "them (off), or score both ways")
     add_dense_vote_argument(ap)
+    ap.add_argument("--noise", default=None, metavar="LOW,HIGH",
+                    help="draw each exam's image noise SD from this range, HU (default: the generator's 10-40)")
+    ap.add_argument("--adapt-noise", choices=("on", "off", "both"), default="on",
+                    help="run_pipeline's adapt_noise (as shipped: on), off, or both ways")
     args = ap.parse_args(argv)
+    noise_hu = None
+    if args.noise is not None:
+        try:
+            noise_hu = tuple(float(v) for v in args.noise.split(","))
+            if len(noise_hu) != 2 or not 0 <= noise_hu[0] <= noise_hu[1]:
+                raise ValueError
+        except ValueError:
+            ap.error(f"--noise takes LOW,HIGH in HU with 0 <= LOW <= HIGH, got {args.noise!r}")
     lines = parse_dense_votes(ap, args.dense_vote)
     if args.without_carina:
         import agatax.localise
@@ -88,7 +106,7 @@ def main(argv=None) -> int:
         agatax.localise._find_carina = lambda *a, **k: (float("nan"), 0)
     t0 = time.perf_counter()
     rates = parse_lookalike_rates(args.lookalikes) if args.lookalikes else None
-    cohorts = {p: list(calcium_free_exams(args.exams, p, args.matrix, args.first_seed, rates))
+    cohorts = {p: list(calcium_free_exams(args.exams, p, args.matrix, args.first_seed, rates, noise_hu))
                for p in args.protocols.split(",")}
     print(f"{args.exams} calcium-free exams per protocol generated ({time.perf_counter() - t0:.0f} s)", flush=True)
     results = {}
@@ -100,10 +118,13 @@ def main(argv=None) -> int:
         rules = [(f"{label} ({dense_vote_tag(d)})", air, d) for label, air in rules for d in lines]
     else:
         rules = [(label, air, lines[0]) for label, air in rules]
+    adapts = {"on": (True,), "off": (False,), "both": (True, False)}[args.adapt_noise]
+    rules = [(label + ("" if args.adapt_noise == "on" else f" (noise adaptation {'on' if a else 'off'})"), air, d, a)
+             for label, air, d in rules for a in adapts]
     for w in args.weights:
         ens = load_ensemble(w)
-        for (label, air_share, dense), (protocol, exams) in ((r, c) for r in rules for c in cohorts.items()):
-            r = score(ens, exams, air_share, dense)
+        for (label, air_share, dense, adapt), (protocol, exams) in ((r, c) for r in rules for c in cohorts.items()):
+            r = score(ens, exams, air_share, dense, adapt)
             results[f"{w}{label}::{protocol}"] = r
             on = ", ".join(f"{k} {v}" for k, v in sorted(r["false_voxels_on"].items(), key=lambda kv: -kv[1]))
             print(f"| {w}{label} | {protocol} | {r['n']} | {r['at_least_10']} | {r['above_0']} | {r['max']:.1f} | "

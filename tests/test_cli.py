@@ -224,6 +224,28 @@ def test_exam_noise_in_the_json_and_the_text(cohort, capsys):
     assert f"noise:     {noise:.0f} HU" in capsys.readouterr().out
 
 
+def test_a_noisy_exam_is_shown_to_the_networks_smoothed_and_the_report_says_so(cohort):
+    """Noise above the ensemble's training range: the JSON's ``input_smoothing_mm`` is the sigma
+    ``agatax.quality.input_smoothing_mm`` chooses for the exam, a warning and the text's noise line say so;
+    with ``adapt_noise=False`` (``--no-adapt-noise``) none of the three."""
+    from agatax import load_ensemble
+    from agatax.cli import ExamScorer, format_report
+    from agatax.quality import input_smoothing_mm
+    from agatax.synthetic import generate_exam
+
+    volume = generate_exam(1, matrix=96, n_slices=24, slice_increment_mm=3.0, slice_thickness_mm=3.0, fov_mm=200.0,
+                           noise_sigma_hu=55.0).volume
+    sigma = input_smoothing_mm(volume.hu, volume.spacing)[0]
+    assert sigma > 0
+    ensemble = load_ensemble(cohort / "tiny.msgpack")
+    for adapt in (True, False):
+        scorer = ExamScorer(ensemble=ensemble, adapt_noise=adapt)
+        result = scorer.result(scorer.score(volume))
+        assert result.get("input_smoothing_mm") == (round(sigma, 3) if adapt else None)
+        assert any(w.startswith("noise adaptation") for w in result["warnings"]) == adapt
+        assert ("shown to them smoothed" in format_report(result)) == adapt
+
+
 def test_report_png_is_drawn(cohort, tmp_path, capsys):
     pytest.importorskip("matplotlib")
     assert main(["score", str(cohort / "exams" / "case0"), "--weights", str(cohort / "tiny.msgpack"),
