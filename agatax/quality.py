@@ -149,9 +149,13 @@ def input_smoothing_mm(hu, spacing, trained_hu: tuple[float, float] = TRAINED_NO
         return 0.0, noise, noise
     target = SMOOTH_TARGET_SHARE * trained_hu[1]
 
+    def weights(sigma_px: float) -> np.ndarray:  # the pre-processing's taps less those under 1e-6 of the peak
+        w = gauss_weights(sigma_px, xp=np)
+        k = int(np.argmax(w > 1e-6 * w.max()))
+        return w[k: len(w) - k]
+
     def after(sigma_mm: float) -> float | None:
-        wy = gauss_weights(sigma_mm / float(spacing[1]), xp=np)
-        wx = gauss_weights(sigma_mm / dx, xp=np)
+        wy, wx = weights(sigma_mm / float(spacing[1])), weights(sigma_mm / dx)
         smooth = (ndimage.convolve1d(ndimage.convolve1d(p, wy, axis=0, mode="nearest"), wx, axis=1, mode="nearest")
                   for p in planes)
         return _pair_noise(smooth, dx, None, _MIN_PAIRS)
