@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT / "experiments"))
 from agatax.ensemble import load_ensemble  # noqa: E402
 from agatax._atomic import atomic_write_text  # noqa: E402
 from agatax.pipeline import AIR_SHARE, DENSE_VOTE, run_pipeline  # noqa: E402
-from unseen import add_dense_vote_argument, dense_vote_tag, parse_dense_votes  # noqa: E402
+from unseen import (add_adapt_noise_argument, add_dense_vote_argument, adapt_noise_values,  # noqa: E402
+                    dense_vote_tag, parse_dense_votes, parse_noise_range)
 from agatax.synthetic import DISTRACTOR_CODES, generate_exam, parse_lookalike_rates  # noqa: E402
 
 KINDS = {v: k for k, v in DISTRACTOR_CODES.items()}
@@ -88,17 +89,9 @@ def main(argv=None) -> int:
     add_dense_vote_argument(ap)
     ap.add_argument("--noise", default=None, metavar="LOW,HIGH",
                     help="draw each exam's image noise SD from this range, HU (default: the generator's 10-40)")
-    ap.add_argument("--adapt-noise", choices=("on", "off", "both"), default="on",
-                    help="run_pipeline's adapt_noise (as shipped: on), off, or both ways")
+    add_adapt_noise_argument(ap)
     args = ap.parse_args(argv)
-    noise_hu = None
-    if args.noise is not None:
-        try:
-            noise_hu = tuple(float(v) for v in args.noise.split(","))
-            if len(noise_hu) != 2 or not 0 <= noise_hu[0] <= noise_hu[1]:
-                raise ValueError
-        except ValueError:
-            ap.error(f"--noise takes LOW,HIGH in HU with 0 <= LOW <= HIGH, got {args.noise!r}")
+    noise_hu = None if args.noise is None else parse_noise_range(ap, args.noise)
     lines = parse_dense_votes(ap, args.dense_vote)
     if args.without_carina:
         import agatax.localise
@@ -118,7 +111,7 @@ def main(argv=None) -> int:
         rules = [(f"{label} ({dense_vote_tag(d)})", air, d) for label, air in rules for d in lines]
     else:
         rules = [(label, air, lines[0]) for label, air in rules]
-    adapts = {"on": (True,), "off": (False,), "both": (True, False)}[args.adapt_noise]
+    adapts = adapt_noise_values(args.adapt_noise)
     rules = [(label + ("" if args.adapt_noise == "on" else f" (noise adaptation {'on' if a else 'off'})"), air, d, a)
              for label, air, d in rules for a in adapts]
     for w in args.weights:

@@ -134,6 +134,29 @@ def dense_vote_tag(dense) -> str:
     return f"dense vote {'off' if dense is None else dense}"
 
 
+def add_adapt_noise_argument(ap) -> None:
+    """The ``--adapt-noise`` option of the experiments that compare the pipeline's noise adaptation."""
+    ap.add_argument("--adapt-noise", choices=("on", "off", "both"), default="on",
+                    help="show exams noisier than the training to the networks smoothed (agatax.run_pipeline's "
+                    "adapt_noise; default on, as the pipeline), not, or both, one after the other on the same exams")
+
+
+def adapt_noise_values(choice: str) -> tuple[bool, ...]:
+    """``--adapt-noise`` on / off / both -> the adapt_noise values to run."""
+    return {"on": (True,), "off": (False,), "both": (True, False)}[choice]
+
+
+def parse_noise_range(ap, text: str) -> tuple[float, float]:
+    """``--noise LOW,HIGH`` (HU) -> (low, high); an argparse error otherwise."""
+    try:
+        noise_hu = tuple(float(v) for v in text.split(","))
+        if len(noise_hu) != 2 or not 0 <= noise_hu[0] <= noise_hu[1]:
+            raise ValueError
+    except ValueError:
+        ap.error(f"--noise takes LOW,HIGH in HU with 0 <= LOW <= HIGH, got {text!r}")
+    return noise_hu
+
+
 def parse_dense_votes(ap, values) -> list:
     """``--dense-vote`` values -> [share or None]; None given: [the pipeline's DENSE_VOTE]."""
     from agatax.pipeline import DENSE_VOTE
@@ -172,18 +195,11 @@ def main(argv=None) -> int:
                     help="LOW,HIGH: draw each unseen exam's noise_profile from this range (the noise SD times "
                     "1 + P (r / R)^2 away from the image centre; e.g. -0.5,1.0); same exams and noise patterns")
     add_dense_vote_argument(ap)
-    ap.add_argument("--adapt-noise", choices=("on", "off", "both"), default="on",
-                    help="show exams noisier than the training to the networks smoothed (agatax.run_pipeline's "
-                    "adapt_noise; default on, as the pipeline), not, or both, one after the other on the same exams")
+    add_adapt_noise_argument(ap)
     ap.add_argument("--workdir", default=str(ROOT / "experiments" / "_table1_work"))
     args = ap.parse_args(argv)
     lines = parse_dense_votes(ap, args.dense_vote)
-    try:
-        noise_hu = tuple(float(v) for v in args.noise.split(","))
-        if len(noise_hu) != 2 or not 0 <= noise_hu[0] <= noise_hu[1]:
-            raise ValueError
-    except ValueError:
-        ap.error(f"--noise takes LOW,HIGH in HU with 0 <= LOW <= HIGH, got {args.noise!r}")
+    noise_hu = parse_noise_range(ap, args.noise)
     profile = None
     if args.noise_profile is not None:
         try:
@@ -212,7 +228,7 @@ def main(argv=None) -> int:
         exams = list(draw())
         print(f"({name}: {len(exams)} exams generated in {time.perf_counter() - t0:.0f} s)", flush=True)
         for w, ens in ensembles.items():
-            adapts = {"on": (True,), "off": (False,), "both": (True, False)}[args.adapt_noise]
+            adapts = adapt_noise_values(args.adapt_noise)
             for localise, dense, adapt in ((lo, d, a) for lo in ((True, False) if args.both_localise else (True,))
                                            for d in lines for a in adapts):
                 table1.LOCALISE, table1.DENSE_VOTE, table1.ADAPT_NOISE = localise, dense, adapt
