@@ -570,8 +570,9 @@ def add_score_command(subparsers) -> None:
     p.add_argument("--keep-in-air", action="store_true", help="score objects surrounded by air (by default they are "
                    "left out as lung granulomas or clips, with a warning)")
     p.add_argument("--no-adapt-noise", action="store_true", help="show the networks an exam noisier than their "
-                   "training as it is (by default it is shown to them smoothed in-plane to about 35 HU of noise, with a "
-                   "warning; the score is read from the exam as it is)")
+                   "training as it is (by default it is shown to them smoothed in-plane, its noise brought to 0.875 of "
+                   "the top of their training range: 35 HU for the shipped ones; with a warning; the score is read "
+                   "from the exam as it is)")
     p.add_argument("--thin-slices", choices=THIN_SLICES, default="slab",
                    help="exams with slices under 2 mm: 'slab' (default) scores 3 mm slabs (the mean of 3 mm of slices), "
                    "as a 3 mm reconstruction is scored clinically; 'native' scores the thin slices")

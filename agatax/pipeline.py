@@ -287,8 +287,9 @@ def segment(
         dense_vote: objects peaking at 1000-1500 HU are also kept at a mean vote of this share of the
             members (``agatax.ensemble.object_majority``); None: one line for every object.
         adapt_noise: show an exam noisier than the networks' training (``UNetConfig.trained_noise_hu``) to
-            them smoothed in-plane, its noise brought to 35 HU (``agatax.quality.input_smoothing_mm``); the
-            candidates and the scores stay on the exam as it is. False: the exam as it is.
+            them smoothed in-plane, its noise brought to 0.875 of the range's top (35 HU for 10-40;
+            ``agatax.quality.input_smoothing_mm``); the candidates and the scores stay on the exam as it
+            is. False: the exam as it is.
 
     Returns:
         mask bool (z, y, x): the candidates (HU >= threshold_hu, inside the chest region) kept object by
