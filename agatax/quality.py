@@ -173,15 +173,16 @@ def input_smoothing_mm(hu, spacing, trained_hu: tuple[float, float] = TRAINED_NO
             lo = mid + 1
     k = min(lo + 1, steps)
     sigma = k * _SMOOTH_STEP_MM
-    return round(sigma, 4), noise, reached.get(k, after(sigma))
+    return round(sigma, 4), noise, reached[k] if k in reached else after(sigma)
 
 
 def smoothing_note(sigma_mm: float, noise_hu: float | None, after_hu: float | None) -> tuple[str, ...]:
     """What the noise adaptation did (:func:`input_smoothing_mm`), for the report's warnings; nothing for 0."""
     if not sigma_mm:
         return ()
+    after = "?" if after_hu is None else f"{after_hu:.0f}"
     return (f"noise adaptation: the networks saw this exam smoothed in-plane (Gaussian, sigma {sigma_mm:.2f} mm; "
-            f"noise about {noise_hu:.0f} -> {after_hu:.0f} HU) to bring it into their training range; the score "
+            f"noise about {noise_hu:.0f} -> {after} HU) to bring it into their training range; the score "
             "is read from the exam as it is. agatax score --no-adapt-noise (adapt_noise=False) shows them the "
             "exam unsmoothed",)
 

@@ -93,6 +93,7 @@ def test_smoothing_stops_at_its_largest_sigma(monkeypatch):
     (text,) = smoothing_note(got, before, after)
     assert "0.10 mm" in text and "--no-adapt-noise" in text
     assert smoothing_note(0.0, 30.0, 30.0) == ()
+    assert "45 -> ? HU" in smoothing_note(0.3, 45.0, None)[0]  # the noise after unmeasurable: said, not a crash
 
 
 def test_note_only_above_the_training_range():
