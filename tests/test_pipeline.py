@@ -130,6 +130,23 @@ def test_a_noisier_exam_reaches_the_networks_smoothed_as_the_quality_step_says(e
     assert not np.array_equal(votes[True], votes[False])  # the smoothing reaches the networks
 
 
+def test_every_smoothing_sigma_shares_one_compilation(ensemble):
+    """The sigma reaches the jit as a traced value: exams of one shape smoothed by different sigmas compile once."""
+    from agatax.pipeline import _pipeline_kernel
+    from agatax.quality import input_smoothing_mm
+
+    rng = np.random.default_rng(9)
+    sigmas = []
+    for k, sd in enumerate((46.0, 60.0, 46.0)):
+        hu = (np.full((8, 64, 60), 40.0) + rng.normal(0, sd, (8, 64, 60))).astype(np.float32)
+        if k == 1:
+            before = _pipeline_kernel._cache_size()
+        segment(ensemble, Volume(hu, SPACING), localise=False)
+        sigmas.append(input_smoothing_mm(hu, SPACING)[0])
+    assert _pipeline_kernel._cache_size() == before
+    assert sigmas[0] > 0 and sigmas[1] > sigmas[0]  # not vacuous: two different sigmas ran
+
+
 def test_inputs_forms_and_strategies_agree(ensemble, hu):
     a = segment(ensemble, (hu, SPACING), strategy="sequential")
     b = segment(ensemble, jnp.asarray(hu), spacing=SPACING, strategy="vmap")
