@@ -805,7 +805,8 @@ def _run_score(args: argparse.Namespace, stop: threading.Event, counts: dict[str
                                 localise=not args.no_localise, about={"device": device_name(device), "weights": weights},
                                 thin_slices=args.thin_slices, allow_phantom=args.allow_phantom,
                                 assume_non_contrast=args.assume_non_contrast, keep_specks=args.keep_specks,
-                                keep_in_air=args.keep_in_air, adapt_noise=not args.no_adapt_noise, **{name: getattr(args, name) for name in _RELAXATIONS})
+                                keep_in_air=args.keep_in_air, adapt_noise=not args.no_adapt_noise,
+                                **{name: getattr(args, name) for name in _RELAXATIONS})
             return _score_tasks(args, stop, counts, tasks, is_batch, scorer, weights, report_dir, summary_path,
                                 png, png_slices)
 

@@ -462,7 +462,8 @@ def run_pipeline(
         notes = tuple(notes) + in_air
     from agatax.quality import image_noise_hu, noise_note, smoothing_note, thickness_note
 
-    noise = image_noise_hu(hu, spacing)
+    # the adaptation measured the noise already (on the canonical axial slices); measured here without it
+    noise = out["smoothing"][1] if adapt_noise else image_noise_hu(hu, spacing)
     if noise_snr is not None:
         mask, votes, specks = exclude_noise_level(hu, mask, votes, spacing, noise, snr=noise_snr)
         notes = tuple(notes) + specks

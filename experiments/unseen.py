@@ -213,6 +213,7 @@ def main(argv=None) -> int:
     if args.skip_j3 and args.skip_unseen:
         ap.error("--skip-j3 and --skip-unseen leave nothing to test")
     # one cohort in memory at a time (98 exams at matrix 512 take ~11 GB)
+    adapts = adapt_noise_values(args.adapt_noise)
     draws = {}
     if not args.skip_unseen:
         draws["unseen"] = lambda: unseen_cohort(n, args.seed, args.matrix, noise_hu, profile)
@@ -228,7 +229,6 @@ def main(argv=None) -> int:
         exams = list(draw())
         print(f"({name}: {len(exams)} exams generated in {time.perf_counter() - t0:.0f} s)", flush=True)
         for w, ens in ensembles.items():
-            adapts = adapt_noise_values(args.adapt_noise)
             for localise, dense, adapt in ((lo, d, a) for lo in ((True, False) if args.both_localise else (True,))
                                            for d in lines for a in adapts):
                 table1.LOCALISE, table1.DENSE_VOTE, table1.ADAPT_NOISE = localise, dense, adapt

@@ -129,6 +129,8 @@ def test_pipeline_reports_noise_and_warns_when_too_noisy():
         assert res.to_dict()["input_smoothing_mm"] == res.input_smoothing_mm
         off = run_pipeline(ensemble, Volume(hu, (3.0, 0.7, 0.7)), localise=False, adapt_noise=False)
         assert off.input_smoothing_mm == 0 and not any("noise adaptation" in n for n in off.notes)
+        # one measure either way: the adaptation's (canonical slices) or the pipeline's own
+        assert res.noise_hu == off.noise_hu == image_noise_hu(hu, (3.0, 0.7, 0.7))
         # the warning and the adaptation follow what the ensemble's networks were trained on
         res = run_pipeline(noisier, Volume(hu, (3.0, 0.7, 0.7)), localise=False)
         assert any("image noise" in n and "10-55 HU" in n for n in res.notes) == warned_noisier
