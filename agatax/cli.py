@@ -383,6 +383,10 @@ def score_exam(
     thin_slices: str = "slab",
     allow_phantom: bool = False,
     assume_non_contrast: bool = False,
+    localise: bool = True,
+    keep_specks: bool = False,
+    keep_in_air: bool = False,
+    adapt_noise: bool = True,
     **relaxations: bool,
 ) -> dict[str, Any]:
     """Read one exam, find its calcium and score it; return the JSON-safe dict ``agatax score --json`` prints.
@@ -397,7 +401,9 @@ def score_exam(
     for a given ``ensemble`` or mask), and ``members`` with an ensemble.
     ``relaxations``: allow_gaps, allow_uneven, allow_tilt, allow_not_ct, allow_qform_mismatch (see
     ``agatax.read_volume``). ``allow_phantom``: score an exam that looks like a phantom instead of refusing it;
-    ``assume_non_contrast``: one whose mediastinum looks contrast-enhanced.
+    ``assume_non_contrast``: one whose mediastinum looks contrast-enhanced. ``localise``, ``keep_specks``,
+    ``keep_in_air``, ``adapt_noise``: the pipeline's options as ``agatax score`` (``--no-localise``,
+    ``--keep-specks``, ``--keep-in-air``, ``--no-adapt-noise``).
     """
     identity = None
     if mask is None and ensemble is None:
@@ -406,7 +412,8 @@ def score_exam(
     scorer = ExamScorer(mask=mask, ensemble=ensemble, series=series, calibration=calibration,
                         min_pixels=min_pixels, min_area_mm2=min_area_mm2,
                         about={"device": device_name(), "weights": identity}, thin_slices=thin_slices,
-                        allow_phantom=allow_phantom, assume_non_contrast=assume_non_contrast, **relaxations)
+                        allow_phantom=allow_phantom, assume_non_contrast=assume_non_contrast, localise=localise,
+                        keep_specks=keep_specks, keep_in_air=keep_in_air, adapt_noise=adapt_noise, **relaxations)
     return scorer.result(scorer.score(scorer.read(path)))
 
 

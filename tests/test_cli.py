@@ -507,6 +507,12 @@ def test_keep_specks_keep_in_air_and_no_adapt_noise_reach_the_pipeline(cohort, t
     assert '"keep_specks": true' in json.dumps(outs[("--keep-specks",)])
     assert '"keep_in_air": true' in json.dumps(outs[("--keep-in-air",)])
     assert '"adapt_noise": false' in json.dumps(outs[("--no-adapt-noise",)])
+    # the Python one-exam helper takes the same options by name
+    del seen[:]
+    for option in ({"keep_specks": True}, {"keep_in_air": True}, {"adapt_noise": False}):
+        assert score_exam(exam, weights=cohort / "tiny.msgpack", **option)["agatston"] >= 0
+    assert [(k["noise_snr"], k["air_share"], k["adapt_noise"]) for k in seen] == [
+        (None, pipeline.AIR_SHARE, True), (pipeline.NOISE_SNR, None, True), (pipeline.NOISE_SNR, pipeline.AIR_SHARE, False)]
 
 
 # ------------------------------------------------------------------------ provenance, safety, interrupts
