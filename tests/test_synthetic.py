@@ -962,3 +962,37 @@ def test_branch_lesions_experiment_runs_saved_weights_under_each_dense_vote_line
     assert planted > 0
     for counts in out["counts"].values():
         assert counts["all"][1] == planted
+
+
+def test_missed_objects_experiment_scores_each_objects_unscored_voxels_by_hand():
+    """experiments/missed_objects.py's unscored_objects on a hand-built exam (spacing 3 x 0.5 x 0.5 mm):
+    a coronary plaque (2 slices of 2 x 3 voxels, peaks 250 and 450 HU) with its first slice scored, a
+    mitral-annulus object (one slice, 4 voxels, 320 HU), a 2-voxel speck (under the 3 pixels an Agatston
+    lesion needs) and an object outside the region. Agatston by hand: area 6 x 0.25 mm^2 x weight x 3/3."""
+    mod = _experiment("missed_objects")
+    hu = np.full((5, 20, 20), 40.0)
+    truth = np.zeros(hu.shape, bool)
+    dm = np.zeros(hu.shape, np.uint8)
+    hu[1, 2:4, 2:5], hu[2, 2:4, 2:5] = 250.0, 180.0
+    hu[2, 3, 4] = 450.0
+    truth[1:3, 2:4, 2:5] = True
+    hu[3, 10, 10:14] = 320.0
+    dm[3, 10, 10:14] = DISTRACTOR_CODES["mitral_annulus"]
+    hu[0, 15, 15:17] = 200.0
+    hu[4, 18, 0:5] = 500.0
+    region = np.ones(hu.shape, bool)
+    region[4] = False
+    mask = np.zeros(hu.shape, bool)
+    mask[1, 2:4, 2:5] = True
+    votes = np.zeros(hu.shape, np.uint8)
+    votes[1, 2:4, 2:5] = 5
+    votes[2, 2:4, 2:5] = 2
+    got = mod.unscored_objects(hu, mask, votes, region, (3.0, 0.5, 0.5), truth, dm, 5)
+    assert [o["kind"] for o in got] == ["coronary", "mitral annulus"]
+    plaque, annulus = got
+    assert plaque["unscored_agatston"] == pytest.approx(6 * 0.25 * 4)  # its unscored slice, peak 450 HU
+    assert plaque["voxels"] == 12 and plaque["scored_voxels"] == 6 and plaque["truth_share"] == 1.0
+    assert plaque["mean_vote"] == pytest.approx(3.5) and plaque["max_vote"] == 5 and plaque["majority_voxels"] == 6
+    assert plaque["peak_hu"] == 450.0 and plaque["slices"] == [1, 2]
+    assert annulus["unscored_agatston"] == pytest.approx(4 * 0.25 * 3) and annulus["mean_vote"] == 0.0
+    assert annulus["slices"] == [3, 3]
