@@ -996,3 +996,29 @@ def test_missed_objects_experiment_scores_each_objects_unscored_voxels_by_hand()
     assert plaque["peak_hu"] == 450.0 and plaque["slices"] == [1, 2]
     assert annulus["unscored_agatston"] == pytest.approx(4 * 0.25 * 3) and annulus["mean_vote"] == 0.0
     assert annulus["slices"] == [3, 3]
+
+
+def test_weight_average_experiment_mixes_each_member_with_its_namesake(tmp_path):
+    """experiments/weight_average.py: alpha 0.25 gives 0.75 A + 0.25 B on every variable of every member
+    (float64 oracle), parameters and BatchNorm statistics alike; member k mixes with member k only; written
+    and read back; ensembles of another shape are refused."""
+    import jax
+
+    from agatax.ensemble import init_ensemble, load_ensemble, save_ensemble
+    from agatax.errors import InputError
+    from agatax.model import UNetConfig
+
+    mod = _experiment("weight_average")
+    cfg = UNetConfig(levels=2, base_filters=4)
+    a = init_ensemble(jax.random.key(0), cfg, members=3)
+    b = init_ensemble(jax.random.key(1), cfg, members=3)
+    b = b.replace(variables=jax.tree.map(lambda x: np.asarray(x) + 1.0, b.variables))  # BatchNorm stats differ too
+    path = save_ensemble(tmp_path / "mixed.msgpack", mod.average(a, b, 0.25))
+    got = load_ensemble(path)
+    for x, y, z in zip(jax.tree.leaves(a.variables), jax.tree.leaves(b.variables), jax.tree.leaves(got.variables)):
+        want = 0.75 * np.asarray(x, np.float64) + 0.25 * np.asarray(y, np.float64)
+        np.testing.assert_allclose(np.asarray(z), want, rtol=1e-6, atol=1e-6)
+    d = mod.member_distances(a, a)
+    assert np.allclose(np.diag(d), 0.0) and (d[~np.eye(3, dtype=bool)] > 0.1).all()
+    with pytest.raises(InputError, match="differ"):
+        mod.average(a, init_ensemble(jax.random.key(2), cfg, members=2), 0.5)
