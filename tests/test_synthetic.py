@@ -1022,3 +1022,19 @@ def test_weight_average_experiment_mixes_each_member_with_its_namesake(tmp_path)
     assert np.allclose(np.diag(d), 0.0) and (d[~np.eye(3, dtype=bool)] > 0.1).all()
     with pytest.raises(InputError, match="differ"):
         mod.average(a, init_ensemble(jax.random.key(2), cfg, members=2), 0.5)
+
+
+def test_missed_objects_flag_counts_by_hand():
+    """experiments/missed_objects.py's flag_counts: an exam is flagged when its range spans categories, or
+    when the picked unscored objects move its score into another category (metal-dense objects never)."""
+    mod = _experiment("missed_objects")
+    obj = {"unscored_agatston": 20.0, "peak_hu": 400.0, "mean_vote": 1.2}
+    rows = [
+        {"agatston": 5.0, "category": "B", "true_category": "C", "low": "B", "high": "B", "objects": [obj]},
+        {"agatston": 5.0, "category": "B", "true_category": "B", "low": "A", "high": "B", "objects": []},
+        {"agatston": 0.0, "category": "A", "true_category": "A", "low": "A", "high": "A",
+         "objects": [dict(obj, peak_hu=2500.0)]},
+    ]
+    assert mod.flag_counts(rows, lambda o: False) == (1, 0, 1)
+    assert mod.flag_counts(rows, lambda o: o["mean_vote"] >= 1) == (2, 1, 1)
+    assert mod.flag_counts(rows, lambda o: o["mean_vote"] >= 2) == (1, 0, 1)
