@@ -34,8 +34,9 @@ import unseen  # noqa: E402
 
 from agatax._atomic import atomic_write_text  # noqa: E402
 from agatax.ensemble import load_ensemble  # noqa: E402
-from agatax.pipeline import run_pipeline  # noqa: E402
-from agatax.scoring.agatston import density_weight  # noqa: E402
+from agatax.pipeline import METAL_HU, run_pipeline  # noqa: E402
+from agatax.scoring import compute_scores  # noqa: E402
+from agatax.scoring.components import label_slices  # noqa: E402
 from agatax.synthetic import DISTRACTOR_CODES, preset_exam  # noqa: E402
 
 DISTRACTOR_NAMES = {code: kind.replace("_", " ") for kind, code in DISTRACTOR_CODES.items()}
@@ -44,26 +45,21 @@ DISTRACTOR_NAMES = {code: kind.replace("_", " ") for kind, code in DISTRACTOR_CO
 def unscored_objects(hu, mask, votes, region, spacing, truth, distractors, members, *, threshold_hu=130.0,
                      min_pixels=3):
     """One dict per calcified object of ``region`` whose unscored voxels score Agatston > 0 on their own
-    (2D 8-connected components of >= ``min_pixels`` in each slice, weighted by their peak, as the Agatston
-    score), largest unscored Agatston first."""
+    (``agatax.compute_scores`` of them, its lesions summed per object), largest unscored Agatston first."""
     cand = (hu >= threshold_hu) & region
     lab, n = ndimage.label(cand, structure=np.ones((3, 3, 3), bool))
     if n == 0:
         return []
     unscored = cand & ~mask
     dz, dy, dx = spacing
+    # the Agatston lesions of the unscored voxels (the scoring core's 2D components and conventions), each
+    # added to the 3D object it lies in (a 2D component never spans two 26-connected objects)
+    lesions = compute_scores(hu, unscored, spacing, min_pixels=min_pixels, threshold_hu=threshold_hu).lesions
+    slice_labels = label_slices(unscored)
+    owner = np.zeros(int(slice_labels.max()) + 1, int)
+    owner[slice_labels[unscored]] = lab[unscored]
     part = np.zeros(n + 1)
-    for z in np.flatnonzero(unscored.any(axis=(1, 2))):
-        l2, m = ndimage.label(unscored[z], structure=np.ones((3, 3), bool))
-        if m == 0:
-            continue
-        idx = np.arange(1, m + 1)
-        count = ndimage.sum_labels(np.ones_like(l2), l2, idx)
-        peak = ndimage.maximum(hu[z], l2, idx)
-        owner = ndimage.maximum(lab[z], l2, idx).astype(int)  # each 2D part lies inside one 3D object
-        for c, p, o in zip(count, peak, owner):
-            if c >= min_pixels:
-                part[o] += c * dy * dx * float(density_weight(p)) * dz / 3.0
+    np.add.at(part, owner[[les.label for les in lesions]], [les.agatston for les in lesions])
     rows = []
     boxes = ndimage.find_objects(lab)
     for o in np.flatnonzero(part > 0):
@@ -84,7 +80,7 @@ def unscored_objects(hu, mask, votes, region, spacing, truth, distractors, membe
     return sorted(rows, key=lambda r: -r["unscored_agatston"])
 
 
-#: Rules on unscored objects whose Agatston is added to the category range's high end (peak under 2000 HU).
+#: Rules on unscored objects whose Agatston is added to the category range's high end (peak under METAL_HU).
 FLAG_RULES = {
     "none (the range as shipped)": lambda o: False,
     "mean vote >= 1": lambda o: o["mean_vote"] >= 1.0,
@@ -104,7 +100,7 @@ def flag_counts(rows: list[dict], rule) -> tuple[int, int, int]:
 
     flagged = wrong = right = 0
     for e in rows:
-        add = sum(o["unscored_agatston"] for o in e["objects"] if o["peak_hu"] < 2000 and rule(o))
+        add = sum(o["unscored_agatston"] for o in e["objects"] if o["peak_hu"] < METAL_HU and rule(o))
         f = e["low"] != e["high"] or risk_category(e["agatston"] + add) != e["category"]
         ok = e["category"] == e["true_category"]
         flagged, wrong, right = flagged + f, wrong + (f and not ok), right + (f and ok)

@@ -1,7 +1,7 @@
 """Average two ensembles' weights member by member: (1 - alpha) * A + alpha * B (weight-space ensembling).
 
 For two ensembles fine-tuned from the same weights (member k of B started from member k of A, so the two
-lie close: `--check` prints their distance), the average of each member's variables (parameters and
+lie close: the script prints every pair's distance), the average of each member's variables (parameters and
 BatchNorm statistics alike) is one network that often keeps what each fine-tune gained (WiSE-FT,
 Wortsman et al. 2022, interpolating zero-shot and fine-tuned weights). The result is an ensemble file as
 any other, tested like one:
@@ -29,12 +29,11 @@ from agatax.errors import InputError  # noqa: E402
 def member_distances(a: Ensemble, b: Ensemble) -> np.ndarray:
     """(members, members) relative L2 distance of A's member i to B's member j over all parameters:
     ||a_i - b_j|| / ||a_i||."""
-    def flat(e, k):
-        return np.concatenate([np.ravel(x[k]) for x in jax.tree.leaves(e.variables["params"])])
+    def flat(e):  # (members, all parameters)
+        return np.concatenate([np.reshape(x, (e.members, -1)) for x in jax.tree.leaves(e.variables["params"])], axis=1)
 
-    n = a.members
-    return np.array([[np.linalg.norm(flat(a, i) - flat(b, j)) / np.linalg.norm(flat(a, i)) for j in range(n)]
-                     for i in range(n)])
+    fa, fb = flat(a), flat(b)
+    return np.linalg.norm(fa[:, None, :] - fb[None, :, :], axis=-1) / np.linalg.norm(fa, axis=1)[:, None]
 
 
 def average(a: Ensemble, b: Ensemble, alpha: float) -> Ensemble:
