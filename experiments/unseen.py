@@ -66,14 +66,17 @@ def noise_split(exams, ev, trained_hu: tuple[float, float]) -> dict:
     ``trained_hu`` (``UNetConfig.trained_noise_hu``), and the category accuracy on the warned and the others."""
     from agatax.quality import image_noise_hu, noise_note
 
-    warned = np.array([bool(noise_note(image_noise_hu(e.volume.hu, e.volume.spacing), trained_hu)) for e in exams])
+    measured = [image_noise_hu(e.volume.hu, e.volume.spacing) for e in exams]
+    warned = np.array([bool(noise_note(m, trained_hu)) for m in measured])
     right = category_right(ev)
 
     def acc(sel):
         return round(float(right[sel].mean()), 3) if sel.any() else None
 
     return {"exams": len(exams), "warned": int(warned.sum()), "accuracy_warned": acc(warned),
-            "accuracy_not_warned": acc(~warned)}
+            "accuracy_not_warned": acc(~warned),
+            "noise_measured_hu": [None if m is None else round(float(m), 2) for m in measured],
+            "noise_drawn_hu": [round(float(e.params["scanner"]["noise_sigma_hu"]), 2) for e in exams]}
 
 
 #: For --ablate: each never-used setting put back inside the training range, one at a time.
