@@ -233,6 +233,7 @@ class ExamScorer:
         allow_phantom: score an exam that looks like a phantom (else it is refused with PHANTOM).
         assume_non_contrast: score an exam whose mediastinum looks contrast-enhanced (else it is refused
             with CONTRAST_ENHANCED).
+        allow_noisy: score an exam far noisier than the networks' training (else it is refused with TOO_NOISY).
         keep_specks, keep_in_air: keep objects at the noise level / surrounded by air (``run_pipeline``).
         adapt_noise: show an exam noisier than the networks' training to them smoothed (``run_pipeline``).
         thin_slices: "slab" (default: thin-slice exams scored on 3 mm slabs, ``agatax.thick_slabs``) or
@@ -243,7 +244,8 @@ class ExamScorer:
     def __init__(self, *, mask=None, ensemble=None, series=None, calibration=None, min_pixels=3,
                  min_area_mm2=None, localise=True, about: dict[str, Any] | None = None, thin_slices: str = "slab",
                  allow_phantom: bool = False, assume_non_contrast: bool = False, keep_specks: bool = False,
-                 keep_in_air: bool = False, adapt_noise: bool = True, **relaxations: bool) -> None:
+                 keep_in_air: bool = False, adapt_noise: bool = True, allow_noisy: bool = False,
+                 **relaxations: bool) -> None:
         if mask is None and ensemble is None:
             raise InputError("ExamScorer needs a mask or an ensemble", code="BAD_ARGUMENT")
         self.mask, self.ensemble, self.series, self.localise = mask, ensemble, series, bool(localise)
@@ -252,9 +254,9 @@ class ExamScorer:
                              "min_area_mm2": min_area_mm2, "localise": localise, "thin_slices": thin_slices,
                              "allow_phantom": allow_phantom, "assume_non_contrast": assume_non_contrast,
                              "keep_specks": keep_specks, "keep_in_air": keep_in_air, "adapt_noise": adapt_noise,
-                             **relaxations}
+                             "allow_noisy": allow_noisy, **relaxations}
         self.keep_specks, self.keep_in_air, self.adapt_noise = bool(keep_specks), bool(keep_in_air), bool(adapt_noise)
-        self.allow_phantom = bool(allow_phantom)
+        self.allow_phantom, self.allow_noisy = bool(allow_phantom), bool(allow_noisy)
         self.assume_non_contrast = bool(assume_non_contrast)
         self.conventions = {"calibration": calibration, "min_pixels": min_pixels, "min_area_mm2": min_area_mm2}
         self.relaxations = {k: bool(v) for k, v in relaxations.items() if v}
@@ -271,6 +273,7 @@ class ExamScorer:
                 "mask": mask, "relaxations": sorted(self.relaxations), "thin_slices": self.thin_slices,
                 **({"allow_phantom": True} if self.allow_phantom and mask is None else {}),
                 **({"assume_non_contrast": True} if self.assume_non_contrast and mask is None else {}),
+                **({"allow_noisy": True} if self.allow_noisy and mask is None else {}),
                 **({"keep_specks": True} if self.keep_specks and mask is None else {}),
                 **({"keep_in_air": True} if self.keep_in_air and mask is None else {}),
                 **({"adapt_noise": False} if not self.adapt_noise and mask is None else {})}
@@ -306,7 +309,7 @@ class ExamScorer:
                               assume_non_contrast=self.assume_non_contrast,
                               noise_snr=None if self.keep_specks else NOISE_SNR,
                               air_share=None if self.keep_in_air else AIR_SHARE, adapt_noise=self.adapt_noise,
-                              **self.conventions)
+                              allow_noisy=self.allow_noisy, **self.conventions)
         notes = tuple(result.notes)
         if result.chest is not None and not result.chest.found:
             notes += (f"chest localisation: {result.chest.note}",)
@@ -387,6 +390,7 @@ def score_exam(
     keep_specks: bool = False,
     keep_in_air: bool = False,
     adapt_noise: bool = True,
+    allow_noisy: bool = False,
     **relaxations: bool,
 ) -> dict[str, Any]:
     """Read one exam, find its calcium and score it; return the JSON-safe dict ``agatax score --json`` prints.
@@ -401,7 +405,8 @@ def score_exam(
     for a given ``ensemble`` or mask), and ``members`` with an ensemble.
     ``relaxations``: allow_gaps, allow_uneven, allow_tilt, allow_not_ct, allow_qform_mismatch (see
     ``agatax.read_volume``). ``allow_phantom``: score an exam that looks like a phantom instead of refusing it;
-    ``assume_non_contrast``: one whose mediastinum looks contrast-enhanced. ``localise``, ``keep_specks``,
+    ``assume_non_contrast``: one whose mediastinum looks contrast-enhanced; ``allow_noisy``: one far noisier
+    than the networks' training (TOO_NOISY). ``localise``, ``keep_specks``,
     ``keep_in_air``, ``adapt_noise``: the pipeline's options as ``agatax score`` (``--no-localise``,
     ``--keep-specks``, ``--keep-in-air``, ``--no-adapt-noise``).
     """
@@ -413,7 +418,8 @@ def score_exam(
                         min_pixels=min_pixels, min_area_mm2=min_area_mm2,
                         about={"device": device_name(), "weights": identity}, thin_slices=thin_slices,
                         allow_phantom=allow_phantom, assume_non_contrast=assume_non_contrast, localise=localise,
-                        keep_specks=keep_specks, keep_in_air=keep_in_air, adapt_noise=adapt_noise, **relaxations)
+                        keep_specks=keep_specks, keep_in_air=keep_in_air, adapt_noise=adapt_noise,
+                        allow_noisy=allow_noisy, **relaxations)
     return scorer.result(scorer.score(scorer.read(path)))
 
 
@@ -588,6 +594,9 @@ def add_score_command(subparsers) -> None:
     p.add_argument("--assume-non-contrast", action="store_true", help="score an exam whose mediastinum reads "
                    "contrast-enhanced instead of refusing it (CONTRAST_ENHANCED), the chest region kept: for a "
                    "non-contrast exam whose narrow mediastinum is mostly spine and sternum")
+    p.add_argument("--allow-noisy", action="store_true", help="score an exam far noisier than the networks' "
+                   "training (a sharp lung or bone kernel, a thin low-dose reconstruction) instead of refusing it "
+                   "(TOO_NOISY), with the noise warning; the networks miss calcium in such noise")
     for name in _RELAXATIONS:
         p.add_argument("--" + name.replace("_", "-"), action="store_true", help=f"read_volume({name}=True)")
     p.add_argument("--no-server", action="store_true", help="run in this process even when `agatax serve` runs")
@@ -813,6 +822,7 @@ def _run_score(args: argparse.Namespace, stop: threading.Event, counts: dict[str
                                 thin_slices=args.thin_slices, allow_phantom=args.allow_phantom,
                                 assume_non_contrast=args.assume_non_contrast, keep_specks=args.keep_specks,
                                 keep_in_air=args.keep_in_air, adapt_noise=not args.no_adapt_noise,
+                                allow_noisy=args.allow_noisy,
                                 **{name: getattr(args, name) for name in _RELAXATIONS})
             return _score_tasks(args, stop, counts, tasks, is_batch, scorer, weights, report_dir, summary_path,
                                 png, png_slices)

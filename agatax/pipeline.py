@@ -159,7 +159,7 @@ def _pipeline_kernel(ensemble, hu, spacing, target, threshold_hu, min_pixels, re
 
 def _run(ensemble, volume, spacing, *, strategy, target_mm, threshold_hu, score, localise, min_pixels=3,
          min_area_mm2=None, connectivity=8, bucket=True, allow_phantom=False, assume_non_contrast=False,
-         dense_vote=None, adapt_noise=True):
+         dense_vote=None, adapt_noise=True, allow_noisy=False):
     if not isinstance(ensemble, Ensemble):
         raise InputError(f"expected an agatax Ensemble; got {type(ensemble).__name__}", code="BAD_ARGUMENT")
     # arrays given without a Volume are taken as canonical
@@ -191,12 +191,16 @@ def _run(ensemble, volume, spacing, *, strategy, target_mm, threshold_hu, score,
                 hint="score the non-contrast calcium-scoring series of the study; if this one is non-contrast (a narrow "
                 "mediastinum, mostly spine and sternum, can read this dense), assume_non_contrast=True "
                 "(--assume-non-contrast) scores it with the chest region kept")
-    smoothing = (0.0, None, None)
-    if adapt_noise:  # an exam noisier than the training is shown to the networks smoothed
-        from agatax.quality import input_smoothing_mm
+    from agatax.quality import check_noise, image_noise_hu, input_smoothing_mm
 
-        smoothing = input_smoothing_mm(how.apply(hu, xp=jnp if isinstance(hu, jax.Array) else np), spacing_c,
-                                       ensemble.config.trained_noise_hu)
+    hu_c = how.apply(hu, xp=jnp if isinstance(hu, jax.Array) else np)
+    if adapt_noise:  # an exam noisier than the training is shown to the networks smoothed
+        smoothing = input_smoothing_mm(hu_c, spacing_c, ensemble.config.trained_noise_hu)
+    else:
+        noise = image_noise_hu(hu_c, spacing_c)
+        smoothing = (0.0, noise, noise)
+    if not allow_noisy:  # far noisier than the training: refused (TOO_NOISY)
+        check_noise(smoothing[1], ensemble.config.trained_noise_hu)
     shape_c = tuple(hu.shape[o] for o in how.order)
     grid = grid_shape(shape_c, spacing_c, target_mm=target_mm, multiple=ensemble.config.multiple)
     target = network_grid_mm(spacing_c[0]) if target_mm is None else float(target_mm)
@@ -265,7 +269,7 @@ def _bucketed(hu: np.ndarray, region, how: Reorientation, grid_z: int, dz: float
 def segment(
     ensemble: Ensemble, volume, spacing=None, *, strategy: str = "auto", target_mm=None, threshold_hu: float = 130.0,
     localise: bool = True, allow_phantom: bool = False, assume_non_contrast: bool = False,
-    dense_vote: float | None = DENSE_VOTE, adapt_noise: bool = True,
+    dense_vote: float | None = DENSE_VOTE, adapt_noise: bool = True, allow_noisy: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
     """Calcium mask and vote counts on the original grid (the exam's stored layout).
 
@@ -290,6 +294,8 @@ def segment(
             them smoothed in-plane, its noise brought to 0.875 of the range's top (35 HU for 10-40;
             ``agatax.quality.input_smoothing_mm``); the candidates and the scores stay on the exam as it
             is. False: the exam as it is.
+        allow_noisy: segment an exam whose noise is above ``agatax.quality.refuse_noise_hu`` (65 HU for the
+            shipped networks) instead of refusing it (TOO_NOISY).
 
     Returns:
         mask bool (z, y, x): the candidates (HU >= threshold_hu, inside the chest region) kept object by
@@ -300,7 +306,8 @@ def segment(
     """
     out, _, _, _ = _run(ensemble, volume, spacing, strategy=strategy, target_mm=target_mm, threshold_hu=threshold_hu,
                         score=False, localise=localise, allow_phantom=allow_phantom,
-                        assume_non_contrast=assume_non_contrast, dense_vote=dense_vote, adapt_noise=adapt_noise)
+                        assume_non_contrast=assume_non_contrast, dense_vote=dense_vote, adapt_noise=adapt_noise,
+                        allow_noisy=allow_noisy)
     return out["mask"], out["votes"]
 
 
@@ -330,6 +337,7 @@ def segment_and_score(
     assume_non_contrast: bool = False,
     dense_vote: float | None = DENSE_VOTE,
     adapt_noise: bool = True,
+    allow_noisy: bool = False,
 ) -> dict[str, jax.Array]:
     """Mask, votes and scores: {"mask", "votes", "scores": {"agatston", "volume_mm3", "lesions"}}.
 
@@ -344,7 +352,7 @@ def segment_and_score(
         ensemble, volume, spacing, strategy=strategy, target_mm=target_mm, threshold_hu=threshold_hu,
         score=where == "device", localise=localise, min_pixels=min_pixels, min_area_mm2=min_area_mm2, connectivity=connectivity,
         allow_phantom=allow_phantom, assume_non_contrast=assume_non_contrast, dense_vote=dense_vote,
-        adapt_noise=adapt_noise,
+        adapt_noise=adapt_noise, allow_noisy=allow_noisy,
     )
     out = {k: v for k, v in out.items() if k != "smoothing"}
     if where == "host":
@@ -427,6 +435,7 @@ def run_pipeline(
     assume_non_contrast: bool = False,
     dense_vote: float | None = DENSE_VOTE,
     adapt_noise: bool = True,
+    allow_noisy: bool = False,
 ) -> PipelineResult:
     """Segment an exam and score it on the host with the exact lesion table (``agatax.compute_scores``).
 
@@ -443,12 +452,13 @@ def run_pipeline(
     or its slice thickness (a
     ``Volume``'s ``slice_thickness``, else the increment) is outside 2.5-3.5 mm (the Agatston score: 3 mm).
     ``adapt_noise``: as :func:`segment`; a note says when the networks saw the exam smoothed
-    (``result.input_smoothing_mm``).
+    (``result.input_smoothing_mm``). ``allow_noisy``: score an exam far noisier than the training (else
+    TOO_NOISY is raised: ``agatax.quality.check_noise``), with the noise warning.
     """
     out, hu, spacing, chest = _run(ensemble, volume, spacing, strategy=strategy, target_mm=target_mm,
                                    threshold_hu=threshold_hu, score=False, localise=localise,
                                    allow_phantom=allow_phantom, assume_non_contrast=assume_non_contrast,
-                                   dense_vote=dense_vote, adapt_noise=adapt_noise)
+                                   dense_vote=dense_vote, adapt_noise=adapt_noise, allow_noisy=allow_noisy)
     from agatax.scoring import compute_scores
 
     hu = np.asarray(hu)  # the host copy the metal rule, the noise and the scores share
@@ -460,10 +470,9 @@ def run_pipeline(
     if air_share is not None:
         mask, votes, in_air = exclude_in_air(hu, mask, votes, spacing, air_share=air_share)
         notes = tuple(notes) + in_air
-    from agatax.quality import image_noise_hu, noise_note, smoothing_note, thickness_note
+    from agatax.quality import noise_note, smoothing_note, thickness_note
 
-    # the adaptation measured the noise already (on the canonical axial slices); measured here without it
-    noise = out["smoothing"][1] if adapt_noise else image_noise_hu(hu, spacing)
+    noise = out["smoothing"][1]  # measured once, on the canonical axial slices
     if noise_snr is not None:
         mask, votes, specks = exclude_noise_level(hu, mask, votes, spacing, noise, snr=noise_snr)
         notes = tuple(notes) + specks

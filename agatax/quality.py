@@ -16,7 +16,8 @@ import math
 import numpy as np
 
 __all__ = ["image_noise_hu", "local_noise_hu", "noise_note", "thickness_note", "input_smoothing_mm", "smoothing_note",
-           "TRAINED_NOISE_HU", "AGATSTON_THICKNESS_MM", "SMOOTH_TARGET_SHARE", "SMOOTH_MAX_MM"]
+           "refuse_noise_hu", "check_noise", "TRAINED_NOISE_HU", "AGATSTON_THICKNESS_MM", "SMOOTH_TARGET_SHARE",
+           "SMOOTH_MAX_MM", "REFUSE_NOISE_SHARE"]
 
 #: Noise SD (HU) the shipped networks were trained on (agatax/weights/MODEL_CARD.md).
 TRAINED_NOISE_HU = (10.0, 40.0)
@@ -28,6 +29,10 @@ AGATSTON_THICKNESS_MM = (2.5, 3.5)
 SMOOTH_TARGET_SHARE = 0.875
 SMOOTH_MAX_MM = 1.0
 _SMOOTH_STEP_MM = 0.05
+#: An exam noisier than this multiple of the top of the trained range (65 HU for 10-40) is refused
+#: (:func:`check_noise`): the lower edge of the first noise band where the shipped networks' category accuracy
+#: fell below 0.75 (experiments/RESULTS.md, twenty-eighth session).
+REFUSE_NOISE_SHARE = 1.625
 _TISSUE_HU = (-20.0, 100.0)  # blood, myocardium, muscle, liver without contrast: locally flat areas
 _LAG_MM = 1.5  # pixel pairs this far apart (and >= 3 pixels): past the grain of CT noise, inside flat tissue
 _MIN_PAIRS = 2000
@@ -57,11 +62,11 @@ def image_noise_hu(hu, spacing, region=None, *, slices: int = 8) -> float | None
         the noise SD in HU, or None where fewer than 2000 pairs of flat tissue exist (a phantom of plastic
         without soft tissue, a tiny crop).
     """
-    hu = np.asarray(hu)
+    hu = hu if hasattr(hu, "ndim") else np.asarray(hu)  # a device array: only the sampled slices come over
     if hu.ndim != 3:
         return None
     picks = _picks(hu.shape[0], slices)
-    planes = (hu[k] for k in picks)
+    planes = (np.asarray(hu[int(k)]) for k in picks)
     regions = None if region is None else (np.asarray(region[k], bool) for k in picks)
     return _pair_noise(planes, float(spacing[2]), regions, _MIN_PAIRS)
 
@@ -197,6 +202,31 @@ def noise_note(noise_hu: float | None, trained_hu: tuple[float, float] = TRAINED
             f"{high:g} HU the networks were trained on: small calcifications may be missed and "
             "noise above 130 HU may be scored. Check the mask, or score a smoother (thicker or iterative) "
             "reconstruction of the same acquisition",)
+
+
+def refuse_noise_hu(trained_hu: tuple[float, float] = TRAINED_NOISE_HU) -> float:
+    """The noise SD (HU) above which an exam is refused: ``REFUSE_NOISE_SHARE`` x the top of ``trained_hu``."""
+    return REFUSE_NOISE_SHARE * float(trained_hu[1])
+
+
+def check_noise(noise_hu: float | None, trained_hu: tuple[float, float] = TRAINED_NOISE_HU) -> None:
+    """Refuse (``InputError``, code ``TOO_NOISY``) an exam whose measured noise (:func:`image_noise_hu`) is
+    above :func:`refuse_noise_hu`: there the networks miss most calcium and no score can be trusted (synthetic
+    exams at 65-80 HU: two of three lesions missed, accuracy 0.63; experiments/RESULTS.md, twenty-eighth
+    session); nothing for an exam within it or of unknown noise (None)."""
+    line = refuse_noise_hu(trained_hu)
+    if noise_hu is None or noise_hu <= line:
+        return
+    from agatax.errors import InputError
+
+    low, high = trained_hu
+    raise InputError(
+        f"image noise about {noise_hu:.0f} HU (SD in soft tissue), above the {line:.0f} HU beyond which the "
+        f"networks (trained on {low:g}-{high:g} HU) miss most calcium: such noise comes from a sharp (lung or "
+        "bone) kernel or a thin low-dose reconstruction, and a score read from it would be wrong, so none is given",
+        code="TOO_NOISY",
+        hint="score the soft-tissue (calcium-scoring) reconstruction of the same acquisition, 3 mm with a standard "
+        "kernel; allow_noisy=True (--allow-noisy) scores this one anyway, with the noise warning")
 
 
 def thickness_note(thickness_mm: float | None, increment_mm: float | None = None) -> tuple[str, ...]:

@@ -780,6 +780,22 @@ def test_a_phantom_is_refused_with_its_code_unless_allowed(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["agatston"] > 0
 
 
+def test_an_exam_far_noisier_than_the_training_is_refused_with_its_code_unless_allowed(cohort, tmp_path, capsys):
+    """Soft tissue with 120 HU of noise (a sharp kernel's): exit 2 and one TOO_NOISY line; --allow-noisy scores it,
+    records the option and carries the noise warning."""
+    rng = np.random.default_rng(3)
+    z, y, x = np.mgrid[0:16, 0:96, 0:96]
+    hu = np.where(np.hypot(y - 48, x - 48) < 40, 40.0, -1000.0) + rng.normal(0, 120.0, (16, 96, 96))
+    factory.write_series(tmp_path / "sharp", np.round(hu), spacing=(3.0, 0.7, 0.7), thickness=3.0, series_uid="1.2.3.8")
+    args = ["score", str(tmp_path / "sharp"), "--no-server", "--no-localise", "--weights", str(cohort / "tiny.msgpack")]
+    assert main(args) == 2
+    _one_error_line(capsys, "TOO_NOISY")
+    assert main(args + ["--allow-noisy", "--json", "-"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["noise_hu"] > 100 and any(w.startswith("image noise") for w in result["warnings"])
+    assert '"allow_noisy": true' in json.dumps(result)
+
+
 def test_report_names_the_noise_the_ensemble_was_trained_on(exam, capsys):
     """The noise line of the text report names the scoring ensemble's training range (JSON
     ``trained_noise_hu``), not a fixed one."""

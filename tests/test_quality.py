@@ -119,7 +119,7 @@ def test_pipeline_reports_noise_and_warns_when_too_noisy():
     ensemble = stack_members(variables, tiny)
     rng = np.random.default_rng(1)
     noisier = ensemble.replace(config=UNetConfig.tiny(trained_noise_hu=(10.0, 55.0)))
-    for sigma, warned, warned_noisier in ((20.0, False, False), (48.0, True, False), (70.0, True, True)):
+    for sigma, warned, warned_noisier in ((20.0, False, False), (48.0, True, False), (60.0, True, True)):
         hu = (_body((8, 96, 96)) + rng.normal(0, sigma, (8, 96, 96))).astype(np.float32)
         res = run_pipeline(ensemble, Volume(hu, (3.0, 0.7, 0.7)), localise=False)
         assert res.noise_hu == pytest.approx(sigma, rel=0.08)
@@ -135,6 +135,63 @@ def test_pipeline_reports_noise_and_warns_when_too_noisy():
         res = run_pipeline(noisier, Volume(hu, (3.0, 0.7, 0.7)), localise=False)
         assert any("image noise" in n and "10-55 HU" in n for n in res.notes) == warned_noisier
         assert (res.input_smoothing_mm > 0) == warned_noisier
+
+
+def test_the_noise_line_is_a_multiple_of_the_trained_range_and_check_noise_refuses_above_it():
+    """``refuse_noise_hu``: REFUSE_NOISE_SHARE x the top of the trained range (65 HU for the shipped 10-40, the
+    lower edge of the first band where the never-used accuracy fell under 0.75); ``check_noise`` passes an exam
+    at or under it and one of unknown noise, and refuses one above it with TOO_NOISY and the way out."""
+    from agatax.errors import InputError
+    from agatax.quality import REFUSE_NOISE_SHARE, check_noise, refuse_noise_hu
+
+    assert refuse_noise_hu() == pytest.approx(65.0) == REFUSE_NOISE_SHARE * TRAINED_NOISE_HU[1]
+    assert refuse_noise_hu((10.0, 55.0)) == pytest.approx(REFUSE_NOISE_SHARE * 55.0)
+    for noise in (None, 20.0, 64.9, 65.0):
+        check_noise(noise)
+    check_noise(80.0, (10.0, 55.0))  # networks trained on more noise: their line is higher
+    for noise, trained in ((65.1, TRAINED_NOISE_HU), (150.0, TRAINED_NOISE_HU), (90.0, (10.0, 55.0))):
+        with pytest.raises(InputError) as err:
+            check_noise(noise, trained)
+        assert err.value.code == "TOO_NOISY" and f"{noise:.0f} HU" in err.value.message
+        assert f"trained on {trained[0]:g}-{trained[1]:g} HU" in err.value.message
+        assert "allow_noisy=True" in err.value.hint and "--allow-noisy" in err.value.hint
+
+
+def test_an_exam_far_noisier_than_the_training_is_refused_unless_allowed():
+    """White noise of 100 HU on a body (measured ~100): run_pipeline, segment and segment_and_score refuse it
+    (TOO_NOISY) with the adaptation on or off; allow_noisy=True scores it with the noise warning; 50 HU is
+    scored (warned, not refused); an ensemble trained on 10-80 HU scores the 100 HU exam without refusing."""
+    import jax
+    import jax.numpy as jnp
+
+    from agatax import Volume
+    from agatax.ensemble import stack_members
+    from agatax.errors import InputError
+    from agatax.model import UNet, UNetConfig
+    from agatax.pipeline import run_pipeline, segment, segment_and_score
+
+    tiny = UNetConfig.tiny()
+    variables = [UNet(tiny).init(jax.random.key(s), jnp.zeros((1, 8, 8, 8, 1))) for s in range(3)]
+    ensemble = stack_members(variables, tiny)
+    rng = np.random.default_rng(4)
+    noisy = Volume((_body((8, 96, 96)) + rng.normal(0, 100.0, (8, 96, 96))).astype(np.float32), (3.0, 0.7, 0.7))
+    assert image_noise_hu(noisy.hu, noisy.spacing) == pytest.approx(100.0, rel=0.08)
+    calls = (lambda **k: run_pipeline(ensemble, noisy, localise=False, **k),
+             lambda **k: segment(ensemble, noisy, localise=False, **k),
+             lambda **k: segment_and_score(ensemble, noisy, localise=False, **k))
+    for call in calls:
+        for adapt in (True, False):
+            with pytest.raises(InputError) as err:
+                call(adapt_noise=adapt)
+            assert err.value.code == "TOO_NOISY"
+    res = run_pipeline(ensemble, noisy, localise=False, allow_noisy=True)
+    assert res.noise_hu == pytest.approx(100.0, rel=0.08)
+    assert any("image noise" in n for n in res.notes)
+    segment(ensemble, noisy, localise=False, allow_noisy=True)
+    quieter = Volume((_body((8, 96, 96)) + rng.normal(0, 50.0, (8, 96, 96))).astype(np.float32), (3.0, 0.7, 0.7))
+    assert any("image noise" in n for n in run_pipeline(ensemble, quieter, localise=False).notes)
+    trained_noisier = ensemble.replace(config=UNetConfig.tiny(trained_noise_hu=(10.0, 80.0)))
+    assert run_pipeline(trained_noisier, noisy, localise=False).noise_hu == pytest.approx(100.0, rel=0.08)
 
 
 @pytest.mark.parametrize("thickness,expect", [
