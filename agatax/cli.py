@@ -505,6 +505,8 @@ def _one_line(outcome, note: str | None = None) -> str:
         err = outcome.error
         code = err.code if isinstance(err, AgataxError) else type(err).__name__
         text = err.message if isinstance(err, AgataxError) else str(err)
+        if isinstance(err, AgataxError) and err.hint:  # the way out, as the one-exam error line gives it
+            text += f" (hint: {err.hint})"
         return f"{exam_id}  FAILED [{code}] {' '.join(text.split())}"
     r = outcome.result
     n = len(r["lesions"])

@@ -786,10 +786,17 @@ def test_an_exam_far_noisier_than_the_training_is_refused_with_its_code_unless_a
     rng = np.random.default_rng(3)
     z, y, x = np.mgrid[0:16, 0:96, 0:96]
     hu = np.where(np.hypot(y - 48, x - 48) < 40, 40.0, -1000.0) + rng.normal(0, 120.0, (16, 96, 96))
-    factory.write_series(tmp_path / "sharp", np.round(hu), spacing=(3.0, 0.7, 0.7), thickness=3.0, series_uid="1.2.3.8")
-    args = ["score", str(tmp_path / "sharp"), "--no-server", "--no-localise", "--weights", str(cohort / "tiny.msgpack")]
+    factory.write_series(tmp_path / "batch" / "sharp", np.round(hu), spacing=(3.0, 0.7, 0.7), thickness=3.0,
+                         series_uid="1.2.3.8")
+    args = ["score", str(tmp_path / "batch" / "sharp"), "--no-server", "--no-localise", "--weights",
+            str(cohort / "tiny.msgpack")]
     assert main(args) == 2
     _one_error_line(capsys, "TOO_NOISY")
+    # in a batch: the exam's line names the code and the way out, and the batch exits "some failed"
+    assert main(["score", str(tmp_path / "batch"), "--no-server", "--no-localise", "--no-png", "--weights",
+                 str(cohort / "tiny.msgpack"), "--report", str(tmp_path / "out")]) == 3
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("sharp  FAILED"))
+    assert "[TOO_NOISY]" in line and "(hint: " in line and "--allow-noisy" in line
     assert main(args + ["--allow-noisy", "--json", "-"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["noise_hu"] > 100 and any(w.startswith("image noise") for w in result["warnings"])
