@@ -1038,3 +1038,25 @@ def test_missed_objects_flag_counts_by_hand():
     assert mod.flag_counts(rows, lambda o: False) == (1, 0, 1)
     assert mod.flag_counts(rows, lambda o: o["mean_vote"] >= 1) == (2, 1, 1)
     assert mod.flag_counts(rows, lambda o: o["mean_vote"] >= 2) == (1, 0, 1)
+
+
+def test_sharp_kernel_experiment_raises_white_noise_by_the_unsharp_masks_own_gain():
+    """experiments/sharp_kernel.py's sharpen on white noise: the SD grows by the gain of ``(1 + a) - a G``
+    computed by hand from the Gaussian's sampled taps (sigma 0.8 mm on 0.4 mm pixels: 2 pixels, taps to 4
+    sigma, normalised); strength 0 returns the exam; a constant image stays constant; values are whole HU."""
+    sharp_kernel = _experiment("sharp_kernel")
+    rng = np.random.default_rng(0)
+    hu = rng.normal(0.0, 30.0, (2, 400, 400))
+    spacing = (3.0, 0.4, 0.4)
+    np.testing.assert_array_equal(sharp_kernel.sharpen(hu, spacing, 0.0), hu.astype(np.float32))
+    s = 0.8 / 0.4
+    x = np.arange(-int(4 * s + 0.5), int(4 * s + 0.5) + 1)
+    w1 = np.exp(-0.5 * (x / s) ** 2)
+    w1 /= w1.sum()
+    centre, sum_sq = w1[len(w1) // 2] ** 2, (w1 ** 2).sum() ** 2  # the 2D kernel's centre tap and sum of squares
+    for a in (0.5, 1.0, 2.0):
+        out = sharp_kernel.sharpen(hu, spacing, a)
+        gain = np.sqrt((1 + a) ** 2 - 2 * a * (1 + a) * centre + a ** 2 * sum_sq)
+        assert np.std(out[:, 20:-20, 20:-20]) == pytest.approx(30.0 * gain, rel=0.02)
+        np.testing.assert_array_equal(out, np.round(out))
+    np.testing.assert_array_equal(sharp_kernel.sharpen(np.full((2, 40, 40), 57.0), spacing, 1.5), 57.0)
