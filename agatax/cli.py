@@ -436,6 +436,10 @@ def format_report(result: dict[str, Any]) -> str:
         f"grid:      {' x '.join(str(n) for n in result['shape'])} voxels, spacing {dz:.3f} x {dy:.3f} x {dx:.3f} mm"
         + (f", slice thickness {thickness:g} mm" if thickness else ""),
     ]
+    scan = ([f"kernel {result['reconstruction_kernel']}"] if result.get("reconstruction_kernel") else []) + (
+        [f"{result['kvp']:g} kVp"] if result.get("kvp") is not None else [])
+    if scan:
+        lines.append(f"scan:      {', '.join(scan)}")
     made = [f"{k} {result[k]}" for k in ("weights", "device") if result.get(k)]
     if result.get("agatax_version"):
         lines.append(f"made by:   agatax {result['agatax_version']}" + "".join(f", {m}" for m in made))

@@ -253,7 +253,8 @@ def report_dict(
     inferior slice), ``instance_number`` (of that slice's DICOM file, else None), ``z_mm`` (patient z of
     the slice centre) and ``vote_fraction`` when given), ``per_artery``, ``spacing_mm`` [dz, dy, dx], ``slice_thickness_mm``,
     ``shape`` [z, y, x], ``warnings`` (reading notes plus an overlapping-slices note), ``series_uid``,
-    ``series_description``, ``source``, and ``members`` when votes were given.
+    ``series_description``, ``reconstruction_kernel`` and ``kvp`` (DICOM ConvolutionKernel and KVP; None
+    where unknown), ``source``, and ``members`` when votes were given.
     """
     base = scores.to_dict()
     numbers = _instance_numbers(volume, {int(lesion["slice"]) for lesion in base.get("lesions", [])})
@@ -301,6 +302,9 @@ def report_dict(
             "warnings": warnings,
             "series_uid": volume.metadata.get("series_uid"),
             "series_description": volume.metadata.get("series_description"),
+            # as the scanner wrote them (DICOM); a kernel sharper than calcium scoring's reads high (README)
+            "reconstruction_kernel": volume.metadata.get("kernel") or None,
+            "kvp": volume.metadata.get("kvp"),
             "source": volume.source,
         }
     )

@@ -803,6 +803,22 @@ def test_an_exam_far_noisier_than_the_training_is_refused_with_its_code_unless_a
     assert '"allow_noisy": true' in json.dumps(result)
 
 
+def test_the_result_names_the_reconstruction_kernel_and_tube_voltage(exam, tmp_path, capsys):
+    """The JSON carries the DICOM ConvolutionKernel and KVP the factory wrote (FC12, 120) and the text report a
+    ``scan:`` line with them; a NIfTI of the same exam has neither (null, no line)."""
+    from agatax.cli import format_report
+
+    assert main(["score", str(exam / "dicom"), "--mask", str(exam / "mask.npy"), "--json", "-"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["reconstruction_kernel"] == "FC12" and result["kvp"] == 120.0
+    assert "scan:      kernel FC12, 120 kVp" in format_report(result).splitlines()
+    write_nifti(tmp_path / "exam.nii.gz", read_volume(exam / "dicom"))
+    assert main(["score", str(tmp_path / "exam.nii.gz"), "--mask", str(exam / "mask.npy"), "--json", "-"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["reconstruction_kernel"] is None and result["kvp"] is None
+    assert not any(line.startswith("scan:") for line in format_report(result).splitlines())
+
+
 def test_report_names_the_noise_the_ensemble_was_trained_on(exam, capsys):
     """The noise line of the text report names the scoring ensemble's training range (JSON
     ``trained_noise_hu``), not a fixed one."""
