@@ -676,7 +676,8 @@ def score_validation(ensemble, exams: Iterable[CohortExam], *, slabs: bool = Tru
                      log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Score validation exams with ``ensemble`` (the whole pipeline, as ``agatax score``) against their
     reference masks: category accuracy, C-index (on the categories), lesion detection (sensitivity, PPV,
-    F1), and per exam the predicted and reference Agatston scores."""
+    F1), and per exam the predicted and reference Agatston scores. Exams noisier than ``agatax score`` would
+    accept (TOO_NOISY) are scored all the same (``allow_noisy=True``): validation measures the ensemble."""
     from agatax.evaluate import evaluate_masks, evaluate_scores
     from agatax.pipeline import run_pipeline
     from agatax.scoring import compute_scores
@@ -684,7 +685,7 @@ def score_validation(ensemble, exams: Iterable[CohortExam], *, slabs: bool = Tru
     pred, ref, pairs, rows = {}, {}, [], []
     for exam in exams:
         loaded = load_exam(exam, slabs=slabs, read_options=read_options)
-        result = run_pipeline(ensemble, loaded.volume)
+        result = run_pipeline(ensemble, loaded.volume, allow_noisy=True)
         truth = compute_scores(loaded.volume.hu, loaded.mask, loaded.volume.spacing)
         pred[exam.exam_id], ref[exam.exam_id] = float(result.scores.agatston), float(truth.agatston)
         pairs.append((np.asarray(result.mask), loaded.mask > 0, loaded.volume))

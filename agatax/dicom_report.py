@@ -64,6 +64,7 @@ WARNING_CODES = (
     ("dense:", "WARNING-DENSE", "stent-dense objects scored: if a stent, score not interpretable"),
     ("beside metal:", "WARNING-BESIDE-METAL", "category rests on objects beside metal: streaks may score"),
     ("image noise:", "WARNING-NOISE", "noise above the networks' training range: check the mask"),
+    ("too noisy:", "WARNING-TOO-NOISY", "scored past the noise refusal on request: may be far too low"),
     ("slices of ", "WARNING-THICKNESS", "slice thickness not 3 mm: score not comparable to 3 mm ones"),
     ("contrast:", "WARNING-CONTRAST", "scored as non-contrast on request: enhanced blood may score"),
     ("phantom:", "WARNING-PHANTOM", "phantom-like exam: inserts outside a heart are missed"),

@@ -200,7 +200,7 @@ def _run(ensemble, volume, spacing, *, strategy, target_mm, threshold_hu, score,
         noise = image_noise_hu(hu_c, spacing_c)
         smoothing = (0.0, noise, noise)
     if not allow_noisy:  # far noisier than the training: refused (TOO_NOISY)
-        check_noise(smoothing[1], ensemble.config.trained_noise_hu)
+        check_noise(smoothing[1], ensemble.config.trained_noise_hu, slice_mm=spacing_c[0])
     shape_c = tuple(hu.shape[o] for o in how.order)
     grid = grid_shape(shape_c, spacing_c, target_mm=target_mm, multiple=ensemble.config.multiple)
     target = network_grid_mm(spacing_c[0]) if target_mm is None else float(target_mm)
@@ -470,14 +470,15 @@ def run_pipeline(
     if air_share is not None:
         mask, votes, in_air = exclude_in_air(hu, mask, votes, spacing, air_share=air_share)
         notes = tuple(notes) + in_air
-    from agatax.quality import noise_note, smoothing_note, thickness_note
+    from agatax.quality import noise_note, smoothing_note, thickness_note, too_noisy_note
 
     noise = out["smoothing"][1]  # measured once, on the canonical axial slices
     if noise_snr is not None:
         mask, votes, specks = exclude_noise_level(hu, mask, votes, spacing, noise, snr=noise_snr)
         notes = tuple(notes) + specks
     thickness = volume.slice_thickness if isinstance(volume, Volume) else None
-    notes = (tuple(notes) + noise_note(noise, ensemble.config.trained_noise_hu) + smoothing_note(*out["smoothing"])
+    notes = (tuple(notes) + noise_note(noise, ensemble.config.trained_noise_hu)
+             + too_noisy_note(noise, ensemble.config.trained_noise_hu) + smoothing_note(*out["smoothing"])
              + thickness_note(thickness, spacing[0]))
     if chest is not None and chest.contrast_enhanced:  # only here when assumed non-contrast
         notes += (f"contrast: the mediastinum reads {chest.mediastinum_hu70:.0f} HU (70th percentile; non-contrast "

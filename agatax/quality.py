@@ -6,7 +6,8 @@ noise crosses 130 HU in single pixels and small calcifications drown: on synthet
 category accuracy falls from 0.97 to 0.78 (experiments/RESULTS.md). The pipeline measures the noise of every
 exam and says so in the warnings when it is above that range, instead of printing a score as if all were well.
 Such an exam is also shown to the networks smoothed in-plane (:func:`input_smoothing_mm`), as a smoother
-reconstruction whose noise lies inside that range; the score itself is read from the exam as it is.
+reconstruction whose noise lies inside that range; the score itself is read from the exam as it is. Far
+above it (:func:`refuse_noise_hu`: 65 HU for 10-40) no score is given (:func:`check_noise`, TOO_NOISY).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import math
 import numpy as np
 
 __all__ = ["image_noise_hu", "local_noise_hu", "noise_note", "thickness_note", "input_smoothing_mm", "smoothing_note",
-           "refuse_noise_hu", "check_noise", "TRAINED_NOISE_HU", "AGATSTON_THICKNESS_MM", "SMOOTH_TARGET_SHARE",
-           "SMOOTH_MAX_MM", "REFUSE_NOISE_SHARE"]
+           "refuse_noise_hu", "check_noise", "too_noisy_note", "TRAINED_NOISE_HU", "AGATSTON_THICKNESS_MM",
+           "SMOOTH_TARGET_SHARE", "SMOOTH_MAX_MM", "REFUSE_NOISE_SHARE"]
 
 #: Noise SD (HU) the shipped networks were trained on (agatax/weights/MODEL_CARD.md).
 TRAINED_NOISE_HU = (10.0, 40.0)
@@ -209,24 +210,38 @@ def refuse_noise_hu(trained_hu: tuple[float, float] = TRAINED_NOISE_HU) -> float
     return REFUSE_NOISE_SHARE * float(trained_hu[1])
 
 
-def check_noise(noise_hu: float | None, trained_hu: tuple[float, float] = TRAINED_NOISE_HU) -> None:
+def check_noise(noise_hu: float | None, trained_hu: tuple[float, float] = TRAINED_NOISE_HU, *,
+                slice_mm: float | None = None) -> None:
     """Refuse (``InputError``, code ``TOO_NOISY``) an exam whose measured noise (:func:`image_noise_hu`) is
     above :func:`refuse_noise_hu`: there the networks miss most calcium and no score can be trusted (synthetic
     exams at 65-80 HU: two of three lesions missed, accuracy 0.63; experiments/RESULTS.md, twenty-eighth
-    session); nothing for an exam within it or of unknown noise (None)."""
+    session); nothing for an exam within it or of unknown noise (None). ``slice_mm``: the slice increment;
+    under 2 mm the hint names the 3 mm slabs (thin slices are ~sqrt(3 / increment) times noisier)."""
     line = refuse_noise_hu(trained_hu)
     if noise_hu is None or noise_hu <= line:
         return
     from agatax.errors import InputError
 
     low, high = trained_hu
+    slabs = ("score it on 3 mm slabs (agatax score's default, --thin-slices slab; agatax.thick_slabs), whose "
+             "noise is lower, or " if slice_mm is not None and slice_mm < 2.0 else "")
     raise InputError(
-        f"image noise about {noise_hu:.0f} HU (SD in soft tissue), above the {line:.0f} HU beyond which the "
+        f"image noise about {noise_hu:.1f} HU (SD in soft tissue), above the {line:.0f} HU beyond which the "
         f"networks (trained on {low:g}-{high:g} HU) miss most calcium: such noise comes from a sharp (lung or "
         "bone) kernel or a thin low-dose reconstruction, and a score read from it would be wrong, so none is given",
         code="TOO_NOISY",
-        hint="score the soft-tissue (calcium-scoring) reconstruction of the same acquisition, 3 mm with a standard "
-        "kernel; allow_noisy=True (--allow-noisy) scores this one anyway, with the noise warning")
+        hint=f"{slabs}score the soft-tissue (calcium-scoring) reconstruction of the same acquisition, 3 mm with a "
+        "standard kernel; allow_noisy=True (--allow-noisy) scores this one anyway, with a warning")
+
+
+def too_noisy_note(noise_hu: float | None, trained_hu: tuple[float, float] = TRAINED_NOISE_HU) -> tuple[str, ...]:
+    """The warning of an exam scored above :func:`refuse_noise_hu` on request (``allow_noisy``), else nothing."""
+    line = refuse_noise_hu(trained_hu)
+    if noise_hu is None or noise_hu <= line:
+        return ()
+    return (f"too noisy: image noise about {noise_hu:.0f} HU, above the {line:.0f} HU where agatax refuses an exam "
+            "(TOO_NOISY), scored on request (allow_noisy): at this noise the networks miss most calcium and the "
+            "score may be far too low",)
 
 
 def thickness_note(thickness_mm: float | None, increment_mm: float | None = None) -> tuple[str, ...]:

@@ -54,7 +54,8 @@ def calcium_free_exams(n: int, protocol: str, matrix: int, first_seed: int = 700
 def score(ensemble, exams, air_share=AIR_SHARE, dense_vote=DENSE_VOTE, adapt_noise=True) -> dict:
     scores, on = [], {}
     for exam in exams:
-        res = run_pipeline(ensemble, exam.volume, air_share=air_share, dense_vote=dense_vote, adapt_noise=adapt_noise)
+        res = run_pipeline(ensemble, exam.volume, air_share=air_share, dense_vote=dense_vote, adapt_noise=adapt_noise,
+                           allow_noisy=True)  # measured at any --noise, past the pipeline's refusal line too
         scores.append(float(res.scores.agatston))
         z, y, x = exam.params["carina_mm"]
         kc = float(np.linalg.solve(exam.volume.affine, np.array([x, y, z, 1.0]))[0])

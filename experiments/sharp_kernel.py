@@ -72,8 +72,9 @@ def main(argv=None) -> int:
           f"device {table1.device_description()}", flush=True)
     print("| strength | noise measured (median, range) | refused (> {:.0f} HU) | C-index | accuracy | accuracy, exams "
           "not refused | 2+ categories off, not refused | lower / higher | true mask's Agatston / reference "
-          "(median) | lesion sens / PPV |".format(line))
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "(median) | the true mask's category right | ensemble's category = the true mask's | lesion sens / PPV "
+          "|".format(line))
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     results = {}
     for a in strengths:
         sharp = [dataclasses.replace(e, volume=e.volume.replace(hu=sharpen(e.volume.hu, e.volume.spacing, a)))
@@ -87,18 +88,23 @@ def main(argv=None) -> int:
         kept = ~refused
         own = np.array([compute_scores(e.volume.hu, e.mask, e.volume.spacing).agatston for e in sharp])
         ratio = float(np.median(own[ref > 0] / ref[ref > 0])) if (ref > 0).any() else float("nan")
+        # the kernel alone (the true calcium scored on the sharpened exam), and the networks against that
+        own_right = float(np.mean([risk_category(o) == risk_category(r) for o, r in zip(own, ref)]))
+        agree_own = float(np.mean([risk_category(p) == risk_category(o) for p, o in zip(got, own)]))
         les = ev["lesions"]
         row = {"strength": a, "noise_hu": noise.tolist(), "refused": int(refused.sum()),
                "c_index": ev["ensemble_c_index"], "accuracy": ev["ensemble_accuracy"],
                "accuracy_not_refused": float(np.mean(diff[kept] == 0)) if kept.any() else None,
                "off2_not_refused": int((np.abs(diff[kept]) >= 2).sum()), "lower": int((diff[kept] < 0).sum()),
-               "higher": int((diff[kept] > 0).sum()), "true_mask_ratio": ratio, "lesions": les,
+               "higher": int((diff[kept] > 0).sum()), "true_mask_ratio": ratio, "true_mask_accuracy": own_right,
+               "ensemble_vs_true_mask_accuracy": agree_own, "lesions": les,
                "ensemble_scores": got.tolist(), "reference_scores": ref.tolist(), "true_mask_scores": own.tolist()}
         results[str(a)] = row
         acc_kept = "-" if row["accuracy_not_refused"] is None else f"{row['accuracy_not_refused']:.3f}"
         print(f"| {a:g} | {np.nanmedian(noise):.1f} ({np.nanmin(noise):.1f}-{np.nanmax(noise):.1f}) | "
               f"{row['refused']} of {n} | {ev['ensemble_c_index']:.3f} | {ev['ensemble_accuracy']:.3f} | {acc_kept} | "
-              f"{row['off2_not_refused']} | {row['lower']} / {row['higher']} | {ratio:.2f} | "
+              f"{row['off2_not_refused']} | {row['lower']} / {row['higher']} | {ratio:.2f} | {own_right:.3f} | "
+              f"{agree_own:.3f} | "
               f"{les['sensitivity']:.3f} / {les['ppv']:.3f} |", flush=True)
         del sharp
     out = Path(args.workdir)

@@ -800,6 +800,7 @@ def test_an_exam_far_noisier_than_the_training_is_refused_with_its_code_unless_a
     assert main(args + ["--allow-noisy", "--json", "-"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["noise_hu"] > 100 and any(w.startswith("image noise") for w in result["warnings"])
+    assert "WARNING-TOO-NOISY" in {warning_code(w)[0] for w in result["warnings"]}  # the SR's code for it
     assert '"allow_noisy": true' in json.dumps(result)
 
 

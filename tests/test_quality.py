@@ -152,9 +152,17 @@ def test_the_noise_line_is_a_multiple_of_the_trained_range_and_check_noise_refus
     for noise, trained in ((65.1, TRAINED_NOISE_HU), (150.0, TRAINED_NOISE_HU), (90.0, (10.0, 55.0))):
         with pytest.raises(InputError) as err:
             check_noise(noise, trained)
-        assert err.value.code == "TOO_NOISY" and f"{noise:.0f} HU" in err.value.message
+        assert err.value.code == "TOO_NOISY" and f"about {noise:.1f} HU" in err.value.message
         assert f"trained on {trained[0]:g}-{trained[1]:g} HU" in err.value.message
         assert "allow_noisy=True" in err.value.hint and "--allow-noisy" in err.value.hint
+        assert "slabs" not in err.value.hint
+    # thin slices: the way out names the 3 mm slabs first
+    with pytest.raises(InputError) as err:
+        check_noise(70.0, slice_mm=0.625)
+    assert "--thin-slices slab" in err.value.hint and "--allow-noisy" in err.value.hint
+    with pytest.raises(InputError) as err:
+        check_noise(70.0, slice_mm=3.0)
+    assert "slabs" not in err.value.hint
 
 
 def test_an_exam_far_noisier_than_the_training_is_refused_unless_allowed():
@@ -184,14 +192,29 @@ def test_an_exam_far_noisier_than_the_training_is_refused_unless_allowed():
             with pytest.raises(InputError) as err:
                 call(adapt_noise=adapt)
             assert err.value.code == "TOO_NOISY"
+        call(allow_noisy=True)  # scored on request by every entry point
     res = run_pipeline(ensemble, noisy, localise=False, allow_noisy=True)
     assert res.noise_hu == pytest.approx(100.0, rel=0.08)
     assert any("image noise" in n for n in res.notes)
-    segment(ensemble, noisy, localise=False, allow_noisy=True)
+    (too,) = [n for n in res.notes if n.startswith("too noisy:")]  # says it was past the refusal
+    assert "allow_noisy" in too and f"{res.noise_hu:.0f} HU" in too
     quieter = Volume((_body((8, 96, 96)) + rng.normal(0, 50.0, (8, 96, 96))).astype(np.float32), (3.0, 0.7, 0.7))
-    assert any("image noise" in n for n in run_pipeline(ensemble, quieter, localise=False).notes)
+    notes = run_pipeline(ensemble, quieter, localise=False).notes
+    assert any("image noise" in n for n in notes) and not any(n.startswith("too noisy:") for n in notes)
     trained_noisier = ensemble.replace(config=UNetConfig.tiny(trained_noise_hu=(10.0, 80.0)))
-    assert run_pipeline(trained_noisier, noisy, localise=False).noise_hu == pytest.approx(100.0, rel=0.08)
+    res = run_pipeline(trained_noisier, noisy, localise=False)
+    assert res.noise_hu == pytest.approx(100.0, rel=0.08) and not any(n.startswith("too noisy:") for n in res.notes)
+
+
+def test_noise_is_measured_alike_on_a_device_array():
+    """image_noise_hu on a jax array (only the sampled slices leave the device) equals the host figure."""
+    import jax.numpy as jnp
+
+    hu = (_body() + np.random.default_rng(8).normal(0, 33.0, (8, 128, 128))).astype(np.float32)
+    region = np.zeros(hu.shape, bool)
+    region[:, 20:110, 20:110] = True
+    assert image_noise_hu(jnp.asarray(hu), SPACING) == image_noise_hu(hu, SPACING)
+    assert image_noise_hu(jnp.asarray(hu), SPACING, jnp.asarray(region)) == image_noise_hu(hu, SPACING, region)
 
 
 @pytest.mark.parametrize("thickness,expect", [

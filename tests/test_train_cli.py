@@ -517,3 +517,30 @@ def test_a_val_split_without_calcium_is_refused_by_name(exams, tmp_path, capsys)
     assert _run(manifest, "--out", tmp_path / "ens.msgpack", *FAST) != 0
     _refused(capsys, "NO_CALCIUM", "validation")
     assert not (tmp_path / "ens.msgpack").exists()
+
+
+def test_validation_scores_an_exam_past_the_noise_refusal(tmp_path):
+    """score_validation measures the ensemble: an exam that agatax score refuses as TOO_NOISY (noise ~100 HU,
+    measured above the 65 HU line) is scored against its reference, not an error that ends the training run."""
+    import jax.numpy as jnp
+
+    from agatax.cohort import score_validation
+    from agatax.ensemble import stack_members
+    from agatax.errors import AgataxError
+    from agatax.model import UNet, UNetConfig
+    from agatax.pipeline import run_pipeline
+    from agatax.quality import image_noise_hu, refuse_noise_hu
+    from agatax.synthetic import generate_exam
+    from agatax.synthetic.cohort import write_cohort
+
+    exam = generate_exam(3, target_category="C", matrix=64, n_slices=16, fov_mm=190.0, slice_increment_mm=3.0,
+                         slice_thickness_mm=3.0, protocol="cardiac", noise_sigma_hu=100.0)
+    assert image_noise_hu(exam.volume.hu, exam.volume.spacing) > refuse_noise_hu()
+    tiny = UNetConfig.tiny()
+    ensemble = stack_members([UNet(tiny).init(jax.random.key(s), jnp.zeros((1, 8, 8, 8, 1))) for s in range(3)], tiny)
+    with pytest.raises(AgataxError, match="TOO_NOISY"):
+        run_pipeline(ensemble, exam.volume)
+    write_cohort(tmp_path / "cohort", [exam], format="nifti", ids=["noisy"])
+    scored = score_validation(ensemble, discover_cohort(tmp_path / "cohort" / "manifest.csv").exams)
+    assert scored["exams"] == 1
+    assert scored["per_exam"][0]["reference_agatston"] == pytest.approx(exam.agatston, rel=1e-3)
