@@ -400,8 +400,9 @@ def _fingerprint_exam(exam: CohortExam) -> dict:
 
 def cohort_key(cohort: Cohort, **options) -> str:
     """A hash of the cohort's exams (paths, files' names, sizes and times) and of the reading options."""
-    # version 2: exams of slices thicker than 3.5 mm go to the 3 mm network grid (agatax.preprocess.network_grid_mm)
-    doc = {"exams": [_fingerprint_exam(e) for e in cohort.exams], "options": options, "version": 2}
+    # version 2: exams of slices thicker than 3.5 mm go to the 3 mm network grid (agatax.preprocess.network_grid_mm);
+    # version 3: each pair's extra holds the exam's measured noise (noise_hu: the trained noise range)
+    doc = {"exams": [_fingerprint_exam(e) for e in cohort.exams], "options": options, "version": 3}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -465,7 +466,7 @@ def check_cohort(cohort: Cohort, *, slabs: bool = True, read_options: dict | Non
         images += pair.images
         targets += pair.targets
         names.append(exam.exam_id)
-        extra.append({"calcium_voxels": calcium, "split": exam.split})
+        extra.append({**pair.extra[0], "calcium_voxels": calcium, "split": exam.split})  # with its noise_hu
         kept.append(exam)
     if not problems and kept and not any(e["calcium_voxels"] for e in extra):
         problems.append(CohortProblem("NO_CALCIUM", str(cohort.exams[0].source or cohort.exams[0].path),
@@ -669,7 +670,26 @@ def train_cohort(
     ensemble = train_ensemble(train, val if len(val) else None, config, model_config, members=members, seeds=seeds,
                               checkpoint_dir=ckpt, log=log, histories=histories, init=start, on_step=on_step,
                               collapse_retries=collapse_retries)
+    widened = trained_noise_range(ensemble.config.trained_noise_hu, train.extra)
+    if widened != ensemble.config.trained_noise_hu:
+        notes.append(f"trained noise range: {widened[0]:g}-{widened[1]:g} HU (was {ensemble.config.trained_noise_hu[0]:g}-"
+                     f"{ensemble.config.trained_noise_hu[1]:g}; the training exams measure up to {widened[1]:g}): the "
+                     "noise warning, adaptation and refusal of the pipeline follow it")
+        say(notes[-1])
+        ensemble = ensemble.replace(config=dataclasses.replace(ensemble.config, trained_noise_hu=widened))
     return CohortTraining(ensemble, histories, list(train.names), list(val.names), val_exams, notes, left_out)
+
+
+def trained_noise_range(known: tuple[float, float], extra: Sequence[dict]) -> tuple[float, float]:
+    """``known`` (low, high) HU (the starting networks' ``UNetConfig.trained_noise_hu``) widened to the
+    measured noise (``noise_hu`` in a ``TrainingSet``'s ``extra``) of the exams trained on: networks trained
+    on noisier exams get their noise warning, adaptation and refusal line (``agatax.quality``) moved out with
+    it. Never narrowed; exams without a measure count for nothing."""
+    measured = [float(e["noise_hu"]) for e in extra if e.get("noise_hu") is not None]
+    low, high = (float(v) for v in known)
+    if not measured:
+        return (low, high)
+    return (round(min(low, min(measured)), 2), round(max(high, max(measured)), 2))
 
 
 def score_validation(ensemble, exams: Iterable[CohortExam], *, slabs: bool = True, read_options: dict | None = None,

@@ -221,7 +221,8 @@ class TrainingSet:
         images: list of float arrays (z, y, x) in [0, 1] (pre-processed HU).
         targets: list of bool arrays, same shapes: coarse calcification masks.
         names: one label per pair (e.g. "J1-0007").
-        extra: free per-pair metadata (e.g. true Agatston, category).
+        extra: free per-pair metadata (e.g. true Agatston, category, ``noise_hu``: the exam's measured image
+            noise, ``agatax.quality.image_noise_hu``).
         negatives: optional list of bool arrays, same shapes: coarse hard negatives, voxels of bright
             structures that are not coronary calcium (valves, annulus, aortic wall); empty when unknown.
         box_mm: the pre-processing's enhancement box the images were made with (``preprocess(box_mm=)``);
@@ -417,6 +418,11 @@ def prepare_pairs(exams, *, target_mm=None, multiple: int = 8, cache=None, names
             volume, how = to_canonical(volume)
             mask = how.apply(np.asarray(mask))
             fine_neg = None if fine_neg is None else how.apply(np.asarray(fine_neg))
+            from agatax.quality import image_noise_hu
+
+            noise = image_noise_hu(volume.hu, volume.spacing)  # the pipeline's measure (UNetConfig.trained_noise_hu)
+            if noise is not None:
+                info = {**info, "noise_hu": round(float(noise), 2)}
         image, target = exam_pair(volume, mask, target_mm=target_mm, multiple=multiple, box_mm=box_mm,
                                   dense_gain=dense_gain)
         images.append(image)

@@ -544,3 +544,40 @@ def test_validation_scores_an_exam_past_the_noise_refusal(tmp_path):
     scored = score_validation(ensemble, discover_cohort(tmp_path / "cohort" / "manifest.csv").exams)
     assert scored["exams"] == 1
     assert scored["per_exam"][0]["reference_agatston"] == pytest.approx(exam.agatston, rel=1e-3)
+
+
+def test_training_on_noisier_exams_widens_the_trained_noise_range(tmp_path):
+    """trained_noise_range widens (never narrows) the starting range to the exams' measured noise; train_cohort
+    on exams drawn at 55 and 70 HU gives networks whose range reaches the noisiest exam's measure (so that
+    the pipeline does not refuse their own domain), kept through save and load; quiet exams leave (10, 40)."""
+    from agatax.cohort import trained_noise_range
+    from agatax.ensemble import init_ensemble, save_ensemble
+    from agatax.model import UNetConfig
+    from agatax.quality import image_noise_hu
+    from agatax.synthetic import generate_exam
+    from agatax.synthetic.cohort import write_cohort
+    from agatax.train import TrainConfig
+
+    assert trained_noise_range((10.0, 40.0), [{"noise_hu": 55.5}, {"noise_hu": 8.0}, {}]) == (8.0, 55.5)
+    assert trained_noise_range((10.0, 40.0), [{"noise_hu": 20.0}, {"agatston": 3.0}]) == (10.0, 40.0)
+    assert trained_noise_range((10.0, 40.0), []) == (10.0, 40.0)
+    shape = dict(matrix=64, n_slices=16, fov_mm=190.0, slice_increment_mm=3.0, slice_thickness_mm=3.0,
+                 protocol="cardiac")
+    noisy = [generate_exam(s, target_category=c, noise_sigma_hu=n, **shape) for s, c, n in ((3, "C", 55.0), (5, "D", 70.0))]
+    top = max(image_noise_hu(e.volume.hu, e.volume.spacing) for e in noisy)
+    assert top > 60.0
+    write_cohort(tmp_path / "noisy", noisy, format="nifti", ids=["a", "b"])
+    start = init_ensemble(jax.random.PRNGKey(3), UNetConfig.tiny(), members=1)
+    save_ensemble(tmp_path / "start.msgpack", start)
+    config = TrainConfig(steps=1, batch_size=2, patch_zyx=(8, 16, 16), eval_every=1, log_every=0)
+    result = train_cohort(tmp_path / "noisy" / "manifest.csv", members=1, config=config,
+                          init=tmp_path / "start.msgpack", validation=0, log=None)
+    assert result.ensemble.config.trained_noise_hu == (10.0, pytest.approx(top, abs=0.01))
+    assert any(n.startswith("trained noise range: 10-") for n in result.notes)
+    save_ensemble(tmp_path / "tuned.msgpack", result.ensemble)
+    assert load_ensemble(tmp_path / "tuned.msgpack").config.trained_noise_hu == result.ensemble.config.trained_noise_hu
+    quiet = [generate_exam(s, target_category=c, noise_sigma_hu=20.0, **shape) for s, c in ((3, "C"), (5, "D"))]
+    write_cohort(tmp_path / "quiet", quiet, format="nifti", ids=["a", "b"])
+    result = train_cohort(tmp_path / "quiet" / "manifest.csv", members=1, config=config,
+                          init=tmp_path / "start.msgpack", validation=0, log=None)
+    assert result.ensemble.config.trained_noise_hu == (10.0, 40.0)
