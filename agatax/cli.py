@@ -190,7 +190,9 @@ class ScoredExam:
 
 
 def _exam_warnings(volume, series: str | None) -> list[str]:
-    """Notes the command line adds to the reader's: unusual tube voltage, the series chosen."""
+    """Notes the command line adds to the reader's: unusual tube voltage, a sharp kernel, the series chosen."""
+    from agatax.quality import kernel_note
+
     meta = volume.metadata or {}
     notes = []
     kvp = meta.get("kvp")
@@ -199,6 +201,7 @@ def _exam_warnings(volume, series: str | None) -> list[str]:
             f"unusual tube voltage {float(kvp):g} kVp: the 130 HU threshold and density weights assume "
             f"{REFERENCE_KVP:g} kVp"
         )
+    notes += kernel_note(meta.get("kernel"), meta.get("manufacturer"))
     others = {str(reason).split("(", 1)[-1].split(")")[0]
               for _, reason in meta.get("skipped", ()) if str(reason).startswith("another series")}
     if others or series is not None:

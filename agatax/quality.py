@@ -18,7 +18,7 @@ import numpy as np
 
 __all__ = ["image_noise_hu", "local_noise_hu", "noise_note", "thickness_note", "input_smoothing_mm", "smoothing_note",
            "refuse_noise_hu", "check_noise", "too_noisy_note", "TRAINED_NOISE_HU", "AGATSTON_THICKNESS_MM",
-           "SMOOTH_TARGET_SHARE", "SMOOTH_MAX_MM", "REFUSE_NOISE_SHARE"]
+           "SMOOTH_TARGET_SHARE", "SMOOTH_MAX_MM", "REFUSE_NOISE_SHARE", "kernel_note", "SHARP_KERNEL_WORDS"]
 
 #: Noise SD (HU) the shipped networks were trained on (agatax/weights/MODEL_CARD.md).
 TRAINED_NOISE_HU = (10.0, 40.0)
@@ -242,6 +242,37 @@ def too_noisy_note(noise_hu: float | None, trained_hu: tuple[float, float] = TRA
     return (f"too noisy: image noise about {noise_hu:.0f} HU, above the {line:.0f} HU where agatax refuses an exam "
             "(TOO_NOISY), scored on request (allow_noisy): at this noise the networks miss most calcium and the "
             "score may be far too low",)
+
+
+#: Words in a DICOM ConvolutionKernel that name a kernel sharper than calcium scoring's (GE's LUNG, BONE,
+#: BONEPLUS, EDGE and DETAIL; any vendor's SHARP); STANDARD, SOFT and the like name none.
+SHARP_KERNEL_WORDS = ("LUNG", "BONE", "BONEPLUS", "EDGE", "DETAIL", "SHARP")
+_SIEMENS_SHARP_FROM = 45  # Siemens' kernels carry their sharpness in two digits (B35f, Qr36: calcium scoring)
+
+
+def kernel_note(kernel: str | None, manufacturer: str | None = None) -> tuple[str, ...]:
+    """A warning when the DICOM ConvolutionKernel names a kernel sharper than calcium scoring's, else nothing.
+
+    Only names that say so are read: a word of ``SHARP_KERNEL_WORDS`` (any vendor), or on a Siemens scanner
+    a kernel whose two digits are 45 or more (B45f-B80f, Br49, Bl57, I70f; calcium scoring uses B35f, Qr36,
+    Sa36). Other vendors' codes (Philips letters, Canon FC numbers) are not interpreted. Sharp kernels make
+    the score read high: edges overshoot, the same calcium scores higher and the networks mark edges
+    (experiments/RESULTS.md, twenty-eighth session: synthetic exams sharpened in-plane read 0.84-0.62
+    accuracy against 0.94, all but one error upward)."""
+    import re
+
+    if not kernel:
+        return ()
+    tokens = [t for t in re.split(r"[^A-Za-z0-9]+", str(kernel).upper()) if t]
+    sharp = [t for t in tokens if t in SHARP_KERNEL_WORDS]
+    if not sharp and "SIEMENS" in str(manufacturer or "").upper():
+        sharp = [t for t in tokens if (m := re.fullmatch(r"[A-Z]{1,2}(\d{2})[A-Z]?", t))
+                 and int(m.group(1)) >= _SIEMENS_SHARP_FROM]
+    if not sharp:
+        return ()
+    return (f"sharp kernel: reconstructed with {kernel}, sharper than the calcium-scoring standard: edges "
+            "overshoot, so the same calcium scores higher and the networks mark edges; the score reads high. "
+            "Score the calcium-scoring reconstruction (3 mm, standard soft-tissue kernel)",)
 
 
 def thickness_note(thickness_mm: float | None, increment_mm: float | None = None) -> tuple[str, ...]:

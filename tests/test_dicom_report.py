@@ -290,6 +290,8 @@ def test_every_warning_the_pipeline_writes_has_its_own_sr_code():
     kvp, series = _exam_warnings(chosen, None)
     assert "1 other series in the folder not scored" in series
     notes.update({"WARNING-KVP": (kvp,), "WARNING-SERIES": (series,)})
+    (kernel,) = _exam_warnings(Volume(hu, spacing, metadata={"kernel": "LUNG", "manufacturer": "GE"}), None)
+    notes["WARNING-KERNEL"] = (kernel,)
     for code, produced in notes.items():
         assert len(produced) == 1, code
         assert warning_code(produced[0])[0] == code

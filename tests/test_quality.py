@@ -217,6 +217,24 @@ def test_noise_is_measured_alike_on_a_device_array():
     assert image_noise_hu(jnp.asarray(hu), SPACING, jnp.asarray(region)) == image_noise_hu(hu, SPACING, region)
 
 
+@pytest.mark.parametrize("kernel,maker,sharp", [
+    ("LUNG", "GE MEDICAL SYSTEMS", True), ("BONEPLUS", "GE", True), ("EDGE", None, True), ("DETAIL", "GE", True),
+    ("STANDARD", "GE MEDICAL SYSTEMS", False), ("SOFT", "GE", False), ("sharp body", "X", True),
+    ("B35f", "SIEMENS", False), ("Qr36d\\3", "Siemens Healthineers", False), ("Br40d", "SIEMENS", False),
+    ("B45f", "SIEMENS", True), ("Br64d\\3", "SIEMENS", True), ("I70f", "Siemens", True),
+    ("B60f", "GE", False),  # Siemens' digits are read on Siemens scanners only
+    ("FC12", "TOSHIBA", False), ("FC52", "CANON", False), ("B", "Philips", False), ("L", "Philips", False),
+    (None, "SIEMENS", False), ("", None, False),
+])
+def test_kernel_note_names_only_kernels_whose_name_says_sharp(kernel, maker, sharp):
+    from agatax.quality import kernel_note
+
+    notes = kernel_note(kernel, maker)
+    assert bool(notes) == sharp
+    if sharp:
+        assert notes[0].startswith(f"sharp kernel: reconstructed with {kernel},") and "reads high" in notes[0]
+
+
 @pytest.mark.parametrize("thickness,expect", [
     (None, None), (2.5, None), (3.0, None), (2.999, None),  # the Agatston reconstructions: nothing to say
     (3.125, None), (3.5, None),  # 3 mm slabs of 0.625 and 1.75 mm slices (agatax.thick_slabs)
