@@ -404,7 +404,8 @@ def score_exam(
     Keys: exam_id, agatston, category, volume_mm3 (mm^3), mass_mg (mg or None), lesions (list of dicts;
     with an ensemble each has ``vote_fraction``, the share of networks that agreed), per_artery,
     spacing_mm (dz, dy, dx), slice_thickness_mm, shape (z, y, x), warnings, series_uid,
-    series_description, source, mask, agatax_version, device, weights (file name and sha256 prefix; None
+    series_description, reconstruction_kernel and kvp (DICOM; None where unknown), source, mask,
+    agatax_version, device, weights (file name and sha256 prefix; None
     for a given ``ensemble`` or mask), and ``members`` with an ensemble.
     ``relaxations``: allow_gaps, allow_uneven, allow_tilt, allow_not_ct, allow_qform_mismatch (see
     ``agatax.read_volume``). ``allow_phantom``: score an exam that looks like a phantom instead of refusing it;
@@ -440,7 +441,7 @@ def format_report(result: dict[str, Any]) -> str:
         + (f", slice thickness {thickness:g} mm" if thickness else ""),
     ]
     scan = ([f"kernel {result['reconstruction_kernel']}"] if result.get("reconstruction_kernel") else []) + (
-        [f"{result['kvp']:g} kVp"] if result.get("kvp") is not None else [])
+        [f"{float(result['kvp']):g} kVp"] if result.get("kvp") is not None else [])
     if scan:
         lines.append(f"scan:      {', '.join(scan)}")
     made = [f"{k} {result[k]}" for k in ("weights", "device") if result.get(k)]

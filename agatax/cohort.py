@@ -667,37 +667,54 @@ def train_cohort(
         + (f", {len(left_out)} left out" if left_out else ""))
     ckpt = checkpoint_dir if checkpoint_dir is not None else (None if workdir is None else workdir / "checkpoints")
     histories: list = []
+    known = tuple(float(v) for v in model_config.trained_noise_hu)
+    noise_range = trained_noise_range(known, train.extra, fresh=start is None)  # checked before any training
+    if noise_range is None:
+        notes.append(f"no training exam carries a noise measure: the networks' trained noise range stays "
+                     f"{known[0]:g}-{known[1]:g} HU")
+    elif noise_range != known:
+        notes.append(f"trained noise range: {noise_range[0]:g}-{noise_range[1]:g} HU ("
+                     + ("measured on the training exams" if start is None else
+                        f"the starting networks' {known[0]:g}-{known[1]:g} widened to the training exams'")
+                     + "): agatax score's noise warning, adaptation and refusal follow it")
     ensemble = train_ensemble(train, val if len(val) else None, config, model_config, members=members, seeds=seeds,
                               checkpoint_dir=ckpt, log=log, histories=histories, init=start, on_step=on_step,
                               collapse_retries=collapse_retries)
-    widened = trained_noise_range(ensemble.config.trained_noise_hu, train.extra)
-    if widened != ensemble.config.trained_noise_hu:
-        notes.append(f"trained noise range: {widened[0]:g}-{widened[1]:g} HU (was {ensemble.config.trained_noise_hu[0]:g}-"
-                     f"{ensemble.config.trained_noise_hu[1]:g}; the training exams measure up to {widened[1]:g}): the "
-                     "noise warning, adaptation and refusal of the pipeline follow it")
-        say(notes[-1])
-        ensemble = ensemble.replace(config=dataclasses.replace(ensemble.config, trained_noise_hu=widened))
+    if noise_range is not None and noise_range != known:
+        ensemble = ensemble.replace(config=dataclasses.replace(ensemble.config, trained_noise_hu=noise_range))
     return CohortTraining(ensemble, histories, list(train.names), list(val.names), val_exams, notes, left_out)
 
 
-def trained_noise_range(known: tuple[float, float], extra: Sequence[dict]) -> tuple[float, float]:
-    """``known`` (low, high) HU (the starting networks' ``UNetConfig.trained_noise_hu``) widened to the
-    measured noise (``noise_hu`` in a ``TrainingSet``'s ``extra``) of the exams trained on: networks trained
-    on noisier exams get their noise warning, adaptation and refusal line (``agatax.quality``) moved out with
-    it. Never narrowed; exams without a measure count for nothing."""
-    measured = [float(e["noise_hu"]) for e in extra if e.get("noise_hu") is not None]
-    low, high = (float(v) for v in known)
+def trained_noise_range(known: tuple[float, float], extra: Sequence[dict], *, fresh: bool = False
+                        ) -> tuple[float, float] | None:
+    """The noise SD range (low, high) HU networks trained on exams of ``extra`` (a ``TrainingSet``'s, with
+    each exam's measured ``noise_hu``) were trained on, for ``UNetConfig.trained_noise_hu``: agatax score's
+    noise warning, adaptation and refusal line (``agatax.quality``) follow its top.
+
+    The training exams' range is their 5th to 95th percentile (``method="higher"``: for under 20 exams the
+    noisiest one), so that one odd exam does not move it; the top is rounded up to 0.01 HU so that the
+    exam that sets it lies inside it. ``fresh`` (networks trained from scratch): that range; else ``known``
+    (the starting networks') widened to it, never narrowed. None when no exam carries a measure."""
+    import math
+
+    measured = [float(e["noise_hu"]) for e in extra
+                if isinstance(e, dict) and e.get("noise_hu") is not None and math.isfinite(float(e["noise_hu"]))]
     if not measured:
-        return (low, high)
-    return (round(min(low, min(measured)), 2), round(max(high, max(measured)), 2))
+        return None
+    low = float(np.percentile(measured, 5, method="lower"))
+    high = math.ceil(float(np.percentile(measured, 95, method="higher")) * 100.0 - 1e-6) / 100.0
+    if fresh:
+        return (round(low, 2), high)
+    return (min(float(known[0]), round(low, 2)), max(float(known[1]), high))
 
 
 def score_validation(ensemble, exams: Iterable[CohortExam], *, slabs: bool = True, read_options: dict | None = None,
                      log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Score validation exams with ``ensemble`` (the whole pipeline, as ``agatax score``) against their
     reference masks: category accuracy, C-index (on the categories), lesion detection (sensitivity, PPV,
-    F1), and per exam the predicted and reference Agatston scores. Exams noisier than ``agatax score`` would
-    accept (TOO_NOISY) are scored all the same (``allow_noisy=True``): validation measures the ensemble."""
+    F1), and per exam the predicted and reference Agatston scores. Exams ``agatax score`` would refuse (too
+    noisy, a phantom, contrast-enhanced) are scored all the same, with their warnings in the row: validation
+    measures the ensemble."""
     from agatax.evaluate import evaluate_masks, evaluate_scores
     from agatax.pipeline import run_pipeline
     from agatax.scoring import compute_scores
@@ -705,13 +722,14 @@ def score_validation(ensemble, exams: Iterable[CohortExam], *, slabs: bool = Tru
     pred, ref, pairs, rows = {}, {}, [], []
     for exam in exams:
         loaded = load_exam(exam, slabs=slabs, read_options=read_options)
-        result = run_pipeline(ensemble, loaded.volume, allow_noisy=True)
+        result = run_pipeline(ensemble, loaded.volume, allow_noisy=True, allow_phantom=True, assume_non_contrast=True)
         truth = compute_scores(loaded.volume.hu, loaded.mask, loaded.volume.spacing)
         pred[exam.exam_id], ref[exam.exam_id] = float(result.scores.agatston), float(truth.agatston)
         pairs.append((np.asarray(result.mask), loaded.mask > 0, loaded.volume))
         rows.append({"exam_id": exam.exam_id, "agatston": round(pred[exam.exam_id], 3),
                      "reference_agatston": round(ref[exam.exam_id], 3), "category": result.scores.category,
-                     "reference_category": truth.category})
+                     "reference_category": truth.category, "noise_hu": result.noise_hu,
+                     "past_refusal": [n for n in result.notes if n.startswith(("too noisy:", "phantom:", "contrast:"))]})
         if log:
             log(f"validation {exam.exam_id}: Agatston {pred[exam.exam_id]:.1f} ({result.scores.category}), "
                 f"reference {ref[exam.exam_id]:.1f} ({truth.category})")

@@ -223,8 +223,10 @@ def check_noise(noise_hu: float | None, trained_hu: tuple[float, float] = TRAINE
     from agatax.errors import InputError
 
     low, high = trained_hu
+    from agatax.slabs import THIN_BELOW_MM
+
     slabs = ("score it on 3 mm slabs (agatax score's default, --thin-slices slab; agatax.thick_slabs), whose "
-             "noise is lower, or " if slice_mm is not None and slice_mm < 2.0 else "")
+             "noise is lower, or " if slice_mm is not None and slice_mm < THIN_BELOW_MM else "")
     raise InputError(
         f"image noise about {noise_hu:.1f} HU (SD in soft tissue), above the {line:.0f} HU beyond which the "
         f"networks (trained on {low:g}-{high:g} HU) miss most calcium: such noise comes from a sharp (lung or "
@@ -239,13 +241,14 @@ def too_noisy_note(noise_hu: float | None, trained_hu: tuple[float, float] = TRA
     line = refuse_noise_hu(trained_hu)
     if noise_hu is None or noise_hu <= line:
         return ()
-    return (f"too noisy: image noise about {noise_hu:.0f} HU, above the {line:.0f} HU where agatax refuses an exam "
+    return (f"too noisy: image noise about {noise_hu:.1f} HU, above the {line:.0f} HU where agatax refuses an exam "
             "(TOO_NOISY), scored on request (allow_noisy): at this noise the networks miss most calcium and the "
             "score may be far too low",)
 
 
-#: Words in a DICOM ConvolutionKernel that name a kernel sharper than calcium scoring's (GE's LUNG, BONE,
-#: BONEPLUS, EDGE and DETAIL; any vendor's SHARP); STANDARD, SOFT and the like name none.
+#: Words in a DICOM ConvolutionKernel (any vendor's) that name a kernel sharper than calcium scoring's: GE's
+#: LUNG, BONE, BONEPLUS, EDGE and DETAIL, and SHARP; STANDARD, SOFT and the like name none. GE's CHEST is not
+#: listed (its place among GE's kernels was not checked).
 SHARP_KERNEL_WORDS = ("LUNG", "BONE", "BONEPLUS", "EDGE", "DETAIL", "SHARP")
 _SIEMENS_SHARP_FROM = 45  # Siemens' kernels carry their sharpness in two digits (B35f, Qr36: calcium scoring)
 
@@ -254,8 +257,10 @@ def kernel_note(kernel: str | None, manufacturer: str | None = None) -> tuple[st
     """A warning when the DICOM ConvolutionKernel names a kernel sharper than calcium scoring's, else nothing.
 
     Only names that say so are read: a word of ``SHARP_KERNEL_WORDS`` (any vendor), or on a Siemens scanner
-    a kernel whose two digits are 45 or more (B45f-B80f, Br49, Bl57, I70f; calcium scoring uses B35f, Qr36,
-    Sa36). Other vendors' codes (Philips letters, Canon FC numbers) are not interpreted. Sharp kernels make
+    (``manufacturer``; an anonymised header without it gets no warning) a kernel whose two digits are 45 or
+    more (B45f-B80f, Br49, Bl57, I70f; calcium scoring uses B35f, Qr36, Sa36). Other vendors' codes (Philips
+    letters, Canon FC numbers) are not interpreted. The command line (``agatax score``, ``agatax.cli.score_exam``)
+    adds it to an exam's warnings; ``run_pipeline`` does not read the header. Sharp kernels make
     the score read high: edges overshoot, the same calcium scores higher and the networks mark edges
     (experiments/RESULTS.md, twenty-eighth session: synthetic exams sharpened in-plane read 0.84-0.62
     accuracy against 0.94, all but one error upward)."""

@@ -422,7 +422,7 @@ def prepare_pairs(exams, *, target_mm=None, multiple: int = 8, cache=None, names
 
             noise = image_noise_hu(volume.hu, volume.spacing)  # the pipeline's measure (UNetConfig.trained_noise_hu)
             if noise is not None:
-                info = {**info, "noise_hu": round(float(noise), 2)}
+                info = {**info, "noise_hu": float(noise)}
         image, target = exam_pair(volume, mask, target_mm=target_mm, multiple=multiple, box_mm=box_mm,
                                   dense_gain=dense_gain)
         images.append(image)

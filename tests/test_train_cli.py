@@ -547,9 +547,11 @@ def test_validation_scores_an_exam_past_the_noise_refusal(tmp_path):
 
 
 def test_training_on_noisier_exams_widens_the_trained_noise_range(tmp_path):
-    """trained_noise_range widens (never narrows) the starting range to the exams' measured noise; train_cohort
-    on exams drawn at 55 and 70 HU gives networks whose range reaches the noisiest exam's measure (so that
-    the pipeline does not refuse their own domain), kept through save and load; quiet exams leave (10, 40)."""
+    """trained_noise_range: the exams' 5th-95th percentile (the noisiest for under 20 exams, the top rounded
+    up to 0.01 HU), the starting range widened to it (never narrowed), that range alone for fresh networks,
+    None without measures. train_cohort on exams drawn at 55 and 70 HU gives fine-tuned networks whose range
+    reaches the noisiest exam's measure (so the pipeline does not refuse their own domain), kept through save
+    and load; quiet exams leave (10, 40); fresh networks get the exams' own range."""
     from agatax.cohort import trained_noise_range
     from agatax.ensemble import init_ensemble, save_ensemble
     from agatax.model import UNetConfig
@@ -560,24 +562,36 @@ def test_training_on_noisier_exams_widens_the_trained_noise_range(tmp_path):
 
     assert trained_noise_range((10.0, 40.0), [{"noise_hu": 55.5}, {"noise_hu": 8.0}, {}]) == (8.0, 55.5)
     assert trained_noise_range((10.0, 40.0), [{"noise_hu": 20.0}, {"agatston": 3.0}]) == (10.0, 40.0)
-    assert trained_noise_range((10.0, 40.0), []) == (10.0, 40.0)
+    assert trained_noise_range((10.0, 40.0), [{"noise_hu": 20.0}, {"noise_hu": 31.5}], fresh=True) == (20.0, 31.5)
+    assert trained_noise_range((10.0, 40.0), [{"noise_hu": 71.284}]) == (10.0, 71.29)  # rounded up: inside
+    assert trained_noise_range((10.0, 40.0), []) is None
+    assert trained_noise_range((10.0, 40.0), [{"agatston": 1.0}, {"noise_hu": float("nan")}]) is None
+    # one odd exam among forty does not move the top: the 95th percentile (the 39th of 40, sorted)
+    many = [{"noise_hu": 20.0 + 0.5 * k} for k in range(39)] + [{"noise_hu": 95.0}]
+    assert trained_noise_range((10.0, 40.0), many, fresh=True) == (20.5, 39.0)  # the 2nd and 39th of 40
+    assert trained_noise_range((10.0, 40.0), many) == (10.0, 40.0)
     shape = dict(matrix=64, n_slices=16, fov_mm=190.0, slice_increment_mm=3.0, slice_thickness_mm=3.0,
                  protocol="cardiac")
     noisy = [generate_exam(s, target_category=c, noise_sigma_hu=n, **shape) for s, c, n in ((3, "C", 55.0), (5, "D", 70.0))]
-    top = max(image_noise_hu(e.volume.hu, e.volume.spacing) for e in noisy)
-    assert top > 60.0
+    measured = sorted(image_noise_hu(e.volume.hu, e.volume.spacing) for e in noisy)
+    assert measured[1] > 60.0
     write_cohort(tmp_path / "noisy", noisy, format="nifti", ids=["a", "b"])
     start = init_ensemble(jax.random.PRNGKey(3), UNetConfig.tiny(), members=1)
     save_ensemble(tmp_path / "start.msgpack", start)
     config = TrainConfig(steps=1, batch_size=2, patch_zyx=(8, 16, 16), eval_every=1, log_every=0)
     result = train_cohort(tmp_path / "noisy" / "manifest.csv", members=1, config=config,
                           init=tmp_path / "start.msgpack", validation=0, log=None)
-    assert result.ensemble.config.trained_noise_hu == (10.0, pytest.approx(top, abs=0.01))
-    assert any(n.startswith("trained noise range: 10-") for n in result.notes)
+    low, high = result.ensemble.config.trained_noise_hu
+    assert low == 10.0 and measured[1] <= high <= measured[1] + 0.01
+    assert sum(n.startswith("trained noise range: 10-") for n in result.notes) == 1
     save_ensemble(tmp_path / "tuned.msgpack", result.ensemble)
     assert load_ensemble(tmp_path / "tuned.msgpack").config.trained_noise_hu == result.ensemble.config.trained_noise_hu
+    fresh = train_cohort(tmp_path / "noisy" / "manifest.csv", members=1, config=config, init="none",
+                         model_config=UNetConfig.tiny(), validation=0, log=None)
+    assert fresh.ensemble.config.trained_noise_hu == (round(measured[0], 2), high)
     quiet = [generate_exam(s, target_category=c, noise_sigma_hu=20.0, **shape) for s, c in ((3, "C"), (5, "D"))]
     write_cohort(tmp_path / "quiet", quiet, format="nifti", ids=["a", "b"])
     result = train_cohort(tmp_path / "quiet" / "manifest.csv", members=1, config=config,
                           init=tmp_path / "start.msgpack", validation=0, log=None)
     assert result.ensemble.config.trained_noise_hu == (10.0, 40.0)
+    assert not any(n.startswith("trained noise range") for n in result.notes)
