@@ -441,10 +441,14 @@ def main(argv=None) -> int:
                                    checkpoint_dir=workdir / f"ckpt_{s.replace('+', '_')}", log=log,
                                    collapse_retries=args.collapse_retries)
             ensemble, histories = trained.ensemble, trained.histories
-            if noise_range is not None:  # the networks now know this noise too (a fine-tune: its start's as well)
-                known = ensemble.config.trained_noise_hu if start is not None else noise_range
-                ensemble = ensemble.replace(config=dataclasses.replace(
-                    ensemble.config, trained_noise_hu=(min(known[0], noise_range[0]), max(known[1], noise_range[1]))))
+            # the networks know the noise the generator drew (a fine-tune: its start's as well); this replaces
+            # train_cohort's estimate from the measured noise: the experiment knows what it drew
+            from agatax.quality import TRAINED_NOISE_HU
+
+            drawn = noise_range if noise_range is not None else TRAINED_NOISE_HU  # the generator's 10-40 HU
+            known = start.config.trained_noise_hu if start is not None else drawn
+            ensemble = ensemble.replace(config=dataclasses.replace(
+                ensemble.config, trained_noise_hu=(min(known[0], drawn[0]), max(known[1], drawn[1]))))
             train_s = time.perf_counter() - t0
             save_ensemble(ens_path, ensemble)
             results["sets"].setdefault(s, {})["best_val_dice"] = [
