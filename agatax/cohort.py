@@ -717,7 +717,10 @@ def score_validation(ensemble, exams: Iterable[CohortExam], *, slabs: bool = Tru
     measures the ensemble."""
     from agatax.evaluate import evaluate_masks, evaluate_scores
     from agatax.pipeline import run_pipeline
+    from agatax.report import PAST_REFUSAL
     from agatax.scoring import compute_scores
+
+    past_refusal = tuple(start for start, _ in PAST_REFUSAL)  # the warnings of a refusal scored past
 
     pred, ref, pairs, rows = {}, {}, [], []
     for exam in exams:
@@ -729,7 +732,7 @@ def score_validation(ensemble, exams: Iterable[CohortExam], *, slabs: bool = Tru
         rows.append({"exam_id": exam.exam_id, "agatston": round(pred[exam.exam_id], 3),
                      "reference_agatston": round(ref[exam.exam_id], 3), "category": result.scores.category,
                      "reference_category": truth.category, "noise_hu": result.noise_hu,
-                     "past_refusal": [n for n in result.notes if n.startswith(("too noisy:", "phantom:", "contrast:"))]})
+                     "past_refusal": [n for n in result.notes if n.startswith(past_refusal)]})
         if log:
             log(f"validation {exam.exam_id}: Agatston {pred[exam.exam_id]:.1f} ({result.scores.category}), "
                 f"reference {ref[exam.exam_id]:.1f} ({truth.category})")

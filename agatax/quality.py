@@ -221,10 +221,9 @@ def check_noise(noise_hu: float | None, trained_hu: tuple[float, float] = TRAINE
     if noise_hu is None or noise_hu <= line:
         return
     from agatax.errors import InputError
-
-    low, high = trained_hu
     from agatax.slabs import THIN_BELOW_MM
 
+    low, high = trained_hu
     slabs = ("score it on 3 mm slabs (agatax score's default, --thin-slices slab; agatax.thick_slabs), whose "
              "noise is lower, or " if slice_mm is not None and slice_mm < THIN_BELOW_MM else "")
     raise InputError(

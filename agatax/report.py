@@ -511,8 +511,9 @@ def left_out_slices(left_out: np.ndarray) -> list[int]:
 #: Warnings saying the category rests on objects that may not be calcium, named in the picture's title.
 _RESTING_WARNINGS = (("dense:", "stent-dense objects"), ("beside metal:", "objects beside metal"))
 #: The warnings of an exam scored on request past one of the pipeline's refusals (TOO_NOISY, PHANTOM,
-#: CONTRAST_ENHANCED): the picture's title says so, as the score may be far from the truth.
-_PAST_REFUSAL = (("too noisy:", "too noisy"), ("phantom:", "a phantom"), ("contrast:", "contrast-enhanced"))
+#: CONTRAST_ENHANCED): the picture's title says so, as the score may be far from the truth; agatax train's
+#: validation rows list them (``agatax.cohort.score_validation``).
+PAST_REFUSAL = (("too noisy:", "too noisy"), ("phantom:", "a phantom"), ("contrast:", "contrast-enhanced"))
 
 def render_png(
     path: str | os.PathLike,
@@ -568,7 +569,7 @@ def render_png(
     legend_cols = 4 if ncols >= 2 else 2
     shows_left_out = left_out is not None and any(left_out[k].any() for k in chosen)
     bottom_in = 0.2 if not (lesions or extra_slices) else (0.6 if legend_cols == 4 and not shows_left_out else 0.85)
-    past = [what for start, what in _PAST_REFUSAL if any(str(w).startswith(start) for w in summary.get("warnings") or ())]
+    past = [what for start, what in PAST_REFUSAL if any(str(w).startswith(start) for w in summary.get("warnings") or ())]
     top_in = 0.9 + (0.25 if past else 0.0)  # the title's lines
     fig = Figure(figsize=(panel * ncols, panel * aspect * nrows + top_in + bottom_in), dpi=110, facecolor="black")
     fig.subplots_adjust(left=0.02, right=0.98, top=1 - top_in / fig.get_figheight(),

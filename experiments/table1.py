@@ -42,6 +42,7 @@ import jax  # noqa: E402
 from agatax.ensemble import load_ensemble, save_ensemble  # noqa: E402
 from agatax.model import UNetConfig  # noqa: E402
 from agatax.preprocess import ENHANCE_BOX_MM  # noqa: E402
+from agatax.quality import TRAINED_NOISE_HU  # noqa: E402
 from agatax.cohort import train_cohort  # noqa: E402
 from agatax.train import TrainConfig, TrainingSet, prepare_pairs  # noqa: E402
 
@@ -443,8 +444,6 @@ def main(argv=None) -> int:
             ensemble, histories = trained.ensemble, trained.histories
             # the networks know the noise the generator drew (a fine-tune: its start's as well); this replaces
             # train_cohort's estimate from the measured noise: the experiment knows what it drew
-            from agatax.quality import TRAINED_NOISE_HU
-
             drawn = noise_range if noise_range is not None else TRAINED_NOISE_HU  # the generator's 10-40 HU
             known = start.config.trained_noise_hu if start is not None else drawn
             ensemble = ensemble.replace(config=dataclasses.replace(

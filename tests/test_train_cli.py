@@ -544,6 +544,8 @@ def test_validation_scores_an_exam_past_the_noise_refusal(tmp_path):
     scored = score_validation(ensemble, discover_cohort(tmp_path / "cohort" / "manifest.csv").exams)
     assert scored["exams"] == 1
     assert scored["per_exam"][0]["reference_agatston"] == pytest.approx(exam.agatston, rel=1e-3)
+    row = scored["per_exam"][0]
+    assert row["noise_hu"] > refuse_noise_hu() and [n.split(":")[0] for n in row["past_refusal"]] == ["too noisy"]
 
 
 def test_training_on_noisier_exams_widens_the_trained_noise_range(tmp_path):
