@@ -190,9 +190,8 @@ class ScoredExam:
 
 
 def _exam_warnings(volume, series: str | None) -> list[str]:
-    """Notes the command line adds to the reader's: unusual tube voltage, a sharp kernel, the series chosen."""
-    from agatax.quality import kernel_note
-
+    """Notes the command line adds to the reader's: unusual tube voltage, the series chosen (a sharp kernel:
+    ``run_pipeline``, or ``ExamScorer.score`` with a mask)."""
     meta = volume.metadata or {}
     notes = []
     kvp = meta.get("kvp")
@@ -201,7 +200,6 @@ def _exam_warnings(volume, series: str | None) -> list[str]:
             f"unusual tube voltage {float(kvp):g} kVp: the 130 HU threshold and density weights assume "
             f"{REFERENCE_KVP:g} kVp"
         )
-    notes += kernel_note(meta.get("kernel"), meta.get("manufacturer"))
     others = {str(reason).split("(", 1)[-1].split(")")[0]
               for _, reason in meta.get("skipped", ()) if str(reason).startswith("another series")}
     if others or series is not None:
@@ -237,6 +235,8 @@ class ExamScorer:
         assume_non_contrast: score an exam whose mediastinum looks contrast-enhanced (else it is refused
             with CONTRAST_ENHANCED).
         allow_noisy: score an exam far noisier than the networks' training (else it is refused with TOO_NOISY).
+        allow_sharp_kernel: score an exam reconstructed with a bone or lung kernel (else it is refused with
+            SHARP_KERNEL).
         keep_specks, keep_in_air: keep objects at the noise level / surrounded by air (``run_pipeline``).
         adapt_noise: show an exam noisier than the networks' training to them smoothed (``run_pipeline``).
         thin_slices: "slab" (default: thin-slice exams scored on 3 mm slabs, ``agatax.thick_slabs``) or
@@ -248,7 +248,7 @@ class ExamScorer:
                  min_area_mm2=None, localise=True, about: dict[str, Any] | None = None, thin_slices: str = "slab",
                  allow_phantom: bool = False, assume_non_contrast: bool = False, keep_specks: bool = False,
                  keep_in_air: bool = False, adapt_noise: bool = True, allow_noisy: bool = False,
-                 **relaxations: bool) -> None:
+                 allow_sharp_kernel: bool = False, **relaxations: bool) -> None:
         if mask is None and ensemble is None:
             raise InputError("ExamScorer needs a mask or an ensemble", code="BAD_ARGUMENT")
         self.mask, self.ensemble, self.series, self.localise = mask, ensemble, series, bool(localise)
@@ -257,9 +257,10 @@ class ExamScorer:
                              "min_area_mm2": min_area_mm2, "localise": localise, "thin_slices": thin_slices,
                              "allow_phantom": allow_phantom, "assume_non_contrast": assume_non_contrast,
                              "keep_specks": keep_specks, "keep_in_air": keep_in_air, "adapt_noise": adapt_noise,
-                             "allow_noisy": allow_noisy, **relaxations}
+                             "allow_noisy": allow_noisy, "allow_sharp_kernel": allow_sharp_kernel, **relaxations}
         self.keep_specks, self.keep_in_air, self.adapt_noise = bool(keep_specks), bool(keep_in_air), bool(adapt_noise)
         self.allow_phantom, self.allow_noisy = bool(allow_phantom), bool(allow_noisy)
+        self.allow_sharp_kernel = bool(allow_sharp_kernel)
         self.assume_non_contrast = bool(assume_non_contrast)
         self.conventions = {"calibration": calibration, "min_pixels": min_pixels, "min_area_mm2": min_area_mm2}
         self.relaxations = {k: bool(v) for k, v in relaxations.items() if v}
@@ -277,6 +278,7 @@ class ExamScorer:
                 **({"allow_phantom": True} if self.allow_phantom and mask is None else {}),
                 **({"assume_non_contrast": True} if self.assume_non_contrast and mask is None else {}),
                 **({"allow_noisy": True} if self.allow_noisy and mask is None else {}),
+                **({"allow_sharp_kernel": True} if self.allow_sharp_kernel and mask is None else {}),
                 **({"keep_specks": True} if self.keep_specks and mask is None else {}),
                 **({"keep_in_air": True} if self.keep_in_air and mask is None else {}),
                 **({"adapt_noise": False} if not self.adapt_noise and mask is None else {})}
@@ -300,9 +302,15 @@ class ExamScorer:
             from agatax.io import read_mask
             from agatax.scoring import compute_scores
 
+            from agatax.quality import kernel_note
+
             labels = read_mask(self.mask, like=volume)
             if slab:
                 volume, labels = thick_slabs(volume, labels)
+            meta = volume.metadata or {}
+            notes = kernel_note(meta.get("kernel"), meta.get("manufacturer"), past_refusal=False)  # warned only
+            if notes:
+                volume = volume.replace(warnings=tuple(volume.warnings) + notes)
             return ScoredExam(volume, compute_scores(volume.hu, labels, volume.spacing, **self.conventions), labels)
         from agatax.pipeline import AIR_SHARE, NOISE_SNR, run_pipeline
 
@@ -312,7 +320,8 @@ class ExamScorer:
                               assume_non_contrast=self.assume_non_contrast,
                               noise_snr=None if self.keep_specks else NOISE_SNR,
                               air_share=None if self.keep_in_air else AIR_SHARE, adapt_noise=self.adapt_noise,
-                              allow_noisy=self.allow_noisy, **self.conventions)
+                              allow_noisy=self.allow_noisy, allow_sharp_kernel=self.allow_sharp_kernel,
+                              **self.conventions)
         notes = tuple(result.notes)
         if result.chest is not None and not result.chest.found:
             notes += (f"chest localisation: {result.chest.note}",)
@@ -394,6 +403,7 @@ def score_exam(
     keep_in_air: bool = False,
     adapt_noise: bool = True,
     allow_noisy: bool = False,
+    allow_sharp_kernel: bool = False,
     **relaxations: bool,
 ) -> dict[str, Any]:
     """Read one exam, find its calcium and score it; return the JSON-safe dict ``agatax score --json`` prints.
@@ -410,7 +420,8 @@ def score_exam(
     ``relaxations``: allow_gaps, allow_uneven, allow_tilt, allow_not_ct, allow_qform_mismatch (see
     ``agatax.read_volume``). ``allow_phantom``: score an exam that looks like a phantom instead of refusing it;
     ``assume_non_contrast``: one whose mediastinum looks contrast-enhanced; ``allow_noisy``: one far noisier
-    than the networks' training (TOO_NOISY). ``localise``, ``keep_specks``,
+    than the networks' training (TOO_NOISY); ``allow_sharp_kernel``: one reconstructed with a bone or lung kernel
+    (SHARP_KERNEL). ``localise``, ``keep_specks``,
     ``keep_in_air``, ``adapt_noise``: the pipeline's options as ``agatax score`` (``--no-localise``,
     ``--keep-specks``, ``--keep-in-air``, ``--no-adapt-noise``).
     """
@@ -423,7 +434,7 @@ def score_exam(
                         about={"device": device_name(), "weights": identity}, thin_slices=thin_slices,
                         allow_phantom=allow_phantom, assume_non_contrast=assume_non_contrast, localise=localise,
                         keep_specks=keep_specks, keep_in_air=keep_in_air, adapt_noise=adapt_noise,
-                        allow_noisy=allow_noisy, **relaxations)
+                        allow_noisy=allow_noisy, allow_sharp_kernel=allow_sharp_kernel, **relaxations)
     return scorer.result(scorer.score(scorer.read(path)))
 
 
@@ -607,6 +618,9 @@ def add_score_command(subparsers) -> None:
     p.add_argument("--allow-noisy", action="store_true", help="score an exam far noisier than the networks' "
                    "training (a sharp lung or bone kernel, a thin low-dose reconstruction) instead of refusing it "
                    "(TOO_NOISY), with the noise warning; the networks miss calcium in such noise")
+    p.add_argument("--allow-sharp-kernel", action="store_true", help="score an exam whose DICOM kernel is a bone or "
+                   "lung kernel (GE LUNG / BONE, Siemens B60f and sharper) instead of refusing it (SHARP_KERNEL), with "
+                   "a warning; the score reads high")
     for name in _RELAXATIONS:
         p.add_argument("--" + name.replace("_", "-"), action="store_true", help=f"read_volume({name}=True)")
     p.add_argument("--no-server", action="store_true", help="run in this process even when `agatax serve` runs")
@@ -832,7 +846,7 @@ def _run_score(args: argparse.Namespace, stop: threading.Event, counts: dict[str
                                 thin_slices=args.thin_slices, allow_phantom=args.allow_phantom,
                                 assume_non_contrast=args.assume_non_contrast, keep_specks=args.keep_specks,
                                 keep_in_air=args.keep_in_air, adapt_noise=not args.no_adapt_noise,
-                                allow_noisy=args.allow_noisy,
+                                allow_noisy=args.allow_noisy, allow_sharp_kernel=args.allow_sharp_kernel,
                                 **{name: getattr(args, name) for name in _RELAXATIONS})
             return _score_tasks(args, stop, counts, tasks, is_batch, scorer, weights, report_dir, summary_path,
                                 png, png_slices)

@@ -725,7 +725,8 @@ def score_validation(ensemble, exams: Iterable[CohortExam], *, slabs: bool = Tru
     pred, ref, pairs, rows = {}, {}, [], []
     for exam in exams:
         loaded = load_exam(exam, slabs=slabs, read_options=read_options)
-        result = run_pipeline(ensemble, loaded.volume, allow_noisy=True, allow_phantom=True, assume_non_contrast=True)
+        result = run_pipeline(ensemble, loaded.volume, allow_noisy=True, allow_phantom=True, assume_non_contrast=True,
+                              allow_sharp_kernel=True)
         truth = compute_scores(loaded.volume.hu, loaded.mask, loaded.volume.spacing)
         pred[exam.exam_id], ref[exam.exam_id] = float(result.scores.agatston), float(truth.agatston)
         pairs.append((np.asarray(result.mask), loaded.mask > 0, loaded.volume))

@@ -84,7 +84,7 @@ def score_exam(path_or_volume, ensemble=None, *, series=None, thin_slices: str =
 
     Raises:
         InputError TOO_SMALL / NOT_HU for a Volume that cannot be an exam (see ``agatax.check_exam``), and
-        what the readers and the pipeline raise (NOT_AXIAL, CONTRAST_ENHANCED, PHANTOM, TOO_NOISY, ...).
+        what the readers and the pipeline raise (NOT_AXIAL, CONTRAST_ENHANCED, PHANTOM, TOO_NOISY, SHARP_KERNEL, ...).
     """
     from agatax.pipeline import run_pipeline
     from agatax.volume import Volume, check_exam

@@ -159,9 +159,13 @@ def _pipeline_kernel(ensemble, hu, spacing, target, threshold_hu, min_pixels, re
 
 def _run(ensemble, volume, spacing, *, strategy, target_mm, threshold_hu, score, localise, min_pixels=3,
          min_area_mm2=None, connectivity=8, bucket=True, allow_phantom=False, assume_non_contrast=False,
-         dense_vote=None, adapt_noise=True, allow_noisy=False):
+         dense_vote=None, adapt_noise=True, allow_noisy=False, allow_sharp_kernel=False):
     if not isinstance(ensemble, Ensemble):
         raise InputError(f"expected an agatax Ensemble; got {type(ensemble).__name__}", code="BAD_ARGUMENT")
+    if isinstance(volume, Volume) and not allow_sharp_kernel:  # a bone or lung kernel: refused (SHARP_KERNEL)
+        from agatax.quality import check_kernel
+
+        check_kernel((volume.metadata or {}).get("kernel"), (volume.metadata or {}).get("manufacturer"))
     # arrays given without a Volume are taken as canonical
     how = (canonical_orientation(volume.affine, source=volume.source) if isinstance(volume, Volume)
            else Reorientation((0, 1, 2), (False, False, False)))
@@ -270,6 +274,7 @@ def segment(
     ensemble: Ensemble, volume, spacing=None, *, strategy: str = "auto", target_mm=None, threshold_hu: float = 130.0,
     localise: bool = True, allow_phantom: bool = False, assume_non_contrast: bool = False,
     dense_vote: float | None = DENSE_VOTE, adapt_noise: bool = True, allow_noisy: bool = False,
+    allow_sharp_kernel: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
     """Calcium mask and vote counts on the original grid (the exam's stored layout).
 
@@ -296,6 +301,8 @@ def segment(
             is. False: the exam as it is.
         allow_noisy: segment an exam whose noise is above ``agatax.quality.refuse_noise_hu`` (65 HU for the
             shipped networks) instead of refusing it (TOO_NOISY).
+        allow_sharp_kernel: segment a Volume whose DICOM kernel is a bone or lung kernel instead of refusing
+            it (SHARP_KERNEL: ``agatax.quality.check_kernel``; arrays carry no kernel and are not checked).
 
     Returns:
         mask bool (z, y, x): the candidates (HU >= threshold_hu, inside the chest region) kept object by
@@ -307,7 +314,7 @@ def segment(
     out, _, _, _ = _run(ensemble, volume, spacing, strategy=strategy, target_mm=target_mm, threshold_hu=threshold_hu,
                         score=False, localise=localise, allow_phantom=allow_phantom,
                         assume_non_contrast=assume_non_contrast, dense_vote=dense_vote, adapt_noise=adapt_noise,
-                        allow_noisy=allow_noisy)
+                        allow_noisy=allow_noisy, allow_sharp_kernel=allow_sharp_kernel)
     return out["mask"], out["votes"]
 
 
@@ -338,6 +345,7 @@ def segment_and_score(
     dense_vote: float | None = DENSE_VOTE,
     adapt_noise: bool = True,
     allow_noisy: bool = False,
+    allow_sharp_kernel: bool = False,
 ) -> dict[str, jax.Array]:
     """Mask, votes and scores: {"mask", "votes", "scores": {"agatston", "volume_mm3", "lesions"}}.
 
@@ -352,7 +360,7 @@ def segment_and_score(
         ensemble, volume, spacing, strategy=strategy, target_mm=target_mm, threshold_hu=threshold_hu,
         score=where == "device", localise=localise, min_pixels=min_pixels, min_area_mm2=min_area_mm2, connectivity=connectivity,
         allow_phantom=allow_phantom, assume_non_contrast=assume_non_contrast, dense_vote=dense_vote,
-        adapt_noise=adapt_noise, allow_noisy=allow_noisy,
+        adapt_noise=adapt_noise, allow_noisy=allow_noisy, allow_sharp_kernel=allow_sharp_kernel,
     )
     out = {k: v for k, v in out.items() if k != "smoothing"}
     if where == "host":
@@ -436,6 +444,7 @@ def run_pipeline(
     dense_vote: float | None = DENSE_VOTE,
     adapt_noise: bool = True,
     allow_noisy: bool = False,
+    allow_sharp_kernel: bool = False,
 ) -> PipelineResult:
     """Segment an exam and score it on the host with the exact lesion table (``agatax.compute_scores``).
 
@@ -453,12 +462,15 @@ def run_pipeline(
     ``Volume``'s ``slice_thickness``, else the increment) is outside 2.5-3.5 mm (the Agatston score: 3 mm).
     ``adapt_noise``: as :func:`segment`; a note says when the networks saw the exam smoothed
     (``result.input_smoothing_mm``). ``allow_noisy``: score an exam far noisier than the training (else
-    TOO_NOISY is raised: ``agatax.quality.check_noise``), with the noise warning.
+    TOO_NOISY is raised: ``agatax.quality.check_noise``), with the noise warning. ``allow_sharp_kernel``: score
+    a Volume reconstructed with a bone or lung kernel (else SHARP_KERNEL is raised: ``agatax.quality.check_kernel``);
+    a kernel sharper than calcium scoring's is warned (``agatax.quality.kernel_note``).
     """
     out, hu, spacing, chest = _run(ensemble, volume, spacing, strategy=strategy, target_mm=target_mm,
                                    threshold_hu=threshold_hu, score=False, localise=localise,
                                    allow_phantom=allow_phantom, assume_non_contrast=assume_non_contrast,
-                                   dense_vote=dense_vote, adapt_noise=adapt_noise, allow_noisy=allow_noisy)
+                                   dense_vote=dense_vote, adapt_noise=adapt_noise, allow_noisy=allow_noisy,
+                                   allow_sharp_kernel=allow_sharp_kernel)
     from agatax.scoring import compute_scores
 
     hu = np.asarray(hu)  # the host copy the metal rule, the noise and the scores share
@@ -470,14 +482,16 @@ def run_pipeline(
     if air_share is not None:
         mask, votes, in_air = exclude_in_air(hu, mask, votes, spacing, air_share=air_share)
         notes = tuple(notes) + in_air
-    from agatax.quality import noise_note, smoothing_note, thickness_note, too_noisy_note
+    from agatax.quality import kernel_note, noise_note, smoothing_note, thickness_note, too_noisy_note
 
     noise = out["smoothing"][1]  # measured once, on the canonical axial slices
     if noise_snr is not None:
         mask, votes, specks = exclude_noise_level(hu, mask, votes, spacing, noise, snr=noise_snr)
         notes = tuple(notes) + specks
     thickness = volume.slice_thickness if isinstance(volume, Volume) else None
-    notes = (tuple(notes) + noise_note(noise, ensemble.config.trained_noise_hu)
+    meta = (volume.metadata or {}) if isinstance(volume, Volume) else {}
+    notes = (tuple(notes) + kernel_note(meta.get("kernel"), meta.get("manufacturer"))
+             + noise_note(noise, ensemble.config.trained_noise_hu)
              + too_noisy_note(noise, ensemble.config.trained_noise_hu) + smoothing_note(*out["smoothing"])
              + thickness_note(thickness, spacing[0]))
     if chest is not None and chest.contrast_enhanced:  # only here when assumed non-contrast

@@ -18,7 +18,8 @@ import numpy as np
 
 __all__ = ["image_noise_hu", "local_noise_hu", "noise_note", "thickness_note", "input_smoothing_mm", "smoothing_note",
            "refuse_noise_hu", "check_noise", "too_noisy_note", "TRAINED_NOISE_HU", "AGATSTON_THICKNESS_MM",
-           "SMOOTH_TARGET_SHARE", "SMOOTH_MAX_MM", "REFUSE_NOISE_SHARE", "kernel_note", "SHARP_KERNEL_WORDS"]
+           "SMOOTH_TARGET_SHARE", "SMOOTH_MAX_MM", "REFUSE_NOISE_SHARE", "kernel_note", "SHARP_KERNEL_WORDS",
+           "REFUSE_KERNEL_WORDS", "kernel_sharpness", "check_kernel"]
 
 #: Noise SD (HU) the shipped networks were trained on (agatax/weights/MODEL_CARD.md).
 TRAINED_NOISE_HU = (10.0, 40.0)
@@ -249,34 +250,76 @@ def too_noisy_note(noise_hu: float | None, trained_hu: tuple[float, float] = TRA
 #: LUNG, BONE, BONEPLUS, EDGE and DETAIL, and SHARP; STANDARD, SOFT and the like name none. GE's CHEST is not
 #: listed (its place among GE's kernels was not checked).
 SHARP_KERNEL_WORDS = ("LUNG", "BONE", "BONEPLUS", "EDGE", "DETAIL", "SHARP")
-_SIEMENS_SHARP_FROM = 45  # Siemens' kernels carry their sharpness in two digits (B35f, Qr36: calcium scoring)
+#: Of those, the bone and lung kernels, whose exams are refused (SHARP_KERNEL) unless allowed; DETAIL, a
+#: medium-sharp kernel, is warned.
+REFUSE_KERNEL_WORDS = ("LUNG", "BONE", "BONEPLUS", "EDGE", "SHARP")
+#: Siemens' kernels carry their sharpness in two digits (B35f, Qr36: calcium scoring; B30-B40 the standard body
+#: kernels; B50-B80 and the bone / lung kernels sharper): warned from 45, refused from 60 (B60f-B80f, Br64, I70f).
+SIEMENS_WARN_FROM, SIEMENS_REFUSE_FROM = 45, 60
 
 
-def kernel_note(kernel: str | None, manufacturer: str | None = None) -> tuple[str, ...]:
-    """A warning when the DICOM ConvolutionKernel names a kernel sharper than calcium scoring's, else nothing.
+def kernel_sharpness(kernel: str | None, manufacturer: str | None = None) -> int:
+    """How sharp the DICOM ConvolutionKernel says it is: 0 (calcium scoring's or not read), 1 (sharper: warned),
+    2 (a bone or lung kernel: refused by :func:`check_kernel`).
 
-    Only names that say so are read: a word of ``SHARP_KERNEL_WORDS`` (any vendor), or on a Siemens scanner
-    (``manufacturer``; an anonymised header without it gets no warning) a kernel whose two digits are 45 or
-    more (B45f-B80f, Br49, Bl57, I70f; calcium scoring uses B35f, Qr36, Sa36). Other vendors' codes (Philips
-    letters, Canon FC numbers) are not interpreted. The command line (``agatax score``, ``agatax.cli.score_exam``)
-    adds it to an exam's warnings; ``run_pipeline`` does not read the header. Sharp kernels make
-    the score read high: edges overshoot, the same calcium scores higher and the networks mark edges
-    (experiments/RESULTS.md, twenty-eighth session: synthetic exams sharpened in-plane read 0.84-0.62
-    accuracy against 0.94, all but one error upward)."""
+    Only names that say so are read: a word of ``SHARP_KERNEL_WORDS`` (any vendor; ``REFUSE_KERNEL_WORDS``
+    refused), or a Siemens kernel's two digits (``SIEMENS_WARN_FROM``, ``SIEMENS_REFUSE_FROM``), read when
+    ``manufacturer`` names Siemens or is unknown (an anonymised header) and the name has Siemens' form (one
+    capital, at most one small letter, two digits: B70f, Br64d, I70f; Canon's FC52 has not). Other vendors'
+    codes (Philips letters, Canon FC numbers) are not interpreted."""
     import re
 
     if not kernel:
+        return 0
+    tokens = [t for t in re.split(r"[^A-Za-z0-9]+", str(kernel)) if t]
+    words = {t.upper() for t in tokens}
+    level = 2 if words & set(REFUSE_KERNEL_WORDS) else 1 if words & set(SHARP_KERNEL_WORDS) else 0
+    maker = str(manufacturer or "").strip().upper()
+    if not maker or "SIEMENS" in maker:
+        for t in tokens:
+            m = re.fullmatch(r"[A-Z][a-z]?(\d{2})[a-z]?", t)
+            if m:
+                index = int(m.group(1))
+                level = max(level, 2 if index >= SIEMENS_REFUSE_FROM else 1 if index >= SIEMENS_WARN_FROM else 0)
+    return level
+
+
+_SHARP_EFFECT = ("edges overshoot, so the same calcium scores higher and the networks mark edges; the score reads "
+                 "high")
+_SCORING_RECON = "the calcium-scoring reconstruction (3 mm, standard soft-tissue kernel: Siemens B35f / Qr36, GE STANDARD)"
+
+
+def check_kernel(kernel: str | None, manufacturer: str | None = None) -> None:
+    """Refuse (``InputError``, code ``SHARP_KERNEL``) an exam whose DICOM kernel is a bone or lung kernel
+    (:func:`kernel_sharpness` 2): the true calcium's own Agatston rises and the networks mark edges (synthetic
+    exams sharpened in-plane by an unsharp mask of gain 1: accuracy 0.62 against 0.94, the true mask's
+    Agatston x1.31; experiments/RESULTS.md, twenty-eighth session); nothing otherwise."""
+    if kernel_sharpness(kernel, manufacturer) < 2:
+        return
+    from agatax.errors import InputError
+
+    raise InputError(
+        f"reconstructed with {kernel}, a bone or lung kernel: {_SHARP_EFFECT} (synthetic exams this sharp read "
+        "0.62 accuracy against 0.94), so no score is given", code="SHARP_KERNEL",
+        hint=f"score {_SCORING_RECON} of the same acquisition; allow_sharp_kernel=True (--allow-sharp-kernel) "
+        "scores this one anyway, with a warning")
+
+
+def kernel_note(kernel: str | None, manufacturer: str | None = None, *, past_refusal: bool = True) -> tuple[str, ...]:
+    """The warning of an exam whose DICOM ConvolutionKernel is sharper than calcium scoring's
+    (:func:`kernel_sharpness` 1, or 2: then, with ``past_refusal``, it says the exam was scored past
+    :func:`check_kernel` on request; a given mask is not refused), else nothing. Sharp
+    kernels make the score read high (experiments/RESULTS.md, twenty-eighth session: synthetic exams sharpened
+    in-plane read 0.84-0.62 accuracy against 0.94, all but one error upward). ``run_pipeline`` adds it for a
+    ``Volume`` that names its kernel; ``agatax score --mask`` too."""
+    level = kernel_sharpness(kernel, manufacturer)
+    if level == 0:
         return ()
-    tokens = [t for t in re.split(r"[^A-Za-z0-9]+", str(kernel).upper()) if t]
-    sharp = [t for t in tokens if t in SHARP_KERNEL_WORDS]
-    if not sharp and "SIEMENS" in str(manufacturer or "").upper():
-        sharp = [t for t in tokens if (m := re.fullmatch(r"[A-Z]{1,2}(\d{2})[A-Z]?", t))
-                 and int(m.group(1)) >= _SIEMENS_SHARP_FROM]
-    if not sharp:
-        return ()
-    return (f"sharp kernel: reconstructed with {kernel}, sharper than the calcium-scoring standard: edges "
-            "overshoot, so the same calcium scores higher and the networks mark edges; the score reads high. "
-            "Score the calcium-scoring reconstruction (3 mm, standard soft-tissue kernel)",)
+    if level == 2 and past_refusal:
+        return (f"sharp kernel, scored on request: reconstructed with {kernel}, a bone or lung kernel that agatax "
+                f"refuses (SHARP_KERNEL): {_SHARP_EFFECT}. Score {_SCORING_RECON}",)
+    return (f"sharp kernel: reconstructed with {kernel}, sharper than the calcium-scoring standard: {_SHARP_EFFECT}. "
+            f"Score {_SCORING_RECON}",)
 
 
 def thickness_note(thickness_mm: float | None, increment_mm: float | None = None) -> tuple[str, ...]:

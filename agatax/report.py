@@ -511,9 +511,10 @@ def left_out_slices(left_out: np.ndarray) -> list[int]:
 #: Warnings saying the category rests on objects that may not be calcium, named in the picture's title.
 _RESTING_WARNINGS = (("dense:", "stent-dense objects"), ("beside metal:", "objects beside metal"))
 #: The warnings of an exam scored on request past one of the pipeline's refusals (TOO_NOISY, PHANTOM,
-#: CONTRAST_ENHANCED): the picture's title says so, as the score may be far from the truth; agatax train's
-#: validation rows list them (``agatax.cohort.score_validation``).
-PAST_REFUSAL = (("too noisy:", "too noisy"), ("phantom:", "a phantom"), ("contrast:", "contrast-enhanced"))
+#: CONTRAST_ENHANCED, SHARP_KERNEL): the picture's title says so, as the score may be far from the truth;
+#: agatax train's validation rows list them (``agatax.cohort.score_validation``).
+PAST_REFUSAL = (("too noisy:", "too noisy"), ("phantom:", "a phantom"), ("contrast:", "contrast-enhanced"),
+                ("sharp kernel, scored on request", "a bone or lung kernel"))
 
 def render_png(
     path: str | os.PathLike,

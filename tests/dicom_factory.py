@@ -78,6 +78,8 @@ def ct_slice(
     padding: int | None = None,
     trigger_time: float | None = None,
     sop_class: str = CTImageStorage,
+    kernel: str = "FC12",
+    manufacturer: str | None = None,
 ) -> Dataset:
     """One single-frame image dataset holding ``stored`` (rows, cols) int16 values."""
     ds = _base(sop_class, series_uid=series_uid, study_uid=study_uid, modality=modality)
@@ -92,7 +94,9 @@ def ct_slice(
     if thickness is not None:
         ds.SliceThickness = f"{thickness:g}"
     ds.KVP = "120"
-    ds.ConvolutionKernel = "FC12"
+    ds.ConvolutionKernel = kernel
+    if manufacturer is not None:
+        ds.Manufacturer = manufacturer
     ds.RescaleSlope = f"{slope:g}"
     ds.RescaleIntercept = f"{intercept:g}"
     if padding is not None:

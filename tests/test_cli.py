@@ -804,6 +804,40 @@ def test_an_exam_far_noisier_than_the_training_is_refused_with_its_code_unless_a
     assert '"allow_noisy": true' in json.dumps(result)
 
 
+def test_a_bone_or_lung_kernel_is_refused_with_its_code_unless_allowed(cohort, tmp_path, capsys):
+    """A series whose header names GE's LUNG kernel: exit 2 and one SHARP_KERNEL line naming the way out;
+    --allow-sharp-kernel scores it (exit 0) with the warning that says so (the SR's WARNING-KERNEL) and records
+    the option; a given mask is scored with the milder warning, not refused; DETAIL is scored, warned."""
+    rng = np.random.default_rng(6)
+    z, y, x = np.mgrid[0:8, 0:64, 0:64]
+    hu = np.where(np.hypot(y - 32, x - 32) < 28, 40.0, -1000.0) + rng.normal(0, 15.0, (8, 64, 64))
+    hu[3:5, 30:33, 30:33] = 400.0
+    factory.write_series(tmp_path / "lung", np.round(hu), spacing=(3.0, 0.7, 0.7), thickness=3.0, kernel="LUNG",
+                         manufacturer="GE MEDICAL SYSTEMS")
+    factory.write_series(tmp_path / "detail", np.round(hu), spacing=(3.0, 0.7, 0.7), thickness=3.0, kernel="DETAIL")
+    args = ["score", str(tmp_path / "lung"), "--no-server", "--no-localise", "--weights", str(cohort / "tiny.msgpack")]
+    assert main(args) == 2
+    _one_error_line(capsys, "SHARP_KERNEL")
+    assert main(args + ["--allow-sharp-kernel", "--json", "-"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    (warned,) = [w for w in result["warnings"] if w.startswith("sharp kernel")]
+    assert warned.startswith("sharp kernel, scored on request: reconstructed with LUNG,")
+    assert warning_code(warned)[0] == "WARNING-KERNEL"
+    assert '"allow_sharp_kernel": true' in json.dumps(result)
+    np.save(tmp_path / "mask.npy", (hu >= 130).astype(np.uint8))
+    assert main(["score", str(tmp_path / "lung"), "--no-server", "--mask", str(tmp_path / "mask.npy"),
+                 "--json", "-"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["agatston"] > 0
+    assert [w.split(",")[0] for w in result["warnings"] if w.startswith("sharp kernel")] == [
+        "sharp kernel: reconstructed with LUNG"]
+    assert main(["score", str(tmp_path / "detail"), "--no-server", "--no-localise", "--weights",
+                 str(cohort / "tiny.msgpack"), "--json", "-"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [w.split(",")[0] for w in result["warnings"] if w.startswith("sharp kernel")] == [
+        "sharp kernel: reconstructed with DETAIL"]
+
+
 def test_the_result_names_the_reconstruction_kernel_and_tube_voltage(exam, tmp_path, capsys):
     """The JSON carries the DICOM ConvolutionKernel and KVP the factory wrote (FC12, 120) and the text report a
     ``scan:`` line with them; a NIfTI of the same exam has neither (null, no line)."""

@@ -263,7 +263,7 @@ def test_every_warning_the_pipeline_writes_has_its_own_sr_code():
     from agatax.cli import _exam_warnings
     from agatax.dicom_report import warning_code
     from agatax.pipeline import beside_metal_note, dense_note, exclude_in_air, exclude_metal, exclude_noise_level
-    from agatax.quality import noise_note, thickness_note
+    from agatax.quality import kernel_note, noise_note, thickness_note
     from agatax.scoring import compute_scores
 
     hu = np.full((6, 40, 40), 40.0, np.float32)
@@ -290,11 +290,11 @@ def test_every_warning_the_pipeline_writes_has_its_own_sr_code():
     kvp, series = _exam_warnings(chosen, None)
     assert "1 other series in the folder not scored" in series
     notes.update({"WARNING-KVP": (kvp,), "WARNING-SERIES": (series,)})
-    (kernel,) = _exam_warnings(Volume(hu, spacing, metadata={"kernel": "LUNG", "manufacturer": "GE"}), None)
-    notes["WARNING-KERNEL"] = (kernel,)
+    notes["WARNING-KERNEL"] = kernel_note("LUNG", "GE")  # scored past the refusal on request
+    notes["WARNING-KERNEL-MILD"] = kernel_note("DETAIL", "GE")  # warned
     for code, produced in notes.items():
         assert len(produced) == 1, code
-        assert warning_code(produced[0])[0] == code
+        assert warning_code(produced[0])[0] == code.replace("-MILD", "")
     assert warning_code("something new")[0] == "WARNING-OTHER"
 
 

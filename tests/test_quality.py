@@ -217,22 +217,79 @@ def test_noise_is_measured_alike_on_a_device_array():
     assert image_noise_hu(jnp.asarray(hu), SPACING, jnp.asarray(region)) == image_noise_hu(hu, SPACING, region)
 
 
-@pytest.mark.parametrize("kernel,maker,sharp", [
-    ("LUNG", "GE MEDICAL SYSTEMS", True), ("BONEPLUS", "GE", True), ("EDGE", None, True), ("DETAIL", "GE", True),
-    ("STANDARD", "GE MEDICAL SYSTEMS", False), ("SOFT", "GE", False), ("sharp body", "X", True),
-    ("B35f", "SIEMENS", False), ("Qr36d\\3", "Siemens Healthineers", False), ("Br40d", "SIEMENS", False),
-    ("B45f", "SIEMENS", True), ("Br64d\\3", "SIEMENS", True), ("I70f", "Siemens", True),
-    ("B60f", "GE", False),  # Siemens' digits are read on Siemens scanners only
-    ("FC12", "TOSHIBA", False), ("FC52", "CANON", False), ("B", "Philips", False), ("L", "Philips", False),
-    (None, "SIEMENS", False), ("", None, False),
+@pytest.mark.parametrize("kernel,maker,level", [
+    ("LUNG", "GE MEDICAL SYSTEMS", 2), ("BONEPLUS", "GE", 2), ("EDGE", None, 2), ("BONE", "GE", 2),
+    ("DETAIL", "GE", 1), ("STANDARD", "GE MEDICAL SYSTEMS", 0), ("SOFT", "GE", 0), ("sharp body", "X", 2),
+    ("B35f", "SIEMENS", 0), ("Qr36d\\3", "Siemens Healthineers", 0), ("Br40d", "SIEMENS", 0),
+    ("B45f", "SIEMENS", 1), ("B50f", "SIEMENS", 1), ("Br59d", "SIEMENS", 1),
+    ("B60f", "SIEMENS", 2), ("Br64d\\3", "SIEMENS", 2), ("I70f", "Siemens", 2), ("B80f", "SIEMENS", 2),
+    ("B60f", "GE", 0),  # Siemens' digits are not read on another maker's scanner
+    ("B70f", None, 2), ("B70f", "", 2), ("Br40d", None, 0), ("B46f", "  ", 1),  # anonymised: Siemens' form is read
+    ("FC12", "TOSHIBA", 0), ("FC52", "CANON", 0), ("FC52", None, 0), ("B", "Philips", 0), ("L", "Philips", 0),
+    ("YB", None, 0), (None, "SIEMENS", 0), ("", None, 0),
 ])
-def test_kernel_note_names_only_kernels_whose_name_says_sharp(kernel, maker, sharp):
-    from agatax.quality import kernel_note
+def test_kernel_sharpness_reads_only_kernels_whose_name_says_sharp(kernel, maker, level):
+    """Levels by hand from each vendor's naming: GE's words, Siemens' two digits (warned from 45, refused from
+    60; read on Siemens scanners and on anonymised headers), other vendors' codes not read. The note and the
+    refusal follow the level."""
+    from agatax.errors import InputError
+    from agatax.quality import check_kernel, kernel_note, kernel_sharpness
 
+    assert kernel_sharpness(kernel, maker) == level
     notes = kernel_note(kernel, maker)
-    assert bool(notes) == sharp
-    if sharp:
+    assert len(notes) == (level > 0)
+    if level == 1:
         assert notes[0].startswith(f"sharp kernel: reconstructed with {kernel},") and "reads high" in notes[0]
+    if level == 2:
+        assert notes[0].startswith(f"sharp kernel, scored on request: reconstructed with {kernel},")
+        assert "SHARP_KERNEL" in notes[0] and "reads high" in notes[0]
+        with pytest.raises(InputError) as err:
+            check_kernel(kernel, maker)
+        assert err.value.code == "SHARP_KERNEL" and str(kernel) in err.value.message
+        assert "allow_sharp_kernel=True" in err.value.hint and "--allow-sharp-kernel" in err.value.hint
+    else:
+        check_kernel(kernel, maker)
+
+
+def test_a_volume_reconstructed_with_a_bone_or_lung_kernel_is_refused_unless_allowed():
+    """A Volume whose header names B70f (Siemens): run_pipeline, segment and segment_and_score refuse it
+    (SHARP_KERNEL); allow_sharp_kernel=True scores it with the warning that says so; DETAIL is scored with the
+    milder warning; the same HU as a bare array (no header) is not checked; B35f draws no kernel warning."""
+    import jax
+    import jax.numpy as jnp
+
+    from agatax import Volume
+    from agatax.ensemble import stack_members
+    from agatax.errors import InputError
+    from agatax.model import UNet, UNetConfig
+    from agatax.pipeline import run_pipeline, segment, segment_and_score
+
+    tiny = UNetConfig.tiny()
+    variables = [UNet(tiny).init(jax.random.key(s), jnp.zeros((1, 8, 8, 8, 1))) for s in range(3)]
+    ensemble = stack_members(variables, tiny)
+    rng = np.random.default_rng(5)
+    hu = (_body((8, 64, 64)) + rng.normal(0, 20.0, (8, 64, 64))).astype(np.float32)
+
+    def volume(kernel):
+        return Volume(hu, (3.0, 0.7, 0.7), metadata={"kernel": kernel, "manufacturer": "SIEMENS"})
+
+    sharp = volume("B70f")
+    calls = (lambda v, **k: run_pipeline(ensemble, v, localise=False, **k),
+             lambda v, **k: segment(ensemble, v, localise=False, **k),
+             lambda v, **k: segment_and_score(ensemble, v, localise=False, **k))
+    for call in calls:
+        with pytest.raises(InputError) as err:
+            call(sharp)
+        assert err.value.code == "SHARP_KERNEL" and "B70f" in err.value.message
+        call(sharp, allow_sharp_kernel=True)
+        call(hu, spacing=(3.0, 0.7, 0.7))  # an array carries no kernel
+    notes = run_pipeline(ensemble, sharp, localise=False, allow_sharp_kernel=True).notes
+    (past,) = [n for n in notes if n.startswith("sharp kernel")]
+    assert past.startswith("sharp kernel, scored on request: reconstructed with B70f,")
+    notes = run_pipeline(ensemble, Volume(hu, (3.0, 0.7, 0.7), metadata={"kernel": "DETAIL"}), localise=False).notes
+    (warned,) = [n for n in notes if n.startswith("sharp kernel")]
+    assert warned.startswith("sharp kernel: reconstructed with DETAIL,")
+    assert not any(n.startswith("sharp kernel") for n in run_pipeline(ensemble, volume("B35f"), localise=False).notes)
 
 
 @pytest.mark.parametrize("thickness,expect", [
