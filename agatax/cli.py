@@ -131,6 +131,26 @@ def files_fingerprint(path: str | os.PathLike) -> str:
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
 
 
+def source_fingerprint(root: str | os.PathLike) -> str:
+    """sha256 (16 hex) of the Python sources under ``root`` (relative names and contents, sorted)."""
+    root, digest = Path(root), hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+_CODE: list[str] = []
+
+
+def code_fingerprint() -> str:
+    """:func:`source_fingerprint` of the installed agatax package: a batch re-run keeps an earlier report only
+    when the code that made it is this code, not only the same version number (reports made before a change
+    of rules, e.g. a new refusal, are scored again)."""
+    if not _CODE:
+        _CODE.append(source_fingerprint(Path(__file__).parent))
+    return _CODE[0]
+
+
 def weights_identity(path: str | os.PathLike | None) -> str:
     """``<file name> sha256:<12 hex>`` of an ensemble file (None: the shipped default, named "default")."""
     from agatax.defaults import default_weights_path
@@ -780,11 +800,12 @@ def _provenance(task, scorer: ExamScorer, weights: str | None) -> dict[str, Any]
     from agatax import __version__
 
     return {"source": str(Path(task.path).expanduser().resolve()), "files": files_fingerprint(task.path),
-            "options": scorer.options(), "weights": weights, "agatax_version": __version__}
+            "options": scorer.options(), "weights": weights, "agatax_version": __version__,
+            "agatax_code": code_fingerprint()}
 
 
 _PROVENANCE_NAMES = {"source": "source path", "files": "input files", "weights": "weights",
-                     "agatax_version": "agatax version"}
+                     "agatax_version": "agatax version", "agatax_code": "agatax code"}
 
 
 def _changed(old: Any, new: dict[str, Any]) -> str | None:

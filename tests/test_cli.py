@@ -565,6 +565,34 @@ def test_rerun_with_other_options_or_another_exam_is_scored_again(tmp_path, caps
     assert main(base + ["--calibration", "0.001"]) == 0
     assert "re-scored: input files changed" in capsys.readouterr().out
     assert json.loads((report / "exam1.json").read_text())["agatston"] == pytest.approx(_agatston(350.0))
+    # a report made by other agatax code (here: by a version that did not record its code) is scored again
+    saved = json.loads((report / "exam1.json").read_text())
+    del saved["provenance"]["agatax_code"]
+    (report / "exam1.json").write_text(json.dumps(saved))
+    assert main(base + ["--calibration", "0.001"]) == 0
+    assert "re-scored: agatax code changed" in capsys.readouterr().out
+    assert main(base + ["--calibration", "0.001"]) == 0
+    assert "results kept from an earlier run" in capsys.readouterr().out
+
+
+def test_the_code_fingerprint_follows_the_python_sources(tmp_path):
+    """source_fingerprint changes when a source's contents or name change, not for other files; the
+    installed package's is the fingerprint of agatax's own folder."""
+    import agatax
+    from agatax.cli import code_fingerprint, source_fingerprint
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.py").write_text("A = 1\n")
+    (tmp_path / "sub" / "b.py").write_text("B = 2\n")
+    first = source_fingerprint(tmp_path)
+    (tmp_path / "notes.txt").write_text("not code")
+    assert source_fingerprint(tmp_path) == first
+    (tmp_path / "a.py").write_text("A = 3\n")
+    second = source_fingerprint(tmp_path)
+    assert second != first
+    (tmp_path / "sub" / "b.py").rename(tmp_path / "sub" / "c.py")
+    assert source_fingerprint(tmp_path) not in (first, second)
+    assert code_fingerprint() == source_fingerprint(Path(agatax.__file__).parent)
 
 
 def test_same_folder_names_and_non_ascii_names_in_one_batch(cohort, tmp_path, capsys):
