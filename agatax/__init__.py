@@ -5,7 +5,7 @@ start without JAX); implementation modules are free to change.
 Data flows one way: files -> Volume -> chest localisation -> (preprocess -> ensemble -> postprocess) -> mask -> scores -> report.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 import importlib
 import sys

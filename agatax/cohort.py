@@ -713,7 +713,7 @@ def score_validation(ensemble, exams: Iterable[CohortExam], *, slabs: bool = Tru
     """Score validation exams with ``ensemble`` (the whole pipeline, as ``agatax score``) against their
     reference masks: category accuracy, C-index (on the categories), lesion detection (sensitivity, PPV,
     F1), and per exam the predicted and reference Agatston scores. Exams ``agatax score`` would refuse (too
-    noisy, a phantom, contrast-enhanced) are scored all the same, with their warnings in the row: validation
+    noisy, a phantom, contrast-enhanced, a bone or lung kernel) are scored all the same, with their warnings in the row: validation
     measures the ensemble."""
     from agatax.evaluate import evaluate_masks, evaluate_scores
     from agatax.pipeline import run_pipeline

@@ -198,3 +198,15 @@ def test_score_exam_refuses_volumes_that_are_not_exams(make, code):
     with pytest.raises(InputError) as err:
         score_exam(make(v))
     assert err.value.code == code
+
+
+def test_the_package_version_is_the_one_pyproject_declares():
+    """agatax.__version__ (written into reports, SRs and SEGs) is the version pip installs: one number."""
+    import re
+    from pathlib import Path
+
+    import agatax
+
+    text = (Path(agatax.__file__).parents[1] / "pyproject.toml").read_text(encoding="utf-8")
+    (declared,) = re.findall(r'(?m)^version = "([^"]+)"$', text)
+    assert agatax.__version__ == declared

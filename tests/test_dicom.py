@@ -164,10 +164,12 @@ def test_non_images_are_skipped_with_reasons(tmp_path):
 def test_multiple_series_listed_then_chosen(tmp_path):
     a, b = planted(10), planted(11, (4, 10, 12))
     factory.write_series(tmp_path / "a", a, series_uid="1.2.3.100", description="Ca score 3mm", series_number=3)
-    factory.write_series(tmp_path / "b", b, series_uid="1.2.3.200", description="Lung 1mm", series_number=7)
+    factory.write_series(tmp_path / "b", b, series_uid="1.2.3.200", description="Lung 1mm", series_number=7,
+                         kernel="B70f", manufacturer="SIEMENS")
     err = read_error(tmp_path)
     assert err.code == "MULTIPLE_SERIES"
-    for text in ("1.2.3.100", "1.2.3.200", "Ca score 3mm", "Lung 1mm", "6 slices", "4 slices"):
+    for text in ("1.2.3.100", "1.2.3.200", "Ca score 3mm", "Lung 1mm", "6 slices", "4 slices", "kernel FC12)",
+                 "kernel B70f (bone or lung kernel)"):
         assert text in err.message
     assert "series=" in err.hint
     for choice, expected in (("1.2.3.200", b), ("1.2.3.1", a), (7, b), ("ca score 3mm", a)):

@@ -38,9 +38,17 @@ class Series:
         return self.first.series_uid
 
     def label(self) -> str:
-        """One line naming the series: UID, number, description, slice count, size."""
+        """One line naming the series: UID, number, description, slice count, size, thickness and kernel (a bone
+        or lung kernel, refused when scored, marked so: ``agatax.quality.kernel_sharpness``)."""
+        from agatax.io.dicom import _text
+        from agatax.quality import kernel_sharpness
+
         r = self.first
         thickness = f", {r.thickness:g} mm" if r.thickness else ""
+        kernel = _text(r.header.get("ConvolutionKernel")) if r.header is not None else ""
+        if kernel:
+            sharp = kernel_sharpness(str(kernel), str(r.header.get("Manufacturer", "") or ""))
+            thickness += f", kernel {kernel}" + (" (bone or lung kernel)" if sharp == 2 else "")
         return (
             f"{r.series_uid} (#{r.series_number or '?'} '{r.description}', {r.modality or '?'}, "
             f"{len(self.records)} slices of {r.rows}x{r.cols}{thickness})"
