@@ -1060,3 +1060,27 @@ def test_sharp_kernel_experiment_raises_white_noise_by_the_unsharp_masks_own_gai
         assert np.std(out[:, 20:-20, 20:-20]) == pytest.approx(30.0 * gain, rel=0.02)
         np.testing.assert_array_equal(out, np.round(out))
     np.testing.assert_array_equal(sharp_kernel.sharpen(np.full((2, 40, 40), 57.0), spacing, 1.5), 57.0)
+
+
+def test_a_table_under_the_patient_changes_only_air_behind_the_back():
+    """table=True draws a foam pad and a carbon-fibre table top below the back: the same patient, calcium and
+    score as without it; the voxels that differ were air and lie behind the body's lowest point (less the
+    table's curve); the table's skins (distractor code 11) read as dense as a thin plate blurred (100 HU or
+    more), the pad between the back and the table as foam (-950 to -700 HU)."""
+    from agatax.synthetic import DISTRACTOR_CODES
+
+    plain = generate_exam(4, target_category="C", protocol="chest", matrix=256, n_slices=12)
+    table = generate_exam(4, target_category="C", protocol="chest", matrix=256, n_slices=12, table=True)
+    assert table.agatston == plain.agatston and np.array_equal(table.mask, plain.mask)
+    changed = table.volume.hu != plain.volume.hu
+    assert changed.any() and (plain.volume.hu[changed] < -850).all()
+    body_rows = np.nonzero((plain.volume.hu > -500).any(axis=(0, 2)))[0]
+    changed_rows = np.nonzero(changed.any(axis=(0, 2)))[0]
+    lift = 250.0 ** 2 / (2 * 1200.0) / plain.volume.spacing[1]  # the most the table curves up within the image
+    assert changed_rows.min() >= body_rows.max() - lift
+    skins = table.distractor_mask == DISTRACTOR_CODES["table"]
+    assert skins.any() and np.median(table.volume.hu[skins]) >= 100.0
+    assert not (plain.distractor_mask == DISTRACTOR_CODES["table"]).any()
+    col = table.volume.hu.shape[2] // 2  # below the back, above the table top: the pad
+    below = table.volume.hu[:, body_rows.max() + 3, col]
+    assert (-950 <= np.median(below) <= -700)

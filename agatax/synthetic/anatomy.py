@@ -50,7 +50,10 @@ class ScannerParams:
     near its centre; 0.3 fits its whole-body anisotropy, which comes from streaks along its edge:
     experiments/REALISM.md), a stress test, not drawn: 0 unless given; noise_profile: the noise SD across
     each slice is noise_sigma_hu x (1 + noise_profile (r / R)^2), r from the image centre, R half the field of
-    view (``exam.noise_profile_map``; the real phantom's edge is ~1.3x its centre), a stress test, not drawn: 0 unless given.
+    view (``exam.noise_profile_map``; the real phantom's edge is ~1.3x its centre), a stress test, not drawn: 0 unless given;
+    table: the patient lies on a foam pad on the scanner's table (a carbon-fibre sandwich: two dense skins
+    round a foam core), drawn below the back where the field of view reaches it (``exam._add_table``), not
+    drawn: False unless given.
     """
 
     matrix: int
@@ -67,6 +70,7 @@ class ScannerParams:
     padding_hu: float | None = None
     noise_streak: float = 0.0
     noise_profile: float = 0.0
+    table: bool = False
 
     @property
     def pixel_mm(self) -> float:
@@ -120,10 +124,11 @@ def sample_scanner(rng: np.random.Generator, **given) -> ScannerParams:
     padding = None if padding is None else float(padding)
     streak = float(given.pop("noise_streak", 0.0))
     profile = float(given.pop("noise_profile", 0.0))
+    table = bool(given.pop("table", False))
     if given:
         raise TypeError(f"unknown scanner parameter(s): {sorted(given)}")
     return ScannerParams(matrix, fov, inc, thick, n, noise, sharp, offset, center, kvp, protocol,  # type: ignore[arg-type]
-                         padding, streak, profile)
+                         padding, streak, profile, table)
 
 
 @dataclasses.dataclass(frozen=True)

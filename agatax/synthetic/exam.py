@@ -28,14 +28,15 @@ CATEGORIES = ("A", "B", "C", "D", "E")
 CATEGORY_TARGETS = {"A": (0.0, 0.0), "B": (1.0, 9.0), "C": (14.0, 90.0), "D": (115.0, 380.0), "E": (430.0, 2500.0)}
 REAL_WORLD_MIX = {"A": 0.45, "B": 0.15, "C": 0.18, "D": 0.12, "E": 0.10}
 DISTRACTOR_CODES = {"bone": 1, "aortic_wall": 2, "aortic_valve": 3, "mitral_annulus": 4, "costal_cartilage": 5,
-                    "lymph_node": 6, "pericardium": 7, "metal": 8, "aortic_root": 9, "lung_granuloma": 10}
+                    "lymph_node": 6, "pericardium": 7, "metal": 8, "aortic_root": 9, "lung_granuloma": 10,
+                    "table": 11}
 ARTERY_NAMES = {v: k for k, v in ARTERY_CODES.items()}
 FOOTPRINT_HU = 20.0  # a calcification's neighbourhood: where it adds at least this many HU
 _ARTERY_P = {"LAD": 0.42, "RCA": 0.26, "LCX": 0.20, "LM": 0.12}
 _BRANCH_P = {"LAD": 0.25, "LCX": 0.35, "RCA": 0.15}  # of an artery's plaques, the share on its side branches
 _SCANNER_KEYS = ("matrix", "fov_mm", "slice_increment_mm", "slice_thickness_mm", "n_slices", "noise_sigma_hu",
                  "sharpness", "hu_offset", "fov_center_mm", "kvp", "protocol", "padding_hu", "noise_streak",
-                 "noise_profile")
+                 "noise_profile", "table")
 
 
 #: Changes whenever the same seed and arguments give another exam (anatomy, calcium or scanner drawn
@@ -255,6 +256,54 @@ def _add_streaks(vol: np.ndarray, grid: Grid, atoms: Atoms, rng: np.random.Gener
     vol[ks] += pattern[None]
 
 
+def _add_table(vol: np.ndarray, grid: Grid, psf: float, rng: np.random.Generator) -> np.ndarray:
+    """Draw the patient's support below the back, in place: a foam pad (10-50 mm, -930 to -780 HU, 500 mm wide)
+    on a table top curved up at its sides (radius 1.2-2.5 m, 420-470 mm wide): a carbon-fibre skin of 1.5-3 mm
+    at 150-450 HU on each side of a foam core of 25-55 mm at -990 to -940 HU. Its edges are blurred by the
+    PSF (``psf`` mm) across y. The pad's top touches the body's lowest point (the largest y of tissue above
+    -500 HU), centred on the body's x; the tissue map keeps it as air. Returns bool (z, y, x): the table's
+    skins (for the distractor mask)."""
+    from scipy.special import erf
+
+    body = vol > -500.0
+    rows = np.nonzero(body.any(axis=(0, 2)))[0]
+    cols = np.nonzero(body.any(axis=(0, 1)))[0]
+    if not rows.size:
+        return np.zeros(vol.shape, bool)
+    y0 = float(grid.y_mm[rows[-1]]) + 0.5 * grid.spacing[1]
+    xc = 0.5 * float(grid.x_mm[cols[0]] + grid.x_mm[cols[-1]])
+    pad_mm, pad_hu = float(rng.uniform(10.0, 50.0)), float(rng.uniform(-930.0, -780.0))
+    radius, width = float(rng.uniform(1200.0, 2500.0)), float(rng.uniform(420.0, 470.0))
+    skin_mm, skin_hu = float(rng.uniform(1.5, 3.0)), float(rng.uniform(150.0, 450.0))
+    core_mm, core_hu = float(rng.uniform(25.0, 55.0)), float(rng.uniform(-990.0, -940.0))
+    dx = grid.x_mm - xc
+    lift = dx ** 2 / (2.0 * radius)  # the table top curves up (to smaller y) at its sides
+    y = grid.y_mm[:, None]
+
+    def above(edge):  # share of each pixel beyond ``edge`` (mm, per column) along +y, blurred by the PSF
+        return 0.5 * (1.0 + erf((y - edge[None, :]) / (math.sqrt(2.0) * psf)))
+
+    top = y0 - lift
+    layers = [(top, pad_hu, 250.0), (top + pad_mm, skin_hu, 0.5 * width), (top + pad_mm + skin_mm, core_hu, 0.5 * width),
+              (top + pad_mm + skin_mm + core_mm, skin_hu, 0.5 * width),
+              (top + pad_mm + 2 * skin_mm + core_mm, None, 0.0)]
+    value = np.zeros(vol.shape[1:], np.float32)
+    share = np.zeros(vol.shape[1:], np.float32)
+    for (start, hu, half), (end, _, _) in zip(layers[:-1], layers[1:]):
+        inside = (above(start) - above(end)) * (np.abs(dx) <= half)[None, :]
+        value += inside * np.float32(hu)
+        share += inside
+    share = np.clip(share, 0.0, 1.0)
+    # the support replaces air (outside the body) by its share of each pixel; the body is never overwritten
+    mix = (value + (1.0 - share) * np.float32(-1000.0))[None]
+    air = vol < -900.0
+    vol[:] = np.where(air & (share > 1e-3)[None], mix, vol)
+    skins = np.zeros(vol.shape[1:], bool)
+    for start, end in ((layers[1][0], layers[2][0]), (layers[3][0], layers[4][0])):
+        skins |= ((above(start) - above(end)) > 0.5) & (np.abs(dx) <= 0.5 * width)[None, :]
+    return np.broadcast_to(skins[None], vol.shape) & air
+
+
 def _far_apart(a: Atoms, b: Atoms, grid: Grid, thickness: float, psf: float) -> bool:
     """True when the footprints of atom sets a and b cannot touch (with two voxels to spare)."""
     if len(a) == 0 or len(b) == 0:
@@ -454,6 +503,7 @@ def _check_scanner(sc: dict) -> None:
         "padding_hu": lambda v: v is None or -4000.0 <= v <= -1000.0,
         "noise_streak": lambda v: 0.0 <= v <= 1.0,
         "noise_profile": lambda v: -0.9 <= v <= 3.0,
+        "table": lambda v: isinstance(v, (bool, np.bool_)),
     }
     for k, ok in checks.items():
         if k in sc and not ok(sc[k]):
@@ -503,8 +553,8 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
 
     ss = np.random.SeedSequence([seed, attempt])
     # streams by purpose; a new one is appended (spawn keys are positional), so older draws stay the same
-    r_scan, r_pat, r_anat, r_noise, r_les, r_dis, r_warp, r_up, r_ost, r_lung, r_vein = (
-        np.random.default_rng(s) for s in ss.spawn(11))
+    r_scan, r_pat, r_anat, r_noise, r_les, r_dis, r_warp, r_up, r_ost, r_lung, r_vein, r_table = (
+        np.random.default_rng(s) for s in ss.spawn(12))
     sc = sample_scanner(r_scan, **given)
     cat, lo, hi = _pick_category(r_les, target_category, target_agatston, category_mix)
     target = 0.0 if hi <= 0 else float(math.exp(r_les.uniform(math.log(max(lo, 0.5)), math.log(hi))))
@@ -567,6 +617,7 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
         tissue = warp.image(tissue, grid, order=0)
     vessels = {k: dataclasses.replace(v, points=warp.points(v.points)) for k, v in vessels.items()}
     bone = vol >= 130.0  # noise-free anatomy above 130 HU: bone only
+    table = _add_table(vol, grid, psf, r_table) if sc.table else None
     granulomas = granuloma_atoms(heart, warp, vol, grid, r_lung, rates)  # placed in the noise-free lung
 
     passes = 2 if (sc.pixel_mm < 0.45 and sc.sharpness < 0.5) else 1
@@ -579,6 +630,8 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
     plans = _plan_lesions(cat, target, n_lesions, vessels, grid, sc, r_les, vol)
     distractor_mask = np.zeros(grid.shape, np.uint8)
     distractor_mask[bone] = DISTRACTOR_CODES["bone"]
+    if table is not None:
+        distractor_mask[table] = DISTRACTOR_CODES["table"]
     distractors = []
     lookalikes = (distractor_atoms(heart, landmarks, grid, r_dis, burden, vessels, rates)
                   + arch_atoms(landmarks, grid, r_up, burden) + granulomas)
