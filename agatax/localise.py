@@ -59,6 +59,7 @@ _Z_APART_MM = 30.0
 _Z_CHANGE_HU = 150.0
 _MIN_SECTION_CM2 = 25.0
 CARINA_MARGIN_MM = 10.0  # the region ends this far beyond the carina, on the trachea's side
+BACK_BAND_MM = 30.0  # a support under the patient is looked for within this distance of the spine's x
 _AIRWAY_MM = 2.0  # in-plane cell of the airway search
 _TRACHEA_CM2 = (0.9, 8.0)  # lumen cross-section below -700 HU: adult tracheae are 12-25 mm across
 _MIN_TRACHEA_MM = 40.0
@@ -304,6 +305,42 @@ def _spine_x(bone: np.ndarray, step) -> float | None:
     return float(np.argmax(counts) * step[2])
 
 
+def _behind_the_back(lungs: np.ndarray, m: np.ndarray, spine_x: float | None, step) -> tuple[np.ndarray, int]:
+    """``lungs`` without the lung-like components that lie behind the patient's back: the foam pad and the
+    table top's foam core under a patient (-990 to -780 HU, enclosed by the back and the table's skins) read
+    as aerated tissue inside the body, and would widen the lungs' hull to the back muscles and ribs.
+
+    The back, per slice: the last row (larger y, posterior in the canonical orientation) of the patient (the
+    largest 3D component above -500 HU) within ``BACK_BAND_MM`` of the spine's x (``spine_x``, mm; None:
+    nothing goes), where the field of view shows what lies beyond it (the back not cut by the image). A
+    component goes when more than half of its cells in such slices lie beyond that row, in any column:
+    lungs lie in front of the back's skin (synthetic exams: none of their cells beyond it), a pad under the
+    patient behind it. Returns (lungs, cells taken out)."""
+    if spine_x is None or not lungs.any():
+        return lungs, 0
+    cube = np.ones((3, 3, 3), bool)
+    lab, n = ndimage.label(m > -500.0, structure=cube)
+    if n == 0:
+        return lungs, 0
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    patient = lab == sizes.argmax()
+    c0, w = int(round(spine_x / step[2])), int(np.ceil(BACK_BAND_MM / step[2]))
+    rows_with = patient[:, :, max(c0 - w, 0): c0 + w + 1].any(axis=2)  # (z, y)
+    last = m.shape[1] - 1 - np.argmax(rows_with[:, ::-1], axis=1)  # the back's row, per slice
+    seen = rows_with.any(axis=1) & (last < m.shape[1] - 2)  # the back lies inside the image
+    behind = (np.arange(m.shape[1])[None, :] > last[:, None]) & seen[:, None]  # (z, y)
+    comp, k = ndimage.label(lungs, structure=cube)
+    total = np.bincount((comp * seen[:, None, None]).ravel(), minlength=k + 1)
+    out = np.bincount((comp * behind[:, :, None]).ravel(), minlength=k + 1)
+    drop = out > 0.5 * total
+    drop[0] = False
+    if not drop.any():
+        return lungs, 0
+    gone = drop[comp]
+    return lungs & ~gone, int(gone.sum())
+
+
 def localise_chest(hu, spacing) -> ChestRegion:
     """Find the lungs and the region between them where coronary calcium can be.
 
@@ -322,33 +359,8 @@ def localise_chest(hu, spacing) -> ChestRegion:
         return ChestRegion(False, None, None, 0.0, f"volume {hu.shape} too small to localise the chest")
     m = _block_mean(hu, f)
     z_change = _z_change(m, step)
-
-    # air outside the body: 3D components at air density that reach the in-plane border (padding too);
-    # air at that density inside the body (bullae of emphysema, airways) counts as lung
-    air = m <= _LUNG_HU[0]
-    lab, _ = ndimage.label(air, structure=np.ones((3, 3, 3), bool))
-    edge = np.unique(np.concatenate([lab[:, 0].ravel(), lab[:, -1].ravel(), lab[:, :, 0].ravel(),
-                                     lab[:, :, -1].ravel()]))
-    exterior = np.isin(lab, edge[edge > 0])
-    aerated = (m < _LUNG_HU[1]) & ~exterior
     plane = np.zeros((1, 3, 3), bool)
     plane[0] = ndimage.generate_binary_structure(2, 1)
-    opened = ndimage.binary_opening(aerated, structure=plane, iterations=2)
-    lungs = _components(opened, _MIN_LUNG_CM3 / voxel_cm3)
-    lung_cm3 = float(lungs.sum()) * voxel_cm3
-    if lung_cm3 < _MIN_LUNGS_CM3:
-        return ChestRegion(False, None, None, lung_cm3,
-                           f"no lungs found ({lung_cm3:.0f} cm^3 of lung-like tissue): calcium not restricted",
-                           z_change=z_change)
-
-    pts = np.argwhere(lungs) * step
-    hull = _inside_hull(pts, m.shape, step)
-    # the hull's rim runs along the outer lung surface, where the ribs are: keep its inner part only
-    hull &= ndimage.distance_transform_edt(np.pad(hull, 1), sampling=step)[1:-1, 1:-1, 1:-1] > _HULL_INSET_MM
-    margin = max(1, int(round(_MARGIN_MM / step[1])))
-    core_lung = ndimage.binary_erosion(lungs, structure=plane, iterations=margin)
-    medi = hull & ~lungs
-    medi = ndimage.binary_dilation(medi, structure=plane, iterations=margin) & ~core_lung
 
     dense = m >= _BONE_HU
     dense = np.stack([ndimage.binary_fill_holes(s) for s in dense])
@@ -367,6 +379,34 @@ def localise_chest(hu, spacing) -> ChestRegion:
     bone |= np.isin(lab, cut[(cut > 0) & (sizes[cut] >= _MIN_CUT_BONE_CM3)])
     cube = np.ones((3, 3, 3), bool)
     bone |= ndimage.binary_dilation(bone, structure=cube) & ~dense  # its partial-volume rim
+    spine_x = _spine_x(bone, step)
+
+    # air outside the body: 3D components at air density that reach the in-plane border (padding too);
+    # air at that density inside the body (bullae of emphysema, airways) counts as lung
+    air = m <= _LUNG_HU[0]
+    lab, _ = ndimage.label(air, structure=np.ones((3, 3, 3), bool))
+    edge = np.unique(np.concatenate([lab[:, 0].ravel(), lab[:, -1].ravel(), lab[:, :, 0].ravel(),
+                                     lab[:, :, -1].ravel()]))
+    exterior = np.isin(lab, edge[edge > 0])
+    aerated = (m < _LUNG_HU[1]) & ~exterior
+    opened = ndimage.binary_opening(aerated, structure=plane, iterations=2)
+    lungs = _components(opened, _MIN_LUNG_CM3 / voxel_cm3)
+    lungs, support = _behind_the_back(lungs, m, spine_x, step)
+    lung_cm3 = float(lungs.sum()) * voxel_cm3
+    if lung_cm3 < _MIN_LUNGS_CM3:
+        return ChestRegion(False, None, None, lung_cm3,
+                           f"no lungs found ({lung_cm3:.0f} cm^3 of lung-like tissue): calcium not restricted",
+                           z_change=z_change)
+
+    pts = np.argwhere(lungs) * step
+    hull = _inside_hull(pts, m.shape, step)
+    # the hull's rim runs along the outer lung surface, where the ribs are: keep its inner part only
+    hull &= ndimage.distance_transform_edt(np.pad(hull, 1), sampling=step)[1:-1, 1:-1, 1:-1] > _HULL_INSET_MM
+    margin = max(1, int(round(_MARGIN_MM / step[1])))
+    core_lung = ndimage.binary_erosion(lungs, structure=plane, iterations=margin)
+    medi = hull & ~lungs
+    medi = ndimage.binary_dilation(medi, structure=plane, iterations=margin) & ~core_lung
+
     region_c = medi & ~bone
     soft = m[medi & (m > -50.0) & (m < 700.0)]
     hu70 = float(np.percentile(soft, 70)) if soft.size else float("nan")
@@ -383,7 +423,7 @@ def localise_chest(hu, spacing) -> ChestRegion:
     region[:, :, : whole * f[2]].reshape(nz, ny, whole, f[2])[...] = rows[:, :, :whole, None]
     if nx > whole * f[2]:
         region[:, :, whole * f[2]:] = rows[:, :, whole: whole + 1]
-    carina, side = _find_carina(hu, spacing, f[0], _spine_x(bone, step))
+    carina, side = _find_carina(hu, spacing, f[0], spine_x)
     carina_note = "no trachea traced over 40 mm: the region is not cut along z"
     if np.isfinite(carina):
         # above the carina (on the trachea's side, + the margin) lie the arch, the great vessels, the
@@ -405,6 +445,8 @@ def localise_chest(hu, spacing) -> ChestRegion:
     nz = [np.nonzero(region.any(axis=tuple(a for a in range(3) if a != ax)))[0] for ax in range(3)]
     box = tuple(slice(int(i[0]), int(i[-1]) + 1) for i in nz)
     frac = float(region.mean())
+    support_note = (f" ({support * voxel_cm3:.0f} cm^3 of aerated material behind the back, a pad or the table, "
+                    "not taken for lung)" if support else "")
     return ChestRegion(True, region, box, lung_cm3,
-                       f"lungs {lung_cm3:.0f} cm^3; calcium searched in {100 * frac:.0f} % of the volume; "
-                       f"{carina_note}", hu70, z_change, carina)
+                       f"lungs {lung_cm3:.0f} cm^3{support_note}; calcium searched in {100 * frac:.0f} % of the "
+                       f"volume; {carina_note}", hu70, z_change, carina)

@@ -409,3 +409,21 @@ def test_pipeline_scores_nothing_above_the_carina_of_a_feet_last_volume():
     assert not (res.mask & arch_plaques_above_carina(ex)[::-1]).any()
     calcium = (ex.mask > 0)[::-1]
     assert (res.mask & calcium).sum() == calcium.sum()
+
+
+@pytest.mark.parametrize("seed", [3, 5])
+def test_the_pad_and_table_under_the_back_are_not_taken_for_lung(seed):
+    """A chest exam drawn with its support (foam pad and table top under the back): the lungs, the region
+    and the bone left out are what they are without it (before, the pad counted as lung and the region
+    reached the back muscles and ribs: 37 % more lung, twice the region); the note names what was set aside;
+    the table's skins lie outside the region."""
+    plain = exam(seed, "D", protocol="chest", matrix=256)
+    table = exam(seed, "D", protocol="chest", matrix=256, table=True)
+    ref = localise_chest(plain.volume.hu, plain.volume.spacing)
+    r = localise_chest(table.volume.hu, table.volume.spacing)
+    assert r.found and r.lung_cm3 == pytest.approx(ref.lung_cm3, rel=0.01)
+    assert (r.region == ref.region).mean() > 0.995
+    check_region(table, r.region)
+    assert "behind the back" in r.note and "behind the back" not in ref.note
+    skins = table.distractor_mask == DISTRACTOR_CODES["table"]
+    assert skins.any() and not (skins & r.region).any()

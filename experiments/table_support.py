@@ -1,0 +1,106 @@
+"""The patient's support (foam pad and table top) against the chest localisation and the score.
+
+Each exam is drawn twice, the same patient without and with its support under the back
+(``generate_exam(..., table=True)``), and both are localised (``agatax.localise_chest``) and scored
+(``agatax.run_pipeline``, shipped default). Per exam: the lungs found (cm^3), the region's size, the share
+of the voxels >= 130 HU that are not coronary calcium (bone, the table's skins, look-alikes) inside the
+region, the share of the true coronary calcium inside it, and the score and category against the truth.
+
+    python experiments/table_support.py --protocol chest --exams 16 --first-seed 8800
+    python experiments/table_support.py --protocol cardiac --fov 250 --exams 8 --first-seed 8820
+
+Calcium-free exams first (half of them), then categories C, D, E in turn. Prints one Markdown row per
+exam and a summary; writes <workdir>/table_support_<protocol>_<first seed>.json. Run it with another
+checkout's agatax first on PYTHONPATH to measure that code on the same exams.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import agatax  # noqa: E402
+from agatax._atomic import atomic_write_text  # noqa: E402
+from agatax.defaults import load_default_ensemble  # noqa: E402
+from agatax.localise import localise_chest  # noqa: E402
+from agatax.pipeline import run_pipeline  # noqa: E402
+from agatax.synthetic import generate_exam  # noqa: E402
+
+
+def measure(exam, ensemble) -> dict:
+    """Localisation and score of one synthetic exam (see the module docstring)."""
+    hu, spacing = np.asarray(exam.volume.hu), exam.volume.spacing
+    found = localise_chest(hu, spacing)
+    coronary = exam.mask > 0
+    other = (hu >= 130.0) & ~coronary
+    region = found.region if found.found else np.zeros(hu.shape, bool)
+    res = run_pipeline(ensemble, exam.volume, allow_noisy=True)
+    return {"found": bool(found.found), "lung_cm3": round(float(found.lung_cm3), 1),
+            "region_voxels": int(region.sum()),
+            "other_in_region": round(float((other & region).sum() / max(int(other.sum()), 1)), 4),
+            "coronary_kept": round(float((coronary & region).sum() / coronary.sum()), 4) if coronary.any() else None,
+            "agatston": round(float(res.scores.agatston), 1), "category": res.scores.category,
+            "true_agatston": round(float(exam.agatston), 1), "true_category": exam.category, "note": found.note}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--protocol", choices=("chest", "cardiac"), default="chest")
+    ap.add_argument("--exams", type=int, default=16)
+    ap.add_argument("--first-seed", type=int, required=True)
+    ap.add_argument("--matrix", type=int, default=512)
+    ap.add_argument("--fov", type=float, default=None, help="field of view, mm (default: the generator's draw)")
+    ap.add_argument("--workdir", default=str(ROOT / "experiments" / "_table1_work"))
+    args = ap.parse_args(argv)
+    ensemble = load_default_ensemble()
+    print(f"agatax from {Path(agatax.__file__).parent}", flush=True)
+    cats = ["A"] * (args.exams // 2) + [("C", "D", "E")[i % 3] for i in range(args.exams - args.exams // 2)]
+    scanner = {} if args.fov is None else {"fov_mm": args.fov}
+    rows = []
+    print("| seed | true | support | lungs cm^3 | region voxels | non-coronary >= 130 HU in region | coronary kept | "
+          "score (category) |")
+    print("|---|---|---|---|---|---|---|---|")
+    t0 = time.perf_counter()
+    for i, cat in enumerate(cats):
+        seed = args.first_seed + i
+        for table in (False, True):
+            exam = generate_exam(seed, target_category=cat, protocol=args.protocol, matrix=args.matrix,
+                                 table=table, **scanner)
+            row = {"seed": seed, "table": table, **measure(exam, ensemble)}
+            rows.append(row)
+            kept = "-" if row["coronary_kept"] is None else f"{100 * row['coronary_kept']:.1f} %"
+            print(f"| {seed} | {row['true_agatston']:g} ({row['true_category']}) | {'yes' if table else 'no'} | "
+                  f"{row['lung_cm3']:.0f} | {row['region_voxels']} | {100 * row['other_in_region']:.2f} % | {kept} | "
+                  f"{row['agatston']:g} ({row['category']}) |", flush=True)
+    with_table = [r for r in rows if r["table"]]
+    plain = {r["seed"]: r for r in rows if not r["table"]}
+    summary = {
+        "exams": len(with_table),
+        "worst_other_in_region_with_table": max(r["other_in_region"] for r in with_table),
+        "worst_coronary_kept_with_table": min((r["coronary_kept"] for r in with_table
+                                               if r["coronary_kept"] is not None), default=None),
+        "calcium_free_scored_10_or_more_with_table": sum(r["agatston"] >= 10 for r in with_table
+                                                         if r["true_category"] == "A"),
+        "category_changed_by_table": sum(r["category"] != plain[r["seed"]]["category"] for r in with_table),
+        "region_ratio_table_to_plain": [round(r["region_voxels"] / max(plain[r["seed"]]["region_voxels"], 1), 3)
+                                        for r in with_table],
+        "seconds": round(time.perf_counter() - t0),
+    }
+    print(json.dumps(summary))
+    out = Path(args.workdir) / f"table_support_{args.protocol}_{args.first_seed}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps({"args": vars(args), "agatax": str(Path(agatax.__file__).parent),
+                                       "rows": rows, "summary": summary}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
