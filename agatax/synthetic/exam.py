@@ -419,7 +419,8 @@ def generate_exam(
             of coverage), ``noise_sigma_hu`` (10-40), ``sharpness`` (0-1), ``hu_offset`` (-6..6 HU),
             ``fov_center_mm``, ``kvp``, ``protocol`` ("cardiac" or "chest"; drawn: 20 % chest, with a
             320-420 mm field, the whole rib cage, scapulae and often the arms), ``padding_hu`` (value
-            outside the reconstruction circle, or None; drawn: 60 % padded).
+            outside the reconstruction circle, or None; drawn: 60 % padded), ``table`` (True: the foam pad
+            and table top under the back, ``_add_table``; not drawn: False unless given).
 
     Returns:
         SyntheticExam (volume in HU on a (n_slices, matrix, matrix) grid, artery-labelled true mask, lesion
