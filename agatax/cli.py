@@ -131,11 +131,23 @@ def files_fingerprint(path: str | os.PathLike) -> str:
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
 
 
-def source_fingerprint(root: str | os.PathLike) -> str:
-    """sha256 (16 hex) of the Python sources under ``root`` (relative names and contents, sorted)."""
+#: Modules that never touch an exam's numbers (the generator, datasets, training): left out of the fingerprint,
+#: so that a change to them does not re-score a report folder.
+TRAINING_ONLY = ("synthetic/", "datasets/", "train.py", "train_cli.py", "cohort.py")
+
+
+def source_fingerprint(root: str | os.PathLike, *, leave_out: Sequence[str] = ()) -> str:
+    """sha256 (16 hex) of the Python sources under ``root`` (relative names and contents, sorted): regular
+    ``*.py`` files, hidden names (editor locks, notebook checkpoints) and names starting with one of
+    ``leave_out`` (relative, "/"-separated) left out."""
     root, digest = Path(root), hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+        name = path.relative_to(root).as_posix()
+        if any(part.startswith(".") for part in name.split("/")) or name.startswith(tuple(leave_out)):
+            continue
+        if path.is_symlink() or not path.is_file():
+            continue
+        digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
 
 
@@ -143,11 +155,12 @@ _CODE: list[str] = []
 
 
 def code_fingerprint() -> str:
-    """:func:`source_fingerprint` of the installed agatax package: a batch re-run keeps an earlier report only
-    when the code that made it is this code, not only the same version number (reports made before a change
-    of rules, e.g. a new refusal, are scored again)."""
+    """:func:`source_fingerprint` of the agatax package this process imported (computed once, at the first
+    call, ``TRAINING_ONLY`` left out): a batch re-run keeps an earlier report only when the code that made it
+    is this code, not only the same version number (reports made before a change of rules, e.g. a new
+    refusal, are scored again)."""
     if not _CODE:
-        _CODE.append(source_fingerprint(Path(__file__).parent))
+        _CODE.append(source_fingerprint(Path(__file__).parent, leave_out=TRAINING_ONLY))
     return _CODE[0]
 
 
@@ -537,6 +550,26 @@ def format_report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def set_aside_report(report_dir: Path, exam_id: str) -> Path | None:
+    """Move the report files of ``exam_id`` (JSON, lesion CSV, mask, PNG, DICOM SEG and SR, those that exist)
+    into ``report_dir/superseded/<id>`` (``<id>-2``, ... when taken): a re-run whose exam now fails leaves no
+    report that looks current, and deletes nothing. Returns the folder, or None when there was nothing."""
+    from agatax.report import report_paths
+
+    present = [p for p in report_paths(report_dir, exam_id, png=True, dicom=True).values() if p.is_file()]
+    if not present:
+        return None
+    base = Path(report_dir) / "superseded" / report_paths(report_dir, exam_id)["json"].stem
+    target, k = base, 1
+    while target.exists():
+        k += 1
+        target = base.with_name(f"{base.name}-{k}")
+    target.mkdir(parents=True)
+    for path in sorted(present, key=lambda p: p.suffix != ".json"):  # the JSON first: no half-current report
+        os.replace(path, target / path.name)
+    return target
+
+
 def _one_line(outcome, note: str | None = None) -> str:
     """One line per exam of a batch."""
     exam_id = outcome.task.exam_id
@@ -546,7 +579,8 @@ def _one_line(outcome, note: str | None = None) -> str:
         text = err.message if isinstance(err, AgataxError) else str(err)
         if isinstance(err, AgataxError) and err.hint:  # the way out, as the one-exam error line gives it
             text += f" (hint: {err.hint})"
-        return f"{exam_id}  FAILED [{code}] {' '.join(text.split())}"
+        line = f"{exam_id}  FAILED [{code}] {' '.join(text.split())}"
+        return line + (f"; {note}" if note and note.startswith("its earlier report") else "")
     r = outcome.result
     n = len(r["lesions"])
     line = (f"{exam_id}  Agatston {r['agatston']:.1f}  category {r['category']}  volume {r['volume_mm3']:.1f} mm^3"
@@ -636,7 +670,7 @@ def add_score_command(subparsers) -> None:
                    "contrast-enhanced instead of refusing it (CONTRAST_ENHANCED), the chest region kept: for a "
                    "non-contrast exam whose narrow mediastinum is mostly spine and sternum")
     p.add_argument("--allow-noisy", action="store_true", help="score an exam far noisier than the networks' "
-                   "training (a sharp lung or bone kernel, a thin low-dose reconstruction) instead of refusing it "
+                   "training (a sharp kernel the header does not name, a thin low-dose reconstruction) instead of refusing it "
                    "(TOO_NOISY), with the noise warning; the networks miss calcium in such noise")
     p.add_argument("--allow-sharp-kernel", action="store_true", help="score an exam whose DICOM kernel is a bone or "
                    "lung kernel (GE LUNG / BONE, Siemens B60f and sharper) instead of refusing it (SHARP_KERNEL), with "
@@ -814,7 +848,9 @@ def _changed(old: Any, new: dict[str, Any]) -> str | None:
         return "re-scored: earlier report has no provenance"
     changed = [_PROVENANCE_NAMES[k] for k in _PROVENANCE_NAMES if old.get(k) != new[k]]
     options = old.get("options") if isinstance(old.get("options"), dict) else {}
-    changed += [f"--{k.replace('_', '-')}" for k in new["options"] if options.get(k) != new["options"][k]]
+    # every option either run set (an option given before and not now, e.g. --allow-sharp-kernel, counts too)
+    changed += [f"--{k.replace('_', '-')}" for k in sorted(set(new["options"]) | set(options))
+                if options.get(k) != new["options"].get(k)]
     return f"re-scored: {', '.join(changed)} changed" if changed else None
 
 
@@ -893,6 +929,7 @@ def _score_tasks(args, stop, counts, tasks, is_batch, scorer, weights, report_di
     dicom = bool(getattr(args, "dicom", False))
     previous = batching.read_summary_rows(summary_path) if summary_path is not None else {}
     carried: dict[str, dict[str, Any]] = {}
+    had_report: set[str] = set()  # exams whose folder held a report before this run
 
     def existing(task):
         if report_dir is None:
@@ -906,6 +943,7 @@ def _score_tasks(args, stop, counts, tasks, is_batch, scorer, weights, report_di
                 carried[task.exam_id] = previous[task.exam_id]  # kept until it is retried
             return None
         carried[task.exam_id] = summary_row_from_report(paths["json"])
+        had_report.add(task.exam_id)
         if args.overwrite:
             return None
         note = _changed(old.get("provenance"), provenance[task])
@@ -931,6 +969,13 @@ def _score_tasks(args, stop, counts, tasks, is_batch, scorer, weights, report_di
     progress = batching.Progress(len(tasks), enabled=is_batch and len(tasks) > 1 and not args.quiet)
 
     def on_outcome(outcome) -> None:
+        if outcome.status == "failed" and report_dir is not None and outcome.task.exam_id in had_report:
+            # its earlier report is not this run's result (why it was scored again): never left as if current
+            where = set_aside_report(report_dir, outcome.task.exam_id)
+            if where is not None:
+                notes[outcome.task.exam_id] = f"its earlier report moved to {where}"
+                if not is_batch:
+                    print(f"note: the earlier report of {outcome.task.exam_id} moved to {where}", file=sys.stderr)
         if outcome.status == "failed":
             item = _error_entry(outcome)
         else:

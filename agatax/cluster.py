@@ -42,7 +42,15 @@ def require_distributed():
 
 
 def process_exam(job, task, provenance: Mapping[str, Any]) -> tuple[dict, dict, float]:
-    """A Dask task: read, score and write one exam on a worker; returns (result dict, summary row, seconds)."""
+    """A Dask task: read, score and write one exam on a worker; returns (result dict, summary row, seconds).
+    Refused (``CODE_MISMATCH``) on a worker whose agatax code differs from the client's: its report would
+    carry a provenance that is not its own."""
+    from agatax.cli import code_fingerprint
+
+    client_code = provenance.get("agatax_code")
+    if client_code is not None and client_code != code_fingerprint():
+        raise InputError(f"this worker runs agatax code {code_fingerprint()}, the client {client_code}",
+                         code="CODE_MISMATCH", hint="install the same agatax on the client and every worker")
     t0 = time.perf_counter()
     result, row = job.process(task, dict(provenance))
     return result, row, time.perf_counter() - t0

@@ -345,7 +345,9 @@ def localise_chest(hu, spacing) -> ChestRegion:
     """Find the lungs and the region between them where coronary calcium can be.
 
     Args:
-        hu: (z, y, x) HU (any real dtype), in any axial orientation (the rule is symmetric).
+        hu: (z, y, x) HU (any real dtype), in any axial orientation (the rule is symmetric), but for the
+            patient's support under the back (``_behind_the_back``), looked for at larger y: the canonical
+            orientation (posterior at larger y) that the pipeline passes.
         spacing: (dz, dy, dx) mm.
     Returns:
         ChestRegion (``region`` bool (z, y, x) on the exam's grid, its bounding box, lung volume, a note).

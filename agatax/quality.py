@@ -1,4 +1,5 @@
-"""Image quality the networks depend on, measured from the HU alone (the noise level), and the slice
+"""Image quality the networks depend on: the noise level, measured from the HU alone, the reconstruction
+kernel, read from its DICOM name (:func:`kernel_sharpness`, :func:`check_kernel`: SHARP_KERNEL), and the slice
 thickness the Agatston score assumes.
 
 The shipped networks were trained on exams with 10-40 HU of image noise (SD in soft tissue). Beyond that,
@@ -256,6 +257,9 @@ REFUSE_KERNEL_WORDS = ("LUNG", "BONE", "BONEPLUS", "EDGE", "SHARP")
 #: Siemens' kernels carry their sharpness in two digits (B35f, Qr36: calcium scoring; B30-B40 the standard body
 #: kernels; B50-B80 and the bone / lung kernels sharper): warned from 45, refused from 60 (B60f-B80f, Br64, I70f).
 SIEMENS_WARN_FROM, SIEMENS_REFUSE_FROM = 45, 60
+#: Makers whose headers are not read as Siemens' (a manufacturer naming none of these, e.g. "ANONYMIZED", may be)
+_OTHER_MAKERS = (r"(?<![A-Z])(GE|GEMS|PHILIPS|TOSHIBA|CANON|HITACHI|FUJIFILM|UNITED|UIH|NEUSOFT|SHIMADZU|MINFOUND|"
+                 r"SINOVISION|ANALOGIC|PLANMED|KONINKLIJKE)(?![A-Z])")
 
 
 def kernel_sharpness(kernel: str | None, manufacturer: str | None = None) -> int:
@@ -263,10 +267,11 @@ def kernel_sharpness(kernel: str | None, manufacturer: str | None = None) -> int
     2 (a bone or lung kernel: refused by :func:`check_kernel`).
 
     Only names that say so are read: a word of ``SHARP_KERNEL_WORDS`` (any vendor; ``REFUSE_KERNEL_WORDS``
-    refused), or a Siemens kernel's two digits (``SIEMENS_WARN_FROM``, ``SIEMENS_REFUSE_FROM``), read when
-    ``manufacturer`` names Siemens or is unknown (an anonymised header) and the name has Siemens' form (one
-    capital, at most one small letter, two digits: B70f, Br64d, I70f; Canon's FC52 has not). Other vendors'
-    codes (Philips letters, Canon FC numbers) are not interpreted."""
+    refused), or a Siemens kernel's two digits (``SIEMENS_WARN_FROM``, ``SIEMENS_REFUSE_FROM``): on a Siemens
+    header in any case (B70f, BR64D), and where ``manufacturer`` names no other maker (empty, or an
+    anonymiser's word) only in Siemens' own form (one capital, at most one small letter, two digits: B70f,
+    Br64d, I70f; Canon's FC52 has not). Other vendors' codes (Philips letters, Canon FC numbers) are not
+    interpreted."""
     import re
 
     if not kernel:
@@ -275,9 +280,11 @@ def kernel_sharpness(kernel: str | None, manufacturer: str | None = None) -> int
     words = {t.upper() for t in tokens}
     level = 2 if words & set(REFUSE_KERNEL_WORDS) else 1 if words & set(SHARP_KERNEL_WORDS) else 0
     maker = str(manufacturer or "").strip().upper()
-    if not maker or "SIEMENS" in maker:
-        for t in tokens:
-            m = re.fullmatch(r"[A-Z][a-z]?(\d{2})[a-z]?", t)
+    siemens = "SIEMENS" in maker
+    if siemens or not re.search(_OTHER_MAKERS, maker):
+        form = r"[A-Z]{1,2}(\d{2})[A-Z]?" if siemens else r"[A-Z][a-z]?(\d{2})[a-z]?"
+        for t in (t.upper() for t in tokens) if siemens else tokens:
+            m = re.fullmatch(form, t)
             if m:
                 index = int(m.group(1))
                 level = max(level, 2 if index >= SIEMENS_REFUSE_FROM else 1 if index >= SIEMENS_WARN_FROM else 0)
@@ -299,8 +306,8 @@ def check_kernel(kernel: str | None, manufacturer: str | None = None) -> None:
     from agatax.errors import InputError
 
     raise InputError(
-        f"reconstructed with {kernel}, a bone or lung kernel: {_SHARP_EFFECT} (synthetic exams this sharp read "
-        "0.62 accuracy against 0.94), so no score is given", code="SHARP_KERNEL",
+        f"reconstructed with {kernel}, a sharp (bone or lung) kernel: {_SHARP_EFFECT} (synthetic exams sharpened "
+        "in-plane read 0.62 accuracy against 0.94), so no score is given", code="SHARP_KERNEL",
         hint=f"score {_SCORING_RECON} of the same acquisition; allow_sharp_kernel=True (--allow-sharp-kernel) "
         "scores this one anyway, with a warning")
 
@@ -316,8 +323,8 @@ def kernel_note(kernel: str | None, manufacturer: str | None = None, *, past_ref
     if level == 0:
         return ()
     if level == 2 and past_refusal:
-        return (f"sharp kernel, scored on request: reconstructed with {kernel}, a bone or lung kernel that agatax "
-                f"refuses (SHARP_KERNEL): {_SHARP_EFFECT}. Score {_SCORING_RECON}",)
+        return (f"sharp kernel, scored on request: reconstructed with {kernel}, a sharp (bone or lung) kernel that "
+                f"agatax refuses (SHARP_KERNEL): {_SHARP_EFFECT}. Score {_SCORING_RECON}",)
     return (f"sharp kernel: reconstructed with {kernel}, sharper than the calcium-scoring standard: {_SHARP_EFFECT}. "
             f"Score {_SCORING_RECON}",)
 

@@ -63,9 +63,12 @@ def socket_path() -> Path:
 
 
 def _version() -> str:
+    """The agatax version and code fingerprint (``agatax.cli.code_fingerprint``) of this process: a server
+    serves only clients of the same code (the server's is fixed when it starts)."""
     from agatax import __version__
+    from agatax.cli import code_fingerprint
 
-    return __version__
+    return f"{__version__}+{code_fingerprint()}"
 
 
 def _private_folder(folder: Path) -> None:
@@ -206,6 +209,7 @@ def serve(path: str | os.PathLike | None = None, *, idle_minutes: float = 30.0, 
     # warm up: the imports and the weights a first command would pay for
     from agatax import cli
 
+    _version()  # the code this server runs, fingerprinted now: a later edit of the files is not it
     cli.load_weights(None)
     os.chdir("/")  # commands run in their client's folder; the server's own may go away
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -10,8 +10,9 @@ region, the share of the true coronary calcium inside it, and the score and cate
     python experiments/table_support.py --protocol cardiac --fov 250 --exams 8 --first-seed 8820
 
 Calcium-free exams first (half of them), then categories C, D, E in turn. Prints one Markdown row per
-exam and a summary; writes <workdir>/table_support_<protocol>_<first seed>.json. Run it with another
-checkout's agatax first on PYTHONPATH to measure that code on the same exams.
+exam and a summary; writes <workdir>/table_support_<protocol>_<first seed>.json. To measure other code on
+the same exams, copy this script into that checkout (e.g. a git worktree) and run it there: it imports the
+agatax of the checkout it lies in.
 """
 
 from __future__ import annotations

@@ -591,8 +591,18 @@ def test_the_code_fingerprint_follows_the_python_sources(tmp_path):
     second = source_fingerprint(tmp_path)
     assert second != first
     (tmp_path / "sub" / "b.py").rename(tmp_path / "sub" / "c.py")
-    assert source_fingerprint(tmp_path) not in (first, second)
-    assert code_fingerprint() == source_fingerprint(Path(agatax.__file__).parent)
+    third = source_fingerprint(tmp_path)
+    assert third not in (first, second)
+    # editor locks (dangling links) and notebook checkpoints are not sources: no change, no crash
+    (tmp_path / ".#a.py").symlink_to(tmp_path / "gone.py")
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    (tmp_path / ".ipynb_checkpoints" / "a-checkpoint.py").write_text("A = 4\n")
+    assert source_fingerprint(tmp_path) == third
+    # modules left out (the generator, training) do not count
+    kept = source_fingerprint(tmp_path, leave_out=("sub/",))
+    (tmp_path / "sub" / "c.py").write_text("B = 5\n")
+    assert source_fingerprint(tmp_path, leave_out=("sub/",)) == kept and source_fingerprint(tmp_path) != third
+    assert len(code_fingerprint()) == 16 and Path(agatax.__file__).parent.joinpath("synthetic").is_dir()
 
 
 def test_same_folder_names_and_non_ascii_names_in_one_batch(cohort, tmp_path, capsys):
@@ -850,7 +860,7 @@ def test_a_bone_or_lung_kernel_is_refused_with_its_code_unless_allowed(cohort, t
     result = json.loads(capsys.readouterr().out)
     (warned,) = [w for w in result["warnings"] if w.startswith("sharp kernel")]
     assert warned.startswith("sharp kernel, scored on request: reconstructed with LUNG,")
-    assert warning_code(warned)[0] == "WARNING-KERNEL"
+    assert warning_code(warned)[0] == "WARNING-SHARP-KERNEL"
     assert '"allow_sharp_kernel": true' in json.dumps(result)
     np.save(tmp_path / "mask.npy", (hu >= 130).astype(np.uint8))
     assert main(["score", str(tmp_path / "lung"), "--no-server", "--mask", str(tmp_path / "mask.npy"),
@@ -864,6 +874,32 @@ def test_a_bone_or_lung_kernel_is_refused_with_its_code_unless_allowed(cohort, t
     result = json.loads(capsys.readouterr().out)
     assert [w.split(",")[0] for w in result["warnings"] if w.startswith("sharp kernel")] == [
         "sharp kernel: reconstructed with DETAIL"]
+
+
+def test_a_rerun_without_an_allow_option_is_refused_and_sets_the_earlier_report_aside(cohort, tmp_path, capsys):
+    """A LUNG-kernel exam scored into a report folder with --allow-sharp-kernel, then the same command without
+    it: the earlier report is not kept (the option it was made with counts, though the new run does not
+    give it); the exam is refused (SHARP_KERNEL) and its earlier report files are moved to
+    superseded/<id>, none left in the folder as if current, none deleted."""
+    rng = np.random.default_rng(7)
+    z, y, x = np.mgrid[0:8, 0:64, 0:64]
+    hu = np.where(np.hypot(y - 32, x - 32) < 28, 40.0, -1000.0) + rng.normal(0, 15.0, (8, 64, 64))
+    factory.write_series(tmp_path / "batch" / "lung", np.round(hu), spacing=(3.0, 0.7, 0.7), thickness=3.0,
+                         kernel="LUNG", manufacturer="GE MEDICAL SYSTEMS")
+    report = tmp_path / "report"
+    args = ["score", str(tmp_path / "batch"), "--no-server", "--no-localise", "--no-png", "--weights",
+            str(cohort / "tiny.msgpack"), "--report", str(report)]
+    assert main(args + ["--allow-sharp-kernel"]) == 0
+    made = sorted(p.name for p in report.glob("lung*"))
+    assert "lung.json" in made
+    capsys.readouterr()
+    assert main(args) == 3
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("lung  FAILED"))
+    assert "[SHARP_KERNEL]" in line and "superseded" in line
+    assert not list(report.glob("lung*"))
+    assert sorted(p.name for p in (report / "superseded" / "lung").iterdir()) == made
+    assert main(args + ["--allow-sharp-kernel"]) == 0  # scored again on request; the set-aside copy stays
+    assert (report / "lung.json").is_file() and (report / "superseded" / "lung" / "lung.json").is_file()
 
 
 def test_the_result_names_the_reconstruction_kernel_and_tube_voltage(exam, tmp_path, capsys):

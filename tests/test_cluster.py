@@ -146,3 +146,14 @@ def test_cluster_options_are_checked(cohort, tmp_path, capsys):
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
         assert main(base + ["--scheduler", "tcp://127.0.0.1:1"]) == 2
     assert "error [SCHEDULER_UNREACHABLE]: --scheduler tcp://127.0.0.1:1" in capsys.readouterr().err
+
+
+def test_a_worker_running_other_agatax_code_refuses_the_exam():
+    """process_exam on a worker whose code fingerprint differs from the client's provenance: CODE_MISMATCH,
+    before the exam is read (the report would carry a provenance that is not its own)."""
+    from agatax.cluster import process_exam
+    from agatax.errors import InputError
+
+    with pytest.raises(InputError) as err:
+        process_exam(None, None, {"agatax_code": "0" * 16})
+    assert err.value.code == "CODE_MISMATCH" and "0" * 16 in err.value.message

@@ -290,11 +290,11 @@ def test_every_warning_the_pipeline_writes_has_its_own_sr_code():
     kvp, series = _exam_warnings(chosen, None)
     assert "1 other series in the folder not scored" in series
     notes.update({"WARNING-KVP": (kvp,), "WARNING-SERIES": (series,)})
-    notes["WARNING-KERNEL"] = kernel_note("LUNG", "GE")  # scored past the refusal on request
-    notes["WARNING-KERNEL-MILD"] = kernel_note("DETAIL", "GE")  # warned
+    notes["WARNING-SHARP-KERNEL"] = kernel_note("LUNG", "GE")  # scored past the refusal on request
+    notes["WARNING-KERNEL"] = kernel_note("DETAIL", "GE")  # warned
     for code, produced in notes.items():
         assert len(produced) == 1, code
-        assert warning_code(produced[0])[0] == code.replace("-MILD", "")
+        assert warning_code(produced[0])[0] == code
     assert warning_code("something new")[0] == "WARNING-OTHER"
 
 

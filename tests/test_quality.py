@@ -225,6 +225,9 @@ def test_noise_is_measured_alike_on_a_device_array():
     ("B60f", "SIEMENS", 2), ("Br64d\\3", "SIEMENS", 2), ("I70f", "Siemens", 2), ("B80f", "SIEMENS", 2),
     ("B60f", "GE", 0),  # Siemens' digits are not read on another maker's scanner
     ("B70f", None, 2), ("B70f", "", 2), ("Br40d", None, 0), ("B46f", "  ", 1),  # anonymised: Siemens' form is read
+    ("B70f", "ANONYMIZED", 2), ("I70f\\2", "NONE", 2), ("FC52", "ANONYMIZED", 0),  # an anonymiser's word
+    ("B70F", "SIEMENS", 2), ("BR64D", "Siemens Healthineers", 2), ("B70F", None, 0),  # upper case: Siemens only
+    ("B70f", "Philips", 0), ("B70f", "GE MEDICAL SYSTEMS", 0), ("B70f", "CANON_MEC", 0),
     ("FC12", "TOSHIBA", 0), ("FC52", "CANON", 0), ("FC52", None, 0), ("B", "Philips", 0), ("L", "Philips", 0),
     ("YB", None, 0), (None, "SIEMENS", 0), ("", None, 0),
 ])

@@ -91,7 +91,13 @@ def test_a_refused_command_has_the_same_error_line_and_status(server, exam):
 
 def test_other_versions_and_commands_are_refused_and_run_locally(server, monkeypatch):
     sock, _ = server
+    from agatax import __version__
+
+    # the same version number with other code (a pull that kept 0.2.0) is another version too
+    other_code = f"{__version__}+{'0' * 16}"
+    assert serve._version().startswith(f"{__version__}+") and serve._version() != other_code
     for request in ({"version": "0.0.0-other", "argv": ["score", "x"], "cwd": "/", "env": {}},
+                    {"version": other_code, "argv": ["score", "x"], "cwd": "/", "env": {}},
                     {"version": serve._version(), "argv": ["train", "x"], "cwd": "/", "env": {}}):
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         conn.connect(str(sock))
