@@ -514,7 +514,7 @@ _RESTING_WARNINGS = (("dense:", "stent-dense objects"), ("beside metal:", "objec
 #: CONTRAST_ENHANCED, SHARP_KERNEL): the picture's title says so, as the score may be far from the truth;
 #: agatax train's validation rows list them (``agatax.cohort.score_validation``).
 PAST_REFUSAL = (("too noisy:", "too noisy"), ("phantom:", "a phantom"), ("contrast:", "contrast-enhanced"),
-                ("sharp kernel, scored on request", "a bone or lung kernel"))
+                ("sharp kernel, scored on request", "a sharp kernel"))
 
 def render_png(
     path: str | os.PathLike,
