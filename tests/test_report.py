@@ -302,8 +302,11 @@ def test_png_shows_all_slices_on_request_and_says_how_many(tmp_path, monkeypatch
     write_report(tmp_path, volume, scores, mask, extra={"warnings": warned, "category_range": doubt})
     assert "category C (uncertain: A to C; rests on objects beside metal: see the warnings)" in titles[-1]
     assert "past a refusal" not in titles[-1]
+    write_report(tmp_path, volume, scores, mask, extra={"warnings": ["sharp kernel: reconstructed with DETAIL ..."]})
+    assert "past a refusal" not in titles[-1]  # a medium-sharp kernel is warned, not refused
     for warned, what in ((["too noisy: image noise about 104 HU ..."], "too noisy"),
-                         (["phantom: the cross-section repeats ...", "too noisy: ..."], "too noisy and a phantom")):
+                         (["phantom: the cross-section repeats ...", "too noisy: ..."], "too noisy and a phantom"),
+                         (["sharp kernel, scored on request: reconstructed with B70f ..."], "a sharp kernel")):
         write_report(tmp_path, volume, scores, mask, extra={"warnings": warned})
         assert titles[-1].endswith(f"calcium slices\nscored on request past a refusal ({what}): see the warnings")
 
