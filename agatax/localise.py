@@ -306,16 +306,16 @@ def _spine_x(bone: np.ndarray, step) -> float | None:
 
 
 def _behind_the_back(lungs: np.ndarray, m: np.ndarray, spine_x: float | None, step) -> tuple[np.ndarray, int]:
-    """``lungs`` without the lung-like components that lie behind the patient's back: the foam pad and the
-    table top's foam core under a patient (-990 to -780 HU, enclosed by the back and the table's skins) read
-    as aerated tissue inside the body, and would widen the lungs' hull to the back muscles and ribs.
+    """``lungs`` without the lung-like components that lie outside the patient along y: the foam pad and the
+    table top's foam core under a patient (-990 to -780 HU, enclosed by the patient and the table's skins)
+    read as aerated tissue inside the body, and would widen the lungs' hull to the back muscles and ribs.
 
-    The back, per slice: the last row (larger y, posterior in the canonical orientation) of the patient (the
-    largest 3D component above -500 HU) within ``BACK_BAND_MM`` of the spine's x (``spine_x``, mm; None:
-    nothing goes), where the field of view shows what lies beyond it (the back not cut by the image). A
-    component goes when more than half of its cells in such slices lie beyond that row, in any column:
-    lungs lie in front of the back's skin (synthetic exams: none of their cells beyond it), a pad under the
-    patient behind it. Returns (lungs, cells taken out)."""
+    The patient's extent along y, per slice: its first and last rows (the largest 3D component above -500 HU)
+    within ``BACK_BAND_MM`` of the spine's x (``spine_x``, mm; None: nothing goes), each where the image shows
+    what lies beyond it (not cut by the image's edge). A component goes when more than half of its cells in
+    slices with such an end lie beyond it, in any column: lungs lie between the chest's skin and the back's
+    (synthetic exams: none of their cells beyond), a pad under the back (supine) or the chest (prone) beyond.
+    Returns (lungs, cells taken out)."""
     if spine_x is None or not lungs.any():
         return lungs, 0
     cube = np.ones((3, 3, 3), bool)
@@ -327,12 +327,15 @@ def _behind_the_back(lungs: np.ndarray, m: np.ndarray, spine_x: float | None, st
     patient = lab == sizes.argmax()
     c0, w = int(round(spine_x / step[2])), int(np.ceil(BACK_BAND_MM / step[2]))
     rows_with = patient[:, :, max(c0 - w, 0): c0 + w + 1].any(axis=2)  # (z, y)
-    last = m.shape[1] - 1 - np.argmax(rows_with[:, ::-1], axis=1)  # the back's row, per slice
-    seen = rows_with.any(axis=1) & (last < m.shape[1] - 2)  # the back lies inside the image
-    behind = (np.arange(m.shape[1])[None, :] > last[:, None]) & seen[:, None]  # (z, y)
+    has = rows_with.any(axis=1)
+    first = np.argmax(rows_with, axis=1)
+    last = m.shape[1] - 1 - np.argmax(rows_with[:, ::-1], axis=1)
+    rows = np.arange(m.shape[1])[None, :]
+    front_seen, back_seen = has & (first > 1), has & (last < m.shape[1] - 2)  # not cut by the image's edge
+    beyond = ((rows < first[:, None]) & front_seen[:, None]) | ((rows > last[:, None]) & back_seen[:, None])
     comp, k = ndimage.label(lungs, structure=cube)
-    total = np.bincount((comp * seen[:, None, None]).ravel(), minlength=k + 1)
-    out = np.bincount((comp * behind[:, :, None]).ravel(), minlength=k + 1)
+    total = np.bincount((comp * (front_seen | back_seen)[:, None, None]).ravel(), minlength=k + 1)
+    out = np.bincount((comp * beyond[:, :, None]).ravel(), minlength=k + 1)
     drop = out > 0.5 * total
     drop[0] = False
     if not drop.any():
@@ -345,9 +348,7 @@ def localise_chest(hu, spacing) -> ChestRegion:
     """Find the lungs and the region between them where coronary calcium can be.
 
     Args:
-        hu: (z, y, x) HU (any real dtype), in any axial orientation (the rule is symmetric), but for the
-            patient's support under the back (``_behind_the_back``), looked for at larger y: the canonical
-            orientation (posterior at larger y) that the pipeline passes.
+        hu: (z, y, x) HU (any real dtype), in any axial orientation (the rule is symmetric).
         spacing: (dz, dy, dx) mm.
     Returns:
         ChestRegion (``region`` bool (z, y, x) on the exam's grid, its bounding box, lung volume, a note).
@@ -447,8 +448,8 @@ def localise_chest(hu, spacing) -> ChestRegion:
     nz = [np.nonzero(region.any(axis=tuple(a for a in range(3) if a != ax)))[0] for ax in range(3)]
     box = tuple(slice(int(i[0]), int(i[-1]) + 1) for i in nz)
     frac = float(region.mean())
-    support_note = (f" ({support * voxel_cm3:.0f} cm^3 of aerated material behind the back, a pad or the table, "
-                    "not taken for lung)" if support else "")
+    support_note = (f" ({support * voxel_cm3:.0f} cm^3 of aerated material outside the patient, behind the back or "
+                    "in front of the chest (a pad or the table), not taken for lung)" if support else "")
     return ChestRegion(True, region, box, lung_cm3,
                        f"lungs {lung_cm3:.0f} cm^3{support_note}; calcium searched in {100 * frac:.0f} % of the "
                        f"volume; {carina_note}", hu70, z_change, carina)

@@ -424,6 +424,12 @@ def test_the_pad_and_table_under_the_back_are_not_taken_for_lung(seed):
     assert r.found and r.lung_cm3 == pytest.approx(ref.lung_cm3, rel=0.01)
     assert (r.region == ref.region).mean() > 0.995
     check_region(table, r.region)
-    assert "behind the back" in r.note and "behind the back" not in ref.note
+    assert "outside the patient" in r.note and "outside the patient" not in ref.note
     skins = table.distractor_mask == DISTRACTOR_CODES["table"]
     assert skins.any() and not (skins & r.region).any()
+    # the same exam upside down (the pad in front of the patient, as under a prone patient): the same again
+    flipped = localise_chest(table.volume.hu[:, ::-1], table.volume.spacing)
+    ref_flipped = localise_chest(plain.volume.hu[:, ::-1], plain.volume.spacing)
+    assert flipped.lung_cm3 == pytest.approx(ref_flipped.lung_cm3, rel=0.01)
+    assert (flipped.region == ref_flipped.region).mean() > 0.995
+    assert not (skins[:, ::-1] & flipped.region).any()
