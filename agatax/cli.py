@@ -145,7 +145,7 @@ def source_fingerprint(root: str | os.PathLike, *, leave_out: Sequence[str] = ()
         name = path.relative_to(root).as_posix()
         if any(part.startswith(".") for part in name.split("/")) or name.startswith(tuple(leave_out)):
             continue
-        if path.is_symlink() or not path.is_file():
+        if not path.is_file():  # a dangling link (an editor's lock) is not a source
             continue
         digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
@@ -550,23 +550,38 @@ def format_report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: Failures that say nothing about the exam (its source not there now, a lost or mismatched worker): an
+#: earlier report is left where it is.
+_TRANSIENT = ("NOT_FOUND", "WORKER_LOST", "CODE_MISMATCH", "REPORT_BUSY")
+
+
+def _verdict(err: BaseException | None) -> bool:
+    """Whether a failure is a verdict on the exam (a refusal, an unreadable exam), not a passing condition."""
+    return isinstance(err, AgataxError) and err.code not in _TRANSIENT
+
+
 def set_aside_report(report_dir: Path, exam_id: str) -> Path | None:
     """Move the report files of ``exam_id`` (JSON, lesion CSV, mask, PNG, DICOM SEG and SR, those that exist)
-    into ``report_dir/superseded/<id>`` (``<id>-2``, ... when taken): a re-run whose exam now fails leaves no
-    report that looks current, and deletes nothing. Returns the folder, or None when there was nothing."""
+    into ``report_dir/superseded/<id>/<UTC time>/``: a re-run whose exam is now refused leaves no report that
+    looks current, and deletes nothing. Only a complete report (its JSON there) is moved. Returns the folder,
+    or None when there was no complete report."""
+    import shutil
+    import time as _time
+
     from agatax.report import report_paths
 
-    present = [p for p in report_paths(report_dir, exam_id, png=True, dicom=True).values() if p.is_file()]
-    if not present:
+    paths = report_paths(report_dir, exam_id, png=True, dicom=True)
+    if not paths["json"].is_file():
         return None
-    base = Path(report_dir) / "superseded" / report_paths(report_dir, exam_id)["json"].stem
+    present = [p for p in paths.values() if p.is_file()]
+    base = Path(report_dir) / "superseded" / paths["json"].stem / _time.strftime("%Y%m%dT%H%M%SZ", _time.gmtime())
     target, k = base, 1
     while target.exists():
         k += 1
         target = base.with_name(f"{base.name}-{k}")
     target.mkdir(parents=True)
     for path in sorted(present, key=lambda p: p.suffix != ".json"):  # the JSON first: no half-current report
-        os.replace(path, target / path.name)
+        shutil.move(os.fspath(path), os.fspath(target / path.name))
     return target
 
 
@@ -921,7 +936,8 @@ def _score_tasks(args, stop, counts, tasks, is_batch, scorer, weights, report_di
             source = (old or {}).get("provenance")
             source = source.get("source") if isinstance(source, dict) else None
             if isinstance(source, str) and source != made["source"]:
-                task = batching.ExamTask(f"{task.exam_id}_{batching.source_hash(task.path)}", task.path)
+                # cut as agatax.batch cuts ids, so that the hash survives the file name's 80 characters
+                task = batching.ExamTask(f"{task.exam_id[:71]}_{batching.source_hash(task.path)}", task.path)
             renamed[task] = made
         provenance = renamed
         tasks = list(provenance)
@@ -969,13 +985,20 @@ def _score_tasks(args, stop, counts, tasks, is_batch, scorer, weights, report_di
     progress = batching.Progress(len(tasks), enabled=is_batch and len(tasks) > 1 and not args.quiet)
 
     def on_outcome(outcome) -> None:
-        if outcome.status == "failed" and report_dir is not None and outcome.task.exam_id in had_report:
-            # its earlier report is not this run's result (why it was scored again): never left as if current
-            where = set_aside_report(report_dir, outcome.task.exam_id)
-            if where is not None:
-                notes[outcome.task.exam_id] = f"its earlier report moved to {where}"
-                if not is_batch:
-                    print(f"note: the earlier report of {outcome.task.exam_id} moved to {where}", file=sys.stderr)
+        exam_id = outcome.task.exam_id
+        if (outcome.status == "failed" and report_dir is not None and exam_id in had_report and not stop.is_set()
+                and _verdict(outcome.error) and notes.get(exam_id, "").startswith("re-scored:")
+                and "report files missing" not in notes[exam_id]):
+            # the earlier report was made by other code, options or inputs, and this exam is now refused or
+            # unreadable: the earlier score is not this run's, so it is not left in place looking current
+            try:
+                where = set_aside_report(report_dir, exam_id)
+            except OSError as err:
+                notes[exam_id] = f"its earlier report, not this run's, could not be moved aside ({err})"
+            else:
+                notes[exam_id] = f"its earlier report moved to {where}" if where is not None else notes[exam_id]
+            if not is_batch and notes[exam_id].startswith("its earlier report"):
+                print(f"note: {exam_id}: {notes[exam_id]}", file=sys.stderr)
         if outcome.status == "failed":
             item = _error_entry(outcome)
         else:

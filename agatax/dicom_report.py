@@ -69,8 +69,7 @@ WARNING_CODES = (
     ("contrast:", "WARNING-CONTRAST", "scored as non-contrast on request: enhanced blood may score"),
     ("phantom:", "WARNING-PHANTOM", "phantom-like exam: inserts outside a heart are missed"),
     ("unusual tube voltage", "WARNING-KVP", "tube voltage not 120 kVp: the 130 HU threshold assumes 120"),
-    ("sharp kernel, scored on request", "WARNING-SHARP-KERNEL", "scored past the sharp-kernel refusal on request: "
-     "the score reads high"),
+    ("sharp kernel, scored on request", "WARNING-SHARP-KERNEL", "scored past the sharp-kernel refusal: reads high"),
     ("sharp kernel:", "WARNING-KERNEL", "kernel sharper than calcium scoring's: the score reads high"),
     ("series chosen", "WARNING-SERIES", "one of several series was scored: check it is the right one"),
     ("overlapping", "WARNING-OVERLAP", "overlapping slices: scored with the slice increment"),

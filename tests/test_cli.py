@@ -897,9 +897,16 @@ def test_a_rerun_without_an_allow_option_is_refused_and_sets_the_earlier_report_
     line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("lung  FAILED"))
     assert "[SHARP_KERNEL]" in line and "superseded" in line
     assert not list(report.glob("lung*"))
-    assert sorted(p.name for p in (report / "superseded" / "lung").iterdir()) == made
+    (moved,) = (report / "superseded" / "lung").iterdir()  # one folder per set-aside, named by its UTC time
+    assert sorted(p.name for p in moved.iterdir()) == made
     assert main(args + ["--allow-sharp-kernel"]) == 0  # scored again on request; the set-aside copy stays
-    assert (report / "lung.json").is_file() and (report / "superseded" / "lung" / "lung.json").is_file()
+    assert (report / "lung.json").is_file() and (moved / "lung.json").is_file()
+    # the source not there now (an unmounted share): not a verdict on the exam, its report stays in place
+    renamed = tmp_path / "batch" / "lung-away"
+    (tmp_path / "batch" / "lung").rename(renamed)
+    assert main(["score", str(tmp_path / "batch" / "lung"), "--no-server", "--no-localise", "--no-png", "--weights",
+                 str(cohort / "tiny.msgpack"), "--report", str(report), "--allow-sharp-kernel"]) == 2
+    assert (report / "lung.json").is_file() and len(list((report / "superseded" / "lung").iterdir())) == 1
 
 
 def test_the_result_names_the_reconstruction_kernel_and_tube_voltage(exam, tmp_path, capsys):

@@ -312,3 +312,12 @@ def test_an_exam_without_calcium_gives_an_empty_segment_and_a_zero_score(exam, t
     (total,) = sr.content.get_image_measurement_groups()
     assert _measure(total, "Calcium score") == 0.0 and sr.content.get_planar_roi_measurement_groups() == []
     assert total.get_qualitative_evaluations()[0].value.meaning.startswith("Agatston category A ")
+
+
+def test_every_sr_warning_meaning_fits_a_dicom_code_meaning():
+    """DICOM (and highdicom) allow at most 64 characters in a code meaning: a longer one makes every SR of an
+    exam with that warning fail."""
+    from agatax.dicom_report import WARNING_CODES, _OTHER_WARNING
+
+    for _, value, meaning in (*WARNING_CODES, ("", *_OTHER_WARNING)):
+        assert 0 < len(meaning) <= 64, (value, len(meaning))
