@@ -60,6 +60,7 @@ _Z_CHANGE_HU = 150.0
 _MIN_SECTION_CM2 = 25.0
 CARINA_MARGIN_MM = 10.0  # the region ends this far beyond the carina, on the trachea's side
 BACK_BAND_MM = 30.0  # a support under the patient is looked for within this distance of the spine's x
+_MIN_VERTEBRA_CM2 = 5.0  # bone in that band, per slice, for it to be the spine (a vertebral body: 10-20 cm^2)
 _AIRWAY_MM = 2.0  # in-plane cell of the airway search
 _TRACHEA_CM2 = (0.9, 8.0)  # lumen cross-section below -700 HU: adult tracheae are 12-25 mm across
 _MIN_TRACHEA_MM = 40.0
@@ -305,17 +306,20 @@ def _spine_x(bone: np.ndarray, step) -> float | None:
     return float(np.argmax(counts) * step[2])
 
 
-def _behind_the_back(lungs: np.ndarray, m: np.ndarray, spine_x: float | None, step) -> tuple[np.ndarray, int]:
+def _behind_the_back(lungs: np.ndarray, m: np.ndarray, bone: np.ndarray, spine_x: float | None, step
+                     ) -> tuple[np.ndarray, int]:
     """``lungs`` without the lung-like components that lie outside the patient along y: the foam pad and the
     table top's foam core under a patient (-990 to -780 HU, enclosed by the patient and the table's skins)
     read as aerated tissue inside the body, and would widen the lungs' hull to the back muscles and ribs.
 
     The patient's extent along y, per slice: its first and last rows (the largest 3D component above -500 HU)
-    within ``BACK_BAND_MM`` of the spine's x (``spine_x``, mm; None: nothing goes), each where the image shows
-    what lies beyond it (not cut by the image's edge). A component goes when more than half of its cells in
-    slices with such an end lie beyond it, in any column: lungs lie between the chest's skin and the back's
-    (synthetic exams: none of their cells beyond), a pad under the back (supine) or the chest (prone) beyond.
-    Returns (lungs, cells taken out)."""
+    within ``BACK_BAND_MM`` of the spine's x (``spine_x``, mm; None: nothing goes), in slices where that band
+    holds the vertebra (at least ``_MIN_VERTEBRA_CM2`` of ``bone``, clear of the image's edge and of padding:
+    not a rib the field of view cuts, as when the spine lies outside a small field), each end where the image
+    shows what lies beyond it (neither the edge nor padding). A component goes when more than half of its
+    cells in slices with such an end lie beyond it, in any column: lungs lie between the chest's skin and the
+    back's (synthetic exams: none of their cells beyond), a pad under the back (supine) or the chest (prone)
+    beyond. Returns (lungs, cells taken out)."""
     if spine_x is None or not lungs.any():
         return lungs, 0
     cube = np.ones((3, 3, 3), bool)
@@ -326,12 +330,24 @@ def _behind_the_back(lungs: np.ndarray, m: np.ndarray, spine_x: float | None, st
     sizes[0] = 0
     patient = lab == sizes.argmax()
     c0, w = int(round(spine_x / step[2])), int(np.ceil(BACK_BAND_MM / step[2]))
-    rows_with = patient[:, :, max(c0 - w, 0): c0 + w + 1].any(axis=2)  # (z, y)
-    has = rows_with.any(axis=1)
+    band = slice(max(c0 - w, 0), c0 + w + 1)
+    plane = np.zeros((1, 3, 3), bool)
+    plane[0] = ndimage.generate_binary_structure(2, 1)
+    cut = np.zeros(m.shape, bool)
+    cut[:, [0, -1], :] = cut[:, :, [0, -1]] = True
+    cut = ndimage.binary_dilation(cut | (m < _PADDING_HU), structure=plane, iterations=2)[:, :, band]  # (z, y, band)
+    vertebra = bone[:, :, band]
+    has = ((vertebra.sum(axis=(1, 2)) * float(step[1] * step[2]) / 100.0 >= _MIN_VERTEBRA_CM2)
+           & ~(vertebra & cut).any(axis=(1, 2)))
+    rows_with = patient[:, :, band].any(axis=2)  # (z, y)
+    has &= rows_with.any(axis=1)
     first = np.argmax(rows_with, axis=1)
     last = m.shape[1] - 1 - np.argmax(rows_with[:, ::-1], axis=1)
     rows = np.arange(m.shape[1])[None, :]
-    front_seen, back_seen = has & (first > 1), has & (last < m.shape[1] - 2)  # not cut by the image's edge
+    zi = np.arange(m.shape[0])
+    # an end is seen where the band's cells just beyond it are neither the image's edge nor padding
+    front_seen = has & (first > 1) & ~cut[zi, np.maximum(first - 1, 0)].any(axis=1)
+    back_seen = has & (last < m.shape[1] - 2) & ~cut[zi, np.minimum(last + 1, m.shape[1] - 1)].any(axis=1)
     beyond = ((rows < first[:, None]) & front_seen[:, None]) | ((rows > last[:, None]) & back_seen[:, None])
     comp, k = ndimage.label(lungs, structure=cube)
     total = np.bincount((comp * (front_seen | back_seen)[:, None, None]).ravel(), minlength=k + 1)
@@ -394,7 +410,7 @@ def localise_chest(hu, spacing) -> ChestRegion:
     aerated = (m < _LUNG_HU[1]) & ~exterior
     opened = ndimage.binary_opening(aerated, structure=plane, iterations=2)
     lungs = _components(opened, _MIN_LUNG_CM3 / voxel_cm3)
-    lungs, support = _behind_the_back(lungs, m, spine_x, step)
+    lungs, support = _behind_the_back(lungs, m, bone, spine_x, step)
     lung_cm3 = float(lungs.sum()) * voxel_cm3
     if lung_cm3 < _MIN_LUNGS_CM3:
         return ChestRegion(False, None, None, lung_cm3,

@@ -11,7 +11,7 @@ socket; default ``$XDG_RUNTIME_DIR/agatax/serve.sock``, else ``~/.cache/agatax/s
 command at a time, in its main thread, exactly as ``agatax score`` would (the same parser, checks, files,
 output and exit status) in the client's working folder and with the client's ``AGATAX_*`` variables; the
 client relays the output and exits with the command's status. A Ctrl-C in the client interrupts the command
-as it would a local one. Where no server answers, or it runs another agatax version or other JAX device
+as it would a local one. Where no server answers, or it runs another agatax version or code or other JAX device
 settings (``JAX_PLATFORMS``, ``CUDA_VISIBLE_DEVICES``, ``XLA_FLAGS``, ...), or ``--no-server`` is given,
 ``agatax score`` runs in its own process as always.
 

@@ -433,3 +433,16 @@ def test_the_pad_and_table_under_the_back_are_not_taken_for_lung(seed):
     assert flipped.lung_cm3 == pytest.approx(ref_flipped.lung_cm3, rel=0.01)
     assert (flipped.region == ref_flipped.region).mean() > 0.995
     assert not (skins[:, ::-1] & flipped.region).any()
+
+
+@pytest.mark.parametrize("padding", [-1024.0, None])
+def test_a_small_field_in_front_of_the_spine_keeps_its_lungs(padding):
+    """A 170 mm cardiac field centred well in front (the spine outside it): the ribs it cuts at its edge are
+    not a spine, so no lung is set aside as lying outside the patient; every true calcification stays in the
+    region (before the vertebra check, the lungs of such exams were set aside and the region lost them all)."""
+    ex = exam(4, "C", protocol="cardiac", fov_mm=170.0, fov_center_mm=(15.0, -50.0), padding_hu=padding,
+              matrix=160, n_slices=40)
+    r = localise_chest(ex.volume.hu, ex.volume.spacing)
+    assert r.found and "outside the patient" not in r.note
+    calcium = ex.mask > 0
+    assert calcium.any() and (calcium & r.region).sum() == calcium.sum()
