@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import csv
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -151,17 +152,13 @@ def source_fingerprint(root: str | os.PathLike, *, leave_out: Sequence[str] = ()
     return digest.hexdigest()[:16]
 
 
-_CODE: list[str] = []
-
-
+@functools.cache
 def code_fingerprint() -> str:
     """:func:`source_fingerprint` of the agatax package this process imported (computed once, at the first
     call, ``TRAINING_ONLY`` left out): a batch re-run keeps an earlier report only when the code that made it
     is this code, not only the same version number (reports made before a change of rules, e.g. a new
     refusal, are scored again)."""
-    if not _CODE:
-        _CODE.append(source_fingerprint(Path(__file__).parent, leave_out=TRAINING_ONLY))
-    return _CODE[0]
+    return source_fingerprint(Path(__file__).parent, leave_out=TRAINING_ONLY)
 
 
 def weights_identity(path: str | os.PathLike | None) -> str:
@@ -333,9 +330,8 @@ class ExamScorer:
         slab = self.thin_slices == "slab"
         if self.mask is not None:
             from agatax.io import read_mask
-            from agatax.scoring import compute_scores
-
             from agatax.quality import kernel_note
+            from agatax.scoring import compute_scores
 
             labels = read_mask(self.mask, like=volume)
             if slab:
@@ -566,7 +562,7 @@ def set_aside_report(report_dir: Path, exam_id: str) -> Path | None:
     looks current, and deletes nothing. Only a complete report (its JSON there) is moved. Returns the folder,
     or None when there was no complete report."""
     import shutil
-    import time as _time
+    import time
 
     from agatax.report import report_paths
 
@@ -574,7 +570,7 @@ def set_aside_report(report_dir: Path, exam_id: str) -> Path | None:
     if not paths["json"].is_file():
         return None
     present = [p for p in paths.values() if p.is_file()]
-    base = Path(report_dir) / "superseded" / paths["json"].stem / _time.strftime("%Y%m%dT%H%M%SZ", _time.gmtime())
+    base = Path(report_dir) / "superseded" / paths["json"].stem / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     target, k = base, 1
     while target.exists():
         k += 1

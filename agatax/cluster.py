@@ -47,9 +47,9 @@ def process_exam(job, task, provenance: Mapping[str, Any]) -> tuple[dict, dict, 
     carry a provenance that is not its own."""
     from agatax.cli import code_fingerprint
 
-    client_code = provenance.get("agatax_code")
-    if client_code is not None and client_code != code_fingerprint():
-        raise InputError(f"this worker runs agatax code {code_fingerprint()}, the client {client_code}",
+    client_code, here = provenance.get("agatax_code"), code_fingerprint()
+    if client_code is not None and client_code != here:
+        raise InputError(f"this worker runs agatax code {here}, the client {client_code}",
                          code="CODE_MISMATCH", hint="install the same agatax on the client and every worker")
     t0 = time.perf_counter()
     result, row = job.process(task, dict(provenance))

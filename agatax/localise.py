@@ -306,17 +306,17 @@ def _spine_x(bone: np.ndarray, step) -> float | None:
     return float(np.argmax(counts) * step[2])
 
 
-def _behind_the_back(lungs: np.ndarray, m: np.ndarray, bone: np.ndarray, spine_x: float | None, step
-                     ) -> tuple[np.ndarray, int]:
+def _outside_the_patient(lungs: np.ndarray, m: np.ndarray, bone: np.ndarray, at_edge: np.ndarray,
+                         spine_x: float | None, step) -> tuple[np.ndarray, int]:
     """``lungs`` without the lung-like components that lie outside the patient along y: the foam pad and the
     table top's foam core under a patient (-990 to -780 HU, enclosed by the patient and the table's skins)
     read as aerated tissue inside the body, and would widen the lungs' hull to the back muscles and ribs.
 
     The patient's extent along y, per slice: its first and last rows (the largest 3D component above -500 HU)
     within ``BACK_BAND_MM`` of the spine's x (``spine_x``, mm; None: nothing goes), in slices where that band
-    holds the vertebra (at least ``_MIN_VERTEBRA_CM2`` of ``bone``, clear of the image's edge and of padding:
-    not a rib the field of view cuts, as when the spine lies outside a small field), each end where the image
-    shows what lies beyond it (neither the edge nor padding). A component goes when more than half of its
+    holds the vertebra (at least ``_MIN_VERTEBRA_CM2`` of ``bone``, clear of ``at_edge``, the image's edge
+    and padding: not a rib the field of view cuts, as when the spine lies outside a small field), each end
+    where the image shows what lies beyond it (not ``at_edge``). A component goes when more than half of its
     cells in slices with such an end lie beyond it, in any column: lungs lie between the chest's skin and the
     back's (synthetic exams: none of their cells beyond), a pad under the back (supine) or the chest (prone)
     beyond. Returns (lungs, cells taken out)."""
@@ -331,11 +331,7 @@ def _behind_the_back(lungs: np.ndarray, m: np.ndarray, bone: np.ndarray, spine_x
     patient = lab == sizes.argmax()
     c0, w = int(round(spine_x / step[2])), int(np.ceil(BACK_BAND_MM / step[2]))
     band = slice(max(c0 - w, 0), c0 + w + 1)
-    plane = np.zeros((1, 3, 3), bool)
-    plane[0] = ndimage.generate_binary_structure(2, 1)
-    cut = np.zeros(m.shape, bool)
-    cut[:, [0, -1], :] = cut[:, :, [0, -1]] = True
-    cut = ndimage.binary_dilation(cut | (m < _PADDING_HU), structure=plane, iterations=2)[:, :, band]  # (z, y, band)
+    cut = at_edge[:, :, band]  # (z, y, band)
     vertebra = bone[:, :, band]
     has = ((vertebra.sum(axis=(1, 2)) * float(step[1] * step[2]) / 100.0 >= _MIN_VERTEBRA_CM2)
            & ~(vertebra & cut).any(axis=(1, 2)))
@@ -390,11 +386,11 @@ def localise_chest(hu, spacing) -> ChestRegion:
     bone = np.isin(lab, np.unique(lab[seeds]))
     # bone the field of view cuts (a cardiac field's sternum and ribs at the image border or the
     # reconstruction circle) can be too thin there to hold a core; the coronaries never reach that edge
-    edge = np.zeros(dense.shape, bool)
-    edge[:, [0, -1], :] = edge[:, :, [0, -1]] = True
-    edge = ndimage.binary_dilation(edge | (m < _PADDING_HU), structure=plane, iterations=2)
+    at_edge = np.zeros(dense.shape, bool)
+    at_edge[:, [0, -1], :] = at_edge[:, :, [0, -1]] = True
+    at_edge = ndimage.binary_dilation(at_edge | (m < _PADDING_HU), structure=plane, iterations=2)
     sizes = np.bincount(lab.ravel()) * voxel_cm3
-    cut = np.unique(lab[dense & edge])
+    cut = np.unique(lab[dense & at_edge])
     bone |= np.isin(lab, cut[(cut > 0) & (sizes[cut] >= _MIN_CUT_BONE_CM3)])
     cube = np.ones((3, 3, 3), bool)
     bone |= ndimage.binary_dilation(bone, structure=cube) & ~dense  # its partial-volume rim
@@ -410,7 +406,7 @@ def localise_chest(hu, spacing) -> ChestRegion:
     aerated = (m < _LUNG_HU[1]) & ~exterior
     opened = ndimage.binary_opening(aerated, structure=plane, iterations=2)
     lungs = _components(opened, _MIN_LUNG_CM3 / voxel_cm3)
-    lungs, support = _behind_the_back(lungs, m, bone, spine_x, step)
+    lungs, support = _outside_the_patient(lungs, m, bone, at_edge, spine_x, step)
     lung_cm3 = float(lungs.sum()) * voxel_cm3
     if lung_cm3 < _MIN_LUNGS_CM3:
         return ChestRegion(False, None, None, lung_cm3,

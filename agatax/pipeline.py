@@ -165,7 +165,8 @@ def _run(ensemble, volume, spacing, *, strategy, target_mm, threshold_hu, score,
     if isinstance(volume, Volume) and not allow_sharp_kernel:  # a bone or lung kernel: refused (SHARP_KERNEL)
         from agatax.quality import check_kernel
 
-        check_kernel((volume.metadata or {}).get("kernel"), (volume.metadata or {}).get("manufacturer"))
+        meta = volume.metadata or {}
+        check_kernel(meta.get("kernel"), meta.get("manufacturer"))
     # arrays given without a Volume are taken as canonical
     how = (canonical_orientation(volume.affine, source=volume.source) if isinstance(volume, Volume)
            else Reorientation((0, 1, 2), (False, False, False)))

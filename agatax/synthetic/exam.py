@@ -283,24 +283,25 @@ def _add_table(vol: np.ndarray, grid: Grid, psf: float, rng: np.random.Generator
     def above(edge):  # share of each pixel beyond ``edge`` (mm, per column) along +y, blurred by the PSF
         return 0.5 * (1.0 + erf((y - edge[None, :]) / (math.sqrt(2.0) * psf)))
 
-    top = y0 - lift
-    layers = [(top, pad_hu, 250.0), (top + pad_mm, skin_hu, 0.5 * width), (top + pad_mm + skin_mm, core_hu, 0.5 * width),
-              (top + pad_mm + skin_mm + core_mm, skin_hu, 0.5 * width),
-              (top + pad_mm + 2 * skin_mm + core_mm, None, 0.0)]
+    # layers from the back down: (thickness mm, HU, half width mm, a skin)
+    layers = [(pad_mm, pad_hu, 250.0, False), (skin_mm, skin_hu, 0.5 * width, True),
+              (core_mm, core_hu, 0.5 * width, False), (skin_mm, skin_hu, 0.5 * width, True)]
     value = np.zeros(vol.shape[1:], np.float32)
     share = np.zeros(vol.shape[1:], np.float32)
-    for (start, hu, half), (end, _, _) in zip(layers[:-1], layers[1:]):
-        inside = (above(start) - above(end)) * (np.abs(dx) <= half)[None, :]
+    skins = np.zeros(vol.shape[1:], bool)
+    start = y0 - lift
+    for thick, hu, half, skin in layers:
+        inside = (above(start) - above(start + thick)) * (np.abs(dx) <= half)[None, :]
         value += inside * np.float32(hu)
         share += inside
+        if skin:
+            skins |= inside > 0.5
+        start = start + thick
     share = np.clip(share, 0.0, 1.0)
     # the support replaces air (outside the body) by its share of each pixel; the body is never overwritten
     mix = (value + (1.0 - share) * np.float32(-1000.0))[None]
     air = vol < -900.0
     vol[:] = np.where(air & (share > 1e-3)[None], mix, vol)
-    skins = np.zeros(vol.shape[1:], bool)
-    for start, end in ((layers[1][0], layers[2][0]), (layers[3][0], layers[4][0])):
-        skins |= ((above(start) - above(end)) > 0.5) & (np.abs(dx) <= 0.5 * width)[None, :]
     return np.broadcast_to(skins[None], vol.shape) & air
 
 
