@@ -1,13 +1,19 @@
-"""The patient's support (foam pad and table top) against the chest localisation and the score.
+"""What lies around the patient against the chest localisation and the score: the patient's support (foam
+pad and table top, ``--variant table``) or the upper abdomen under the diaphragm (``--variant abdomen``).
 
-Each exam is drawn twice, the same patient without and with its support under the back
-(``generate_exam(..., table=True)``), and both are localised (``agatax.localise_chest``) and scored
-(``agatax.run_pipeline``, shipped default). Per exam: the lungs found (cm^3), the region's size, the share
-of the voxels >= 130 HU that are not coronary calcium (bone, the table's skins, look-alikes) inside the
-region, the share of the true coronary calcium inside it, and the score and category against the truth.
+Each exam is drawn twice, the same patient without and with the variant (``generate_exam(..., table=True)``;
+``generate_exam(..., abdomen=True, lookalike_rates={"splenic_artery": 1.0})``: the stomach and colon with
+their gas, and calcium on the splenic artery in every exam; a chest exam then reaches 40-100 mm further
+down), and both are localised (``agatax.localise_chest``) and scored (``agatax.run_pipeline``, shipped
+default). Per exam: the lungs found (cm^3), the region's size and how far it reaches below the heart's lowest
+myocardium (mm), the share of the voxels >= 130 HU that are not coronary calcium (bone, the table's skins,
+look-alikes) inside the region, the share of the splenic artery's calcium inside it and the voxels of it the
+pipeline scored, the share of the true coronary calcium inside the region, and the score and category
+against the truth.
 
     python experiments/table_support.py --protocol chest --exams 16 --first-seed 8800
     python experiments/table_support.py --protocol cardiac --fov 250 --exams 8 --first-seed 8820
+    python experiments/table_support.py --variant abdomen --protocol chest --exams 16 --first-seed 9100
 
 Calcium-free exams first (half of them), then categories C, D, E in turn. Prints one Markdown row per
 exam and a summary; writes <workdir>/table_support_<protocol>_<first seed>.json. To measure other code on
@@ -33,7 +39,7 @@ from agatax._atomic import atomic_write_text  # noqa: E402
 from agatax.defaults import load_default_ensemble  # noqa: E402
 from agatax.localise import localise_chest  # noqa: E402
 from agatax.pipeline import run_pipeline  # noqa: E402
-from agatax.synthetic import generate_exam  # noqa: E402
+from agatax.synthetic import DISTRACTOR_CODES, TISSUES, generate_exam  # noqa: E402
 
 
 def measure(exam, ensemble) -> dict:
@@ -42,10 +48,18 @@ def measure(exam, ensemble) -> dict:
     found = localise_chest(hu, spacing)
     coronary = exam.mask > 0
     other = (hu >= 130.0) & ~coronary
+    splenic = (exam.distractor_mask == DISTRACTOR_CODES["splenic_artery"]) & (hu >= 130.0)
     region = found.region if found.found else np.zeros(hu.shape, bool)
     res = run_pipeline(ensemble, exam.volume, allow_noisy=True)
+    # how far the region reaches below the heart (slice index grows towards the head in generated exams)
+    heart = np.nonzero((exam.tissue == TISSUES["myocardium"]).any(axis=(1, 2)))[0]
+    rows = np.nonzero(region.any(axis=(1, 2)))[0]
+    below = float((heart[0] - rows[0]) * spacing[0]) if heart.size and rows.size else None
     return {"found": bool(found.found), "lung_cm3": round(float(found.lung_cm3), 1),
-            "region_voxels": int(region.sum()),
+            "region_voxels": int(region.sum()), "region_below_heart_mm": below,
+            "splenic_voxels": int(splenic.sum()),
+            "splenic_in_region": round(float((splenic & region).sum() / splenic.sum()), 4) if splenic.any() else None,
+            "splenic_scored": int((splenic & res.mask).sum()),
             "other_in_region": round(float((other & region).sum() / max(int(other.sum()), 1)), 4),
             "coronary_kept": round(float((coronary & region).sum() / coronary.sum()), 4) if coronary.any() else None,
             "agatston": round(float(res.scores.agatston), 1), "category": res.scores.category,
@@ -54,6 +68,7 @@ def measure(exam, ensemble) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--variant", choices=("table", "abdomen"), default="table")
     ap.add_argument("--protocol", choices=("chest", "cardiac"), default="chest")
     ap.add_argument("--exams", type=int, default=16)
     ap.add_argument("--first-seed", type=int, required=True)
@@ -66,21 +81,26 @@ def main(argv=None) -> int:
     cats = ["A"] * (args.exams // 2) + [("C", "D", "E")[i % 3] for i in range(args.exams - args.exams // 2)]
     scanner = {} if args.fov is None else {"fov_mm": args.fov}
     rows = []
-    print("| seed | true | support | lungs cm^3 | region voxels | non-coronary >= 130 HU in region | coronary kept | "
-          "score (category) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"| seed | true | {args.variant} | lungs cm^3 | region voxels | region below the heart | non-coronary >= 130 HU "
+          "in region | splenic calcium in region (voxels scored) | coronary kept | score (category) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     t0 = time.perf_counter()
     for i, cat in enumerate(cats):
         seed = args.first_seed + i
         for table in (False, True):
+            variant = ({"table": True} if args.variant == "table"
+                       else {"abdomen": True, "lookalike_rates": {"splenic_artery": 1.0}}) if table else {}
             exam = generate_exam(seed, target_category=cat, protocol=args.protocol, matrix=args.matrix,
-                                 table=table, **scanner)
+                                 keep_tissue=True, **variant, **scanner)
             row = {"seed": seed, "table": table, **measure(exam, ensemble)}
             rows.append(row)
             kept = "-" if row["coronary_kept"] is None else f"{100 * row['coronary_kept']:.1f} %"
+            below = "-" if row["region_below_heart_mm"] is None else f"{row['region_below_heart_mm']:.0f} mm"
+            spl = ("-" if row["splenic_in_region"] is None
+                   else f"{100 * row['splenic_in_region']:.0f} % ({row['splenic_scored']})")
             print(f"| {seed} | {row['true_agatston']:g} ({row['true_category']}) | {'yes' if table else 'no'} | "
-                  f"{row['lung_cm3']:.0f} | {row['region_voxels']} | {100 * row['other_in_region']:.2f} % | {kept} | "
-                  f"{row['agatston']:g} ({row['category']}) |", flush=True)
+                  f"{row['lung_cm3']:.0f} | {row['region_voxels']} | {below} | {100 * row['other_in_region']:.2f} % | "
+                  f"{spl} | {kept} | {row['agatston']:g} ({row['category']}) |", flush=True)
     with_table = [r for r in rows if r["table"]]
     plain = {r["seed"]: r for r in rows if not r["table"]}
     summary = {
@@ -93,10 +113,13 @@ def main(argv=None) -> int:
         "category_changed_by_table": sum(r["category"] != plain[r["seed"]]["category"] for r in with_table),
         "region_ratio_table_to_plain": [round(r["region_voxels"] / max(plain[r["seed"]]["region_voxels"], 1), 3)
                                         for r in with_table],
+        "region_below_heart_mm_with": [r["region_below_heart_mm"] for r in with_table],
+        "splenic_scored_exams": sum(r["splenic_scored"] > 0 for r in with_table),
         "seconds": round(time.perf_counter() - t0),
     }
     print(json.dumps(summary))
-    out = Path(args.workdir) / f"table_support_{args.protocol}_{args.first_seed}.json"
+    name = "table_support" if args.variant == "table" else "abdomen"
+    out = Path(args.workdir) / f"{name}_{args.protocol}_{args.first_seed}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps({"args": vars(args), "agatax": str(Path(agatax.__file__).parent),
                                        "rows": rows, "summary": summary}, indent=1))

@@ -24,13 +24,15 @@ __all__ = ["TISSUES", "TISSUE_HU", "ScannerParams", "Grid", "Heart", "sample_sca
 TISSUES = {
     "air": 0, "fat": 1, "muscle": 2, "lung": 3, "cortical_bone": 4, "trabecular_bone": 5, "myocardium": 6,
     "blood": 7, "pericardium": 8, "epicardial_fat": 9, "liver": 10, "csf": 11, "disc": 12, "cartilage": 13,
-    "airway": 14, "lung_vessel": 15, "coronary": 16, "spleen": 17, "cardiac_vein": 18,
+    "airway": 14, "lung_vessel": 15, "coronary": 16, "spleen": 17, "cardiac_vein": 18, "bowel_gas": 19,
+    "bowel_content": 20,
 }
 TISSUE_HU = {
     "air": -1000.0, "fat": -100.0, "muscle": 50.0, "lung": -860.0, "cortical_bone": 1000.0,
     "trabecular_bone": 260.0, "myocardium": 45.0, "blood": 40.0, "pericardium": 30.0,
     "epicardial_fat": -95.0, "liver": 58.0, "csf": 10.0, "disc": 85.0, "cartilage": 110.0,
     "airway": -990.0, "lung_vessel": 40.0, "coronary": 40.0, "spleen": 48.0, "cardiac_vein": 40.0,
+    "bowel_gas": -1000.0, "bowel_content": 20.0,
 }
 
 
@@ -53,7 +55,9 @@ class ScannerParams:
     view (``exam.noise_profile_map``; the real phantom's edge is ~1.3x its centre), a stress test, not drawn: 0 unless given;
     table: the patient lies on a foam pad on the scanner's table (a carbon-fibre sandwich: two dense skins
     round a foam core), drawn below the back where the field of view reaches it (``exam._add_table``), not
-    drawn: False unless given.
+    drawn: False unless given; abdomen: the upper abdomen's hollow organs are drawn under the diaphragm (the
+    stomach with its gas, the colon with gas and stool, the splenic artery: ``anatomy._paint_abdomen``) and a
+    chest exam reaches 40-100 mm further down to show them; not drawn: False unless given.
     """
 
     matrix: int
@@ -71,6 +75,7 @@ class ScannerParams:
     noise_streak: float = 0.0
     noise_profile: float = 0.0
     table: bool = False
+    abdomen: bool = False
 
     @property
     def pixel_mm(self) -> float:
@@ -125,10 +130,11 @@ def sample_scanner(rng: np.random.Generator, **given) -> ScannerParams:
     streak = float(given.pop("noise_streak", 0.0))
     profile = float(given.pop("noise_profile", 0.0))
     table = bool(given.pop("table", False))
+    abdomen = bool(given.pop("abdomen", False))
     if given:
         raise TypeError(f"unknown scanner parameter(s): {sorted(given)}")
     return ScannerParams(matrix, fov, inc, thick, n, noise, sharp, offset, center, kvp, protocol,  # type: ignore[arg-type]
-                         padding, streak, profile, table)
+                         padding, streak, profile, table, abdomen)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -559,8 +565,9 @@ def _paint_vertical_vessel(vol, tis, grid, start, top, radius, value, code, e_mm
 
 
 def build_anatomy(grid: Grid, heart: Heart, rng: np.random.Generator, body: dict, psf_sigma_mm: float,
-                  keep_tissue: bool = False):
-    """Paint the noise-free anatomy.
+                  keep_tissue: bool = False, abdomen_rng: np.random.Generator | None = None):
+    """Paint the noise-free anatomy; the upper abdomen's hollow organs too when ``abdomen_rng`` is given
+    (``_paint_abdomen``, with its own draws: every other structure stays as it was).
 
     Returns (hu float32 (z, y, x) HU, tissue uint8 (z, y, x) or None, bone bool (z, y, x), landmarks dict).
     """
@@ -610,6 +617,9 @@ def build_anatomy(grid: Grid, heart: Heart, rng: np.random.Generator, body: dict
         f = np.sqrt(_ellipsoid_f(grid, bx, sp_c, sp_semi, np.eye(3)))
         _blend(vol[bx], _ramp(f, 1.0, e_mm / 60.0), hu_of["spleen"], tis[bx] if tis is not None else None,
                T["spleen"], where=inside[bx[1], bx[2]][None])
+    abdomen = None
+    if abdomen_rng is not None:
+        abdomen = _paint_abdomen(vol, tis, grid, heart, sets, hu_of, e_mm, abdomen_rng, sp_c, liver_c)
 
     # ribs: oblique bands in the chest wall, falling ~80 mm from back to front; cartilage in front
     _paint_ribs(vol, tis, grid, rng, hu_of, ai, bi, sets["vertebral_body"])
@@ -652,7 +662,117 @@ def build_anatomy(grid: Grid, heart: Heart, rng: np.random.Generator, body: dict
     }
     if upper is not None:
         landmarks.update({k: upper[k] for k in ("ascending_top", "carina", "arch", "arch_r", "da_top")})
+    if abdomen is not None:
+        landmarks.update(abdomen)
     return vol, tis, bone, landmarks
+
+
+# ------------------------------------------------------------------------- upper abdomen
+def _paint_abdomen(vol, tis, grid: Grid, heart: Heart, sets: dict, hu_of: dict, e_mm: float,
+                   rng: np.random.Generator, spleen_c: np.ndarray, liver_c: np.ndarray) -> dict:
+    """The upper abdomen under the diaphragm, in place, inside the thorax's inner contour:
+
+    - no lung below the posterior costophrenic recesses (0-15 mm below the liver's equator): what the liver
+      and spleen leave there is abdominal fat;
+
+    - the stomach under the left dome: a muscular wall of 6-9 mm (the diaphragm's and its own) round fluid at
+      0-30 HU; in 85 % of exams a gas bubble (-1000 HU) above a flat gas-fluid level (the patient supine: gas in
+      front, fluid behind), filling 10-60 % of the lumen's depth;
+    - the colon: hepatic flexure, transverse colon, splenic flexure (high, under the left dome, in front of the
+      spleen) and descending colon, a 14-22 mm tube with a 2 mm wall whose pieces hold gas (45 %), stool (a
+      mottle of 1.5-4 mm gas bubbles in 20 HU; 45 %) or nothing (collapsed, 10 %);
+    - the splenic artery: 2-3 mm, in a fat sheath, from the coeliac trunk in front of the aorta, 45-80 mm below
+      the heart, tortuous, to the splenic hilum.
+
+    Returns {"splenic_artery": (N, 3) centre line (Z, Y, X) mm, "splenic_artery_r": radius mm}."""
+    T = TISSUES
+    ai, bi = sets["inner"]
+    zb = heart.z_bottom
+    inside = sets["thorax_r"] < 1.0
+    da, da_r = sets["descending_aorta"], sets["descending_aorta_r"]
+    yy, xx = grid.y_mm[:, None], grid.x_mm[None, :]
+    keep = inside & ((yy - da[1]) ** 2 + (xx - da[2]) ** 2 > (da_r + 4.0) ** 2) & ~sets["vertebral_body"]
+
+    def tissue_of(bx):
+        return tis[bx] if tis is not None else None
+
+    recess = liver_c[0] - rng.uniform(0.0, 15.0)
+    for k in np.nonzero(grid.z_mm < recess)[0]:
+        aerated = inside & (vol[k] < -500.0)
+        vol[k][aerated] = hu_of["fat"]
+        if tis is not None:
+            tis[k][aerated] = T["fat"]
+
+    # the stomach, its top 5-15 mm under the left dome (the spleen's top), never over lung
+    semi = np.array([rng.uniform(35.0, 55.0), rng.uniform(30.0, 45.0), rng.uniform(28.0, 42.0)])
+    dome = spleen_c[0] + 60.0
+    c = np.array([dome - rng.uniform(5.0, 15.0) - semi[0], rng.uniform(-0.55, -0.2) * bi, rng.uniform(0.3, 0.55) * ai])
+    wall = rng.uniform(6.0, 9.0)
+    fluid = rng.uniform(0.0, 30.0)
+    gas_share = rng.uniform(0.1, 0.6) if rng.random() < 0.85 else 0.0
+    bx = _ellipsoid_box(grid, c, semi, np.eye(3), 2.0)
+    if bx is not None:
+        where = keep[bx[1], bx[2]][None] & (vol[bx] > -500.0)
+        f = np.sqrt(_ellipsoid_f(grid, bx, c, semi, np.eye(3)))
+        _blend(vol[bx], _ramp(f, 1.0, e_mm / semi[1]), hu_of["muscle"], tissue_of(bx), T["muscle"], where=where)
+        inner = semi - wall
+        f = np.sqrt(_ellipsoid_f(grid, bx, c, inner, np.eye(3)))
+        lumen = _ramp(f, 1.0, e_mm / inner[1])
+        _blend(vol[bx], lumen, fluid, tissue_of(bx), T["bowel_content"], where=where)
+        if gas_share > 0:
+            level = c[1] - inner[1] + 2.0 * inner[1] * gas_share  # y of the gas-fluid level (front: smaller y)
+            y = grid.y_mm[bx[1]].astype(np.float32)[None, :, None]
+            gas = lumen * np.clip((level - y) / (2.0 * e_mm) + 0.5, 0.0, 1.0)
+            _blend(vol[bx], gas, TISSUE_HU["bowel_gas"], tissue_of(bx), T["bowel_gas"], where=where)
+
+    # the colon, drawn over soft tissue and fat (never over bone or lung)
+    nodes = np.array([
+        [zb - rng.uniform(70.0, 110.0), rng.uniform(-0.3, 0.0) * bi, -rng.uniform(0.45, 0.6) * ai],  # hepatic flexure
+        [zb - rng.uniform(90.0, 130.0), -rng.uniform(0.45, 0.6) * bi, rng.uniform(-15.0, 15.0)],  # transverse colon
+        [zb - rng.uniform(25.0, 60.0), -rng.uniform(0.1, 0.35) * bi, rng.uniform(0.55, 0.7) * ai],  # splenic flexure
+        [zb - rng.uniform(110.0, 150.0), rng.uniform(0.1, 0.35) * bi, rng.uniform(0.55, 0.7) * ai],  # descending
+    ])
+    path = _smooth_path(nodes, 1.0)
+    r_col = rng.uniform(14.0, 22.0)
+    cuts = np.sort(rng.choice(np.arange(1, len(path) - 1), size=3, replace=False))
+    for piece in np.split(path, cuts):
+        kind = rng.choice(["gas", "stool", "collapsed"], p=[0.45, 0.45, 0.1])
+        if len(piece) < 2:
+            continue
+        r = r_col if kind != "collapsed" else rng.uniform(5.0, 8.0)
+        p0, p1, rad = polyline_segments(piece, np.full(len(piece), r), 3.0)
+        _paint_capsules(vol, tis, grid, p0, p1, rad, hu_of["muscle"], T["muscle"], e_mm, only_hu_below=100.0,
+                        only_hu_above=-500.0)
+        if kind == "collapsed":
+            continue
+        gas = kind == "gas"
+        _paint_capsules(vol, tis, grid, p0, p1, rad - 2.0, TISSUE_HU["bowel_gas" if gas else "bowel_content"],
+                        T["bowel_gas" if gas else "bowel_content"], e_mm, only_hu_below=100.0, only_hu_above=-500.0)
+        if not gas:  # bubbles of gas through the stool
+            n = int(len(piece) * r * r / 60.0)
+            at = piece[rng.integers(len(piece), size=n)]
+            d = rng.normal(size=(n, 3))
+            d *= ((r - 4.0) * rng.random(n) ** (1 / 3) / np.linalg.norm(d, axis=1))[:, None]
+            b = rng.uniform(1.5, 4.0, size=n)
+            _paint_capsules(vol, tis, grid, at + d, at + d, b, TISSUE_HU["bowel_gas"], T["bowel_gas"], e_mm,
+                            only_hu_below=60.0)
+
+    # the splenic artery: the coeliac trunk forward from the aorta, then tortuous to the splenic hilum
+    zc = zb - rng.uniform(45.0, 80.0)
+    start = np.array([zc, da[1] - da_r, da[2]])
+    trunk = start + np.array([rng.uniform(-3.0, 3.0), -rng.uniform(12.0, 20.0), -rng.uniform(0.0, 8.0)])
+    hilum = np.array([spleen_c[0] + rng.uniform(-10.0, 20.0), spleen_c[1] - rng.uniform(10.0, 25.0),
+                      spleen_c[2] - rng.uniform(35.0, 45.0)])
+    mids = [trunk + t * (hilum - trunk) + np.array([rng.normal(0, 5.0), rng.normal(0, 9.0), rng.normal(0, 6.0)])
+            for t in (0.25, 0.5, 0.75)]
+    artery = _smooth_path(np.array([start, trunk, *mids, hilum]), 0.5)
+    r_sa = float(rng.uniform(2.0, 3.0))
+    p0, p1, rad = polyline_segments(artery, np.full(len(artery), r_sa), 3.0)
+    _paint_capsules(vol, tis, grid, p0, p1, rad + rng.uniform(2.0, 4.0), hu_of["fat"], T["fat"], e_mm,
+                    only_hu_below=100.0, only_hu_above=-500.0)
+    _paint_capsules(vol, tis, grid, p0, p1, rad, hu_of["blood"], T["blood"], e_mm, only_hu_below=100.0,
+                    only_hu_above=-500.0)
+    return {"splenic_artery": artery, "splenic_artery_r": r_sa}
 
 
 # ------------------------------------------------------------------------- upper mediastinum and airways
@@ -788,12 +908,14 @@ def _paint_ribs(vol, tis, grid, rng, hu_of, ai, bi, vb_mask) -> None:
 
 
 def _paint_capsules(vol, tis, grid: Grid, p0: np.ndarray, p1: np.ndarray, radius: np.ndarray, value: float,
-                    code: int, e_mm: float, only_hu_below: float | None = None) -> None:
+                    code: int, e_mm: float, only_hu_below: float | None = None,
+                    only_hu_above: float | None = None) -> None:
     """Tubes made of straight segments p0[i] -> p1[i] ((M, 3) Z, Y, X mm) of radius (M,) mm.
 
     In each slice a segment shows as the 2D capsule swept by its part inside the slab (slice thickness +
     radius): thick slices smear oblique vessels, as a real slice profile does. Soft edges (ramp e_mm).
-    ``only_hu_below``: paint only voxels whose current HU is below this (e.g. lung or fat).
+    ``only_hu_below``: paint only voxels whose current HU is below this (e.g. lung or fat); ``only_hu_above``:
+    only those above it (e.g. not lung).
     """
     dz, dy, dx = grid.spacing
     half = 0.5 * dz
@@ -834,6 +956,8 @@ def _paint_capsules(vol, tis, grid: Grid, p0: np.ndarray, p1: np.ndarray, radius
             sub = vol[k, box[1], box[2]]
             if only_hu_below is not None:
                 alpha *= sub < only_hu_below
+            if only_hu_above is not None:
+                alpha *= sub > only_hu_above
             sub += alpha * (np.float32(value) - sub)
             if tis is not None:
                 tis[k, box[1], box[2]][alpha > 0.5] = code

@@ -366,7 +366,7 @@ def _metal_atoms(heart: Heart, landmarks: dict, vessels: dict | None, rng: np.ra
 #: look-alikes drawn once per exam, whose probability ``generate_exam(lookalike_rates=...)`` can set
 #: ("aortic_root": root calcium running into the left main ostium, drawn in the exam itself)
 LOOKALIKE_KINDS = ("aortic_valve", "mitral_annulus", "lymph_node", "pericardium", "metal", "aortic_root",
-                   "lung_granuloma")
+                   "lung_granuloma", "splenic_artery")
 #: how often an exam has calcified granulomas in the lung beside the heart (healed granulomatous infection,
 #: histoplasmosis or tuberculosis: a common incidental finding on chest CT; the rate is a modelling choice)
 GRANULOMA_RATE = 0.25
@@ -514,3 +514,33 @@ def arch_atoms(landmarks: dict, grid: Grid, rng: np.random.Generator, burden: fl
                     "peak_hu": float(rng.uniform(250, 1100))})
     return out
 
+
+
+def splenic_atoms(landmarks: dict, grid: Grid, rng: np.random.Generator, burden: float,
+                  rates: dict | None = None) -> list[dict]:
+    """Calcified plaques on the splenic artery's wall (``landmarks["splenic_artery"]``, (N, 3) mm, radius
+    ``landmarks["splenic_artery_r"]``; drawn with the upper abdomen, ``ScannerParams.abdomen``): in an exam with
+    probability ``rates["splenic_artery"]`` or 0.1 + 0.5 ``burden`` (a modelling choice: such calcium is common
+    from middle age on), 1 + Poisson(3 ``burden``) plaques, ring-like (an arc of the wall) or beaded (a short
+    bar along it), 250-1000 HU. [] when the artery is not drawn. Items as ``distractor_atoms``."""
+    if "splenic_artery" not in landmarks:
+        return []
+    path, r = landmarks["splenic_artery"], landmarks["splenic_artery_r"]
+    if rng.random() >= (rates or {}).get("splenic_artery", 0.1 + 0.5 * burden):
+        return []
+    out = []
+    for _ in range(1 + rng.poisson(3.0 * burden)):
+        i = int(rng.integers(1, len(path) - 1))
+        tang = _unit(path[i + 1] - path[i - 1])
+        side = _unit(np.cross(tang, rng.normal(size=3)))
+        other = np.cross(tang, side)
+        peak = float(rng.uniform(250, 1000))
+        if rng.random() < 0.4:  # ring-like: an arc of the wall
+            ang = rng.uniform(0.0, 2 * math.pi) + np.linspace(0.0, rng.uniform(1.5, 5.0), 8)
+            c = path[i][None] + r * (np.cos(ang)[:, None] * side[None] + np.sin(ang)[:, None] * other[None])
+            atoms = Atoms(c, np.full(len(c), 0.5), np.ones(len(c)))
+        else:  # beaded: a short bar along the wall
+            atoms = blob_atoms(path[i] + r * side, rng.uniform(0.4, 0.9), tang, rng.uniform(0.0, 8.0))
+        if grid.z_mm[0] <= atoms.centers[:, 0].mean() <= grid.z_mm[-1]:
+            out.append({"kind": "splenic_artery", "atoms": atoms, "peak_hu": peak})
+    return out

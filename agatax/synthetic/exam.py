@@ -16,7 +16,7 @@ from agatax.synthetic.anatomy import (
 )
 from agatax.synthetic.calcium import (
     ARTERY_CODES, BRANCH_OF, LOOKALIKE_KINDS, Atoms, Vessel, arch_atoms, atoms_box, cardiac_veins, coronary_tree, distractor_atoms,
-    granuloma_atoms, ostial_root_atoms, place_beside, plaque_atoms, render_atoms,
+    granuloma_atoms, ostial_root_atoms, place_beside, plaque_atoms, render_atoms, splenic_atoms,
 )
 from agatax.volume import Volume
 
@@ -29,14 +29,14 @@ CATEGORY_TARGETS = {"A": (0.0, 0.0), "B": (1.0, 9.0), "C": (14.0, 90.0), "D": (1
 REAL_WORLD_MIX = {"A": 0.45, "B": 0.15, "C": 0.18, "D": 0.12, "E": 0.10}
 DISTRACTOR_CODES = {"bone": 1, "aortic_wall": 2, "aortic_valve": 3, "mitral_annulus": 4, "costal_cartilage": 5,
                     "lymph_node": 6, "pericardium": 7, "metal": 8, "aortic_root": 9, "lung_granuloma": 10,
-                    "table": 11}
+                    "table": 11, "splenic_artery": 12}
 ARTERY_NAMES = {v: k for k, v in ARTERY_CODES.items()}
 FOOTPRINT_HU = 20.0  # a calcification's neighbourhood: where it adds at least this many HU
 _ARTERY_P = {"LAD": 0.42, "RCA": 0.26, "LCX": 0.20, "LM": 0.12}
 _BRANCH_P = {"LAD": 0.25, "LCX": 0.35, "RCA": 0.15}  # of an artery's plaques, the share on its side branches
 _SCANNER_KEYS = ("matrix", "fov_mm", "slice_increment_mm", "slice_thickness_mm", "n_slices", "noise_sigma_hu",
                  "sharpness", "hu_offset", "fov_center_mm", "kvp", "protocol", "padding_hu", "noise_streak",
-                 "noise_profile", "table")
+                 "noise_profile", "table", "abdomen")
 
 
 #: Changes whenever the same seed and arguments give another exam (anatomy, calcium or scanner drawn
@@ -421,7 +421,9 @@ def generate_exam(
             ``fov_center_mm``, ``kvp``, ``protocol`` ("cardiac" or "chest"; drawn: 20 % chest, with a
             320-420 mm field, the whole rib cage, scapulae and often the arms), ``padding_hu`` (value
             outside the reconstruction circle, or None; drawn: 60 % padded), ``table`` (True: the foam pad
-            and table top under the back, ``_add_table``; not drawn: False unless given).
+            and table top under the back, ``_add_table``; not drawn: False unless given), ``abdomen`` (True:
+            the stomach, colon and splenic artery under the diaphragm, with calcium on the artery, and a chest
+            exam reaching 40-100 mm further down; not drawn: False unless given).
 
     Returns:
         SyntheticExam (volume in HU on a (n_slices, matrix, matrix) grid, artery-labelled true mask, lesion
@@ -506,6 +508,7 @@ def _check_scanner(sc: dict) -> None:
         "noise_streak": lambda v: 0.0 <= v <= 1.0,
         "noise_profile": lambda v: -0.9 <= v <= 3.0,
         "table": lambda v: isinstance(v, (bool, np.bool_)),
+        "abdomen": lambda v: isinstance(v, (bool, np.bool_)),
     }
     for k, ok in checks.items():
         if k in sc and not ok(sc[k]):
@@ -555,8 +558,8 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
 
     ss = np.random.SeedSequence([seed, attempt])
     # streams by purpose; a new one is appended (spawn keys are positional), so older draws stay the same
-    r_scan, r_pat, r_anat, r_noise, r_les, r_dis, r_warp, r_up, r_ost, r_lung, r_vein, r_table = (
-        np.random.default_rng(s) for s in ss.spawn(12))
+    r_scan, r_pat, r_anat, r_noise, r_les, r_dis, r_warp, r_up, r_ost, r_lung, r_vein, r_table, r_abd = (
+        np.random.default_rng(s) for s in ss.spawn(13))
     sc = sample_scanner(r_scan, **given)
     cat, lo, hi = _pick_category(r_les, target_category, target_agatston, category_mix)
     target = 0.0 if hi <= 0 else float(math.exp(r_les.uniform(math.log(max(lo, 0.5)), math.log(hi))))
@@ -574,6 +577,8 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
         # a chest CT covers the lungs from their apices to below the diaphragm, not only the heart
         top = upper["carina_z"] + float(r_up.uniform(0.6, 1.0)) * upper["apex_mm"]
         z_start -= float(r_up.uniform(10.0, 50.0))
+        if sc.abdomen:  # and, asked to, into the upper abdomen
+            z_start -= float(r_abd.uniform(40.0, 100.0))
         z_end = max(z_start + coverage, top)
         sc = dataclasses.replace(sc, n_slices=int(math.ceil((z_end - z_start) / sc.slice_increment_mm)) + 1)
     # arms in the field (chest protocol, patient unable to raise them), scapula thickness, groove fat
@@ -588,7 +593,8 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
     grid = make_grid(sc, z_start)
     psf = sc.psf_sigma_mm
 
-    vol, tissue, _, landmarks = build_anatomy(grid, heart, r_anat, body, psf, keep_tissue)
+    vol, tissue, _, landmarks = build_anatomy(grid, heart, r_anat, body, psf, keep_tissue,
+                                              r_abd if sc.abdomen else None)
     heart = dataclasses.replace(heart, ascending_top=landmarks["ascending_top"])  # the ascending aorta ends at the arch
     vessels = coronary_tree(heart, r_anat)
     e_mm = max(1.2 * psf, 0.5 * grid.spacing[1])
@@ -636,7 +642,8 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
         distractor_mask[table] = DISTRACTOR_CODES["table"]
     distractors = []
     lookalikes = (distractor_atoms(heart, landmarks, grid, r_dis, burden, vessels, rates)
-                  + arch_atoms(landmarks, grid, r_up, burden) + granulomas)
+                  + arch_atoms(landmarks, grid, r_up, burden) + granulomas
+                  + splenic_atoms(landmarks, grid, r_abd, burden, rates))
     # aortic-root calcium running into the left main ostium; an LM plaque, if there is one, moved to the
     # ostium so that the two touch. The annotator scores the coronary part only (where the plaque dominates)
     ostial = None
