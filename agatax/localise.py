@@ -46,6 +46,7 @@ __all__ = ["ChestRegion", "localise_chest", "ENHANCED_HU70", "PHANTOM_Z_CHANGE",
 _COARSE_MM = 4.0
 _LUNG_HU = (-960.0, -400.0)
 _MIN_LUNG_CM3 = 20.0
+_GAS_SHELL_LUNG = 0.3  # a gas pocket with less lung than this 4-8 mm around it is bowel or airway, not lung
 _MIN_LUNGS_CM3 = 150.0
 _BONE_HU = 150.0
 _MIN_BONE_CM3 = 2.0
@@ -306,6 +307,28 @@ def _spine_x(bone: np.ndarray, step) -> float | None:
     return float(np.argmax(counts) * step[2])
 
 
+def _soft_walled_gas(gas: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """The pockets of ``gas`` (bool, coarse cells below -960 HU inside the body) that lie in soft tissue, not in
+    lung: the stomach's and the colon's gas under the diaphragm, the trachea and oesophagus. A pocket (3D
+    component) is soft-walled when under ``_GAS_SHELL_LUNG`` of the cells 4-8 mm from it (its second ring of
+    cells) hold aerated lung (-960 to -700 HU): a bowel's or an airway's wall and the organs around it are
+    soft tissue or fat, where emphysema's bullae lie in lung (synthetic exams: bowel gas 0.00-0.24, the
+    trachea 0.00-0.18, bullae 0.36-0.66). The rim of partial volume around a pocket, thinner than the
+    opening that follows, goes with it. Returns bool like ``gas``."""
+    cube = np.ones((3, 3, 3), bool)
+    lab, n = ndimage.label(gas, structure=cube)
+    out = np.zeros(gas.shape, bool)
+    for i, sl in enumerate(ndimage.find_objects(lab), start=1):
+        box = tuple(slice(max(s.start - 2, 0), s.stop + 2) for s in sl)
+        pocket = lab[box] == i
+        near = ndimage.binary_dilation(pocket, structure=cube)
+        ring = ndimage.binary_dilation(near, structure=cube) & ~near
+        v = m[box][ring]
+        if v.size and float(((v > _LUNG_HU[0]) & (v < -700.0)).mean()) < _GAS_SHELL_LUNG:
+            out[box] |= pocket
+    return out
+
+
 def _outside_the_patient(lungs: np.ndarray, m: np.ndarray, bone: np.ndarray, at_edge: np.ndarray,
                          spine_x: float | None, step) -> tuple[np.ndarray, int]:
     """``lungs`` without the lung-like components that lie outside the patient along y: the foam pad and the
@@ -397,13 +420,15 @@ def localise_chest(hu, spacing) -> ChestRegion:
     spine_x = _spine_x(bone, step)
 
     # air outside the body: 3D components at air density that reach the in-plane border (padding too);
-    # air at that density inside the body (bullae of emphysema, airways) counts as lung
+    # air at that density inside the body counts as lung where lung surrounds it (bullae of emphysema), not
+    # where soft tissue does (the stomach's and colon's gas, the trachea)
     air = m <= _LUNG_HU[0]
     lab, _ = ndimage.label(air, structure=np.ones((3, 3, 3), bool))
     edge = np.unique(np.concatenate([lab[:, 0].ravel(), lab[:, -1].ravel(), lab[:, :, 0].ravel(),
                                      lab[:, :, -1].ravel()]))
     exterior = np.isin(lab, edge[edge > 0])
-    aerated = (m < _LUNG_HU[1]) & ~exterior
+    gut = _soft_walled_gas(air & ~exterior, m)
+    aerated = (m < _LUNG_HU[1]) & ~exterior & ~gut
     opened = ndimage.binary_opening(aerated, structure=plane, iterations=2)
     lungs = _components(opened, _MIN_LUNG_CM3 / voxel_cm3)
     lungs, support = _outside_the_patient(lungs, m, bone, at_edge, spine_x, step)

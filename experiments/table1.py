@@ -354,6 +354,9 @@ def main(argv=None) -> int:
     ap.add_argument("--train-lookalikes", default=None,
                     help="KIND=P,...: in the training cohorts only, each exam has this look-alike with probability "
                          "P (generate_exam's lookalike_rates; e.g. pericardium=0.5); J3 keeps the generator's rates")
+    ap.add_argument("--train-abdomen", action="store_true",
+                    help="training exams show the upper abdomen (generate_exam's abdomen=True: the stomach's and "
+                         "colon's gas, the splenic artery; chest exams reach further down); J3 does not")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default=str(ROOT / "experiments" / "_table1_work"))
     ap.add_argument("--out", default=str(ROOT / "experiments"), help="where the confusion PNGs go")
@@ -404,6 +407,8 @@ def main(argv=None) -> int:
         from agatax.synthetic import parse_lookalike_rates
 
         train_kwargs["lookalike_rates"] = parse_lookalike_rates(args.train_lookalikes)
+    if args.train_abdomen:
+        train_kwargs["abdomen"] = True
     for name in needed:
         pairs[name] = cohort_pairs(name, cohort_size(name, args.scale), args.seed, train_kwargs, workdir, log,
                                    noise_range, model_config.input_box_mm, streak_range, model_config.input_dense_gain)

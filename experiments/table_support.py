@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 import agatax  # noqa: E402
 from agatax._atomic import atomic_write_text  # noqa: E402
 from agatax.defaults import load_default_ensemble  # noqa: E402
+from agatax.ensemble import load_ensemble  # noqa: E402
 from agatax.localise import localise_chest  # noqa: E402
 from agatax.pipeline import run_pipeline  # noqa: E402
 from agatax.synthetic import DISTRACTOR_CODES, TISSUES, generate_exam  # noqa: E402
@@ -74,9 +75,10 @@ def main(argv=None) -> int:
     ap.add_argument("--first-seed", type=int, required=True)
     ap.add_argument("--matrix", type=int, default=512)
     ap.add_argument("--fov", type=float, default=None, help="field of view, mm (default: the generator's draw)")
+    ap.add_argument("--weights", default=None, help="ensemble file to score with (default: the shipped one)")
     ap.add_argument("--workdir", default=str(ROOT / "experiments" / "_table1_work"))
     args = ap.parse_args(argv)
-    ensemble = load_default_ensemble()
+    ensemble = load_default_ensemble() if args.weights is None else load_ensemble(args.weights)
     print(f"agatax from {Path(agatax.__file__).parent}", flush=True)
     cats = ["A"] * (args.exams // 2) + [("C", "D", "E")[i % 3] for i in range(args.exams - args.exams // 2)]
     scanner = {} if args.fov is None else {"fov_mm": args.fov}
@@ -118,7 +120,8 @@ def main(argv=None) -> int:
         "seconds": round(time.perf_counter() - t0),
     }
     print(json.dumps(summary))
-    name = "table_support" if args.variant == "table" else "abdomen"
+    name = ("table_support" if args.variant == "table" else "abdomen") + ("" if args.weights is None
+                                                                          else "_" + Path(args.weights).stem)
     out = Path(args.workdir) / f"{name}_{args.protocol}_{args.first_seed}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps({"args": vars(args), "agatax": str(Path(agatax.__file__).parent),

@@ -697,8 +697,9 @@ def _paint_abdomen(vol, tis, grid: Grid, heart: Heart, sets: dict, hu_of: dict, 
         return tis[bx] if tis is not None else None
 
     recess = liver_c[0] - rng.uniform(0.0, 15.0)
+    within = sets["thorax_r"] < 1.1  # the lungs' partial-volume edge too, never the air outside the body
     for k in np.nonzero(grid.z_mm < recess)[0]:
-        aerated = inside & (vol[k] < -500.0)
+        aerated = within & (vol[k] < -500.0)
         vol[k][aerated] = hu_of["fat"]
         if tis is not None:
             tis[k][aerated] = T["fat"]
