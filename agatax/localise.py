@@ -313,8 +313,9 @@ def _soft_walled_gas(gas: np.ndarray, m: np.ndarray) -> np.ndarray:
     component) is soft-walled when under ``_GAS_SHELL_LUNG`` of the cells 4-8 mm from it (its second ring of
     cells) hold aerated lung (-960 to -700 HU): a bowel's or an airway's wall and the organs around it are
     soft tissue or fat, where emphysema's bullae lie in lung (synthetic exams: bowel gas 0.00-0.24, the
-    trachea 0.00-0.18, bullae 0.36-0.66). The rim of partial volume around a pocket, thinner than the
-    opening that follows, goes with it. Returns bool like ``gas``."""
+    trachea 0.00-0.18, bullae 0.36-0.66). A soft-walled pocket goes with its rim (the cells next to it: partial
+    volume of gas and wall, lung-like in HU, which across a diaphragm thinner than a cell would join the gas to
+    the lung above it). Returns bool like ``gas``."""
     cube = np.ones((3, 3, 3), bool)
     lab, n = ndimage.label(gas, structure=cube)
     out = np.zeros(gas.shape, bool)
@@ -325,7 +326,7 @@ def _soft_walled_gas(gas: np.ndarray, m: np.ndarray) -> np.ndarray:
         ring = ndimage.binary_dilation(near, structure=cube) & ~near
         v = m[box][ring]
         if v.size and float(((v > _LUNG_HU[0]) & (v < -700.0)).mean()) < _GAS_SHELL_LUNG:
-            out[box] |= pocket
+            out[box] |= near
     return out
 
 

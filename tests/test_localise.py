@@ -446,3 +446,23 @@ def test_a_small_field_in_front_of_the_spine_keeps_its_lungs(padding):
     assert r.found and "outside the patient" not in r.note
     calcium = ex.mask > 0
     assert calcium.any() and (calcium & r.region).sum() == calcium.sum()
+
+
+@pytest.mark.parametrize("seed", [9001, 3])
+def test_the_stomachs_and_colons_gas_is_not_taken_for_lung(seed):
+    """A chest exam reaching into the upper abdomen: the gas of the stomach and colon is not lung. The oracle
+    is the same exam with that gas (the generator's tissue map) filled with fluid: the same lungs and region.
+    Before, the gas formed lung components of its own or joined the left lung's across the diaphragm, and the
+    lungs' hull took the region 100-150 mm below the heart."""
+    ex = exam(seed, "D", protocol="chest", matrix=128, n_slices=None, slice_increment_mm=None, abdomen=True,
+              keep_tissue=True)
+    gas = ex.tissue == TISSUES["bowel_gas"]
+    assert gas.sum() * np.prod(ex.volume.spacing) / 1000.0 > 20.0  # not vacuous: the field holds bowel gas
+    filled = ex.volume.hu.copy()
+    filled[gas] = 20.0
+    ref = localise_chest(filled, ex.volume.spacing)
+    r = localise_chest(ex.volume.hu, ex.volume.spacing)
+    assert r.found and r.lung_cm3 == pytest.approx(ref.lung_cm3, rel=0.02)
+    assert (r.region == ref.region).mean() > 0.995
+    calcium = ex.mask > 0
+    assert calcium.any() and (calcium & r.region).sum() == calcium.sum()

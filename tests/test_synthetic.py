@@ -1084,3 +1084,26 @@ def test_a_table_under_the_patient_changes_only_air_behind_the_back():
     col = table.volume.hu.shape[2] // 2  # below the back, above the table top: the pad
     below = table.volume.hu[:, body_rows.max() + 3, col]
     assert (-950 <= np.median(below) <= -700)
+
+
+def test_the_upper_abdomen_is_drawn_only_when_asked():
+    """abdomen=True: a chest exam reaches 40-100 mm further down; the stomach's and colon's gas (tissue
+    bowel_gas, air-dense) lies below the heart; no lung lies below the posterior recesses (the exam's lowest
+    20 mm); calcium on the splenic artery (distractor code 12, >= 130 HU) lies wholly below the heart's lowest
+    myocardium. Without it, none of this is drawn."""
+    kw = dict(target_category="C", protocol="chest", matrix=128, keep_tissue=True)
+    plain = generate_exam(4, **kw)
+    abd = generate_exam(4, abdomen=True, lookalike_rates={"splenic_artery": 1.0}, **kw)
+    dz = abd.volume.spacing[0]
+    assert 40.0 - dz <= (abd.volume.shape[0] - plain.volume.shape[0]) * dz <= 100.0 + dz
+    gas = abd.tissue == TISSUES["bowel_gas"]
+    voxel_cm3 = float(np.prod(abd.volume.spacing)) / 1000.0
+    assert gas.sum() * voxel_cm3 > 20.0 and not (plain.tissue == TISSUES["bowel_gas"]).any()
+    core = ndimage.binary_erosion(gas, iterations=1)
+    assert np.median(abd.volume.hu[core]) < -900.0
+    myo = np.nonzero((abd.tissue == TISSUES["myocardium"]).any(axis=(1, 2)))[0]
+    assert np.nonzero(gas.any(axis=(1, 2)))[0].mean() < myo.mean()  # slice index grows towards the head
+    assert not (abd.tissue[: int(20.0 / dz)] == TISSUES["lung"]).any()
+    splenic = (abd.distractor_mask == DISTRACTOR_CODES["splenic_artery"]) & (abd.volume.hu >= 130.0)
+    assert splenic.any() and np.nonzero(splenic.any(axis=(1, 2)))[0].max() < myo.min()
+    assert not (plain.distractor_mask == DISTRACTOR_CODES["splenic_artery"]).any()

@@ -699,10 +699,10 @@ def _paint_abdomen(vol, tis, grid: Grid, heart: Heart, sets: dict, hu_of: dict, 
     recess = liver_c[0] - rng.uniform(0.0, 15.0)
     within = sets["thorax_r"] < 1.1  # the lungs' partial-volume edge too, never the air outside the body
     for k in np.nonzero(grid.z_mm < recess)[0]:
-        aerated = within & (vol[k] < -500.0)
+        aerated = within & (vol[k] < -150.0)  # lung and its partial volume with fat or soft tissue
         vol[k][aerated] = hu_of["fat"]
         if tis is not None:
-            tis[k][aerated] = T["fat"]
+            tis[k][aerated | (within & (tis[k] == T["lung"]))] = T["fat"]
 
     # the stomach, its top 5-15 mm under the left dome (the spleen's top), never over lung
     semi = np.array([rng.uniform(35.0, 55.0), rng.uniform(30.0, 45.0), rng.uniform(28.0, 42.0)])
