@@ -6,10 +6,12 @@ networks. On a coarse grid of about 4 mm:
 1. HU below -1000 (padding outside the reconstruction circle: -1024, -2048, -3024) is read as air.
 2. Lungs: voxels whose local mean is aerated (< -400 HU), less the air outside the body (3D components
    below -960 HU that reach the in-plane border: lung parenchyma, at -950 to -700 HU, is never that),
-   opened in-plane so that thin shells (the skin's partial volume, gaps between arm and chest) go, in 3D
-   components of at least 20 cm^3. This holds where the lungs reach the image border (cardiac fields of
-   view), with arms in the field (chest CT) and with emphysema (bullae below -960 HU inside the body count
-   as lung).
+   and less the gas that soft tissue surrounds (pockets below -960 HU with little lung around them, and
+   their rim: the stomach's and colon's gas under the diaphragm, the trachea), opened in-plane so that thin
+   shells (the skin's partial volume, gaps between arm and chest) go, in 3D components of at least 20 cm^3.
+   This holds where the lungs reach the image border (cardiac fields of view), with arms in the field
+   (chest CT), with emphysema (bullae below -960 HU inside lung count as lung) and with the upper abdomen
+   in the field (its gas would widen the lungs' hull into it).
 3. The mediastinum: the 3D convex hull of the lungs, less its outer 10 mm (where the ribs lie along the
    lung surface), minus the lungs (less an 8 mm band along their border), plus a margin of 8 mm.
 4. The skeleton inside it is cut out: the face-connected components of dense tissue (local mean >= 150

@@ -466,3 +466,24 @@ def test_the_stomachs_and_colons_gas_is_not_taken_for_lung(seed):
     assert (r.region == ref.region).mean() > 0.995
     calcium = ex.mask > 0
     assert calcium.any() and (calcium & r.region).sum() == calcium.sum()
+
+
+def test_a_gas_pocket_is_lung_only_where_lung_surrounds_it():
+    """Hand-made coarse cells: a 12 mm pocket of gas in soft tissue (a bowel's) is soft-walled and goes with
+    its rim; the same pocket in lung parenchyma (a bulla) stays lung; a pocket half in lung, half in soft
+    tissue (under a diaphragm) goes."""
+    from agatax.localise import _soft_walled_gas
+
+    for around, expected in ((40.0, True), (-860.0, False)):
+        m = np.full((12, 12, 12), around, np.float32)
+        m[4:7, 4:7, 4:7] = -1000.0
+        out = _soft_walled_gas(m <= -960.0, m)
+        pocket = m <= -960.0
+        assert out[pocket].all() == expected and out[~pocket].any() == expected
+        if expected:  # the rim: exactly the cells next to the pocket
+            assert out.sum() == 5 ** 3
+    m = np.full((12, 12, 12), 40.0, np.float32)
+    m[6:] = -860.0  # lung above a 1-cell soft-tissue layer
+    m[5] = 40.0
+    m[2:5, 4:7, 4:7] = -1000.0
+    assert _soft_walled_gas(m <= -960.0, m)[3, 5, 5]
