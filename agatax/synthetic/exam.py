@@ -83,7 +83,7 @@ class SyntheticExam:
         distractors: non-coronary calcium (dicts: ``kind``, ``center_zyx``, ``peak_hu``).
         distractor_mask: uint8 (z, y, x), DISTRACTOR_CODES (1 bone, 2 aortic wall, 3 aortic valve, 4 mitral
             annulus, 5 costal cartilage, 6 lymph node, 7 pericardium, 8 metal, 9 aortic root at the LM ostium,
-            10 calcified granuloma in the lung);
+            10 calcified granuloma in the lung, 11 the table's skins, 12 the splenic artery's calcium);
             only code 9 touches ``mask`` (where an ostial LM plaque meets it) and code 4 (an LCX plaque beside the
             annulus), never overlapping it.
         scores: the full agatax Scores of the true mask.
@@ -411,7 +411,8 @@ def generate_exam(
         n_lesions: number of sized coronary plaques (default: drawn per category).
         calcium_burden: 0..1, how much non-coronary calcium (aorta, valves); default follows the category.
         lookalike_rates: {kind: probability in [0, 1]} for kinds of ``LOOKALIKE_KINDS`` ("aortic_valve",
-            "mitral_annulus", "lymph_node", "pericardium", "metal", "aortic_root", "lung_granuloma"): how often the exam has one,
+            "mitral_annulus", "lymph_node", "pericardium", "metal", "aortic_root", "lung_granuloma", "splenic_artery": drawn
+            only with ``abdomen=True``): how often the exam has one,
             in place of the burden-dependent default (e.g. ``{"pericardium": 0.5}`` for training data rich in a rare
             look-alike). Exams whose draws do not cross a changed rate stay bit-identical.
         keep_tissue: also return the tissue class map (uint8 (z, y, x)).
