@@ -6,12 +6,13 @@ networks. On a coarse grid of about 4 mm:
 1. HU below -1000 (padding outside the reconstruction circle: -1024, -2048, -3024) is read as air.
 2. Lungs: voxels whose local mean is aerated (< -400 HU), less the air outside the body (3D components
    below -960 HU that reach the in-plane border: lung parenchyma, at -950 to -700 HU, is never that),
-   and less the gas that soft tissue surrounds (pockets below -960 HU with little lung around them, and
-   their rim: the stomach's and colon's gas under the diaphragm, the trachea), opened in-plane so that thin
+   and less the bowel's gas under the lungs (small pockets below -960 HU in soft tissue, in slices where
+   the lungs are narrow, and their rim: the stomach's and colon's gas under the diaphragm), opened in-plane so that thin
    shells (the skin's partial volume, gaps between arm and chest) go, in 3D components of at least 20 cm^3.
    This holds where the lungs reach the image border (cardiac fields of view), with arms in the field
-   (chest CT), with emphysema (bullae below -960 HU inside lung count as lung) and with the upper abdomen
-   in the field (its gas would widen the lungs' hull into it).
+   (chest CT), with emphysema (bullae below -960 HU inside lung count as lung, and so do bases it has
+   destroyed), a pneumothorax, and the upper abdomen in the field (its gas would widen the lungs' hull into
+   it).
 3. The mediastinum: the 3D convex hull of the lungs, less its outer 10 mm (where the ribs lie along the
    lung surface), minus the lungs (less an 8 mm band along their border), plus a margin of 8 mm.
 4. The skeleton inside it is cut out: the face-connected components of dense tissue (local mean >= 150
@@ -49,6 +50,8 @@ _COARSE_MM = 4.0
 _LUNG_HU = (-960.0, -400.0)
 _MIN_LUNG_CM3 = 20.0
 _GAS_SHELL_LUNG = 0.3  # a gas pocket with less lung than this 4-8 mm around it is bowel or airway, not lung
+_GAS_UNDER_LUNGS = 0.5  # ... when the lungs' cross-section in its middle slice is under this share of their widest
+_GAS_SMALL = 0.1  # ... and it is under this share of the lungs and gas together
 _MIN_LUNGS_CM3 = 150.0
 _BONE_HU = 150.0
 _MIN_BONE_CM3 = 2.0
@@ -310,18 +313,35 @@ def _spine_x(bone: np.ndarray, step) -> float | None:
 
 
 def _soft_walled_gas(gas: np.ndarray, m: np.ndarray) -> np.ndarray:
-    """The pockets of ``gas`` (bool, coarse cells below -960 HU inside the body) that lie in soft tissue, not in
-    lung: the stomach's and the colon's gas under the diaphragm, the trachea and oesophagus. A pocket (3D
-    component) is soft-walled when under ``_GAS_SHELL_LUNG`` of the cells 4-8 mm from it (its second ring of
-    cells) hold aerated lung (-960 to -700 HU): a bowel's or an airway's wall and the organs around it are
-    soft tissue or fat, where emphysema's bullae lie in lung (synthetic exams: bowel gas 0.00-0.24, the
-    trachea 0.00-0.18, bullae 0.36-0.66). A soft-walled pocket goes with its rim (the cells next to it: partial
-    volume of gas and wall, lung-like in HU, which across a diaphragm thinner than a cell would join the gas to
-    the lung above it). Returns bool like ``gas``."""
+    """The pockets of ``gas`` (bool, coarse cells below -960 HU inside the body) that are bowel under the
+    lungs, not lung: the stomach's and the colon's gas under the diaphragm. A pocket (3D component) goes when
+    all three hold:
+
+    - soft tissue surrounds it: under ``_GAS_SHELL_LUNG`` of the cells 4-8 mm from it (its second ring)
+      hold aerated lung (-960 to -700 HU); a bowel's wall and the organs around it are soft tissue or fat
+      (synthetic bowel gas 0.00-0.24, the trachea 0.00-0.18, bullae inside lung 0.36-0.66);
+    - it lies under the lungs' bulk: in its middle slice the lung-like cells (-960 to -400 HU) cover under
+      ``_GAS_UNDER_LUNGS`` of the largest such slice's area (a pneumothorax in front of the heart, a bulla
+      against the chest wall, lie where the lungs are wide, and stay lung);
+    - it is small beside the lungs: under ``_GAS_SMALL`` of the lung-like cells and gas together (bases
+      destroyed by emphysema stay lung).
+
+    A pocket that goes takes its rim with it (the cells next to it: partial volume of gas and wall, lung-like
+    in HU, which across a diaphragm thinner than a cell would join the gas to the lung above it). The
+    trachea may go or stay: it lies between the lungs and widens no hull. Returns bool like ``gas``."""
     cube = np.ones((3, 3, 3), bool)
     lab, n = ndimage.label(gas, structure=cube)
     out = np.zeros(gas.shape, bool)
+    if n == 0:
+        return out
+    lunglike = (m > _LUNG_HU[0]) & (m < _LUNG_HU[1])
+    area = lunglike.sum(axis=(1, 2))
+    total = float(lunglike.sum() + gas.sum())
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)
     for i, sl in enumerate(ndimage.find_objects(lab), start=1):
+        middle = (sl[0].start + sl[0].stop - 1) // 2
+        if area[middle] >= _GAS_UNDER_LUNGS * area.max() or sizes[i] >= _GAS_SMALL * total:
+            continue
         box = tuple(slice(max(s.start - 2, 0), s.stop + 2) for s in sl)
         pocket = lab[box] == i
         near = ndimage.binary_dilation(pocket, structure=cube)

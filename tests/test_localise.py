@@ -468,22 +468,74 @@ def test_the_stomachs_and_colons_gas_is_not_taken_for_lung(seed):
     assert calcium.any() and (calcium & r.region).sum() == calcium.sum()
 
 
-def test_a_gas_pocket_is_lung_only_where_lung_surrounds_it():
-    """Hand-made coarse cells: a 12 mm pocket of gas in soft tissue (a bowel's) is soft-walled and goes with
-    its rim; the same pocket in lung parenchyma (a bulla) stays lung; a pocket half in lung, half in soft
-    tissue (under a diaphragm) goes."""
+def test_a_gas_pocket_is_bowel_only_under_the_lungs_in_soft_tissue_and_small():
+    """Hand-made coarse cells, lungs (-860 HU) filling the upper slices: a 12 mm pocket of gas in soft tissue
+    under them (a bowel's) goes, with its rim; the same pocket in lung, under the lungs (a basal bulla), stays;
+    the pocket in soft tissue at the lungs' widest (a pneumothorax's place) stays; a large one under them stays;
+    with two cells of soft tissue between the lungs and its top (a diaphragm and a stomach wall), it goes."""
     from agatax.localise import _soft_walled_gas
 
-    for around, expected in ((40.0, True), (-860.0, False)):
-        m = np.full((12, 12, 12), around, np.float32)
-        m[4:7, 4:7, 4:7] = -1000.0
-        out = _soft_walled_gas(m <= -960.0, m)
-        pocket = m <= -960.0
-        assert out[pocket].all() == expected and out[~pocket].any() == expected
-        if expected:  # the rim: exactly the cells next to the pocket
-            assert out.sum() == 5 ** 3
-    m = np.full((12, 12, 12), 40.0, np.float32)
-    m[6:] = -860.0  # lung above a 1-cell soft-tissue layer
-    m[5] = 40.0
-    m[2:5, 4:7, 4:7] = -1000.0
-    assert _soft_walled_gas(m <= -960.0, m)[3, 5, 5]
+    def volume(pocket_hu_around, z0, size=3):
+        m = np.full((24, 16, 16), 40.0, np.float32)
+        m[12:, 1:15, 1:15] = -860.0  # the lungs
+        m[z0 - 2:z0 + size + 2, 4 - 2:4 + size + 2, 4 - 2:4 + size + 2] = pocket_hu_around
+        m[z0:z0 + size, 4:4 + size, 4:4 + size] = -1000.0
+        return m
+
+    m = volume(40.0, 3)
+    out = _soft_walled_gas(m <= -960.0, m)
+    assert out[3:6, 4:7, 4:7].all() and out.sum() == 5 ** 3  # the pocket and its rim, nothing else
+    m = volume(-860.0, 3)  # in lung under the lungs' bulk
+    assert not _soft_walled_gas(m <= -960.0, m).any()
+    m = volume(40.0, 16)  # in soft tissue where the lungs are widest
+    assert not _soft_walled_gas(m <= -960.0, m).any()
+    m = volume(40.0, 1, size=8)  # 512 cells: over a tenth of the lungs and gas
+    assert not _soft_walled_gas(m <= -960.0, m).any()
+    m = volume(40.0, 8)  # two soft-tissue cells between its top and the lungs
+    assert _soft_walled_gas(m <= -960.0, m)[9, 5, 5]
+
+
+def _air_in_lung(ex, where, hu_range, seed=0):
+    """The exam's HU with its lung cells (the generator's tissue map) inside ``where`` set to air."""
+    hu = ex.volume.hu.copy()
+    cells = (ex.tissue == TISSUES["lung"]) & where
+    hu[cells] = np.random.default_rng(seed).uniform(*hu_range, int(cells.sum()))
+    return hu, cells
+
+
+@pytest.mark.parametrize("both_sides", [False, True])
+def test_a_pneumothorax_in_front_of_the_heart_stays_lung(both_sides):
+    """Air in front of the lungs beside the heart (a pneumothorax: gas between the chest wall and the lung,
+    60-200 cm^3 a side) is gas that soft tissue half surrounds, but it lies where the lungs are widest, not
+    under them: it stays lung, and every true calcification stays in the region (taken for bowel gas, it had
+    cut the heart's front out of the region: 13-58 % of the calcium kept)."""
+    ex = exam(5, protocol="cardiac", padding_hu=None, keep_tissue=True)
+    y = ex.volume.affine[1, 1] * np.arange(ex.volume.shape[1]) + ex.volume.affine[1, 3]
+    x = ex.volume.affine[0, 2] * np.arange(ex.volume.shape[2]) + ex.volume.affine[0, 3]
+    lung_y = y[np.nonzero((ex.tissue == TISSUES["lung"]).any(axis=(0, 2)))[0]]
+    front = (y < np.percentile(lung_y, 15))[None, :, None]
+    side = (x > 0)[None, None, :] if not both_sides else np.ones((1, 1, len(x)), bool)
+    hu, cells = _air_in_lung(ex, front & side, (-1000.0, -990.0))
+    assert 60.0 <= cells.sum() * np.prod(ex.volume.spacing) / 1000.0 / (2 if both_sides else 1) <= 200.0  # a side
+    r = localise_chest(hu, ex.volume.spacing)
+    assert r.found, r.note
+    calcium = ex.mask > 0
+    assert (calcium & r.region).sum() == calcium.sum()
+
+
+@pytest.mark.parametrize("sides", ["left", "both"])
+def test_severe_emphysema_at_the_lung_bases_stays_lung(sides):
+    """Lung bases destroyed by emphysema (every lung cell below the heart's middle at -975 to -965 HU, as in
+    panlobular emphysema) are gas under the lungs' bulk, but large: they stay lung, and every true
+    calcification stays in the region."""
+    ex = exam(3, protocol="chest", keep_tissue=True)
+    myo = np.nonzero((ex.tissue == TISSUES["myocardium"]).any(axis=(1, 2)))[0]
+    x = ex.volume.affine[0, 2] * np.arange(ex.volume.shape[2]) + ex.volume.affine[0, 3]
+    below = (np.arange(ex.volume.shape[0]) < myo.mean())[:, None, None]
+    side = (x > 0)[None, None, :] if sides == "left" else np.ones((1, 1, len(x)), bool)
+    hu, cells = _air_in_lung(ex, below & side, (-975.0, -965.0))
+    assert cells.any()
+    r = localise_chest(hu, ex.volume.spacing)
+    assert r.found, r.note
+    calcium = ex.mask > 0
+    assert (calcium & r.region).sum() == calcium.sum()

@@ -679,9 +679,9 @@ def _paint_abdomen(vol, tis, grid: Grid, heart: Heart, sets: dict, hu_of: dict, 
       0-30 HU; in 85 % of exams a gas bubble (-1000 HU) above a flat gas-fluid level (the patient supine: gas in
       front, fluid behind), filling 10-60 % of the lumen's depth;
     - the colon: hepatic flexure, transverse colon, splenic flexure (high, under the left dome, in front of the
-      spleen) and descending colon, a 14-22 mm tube with a 2 mm wall whose pieces hold gas (45 %), stool (a
-      mottle of 1.5-4 mm gas bubbles in 20 HU; 45 %) or nothing (collapsed, 10 %);
-    - the splenic artery: 2-3 mm, in a fat sheath, from the coeliac trunk in front of the aorta, 45-80 mm below
+      spleen) and descending colon, a tube of radius 14-22 mm with a 2 mm wall whose pieces hold gas (45 %),
+      stool (a mottle of gas bubbles of radius 1.5-4 mm in 20 HU; 45 %) or nothing (collapsed, 10 %);
+    - the splenic artery: radius 2-3 mm, in a fat sheath, from the coeliac trunk in front of the aorta, 45-80 mm below
       the heart, tortuous, to the splenic hilum.
 
     Returns {"splenic_artery": (N, 3) centre line (Z, Y, X) mm, "splenic_artery_r": radius mm}."""
