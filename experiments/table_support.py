@@ -43,7 +43,7 @@ from agatax.pipeline import run_pipeline  # noqa: E402
 from agatax.synthetic import DISTRACTOR_CODES, TISSUES, generate_exam  # noqa: E402
 
 
-def measure(exam, ensemble) -> dict:
+def measure(exam, ensemble, localise: bool = True) -> dict:
     """Localisation and score of one synthetic exam (see the module docstring)."""
     hu, spacing = np.asarray(exam.volume.hu), exam.volume.spacing
     found = localise_chest(hu, spacing)
@@ -51,7 +51,7 @@ def measure(exam, ensemble) -> dict:
     other = (hu >= 130.0) & ~coronary
     splenic = (exam.distractor_mask == DISTRACTOR_CODES["splenic_artery"]) & (hu >= 130.0)
     region = found.region if found.found else np.zeros(hu.shape, bool)
-    res = run_pipeline(ensemble, exam.volume, allow_noisy=True)
+    res = run_pipeline(ensemble, exam.volume, allow_noisy=True, localise=localise)
     # how far the region reaches below the heart (slice index grows towards the head in generated exams)
     heart = np.nonzero((exam.tissue == TISSUES["myocardium"]).any(axis=(1, 2)))[0]
     rows = np.nonzero(region.any(axis=(1, 2)))[0]
@@ -76,6 +76,8 @@ def main(argv=None) -> int:
     ap.add_argument("--matrix", type=int, default=512)
     ap.add_argument("--fov", type=float, default=None, help="field of view, mm (default: the generator's draw)")
     ap.add_argument("--weights", default=None, help="ensemble file to score with (default: the shipped one)")
+    ap.add_argument("--no-localise", action="store_true",
+                    help="score without the chest region (what the networks alone do); the region is still reported")
     ap.add_argument("--workdir", default=str(ROOT / "experiments" / "_table1_work"))
     args = ap.parse_args(argv)
     ensemble = load_default_ensemble() if args.weights is None else load_ensemble(args.weights)
@@ -94,7 +96,7 @@ def main(argv=None) -> int:
                        else {"abdomen": True, "lookalike_rates": {"splenic_artery": 1.0}}) if table else {}
             exam = generate_exam(seed, target_category=cat, protocol=args.protocol, matrix=args.matrix,
                                  keep_tissue=True, **variant, **scanner)
-            row = {"seed": seed, "table": table, **measure(exam, ensemble)}
+            row = {"seed": seed, "table": table, **measure(exam, ensemble, not args.no_localise)}
             rows.append(row)
             kept = "-" if row["coronary_kept"] is None else f"{100 * row['coronary_kept']:.1f} %"
             below = "-" if row["region_below_heart_mm"] is None else f"{row['region_below_heart_mm']:.0f} mm"
@@ -120,8 +122,8 @@ def main(argv=None) -> int:
         "seconds": round(time.perf_counter() - t0),
     }
     print(json.dumps(summary))
-    name = ("table_support" if args.variant == "table" else "abdomen") + ("" if args.weights is None
-                                                                          else "_" + Path(args.weights).stem)
+    name = (("table_support" if args.variant == "table" else "abdomen")
+            + ("" if args.weights is None else "_" + Path(args.weights).stem) + ("_nolocalise" if args.no_localise else ""))
     out = Path(args.workdir) / f"{name}_{args.protocol}_{args.first_seed}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps({"args": vars(args), "agatax": str(Path(agatax.__file__).parent),
