@@ -668,6 +668,7 @@ def build_anatomy(grid: Grid, heart: Heart, rng: np.random.Generator, body: dict
 
 
 # ------------------------------------------------------------------------- upper abdomen
+_DIAPHRAGM_MM = 6.0  # the diaphragm and a bowel's wall between the lungs and the stomach's or colon's content
 def _paint_abdomen(vol, tis, grid: Grid, heart: Heart, sets: dict, hu_of: dict, e_mm: float,
                    rng: np.random.Generator, spleen_c: np.ndarray, liver_c: np.ndarray) -> dict:
     """The upper abdomen under the diaphragm, in place, inside the thorax's inner contour:
@@ -678,6 +679,7 @@ def _paint_abdomen(vol, tis, grid: Grid, heart: Heart, sets: dict, hu_of: dict, 
     - the stomach under the left dome: a muscular wall of 6-9 mm (the diaphragm's and its own) round fluid at
       0-30 HU; in 85 % of exams a gas bubble (-1000 HU) above a flat gas-fluid level (the patient supine: gas in
       front, fluid behind), filling 10-60 % of the lumen's depth;
+    - between them and the lungs, at least ``_DIAPHRAGM_MM`` of muscle (the diaphragm and the bowel's wall);
     - the colon: hepatic flexure, transverse colon, splenic flexure (high, under the left dome, in front of the
       spleen) and descending colon, a tube of radius 14-22 mm with a 2 mm wall whose pieces hold gas (45 %),
       stool (a mottle of gas bubbles of radius 1.5-4 mm in 20 HU; 45 %) or nothing (collapsed, 10 %);
@@ -703,6 +705,13 @@ def _paint_abdomen(vol, tis, grid: Grid, heart: Heart, sets: dict, hu_of: dict, 
         vol[k][aerated] = hu_of["fat"]
         if tis is not None:
             tis[k][aerated | (within & (tis[k] == T["lung"]))] = T["fat"]
+
+    # a diaphragm: what the stomach and colon paint fades into muscle within 6 mm of the lungs
+    from scipy import ndimage
+
+    lung = within[None] & (vol < -500.0)
+    clear_mm = ndimage.distance_transform_edt(~lung, sampling=grid.spacing).astype(np.float32)
+    before = vol.copy()
 
     # the stomach, its top 5-15 mm under the left dome (the spleen's top), never over lung
     semi = np.array([rng.uniform(35.0, 55.0), rng.uniform(30.0, 45.0), rng.uniform(28.0, 42.0)])
@@ -757,6 +766,13 @@ def _paint_abdomen(vol, tis, grid: Grid, heart: Heart, sets: dict, hu_of: dict, 
             b = rng.uniform(1.5, 4.0, size=n)
             _paint_capsules(vol, tis, grid, at + d, at + d, b, TISSUE_HU["bowel_gas"], T["bowel_gas"], e_mm,
                             only_hu_below=60.0)
+
+    changed = vol != before
+    keep = np.clip((clear_mm - _DIAPHRAGM_MM) / (2.0 * e_mm) + 0.5, 0.0, 1.0)
+    vol[changed] = keep[changed] * vol[changed] + (1.0 - keep[changed]) * np.float32(hu_of["muscle"])
+    if tis is not None:
+        tis[changed & (keep < 0.5)] = T["muscle"]
+    del before, clear_mm
 
     # the splenic artery: the coeliac trunk forward from the aorta, then tortuous to the splenic hilum
     zc = zb - rng.uniform(45.0, 80.0)
