@@ -7,8 +7,9 @@ networks. On a coarse grid of about 4 mm:
 2. Lungs: voxels whose local mean is aerated (< -400 HU), less the air outside the body (3D components
    below -960 HU that reach the in-plane border: lung parenchyma, at -950 to -700 HU, is never that),
    and less the bowel's gas under the lungs (small pockets below -960 HU in soft tissue, in slices where
-   the lungs are narrow, and their rim: the stomach's and colon's gas under the diaphragm), opened in-plane so that thin
-   shells (the skin's partial volume, gaps between arm and chest) go, in 3D components of at least 20 cm^3.
+   the lungs are narrow, and their rim: the stomach's and colon's gas under the diaphragm), opened
+   in-plane so that thin shells (the skin's partial volume, gaps between arm and chest) go, in 3D
+   components of at least 20 cm^3.
    This holds where the lungs reach the image border (cardiac fields of view), with arms in the field
    (chest CT), with emphysema (bullae below -960 HU inside lung count as lung, and so do bases it has
    destroyed), a pneumothorax, and the upper abdomen in the field (its gas would widen the lungs' hull into
@@ -443,8 +444,8 @@ def localise_chest(hu, spacing) -> ChestRegion:
     spine_x = _spine_x(bone, step)
 
     # air outside the body: 3D components at air density that reach the in-plane border (padding too);
-    # air at that density inside the body counts as lung where lung surrounds it (bullae of emphysema), not
-    # where soft tissue does (the stomach's and colon's gas, the trachea)
+    # air at that density inside the body counts as lung (bullae of emphysema, a pneumothorax, the airways),
+    # but for the bowel's gas under the lungs
     air = m <= _LUNG_HU[0]
     lab, _ = ndimage.label(air, structure=np.ones((3, 3, 3), bool))
     edge = np.unique(np.concatenate([lab[:, 0].ravel(), lab[:, -1].ravel(), lab[:, :, 0].ravel(),
