@@ -539,3 +539,17 @@ def test_severe_emphysema_at_the_lung_bases_stays_lung(sides):
     assert r.found, r.note
     calcium = ex.mask > 0
     assert (calcium & r.region).sum() == calcium.sum()
+
+
+@pytest.mark.parametrize("seed", [3, 5])
+def test_the_splenic_arterys_calcium_lies_outside_the_region(seed):
+    """A chest exam into the upper abdomen with calcium on the splenic artery (a look-alike the networks were
+    never trained on, 45-80 mm below the heart): it lies outside the region, the coronary calcium inside (before
+    the bowel gas stopped counting as lung, the region held all of it)."""
+    ex = generate_exam(seed, target_category="D", protocol="chest", matrix=128, abdomen=True,
+                       lookalike_rates={"splenic_artery": 1.0})
+    r = localise_chest(ex.volume.hu, ex.volume.spacing)
+    splenic = (ex.distractor_mask == DISTRACTOR_CODES["splenic_artery"]) & (ex.volume.hu >= 130)
+    assert splenic.any() and not (splenic & r.region).any()
+    calcium = ex.mask > 0
+    assert calcium.any() and (calcium & r.region).sum() == calcium.sum()
