@@ -3,7 +3,8 @@
     python3 benchmarks/bench_localise.py [--repeats 5]
 
 Settings: a cardiac exam (512 x 512 x 56 at 2.5 mm), a chest field of view (512 x 512, 3 and 5 mm), a
-thin reconstruction (512 x 512 x 240 at 0.625 mm). Rounds interleave the settings; prints the load
+thin reconstruction (512 x 512 x 240 at 0.625 mm), and a chest CT reaching into the upper abdomen
+(``generate_exam(..., abdomen=True)``, where the agatax measured has it). Rounds interleave the settings; prints the load
 average before the run, then the minimum and median wall time of each (seconds). Refuses to run when the
 1-minute load average is above 0.5 per core unless --force.
 """
@@ -11,6 +12,7 @@ average before the run, then the minimum and median wall time of each (seconds).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import statistics
@@ -29,7 +31,7 @@ def main() -> int:
         print(f"machine busy (load {load:.2f} on {cores} cores): not measuring (--force to run anyway)")
         return 2
     from agatax import localise_chest
-    from agatax.synthetic import generate_exam
+    from agatax.synthetic import ScannerParams, generate_exam
 
     settings = {
         "cardiac 56 x 512 x 512, 2.5 mm": generate_exam(1, target_category="C", protocol="cardiac",
@@ -41,6 +43,9 @@ def main() -> int:
         "thin 240 x 512 x 512, 0.625 mm": generate_exam(4, target_category="C", protocol="cardiac",
                                                         slice_increment_mm=0.625, n_slices=240),
     }
+    if "abdomen" in {f.name for f in dataclasses.fields(ScannerParams)}:  # a chest CT into the upper abdomen
+        settings["chest into the abdomen, 5 mm (512 x 512)"] = generate_exam(
+            3, target_category="C", protocol="chest", slice_increment_mm=5.0, abdomen=True)
     times = {k: [] for k in settings}
     for ex in settings.values():
         localise_chest(ex.volume.hu, ex.volume.spacing)  # warm-up
