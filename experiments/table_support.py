@@ -91,34 +91,34 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     for i, cat in enumerate(cats):
         seed = args.first_seed + i
-        for table in (False, True):
+        for drawn in (False, True):  # the exam without, then with the variant
             variant = ({"table": True} if args.variant == "table"
-                       else {"abdomen": True, "lookalike_rates": {"splenic_artery": 1.0}}) if table else {}
+                       else {"abdomen": True, "lookalike_rates": {"splenic_artery": 1.0}}) if drawn else {}
             exam = generate_exam(seed, target_category=cat, protocol=args.protocol, matrix=args.matrix,
                                  keep_tissue=True, **variant, **scanner)
-            row = {"seed": seed, "table": table, **measure(exam, ensemble, not args.no_localise)}
+            row = {"seed": seed, "with_variant": drawn, **measure(exam, ensemble, not args.no_localise)}
             rows.append(row)
             kept = "-" if row["coronary_kept"] is None else f"{100 * row['coronary_kept']:.1f} %"
             below = "-" if row["region_below_heart_mm"] is None else f"{row['region_below_heart_mm']:.0f} mm"
             spl = ("-" if row["splenic_in_region"] is None
                    else f"{100 * row['splenic_in_region']:.0f} % ({row['splenic_scored']})")
-            print(f"| {seed} | {row['true_agatston']:g} ({row['true_category']}) | {'yes' if table else 'no'} | "
+            print(f"| {seed} | {row['true_agatston']:g} ({row['true_category']}) | {'yes' if drawn else 'no'} | "
                   f"{row['lung_cm3']:.0f} | {row['region_voxels']} | {below} | {100 * row['other_in_region']:.2f} % | "
                   f"{spl} | {kept} | {row['agatston']:g} ({row['category']}) |", flush=True)
-    with_table = [r for r in rows if r["table"]]
-    plain = {r["seed"]: r for r in rows if not r["table"]}
+    with_variant = [r for r in rows if r["with_variant"]]
+    plain = {r["seed"]: r for r in rows if not r["with_variant"]}
     summary = {
-        "exams": len(with_table),
-        "worst_other_in_region_with_table": max(r["other_in_region"] for r in with_table),
-        "worst_coronary_kept_with_table": min((r["coronary_kept"] for r in with_table
+        "exams": len(with_variant),
+        "worst_other_in_region_with_variant": max(r["other_in_region"] for r in with_variant),
+        "worst_coronary_kept_with_variant": min((r["coronary_kept"] for r in with_variant
                                                if r["coronary_kept"] is not None), default=None),
-        "calcium_free_scored_10_or_more_with_table": sum(r["agatston"] >= 10 for r in with_table
+        "calcium_free_scored_10_or_more_with_variant": sum(r["agatston"] >= 10 for r in with_variant
                                                          if r["true_category"] == "A"),
-        "category_changed_by_table": sum(r["category"] != plain[r["seed"]]["category"] for r in with_table),
-        "region_ratio_table_to_plain": [round(r["region_voxels"] / max(plain[r["seed"]]["region_voxels"], 1), 3)
-                                        for r in with_table],
-        "region_below_heart_mm_with": [r["region_below_heart_mm"] for r in with_table],
-        "splenic_scored_exams": sum(r["splenic_scored"] > 0 for r in with_table),
+        "category_changed_by_variant": sum(r["category"] != plain[r["seed"]]["category"] for r in with_variant),
+        "region_ratio_variant_to_plain": [round(r["region_voxels"] / max(plain[r["seed"]]["region_voxels"], 1), 3)
+                                          for r in with_variant],
+        "region_below_heart_mm_with_variant": [r["region_below_heart_mm"] for r in with_variant],
+        "splenic_scored_exams": sum(r["splenic_scored"] > 0 for r in with_variant),
         "seconds": round(time.perf_counter() - t0),
     }
     print(json.dumps(summary))

@@ -669,20 +669,22 @@ def build_anatomy(grid: Grid, heart: Heart, rng: np.random.Generator, body: dict
 
 # ------------------------------------------------------------------------- upper abdomen
 _DIAPHRAGM_MM = 6.0  # the diaphragm and a bowel's wall between the lungs and the stomach's or colon's content
+
+
 def _paint_abdomen(vol, tis, grid: Grid, heart: Heart, sets: dict, hu_of: dict, e_mm: float,
                    rng: np.random.Generator, spleen_c: np.ndarray, liver_c: np.ndarray) -> dict:
     """The upper abdomen under the diaphragm, in place, inside the thorax's inner contour:
 
     - no lung below the posterior costophrenic recesses (0-15 mm below the liver's equator): what the liver
       and spleen leave there is abdominal fat;
-
     - the stomach under the left dome: a muscular wall of 6-9 mm (the diaphragm's and its own) round fluid at
       0-30 HU; in 85 % of exams a gas bubble (-1000 HU) above a flat gas-fluid level (the patient supine: gas in
       front, fluid behind), filling 10-60 % of the lumen's depth;
-    - between them and the lungs, at least ``_DIAPHRAGM_MM`` of muscle (the diaphragm and the bowel's wall);
     - the colon: hepatic flexure, transverse colon, splenic flexure (high, under the left dome, in front of the
       spleen) and descending colon, a tube of radius 14-22 mm with a 2 mm wall whose pieces hold gas (45 %),
       stool (a mottle of gas bubbles of radius 1.5-4 mm in 20 HU; 45 %) or nothing (collapsed, 10 %);
+    - between the stomach or colon and the lungs, at least ``_DIAPHRAGM_MM`` of muscle (the diaphragm and the
+      bowel's wall): what they paint fades into muscle there;
     - the splenic artery: radius 2-3 mm, in a fat sheath, from the coeliac trunk in front of the aorta, 45-80 mm below
       the heart, tortuous, to the splenic hilum.
 
@@ -768,10 +770,10 @@ def _paint_abdomen(vol, tis, grid: Grid, heart: Heart, sets: dict, hu_of: dict, 
                             only_hu_below=60.0)
 
     changed = vol != before
-    keep = np.clip((clear_mm - _DIAPHRAGM_MM) / (2.0 * e_mm) + 0.5, 0.0, 1.0)
-    vol[changed] = keep[changed] * vol[changed] + (1.0 - keep[changed]) * np.float32(hu_of["muscle"])
+    fade = np.clip((clear_mm - _DIAPHRAGM_MM) / (2.0 * e_mm) + 0.5, 0.0, 1.0)  # 0 at the lungs, 1 beyond 6 mm
+    vol[changed] = fade[changed] * vol[changed] + (1.0 - fade[changed]) * np.float32(hu_of["muscle"])
     if tis is not None:
-        tis[changed & (keep < 0.5)] = T["muscle"]
+        tis[changed & (fade < 0.5)] = T["muscle"]
     del before, clear_mm
 
     # the splenic artery: the coeliac trunk forward from the aorta, then tortuous to the splenic hilum

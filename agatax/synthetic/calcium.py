@@ -515,7 +515,6 @@ def arch_atoms(landmarks: dict, grid: Grid, rng: np.random.Generator, burden: fl
     return out
 
 
-
 def splenic_atoms(landmarks: dict, grid: Grid, rng: np.random.Generator, burden: float,
                   rates: dict | None = None) -> list[dict]:
     """Calcified plaques on the splenic artery's wall (``landmarks["splenic_artery"]``, (N, 3) mm, radius
