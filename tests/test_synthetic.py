@@ -1067,8 +1067,6 @@ def test_a_table_under_the_patient_changes_only_air_behind_the_back():
     score as without it; the voxels that differ were air and lie behind the body's lowest point (less the
     table's curve); the table's skins (distractor code 11) read as dense as a thin plate blurred (100 HU or
     more), the pad between the back and the table as foam (-950 to -700 HU)."""
-    from agatax.synthetic import DISTRACTOR_CODES
-
     plain = generate_exam(4, target_category="C", protocol="chest", matrix=256, n_slices=12)
     table = generate_exam(4, target_category="C", protocol="chest", matrix=256, n_slices=12, table=True)
     assert table.agatston == plain.agatston and np.array_equal(table.mask, plain.mask)
