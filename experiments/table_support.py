@@ -6,7 +6,7 @@ Each exam is drawn twice, the same patient without and with the variant (``gener
 their gas, and calcium on the splenic artery in every exam; a chest exam then reaches 40-100 mm further
 down), and both are localised (``agatax.localise_chest``) and scored (``agatax.run_pipeline``, shipped
 default). Per exam: the lungs found (cm^3), the region's size and how far it reaches below the heart's lowest
-myocardium (mm), the share of the voxels >= 130 HU that are not coronary calcium (bone, the table's skins,
+myocardium and below the traced carina (mm), the share of the voxels >= 130 HU that are not coronary calcium (bone, the table's skins,
 look-alikes) inside the region, the share of the splenic artery's calcium inside it and the voxels of it the
 pipeline scored, the share of the true coronary calcium inside the region, and the score and category
 against the truth.
@@ -56,8 +56,12 @@ def measure(exam, ensemble, localise: bool = True) -> dict:
     heart = np.nonzero((exam.tissue == TISSUES["myocardium"]).any(axis=(1, 2)))[0]
     rows = np.nonzero(region.any(axis=(1, 2)))[0]
     below = float((heart[0] - rows[0]) * spacing[0]) if heart.size and rows.size else None
+    # and below the traced carina (None: no carina traced)
+    carina = found.carina_slice if found.found else float("nan")
+    below_carina = float((carina - rows[0]) * spacing[0]) if np.isfinite(carina) and rows.size else None
     return {"found": bool(found.found), "lung_cm3": round(float(found.lung_cm3), 1),
             "region_voxels": int(region.sum()), "region_below_heart_mm": below,
+            "region_below_carina_mm": None if below_carina is None else round(below_carina, 1),
             "splenic_voxels": int(splenic.sum()),
             "splenic_in_region": round(float((splenic & region).sum() / splenic.sum()), 4) if splenic.any() else None,
             "splenic_scored": int((splenic & res.mask).sum()),
@@ -118,6 +122,8 @@ def main(argv=None) -> int:
         "region_ratio_variant_to_plain": [round(r["region_voxels"] / max(plain[r["seed"]]["region_voxels"], 1), 3)
                                           for r in with_variant],
         "region_below_heart_mm_with_variant": [r["region_below_heart_mm"] for r in with_variant],
+        "region_below_carina_mm_with_variant": [r["region_below_carina_mm"] for r in with_variant],
+        "coronary_kept_worst": min((r["coronary_kept"] for r in rows if r["coronary_kept"] is not None), default=None),
         "splenic_scored_exams": sum(r["splenic_scored"] > 0 for r in with_variant),
         "seconds": round(time.perf_counter() - t0),
     }
