@@ -27,7 +27,9 @@ networks. On a coarse grid of about 4 mm:
    near the spine's x over at least 40 mm, to the end beyond which two lumens lie on either side of its
    axis (the main bronchi); the region ends ``CARINA_MARGIN_MM`` beyond it on the trachea's side, leaving
    out the arch, the great vessels and the lung apices (the coronary arteries lie below the carina, where
-   calcium-scoring scans start). Without a traced trachea or its division nothing is cut along z.
+   calcium-scoring scans start), and ``HEART_BELOW_CARINA_MM`` below it (the heart ends 120-150 mm below
+   the carina, the upper abdomen's arteries lie lower). Without a traced trachea or its division nothing is
+   cut along z.
 
 Where no lungs are found (a water phantom, a volume cut below the lungs, a tiny volume) the result has
 ``found=False`` and a note; the pipeline then discards nothing. A cross-section that repeats along z
@@ -45,7 +47,8 @@ import dataclasses
 import numpy as np
 from scipy import ndimage, spatial
 
-__all__ = ["ChestRegion", "localise_chest", "ENHANCED_HU70", "PHANTOM_Z_CHANGE", "CARINA_MARGIN_MM"]
+__all__ = ["ChestRegion", "localise_chest", "ENHANCED_HU70", "PHANTOM_Z_CHANGE", "CARINA_MARGIN_MM",
+           "HEART_BELOW_CARINA_MM"]
 
 _COARSE_MM = 4.0
 _LUNG_HU = (-960.0, -400.0)
@@ -66,6 +69,10 @@ _Z_APART_MM = 30.0
 _Z_CHANGE_HU = 150.0
 _MIN_SECTION_CM2 = 25.0
 CARINA_MARGIN_MM = 10.0  # the region ends this far beyond the carina, on the trachea's side
+#: the region ends this far below the carina: the heart's diaphragmatic surface lies 120-150 mm below it (a
+#: calcium-scoring scan covers the carina to the bottom of the heart in 12-15 cm), the coeliac trunk and the
+#: splenic artery 180-230 mm (T12-L1); 50 mm beyond the usual coverage for large, low or hyperinflated chests
+HEART_BELOW_CARINA_MM = 200.0
 BACK_BAND_MM = 30.0  # a support under the patient is looked for within this distance of the spine's x
 _MIN_VERTEBRA_CM2 = 5.0  # bone in that band, per slice, for it to be the spine (a vertebral body: 10-20 cm^2)
 _AIRWAY_MM = 2.0  # in-plane cell of the airway search
@@ -91,7 +98,8 @@ class ChestRegion:
         carina_slice: the slice (index along z, fractional) where the trachea divides, when a trachea was
             traced over at least 40 mm; the region then stops ``CARINA_MARGIN_MM`` beyond it on the
             trachea's side (coronary arteries lie 20 mm or more below the carina, and a calcium-scoring scan
-            starts there). NaN when no trachea was traced (nothing cut along z).
+            starts there) and ``HEART_BELOW_CARINA_MM`` below it (the upper abdomen). NaN when no trachea was
+            traced (nothing cut along z).
     """
 
     found: bool
@@ -499,6 +507,18 @@ def localise_chest(hu, spacing) -> ChestRegion:
             region[cut] = False
             carina_note = (f"carina at slice {carina:.0f}: the region ends {CARINA_MARGIN_MM:.0f} mm "
                            f"{'above' if side > 0 else 'below'} it (index order)")
+            # far below the carina lies the upper abdomen (the abdominal aorta, the coeliac trunk, the splenic
+            # artery), never a coronary artery
+            edge = carina - side * HEART_BELOW_CARINA_MM / spacing[0]
+            low = np.arange(region.shape[0]) < edge if side > 0 else np.arange(region.shape[0]) > edge
+            below = int(region[low].sum())
+            if 0 < below < region.sum() - below:
+                region[low] = False
+                carina_note += (f" and {HEART_BELOW_CARINA_MM:.0f} mm from it on the heart's side (the upper "
+                                "abdomen beyond)")
+            elif below:
+                carina_note += (f"; most of the region lies over {HEART_BELOW_CARINA_MM:.0f} mm below it, so it is "
+                                "not cut there")
         else:
             carina_note = (f"a trachea-like tube divides at slice {carina:.0f}, but most of the region lies beyond "
                            "it: not cut")

@@ -553,3 +553,42 @@ def test_the_splenic_arterys_calcium_lies_outside_the_region(seed):
     assert splenic.any() and not (splenic & r.region).any()
     calcium = ex.mask > 0
     assert calcium.any() and (calcium & r.region).sum() == calcium.sum()
+
+
+@pytest.mark.parametrize("seed", [3, 9001])
+def test_the_region_ends_far_below_the_carina_in_a_tall_chest(seed, monkeypatch):
+    """A chest exam into the upper abdomen, stretched along z (slices 1.6 x further apart: a tall chest, the
+    carina 240-270 mm above the region's lower end): the region ends HEART_BELOW_CARINA_MM below the traced
+    carina, and every coronary calcification stays in it. The oracle: the same call with no lower bound, cut
+    by hand at that level (before the bound, the region reached the upper abdomen beyond it)."""
+    from agatax import localise as loc
+
+    ex = exam(seed, "D", protocol="chest", matrix=160, n_slices=None, slice_increment_mm=None, abdomen=True)
+    spacing = (ex.volume.spacing[0] * 1.6, *ex.volume.spacing[1:])
+    r = localise_chest(ex.volume.hu, spacing)
+    assert r.found and np.isfinite(r.carina_slice), r.note
+    monkeypatch.setattr(loc, "HEART_BELOW_CARINA_MM", 1e6)
+    ref = localise_chest(ex.volume.hu, spacing)
+    k = np.arange(ex.volume.shape[0])
+    beyond = k < r.carina_slice - 200.0 / spacing[0]  # slice index grows towards the head here
+    assert ref.region[beyond].any()  # not vacuous: without the bound the region reaches beyond 200 mm
+    expected = ref.region & ~beyond[:, None, None]
+    assert (r.region == expected).all()
+    assert "200 mm from it on the heart's side" in r.note
+    assert r.box[0].start >= np.flatnonzero(~beyond)[0]
+    calcium = ex.mask > 0
+    assert calcium.any() and (calcium & r.region).sum() == calcium.sum()
+
+
+def test_the_lower_bound_is_not_applied_when_most_of_the_region_lies_beyond_it(monkeypatch):
+    """A carina found far too high would put most of the region beyond the lower bound: then nothing is cut
+    there and the note says so (here the bound is set to 30 mm to make the carina read so)."""
+    from agatax import localise as loc
+
+    ex = full_chest()
+    monkeypatch.setattr(loc, "HEART_BELOW_CARINA_MM", 1e6)
+    ref = localise_chest(ex.volume.hu, ex.volume.spacing)
+    monkeypatch.setattr(loc, "HEART_BELOW_CARINA_MM", 30.0)
+    r = localise_chest(ex.volume.hu, ex.volume.spacing)
+    assert np.isfinite(r.carina_slice) and (r.region == ref.region).all()
+    assert "not cut there" in r.note
