@@ -578,6 +578,13 @@ def test_the_region_ends_far_below_the_carina_in_a_tall_chest(seed, monkeypatch)
     assert r.box[0].start >= np.flatnonzero(~beyond)[0]
     calcium = ex.mask > 0
     assert calcium.any() and (calcium & r.region).sum() == calcium.sum()
+    # the same exam stored the other way along z: the bound falls on the mirrored side
+    monkeypatch.undo()
+    flipped = localise_chest(ex.volume.hu[::-1], spacing)
+    n = ex.volume.shape[0]
+    assert abs(flipped.carina_slice - (n - 1 - r.carina_slice)) <= 1.0
+    assert not flipped.region[::-1][k < (n - 1 - flipped.carina_slice) - 200.0 / spacing[0]].any()
+    assert (calcium & flipped.region[::-1]).sum() == calcium.sum()
 
 
 def test_the_lower_bound_is_not_applied_when_most_of_the_region_lies_beyond_it(monkeypatch):
