@@ -197,6 +197,10 @@ def main(argv=None) -> int:
     ap.add_argument("--noise-profile", default=None,
                     help="LOW,HIGH: draw each unseen exam's noise_profile from this range (the noise SD times "
                     "1 + P (r / R)^2 away from the image centre; e.g. -0.5,1.0); same exams and noise patterns")
+    ap.add_argument("--sharpness", type=float, default=None,
+                    help="draw J3 with this kernel sharpness instead of its own (-0.5..1; e.g. -0.2: an in-plane "
+                    "PSF of 0.66 mm, the real QRM phantom's Canon FC12 (experiments/insert_psf.py); the draws' "
+                    "range is 0..1); the rest of each exam is drawn the same")
     add_dense_vote_argument(ap)
     add_adapt_noise_argument(ap)
     ap.add_argument("--workdir", default=str(ROOT / "experiments" / "_table1_work"))
@@ -213,6 +217,10 @@ def main(argv=None) -> int:
             ap.error(f"--noise-profile takes LOW,HIGH with -0.9 <= LOW <= HIGH <= 3, got {args.noise_profile!r}")
     n = table1.cohort_size("J3", args.scale)
     gen_kwargs = {} if args.matrix is None else {"matrix": args.matrix}
+    if args.sharpness is not None:
+        if not -0.5 <= args.sharpness <= 1.0:
+            ap.error(f"--sharpness takes -0.5..1, got {args.sharpness}")
+        gen_kwargs["sharpness"] = args.sharpness
     if args.skip_j3 and args.skip_unseen:
         ap.error("--skip-j3 and --skip-unseen leave nothing to test")
     # one cohort in memory at a time (98 exams at matrix 512 take ~11 GB)
@@ -269,7 +277,8 @@ def main(argv=None) -> int:
               f"accuracy {ns['accuracy_warned']} on those, {ns['accuracy_not_warned']} on the others")
     out = Path(args.workdir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "unseen_results.json").write_text(json.dumps(results, indent=1))
+    name = "unseen_results.json" if args.sharpness is None else f"unseen_results_sharpness{args.sharpness:g}.json"
+    (out / name).write_text(json.dumps(results, indent=1))
     return 0
 
 

@@ -42,8 +42,8 @@ class ScannerParams:
 
     matrix: in-plane pixels (square); fov_mm: reconstruction field of view (pixel = fov / matrix);
     slice_increment_mm, slice_thickness_mm: distance between slice centres and nominal thickness;
-    n_slices; noise_sigma_hu: image noise standard deviation; sharpness in [0, 1] (1 = sharp kernel),
-    giving psf_sigma_mm (in-plane Gaussian PSF); hu_offset: calibration offset added to every voxel;
+    n_slices; noise_sigma_hu: image noise standard deviation; sharpness in [-0.5, 1] (1 = sharp kernel;
+    drawn in [0, 1]), giving psf_sigma_mm (in-plane Gaussian PSF); hu_offset: calibration offset added to every voxel;
     fov_center_mm: (X, Y) of the FOV centre in the patient frame; protocol: "cardiac" (gated, 160-260 mm
     field centred on the heart: body cut at the border) or "chest" (non-gated, 320-420 mm field with the
     whole rib cage, scapulae and often the arms); padding_hu: value outside the reconstruction circle
@@ -83,7 +83,8 @@ class ScannerParams:
 
     @property
     def psf_sigma_mm(self) -> float:
-        """In-plane PSF sigma: 0.30 mm (sharp) to 0.60 mm (smooth)."""
+        """In-plane PSF sigma: 0.30 mm (sharpness 1) to 0.60 mm (0: the draws' range), 0.75 mm at -0.5 (the
+        real QRM phantom's Canon FC12 fits 0.55-0.75 mm, experiments/insert_psf.py)."""
         return 0.30 + 0.30 * (1.0 - self.sharpness)
 
     @property

@@ -418,7 +418,8 @@ def generate_exam(
         keep_tissue: also return the tissue class map (uint8 (z, y, x)).
         **scanner: any ScannerParams field: ``matrix`` (512; e.g. 128 for fast tests), ``fov_mm``
             (170-240), ``slice_increment_mm`` (2.5 or 3), ``slice_thickness_mm``, ``n_slices`` (~125-165 mm
-            of coverage), ``noise_sigma_hu`` (10-40), ``sharpness`` (0-1), ``hu_offset`` (-6..6 HU),
+            of coverage), ``noise_sigma_hu`` (10-40), ``sharpness`` (0-1; down to -0.5 when given: a softer
+            kernel, PSF sigma up to 0.75 mm), ``hu_offset`` (-6..6 HU),
             ``fov_center_mm``, ``kvp``, ``protocol`` ("cardiac" or "chest"; drawn: 20 % chest, with a
             320-420 mm field, the whole rib cage, scapulae and often the arms), ``padding_hu`` (value
             outside the reconstruction circle, or None; drawn: 60 % padded), ``table`` (True: the foam pad
@@ -501,7 +502,7 @@ def _check_scanner(sc: dict) -> None:
         "slice_thickness_mm": lambda v: 0.3 <= v <= 10.0,
         "n_slices": lambda v: int(v) == v and 4 <= v <= 400,
         "noise_sigma_hu": lambda v: 0.0 <= v <= 200.0,
-        "sharpness": lambda v: 0.0 <= v <= 1.0,
+        "sharpness": lambda v: -0.5 <= v <= 1.0,
         "hu_offset": lambda v: -50.0 <= v <= 50.0,
         "kvp": lambda v: 70.0 <= v <= 150.0,
         "protocol": lambda v: v in ("cardiac", "chest"),
