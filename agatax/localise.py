@@ -78,6 +78,12 @@ _MIN_VERTEBRA_CM2 = 5.0  # bone in that band, per slice, for it to be the spine 
 _AIRWAY_MM = 2.0  # in-plane cell of the airway search
 _TRACHEA_CM2 = (0.9, 8.0)  # lumen cross-section below -700 HU: adult tracheae are 12-25 mm across
 _MIN_TRACHEA_MM = 40.0
+#: one lung airless or gone (collapse, a large effusion, pneumonectomy) at the heart's levels: in at least
+#: this share of the slices holding lung (at least a fifth of the widest slice's), one side of the spine holds
+#: under ``_SIDE_EMPTY`` of the other side's lung (synthetic patients: 0.00-0.19 of their slices, cardiac
+#: fields cutting the lungs unevenly; a lung airless up to the heart's top: 0.31-0.86)
+_ONE_SIDED_SLICES = 1.0 / 3.0
+_SIDE_EMPTY = 0.1
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -361,6 +367,42 @@ def _soft_walled_gas(gas: np.ndarray, m: np.ndarray) -> np.ndarray:
     return out
 
 
+def _vertebra_slices(bone: np.ndarray, at_edge: np.ndarray, spine_x: float, step) -> np.ndarray:
+    """bool (z,) coarse slices whose band of ``BACK_BAND_MM`` around ``spine_x`` (mm) holds a vertebra: at
+    least ``_MIN_VERTEBRA_CM2`` of ``bone``, clear of ``at_edge`` (not a rib the field of view cuts)."""
+    c0, w = int(round(spine_x / step[2])), int(np.ceil(BACK_BAND_MM / step[2]))
+    band = slice(max(c0 - w, 0), c0 + w + 1)
+    vertebra = bone[:, :, band]
+    return ((vertebra.sum(axis=(1, 2)) * float(step[1] * step[2]) / 100.0 >= _MIN_VERTEBRA_CM2)
+            & ~(vertebra & at_edge[:, :, band]).any(axis=(1, 2)))
+
+
+def _one_lung(lungs: np.ndarray, bone: np.ndarray, at_edge: np.ndarray, spine_x: float | None, step):
+    """(points, note) where one side's lung is airless or gone at the heart's levels: the lungs' cells mirrored
+    about the spine's x (mm, (n, 3) on the coarse grid, inside it), so that their hull spans the mediastinum
+    as if both lungs were there (from one lung alone it stops at that lung's medial surface and leaves the
+    heart out); else (None, ""). One-sided: in ``_ONE_SIDED_SLICES`` or more of the slices holding lung, one
+    side holds under ``_SIDE_EMPTY`` of the other's. ``spine_x`` is the column of the most posterior bone:
+    the spine where a vertebra is traced, a rough midline where the field cuts it."""
+    if spine_x is None or not lungs.any():
+        return None, ""
+    c0 = int(round(spine_x / step[2]))
+    low = lungs[:, :, :c0].sum(axis=(1, 2))
+    high = lungs[:, :, c0 + 1:].sum(axis=(1, 2))
+    total = low + high
+    held = total >= 0.2 * total.max()
+    empty = np.minimum(low, high)[held] < _SIDE_EMPTY * np.maximum(low, high)[held]
+    if empty.mean() < _ONE_SIDED_SLICES:
+        return None, ""
+    cells = np.argwhere(lungs)
+    cells[:, 2] = 2 * c0 - cells[:, 2]
+    cells = cells[(cells[:, 2] >= 0) & (cells[:, 2] < lungs.shape[2])]
+    traced = _vertebra_slices(bone, at_edge, spine_x, step)[lungs.any(axis=(1, 2))].mean() >= 0.5
+    return cells * step, (f"; one side holds almost no aerated lung in {100 * empty.mean():.0f} % of the lungs' "
+                          "slices (a lung collapsed, filled by an effusion or removed): the region is built with "
+                          f"the lungs mirrored about the {'spine' if traced else 'most posterior bone'}")
+
+
 def _outside_the_patient(lungs: np.ndarray, m: np.ndarray, bone: np.ndarray, at_edge: np.ndarray,
                          spine_x: float | None, step) -> tuple[np.ndarray, int]:
     """``lungs`` without the lung-like components that lie outside the patient along y: the foam pad and the
@@ -387,9 +429,7 @@ def _outside_the_patient(lungs: np.ndarray, m: np.ndarray, bone: np.ndarray, at_
     c0, w = int(round(spine_x / step[2])), int(np.ceil(BACK_BAND_MM / step[2]))
     band = slice(max(c0 - w, 0), c0 + w + 1)
     cut = at_edge[:, :, band]  # (z, y, band)
-    vertebra = bone[:, :, band]
-    has = ((vertebra.sum(axis=(1, 2)) * float(step[1] * step[2]) / 100.0 >= _MIN_VERTEBRA_CM2)
-           & ~(vertebra & cut).any(axis=(1, 2)))
+    has = _vertebra_slices(bone, at_edge, spine_x, step)
     rows_with = patient[:, :, band].any(axis=2)  # (z, y)
     has &= rows_with.any(axis=1)
     first = np.argmax(rows_with, axis=1)
@@ -471,6 +511,9 @@ def localise_chest(hu, spacing) -> ChestRegion:
                            z_change=z_change)
 
     pts = np.argwhere(lungs) * step
+    mirrored, sides_note = _one_lung(lungs, bone, at_edge, spine_x, step)
+    if mirrored is not None:
+        pts = np.concatenate([pts, mirrored])
     hull = _inside_hull(pts, m.shape, step)
     # the hull's rim runs along the outer lung surface, where the ribs are: keep its inner part only
     hull &= ndimage.distance_transform_edt(np.pad(hull, 1), sampling=step)[1:-1, 1:-1, 1:-1] > _HULL_INSET_MM
@@ -532,5 +575,5 @@ def localise_chest(hu, spacing) -> ChestRegion:
     support_note = (f" ({support * voxel_cm3:.0f} cm^3 of aerated material outside the patient, behind the back or "
                     "in front of the chest (a pad or the table), not taken for lung)" if support else "")
     return ChestRegion(True, region, box, lung_cm3,
-                       f"lungs {lung_cm3:.0f} cm^3{support_note}; calcium searched in {100 * frac:.0f} % of the "
-                       f"volume; {carina_note}", hu70, z_change, carina)
+                       f"lungs {lung_cm3:.0f} cm^3{support_note}{sides_note}; calcium searched in {100 * frac:.0f} % "
+                       f"of the volume; {carina_note}", hu70, z_change, carina)
