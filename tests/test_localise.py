@@ -599,3 +599,44 @@ def test_the_lower_bound_is_not_applied_when_most_of_the_region_lies_beyond_it(m
     r = localise_chest(ex.volume.hu, ex.volume.spacing)
     assert np.isfinite(r.carina_slice) and (r.region == ref.region).all()
     assert "not cut there" in r.note
+
+
+def _airless(ex, side, below_slice=None):
+    """The exam's HU with one lung's cells (the generator's tissue map; patient left is +x) at 30 HU: a lung
+    collapsed, filled by an effusion or removed; only below ``below_slice`` when given."""
+    x = ex.volume.affine[0, 2] * np.arange(ex.volume.shape[2]) + ex.volume.affine[0, 3]
+    sel = (x > 0) if side == "left" else (x < 0)
+    cells = (ex.tissue == TISSUES["lung"]) & sel[None, None, :]
+    if below_slice is not None:
+        cells &= (np.arange(ex.volume.shape[0]) <= below_slice)[:, None, None]
+    hu = ex.volume.hu.copy()
+    hu[cells] = 30.0
+    return hu
+
+
+@pytest.mark.parametrize("seed,protocol", [(5, "cardiac"), (3, "chest")])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_one_lung_airless_keeps_the_heart_in_the_region(seed, protocol, side):
+    """One lung airless (collapsed, filled by an effusion, removed): the region still holds every coronary
+    calcification and leaves out the bone, and the note says the lungs were mirrored. From the other lung
+    alone the hull stopped at its medial surface: these exams kept 0-26 % of their calcium. As drawn, the
+    rule does not fire."""
+    ex = exam(seed, "D", protocol=protocol, padding_hu=None, keep_tissue=True)
+    assert "mirrored" not in localise_chest(ex.volume.hu, ex.volume.spacing).note
+    r = localise_chest(_airless(ex, side), ex.volume.spacing)
+    assert r.found, r.note
+    check_region(ex, r.region)
+    assert "mirrored" in r.note, r.note
+
+
+def test_a_lung_airless_over_most_of_the_heart_keeps_the_heart_in_the_region():
+    """A cardiac exam whose left lung is airless up to four fifths of the heart's height (a large effusion, a
+    lower-lobe collapse): every coronary calcification stays in the region (80 % before the one-lung rule)."""
+    ex = exam(11, "D", protocol="cardiac", padding_hu=None, keep_tissue=True, matrix=256, n_slices=None,
+              slice_increment_mm=None)
+    myo = np.nonzero((ex.tissue == TISSUES["myocardium"]).any(axis=(1, 2)))[0]
+    top = myo[0] + 0.8 * (myo[-1] - myo[0])
+    r = localise_chest(_airless(ex, "left", top), ex.volume.spacing)
+    assert r.found, r.note
+    check_region(ex, r.region)
+    assert "mirrored" in r.note, r.note
