@@ -37,7 +37,7 @@ from agatax.volume import Volume
 __all__ = ["segment", "segment_and_score", "run_pipeline", "resolve_score_on", "PipelineResult", "SCORE_ON",
            "exclude_metal", "METAL_HU", "exclude_in_air", "AIR_SHARE", "exclude_noise_level", "NOISE_SNR", "dense_note", "DENSE_HU",
            "beside_metal_note", "BESIDE_METAL_MM", "DENSE_VOTE", "left_out_objects",
-           "LEFT_OUT_MIN_MM3", "LEFT_OUT_MIN_PEAK_HU"]
+           "LEFT_OUT_MIN_MM3", "LEFT_OUT_MIN_PEAK_HU", "MIN_REGION_SECTION_CM2"]
 
 SCORE_ON = ("auto", "device", "host")
 METAL_HU = 2000.0  # HU at 120 kVp: above any coronary calcium, below saturated metal (3071)
@@ -47,6 +47,10 @@ NOISE_SNR = 5.0  # an object must stand this many noise SDs above its surroundin
 _RING_MM = (1.0, 3.0)  # the ring around an object where its surroundings are read (in-plane, mm)
 DENSE_VOTE = 0.4  # objects peaking at 1000-1500 HU kept at a mean vote of 2 of 5 (object_majority; None: off)
 BESIDE_METAL_MM = 10.0  # streaks beside metal reach 130 HU this far (a warning when the category rests on them)
+#: a chest region whose widest axial section is smaller cannot hold an adult heart (the smallest: ~10 x 7.5 cm,
+#: ~60 cm^2, and the region's 8 mm margin around it) and is refused (REGION_TOO_SMALL); synthetic patients:
+#: 132-232 cm^2, one lung airless before the lungs were mirrored for it: 38-86 cm^2
+MIN_REGION_SECTION_CM2 = 80.0
 DENSE_HU = 1500.0  # scored objects this dense may be stents (1500-2600 HU) as much as calcium: a warning
 
 
@@ -196,6 +200,16 @@ def _run(ensemble, volume, spacing, *, strategy, target_mm, threshold_hu, score,
                 hint="score the non-contrast calcium-scoring series of the study; if this one is non-contrast (a narrow "
                 "mediastinum, mostly spine and sternum, can read this dense), assume_non_contrast=True "
                 "(--assume-non-contrast) scores it with the chest region kept")
+        if found.found:
+            section = float(found.region.sum(axis=(1, 2)).max()) * spacing_c[1] * spacing_c[2] / 100.0
+            if section < MIN_REGION_SECTION_CM2:
+                raise InputError(
+                    f"the chest region found between the lungs is too small to hold a heart (its widest axial "
+                    f"section {section:.0f} cm^2; an adult heart's with the region's margin: "
+                    f"{MIN_REGION_SECTION_CM2:.0f} cm^2 or more), so coronary calcium could lie outside it and the "
+                    f"score would be too low ({found.note})", code="REGION_TOO_SMALL",
+                    hint="localise=False (--no-localise) scores the networks' calcium anywhere in the image, bone "
+                    "included: look at the report pictures")
     from agatax.quality import check_noise, image_noise_hu, input_smoothing_mm
 
     hu_c = how.apply(hu, xp=jnp if isinstance(hu, jax.Array) else np)

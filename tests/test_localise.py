@@ -640,3 +640,28 @@ def test_a_lung_airless_over_most_of_the_heart_keeps_the_heart_in_the_region():
     assert r.found, r.note
     check_region(ex, r.region)
     assert "mirrored" in r.note, r.note
+
+
+def test_a_region_too_small_for_a_heart_is_refused(monkeypatch):
+    """A region that cannot hold a heart (here: one lung airless with the one-lung rule switched off, the
+    region a sliver along the other lung) is refused with REGION_TOO_SMALL instead of a score too low;
+    localise=False, the way out the hint names, scores the exam. As drawn, the same exam is scored."""
+    from agatax import localise as loc
+    from agatax.errors import AgataxError
+    from agatax.pipeline import MIN_REGION_SECTION_CM2
+
+    ex = exam(5, "D", protocol="cardiac", padding_hu=None, keep_tissue=True)
+    spacing = ex.volume.spacing
+    assert run_pipeline(all_calcium_ensemble(), ex.volume).chest.found
+    monkeypatch.setattr(loc, "_ONE_SIDED_SLICES", 2.0)
+    hu = _airless(ex, "left")
+    region = localise_chest(hu, spacing).region
+    section = region.sum(axis=(1, 2)).max() * spacing[1] * spacing[2] / 100.0
+    assert section < MIN_REGION_SECTION_CM2  # the oracle: the sliver's widest section, measured here
+    vol = Volume(hu, spacing, affine=ex.volume.affine)
+    with pytest.raises(AgataxError) as err:
+        run_pipeline(all_calcium_ensemble(), vol)
+    assert err.value.code == "REGION_TOO_SMALL" and "localise=False" in err.value.hint
+    res = run_pipeline(all_calcium_ensemble(), vol, localise=False)
+    calcium = ex.mask > 0
+    assert (res.mask & calcium).sum() == calcium.sum()
