@@ -81,12 +81,11 @@ _MIN_VERTEBRA_CM2 = 5.0  # bone in that band, per slice, for it to be the spine 
 _AIRWAY_MM = 2.0  # in-plane cell of the airway search
 _TRACHEA_CM2 = (0.9, 8.0)  # lumen cross-section below -700 HU: adult tracheae are 12-25 mm across
 _MIN_TRACHEA_MM = 40.0
-#: one lung airless or gone (collapse, a large effusion, pneumonectomy) at the heart's levels: in at least
-#: this share of the slices holding lung (at least a fifth of the widest slice's), one side of the spine holds
-#: under ``_SIDE_EMPTY`` of the other side's lung (synthetic patients: 0.00-0.19 of their slices, cardiac
-#: fields cutting the lungs unevenly; a lung airless up to the heart's top: 0.31-0.86)
-_ONE_SIDED_SLICES = 1.0 / 3.0
+#: one lung airless or gone in part or whole (collapse, an effusion, pneumonectomy): in a slice holding lung
+#: (at least a fifth of the widest slice's), one side of the spine holds under this share of the other
+#: side's; there the lungs are mirrored about the spine for the hull (0: never)
 _SIDE_EMPTY = 0.1
+_EDGE_CELLS = 3  # the spine's column this close to the grid's edge: no midline (the field cuts the spine off)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -381,29 +380,32 @@ def _vertebra_slices(bone: np.ndarray, at_edge: np.ndarray, spine_x: float, step
 
 
 def _one_lung(lungs: np.ndarray, bone: np.ndarray, at_edge: np.ndarray, spine_x: float | None, step):
-    """(points, note) where one side's lung is airless or gone at the heart's levels: the lungs' cells mirrored
-    about the spine's x (mm, (n, 3) on the coarse grid, inside it), so that their hull spans the mediastinum
-    as if both lungs were there (from one lung alone it stops at that lung's medial surface and leaves the
-    heart out); else (None, ""). One-sided: in ``_ONE_SIDED_SLICES`` or more of the slices holding lung, one
-    side holds under ``_SIDE_EMPTY`` of the other's. ``spine_x`` is the column of the most posterior bone:
-    the spine where a vertebra is traced, a rough midline where the field cuts it."""
+    """(points, note) where one side's lung is airless or gone in some slices: those slices' lung cells
+    mirrored about the spine's column (mm, (n, 3) on the coarse grid, inside it), so that the hull spans the
+    mediastinum there as if both lungs were present (from one lung alone it stops at that lung's medial
+    surface and leaves the heart out); else (None, ""). A slice is one-sided when it holds at least a fifth
+    of the widest slice's lung cells and one side holds under ``_SIDE_EMPTY`` of the other's. ``spine_x`` is
+    the column of the most posterior bone: the spine where a vertebra is traced, a rough midline where the
+    field cuts it; none within ``_EDGE_CELLS`` of the grid's edge."""
     if spine_x is None or not lungs.any():
         return None, ""
     c0 = int(round(spine_x / step[2]))
+    if not _EDGE_CELLS <= c0 < lungs.shape[2] - _EDGE_CELLS:
+        return None, ""
     low = lungs[:, :, :c0].sum(axis=(1, 2))
     high = lungs[:, :, c0 + 1:].sum(axis=(1, 2))
     total = low + high
-    held = total >= 0.2 * total.max()
-    empty = np.minimum(low, high)[held] < _SIDE_EMPTY * np.maximum(low, high)[held]
-    if empty.mean() < _ONE_SIDED_SLICES:
-        return None, ""
-    cells = np.argwhere(lungs)
+    one_sided = (total >= 0.2 * total.max()) & (np.minimum(low, high) < _SIDE_EMPTY * np.maximum(low, high))
+    cells = np.argwhere(lungs & one_sided[:, None, None])
     cells[:, 2] = 2 * c0 - cells[:, 2]
     cells = cells[(cells[:, 2] >= 0) & (cells[:, 2] < lungs.shape[2])]
+    if not len(cells):
+        return None, ""
     traced = _vertebra_slices(bone, at_edge, spine_x, step)[lungs.any(axis=(1, 2))].mean() >= 0.5
-    return cells * step, (f"; one side holds almost no aerated lung in {100 * empty.mean():.0f} % of the lungs' "
-                          "slices (a lung collapsed, filled by an effusion or removed): the region is built with "
-                          f"the lungs mirrored about the {'spine' if traced else 'most posterior bone'}")
+    return cells * step, (f"; in {int(one_sided.sum())} of the lungs' {int((total > 0).sum())} slices (4 mm cells) one "
+                          "side holds almost no aerated lung (a lung collapsed, filled by an effusion or removed, or "
+                          f"cut by the field): there the lungs are mirrored about the "
+                          f"{'spine' if traced else 'most posterior bone'} for the region")
 
 
 def _outside_the_patient(lungs: np.ndarray, m: np.ndarray, bone: np.ndarray, at_edge: np.ndarray,

@@ -653,7 +653,7 @@ def test_a_region_too_small_for_a_heart_is_refused(monkeypatch):
     ex = exam(5, "D", protocol="cardiac", padding_hu=None, keep_tissue=True)
     spacing = ex.volume.spacing
     assert run_pipeline(all_calcium_ensemble(), ex.volume).chest.found
-    monkeypatch.setattr(loc, "_ONE_SIDED_SLICES", 2.0)
+    monkeypatch.setattr(loc, "_SIDE_EMPTY", 0.0)
     hu = _airless(ex, "left")
     region = localise_chest(hu, spacing).region
     section = region.sum(axis=(1, 2)).max() * spacing[1] * spacing[2] / 100.0
