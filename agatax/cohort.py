@@ -714,7 +714,8 @@ def score_validation(ensemble, exams: Iterable[CohortExam], *, slabs: bool = Tru
     reference masks: category accuracy, C-index (on the categories), lesion detection (sensitivity, PPV,
     F1), and per exam the predicted and reference Agatston scores. Exams ``agatax score`` would refuse (too
     noisy, a phantom, contrast-enhanced, a bone or lung kernel) are scored all the same, with their warnings in the row: validation
-    measures the ensemble."""
+    measures the ensemble; one whose chest region is too small to hold a heart (REGION_TOO_SMALL) is scored
+    without the region, which the row says."""
     from agatax.evaluate import evaluate_masks, evaluate_scores
     from agatax.pipeline import run_pipeline
     from agatax.report import PAST_REFUSAL
@@ -725,15 +726,22 @@ def score_validation(ensemble, exams: Iterable[CohortExam], *, slabs: bool = Tru
     pred, ref, pairs, rows = {}, {}, [], []
     for exam in exams:
         loaded = load_exam(exam, slabs=slabs, read_options=read_options)
-        result = run_pipeline(ensemble, loaded.volume, allow_noisy=True, allow_phantom=True, assume_non_contrast=True,
-                              allow_sharp_kernel=True)
+        past = dict(allow_noisy=True, allow_phantom=True, assume_non_contrast=True, allow_sharp_kernel=True)
+        try:
+            result = run_pipeline(ensemble, loaded.volume, **past)
+            without_region = []
+        except AgataxError as err:
+            if err.code != "REGION_TOO_SMALL":
+                raise
+            result = run_pipeline(ensemble, loaded.volume, localise=False, **past)
+            without_region = [f"region too small: scored without the chest region ({err})"]
         truth = compute_scores(loaded.volume.hu, loaded.mask, loaded.volume.spacing)
         pred[exam.exam_id], ref[exam.exam_id] = float(result.scores.agatston), float(truth.agatston)
         pairs.append((np.asarray(result.mask), loaded.mask > 0, loaded.volume))
         rows.append({"exam_id": exam.exam_id, "agatston": round(pred[exam.exam_id], 3),
                      "reference_agatston": round(ref[exam.exam_id], 3), "category": result.scores.category,
                      "reference_category": truth.category, "noise_hu": result.noise_hu,
-                     "past_refusal": [n for n in result.notes if n.startswith(past_refusal)]})
+                     "past_refusal": without_region + [n for n in result.notes if n.startswith(past_refusal)]})
         if log:
             log(f"validation {exam.exam_id}: Agatston {pred[exam.exam_id]:.1f} ({result.scores.category}), "
                 f"reference {ref[exam.exam_id]:.1f} ({truth.category})")

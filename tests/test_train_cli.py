@@ -548,6 +548,36 @@ def test_validation_scores_an_exam_past_the_noise_refusal(tmp_path):
     assert row["noise_hu"] > refuse_noise_hu() and [n.split(":")[0] for n in row["past_refusal"]] == ["too noisy"]
 
 
+def test_validation_scores_an_exam_whose_region_is_refused_without_the_region(tmp_path, monkeypatch):
+    """score_validation measures the ensemble: an exam that agatax score refuses as REGION_TOO_SMALL (here
+    every region, the line raised above any chest) is scored without the chest region, against its reference,
+    and the row says so; not an error that ends the training run."""
+    import jax.numpy as jnp
+
+    from agatax import pipeline
+    from agatax.cohort import score_validation
+    from agatax.ensemble import stack_members
+    from agatax.errors import AgataxError
+    from agatax.model import UNet, UNetConfig
+    from agatax.pipeline import run_pipeline
+    from agatax.synthetic import generate_exam
+    from agatax.synthetic.cohort import write_cohort
+
+    exam = generate_exam(3, target_category="C", matrix=64, n_slices=16, fov_mm=190.0, slice_increment_mm=3.0,
+                         slice_thickness_mm=3.0, protocol="cardiac")
+    tiny = UNetConfig.tiny()
+    ensemble = stack_members([UNet(tiny).init(jax.random.key(s), jnp.zeros((1, 8, 8, 8, 1))) for s in range(3)], tiny)
+    monkeypatch.setattr(pipeline, "MIN_REGION_SECTION_CM2", 1e6)
+    with pytest.raises(AgataxError, match="REGION_TOO_SMALL"):
+        run_pipeline(ensemble, exam.volume)
+    write_cohort(tmp_path / "cohort", [exam], format="nifti", ids=["small_region"])
+    scored = score_validation(ensemble, discover_cohort(tmp_path / "cohort" / "manifest.csv").exams)
+    assert scored["exams"] == 1
+    row = scored["per_exam"][0]
+    assert row["reference_agatston"] == pytest.approx(exam.agatston, rel=1e-3)
+    assert [n.split(":")[0] for n in row["past_refusal"]] == ["region too small"]
+
+
 def test_training_on_noisier_exams_widens_the_trained_noise_range(tmp_path):
     """trained_noise_range: the exams' 5th-95th percentile (the noisiest for under 20 exams, the top rounded
     up to 0.01 HU), the starting range widened to it (never narrowed), that range alone for fresh networks,
