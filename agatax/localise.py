@@ -15,10 +15,11 @@ networks. On a coarse grid of about 4 mm:
    destroyed), a pneumothorax, and the upper abdomen in the field (its gas would widen the lungs' hull into
    it).
 3. The mediastinum: the 3D convex hull of the lungs, less its outer 10 mm (where the ribs lie along the
-   lung surface), minus the lungs (less an 8 mm band along their border), plus a margin of 8 mm. Where one
-   side of the spine holds almost no aerated lung over much of the lungs' height (a collapsed or removed
-   lung, a large effusion), the hull is taken of the lungs and their mirror image about the spine: from one
-   lung alone it would stop at that lung's medial surface, short of the heart.
+   lung surface), minus the lungs (less an 8 mm band along their border), plus a margin of 8 mm. In the
+   slices where one side of the spine holds almost no aerated lung (a lung collapsed, removed or filled by
+   an effusion, in whole or in part; an apex or base reaching further on one side), the hull also takes
+   those slices' lung mirrored about the spine: from one lung alone it would stop at that lung's medial
+   surface, short of the heart.
 4. The skeleton inside it is cut out: the face-connected components of dense tissue (local mean >= 150
    HU, holes filled slice by slice) that hold a thick core (what survives a 1-voxel in-plane erosion, in
    3D components of at least 2 cm^3: spine, sternum, rib heads, a phantom's spine insert and rods), with
