@@ -49,7 +49,7 @@ DENSE_VOTE = 0.4  # objects peaking at 1000-1500 HU kept at a mean vote of 2 of 
 BESIDE_METAL_MM = 10.0  # streaks beside metal reach 130 HU this far (a warning when the category rests on them)
 #: a chest region whose widest axial section is smaller cannot hold an adult heart (the smallest: ~10 x 7.5 cm,
 #: ~60 cm^2, and the region's 8 mm margin around it) and is refused (REGION_TOO_SMALL); synthetic patients:
-#: 132-232 cm^2, one lung airless before the lungs were mirrored for it: 38-86 cm^2
+#: 132-244 cm^2, one lung airless before the lungs were mirrored for it: 38-86 cm^2
 MIN_REGION_SECTION_CM2 = 80.0
 DENSE_HU = 1500.0  # scored objects this dense may be stents (1500-2600 HU) as much as calcium: a warning
 

@@ -143,7 +143,7 @@ def main(argv=None) -> int:
         obj = lab == k
         s = int(np.argmax(obj.sum(axis=(1, 2))))
         ys, xs = np.nonzero(obj[s])
-        cy, cx = int(ys.mean()), int(xs.mean())
+        cy, cx = int(round(ys.mean())), int(round(xs.mean()))
         half = int(round(14.0 / px))
         win = (slice(max(cy - half, 0), cy + half), slice(max(cx - half, 0), cx + half))
         patch, own = hu[s][win], obj[s][win]
