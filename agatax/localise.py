@@ -404,9 +404,9 @@ def _one_lung(lungs: np.ndarray, bone: np.ndarray, at_edge: np.ndarray, spine_x:
         return None, ""
     traced = _vertebra_slices(bone, at_edge, spine_x, step)[lungs.any(axis=(1, 2))].mean() >= 0.5
     return cells * step, (f"; in {int(one_sided.sum())} of the lungs' {int((total > 0).sum())} slices (4 mm cells) one "
-                          "side holds almost no aerated lung (a lung collapsed, filled by an effusion or removed, or "
-                          f"cut by the field): there the lungs are mirrored about the "
-                          f"{'spine' if traced else 'most posterior bone'} for the region")
+                          "side holds almost no aerated lung (an apex or base reaching further on one side, a field "
+                          "cutting one lung, or a lung airless: collapsed, an effusion, removed), so the lungs are "
+                          f"mirrored there about the {'spine' if traced else 'most posterior bone'} for the region")
 
 
 def _outside_the_patient(lungs: np.ndarray, m: np.ndarray, bone: np.ndarray, at_edge: np.ndarray,
