@@ -668,3 +668,21 @@ def test_a_region_too_small_for_a_heart_is_refused(monkeypatch):
     res = run_pipeline(all_calcium_ensemble(), vol, localise=False)
     calcium = ex.mask > 0
     assert (res.mask & calcium).sum() == calcium.sum()
+
+
+def test_a_field_narrower_than_the_checked_ones_is_warned():
+    """A 160 mm cardiac field (the real protocols' narrowest; the generator draws 170-240 mm and the chest
+    region was checked on those) gets a "small field:" warning that names the way to compare, coded in the
+    DICOM SR; a 200 mm field does not. The oracle of the width: matrix x pixel size."""
+    from agatax.dicom_report import warning_code
+    from agatax.pipeline import SMALL_FIELD_MM
+
+    small = generate_exam(9313, target_category="D", protocol="cardiac", matrix=128, n_slices=30, fov_mm=160.0)
+    width = small.volume.shape[2] * small.volume.spacing[2]
+    assert width == pytest.approx(160.0) and width < SMALL_FIELD_MM
+    res = run_pipeline(all_calcium_ensemble(), small.volume)
+    warned = [n for n in res.notes if n.startswith("small field:")]
+    assert len(warned) == 1 and "--no-localise" in warned[0] and "160 mm" in warned[0]
+    assert warning_code(warned[0])[0] == "WARNING-SMALL-FIELD"
+    wide = generate_exam(9313, target_category="D", protocol="cardiac", matrix=128, n_slices=30, fov_mm=200.0)
+    assert not any(n.startswith("small field:") for n in run_pipeline(all_calcium_ensemble(), wide.volume).notes)
