@@ -723,10 +723,10 @@ def score_validation(ensemble, exams: Iterable[CohortExam], *, slabs: bool = Tru
 
     past_refusal = tuple(start for start, _ in PAST_REFUSAL)  # the warnings of a refusal scored past
 
+    past = dict(allow_noisy=True, allow_phantom=True, assume_non_contrast=True, allow_sharp_kernel=True)
     pred, ref, pairs, rows = {}, {}, [], []
     for exam in exams:
         loaded = load_exam(exam, slabs=slabs, read_options=read_options)
-        past = dict(allow_noisy=True, allow_phantom=True, assume_non_contrast=True, allow_sharp_kernel=True)
         try:
             result = run_pipeline(ensemble, loaded.volume, **past)
             without_region = []

@@ -218,8 +218,13 @@ def main(argv=None) -> int:
     n = table1.cohort_size("J3", args.scale)
     gen_kwargs = {} if args.matrix is None else {"matrix": args.matrix}
     if args.sharpness is not None:
-        if not -0.5 <= args.sharpness <= 1.0:
-            ap.error(f"--sharpness takes -0.5..1, got {args.sharpness}")
+        from agatax.errors import InputError
+        from agatax.synthetic.exam import _check_scanner
+
+        try:  # the generator's own range, checked before any exam is drawn
+            _check_scanner({"sharpness": args.sharpness})
+        except InputError as err:
+            ap.error(f"--sharpness: {err}")
         gen_kwargs["sharpness"] = args.sharpness
     if args.skip_j3 and args.skip_unseen:
         ap.error("--skip-j3 and --skip-unseen leave nothing to test")
