@@ -52,7 +52,7 @@ import numpy as np
 from scipy import ndimage, spatial
 
 __all__ = ["ChestRegion", "localise_chest", "ENHANCED_HU70", "PHANTOM_Z_CHANGE", "CARINA_MARGIN_MM",
-           "HEART_BELOW_CARINA_MM"]
+           "HEART_BELOW_CARINA_MM", "SMALL_FIELD_MM"]
 
 _COARSE_MM = 4.0
 _LUNG_HU = (-960.0, -400.0)
@@ -87,6 +87,12 @@ _MIN_TRACHEA_MM = 40.0
 #: side's; there the lungs are mirrored about the spine for the hull (0: never)
 _SIDE_EMPTY = 0.1
 _EDGE_CELLS = 3  # the spine's column this close to the grid's edge: no midline (the field cuts the spine off)
+#: a field of view narrower than this (mm) cuts the lungs around the heart (an adult heart is 120-140 mm wide,
+#: the lungs border it in front and at the sides): there the lungs' cells at the field's edge are taken to go on
+#: beyond it for the hull (synthetic 160 mm fields: the hull of the lungs seen alone left out 6-30 % of the
+#: coronary calcium in 3 of 20 exams; the generator's cardiac fields of 170-240 mm lose none without it)
+SMALL_FIELD_MM = 170.0
+_BEYOND_FIELD_MM = 1000.0  # how far beyond: far enough that the hull reaches the field's edge between cut lungs
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -409,6 +415,26 @@ def _one_lung(lungs: np.ndarray, bone: np.ndarray, at_edge: np.ndarray, spine_x:
                           f"mirrored there about the {'spine' if traced else 'most posterior bone'} for the region")
 
 
+def _beyond_field(lungs: np.ndarray, m: np.ndarray, step) -> np.ndarray | None:
+    """Points (mm, (n, 3) on the coarse grid's frame) ``_BEYOND_FIELD_MM`` beyond the field of view's edge
+    (the image's border, padding outside the reconstruction circle), out from the image's centre in-plane,
+    from each lung cell at that edge: the lung the field cuts goes on beyond it; None where no lung reaches
+    the edge."""
+    plane = np.zeros((1, 3, 3), bool)
+    plane[0] = ndimage.generate_binary_structure(2, 1)
+    edge = np.zeros(lungs.shape, bool)
+    edge[:, [0, -1], :] = edge[:, :, [0, -1]] = True
+    edge = ndimage.binary_dilation(edge | (m < _PADDING_HU), structure=plane)
+    cells = np.argwhere(lungs & edge)
+    if not len(cells):
+        return None
+    pts = cells * np.asarray(step, float)
+    out = pts[:, 1:] - (np.array(lungs.shape[1:]) - 1) / 2.0 * np.asarray(step[1:], float)
+    out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-6)
+    pts[:, 1:] += _BEYOND_FIELD_MM * out
+    return pts
+
+
 def _outside_the_patient(lungs: np.ndarray, m: np.ndarray, bone: np.ndarray, at_edge: np.ndarray,
                          spine_x: float | None, step) -> tuple[np.ndarray, int]:
     """``lungs`` without the lung-like components that lie outside the patient along y: the foam pad and the
@@ -520,6 +546,14 @@ def localise_chest(hu, spacing) -> ChestRegion:
     mirrored, sides_note = _one_lung(lungs, bone, at_edge, spine_x, step)
     if mirrored is not None:
         pts = np.concatenate([pts, mirrored])
+    field_mm = min(hu.shape[1] * spacing[1], hu.shape[2] * spacing[2])
+    beyond, field_note = None, ""
+    if field_mm < SMALL_FIELD_MM:
+        beyond = _beyond_field(lungs, m, step)
+    if beyond is not None:
+        pts = np.concatenate([pts, beyond])
+        field_note = (f"; the {field_mm:.0f} mm field cuts the lungs around the heart, so the lungs at its edge are "
+                      "taken to go on beyond it for the region")
     hull = _inside_hull(pts, m.shape, step)
     # the hull's rim runs along the outer lung surface, where the ribs are: keep its inner part only
     hull &= ndimage.distance_transform_edt(np.pad(hull, 1), sampling=step)[1:-1, 1:-1, 1:-1] > _HULL_INSET_MM
@@ -581,5 +615,5 @@ def localise_chest(hu, spacing) -> ChestRegion:
     support_note = (f" ({support * voxel_cm3:.0f} cm^3 of aerated material outside the patient, behind the back or "
                     "in front of the chest (a pad or the table), not taken for lung)" if support else "")
     return ChestRegion(True, region, box, lung_cm3,
-                       f"lungs {lung_cm3:.0f} cm^3{support_note}{sides_note}; calcium searched in {100 * frac:.0f} % "
+                       f"lungs {lung_cm3:.0f} cm^3{support_note}{sides_note}{field_note}; calcium searched in {100 * frac:.0f} % "
                        f"of the volume; {carina_note}", hu70, z_change, carina)
