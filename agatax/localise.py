@@ -19,7 +19,10 @@ networks. On a coarse grid of about 4 mm:
    slices where one side of the spine holds almost no aerated lung (a lung collapsed, removed or filled by
    an effusion, in whole or in part; an apex or base reaching further on one side), the hull also takes
    those slices' lung mirrored about the spine: from one lung alone it would stop at that lung's medial
-   surface, short of the heart.
+   surface, short of the heart. In a field narrower than ``SMALL_FIELD_MM`` (170 mm) the lungs at the
+   field's edge are taken to go on beyond it, so that the hull reaches the field's edge between them: the
+   field cuts the lungs in front of the heart (or the heart itself), and the hull of the lungs it shows
+   would pass behind the heart's front.
 4. The skeleton inside it is cut out: the face-connected components of dense tissue (local mean >= 150
    HU, holes filled slice by slice) that hold a thick core (what survives a 1-voxel in-plane erosion, in
    3D components of at least 2 cm^3: spine, sternum, rib heads, a phantom's spine insert and rods), with

@@ -38,7 +38,7 @@ __all__ = ["segment", "segment_and_score", "run_pipeline", "resolve_score_on", "
            "exclude_metal", "METAL_HU", "exclude_in_air", "AIR_SHARE", "exclude_noise_level", "NOISE_SNR", "dense_note", "DENSE_HU",
            "beside_metal_note", "BESIDE_METAL_MM", "DENSE_VOTE", "left_out_objects",
            "LEFT_OUT_MIN_MM3", "LEFT_OUT_MIN_PEAK_HU", "MIN_REGION_SECTION_CM2",
-           "SMALL_FIELD_MM"]
+           "CHECKED_FIELD_MM"]
 
 SCORE_ON = ("auto", "device", "host")
 METAL_HU = 2000.0  # HU at 120 kVp: above any coronary calcium, below saturated metal (3071)
@@ -52,9 +52,9 @@ BESIDE_METAL_MM = 10.0  # streaks beside metal reach 130 HU this far (a warning 
 #: ~60 cm^2, and the region's 8 mm margin around it) and is refused (REGION_TOO_SMALL); synthetic patients:
 #: 132-244 cm^2, one lung airless before the lungs were mirrored for it: 38-86 cm^2
 MIN_REGION_SECTION_CM2 = 80.0
-#: fields of view narrower than this (mm) were not checked against the chest region (the generator draws
-#: cardiac fields of 170-240 mm); at 160 mm the front of the heart can fall outside it: a warning
-SMALL_FIELD_MM = 170.0
+#: fields of view narrower than this (mm) were not checked against the chest region (it kept all coronary
+#: calcium on synthetic cardiac fields of 150 and 160 mm and the generator's 170-240 mm): a warning
+CHECKED_FIELD_MM = 150.0
 DENSE_HU = 1500.0  # scored objects this dense may be stents (1500-2600 HU) as much as calcium: a warning
 
 
@@ -522,11 +522,10 @@ def run_pipeline(
                   "over 30 mm): the networks look for calcium in a heart's anatomy and miss inserts outside it; "
                   "this score may be far too low",)
     field_mm = min(hu.shape[1] * spacing[1], hu.shape[2] * spacing[2])
-    if chest is not None and chest.found and field_mm < SMALL_FIELD_MM:
-        notes += (f"small field: the image is {field_mm:.0f} mm across, under the {SMALL_FIELD_MM:.0f} mm the chest "
-                  "region was checked on; the lungs in front of the heart are cut off, and calcium on the front of "
-                  "the heart may lie outside the region (synthetic 160 mm fields: 3 of 20 exams lost 6-30 % of "
-                  "their calcium): compare with --no-localise (localise=False)",)
+    if chest is not None and chest.found and field_mm < CHECKED_FIELD_MM:
+        notes += (f"small field: the image is {field_mm:.0f} mm across, narrower than the {CHECKED_FIELD_MM:.0f} mm the "
+                  "chest region was checked down to; calcium near the field's edge may lie outside the region: "
+                  "compare with --no-localise (localise=False)",)
     conventions = dict(calibration=calibration, min_pixels=min_pixels, min_area_mm2=min_area_mm2,
                        connectivity=connectivity, threshold_hu=threshold_hu)
     scores = compute_scores(hu, mask, spacing, **conventions)

@@ -670,19 +670,52 @@ def test_a_region_too_small_for_a_heart_is_refused(monkeypatch):
     assert (res.mask & calcium).sum() == calcium.sum()
 
 
-def test_a_field_narrower_than_the_checked_ones_is_warned():
-    """A 160 mm cardiac field (the real protocols' narrowest; the generator draws 170-240 mm and the chest
-    region was checked on those) gets a "small field:" warning that names the way to compare, coded in the
-    DICOM SR; a 200 mm field does not. The oracle of the width: matrix x pixel size."""
-    from agatax.dicom_report import warning_code
-    from agatax.pipeline import SMALL_FIELD_MM
+@pytest.mark.parametrize("seed", [9313, 9314, 9328])
+def test_a_small_field_keeps_the_front_of_the_heart(seed, monkeypatch):
+    """A 160 mm cardiac field cuts the lungs in front of the heart (and here the heart itself): the hull of
+    the lungs it shows passes behind the heart's front. The lungs at the field's edge are taken to go on
+    beyond it, and every coronary calcification stays in the region, with >= 95 % of the bone left out. The
+    oracle: the generator's true calcium; without the rule (SMALL_FIELD_MM 0) these exams lose 9-32 %."""
+    from agatax import localise as loc
 
-    small = generate_exam(9313, target_category="D", protocol="cardiac", matrix=128, n_slices=30, fov_mm=160.0)
+    ex = generate_exam(seed, target_category="D", protocol="cardiac", matrix=128, fov_mm=160.0)
+    r = localise_chest(ex.volume.hu, ex.volume.spacing)
+    assert r.found and "160 mm field cuts the lungs" in r.note
+    check_region(ex, r.region)
+    monkeypatch.setattr(loc, "SMALL_FIELD_MM", 0.0)
+    seen_only = localise_chest(ex.volume.hu, ex.volume.spacing)
+    calcium = ex.mask > 0
+    assert (calcium & seen_only.region).sum() < calcium.sum()  # not vacuous: the rule is what keeps it
+
+
+def test_a_field_of_170_mm_or_more_is_left_as_it_was(monkeypatch):
+    """In fields as wide as the generator's (170-240 mm) the lungs at the edge are not carried beyond it:
+    the region is voxel for voxel the one built without the rule (carried at every field it brings the
+    anterior chest wall's ribs and costal cartilage into cardiac regions)."""
+    from agatax import localise as loc
+
+    ex = generate_exam(9313, target_category="D", protocol="cardiac", matrix=128, fov_mm=172.0)
+    r = localise_chest(ex.volume.hu, ex.volume.spacing)
+    assert r.found and "cuts the lungs" not in r.note
+    monkeypatch.setattr(loc, "SMALL_FIELD_MM", 0.0)
+    assert (localise_chest(ex.volume.hu, ex.volume.spacing).region == r.region).all()
+    monkeypatch.setattr(loc, "SMALL_FIELD_MM", 1000.0)  # the rule at this field: it would change the region
+    assert not (localise_chest(ex.volume.hu, ex.volume.spacing).region == r.region).all()
+
+
+def test_a_field_narrower_than_the_checked_ones_is_warned():
+    """A 140 mm cardiac field (the chest region was checked down to 150 mm) gets a "small field:" warning that
+    names the way to compare, coded in the DICOM SR; a 160 mm field does not. The oracle of the width:
+    matrix x pixel size."""
+    from agatax.dicom_report import warning_code
+    from agatax.pipeline import CHECKED_FIELD_MM
+
+    small = generate_exam(9313, target_category="D", protocol="cardiac", matrix=128, n_slices=30, fov_mm=140.0)
     width = small.volume.shape[2] * small.volume.spacing[2]
-    assert width == pytest.approx(160.0) and width < SMALL_FIELD_MM
+    assert width == pytest.approx(140.0) and width < CHECKED_FIELD_MM
     res = run_pipeline(all_calcium_ensemble(), small.volume)
     warned = [n for n in res.notes if n.startswith("small field:")]
-    assert len(warned) == 1 and "--no-localise" in warned[0] and "160 mm" in warned[0]
+    assert len(warned) == 1 and "--no-localise" in warned[0] and "140 mm" in warned[0]
     assert warning_code(warned[0])[0] == "WARNING-SMALL-FIELD"
-    wide = generate_exam(9313, target_category="D", protocol="cardiac", matrix=128, n_slices=30, fov_mm=200.0)
-    assert not any(n.startswith("small field:") for n in run_pipeline(all_calcium_ensemble(), wide.volume).notes)
+    checked = generate_exam(9313, target_category="D", protocol="cardiac", matrix=128, n_slices=30, fov_mm=160.0)
+    assert not any(n.startswith("small field:") for n in run_pipeline(all_calcium_ensemble(), checked.volume).notes)
