@@ -67,7 +67,9 @@ _MIN_LUNGS_CM3 = 150.0
 _BONE_HU = 150.0
 _MIN_BONE_CM3 = 2.0
 _MIN_CUT_BONE_CM3 = 0.5  # dense tissue this large cut by the field of view's edge is bone (sternum, ribs)
-_PADDING_HU = -1020.0  # coarse means below: padding outside the reconstruction circle (-1024, -2048, -3024), not air
+#: a coarse cell is padding outside the reconstruction circle (-1024, -2048, -3024: constant) where at least this
+#: share of its voxels lies below -1000 HU; air, noisy around -1000 HU, has about half of them there
+_PADDING_SHARE = 0.9
 _MARGIN_MM = 8.0
 _HULL_INSET_MM = 10.0
 ENHANCED_HU70 = 130.0
@@ -90,6 +92,8 @@ _MIN_TRACHEA_MM = 40.0
 #: side's; there the lungs are mirrored about the spine for the hull (0: never)
 _SIDE_EMPTY = 0.1
 _EDGE_CELLS = 3  # the spine's column this close to the grid's edge: no midline (the field cuts the spine off)
+#: one side empty in at least this share of the lung slices, with no vertebra traced: a field off the chest's middle
+_ONE_SIDED_FIELD = 0.5
 #: a field of view narrower than this (mm) cuts the lungs around the heart (an adult heart is 120-140 mm wide,
 #: the lungs border it in front and at the sides): there the lungs' cells at the field's edge are taken to go on
 #: beyond it for the hull (synthetic 160 mm fields: the hull of the lungs seen alone left out 6-30 % of the
@@ -155,23 +159,29 @@ def _factors(spacing) -> tuple[int, int, int]:
     return tuple(max(1, int(round(_COARSE_MM / float(s)))) for s in spacing)  # type: ignore[return-value]
 
 
-def _block_mean(hu: np.ndarray, f: tuple[int, int, int], *, chunk_voxels: int = 1 << 24) -> np.ndarray:
-    """Mean over f-blocks (edge-padded to a multiple of f), float32; HU below -1000 counted as -1000.
+def _block_mean(hu: np.ndarray, f: tuple[int, int, int], *, chunk_voxels: int = 1 << 24, below: bool = False):
+    """Mean over f-blocks (edge-padded to a multiple of f), float32; HU below -1000 counted as -1000. With
+    ``below``, also the share of each block's voxels below -1000 HU (float32): (mean, share).
 
     Computed a few block rows at a time, so the extra memory stays ~``chunk_voxels`` x 4 bytes whatever the
     exam's size."""
     shape = [-(-n // k) for n, k in zip(hu.shape, f)]
     out = np.empty(shape, np.float32)
+    share = np.empty(shape, np.float32) if below else None
     rows = max(1, chunk_voxels // max(1, f[0] * hu.shape[1] * hu.shape[2]))
     for b0 in range(0, shape[0], rows):
         b1 = min(shape[0], b0 + rows)
-        part = np.maximum(hu[b0 * f[0]: b1 * f[0]].astype(np.float32, copy=False), np.float32(-1000.0))
-        pads = [((b1 - b0) * f[0] - part.shape[0])] + [(-n) % k for n, k in zip(hu.shape[1:], f[1:])]
-        if any(pads):
-            part = np.pad(part, [(0, q) for q in pads], mode="edge")
-        out[b0:b1] = part.reshape(b1 - b0, f[0], shape[1], f[1], shape[2], f[2]).mean(axis=(1, 3, 5),
-                                                                                      dtype=np.float32)
-    return out
+        part = hu[b0 * f[0]: b1 * f[0]].astype(np.float32, copy=False)
+        pads = [(0, (b1 - b0) * f[0] - part.shape[0])] + [(0, (-n) % k) for n, k in zip(hu.shape[1:], f[1:])]
+        blocks = (b1 - b0, f[0], shape[1], f[1], shape[2], f[2])
+        if below:
+            low = np.pad(part < np.float32(-1000.0), pads, mode="edge") if any(q for _, q in pads) else part < -1000
+            share[b0:b1] = low.reshape(blocks).mean(axis=(1, 3, 5), dtype=np.float32)
+        part = np.maximum(part, np.float32(-1000.0))
+        if any(q for _, q in pads):
+            part = np.pad(part, pads, mode="edge")
+        out[b0:b1] = part.reshape(blocks).mean(axis=(1, 3, 5), dtype=np.float32)
+    return (out, share) if below else out
 
 
 def _components(mask: np.ndarray, min_voxels: float) -> np.ndarray:
@@ -396,29 +406,48 @@ def _one_lung(lungs: np.ndarray, bone: np.ndarray, at_edge: np.ndarray, spine_x:
     surface and leaves the heart out); else (None, ""). A slice is one-sided when it holds at least a fifth
     of the widest slice's lung cells and one side holds under ``_SIDE_EMPTY`` of the other's. ``spine_x`` is
     the column of the most posterior bone: the spine where a vertebra is traced, a rough midline where the
-    field cuts it; none within ``_EDGE_CELLS`` of the grid's edge."""
-    if spine_x is None or not lungs.any():
+    field cuts it; none within ``_EDGE_CELLS`` of the grid's edge (then the sides are split at the image's
+    middle column, and nothing is mirrored). Where no vertebra is traced and one side is empty in at least
+    ``_ONE_SIDED_FIELD`` of the lung slices (a field off the chest's middle, showing one lung), the points
+    instead make the hull span those slices whole."""
+    if not lungs.any():
         return None, ""
-    c0 = int(round(spine_x / step[2]))
-    if not _EDGE_CELLS <= c0 < lungs.shape[2] - _EDGE_CELLS:
-        return None, ""
+    c0 = None if spine_x is None else int(round(spine_x / step[2]))
+    midline = c0 is not None and _EDGE_CELLS <= c0 < lungs.shape[2] - _EDGE_CELLS
+    if not midline:
+        c0 = lungs.shape[2] // 2
     low = lungs[:, :, :c0].sum(axis=(1, 2))
     high = lungs[:, :, c0 + 1:].sum(axis=(1, 2))
     total = low + high
     one_sided = (total >= 0.2 * total.max()) & (np.minimum(low, high) < _SIDE_EMPTY * np.maximum(low, high))
+    traced = midline and _vertebra_slices(bone, at_edge, spine_x, step)[lungs.any(axis=(1, 2))].mean() >= 0.5
+    n_one, n_lung = int(one_sided.sum()), int((total > 0).sum())
+    if not traced and n_one >= _ONE_SIDED_FIELD * n_lung:
+        # no vertebra to mirror about, and one side empty in most slices: a field placed off the chest's middle
+        # that shows one lung only; the region spans those slices whole (less the lungs, bone and inset)
+        ny, nx = lungs.shape[1:]
+        far = _BEYOND_FIELD_MM
+        corners = np.array([(-far, -far), (-far, (nx - 1) * step[2] + far), ((ny - 1) * step[1] + far, -far),
+                            ((ny - 1) * step[1] + far, (nx - 1) * step[2] + far)])
+        zs = np.flatnonzero(one_sided) * float(step[0])
+        pts = np.concatenate([np.column_stack([np.full(4, z), corners]) for z in zs])
+        return pts, (f"; in {n_one} of the lungs' {n_lung} slices (4 mm cells) one side of the image holds almost no "
+                     "aerated lung and no vertebra is seen to mirror the other about (a field placed off the chest's "
+                     "middle, showing one lung), so the region spans the whole field there")
+    if not midline:
+        return None, ""
     cells = np.argwhere(lungs & one_sided[:, None, None])
     cells[:, 2] = 2 * c0 - cells[:, 2]
     cells = cells[(cells[:, 2] >= 0) & (cells[:, 2] < lungs.shape[2])]
     if not len(cells):
         return None, ""
-    traced = _vertebra_slices(bone, at_edge, spine_x, step)[lungs.any(axis=(1, 2))].mean() >= 0.5
-    return cells * step, (f"; in {int(one_sided.sum())} of the lungs' {int((total > 0).sum())} slices (4 mm cells) one "
+    return cells * step, (f"; in {n_one} of the lungs' {n_lung} slices (4 mm cells) one "
                           "side holds almost no aerated lung (an apex or base reaching further on one side, a field "
                           "cutting one lung, or a lung airless: collapsed, an effusion, removed), so the lungs are "
                           f"mirrored there about the {'spine' if traced else 'most posterior bone'} for the region")
 
 
-def _beyond_field(lungs: np.ndarray, m: np.ndarray, step) -> np.ndarray | None:
+def _beyond_field(lungs: np.ndarray, padding: np.ndarray, step) -> np.ndarray | None:
     """Points (mm, (n, 3) on the coarse grid's frame) ``_BEYOND_FIELD_MM`` beyond the field of view's edge
     (the image's border, padding outside the reconstruction circle), out from the image's centre in-plane,
     from each lung cell at that edge: the lung the field cuts goes on beyond it; None where no lung reaches
@@ -427,7 +456,7 @@ def _beyond_field(lungs: np.ndarray, m: np.ndarray, step) -> np.ndarray | None:
     plane[0] = ndimage.generate_binary_structure(2, 1)
     edge = np.zeros(lungs.shape, bool)
     edge[:, [0, -1], :] = edge[:, :, [0, -1]] = True
-    edge = ndimage.binary_dilation(edge | (m < _PADDING_HU), structure=plane)
+    edge = ndimage.binary_dilation(edge | padding, structure=plane)
     cells = np.argwhere(lungs & edge)
     if not len(cells):
         return None
@@ -502,12 +531,16 @@ def localise_chest(hu, spacing) -> ChestRegion:
     voxel_cm3 = float(np.prod(step)) / 1000.0
     if hu.ndim != 3 or any(n < 2 * k for n, k in zip(hu.shape, f)):
         return ChestRegion(False, None, None, 0.0, f"volume {hu.shape} too small to localise the chest")
-    m = _block_mean(hu, f)
+    m, below = _block_mean(hu, f, below=True)
+    padding = below >= _PADDING_SHARE  # the reconstruction circle's outside (m counts it as -1000 HU: air)
     z_change = _z_change(m, step)
     plane = np.zeros((1, 3, 3), bool)
     plane[0] = ndimage.generate_binary_structure(2, 1)
 
-    dense = m >= _BONE_HU
+    # bone's density from what the field shows: in cells the reconstruction circle cuts, the padding (read as
+    # -1000 HU in m) is left out of the mean, else a rib or vertebra along the circle reads as soft tissue
+    shown = np.where(padding | (below == 0.0), m, (m + 1000.0 * below) / np.maximum(1.0 - below, 1e-3))
+    dense = (shown >= _BONE_HU) & ~padding
     dense = np.stack([ndimage.binary_fill_holes(s) for s in dense])
     # bone is thick: seeds survive an in-plane erosion (plaques, 1-2 coarse voxels thick, do not); the bone
     # is every face-connected dense component that holds a large seed
@@ -518,7 +551,7 @@ def localise_chest(hu, spacing) -> ChestRegion:
     # reconstruction circle) can be too thin there to hold a core; the coronaries never reach that edge
     at_edge = np.zeros(dense.shape, bool)
     at_edge[:, [0, -1], :] = at_edge[:, :, [0, -1]] = True
-    at_edge = ndimage.binary_dilation(at_edge | (m < _PADDING_HU), structure=plane, iterations=2)
+    at_edge = ndimage.binary_dilation(at_edge | padding, structure=plane, iterations=2)
     sizes = np.bincount(lab.ravel()) * voxel_cm3
     cut = np.unique(lab[dense & at_edge])
     bone |= np.isin(lab, cut[(cut > 0) & (sizes[cut] >= _MIN_CUT_BONE_CM3)])
@@ -552,7 +585,7 @@ def localise_chest(hu, spacing) -> ChestRegion:
     field_mm = min(hu.shape[1] * spacing[1], hu.shape[2] * spacing[2])
     beyond, field_note = None, ""
     if field_mm < SMALL_FIELD_MM:
-        beyond = _beyond_field(lungs, m, step)
+        beyond = _beyond_field(lungs, padding, step)
     if beyond is not None:
         pts = np.concatenate([pts, beyond])
         field_note = (f"; the {field_mm:.0f} mm field cuts the lungs around the heart, so the lungs at its edge are "

@@ -9,8 +9,12 @@ costal-cartilage calcium inside the region, the Agatston score and category agai
 voxels scored on bone or costal cartilage.
 
     python experiments/small_field.py --first-seed 9330 --exams 20 [--fov 160] [--matrix 512]
+        [--centre X,Y] [--region-only]
 
-Exams: categories A-E in turn, the generator's own draws of everything else (the field's centre, padding).
+Exams: categories A-E in turn, the generator's own draws of everything else (the field's centre unless
+``--centre`` gives it, in mm in the patient frame: the generator draws X 5-25, Y -15-5; padding).
+``--region-only`` skips the networks (the region's figures only, and whether the pipeline would refuse the
+region as too small).
 Prints Markdown rows and a summary; writes <workdir>/small_field_<first seed>_<fov>.json.
 """
 
@@ -29,12 +33,13 @@ sys.path.insert(0, str(ROOT))
 from agatax import localise as loc  # noqa: E402
 from agatax._atomic import atomic_write_text  # noqa: E402
 from agatax.defaults import load_default_ensemble  # noqa: E402
-from agatax.pipeline import run_pipeline  # noqa: E402
+from agatax.pipeline import MIN_REGION_SECTION_CM2, run_pipeline  # noqa: E402
 from agatax.synthetic import DISTRACTOR_CODES, generate_exam  # noqa: E402
 
 
 def measure(exam, ensemble) -> dict:
-    """The region and the score with the small-field rule ("on") and without it ("off")."""
+    """The region and the score with the small-field rule ("on") and without it ("off"); no score when
+    ``ensemble`` is None."""
     hu, spacing = np.asarray(exam.volume.hu), exam.volume.spacing
     calcium = exam.mask > 0
     bone = (exam.distractor_mask == DISTRACTOR_CODES["bone"]) & (hu >= 130.0)
@@ -45,20 +50,24 @@ def measure(exam, ensemble) -> dict:
         loc.SMALL_FIELD_MM = threshold
         try:
             r = loc.localise_chest(hu, spacing)
-            res = run_pipeline(ensemble, exam.volume, allow_noisy=True)
+            res = None if ensemble is None else run_pipeline(ensemble, exam.volume, allow_noisy=True)
         finally:
             loc.SMALL_FIELD_MM = saved
         region = r.region if r.found else np.zeros(hu.shape, bool)
+        section = float(region.sum(axis=(1, 2)).max()) * spacing[1] * spacing[2] / 100.0
         out[name] = {
             "found": bool(r.found), "fired": "cuts the lungs" in r.note,
             "coronary_kept": round(float((calcium & region).sum() / calcium.sum()), 4) if calcium.any() else None,
             "bone_left_out": round(1.0 - float((bone & region).sum() / max(int(bone.sum()), 1)), 4),
             "costal_in_region": int((costal & region).sum()),
             "region_share": round(float(region.mean()), 4),
-            "agatston": round(float(res.scores.agatston), 1), "category": res.scores.category,
-            "scored_on_bone": int((res.mask & (exam.distractor_mask == DISTRACTOR_CODES["bone"])).sum()),
-            "scored_on_costal": int((res.mask & costal).sum()),
+            "refused": bool(r.found and section < MIN_REGION_SECTION_CM2),
         }
+        if res is not None:
+            out[name].update({
+                "agatston": round(float(res.scores.agatston), 1), "category": res.scores.category,
+                "scored_on_bone": int((res.mask & (exam.distractor_mask == DISTRACTOR_CODES["bone"])).sum()),
+                "scored_on_costal": int((res.mask & costal).sum())})
     return out
 
 
@@ -68,22 +77,34 @@ def main(argv=None) -> int:
     ap.add_argument("--exams", type=int, default=20)
     ap.add_argument("--fov", type=float, default=160.0)
     ap.add_argument("--matrix", type=int, default=512)
+    ap.add_argument("--centre", default=None, help="X,Y: the field's centre (mm, patient frame)")
+    ap.add_argument("--region-only", action="store_true")
     ap.add_argument("--workdir", default=str(ROOT / "experiments" / "_table1_work"))
     args = ap.parse_args(argv)
-    ensemble = load_default_ensemble()
+    ensemble = None if args.region_only else load_default_ensemble()
+    centre = {} if args.centre is None else {"fov_center_mm": tuple(float(v) for v in args.centre.split(","))}
     rows = []
-    print("| seed | truth | rule fired | coronary kept: without / with | bone left out: without / with "
+    if args.region_only:
+        print("| seed | rule fired | coronary kept: without / with | bone left out: without / with "
+              "| refused as too small: without / with |")
+        print("|---|---|---|---|---|")
+    else:
+        print("| seed | truth | rule fired | coronary kept: without / with | bone left out: without / with "
           "| costal cartilage in region: without / with | score (category): without / with "
           "| voxels scored on bone, costal cartilage: without / with |")
-    print("|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|")
     for i in range(args.exams):
         seed = args.first_seed + i
         exam = generate_exam(seed, target_category="ABCDE"[i % 5], protocol="cardiac", matrix=args.matrix,
-                             fov_mm=args.fov)
+                             fov_mm=args.fov, **centre)
         row = {"seed": seed, "true_agatston": round(float(exam.agatston), 1), "true_category": exam.category,
                **measure(exam, ensemble)}
         rows.append(row)
         on, off = row["on"], row["off"]
+        if args.region_only:
+            print(f"| {seed} | {'yes' if on['fired'] else 'no'} | {off['coronary_kept']} / {on['coronary_kept']} | "
+                  f"{off['bone_left_out']} / {on['bone_left_out']} | {off['refused']} / {on['refused']} |", flush=True)
+            continue
         print(f"| {seed} | {row['true_agatston']} ({row['true_category']}) | {'yes' if on['fired'] else 'no'} | "
               f"{off['coronary_kept']} / {on['coronary_kept']} | {off['bone_left_out']} / {on['bone_left_out']} | "
               f"{off['costal_in_region']} / {on['costal_in_region']} | {off['agatston']} ({off['category']}) / "
@@ -93,19 +114,25 @@ def main(argv=None) -> int:
     def count(side, test):
         return sum(bool(test(r, r[side])) for r in rows)
 
-    summary = {"exams": len(rows), "fov_mm": args.fov, "fired": count("on", lambda r, s: s["fired"])}
+    summary = {"exams": len(rows), "fov_mm": args.fov, "centre": args.centre,
+               "fired": count("on", lambda r, s: s["fired"])}
     for side in ("off", "on"):
         kept = [r[side]["coronary_kept"] for r in rows if r[side]["coronary_kept"] is not None]
         summary[side] = {
             "losing_calcium": sum(k < 1.0 for k in kept), "worst_kept": min(kept) if kept else None,
-            "worst_bone_left_out": min(r[side]["bone_left_out"] for r in rows),
+            "refused": count(side, lambda r, s: s["refused"]),
+            "losing_calcium_not_refused": count(side, lambda r, s: (s["coronary_kept"] or 1.0) < 1.0 and not s["refused"]),
+            "worst_bone_left_out": min(r[side]["bone_left_out"] for r in rows)}
+        if args.region_only:
+            continue
+        summary[side].update({
             "right_category": count(side, lambda r, s: s["category"] == r["true_category"]),
             "within_one": count(side, lambda r, s: abs("ABCDE".index(s["category"]) - "ABCDE".index(r["true_category"])) <= 1),
             "exams_scored_on_bone_or_costal": count(side, lambda r, s: s["scored_on_bone"] + s["scored_on_costal"] > 0),
-            "median_abs_error": float(np.median([abs(r[side]["agatston"] - r["true_agatston"]) for r in rows])),
-        }
+            "median_abs_error": float(np.median([abs(r[side]["agatston"] - r["true_agatston"]) for r in rows]))})
     print(json.dumps(summary))
-    out = Path(args.workdir) / f"small_field_{args.first_seed}_{args.fov:g}.json"
+    tag = "" if args.centre is None else "_at_" + args.centre.replace(",", "_")
+    out = Path(args.workdir) / f"small_field_{args.first_seed}_{args.fov:g}{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps({"args": vars(args), "rows": rows, "summary": summary}, indent=1))
     return 0

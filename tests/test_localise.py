@@ -306,8 +306,13 @@ def test_block_mean_in_chunks_equals_the_whole_volume_mean():
     # oracle: edge-pad the clipped volume to whole blocks, mean per block in float64
     a = np.pad(np.maximum(hu, -1000.0).astype(np.float64), [(0, (-n) % k) for n, k in zip(hu.shape, f)], mode="edge")
     expected = a.reshape(8, 3, 5, 4, 4, 5).mean(axis=(1, 3, 5))
+    b = np.pad((hu < -1000.0).astype(np.float64), [(0, (-n) % k) for n, k in zip(hu.shape, f)], mode="edge")
+    share = b.reshape(8, 3, 5, 4, 4, 5).mean(axis=(1, 3, 5))
     for chunk in (1, 500, 1 << 24):
         np.testing.assert_allclose(_block_mean(hu, f, chunk_voxels=chunk), expected, rtol=1e-5, atol=1e-3)
+        mean, below = _block_mean(hu, f, chunk_voxels=chunk, below=True)
+        np.testing.assert_allclose(mean, expected, rtol=1e-5, atol=1e-3)
+        np.testing.assert_allclose(below, share, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------ the carina
