@@ -3,7 +3,9 @@
 A deterministic, data-free step (NumPy and SciPy on the host, ~0.1-0.5 s per exam) that runs before the
 networks. On a coarse grid of about 4 mm:
 
-1. HU below -1000 (padding outside the reconstruction circle: -1024, -2048, -3024) is read as air.
+1. HU below -1000 (padding outside the reconstruction circle: -1024, -2048, -3024) is read as air in the
+   local means; a coarse cell with at least 90 % of its voxels below -1000 HU is padding (constant, where
+   noisy air has about half), the field of view's edge.
 2. Lungs: voxels whose local mean is aerated (< -400 HU), less the air outside the body (3D components
    below -960 HU that reach the in-plane border: lung parenchyma, at -950 to -700 HU, is never that),
    and less the bowel's gas under the lungs (small pockets below -960 HU in soft tissue, in slices where
@@ -22,9 +24,11 @@ networks. On a coarse grid of about 4 mm:
    surface, short of the heart. In a field narrower than ``SMALL_FIELD_MM`` (170 mm) the lungs at the
    field's edge are taken to go on beyond it, so that the hull reaches the field's edge between them: the
    field cuts the lungs in front of the heart (or the heart itself), and the hull of the lungs it shows
-   would pass behind the heart's front.
+   would pass behind the heart's front. Where no vertebra is traced and one side of the image holds almost
+   no lung in most lung slices (a field placed off the chest's middle, showing one lung), the region spans
+   those slices whole, less the lungs and the bone.
 4. The skeleton inside it is cut out: the face-connected components of dense tissue (local mean >= 150
-   HU, holes filled slice by slice) that hold a thick core (what survives a 1-voxel in-plane erosion, in
+   HU, the padding left out of the mean in cells the reconstruction circle cuts; holes filled slice by slice) that hold a thick core (what survives a 1-voxel in-plane erosion, in
    3D components of at least 2 cm^3: spine, sternum, rib heads, a phantom's spine insert and rods), with
    a 1-voxel rim of their partial volume. Coronary plaques are too thin to leave such a core, and the
    coronaries run >= 1 cm from bone. Dense components of at least 0.5 cm^3 within 2 coarse voxels of the

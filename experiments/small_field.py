@@ -121,7 +121,8 @@ def main(argv=None) -> int:
         summary[side] = {
             "losing_calcium": sum(k < 1.0 for k in kept), "worst_kept": min(kept) if kept else None,
             "refused": count(side, lambda r, s: s["refused"]),
-            "losing_calcium_not_refused": count(side, lambda r, s: (s["coronary_kept"] or 1.0) < 1.0 and not s["refused"]),
+            "losing_calcium_not_refused": count(side, lambda r, s: s["coronary_kept"] is not None
+                                                and s["coronary_kept"] < 1.0 and not s["refused"]),
             "worst_bone_left_out": min(r[side]["bone_left_out"] for r in rows)}
         if args.region_only:
             continue

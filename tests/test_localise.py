@@ -708,6 +708,31 @@ def test_a_field_of_170_mm_or_more_is_left_as_it_was(monkeypatch):
     assert not (localise_chest(ex.volume.hu, ex.volume.spacing).region == r.region).all()
 
 
+@pytest.mark.parametrize("seed", [9391, 9395])
+def test_bone_cut_by_the_reconstruction_circle_is_left_out(seed):
+    """A 150 mm field centred 40 mm left of the generator's draw: the reconstruction circle cuts the vertebral
+    body, and the padding outside it (-1024 and -3024 HU here) is the field's edge, not air. The cut bone is
+    left out (>= 95 %; before the padding was seen, 79 % and 83 %), and every calcification kept."""
+    ex = generate_exam(seed, target_category="D", protocol="cardiac", matrix=128, fov_mm=150.0,
+                       fov_center_mm=(55.0, -5.0))
+    assert ex.params["scanner"]["padding_hu"] is not None  # the circle is there
+    r = localise_chest(ex.volume.hu, ex.volume.spacing)
+    assert r.found
+    check_region(ex, r.region)
+
+
+def test_a_field_showing_one_lung_and_no_spine_spans_the_field():
+    """A 180 mm field moved 40 mm left and 20 mm forward shows the left lung only and no vertebra: the hull of
+    that lung alone was a sliver along its medial surface that kept 29 % of the calcium, and was too large to
+    be refused. The region now spans those slices whole (less lungs and bone): every calcification kept,
+    >= 95 % of the bone left out, and the note says why."""
+    ex = generate_exam(9392, target_category="D", protocol="cardiac", matrix=128, fov_mm=180.0,
+                       fov_center_mm=(55.0, -25.0))
+    r = localise_chest(ex.volume.hu, ex.volume.spacing)
+    assert r.found and "spans the whole field" in r.note
+    check_region(ex, r.region)
+
+
 def test_a_field_narrower_than_the_checked_ones_is_warned():
     """A 140 mm cardiac field (the chest region was checked down to 150 mm) gets a "small field:" warning that
     names the way to compare, coded in the DICOM SR; a 160 mm field does not. The oracle of the width:
