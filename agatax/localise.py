@@ -4,8 +4,8 @@ A deterministic, data-free step (NumPy and SciPy on the host, ~0.1-0.5 s per exa
 networks. On a coarse grid of about 4 mm:
 
 1. HU below -1000 (padding outside the reconstruction circle: -1024, -2048, -3024) is read as air in the
-   local means; a coarse cell with at least 90 % of its voxels below -1000 HU is padding (constant, where
-   noisy air has about half), the field of view's edge.
+   local means; a coarse cell holding one value below -1000 HU in all its voxels is padding (noisy air never
+   is), the field of view's edge.
 2. Lungs: voxels whose local mean is aerated (< -400 HU), less the air outside the body (3D components
    below -960 HU that reach the in-plane border: lung parenchyma, at -950 to -700 HU, is never that),
    and less the bowel's gas under the lungs (small pockets below -960 HU in soft tissue, in slices where
@@ -71,9 +71,6 @@ _MIN_LUNGS_CM3 = 150.0
 _BONE_HU = 150.0
 _MIN_BONE_CM3 = 2.0
 _MIN_CUT_BONE_CM3 = 0.5  # dense tissue this large cut by the field of view's edge is bone (sternum, ribs)
-#: a coarse cell is padding outside the reconstruction circle (-1024, -2048, -3024: constant) where at least this
-#: share of its voxels lies below -1000 HU; air, noisy around -1000 HU, has about half of them there
-_PADDING_SHARE = 0.9
 _MARGIN_MM = 8.0
 _HULL_INSET_MM = 10.0
 ENHANCED_HU70 = 130.0
@@ -165,27 +162,29 @@ def _factors(spacing) -> tuple[int, int, int]:
 
 def _block_mean(hu: np.ndarray, f: tuple[int, int, int], *, chunk_voxels: int = 1 << 24, below: bool = False):
     """Mean over f-blocks (edge-padded to a multiple of f), float32; HU below -1000 counted as -1000. With
-    ``below``, also the share of each block's voxels below -1000 HU (float32): (mean, share).
+    ``below``, also each block's share of voxels below -1000 HU (float32) and whether the block is padding
+    (bool: one value, below -1000 HU, in all its voxels; noisy air never is): (mean, share, padding).
 
     Computed a few block rows at a time, so the extra memory stays ~``chunk_voxels`` x 4 bytes whatever the
     exam's size."""
     shape = [-(-n // k) for n, k in zip(hu.shape, f)]
     out = np.empty(shape, np.float32)
     share = np.empty(shape, np.float32) if below else None
+    padding = np.empty(shape, bool) if below else None
     rows = max(1, chunk_voxels // max(1, f[0] * hu.shape[1] * hu.shape[2]))
     for b0 in range(0, shape[0], rows):
         b1 = min(shape[0], b0 + rows)
         part = hu[b0 * f[0]: b1 * f[0]].astype(np.float32, copy=False)
         pads = [(0, (b1 - b0) * f[0] - part.shape[0])] + [(0, (-n) % k) for n, k in zip(hu.shape[1:], f[1:])]
-        blocks = (b1 - b0, f[0], shape[1], f[1], shape[2], f[2])
-        if below:
-            low = np.pad(part < np.float32(-1000.0), pads, mode="edge") if any(q for _, q in pads) else part < -1000
-            share[b0:b1] = low.reshape(blocks).mean(axis=(1, 3, 5), dtype=np.float32)
-        part = np.maximum(part, np.float32(-1000.0))
         if any(q for _, q in pads):
             part = np.pad(part, pads, mode="edge")
-        out[b0:b1] = part.reshape(blocks).mean(axis=(1, 3, 5), dtype=np.float32)
-    return (out, share) if below else out
+        blocks = part.reshape(b1 - b0, f[0], shape[1], f[1], shape[2], f[2])
+        if below:
+            share[b0:b1] = (blocks < np.float32(-1000.0)).mean(axis=(1, 3, 5), dtype=np.float32)
+            top = blocks.max(axis=(1, 3, 5))
+            padding[b0:b1] = (top < np.float32(-1000.0)) & (top == blocks.min(axis=(1, 3, 5)))
+        out[b0:b1] = np.maximum(blocks, np.float32(-1000.0)).mean(axis=(1, 3, 5), dtype=np.float32)
+    return (out, share, padding) if below else out
 
 
 def _components(mask: np.ndarray, min_voxels: float) -> np.ndarray:
@@ -343,14 +342,16 @@ def _find_carina(hu: np.ndarray, spacing, fz: int, spine_x: float | None) -> tup
 
 def _spine_x(bone: np.ndarray, step) -> float | None:
     """x (mm, on the coarse grid) of the vertebral column: the column of the coarse grid holding the most
-    bone in the posterior half of the bone's extent (the spine is the one bone that every slice holds in
-    the middle); None when there is no bone."""
+    bone in either half of the bone's extent along y (the spine is the one bone that every slice holds in
+    the middle, and it outweighs the sternum: either way up); None when there is no bone."""
     if not bone.any():
         return None
     ys = np.nonzero(bone.any(axis=(0, 2)))[0]
-    back = bone[:, (ys[0] + ys[-1]) // 2:, :]
-    counts = ndimage.uniform_filter1d(back.sum(axis=(0, 1)).astype(np.float64), size=5)
-    return float(np.argmax(counts) * step[2])
+    mid = (ys[0] + ys[-1]) // 2
+    counts = [ndimage.uniform_filter1d(half.sum(axis=(0, 1)).astype(np.float64), size=5)
+              for half in (bone[:, mid:, :], bone[:, :mid, :])]
+    best = max(counts, key=lambda c: c.max())
+    return float(np.argmax(best) * step[2])
 
 
 def _soft_walled_gas(gas: np.ndarray, m: np.ndarray) -> np.ndarray:
@@ -471,13 +472,24 @@ def _beyond_field(lungs: np.ndarray, padding: np.ndarray, step) -> np.ndarray | 
     return pts
 
 
-def _outside_the_patient(lungs: np.ndarray, m: np.ndarray, bone: np.ndarray, at_edge: np.ndarray,
+def _patient(m: np.ndarray) -> np.ndarray:
+    """bool, the coarse grid's largest 3D component above -500 HU: the patient's body (a support under it,
+    beyond its foam pad, is another)."""
+    lab, n = ndimage.label(m > -500.0, structure=np.ones((3, 3, 3), bool))
+    if n == 0:
+        return np.zeros(m.shape, bool)
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    return lab == sizes.argmax()
+
+
+def _outside_the_patient(lungs: np.ndarray, patient: np.ndarray, m: np.ndarray, bone: np.ndarray, at_edge: np.ndarray,
                          spine_x: float | None, step) -> tuple[np.ndarray, int]:
     """``lungs`` without the lung-like components that lie outside the patient along y: the foam pad and the
     table top's foam core under a patient (-990 to -780 HU, enclosed by the patient and the table's skins)
     read as aerated tissue inside the body, and would widen the lungs' hull to the back muscles and ribs.
 
-    The patient's extent along y, per slice: its first and last rows (the largest 3D component above -500 HU)
+    The patient's extent along y, per slice: its first and last rows (``patient``, ``_patient``)
     within ``BACK_BAND_MM`` of the spine's x (``spine_x``, mm; None: nothing goes), in slices where that band
     holds the vertebra (at least ``_MIN_VERTEBRA_CM2`` of ``bone``, clear of ``at_edge``, the image's edge
     and padding: not a rib the field of view cuts, as when the spine lies outside a small field), each end
@@ -485,15 +497,9 @@ def _outside_the_patient(lungs: np.ndarray, m: np.ndarray, bone: np.ndarray, at_
     cells in slices with such an end lie beyond it, in any column: lungs lie between the chest's skin and the
     back's (synthetic exams: none of their cells beyond), a pad under the back (supine) or the chest (prone)
     beyond. Returns (lungs, cells taken out)."""
-    if spine_x is None or not lungs.any():
+    if spine_x is None or not lungs.any() or not patient.any():
         return lungs, 0
     cube = np.ones((3, 3, 3), bool)
-    lab, n = ndimage.label(m > -500.0, structure=cube)
-    if n == 0:
-        return lungs, 0
-    sizes = np.bincount(lab.ravel())
-    sizes[0] = 0
-    patient = lab == sizes.argmax()
     c0, w = int(round(spine_x / step[2])), int(np.ceil(BACK_BAND_MM / step[2]))
     band = slice(max(c0 - w, 0), c0 + w + 1)
     cut = at_edge[:, :, band]  # (z, y, band)
@@ -535,8 +541,7 @@ def localise_chest(hu, spacing) -> ChestRegion:
     voxel_cm3 = float(np.prod(step)) / 1000.0
     if hu.ndim != 3 or any(n < 2 * k for n, k in zip(hu.shape, f)):
         return ChestRegion(False, None, None, 0.0, f"volume {hu.shape} too small to localise the chest")
-    m, below = _block_mean(hu, f, below=True)
-    padding = below >= _PADDING_SHARE  # the reconstruction circle's outside (m counts it as -1000 HU: air)
+    m, below, padding = _block_mean(hu, f, below=True)  # padding: the reconstruction circle's outside
     z_change = _z_change(m, step)
     plane = np.zeros((1, 3, 3), bool)
     plane[0] = ndimage.generate_binary_structure(2, 1)
@@ -557,9 +562,11 @@ def localise_chest(hu, spacing) -> ChestRegion:
     at_edge[:, [0, -1], :] = at_edge[:, :, [0, -1]] = True
     at_edge = ndimage.binary_dilation(at_edge | padding, structure=plane, iterations=2)
     sizes = np.bincount(lab.ravel()) * voxel_cm3
-    cut = np.unique(lab[dense & at_edge])
-    bone |= np.isin(lab, cut[(cut > 0) & (sizes[cut] >= _MIN_CUT_BONE_CM3)])
     cube = np.ones((3, 3, 3), bool)
+    # (beside soft tissue: the skins of a table the reconstruction circle cuts border only foam and air)
+    soft = ndimage.binary_dilation((shown > -300.0) & (shown < 100.0) & ~padding, structure=cube)
+    cut = np.intersect1d(np.unique(lab[dense & at_edge]), np.unique(lab[dense & soft]))
+    bone |= np.isin(lab, cut[(cut > 0) & (sizes[cut] >= _MIN_CUT_BONE_CM3)])
     bone |= ndimage.binary_dilation(bone, structure=cube) & ~dense  # its partial-volume rim
     spine_x = _spine_x(bone, step)
 
@@ -575,7 +582,7 @@ def localise_chest(hu, spacing) -> ChestRegion:
     aerated = (m < _LUNG_HU[1]) & ~exterior & ~gut
     opened = ndimage.binary_opening(aerated, structure=plane, iterations=2)
     lungs = _components(opened, _MIN_LUNG_CM3 / voxel_cm3)
-    lungs, support = _outside_the_patient(lungs, m, bone, at_edge, spine_x, step)
+    lungs, support = _outside_the_patient(lungs, _patient(m), m, bone, at_edge, spine_x, step)
     lung_cm3 = float(lungs.sum()) * voxel_cm3
     if lung_cm3 < _MIN_LUNGS_CM3:
         return ChestRegion(False, None, None, lung_cm3,
