@@ -297,6 +297,20 @@ def test_contrast_enhanced_exam_is_refused():
     assert not any(n.startswith("contrast:") for n in plain_res.notes)  # a plain exam gets no such note
 
 
+def test_the_padding_value_is_read_from_the_corners():
+    """The value outside the reconstruction circle, where the first slice's corners hold one value below
+    -1000 HU; none where they differ (noisy air) or lie above it (a field without a circle)."""
+    from agatax.localise import _padding_value
+
+    hu = np.full((2, 8, 8), 40.0, np.float32)
+    hu[0, [0, 0, -1, -1], [0, -1, 0, -1]] = -2048.0
+    assert _padding_value(hu) == -2048.0
+    hu[0, 0, 0] = -2047.0
+    assert _padding_value(hu) is None
+    hu[0, [0, 0, -1, -1], [0, -1, 0, -1]] = -1000.0  # air at its nominal value is not padding
+    assert _padding_value(hu) is None
+
+
 def test_block_mean_in_chunks_equals_the_whole_volume_mean():
     from agatax.localise import _block_mean
 
@@ -308,15 +322,13 @@ def test_block_mean_in_chunks_equals_the_whole_volume_mean():
     a = np.pad(np.maximum(hu, -1000.0).astype(np.float64), [(0, (-n) % k) for n, k in zip(hu.shape, f)], mode="edge")
     expected = a.reshape(8, 3, 5, 4, 4, 5).mean(axis=(1, 3, 5))
     b = np.pad(hu.astype(np.float64), [(0, (-n) % k) for n, k in zip(hu.shape, f)], mode="edge")
-    share = (b < -1000.0).reshape(8, 3, 5, 4, 4, 5).mean(axis=(1, 3, 5))
-    padded = np.zeros((8, 5, 4), bool)
-    padded[:2, :2, :2] = True  # the blocks wholly inside the -3024 corner
+    share = (b == -3024.0).reshape(8, 3, 5, 4, 4, 5).mean(axis=(1, 3, 5))
+    assert share[:2, :2, :2].min() == 1.0 and share[2:].max() == 0.0  # the corner's blocks, wholly or in part
     for chunk in (1, 500, 1 << 24):
         np.testing.assert_allclose(_block_mean(hu, f, chunk_voxels=chunk), expected, rtol=1e-5, atol=1e-3)
-        mean, below, padding = _block_mean(hu, f, chunk_voxels=chunk, below=True)
+        mean, same = _block_mean(hu, f, chunk_voxels=chunk, equal_to=-3024.0)
         np.testing.assert_allclose(mean, expected, rtol=1e-5, atol=1e-3)
-        np.testing.assert_allclose(below, share, atol=1e-6)
-        assert (padding == padded).all()  # uniform below -3000 HU elsewhere too, but never one value in a block
+        np.testing.assert_allclose(same, share, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------ the carina
