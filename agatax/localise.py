@@ -4,8 +4,9 @@ A deterministic, data-free step (NumPy and SciPy on the host, ~0.1-0.5 s per exa
 networks. On a coarse grid of about 4 mm:
 
 1. HU below -1000 (padding outside the reconstruction circle: -1024, -2048, -3024) is read as air in the
-   local means; a coarse cell holding in all its voxels the value of the first slice's corners, where they
-   hold one value below -1000 HU, is padding (noisy air never is), the field of view's edge.
+   local means; a coarse cell holding in all its voxels, in the first and last slices, the value of the first
+   slice's corners, where they hold one value below -1000 HU, is padding (noisy air never is): the field of
+   view's edge.
 2. Lungs: voxels whose local mean is aerated (< -400 HU), less the air outside the body (3D components
    below -960 HU that reach the in-plane border: lung parenchyma, at -950 to -700 HU, is never that),
    and less the bowel's gas under the lungs (small pockets below -960 HU in soft tissue, in slices where
@@ -160,29 +161,23 @@ def _factors(spacing) -> tuple[int, int, int]:
     return tuple(max(1, int(round(_COARSE_MM / float(s)))) for s in spacing)  # type: ignore[return-value]
 
 
-def _block_mean(hu: np.ndarray, f: tuple[int, int, int], *, chunk_voxels: int = 1 << 24,
-                equal_to: float | None = None):
-    """Mean over f-blocks (edge-padded to a multiple of f), float32; HU below -1000 counted as -1000. With
-    ``equal_to`` (a padding value), also each block's share of voxels holding exactly that value (float32):
-    (mean, share).
+def _block_mean(hu: np.ndarray, f: tuple[int, int, int], *, chunk_voxels: int = 1 << 24) -> np.ndarray:
+    """Mean over f-blocks (edge-padded to a multiple of f), float32; HU below -1000 counted as -1000.
 
     Computed a few block rows at a time, so the extra memory stays ~``chunk_voxels`` x 4 bytes whatever the
     exam's size."""
     shape = [-(-n // k) for n, k in zip(hu.shape, f)]
     out = np.empty(shape, np.float32)
-    share = None if equal_to is None else np.zeros(shape, np.float32)
     rows = max(1, chunk_voxels // max(1, f[0] * hu.shape[1] * hu.shape[2]))
     for b0 in range(0, shape[0], rows):
         b1 = min(shape[0], b0 + rows)
-        part = hu[b0 * f[0]: b1 * f[0]].astype(np.float32, copy=False)
-        pads = [(0, (b1 - b0) * f[0] - part.shape[0])] + [(0, (-n) % k) for n, k in zip(hu.shape[1:], f[1:])]
-        if any(q for _, q in pads):
-            part = np.pad(part, pads, mode="edge")
-        blocks = (b1 - b0, f[0], shape[1], f[1], shape[2], f[2])
-        if equal_to is not None:
-            share[b0:b1] = (part == np.float32(equal_to)).reshape(blocks).mean(axis=(1, 3, 5), dtype=np.float32)
-        out[b0:b1] = np.maximum(part, np.float32(-1000.0)).reshape(blocks).mean(axis=(1, 3, 5), dtype=np.float32)
-    return out if equal_to is None else (out, share)
+        part = np.maximum(hu[b0 * f[0]: b1 * f[0]].astype(np.float32, copy=False), np.float32(-1000.0))
+        pads = [((b1 - b0) * f[0] - part.shape[0])] + [(-n) % k for n, k in zip(hu.shape[1:], f[1:])]
+        if any(pads):
+            part = np.pad(part, [(0, q) for q in pads], mode="edge")
+        out[b0:b1] = part.reshape(b1 - b0, f[0], shape[1], f[1], shape[2], f[2]).mean(axis=(1, 3, 5),
+                                                                                      dtype=np.float32)
+    return out
 
 
 def _padding_value(hu: np.ndarray) -> float | None:
@@ -191,6 +186,17 @@ def _padding_value(hu: np.ndarray) -> float | None:
     inside it)."""
     corners = np.asarray(hu[0])[[0, 0, -1, -1], [0, -1, 0, -1]]
     return float(corners[0]) if corners[0] < -1000.0 and (corners == corners[0]).all() else None
+
+
+def _padding_share(hu: np.ndarray, f, shape) -> np.ndarray:
+    """float32 ``shape`` (the coarse grid): each cell's share of padding voxels (``_padding_value``), from the
+    first and last slices (the reconstruction circle is the series'), the same in every slice."""
+    value = _padding_value(hu)
+    if value is None:
+        return np.zeros(shape, np.float32)
+    both = ((np.asarray(hu[0]) == value) & (np.asarray(hu[-1]) == value)).astype(np.float32)
+    share = _block_mean(both[None], (1, f[1], f[2]))[0]
+    return np.broadcast_to(share, shape)
 
 
 def _components(mask: np.ndarray, min_voxels: float) -> np.ndarray:
@@ -547,12 +553,8 @@ def localise_chest(hu, spacing) -> ChestRegion:
     voxel_cm3 = float(np.prod(step)) / 1000.0
     if hu.ndim != 3 or any(n < 2 * k for n, k in zip(hu.shape, f)):
         return ChestRegion(False, None, None, 0.0, f"volume {hu.shape} too small to localise the chest")
-    pad_value = _padding_value(hu)
-    if pad_value is None:
-        m = _block_mean(hu, f)
-        below = np.zeros(m.shape, np.float32)
-    else:
-        m, below = _block_mean(hu, f, equal_to=pad_value)
+    m = _block_mean(hu, f)
+    below = _padding_share(hu, f, m.shape)
     padding = below >= 1.0  # the reconstruction circle's outside: cells wholly padding
     z_change = _z_change(m, step)
     plane = np.zeros((1, 3, 3), bool)
