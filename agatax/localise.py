@@ -4,9 +4,9 @@ A deterministic, data-free step (NumPy and SciPy on the host, ~0.1-0.5 s per exa
 networks. On a coarse grid of about 4 mm:
 
 1. HU below -1000 (padding outside the reconstruction circle: -1024, -2048, -3024) is read as air in the
-   local means; a coarse cell holding in all its voxels, in the first and last slices, the value of the first
-   slice's corners, where they hold one value below -1000 HU, is padding (noisy air never is): the field of
-   view's edge.
+   local means; a coarse cell holding in all its voxels, in five slices spread over the series, the value of
+   the first slice's corners, where they hold one value below -1000 HU, is padding (noisy air never is): the
+   field of view's edge.
 2. Lungs: voxels whose local mean is aerated (< -400 HU), less the air outside the body (3D components
    below -960 HU that reach the in-plane border: lung parenchyma, at -950 to -700 HU, is never that),
    and less the bowel's gas under the lungs (small pockets below -960 HU in soft tissue, in slices where
@@ -29,9 +29,10 @@ networks. On a coarse grid of about 4 mm:
    no lung in most lung slices (a field placed off the chest's middle, showing one lung), the region spans
    those slices whole, less the lungs and the bone.
 4. The skeleton inside it is cut out: the face-connected components of dense tissue (local mean >= 150
-   HU, the padding left out of the mean in cells the reconstruction circle cuts; holes filled slice by slice) that hold a thick core (what survives a 1-voxel in-plane erosion, in
-   3D components of at least 2 cm^3: spine, sternum, rib heads, a phantom's spine insert and rods), with
-   a 1-voxel rim of their partial volume. Coronary plaques are too thin to leave such a core, and the
+   HU, the padding left out of the mean in cells the reconstruction circle cuts; holes filled slice by
+   slice) that hold a thick core (what survives a 1-voxel in-plane erosion, in 3D components of at least
+   2 cm^3: spine, sternum, rib heads, a phantom's spine insert and rods), with a 1-voxel rim of their
+   partial volume. Coronary plaques are too thin to leave such a core, and the
    coronaries run >= 1 cm from bone. Dense components of at least 0.5 cm^3 within 2 coarse voxels of the
    field of view's edge (the image border, the padding outside the reconstruction circle) are bone too:
    the sternum and ribs a cardiac field cuts can be too thin there to hold a core.
@@ -189,13 +190,19 @@ def _padding_value(hu: np.ndarray) -> float | None:
 
 
 def _padding_share(hu: np.ndarray, f, shape) -> np.ndarray:
-    """float32 ``shape`` (the coarse grid): each cell's share of padding voxels (``_padding_value``), from the
-    first and last slices (the reconstruction circle is the series'), the same in every slice."""
+    """float32 ``shape`` (the coarse grid): each cell's share of padding voxels (``_padding_value``) in every
+    one of five slices spread over the series (the reconstruction circle is the series'; air that a scanner
+    clips to the same value changes from slice to slice), the same in every slice; zeros where that would
+    cover half of a slice or more (a blank slice, no circle)."""
     value = _padding_value(hu)
     if value is None:
         return np.zeros(shape, np.float32)
-    both = ((np.asarray(hu[0]) == value) & (np.asarray(hu[-1]) == value)).astype(np.float32)
-    share = _block_mean(both[None], (1, f[1], f[2]))[0]
+    every = np.ones(hu.shape[1:], bool)
+    for k in np.unique(np.linspace(0, hu.shape[0] - 1, 5).round().astype(int)):
+        every &= np.asarray(hu[k]) == value
+    if every.mean() >= 0.5:
+        return np.zeros(shape, np.float32)
+    share = _block_mean(every[None].astype(np.float32), (1, f[1], f[2]))[0]
     return np.broadcast_to(share, shape)
 
 
@@ -422,9 +429,9 @@ def _one_lung(lungs: np.ndarray, bone: np.ndarray, at_edge: np.ndarray, spine_x:
     mediastinum there as if both lungs were present (from one lung alone it stops at that lung's medial
     surface and leaves the heart out); else (None, ""). A slice is one-sided when it holds at least a fifth
     of the widest slice's lung cells and one side holds under ``_SIDE_EMPTY`` of the other's. ``spine_x`` is
-    the column of the most posterior bone: the spine where a vertebra is traced, a rough midline where the
-    field cuts it; none within ``_EDGE_CELLS`` of the grid's edge (then the sides are split at the image's
-    middle column, and nothing is mirrored). Where no vertebra is traced and one side is empty in at least
+    ``_spine_x``'s column (the most bone): the spine where a vertebra is traced, a rough midline (the
+    sternum) where the field cuts it; none within ``_EDGE_CELLS`` of the grid's edge (then the sides are
+    split at the image's middle column, and nothing is mirrored). Where no vertebra is traced and one side is empty in at least
     ``_ONE_SIDED_FIELD`` of the lung slices (a field off the chest's middle, showing one lung), the points
     instead make the hull span those slices whole."""
     if not lungs.any():
@@ -461,7 +468,7 @@ def _one_lung(lungs: np.ndarray, bone: np.ndarray, at_edge: np.ndarray, spine_x:
     return cells * step, (f"; in {n_one} of the lungs' {n_lung} slices (4 mm cells) one "
                           "side holds almost no aerated lung (an apex or base reaching further on one side, a field "
                           "cutting one lung, or a lung airless: collapsed, an effusion, removed), so the lungs are "
-                          f"mirrored there about the {'spine' if traced else 'most posterior bone'} for the region")
+                          f"mirrored there about the {'spine' if traced else 'bone midline'} for the region")
 
 
 def _beyond_field(lungs: np.ndarray, padding: np.ndarray, step) -> np.ndarray | None:
@@ -562,7 +569,9 @@ def localise_chest(hu, spacing) -> ChestRegion:
 
     # bone's density from what the field shows: in cells the reconstruction circle cuts, the padding (read as
     # -1000 HU in m) is left out of the mean, else a rib or vertebra along the circle reads as soft tissue
-    shown = np.where(padding | (below == 0.0), m, (m + 1000.0 * below) / np.maximum(1.0 - below, 1e-3))
+    # (where at least a quarter of the cell is shown: a few voxels' noise would read as bone)
+    shown = np.where(padding | (below == 0.0) | (below > 0.75), m,
+                     (m + 1000.0 * below) / np.maximum(1.0 - below, 0.25))
     dense = (shown >= _BONE_HU) & ~padding
     dense = np.stack([ndimage.binary_fill_holes(s) for s in dense])
     # bone is thick: seeds survive an in-plane erosion (plaques, 1-2 coarse voxels thick, do not); the bone
@@ -617,14 +626,21 @@ def localise_chest(hu, spacing) -> ChestRegion:
                       "taken to go on beyond it for the region")
     hull = _inside_hull(pts, m.shape, step)
     # the hull's rim runs along the outer lung surface, where the ribs are: keep its inner part only
-    hull &= ndimage.distance_transform_edt(np.pad(hull, 1), sampling=step)[1:-1, 1:-1, 1:-1] > _HULL_INSET_MM
+    # (in-plane only: the scan's first and last slices are not the lungs' surface, and a tight scan's lowest
+    # slices can hold the distal RCA)
+    inset = ndimage.distance_transform_edt(np.pad(hull, ((0, 0), (1, 1), (1, 1))), sampling=step)
+    hull &= inset[:, 1:-1, 1:-1] > _HULL_INSET_MM
     margin = max(1, int(round(_MARGIN_MM / step[1])))
     core_lung = ndimage.binary_erosion(lungs, structure=plane, iterations=margin)
     medi = hull & ~lungs
     medi = ndimage.binary_dilation(medi, structure=plane, iterations=margin) & ~core_lung
 
     region_c = medi & ~bone
-    soft = m[medi & (m > -50.0) & (m < 700.0)]
+    # the contrast check reads the mediastinum away from the scan's ends (10 mm), as it was calibrated
+    ends = min(int(np.ceil(_HULL_INSET_MM / step[0])), (medi.shape[0] - 1) // 2)
+    inner = medi.copy()
+    inner[:ends] = inner[medi.shape[0] - ends:] = False
+    soft = m[inner & (m > -50.0) & (m < 700.0)]
     hu70 = float(np.percentile(soft, 70)) if soft.size else float("nan")
     if not region_c.any():
         return ChestRegion(False, None, None, lung_cm3,
@@ -676,5 +692,6 @@ def localise_chest(hu, spacing) -> ChestRegion:
     support_note = (f" ({support * voxel_cm3:.0f} cm^3 of aerated material outside the patient, behind the back or "
                     "in front of the chest (a pad or the table), not taken for lung)" if support else "")
     return ChestRegion(True, region, box, lung_cm3,
-                       f"lungs {lung_cm3:.0f} cm^3{support_note}{sides_note}{field_note}; calcium searched in {100 * frac:.0f} % "
+                       f"lungs {lung_cm3:.0f} cm^3{support_note}{sides_note}{field_note}; calcium searched in "
+                       f"{100 * frac:.0f} % "
                        f"of the volume; {carina_note}", hu70, z_change, carina)

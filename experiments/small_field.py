@@ -128,7 +128,8 @@ def main(argv=None) -> int:
             continue
         summary[side].update({
             "right_category": count(side, lambda r, s: s["category"] == r["true_category"]),
-            "within_one": count(side, lambda r, s: abs("ABCDE".index(s["category"]) - "ABCDE".index(r["true_category"])) <= 1),
+            "within_one": count(side, lambda r, s: abs("ABCDE".index(s["category"])
+                                                       - "ABCDE".index(r["true_category"])) <= 1),
             "exams_scored_on_bone_or_costal": count(side, lambda r, s: s["scored_on_bone"] + s["scored_on_costal"] > 0),
             "median_abs_error": float(np.median([abs(r[side]["agatston"] - r["true_agatston"]) for r in rows]))})
     print(json.dumps(summary))
