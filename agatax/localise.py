@@ -431,9 +431,9 @@ def _one_lung(lungs: np.ndarray, bone: np.ndarray, at_edge: np.ndarray, spine_x:
     of the widest slice's lung cells and one side holds under ``_SIDE_EMPTY`` of the other's. ``spine_x`` is
     ``_spine_x``'s column (the most bone): the spine where a vertebra is traced, a rough midline (the
     sternum) where the field cuts it; none within ``_EDGE_CELLS`` of the grid's edge (then the sides are
-    split at the image's middle column, and nothing is mirrored). Where no vertebra is traced and one side is empty in at least
-    ``_ONE_SIDED_FIELD`` of the lung slices (a field off the chest's middle, showing one lung), the points
-    instead make the hull span those slices whole."""
+    split at the image's middle column, and nothing is mirrored). Where no vertebra is traced and one side
+    is empty in at least ``_ONE_SIDED_FIELD`` of the lung slices (a field off the chest's middle, showing
+    one lung), the points instead make the hull span those slices whole."""
     if not lungs.any():
         return None, ""
     c0 = None if spine_x is None else int(round(spine_x / step[2]))
@@ -569,9 +569,9 @@ def localise_chest(hu, spacing) -> ChestRegion:
 
     # bone's density from what the field shows: in cells the reconstruction circle cuts, the padding (read as
     # -1000 HU in m) is left out of the mean, else a rib or vertebra along the circle reads as soft tissue
-    # (where at least a quarter of the cell is shown: a few voxels' noise would read as bone)
-    shown = np.where(padding | (below == 0.0) | (below > 0.75), m,
-                     (m + 1000.0 * below) / np.maximum(1.0 - below, 0.25))
+    # (even where a few voxels are shown: a rib along the circle lies there; noise read as bone there only
+    # takes a cell at the field's edge out of the region)
+    shown = np.where(padding | (below == 0.0), m, (m + 1000.0 * below) / np.maximum(1.0 - below, 1e-3))
     dense = (shown >= _BONE_HU) & ~padding
     dense = np.stack([ndimage.binary_fill_holes(s) for s in dense])
     # bone is thick: seeds survive an in-plane erosion (plaques, 1-2 coarse voxels thick, do not); the bone
@@ -626,21 +626,14 @@ def localise_chest(hu, spacing) -> ChestRegion:
                       "taken to go on beyond it for the region")
     hull = _inside_hull(pts, m.shape, step)
     # the hull's rim runs along the outer lung surface, where the ribs are: keep its inner part only
-    # (in-plane only: the scan's first and last slices are not the lungs' surface, and a tight scan's lowest
-    # slices can hold the distal RCA)
-    inset = ndimage.distance_transform_edt(np.pad(hull, ((0, 0), (1, 1), (1, 1))), sampling=step)
-    hull &= inset[:, 1:-1, 1:-1] > _HULL_INSET_MM
+    hull &= ndimage.distance_transform_edt(np.pad(hull, 1), sampling=step)[1:-1, 1:-1, 1:-1] > _HULL_INSET_MM
     margin = max(1, int(round(_MARGIN_MM / step[1])))
     core_lung = ndimage.binary_erosion(lungs, structure=plane, iterations=margin)
     medi = hull & ~lungs
     medi = ndimage.binary_dilation(medi, structure=plane, iterations=margin) & ~core_lung
 
     region_c = medi & ~bone
-    # the contrast check reads the mediastinum away from the scan's ends (10 mm), as it was calibrated
-    ends = min(int(np.ceil(_HULL_INSET_MM / step[0])), (medi.shape[0] - 1) // 2)
-    inner = medi.copy()
-    inner[:ends] = inner[medi.shape[0] - ends:] = False
-    soft = m[inner & (m > -50.0) & (m < 700.0)]
+    soft = m[medi & (m > -50.0) & (m < 700.0)]
     hu70 = float(np.percentile(soft, 70)) if soft.size else float("nan")
     if not region_c.any():
         return ChestRegion(False, None, None, lung_cm3,
