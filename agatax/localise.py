@@ -471,17 +471,12 @@ def _one_lung(lungs: np.ndarray, bone: np.ndarray, at_edge: np.ndarray, spine_x:
                           f"mirrored there about the {'spine' if traced else 'bone midline'} for the region")
 
 
-def _beyond_field(lungs: np.ndarray, padding: np.ndarray, step) -> np.ndarray | None:
+def _beyond_field(lungs: np.ndarray, rim: np.ndarray, step) -> np.ndarray | None:
     """Points (mm, (n, 3) on the coarse grid's frame) ``_BEYOND_FIELD_MM`` beyond the field of view's edge
-    (the image's border, padding outside the reconstruction circle), out from the image's centre in-plane,
-    from each lung cell at that edge: the lung the field cuts goes on beyond it; None where no lung reaches
-    the edge."""
-    plane = np.zeros((1, 3, 3), bool)
-    plane[0] = ndimage.generate_binary_structure(2, 1)
-    edge = np.zeros(lungs.shape, bool)
-    edge[:, [0, -1], :] = edge[:, :, [0, -1]] = True
-    edge = ndimage.binary_dilation(edge | padding, structure=plane)
-    cells = np.argwhere(lungs & edge)
+    (``rim``: the image's border and the padding outside the reconstruction circle, one cell in), out from
+    the image's centre in-plane, from each lung cell at that edge: the lung the field cuts goes on beyond
+    it; None where no lung reaches the edge."""
+    cells = np.argwhere(lungs & rim)
     if not len(cells):
         return None
     pts = cells * np.asarray(step, float)
@@ -491,24 +486,13 @@ def _beyond_field(lungs: np.ndarray, padding: np.ndarray, step) -> np.ndarray | 
     return pts
 
 
-def _patient(m: np.ndarray) -> np.ndarray:
-    """bool, the coarse grid's largest 3D component above -500 HU: the patient's body (a support under it,
-    beyond its foam pad, is another)."""
-    lab, n = ndimage.label(m > -500.0, structure=np.ones((3, 3, 3), bool))
-    if n == 0:
-        return np.zeros(m.shape, bool)
-    sizes = np.bincount(lab.ravel())
-    sizes[0] = 0
-    return lab == sizes.argmax()
-
-
-def _outside_the_patient(lungs: np.ndarray, patient: np.ndarray, m: np.ndarray, bone: np.ndarray, at_edge: np.ndarray,
+def _outside_the_patient(lungs: np.ndarray, m: np.ndarray, bone: np.ndarray, at_edge: np.ndarray,
                          spine_x: float | None, step) -> tuple[np.ndarray, int]:
     """``lungs`` without the lung-like components that lie outside the patient along y: the foam pad and the
     table top's foam core under a patient (-990 to -780 HU, enclosed by the patient and the table's skins)
     read as aerated tissue inside the body, and would widen the lungs' hull to the back muscles and ribs.
 
-    The patient's extent along y, per slice: its first and last rows (``patient``, ``_patient``)
+    The patient's extent along y, per slice: its first and last rows (the largest 3D component above -500 HU)
     within ``BACK_BAND_MM`` of the spine's x (``spine_x``, mm; None: nothing goes), in slices where that band
     holds the vertebra (at least ``_MIN_VERTEBRA_CM2`` of ``bone``, clear of ``at_edge``, the image's edge
     and padding: not a rib the field of view cuts, as when the spine lies outside a small field), each end
@@ -516,9 +500,15 @@ def _outside_the_patient(lungs: np.ndarray, patient: np.ndarray, m: np.ndarray, 
     cells in slices with such an end lie beyond it, in any column: lungs lie between the chest's skin and the
     back's (synthetic exams: none of their cells beyond), a pad under the back (supine) or the chest (prone)
     beyond. Returns (lungs, cells taken out)."""
-    if spine_x is None or not lungs.any() or not patient.any():
+    if spine_x is None or not lungs.any():
         return lungs, 0
     cube = np.ones((3, 3, 3), bool)
+    lab, n = ndimage.label(m > -500.0, structure=cube)
+    if n == 0:
+        return lungs, 0
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    patient = lab == sizes.argmax()
     c0, w = int(round(spine_x / step[2])), int(np.ceil(BACK_BAND_MM / step[2]))
     band = slice(max(c0 - w, 0), c0 + w + 1)
     cut = at_edge[:, :, band]  # (z, y, band)
@@ -581,9 +571,10 @@ def localise_chest(hu, spacing) -> ChestRegion:
     bone = np.isin(lab, np.unique(lab[seeds]))
     # bone the field of view cuts (a cardiac field's sternum and ribs at the image border or the
     # reconstruction circle) can be too thin there to hold a core; the coronaries never reach that edge
-    at_edge = np.zeros(dense.shape, bool)
-    at_edge[:, [0, -1], :] = at_edge[:, :, [0, -1]] = True
-    at_edge = ndimage.binary_dilation(at_edge | padding, structure=plane, iterations=2)
+    rim = np.zeros(dense.shape, bool)
+    rim[:, [0, -1], :] = rim[:, :, [0, -1]] = True
+    rim = ndimage.binary_dilation(rim | padding, structure=plane)  # the field's edge, one cell in
+    at_edge = ndimage.binary_dilation(rim, structure=plane)
     sizes = np.bincount(lab.ravel()) * voxel_cm3
     cube = np.ones((3, 3, 3), bool)
     # (beside soft tissue: the skins of a table the reconstruction circle cuts border only foam and air)
@@ -605,7 +596,7 @@ def localise_chest(hu, spacing) -> ChestRegion:
     aerated = (m < _LUNG_HU[1]) & ~exterior & ~gut
     opened = ndimage.binary_opening(aerated, structure=plane, iterations=2)
     lungs = _components(opened, _MIN_LUNG_CM3 / voxel_cm3)
-    lungs, support = _outside_the_patient(lungs, _patient(m), m, bone, at_edge, spine_x, step)
+    lungs, support = _outside_the_patient(lungs, m, bone, at_edge, spine_x, step)
     lung_cm3 = float(lungs.sum()) * voxel_cm3
     if lung_cm3 < _MIN_LUNGS_CM3:
         return ChestRegion(False, None, None, lung_cm3,
@@ -619,7 +610,7 @@ def localise_chest(hu, spacing) -> ChestRegion:
     field_mm = min(hu.shape[1] * spacing[1], hu.shape[2] * spacing[2])
     beyond, field_note = None, ""
     if field_mm < SMALL_FIELD_MM:
-        beyond = _beyond_field(lungs, padding, step)
+        beyond = _beyond_field(lungs, rim, step)
     if beyond is not None:
         pts = np.concatenate([pts, beyond])
         field_note = (f"; the {field_mm:.0f} mm field cuts the lungs around the heart, so the lungs at its edge are "
@@ -686,5 +677,4 @@ def localise_chest(hu, spacing) -> ChestRegion:
                     "in front of the chest (a pad or the table), not taken for lung)" if support else "")
     return ChestRegion(True, region, box, lung_cm3,
                        f"lungs {lung_cm3:.0f} cm^3{support_note}{sides_note}{field_note}; calcium searched in "
-                       f"{100 * frac:.0f} % "
-                       f"of the volume; {carina_note}", hu70, z_change, carina)
+                       f"{100 * frac:.0f} % of the volume; {carina_note}", hu70, z_change, carina)
