@@ -18,7 +18,7 @@ networks. On a coarse grid of about 4 mm:
    destroyed), a pneumothorax, and the upper abdomen in the field (its gas would widen the lungs' hull into
    it).
 3. The mediastinum: the 3D convex hull of the lungs, less its outer 10 mm (where the ribs lie along the
-   lung surface), minus the lungs (less an 8 mm band along their border), plus a margin of 8 mm. In the
+   lung surface; not from the scan's first and last slices, which cut the hull rather than bound it), minus the lungs (less an 8 mm band along their border), plus a margin of 8 mm. In the
    slices where one side of the spine holds almost no aerated lung (a lung collapsed, removed or filled by
    an effusion, in whole or in part; an apex or base reaching further on one side), the hull also takes
    those slices' lung mirrored about the spine: from one lung alone it would stop at that lung's medial
@@ -616,15 +616,22 @@ def localise_chest(hu, spacing) -> ChestRegion:
         field_note = (f"; the {field_mm:.0f} mm field cuts the lungs around the heart, so the lungs at its edge are "
                       "taken to go on beyond it for the region")
     hull = _inside_hull(pts, m.shape, step)
-    # the hull's rim runs along the outer lung surface, where the ribs are: keep its inner part only
-    hull &= ndimage.distance_transform_edt(np.pad(hull, 1), sampling=step)[1:-1, 1:-1, 1:-1] > _HULL_INSET_MM
+    # the hull's rim runs along the outer lung surface, where the ribs are: keep its inner part only. Where the
+    # scan's first or last slice cuts the hull, that face is the scan's end, not a lung surface: the distance
+    # is measured within the scan's slices (else a tight scan's lowest centimetre, the distal RCA's, is lost)
+    inner = ndimage.distance_transform_edt(np.pad(hull, ((0, 0), (1, 1), (1, 1))), sampling=step)[:, 1:-1, 1:-1]
+    hull &= inner > _HULL_INSET_MM
     margin = max(1, int(round(_MARGIN_MM / step[1])))
     core_lung = ndimage.binary_erosion(lungs, structure=plane, iterations=margin)
     medi = hull & ~lungs
     medi = ndimage.binary_dilation(medi, structure=plane, iterations=margin) & ~core_lung
 
     region_c = medi & ~bone
-    soft = m[medi & (m > -50.0) & (m < 700.0)]
+    # the contrast statistic is read away from the scan's first and last 10 mm, as it was calibrated (the liver
+    # dome or the great vessels at a scan's end would dilute it)
+    k = np.arange(m.shape[0])
+    away = (np.minimum(k + 1, m.shape[0] - k) * step[0] > _HULL_INSET_MM)[:, None, None]
+    soft = m[medi & away & (m > -50.0) & (m < 700.0)]
     hu70 = float(np.percentile(soft, 70)) if soft.size else float("nan")
     if not region_c.any():
         return ChestRegion(False, None, None, lung_cm3,
