@@ -68,6 +68,7 @@ WARNING_CODES = (
     ("slices of ", "WARNING-THICKNESS", "slice thickness not 3 mm: score not comparable to 3 mm ones"),
     ("contrast:", "WARNING-CONTRAST", "scored as non-contrast on request: enhanced blood may score"),
     ("phantom:", "WARNING-PHANTOM", "phantom-like exam: inserts outside a heart are missed"),
+    ("scan's end:", "WARNING-SCAN-END", "calcium marked outside the region at the scan's end: unscored"),
     ("small field:", "WARNING-SMALL-FIELD", "field under 150 mm: the chest region unchecked there"),
     ("unusual tube voltage", "WARNING-KVP", "tube voltage not 120 kVp: the 130 HU threshold assumes 120"),
     ("sharp kernel, scored on request", "WARNING-SHARP-KERNEL", "scored past the sharp-kernel refusal: reads high"),

@@ -38,7 +38,7 @@ __all__ = ["segment", "segment_and_score", "run_pipeline", "resolve_score_on", "
            "exclude_metal", "METAL_HU", "exclude_in_air", "AIR_SHARE", "exclude_noise_level", "NOISE_SNR", "dense_note", "DENSE_HU",
            "beside_metal_note", "BESIDE_METAL_MM", "DENSE_VOTE", "left_out_objects",
            "LEFT_OUT_MIN_MM3", "LEFT_OUT_MIN_PEAK_HU", "MIN_REGION_SECTION_CM2",
-           "CHECKED_FIELD_MM"]
+           "CHECKED_FIELD_MM", "SCAN_END_MM", "SCAN_END_NEAR_MM", "scan_end_note"]
 
 SCORE_ON = ("auto", "device", "host")
 METAL_HU = 2000.0  # HU at 120 kVp: above any coronary calcium, below saturated metal (3071)
@@ -55,6 +55,11 @@ MIN_REGION_SECTION_CM2 = 80.0
 #: fields of view narrower than this (mm) were not checked against the chest region (it kept all coronary
 #: calcium on synthetic cardiac fields of 150 and 160 mm and the generator's 170-240 mm): a warning
 CHECKED_FIELD_MM = 150.0
+#: the networks' calcium outside the chest region, within SCAN_END_NEAR_MM of it and this close to the scan's
+#: first or last slice, is warned (``scan_end_note``): synthetic scans cut 0-6 mm under their lowest
+#: calcification lost it there 3-6 mm outside the region; ordinary exams had no such object
+SCAN_END_MM = 20.0
+SCAN_END_NEAR_MM = 10.0
 DENSE_HU = 1500.0  # scored objects this dense may be stents (1500-2600 HU) as much as calcium: a warning
 
 
@@ -149,13 +154,16 @@ def _pipeline_kernel(ensemble, hu, spacing, target, threshold_hu, min_pixels, re
     votes = _restore_kernel(votes[0].astype(jnp.uint8), spacing, target, shape=hu_c.shape)  # 1 byte a voxel
     votes = orient.undo(votes, xp=jnp)
     keep = hu >= threshold_hu
+    extra = {}
     if region is not None:  # chest localisation: no coronary calcium outside the mediastinum
+        # what a majority of the members marks outside it, for the scan's-end note (``scan_end_note``)
+        extra["outside"] = keep & ~region & (votes.astype(jnp.int32) * 2 > ensemble.members)
         keep = keep & region
     votes = jnp.where(keep, votes, 0)
     if not objects:
-        return {"candidates": keep, "votes": votes}
+        return {"candidates": keep, "votes": votes, **extra}
     mask = object_majority(votes, keep, ensemble.members, hu=hu, dense_vote=dense_vote)
-    out = {"mask": mask, "votes": votes}
+    out = {"mask": mask, "votes": votes, **extra}
     if score:
         from agatax.scoring import scores_jax
 
@@ -259,10 +267,11 @@ def _run(ensemble, volume, spacing, *, strategy, target_mm, threshold_hu, score,
     )
     if not objects_here:
         votes = np.asarray(out["votes"])
-        out = {"mask": object_majority(votes, np.asarray(out["candidates"]), ensemble.members, hu=np.asarray(run_hu),
+        out = {**{k: v for k, v in out.items() if k == "outside"},
+               "mask": object_majority(votes, np.asarray(out["candidates"]), ensemble.members, hu=np.asarray(run_hu),
                                        dense_vote=dense_vote), "votes": votes}
     if crop is not None:
-        out = {**out, "mask": out["mask"][crop], "votes": out["votes"][crop]}
+        out = {k: v[crop] if k in ("mask", "votes", "outside") else v for k, v in out.items()}
     return {**out, "smoothing": smoothing}, hu, spacing, chest
 
 
@@ -526,6 +535,8 @@ def run_pipeline(
         notes += (f"small field: the image is {field_mm:.0f} mm across, narrower than the {CHECKED_FIELD_MM:.0f} mm the "
                   "chest region was checked down to; calcium near the field's edge may lie outside the region: "
                   "compare with --no-localise (localise=False)",)
+    if chest is not None and chest.found and "outside" in out:
+        notes += scan_end_note(hu, np.asarray(out["outside"]), chest.region, spacing, min_voxels=min_pixels)
     conventions = dict(calibration=calibration, min_pixels=min_pixels, min_area_mm2=min_area_mm2,
                        connectivity=connectivity, threshold_hu=threshold_hu)
     scores = compute_scores(hu, mask, spacing, **conventions)
@@ -544,6 +555,48 @@ def run_pipeline(
                           volume=volume if isinstance(volume, Volume) else None, notes=notes, noise_hu=noise,
                           category_range=doubt, dropped=_dropped(marked, mask),
                           input_smoothing_mm=float(out["smoothing"][0]))
+
+
+def scan_end_note(hu: np.ndarray, outside: np.ndarray, region: np.ndarray, spacing, *, end_mm: float = SCAN_END_MM,
+                  near_mm: float = SCAN_END_NEAR_MM, min_voxels: int = 3) -> tuple[str, ...]:
+    """A warning when the networks marked calcium just outside the chest region at the scan's ends.
+
+    Where a scan ends inside the heart (a tight calcium-scoring scan), the hull of the lungs narrows toward
+    that end and can pass through the heart: calcium there lies outside the region and is not scored.
+    Args: hu (z, y, x) HU; outside bool (z, y, x): voxels >= the threshold that a majority of the members
+    marks outside the region; region bool (z, y, x); spacing (dz, dy, dx) mm, z the slice axis. Counted:
+    26-connected objects of ``outside`` of at least ``min_voxels`` voxels that reach within ``near_mm`` of
+    the region and lie within ``end_mm`` of the first or last slice. Returns () or one note.
+    """
+    from scipy import ndimage
+
+    n = outside.shape[0]
+    k = min(n, int(np.ceil(end_mm / spacing[0] - 1e-6)))
+    at_end = np.zeros(n, bool)
+    at_end[:k] = at_end[n - k:] = True
+    cand = outside & at_end[:, None, None]
+    if not cand.any():
+        return ()
+    # the region within near_mm of the candidates: a box around them is enough
+    pad = [int(np.ceil(near_mm / s)) + 1 for s in spacing]
+    lo = [max(0, int(i.min()) - p) for i, p in zip(np.nonzero(cand), pad)]
+    hi = [min(d, int(i.max()) + 1 + p) for i, p, d in zip(np.nonzero(cand), pad, cand.shape)]
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    if not region[box].any():
+        return ()
+    near = ndimage.distance_transform_edt(~region[box], sampling=spacing) <= near_mm
+    lab, count = ndimage.label(cand[box], structure=np.ones((3, 3, 3), bool))
+    sizes = np.bincount(lab.ravel(), minlength=count + 1)
+    hit = np.unique(lab[near & (lab > 0)])
+    hit = hit[sizes[hit] >= min_voxels]
+    if not hit.size:
+        return ()
+    found = np.isin(lab, hit)
+    peak = float(np.asarray(hu)[box][found].max())
+    return (f"scan's end: the networks marked {int(found.sum())} calcium voxels ({hit.size} "
+            f"object{'s' if hit.size > 1 else ''}, peak {peak:.0f} HU) just outside the chest region, within "
+            f"{end_mm:.0f} mm of the scan's first or last slice, and they are not scored: a scan that ends inside the "
+            "heart narrows the region there; compare with --no-localise (localise=False)",)
 
 
 def _dropped(before: np.ndarray, after: np.ndarray) -> np.ndarray | None:

@@ -792,3 +792,53 @@ def test_a_scan_ending_at_the_lowest_calcification_keeps_it(seed):
     assert r.found, r.note
     assert (calcium[low:] & r.region).sum() == calcium[low:].sum()
     assert (bone[low:] & r.region).sum() <= 0.05 * bone[low:].sum()
+
+
+def _end_case(z, x, voxels=4):
+    """A 30-slice exam (3 mm) with a region block in slices 2-27 and one dense object of ``voxels`` voxels in
+    slice ``z``, starting at column ``x`` of row 20 (the region's columns: 10-29)."""
+    hu = np.zeros((30, 40, 60), np.float32)
+    region = np.zeros(hu.shape, bool)
+    region[2:28, 10:30, 10:30] = True
+    outside = np.zeros(hu.shape, bool)
+    outside[z, 20, x: x + voxels] = True
+    hu[outside] = 400.0
+    return hu, outside, region
+
+
+def test_the_scan_end_note_counts_calcium_just_outside_the_region_at_an_end():
+    """Hand-built cases (spacing 3 x 1 x 1 mm): an object 2 mm beside the region in the first slice is named
+    with its voxels and peak; in the middle slice, 30 mm from the region, or smaller than min_voxels, none."""
+    from agatax.pipeline import scan_end_note
+
+    sp = (3.0, 1.0, 1.0)
+    hu, outside, region = _end_case(0, 31)  # slice 0: 6 mm under the region's first slice, 2 mm beside it
+    (note,) = scan_end_note(hu, outside, region, sp)
+    assert note.startswith("scan's end:") and "4 calcium voxels (1 object, peak 400 HU)" in note
+    assert "--no-localise" in note
+    assert scan_end_note(*_end_case(15, 31), sp) == ()  # the middle slice: not an end
+    assert scan_end_note(*_end_case(29, 55, 4), sp) == ()  # 26 mm beside the region: not near it
+    assert scan_end_note(*_end_case(0, 31, 2), sp) == ()  # 2 voxels: under min_voxels (3)
+    hu2, out2, _ = _end_case(29, 31)  # the last slice too
+    assert "8 calcium voxels (2 objects" in scan_end_note(hu2 + hu, out2 | outside, region, sp)[0]
+
+
+def test_a_scan_cut_inside_the_heart_warns_of_calcium_left_outside_the_region():
+    """Exam 3 cut at its lowest calcification: the hull narrows toward that end and 16 % of the calcium lies
+    just outside the region. With every voxel >= 130 HU voted calcium, the pipeline's note counts at least
+    those true calcium voxels (the generator's mask: the oracle) and is coded in the SR; with localise=False
+    there is no region and no note."""
+    from agatax.dicom_report import warning_code
+
+    ex = generate_exam(3, target_category="E", protocol="cardiac", matrix=128, n_slices=48, slice_increment_mm=3.0)
+    calcium = ex.mask > 0
+    low = int(np.nonzero(calcium.any(axis=(1, 2)))[0][0])
+    hu, calcium = ex.volume.hu[low:], calcium[low:]
+    res = run_pipeline(all_calcium_ensemble(), hu, ex.volume.spacing)
+    lost = calcium & ~res.chest.region
+    assert lost[:7].sum() > 0.1 * calcium.sum()  # 20 mm: 7 slices of 3 mm
+    (note,) = [n for n in res.notes if n.startswith("scan's end:")]
+    assert int(note.split("marked ")[1].split(" ")[0]) >= lost[:7].sum()
+    assert warning_code(note)[0] == "WARNING-SCAN-END"
+    assert not any(n.startswith("scan's end:") for n in run_pipeline(all_calcium_ensemble(), hu, ex.volume.spacing,
+                                                                        localise=False).notes)
