@@ -42,6 +42,7 @@ import numpy as np
 
 from agatax._atomic import atomic_write_bytes, remove_file
 from agatax.errors import AgataxError, InputError, ReadError
+from agatax.pipeline import CHECKED_FIELD_MM
 
 __all__ = ["dicom_report_paths", "require_highdicom", "check_dicom_input", "source_grid_mask",
            "write_dicom_report", "warning_code", "ARTERY_CODES", "WARNING_CODES"]
@@ -69,7 +70,7 @@ WARNING_CODES = (
     ("contrast:", "WARNING-CONTRAST", "scored as non-contrast on request: enhanced blood may score"),
     ("phantom:", "WARNING-PHANTOM", "phantom-like exam: inserts outside a heart are missed"),
     ("scan's end:", "WARNING-SCAN-END", "calcium marked outside the region at the scan's end: unscored"),
-    ("small field:", "WARNING-SMALL-FIELD", "field under 150 mm: the chest region unchecked there"),
+    ("small field:", "WARNING-SMALL-FIELD", f"field under {CHECKED_FIELD_MM:.0f} mm: the chest region unchecked there"),
     ("unusual tube voltage", "WARNING-KVP", "tube voltage not 120 kVp: the 130 HU threshold assumes 120"),
     ("sharp kernel, scored on request", "WARNING-SHARP-KERNEL", "scored past the sharp-kernel refusal: reads high"),
     ("sharp kernel:", "WARNING-KERNEL", "kernel sharper than calcium scoring's: the score reads high"),
