@@ -426,7 +426,8 @@ class PipelineResult:
             with every network's vote one lower and one higher (``uncertain`` when the categories differ; a
             note then says so); None for ensembles of one or two networks.
         dropped: bool (z, y, x) the voxels the networks marked that the metal, in-air and noise-level rules
-            left out (named in ``notes``), or None when the rules left out nothing.
+            left out, and those outside the chest region at the scan's ends (``scan_end_note``), all named in
+            ``notes``; None when there are none.
         input_smoothing_mm: sigma (mm) of the in-plane Gaussian the networks saw the exam through (the noise
             adaptation, ``agatax.quality.input_smoothing_mm``); 0: none.
     """
@@ -535,8 +536,10 @@ def run_pipeline(
         notes += (f"small field: the image is {field_mm:.0f} mm across, narrower than the {CHECKED_FIELD_MM:.0f} mm the "
                   "chest region was checked down to; calcium near the field's edge may lie outside the region: "
                   "compare with --no-localise (localise=False)",)
+    at_end = None
     if chest is not None and chest.found and "outside" in out:
-        notes += scan_end_note(hu, np.asarray(out["outside"]), chest.region, spacing, min_voxels=min_pixels)
+        end_notes, at_end = scan_end_note(hu, np.asarray(out["outside"]), chest.region, spacing, min_voxels=min_pixels)
+        notes += end_notes
     conventions = dict(calibration=calibration, min_pixels=min_pixels, min_area_mm2=min_area_mm2,
                        connectivity=connectivity, threshold_hu=threshold_hu)
     scores = compute_scores(hu, mask, spacing, **conventions)
@@ -553,12 +556,12 @@ def run_pipeline(
         notes += doubt.note()
     return PipelineResult(mask=mask, votes=votes, scores=scores, spacing=spacing, chest=chest,
                           volume=volume if isinstance(volume, Volume) else None, notes=notes, noise_hu=noise,
-                          category_range=doubt, dropped=_dropped(marked, mask),
+                          category_range=doubt, dropped=_dropped(marked, mask, at_end),
                           input_smoothing_mm=float(out["smoothing"][0]))
 
 
 def scan_end_note(hu: np.ndarray, outside: np.ndarray, region: np.ndarray, spacing, *, end_mm: float = SCAN_END_MM,
-                  near_mm: float = SCAN_END_NEAR_MM, min_voxels: int = 3) -> tuple[str, ...]:
+                  near_mm: float = SCAN_END_NEAR_MM, min_voxels: int = 3) -> tuple[tuple[str, ...], np.ndarray | None]:
     """A warning when the networks marked calcium just outside the chest region at the scan's ends.
 
     Where a scan ends inside the heart (a tight calcium-scoring scan), the hull of the lungs narrows toward
@@ -566,7 +569,8 @@ def scan_end_note(hu: np.ndarray, outside: np.ndarray, region: np.ndarray, spaci
     Args: hu (z, y, x) HU; outside bool (z, y, x): voxels >= the threshold that a majority of the members
     marks outside the region; region bool (z, y, x); spacing (dz, dy, dx) mm, z the slice axis. Counted:
     26-connected objects of ``outside`` of at least ``min_voxels`` voxels that reach within ``near_mm`` of
-    the region and lie within ``end_mm`` of the first or last slice. Returns () or one note.
+    the region and lie within ``end_mm`` of the first or last slice. Returns (() or one note, bool (z, y, x)
+    of those objects or None).
     """
     from scipy import ndimage
 
@@ -576,35 +580,42 @@ def scan_end_note(hu: np.ndarray, outside: np.ndarray, region: np.ndarray, spaci
     at_end[:k] = at_end[n - k:] = True
     cand = outside & at_end[:, None, None]
     if not cand.any():
-        return ()
+        return (), None
     # the region within near_mm of the candidates: a box around them is enough
     pad = [int(np.ceil(near_mm / s)) + 1 for s in spacing]
     lo = [max(0, int(i.min()) - p) for i, p in zip(np.nonzero(cand), pad)]
     hi = [min(d, int(i.max()) + 1 + p) for i, p, d in zip(np.nonzero(cand), pad, cand.shape)]
     box = tuple(slice(a, b) for a, b in zip(lo, hi))
     if not region[box].any():
-        return ()
+        return (), None
     near = ndimage.distance_transform_edt(~region[box], sampling=spacing) <= near_mm
     lab, count = ndimage.label(cand[box], structure=np.ones((3, 3, 3), bool))
     sizes = np.bincount(lab.ravel(), minlength=count + 1)
     hit = np.unique(lab[near & (lab > 0)])
     hit = hit[sizes[hit] >= min_voxels]
     if not hit.size:
-        return ()
+        return (), None
     found = np.isin(lab, hit)
+    whole = np.zeros(outside.shape, bool)
+    whole[box] = found
     peak = float(np.asarray(hu)[box][found].max())
+    zs = np.nonzero(found.any(axis=(1, 2)))[0] + lo[0]
+    runs = np.split(zs, np.nonzero(np.diff(zs) > 1)[0] + 1)  # the slices, as runs of neighbours
+    where = ("slice " if zs.size == 1 else "slices ") + ", ".join(
+        f"{r[0]}" if r.size == 1 else f"{r[0]}-{r[-1]}" for r in runs)
     return (f"scan's end: the networks marked {int(found.sum())} calcium voxels ({hit.size} "
-            f"object{'s' if hit.size > 1 else ''}, peak {peak:.0f} HU) just outside the chest region, within "
+            f"object{'s' if hit.size > 1 else ''}, {where}, peak {peak:.0f} HU) just outside the chest region, within "
             f"{end_mm:.0f} mm of the scan's first or last slice, and they are not scored: a scan that ends inside the "
-            "heart narrows the region there; compare with --no-localise (localise=False)",)
+            "heart narrows the region there; compare with --no-localise (localise=False)",), whole
 
 
-def _dropped(before: np.ndarray, after: np.ndarray) -> np.ndarray | None:
-    """bool (z, y, x) voxels of ``before`` not in ``after`` (what the object rules left out), None if none."""
-    if before is after:
-        return None
-    gone = np.asarray(before, bool) & ~np.asarray(after, bool)
-    return gone if gone.any() else None
+def _dropped(before: np.ndarray, after: np.ndarray, at_end: np.ndarray | None = None) -> np.ndarray | None:
+    """bool (z, y, x) voxels of ``before`` not in ``after`` (what the object rules left out), with ``at_end``
+    (the networks' calcium outside the region at the scan's ends), None if none."""
+    gone = None if before is after else np.asarray(before, bool) & ~np.asarray(after, bool)
+    if at_end is not None:
+        gone = at_end if gone is None else gone | at_end
+    return gone if gone is not None and gone.any() else None
 
 
 def _objects(hu: np.ndarray, mask: np.ndarray):

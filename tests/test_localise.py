@@ -813,14 +813,15 @@ def test_the_scan_end_note_counts_calcium_just_outside_the_region_at_an_end():
 
     sp = (3.0, 1.0, 1.0)
     hu, outside, region = _end_case(0, 31)  # slice 0: 6 mm under the region's first slice, 2 mm beside it
-    (note,) = scan_end_note(hu, outside, region, sp)
-    assert note.startswith("scan's end:") and "4 calcium voxels (1 object, peak 400 HU)" in note
+    (note,), objects = scan_end_note(hu, outside, region, sp)
+    np.testing.assert_array_equal(objects, outside)  # the object, for the report's "not scored" outline
+    assert note.startswith("scan's end:") and "4 calcium voxels (1 object, slice 0, peak 400 HU)" in note
     assert "--no-localise" in note
-    assert scan_end_note(*_end_case(15, 31), sp) == ()  # the middle slice: not an end
-    assert scan_end_note(*_end_case(29, 55, 4), sp) == ()  # 26 mm beside the region: not near it
-    assert scan_end_note(*_end_case(0, 31, 2), sp) == ()  # 2 voxels: under min_voxels (3)
+    assert scan_end_note(*_end_case(15, 31), sp) == ((), None)  # the middle slice: not an end
+    assert scan_end_note(*_end_case(29, 55, 4), sp) == ((), None)  # 26 mm beside the region: not near it
+    assert scan_end_note(*_end_case(0, 31, 2), sp) == ((), None)  # 2 voxels: under min_voxels (3)
     hu2, out2, _ = _end_case(29, 31)  # the last slice too
-    assert "8 calcium voxels (2 objects" in scan_end_note(hu2 + hu, out2 | outside, region, sp)[0]
+    assert "8 calcium voxels (2 objects, slices 0, 29, peak 400 HU)" in scan_end_note(hu2 + hu, out2 | outside, region, sp)[0][0]
 
 
 def test_a_scan_cut_inside_the_heart_warns_of_calcium_left_outside_the_region():
@@ -840,5 +841,6 @@ def test_a_scan_cut_inside_the_heart_warns_of_calcium_left_outside_the_region():
     (note,) = [n for n in res.notes if n.startswith("scan's end:")]
     assert int(note.split("marked ")[1].split(" ")[0]) >= lost[:7].sum()
     assert warning_code(note)[0] == "WARNING-SCAN-END"
+    assert res.dropped is not None and (res.dropped & lost).sum() == lost[:7].sum()  # outlined as not scored
     assert not any(n.startswith("scan's end:") for n in run_pipeline(all_calcium_ensemble(), hu, ex.volume.spacing,
                                                                         localise=False).notes)
