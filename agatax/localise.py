@@ -18,11 +18,12 @@ networks. On a coarse grid of about 4 mm:
    destroyed), a pneumothorax, and the upper abdomen in the field (its gas would widen the lungs' hull into
    it).
 3. The mediastinum: the 3D convex hull of the lungs, less its outer 10 mm (where the ribs lie along the
-   lung surface; not from the scan's first and last slices, which cut the hull rather than bound it), minus the lungs (less an 8 mm band along their border), plus a margin of 8 mm. In the
-   slices where one side of the spine holds almost no aerated lung (a lung collapsed, removed or filled by
-   an effusion, in whole or in part; an apex or base reaching further on one side), the hull also takes
-   those slices' lung mirrored about the spine: from one lung alone it would stop at that lung's medial
-   surface, short of the heart. In a field narrower than ``SMALL_FIELD_MM`` (170 mm) the lungs at the
+   lung surface; not from the scan's first and last slices, which cut the hull rather than bound it),
+   minus the lungs (less an 8 mm band along their border), plus a margin of 8 mm. In the slices where one
+   side of the spine holds almost no aerated lung (a lung collapsed, removed or filled by an effusion, in
+   whole or in part; an apex or base reaching further on one side), the hull also takes those slices'
+   lung mirrored about the spine: from one lung alone it would stop at that lung's medial surface, short
+   of the heart. In a field narrower than ``SMALL_FIELD_MM`` (170 mm) the lungs at the
    field's edge are taken to go on beyond it, so that the hull reaches the field's edge between them: the
    field cuts the lungs in front of the heart (or the heart itself), and the hull of the lungs it shows
    would pass behind the heart's front. Where no vertebra is traced and one side of the image holds almost
