@@ -552,8 +552,8 @@ def localise_chest(hu, spacing) -> ChestRegion:
     if hu.ndim != 3 or any(n < 2 * k for n, k in zip(hu.shape, f)):
         return ChestRegion(False, None, None, 0.0, f"volume {hu.shape} too small to localise the chest")
     m = _block_mean(hu, f)
-    below = _padding_share(hu, f, m.shape)
-    padding = below >= 1.0  # the reconstruction circle's outside: cells wholly padding
+    pad_share = _padding_share(hu, f, m.shape)
+    padding = pad_share >= 1.0  # the reconstruction circle's outside: cells wholly padding
     z_change = _z_change(m, step)
     plane = np.zeros((1, 3, 3), bool)
     plane[0] = ndimage.generate_binary_structure(2, 1)
@@ -562,7 +562,8 @@ def localise_chest(hu, spacing) -> ChestRegion:
     # -1000 HU in m) is left out of the mean, else a rib or vertebra along the circle reads as soft tissue
     # (even where a few voxels are shown: a rib along the circle lies there; noise read as bone there only
     # takes a cell at the field's edge out of the region)
-    shown = np.where(padding | (below == 0.0), m, (m + 1000.0 * below) / np.maximum(1.0 - below, 1e-3))
+    shown = np.where(padding | (pad_share == 0.0), m,
+                     (m + 1000.0 * pad_share) / np.maximum(1.0 - pad_share, 1e-3))
     dense = (shown >= _BONE_HU) & ~padding
     dense = np.stack([ndimage.binary_fill_holes(s) for s in dense])
     # bone is thick: seeds survive an in-plane erosion (plaques, 1-2 coarse voxels thick, do not); the bone

@@ -267,9 +267,9 @@ def _run(ensemble, volume, spacing, *, strategy, target_mm, threshold_hu, score,
     )
     if not objects_here:
         votes = np.asarray(out["votes"])
-        out = {**{k: v for k, v in out.items() if k == "outside"},
-               "mask": object_majority(votes, np.asarray(out["candidates"]), ensemble.members, hu=np.asarray(run_hu),
-                                       dense_vote=dense_vote), "votes": votes}
+        candidates = np.asarray(out.pop("candidates"))
+        out.update(mask=object_majority(votes, candidates, ensemble.members, hu=np.asarray(run_hu),
+                                        dense_vote=dense_vote), votes=votes)
     if crop is not None:
         out = {k: v[crop] if k in ("mask", "votes", "outside") else v for k, v in out.items()}
     return {**out, "smoothing": smoothing}, hu, spacing, chest
@@ -583,8 +583,9 @@ def scan_end_note(hu: np.ndarray, outside: np.ndarray, region: np.ndarray, spaci
         return (), None
     # the region within near_mm of the candidates: a box around them is enough
     pad = [int(np.ceil(near_mm / s)) + 1 for s in spacing]
-    lo = [max(0, int(i.min()) - p) for i, p in zip(np.nonzero(cand), pad)]
-    hi = [min(d, int(i.max()) + 1 + p) for i, p, d in zip(np.nonzero(cand), pad, cand.shape)]
+    idx = np.nonzero(cand)
+    lo = [max(0, int(i.min()) - p) for i, p in zip(idx, pad)]
+    hi = [min(d, int(i.max()) + 1 + p) for i, p, d in zip(idx, pad, cand.shape)]
     box = tuple(slice(a, b) for a, b in zip(lo, hi))
     if not region[box].any():
         return (), None
