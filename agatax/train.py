@@ -104,6 +104,9 @@ class TrainConfig:
         border_cut: probability that a patch is cut by a field-of-view edge: beyond a random in-plane line
             25-50 % of the patch from its centre the image becomes padding (0) and the target 0, as where
             a reconstruction ends (bone cut at the image border, outside the reconstruction circle).
+        end_cut: probability that a patch is cut by a scan's end: beyond a random slice 0-45 % of the patch's
+            depth from its centre, on a random side, the image becomes padding (0) and the target 0, as past
+            the first or last slice of a scan that ends at the heart (calcium in the end slices).
         rotate_deg: geometric augmentation: each patch is sampled from its exam through a rotation of up to
             this many degrees about the z axis (uniform) and up to a third of it about y and x (the heart's
             axis varies from patient to patient), with linear interpolation; 0 outside the exam.
@@ -138,6 +141,7 @@ class TrainConfig:
     noise_std: float = 0.015
     kernel_std: float = 0.0
     border_cut: float = 0.0
+    end_cut: float = 0.0
     rotate_deg: float = 0.0
     scale_range: float = 0.0
     elastic_voxels: float = 0.0
@@ -186,6 +190,10 @@ class TrainConfig:
                 f"({self.elastic_voxels}) must be >= 0, scale_range under 1",
                 code="BAD_TRAIN_CONFIG",
             )
+        for name in ("border_cut", "end_cut"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise InputError(f"{name} is a probability from 0 to 1, got {getattr(self, name)}",
+                                 code="BAD_TRAIN_CONFIG")
         object.__setattr__(self, "patch_zyx", tuple(int(p) for p in self.patch_zyx))
 
     @property
@@ -201,7 +209,7 @@ class TrainConfig:
             d.pop(k)
         if self.lr_schedule == "constant":  # as checkpoints written before schedules existed
             d.pop("lr_schedule")
-        for k in ("kernel_std", "border_cut", "per_object", "dense_per_object", "dense_hard_per_object",
+        for k in ("kernel_std", "border_cut", "end_cut", "per_object", "dense_per_object", "dense_hard_per_object",
                   "rotate_deg", "scale_range", "elastic_voxels"):  # likewise before these options existed
             if not d[k]:
                 d.pop(k)
@@ -646,11 +654,23 @@ def _border_cut(x, y, key, probability: float):
     return jnp.where(cut, 0.0, x), jnp.where(cut, 0.0, y)
 
 
+def _end_cut(x, y, key, probability: float):
+    """Cut each patch, with ``probability``, by a scan's end: every slice more than d = U(0, 0.45) x depth
+    from the patch's centre on one side (random) becomes padding (image and target 0). x, y: (B, z, y, x)."""
+    k_use, k_side, k_depth = jax.random.split(key, 3)
+    b, nz = x.shape[:2]
+    z = (jnp.arange(nz, dtype=jnp.float32) + 0.5 - nz / 2)[None, :, None, None]  # slice centres from the middle
+    side = jnp.where(jax.random.uniform(k_side, (b, 1, 1, 1)) < 0.5, -1.0, 1.0)
+    depth = jax.random.uniform(k_depth, (b, 1, 1, 1), minval=0.0, maxval=0.45) * nz
+    cut = (jax.random.uniform(k_use, (b, 1, 1, 1)) < probability) & (side * z > depth)
+    return jnp.where(cut, 0.0, x), jnp.where(cut, 0.0, y)
+
+
 def _augment(x, y, key, *, gain_std: float, shift_std: float, noise_std: float, kernel_std: float = 0.0,
-             border_cut: float = 0.0, top=1.0):
+             border_cut: float = 0.0, end_cut: float = 0.0, top=1.0):
     """Domain randomisation of a batch of patches x, y: (B, z, y, x): reconstruction kernel (blur or
     sharpen), intensity gain/shift, Gaussian noise, clipped to [0, top] (the input's range); then
-    field-of-view cuts (image and target). Returns (x, y)."""
+    field-of-view and scan-end cuts (image and target). Returns (x, y)."""
     k_gain, k_shift, k_noise, k_kernel, k_cut = jax.random.split(key, 5)
     b = x.shape[0]
     if kernel_std:
@@ -662,6 +682,8 @@ def _augment(x, y, key, *, gain_std: float, shift_std: float, noise_std: float, 
     x = jnp.clip(x * gain + shift + noise, 0.0, top)
     if border_cut:
         x, y = _border_cut(x, y, k_cut, border_cut)
+    if end_cut:  # its own key, so that the border cuts of earlier runs stay the same
+        x, y = _end_cut(x, y, jax.random.fold_in(k_cut, 1), end_cut)
     return x, y
 
 
@@ -703,7 +725,8 @@ def _make_train_step(config: TrainConfig):
                      positive_fraction=config.positive_fraction,
                      hard_negative_fraction=config.hard_negative_fraction, geometric=config.geometric)
     augment = partial(_augment, gain_std=config.gain_std, shift_std=config.shift_std,
-                      noise_std=config.noise_std, kernel_std=config.kernel_std, border_cut=config.border_cut)
+                      noise_std=config.noise_std, kernel_std=config.kernel_std, border_cut=config.border_cut,
+                      end_cut=config.end_cut)
 
     @jax.jit
     def step(state: TrainState, data: dict):

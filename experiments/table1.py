@@ -329,6 +329,8 @@ def main(argv=None) -> int:
                     help="fine-tune from this ensemble file (or 'default': the shipped one) instead of fresh networks")
     ap.add_argument("--kernel", type=float, default=0.0, help="SD of the kernel blur/sharpen augmentation")
     ap.add_argument("--border-cut", type=float, default=0.0, help="share of patches cut by a field-of-view edge")
+    ap.add_argument("--end-cut", type=float, default=0.0,
+                    help="share of patches cut by a scan's end (TrainConfig.end_cut)")
     ap.add_argument("--rotate", type=float, default=0.0,
                     help="geometric augmentation: rotation of each patch up to this many degrees about z "
                          "(a third of it about y and x)")
@@ -391,7 +393,7 @@ def main(argv=None) -> int:
                          eval_every=args.eval_every, log_every=max(args.eval_every // 4, 1), seed=args.seed,
                          bce_weight=args.bce, clip_norm=args.clip,
                          positive_fraction=args.positive, hard_negative_fraction=args.hard,
-                         dice_pooled=args.pooled_dice, kernel_std=args.kernel, border_cut=args.border_cut,
+                         dice_pooled=args.pooled_dice, kernel_std=args.kernel, border_cut=args.border_cut, end_cut=args.end_cut,
                          per_object=args.per_object, dense_per_object=args.dense_per_object,
                          dense_hard_per_object=args.dense_hard_per_object,
                          rotate_deg=args.rotate, scale_range=args.scale_aug,

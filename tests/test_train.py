@@ -463,6 +463,35 @@ def test_border_cut_zeroes_image_and_target_beyond_one_line_and_keeps_the_centre
             assert idx.size == 0 or idx.size == idx[-1] - idx[0] + 1
 
 
+def test_end_cut_zeroes_image_and_target_past_one_slice_on_one_side_and_keeps_the_centre():
+    from agatax.train import _end_cut
+
+    x = jnp.full((256, 32, 6, 6), 0.7)
+    y = jnp.ones((256, 32, 6, 6))
+    none_x, none_y = _end_cut(x, y, jax.random.key(0), 0.0)
+    assert np.array_equal(np.asarray(none_x), np.asarray(x)) and np.array_equal(np.asarray(none_y), np.asarray(y))
+    cx, cy = (np.asarray(a) for a in _end_cut(x, y, jax.random.key(1), 1.0))
+    cut = cx == 0
+    assert np.array_equal(cut, cy == 0)  # image and target cut together
+    assert np.all(cut == cut[:, :, :1, :1])  # whole slices
+    slices = cut[:, :, 0, 0]
+    n_cut = slices.sum(axis=1)
+    assert n_cut.min() >= 2 and n_cut.max() <= 16  # never past the middle, never more than 50 % of the depth
+    low = slices[:, 0]
+    for s, k, from_low in zip(slices, n_cut, low):  # one run of slices from one end
+        want = np.zeros(32, bool)
+        if from_low:
+            want[:k] = True
+        else:
+            want[32 - k:] = True
+        assert np.array_equal(s, want)
+    assert 0.35 < low.mean() < 0.65  # both ends
+    assert n_cut.max() >= 15  # cuts reach the centre (calcium in a scan's last slice) ...
+    assert np.percentile(n_cut, 25) < 9 and np.percentile(n_cut, 75) > 11  # ... spread, not one fixed cut
+    half = np.asarray(_end_cut(x, y, jax.random.key(2), 0.5)[0] == 0)[:, :, 0, 0].any(axis=1)
+    assert 0.35 < half.mean() < 0.65
+
+
 def test_per_object_sampling_draws_small_objects_as_often_as_large_ones():
     """A 3-voxel speck far from a 600-voxel plaque: voxel-uniform centring finds the speck in ~0.5 % of
     draws; with per_object=4 each object offers at most 4 voxels (checked against scipy's labelling), so
