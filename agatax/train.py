@@ -105,8 +105,9 @@ class TrainConfig:
             25-50 % of the patch from its centre the image becomes padding (0) and the target 0, as where
             a reconstruction ends (bone cut at the image border, outside the reconstruction circle).
         end_cut: probability that a patch is cut by a scan's end: beyond a random slice 0-45 % of the patch's
-            depth from its centre, on a random side, the image becomes padding (0) and the target 0, as past
-            the first or last slice of a scan that ends at the heart (calcium in the end slices).
+            depth from its centre, on a random side, the image becomes padding (0), as past the first or last
+            slice of a scan that ends at the heart; never past a calcified slice (the cut moves out beyond the
+            patch's outermost calcified slice on that side), so calcium is kept and can lie in an end slice.
         rotate_deg: geometric augmentation: each patch is sampled from its exam through a rotation of up to
             this many degrees about the z axis (uniform) and up to a third of it about y and x (the heart's
             axis varies from patient to patient), with linear interpolation; 0 outside the exam.
@@ -655,15 +656,21 @@ def _border_cut(x, y, key, probability: float):
 
 
 def _end_cut(x, y, key, probability: float):
-    """Cut each patch, with ``probability``, by a scan's end: every slice more than d = U(0, 0.45) x depth
-    from the patch's centre on one side (random) becomes padding (image and target 0). x, y: (B, z, y, x)."""
+    """Cut each patch, with ``probability``, by a scan's end: the slices more than d = U(0, 0.45) x depth from
+    the patch's centre on one side (random) become padding (image 0), but never a calcified one: the cut
+    moves out past the patch's outermost calcified slice on that side, so calcium is kept and can lie in
+    the last slice before the padding. x, y: (B, z, y, x); y is returned unchanged."""
     k_use, k_side, k_depth = jax.random.split(key, 3)
     b, nz = x.shape[:2]
-    z = (jnp.arange(nz, dtype=jnp.float32) + 0.5 - nz / 2)[None, :, None, None]  # slice centres from the middle
-    side = jnp.where(jax.random.uniform(k_side, (b, 1, 1, 1)) < 0.5, -1.0, 1.0)
-    depth = jax.random.uniform(k_depth, (b, 1, 1, 1), minval=0.0, maxval=0.45) * nz
-    cut = (jax.random.uniform(k_use, (b, 1, 1, 1)) < probability) & (side * z > depth)
-    return jnp.where(cut, 0.0, x), jnp.where(cut, 0.0, y)
+    z = (jnp.arange(nz, dtype=jnp.float32) + 0.5 - nz / 2)[None, :]  # slice centres from the middle
+    side = jnp.where(jax.random.uniform(k_side, (b, 1)) < 0.5, -1.0, 1.0)
+    depth = jax.random.uniform(k_depth, (b, 1), minval=0.0, maxval=0.45) * nz
+    calcified = (y > 0).any(axis=(2, 3)).astype(jnp.int32)  # (B, z)
+    none_below = jax.lax.cummax(calcified, axis=1) == 0  # no calcified slice at or below this one
+    none_above = jnp.flip(jax.lax.cummax(jnp.flip(calcified, 1), axis=1), 1) == 0
+    cut = (side * z > depth) & jnp.where(side > 0, none_above, none_below)
+    cut = (jax.random.uniform(k_use, (b, 1)) < probability) & cut
+    return jnp.where(cut[:, :, None, None], 0.0, x), y
 
 
 def _augment(x, y, key, *, gain_std: float, shift_std: float, noise_std: float, kernel_std: float = 0.0,

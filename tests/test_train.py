@@ -463,20 +463,19 @@ def test_border_cut_zeroes_image_and_target_beyond_one_line_and_keeps_the_centre
             assert idx.size == 0 or idx.size == idx[-1] - idx[0] + 1
 
 
-def test_end_cut_zeroes_image_and_target_past_one_slice_on_one_side_and_keeps_the_centre():
+def test_end_cut_pads_past_one_slice_on_one_side_and_never_past_calcium():
     from agatax.train import _end_cut
 
     x = jnp.full((256, 32, 6, 6), 0.7)
-    y = jnp.ones((256, 32, 6, 6))
+    y = jnp.zeros((256, 32, 6, 6))
     none_x, none_y = _end_cut(x, y, jax.random.key(0), 0.0)
     assert np.array_equal(np.asarray(none_x), np.asarray(x)) and np.array_equal(np.asarray(none_y), np.asarray(y))
-    cx, cy = (np.asarray(a) for a in _end_cut(x, y, jax.random.key(1), 1.0))
+    cx = np.asarray(_end_cut(x, y, jax.random.key(1), 1.0)[0])
     cut = cx == 0
-    assert np.array_equal(cut, cy == 0)  # image and target cut together
     assert np.all(cut == cut[:, :, :1, :1])  # whole slices
     slices = cut[:, :, 0, 0]
     n_cut = slices.sum(axis=1)
-    assert n_cut.min() >= 2 and n_cut.max() <= 16  # never past the middle, never more than 50 % of the depth
+    assert n_cut.min() >= 2 and n_cut.max() <= 16  # never more than half the depth
     low = slices[:, 0]
     for s, k, from_low in zip(slices, n_cut, low):  # one run of slices from one end
         want = np.zeros(32, bool)
@@ -490,6 +489,17 @@ def test_end_cut_zeroes_image_and_target_past_one_slice_on_one_side_and_keeps_th
     assert np.percentile(n_cut, 25) < 9 and np.percentile(n_cut, 75) > 11  # ... spread, not one fixed cut
     half = np.asarray(_end_cut(x, y, jax.random.key(2), 0.5)[0] == 0)[:, :, 0, 0].any(axis=1)
     assert 0.35 < half.mean() < 0.65
+    # calcium in slices 13 and 18 of every patch: the target is kept, no calcified slice is padded, and the
+    # cuts that reach past it stop right beyond it (the calcium then lies in the last slice before the padding)
+    yc = np.zeros((256, 32, 6, 6), np.float32)
+    yc[:, 13, 2, 2] = yc[:, 18, 3, 3] = 1.0
+    kx, ky = _end_cut(x, jnp.asarray(yc), jax.random.key(1), 1.0)
+    assert np.array_equal(np.asarray(ky), yc)
+    ks = (np.asarray(kx) == 0)[:, :, 0, 0]
+    assert not ks[:, 13:19].any()
+    assert ks[:, 19:].all(axis=1).any() and ks[:, :13].all(axis=1).any()  # cut right up to the calcium, both ends
+    same = ~(slices[:, 13:19].any(axis=1))  # the cuts that stayed clear of the calcium are unchanged
+    assert np.array_equal(ks[same], slices[same])
 
 
 def test_per_object_sampling_draws_small_objects_as_often_as_large_ones():
