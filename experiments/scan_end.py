@@ -33,10 +33,9 @@ from agatax.pipeline import run_pipeline  # noqa: E402
 from agatax.synthetic import generate_exam  # noqa: E402
 
 
-def cut_under_calcium(mask: np.ndarray, dz: float, max_mm: float, rng: np.random.Generator) -> int:
-    """The first slice to keep: 0 to floor(max_mm / dz) slices under the lowest calcified slice (slice 0
-    is the scan's lowest)."""
-    low = int(np.nonzero(mask.any(axis=(1, 2)))[0][0])
+def cut_under_calcium(low: int, dz: float, max_mm: float, rng: np.random.Generator) -> int:
+    """The first slice to keep: 0 to floor(max_mm / dz) slices under ``low``, the lowest calcified slice
+    (slice 0 is the scan's lowest)."""
     return max(low - int(rng.integers(0, int(max_mm // dz) + 1)), 0)
 
 
@@ -76,8 +75,8 @@ def main(argv=None) -> int:
         seed = args.first_seed + i
         exam = generate_exam(seed, target_category="BCDE"[i % 4], protocol="cardiac", matrix=args.matrix)
         hu, spacing, calcium = np.asarray(exam.volume.hu), exam.volume.spacing, exam.mask > 0
-        start = cut_under_calcium(calcium, spacing[0], args.max_mm, np.random.default_rng(seed))
         low = int(np.nonzero(calcium.any(axis=(1, 2)))[0][0])
+        start = cut_under_calcium(low, spacing[0], args.max_mm, np.random.default_rng(seed))
         row = {"seed": seed, "true_agatston": round(float(exam.agatston), 1), "true_category": exam.category,
                "kept_under_mm": round((low - start) * spacing[0], 2), "cut_slices": start, "results": {}}
         for name, ens in zip(names, ensembles):
@@ -98,8 +97,8 @@ def main(argv=None) -> int:
             s[kind] = {"right_category": sum(x.get("category") == t for t, x in res),
                        "refused": sum("refused" in x for _, x in res),
                        "end_warnings": sum(bool(x.get("end_warning")) for _, x in res)}
-        s["cut"]["losing_calcium_to_region"] = sum(
-            (r["results"][name]["cut"].get("calcium_in_region") or 1.0) < 1.0 for r in rows)
+        kept = [r["results"][name]["cut"].get("calcium_in_region") for r in rows]
+        s["cut"]["losing_calcium_to_region"] = sum(k is not None and k < 1.0 for k in kept)
         summary[name] = s
     print(json.dumps(summary))
     out = Path(args.workdir) / f"scan_end_{args.first_seed}.json"
