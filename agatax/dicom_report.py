@@ -70,6 +70,7 @@ WARNING_CODES = (
     ("contrast:", "WARNING-CONTRAST", "scored as non-contrast on request: enhanced blood may score"),
     ("phantom:", "WARNING-PHANTOM", "phantom-like exam: inserts outside a heart are missed"),
     ("scan's end:", "WARNING-SCAN-END", "calcium marked outside the region at the scan's end: unscored"),
+    ("cut by the scan:", "WARNING-SCAN-CUT", "scored calcium in the first or last slice: may go on beyond"),
     ("small field:", "WARNING-SMALL-FIELD", f"field under {CHECKED_FIELD_MM:.0f} mm: the chest region unchecked there"),
     ("unusual tube voltage", "WARNING-KVP", "tube voltage not 120 kVp: the 130 HU threshold assumes 120"),
     ("sharp kernel, scored on request", "WARNING-SHARP-KERNEL", "scored past the sharp-kernel refusal: reads high"),

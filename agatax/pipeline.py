@@ -38,7 +38,7 @@ __all__ = ["segment", "segment_and_score", "run_pipeline", "resolve_score_on", "
            "exclude_metal", "METAL_HU", "exclude_in_air", "AIR_SHARE", "exclude_noise_level", "NOISE_SNR", "dense_note", "DENSE_HU",
            "beside_metal_note", "BESIDE_METAL_MM", "DENSE_VOTE", "left_out_objects",
            "LEFT_OUT_MIN_MM3", "LEFT_OUT_MIN_PEAK_HU", "MIN_REGION_SECTION_CM2",
-           "CHECKED_FIELD_MM", "SCAN_END_MM", "SCAN_END_NEAR_MM", "scan_end_note"]
+           "CHECKED_FIELD_MM", "SCAN_END_MM", "SCAN_END_NEAR_MM", "scan_end_note", "scan_cut_note"]
 
 SCORE_ON = ("auto", "device", "host")
 METAL_HU = 2000.0  # HU at 120 kVp: above any coronary calcium, below saturated metal (3071)
@@ -544,6 +544,7 @@ def run_pipeline(
                        connectivity=connectivity, threshold_hu=threshold_hu)
     scores = compute_scores(hu, mask, spacing, **conventions)
     notes += dense_note(hu, mask, spacing, scores, metal_hu=metal_hu, **conventions)
+    notes += scan_cut_note(hu, mask, spacing, scores, **conventions)
     if metal_hu is not None:
         notes += beside_metal_note(hu, mask, spacing, scores, metal_hu=metal_hu, **conventions)
     from agatax.uncertainty import VOTE_MARGIN, category_range
@@ -681,6 +682,33 @@ def dense_note(hu: np.ndarray, mask: np.ndarray, spacing, scores, *, metal_hu: f
             f"Agatston score {scores.agatston:.1f}: denser than nearly all coronary calcium, as dense as a coronary "
             f"stent. Without them the category is {rest.category}, not {scores.category}: look at those slices; "
             "if it is a stent, the score is not interpretable",)
+
+
+def scan_cut_note(hu: np.ndarray, mask: np.ndarray, spacing, scores, **conventions) -> tuple[str, ...]:
+    """A warning when scored calcium lies in the scan's first or last slice.
+
+    A calcification the scan's end cuts may go on beyond it (a tight scan's last slice through the distal RCA
+    or the PDA, a series missing its last files), so its share of the score is a lower bound. Scored 3D
+    objects (26-connected, z the slice axis) with a voxel in slice 0 or the last slice are named in one note
+    with their share of the Agatston score; else nothing (the number is kept either way). ``spacing`` (dz, dy,
+    dx) mm; ``conventions``: the scoring conventions of ``agatax.compute_scores`` used for ``scores``.
+    """
+    from agatax.scoring import compute_scores
+
+    ends = sorted({0, mask.shape[0] - 1})
+    if not mask[ends].any():
+        return ()
+    box, lab, _ = _objects(hu, mask)
+    z0, z1 = box[0].start, box[0].stop
+    cut = np.unique(np.concatenate([lab[k - z0][lab[k - z0] > 0] for k in ends if z0 <= k < z1]))
+    without = mask.copy()
+    without[box][np.isin(lab, cut)] = False
+    share = scores.agatston - compute_scores(hu, without, spacing, **conventions).agatston
+    where = " and ".join(("first" if k == 0 else "last") + f" (slice {k})" for k in ends if mask[k].any())
+    return (f"cut by the scan: {cut.size} scored object(s) reach the scan's {where} slice and carry "
+            f"{share:.1f} of the Agatston score {scores.agatston:.1f}: calcium the scan's end cuts may go on "
+            "beyond it, so the score may be too low. A calcium-scoring scan covers the heart from above the "
+            "coronary ostia to below its lowest part: check that the series is complete",)
 
 
 def beside_metal_note(hu: np.ndarray, mask: np.ndarray, spacing, scores, *, metal_hu: float = METAL_HU,

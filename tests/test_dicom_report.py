@@ -262,7 +262,8 @@ def test_the_sr_carries_every_warning_of_the_report_as_a_coded_evaluation(tmp_pa
 def test_every_warning_the_pipeline_writes_has_its_own_sr_code():
     from agatax.cli import _exam_warnings
     from agatax.dicom_report import warning_code
-    from agatax.pipeline import beside_metal_note, dense_note, exclude_in_air, exclude_metal, exclude_noise_level
+    from agatax.pipeline import (beside_metal_note, dense_note, exclude_in_air, exclude_metal, exclude_noise_level,
+                                 scan_cut_note)
     from agatax.quality import kernel_note, noise_note, thickness_note
     from agatax.scoring import compute_scores
 
@@ -279,12 +280,15 @@ def test_every_warning_the_pipeline_writes_has_its_own_sr_code():
     lung = np.full(hu.shape, -850.0, np.float32)
     lung[2:4, 20:22, 20:22] = 400.0  # a calcified granuloma
     _, _, in_air = exclude_in_air(lung, lung > 130, np.zeros(hu.shape, np.int32), spacing)
+    edge = np.full(hu.shape, 40.0, np.float32)
+    edge[0, 5:8, 5:8] = 300.0  # calcium in the scan's first slice
     speck = np.full(hu.shape, 40.0, np.float32)
     speck[3, 20, 20:22] = 150.0  # 110 HU above its surroundings at 30 HU of noise: under 5 SDs
     _, _, specks = exclude_noise_level(speck, speck > 130, np.zeros(hu.shape, np.int32), spacing, 30.0)
     notes = {"WARNING-METAL": metal, "WARNING-IN-AIR": in_air, "WARNING-NOISE-LEVEL": specks, "WARNING-DENSE": dense,
              "WARNING-BESIDE-METAL": beside, "WARNING-NOISE": noise_note(55.0, (10.0, 40.0)),
-             "WARNING-THICKNESS": thickness_note(1.0, 1.0)}
+             "WARNING-THICKNESS": thickness_note(1.0, 1.0),
+             "WARNING-SCAN-CUT": scan_cut_note(edge, edge > 130, spacing, compute_scores(edge, edge > 130, spacing))}
     chosen = Volume(hu, spacing, metadata={"series_uid": "1.2.3", "kvp": 80.0,
                                            "skipped": [("a.dcm", "another series (1.2.4), not selected")]})
     kvp, series = _exam_warnings(chosen, None)

@@ -424,6 +424,54 @@ def test_a_category_that_rests_on_stent_dense_objects_is_flagged():
     assert dense_note(hu, mask & (hu < 1500), spacing, compute_scores(hu, mask & (hu < 1500), spacing)) == ()
 
 
+def test_scored_calcium_in_the_scans_first_or_last_slice_is_warned():
+    """Hand-computed: 0.5 mm pixels (0.25 mm^2). An object in slices 0-1, 4 x 4 pixels at 450 HU on each: 2 x 4
+    mm^2 x 4 = 32.0; one in slice 3 only, 3 pixels at 250 HU: 0.75 mm^2 x 2 = 1.5 (33.5 in all). The note
+    names the object in the first slice and its 32.0; none when no scored voxel lies in an end slice; the
+    last slice named on its own, and both ends together."""
+    from agatax.pipeline import scan_cut_note
+    from agatax.scoring import compute_scores
+
+    spacing = (3.0, 0.5, 0.5)
+    hu = np.full((6, 20, 20), 40.0, np.float32)
+    mask = np.zeros(hu.shape, bool)
+    hu[0:2, 2:6, 2:6], mask[0:2, 2:6, 2:6] = 450.0, True
+    hu[3, 12, 2:5], mask[3, 12, 2:5] = 250.0, True
+    scores = compute_scores(hu, mask, spacing)
+    assert scores.agatston == pytest.approx(33.5)
+    (note,) = scan_cut_note(hu, mask, spacing, scores)
+    assert note.startswith("cut by the scan: 1 scored object(s) reach the scan's first (slice 0) slice")
+    assert "carry 32.0 of the Agatston score 33.5" in note
+    inner = mask.copy()
+    inner[0] = False  # the object now starts in slice 1: nothing in an end slice
+    assert scan_cut_note(hu, inner, spacing, compute_scores(hu, inner, spacing)) == ()
+    flipped, fmask = hu[::-1].copy(), mask[::-1].copy()
+    (last,) = scan_cut_note(flipped, fmask, spacing, compute_scores(flipped, fmask, spacing))
+    assert "the scan's last (slice 5) slice" in last and "carry 32.0 of" in last
+    both = mask.copy()
+    hu2 = hu.copy()
+    hu2[5, 15:17, 15:17], both[5, 15:17, 15:17] = 300.0, True  # + 1 mm^2 x 3 = 3.0
+    (two,) = scan_cut_note(hu2, both, spacing, compute_scores(hu2, both, spacing))
+    assert two.startswith("cut by the scan: 2 scored object(s) reach the scan's first (slice 0) and last (slice 5)")
+    assert "carry 35.0 of the Agatston score 36.5" in two
+
+
+def test_run_pipeline_warns_of_scored_calcium_the_scans_end_cuts():
+    """run_pipeline (an ensemble marking every voxel >= 130 HU, no localisation) adds the note when calcium
+    lies in the last slice, and not when the same calcium lies inside the scan."""
+    from ensembles import all_calcium_ensemble
+
+    from agatax.pipeline import run_pipeline
+
+    hu = np.full((16, 40, 60), -50.0, np.float32)
+    hu[14:16, 10:14, 20:24] = 400.0
+    res = run_pipeline(all_calcium_ensemble(), Volume(hu, (3.0, 0.5, 0.5)), localise=False)
+    assert [n for n in res.notes if n.startswith("cut by the scan: 1 scored object(s) reach the scan's last")]
+    inside = np.roll(hu, -6, axis=0)
+    res = run_pipeline(all_calcium_ensemble(), Volume(inside, (3.0, 0.5, 0.5)), localise=False)
+    assert res.scores.agatston > 0 and not [n for n in res.notes if n.startswith("cut by the scan:")]
+
+
 def test_run_pipeline_warns_when_the_category_rests_on_objects_beside_metal():
     """run_pipeline leaves the metal out and adds the note (an ensemble that marks every voxel >= 130 HU, no
     localisation): the object 4.5 mm from a 3000 HU clip carries the category; with the metal rule off
