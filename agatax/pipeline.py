@@ -704,8 +704,8 @@ def scan_cut_note(hu: np.ndarray, mask: np.ndarray, spacing, scores, **conventio
     without = mask.copy()
     without[box][np.isin(lab, cut)] = False
     share = scores.agatston - compute_scores(hu, without, spacing, **conventions).agatston
-    where = " and ".join(("first" if k == 0 else "last") + f" (slice {k})" for k in ends if mask[k].any())
-    return (f"cut by the scan: {cut.size} scored object(s) reach the scan's {where} slice and carry "
+    where = " and ".join(("first" if k == 0 else "last") + f" slice ({k})" for k in ends if mask[k].any())
+    return (f"cut by the scan: {cut.size} scored object(s) reach the scan's {where} and carry "
             f"{share:.1f} of the Agatston score {scores.agatston:.1f}: calcium the scan's end cuts may go on "
             "beyond it, so the score may be too low. A calcium-scoring scan covers the heart from above the "
             "coronary ostia to below its lowest part: check that the series is complete",)

@@ -440,19 +440,19 @@ def test_scored_calcium_in_the_scans_first_or_last_slice_is_warned():
     scores = compute_scores(hu, mask, spacing)
     assert scores.agatston == pytest.approx(33.5)
     (note,) = scan_cut_note(hu, mask, spacing, scores)
-    assert note.startswith("cut by the scan: 1 scored object(s) reach the scan's first (slice 0) slice")
+    assert note.startswith("cut by the scan: 1 scored object(s) reach the scan's first slice (0) and carry")
     assert "carry 32.0 of the Agatston score 33.5" in note
     inner = mask.copy()
     inner[0] = False  # the object now starts in slice 1: nothing in an end slice
     assert scan_cut_note(hu, inner, spacing, compute_scores(hu, inner, spacing)) == ()
     flipped, fmask = hu[::-1].copy(), mask[::-1].copy()
     (last,) = scan_cut_note(flipped, fmask, spacing, compute_scores(flipped, fmask, spacing))
-    assert "the scan's last (slice 5) slice" in last and "carry 32.0 of" in last
+    assert "the scan's last slice (5) and" in last and "carry 32.0 of" in last
     both = mask.copy()
     hu2 = hu.copy()
     hu2[5, 15:17, 15:17], both[5, 15:17, 15:17] = 300.0, True  # + 1 mm^2 x 3 = 3.0
     (two,) = scan_cut_note(hu2, both, spacing, compute_scores(hu2, both, spacing))
-    assert two.startswith("cut by the scan: 2 scored object(s) reach the scan's first (slice 0) and last (slice 5)")
+    assert two.startswith("cut by the scan: 2 scored object(s) reach the scan's first slice (0) and last slice (5)")
     assert "carry 35.0 of the Agatston score 36.5" in two
 
 
