@@ -71,6 +71,7 @@ WARNING_CODES = (
     ("phantom:", "WARNING-PHANTOM", "phantom-like exam: inserts outside a heart are missed"),
     ("scan's end:", "WARNING-SCAN-END", "calcium marked outside the region at the scan's end: unscored"),
     ("cut by the scan:", "WARNING-SCAN-CUT", "scored calcium in the first or last slice: may go on beyond"),
+    ("short scan:", "WARNING-SHORT-SCAN", "scan shorter than a heart: calcium may lie outside it"),
     ("small field:", "WARNING-SMALL-FIELD", f"field under {CHECKED_FIELD_MM:.0f} mm: the chest region unchecked there"),
     ("unusual tube voltage", "WARNING-KVP", "tube voltage not 120 kVp: the 130 HU threshold assumes 120"),
     ("sharp kernel, scored on request", "WARNING-SHARP-KERNEL", "scored past the sharp-kernel refusal: reads high"),

@@ -205,10 +205,16 @@ def _run(ensemble, volume, spacing, *, strategy, target_mm, threshold_hu, score,
                 hint="allow_phantom=True (--allow-phantom) runs the networks anyway, with a warning; a phantom's "
                 "inserts are scored exactly from a mask of them (--mask)")
         if chest.contrast_enhanced and not assume_non_contrast:
+            from agatax.quality import SHORT_SCAN_MM
+
+            covered = float(np.shape(hu)[0]) * float(spacing[0])
+            short = (f"; the scan covers only {covered:.0f} mm along z, less than a heart needs: on so short a scan the "
+                     "spine and sternum weigh more in the mediastinum, which then reads denser, and part of the heart "
+                     "lies outside the scan (check that the series is complete)" if covered < SHORT_SCAN_MM else "")
             raise InputError(
                 f"the exam looks contrast-enhanced (mediastinum at {chest.mediastinum_hu70:.0f} HU, 70th percentile; "
                 "non-contrast scans: 50-90 HU): calcium scoring needs a non-contrast scan, and enhanced blood would "
-                "be scored as calcium", code="CONTRAST_ENHANCED",
+                f"be scored as calcium{short}", code="CONTRAST_ENHANCED",
                 hint="score the non-contrast calcium-scoring series of the study; if this one is non-contrast (a narrow "
                 "mediastinum, mostly spine and sternum, can read this dense), assume_non_contrast=True "
                 "(--assume-non-contrast) scores it with the chest region kept")
@@ -511,7 +517,7 @@ def run_pipeline(
     if air_share is not None:
         mask, votes, in_air = exclude_in_air(hu, mask, votes, spacing, air_share=air_share)
         notes = tuple(notes) + in_air
-    from agatax.quality import kernel_note, noise_note, smoothing_note, thickness_note, too_noisy_note
+    from agatax.quality import coverage_note, kernel_note, noise_note, smoothing_note, thickness_note, too_noisy_note
 
     noise = out["smoothing"][1]  # measured once, on the canonical axial slices
     if noise_snr is not None:
@@ -522,7 +528,7 @@ def run_pipeline(
     notes = (tuple(notes) + kernel_note(meta.get("kernel"), meta.get("manufacturer"))
              + noise_note(noise, ensemble.config.trained_noise_hu)
              + too_noisy_note(noise, ensemble.config.trained_noise_hu) + smoothing_note(*out["smoothing"])
-             + thickness_note(thickness, spacing[0]))
+             + thickness_note(thickness, spacing[0]) + coverage_note(hu.shape[0], spacing[0]))
     if chest is not None and chest.contrast_enhanced:  # only here when assumed non-contrast
         notes += (f"contrast: the mediastinum reads {chest.mediastinum_hu70:.0f} HU (70th percentile; non-contrast "
                   "scans 50-90 HU) and the exam was scored as non-contrast on request: if it is enhanced, enhanced "

@@ -20,13 +20,16 @@ import numpy as np
 __all__ = ["image_noise_hu", "local_noise_hu", "noise_note", "thickness_note", "input_smoothing_mm", "smoothing_note",
            "refuse_noise_hu", "check_noise", "too_noisy_note", "TRAINED_NOISE_HU", "AGATSTON_THICKNESS_MM",
            "SMOOTH_TARGET_SHARE", "SMOOTH_MAX_MM", "REFUSE_NOISE_SHARE", "kernel_note", "SHARP_KERNEL_WORDS",
-           "REFUSE_KERNEL_WORDS", "kernel_sharpness", "check_kernel"]
+           "REFUSE_KERNEL_WORDS", "kernel_sharpness", "check_kernel", "coverage_note", "SHORT_SCAN_MM"]
 
 #: Noise SD (HU) the shipped networks were trained on (agatax/weights/MODEL_CARD.md).
 TRAINED_NOISE_HU = (10.0, 40.0)
 #: Slice thicknesses (mm) taken as the Agatston reconstruction: 3 mm (2.5 mm on some scanners), and the
 #: 3 mm slabs agatax makes of thin slices (a whole number of slices: 2.5-3.5 mm).
 AGATSTON_THICKNESS_MM = (2.5, 3.5)
+#: a scan shorter than this along z (mm) cannot hold a whole adult heart: calcium-scoring scans cover it from
+#: above the coronary ostia to below its lowest part in 100-160 mm (the heart alone: 90-120 mm high)
+SHORT_SCAN_MM = 80.0
 #: An exam noisier than the training is smoothed for the networks down to this share of the trained range's top
 #: (35 HU for 10-40), in steps of ``_SMOOTH_STEP_MM`` of sigma, at most ``SMOOTH_MAX_MM``.
 SMOOTH_TARGET_SHARE = 0.875
@@ -327,6 +330,19 @@ def kernel_note(kernel: str | None, manufacturer: str | None = None, *, past_ref
                 f"agatax refuses (SHARP_KERNEL): {_SHARP_EFFECT}. Score {_SCORING_RECON}",)
     return (f"sharp kernel: reconstructed with {kernel}, sharper than the calcium-scoring standard: {_SHARP_EFFECT}. "
             f"Score {_SCORING_RECON}",)
+
+
+def coverage_note(n_slices: int, increment_mm: float, short_mm: float = SHORT_SCAN_MM) -> tuple[str, ...]:
+    """A warning when the scan covers less than ``short_mm`` along z (``n_slices`` x ``increment_mm``), else
+    nothing: part of the heart, and its calcium, then lies outside the scan (a series missing files, a
+    partial reconstruction, a volume cropped too tight)."""
+    covered = float(n_slices) * float(increment_mm)
+    if covered >= short_mm:
+        return ()
+    return (f"short scan: the series covers {covered:.0f} mm along z ({n_slices} slices of {float(increment_mm):g} mm), "
+            f"less than the {short_mm:.0f} mm an adult heart needs (calcium-scoring scans cover it in 100-160 mm): "
+            "part of the heart and its calcium may lie outside the scan, so the score may be too low; check that the "
+            "series is complete",)
 
 
 def thickness_note(thickness_mm: float | None, increment_mm: float | None = None) -> tuple[str, ...]:

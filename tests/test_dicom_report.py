@@ -264,7 +264,7 @@ def test_every_warning_the_pipeline_writes_has_its_own_sr_code():
     from agatax.dicom_report import warning_code
     from agatax.pipeline import (beside_metal_note, dense_note, exclude_in_air, exclude_metal, exclude_noise_level,
                                  scan_cut_note)
-    from agatax.quality import kernel_note, noise_note, thickness_note
+    from agatax.quality import coverage_note, kernel_note, noise_note, thickness_note
     from agatax.scoring import compute_scores
 
     hu = np.full((6, 40, 40), 40.0, np.float32)
@@ -288,7 +288,8 @@ def test_every_warning_the_pipeline_writes_has_its_own_sr_code():
     notes = {"WARNING-METAL": metal, "WARNING-IN-AIR": in_air, "WARNING-NOISE-LEVEL": specks, "WARNING-DENSE": dense,
              "WARNING-BESIDE-METAL": beside, "WARNING-NOISE": noise_note(55.0, (10.0, 40.0)),
              "WARNING-THICKNESS": thickness_note(1.0, 1.0),
-             "WARNING-SCAN-CUT": scan_cut_note(edge, edge > 130, spacing, compute_scores(edge, edge > 130, spacing))}
+             "WARNING-SCAN-CUT": scan_cut_note(edge, edge > 130, spacing, compute_scores(edge, edge > 130, spacing)),
+             "WARNING-SHORT-SCAN": coverage_note(20, 3.0)}
     chosen = Volume(hu, spacing, metadata={"series_uid": "1.2.3", "kvp": 80.0,
                                            "skipped": [("a.dcm", "another series (1.2.4), not selected")]})
     kvp, series = _exam_warnings(chosen, None)

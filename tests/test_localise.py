@@ -285,7 +285,14 @@ def test_contrast_enhanced_exam_is_refused():
     with pytest.raises(InputError) as err:
         run_pipeline(all_calcium_ensemble(), Volume(hu, ex.volume.spacing))
     assert err.value.code == "CONTRAST_ENHANCED"
-    assert "--assume-non-contrast" in err.value.hint
+    assert "--assume-non-contrast" in err.value.hint and "covers only" not in err.value.message
+    # a scan shorter than a heart: the refusal says so, as such a scan can read dense without contrast too
+    dz = ex.volume.spacing[0]
+    k = int(70.0 // dz)
+    mid = int(np.nonzero((ex.tissue == TISSUES["blood"]).any(axis=(1, 2)))[0].mean())
+    with pytest.raises(InputError) as err:
+        run_pipeline(all_calcium_ensemble(), Volume(hu[mid - k // 2: mid - k // 2 + k], ex.volume.spacing))
+    assert err.value.code == "CONTRAST_ENHANCED" and f"covers only {k * dz:.0f} mm along z" in err.value.message
     res = run_pipeline(all_calcium_ensemble(), Volume(hu, ex.volume.spacing), localise=False)
     assert res.chest is None
     # asserted non-contrast: scored with the chest region kept, and a note that says what was assumed

@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from agatax.quality import (SMOOTH_MAX_MM, SMOOTH_TARGET_SHARE, TRAINED_NOISE_HU, image_noise_hu, input_smoothing_mm,
-                            noise_note, smoothing_note, thickness_note)
+from agatax.quality import (SMOOTH_MAX_MM, SMOOTH_TARGET_SHARE, TRAINED_NOISE_HU, coverage_note, image_noise_hu,
+                            input_smoothing_mm, noise_note, smoothing_note, thickness_note)
 
 SPACING = (3.0, 0.5, 0.5)
 
@@ -307,6 +307,34 @@ def test_thickness_note_outside_the_agatston_reconstruction(thickness, expect):
     else:
         (text,) = notes
         assert f"{thickness:g} mm" in text and expect in text and "3 mm" in text
+
+
+@pytest.mark.parametrize("n,increment,expect", [
+    (40, 3.0, None), (27, 3.0, None), (160, 0.5, None),  # 120, 81 and 80 mm: a heart fits
+    (26, 3.0, "78 mm"), (19, 3.0, "57 mm"), (100, 0.625, "62 mm"), (8, 5.0, "40 mm"),
+])
+def test_coverage_note_when_the_scan_is_shorter_than_a_heart(n, increment, expect):
+    notes = coverage_note(n, increment)
+    if expect is None:
+        assert notes == ()
+    else:
+        (text,) = notes
+        assert text.startswith(f"short scan: the series covers {expect} along z ({n} slices of {increment:g} mm)")
+
+
+def test_run_pipeline_warns_of_a_scan_shorter_than_a_heart():
+    """A 20-slice 3 mm exam (60 mm) is warned, the same exam with 30 slices (90 mm) not; either way scored."""
+    from ensembles import all_calcium_ensemble
+
+    from agatax import Volume
+    from agatax.pipeline import run_pipeline
+
+    for n, warned in ((20, True), (30, False)):
+        hu = np.full((n, 40, 60), -50.0, np.float32)
+        hu[8:10, 10:14, 20:24] = 400.0
+        res = run_pipeline(all_calcium_ensemble(), Volume(hu, (3.0, 0.5, 0.5)), localise=False)
+        assert res.scores.agatston > 0
+        assert any(t.startswith(f"short scan: the series covers {3 * n} mm") for t in res.notes) == warned
 
 
 def test_pipeline_notes_thick_slices_from_the_volume_or_else_the_increment():
