@@ -184,7 +184,7 @@ def test_run_pipeline_range_leaves_out_stent_dense_objects_and_warns_once():
 
     from agatax.pipeline import DENSE_HU, run_pipeline
 
-    hu = np.full((16, 32, 32), -50.0, np.float32)
+    hu = np.full((30, 32, 32), -50.0, np.float32)  # 90 mm: no short-scan warning
     hu[6, 4:8, 4:8] = 250.0  # 4 mm^2 x 2 = 8
     hu[9, 20:24, 20:24] = DENSE_HU + 300.0  # 4 mm^2 x 4 = 16: C with it, B without
     res = run_pipeline(all_calcium_ensemble(), Volume(hu, (3.0, 0.5, 0.5)), localise=False)
