@@ -28,7 +28,7 @@ TRAINED_NOISE_HU = (10.0, 40.0)
 #: 3 mm slabs agatax makes of thin slices (a whole number of slices: 2.5-3.5 mm).
 AGATSTON_THICKNESS_MM = (2.5, 3.5)
 #: a scan shorter than this along z (mm) cannot hold a whole adult heart: calcium-scoring scans cover it from
-#: above the coronary ostia to below its lowest part in 100-160 mm (the heart alone: 90-120 mm high)
+#: above the coronary ostia to below its lowest part in 100-160 mm (the heart alone: about 90-120 mm high)
 SHORT_SCAN_MM = 80.0
 #: An exam noisier than the training is smoothed for the networks down to this share of the trained range's top
 #: (35 HU for 10-40), in steps of ``_SMOOTH_STEP_MM`` of sigma, at most ``SMOOTH_MAX_MM``.
@@ -340,9 +340,9 @@ def coverage_note(n_slices: int, increment_mm: float, short_mm: float = SHORT_SC
     if covered >= short_mm:
         return ()
     return (f"short scan: the series covers {covered:.0f} mm along z ({n_slices} slices of {float(increment_mm):g} mm), "
-            f"less than the {short_mm:.0f} mm an adult heart needs (calcium-scoring scans cover it in 100-160 mm): "
-            "part of the heart and its calcium may lie outside the scan, so the score may be too low; check that the "
-            "series is complete",)
+            f"under {short_mm:.0f} mm and so less than an adult heart's height (about 90-120 mm; calcium-scoring scans "
+            "cover it in 100-160 mm): part of the heart and its calcium may lie outside the scan, so the score may be "
+            "too low; check that the series is complete",)
 
 
 def thickness_note(thickness_mm: float | None, increment_mm: float | None = None) -> tuple[str, ...]:
