@@ -210,7 +210,7 @@ def _run(ensemble, volume, spacing, *, strategy, target_mm, threshold_hu, score,
             covered = float(np.shape(hu)[0]) * float(spacing[0])
             short = (f"; the scan covers only {covered:.0f} mm along z, less than a heart needs: on so short a scan the "
                      "spine and sternum weigh more in the mediastinum, which then reads denser, and part of the heart "
-                     "lies outside the scan (check that the series is complete)" if covered < SHORT_SCAN_MM else "")
+                     "may lie outside the scan (check that the series is complete)" if covered < SHORT_SCAN_MM else "")
             raise InputError(
                 f"the exam looks contrast-enhanced (mediastinum at {chest.mediastinum_hu70:.0f} HU, 70th percentile; "
                 "non-contrast scans: 50-90 HU): calcium scoring needs a non-contrast scan, and enhanced blood would "
@@ -528,7 +528,7 @@ def run_pipeline(
     notes = (tuple(notes) + kernel_note(meta.get("kernel"), meta.get("manufacturer"))
              + noise_note(noise, ensemble.config.trained_noise_hu)
              + too_noisy_note(noise, ensemble.config.trained_noise_hu) + smoothing_note(*out["smoothing"])
-             + thickness_note(thickness, spacing[0]) + coverage_note(hu.shape[0], spacing[0]))
+             + thickness_note(thickness, spacing[0]) + coverage_note(*_series_slices(hu.shape[0], spacing[0], meta)))
     if chest is not None and chest.contrast_enhanced:  # only here when assumed non-contrast
         notes += (f"contrast: the mediastinum reads {chest.mediastinum_hu70:.0f} HU (70th percentile; non-contrast "
                   "scans 50-90 HU) and the exam was scored as non-contrast on request: if it is enhanced, enhanced "
@@ -565,6 +565,15 @@ def run_pipeline(
                           volume=volume if isinstance(volume, Volume) else None, notes=notes, noise_hu=noise,
                           category_range=doubt, dropped=_dropped(marked, mask, at_end),
                           input_smoothing_mm=float(out["smoothing"][0]))
+
+
+def _series_slices(n: int, increment_mm: float, metadata: dict) -> tuple[int, float]:
+    """(slices, increment mm) of the series as read: a thin-slice series scored on slabs (``agatax.thick_slabs``)
+    counts its thin slices, the end slices the slabs leave out included."""
+    thin = metadata.get("thin_slices") or {}
+    if "slices" in thin:
+        return int(thin["slices"]), float(thin["increment_mm"])
+    return n, float(increment_mm)
 
 
 def scan_end_note(hu: np.ndarray, outside: np.ndarray, region: np.ndarray, spacing, *, end_mm: float = SCAN_END_MM,
@@ -701,16 +710,26 @@ def scan_cut_note(hu: np.ndarray, mask: np.ndarray, spacing, scores, **conventio
     """
     from agatax.scoring import compute_scores
 
+    hu, mask = np.asarray(hu), np.asarray(mask)
     ends = sorted({0, mask.shape[0] - 1})
     if not mask[ends].any():
         return ()
     box, lab, _ = _objects(hu, mask)
     z0, z1 = box[0].start, box[0].stop
-    cut = np.unique(np.concatenate([lab[k - z0][lab[k - z0] > 0] for k in ends if z0 <= k < z1]))
-    without = mask.copy()
-    without[box][np.isin(lab, cut)] = False
-    share = scores.agatston - compute_scores(hu, without, spacing, **conventions).agatston
-    where = " and ".join(("first" if k == 0 else "last") + f" slice ({k})" for k in ends if mask[k].any())
+
+    def without(labels):
+        kept = mask.copy()
+        kept[box][np.isin(lab, labels)] = False
+        return compute_scores(hu, kept, spacing, **conventions).agatston
+
+    at = {k: np.unique(lab[k - z0][lab[k - z0] > 0]) for k in ends if z0 <= k < z1}
+    # only objects that carry part of the score (a speck under the minimum area or threshold does not)
+    carrying = {k: [int(i) for i in v if scores.agatston - without([i]) > 0.0] for k, v in at.items()}
+    cut = np.unique([i for v in carrying.values() for i in v])
+    if not cut.size:
+        return ()
+    share = scores.agatston - without(cut)
+    where = " and ".join(("first" if k == 0 else "last") + f" slice ({k})" for k, v in carrying.items() if v)
     return (f"cut by the scan: {cut.size} scored object(s) reach the scan's {where} and carry "
             f"{share:.1f} of the Agatston score {scores.agatston:.1f}: calcium the scan's end cuts may go on "
             "beyond it, so the score may be too low. A calcium-scoring scan covers the heart from above the "

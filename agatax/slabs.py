@@ -55,7 +55,7 @@ def thick_slabs(volume: Volume, mask: np.ndarray | None = None, *, slab_mm: floa
     if len(files) == nz:
         metadata["files"] = [files[start + k * n + n // 2] for k in range(m)]
         metadata["source_files"] = list(files)  # the thin slices in z order (DICOM outputs reference them)
-    metadata["thin_slices"] = {"increment_mm": dz, "slab_slices": n, "first_slice": start, "slabs": m}
+    metadata["thin_slices"] = {"increment_mm": dz, "slab_slices": n, "first_slice": start, "slabs": m, "slices": nz}
     note = (f"thin slices ({dz:g} mm) scored on {m} slabs of {n} slices ({n * dz:g} mm, their mean), as a "
             f"3 mm reconstruction is scored clinically (--thin-slices native scores the thin slices)")
     if nz - m * n:

@@ -454,6 +454,14 @@ def test_scored_calcium_in_the_scans_first_or_last_slice_is_warned():
     (two,) = scan_cut_note(hu2, both, spacing, compute_scores(hu2, both, spacing))
     assert two.startswith("cut by the scan: 2 scored object(s) reach the scan's first slice (0) and last slice (5)")
     assert "carry 35.0 of the Agatston score 36.5" in two
+    # a speck in an end slice that the score leaves out (2 pixels: under the 3-pixel minimum) is not named
+    speck, smask = hu.copy(), inner.copy()
+    speck[5, 15, 15:17], smask[5, 15, 15:17] = 300.0, True
+    assert scan_cut_note(speck, smask, spacing, compute_scores(speck, smask, spacing)) == ()
+    import jax.numpy as jnp  # device arrays are taken too
+
+    (dev,) = scan_cut_note(jnp.asarray(hu), jnp.asarray(mask), spacing, scores)
+    assert dev == note
 
 
 def test_run_pipeline_warns_of_scored_calcium_the_scans_end_cuts():

@@ -337,6 +337,24 @@ def test_run_pipeline_warns_of_a_scan_shorter_than_a_heart():
         assert any(t.startswith(f"short scan: the series covers {3 * n} mm") for t in res.notes) == warned
 
 
+def test_a_thin_series_scored_on_slabs_is_measured_by_its_thin_slices():
+    """161 slices of 0.5 mm (80.5 mm) make 26 slabs of 3 mm (78 mm, the 5 left-over slices set aside): the
+    series holds 80.5 mm and is not short; 150 slices (75 mm) are, and the note counts the thin slices."""
+    from ensembles import all_calcium_ensemble
+
+    from agatax import Volume, thick_slabs
+    from agatax.pipeline import run_pipeline
+
+    for n, expect in ((161, None), (150, "short scan: the series covers 75 mm along z (150 slices of 0.5 mm)")):
+        hu = np.full((n, 40, 60), -50.0, np.float32)
+        hu[60:80, 10:14, 20:24] = 400.0
+        slabs, _ = thick_slabs(Volume(hu, (0.5, 0.5, 0.5)))
+        assert slabs.spacing[0] == 3.0 and slabs.shape[0] == n // 6
+        notes = [t for t in run_pipeline(all_calcium_ensemble(), slabs, localise=False).notes
+                 if t.startswith("short scan")]
+        assert notes == [] if expect is None else notes[0].startswith(expect)
+
+
 def test_pipeline_notes_thick_slices_from_the_volume_or_else_the_increment():
     import jax
     import jax.numpy as jnp
