@@ -3,7 +3,8 @@
 The generator's heart is about 0.81 of a real adult heart's size (experiments/REALISM.md), and the networks
 work on a grid fixed in mm. Declaring an exam's voxel spacing (slice increment and pixel size alike) s x its
 own makes the whole exam s x larger in mm, anatomy, calcium and noise grain together, without resampling a
-voxel; the truth is the same mask scored at the declared spacing. s = 1.23 shows the networks anatomy of a
+voxel; the networks' grid is kept at the drawn exam's (so that the anatomy covers s x as many cells); the
+truth is the same mask scored at the declared spacing. s = 1.23 shows the networks anatomy of a
 real heart's size.
 
     python experiments/anatomy_scale.py --seed 47 --exams 49 [--scales 1.0 1.23 0.85] [--weights W] [--matrix 512]
@@ -29,6 +30,7 @@ from agatax._atomic import atomic_write_text  # noqa: E402
 from agatax.ensemble import load_ensemble  # noqa: E402
 from agatax.errors import InputError  # noqa: E402
 from agatax.pipeline import run_pipeline  # noqa: E402
+from agatax.preprocess import network_grid_mm  # noqa: E402
 from agatax.scoring import c_index, compute_scores, lesion_detection, risk_category  # noqa: E402
 from agatax.synthetic import preset_exam  # noqa: E402
 
@@ -36,12 +38,15 @@ DEFAULT_WEIGHTS = ROOT / "agatax" / "weights" / "default_ensemble.msgpack"
 
 
 def scored_at(ensemble, hu: np.ndarray, spacing, mask: np.ndarray, s: float) -> dict:
-    """One exam scored by the pipeline with its spacing declared ``s`` x ``spacing``, and its truth there."""
+    """One exam scored by the pipeline with its spacing declared ``s`` x ``spacing``, and its truth there. The
+    networks' grid stays the one of the exam as drawn (``network_grid_mm`` follows the slice increment from 2 to
+    3.5 mm, so by default a 2.5 mm exam declared 3.075 mm would meet the networks on a grid scaled with it, its
+    anatomy covering the same cells)."""
     declared = tuple(float(d) * s for d in spacing)
     truth = float(compute_scores(hu, mask, declared).agatston)
     row = {"true": round(truth, 1), "true_category": risk_category(truth)}
     try:
-        res = run_pipeline(ensemble, hu, declared)
+        res = run_pipeline(ensemble, hu, declared, target_mm=network_grid_mm(float(spacing[0])))
     except InputError as err:
         return {**row, "refused": err.code}
     pred = np.asarray(res.mask) > 0
