@@ -205,12 +205,14 @@ def _run(ensemble, volume, spacing, *, strategy, target_mm, threshold_hu, score,
                 hint="allow_phantom=True (--allow-phantom) runs the networks anyway, with a warning; a phantom's "
                 "inserts are scored exactly from a mask of them (--mask)")
         if chest.contrast_enhanced and not assume_non_contrast:
-            from agatax.quality import SHORT_SCAN_MM
+            from agatax.quality import coverage_note
 
-            covered = float(np.shape(hu)[0]) * float(spacing[0])
-            short = (f"; the scan covers only {covered:.0f} mm along z, less than a heart needs: on so short a scan the "
-                     "spine and sternum weigh more in the mediastinum, which then reads denser, and part of the heart "
-                     "may lie outside the scan (check that the series is complete)" if covered < SHORT_SCAN_MM else "")
+            n, increment = _series_slices(np.shape(hu)[0], spacing[0],
+                                          (volume.metadata or {}) if isinstance(volume, Volume) else {})
+            short = (f"; the scan covers only {n * increment:.0f} mm along z, less than a heart needs: on so short a "
+                     "scan the spine and sternum weigh more in the mediastinum, which then reads denser, and part of "
+                     "the heart may lie outside the scan (check that the series is complete)"
+                     if coverage_note(n, increment) else "")
             raise InputError(
                 f"the exam looks contrast-enhanced (mediastinum at {chest.mediastinum_hu70:.0f} HU, 70th percentile; "
                 "non-contrast scans: 50-90 HU): calcium scoring needs a non-contrast scan, and enhanced blood would "
@@ -708,6 +710,8 @@ def scan_cut_note(hu: np.ndarray, mask: np.ndarray, spacing, scores, **conventio
     with their share of the Agatston score; else nothing (the number is kept either way). ``spacing`` (dz, dy,
     dx) mm; ``conventions``: the scoring conventions of ``agatax.compute_scores`` used for ``scores``.
     """
+    from scipy import ndimage
+
     from agatax.scoring import compute_scores
 
     hu, mask = np.asarray(hu), np.asarray(mask)
@@ -716,21 +720,21 @@ def scan_cut_note(hu: np.ndarray, mask: np.ndarray, spacing, scores, **conventio
         return ()
     box, lab, _ = _objects(hu, mask)
     z0, z1 = box[0].start, box[0].stop
-
-    def without(labels):
-        kept = mask.copy()
-        kept[box][np.isin(lab, labels)] = False
-        return compute_scores(hu, kept, spacing, **conventions).agatston
-
     at = {k: np.unique(lab[k - z0][lab[k - z0] > 0]) for k in ends if z0 <= k < z1}
-    # only objects that carry part of the score (a speck under the minimum area or threshold does not)
-    carrying = {k: [int(i) for i in v if scores.agatston - without([i]) > 0.0] for k, v in at.items()}
-    cut = np.unique([i for v in carrying.values() for i in v])
-    if not cut.size:
+    # each object's own score, on its bounding box: every 2D lesion lies inside one 3D object, so the
+    # Agatston score is their sum; only objects that carry part of it are named (a speck under the minimum
+    # area or the threshold is not)
+    spans = ndimage.find_objects(lab)
+    hu_box = hu[box]
+    share_of = {int(i): compute_scores(hu_box[spans[i - 1]], lab[spans[i - 1]] == i, spacing, **conventions).agatston
+                for i in np.unique(np.concatenate(list(at.values())))}
+    carrying = {k: [int(i) for i in v if share_of[int(i)] > 0.0] for k, v in at.items()}
+    cut = sorted({i for v in carrying.values() for i in v})
+    if not cut:
         return ()
-    share = scores.agatston - without(cut)
+    share = sum(share_of[i] for i in cut)
     where = " and ".join(("first" if k == 0 else "last") + f" slice ({k})" for k, v in carrying.items() if v)
-    return (f"cut by the scan: {cut.size} scored object(s) reach the scan's {where} and carry "
+    return (f"cut by the scan: {len(cut)} scored object(s) reach the scan's {where} and carry "
             f"{share:.1f} of the Agatston score {scores.agatston:.1f}: calcium the scan's end cuts may go on "
             "beyond it, so the score may be too low. A calcium-scoring scan covers the heart from above the "
             "coronary ostia to below its lowest part: check that the series is complete",)
