@@ -1,5 +1,6 @@
 """Does the real scanner's noise texture change the scores? Lateral streaks (``noise_streak``) against the
-isotropic grain the networks were trained on, same exams otherwise.
+isotropic grain the networks were trained on, same exams otherwise. With ``--texture T``: the structure of
+fat and soft tissue instead (``tissue_texture``: septa, small vessels, a slow drift) against flat tissue.
 
 The real phantom's noise is correlated along the patient's width far longer than across it (its fit:
 ``noise_streak=0.3``, experiments/REALISM.md); the generator draws isotropic grain unless asked. This draws
@@ -7,6 +8,7 @@ the same J3 exams (seed, matrix) and calcium-free exams of both protocols twice,
 and with the streak share given, at the same noise SD, and scores both with the same ensemble:
 
     python experiments/noise_texture.py --weights agatax/weights/default_ensemble.msgpack --seed 10 --matrix 512
+    python experiments/noise_texture.py --weights agatax/weights/default_ensemble.msgpack --seed 48 --texture 1
 
 J3 goes through experiments/table1.py's evaluation (chest localisation on, the object rule, host scoring),
 the calcium-free exams through ``agatax.run_pipeline`` (experiments/false_calcium.py). Prints Markdown rows
@@ -40,34 +42,43 @@ def main(argv=None) -> int:
     ap.add_argument("--scale", type=float, default=1.0, help="J3 size factor (1 = 98 exams)")
     ap.add_argument("--matrix", type=int, default=512)
     ap.add_argument("--streak", type=float, default=0.3, help="share of the noise variance in horizontal streaks")
+    ap.add_argument("--texture", type=float, default=None,
+                    help="instead of streaks: tissue_texture (0-1; septa, small vessels, drift in fat and soft tissue)")
+    ap.add_argument("--exams", type=int, default=None, help="only the first N exams of the J3 draw")
     ap.add_argument("--calcium-free", type=int, default=8, help="calcium-free exams per protocol")
     ap.add_argument("--first-seed", type=int, default=7900, help="calcium-free seeds first-seed ..")
     ap.add_argument("--workdir", default=str(ROOT / "experiments" / "_table1_work"))
     args = ap.parse_args(argv)
     ens = load_ensemble(args.weights)
     n = table1.cohort_size("J3", args.scale)
+    first = n if args.exams is None else min(n, args.exams)
+    key, value = ("noise_streak", args.streak) if args.texture is None else ("tissue_texture", args.texture)
     results = {}
-    print(f"device {table1.device_description()}; J3 seed {args.seed}, {n} exams, matrix {args.matrix}", flush=True)
-    print("| noise texture | J3 C-index | J3 accuracy | lesion sens / PPV / F1 | calcium-free >= 10: cardiac / chest |")
+    print(f"device {table1.device_description()}; J3 seed {args.seed}, {first} of {n} exams, matrix {args.matrix}",
+          flush=True)
+    print("| texture | J3 C-index | J3 accuracy | lesion sens / PPV / F1 | calcium-free >= 10: cardiac / chest |")
     print("|---|---|---|---|---|")
-    for streak in (0.0, args.streak):
+    for streak in (0.0, value):
         t0 = time.perf_counter()
-        extra = {"noise_streak": streak} if streak else {}
-        ev = table1.evaluate(ens, list(table1.generate("J3", n, args.seed, {"matrix": args.matrix, **extra})))
+        extra = {key: streak} if streak else {}
+        exams = table1.generate("J3", n, args.seed, {"matrix": args.matrix, **extra})
+        ev = table1.evaluate(ens, [next(exams) for _ in range(first)])
         free = {}
         for protocol in ("cardiac", "chest"):
             exams = (generate_exam(args.first_seed + i, target_category="A", protocol=protocol, matrix=args.matrix,
                                    **extra) for i in range(args.calcium_free))
             free[protocol] = false_calcium.score(ens, exams)
         les = ev["lesions"]
-        tag = "isotropic grain (as trained)" if not streak else f"horizontal streaks, share {streak:g}"
+        tag = ("as trained (isotropic grain, flat tissue)" if not streak else f"horizontal streaks, share {streak:g}"
+               if key == "noise_streak" else f"tissue texture {streak:g}")
         print(f"| {tag} | {ev['ensemble_c_index']:.3f} | {ev['ensemble_accuracy']:.3f} | {les['sensitivity']:.3f} / "
               f"{les['ppv']:.3f} / {les['f1']:.3f} | {free['cardiac']['at_least_10']} / {free['chest']['at_least_10']} "
               f"(of {args.calcium_free} each) |", flush=True)
         results[str(streak)] = {"J3": ev, "calcium_free": free, "seconds": time.perf_counter() - t0}
     out = Path(args.workdir)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "noise_texture.json", json.dumps(results, indent=1))
+    name = "noise_texture.json" if key == "noise_streak" else "tissue_texture.json"
+    atomic_write_text(out / name, json.dumps(results, indent=1))
     return 0
 
 

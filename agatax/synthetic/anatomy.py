@@ -57,7 +57,9 @@ class ScannerParams:
     round a foam core), drawn below the back where the field of view reaches it (``exam._add_table``), not
     drawn: False unless given; abdomen: the upper abdomen's hollow organs are drawn under the diaphragm (the
     stomach with its gas, the colon with gas and stool, the splenic artery: ``anatomy._paint_abdomen``) and a
-    chest exam reaches 40-100 mm further down to show them; not drawn: False unless given.
+    chest exam reaches 40-100 mm further down to show them; not drawn: False unless given; tissue_texture: strength
+    in [0, 1] of the septa, small vessels and slow drift drawn in fat and soft tissue (``texture.tissue_texture``),
+    not drawn: 0 unless given.
     """
 
     matrix: int
@@ -76,6 +78,7 @@ class ScannerParams:
     noise_profile: float = 0.0
     table: bool = False
     abdomen: bool = False
+    tissue_texture: float = 0.0
 
     @property
     def pixel_mm(self) -> float:
@@ -132,10 +135,11 @@ def sample_scanner(rng: np.random.Generator, **given) -> ScannerParams:
     profile = float(given.pop("noise_profile", 0.0))
     table = bool(given.pop("table", False))
     abdomen = bool(given.pop("abdomen", False))
+    texture = float(given.pop("tissue_texture", 0.0))
     if given:
         raise TypeError(f"unknown scanner parameter(s): {sorted(given)}")
     return ScannerParams(matrix, fov, inc, thick, n, noise, sharp, offset, center, kvp, protocol,  # type: ignore[arg-type]
-                         padding, streak, profile, table, abdomen)
+                         padding, streak, profile, table, abdomen, texture)
 
 
 @dataclasses.dataclass(frozen=True)

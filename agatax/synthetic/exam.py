@@ -18,6 +18,7 @@ from agatax.synthetic.calcium import (
     ARTERY_CODES, BRANCH_OF, LOOKALIKE_KINDS, Atoms, Vessel, arch_atoms, atoms_box, cardiac_veins, coronary_tree, distractor_atoms,
     granuloma_atoms, ostial_root_atoms, place_beside, plaque_atoms, render_atoms, splenic_atoms,
 )
+from agatax.synthetic.texture import tissue_texture
 from agatax.volume import Volume
 
 __all__ = ["SyntheticExam", "generate_exam", "CATEGORIES", "CATEGORY_TARGETS", "DISTRACTOR_CODES",
@@ -36,7 +37,7 @@ _ARTERY_P = {"LAD": 0.42, "RCA": 0.26, "LCX": 0.20, "LM": 0.12}
 _BRANCH_P = {"LAD": 0.25, "LCX": 0.35, "RCA": 0.15}  # of an artery's plaques, the share on its side branches
 _SCANNER_KEYS = ("matrix", "fov_mm", "slice_increment_mm", "slice_thickness_mm", "n_slices", "noise_sigma_hu",
                  "sharpness", "hu_offset", "fov_center_mm", "kvp", "protocol", "padding_hu", "noise_streak",
-                 "noise_profile", "table", "abdomen")
+                 "noise_profile", "table", "abdomen", "tissue_texture")
 
 
 #: Changes whenever the same seed and arguments give another exam (anatomy, calcium or scanner drawn
@@ -425,7 +426,9 @@ def generate_exam(
             outside the reconstruction circle, or None; drawn: 60 % padded), ``table`` (True: the foam pad
             and table top under the back, ``_add_table``; not drawn: False unless given), ``abdomen`` (True:
             the stomach, colon and splenic artery under the diaphragm, with calcium on the artery, and a chest
-            exam reaching 40-100 mm further down; not drawn: False unless given).
+            exam reaching 40-100 mm further down; not drawn: False unless given), ``tissue_texture`` (0-1:
+            septa, small vessels and a slow drift in fat and soft tissue, ``texture.tissue_texture``; not
+            drawn: 0 unless given).
 
     Returns:
         SyntheticExam (volume in HU on a (n_slices, matrix, matrix) grid, artery-labelled true mask, lesion
@@ -511,6 +514,7 @@ def _check_scanner(sc: dict) -> None:
         "noise_profile": lambda v: -0.9 <= v <= 3.0,
         "table": lambda v: isinstance(v, (bool, np.bool_)),
         "abdomen": lambda v: isinstance(v, (bool, np.bool_)),
+        "tissue_texture": lambda v: 0.0 <= v <= 1.0,
     }
     for k, ok in checks.items():
         if k in sc and not ok(sc[k]):
@@ -560,8 +564,8 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
 
     ss = np.random.SeedSequence([seed, attempt])
     # streams by purpose; a new one is appended (spawn keys are positional), so older draws stay the same
-    r_scan, r_pat, r_anat, r_noise, r_les, r_dis, r_warp, r_up, r_ost, r_lung, r_vein, r_table, r_abd = (
-        np.random.default_rng(s) for s in ss.spawn(13))
+    r_scan, r_pat, r_anat, r_noise, r_les, r_dis, r_warp, r_up, r_ost, r_lung, r_vein, r_table, r_abd, r_tex = (
+        np.random.default_rng(s) for s in ss.spawn(14))
     sc = sample_scanner(r_scan, **given)
     cat, lo, hi = _pick_category(r_les, target_category, target_agatston, category_mix)
     target = 0.0 if hi <= 0 else float(math.exp(r_les.uniform(math.log(max(lo, 0.5)), math.log(hi))))
@@ -626,6 +630,8 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
     if tissue is not None:
         tissue = warp.image(tissue, grid, order=0)
     vessels = {k: dataclasses.replace(v, points=warp.points(v.points)) for k, v in vessels.items()}
+    if sc.tissue_texture > 0:  # septa, small vessels and drift in fat and soft tissue (never >= 130 HU)
+        vol += tissue_texture(vol, grid.spacing, sc.tissue_texture, r_tex)
     bone = vol >= 130.0  # noise-free anatomy above 130 HU: bone only
     table = _add_table(vol, grid, psf, r_table) if sc.table else None
     granulomas = granuloma_atoms(heart, warp, vol, grid, r_lung, rates)  # placed in the noise-free lung

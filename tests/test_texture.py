@@ -1,0 +1,67 @@
+"""Tissue texture (agatax.synthetic.texture): structure in fat and soft tissue that never makes calcium."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from agatax import InputError
+from agatax.synthetic import DISTRACTOR_CODES, generate_exam
+from agatax.synthetic.texture import DRIFT_HU, tissue_texture
+
+
+def _slab():
+    """(12, 96, 96) noise-free HU at (3, 0.5, 0.5) mm: columns of air, lung, fat, soft tissue and bone."""
+    vol = np.empty((12, 96, 96), np.float32)
+    for x0, hu in zip(range(0, 96, 16), (-1000.0, -860.0, -100.0, -100.0, 45.0, 700.0)):
+        vol[:, :, x0:x0 + 16] = hu
+    return vol
+
+
+def test_texture_lies_in_fat_and_soft_tissue_only_and_never_reaches_calcium():
+    vol = _slab()
+    add = tissue_texture(vol, (3.0, 0.5, 0.5), 1.0, np.random.default_rng(3))
+    assert add.dtype == np.float32 and add.shape == vol.shape
+    inner = (slice(None), slice(None), slice(2, -2))
+    for x0 in (0, 16, 80):  # air, lung, bone: untouched
+        assert not add[:, :, x0:x0 + 16][inner].any()
+    assert (vol + add)[:, :, :80].max() <= 100.0  # nothing reaches the 130 HU calcium threshold
+    soft = add[:, :, 66:78]  # soft tissue: the drift alone, clipped at 3 SD
+    assert soft.std() > 0.5 and np.abs(soft).max() <= 3.0 * DRIFT_HU + 1e-3
+    fat = add[:, :, 34:62]
+    # septa and small vessels: bright thin structures over a sparse share of the fat, not a general lift
+    bright = fat > 40.0
+    assert 0.002 < bright.mean() < 0.25
+    assert np.median(fat) < 10.0
+    # thin: a bright structure is at most ~2 mm across in-plane (4 pixels of 0.5 mm) almost everywhere
+    core = ndimage.binary_erosion(bright, structure=np.ones((1, 5, 5), bool))
+    assert core.sum() <= 0.05 * bright.sum()
+
+
+def test_no_texture_at_zero_and_every_amplitude_scales_with_the_strength():
+    vol = _slab()
+    assert not tissue_texture(vol, (3.0, 0.5, 0.5), 0.0, np.random.default_rng(3)).any()
+    half = tissue_texture(vol, (3.0, 0.5, 0.5), 0.5, np.random.default_rng(3))
+    full = tissue_texture(vol, (3.0, 0.5, 0.5), 1.0, np.random.default_rng(3))
+    np.testing.assert_allclose(half[:, :, 40:60], 0.5 * full[:, :, 40:60], atol=1e-3)
+
+
+def test_a_textured_exam_keeps_its_bone_and_its_truth_exact():
+    """The texture is added to the noise-free anatomy before bone is marked: the bone (>= 130 HU before
+    noise) is the same voxels; the exam's true score is the Agatston score of its mask recomputed."""
+    from agatax.scoring import compute_scores
+
+    kw = dict(target_category="C", matrix=128, n_slices=30)
+    plain = generate_exam(4, **kw)
+    tex = generate_exam(4, tissue_texture=1.0, **kw)
+    bone = DISTRACTOR_CODES["bone"]
+    np.testing.assert_array_equal(plain.distractor_mask == bone, tex.distractor_mask == bone)
+    assert not np.array_equal(plain.volume.hu, tex.volume.hu)
+    assert tex.params["scanner"]["tissue_texture"] == 1.0 and plain.params["scanner"]["tissue_texture"] == 0.0
+    assert compute_scores(tex.volume.hu, tex.mask, tex.volume.spacing).agatston == pytest.approx(tex.agatston)
+    assert tex.category == "C"
+
+
+def test_texture_out_of_range_is_refused_by_name():
+    with pytest.raises(InputError, match="tissue_texture") as e:
+        generate_exam(0, tissue_texture=1.5, matrix=64)
+    assert e.value.code == "BAD_PARAMETER"
