@@ -44,6 +44,10 @@ def main(argv=None) -> int:
     ap.add_argument("--streak", type=float, default=0.3, help="share of the noise variance in horizontal streaks")
     ap.add_argument("--texture", type=float, default=None,
                     help="instead of streaks: tissue_texture (0-1; septa, small vessels, drift in fat and soft tissue)")
+    ap.add_argument("--variant", default=None,
+                    help="NAME=VALUE: instead of streaks, any generate_exam option (e.g. heart_axis_spread=2.5)")
+    ap.add_argument("--skip-plain", action="store_true",
+                    help="score only the variant (the draws as trained were scored by an earlier run: same seeds)")
     ap.add_argument("--exams", type=int, default=None, help="only the first N exams of the J3 draw")
     ap.add_argument("--calcium-free", type=int, default=8, help="calcium-free exams per protocol")
     ap.add_argument("--first-seed", type=int, default=7900, help="calcium-free seeds first-seed ..")
@@ -53,14 +57,18 @@ def main(argv=None) -> int:
     n = table1.cohort_size("J3", args.scale)
     first = n if args.exams is None else min(n, args.exams)
     key, value = ("noise_streak", args.streak) if args.texture is None else ("tissue_texture", args.texture)
+    if args.variant is not None:
+        key, _, text = args.variant.partition("=")
+        value = float(text)
     results = {}
     print(f"device {table1.device_description()}; J3 seed {args.seed}, {first} of {n} exams, matrix {args.matrix}",
           flush=True)
     print("| texture | J3 C-index | J3 accuracy | lesion sens / PPV / F1 | calcium-free >= 10: cardiac / chest |")
     print("|---|---|---|---|---|")
-    for streak in (0.0, value):
+    plain = 1.0 if key == "heart_axis_spread" else 0.0  # the option's value in the draws as trained
+    for v in ((value,) if args.skip_plain else (plain, value)):
         t0 = time.perf_counter()
-        extra = {key: streak} if streak else {}
+        extra = {key: v} if v != plain else {}
         exams = table1.generate("J3", n, args.seed, {"matrix": args.matrix, **extra})
         ev = table1.evaluate(ens, [next(exams) for _ in range(first)])
         free = {}
@@ -69,15 +77,15 @@ def main(argv=None) -> int:
                                    **extra) for i in range(args.calcium_free))
             free[protocol] = false_calcium.score(ens, exams)
         les = ev["lesions"]
-        tag = ("as trained (isotropic grain, flat tissue)" if not streak else f"horizontal streaks, share {streak:g}"
-               if key == "noise_streak" else f"tissue texture {streak:g}")
+        tag = ("as trained" if v == plain else f"horizontal streaks, share {v:g}" if key == "noise_streak"
+               else f"{key} {v:g}")
         print(f"| {tag} | {ev['ensemble_c_index']:.3f} | {ev['ensemble_accuracy']:.3f} | {les['sensitivity']:.3f} / "
               f"{les['ppv']:.3f} / {les['f1']:.3f} | {free['cardiac']['at_least_10']} / {free['chest']['at_least_10']} "
               f"(of {args.calcium_free} each) |", flush=True)
-        results[str(streak)] = {"J3": ev, "calcium_free": free, "seconds": time.perf_counter() - t0}
+        results[str(v)] = {"J3": ev, "calcium_free": free, "seconds": time.perf_counter() - t0}
     out = Path(args.workdir)
     out.mkdir(parents=True, exist_ok=True)
-    name = "noise_texture.json" if key == "noise_streak" else "tissue_texture.json"
+    name = "noise_texture.json" if key == "noise_streak" else f"{key}.json"
     atomic_write_text(out / name, json.dumps(results, indent=1))
     return 0
 

@@ -82,29 +82,33 @@ def cohort_size(name: str, scale: float) -> int:
     return max(4, int(round(PRESET_SIZES[name] * scale)))
 
 
+_DRAW_SALTS = {"noise_sigma_hu": 5150, "noise_streak": 7331, "tissue_texture": 9173}
+
+
 def generate(name: str, n: int, seed: int, gen_kwargs: dict, noise_range: tuple[float, float] | None = None,
-             streak_range: tuple[float, float] | None = None):
+             streak_range: tuple[float, float] | None = None, texture_range: tuple[float, float] | None = None):
     """Exams 0..n-1 of preset ``name``; ``noise_range`` (low, high) HU: each exam's noise SD drawn uniformly
     from it (seeded by cohort, seed and index) instead of the generator's 10-40 HU; nothing else changes (the
     generator draws its own noise level either way, so the anatomy and calcium stay the same).
     ``streak_range`` (low, high): each exam's ``noise_streak`` (share of the noise in horizontal streaks) drawn
-    uniformly from it the same way, instead of none."""
+    uniformly from it the same way, instead of none; ``texture_range``: its ``tissue_texture`` (septa, small
+    vessels and drift in fat and soft tissue) likewise."""
     from agatax.synthetic import preset_exam
 
+    ranges = {"noise_sigma_hu": noise_range, "noise_streak": streak_range, "tissue_texture": texture_range}
     for i in range(n):
         kw = dict(gen_kwargs)
-        if noise_range is not None:
-            rng = np.random.default_rng([seed, i, PRESET_SIZES[name], 5150])
-            kw["noise_sigma_hu"] = float(rng.uniform(*noise_range))
-        if streak_range is not None:
-            rng = np.random.default_rng([seed, i, PRESET_SIZES[name], 7331])
-            kw["noise_streak"] = float(rng.uniform(*streak_range))
+        for key, bounds in ranges.items():
+            if bounds is not None:
+                rng = np.random.default_rng([seed, i, PRESET_SIZES[name], _DRAW_SALTS[key]])
+                kw[key] = float(rng.uniform(*bounds))
         yield preset_exam(name, i, seed, **kw)
 
 
 def cohort_pairs(name: str, n: int, seed: int, gen_kwargs: dict, workdir: Path, log,
                  noise_range: tuple[float, float] | None, box_mm: float,
-                 streak_range: tuple[float, float] | None = None, dense_gain: float = 0.0) -> TrainingSet:
+                 streak_range: tuple[float, float] | None = None, dense_gain: float = 0.0,
+                 texture_range: tuple[float, float] | None = None) -> TrainingSet:
     tag = "-".join(f"{k}{v}" for k, v in sorted(gen_kwargs.items()) if k != "lookalike_rates")
     for kind, rate in sorted(gen_kwargs.get("lookalike_rates", {}).items()):
         tag += ("-" if tag else "") + f"{kind}{rate:g}"
@@ -112,6 +116,8 @@ def cohort_pairs(name: str, n: int, seed: int, gen_kwargs: dict, workdir: Path, 
         tag += ("-" if tag else "") + f"noise{noise_range[0]:g}to{noise_range[1]:g}"
     if streak_range is not None:
         tag += ("-" if tag else "") + f"streak{streak_range[0]:g}to{streak_range[1]:g}"
+    if texture_range is not None:
+        tag += ("-" if tag else "") + f"texture{texture_range[0]:g}to{texture_range[1]:g}"
     if box_mm:
         tag += ("-" if tag else "") + f"box{box_mm:g}"
     if dense_gain:
@@ -122,7 +128,8 @@ def cohort_pairs(name: str, n: int, seed: int, gen_kwargs: dict, workdir: Path, 
 
     cache = workdir / f"pairs_{name}_n{n}_s{seed}{('_' + tag) if tag else ''}_hn_g3_gen{GENERATOR_VERSION}.npz"
     t0 = time.perf_counter()
-    data = prepare_pairs(lambda: generate(name, n, seed, gen_kwargs, noise_range, streak_range), cache=cache,
+    data = prepare_pairs(lambda: generate(name, n, seed, gen_kwargs, noise_range, streak_range, texture_range),
+                         cache=cache,
                          names=[f"{name}-{i:04d}" for i in range(n)], log=log, box_mm=box_mm,
                          dense_gain=dense_gain)
     log(f"{name}: {len(data)} pairs ready ({time.perf_counter() - t0:.1f} s, cache {cache.name})")
@@ -342,6 +349,9 @@ def main(argv=None) -> int:
     ap.add_argument("--train-streak", default=None,
                     help="LOW,HIGH: draw each training exam's share of noise in horizontal streaks (generate_exam's "
                     "noise_streak; the real phantom: 0.3) from this range instead of none (J3 keeps none)")
+    ap.add_argument("--train-texture", default=None,
+                    help="LOW,HIGH: draw each training exam's tissue_texture (septa, small vessels and drift in fat "
+                    "and soft tissue, 0-1) from this range instead of none (J3 keeps none)")
     ap.add_argument("--box-mm", type=float, default=ENHANCE_BOX_MM,
                     help="the pre-processing's enhancement box (mm) of fresh networks (UNetConfig.input_box_mm; "
                     "0: the fine voxels as they are); a fine-tune keeps its starting networks' box")
@@ -378,6 +388,7 @@ def main(argv=None) -> int:
     gen_kwargs = {} if args.matrix is None else {"matrix": args.matrix}
     noise_range = None if args.train_noise is None else tuple(float(v) for v in args.train_noise.split(","))
     streak_range = None if args.train_streak is None else tuple(float(v) for v in args.train_streak.split(","))
+    texture_range = None if args.train_texture is None else tuple(float(v) for v in args.train_texture.split(","))
     model_config = UNetConfig(**MODELS[args.model], input_box_mm=args.box_mm, input_dense_gain=args.dense_gain or 0.0)
     from agatax.cohort import resolve_init
 
@@ -414,7 +425,8 @@ def main(argv=None) -> int:
         train_kwargs["abdomen"] = True
     for name in needed:
         pairs[name] = cohort_pairs(name, cohort_size(name, args.scale), args.seed, train_kwargs, workdir, log,
-                                   noise_range, model_config.input_box_mm, streak_range, model_config.input_dense_gain)
+                                   noise_range, model_config.input_box_mm, streak_range, model_config.input_dense_gain,
+                                   texture_range)
 
     test_scale = args.scale if args.test_scale is None else args.test_scale
     n_test = cohort_size("J3", test_scale)

@@ -37,7 +37,7 @@ _ARTERY_P = {"LAD": 0.42, "RCA": 0.26, "LCX": 0.20, "LM": 0.12}
 _BRANCH_P = {"LAD": 0.25, "LCX": 0.35, "RCA": 0.15}  # of an artery's plaques, the share on its side branches
 _SCANNER_KEYS = ("matrix", "fov_mm", "slice_increment_mm", "slice_thickness_mm", "n_slices", "noise_sigma_hu",
                  "sharpness", "hu_offset", "fov_center_mm", "kvp", "protocol", "padding_hu", "noise_streak",
-                 "noise_profile", "table", "abdomen", "tissue_texture")
+                 "noise_profile", "table", "abdomen", "tissue_texture", "heart_axis_spread")
 
 
 #: Changes whenever the same seed and arguments give another exam (anatomy, calcium or scanner drawn
@@ -428,7 +428,8 @@ def generate_exam(
             the stomach, colon and splenic artery under the diaphragm, with calcium on the artery, and a chest
             exam reaching 40-100 mm further down; not drawn: False unless given), ``tissue_texture`` (0-1:
             septa, small vessels and a slow drift in fat and soft tissue, ``texture.tissue_texture``; not
-            drawn: 0 unless given).
+            drawn: 0 unless given), ``heart_axis_spread`` (the heart's long axis turned this many times as far
+            from its mean as the draws turn it, ``anatomy.sample_heart``; 1 unless given).
 
     Returns:
         SyntheticExam (volume in HU on a (n_slices, matrix, matrix) grid, artery-labelled true mask, lesion
@@ -515,6 +516,7 @@ def _check_scanner(sc: dict) -> None:
         "table": lambda v: isinstance(v, (bool, np.bool_)),
         "abdomen": lambda v: isinstance(v, (bool, np.bool_)),
         "tissue_texture": lambda v: 0.0 <= v <= 1.0,
+        "heart_axis_spread": lambda v: 0.0 <= v <= 4.0,
     }
     for k, ok in checks.items():
         if k in sc and not ok(sc[k]):
@@ -548,11 +550,12 @@ def sample_patient(r_pat: np.random.Generator, sc: ScannerParams) -> tuple[dict,
             "wall": r_pat.uniform(10.0, 16.0)}
     b_inner = body["b"] - body["subcut"] * 0.8 - body["wall"]
     heart_seed = int(r_pat.integers(2**31))
-    heart = sample_heart(np.random.default_rng(heart_seed), b_inner)
+    heart = sample_heart(np.random.default_rng(heart_seed), b_inner, axis_spread=sc.heart_axis_spread)
     coverage = sc.n_slices * sc.slice_increment_mm
     needed = heart.z_top + 18.0 - (heart.z_bottom - 6.0)
     if coverage < needed:
-        heart = sample_heart(np.random.default_rng(heart_seed), b_inner, scale=max(0.7, coverage / needed))
+        heart = sample_heart(np.random.default_rng(heart_seed), b_inner, scale=max(0.7, coverage / needed),
+                             axis_spread=sc.heart_axis_spread)
         needed = heart.z_top + 18.0 - (heart.z_bottom - 6.0)
     body["b"] += heart.chest_deeper_mm  # a chest deep enough for the heart (sample_heart)
     return body, heart, coverage, needed
