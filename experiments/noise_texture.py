@@ -46,6 +46,8 @@ def main(argv=None) -> int:
                     help="instead of streaks: tissue_texture (0-1; septa, small vessels, drift in fat and soft tissue)")
     ap.add_argument("--variant", default=None,
                     help="NAME=VALUE: instead of streaks, any generate_exam option (e.g. heart_axis_spread=2.5)")
+    ap.add_argument("--plain", type=float, default=None,
+                    help="the option's value in the first row (default: what the shipped networks were trained on)")
     ap.add_argument("--skip-plain", action="store_true",
                     help="score only the variant (the draws as trained were scored by an earlier run: same seeds)")
     ap.add_argument("--exams", type=int, default=None, help="only the first N exams of the J3 draw")
@@ -65,10 +67,12 @@ def main(argv=None) -> int:
           flush=True)
     print("| texture | J3 C-index | J3 accuracy | lesion sens / PPV / F1 | calcium-free >= 10: cardiac / chest |")
     print("|---|---|---|---|---|")
-    plain = 1.0 if key == "heart_axis_spread" else 0.0  # the option's value in the draws as trained
+    plain = {"heart_axis_spread": 1.0}.get(key, 0.0)  # the option's value in the draws the networks were trained on
+    if args.plain is not None:
+        plain = args.plain
     for v in ((value,) if args.skip_plain else (plain, value)):
         t0 = time.perf_counter()
-        extra = {key: v} if v != plain else {}
+        extra = {key: v}
         exams = table1.generate("J3", n, args.seed, {"matrix": args.matrix, **extra})
         ev = table1.evaluate(ens, [next(exams) for _ in range(first)])
         free = {}

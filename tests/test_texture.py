@@ -91,3 +91,16 @@ def test_training_draws_each_exams_texture_from_its_range_and_leaves_the_other_d
     calls.clear()
     list(table1.generate("J1", 2, 7, {}))
     assert [kw for _, kw in calls] == [{}, {}]
+
+
+def test_heart_axis_spread_turns_the_long_axis_further_from_its_mean():
+    from agatax.synthetic.anatomy import sample_heart
+
+    mean = np.array([-0.68, -0.45, 0.55]) / np.linalg.norm([-0.68, -0.45, 0.55])
+    for seed in range(6):
+        hearts = [sample_heart(np.random.default_rng(seed), 110.0, axis_spread=k) for k in (0.0, 1.0, 2.5)]
+        angles = [np.degrees(np.arccos(np.clip(h.u @ mean, -1, 1))) for h in hearts]
+        assert angles[0] < 1e-4 and angles[0] < angles[1] < angles[2]
+        assert 1.5 < angles[2] / angles[1] < 3.5  # about 2.5 x as far (the unit vector bends it a little)
+    with pytest.raises(InputError, match="heart_axis_spread"):
+        generate_exam(0, heart_axis_spread=5.0, matrix=64)
