@@ -129,7 +129,7 @@ def test_noise_specks_are_left_out_and_small_true_plaques_kept():
     from agatax.synthetic import generate_exam
 
     kept_specks = []
-    for seed in (33, 34, 37):  # calcium-free exams where the default finds specks (generator version 8)
+    for seed in (30, 31, 33):  # calcium-free exams where the default finds specks (generator version 9)
         volume = generate_exam(seed, target_category="A", matrix=256, noise_sigma_hu=38.0).volume
         res = score_exam(volume)
         assert res.scores.agatston == 0.0, (seed, res.scores.agatston)
@@ -145,7 +145,7 @@ def test_noise_specks_are_left_out_and_small_true_plaques_kept():
             np.testing.assert_array_equal(res.dropped, want)
     assert all(a > 0 for a in kept_specks), kept_specks  # the rule is what clears them
     over = []
-    for seed in (30, 33, 35):  # category B: small true plaques in the same noise
+    for seed in (30, 31, 33):  # category B: small true plaques in the same noise
         ex = generate_exam(seed, target_category="B", matrix=256, noise_sigma_hu=38.0)
         res = score_exam(ex.volume)
         assert res.scores.agatston == pytest.approx(ex.agatston, rel=0.1), (seed, res.scores.agatston, ex.agatston)

@@ -705,7 +705,7 @@ def test_a_region_too_small_for_a_heart_is_refused(monkeypatch):
         run_pipeline(all_calcium_ensemble(), vol)
     assert err.value.code == "REGION_TOO_SMALL" and "localise=False" in err.value.hint
     res = run_pipeline(all_calcium_ensemble(), vol, localise=False)
-    calcium = ex.mask > 0
+    calcium = (ex.mask > 0) & (hu >= 130.0)  # (the airless lung may paint over a voxel at its edge)
     assert (res.mask & calcium).sum() == calcium.sum()
 
 
@@ -832,13 +832,13 @@ def test_the_scan_end_note_counts_calcium_just_outside_the_region_at_an_end():
 
 
 def test_a_scan_cut_inside_the_heart_warns_of_calcium_left_outside_the_region():
-    """Exam 3 cut at its lowest calcification: the hull narrows toward that end and 16 % of the calcium lies
+    """Exam 20 (generator version 9) cut at its lowest calcification: the hull narrows toward that end and 19 % of the calcium lies
     just outside the region. With every voxel >= 130 HU voted calcium, the pipeline's note counts at least
     those true calcium voxels (the generator's mask: the oracle) and is coded in the SR; with localise=False
     there is no region and no note."""
     from agatax.dicom_report import warning_code
 
-    ex = generate_exam(3, target_category="E", protocol="cardiac", matrix=128, n_slices=48, slice_increment_mm=3.0)
+    ex = generate_exam(20, target_category="E", protocol="cardiac", matrix=128, n_slices=48, slice_increment_mm=3.0)
     calcium = ex.mask > 0
     low = int(np.nonzero(calcium.any(axis=(1, 2)))[0][0])
     hu, calcium = ex.volume.hu[low:], calcium[low:]
