@@ -66,7 +66,8 @@ class ScannerParams:
     chest exam reaches 40-100 mm further down to show them; not drawn: False unless given; tissue_texture: strength
     in [0, 1] of the septa, small vessels and slow drift drawn in fat and soft tissue (``texture.tissue_texture``),
     not drawn: 0 unless given; heart_axis_spread: how far the heart's long axis turns from patient to patient
-    (``HEART_AXIS_SPREAD`` unless given; ``sample_heart``).
+    (``HEART_AXIS_SPREAD`` unless given; ``sample_heart``); heart_roll_deg: SD (degrees) of a random roll of
+    the arteries about the heart's long axis (``calcium.coronary_tree``), a stress test: 0 unless given.
     """
 
     matrix: int
@@ -87,6 +88,7 @@ class ScannerParams:
     abdomen: bool = False
     tissue_texture: float = 0.0
     heart_axis_spread: float = HEART_AXIS_SPREAD
+    heart_roll_deg: float = 0.0
 
     @property
     def pixel_mm(self) -> float:
@@ -145,10 +147,11 @@ def sample_scanner(rng: np.random.Generator, **given) -> ScannerParams:
     abdomen = bool(given.pop("abdomen", False))
     texture = float(given.pop("tissue_texture", 0.0))
     axis_spread = float(given.pop("heart_axis_spread", HEART_AXIS_SPREAD))
+    roll = float(given.pop("heart_roll_deg", 0.0))
     if given:
         raise TypeError(f"unknown scanner parameter(s): {sorted(given)}")
     return ScannerParams(matrix, fov, inc, thick, n, noise, sharp, offset, center, kvp, protocol,  # type: ignore[arg-type]
-                         padding, streak, profile, table, abdomen, texture, axis_spread)
+                         padding, streak, profile, table, abdomen, texture, axis_spread, roll)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -48,18 +48,19 @@ class Vessel:
         return _unit(self.points[b] - self.points[a])
 
 
-def coronary_tree(heart: Heart, rng: np.random.Generator) -> dict[str, Vessel]:
+def coronary_tree(heart: Heart, rng: np.random.Generator, roll: float = 0.0) -> dict[str, Vessel]:
     """LM, LAD, LCX and RCA running in the epicardial fat ~2.5 mm outside the ventricular surface, and their
     side branches (``BRANCH_OF``).
 
     LM: left aortic sinus -> bifurcation; LAD: anterior interventricular groove to the apex; LCX: left
     atrioventricular groove toward the back; RCA: right sinus -> right atrioventricular groove -> back.
     Branches: 1-2 diagonals from the LAD over the anterolateral wall, 1-2 obtuse marginals from the LCX down
-    the lateral wall, the PDA from the RCA's end down the posterior interventricular groove.
+    the lateral wall, the PDA from the RCA's end down the posterior interventricular groove. ``roll``
+    (radians) turns every artery that far about the heart's long axis (the heart rolled; 0: as drawn).
     """
     off = 2.0
     t_av = rng.uniform(-0.72, -0.62)
-    phi_lad = rng.uniform(0.15, 0.45)
+    phi_lad = rng.uniform(0.15, 0.45) + roll
     junction = heart.surface(t_av, phi_lad + 0.25, off)[0]
     # left ostium on the aortic root wall, facing the junction
     root = heart.aortic_root
@@ -76,10 +77,10 @@ def coronary_tree(heart: Heart, rng: np.random.Generator) -> dict[str, Vessel]:
     t = np.linspace(t_av, rng.uniform(0.85, 0.97), 60)
     lad_phi = phi_lad + 0.25 * np.exp(-((t - t_av) * 6.0) ** 2) + wiggle(60, 0.08)
     lad = np.concatenate([junction[None], heart.surface(t, lad_phi, off)])
-    phi_lcx = np.linspace(phi_lad + 0.35, rng.uniform(2.6, 3.3), 60)
+    phi_lcx = np.linspace(phi_lad + 0.35, rng.uniform(2.6, 3.3) + roll, 60)
     t_lcx = t_av + wiggle(60, 0.05)
     lcx = np.concatenate([junction[None], heart.surface(t_lcx, phi_lcx, off)])
-    phi_rca = np.linspace(-0.55, -rng.uniform(2.7, 3.3), 70)
+    phi_rca = np.linspace(-0.55 + roll, -rng.uniform(2.7, 3.3) + roll, 70)
     t_rca = t_av + 0.03 + wiggle(70, 0.05)
     rca_ring = heart.surface(t_rca, phi_rca, off)
     to_r = rca_ring[0] - root

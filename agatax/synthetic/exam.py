@@ -37,7 +37,8 @@ _ARTERY_P = {"LAD": 0.42, "RCA": 0.26, "LCX": 0.20, "LM": 0.12}
 _BRANCH_P = {"LAD": 0.25, "LCX": 0.35, "RCA": 0.15}  # of an artery's plaques, the share on its side branches
 _SCANNER_KEYS = ("matrix", "fov_mm", "slice_increment_mm", "slice_thickness_mm", "n_slices", "noise_sigma_hu",
                  "sharpness", "hu_offset", "fov_center_mm", "kvp", "protocol", "padding_hu", "noise_streak",
-                 "noise_profile", "table", "abdomen", "tissue_texture", "heart_axis_spread")
+                 "noise_profile", "table", "abdomen", "tissue_texture", "heart_axis_spread",
+                 "heart_roll_deg")
 
 
 #: Changes whenever the same seed and arguments give another exam (anatomy, calcium or scanner drawn
@@ -431,7 +432,8 @@ def generate_exam(
             exam reaching 40-100 mm further down; not drawn: False unless given), ``tissue_texture`` (0-1:
             septa, small vessels and a slow drift in fat and soft tissue, ``texture.tissue_texture``; not
             drawn: 0 unless given), ``heart_axis_spread`` (how far the heart's long axis turns from its mean,
-            ``anatomy.HEART_AXIS_SPREAD`` unless given; 1: generator versions up to 8).
+            ``anatomy.HEART_AXIS_SPREAD`` unless given; 1: generator versions up to 8), ``heart_roll_deg`` (SD
+            of a random roll of the arteries about the heart's long axis, degrees; not drawn: 0 unless given).
 
     Returns:
         SyntheticExam (volume in HU on a (n_slices, matrix, matrix) grid, artery-labelled true mask, lesion
@@ -519,6 +521,7 @@ def _check_scanner(sc: dict) -> None:
         "abdomen": lambda v: isinstance(v, (bool, np.bool_)),
         "tissue_texture": lambda v: 0.0 <= v <= 1.0,
         "heart_axis_spread": lambda v: 0.0 <= v <= 4.0,
+        "heart_roll_deg": lambda v: 0.0 <= v <= 45.0,
     }
     for k, ok in checks.items():
         if k in sc and not ok(sc[k]):
@@ -569,8 +572,8 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
 
     ss = np.random.SeedSequence([seed, attempt])
     # streams by purpose; a new one is appended (spawn keys are positional), so older draws stay the same
-    r_scan, r_pat, r_anat, r_noise, r_les, r_dis, r_warp, r_up, r_ost, r_lung, r_vein, r_table, r_abd, r_tex = (
-        np.random.default_rng(s) for s in ss.spawn(14))
+    r_scan, r_pat, r_anat, r_noise, r_les, r_dis, r_warp, r_up, r_ost, r_lung, r_vein, r_table, r_abd, r_tex, r_roll = (
+        np.random.default_rng(s) for s in ss.spawn(15))
     sc = sample_scanner(r_scan, **given)
     cat, lo, hi = _pick_category(r_les, target_category, target_agatston, category_mix)
     target = 0.0 if hi <= 0 else float(math.exp(r_les.uniform(math.log(max(lo, 0.5)), math.log(hi))))
@@ -607,7 +610,8 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
     vol, tissue, _, landmarks = build_anatomy(grid, heart, r_anat, body, psf, keep_tissue,
                                               r_abd if sc.abdomen else None)
     heart = dataclasses.replace(heart, ascending_top=landmarks["ascending_top"])  # the ascending aorta ends at the arch
-    vessels = coronary_tree(heart, r_anat)
+    roll = math.radians(float(r_roll.normal(0.0, sc.heart_roll_deg))) if sc.heart_roll_deg > 0 else 0.0
+    vessels = coronary_tree(heart, r_anat, roll)
     e_mm = max(1.2 * psf, 0.5 * grid.spacing[1])
     segs = [polyline_segments(v.points, v.radius, 2.0) for v in vessels.values()]
     p0, p1, radius = (np.concatenate([g[i] for g in segs]) for i in range(3))
