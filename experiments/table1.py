@@ -112,12 +112,9 @@ def cohort_pairs(name: str, n: int, seed: int, gen_kwargs: dict, workdir: Path, 
     tag = "-".join(f"{k}{v}" for k, v in sorted(gen_kwargs.items()) if k != "lookalike_rates")
     for kind, rate in sorted(gen_kwargs.get("lookalike_rates", {}).items()):
         tag += ("-" if tag else "") + f"{kind}{rate:g}"
-    if noise_range is not None:
-        tag += ("-" if tag else "") + f"noise{noise_range[0]:g}to{noise_range[1]:g}"
-    if streak_range is not None:
-        tag += ("-" if tag else "") + f"streak{streak_range[0]:g}to{streak_range[1]:g}"
-    if texture_range is not None:
-        tag += ("-" if tag else "") + f"texture{texture_range[0]:g}to{texture_range[1]:g}"
+    for word, bounds in (("noise", noise_range), ("streak", streak_range), ("texture", texture_range)):
+        if bounds is not None:
+            tag += ("-" if tag else "") + f"{word}{bounds[0]:g}to{bounds[1]:g}"
     if box_mm:
         tag += ("-" if tag else "") + f"box{box_mm:g}"
     if dense_gain:

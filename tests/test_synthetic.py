@@ -1163,3 +1163,25 @@ def test_insert_psf_fits_recover_a_known_blur():
     blurred = np.convolve(rod, g / g.sum(), mode="same")
     brute = [blurred[(t >= c - 1.5) & (t < c + 1.5)].mean() for c in z]
     np.testing.assert_allclose(mod.rod_in_slices(z, 10.5, 5.0, 3.0, 0.44), brute, atol=2e-3)
+
+
+def test_training_draws_each_exams_texture_from_its_range_and_leaves_the_other_draws_as_they_were(monkeypatch):
+    """experiments/table1.py --train-texture: each exam's tissue_texture drawn from the range on a stream of its
+    own (cohort, seed, index); the noise draws keep their old streams, so a cohort drawn with a texture range
+    is the same patients at the same noise."""
+    import agatax.synthetic
+
+    table1 = _experiment("table1")
+    calls = []
+    monkeypatch.setattr(agatax.synthetic, "preset_exam", lambda name, i, seed, **kw: calls.append((i, kw)) or i)
+    assert list(table1.generate("J1", 3, 7, {"matrix": 64}, (20.0, 30.0), None, (0.2, 0.6))) == [0, 1, 2]
+    size = table1.PRESET_SIZES["J1"]
+    for i, kw in calls:
+        assert kw["matrix"] == 64
+        assert kw["noise_sigma_hu"] == np.random.default_rng([7, i, size, 5150]).uniform(20.0, 30.0)
+        assert 0.2 <= kw["tissue_texture"] <= 0.6 and "noise_streak" not in kw
+    assert len({kw["tissue_texture"] for _, kw in calls}) == 3
+    calls.clear()
+    list(table1.generate("J1", 2, 7, {}))
+    assert [kw for _, kw in calls] == [{}, {}]
+

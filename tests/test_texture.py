@@ -1,4 +1,5 @@
-"""Tissue texture (agatax.synthetic.texture): structure in fat and soft tissue that never makes calcium."""
+"""The generator's stress options: tissue texture (agatax.synthetic.texture: structure in fat and soft tissue
+that never makes calcium), the heart's axis spread and its roll."""
 
 import numpy as np
 import pytest
@@ -65,32 +66,6 @@ def test_texture_out_of_range_is_refused_by_name():
     with pytest.raises(InputError, match="tissue_texture") as e:
         generate_exam(0, tissue_texture=1.5, matrix=64)
     assert e.value.code == "BAD_PARAMETER"
-
-
-def test_training_draws_each_exams_texture_from_its_range_and_leaves_the_other_draws_as_they_were(monkeypatch):
-    """experiments/table1.py --train-texture: each exam's tissue_texture drawn from the range on a stream of its
-    own (cohort, seed, index); the noise draws keep their old streams, so a cohort drawn with a texture range
-    is the same patients at the same noise."""
-    import importlib.util
-    from pathlib import Path
-
-    import agatax.synthetic
-
-    spec = importlib.util.spec_from_file_location("table1", Path(__file__).resolve().parents[1] / "experiments" / "table1.py")
-    table1 = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(table1)
-    calls = []
-    monkeypatch.setattr(agatax.synthetic, "preset_exam", lambda name, i, seed, **kw: calls.append((i, kw)) or i)
-    assert list(table1.generate("J1", 3, 7, {"matrix": 64}, (20.0, 30.0), None, (0.2, 0.6))) == [0, 1, 2]
-    size = table1.PRESET_SIZES["J1"]
-    for i, kw in calls:
-        assert kw["matrix"] == 64
-        assert kw["noise_sigma_hu"] == np.random.default_rng([7, i, size, 5150]).uniform(20.0, 30.0)
-        assert 0.2 <= kw["tissue_texture"] <= 0.6 and "noise_streak" not in kw
-    assert len({kw["tissue_texture"] for _, kw in calls}) == 3
-    calls.clear()
-    list(table1.generate("J1", 2, 7, {}))
-    assert [kw for _, kw in calls] == [{}, {}]
 
 
 def test_heart_axis_spread_turns_the_long_axis_further_from_its_mean():

@@ -82,7 +82,7 @@ def tissue_texture(vol: np.ndarray, spacing, t: float, rng: np.random.Generator)
     drift = _up(_field(coarse, sig(float(rng.uniform(5.0, 12.0))), rng), vol.shape)
     np.clip(drift, -3.0, 3.0, out=drift)
     out += np.float32(DRIFT_HU * t) * drift * np.maximum(fat, soft)
-    # septa: a thin sheet where one field of ~6-9 mm crosses zero
+    # septa: a thin sheet where one field crosses zero
     # (a field smoothed by a Gaussian of sigma s mm changes by 1 SD over ~1.4 s mm: a profile
     # exp(-f^2 / 2w^2) is ~1.4 s w mm wide on either side of the zero)
     s = float(rng.uniform(4.5, 7.0))
@@ -97,8 +97,7 @@ def tissue_texture(vol: np.ndarray, spacing, t: float, rng: np.random.Generator)
     f1 *= f1
     f1 += f2 * f2
     out += np.float32(VESSEL_HU * t * rng.uniform(0.6, 1.0)) * np.exp(f1 * np.float32(-0.5 / w**2)) * fat
-    # never above _TOP_HU, never below what the drift alone allows
+    # no voxel raised above _TOP_HU (outside fat and soft tissue every term above is 0 already)
     np.minimum(out, np.maximum(np.float32(_TOP_HU) - vol, 0.0), out=out)
-    out[(fat == 0) & (soft == 0)] = 0.0
-    return out.astype(np.float32, copy=False)
+    return out
 
