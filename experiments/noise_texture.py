@@ -45,9 +45,10 @@ def main(argv=None) -> int:
     ap.add_argument("--texture", type=float, default=None,
                     help="instead of streaks: tissue_texture (0-1; septa, small vessels, drift in fat and soft tissue)")
     ap.add_argument("--variant", default=None,
-                    help="NAME=VALUE: instead of streaks, any generate_exam option (e.g. heart_axis_spread=2.5)")
+                    help="NAME=VALUE[,NAME=VALUE...]: instead of streaks, any generate_exam options (e.g. "
+                         "heart_axis_spread=2.5 or heart_axis_spread=1,heart_tilt_spread=2.5)")
     ap.add_argument("--plain", type=float, default=None,
-                    help="the option's value in the first row (default: what the shipped networks were trained on)")
+                    help="the options' value in the first row (default: what the shipped networks were trained on)")
     ap.add_argument("--skip-plain", action="store_true",
                     help="score only the variant (the draws as trained were scored by an earlier run: same seeds)")
     ap.add_argument("--exams", type=int, default=None, help="only the first N exams of the J3 draw")
@@ -58,21 +59,21 @@ def main(argv=None) -> int:
     ens = load_ensemble(args.weights)
     n = table1.cohort_size("J3", args.scale)
     first = n if args.exams is None else min(n, args.exams)
-    key, value = ("noise_streak", args.streak) if args.texture is None else ("tissue_texture", args.texture)
-    if args.variant is not None:
-        key, _, text = args.variant.partition("=")
-        value = float(text)
+    if args.variant is not None:  # NAME=VALUE[,NAME=VALUE...]
+        pairs = [item.partition("=") for item in args.variant.split(",")]
+        variant = {k.strip(): float(v) for k, _, v in pairs}
+    else:
+        variant = {"noise_streak": args.streak} if args.texture is None else {"tissue_texture": args.texture}
+    # the options' values in the draws the networks were trained on (generator version 8's turn of the heart)
+    trained = {"heart_axis_spread": 1.0, "heart_tilt_spread": 1.0}
+    plain = {k: trained.get(k, 0.0) if args.plain is None else args.plain for k in variant}
     results = {}
     print(f"device {table1.device_description()}; J3 seed {args.seed}, {first} of {n} exams, matrix {args.matrix}",
           flush=True)
     print("| texture | J3 C-index | J3 accuracy | lesion sens / PPV / F1 | calcium-free >= 10: cardiac / chest |")
     print("|---|---|---|---|---|")
-    plain = {"heart_axis_spread": 1.0}.get(key, 0.0)  # the option's value in the draws the networks were trained on
-    if args.plain is not None:
-        plain = args.plain
-    for v in ((value,) if args.skip_plain else (plain, value)):
+    for extra in ((variant,) if args.skip_plain else (plain, variant)):
         t0 = time.perf_counter()
-        extra = {key: v}
         exams = table1.generate("J3", n, args.seed, {"matrix": args.matrix, **extra})
         ev = table1.evaluate(ens, [next(exams) for _ in range(first)])
         free = {}
@@ -81,15 +82,16 @@ def main(argv=None) -> int:
                                    **extra) for i in range(args.calcium_free))
             free[protocol] = false_calcium.score(ens, exams)
         les = ev["lesions"]
-        tag = ("as trained" if v == plain else f"horizontal streaks, share {v:g}" if key == "noise_streak"
-               else f"{key} {v:g}")
+        label = ", ".join(f"{k} {v:g}" for k, v in extra.items())
+        tag = ("as trained" if extra == plain else f"horizontal streaks, share {extra['noise_streak']:g}"
+               if "noise_streak" in extra else label)
         print(f"| {tag} | {ev['ensemble_c_index']:.3f} | {ev['ensemble_accuracy']:.3f} | {les['sensitivity']:.3f} / "
               f"{les['ppv']:.3f} / {les['f1']:.3f} | {free['cardiac']['at_least_10']} / {free['chest']['at_least_10']} "
               f"(of {args.calcium_free} each) |", flush=True)
-        results[str(v)] = {"J3": ev, "calcium_free": free, "seconds": time.perf_counter() - t0}
+        results[label] = {"J3": ev, "calcium_free": free, "seconds": time.perf_counter() - t0}
     out = Path(args.workdir)
     out.mkdir(parents=True, exist_ok=True)
-    name = "noise_texture.json" if key == "noise_streak" else f"{key}.json"
+    name = "noise_texture.json" if "noise_streak" in variant else "+".join(variant) + ".json"
     atomic_write_text(out / name, json.dumps(results, indent=1))
     return 0
 

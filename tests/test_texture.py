@@ -81,6 +81,25 @@ def test_heart_axis_spread_turns_the_long_axis_further_from_its_mean():
         generate_exam(0, heart_axis_spread=5.0, matrix=64)
 
 
+def test_heart_tilt_spread_draws_the_tilt_apart_from_the_turn_within_the_axial_plane():
+    """sample_heart(..., tilt_spread=t): the long axis' angle below the axial plane is the one drawn at
+    axis_spread=t, its angle within the plane the one drawn at axis_spread (each from its own plain draw)."""
+    from agatax.synthetic.anatomy import sample_heart
+
+    def angles(u):  # (within the axial plane, left of anterior; below the axial plane), degrees
+        return np.degrees(np.arctan2(u[2], -u[1])), np.degrees(np.arcsin(-u[0]))
+
+    for seed in range(6):
+        for k, t in ((2.5, 1.0), (1.0, 2.5)):
+            split = angles(sample_heart(np.random.default_rng(seed), 110.0, axis_spread=k, tilt_spread=t).u)
+            turn = angles(sample_heart(np.random.default_rng(seed), 110.0, axis_spread=k).u)
+            tilt = angles(sample_heart(np.random.default_rng(seed), 110.0, axis_spread=t).u)
+            assert abs(split[0] - turn[0]) < 1e-9 and abs(split[1] - tilt[1]) < 1e-9, (seed, k, t)
+            assert abs(turn[1] - tilt[1]) > 1e-3  # the two spreads do tilt this draw differently
+    with pytest.raises(InputError, match="heart_tilt_spread"):
+        generate_exam(0, heart_tilt_spread=5.0, matrix=64)
+
+
 def test_heart_roll_turns_every_artery_about_the_long_axis_by_the_angle():
     """coronary_tree(..., roll): the LAD, LCX and RCA lie ``roll`` further round the heart (phi, from
     ``surface_coords``, the inverse of the surface the arteries are drawn on), the same draw otherwise; the

@@ -67,7 +67,9 @@ class ScannerParams:
     in [0, 1] of the septa, small vessels and slow drift drawn in fat and soft tissue (``texture.tissue_texture``),
     not drawn: 0 unless given; heart_axis_spread: how far the heart's long axis turns from patient to patient
     (``HEART_AXIS_SPREAD`` unless given; ``sample_heart``); heart_roll_deg: SD (degrees) of a random roll of
-    the arteries about the heart's long axis (``calcium.coronary_tree``), a stress test: 0 unless given.
+    the arteries about the heart's long axis (``calcium.coronary_tree``), a stress test: 0 unless given;
+    heart_tilt_spread: where given, the axis' tilt below the axial plane is drawn at this spread and its angle
+    within the plane at ``heart_axis_spread`` (``sample_heart``), a stress test: None unless given.
     """
 
     matrix: int
@@ -89,6 +91,7 @@ class ScannerParams:
     tissue_texture: float = 0.0
     heart_axis_spread: float = HEART_AXIS_SPREAD
     heart_roll_deg: float = 0.0
+    heart_tilt_spread: float | None = None
 
     @property
     def pixel_mm(self) -> float:
@@ -148,10 +151,12 @@ def sample_scanner(rng: np.random.Generator, **given) -> ScannerParams:
     texture = float(given.pop("tissue_texture", 0.0))
     axis_spread = float(given.pop("heart_axis_spread", HEART_AXIS_SPREAD))
     roll = float(given.pop("heart_roll_deg", 0.0))
+    tilt = given.pop("heart_tilt_spread", None)
+    tilt = None if tilt is None else float(tilt)
     if given:
         raise TypeError(f"unknown scanner parameter(s): {sorted(given)}")
     return ScannerParams(matrix, fov, inc, thick, n, noise, sharp, offset, center, kvp, protocol,  # type: ignore[arg-type]
-                         padding, streak, profile, table, abdomen, texture, axis_spread, roll)
+                         padding, streak, profile, table, abdomen, texture, axis_spread, roll, tilt)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -298,14 +303,20 @@ HEART_SPINE_MM = 20.0
 
 
 def sample_heart(rng: np.random.Generator, body_b_inner: float, scale: float = 1.0,
-                 axis_spread: float = HEART_AXIS_SPREAD) -> Heart:
+                 axis_spread: float = HEART_AXIS_SPREAD, tilt_spread: float | None = None) -> Heart:
     """Heart size, position and orientation for one patient (Z, Y, X mm). ``axis_spread`` scales the random
     turn of the long axis (``HEART_AXIS_SPREAD``; 2.5: 95 % of axes 26-75 degrees left of anterior and 26-60
-    below the axial plane)."""
+    below the axial plane); ``tilt_spread``, where given, draws the axis' angle below the axial plane as at
+    that spread and keeps its angle within the plane (a stress test of the tilt alone)."""
     s = scale * rng.uniform(0.9, 1.08)
     semi = np.array([52.0, 40.0, 44.0]) * s
     # base -> apex: inferior, anterior, to the left
-    u = _unit(np.array([-0.68, -0.45, 0.55]) + axis_spread * rng.normal(0.0, 0.06, 3))
+    turn = rng.normal(0.0, 0.06, 3)
+    u = _unit(np.array([-0.68, -0.45, 0.55]) + axis_spread * turn)
+    if tilt_spread is not None:  # the angle below the axial plane as at tilt_spread, the one within it kept
+        tilted = _unit(np.array([-0.68, -0.45, 0.55]) + tilt_spread * turn)
+        flat = np.hypot(u[1], u[2])
+        u = np.array([tilted[0], u[1] / flat * np.hypot(tilted[1], tilted[2]), u[2] / flat * np.hypot(tilted[1], tilted[2])])
     anterior = np.array([0.0, -1.0, 0.0])
     v = _unit(anterior - (anterior @ u) * u)
     w = np.cross(u, v)

@@ -38,7 +38,7 @@ _BRANCH_P = {"LAD": 0.25, "LCX": 0.35, "RCA": 0.15}  # of an artery's plaques, t
 _SCANNER_KEYS = ("matrix", "fov_mm", "slice_increment_mm", "slice_thickness_mm", "n_slices", "noise_sigma_hu",
                  "sharpness", "hu_offset", "fov_center_mm", "kvp", "protocol", "padding_hu", "noise_streak",
                  "noise_profile", "table", "abdomen", "tissue_texture", "heart_axis_spread",
-                 "heart_roll_deg")
+                 "heart_roll_deg", "heart_tilt_spread")
 
 
 #: Changes whenever the same seed and arguments give another exam (anatomy, calcium or scanner drawn
@@ -433,7 +433,9 @@ def generate_exam(
             septa, small vessels and a slow drift in fat and soft tissue, ``texture.tissue_texture``; not
             drawn: 0 unless given), ``heart_axis_spread`` (how far the heart's long axis turns from its mean,
             ``anatomy.HEART_AXIS_SPREAD`` unless given; 1: generator versions up to 8), ``heart_roll_deg`` (SD
-            of a random roll of the arteries about the heart's long axis, degrees; not drawn: 0 unless given).
+            of a random roll of the arteries about the heart's long axis, degrees; not drawn: 0 unless given),
+            ``heart_tilt_spread`` (where given, the axis' tilt below the axial plane drawn at this spread and its
+            angle within the plane at ``heart_axis_spread``; None unless given).
 
     Returns:
         SyntheticExam (volume in HU on a (n_slices, matrix, matrix) grid, artery-labelled true mask, lesion
@@ -522,6 +524,7 @@ def _check_scanner(sc: dict) -> None:
         "tissue_texture": lambda v: 0.0 <= v <= 1.0,
         "heart_axis_spread": lambda v: 0.0 <= v <= 4.0,
         "heart_roll_deg": lambda v: 0.0 <= v <= 45.0,
+        "heart_tilt_spread": lambda v: v is None or 0.0 <= v <= 4.0,
     }
     for k, ok in checks.items():
         if k in sc and not ok(sc[k]):
@@ -555,12 +558,13 @@ def sample_patient(r_pat: np.random.Generator, sc: ScannerParams) -> tuple[dict,
             "wall": r_pat.uniform(10.0, 16.0)}
     b_inner = body["b"] - body["subcut"] * 0.8 - body["wall"]
     heart_seed = int(r_pat.integers(2**31))
-    heart = sample_heart(np.random.default_rng(heart_seed), b_inner, axis_spread=sc.heart_axis_spread)
+    heart = sample_heart(np.random.default_rng(heart_seed), b_inner, axis_spread=sc.heart_axis_spread,
+                         tilt_spread=sc.heart_tilt_spread)
     coverage = sc.n_slices * sc.slice_increment_mm
     needed = heart.z_top + 18.0 - (heart.z_bottom - 6.0)
     if coverage < needed:
         heart = sample_heart(np.random.default_rng(heart_seed), b_inner, scale=max(0.7, coverage / needed),
-                             axis_spread=sc.heart_axis_spread)
+                             axis_spread=sc.heart_axis_spread, tilt_spread=sc.heart_tilt_spread)
         needed = heart.z_top + 18.0 - (heart.z_bottom - 6.0)
     body["b"] += heart.chest_deeper_mm  # a chest deep enough for the heart (sample_heart)
     return body, heart, coverage, needed
