@@ -349,6 +349,9 @@ def main(argv=None) -> int:
     ap.add_argument("--train-texture", default=None,
                     help="LOW,HIGH: draw each training exam's tissue_texture (septa, small vessels and drift in fat "
                     "and soft tissue, 0-1) from this range instead of none (J3 keeps none)")
+    ap.add_argument("--train-tilt", type=float, default=None,
+                    help="the training exams' heart_tilt_spread (the heart's long axis tilted below the axial plane "
+                         "as at this spread, its turn within the plane as drawn); J3 keeps the generator's")
     ap.add_argument("--box-mm", type=float, default=ENHANCE_BOX_MM,
                     help="the pre-processing's enhancement box (mm) of fresh networks (UNetConfig.input_box_mm; "
                     "0: the fine voxels as they are); a fine-tune keeps its starting networks' box")
@@ -420,6 +423,8 @@ def main(argv=None) -> int:
         train_kwargs["lookalike_rates"] = parse_lookalike_rates(args.train_lookalikes)
     if args.train_abdomen:
         train_kwargs["abdomen"] = True
+    if args.train_tilt is not None:
+        train_kwargs["heart_tilt_spread"] = args.train_tilt
     for name in needed:
         pairs[name] = cohort_pairs(name, cohort_size(name, args.scale), args.seed, train_kwargs, workdir, log,
                                    noise_range, model_config.input_box_mm, streak_range, model_config.input_dense_gain,
