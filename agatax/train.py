@@ -111,6 +111,8 @@ class TrainConfig:
         rotate_deg: geometric augmentation: each patch is sampled from its exam through a rotation of up to
             this many degrees about the z axis (uniform) and up to a third of it about y and x (the heart's
             axis varies from patient to patient), with linear interpolation; 0 outside the exam.
+        tilt_deg: the rotation's limit about y and x where given (the heart's tilt below the axial plane
+            varies more than its turn within it); None: a third of ``rotate_deg``.
         scale_range: and an isotropic scale uniform in [1 - r, 1 + r] (smaller and larger anatomy).
         elastic_voxels: and a smooth random displacement (a 4 x 4 x 4 grid of N(0, e) voxel offsets, per
             axis, interpolated across the patch): organ shapes and vessel courses bent. The target is
@@ -144,6 +146,7 @@ class TrainConfig:
     border_cut: float = 0.0
     end_cut: float = 0.0
     rotate_deg: float = 0.0
+    tilt_deg: float | None = None
     scale_range: float = 0.0
     elastic_voxels: float = 0.0
     dice_smooth: float = 1.0
@@ -191,6 +194,8 @@ class TrainConfig:
                 f"({self.elastic_voxels}) must be >= 0, scale_range under 1",
                 code="BAD_TRAIN_CONFIG",
             )
+        if self.tilt_deg is not None and not self.tilt_deg >= 0:
+            raise InputError(f"tilt_deg must be >= 0 or None, got {self.tilt_deg}", code="BAD_TRAIN_CONFIG")
         for name in ("border_cut", "end_cut"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise InputError(f"{name} is a probability from 0 to 1, got {getattr(self, name)}",
@@ -198,9 +203,11 @@ class TrainConfig:
         object.__setattr__(self, "patch_zyx", tuple(int(p) for p in self.patch_zyx))
 
     @property
-    def geometric(self) -> tuple[float, float, float] | None:
-        """(rotate_deg, scale_range, elastic_voxels) when any geometric augmentation is on, else None."""
-        g = (float(self.rotate_deg), float(self.scale_range), float(self.elastic_voxels))
+    def geometric(self) -> tuple[float, float, float, float] | None:
+        """(rotate_deg, scale_range, elastic_voxels, the limit about y and x) when any geometric augmentation
+        is on, else None."""
+        tilt = self.rotate_deg / 3.0 if self.tilt_deg is None else self.tilt_deg
+        g = (float(self.rotate_deg), float(self.scale_range), float(self.elastic_voxels), float(tilt))
         return g if any(g) else None
 
     def fingerprint_dict(self) -> dict:
@@ -214,6 +221,8 @@ class TrainConfig:
                   "rotate_deg", "scale_range", "elastic_voxels"):  # likewise before these options existed
             if not d[k]:
                 d.pop(k)
+        if d["tilt_deg"] is None:
+            d.pop("tilt_deg")
         d["patch_zyx"] = list(d["patch_zyx"])
         return d
 
@@ -559,13 +568,15 @@ def _warp(image, start, angles, scale, displacement, *, patch, order: int = 1):
 
 
 def _warp_crop(image, target, start, key, *, patch, rotate_deg: float, scale_range: float,
-               elastic_voxels: float):
-    """A random warp (``TrainConfig``'s rotate_deg, scale_range, elastic_voxels) of one exam's patch at
+               elastic_voxels: float, tilt_deg: float | None = None):
+    """A random warp (``TrainConfig``'s rotate_deg, scale_range, elastic_voxels, tilt_deg: the limit about y and
+    x, None for a third of rotate_deg) of one exam's patch at
     ``start`` (``_warp``): image linearly interpolated, target by nearest neighbour (a linearly interpolated
     target thresholded at 0.5 loses the one-voxel specks whose blurred image the patch still shows).
     Returns (x, y), each ``patch`` float32."""
     k_rot, k_scale, k_el = jax.random.split(key, 3)
-    limits = jnp.deg2rad(jnp.array([rotate_deg, rotate_deg / 3.0, rotate_deg / 3.0], jnp.float32))
+    tilt = rotate_deg / 3.0 if tilt_deg is None else tilt_deg
+    limits = jnp.deg2rad(jnp.array([rotate_deg, tilt, tilt], jnp.float32))
     angles = jax.random.uniform(k_rot, (3,), minval=-1.0, maxval=1.0) * limits
     scale = 1.0 + jax.random.uniform(k_scale, (), minval=-1.0, maxval=1.0) * scale_range
     displacement = None
@@ -577,13 +588,13 @@ def _warp_crop(image, target, start, key, *, patch, rotate_deg: float, scale_ran
 
 
 def _sample_batch(data: dict, key, *, patch, batch: int, positive_fraction: float,
-                  hard_negative_fraction: float = 0.0, geometric: tuple[float, float, float] | None = None):
+                  hard_negative_fraction: float = 0.0, geometric: tuple[float, float, float, float] | None = None):
     """Random patches (batch, pz, py, px) of images (float32) and targets (float32).
 
     Patch b is centred (with jitter of up to a quarter patch) on a calcified voxel when
     u_b < positive_fraction, on a hard-negative voxel when u_b < positive_fraction + hard_negative_fraction,
     and placed uniformly otherwise, with stratified u_b = (b + U) / batch, U ~ uniform(0, 1). A kind the
-    data lack falls back to a uniform patch. ``geometric`` (rotate_deg, scale_range, elastic_voxels):
+    data lack falls back to a uniform patch. ``geometric`` (rotate_deg, scale_range, elastic_voxels, tilt_deg):
     each patch is sampled about the same centre through a random warp (``_warp_crop``).
     """
     if geometric is not None:
@@ -614,9 +625,9 @@ def _sample_batch(data: dict, key, *, patch, batch: int, positive_fraction: floa
     start = jnp.where(use_pos[:, None], start_p, jnp.where(use_neg[:, None], start_n, start_u))
 
     if geometric is not None:
-        rotate_deg, scale_range, elastic_voxels = geometric
+        rotate_deg, scale_range, elastic_voxels, tilt_deg = geometric
         warp = partial(_warp_crop, patch=tuple(patch), rotate_deg=rotate_deg, scale_range=scale_range,
-                       elastic_voxels=elastic_voxels)
+                       elastic_voxels=elastic_voxels, tilt_deg=tilt_deg)
         return jax.vmap(lambda e, s, k: warp(data["images"][e], data["targets"][e], s, k))(
             exam, start, jax.random.split(k_warp, batch))
 

@@ -338,6 +338,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rotate", type=float, default=0.0,
                     help="geometric augmentation: rotation of each patch up to this many degrees about z "
                          "(a third of it about y and x)")
+    ap.add_argument("--tilt", type=float, default=None,
+                    help="and the rotation's limit about y and x (degrees; default a third of --rotate)")
     ap.add_argument("--scale-aug", type=float, default=0.0, help="and an isotropic scale in [1 - r, 1 + r]")
     ap.add_argument("--elastic", type=float, default=0.0, help="and a smooth displacement of SD this many voxels")
     ap.add_argument("--train-noise", default=None,
@@ -408,7 +410,7 @@ def main(argv=None) -> int:
                          end_cut=args.end_cut,
                          per_object=args.per_object, dense_per_object=args.dense_per_object,
                          dense_hard_per_object=args.dense_hard_per_object,
-                         rotate_deg=args.rotate, scale_range=args.scale_aug,
+                         rotate_deg=args.rotate, tilt_deg=args.tilt, scale_range=args.scale_aug,
                          elastic_voxels=args.elastic)
     log(f"device: {device_description()}; model {args.model} {model_config}; {config}")
     log("command: python experiments/table1.py " + " ".join(argv if argv is not None else sys.argv[1:]))

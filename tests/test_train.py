@@ -689,6 +689,31 @@ def test_geometric_patches_keep_their_centre_and_stay_within_the_limits():
         assert np.cos(np.deg2rad(20.0)) / 1.1 - 1e-3 <= slope <= 1.0 / 0.9 + 1e-3
 
 
+def test_tilt_deg_turns_patches_about_y_and_x_alone():
+    # a ramp along z: rotations about z leave it as it is; about y and x by (b, c) its slope along the patch's
+    # z axis is cos(b) cos(c) (row 0 of R_z R_y R_x), so at most tilt_deg tilts it, and the centre is kept
+    from agatax.train import _warp_crop
+
+    ramp = np.broadcast_to(np.arange(40, dtype=np.float32)[:, None, None], (40, 24, 24)) / 40.0
+    patch, low = (11, 1, 1), np.cos(np.deg2rad(20.0)) ** 2
+    slopes = {}
+    for rotate, tilt in ((20.0, 0.0), (0.0, 20.0)):
+        for seed in range(16):
+            x, _ = _warp_crop(ramp, np.zeros_like(ramp), jnp.array([14, 11, 11]), jax.random.key(seed),
+                              patch=patch, rotate_deg=rotate, scale_range=0.0, elastic_voxels=0.0, tilt_deg=tilt)
+            x = np.asarray(x)[:, 0, 0] * 40.0
+            assert abs(x[5] - 19.0) < 1e-3
+            slopes.setdefault(tilt, []).append((x[10] - x[0]) / 10.0)
+    np.testing.assert_allclose(slopes[0.0], 1.0, atol=1e-5)  # a turn about z only
+    assert all(low - 1e-4 <= v <= 1.0 + 1e-5 for v in slopes[20.0]) and min(slopes[20.0]) < 0.99
+    assert TrainConfig(tilt_deg=15.0).geometric == (0.0, 0.0, 0.0, 15.0)
+    assert TrainConfig(rotate_deg=12.0).geometric == (12.0, 0.0, 0.0, 4.0)  # a third of it, as before
+    assert "tilt_deg" not in TrainConfig(rotate_deg=12.0).fingerprint_dict()
+    assert TrainConfig(tilt_deg=15.0).fingerprint_dict()["tilt_deg"] == 15.0
+    with pytest.raises(InputError, match="tilt_deg"):
+        TrainConfig(tilt_deg=-1.0)
+
+
 def test_training_with_geometric_augmentation_runs_and_resumes_exactly(tmp_path):
     cfg = TrainConfig(**{**CFG.__dict__, "rotate_deg": 15.0, "scale_range": 0.1, "elastic_voxels": 1.0})
     whole = train_member(TRAIN, None, cfg, TINY, seed=1, log=None)
