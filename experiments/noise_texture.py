@@ -9,6 +9,8 @@ and with the streak share given, at the same noise SD, and scores both with the 
 
     python experiments/noise_texture.py --weights agatax/weights/default_ensemble.msgpack --seed 10 --matrix 512
     python experiments/noise_texture.py --weights agatax/weights/default_ensemble.msgpack --seed 48 --texture 1
+    python experiments/noise_texture.py --weights agatax/weights/default_ensemble.msgpack --seed 48 --exams 49 \
+        --variant heart_axis_spread=1,heart_tilt_spread=2.5 --skip-plain   # the heart's tilt alone
 
 J3 goes through experiments/table1.py's evaluation (chest localisation on, the object rule, host scoring),
 the calcium-free exams through ``agatax.run_pipeline`` (experiments/false_calcium.py). Prints Markdown rows
