@@ -58,17 +58,19 @@ def main(argv=None) -> int:
     ap.add_argument("--first-seed", type=int, default=7900, help="calcium-free seeds first-seed ..")
     ap.add_argument("--workdir", default=str(ROOT / "experiments" / "_table1_work"))
     args = ap.parse_args(argv)
-    ens = load_ensemble(args.weights)
     n = table1.cohort_size("J3", args.scale)
     first = n if args.exams is None else min(n, args.exams)
     if args.variant is not None:  # NAME=VALUE[,NAME=VALUE...]
         pairs = [item.partition("=") for item in args.variant.split(",")]
+        if not all(k.strip() and eq for k, eq, _ in pairs):
+            ap.error(f"--variant takes NAME=VALUE[,NAME=VALUE...], got {args.variant!r}")
         variant = {k.strip(): float(v) for k, _, v in pairs}
     else:
         variant = {"noise_streak": args.streak} if args.texture is None else {"tissue_texture": args.texture}
     # the options' values in the draws the networks were trained on (generator version 8's turn of the heart)
     trained = {"heart_axis_spread": 1.0, "heart_tilt_spread": 1.0}
     plain = {k: trained.get(k, 0.0) if args.plain is None else args.plain for k in variant}
+    ens = load_ensemble(args.weights)
     results = {}
     print(f"device {table1.device_description()}; J3 seed {args.seed}, {first} of {n} exams, matrix {args.matrix}",
           flush=True)

@@ -315,8 +315,8 @@ def sample_heart(rng: np.random.Generator, body_b_inner: float, scale: float = 1
     u = _unit(np.array([-0.68, -0.45, 0.55]) + axis_spread * turn)
     if tilt_spread is not None:  # the angle below the axial plane as at tilt_spread, the one within it kept
         tilted = _unit(np.array([-0.68, -0.45, 0.55]) + tilt_spread * turn)
-        flat = np.hypot(u[1], u[2])
-        u = np.array([tilted[0], u[1] / flat * np.hypot(tilted[1], tilted[2]), u[2] / flat * np.hypot(tilted[1], tilted[2])])
+        flat, keep = np.hypot(u[1], u[2]), np.hypot(tilted[1], tilted[2])
+        u = np.array([tilted[0], u[1] / flat * keep, u[2] / flat * keep])
     anterior = np.array([0.0, -1.0, 0.0])
     v = _unit(anterior - (anterior @ u) * u)
     w = np.cross(u, v)
