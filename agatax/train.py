@@ -203,11 +203,10 @@ class TrainConfig:
         object.__setattr__(self, "patch_zyx", tuple(int(p) for p in self.patch_zyx))
 
     @property
-    def geometric(self) -> tuple[float, float, float, float] | None:
-        """(rotate_deg, scale_range, elastic_voxels, the limit about y and x) when any geometric augmentation
-        is on, else None."""
-        tilt = self.rotate_deg / 3.0 if self.tilt_deg is None else self.tilt_deg
-        g = (float(self.rotate_deg), float(self.scale_range), float(self.elastic_voxels), float(tilt))
+    def geometric(self) -> tuple[float, float, float, float | None] | None:
+        """(rotate_deg, scale_range, elastic_voxels, tilt_deg) when any geometric augmentation is on, else None."""
+        g = (float(self.rotate_deg), float(self.scale_range), float(self.elastic_voxels),
+             None if self.tilt_deg is None else float(self.tilt_deg))
         return g if any(g) else None
 
     def fingerprint_dict(self) -> dict:
@@ -588,7 +587,8 @@ def _warp_crop(image, target, start, key, *, patch, rotate_deg: float, scale_ran
 
 
 def _sample_batch(data: dict, key, *, patch, batch: int, positive_fraction: float,
-                  hard_negative_fraction: float = 0.0, geometric: tuple[float, float, float, float] | None = None):
+                  hard_negative_fraction: float = 0.0,
+                  geometric: tuple[float, float, float, float | None] | None = None):
     """Random patches (batch, pz, py, px) of images (float32) and targets (float32).
 
     Patch b is centred (with jitter of up to a quarter patch) on a calcified voxel when

@@ -1184,4 +1184,3 @@ def test_training_draws_each_exams_texture_from_its_range_and_leaves_the_other_d
     calls.clear()
     list(table1.generate("J1", 2, 7, {}))
     assert [kw for _, kw in calls] == [{}, {}]
-

@@ -1,5 +1,5 @@
 """The generator's stress options: tissue texture (agatax.synthetic.texture: structure in fat and soft tissue
-that never makes calcium), the heart's axis spread and its roll."""
+that never makes calcium), the heart's axis spread, its tilt apart and its roll."""
 
 import numpy as np
 import pytest

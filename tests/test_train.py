@@ -707,7 +707,12 @@ def test_tilt_deg_turns_patches_about_y_and_x_alone():
     np.testing.assert_allclose(slopes[0.0], 1.0, atol=1e-5)  # a turn about z only
     assert all(low - 1e-4 <= v <= 1.0 + 1e-5 for v in slopes[20.0]) and min(slopes[20.0]) < 0.99
     assert TrainConfig(tilt_deg=15.0).geometric == (0.0, 0.0, 0.0, 15.0)
-    assert TrainConfig(rotate_deg=12.0).geometric == (12.0, 0.0, 0.0, 4.0)  # a third of it, as before
+    assert TrainConfig(rotate_deg=12.0).geometric == (12.0, 0.0, 0.0, None)
+    # unset, the limit about y and x is a third of rotate_deg, as before: the same patch as with it given
+    for seed in range(4):
+        a, b = (_warp_crop(ramp, ramp, jnp.array([14, 11, 11]), jax.random.key(seed), patch=(11, 5, 5),
+                           rotate_deg=12.0, scale_range=0.0, elastic_voxels=0.0, tilt_deg=t) for t in (None, 4.0))
+        np.testing.assert_array_equal(np.asarray(a[0]), np.asarray(b[0]))
     assert "tilt_deg" not in TrainConfig(rotate_deg=12.0).fingerprint_dict()
     assert TrainConfig(tilt_deg=15.0).fingerprint_dict()["tilt_deg"] == 15.0
     with pytest.raises(InputError, match="tilt_deg"):

@@ -310,11 +310,11 @@ def sample_heart(rng: np.random.Generator, body_b_inner: float, scale: float = 1
     that spread and keeps its angle within the plane (a stress test of the tilt alone)."""
     s = scale * rng.uniform(0.9, 1.08)
     semi = np.array([52.0, 40.0, 44.0]) * s
-    # base -> apex: inferior, anterior, to the left
+    mean = np.array([-0.68, -0.45, 0.55])  # base -> apex: inferior, anterior, to the left
     turn = rng.normal(0.0, 0.06, 3)
-    u = _unit(np.array([-0.68, -0.45, 0.55]) + axis_spread * turn)
+    u = _unit(mean + axis_spread * turn)
     if tilt_spread is not None:  # the angle below the axial plane as at tilt_spread, the one within it kept
-        tilted = _unit(np.array([-0.68, -0.45, 0.55]) + tilt_spread * turn)
+        tilted = _unit(mean + tilt_spread * turn)
         flat, keep = np.hypot(u[1], u[2]), np.hypot(tilted[1], tilted[2])
         u = np.array([tilted[0], u[1] / flat * keep, u[2] / flat * keep])
     anterior = np.array([0.0, -1.0, 0.0])

@@ -614,8 +614,7 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
     vol, tissue, _, landmarks = build_anatomy(grid, heart, r_anat, body, psf, keep_tissue,
                                               r_abd if sc.abdomen else None)
     heart = dataclasses.replace(heart, ascending_top=landmarks["ascending_top"])  # the ascending aorta ends at the arch
-    roll = math.radians(float(r_roll.normal(0.0, sc.heart_roll_deg))) if sc.heart_roll_deg > 0 else 0.0
-    vessels = coronary_tree(heart, r_anat, roll)
+    vessels = coronary_tree(heart, r_anat, math.radians(float(r_roll.normal(0.0, sc.heart_roll_deg))))
     e_mm = max(1.2 * psf, 0.5 * grid.spacing[1])
     segs = [polyline_segments(v.points, v.radius, 2.0) for v in vessels.values()]
     p0, p1, radius = (np.concatenate([g[i] for g in segs]) for i in range(3))
