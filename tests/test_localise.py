@@ -833,9 +833,9 @@ def test_the_scan_end_note_counts_calcium_just_outside_the_region_at_an_end():
 
 def test_a_scan_cut_inside_the_heart_warns_of_calcium_left_outside_the_region():
     """Exam 20 (generator version 9) cut at its lowest calcification: the hull narrows toward that end and 19 %
-    of the calcium lies just outside the region. With every voxel >= 130 HU voted calcium, the pipeline's note counts at least
-    those true calcium voxels (the generator's mask: the oracle) and is coded in the SR; with localise=False
-    there is no region and no note."""
+    of the calcium lies just outside the region. With every voxel >= 130 HU voted calcium, the pipeline's note
+    counts at least those true calcium voxels (the generator's mask: the oracle) and is coded in the SR; with
+    localise=False there is no region and no note."""
     from agatax.dicom_report import warning_code
 
     ex = generate_exam(20, target_category="E", protocol="cardiac", matrix=128, n_slices=48, slice_increment_mm=3.0)
