@@ -74,8 +74,9 @@ def main(argv=None) -> int:
     results = {}
     print(f"device {table1.device_description()}; J3 seed {args.seed}, {first} of {n} exams, matrix {args.matrix}",
           flush=True)
-    print("| texture | J3 C-index | J3 accuracy | lesion sens / PPV / F1 | calcium-free >= 10: cardiac / chest |")
-    print("|---|---|---|---|---|")
+    print("| texture | J3 C-index | J3 accuracy | lesion sens / PPV / F1 | planted lesions found | calcium-free >= 10: "
+          "cardiac / chest |")
+    print("|---|---|---|---|---|---|")
     for extra in ((variant,) if args.skip_plain else (plain, variant)):
         t0 = time.perf_counter()
         exams = table1.generate("J3", n, args.seed, {"matrix": args.matrix, **extra})
@@ -85,12 +86,13 @@ def main(argv=None) -> int:
             exams = (generate_exam(args.first_seed + i, target_category="A", protocol=protocol, matrix=args.matrix,
                                    **extra) for i in range(args.calcium_free))
             free[protocol] = false_calcium.score(ens, exams)
-        les = ev["lesions"]
+        les, pl = ev["lesions"], ev["planted_lesions"]
         label = ", ".join(f"{k} {v:g}" for k, v in extra.items())
         tag = ("as trained" if extra == plain else f"horizontal streaks, share {extra['noise_streak']:g}"
                if "noise_streak" in extra else label)
         print(f"| {tag} | {ev['ensemble_c_index']:.3f} | {ev['ensemble_accuracy']:.3f} | {les['sensitivity']:.3f} / "
-              f"{les['ppv']:.3f} / {les['f1']:.3f} | {free['cardiac']['at_least_10']} / {free['chest']['at_least_10']} "
+              f"{les['ppv']:.3f} / {les['f1']:.3f} | {pl['found']} of {pl['planted']} | "
+              f"{free['cardiac']['at_least_10']} / {free['chest']['at_least_10']} "
               f"(of {args.calcium_free} each) |", flush=True)
         results[label] = {"J3": ev, "calcium_free": free, "seconds": time.perf_counter() - t0}
     out = Path(args.workdir)

@@ -194,6 +194,21 @@ def _logits_fn(ensemble):
     return _LOGITS[key]
 
 
+def planted_found(pred_mask, exam) -> tuple[int, int]:
+    """(found, planted): how many of ``exam.lesions`` the predicted mask (z, y, x) bool touches, a lesion being
+    the 26-connected components of ``exam.mask > 0`` that hold its ``points_zyx`` (two plaques that touch count
+    as found together). Unlike the orCaScore count (``agatax.lesion_detection``: every 6-connected piece above
+    130 HU a lesion), a plaque cut by the threshold into pieces counts once, as a reader counts it."""
+    from scipy import ndimage
+
+    lab = ndimage.label(np.asarray(exam.mask) > 0, structure=np.ones((3, 3, 3), bool))[0]
+    touched = np.zeros(int(lab.max()) + 1, bool)
+    touched[lab[np.asarray(pred_mask, bool)]] = True
+    touched[0] = False
+    found = sum(bool(touched[[lab[tuple(p)] for p in les["points_zyx"]]].any()) for les in exam.lesions)
+    return found, len(exam.lesions)
+
+
 def evaluate(ensemble, exams) -> dict:
     """Score every test exam with each member alone and with the majority vote of all members, both through
     the metal, in-air and noise-level rules as agatax.run_pipeline (single members through them since
@@ -213,6 +228,7 @@ def evaluate(ensemble, exams) -> dict:
     kept_specks, kept_pairs = [], []  # the ensemble's scores and masks with the noise-level objects kept
     wide_scores, wide_pairs = [], []  # ... with the noise-level rule read against the exam-wide noise SD
     t_exam = []
+    planted = np.zeros(2, int)  # planted lesions (found, all): planted_found
     smoothing = []  # the input smoothing (mm) each exam was shown to the networks through (0: none)
     for exam in exams:
         vol = exam.volume
@@ -239,6 +255,7 @@ def evaluate(ensemble, exams) -> dict:
         ens_score.append(res.agatston)
         ens_cat.append(res.category)
         detection_pairs.append((mask, exam.mask > 0, vol))
+        planted += planted_found(mask, exam)
         for k in range(ensemble.members):  # each member alone through the same object rules
             single = exclude_in_air(vol.hu, singles[k], singles[k], vol.spacing)[0]
             if NOISE_SNR is not None:
@@ -265,6 +282,8 @@ def evaluate(ensemble, exams) -> dict:
         "ensemble_accuracy": float(category_accuracy(ens_cat, ref_cat)),
         "confusion": np.asarray(confusion_matrix(ens_cat, ref_cat)).tolist(),
         "lesions": lesions,
+        "planted_lesions": {"found": int(planted[0]), "planted": int(planted[1]),
+                            "sensitivity": float(planted[0] / planted[1]) if planted[1] else float("nan")},
         "seconds_per_exam_incl_scoring": float(np.median(t_exam)),
         "reference_scores": ref_score,
         "ensemble_scores": ens_score,

@@ -259,6 +259,9 @@ def main(argv=None) -> int:
                 print(f"| {w} | {tag} | {ev['ensemble_c_index']:.3f} | {ev['ensemble_accuracy']:.3f} | "
                       f"{les['sensitivity']:.3f} / {les['ppv']:.3f} / {les['f1']:.3f} | {ev['single_c_mean']:.3f} |",
                       flush=True)
+                pl = ev["planted_lesions"]
+                print(f"({w}, {tag}: planted lesions found {pl['found']} of {pl['planted']}, {pl['sensitivity']:.3f})",
+                      flush=True)
                 kept = ev["noise_level_kept_lesions"]
                 print(f"| {w}, noise-level objects kept | {tag} | {ev['noise_level_kept_c_index']:.3f} | "
                       f"{ev['noise_level_kept_accuracy']:.3f} | {kept['sensitivity']:.3f} / {kept['ppv']:.3f} / "

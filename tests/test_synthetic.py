@@ -1165,6 +1165,32 @@ def test_insert_psf_fits_recover_a_known_blur():
     np.testing.assert_allclose(mod.rod_in_slices(z, 10.5, 5.0, 3.0, 0.44), brute, atol=2e-3)
 
 
+def test_planted_lesions_count_a_plaque_once_however_the_threshold_cuts_it():
+    """experiments/table1.py planted_found: a planted lesion is found when the predicted mask touches any
+    26-connected piece of the true mask holding one of its points; a false voxel elsewhere finds nothing.
+    Hand-built: three plaques, the second of two pieces touching only at a corner (two orCaScore lesions)."""
+    from types import SimpleNamespace
+
+    table1 = _experiment("table1")
+    mask = np.zeros((3, 8, 8), np.uint8)
+    mask[1, 1, 1:3] = 2  # plaque 1: two voxels in a row
+    mask[1, 5, 5] = mask[2, 6, 6] = 3  # plaque 2: two voxels meeting at a corner only
+    mask[0, 7, 0] = 4  # plaque 3
+    mask[2, 0, 5] = 4  # plaque 4: two separate pieces, its second point on this one
+    mask[0, 3, 7] = 4
+    lesions = [{"points_zyx": [(1, 1, 1)]}, {"points_zyx": [(1, 5, 5)]}, {"points_zyx": [(0, 7, 0)]},
+               {"points_zyx": [(2, 0, 5), (0, 3, 7)]}]
+    exam = SimpleNamespace(mask=mask, lesions=lesions)
+    pred = np.zeros(mask.shape, bool)
+    assert table1.planted_found(pred, exam) == (0, 4)
+    pred[2, 6, 6] = True  # the corner piece of plaque 2
+    pred[0, 0, 7] = True  # a false voxel
+    assert table1.planted_found(pred, exam) == (1, 4)
+    pred[1, 1, 2] = True  # plaque 1's second voxel
+    pred[0, 3, 7] = True  # plaque 4's second piece
+    assert table1.planted_found(pred, exam) == (3, 4)
+
+
 def test_training_draws_each_exams_texture_from_its_range_and_leaves_the_other_draws_as_they_were(monkeypatch):
     """experiments/table1.py --train-texture: each exam's tissue_texture drawn from the range on a stream of its
     own (cohort, seed, index); the noise draws keep their old streams, so a cohort drawn with a texture range
