@@ -1168,7 +1168,8 @@ def test_insert_psf_fits_recover_a_known_blur():
 def test_planted_lesions_count_a_plaque_once_however_the_threshold_cuts_it():
     """experiments/table1.py planted_found: a planted lesion is found when the predicted mask touches any
     26-connected piece of the true mask holding one of its points; a false voxel elsewhere finds nothing.
-    Hand-built: three plaques, the second of two pieces touching only at a corner (two orCaScore lesions)."""
+    Hand-built: four plaques, the second of two voxels touching only at a corner (two orCaScore lesions), the
+    fourth of two separate pieces."""
     from types import SimpleNamespace
 
     table1 = _experiment("table1")
