@@ -50,9 +50,9 @@ STRATEGIES = ("auto", "vmap", "sequential")
 CHECKPOINT_FORMAT = "agatax-ensemble"
 CHECKPOINT_VERSION = 1
 _STORE_DTYPES = ("float32", "float16", "bfloat16")
-# object_majority's dense line: objects peaking in [low, high) HU (120 kVp): denser than most coronary calcium,
-# below coronary stents (1500-2600 HU) and other metal
-DENSE_VOTE_HU = (1000.0, 1500.0)
+# object_majority's dense line: objects peaking in [low, high) HU (120 kVp): above the networks' input clip at
+# 800 HU (they cannot see how dense such an object is), below coronary stents (1500-2600 HU) and other metal
+DENSE_VOTE_HU = (800.0, 1500.0)
 
 
 @flax.struct.dataclass

@@ -46,7 +46,7 @@ AIR_SHARE = 0.65  # an object this much surrounded by air (in its own slices) li
 AERATED_HU = -400.0  # aerated lung (-950 to -700 HU) and air read below this; fat (-150 to -50 HU) never
 NOISE_SNR = 5.0  # an object must stand this many noise SDs above its surroundings (the Rose criterion)
 _RING_MM = (1.0, 3.0)  # the ring around an object where its surroundings are read (in-plane, mm)
-DENSE_VOTE = 0.4  # objects peaking at 1000-1500 HU kept at a mean vote of 2 of 5 (object_majority; None: off)
+DENSE_VOTE = 0.4  # objects peaking at 800-1500 HU kept at a mean vote of 2 of 5 (object_majority; None: off)
 BESIDE_METAL_MM = 10.0  # streaks beside metal reach 130 HU this far (a warning when the category rests on them)
 #: a chest region whose widest axial section is smaller cannot hold an adult heart (the smallest: ~10 x 7.5 cm,
 #: ~60 cm^2, and the region's 8 mm margin around it) and is refused (REGION_TOO_SMALL); synthetic patients:
@@ -329,7 +329,7 @@ def segment(
         assume_non_contrast: segment an exam whose mediastinum looks contrast-enhanced
             (``ChestRegion.contrast_enhanced``) instead of refusing it, the chest region kept: for a
             non-contrast exam whose narrow mediastinum is mostly bone.
-        dense_vote: objects peaking at 1000-1500 HU are also kept at a mean vote of this share of the
+        dense_vote: objects peaking at 800-1500 HU (``agatax.ensemble.DENSE_VOTE_HU``) are also kept at a mean vote of this share of the
             members (``agatax.ensemble.object_majority``); None: one line for every object.
         adapt_noise: show an exam noisier than the networks' training (``UNetConfig.trained_noise_hu``) to
             them smoothed in-plane, its noise brought to 0.875 of the range's top (35 HU for 10-40;

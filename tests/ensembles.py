@@ -28,7 +28,7 @@ def all_calcium_ensemble():
     return stack_members(members, cfg)
 
 
-def object_majority_oracle(votes, candidates, members, split=True, hu=None, dense_vote=None, dense_hu=(1000.0, 1500.0)):
+def object_majority_oracle(votes, candidates, members, split=True, hu=None, dense_vote=None, dense_hu=(800.0, 1500.0)):
     """Each 26-connected object of ``candidates`` whole where the mean of its votes is over members / 2 (or,
     with ``hu`` and ``dense_vote``, at least dense_vote * members where its peak HU lies in [dense_hu)); in
     each other object (``split``, 3 or more members), each 26-connected part of its voxels voted over

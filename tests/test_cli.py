@@ -939,11 +939,14 @@ def test_report_names_the_noise_the_ensemble_was_trained_on(exam, capsys):
 
 def test_score_json_carries_the_category_range_of_one_vote(cohort, tmp_path):
     """The JSON's ``category_range`` against the object vote (scipy, one object at a time) with every
-    candidate's vote one lower and one higher, on the votes of the same exam (the untrained 3-network
-    ensemble, no localisation: its votes split on bone); the summary row names both ends."""
+    candidate's vote one lower and one higher, the pipeline's dense line at both ends and, at the low end,
+    no scored object as dense as a stent, on the votes of the same exam (the untrained 3-network ensemble,
+    no localisation: its votes split on bone); the summary row names both ends."""
     from ensembles import object_majority_oracle
+    from scipy import ndimage
 
     from agatax import load_ensemble, run_pipeline
+    from agatax.pipeline import DENSE_HU, DENSE_VOTE
 
     exam, weights = cohort / "exams" / "case0", cohort / "tiny.msgpack"
     assert main(["score", str(exam), "--report", str(tmp_path), "--no-png", "--no-localise",
@@ -955,15 +958,25 @@ def test_score_json_carries_the_category_range_of_one_vote(cohort, tmp_path):
     assert np.array_equal(scored, res.mask)  # the votes below are the CLI's
     cand = volume.hu >= 130
     votes = res.votes.astype(np.int64)
-    ends = [compute_scores(volume.hu, object_majority_oracle(np.where(cand, votes + d, 0), cand, 3),
-                           volume.spacing) for d in (-1, 1)]
+    low, high = (object_majority_oracle(np.where(cand, votes + d, 0), cand, 3, hu=volume.hu, dense_vote=DENSE_VOTE)
+                 for d in (-1, 1))
+    lab, n = ndimage.label(res.mask, structure=np.ones((3, 3, 3), bool))
+    low &= ~np.isin(lab, [k for k in range(1, n + 1) if volume.hu[lab == k].max() >= DENSE_HU])
+    ends = [compute_scores(volume.hu, m, volume.spacing) for m in (low, high)]
     got = result["category_range"]
     assert got["low"] == {"agatston": round(ends[0].agatston, 4), "category": ends[0].category}
     assert got["high"] == {"agatston": round(ends[1].agatston, 4), "category": ends[1].category}
     assert got["uncertain"] == (ends[0].category != ends[1].category)
-    assert ends[0].agatston < result["agatston"] < ends[1].agatston  # not vacuous: objects in doubt both ways
+    assert ends[0].agatston < result["agatston"] <= ends[1].agatston  # not vacuous: objects in doubt downward
     row = _rows(tmp_path / "summary.csv")["case0"]
     assert (row["category_low"], row["category_high"]) == (ends[0].category, ends[1].category)
+    # upward, not vacuous: without the dense line (this exam's bone peaks in its band, so with it every object
+    # is scored already) objects come in at one vote more
+    plain = run_pipeline(load_ensemble(weights), volume, localise=False, dense_vote=None)
+    high = object_majority_oracle(np.where(cand, plain.votes.astype(np.int64) + 1, 0), cand, 3)
+    assert plain.category_range.high_agatston == pytest.approx(compute_scores(volume.hu, high, volume.spacing).agatston,
+                                                               rel=1e-9)
+    assert plain.category_range.high_agatston > plain.scores.agatston
 
 
 def test_text_report_shows_the_range_only_when_it_spans_categories(exam, capsys):
