@@ -329,8 +329,9 @@ def segment(
         assume_non_contrast: segment an exam whose mediastinum looks contrast-enhanced
             (``ChestRegion.contrast_enhanced``) instead of refusing it, the chest region kept: for a
             non-contrast exam whose narrow mediastinum is mostly bone.
-        dense_vote: objects peaking at 800-1500 HU (``agatax.ensemble.DENSE_VOTE_HU``) are also kept at a mean vote of this share of the
-            members (``agatax.ensemble.object_majority``); None: one line for every object.
+        dense_vote: objects peaking at 800-1500 HU (``agatax.ensemble.DENSE_VOTE_HU``) are also kept at a mean
+            vote of this share of the members (``agatax.ensemble.object_majority``); None: one line for every
+            object.
         adapt_noise: show an exam noisier than the networks' training (``UNetConfig.trained_noise_hu``) to
             them smoothed in-plane, its noise brought to 0.875 of the range's top (35 HU for 10-40;
             ``agatax.quality.input_smoothing_mm``); the candidates and the scores stay on the exam as it

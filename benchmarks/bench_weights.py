@@ -1,68 +1,43 @@
-"""Per-exam time of ``agatax.run_pipeline`` with two or more ensemble files, interleaved round by round.
+"""Per-exam time of ``agatax.run_pipeline`` with two or more ensemble files (e.g. five networks against ten).
 
-    python benchmarks/bench_weights.py --weights A.msgpack B.msgpack [--rounds 7] [--matrix 512] [--slices 56]
+    python benchmarks/bench_weights.py --weights A.msgpack B.msgpack [--rounds 7] [--matrix 512] [--slices 56] [--force]
 
-One synthetic cardiac exam (category D, ``--slices`` x ``--matrix`` x ``--matrix``, 3 mm slices) is held in
-memory; each ensemble is loaded once and compiled by a first call (reported apart), then every round runs
-the whole pipeline once per ensemble, in turn, so that load from other work hits them alike. Prints per
-ensemble: its members, compile + first call, and the median and range of the per-exam wall time, with the
-median of the per-round ratios to the first ensemble. The machine's load average is printed before and
-after: measure on an idle machine.
+Under benchmarks/protocol.py (refuses a busy machine; one warm-up call each, which compiles; variants
+interleaved round by round; the first file is the baseline). One synthetic cardiac exam (category D, seed 7,
+``--slices`` x ``--matrix`` x ``--matrix``, 3 mm slices) held in memory; the whole pipeline per call.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from protocol import Session  # noqa: E402
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--weights", nargs="+", required=True, help="ensemble files (the first is the reference)")
+    ap.add_argument("--weights", nargs="+", required=True, help="ensemble files (the first is the baseline)")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--matrix", type=int, default=512)
     ap.add_argument("--slices", type=int, default=56)
+    ap.add_argument("--force", action="store_true", help="measure on a busy machine (figures flagged BUSY)")
     args = ap.parse_args(argv)
-
-    import jax
+    session = Session("run_pipeline per ensemble file", force=args.force)  # before any set-up work of ours
 
     from agatax import load_ensemble, run_pipeline
     from agatax.synthetic import generate_exam
 
-    print(f"device {jax.devices()[0].device_kind} ({jax.default_backend()}), {os.cpu_count()} cores, "
-          f"{platform.processor() or platform.machine()}; load average before {os.getloadavg()}", flush=True)
-    exam = generate_exam(7, target_category="D", protocol="cardiac", matrix=args.matrix,
-                         n_slices=args.slices, slice_thickness_mm=3.0, slice_increment_mm=3.0)
-    volume = exam.volume
-    ensembles = {w: load_ensemble(w) for w in args.weights}
-    first = {}
-    for name, ens in ensembles.items():
-        t0 = time.perf_counter()
-        run_pipeline(ens, volume)
-        first[name] = time.perf_counter() - t0
-    times = {name: [] for name in ensembles}
-    for _ in range(args.rounds):
-        for name, ens in ensembles.items():
-            t0 = time.perf_counter()
-            run_pipeline(ens, volume)
-            times[name].append(time.perf_counter() - t0)
-    ref = args.weights[0]
-    print(f"exam {volume.shape} at {tuple(round(s, 3) for s in volume.spacing)} mm; {args.rounds} rounds")
-    print("| ensemble | members | compile + first call | per exam: median (range) | ratio to the first, median of rounds |")
-    print("|---|---|---|---|---|")
-    for name, ens in ensembles.items():
-        t = times[name]
-        ratio = statistics.median(a / b for a, b in zip(t, times[ref]))
-        print(f"| {Path(name).name} | {ens.members} | {first[name]:.1f} s | {statistics.median(t):.2f} s "
-              f"({min(t):.2f}-{max(t):.2f}) | {ratio:.2f} |")
-    print(f"load average after {os.getloadavg()}")
+    volume = generate_exam(7, target_category="D", protocol="cardiac", matrix=args.matrix, n_slices=args.slices,
+                           slice_thickness_mm=3.0, slice_increment_mm=3.0).volume
+    ensembles = {f"{Path(w).name} ({e.members} networks)": e for w, e in ((w, load_ensemble(w)) for w in args.weights)}
+    times = session.interleave({name: (lambda e=e: run_pipeline(e, volume)) for name, e in ensembles.items()},
+                               rounds=args.rounds)
+    session.report(times, baseline=next(iter(ensembles)),
+                   shapes={"exam": volume.shape, "spacing_mm": tuple(round(s, 3) for s in volume.spacing)})
     return 0
 
 

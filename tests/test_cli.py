@@ -973,9 +973,9 @@ def test_score_json_carries_the_category_range_of_one_vote(cohort, tmp_path):
     # upward, not vacuous: without the dense line (this exam's bone peaks in its band, so with it every object
     # is scored already) objects come in at one vote more
     plain = run_pipeline(load_ensemble(weights), volume, localise=False, dense_vote=None)
-    high = object_majority_oracle(np.where(cand, plain.votes.astype(np.int64) + 1, 0), cand, 3)
-    assert plain.category_range.high_agatston == pytest.approx(compute_scores(volume.hu, high, volume.spacing).agatston,
-                                                               rel=1e-9)
+    plain_high = object_majority_oracle(np.where(cand, plain.votes.astype(np.int64) + 1, 0), cand, 3)
+    assert plain.category_range.high_agatston == pytest.approx(
+        compute_scores(volume.hu, plain_high, volume.spacing).agatston, rel=1e-9)
     assert plain.category_range.high_agatston > plain.scores.agatston
 
 
