@@ -387,6 +387,9 @@ def main(argv=None) -> int:
     ap.add_argument("--train-lookalikes", default=None,
                     help="KIND=P,...: in the training cohorts only, each exam has this look-alike with probability "
                          "P (generate_exam's lookalike_rates; e.g. pericardium=0.5); J3 keeps the generator's rates")
+    ap.add_argument("--train-dense-plaques", type=float, default=None,
+                    help="P: in the training cohorts only, each exam's largest plaque is planned at 900-1400 HU with "
+                         "probability P (generate_exam's dense_plaque_rate; long in D-E exams); J3 keeps the generator's")
     ap.add_argument("--train-abdomen", action="store_true",
                     help="training exams show the upper abdomen (generate_exam's abdomen=True: the stomach's and "
                          "colon's gas, the splenic artery; chest exams reach further down); J3 does not")
@@ -446,6 +449,8 @@ def main(argv=None) -> int:
         train_kwargs["abdomen"] = True
     if args.train_tilt is not None:
         train_kwargs["heart_tilt_spread"] = args.train_tilt
+    if args.train_dense_plaques is not None:
+        train_kwargs["dense_plaque_rate"] = args.train_dense_plaques
     for name in needed:
         pairs[name] = cohort_pairs(name, cohort_size(name, args.scale), args.seed, train_kwargs, workdir, log,
                                    noise_range, model_config.input_box_mm, streak_range, model_config.input_dense_gain,

@@ -723,6 +723,27 @@ def test_lookalike_rates_set_how_often_a_look_alike_comes_and_change_nothing_els
         agatax.synthetic.generate_exam(1, lookalike_rates={"metal": 1.5}, **SMALL)
 
 
+def test_dense_plaque_rate_plans_the_largest_plaque_dense_and_changes_nothing_at_zero():
+    """At rate 1 each E exam's planned plaques hold one of 900-1400 HU (the generator's own draw puts a third
+    of its plaques' densities in 150-199 HU and none above 1300), its category still exact; at rate 0 the exam
+    is bit-identical with a default draw (the rate's own random stream); rates outside [0, 1] are refused."""
+    dense_long = 0
+    for seed in (1, 12, 33):
+        dense = agatax.synthetic.generate_exam(seed, target_category="E", dense_plaque_rate=1.0, **SMALL)
+        zero = agatax.synthetic.generate_exam(seed, target_category="E", dense_plaque_rate=0.0, **SMALL)
+        default = agatax.synthetic.generate_exam(seed, target_category="E", **SMALL)
+        np.testing.assert_array_equal(default.volume.hu, zero.volume.hu)
+        np.testing.assert_array_equal(default.mask, zero.mask)
+        assert dense.category == "E" and dense.target_category == "E"
+        planned = [les["density_hu"] for les in dense.lesions]
+        assert any(900.0 <= d <= 1400.0 for d in planned), (seed, planned)
+        dense_long += sum(les["density_hu"] >= 900.0 and les["length_mm"] >= 10.0 for les in dense.lesions)
+    assert dense_long >= 2
+    for bad in (-0.1, 1.5, True, "0.5"):
+        with pytest.raises(agatax.InputError, match="dense_plaque_rate"):
+            agatax.synthetic.generate_exam(1, dense_plaque_rate=bad, **SMALL)
+
+
 def test_lung_granulomas_lie_in_aerated_lung_beside_the_heart_and_nowhere_else():
     """At rate 1 every exam carries calcified granulomas (code 10), each in lung: its neighbourhood 1-3 mm
     around its >= 130 HU part (in-plane) reads mostly below -400 HU, its peak is 250-1200 HU, and the

@@ -402,6 +402,7 @@ def generate_exam(
     n_lesions: int | None = None,
     calcium_burden: float | None = None,
     lookalike_rates: dict[str, float] | None = None,
+    dense_plaque_rate: float = 0.0,
     keep_tissue: bool = False,
     **scanner: Any,
 ) -> SyntheticExam:
@@ -419,6 +420,10 @@ def generate_exam(
             only with ``abdomen=True``): how often the exam has one,
             in place of the burden-dependent default (e.g. ``{"pericardium": 0.5}`` for training data rich in a rare
             look-alike). Exams whose draws do not cross a changed rate stay bit-identical.
+        dense_plaque_rate: probability in [0, 1] that the exam's largest plaque (by its share of the score) is
+            planned dense, 900-1400 HU noise-free peak (the generator's own draw: 150-1300 HU, a third of its
+            dense bin above 1000); as it keeps its share of the score it is drawn fewer mm^3, and in D-E exams
+            long (training data rich in long dense plaques). 0 (default): exams as without it, bit for bit.
         keep_tissue: also return the tissue class map (uint8 (z, y, x)).
         **scanner: any ScannerParams field: ``matrix`` (512; e.g. 128 for fast tests), ``fov_mm``
             (170-240), ``slice_increment_mm`` (2.5 or 3), ``slice_thickness_mm``, ``n_slices`` (~125-165 mm
@@ -459,6 +464,10 @@ def generate_exam(
         if not (0.0 <= lo <= hi) or not math.isfinite(hi):
             raise InputError(f"target_agatston must be (low, high) with 0 <= low <= high; got {target_agatston}",
                              code="BAD_TARGET")
+    if isinstance(dense_plaque_rate, bool) or not isinstance(dense_plaque_rate, (int, float)) \
+            or not 0.0 <= dense_plaque_rate <= 1.0:
+        raise InputError(f"dense_plaque_rate must be a probability in [0, 1]; got {dense_plaque_rate!r}",
+                         code="BAD_PARAMETER")
     if calcium_burden is not None and not (0.0 <= calcium_burden <= 1.0):
         raise InputError(f"calcium_burden must be in [0, 1]; got {calcium_burden}", code="BAD_PARAMETER")
     rates = dict(lookalike_rates or {})
@@ -473,7 +482,7 @@ def generate_exam(
     for attempt in range(6):
         try:
             return _generate(int(seed), attempt, target_category, target_agatston, category_mix, n_lesions,
-                             calcium_burden, keep_tissue, dict(scanner), rates)
+                             calcium_burden, keep_tissue, dict(scanner), rates, float(dense_plaque_rate))
         except _Retry as err:
             last_err = err
     raise AgataxError(
@@ -571,13 +580,13 @@ def sample_patient(r_pat: np.random.Generator, sc: ScannerParams) -> tuple[dict,
 
 
 def _generate(seed, attempt, target_category, target_agatston, category_mix, n_lesions, burden, keep_tissue, given,
-              rates):
+              rates, dense_rate=0.0):
     from agatax.scoring import compute_scores, risk_category
 
     ss = np.random.SeedSequence([seed, attempt])
     # streams by purpose; a new one is appended (spawn keys are positional), so older draws stay the same
-    r_scan, r_pat, r_anat, r_noise, r_les, r_dis, r_warp, r_up, r_ost, r_lung, r_vein, r_table, r_abd, r_tex, r_roll = (
-        np.random.default_rng(s) for s in ss.spawn(15))
+    (r_scan, r_pat, r_anat, r_noise, r_les, r_dis, r_warp, r_up, r_ost, r_lung, r_vein, r_table, r_abd, r_tex, r_roll,
+     r_dense) = (np.random.default_rng(s) for s in ss.spawn(16))
     sc = sample_scanner(r_scan, **given)
     cat, lo, hi = _pick_category(r_les, target_category, target_agatston, category_mix)
     target = 0.0 if hi <= 0 else float(math.exp(r_les.uniform(math.log(max(lo, 0.5)), math.log(hi))))
@@ -655,7 +664,7 @@ def _generate(seed, attempt, target_category, target_agatston, category_mix, n_l
         vol += np.float32(sc.hu_offset)
 
     # ---- coronary plaques: positions first (distractors keep clear of them)
-    plans = _plan_lesions(cat, target, n_lesions, vessels, grid, sc, r_les, vol)
+    plans = _plan_lesions(cat, target, n_lesions, vessels, grid, sc, r_les, vol, dense_rate, r_dense)
     distractor_mask = np.zeros(grid.shape, np.uint8)
     distractor_mask[bone] = DISTRACTOR_CODES["bone"]
     if table is not None:
@@ -826,7 +835,7 @@ def _union_box(boxes):
     return tuple(slice(min(b[i].start for b in boxes), max(b[i].stop for b in boxes)) for i in range(3))
 
 
-def _plan_lesions(cat, target, n_lesions, vessels, grid, sc, rng, base) -> list[_Plan]:
+def _plan_lesions(cat, target, n_lesions, vessels, grid, sc, rng, base, dense_rate=0.0, r_dense=None) -> list[_Plan]:
     if cat == "A":
         return []
     if n_lesions is None:
@@ -834,6 +843,8 @@ def _plan_lesions(cat, target, n_lesions, vessels, grid, sc, rng, base) -> list[
         n_lesions = int(rng.integers(lo_n, hi_n + 1))
     n_specks = int(rng.integers(0, 3)) if rng.random() < 0.4 else 0
     shares = rng.dirichlet(np.full(n_lesions, 1.2)) * target
+    # the largest plaque planned dense (its own stream: the other draws stay as they are)
+    dense_i = int(np.argmax(shares)) if dense_rate > 0 and r_dense.random() < dense_rate else -1
     names = list(_ARTERY_P)
     probs = np.array([_ARTERY_P[k] for k in names])
     plans: list[_Plan] = []
@@ -848,6 +859,8 @@ def _plan_lesions(cat, target, n_lesions, vessels, grid, sc, rng, base) -> list[
             s = v.length_mm * (rng.uniform(0.1, 0.9) if art == "LM" else rng.beta(1.4, 2.4))
             wbin = rng.choice(4, p=[0.22, 0.22, 0.2, 0.36])
             dens = float(rng.uniform(*[(150, 199), (205, 295), (305, 395), (420, 1300)][wbin]))
+            if i == dense_i:
+                wbin, dens = 3, float(r_dense.uniform(900.0, 1400.0))
             if speck:
                 size = float(rng.uniform(0.2, 0.8))
             else:
