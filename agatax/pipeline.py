@@ -47,6 +47,8 @@ AERATED_HU = -400.0  # aerated lung (-950 to -700 HU) and air read below this; f
 NOISE_SNR = 5.0  # an object must stand this many noise SDs above its surroundings (the Rose criterion)
 _RING_MM = (1.0, 3.0)  # the ring around an object where its surroundings are read (in-plane, mm)
 DENSE_VOTE = 0.4  # objects peaking at 800-1500 HU kept at a mean vote of 2 of 5 (object_majority; None: off)
+#: a second look with the HU capped here (None: off): dense calcium shown as a faint one (``segment``)
+DENSE_LOOK = None
 BESIDE_METAL_MM = 10.0  # streaks beside metal reach 130 HU this far (a warning when the category rests on them)
 #: a chest region whose widest axial section is smaller cannot hold an adult heart (the smallest: ~10 x 7.5 cm,
 #: ~60 cm^2, and the region's 8 mm margin around it) and is refused (REGION_TOO_SMALL); synthetic patients:
@@ -130,27 +132,34 @@ def network_crop(box, spacing, target: float, grid: tuple[int, int, int], multip
 
 
 @partial(jax.jit, static_argnames=("grid", "strategy", "score", "min_area_mm2", "connectivity", "orient", "crop_size",
-                                   "objects", "dense_vote"))
+                                   "objects", "dense_vote", "dense_look"))
 def _pipeline_kernel(ensemble, hu, spacing, target, threshold_hu, min_pixels, region, crop_start=None, smooth_mm=None,
                      *, grid, strategy, score, min_area_mm2, connectivity, orient, crop_size=None, objects=True,
-                     dense_vote=None):
+                     dense_vote=None, dense_look=None):
     """``hu`` and ``region`` in the stored layout, ``spacing`` canonical; ``orient``: the Reorientation,
     applied before the networks and undone after them, so that outputs are on the stored grid.
     ``crop_start`` (int32 (3,), canonical cells) and ``crop_size`` (static): the networks run on that part of
     the grid only; the cells outside it get no votes. ``objects``: the mask by ``object_majority`` here (JAX
     labelling); False returns the candidates instead (``"candidates"``), for the host to do it (``score``
-    needs it here). ``smooth_mm``: the input smoothing's sigma (``agatax.preprocess``; None: none)."""
+    needs it here). ``smooth_mm``: the input smoothing's sigma (``agatax.preprocess``; None: none).
+    ``dense_look`` (HU): the networks also see the exam with its HU capped there, and each cell takes the
+    larger of the two votes."""
     hu = hu.astype(jnp.float32)
     hu_c = orient.apply(hu, xp=jnp)
-    x = _preprocess_kernel(hu_c, spacing, target, threshold_hu, smooth_mm, out_shape=grid, window=WINDOW_HU,
-                           **ensemble.config.input_options)
-    if crop_size is None:
-        _, votes = ensemble_votes(ensemble, x[None, ..., None], strategy=strategy)
-    else:
+
+    def network_votes(h):
+        x = _preprocess_kernel(h, spacing, target, threshold_hu, smooth_mm, out_shape=grid, window=WINDOW_HU,
+                               **ensemble.config.input_options)
+        if crop_size is None:
+            return ensemble_votes(ensemble, x[None, ..., None], strategy=strategy)[1]
         part = jax.lax.dynamic_slice(x, tuple(crop_start), crop_size)
         _, part_votes = ensemble_votes(ensemble, part[None, ..., None], strategy=strategy)
-        votes = jax.lax.dynamic_update_slice(jnp.zeros((1,) + tuple(grid), part_votes.dtype), part_votes,
-                                             (0,) + tuple(crop_start))
+        return jax.lax.dynamic_update_slice(jnp.zeros((1,) + tuple(grid), part_votes.dtype), part_votes,
+                                            (0,) + tuple(crop_start))
+
+    votes = network_votes(hu_c)
+    if dense_look is not None:
+        votes = jnp.maximum(votes, network_votes(jnp.minimum(hu_c, jnp.float32(dense_look))))
     votes = _restore_kernel(votes[0].astype(jnp.uint8), spacing, target, shape=hu_c.shape)  # 1 byte a voxel
     votes = orient.undo(votes, xp=jnp)
     keep = hu >= threshold_hu
@@ -175,7 +184,7 @@ def _pipeline_kernel(ensemble, hu, spacing, target, threshold_hu, min_pixels, re
 
 def _run(ensemble, volume, spacing, *, strategy, target_mm, threshold_hu, score, localise, min_pixels=3,
          min_area_mm2=None, connectivity=8, bucket=True, allow_phantom=False, assume_non_contrast=False,
-         dense_vote=None, adapt_noise=True, allow_noisy=False, allow_sharp_kernel=False):
+         dense_vote=None, adapt_noise=True, allow_noisy=False, allow_sharp_kernel=False, dense_look=None):
     if not isinstance(ensemble, Ensemble):
         raise InputError(f"expected an agatax Ensemble; got {type(ensemble).__name__}", code="BAD_ARGUMENT")
     if isinstance(volume, Volume) and not allow_sharp_kernel:  # a bone or lung kernel: refused (SHARP_KERNEL)
@@ -272,6 +281,7 @@ def _run(ensemble, volume, spacing, *, strategy, target_mm, threshold_hu, score,
         orient=how,
         objects=objects_here,
         dense_vote=None if dense_vote is None else float(dense_vote),
+        dense_look=None if dense_look is None else float(dense_look),
     )
     if not objects_here:
         votes = np.asarray(out["votes"])
@@ -310,7 +320,7 @@ def segment(
     ensemble: Ensemble, volume, spacing=None, *, strategy: str = "auto", target_mm=None, threshold_hu: float = 130.0,
     localise: bool = True, allow_phantom: bool = False, assume_non_contrast: bool = False,
     dense_vote: float | None = DENSE_VOTE, adapt_noise: bool = True, allow_noisy: bool = False,
-    allow_sharp_kernel: bool = False,
+    allow_sharp_kernel: bool = False, dense_look: float | None = DENSE_LOOK,
 ) -> tuple[jax.Array, jax.Array]:
     """Calcium mask and vote counts on the original grid (the exam's stored layout).
 
@@ -340,6 +350,9 @@ def segment(
             shipped networks) instead of refusing it (TOO_NOISY).
         allow_sharp_kernel: segment a Volume whose DICOM kernel is a bone or lung kernel instead of refusing
             it (SHARP_KERNEL: ``agatax.quality.check_kernel``; arrays carry no kernel and are not checked).
+        dense_look: HU (e.g. 600): the networks also see the exam with every HU above this capped to it, and
+            each voxel takes the larger vote of the two looks (twice the network time): dense calcium, which
+            the networks may take for metal or bone, shown as a fainter one. None: one look.
 
     Returns:
         mask bool (z, y, x): the candidates (HU >= threshold_hu, inside the chest region) kept object by
@@ -351,7 +364,7 @@ def segment(
     out, _, _, _ = _run(ensemble, volume, spacing, strategy=strategy, target_mm=target_mm, threshold_hu=threshold_hu,
                         score=False, localise=localise, allow_phantom=allow_phantom,
                         assume_non_contrast=assume_non_contrast, dense_vote=dense_vote, adapt_noise=adapt_noise,
-                        allow_noisy=allow_noisy, allow_sharp_kernel=allow_sharp_kernel)
+                        allow_noisy=allow_noisy, allow_sharp_kernel=allow_sharp_kernel, dense_look=dense_look)
     return out["mask"], out["votes"]
 
 
@@ -383,6 +396,7 @@ def segment_and_score(
     adapt_noise: bool = True,
     allow_noisy: bool = False,
     allow_sharp_kernel: bool = False,
+    dense_look: float | None = DENSE_LOOK,
 ) -> dict[str, jax.Array]:
     """Mask, votes and scores: {"mask", "votes", "scores": {"agatston", "volume_mm3", "lesions"}}.
 
@@ -398,6 +412,7 @@ def segment_and_score(
         score=where == "device", localise=localise, min_pixels=min_pixels, min_area_mm2=min_area_mm2, connectivity=connectivity,
         allow_phantom=allow_phantom, assume_non_contrast=assume_non_contrast, dense_vote=dense_vote,
         adapt_noise=adapt_noise, allow_noisy=allow_noisy, allow_sharp_kernel=allow_sharp_kernel,
+        dense_look=dense_look,
     )
     out = {k: v for k, v in out.items() if k != "smoothing"}
     if where == "host":
@@ -483,6 +498,7 @@ def run_pipeline(
     adapt_noise: bool = True,
     allow_noisy: bool = False,
     allow_sharp_kernel: bool = False,
+    dense_look: float | None = DENSE_LOOK,
 ) -> PipelineResult:
     """Segment an exam and score it on the host with the exact lesion table (``agatax.compute_scores``).
 
@@ -502,13 +518,14 @@ def run_pipeline(
     (``result.input_smoothing_mm``). ``allow_noisy``: score an exam far noisier than the training (else
     TOO_NOISY is raised: ``agatax.quality.check_noise``), with the noise warning. ``allow_sharp_kernel``: score
     a Volume reconstructed with a bone or lung kernel (else SHARP_KERNEL is raised: ``agatax.quality.check_kernel``);
-    a kernel sharper than calcium scoring's is warned (``agatax.quality.kernel_note``).
+    a kernel sharper than calcium scoring's is warned (``agatax.quality.kernel_note``). ``dense_look``: as
+    :func:`segment`.
     """
     out, hu, spacing, chest = _run(ensemble, volume, spacing, strategy=strategy, target_mm=target_mm,
                                    threshold_hu=threshold_hu, score=False, localise=localise,
                                    allow_phantom=allow_phantom, assume_non_contrast=assume_non_contrast,
                                    dense_vote=dense_vote, adapt_noise=adapt_noise, allow_noisy=allow_noisy,
-                                   allow_sharp_kernel=allow_sharp_kernel)
+                                   allow_sharp_kernel=allow_sharp_kernel, dense_look=dense_look)
     from agatax.scoring import compute_scores
 
     hu = np.asarray(hu)  # the host copy the metal rule, the noise and the scores share

@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "experiments"))
 
-from unseen import add_dense_vote_argument, dense_vote_tag, parse_dense_votes  # noqa: E402
+from unseen import (add_dense_look_argument, add_dense_vote_argument, dense_look_tag, dense_vote_tag,  # noqa: E402
+                    parse_dense_looks, parse_dense_votes)
 
 SEED0 = 3_400_000  # a seed range no other experiment draws from
 
@@ -125,6 +126,7 @@ def main(argv=None) -> int:
                     help="the networks' grid, mm (default: the pipeline's, 3 mm): a finer grid than trained on")
     ap.add_argument("--quick", action="store_true", help="2 tiny exams and a random tiny network")
     add_dense_vote_argument(ap)
+    add_dense_look_argument(ap)
     args = ap.parse_args(argv)
 
     import agatax
@@ -150,6 +152,11 @@ def main(argv=None) -> int:
                      for name, ens in ensembles.items() for d in lines}
     else:
         ensembles = {name: (ens, lines[0]) for name, ens in ensembles.items()}
+    looks = parse_dense_looks(ap, args.dense_look)
+    if args.dense_look is not None:  # one entry per weights, vote line and look
+        ensembles = {f"{name} ({dense_look_tag(k)})": (ens, d, k) for name, (ens, d) in ensembles.items() for k in looks}
+    else:
+        ensembles = {name: (ens, d, looks[0]) for name, (ens, d) in ensembles.items()}
     rates = parse_lookalike_rates(args.lookalikes) if args.lookalikes else None
     counts: dict[str, dict[str, list[int]]] = {name: {} for name in ensembles}
     per_lesion: dict[tuple[int, int], dict] = {}  # (seed, lesion) -> classes and found per ensemble (paired tests)
@@ -159,9 +166,9 @@ def main(argv=None) -> int:
         aortic = aortic_distance_mm(exam)
         parts = lesion_parts(exam)
         touching = dict(zip(map(id, exam.lesions), touching_root(exam)))
-        for name, (ens, dense) in ensembles.items():
+        for name, (ens, dense, look) in ensembles.items():
             res = agatax.run_pipeline(ens, exam.volume, allow_phantom=True, target_mm=args.target_mm,
-                                      dense_vote=dense)
+                                      dense_vote=dense, dense_look=look)
             votes = lesion_votes(exam, np.asarray(res.votes), parts)
             for j, (lesion, found) in enumerate(found_lesions(exam, np.asarray(res.mask) > 0, parts)):
                 classes = lesion_classes(lesion, float(aortic[tuple(lesion["center_zyx"])]), touching[id(lesion)])

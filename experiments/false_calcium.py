@@ -31,9 +31,10 @@ sys.path.insert(0, str(ROOT / "experiments"))
 
 from agatax.ensemble import load_ensemble  # noqa: E402
 from agatax._atomic import atomic_write_text  # noqa: E402
-from agatax.pipeline import AIR_SHARE, DENSE_VOTE, run_pipeline  # noqa: E402
-from unseen import (add_adapt_noise_argument, add_dense_vote_argument, adapt_noise_values,  # noqa: E402
-                    dense_vote_tag, parse_dense_votes, parse_noise_range)
+from agatax.pipeline import AIR_SHARE, DENSE_LOOK, DENSE_VOTE, run_pipeline  # noqa: E402
+from unseen import (add_adapt_noise_argument, add_dense_look_argument, add_dense_vote_argument,  # noqa: E402
+                    adapt_noise_values, dense_look_tag, dense_vote_tag, parse_dense_looks, parse_dense_votes,
+                    parse_noise_range)
 from agatax.synthetic import DISTRACTOR_CODES, generate_exam, parse_lookalike_rates  # noqa: E402
 
 KINDS = {v: k for k, v in DISTRACTOR_CODES.items()}
@@ -51,11 +52,13 @@ def calcium_free_exams(n: int, protocol: str, matrix: int, first_seed: int = 700
                             lookalike_rates=lookalike_rates, **noisy)
 
 
-def score(ensemble, exams, air_share=AIR_SHARE, dense_vote=DENSE_VOTE, adapt_noise=True) -> dict:
+def score(ensemble, exams, air_share=AIR_SHARE, dense_vote=DENSE_VOTE, adapt_noise=True,
+          dense_look=DENSE_LOOK) -> dict:
     scores, on = [], {}
     for exam in exams:
         res = run_pipeline(ensemble, exam.volume, air_share=air_share, dense_vote=dense_vote, adapt_noise=adapt_noise,
-                           allow_noisy=True)  # measured at any --noise, past the pipeline's refusal line too
+                           allow_noisy=True,  # measured at any --noise, past the pipeline's refusal line too
+                           dense_look=dense_look)
         scores.append(float(res.scores.agatston))
         z, y, x = exam.params["carina_mm"]
         kc = float(np.linalg.solve(exam.volume.affine, np.array([x, y, z, 1.0]))[0])
@@ -88,6 +91,7 @@ def main(argv=None) -> int:
                     help="leave out objects surrounded by air (run_pipeline's air_share, as shipped: on), keep "
                          "them (off), or score both ways")
     add_dense_vote_argument(ap)
+    add_dense_look_argument(ap)
     ap.add_argument("--noise", default=None, metavar="LOW,HIGH",
                     help="draw each exam's image noise SD from this range, HU (default: the generator's 10-40)")
     add_adapt_noise_argument(ap)
@@ -115,10 +119,13 @@ def main(argv=None) -> int:
     adapts = adapt_noise_values(args.adapt_noise)
     rules = [(label + ("" if args.adapt_noise == "on" else f" (noise adaptation {'on' if a else 'off'})"), air, d, a)
              for label, air, d in rules for a in adapts]
+    looks = parse_dense_looks(ap, args.dense_look)
+    rules = [(label + ("" if args.dense_look is None else f" ({dense_look_tag(k)})"), air, d, a, k)
+             for label, air, d, a in rules for k in looks]
     for w in args.weights:
         ens = load_ensemble(w)
-        for (label, air_share, dense, adapt), (protocol, exams) in ((r, c) for r in rules for c in cohorts.items()):
-            r = score(ens, exams, air_share, dense, adapt)
+        for (label, air_share, dense, adapt, look), (protocol, exams) in ((r, c) for r in rules for c in cohorts.items()):
+            r = score(ens, exams, air_share, dense, adapt, look)
             results[f"{w}{label}::{protocol}"] = r
             on = ", ".join(f"{k} {v}" for k, v in sorted(r["false_voxels_on"].items(), key=lambda kv: -kv[1]))
             print(f"| {w}{label} | {protocol} | {r['n']} | {r['at_least_10']} | {r['above_0']} | {r['max']:.1f} | "

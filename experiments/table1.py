@@ -162,16 +162,24 @@ def _segment_all(ensemble, volume, multiple):
         from agatax.quality import input_smoothing_mm
 
         smooth = input_smoothing_mm(volume.hu, volume.spacing, ensemble.config.trained_noise_hu)[0]
-    x = preprocess(volume.hu, volume.spacing, multiple=multiple, smooth_mm=smooth,
-                   **ensemble.config.input_options)[None, ..., None]
-    logits = np.asarray(_logits_fn(ensemble)(ensemble, x))[:, 0, ..., 0]  # (members, Z, Y, X)
     bright = np.asarray(volume.hu) >= 130.0
     chest = localise_chest(volume.hu, volume.spacing) if LOCALISE else None  # as agatax.run_pipeline
     if chest is not None and chest.found:
         bright &= chest.region
-    singles = np.stack([np.asarray(restore_grid(jnp.asarray(c > 0), volume.shape, volume.spacing)) & bright
-                        for c in logits])
+
+    def look(hu):
+        x = preprocess(hu, volume.spacing, multiple=multiple, smooth_mm=smooth,
+                       **ensemble.config.input_options)[None, ..., None]
+        logits = np.asarray(_logits_fn(ensemble)(ensemble, x))[:, 0, ..., 0]  # (members, Z, Y, X)
+        return np.stack([np.asarray(restore_grid(jnp.asarray(c > 0), volume.shape, volume.spacing)) & bright
+                         for c in logits])
+
+    singles = look(volume.hu)
     votes = singles.sum(0, dtype=np.int32)
+    if DENSE_LOOK is not None:  # as agatax.run_pipeline's dense_look: the larger vote of the two looks
+        capped = look(np.minimum(np.asarray(volume.hu), np.float32(DENSE_LOOK)))
+        votes = np.maximum(votes, capped.sum(0, dtype=np.int32))
+        singles = singles | capped
     return (np.stack([object_majority(s, bright, 1) for s in singles]),
             object_majority(votes, bright, ensemble.members, hu=np.asarray(volume.hu), dense_vote=DENSE_VOTE), smooth)
 
@@ -183,6 +191,7 @@ NOISE_SNR = 5.0  # agatax.pipeline.NOISE_SNR; None keeps noise-level objects (th
 ADAPT_NOISE = True  # agatax.run_pipeline's adapt_noise (False: the evaluations before 2026-12-05, 25th session)
 DENSE_VOTE = 0.4  # agatax.pipeline.DENSE_VOTE: the line for objects peaking at 1000-1500 HU (None: the evaluations
 # before 2026-12-05)
+DENSE_LOOK = None  # agatax.pipeline.DENSE_LOOK: the cap (HU) of the networks' second look (None: one look)
 
 
 def _logits_fn(ensemble):

@@ -132,6 +132,35 @@ def add_dense_vote_argument(ap) -> None:
                     "members, e.g. 0.4; off: the majority line for every object; default: the pipeline's)")
 
 
+def add_dense_look_argument(ap) -> None:
+    """The ``--dense-look`` option of the experiments that compare the pipeline's second look."""
+    ap.add_argument("--dense-look", nargs="+", default=None, metavar="HU|off",
+                    help="run with each of these second looks (agatax.run_pipeline's dense_look: the networks also "
+                    "see the exam with its HU capped at HU; off: one look; default: the pipeline's)")
+
+
+def parse_dense_looks(ap, values) -> list:
+    """``--dense-look`` values -> [HU or None]; None given: [the pipeline's DENSE_LOOK]."""
+    from agatax.pipeline import DENSE_LOOK
+
+    if values is None:
+        return [DENSE_LOOK]
+    out = []
+    for v in values:
+        try:
+            out.append(None if v == "off" else float(v))
+            if out[-1] is not None and not 130.0 < out[-1] < 2000.0:
+                raise ValueError
+        except ValueError:
+            ap.error(f"--dense-look takes a cap in HU between 130 and 2000, or off; got {v!r}")
+    return out
+
+
+def dense_look_tag(look) -> str:
+    """How a result under one ``--dense-look`` is labelled: "dense look 600", "dense look off"."""
+    return f"dense look {'off' if look is None else f'{look:g}'}"
+
+
 def dense_vote_tag(dense) -> str:
     """How a result under one ``--dense-vote`` line is labelled: "dense vote 0.4", "dense vote off"."""
     return f"dense vote {'off' if dense is None else dense}"
@@ -202,10 +231,12 @@ def main(argv=None) -> int:
                     "PSF of 0.66 mm, the real QRM phantom's Canon FC12 (experiments/insert_psf.py); the draws' "
                     "range is 0..1); the rest of each exam is drawn the same")
     add_dense_vote_argument(ap)
+    add_dense_look_argument(ap)
     add_adapt_noise_argument(ap)
     ap.add_argument("--workdir", default=str(ROOT / "experiments" / "_table1_work"))
     args = ap.parse_args(argv)
     lines = parse_dense_votes(ap, args.dense_vote)
+    looks = parse_dense_looks(ap, args.dense_look)
     noise_hu = parse_noise_range(ap, args.noise)
     profile = None
     if args.noise_profile is not None:
@@ -245,13 +276,17 @@ def main(argv=None) -> int:
         exams = list(draw())
         print(f"({name}: {len(exams)} exams generated in {time.perf_counter() - t0:.0f} s)", flush=True)
         for w, ens in ensembles.items():
-            for localise, dense, adapt in ((lo, d, a) for lo in ((True, False) if args.both_localise else (True,))
-                                           for d in lines for a in adapts):
+            for localise, dense, adapt, look in ((lo, d, a, k)
+                                                 for lo in ((True, False) if args.both_localise else (True,))
+                                                 for d in lines for a in adapts for k in looks):
                 table1.LOCALISE, table1.DENSE_VOTE, table1.ADAPT_NOISE = localise, dense, adapt
+                table1.DENSE_LOOK = look
                 ev = table1.evaluate(ens, exams)
                 tag = name if localise else f"{name}, no localisation"
                 if args.dense_vote is not None:
                     tag += f", {dense_vote_tag(dense)}"
+                if args.dense_look is not None:
+                    tag += f", {dense_look_tag(look)}"
                 if args.adapt_noise != "on":
                     tag += f", noise adaptation {'on' if adapt else 'off'}"
                 results[f"{w}::{tag}"] = ev

@@ -82,6 +82,43 @@ def test_the_dense_vote_line_reaches_every_path_with_the_exams_hu(ensemble):
     np.testing.assert_array_equal(res.mask, expected)
 
 
+def test_the_dense_look_votes_the_larger_of_the_networks_two_looks_on_every_path(ensemble):
+    """segment(dense_look=C): per voxel the larger of the step-by-step oracle's votes on the exam and on the exam
+    with its HU capped at C (both on the exam's grid, 0 under 130 HU of the exam), the mask the scipy oracle's
+    object rule over those votes with the exam's own HU (dense line); the device path and run_pipeline agree.
+    Not vacuous: the capped look changes the votes here; a cap above the exam's peak changes nothing."""
+    from ensembles import object_majority_oracle
+
+    rng = np.random.default_rng(7)
+    hu = rng.uniform(-200, 100, size=(4, 16, 15)).astype(np.float32)
+    hu[1:3, 4:9, 5:10] = rng.uniform(150, 1400, size=(2, 5, 5))
+    hu[3, 12:14, 2:4] = 1200.0
+    hu[0, 1:3, 10:13] = 900.0
+    cz, cy, cx = (np.floor((np.arange(n) + 0.5) * d / SPACING[0]).astype(int) for n, d in zip(hu.shape, SPACING))
+
+    def oracle_votes(h):
+        x = preprocess(h, SPACING, multiple=TINY.multiple)
+        coarse = (np.asarray(ensemble_logits(ensemble, x[None, ..., None]))[:, 0, ..., 0] > 0).sum(0)
+        return np.where(hu >= 130, coarse[np.ix_(cz, cy, cx)], 0)
+
+    one, capped = oracle_votes(hu), oracle_votes(np.minimum(hu, 450.0))
+    assert (capped > one).any()  # the second look adds votes here
+    expected_votes = np.maximum(one, capped)
+    expected = object_majority_oracle(expected_votes, hu >= 130, 5, hu=hu, dense_vote=0.4)
+    kw = {"localise": False, "dense_vote": 0.4}
+    mask, votes = (np.asarray(a) for a in segment(ensemble, Volume(hu, SPACING), dense_look=450.0, **kw))
+    np.testing.assert_array_equal(votes, expected_votes)
+    np.testing.assert_array_equal(mask, expected)
+    device = segment_and_score(ensemble, Volume(hu, SPACING), score_on="device", dense_look=450.0, **kw)
+    np.testing.assert_array_equal(np.asarray(device["mask"]), expected)
+    res = run_pipeline(ensemble, Volume(hu, SPACING), dense_look=450.0, metal_hu=None, air_share=None, noise_snr=None,
+                       **kw)
+    np.testing.assert_array_equal(res.mask, expected)
+    np.testing.assert_array_equal(np.asarray(segment(ensemble, Volume(hu, SPACING), dense_look=1500.0, **kw)[1]),
+                                  one)
+    np.testing.assert_array_equal(np.asarray(segment(ensemble, Volume(hu, SPACING), **kw)[1]), one)
+
+
 @pytest.mark.parametrize("field,values,bright", [
     ("input_box_mm", (0.0, 4.0), 400.0),  # 4 mm on 1.5 mm pixels: a 2.7-pixel box averages them under 130 HU
     ("input_dense_gain", (0.0, 3.0), 1800.0),  # the input rises above 800 HU: above 1.0 for the networks
