@@ -143,16 +143,23 @@ def parse_dense_looks(ap, values) -> list:
     """``--dense-look`` values -> [HU or None]; None given: [the pipeline's DENSE_LOOK]."""
     from agatax.pipeline import DENSE_LOOK
 
+    return _values_or_off(ap, values, DENSE_LOOK, lambda v: 130.0 < v < 2000.0,
+                          "--dense-look takes a cap in HU between 130 and 2000, or off")
+
+
+def _values_or_off(ap, values, default, valid, what: str) -> list:
+    """An option's values ("off" or a number ``valid`` accepts) -> [float or None]; None given: [default]; an
+    argparse error naming ``what`` otherwise."""
     if values is None:
-        return [DENSE_LOOK]
+        return [default]
     out = []
     for v in values:
         try:
             out.append(None if v == "off" else float(v))
-            if out[-1] is not None and not 130.0 < out[-1] < 2000.0:
+            if out[-1] is not None and not valid(out[-1]):
                 raise ValueError
         except ValueError:
-            ap.error(f"--dense-look takes a cap in HU between 130 and 2000, or off; got {v!r}")
+            ap.error(f"{what}; got {v!r}")
     return out
 
 
@@ -193,17 +200,8 @@ def parse_dense_votes(ap, values) -> list:
     """``--dense-vote`` values -> [share or None]; None given: [the pipeline's DENSE_VOTE]."""
     from agatax.pipeline import DENSE_VOTE
 
-    if values is None:
-        return [DENSE_VOTE]
-    out = []
-    for v in values:
-        try:
-            out.append(None if v == "off" else float(v))
-            if out[-1] is not None and not 0 < out[-1] <= 0.5:
-                raise ValueError
-        except ValueError:
-            ap.error(f"--dense-vote takes shares of the members in (0, 0.5] or off; got {v!r}")
-    return out
+    return _values_or_off(ap, values, DENSE_VOTE, lambda v: 0 < v <= 0.5,
+                          "--dense-vote takes shares of the members in (0, 0.5] or off")
 
 
 def main(argv=None) -> int:
