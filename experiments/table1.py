@@ -27,6 +27,7 @@ import argparse
 import dataclasses
 import json
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -78,7 +79,15 @@ def device_description() -> str:
     return f"{dev.platform.upper()}: {dev.device_kind}"
 
 
+# a training-only set of N exams of one category, e.g. "E40" (J1+J2+AD+E40: more large and dense plaques
+# than the paper-shaped sets hold); its size ignores --scale
+EXTRA_SET = re.compile(r"^([A-E])([1-9][0-9]*)$")
+
+
 def cohort_size(name: str, scale: float) -> int:
+    extra = EXTRA_SET.match(name)
+    if extra:
+        return int(extra.group(2))
     return max(4, int(round(PRESET_SIZES[name] * scale)))
 
 
@@ -93,16 +102,21 @@ def generate(name: str, n: int, seed: int, gen_kwargs: dict, noise_range: tuple[
     ``streak_range`` (low, high): each exam's ``noise_streak`` (share of the noise in horizontal streaks) drawn
     uniformly from it the same way, instead of none; ``texture_range``: its ``tissue_texture`` (septa, small
     vessels and drift in fat and soft tissue) likewise."""
-    from agatax.synthetic import preset_exam
+    from agatax.synthetic import exam_seed, generate_exam, preset_exam
 
     ranges = {"noise_sigma_hu": noise_range, "noise_streak": streak_range, "tissue_texture": texture_range}
+    extra = EXTRA_SET.match(name)
     for i in range(n):
         kw = dict(gen_kwargs)
         for key, bounds in ranges.items():
             if bounds is not None:
-                rng = np.random.default_rng([seed, i, PRESET_SIZES[name], _DRAW_SALTS[key]])
+                salt = ord(extra.group(1)) if extra else PRESET_SIZES[name]
+                rng = np.random.default_rng([seed, i, salt, _DRAW_SALTS[key]])
                 kw[key] = float(rng.uniform(*bounds))
-        yield preset_exam(name, i, seed, **kw)
+        if extra:  # exam i of "E40" is exam i of "E60": the set grows, its first exams stay
+            yield generate_exam(exam_seed(seed, i, "extra-" + extra.group(1)), target_category=extra.group(1), **kw)
+        else:
+            yield preset_exam(name, i, seed, **kw)
 
 
 def cohort_pairs(name: str, n: int, seed: int, gen_kwargs: dict, workdir: Path, log,
@@ -330,7 +344,9 @@ def plot_confusion(conf, path: Path, title: str) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sets", default="J1,J1+J2,J1+J2+AD", help="training sets, comma separated")
+    ap.add_argument("--sets", default="J1,J1+J2,J1+J2+AD",
+                    help="training sets, comma separated; a part such as E40 adds 40 exams of category E (any of A-E; "
+                         "not scaled by --scale)")
     ap.add_argument("--scale", type=float, default=1.0, help="cohort size factor (1 = the paper's sizes)")
     ap.add_argument("--test-scale", type=float, default=None, help="J3 size factor (default: --scale)")
     ap.add_argument("--model", choices=sorted(MODELS), default="paper")
@@ -407,6 +423,12 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "experiments"), help="where the confusion PNGs go")
     ap.add_argument("--save-default", default=None, help="also save the last ensemble here (float16)")
     args = ap.parse_args(argv)
+    sets = [s.strip() for s in args.sets.split(",") if s.strip()]
+    parts = {p for s in sets for p in s.split("+")}
+    unknown = sorted(p for p in parts if p not in PRESET_SIZES and not EXTRA_SET.match(p) or p == "J3")
+    if unknown:
+        ap.error(f"--sets: unknown training set(s) {unknown}; use J1, J2, AD and extra sets of one category such as "
+                 f"E40 (J3 is the test set)")
 
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -446,8 +468,7 @@ def main(argv=None) -> int:
     log(f"device: {device_description()}; model {args.model} {model_config}; {config}")
     log("command: python experiments/table1.py " + " ".join(argv if argv is not None else sys.argv[1:]))
 
-    sets = [s.strip() for s in args.sets.split(",") if s.strip()]
-    needed = sorted({p for s in sets for p in s.split("+")}, key=list(PRESET_SIZES).index)
+    needed = sorted(parts, key=lambda p: (list(PRESET_SIZES).index(p) if p in PRESET_SIZES else len(PRESET_SIZES), p))
     pairs = {}
     train_kwargs = dict(gen_kwargs)
     if args.train_lookalikes:

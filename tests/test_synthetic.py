@@ -1237,3 +1237,25 @@ def test_training_draws_each_exams_texture_from_its_range_and_leaves_the_other_d
     calls.clear()
     list(table1.generate("J1", 2, 7, {}))
     assert [kw for _, kw in calls] == [{}, {}]
+
+
+def test_training_sets_take_extra_exams_of_one_category_unscaled_and_growing_without_changing_their_first(monkeypatch):
+    """experiments/table1.py --sets J1+J2+AD+E40: "E40" is 40 exams of category E whatever --scale, on seeds of
+    their own (none a J1 seed), exam i the same in E2 and E3; an unknown part or J3 is refused."""
+    import agatax.synthetic
+    from agatax.synthetic import exam_seed
+
+    table1 = _experiment("table1")
+    assert table1.cohort_size("E40", 0.25) == 40 and table1.cohort_size("C7", 2.0) == 7
+    assert table1.cohort_size("J1", 0.25) == 25
+    calls = []
+    monkeypatch.setattr(agatax.synthetic, "generate_exam", lambda seed, **kw: calls.append((seed, kw)) or seed)
+    monkeypatch.setattr(agatax.synthetic, "preset_exam", lambda name, i, seed, **kw: pytest.fail("a preset drawn"))
+    three = list(table1.generate("E3", 3, 7, {"matrix": 64}, (20.0, 30.0)))
+    assert [kw["target_category"] for _, kw in calls] == ["E"] * 3
+    assert all(kw["matrix"] == 64 and 20.0 <= kw["noise_sigma_hu"] <= 30.0 for _, kw in calls)
+    assert len(set(three)) == 3 and not set(three) & {exam_seed(7, i, "J1") for i in range(100)}
+    assert list(table1.generate("E2", 2, 7, {})) == three[:2]
+    for bad in ("J1+X", "J1+J3", "J1+E0"):
+        with pytest.raises(SystemExit):
+            table1.main(["--sets", bad, "--workdir", "/nonexistent/never-made"])
