@@ -1259,3 +1259,27 @@ def test_training_sets_take_extra_exams_of_one_category_unscaled_and_growing_wit
     for bad in ("J1+X", "J1+J3", "J1+E0"):
         with pytest.raises(SystemExit):
             table1.main(["--sets", bad, "--workdir", "/nonexistent/never-made"])
+
+
+def test_plaque_position_classes_a_plaque_by_the_heart_above_and_below_it_in_either_slice_order():
+    """experiments/plaque_position.py: hand-built tissue map, liver at the feet, a block of myocardium; a plaque
+    under the block is on its inferior surface, one over it on its superior surface, one beside its middle on
+    a side; the same with the slices in reverse order (head first)."""
+    from agatax.synthetic.anatomy import TISSUES
+
+    mod = _experiment("plaque_position")
+    tissue = np.full((40, 30, 30), TISSUES["fat"], np.uint8)
+    tissue[0:6] = TISSUES["liver"]
+    tissue[15:25, 10:20, 10:20] = TISSUES["myocardium"]
+    spacing = (1.0, 1.0, 1.0)
+    plaques = {"inferior surface": (12, 15, 15), "superior surface": (27, 15, 15), "side": (20, 15, 22)}
+    for flip in (False, True):
+        t = tissue[::-1] if flip else tissue
+        up = mod.superior_step(t)
+        assert up == (-1 if flip else 1)
+        for expected, (z, y, x) in plaques.items():
+            z = 39 - z if flip else z
+            idx = np.ravel_multi_index(([z, z], [y, y], [x, x + 1]), t.shape)
+            pos = mod.position(t, idx, spacing, up)
+            assert pos["position"] == expected, (flip, expected, pos)
+            assert pos["z_mm"] == 1.0 and pos["xy_mm"] == 2.0
