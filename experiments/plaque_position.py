@@ -35,13 +35,20 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "experiments"))
 
 
-def superior_step(tissue: np.ndarray) -> int:
+def heart_mask(tissue: np.ndarray) -> np.ndarray:
+    """bool (z, y, x): the heart (myocardium or blood) of a tissue map (anatomy.TISSUES)."""
+    from agatax.synthetic.anatomy import TISSUES
+
+    return np.isin(tissue, (TISSUES["myocardium"], TISSUES["blood"]))
+
+
+def superior_step(tissue: np.ndarray, heart: np.ndarray) -> int:
     """+1 when the head lies toward higher slice indices, -1 otherwise: the liver's centre (or, without
-    liver in the field, the lungs' largest slice) against the heart's."""
+    liver in the field, the lungs' largest slice) against the heart's (``heart``: ``heart_mask(tissue)``)."""
     from agatax.synthetic.anatomy import TISSUES
 
     z = np.arange(tissue.shape[0])
-    heart = np.isin(tissue, (TISSUES["myocardium"], TISSUES["blood"])).sum(axis=(1, 2))
+    heart = heart.sum(axis=(1, 2))
     liver = (tissue == TISSUES["liver"]).sum(axis=(1, 2))
     zh = (z * heart).sum() / max(heart.sum(), 1)
     if liver.sum() > 0:
@@ -50,22 +57,19 @@ def superior_step(tissue: np.ndarray) -> int:
     return 1 if (z * lung).sum() / max(lung.sum(), 1) > zh else -1
 
 
-def position(tissue: np.ndarray, idx: np.ndarray, spacing, up: int) -> dict:
-    """Position class and extents of one plaque (flat indices ``idx`` into ``tissue``)."""
+def position(heart: np.ndarray, idx: np.ndarray, spacing, up: int) -> dict:
+    """Position class and extents of one plaque (flat indices ``idx`` into ``heart``, ``heart_mask``'s)."""
     from scipy import ndimage
 
-    from agatax.synthetic.anatomy import TISSUES
-
-    zz, yy, xx = np.unravel_index(idx, tissue.shape)
-    foot = np.zeros(tissue.shape[1:], bool)
+    zz, yy, xx = np.unravel_index(idx, heart.shape)
+    foot = np.zeros(heart.shape[1:], bool)
     foot[yy, xx] = True
     r = max(int(round(3.0 / spacing[1])), 1)
     foot = ndimage.binary_dilation(foot, iterations=r)
-    heart = np.isin(tissue, (TISSUES["myocardium"], TISSUES["blood"]))
     n = max(int(round(10.0 / spacing[0])), 1)
     lo, hi = int(zz.min()), int(zz.max())
-    below_rows = range(max(lo - n, 0), lo) if up > 0 else range(hi + 1, min(hi + 1 + n, tissue.shape[0]))
-    above_rows = range(hi + 1, min(hi + 1 + n, tissue.shape[0])) if up > 0 else range(max(lo - n, 0), lo)
+    below_rows = range(max(lo - n, 0), lo) if up > 0 else range(hi + 1, min(hi + 1 + n, heart.shape[0]))
+    above_rows = range(hi + 1, min(hi + 1 + n, heart.shape[0])) if up > 0 else range(max(lo - n, 0), lo)
     above = any(heart[k][foot].any() for k in above_rows)
     below = any(heart[k][foot].any() for k in below_rows)
     cls = "inferior surface" if above and not below else "superior surface" if below and not above else "side"
@@ -109,12 +113,13 @@ def main(argv=None) -> int:
     rows = []
     for name, ex in exams(args):
         sp = ex.volume.spacing
-        up = superior_step(ex.tissue)
+        heart = heart_mask(ex.tissue)
+        up = superior_step(ex.tissue, heart)
         for les, idx in lesion_parts(ex):
             row = {"exam": name, "category": ex.category, "vessel": les["vessel"], "voxels": int(les["voxels"]),
                    "volume_mm3": float(len(idx) * np.prod(sp)), "peak_hu": float(les["peak_hu"]),
                    "agatston": float(les["agatston"]), "length_mm": float(les["length_mm"])}
-            row |= position(ex.tissue, idx, sp, up)
+            row |= position(heart, idx, sp, up)
             rows.append(row)
     if args.out:
         from agatax._atomic import atomic_open

@@ -425,7 +425,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     sets = [s.strip() for s in args.sets.split(",") if s.strip()]
     parts = {p for s in sets for p in s.split("+")}
-    unknown = sorted(p for p in parts if p not in PRESET_SIZES and not EXTRA_SET.match(p) or p == "J3")
+    unknown = sorted(p for p in parts if p == "J3" or (p not in PRESET_SIZES and not EXTRA_SET.match(p)))
     if unknown:
         ap.error(f"--sets: unknown training set(s) {unknown}; use J1, J2, AD and extra sets of one category such as "
                  f"E40 (J3 is the test set)")

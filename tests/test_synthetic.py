@@ -1275,11 +1275,12 @@ def test_plaque_position_classes_a_plaque_by_the_heart_above_and_below_it_in_eit
     plaques = {"inferior surface": (12, 15, 15), "superior surface": (27, 15, 15), "side": (20, 15, 22)}
     for flip in (False, True):
         t = tissue[::-1] if flip else tissue
-        up = mod.superior_step(t)
+        heart = mod.heart_mask(t)
+        up = mod.superior_step(t, heart)
         assert up == (-1 if flip else 1)
         for expected, (z, y, x) in plaques.items():
             z = 39 - z if flip else z
             idx = np.ravel_multi_index(([z, z], [y, y], [x, x + 1]), t.shape)
-            pos = mod.position(t, idx, spacing, up)
+            pos = mod.position(heart, idx, spacing, up)
             assert pos["position"] == expected, (flip, expected, pos)
             assert pos["z_mm"] == 1.0 and pos["xy_mm"] == 2.0
