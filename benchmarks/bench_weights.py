@@ -1,6 +1,8 @@
-"""Per-exam time of ``agatax.run_pipeline`` with two or more ensemble files (e.g. five networks against ten).
+"""Per-exam time of ``agatax.run_pipeline`` with one or more ensemble files (e.g. five networks against ten).
 
-    python benchmarks/bench_weights.py --weights A.msgpack B.msgpack [--rounds 7] [--matrix 512] [--slices 56] [--force]
+    python benchmarks/bench_weights.py --weights A.msgpack [B.msgpack] [--dense-look 600] [--rounds 7] [--matrix 512] [--slices 56] [--force]
+
+``--dense-look HU ...``: each file also with ``run_pipeline(dense_look=HU)`` (the networks' second look).
 
 Under benchmarks/protocol.py (refuses a busy machine; one warm-up call each, which compiles; variants
 interleaved round by round; the first file is the baseline). One synthetic cardiac exam (category D, seed 7,
@@ -24,6 +26,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--matrix", type=int, default=512)
     ap.add_argument("--slices", type=int, default=56)
+    ap.add_argument("--dense-look", nargs="+", type=float, default=[], metavar="HU",
+                    help="also time each file with run_pipeline(dense_look=HU)")
     ap.add_argument("--force", action="store_true", help="measure on a busy machine (figures flagged BUSY)")
     args = ap.parse_args(argv)
     session = Session("run_pipeline per ensemble file", force=args.force)  # before any set-up work of ours
@@ -33,10 +37,14 @@ def main(argv=None) -> int:
 
     volume = generate_exam(7, target_category="D", protocol="cardiac", matrix=args.matrix, n_slices=args.slices,
                            slice_thickness_mm=3.0, slice_increment_mm=3.0).volume
-    ensembles = {f"{Path(w).name} ({e.members} networks)": e for w, e in ((w, load_ensemble(w)) for w in args.weights)}
-    times = session.interleave({name: (lambda e=e: run_pipeline(e, volume)) for name, e in ensembles.items()},
-                               rounds=args.rounds)
-    session.report(times, baseline=next(iter(ensembles)),
+    variants = {}
+    for w in args.weights:
+        e = load_ensemble(w)
+        for look in [None] + args.dense_look:
+            name = f"{Path(w).name} ({e.members} networks)" + ("" if look is None else f", dense look {look:g} HU")
+            variants[name] = lambda e=e, look=look: run_pipeline(e, volume, dense_look=look)
+    times = session.interleave(variants, rounds=args.rounds)
+    session.report(times, baseline=next(iter(variants)),
                    shapes={"exam": volume.shape, "spacing_mm": tuple(round(s, 3) for s in volume.spacing)})
     return 0
 
