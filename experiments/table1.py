@@ -18,7 +18,8 @@ Every batch pairs patches centred on calcium with patches centred on look-alike 
 --positive, --hard), with a Dice loss per patch.
 
 Work files (pair caches, checkpoints, ensembles, results.json) go to --workdir; a rerun resumes from
-them. Figures are printed as a Markdown table and written to <workdir>/results.json.
+them. Figures are printed as a Markdown table and written to <workdir>/results.json; the confusion PNGs go to
+--out, by default the work folder too (the published ones: --out experiments).
 """
 
 from __future__ import annotations
@@ -342,7 +343,12 @@ def plot_confusion(conf, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def main(argv=None) -> int:
+def figure_dir(args) -> Path:
+    """Where the confusion PNGs go: --out, else the work folder (never the published figures unasked)."""
+    return Path(args.out if args.out is not None else args.workdir)
+
+
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sets", default="J1,J1+J2,J1+J2+AD",
                     help="training sets, comma separated; a part such as E40 adds 40 exams of category E (any of A-E; "
@@ -420,8 +426,14 @@ def main(argv=None) -> int:
                          "colon's gas, the splenic artery; chest exams reach further down); J3 does not")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default=str(ROOT / "experiments" / "_table1_work"))
-    ap.add_argument("--out", default=str(ROOT / "experiments"), help="where the confusion PNGs go")
+    ap.add_argument("--out", default=None,
+                    help="where the confusion PNGs go (default: --workdir; the published figures: experiments)")
     ap.add_argument("--save-default", default=None, help="also save the last ensemble here (float16)")
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = parser()
     args = ap.parse_args(argv)
     sets = [s.strip() for s in args.sets.split(",") if s.strip()]
     parts = {p for s in sets for p in s.split("+")}
@@ -535,7 +547,7 @@ def main(argv=None) -> int:
         log(f"{s}: evaluated on {ev['n_test']} J3 exams ({time.perf_counter() - t0:.1f} s)")
         entry = results["sets"].setdefault(s, {})
         entry.update(ev, train_seconds=train_s, n_train=len(train), n_val=len(val))
-        plot_confusion(ev["confusion"], Path(args.out) / f"confusion_{s.replace('+', '_')}.png",
+        plot_confusion(ev["confusion"], figure_dir(args) / f"confusion_{s.replace('+', '_')}.png",
                        f"ensemble trained on {s} (synthetic), test J3 n={ev['n_test']}\n"
                        f"accuracy {ev['ensemble_accuracy']:.3f}, C-index {ev['ensemble_c_index']:.3f}")
         res_path.write_text(json.dumps(results, indent=1))

@@ -1261,6 +1261,16 @@ def test_training_sets_take_extra_exams_of_one_category_unscaled_and_growing_wit
             table1.main(["--sets", bad, "--workdir", "/nonexistent/never-made"])
 
 
+def test_table1_writes_its_confusion_figures_to_the_work_folder_unless_told_where(tmp_path):
+    """experiments/table1.py --out: a run's confusion PNGs go to its --workdir by default, never over the published
+    figures in experiments/ unasked; --out names another folder."""
+    table1 = _experiment("table1")
+    args = table1.parser().parse_args(["--workdir", str(tmp_path / "w")])
+    assert table1.figure_dir(args) == tmp_path / "w"
+    args = table1.parser().parse_args(["--workdir", str(tmp_path / "w"), "--out", str(tmp_path / "figs")])
+    assert table1.figure_dir(args) == tmp_path / "figs"
+
+
 def test_plaque_position_classes_a_plaque_by_the_heart_above_and_below_it_in_either_slice_order():
     """experiments/plaque_position.py: hand-built tissue map, liver at the feet, a block of myocardium; a plaque
     under the block is on its inferior surface, one over it on its superior surface, one beside its middle on
