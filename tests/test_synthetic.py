@@ -723,6 +723,32 @@ def test_lookalike_rates_set_how_often_a_look_alike_comes_and_change_nothing_els
         agatax.synthetic.generate_exam(1, lookalike_rates={"metal": 1.5}, **SMALL)
 
 
+def test_stent_rate_leaves_out_the_stents_drawn_and_changes_nothing_else():
+    """``lookalike_rates={"stent": 0}``: metal drawn as a coronary stent is left out and every other draw stays
+    as it was: an exam whose metal is clips (seed 4) is bit-identical; one with a stent (seed 5) has no metal
+    left, and differs from the exam with its stent only where the stent was marked (>= 1000 HU there) and in
+    its streaks: under 2 % of the voxels, and none by over 150 HU beyond 3 voxels from it (the same anatomy,
+    noise and look-alikes)."""
+    from scipy import ndimage
+
+    code = DISTRACTOR_CODES["metal"]
+    kw = dict(target_category="A", **SMALL)
+    clips = agatax.synthetic.generate_exam(4, lookalike_rates={"metal": 1.0}, **kw)
+    clips0 = agatax.synthetic.generate_exam(4, lookalike_rates={"metal": 1.0, "stent": 0.0}, **kw)
+    assert {d.get("what") for d in clips.distractors if d["kind"] == "metal"} == {"clip"}
+    np.testing.assert_array_equal(clips.volume.hu, clips0.volume.hu)
+    stent = agatax.synthetic.generate_exam(5, lookalike_rates={"metal": 1.0}, **kw)
+    stent0 = agatax.synthetic.generate_exam(5, lookalike_rates={"metal": 1.0, "stent": 0.0}, **kw)
+    assert [d.get("what") for d in stent.distractors if d["kind"] == "metal"] == ["stent"]
+    assert not any(d["kind"] == "metal" for d in stent0.distractors) and not (stent0.distractor_mask == code).any()
+    marked = stent.distractor_mask == code
+    assert marked.sum() > 20 and stent.volume.hu[marked].max() >= 1000
+    diff = np.abs(stent.volume.hu.astype(np.float64) - stent0.volume.hu)
+    assert diff[marked].max() >= 1000 and (diff > 0).mean() < 0.02
+    assert diff[~ndimage.binary_dilation(marked, iterations=3)].max() <= 150
+    np.testing.assert_array_equal(stent.distractor_mask[~marked], stent0.distractor_mask[~marked])
+
+
 def test_dense_plaque_rate_plans_the_largest_plaque_dense_and_changes_nothing_at_zero():
     """Oracle: the default draw of the same seed (the rate has its own random stream, so every other draw is
     the same). At rate 1 an E exam differs from it in the planned density of one plaque, now at 900-1400 HU

@@ -317,10 +317,12 @@ def concat(atoms: list[Atoms]) -> Atoms:
                  np.concatenate([a.density for a in atoms]))
 
 
-def _metal_atoms(heart: Heart, landmarks: dict, vessels: dict | None, rng: np.random.Generator) -> list[dict]:
+def _metal_atoms(heart: Heart, landmarks: dict, vessels: dict | None, rng: np.random.Generator,
+                 stent_rate: float = 1.0) -> list[dict]:
     """Metal seen on calcium-scoring CT (2000-3071 HU): sternal wires, surgical clips, a pacemaker lead,
     a coronary stent. Items carry ``what`` and, for stents placed on the (already deformed) vessels,
-    ``deformed=True``."""
+    ``deformed=True``. ``stent_rate``: the share of stents drawn that are kept (a stent left out is drawn
+    all the same, so the exam's other draws do not change; 0 and 1 draw nothing more)."""
     out = []
     ai, bi = landmarks["inner"]
     what = str(rng.choice(["sternal_wire", "clip", "lead", "stent"]))
@@ -358,16 +360,18 @@ def _metal_atoms(heart: Heart, landmarks: dict, vessels: dict | None, rng: np.ra
             for a in np.linspace(0, 2 * math.pi, 8, endpoint=False) + 0.4 * i:
                 cs.append(c + v.radius[min(i0 + 2 * i, n - 1)] * (math.cos(a) * e1 + math.sin(a) * e2))
         if cs:
-            cs = np.array(cs)
-            out.append({"kind": "metal", "what": what, "atoms": Atoms(cs, np.full(len(cs), 0.3), np.ones(len(cs))),
-                        "peak_hu": float(rng.uniform(1500, 2600)), "deformed": True})
+            cs, peak = np.array(cs), float(rng.uniform(1500, 2600))
+            if stent_rate >= 1.0 or (stent_rate > 0.0 and rng.random() < stent_rate):
+                out.append({"kind": "metal", "what": what, "deformed": True, "peak_hu": peak,
+                            "atoms": Atoms(cs, np.full(len(cs), 0.3), np.ones(len(cs)))})
     return out
 
 
 #: look-alikes drawn once per exam, whose probability ``generate_exam(lookalike_rates=...)`` can set
-#: ("aortic_root": root calcium running into the left main ostium, drawn in the exam itself)
+#: ("aortic_root": root calcium running into the left main ostium, drawn in the exam itself; "stent": the share
+#: of the metal drawn as a coronary stent that is kept, 1 unless set)
 LOOKALIKE_KINDS = ("aortic_valve", "mitral_annulus", "lymph_node", "pericardium", "metal", "aortic_root",
-                   "lung_granuloma", "splenic_artery")
+                   "lung_granuloma", "splenic_artery", "stent")
 #: how often an exam has calcified granulomas in the lung beside the heart (healed granulomatous infection,
 #: histoplasmosis or tuberculosis: a common incidental finding on chest CT; the rate is a modelling choice)
 GRANULOMA_RATE = 0.25
@@ -491,7 +495,7 @@ def distractor_atoms(heart: Heart, landmarks: dict, grid: Grid, rng: np.random.G
             out.append({"kind": "pericardium", "atoms": Atoms(c[keep], np.full(int(keep.sum()), 0.7), np.ones(int(keep.sum()))),
                         "peak_hu": float(rng.uniform(200, 900))})
     if rng.random() < rates.get("metal", 0.12):
-        out += _metal_atoms(heart, landmarks, vessels, rng)
+        out += _metal_atoms(heart, landmarks, vessels, rng, rates.get("stent", 1.0))
     return out
 
 
