@@ -418,9 +418,9 @@ def generate_exam(
         lookalike_rates: {kind: probability in [0, 1]} for kinds of ``LOOKALIKE_KINDS`` ("aortic_valve",
             "mitral_annulus", "lymph_node", "pericardium", "metal", "aortic_root", "lung_granuloma", "splenic_artery": drawn
             only with ``abdomen=True``): how often the exam has one,
-            in place of the burden-dependent default; "stent": the share of metal drawn as a coronary stent that
-            is kept (default 1; 0: metal is wires, clips and leads only, every other draw the same) (e.g. ``{"pericardium": 0.5}`` for training data rich in a rare
-            look-alike). Exams whose draws do not cross a changed rate stay bit-identical.
+            in place of the burden-dependent default (e.g. ``{"pericardium": 0.5}`` for training data rich in a rare
+            look-alike); "stent": the share of metal drawn as a coronary stent that is kept (default 1; 0: metal
+            is wires, clips and leads only). Exams whose draws do not cross a changed rate stay bit-identical.
         dense_plaque_rate: probability in [0, 1] that the exam's largest plaque (by its share of the score) is
             planned dense, 900-1400 HU noise-free peak (the generator's own draw: 150-1300 HU, a third of its
             dense bin above 1000); as it keeps its share of the score it is drawn fewer mm^3, and in D-E exams
