@@ -62,6 +62,7 @@ CHECKED_FIELD_MM = 150.0
 #: calcification lost it there 3-6 mm outside the region; ordinary exams had no such object
 SCAN_END_MM = 20.0
 SCAN_END_NEAR_MM = 10.0
+DENSE_REACH_MM = 30.0  # a scored part of a dense object is looked for this far (a stent is 10-25 mm long)
 DENSE_HU = 1500.0  # scored objects this dense may be stents (1500-2600 HU) as much as calcium: a warning
 
 
@@ -692,19 +693,46 @@ def _category_rests_on(hu, mask, spacing, scores, box, lab, which, **conventions
     return rest, slices
 
 
+def _image_object_peaks(hu, box, lab, spacing, threshold_hu: float, reach_mm: float) -> np.ndarray:
+    """Per scored object (labels 1..n of ``lab`` on ``box``): the peak HU of the image's 3D objects >=
+    ``threshold_hu`` (26-connected) that it touches, and its own peak, over the box grown by ``reach_mm``
+    (an image object reaching further is cut there: its peak may read low, never high). Shape (n,)."""
+    from scipy import ndimage
+
+    reach = [int(np.ceil(reach_mm / float(s))) for s in spacing]
+    near = tuple(slice(max(b.start - r, 0), min(b.stop + r, n)) for b, r, n in zip(box, reach, hu.shape))
+    image = np.asarray(hu[near], np.float64)
+    inner = tuple(slice(b.start - o.start, b.stop - o.start) for b, o in zip(box, near))
+    on = lab > 0
+    peaks = np.full(int(lab.max()), -np.inf)
+    np.maximum.at(peaks, lab[on] - 1, image[inner][on])
+    if image.max() <= peaks.max():  # nothing near the scored objects is denser than they are
+        return peaks
+    comp, n = ndimage.label(image >= threshold_hu, structure=np.ones((3, 3, 3), bool))
+    if n:
+        comp_peak = np.concatenate([[-np.inf], ndimage.maximum(image, comp, np.arange(1, n + 1))])
+        np.maximum.at(peaks, lab[on] - 1, comp_peak[comp[inner][on]])
+    return peaks
+
+
 def dense_note(hu: np.ndarray, mask: np.ndarray, spacing, scores, *, metal_hu: float | None = METAL_HU,
-               dense_hu: float = DENSE_HU, **conventions) -> tuple[str, ...]:
+               dense_hu: float = DENSE_HU, reach_mm: float = DENSE_REACH_MM, **conventions) -> tuple[str, ...]:
     """A warning when the risk category rests on scored objects denser than nearly all coronary calcium.
 
-    Scored 3D objects (26-connected) peaking at ``dense_hu`` or more (and under ``metal_hu``, which
-    ``exclude_metal`` already left out) read like coronary stents as much as like calcium. When the exam's
-    category without them differs from ``scores.category``, one note names them, their share of the
-    Agatston score and the category without them; else nothing (the number is kept either way).
-    ``conventions``: the scoring conventions of ``agatax.compute_scores`` used for ``scores``.
+    Scored 3D objects (26-connected) that peak at ``dense_hu`` or more, or are part of an object of the image
+    (>= the scoring threshold, 26-connected, looked for within ``reach_mm`` of the scored ones) that does,
+    read like coronary stents as much as like calcium: a network may mark only a stent's end or its blooming.
+    Those peaking at ``metal_hu`` or more are left out here (``exclude_metal`` drops what is scored of them,
+    ``beside_metal_note`` warns on the rest). When the exam's category without them differs from
+    ``scores.category``, one note names them, their share of the Agatston score and the category without them;
+    else nothing (the number is kept either way). ``conventions``: the scoring conventions of
+    ``agatax.compute_scores`` used for ``scores``.
     """
-    if not mask.any() or float(hu[mask].max()) < dense_hu:
+    if not mask.any():
         return ()
-    box, lab, peaks = _objects(hu, mask)
+    box, lab, _ = _objects(hu, mask)
+    threshold = conventions.get("threshold_hu")
+    peaks = _image_object_peaks(hu, box, lab, spacing, 130.0 if threshold is None else float(threshold), reach_mm)
     top = np.inf if metal_hu is None else metal_hu
     dense = np.flatnonzero((peaks >= dense_hu) & (peaks < top)) + 1
     resting = _category_rests_on(hu, mask, spacing, scores, box, lab, dense, **conventions)
@@ -712,11 +740,11 @@ def dense_note(hu: np.ndarray, mask: np.ndarray, spacing, scores, *, metal_hu: f
         return ()
     rest, slices = resting
     share = scores.agatston - rest.agatston
-    return (f"dense: {len(dense)} scored object(s) peaking at {dense_hu:g} HU or more (slices "
-            f"{slices}; peak {float(peaks[dense - 1].max()):.0f} HU) carry {share:.1f} of the "
-            f"Agatston score {scores.agatston:.1f}: denser than nearly all coronary calcium, as dense as a coronary "
-            f"stent. Without them the category is {rest.category}, not {scores.category}: look at those slices; "
-            "if it is a stent, the score is not interpretable",)
+    return (f"dense: {len(dense)} scored object(s) peaking at {dense_hu:g} HU or more, themselves or the object "
+            f"they are part of (slices {slices}; peak {float(peaks[dense - 1].max()):.0f} HU) carry {share:.1f} of "
+            f"the Agatston score {scores.agatston:.1f}: denser than nearly all coronary calcium, as dense as a "
+            f"coronary stent. Without them the category is {rest.category}, not {scores.category}: look at those "
+            "slices; if it is a stent, the score is not interpretable",)
 
 
 def scan_cut_note(hu: np.ndarray, mask: np.ndarray, spacing, scores, **conventions) -> tuple[str, ...]:

@@ -461,6 +461,43 @@ def test_a_category_that_rests_on_stent_dense_objects_is_flagged():
     assert dense_note(hu, mask & (hu < 1500), spacing, compute_scores(hu, mask & (hu < 1500), spacing)) == ()
 
 
+def test_a_scored_part_of_a_stent_dense_object_is_flagged_by_the_objects_peak():
+    """Hand-computed: 0.5 mm pixels (0.25 mm^2). Calcium: 3 pixels at 450 HU (3.0, category B). A tube on
+    slices 3-4 (14 mm from the calcium), 3 rows x 6 columns: its first 3 columns at 1700 HU (not scored), the next 3 at 600 HU (scored:
+    2 x 9 px x 0.25 mm^2 x 4 = 18.0). The scored part peaks at 600 HU but belongs to one object >= 130 HU that
+    peaks at 1700 (a stent marked only at its end): 21.0 (C) rests on it, so one note. The same tube with a
+    column of soft tissue (40 HU) between the two parts: two objects, no note. With the dense part at metal's
+    2100 HU, the note beside metal names it instead."""
+    from agatax.pipeline import beside_metal_note, dense_note
+    from agatax.scoring import compute_scores
+
+    spacing = (3.0, 0.5, 0.5)
+    hu = np.full((6, 48, 48), 40.0, np.float32)
+    mask = np.zeros(hu.shape, bool)
+    hu[1, 2, 2:5], mask[1, 2, 2:5] = 450.0, True
+    hu[3:5, 30:33, 10:13] = 1700.0
+    hu[3:5, 30:33, 13:16], mask[3:5, 30:33, 13:16] = 600.0, True
+    scores = compute_scores(hu, mask, spacing)
+    assert scores.agatston == pytest.approx(21.0) and scores.category == "C"
+    notes = dense_note(hu, mask, spacing, scores)
+    assert len(notes) == 1 and notes[0].startswith("dense: 1 scored object")
+    assert "slices 3-4;" in notes[0] and "peak 1700 HU" in notes[0]
+    assert "18.0 of the Agatston score 21.0" in notes[0] and "category is B, not C" in notes[0]
+    apart = hu.copy()
+    apart[3:5, 30:33, 13] = 40.0  # soft tissue between: the scored part is an object of its own
+    apart[3:5, 30:33, 16] = 600.0
+    mask_apart = np.zeros(hu.shape, bool)
+    mask_apart[1, 2, 2:5] = True
+    mask_apart[3:5, 30:33, 14:17] = True
+    s_apart = compute_scores(apart, mask_apart, spacing)
+    assert s_apart.agatston == pytest.approx(21.0) and dense_note(apart, mask_apart, spacing, s_apart) == ()
+    metal = hu.copy()
+    metal[3:5, 30:33, 10:13] = 2100.0
+    assert dense_note(metal, mask, spacing, scores) == ()
+    beside = beside_metal_note(metal, mask, spacing, scores)
+    assert len(beside) == 1 and beside[0].startswith("beside metal: 1 scored object")
+
+
 def test_scored_calcium_in_the_scans_first_or_last_slice_is_warned():
     """Hand-computed: 0.5 mm pixels (0.25 mm^2). An object in slices 0-1, 4 x 4 pixels at 450 HU on each: 2 x 4
     mm^2 x 4 = 32.0; one in slice 3 only, 3 pixels at 250 HU: 0.75 mm^2 x 2 = 1.5 (33.5 in all). The note
