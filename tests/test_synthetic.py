@@ -616,6 +616,36 @@ def test_branch_lesions_experiment_counts_a_lesion_found_only_when_the_predictio
     assert [found for _, found in mod.found_lesions(ex, truth & ~drop)] == expected
 
 
+def test_compare_lesions_counts_found_gains_and_losses_by_hand(tmp_path, capsys):
+    """experiments/compare_lesions.py on two hand-made runs pooled (ensembles A, B): of the five lesions of own
+    Agatston >= 10 (seeds 1-5), A finds 3 (1, 3, 5) and B finds 2 (2, 5); B gains one (seed 2) and loses two
+    (seeds 1, 3); seed 4 is found by neither; the speck (seed 9, Agatston 4) is not counted."""
+    import json
+
+    mod = _experiment("compare_lesions")
+
+    def lesion(seed, agatston, a, b):
+        return {"seed": seed, "lesion": 0, "classes": ["all"], "agatston": agatston, "voxels": 20, "peak_hu": 400.0,
+                "eccentric": 0.0, "vessel": "LAD", "A": a, "A mean vote": 3.0 * a, "B": b, "B mean vote": 3.0 * b}
+
+    runs = [[lesion(1, 50.0, True, False), lesion(2, 12.0, False, True), lesion(9, 4.0, False, True)],
+            [lesion(3, 10.0, True, False), lesion(4, 300.0, False, False), lesion(5, 20.0, True, True)]]
+    paths = []
+    for i, run in enumerate(runs):
+        paths.append(tmp_path / f"run{i}.json")
+        paths[-1].write_text(json.dumps({"lesions": run}))
+    out = mod.compare(runs[0] + runs[1])
+    assert out["counted"] == 5 and out["found"] == {"A": 3, "B": 2}
+    gained, lost = out["paired"]["B"]
+    assert [x["seed"] for x in gained] == [2] and [x["seed"] for x in lost] == [1, 3]
+    assert [x["seed"] for x in out["missed_by_all"]] == [4]
+    assert mod.main([str(p) for p in paths]) == 0
+    text = capsys.readouterr().out
+    assert "B against A: +1 / -2" in text and "found by none: 1" in text
+    with pytest.raises(ValueError, match="not in every lesion record"):
+        mod.compare(runs[0] + [{k: v for k, v in runs[1][0].items() if not k.startswith("B")}])
+
+
 def test_branch_lesions_experiment_reads_each_lesions_mean_vote_over_its_components():
     """lesion_votes: the mean over the true components holding a lesion's points, hand-checked on votes
     that are a different constant on each component (so the mean is that constant, or the voxel-weighted
