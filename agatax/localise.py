@@ -70,7 +70,7 @@ _MIN_LUNG_CM3 = 20.0
 _GAS_SHELL_LUNG = 0.3  # a gas pocket with less lung than this 4-8 mm around it is bowel or airway, not lung
 _GAS_UNDER_LUNGS = 0.5  # ... when the lungs' cross-section in its middle slice is under this share of their widest
 _GAS_SMALL = 0.1  # ... and it is under this share of the lungs and gas together
-_MIN_LUNGS_CM3 = 150.0
+MIN_LUNGS_CM3 = 150.0  # less aerated lung than this (cm^3): no lungs found, no region (the pipeline refuses: NO_LUNGS)
 _BONE_HU = 150.0
 _MIN_BONE_CM3 = 2.0
 _MIN_CUT_BONE_CM3 = 0.5  # dense tissue this large cut by the field of view's edge is bone (sternum, ribs)
@@ -600,7 +600,7 @@ def localise_chest(hu, spacing) -> ChestRegion:
     lungs = _components(opened, _MIN_LUNG_CM3 / voxel_cm3)
     lungs, support = _outside_the_patient(lungs, m, bone, at_edge, spine_x, step)
     lung_cm3 = float(lungs.sum()) * voxel_cm3
-    if lung_cm3 < _MIN_LUNGS_CM3:
+    if lung_cm3 < MIN_LUNGS_CM3:
         return ChestRegion(False, None, None, lung_cm3,
                            f"no lungs found ({lung_cm3:.0f} cm^3 of lung-like tissue): calcium not restricted",
                            z_change=z_change)

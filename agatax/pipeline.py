@@ -188,6 +188,7 @@ def _run(ensemble, volume, spacing, *, strategy, target_mm, threshold_hu, score,
          dense_vote=None, adapt_noise=True, allow_noisy=False, allow_sharp_kernel=False, dense_look=None):
     if not isinstance(ensemble, Ensemble):
         raise InputError(f"expected an agatax Ensemble; got {type(ensemble).__name__}", code="BAD_ARGUMENT")
+    resolve_strategy(strategy)  # a bad argument is named before anything in the exam is
     if isinstance(volume, Volume) and not allow_sharp_kernel:  # a bone or lung kernel: refused (SHARP_KERNEL)
         from agatax.quality import check_kernel
 
@@ -200,7 +201,7 @@ def _run(ensemble, volume, spacing, *, strategy, target_mm, threshold_hu, score,
     spacing_c = tuple(spacing[o] for o in how.order)
     chest = box_c = None
     if localise:
-        from agatax.localise import localise_chest
+        from agatax.localise import MIN_LUNGS_CM3, localise_chest
 
         found = localise_chest(how.apply(np.asarray(hu)), spacing_c)
         box_c = found.box  # canonical; None where no region was found
@@ -230,6 +231,15 @@ def _run(ensemble, volume, spacing, *, strategy, target_mm, threshold_hu, score,
                 hint="score the non-contrast calcium-scoring series of the study; if this one is non-contrast (a narrow "
                 "mediastinum, mostly spine and sternum, can read this dense), assume_non_contrast=True "
                 "(--assume-non-contrast) scores it with the chest region kept")
+        if not found.found and not chest.phantom_like:
+            raise InputError(
+                f"no lungs found in the exam ({found.lung_cm3:.0f} cm^3 of lung-like tissue; a chest holds "
+                f"{MIN_LUNGS_CM3:.0f} or more): it may not show a chest (a scan below or above the lungs, another "
+                "body part) or its lungs hold no air. Without the chest region between the lungs, whatever the "
+                "networks mark would be scored, bone and other arteries' calcium included, so no score is given",
+                code="NO_LUNGS",
+                hint="score the chest's calcium-scoring series; localise=False (--no-localise) scores this one "
+                "without the chest region, bone included: look at the report pictures")
         if found.found:
             section = float(found.region.sum(axis=(1, 2)).max()) * spacing_c[1] * spacing_c[2] / 100.0
             if section < MIN_REGION_SECTION_CM2:
@@ -333,8 +343,9 @@ def segment(
             increment from 2 to 3.5 mm, else 3 mm).
         threshold_hu: calcium threshold (HU); also the pre-processing enhancement threshold.
         localise: discard calcium outside the chest region that ``agatax.localise_chest`` finds between the
-            lungs (bone, arms, the image border); where it finds no lungs nothing is discarded. It also
-            refuses contrast-enhanced exams (CONTRAST_ENHANCED) and phantoms (PHANTOM).
+            lungs (bone, arms, the image border). It also refuses exams without lungs (NO_LUNGS; a phantom
+            allowed by ``allow_phantom`` is scored with nothing discarded), contrast-enhanced exams
+            (CONTRAST_ENHANCED) and phantoms (PHANTOM).
         allow_phantom: segment an exam that looks like a phantom (``ChestRegion.phantom_like``) instead of
             refusing it.
         assume_non_contrast: segment an exam whose mediastinum looks contrast-enhanced

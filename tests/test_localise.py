@@ -224,6 +224,32 @@ def test_pipeline_without_lungs_discards_nothing():
     assert with_loc.mask.sum() == (vol.hu >= 130).sum()
 
 
+def test_a_patient_exam_without_lungs_is_refused_unless_localisation_is_off():
+    """A chest exam whose lungs are filled with soft tissue (30 HU: no aerated lung; not a phantom, its body
+    changes along z) has no chest region: without it every object the networks mark would be scored, bone
+    included. run_pipeline and segment refuse it (NO_LUNGS, the way out named); localise=False scores it."""
+    from scipy import ndimage
+
+    from agatax import segment
+    from agatax.errors import InputError
+
+    ens = all_calcium_ensemble()
+    ex = exam(1, protocol="chest")
+    hu = np.asarray(ex.volume.hu).copy()
+    body = np.stack([ndimage.binary_fill_holes(s > -300) for s in hu])
+    hu[(hu < -300) & body] = 30.0
+    vol = Volume(hu, ex.volume.spacing)
+    found = localise_chest(hu, vol.spacing)
+    assert not found.found and not found.phantom_like
+    for call in (lambda **k: run_pipeline(ens, vol, **k), lambda **k: segment(ens, vol, **k)):
+        with pytest.raises(InputError) as err:
+            call()
+        assert err.value.code == "NO_LUNGS" and "no lungs" in str(err.value)
+        assert "--no-localise" in err.value.hint
+    res = run_pipeline(ens, vol, localise=False)
+    assert res.mask.sum() == (hu >= 130).sum()  # the all-calcium networks: every voxel >= 130 HU, bone included
+
+
 def test_pipeline_refuses_a_phantom_unless_allowed():
     """A water cylinder (its section repeats along z) is refused with PHANTOM by every entry point; allowed,
     it is scored with a note that says why the score may be far too low."""

@@ -43,7 +43,7 @@ def hu():
 
 
 def test_segment_matches_step_by_step_oracle(ensemble, hu):
-    mask, votes = segment(ensemble, Volume(hu, SPACING))
+    mask, votes = segment(ensemble, Volume(hu, SPACING), localise=False)  # random arrays: no lungs
     assert mask.shape == votes.shape == hu.shape and mask.dtype == jnp.bool_ and votes.dtype == jnp.uint8
     mask, votes = np.asarray(mask), np.asarray(votes)
     # oracle: network votes on the coarse grid, nearest cell by centre on the host, threshold, majority
@@ -71,14 +71,15 @@ def test_the_dense_vote_line_reaches_every_path_with_the_exams_hu(ensemble):
     hu[1:3, 4:9, 5:10] = rng.uniform(150, 1300, size=(2, 5, 5))
     hu[3, 12:14, 2:4] = 1100.0
     hu[0, 1:3, 1:3] = 1050.0
-    plain, votes = (np.asarray(a) for a in segment(ensemble, Volume(hu, SPACING), dense_vote=None))
+    plain, votes = (np.asarray(a) for a in segment(ensemble, Volume(hu, SPACING), dense_vote=None, localise=False))
     expected = object_majority_oracle(votes, hu >= 130, 5, hu=hu, dense_vote=0.4)
     assert expected.sum() > plain.sum() + 10
     np.testing.assert_array_equal(plain, object_majority_oracle(votes, hu >= 130, 5))
-    np.testing.assert_array_equal(np.asarray(segment(ensemble, Volume(hu, SPACING), dense_vote=0.4)[0]), expected)
-    device = segment_and_score(ensemble, Volume(hu, SPACING), score_on="device", dense_vote=0.4)
+    off = dict(dense_vote=0.4, localise=False)  # random arrays: no lungs
+    np.testing.assert_array_equal(np.asarray(segment(ensemble, Volume(hu, SPACING), **off)[0]), expected)
+    device = segment_and_score(ensemble, Volume(hu, SPACING), score_on="device", **off)
     np.testing.assert_array_equal(np.asarray(device["mask"]), expected)
-    res = run_pipeline(ensemble, Volume(hu, SPACING), dense_vote=0.4, metal_hu=None, air_share=None, noise_snr=None)
+    res = run_pipeline(ensemble, Volume(hu, SPACING), metal_hu=None, air_share=None, noise_snr=None, **off)
     np.testing.assert_array_equal(res.mask, expected)
 
 
@@ -134,7 +135,7 @@ def test_pipeline_feeds_the_networks_the_input_their_config_names(field, values,
     votes = {}
     for value in values:
         ens = stack_members(variables, dataclasses.replace(TINY, **{field: value}))
-        _, v = segment(ens, Volume(hu, SPACING))
+        _, v = segment(ens, Volume(hu, SPACING), localise=False)
         x = preprocess(hu, SPACING, multiple=TINY.multiple, box_mm=ens.config.input_box_mm,
                        dense_gain=ens.config.input_dense_gain)
         coarse_votes = (np.asarray(ensemble_logits(ens, x[None, ..., None]))[:, 0, ..., 0] > 0).sum(0)
@@ -185,15 +186,15 @@ def test_every_smoothing_sigma_shares_one_compilation(ensemble):
 
 
 def test_inputs_forms_and_strategies_agree(ensemble, hu):
-    a = segment(ensemble, (hu, SPACING), strategy="sequential")
-    b = segment(ensemble, jnp.asarray(hu), spacing=SPACING, strategy="vmap")
+    a = segment(ensemble, (hu, SPACING), strategy="sequential", localise=False)
+    b = segment(ensemble, jnp.asarray(hu), spacing=SPACING, strategy="vmap", localise=False)
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
 
 
 def test_run_pipeline_scores_agree_with_device_scores(ensemble, hu):
-    result = run_pipeline(ensemble, Volume(hu, SPACING))
-    device = segment_and_score(ensemble, Volume(hu, SPACING), score_on="device")
+    result = run_pipeline(ensemble, Volume(hu, SPACING), localise=False)
+    device = segment_and_score(ensemble, Volume(hu, SPACING), score_on="device", localise=False)
     np.testing.assert_array_equal(result.mask, device["mask"])
     assert result.scores.agatston > 0  # not vacuous
     assert result.scores.agatston == pytest.approx(float(device["scores"]["agatston"]), rel=1e-4, abs=1e-3)
@@ -202,7 +203,7 @@ def test_run_pipeline_scores_agree_with_device_scores(ensemble, hu):
     assert result.scores.volume_mm3 <= result.mask.sum() * np.prod(SPACING) + 1e-6
     assert result.to_dict()["spacing"] == list(SPACING)
     # host scoring (the CPU default): same mask, votes and scores as the on-device path
-    host = segment_and_score(ensemble, Volume(hu, SPACING), score_on="host")
+    host = segment_and_score(ensemble, Volume(hu, SPACING), score_on="host", localise=False)
     np.testing.assert_array_equal(host["mask"], device["mask"])
     np.testing.assert_array_equal(host["votes"], device["votes"])
     for key in ("agatston", "volume_mm3", "lesions"):

@@ -548,13 +548,19 @@ def test_validation_scores_an_exam_past_the_noise_refusal(tmp_path):
     assert row["noise_hu"] > refuse_noise_hu() and [n.split(":")[0] for n in row["past_refusal"]] == ["too noisy"]
 
 
-def test_validation_scores_an_exam_whose_region_is_refused_without_the_region(tmp_path, monkeypatch):
-    """score_validation measures the ensemble: an exam that agatax score refuses as REGION_TOO_SMALL (here
-    every region, the line raised above any chest) is scored without the chest region, against its reference,
-    and the row says so; not an error that ends the training run."""
+@pytest.mark.parametrize("module,line,code,tag", [
+    ("pipeline", "MIN_REGION_SECTION_CM2", "REGION_TOO_SMALL", "region too small"),
+    ("localise", "MIN_LUNGS_CM3", "NO_LUNGS", "no lungs"),
+])
+def test_validation_scores_an_exam_whose_region_is_refused_without_the_region(tmp_path, monkeypatch, module, line,
+                                                                               code, tag):
+    """score_validation measures the ensemble: an exam that agatax score refuses as REGION_TOO_SMALL or
+    NO_LUNGS (here every exam: the line raised above any chest) is scored without the chest region, against its
+    reference, and the row says so; not an error that ends the training run."""
+    import importlib
+
     import jax.numpy as jnp
 
-    from agatax import pipeline
     from agatax.cohort import score_validation
     from agatax.ensemble import stack_members
     from agatax.errors import AgataxError
@@ -567,15 +573,15 @@ def test_validation_scores_an_exam_whose_region_is_refused_without_the_region(tm
                          slice_thickness_mm=3.0, protocol="cardiac")
     tiny = UNetConfig.tiny()
     ensemble = stack_members([UNet(tiny).init(jax.random.key(s), jnp.zeros((1, 8, 8, 8, 1))) for s in range(3)], tiny)
-    monkeypatch.setattr(pipeline, "MIN_REGION_SECTION_CM2", 1e6)
-    with pytest.raises(AgataxError, match="REGION_TOO_SMALL"):
+    monkeypatch.setattr(importlib.import_module(f"agatax.{module}"), line, 1e9)
+    with pytest.raises(AgataxError, match=code):
         run_pipeline(ensemble, exam.volume)
     write_cohort(tmp_path / "cohort", [exam], format="nifti", ids=["small_region"])
     scored = score_validation(ensemble, discover_cohort(tmp_path / "cohort" / "manifest.csv").exams)
     assert scored["exams"] == 1
     row = scored["per_exam"][0]
     assert row["reference_agatston"] == pytest.approx(exam.agatston, rel=1e-3)
-    assert [n.split(":")[0] for n in row["past_refusal"]] == ["region too small"]
+    assert [n.split(":")[0] for n in row["past_refusal"]] == [tag]
 
 
 def test_training_on_noisier_exams_widens_the_trained_noise_range(tmp_path):
