@@ -430,6 +430,14 @@ def test_left_out_objects_are_the_unscored_calcified_objects_of_the_region():
     assert err.value.code == "SHAPE_MISMATCH"
 
 
+def _one_dense_note(notes):
+    """The dense notes of the two tests below: one object of slices 3-4 peaking at 1700 HU carries 18.0 of
+    21.0 (C); without it, B."""
+    assert len(notes) == 1 and notes[0].startswith("dense: 1 scored object")
+    assert "slices 3-4;" in notes[0] and "peak 1700 HU" in notes[0]
+    assert "18.0 of the Agatston score 21.0" in notes[0] and "category is B, not C" in notes[0]
+
+
 def test_a_category_that_rests_on_stent_dense_objects_is_flagged():
     """Hand-computed: 0.5 mm pixels (0.25 mm^2). Calcium: 3 pixels at 450 HU on one slice = 0.75 mm^2 x 4 = 3.0
     (category B). A stent-dense object: 3 x 3 pixels at 1700 HU on two slices = 2 x 2.25 x 4 = 18.0. Scored
@@ -445,10 +453,7 @@ def test_a_category_that_rests_on_stent_dense_objects_is_flagged():
     hu[3:5, 10:13, 10:13], mask[3:5, 10:13, 10:13] = 1700.0, True
     scores = compute_scores(hu, mask, spacing)
     assert scores.agatston == pytest.approx(21.0) and scores.category == "C"
-    notes = dense_note(hu, mask, spacing, scores)
-    assert len(notes) == 1 and notes[0].startswith("dense: 1 scored object")
-    assert "slices 3-4;" in notes[0] and "18.0 of the Agatston score 21.0" in notes[0]
-    assert "category is B, not C" in notes[0] and "peak 1700 HU" in notes[0]
+    _one_dense_note(dense_note(hu, mask, spacing, scores))
     # the same object at 2100 HU is metal (exclude_metal's business): no note here
     metal = hu.copy()
     metal[3:5, 10:13, 10:13] = 2100.0
@@ -480,10 +485,7 @@ def test_a_scored_part_of_a_stent_dense_object_is_flagged_by_the_objects_peak():
     hu[3:5, 30:33, 13:16], mask[3:5, 30:33, 13:16] = 600.0, True
     scores = compute_scores(hu, mask, spacing)
     assert scores.agatston == pytest.approx(21.0) and scores.category == "C"
-    notes = dense_note(hu, mask, spacing, scores)
-    assert len(notes) == 1 and notes[0].startswith("dense: 1 scored object")
-    assert "slices 3-4;" in notes[0] and "peak 1700 HU" in notes[0]
-    assert "18.0 of the Agatston score 21.0" in notes[0] and "category is B, not C" in notes[0]
+    _one_dense_note(dense_note(hu, mask, spacing, scores))
     apart = hu.copy()
     apart[3:5, 30:33, 13] = 40.0  # soft tissue between: the scored part is an object of its own
     apart[3:5, 30:33, 16] = 600.0
