@@ -46,7 +46,8 @@ networks. On a coarse grid of about 4 mm:
    cut along z.
 
 Where no lungs are found (a water phantom, a volume cut below the lungs, a tiny volume) the result has
-``found=False`` and a note; the pipeline then discards nothing. A cross-section that repeats along z
+``found=False`` and a note; the pipeline then refuses the exam (NO_LUNGS), or, for a phantom it was allowed
+to score, discards nothing. A cross-section that repeats along z
 (``phantom_like``: under 4 % of the body changes over 30 mm, where synthetic patients of every protocol
 change by 12 % or more) marks a phantom, which the pipeline refuses unless asked (its inserts lie outside
 any heart's anatomy, where the networks do not look). The mediastinum's density also tells a
