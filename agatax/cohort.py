@@ -714,8 +714,9 @@ def score_validation(ensemble, exams: Iterable[CohortExam], *, slabs: bool = Tru
     reference masks: category accuracy, C-index (on the categories), lesion detection (sensitivity, PPV,
     F1), and per exam the predicted and reference Agatston scores. Exams ``agatax score`` would refuse (too
     noisy, a phantom, contrast-enhanced, a bone or lung kernel) are scored all the same, with their warnings in the row: validation
-    measures the ensemble; one whose chest region is too small to hold a heart (REGION_TOO_SMALL) or that
-    shows no lungs (NO_LUNGS) is scored without the region, which the row says."""
+    measures the ensemble; one whose chest region is too small to hold a heart (REGION_TOO_SMALL), that
+    shows no lungs (NO_LUNGS) or no region between them (NO_REGION) is scored without the region, which the
+    row says."""
     from agatax.evaluate import evaluate_masks, evaluate_scores
     from agatax.pipeline import run_pipeline
     from agatax.report import PAST_REFUSAL
@@ -731,10 +732,10 @@ def score_validation(ensemble, exams: Iterable[CohortExam], *, slabs: bool = Tru
             result = run_pipeline(ensemble, loaded.volume, **past)
             without_region = []
         except AgataxError as err:
-            if err.code not in ("REGION_TOO_SMALL", "NO_LUNGS"):
+            if err.code not in ("REGION_TOO_SMALL", "NO_LUNGS", "NO_REGION"):
                 raise
             result = run_pipeline(ensemble, loaded.volume, localise=False, **past)
-            why = "region too small" if err.code == "REGION_TOO_SMALL" else "no lungs"
+            why = {"REGION_TOO_SMALL": "region too small", "NO_LUNGS": "no lungs"}.get(err.code, "no region")
             without_region = [f"{why}: scored without the chest region ({err})"]
         truth = compute_scores(loaded.volume.hu, loaded.mask, loaded.volume.spacing)
         pred[exam.exam_id], ref[exam.exam_id] = float(result.scores.agatston), float(truth.agatston)

@@ -231,15 +231,20 @@ def _run(ensemble, volume, spacing, *, strategy, target_mm, threshold_hu, score,
                 hint="score the non-contrast calcium-scoring series of the study; if this one is non-contrast (a narrow "
                 "mediastinum, mostly spine and sternum, can read this dense), assume_non_contrast=True "
                 "(--assume-non-contrast) scores it with the chest region kept")
-        if not found.found and not chest.phantom_like:
+        if not found.found and not chest.phantom_like:  # no region: whatever the networks mark would count
+            way_out = ("score the chest's calcium-scoring series; localise=False (--no-localise) scores this one "
+                       "without the chest region, bone included: look at the report pictures")
+            if found.lung_cm3 < MIN_LUNGS_CM3:
+                raise InputError(
+                    f"no lungs found in the exam ({found.lung_cm3:.0f} cm^3 of lung-like tissue; a chest holds "
+                    f"{MIN_LUNGS_CM3:.0f} or more): it may not show a chest (a scan below or above the lungs, another "
+                    "body part) or its lungs hold no air. Without the chest region between the lungs, whatever the "
+                    "networks mark would be scored, bone and other arteries' calcium included, so no score is given",
+                    code="NO_LUNGS", hint=way_out)
             raise InputError(
-                f"no lungs found in the exam ({found.lung_cm3:.0f} cm^3 of lung-like tissue; a chest holds "
-                f"{MIN_LUNGS_CM3:.0f} or more): it may not show a chest (a scan below or above the lungs, another "
-                "body part) or its lungs hold no air. Without the chest region between the lungs, whatever the "
-                "networks mark would be scored, bone and other arteries' calcium included, so no score is given",
-                code="NO_LUNGS",
-                hint="score the chest's calcium-scoring series; localise=False (--no-localise) scores this one "
-                "without the chest region, bone included: look at the report pictures")
+                f"lungs were found ({found.lung_cm3:.0f} cm^3) but no chest region between them (no mediastinum "
+                "where the heart would lie). Without it, whatever the networks mark would be scored, bone and other "
+                "arteries' calcium included, so no score is given", code="NO_REGION", hint=way_out)
         if found.found:
             section = float(found.region.sum(axis=(1, 2)).max()) * spacing_c[1] * spacing_c[2] / 100.0
             if section < MIN_REGION_SECTION_CM2:
@@ -343,8 +348,9 @@ def segment(
             increment from 2 to 3.5 mm, else 3 mm).
         threshold_hu: calcium threshold (HU); also the pre-processing enhancement threshold.
         localise: discard calcium outside the chest region that ``agatax.localise_chest`` finds between the
-            lungs (bone, arms, the image border). It also refuses exams without lungs (NO_LUNGS; a phantom
-            allowed by ``allow_phantom`` is scored with nothing discarded), contrast-enhanced exams
+            lungs (bone, arms, the image border). It also refuses exams without lungs (NO_LUNGS) or without a
+            region between them (NO_REGION) (a phantom allowed by ``allow_phantom`` is scored with nothing
+            discarded), contrast-enhanced exams
             (CONTRAST_ENHANCED) and phantoms (PHANTOM).
         allow_phantom: segment an exam that looks like a phantom (``ChestRegion.phantom_like``) instead of
             refusing it.
@@ -704,26 +710,35 @@ def _category_rests_on(hu, mask, spacing, scores, box, lab, which, **conventions
     return rest, slices
 
 
-def _image_object_peaks(hu, box, lab, spacing, threshold_hu: float, reach_mm: float) -> np.ndarray:
-    """Per scored object (labels 1..n of ``lab`` on ``box``): the peak HU of the image's 3D objects >=
-    ``threshold_hu`` (26-connected) that it touches, and its own peak, over the box grown by ``reach_mm``
-    (an image object reaching further is cut there: its peak may read low, never high). Shape (n,)."""
+def _image_object_peaks(hu, box, lab, spacing, threshold_hu: float, reach_mm: float,
+                        dense_hu: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per scored object (labels 1..n of ``lab`` on ``box``): (its own peak HU, the peak HU of the image's 3D
+    objects >= ``threshold_hu`` (26-connected) it is part of), each shape (n,). The image objects are looked
+    for within ``reach_mm`` of each scored object's own bounding box (one reaching further is cut there: its
+    peak may read low, never high), and only for objects under ``dense_hu`` with a voxel of ``dense_hu`` or
+    more that near (else the second peak is the first)."""
     from scipy import ndimage
 
-    reach = [int(np.ceil(reach_mm / float(s))) for s in spacing]
-    near = tuple(slice(max(b.start - r, 0), min(b.stop + r, n)) for b, r, n in zip(box, reach, hu.shape))
-    image = np.asarray(hu[near], np.float64)
-    inner = tuple(slice(b.start - o.start, b.stop - o.start) for b, o in zip(box, near))
     on = lab > 0
-    peaks = np.full(int(lab.max()), -np.inf)
-    np.maximum.at(peaks, lab[on] - 1, image[inner][on])
-    if image.max() <= peaks.max():  # nothing near the scored objects is denser than they are
-        return peaks
-    comp, n = ndimage.label(image >= threshold_hu, structure=np.ones((3, 3, 3), bool))
-    if n:
-        comp_peak = np.concatenate([[-np.inf], ndimage.maximum(image, comp, np.arange(1, n + 1))])
-        np.maximum.at(peaks, lab[on] - 1, comp_peak[comp[inner][on]])
-    return peaks
+    own = np.full(int(lab.max()), -np.inf)
+    np.maximum.at(own, lab[on] - 1, np.asarray(hu[box], np.float64)[on])
+    joined = own.copy()
+    reach = [int(np.ceil(reach_mm / float(s))) for s in spacing]
+    for i, part in enumerate(ndimage.find_objects(lab)):
+        if part is None or own[i] >= dense_hu:
+            continue
+        at = tuple(slice(b.start + p.start, b.start + p.stop) for b, p in zip(box, part))  # on the exam's grid
+        near = tuple(slice(max(a.start - r, 0), min(a.stop + r, n)) for a, r, n in zip(at, reach, hu.shape))
+        image = np.asarray(hu[near], np.float64)
+        if image.max() < dense_hu:
+            continue
+        comp, _ = ndimage.label(image >= threshold_hu, structure=np.ones((3, 3, 3), bool))
+        inner = tuple(slice(a.start - o.start, a.stop - o.start) for a, o in zip(at, near))
+        touched = np.unique(comp[inner][lab[part] == i + 1])
+        touched = touched[touched > 0]
+        if touched.size:
+            joined[i] = max(own[i], float(image[np.isin(comp, touched)].max()))
+    return own, joined
 
 
 def dense_note(hu: np.ndarray, mask: np.ndarray, spacing, scores, *, metal_hu: float | None = METAL_HU,
@@ -732,9 +747,9 @@ def dense_note(hu: np.ndarray, mask: np.ndarray, spacing, scores, *, metal_hu: f
 
     Scored 3D objects (26-connected) that peak at ``dense_hu`` or more, or are part of an object of the image
     (>= the scoring threshold, 26-connected, looked for within ``reach_mm`` of the scored ones) that does,
-    read like coronary stents as much as like calcium: a network may mark only a stent's end or its blooming.
-    Those peaking at ``metal_hu`` or more are left out here (``exclude_metal`` drops what is scored of them,
-    ``beside_metal_note`` warns on the rest). When the exam's category without them differs from
+    read like coronary stents as much as like calcium: a network may mark only a stent's end or its blooming,
+    or the part of a metal object under ``metal_hu``. Scored objects reaching ``metal_hu`` themselves are left
+    out here (``exclude_metal`` drops them). When the exam's category without them differs from
     ``scores.category``, one note names them, their share of the Agatston score and the category without them;
     else nothing (the number is kept either way). ``conventions``: the scoring conventions of
     ``agatax.compute_scores`` used for ``scores``.
@@ -743,9 +758,10 @@ def dense_note(hu: np.ndarray, mask: np.ndarray, spacing, scores, *, metal_hu: f
         return ()
     box, lab, _ = _objects(hu, mask)
     threshold = conventions.get("threshold_hu")
-    peaks = _image_object_peaks(hu, box, lab, spacing, 130.0 if threshold is None else float(threshold), reach_mm)
+    own, peaks = _image_object_peaks(hu, box, lab, spacing, 130.0 if threshold is None else float(threshold),
+                                     reach_mm, dense_hu)
     top = np.inf if metal_hu is None else metal_hu
-    dense = np.flatnonzero((peaks >= dense_hu) & (peaks < top)) + 1
+    dense = np.flatnonzero((peaks >= dense_hu) & (own < top)) + 1
     resting = _category_rests_on(hu, mask, spacing, scores, box, lab, dense, **conventions)
     if resting is None:
         return ()

@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from agatax import localise as loc  # noqa: E402
 from agatax._atomic import atomic_write_text  # noqa: E402
+from agatax.errors import InputError  # noqa: E402
 from agatax.defaults import load_default_ensemble  # noqa: E402
 from agatax.pipeline import MIN_REGION_SECTION_CM2, run_pipeline  # noqa: E402
 from agatax.synthetic import DISTRACTOR_CODES, generate_exam  # noqa: E402
@@ -48,9 +49,14 @@ def measure(exam, ensemble) -> dict:
     saved = loc.SMALL_FIELD_MM
     for name, threshold in (("on", saved), ("off", 0.0)):
         loc.SMALL_FIELD_MM = threshold
+        refusal = None
         try:
             r = loc.localise_chest(hu, spacing)
             res = None if ensemble is None else run_pipeline(ensemble, exam.volume, allow_noisy=True)
+        except InputError as err:  # as agatax score: no region, or one too small to hold a heart
+            if err.code not in ("REGION_TOO_SMALL", "NO_LUNGS", "NO_REGION"):
+                raise
+            res, refusal = None, err.code
         finally:
             loc.SMALL_FIELD_MM = saved
         region = r.region if r.found else np.zeros(hu.shape, bool)
@@ -61,7 +67,8 @@ def measure(exam, ensemble) -> dict:
             "bone_left_out": round(1.0 - float((bone & region).sum() / max(int(bone.sum()), 1)), 4),
             "costal_in_region": int((costal & region).sum()),
             "region_share": round(float(region.mean()), 4),
-            "refused": bool(r.found and section < MIN_REGION_SECTION_CM2),
+            "refused": bool(not r.found or section < MIN_REGION_SECTION_CM2),
+            "refusal": refusal,
         }
         if res is not None:
             out[name].update({

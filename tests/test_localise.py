@@ -250,6 +250,26 @@ def test_a_patient_exam_without_lungs_is_refused_unless_localisation_is_off():
     assert res.mask.sum() == (hu >= 130).sum()  # the all-calcium networks: every voxel >= 130 HU, bone included
 
 
+def test_lungs_without_a_region_between_them_are_refused_with_their_own_code(monkeypatch):
+    """Where the localisation finds lungs but no mediastinum between them (found False, lungs >= 150 cm^3:
+    here a real localisation of a synthetic chest with its region taken away), the refusal says so (NO_REGION),
+    not that there are no lungs."""
+    import dataclasses
+
+    from agatax import localise
+    from agatax.errors import InputError
+
+    ex = exam(1, protocol="chest")
+    real = localise.localise_chest(ex.volume.hu, ex.volume.spacing)
+    assert real.found and real.lung_cm3 >= localise.MIN_LUNGS_CM3
+    monkeypatch.setattr(localise, "localise_chest", lambda hu, spacing: dataclasses.replace(
+        real, found=False, region=None, box=None, note="lungs found but no mediastinum between them"))
+    with pytest.raises(InputError) as err:
+        run_pipeline(all_calcium_ensemble(), ex.volume)
+    assert err.value.code == "NO_REGION" and f"lungs were found ({real.lung_cm3:.0f} cm^3)" in str(err.value)
+    assert "--no-localise" in err.value.hint
+
+
 def test_pipeline_refuses_a_phantom_unless_allowed():
     """A water cylinder (its section repeats along z) is refused with PHANTOM by every entry point; allowed,
     it is scored with a note that says why the score may be far too low."""

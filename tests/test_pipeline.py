@@ -472,8 +472,9 @@ def test_a_scored_part_of_a_stent_dense_object_is_flagged_by_the_objects_peak():
     slices 3-4 (14 mm from the calcium), 3 rows x 6 columns: its first 3 columns at 1700 HU (not scored), the next 3 at 600 HU (scored:
     2 x 9 px x 0.25 mm^2 x 4 = 18.0). The scored part peaks at 600 HU but belongs to one object >= 130 HU that
     peaks at 1700 (a stent marked only at its end): 21.0 (C) rests on it, so one note. The same tube with a
-    column of soft tissue (40 HU) between the two parts: two objects, no note. With the dense part at metal's
-    2100 HU, the note beside metal names it instead."""
+    column of soft tissue (40 HU) between the two parts: two objects, no note. A second scored object dense
+    of its own does not hide the first. With the unscored part at metal's 2100 HU, both the dense note and
+    the note beside metal name it; 12 mm from metal, beyond the note beside metal, the dense note alone."""
     from agatax.pipeline import beside_metal_note, dense_note
     from agatax.scoring import compute_scores
 
@@ -494,11 +495,32 @@ def test_a_scored_part_of_a_stent_dense_object_is_flagged_by_the_objects_peak():
     mask_apart[3:5, 30:33, 14:17] = True
     s_apart = compute_scores(apart, mask_apart, spacing)
     assert s_apart.agatston == pytest.approx(21.0) and dense_note(apart, mask_apart, spacing, s_apart) == ()
+    # a second scored object at 1700 HU of its own (3 px x 0.25 mm^2 x 4 = 3.0): 24.0, C; without both, B.
+    # Each object is judged by its own image object, not by the densest scored one
+    both, mask_both = hu.copy(), mask.copy()
+    both[4, 40, 40:43], mask_both[4, 40, 40:43] = 1700.0, True
+    s_both = compute_scores(both, mask_both, spacing)
+    assert s_both.agatston == pytest.approx(24.0) and s_both.category == "C"
+    notes = dense_note(both, mask_both, spacing, s_both)
+    assert len(notes) == 1 and notes[0].startswith("dense: 2 scored object") and "category is B, not C" in notes[0]
+    # the tube's unscored part at metal's 2100 HU: the scored part belongs to metal; both notes name it
     metal = hu.copy()
     metal[3:5, 30:33, 10:13] = 2100.0
-    assert dense_note(metal, mask, spacing, scores) == ()
+    notes = dense_note(metal, mask, spacing, scores)
+    assert len(notes) == 1 and "peak 2100 HU" in notes[0] and "category is B, not C" in notes[0]
     beside = beside_metal_note(metal, mask, spacing, scores)
     assert len(beside) == 1 and beside[0].startswith("beside metal: 1 scored object")
+    # a scored object of 1700 HU of its own, part of a tube reaching 2100 HU 12 mm away (beyond the 10 mm of
+    # the note beside metal): the dense note still names it
+    far, mask_far = np.full((6, 48, 60), 40.0, np.float32), np.zeros((6, 48, 60), bool)
+    far[1, 2, 2:5], mask_far[1, 2, 2:5] = 450.0, True
+    far[3:5, 30:33, 10:40] = 1000.0
+    far[3:5, 30:33, 10:13], mask_far[3:5, 30:33, 10:13] = 1700.0, True
+    far[3:5, 30:33, 37:40] = 2100.0  # 24 columns (12 mm) beyond the scored part
+    s_far = compute_scores(far, mask_far, spacing)
+    assert s_far.category == "C" and beside_metal_note(far, mask_far, spacing, s_far) == ()
+    notes = dense_note(far, mask_far, spacing, s_far)
+    assert len(notes) == 1 and "slices 3-4;" in notes[0] and "category is B, not C" in notes[0]
 
 
 def test_scored_calcium_in_the_scans_first_or_last_slice_is_warned():
