@@ -770,8 +770,8 @@ def dense_note(hu: np.ndarray, mask: np.ndarray, spacing, scores, *, metal_hu: f
     return (f"dense: {len(dense)} scored object(s) peaking at {dense_hu:g} HU or more, themselves or the object "
             f"they are part of (slices {slices}; peak {float(peaks[dense - 1].max()):.0f} HU) carry {share:.1f} of "
             f"the Agatston score {scores.agatston:.1f}: denser than nearly all coronary calcium, as dense as a "
-            f"coronary stent. Without them the category is {rest.category}, not {scores.category}: look at those "
-            "slices; if it is a stent, the score is not interpretable",)
+            f"coronary stent or cortical bone. Without them the category is {rest.category}, not {scores.category}: "
+            "look at those slices; if it is a stent, the score is not interpretable",)
 
 
 def scan_cut_note(hu: np.ndarray, mask: np.ndarray, spacing, scores, **conventions) -> tuple[str, ...]:
