@@ -718,7 +718,7 @@ def score_validation(ensemble, exams: Iterable[CohortExam], *, slabs: bool = Tru
     shows no lungs (NO_LUNGS) or no region between them (NO_REGION) is scored without the region, which the
     row says."""
     from agatax.evaluate import evaluate_masks, evaluate_scores
-    from agatax.pipeline import run_pipeline
+    from agatax.pipeline import NO_REGION_REFUSALS, run_pipeline
     from agatax.report import PAST_REFUSAL
     from agatax.scoring import compute_scores
 
@@ -732,11 +732,10 @@ def score_validation(ensemble, exams: Iterable[CohortExam], *, slabs: bool = Tru
             result = run_pipeline(ensemble, loaded.volume, **past)
             without_region = []
         except AgataxError as err:
-            if err.code not in ("REGION_TOO_SMALL", "NO_LUNGS", "NO_REGION"):
+            if err.code not in NO_REGION_REFUSALS:
                 raise
             result = run_pipeline(ensemble, loaded.volume, localise=False, **past)
-            why = {"REGION_TOO_SMALL": "region too small", "NO_LUNGS": "no lungs"}.get(err.code, "no region")
-            without_region = [f"{why}: scored without the chest region ({err})"]
+            without_region = [f"{err.code.lower().replace('_', ' ')}: scored without the chest region ({err})"]
         truth = compute_scores(loaded.volume.hu, loaded.mask, loaded.volume.spacing)
         pred[exam.exam_id], ref[exam.exam_id] = float(result.scores.agatston), float(truth.agatston)
         pairs.append((np.asarray(result.mask), loaded.mask > 0, loaded.volume))

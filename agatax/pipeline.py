@@ -54,6 +54,8 @@ BESIDE_METAL_MM = 10.0  # streaks beside metal reach 130 HU this far (a warning 
 #: ~60 cm^2, and the region's 8 mm margin around it) and is refused (REGION_TOO_SMALL); synthetic patients:
 #: 132-244 cm^2, one lung airless before the lungs were mirrored for it: 38-86 cm^2
 MIN_REGION_SECTION_CM2 = 80.0
+#: the refusals for want of a chest region: ``localise=False`` scores such an exam (bone included)
+NO_REGION_REFUSALS = ("REGION_TOO_SMALL", "NO_LUNGS", "NO_REGION")
 #: fields of view narrower than this (mm) were not checked against the chest region (it kept all coronary
 #: calcium on synthetic cardiac fields of 150 and 160 mm and the generator's 170-240 mm): a warning
 CHECKED_FIELD_MM = 150.0
@@ -349,9 +351,8 @@ def segment(
         threshold_hu: calcium threshold (HU); also the pre-processing enhancement threshold.
         localise: discard calcium outside the chest region that ``agatax.localise_chest`` finds between the
             lungs (bone, arms, the image border). It also refuses exams without lungs (NO_LUNGS) or without a
-            region between them (NO_REGION) (a phantom allowed by ``allow_phantom`` is scored with nothing
-            discarded), contrast-enhanced exams
-            (CONTRAST_ENHANCED) and phantoms (PHANTOM).
+            region between them (NO_REGION; a phantom allowed by ``allow_phantom`` is scored with nothing
+            discarded), contrast-enhanced exams (CONTRAST_ENHANCED) and phantoms (PHANTOM).
         allow_phantom: segment an exam that looks like a phantom (``ChestRegion.phantom_like``) instead of
             refusing it.
         assume_non_contrast: segment an exam whose mediastinum looks contrast-enhanced
@@ -710,19 +711,16 @@ def _category_rests_on(hu, mask, spacing, scores, box, lab, which, **conventions
     return rest, slices
 
 
-def _image_object_peaks(hu, box, lab, spacing, threshold_hu: float, reach_mm: float,
-                        dense_hu: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per scored object (labels 1..n of ``lab`` on ``box``): (its own peak HU, the peak HU of the image's 3D
-    objects >= ``threshold_hu`` (26-connected) it is part of), each shape (n,). The image objects are looked
-    for within ``reach_mm`` of each scored object's own bounding box (one reaching further is cut there: its
-    peak may read low, never high), and only for objects under ``dense_hu`` with a voxel of ``dense_hu`` or
-    more that near (else the second peak is the first)."""
+def _image_object_peaks(hu, box, lab, own, spacing, threshold_hu: float, reach_mm: float,
+                        dense_hu: float) -> np.ndarray:
+    """Per scored object (labels 1..n of ``lab`` on ``box``, own peaks ``own`` as ``_objects`` gives them):
+    the peak HU of the image's 3D objects >= ``threshold_hu`` (26-connected) it is part of, shape (n,). The
+    image objects are looked for within ``reach_mm`` of each scored object's own bounding box (one reaching
+    further is cut there: its peak may read low, never high), and only for objects under ``dense_hu`` with a
+    voxel of ``dense_hu`` or more that near (else the peak is its own)."""
     from scipy import ndimage
 
-    on = lab > 0
-    own = np.full(int(lab.max()), -np.inf)
-    np.maximum.at(own, lab[on] - 1, np.asarray(hu[box], np.float64)[on])
-    joined = own.copy()
+    joined = np.array(own, np.float64)
     reach = [int(np.ceil(reach_mm / float(s))) for s in spacing]
     for i, part in enumerate(ndimage.find_objects(lab)):
         if part is None or own[i] >= dense_hu:
@@ -738,7 +736,7 @@ def _image_object_peaks(hu, box, lab, spacing, threshold_hu: float, reach_mm: fl
         touched = touched[touched > 0]
         if touched.size:
             joined[i] = max(own[i], float(image[np.isin(comp, touched)].max()))
-    return own, joined
+    return joined
 
 
 def dense_note(hu: np.ndarray, mask: np.ndarray, spacing, scores, *, metal_hu: float | None = METAL_HU,
@@ -756,10 +754,10 @@ def dense_note(hu: np.ndarray, mask: np.ndarray, spacing, scores, *, metal_hu: f
     """
     if not mask.any():
         return ()
-    box, lab, _ = _objects(hu, mask)
+    box, lab, own = _objects(hu, mask)
     threshold = conventions.get("threshold_hu")
-    own, peaks = _image_object_peaks(hu, box, lab, spacing, 130.0 if threshold is None else float(threshold),
-                                     reach_mm, dense_hu)
+    peaks = _image_object_peaks(hu, box, lab, own, spacing, 130.0 if threshold is None else float(threshold),
+                                reach_mm, dense_hu)
     top = np.inf if metal_hu is None else metal_hu
     dense = np.flatnonzero((peaks >= dense_hu) & (own < top)) + 1
     resting = _category_rests_on(hu, mask, spacing, scores, box, lab, dense, **conventions)

@@ -34,7 +34,7 @@ from agatax import localise as loc  # noqa: E402
 from agatax._atomic import atomic_write_text  # noqa: E402
 from agatax.errors import InputError  # noqa: E402
 from agatax.defaults import load_default_ensemble  # noqa: E402
-from agatax.pipeline import MIN_REGION_SECTION_CM2, run_pipeline  # noqa: E402
+from agatax.pipeline import MIN_REGION_SECTION_CM2, NO_REGION_REFUSALS, run_pipeline  # noqa: E402
 from agatax.synthetic import DISTRACTOR_CODES, generate_exam  # noqa: E402
 
 
@@ -54,7 +54,7 @@ def measure(exam, ensemble) -> dict:
             r = loc.localise_chest(hu, spacing)
             res = None if ensemble is None else run_pipeline(ensemble, exam.volume, allow_noisy=True)
         except InputError as err:  # as agatax score: no region, or one too small to hold a heart
-            if err.code not in ("REGION_TOO_SMALL", "NO_LUNGS", "NO_REGION"):
+            if err.code not in NO_REGION_REFUSALS:
                 raise
             res, refusal = None, err.code
         finally:
